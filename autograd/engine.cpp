@@ -1,0 +1,160 @@
+#include "autograd/engine.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "kernels/elementwise.h"
+
+namespace natsl {
+
+namespace {
+thread_local bool t_grad_enabled = true;
+
+// Adds b into a (returning the sum). `a` may be undefined.
+Tensor accumulate(const Tensor& a, const Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  kernels::binary_fwd(kernels::BinaryOp::Add, a, b, out);
+  return out;
+}
+}  // namespace
+
+bool grad_enabled() { return t_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+
+std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
+  const Tensor& g = grads[0];
+  if (!g.defined()) return {};
+  Tensor leaf = leaf_;
+  Tensor& cur = leaf.mutable_grad();
+  NATSL_CHECK(g.shape() == leaf.shape(), "gradient shape ", shape_str(g.shape()), " for leaf ", leaf.str());
+  if (!cur.defined()) {
+    // Own a fresh copy in the leaf's dtype: the incoming tensor may be shared with other nodes.
+    cur = Tensor::empty(leaf.shape(), leaf.dtype(), leaf.device());
+    cur.copy_(g);
+  } else {
+    // In place, so a grad that is a view into a flat gradient buffer stays one.
+    kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
+  }
+  return {};
+}
+
+Edge gradient_edge(const Tensor& t) {
+  if (!t.defined() || !t.requires_grad()) return {};
+  if (t.grad_fn()) return {t.grad_fn(), t.output_nr()};
+  // A leaf: one accumulator per leaf, kept in the leaf's impl so that all uses share it.
+  TensorImpl* impl = t.impl();
+  static thread_local std::unordered_map<TensorImpl*, std::weak_ptr<Node>> cache;
+  auto it = cache.find(impl);
+  if (it != cache.end()) {
+    if (auto n = it->second.lock()) {
+      auto* acc = static_cast<AccumulateGrad*>(n.get());
+      if (acc->leaf().impl() == impl) return {n, 0};
+    }
+  }
+  auto node = std::make_shared<AccumulateGrad>(t);
+  node->output_shapes = {t.shape()};
+  node->output_dtypes = {t.dtype()};
+  node->device = t.device();
+  if (cache.size() > 4096) {
+    for (auto i = cache.begin(); i != cache.end();) i = i->second.expired() ? cache.erase(i) : std::next(i);
+  }
+  cache[impl] = node;
+  return {node, 0};
+}
+
+bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor* t : ts)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool any_requires_grad(const std::vector<Tensor>& ts) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+void attach(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor*>& outputs) {
+  node->next_edges.clear();
+  for (const Tensor& in : inputs) node->next_edges.push_back(gradient_edge(in));
+  node->num_outputs = int(outputs.size());
+  node->output_shapes.clear();
+  node->output_dtypes.clear();
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    node->output_shapes.push_back(outputs[i]->shape());
+    node->output_dtypes.push_back(outputs[i]->dtype());
+    node->device = outputs[i]->device();
+    outputs[i]->set_grad_fn(node, int(i));
+  }
+}
+
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+  NATSL_CHECK(roots.size() == grads.size(), "backward: roots and grads differ in count");
+  // Topological order by iterative DFS over next_edges (post-order), then walk it in reverse.
+  std::vector<Node*> order;
+  std::unordered_set<Node*> seen;
+  std::vector<std::pair<Node*, size_t>> stack;
+  for (const Tensor& r : roots) {
+    Edge e = gradient_edge(r);
+    NATSL_CHECK(e.valid(), "backward() on a tensor that does not require grad: ", r.str());
+    if (seen.insert(e.fn.get()).second) stack.push_back({e.fn.get(), 0});
+    while (!stack.empty()) {
+      auto& [n, i] = stack.back();
+      if (i < n->next_edges.size()) {
+        Node* child = n->next_edges[i++].fn.get();
+        if (child && seen.insert(child).second) stack.push_back({child, 0});
+      } else {
+        order.push_back(n);
+        stack.pop_back();
+      }
+    }
+  }
+  // Hold the nodes alive while we run (a node's apply may drop references to others).
+  std::unordered_map<Node*, std::vector<Tensor>> pending;
+  std::vector<std::shared_ptr<Node>> keep;
+  keep.reserve(order.size());
+  for (Node* n : order) keep.push_back(n->shared_from_this());
+  for (size_t i = 0; i < roots.size(); ++i) {
+    Edge e = gradient_edge(roots[i]);
+    auto& slot = pending[e.fn.get()];
+    slot.resize(size_t(e.fn->num_outputs));
+    NATSL_CHECK(grads[i].shape() == roots[i].shape(), "backward: gradient shape ", shape_str(grads[i].shape()),
+                " for ", roots[i].str());
+    slot[size_t(e.input_nr)] = accumulate(slot[size_t(e.input_nr)], grads[i]);
+  }
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* n = *it;
+    auto pit = pending.find(n);
+    if (pit == pending.end()) continue;  // no gradient reached this node
+    std::vector<Tensor> in_grads = std::move(pit->second);
+    pending.erase(pit);
+    in_grads.resize(size_t(n->num_outputs));
+    std::vector<Tensor> out = n->apply(in_grads);
+    in_grads.clear();
+    if (!retain_graph) n->release_saved();
+    for (size_t k = 0; k < n->next_edges.size() && k < out.size(); ++k) {
+      const Edge& e = n->next_edges[k];
+      if (!e.valid() || !out[k].defined()) continue;
+      auto& slot = pending[e.fn.get()];
+      slot.resize(size_t(e.fn->num_outputs));
+      slot[size_t(e.input_nr)] = accumulate(slot[size_t(e.input_nr)], out[k]);
+    }
+  }
+}
+
+void Tensor::backward(const Tensor& grad, bool retain_graph) const {
+  Tensor g = grad;
+  if (!g.defined()) {
+    NATSL_CHECK(numel() == 1, "backward() without a gradient needs a scalar, got ", str());
+    g = Tensor::full(shape(), 1.0, dtype(), device());
+  }
+  run_backward({*this}, {g}, retain_graph);
+}
+
+}  // namespace natsl

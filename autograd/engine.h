@@ -1,0 +1,85 @@
+#pragma once
+// The autograd engine: Nodes with edges, a topological backward, gradient accumulation into leaves.
+//
+// A differentiable op computes its outputs with a forward kernel, then (when grad mode is on and some input
+// requires grad) creates a Node that saves what the backward needs and points, through one Edge per
+// input, at the node that produced that input (or at the input's AccumulateGrad node when it is a leaf).
+// Node::apply maps the gradients of its outputs to the gradients of its inputs by calling the backward
+// kernels. Big fused ops (norms, cross-entropy, GDN, sparse attention) are single nodes.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace natsl {
+
+class Node;
+
+struct Edge {
+  std::shared_ptr<Node> fn;  // null: the input needs no gradient
+  int input_nr = 0;          // which output of fn this input was
+  bool valid() const { return fn != nullptr; }
+};
+
+class Node : public std::enable_shared_from_this<Node> {
+ public:
+  virtual ~Node() = default;
+  // grads[i] is dL/d(output i), undefined when no gradient reached that output. Returns one gradient per
+  // input edge (undefined where the input needs none).
+  virtual std::vector<Tensor> apply(std::vector<Tensor>& grads) = 0;
+  virtual std::string name() const = 0;
+  // Drops saved tensors once the backward has used them (unless retain_graph).
+  virtual void release_saved() {}
+
+  std::vector<Edge> next_edges;
+  int num_outputs = 1;
+  // Metadata of each output, so the engine can build zero gradients where only some outputs got one.
+  std::vector<Shape> output_shapes;
+  std::vector<DType> output_dtypes;
+  Device device;
+};
+
+// The sink for a leaf: adds the incoming gradient into leaf.grad (in place when grad already exists,
+// e.g. a view into the flat gradient buffer).
+class AccumulateGrad : public Node {
+ public:
+  explicit AccumulateGrad(const Tensor& leaf) : leaf_(leaf) {}
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override;
+  std::string name() const override { return "AccumulateGrad"; }
+  const Tensor& leaf() const { return leaf_; }
+
+ private:
+  Tensor leaf_;
+};
+
+// Grad mode: on by default; NoGradGuard turns it off for its scope (thread-local).
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// The edge that gradient for `t` should flow along (its grad_fn, or its leaf accumulator).
+Edge gradient_edge(const Tensor& t);
+
+// True when grad mode is on and any of the tensors requires grad.
+bool any_requires_grad(std::initializer_list<const Tensor*> ts);
+bool any_requires_grad(const std::vector<Tensor>& ts);
+
+// Wires a node into the graph: edges from the inputs, outputs' grad_fn set to the node. Call only when
+// the op should record history (any_requires_grad of its inputs).
+void attach(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor*>& outputs);
+
+// Runs the backward pass from `roots` with gradients `grads` (same shapes as the roots).
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph);
+
+}  // namespace natsl

@@ -1,0 +1,121 @@
+#pragma once
+// Element types. bf16 is stored as its 16 raw bits (same layout as CUDA's __nv_bfloat16); conversion from
+// float rounds to nearest even, as the hardware does, so CPU and GPU casts agree bit for bit.
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+#include "core/error.h"
+
+#if defined(__CUDACC__)
+#define NATSL_HD __host__ __device__ __forceinline__
+#else
+#define NATSL_HD inline
+#endif
+
+namespace natsl {
+
+enum class DType : uint8_t { f32, bf16, f64, i32, i64, u8 };
+
+struct bf16 {
+  uint16_t bits = 0;
+  bf16() = default;
+  NATSL_HD static bf16 from_bits(uint16_t b) {
+    bf16 r;
+    r.bits = b;
+    return r;
+  }
+  NATSL_HD explicit bf16(float f) : bits(round_bits(f)) {}
+  NATSL_HD explicit operator float() const {
+    uint32_t u = uint32_t(bits) << 16;
+    float f;
+#if defined(__CUDA_ARCH__)
+    f = __uint_as_float(u);
+#else
+    std::memcpy(&f, &u, 4);
+#endif
+    return f;
+  }
+  NATSL_HD static uint16_t round_bits(float f) {
+    uint32_t u;
+#if defined(__CUDA_ARCH__)
+    u = __float_as_uint(f);
+#else
+    std::memcpy(&u, &f, 4);
+#endif
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return uint16_t((u >> 16) | 0x40);  // NaN
+    uint32_t lsb = (u >> 16) & 1u;
+    u += 0x7fffu + lsb;
+    return uint16_t(u >> 16);
+  }
+};
+
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::bf16: return 2;
+    case DType::f64: return 8;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
+    case DType::u8: return 1;
+  }
+  return 0;
+}
+
+inline std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::bf16: return "bf16";
+    case DType::f64: return "f64";
+    case DType::i32: return "i32";
+    case DType::i64: return "i64";
+    case DType::u8: return "u8";
+  }
+  return "?";
+}
+
+inline bool is_floating(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f64; }
+
+// The C++ type of a dtype and back.
+template <class T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::f32; };
+template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::f64; };
+template <> struct dtype_of<int32_t> { static constexpr DType value = DType::i32; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64; };
+template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::u8; };
+template <class T> inline constexpr DType dtype_v = dtype_of<T>::value;
+
+// Scalar conversion used by casts and by generic code: float-like types go through float/double.
+template <class To, class From>
+NATSL_HD To convert(From v) {
+  if constexpr (std::is_same_v<To, bf16>) return bf16(float(v));
+  else if constexpr (std::is_same_v<From, bf16>) return To(float(v));
+  else return static_cast<To>(v);
+}
+
+}  // namespace natsl
+
+// NATSL_DISPATCH_FLOAT(dtype, T, ...): runs the body with T bound to the C++ type of a floating dtype.
+#define NATSL_DISPATCH_FLOAT(DT, T, ...)                                                     \
+  [&] {                                                                                      \
+    switch (DT) {                                                                            \
+      case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                   \
+      case ::natsl::DType::f64: { using T = double; return __VA_ARGS__(); }                  \
+      case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }          \
+      default: NATSL_FAIL("expected a floating dtype, got ", ::natsl::dtype_name(DT));       \
+    }                                                                                        \
+  }()
+
+#define NATSL_DISPATCH_ALL(DT, T, ...)                                                       \
+  [&] {                                                                                      \
+    switch (DT) {                                                                            \
+      case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                   \
+      case ::natsl::DType::f64: { using T = double; return __VA_ARGS__(); }                  \
+      case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }          \
+      case ::natsl::DType::i32: { using T = int32_t; return __VA_ARGS__(); }                 \
+      case ::natsl::DType::i64: { using T = int64_t; return __VA_ARGS__(); }                 \
+      case ::natsl::DType::u8: { using T = uint8_t; return __VA_ARGS__(); }                  \
+    }                                                                                        \
+    NATSL_FAIL("bad dtype");                                                                 \
+  }()
