@@ -48,9 +48,9 @@ NATSL_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t k) {
   uint64_t m = k >> 1;
   double u1 = double(philox_uniform(seed, offset + 2 * m));
   double u2 = double(philox_uniform(seed, offset + 2 * m + 1));
-  double r = sqrt(-2.0 * log(u1));
+  double r = ::sqrt(-2.0 * ::log(u1));
   double a = 6.283185307179586 * u2;
-  return float((k & 1) ? r * sin(a) : r * cos(a));
+  return float((k & 1) ? r * ::sin(a) : r * ::cos(a));
 }
 
 // A generator: a seed and the next unused word. Each draw of n values advances the offset by a whole

@@ -295,7 +295,7 @@ Tensor Tensor::to(DType dt) const {
   return t;
 }
 
-void Tensor::copy_(const Tensor& src) {
+void Tensor::copy_(const Tensor& src) const {
   NATSL_CHECK(src.shape() == shape(), "copy_: shape ", shape_str(src.shape()), " into ", shape_str(shape()));
   if (src.device() != device()) {
     Tensor moved = src.to(device());
@@ -305,8 +305,8 @@ void Tensor::copy_(const Tensor& src) {
   }
 }
 
-void Tensor::fill_(double v) { fill(*this, v); }
-void Tensor::zero_() {
+void Tensor::fill_(double v) const { fill(*this, v); }
+void Tensor::zero_() const {
   if (is_contiguous() && device().is_cpu()) {
     std::memset(data_ptr(), 0, nbytes());
     return;
@@ -335,21 +335,21 @@ double Tensor::item() const {
 
 // ---------------- autograd state ----------------
 bool Tensor::requires_grad() const { return impl_ && impl_->requires_grad; }
-Tensor& Tensor::set_requires_grad(bool r) {
+const Tensor& Tensor::set_requires_grad(bool r) const {
   check_defined();
   NATSL_CHECK(!r || is_floating(dtype()), "only floating tensors can require grad");
   impl_->requires_grad = r;
   return *this;
 }
 const Tensor& Tensor::grad() const { check_defined(); return impl_->grad; }
-Tensor& Tensor::mutable_grad() { check_defined(); return impl_->grad; }
-void Tensor::set_grad(const Tensor& g) { check_defined(); impl_->grad = g; }
+Tensor& Tensor::mutable_grad() const { check_defined(); return impl_->grad; }
+void Tensor::set_grad(const Tensor& g) const { check_defined(); impl_->grad = g; }
 const std::shared_ptr<Node>& Tensor::grad_fn() const {
   static const std::shared_ptr<Node> none;
   return impl_ ? impl_->grad_fn : none;
 }
 int Tensor::output_nr() const { return impl_ ? impl_->output_nr : 0; }
-void Tensor::set_grad_fn(std::shared_ptr<Node> fn, int nr) {
+void Tensor::set_grad_fn(std::shared_ptr<Node> fn, int nr) const {
   check_defined();
   impl_->grad_fn = std::move(fn);
   impl_->output_nr = nr;

@@ -98,27 +98,29 @@ class Tensor {
   Tensor squeeze(int64_t dim) const;
   Tensor expand(const Shape& shape) const;  // broadcast view (stride 0)
 
-  // ---- copies ----
+  // ---- copies (in-place ones write the data the handle points to) ----
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(Device d) const;
   Tensor to(DType dt) const;
-  void copy_(const Tensor& src);  // same shape; any dtype/device/strides
-  void fill_(double v);
-  void zero_();
+  void copy_(const Tensor& src) const;  // same shape; any dtype/device/strides
+  void fill_(double v) const;
+  void zero_() const;
   template <class T>
   std::vector<T> to_vector() const;  // host copy, converted to T (synchronises on CUDA)
   double item() const;              // one element as double (synchronises on CUDA)
 
   // ---- autograd state (the engine lives in autograd/) ----
+  // A Tensor is a handle: const methods may change the data and autograd state it points to, as with
+  // PyTorch's at::Tensor.
   bool requires_grad() const;
-  Tensor& set_requires_grad(bool r);
+  const Tensor& set_requires_grad(bool r) const;
   const Tensor& grad() const;  // undefined until a backward reaches this leaf
-  Tensor& mutable_grad();
-  void set_grad(const Tensor& g);
+  Tensor& mutable_grad() const;
+  void set_grad(const Tensor& g) const;
   const std::shared_ptr<Node>& grad_fn() const;
   int output_nr() const;
-  void set_grad_fn(std::shared_ptr<Node> fn, int output_nr);
+  void set_grad_fn(std::shared_ptr<Node> fn, int output_nr) const;
   bool is_leaf() const { return grad_fn() == nullptr; }
   Tensor detach() const;  // same data, no history
   // Backpropagates from this tensor. A scalar uses gradient 1; otherwise `grad` gives dL/dthis.

@@ -2,6 +2,8 @@
 // Scalar formulas shared by the CPU reference kernels (templated so tests run them in f64).
 #include <cmath>
 
+#include "core/dtype.h"
+
 namespace natsl::kernels::cpu {
 
 template <class T> T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }

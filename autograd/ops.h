@@ -1,0 +1,77 @@
+#pragma once
+// The differentiable ops. Each runs its forward kernel and, when grad mode is on and an input requires
+// grad, records a Node whose backward calls the backward kernel (autograd/engine.h).
+//
+// Conventions: inputs may be on CPU or CUDA (all on one device); outputs are new contiguous tensors;
+// floating dtypes f32, bf16, f64 (f64 on CPU only); shapes follow PyTorch.
+#include <optional>
+#include <vector>
+
+#include "autograd/engine.h"
+#include "core/tensor.h"
+
+namespace natsl {
+
+// ---- arithmetic (NumPy broadcasting) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor mul_scalar(const Tensor& a, double s);
+Tensor add_scalar(const Tensor& a, double s);
+Tensor neg(const Tensor& a);
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator*(const Tensor& a, double s) { return mul_scalar(a, s); }
+inline Tensor operator-(const Tensor& a) { return neg(a); }
+
+// ---- unary ----
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor silu(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor softplus(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor square(const Tensor& x);
+
+// ---- reductions ----
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor sum(const Tensor& x);  // all elements -> scalar
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor mean(const Tensor& x);
+
+// ---- shape ----
+Tensor reshape(const Tensor& x, const Shape& shape);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);  // returns a contiguous copy
+Tensor permute(const Tensor& x, const std::vector<int64_t>& order);  // contiguous copy
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);  // contiguous copy
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+Tensor to_dtype(const Tensor& x, DType dt);  // differentiable cast (grad cast back)
+
+// ---- linear algebra ----
+// a [..., M, K] @ b [..., K, N] (b may be 2-D and shared); trans_* transposes the last two dims.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// x [..., in] @ w[out, in]^T (+ bias[out]): the Linear layer's op.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+
+// ---- nn ----
+Tensor embedding(const Tensor& weight, const Tensor& ids);  // ids i32/i64 [...] -> [..., D]
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps);  // weight may be undefined
+Tensor l2norm(const Tensor& x, double eps = 1e-6);
+Tensor softmax(const Tensor& x);      // over the last dim
+Tensor log_softmax(const Tensor& x);  // over the last dim
+// Mean cross-entropy over rows whose target != ignore_index (0 when none). logits [N, V], targets [N].
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+Tensor short_conv(const Tensor& x, const Tensor& w, bool apply_silu = false);  // x [B,T,C], w [C,W]
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+
+// The op behind every binary/unary/etc. helper, exposed for composite ops.
+namespace detail {
+// Sum a broadcast gradient back to `shape`.
+Tensor reduce_grad_to(const Tensor& g, const Shape& shape);
+}
+
+}  // namespace natsl

@@ -1,0 +1,23 @@
+#pragma once
+// Dense matrix products: cuBLASLt on CUDA, Eigen on the CPU.
+#include "core/tensor.h"
+
+namespace natsl::kernels {
+
+// out = alpha * op(a) @ op(b) + beta * out, with op(x) = x or x^T over the last two dims.
+// a: [..., M, K] (or [..., K, M] if trans_a), b: [..., K, N] (or [..., N, K] if trans_b), out [..., M, N].
+// Batch dims of a and b must equal out's, or b may be 2-D (one matrix shared by the batch). All contiguous,
+// one dtype; bf16 accumulates in f32.
+void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a = false, bool trans_b = false,
+            double alpha = 1.0, double beta = 0.0);
+
+namespace cpu {
+void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
+            double beta);
+}
+namespace cuda {
+void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
+            double beta);
+}
+
+}  // namespace natsl::kernels

@@ -1,0 +1,79 @@
+#pragma once
+// The neural-network kernel families: embedding, rmsnorm, l2norm, softmax / log-softmax, fused
+// cross-entropy, causal depthwise short conv, swiglu. Each has a forward and a backward; rows are the last
+// dim, everything before it is flattened. All tensors contiguous. Statistics (rstd, lse, norms) are f32
+// (f64 when the data is f64) whatever the data dtype.
+#include "core/tensor.h"
+
+namespace natsl::kernels {
+
+// out[..., :] = weight[ids[...], :]. ids i32 or i64; out-of-range ids throw on CPU (checked on GPU by a
+// device assert).
+void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out);
+// dweight[ids[i], :] += dout[i, :] (dweight is accumulated, not overwritten).
+void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight);
+
+// y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps). w may be undefined (no weight).
+void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);
+// dx overwritten; dw (if defined) overwritten with the sum over rows.
+void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                 const Tensor& dw);
+
+// y = x * rnorm, rnorm = 1 / sqrt(sum(x^2) + eps) (eps inside the root, as FLA's l2norm).
+void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);
+void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx);
+
+void softmax_fwd(const Tensor& x, const Tensor& y);
+void softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx);
+void log_softmax_fwd(const Tensor& x, const Tensor& y);
+void log_softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx);
+
+// Fused cross-entropy over logits [N, V] and targets [N] (i32/i64). Writes losses[N] (0 where target ==
+// ignore_index), lse[N] (log-sum-exp of each row) and valid[N] (1 or 0), all f32 (f64 for f64 logits).
+// No probability tensor is formed.
+void cross_entropy_fwd(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
+                       const Tensor& lse, const Tensor& valid);
+// dlogits[i, :] = (softmax(logits[i]) - onehot(target_i)) * grad_scale[0] for valid rows, 0 for ignored.
+// grad_scale is a 1-element device tensor (dL/dmean / count, computed on the device: no host sync).
+// dlogits may alias logits (the gradient overwrites the logits buffer).
+void cross_entropy_bwd(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_scale,
+                       int64_t ignore_index, const Tensor& dlogits);
+
+// Causal depthwise conv, kernel W = w.size(1) (4): y[b,t,c] = act(sum_j w[c,j] x[b, t-W+1+j, c]), zero
+// padding before t = 0. x, y [B, T, C]; w [C, W]; act = SiLU when apply_silu, else identity.
+void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y);
+// dx overwritten, dw overwritten.
+void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
+                    const Tensor& dw);
+
+// y = silu(gate) * up, all the same shape.
+void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y);
+void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, const Tensor& dup);
+
+#define NATSL_NN_DECLS                                                                                        \
+  void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out);                             \
+  void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight);                           \
+  void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);        \
+  void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,  \
+                   const Tensor& dw);                                                                         \
+  void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);                         \
+  void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx);                  \
+  void softmax_fwd(const Tensor& x, const Tensor& y);                                                         \
+  void softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx);                                      \
+  void log_softmax_fwd(const Tensor& x, const Tensor& y);                                                     \
+  void log_softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx);                                  \
+  void cross_entropy_fwd(const Tensor& logits, const Tensor& targets, int64_t ignore_index,                   \
+                         const Tensor& losses, const Tensor& lse, const Tensor& valid);                       \
+  void cross_entropy_bwd(const Tensor& logits, const Tensor& targets, const Tensor& lse,                      \
+                         const Tensor& grad_scale, int64_t ignore_index, const Tensor& dlogits);              \
+  void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y);                    \
+  void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,  \
+                      const Tensor& dw);                                                                      \
+  void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y);                                     \
+  void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate,                \
+                  const Tensor& dup);
+namespace cpu { NATSL_NN_DECLS }
+namespace cuda { NATSL_NN_DECLS }
+#undef NATSL_NN_DECLS
+
+}  // namespace natsl::kernels
