@@ -22,9 +22,9 @@ NATSL_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
   return uint32_t(p);
 }
 
-NATSL_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+// The full block function: 4 counter words, 2 key words (Random123's philox4x32_10).
+NATSL_HD PhiloxWords philox4x32_10_block(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                         uint32_t k1) {
   for (int r = 0; r < 10; ++r) {
     uint32_t hi0, hi1;
     uint32_t lo0 = philox_mulhilo(0xD2511F53u, c0, &hi0);
@@ -35,6 +35,11 @@ NATSL_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t counter) {
     k1 += 0xBB67AE85u;
   }
   return PhiloxWords{{c0, c1, c2, c3}};
+}
+
+// natsl's use: key = seed, counter = (block index, 0).
+NATSL_HD PhiloxWords philox4x32_10(uint64_t seed, uint64_t counter) {
+  return philox4x32_10_block(uint32_t(counter), uint32_t(counter >> 32), 0, 0, uint32_t(seed), uint32_t(seed >> 32));
 }
 
 NATSL_HD uint32_t philox_word(uint64_t seed, uint64_t j) { return philox4x32_10(seed, j >> 2).w[j & 3]; }
