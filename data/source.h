@@ -1,0 +1,31 @@
+#pragma once
+// DataSource: what the trainer pulls batches from. Every source is a pure function of its settings and
+// (seed, step, rank): next(step) returns the same batch whenever it is asked for the same step, so resuming
+// a run needs no data cursor beyond the step, and state()/load_state() only record and check the settings
+// (a resumed run whose data changed is refused with a message naming what changed).
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "data/batch.h"
+
+namespace natsl {
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // The batch of this rank for micro-batch index `step` (with gradient accumulation the trainer passes
+  // step * accum + micro). Distinct indices give independent batches. inputs/targets: i32 [B, T] on the CPU.
+  virtual Batch next(int64_t step) = 0;
+  virtual int64_t batch_size() const = 0;  // B, rows of this rank
+  virtual int64_t seq_len() const = 0;     // T
+  virtual int64_t vocab_size() const = 0;  // every input and target id (except kIgnoreIndex) is below it
+  // For checkpoints: a JSON object with "kind", the settings and the last step served.
+  virtual nlohmann::json state() const = 0;
+  // Restores from state(); throws InputError when the checkpoint's data settings differ from this source's.
+  virtual void load_state(const nlohmann::json& state) = 0;
+  virtual std::string describe() const = 0;  // one line for the run log
+};
+
+}  // namespace natsl
