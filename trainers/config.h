@@ -1,0 +1,108 @@
+#pragma once
+// The run configuration: one typed schema with defaults, filled from a YAML file and then from dotted
+// `section.key=value` overrides. Sections:
+//   model:  ModelConfig (layers/model_config.h), inline or a path to a model YAML (relative to the file)
+//   data:   which batches to train on (synthetic MQAR / NIAH, or text shards / text files)
+//   train:  optimisation, schedule, precision, device, run directory, logging, checkpoints
+//   resume: none | auto | PATH of a checkpoint directory
+// Every key, its type, default and allowed range is declared once in trainers/config_schema.cpp; an unknown
+// key, a wrong type or an out-of-range value is an InputError naming the file, line and key.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "layers/model_config.h"
+
+namespace natsl {
+
+// MQAR as Zoology generates it (../shared/reference/evals.md §2). The sequence length is train.seq_len.
+struct MqarConfig {
+  int64_t vocab_size = 0;       // tokens used by the task; 0 = model.vocab_size
+  int64_t num_kv_pairs = 8;     // k
+  double power_a = 0.01;        // query-gap distribution p(g) ~ (g+1)^(a-1)
+  bool random_non_queries = true;
+};
+
+// Single-needle haystack retrieval (evals.md §3).
+struct NiahConfig {
+  double depth = -1.0;          // needle position as a fraction of the context; < 0 = uniform at random
+  int64_t value_digits = 7;     // the needle's value: a number with this many digits
+};
+
+// Plain text: byte-tokenized text files or token shards (data/ shard format), train and validation.
+struct TextDataConfig {
+  std::vector<std::string> train;  // shard prefixes or text files
+  std::vector<std::string> val;    // empty: no validation loss
+};
+
+struct DataConfig {
+  std::string source = "mqar";  // mqar | niah | text
+  MqarConfig mqar;
+  NiahConfig niah;
+  TextDataConfig text;
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;           // optimizer steps; the LR schedule spans them
+  int64_t batch_size = 8;         // sequences per micro-batch
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;         // micro-batches per optimizer step
+  double lr = 3e-4;
+  double min_lr_ratio = 0.1;      // final lr = lr * min_lr_ratio
+  std::string schedule = "cosine";  // cosine | linear | wsd | constant
+  int64_t warmup_steps = 100;
+  double decay_fraction = 0.2;    // wsd: fraction of the steps spent decaying at the end
+  std::string wsd_decay_shape = "linear";  // wsd decay shape: linear | sqrt | cosine
+  std::vector<double> betas = {0.9, 0.95};
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  // Parameters whose name contains one of these are not decayed (matched on the dotted parameter name).
+  std::vector<std::string> no_decay = {"norm", "bias", "A_log", "dt_bias"};
+  bool decay_embeddings = true;   // false adds embeddings to the no-decay group
+  double clip_grad_norm = 1.0;    // 0 = no clipping
+  bool skip_nonfinite = true;     // skip (and count) steps whose grad norm is NaN/Inf
+  std::string precision = "f32";  // f32 | bf16 (bf16 on CUDA only)
+  std::string device = "auto";    // cpu | cuda | cuda:N | auto
+  int64_t seed = 0;
+  std::string out_dir = "runs/default";
+  int64_t log_every = 10;
+  int64_t eval_every = 0;         // 0 = only at the end
+  int64_t eval_batches = 4;
+  int64_t ckpt_every = 0;         // 0 = only at the end
+  int64_t keep_last = 2;
+  int64_t stop_at_step = 0;       // >0: checkpoint and exit after this step (schedule unchanged)
+  bool deterministic = true;
+  int64_t threads = 0;            // CPU threads for Eigen; 0 = library default
+};
+
+struct RunConfig {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  std::string resume = "none";  // none | auto | PATH
+
+  // Where each key got its value ("FILE:LINE" or "command line"), for errors found after loading.
+  std::map<std::string, std::string> origin;
+  std::string config_path;  // the YAML file given (empty when built in code)
+};
+
+// Loads `path`, then applies `overrides` ("section.key=value", "resume=auto", "model=FILE"), then checks
+// the cross-field rules. Throws InputError naming the file, line and key on any problem.
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// One override on an existing config (same errors, attributed to the command line).
+void apply_override(RunConfig& cfg, const std::string& assignment);
+// Cross-field rules (warmup within steps, data source needs, head sizes, ...).
+void validate_config(RunConfig& cfg);
+
+// The resolved config as YAML (every key, defaults included; loadable by load_config) and as JSON.
+std::string config_to_yaml(const RunConfig& cfg);
+nlohmann::json config_to_json(const RunConfig& cfg);
+// Rebuilds a config from config_to_json's output (used for checkpoints). `what` names the source in errors.
+RunConfig config_from_json(const nlohmann::json& j, const std::string& what);
+// A human-readable table "key  value" of every key, for the start of a run.
+std::string config_table(const RunConfig& cfg);
+
+}  // namespace natsl
