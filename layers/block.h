@@ -1,0 +1,26 @@
+#pragma once
+// Block: pre-norm mixer and pre-norm MLP, each with a residual (FLA's block layout and names):
+//   h = x + attn(attn_norm(x)),  y = h + mlp(mlp_norm(h)).
+#include <memory>
+
+#include "layers/gated_mlp.h"
+#include "layers/mixer.h"
+#include "layers/rmsnorm.h"
+
+namespace natsl {
+
+class Block : public Module {
+ public:
+  Block(const ModelConfig& config, int64_t layer_idx);
+  Tensor forward(const Tensor& x) const;  // [B, T, d] -> [B, T, d]
+  const std::string& mixer_kind() const { return kind_; }
+  Mixer& mixer() const { return *attn_; }
+
+ private:
+  std::string kind_;
+  std::shared_ptr<RMSNorm> attn_norm_, mlp_norm_;
+  std::shared_ptr<Mixer> attn_;
+  std::shared_ptr<GatedMLP> mlp_;
+};
+
+}  // namespace natsl

@@ -1,0 +1,70 @@
+#include "layers/causal_lm.h"
+
+#include "autograd/ops.h"
+
+namespace natsl {
+
+void validate_model_config(const ModelConfig& c) {
+  auto positive = [](const char* key, int64_t v) {
+    if (v <= 0) throw InputError(std::string("model.") + key + " must be positive, got " + std::to_string(v));
+  };
+  positive("vocab_size", c.vocab_size);
+  positive("hidden_size", c.hidden_size);
+  positive("num_layers", c.num_layers);
+  if (!c.layers.empty() && int64_t(c.layers.size()) != c.num_layers)
+    throw InputError("model.layers lists " + std::to_string(c.layers.size()) + " mixers but model.num_layers is " +
+                     std::to_string(c.num_layers));
+  if (c.norm_eps <= 0) throw InputError("model.norm_eps must be positive, got " + std::to_string(c.norm_eps));
+  if (c.initializer_range <= 0)
+    throw InputError("model.initializer_range must be positive, got " + std::to_string(c.initializer_range));
+  if (c.intermediate_size < 0) throw InputError("model.intermediate_size must be >= 0 (0 = from hidden_ratio)");
+  positive("mlp_intermediate (from model.hidden_ratio)", c.mlp_intermediate());
+  for (const std::string& kind : c.mixer_kinds()) mixer_spec(kind);
+}
+
+LMBackbone::LMBackbone(const ModelConfig& c) {
+  embeddings_ = register_module("embeddings", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, c.initializer_range));
+  layers_ = register_module("layers", std::make_shared<ModuleList>());
+  for (int64_t i = 0; i < c.num_layers; ++i) blocks_.push_back(layers_->push_back(std::make_shared<Block>(c, i)));
+  norm_ = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.norm_eps));
+}
+
+Tensor LMBackbone::forward(const Tensor& ids) const {
+  const Tensor& w = embeddings_->weight();
+  Tensor h = embeddings_->forward(ids.device() == w.device() ? ids : ids.to(w.device()));
+  for (const auto& b : blocks_) h = b->forward(h);
+  return norm_->forward(h);
+}
+
+CausalLM::CausalLM(const ModelConfig& c) : config_(c) {
+  validate_model_config(c);
+  model_ = register_module("model", std::make_shared<LMBackbone>(c));
+  if (!c.tie_word_embeddings)
+    lm_head_ = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, c.initializer_range));
+}
+
+Tensor CausalLM::forward(const Tensor& ids) const {
+  NATSL_CHECK(ids.dim() == 2, "CausalLM::forward: expected ids [B, T], got ", ids.str());
+  Tensor h = model_->forward(ids);
+  return lm_head_ ? lm_head_->forward(h) : linear(h, model_->embeddings().weight());
+}
+
+Tensor CausalLM::loss(const Batch& batch) const {
+  NATSL_CHECK(batch.inputs.shape() == batch.targets.shape(), "CausalLM::loss: inputs ", batch.inputs.str(),
+              " and targets ", batch.targets.str(), " differ in shape");
+  Tensor logits = forward(batch.inputs);
+  const int64_t N = batch.inputs.numel(), V = config_.vocab_size;
+  Tensor targets = batch.targets.reshape({N});
+  if (targets.device() != logits.device()) targets = targets.to(logits.device());
+  return cross_entropy(reshape(logits, {N, V}), targets, kIgnoreIndex);
+}
+
+void CausalLM::collect_stats(std::map<std::string, double>& stats) const {
+  for (size_t i = 0; i < model_->num_layers(); ++i) {
+    std::map<std::string, double> layer_stats;
+    model_->layer(i).mixer().collect_stats(layer_stats);
+    for (const auto& [k, v] : layer_stats) stats["layers." + std::to_string(i) + "." + k] = v;
+  }
+}
+
+}  // namespace natsl

@@ -1,0 +1,43 @@
+#pragma once
+// Mixer: the token-mixing half of a block (softmax attention, Gated DeltaNet, NAtS-L). Which mixer a layer
+// uses comes from ModelConfig::mixer_kinds(); each kind is an entry of the registry below.
+//
+// Adding a kind (e.g. "gdn"): implement a Mixer subclass, then add one entry to the table in
+// layers/mixer_registry.cpp giving its factory, its closed-form parameter count and its non-parameter
+// FLOPs per token (see docs/flops.md).
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "layers/model_config.h"
+#include "layers/module.h"
+
+namespace natsl {
+
+class Mixer : public Module {
+ public:
+  // x [B, T, d] (already normed) -> [B, T, d].
+  virtual Tensor forward(const Tensor& x) = 0;
+  // Adds per-layer statistics of the last training forward (e.g. NAtS-L's fraction of softmax chunks) under
+  // short keys ("attn_frac"); the model prefixes the layer. Default: none.
+  virtual void collect_stats(std::map<std::string, double>& stats) const { (void)stats; }
+};
+
+struct MixerSpec {
+  std::function<std::shared_ptr<Mixer>(const ModelConfig&, int64_t layer_idx)> make;
+  // Parameters of one such mixer (closed form; tests check it against the built module).
+  std::function<int64_t(const ModelConfig&)> num_params;
+  // Training FLOPs per token (forward + backward) that are NOT weight matmuls, at sequence length seq_len
+  // (the attention score / value products, the recurrent state updates, ...). The weight matmuls are
+  // counted as 6 per parameter by model_flops_per_token.
+  std::function<double(const ModelConfig&, int64_t seq_len)> extra_flops_per_token;
+};
+
+// The registry: kind -> spec. Immutable (built once from the table in mixer_registry.cpp).
+const std::map<std::string, MixerSpec>& mixer_registry();
+// The spec of a kind; unknown kind -> InputError listing the known kinds.
+const MixerSpec& mixer_spec(const std::string& kind);
+std::shared_ptr<Mixer> make_mixer(const std::string& kind, const ModelConfig& config, int64_t layer_idx);
+
+}  // namespace natsl

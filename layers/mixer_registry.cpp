@@ -1,0 +1,33 @@
+#include "layers/mixer.h"
+
+#include "layers/softmax_attention.h"
+
+namespace natsl {
+
+const std::map<std::string, MixerSpec>& mixer_registry() {
+  static const std::map<std::string, MixerSpec> registry = {
+      {"attn",
+       MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
+                   return std::make_shared<SoftmaxAttention>(c, i);
+                 },
+                 &SoftmaxAttention::num_params, &SoftmaxAttention::extra_flops_per_token}},
+  };
+  return registry;
+}
+
+const MixerSpec& mixer_spec(const std::string& kind) {
+  const auto& reg = mixer_registry();
+  auto it = reg.find(kind);
+  if (it == reg.end()) {
+    std::string known;
+    for (const auto& [k, spec] : reg) known += (known.empty() ? "" : ", ") + k;
+    throw InputError("unknown mixer kind '" + kind + "' in the model config; known kinds: " + known);
+  }
+  return it->second;
+}
+
+std::shared_ptr<Mixer> make_mixer(const std::string& kind, const ModelConfig& config, int64_t layer_idx) {
+  return mixer_spec(kind).make(config, layer_idx);
+}
+
+}  // namespace natsl

@@ -1,0 +1,39 @@
+#pragma once
+// SoftmaxAttention (mixer kind "attn"): causal multi-head attention as in FLA's Attention layer.
+//   q = x Wq -> [B,T,H,Dk], k = x Wk -> [B,T,H,Dk], v = x Wv -> [B,T,H,Dv]
+//   optional per-head RMSNorm of q and k (q_norm, k_norm, weight [Dk]), then optional RoPE on q and k,
+//   o = attention_core(q, k, v, causal) -> [B,T,H*Dv], out = o Wo.
+// Dk = config.attn_head_dim (0: hidden_size / num_attn_heads), Dv = config.attn_value_dim (0: Dk).
+#include <memory>
+
+#include "layers/linear.h"
+#include "layers/mixer.h"
+#include "layers/rmsnorm.h"
+
+namespace natsl {
+
+struct AttentionDims {
+  int64_t heads, head_dim, value_dim;
+};
+// Resolves and checks the attention dims of a config (InputError naming the key when inconsistent).
+AttentionDims attention_dims(const ModelConfig& config);
+
+class SoftmaxAttention : public Mixer {
+ public:
+  SoftmaxAttention(const ModelConfig& config, int64_t layer_idx);
+  Tensor forward(const Tensor& x) override;
+  const AttentionDims& dims() const { return dims_; }
+
+  // Closed-form parameter count and attention FLOPs per token (see docs/flops.md).
+  static int64_t num_params(const ModelConfig& config);
+  static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
+
+ private:
+  AttentionDims dims_;
+  bool qk_norm_, rope_;
+  double rope_theta_;
+  std::shared_ptr<Linear> q_proj_, k_proj_, v_proj_, o_proj_;
+  std::shared_ptr<RMSNorm> q_norm_, k_norm_;
+};
+
+}  // namespace natsl
