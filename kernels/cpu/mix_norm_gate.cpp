@@ -1,0 +1,122 @@
+// CPU reference of the NAtS-L output mixing (kernels/mix_norm_gate.h), one row of Dv channels at a time.
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cpu/math.h"
+#include "kernels/mix_norm_gate.h"
+
+namespace natsl::kernels::cpu {
+namespace {
+
+template <class T> using Stat = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// w = softmax of two logits.
+template <class A>
+void softmax2(A l0, A l1, A& w0, A& w1) {
+  w1 = A(1) / (A(1) + std::exp(l0 - l1));
+  w0 = A(1) - w1;
+}
+
+template <class T>
+void fwd_impl(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z, const Tensor& gamma_g,
+              const Tensor& gamma_a, double eps, const Tensor& y, const Tensor& rstd_g, const Tensor& rstd_a) {
+  using A = acc_t<T>;
+  using S = Stat<T>;
+  const int64_t D = og.size(-1), R = og.numel() / D;
+  const T *gp = og.data<T>(), *ap = oa.data<T>(), *wp = wlogits.data<T>(), *zp = z.data<T>();
+  const T *ggp = gamma_g.data<T>(), *gap = gamma_a.data<T>();
+  T* yp = y.data<T>();
+  S *rgp = rstd_g.data<S>(), *rap = rstd_a.data<S>();
+  auto rstd_of = [&](const T* x) {
+    A ss = 0;
+    for (int64_t e = 0; e < D; ++e) ss += convert<A>(x[e]) * convert<A>(x[e]);
+    return A(1) / std::sqrt(ss / A(D) + A(eps));
+  };
+  for (int64_t row = 0; row < R; ++row) {
+    const T *g = gp + row * D, *a = ap + row * D, *zr = zp + row * D;
+    const A rg = rstd_of(g), ra = rstd_of(a);
+    A w0, w1;
+    softmax2(convert<A>(wp[2 * row]), convert<A>(wp[2 * row + 1]), w0, w1);
+    for (int64_t e = 0; e < D; ++e) {
+      const A u = w0 * convert<A>(g[e]) * rg * convert<A>(ggp[e]) + w1 * convert<A>(a[e]) * ra * convert<A>(gap[e]);
+      yp[row * D + e] = convert<T>(u * silu(convert<A>(zr[e])));
+    }
+    rgp[row] = S(rg);
+    rap[row] = S(ra);
+  }
+}
+
+template <class T>
+void bwd_impl(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z, const Tensor& gamma_g,
+              const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a, const Tensor& dy, const Tensor& dog,
+              const Tensor& doa, const Tensor& dwlogits, const Tensor& dz, const Tensor& dgamma_g,
+              const Tensor& dgamma_a) {
+  using A = acc_t<T>;
+  using S = Stat<T>;
+  const int64_t D = og.size(-1), R = og.numel() / D;
+  const T *gp = og.data<T>(), *ap = oa.data<T>(), *wp = wlogits.data<T>(), *zp = z.data<T>(), *dyp = dy.data<T>();
+  const T *ggp = gamma_g.data<T>(), *gap = gamma_a.data<T>();
+  const S *rgp = rstd_g.data<S>(), *rap = rstd_a.data<S>();
+  T *dgp = dog.data<T>(), *dap = doa.data<T>(), *dwp = dwlogits.data<T>(), *dzp = dz.data<T>();
+  std::vector<A> dgg(static_cast<size_t>(D), A(0)), dga(static_cast<size_t>(D), A(0));
+  std::vector<A> ng(static_cast<size_t>(D)), na(static_cast<size_t>(D)), du(static_cast<size_t>(D));
+  for (int64_t row = 0; row < R; ++row) {
+    const int64_t o = row * D;
+    const A rg = A(rgp[row]), ra = A(rap[row]);
+    A w0, w1;
+    softmax2(convert<A>(wp[2 * row]), convert<A>(wp[2 * row + 1]), w0, w1);
+    A dw0 = 0, dw1 = 0;
+    for (int64_t e = 0; e < D; ++e) {
+      ng[e] = convert<A>(gp[o + e]) * rg;
+      na[e] = convert<A>(ap[o + e]) * ra;
+      const A hg = ng[e] * convert<A>(ggp[e]), ha = na[e] * convert<A>(gap[e]);
+      const A ze = convert<A>(zp[o + e]), dye = convert<A>(dyp[o + e]);
+      dzp[o + e] = convert<T>(dye * (w0 * hg + w1 * ha) * silu_grad(ze));
+      du[e] = dye * silu(ze);
+      dw0 += du[e] * hg;
+      dw1 += du[e] * ha;
+      dgg[e] += w0 * du[e] * ng[e];
+      dga[e] += w1 * du[e] * na[e];
+    }
+    const A mean_dw = w0 * dw0 + w1 * dw1;
+    dwp[2 * row] = convert<T>(w0 * (dw0 - mean_dw));
+    dwp[2 * row + 1] = convert<T>(w1 * (dw1 - mean_dw));
+    // RMSNorm backward: dx = rstd (dn - x_hat mean(dn x_hat)), dn = w du gamma.
+    A cg = 0, ca = 0;
+    for (int64_t e = 0; e < D; ++e) {
+      cg += w0 * du[e] * convert<A>(ggp[e]) * ng[e];
+      ca += w1 * du[e] * convert<A>(gap[e]) * na[e];
+    }
+    cg /= A(D);
+    ca /= A(D);
+    for (int64_t e = 0; e < D; ++e) {
+      dgp[o + e] = convert<T>(rg * (w0 * du[e] * convert<A>(ggp[e]) - ng[e] * cg));
+      dap[o + e] = convert<T>(ra * (w1 * du[e] * convert<A>(gap[e]) - na[e] * ca));
+    }
+  }
+  if (dgamma_g.defined())
+    for (int64_t e = 0; e < D; ++e) dgamma_g.data<T>()[e] = convert<T>(dgg[e]);
+  if (dgamma_a.defined())
+    for (int64_t e = 0; e < D; ++e) dgamma_a.data<T>()[e] = convert<T>(dga[e]);
+}
+
+}  // namespace
+
+void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
+                       const Tensor& rstd_g, const Tensor& rstd_a) {
+  NATSL_DISPATCH_FLOAT(og.dtype(), T,
+                       [&] { fwd_impl<T>(og, oa, wlogits, z, gamma_g, gamma_a, eps, y, rstd_g, rstd_a); });
+}
+
+void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
+                       const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
+  NATSL_DISPATCH_FLOAT(og.dtype(), T, [&] {
+    bwd_impl<T>(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz, dgamma_g, dgamma_a);
+  });
+}
+
+}  // namespace natsl::kernels::cpu

@@ -1,0 +1,42 @@
+#pragma once
+// Output mixing of NAtS-L (natsl-layer.md §3.5, the reference's FusedMultiInputRMSNormGated): per token
+// and softmax-head slot a, with rows of Dv channels,
+//   w     = softmax(wlogits[.., a, :])             over 2; index 0 weights the GDN output, 1 the softmax output
+//   g_hat = og * rstd_g * gamma_g,  rstd_g = 1 / sqrt(mean(og^2) + eps)        (og: the GDN output's slot a)
+//   a_hat = oa * rstd_a * gamma_a,  rstd_a = 1 / sqrt(mean(oa^2) + eps)        (oa: softmax head a's output)
+//   y     = (w0 g_hat + w1 a_hat) ⊙ z ⊙ sigmoid(z)                             (z: the gate's slot a)
+// Backward (u = w0 g_hat + w1 a_hat, s = silu(z)):
+//   dz = dy ⊙ u ⊙ silu'(z);  du = dy ⊙ s;  dw_k = <du, hat_k>;  dwlogits = w ⊙ (dw - <dw, w>)
+//   RMSNorm backward of w0 du ⊙ gamma_g into og (and of w1 du ⊙ gamma_a into oa); dgamma = sum over rows.
+//
+// Layouts (contiguous): og, oa, z, y [..., Ha, Dv] D (the GDN output [B, T, H, V] is passed viewed as
+// [B, T, Ha, V / G], a plain reshape); wlogits [..., Ha, 2] D; gamma_g, gamma_a [Dv] D;
+// rstd_g, rstd_a [..., Ha] S (f64 for f64 data, else f32). Statistics are computed in f32 (f64 for f64).
+#include "core/tensor.h"
+
+namespace natsl::kernels {
+
+void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
+                       const Tensor& rstd_g, const Tensor& rstd_a);
+
+// All gradients overwritten; dgamma_g / dgamma_a may be undefined (not computed).
+void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
+                       const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a);
+
+#define NATSL_MIX_NORM_GATE_DECLS                                                                            \
+  void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,         \
+                         const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,          \
+                         const Tensor& rstd_g, const Tensor& rstd_a);                                        \
+  void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,         \
+                         const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g,                 \
+                         const Tensor& rstd_a, const Tensor& dy, const Tensor& dog, const Tensor& doa,       \
+                         const Tensor& dwlogits, const Tensor& dz, const Tensor& dgamma_g,                   \
+                         const Tensor& dgamma_a);
+namespace cpu { NATSL_MIX_NORM_GATE_DECLS }
+namespace cuda { NATSL_MIX_NORM_GATE_DECLS }
+#undef NATSL_MIX_NORM_GATE_DECLS
+
+}  // namespace natsl::kernels
