@@ -7,6 +7,9 @@
 
 namespace natsl::kernels {
 
+// The dtype of the statistics (rstd, rnorm, lse, losses, valid) for data of dtype `data`.
+inline DType stat_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
+
 // out[..., :] = weight[ids[...], :]. ids i32 or i64; out-of-range ids throw on CPU (checked on GPU by a
 // device assert).
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out);

@@ -1,6 +1,7 @@
 #pragma once
 // Scalar formulas shared by the CPU reference kernels (templated so tests run them in f64).
 #include <cmath>
+#include <type_traits>
 
 #include "core/dtype.h"
 
@@ -20,5 +21,12 @@ template <class T> T silu_grad(T x) {
 template <class T> struct acc_type { using type = T; };
 template <> struct acc_type<bf16> { using type = float; };
 template <class T> using acc_t = typename acc_type<T>::type;
+
+}  // namespace natsl::kernels::cpu
+
+namespace natsl::kernels::cpu {
+
+// Storage type of the statistics kept for data of type T: f64 for f64 data, else f32 (kernels/nn.h).
+template <class T> using stat_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 }  // namespace natsl::kernels::cpu

@@ -1,0 +1,102 @@
+// matmul and linear. With C = op(A) op(B):  d op(A) = dC op(B)^T,  d op(B) = op(A)^T dC; a transposed
+// operand's gradient is the transpose of that. Broadcast batch dims are summed back to each input's shape.
+#include "autograd/function.h"
+#include "autograd/ops.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "kernels/reduce.h"
+
+namespace natsl {
+namespace {
+
+Shape batch_of(const Tensor& t) { return Shape(t.shape().begin(), t.shape().end() - 2); }
+
+Shape with_matrix(Shape batch, int64_t rows, int64_t cols) {
+  batch.push_back(rows);
+  batch.push_back(cols);
+  return batch;
+}
+
+// t with its batch dims broadcast to `batch`, contiguous (t itself when nothing changes).
+Tensor expand_batch(const Tensor& t, const Shape& batch) {
+  Shape full = with_matrix(batch, t.size(-2), t.size(-1));
+  return (t.shape() == full ? t : t.expand(full)).contiguous();
+}
+
+// op(a) @ op(b) for contiguous a with `batch` dims and b 2-D or with `batch` dims.
+Tensor product(const Tensor& a, const Tensor& b, bool ta, bool tb, const Shape& batch) {
+  Tensor out = Tensor::empty(with_matrix(batch, a.size(ta ? -1 : -2), b.size(tb ? -2 : -1)), a.dtype(), a.device());
+  kernels::matmul(a, b, out, ta, tb);
+  return out;
+}
+
+Tensor transpose_last(const Tensor& t) { return t.transpose(-2, -1).contiguous(); }
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  NATSL_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: expects operands of rank >= 2, got ", a.str(), " and ", b.str());
+  NATSL_CHECK(a.dtype() == b.dtype(), "matmul: dtypes differ: ", a.str(), " and ", b.str());
+  const Shape batch = kernels::broadcast_shapes(batch_of(a), batch_of(b));
+  // b stays 2-D when it is (the kernel shares it across the batch); everything else is broadcast.
+  Tensor ae = expand_batch(a, batch).detach();
+  Tensor be = (b.dim() == 2 ? b.contiguous() : expand_batch(b, batch)).detach();
+  Tensor out = product(ae, be, trans_a, trans_b, batch);
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  const Shape ash = a.shape(), bsh = b.shape();
+  record("matmul", {a, b}, {&out}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dc = g[0].contiguous();
+    Tensor da, db;
+    if (need_a) {
+      Tensor d_opa = product(dc, be, false, !trans_b, batch);  // [batch, M, K]
+      da = detail::reduce_grad_to(trans_a ? transpose_last(d_opa) : d_opa, ash);
+    }
+    if (need_b) {
+      if (be.dim() == 2 && !trans_a) {
+        // Shared b: fold the batch into the rows, so the batch sum happens inside one product.
+        const int64_t K = ae.size(-1), N = dc.size(-1);
+        Tensor a2 = ae.view({-1, K}), dc2 = dc.view({-1, N});
+        db = trans_b ? product(dc2, a2, true, false, {}) : product(a2, dc2, true, false, {});
+      } else {
+        Tensor full = trans_b ? product(dc, ae, true, trans_a, batch) : product(ae, dc, !trans_a, false, batch);
+        db = detail::reduce_grad_to(full, bsh);
+      }
+    }
+    return {da, db};
+  });
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  NATSL_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1), "linear: expects x [..., in] and w [out, in], got ",
+              x.str(), " and ", w.str());
+  NATSL_CHECK(x.dtype() == w.dtype(), "linear: dtypes differ: ", x.str(), " and ", w.str());
+  NATSL_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == w.size(0) && bias.dtype() == w.dtype()),
+              "linear: bias ", bias.str(), " for weight ", w.str());
+  const int64_t in = w.size(1), outf = w.size(0);
+  Tensor x2 = x.contiguous().view({-1, in}).detach();
+  Tensor wc = w.contiguous().detach();
+  Tensor y2 = product(x2, wc, false, true, {});
+  if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y2, bias, y2);
+  Shape ys = x.shape();
+  ys.back() = outf;
+  Tensor y = y2.view(ys);
+  const bool need_x = x.requires_grad(), need_w = w.requires_grad();
+  const bool need_b = bias.defined() && bias.requires_grad();
+  const Shape xs = x.shape();
+  record("linear", {x, w, bias}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dy2 = g[0].contiguous().view({-1, outf});
+    Tensor dx, dw, db;
+    if (need_x) dx = product(dy2, wc, false, false, {}).view(xs);  // dy w
+    if (need_w) dw = product(dy2, x2, true, false, {});             // dy^T x
+    if (need_b) {
+      Tensor s = Tensor::empty({1, outf}, dy2.dtype(), dy2.device());
+      kernels::sum_dims(dy2, {0}, s);
+      db = s.view({outf});
+    }
+    return {dx, dw, db};
+  });
+  return y;
+}
+
+}  // namespace natsl

@@ -1,0 +1,45 @@
+// rmsnorm and l2norm over the last dim: single nodes keeping the per-row statistic from the forward.
+#include "autograd/function.h"
+#include "autograd/ops.h"
+#include "kernels/nn.h"
+
+namespace natsl {
+namespace {
+// One statistic per row of x, shaped like x without its last dim.
+Tensor row_stats(const Tensor& x) {
+  Shape s(x.shape().begin(), x.shape().end() - 1);
+  return Tensor::empty(s, kernels::stat_dtype(x.dtype()), x.device());
+}
+}  // namespace
+
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
+  NATSL_CHECK(x.dim() >= 1, "rmsnorm: expects at least 1-D input, got ", x.str());
+  Tensor xc = x.contiguous().detach();
+  Tensor wc = weight.defined() ? weight.contiguous().detach() : Tensor();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = row_stats(x);
+  kernels::rmsnorm_fwd(xc, wc, eps, y, rstd);
+  record("rmsnorm", {x, weight}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    Tensor dw = wc.defined() ? Tensor::empty(wc.shape(), wc.dtype(), wc.device()) : Tensor();
+    kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw);
+    return {dx, dw};
+  });
+  return y;
+}
+
+Tensor l2norm(const Tensor& x, double eps) {
+  NATSL_CHECK(x.dim() >= 1, "l2norm: expects at least 1-D input, got ", x.str());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rnorm = row_stats(x);
+  kernels::l2norm_fwd(x.contiguous(), eps, y, rnorm);
+  Tensor sy = y.detach();
+  record("l2norm", {x}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(sy.shape(), sy.dtype(), sy.device());
+    kernels::l2norm_bwd(sy, rnorm, g[0].contiguous(), dx);
+    return {dx};
+  });
+  return y;
+}
+
+}  // namespace natsl

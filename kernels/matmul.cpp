@@ -1,0 +1,30 @@
+#include "kernels/matmul.h"
+
+#include "kernels/dispatch.h"
+
+namespace natsl::kernels {
+
+void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
+            double beta) {
+  Device d = common_device({&a, &b, &out}, "matmul");
+  check_contiguous({&a, &b, &out}, "matmul");
+  NATSL_CHECK(a.dtype() == b.dtype() && b.dtype() == out.dtype() && is_floating(out.dtype()),
+              "matmul: expects one floating dtype, got a ", dtype_name(a.dtype()), ", b ", dtype_name(b.dtype()),
+              ", out ", dtype_name(out.dtype()));
+  NATSL_CHECK(a.dim() >= 2 && b.dim() >= 2 && out.dim() == a.dim(), "matmul: expects a [..., M, K], b [..., K, N] ",
+              "or [K, N], out [..., M, N] with a's rank; got a ", a.str(), ", b ", b.str(), ", out ", out.str());
+  const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1);
+  const int64_t Kb = b.size(trans_b ? -1 : -2), N = b.size(trans_b ? -2 : -1);
+  NATSL_CHECK(K == Kb, "matmul: inner dims differ: op(a) is ", M, "x", K, ", op(b) is ", Kb, "x", N, " (a ",
+              a.str(), ", b ", b.str(), ", trans_a ", trans_a, ", trans_b ", trans_b, ")");
+  NATSL_CHECK(out.size(-2) == M && out.size(-1) == N, "matmul: out ", out.str(), " for a ", M, "x", N, " product");
+  const Shape batch(out.shape().begin(), out.shape().end() - 2);
+  NATSL_CHECK(Shape(a.shape().begin(), a.shape().end() - 2) == batch, "matmul: batch dims of a ", a.str(),
+              " differ from out ", out.str());
+  NATSL_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch, "matmul: b ", b.str(),
+              " must be 2-D or have out's batch dims ", out.str());
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta));
+  else cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
+}
+
+}  // namespace natsl::kernels

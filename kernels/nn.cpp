@@ -1,0 +1,248 @@
+#include "kernels/nn.h"
+
+#include "kernels/dispatch.h"
+
+namespace natsl::kernels {
+namespace {
+
+#define NATSL_NN_DISPATCH(dev, fn, ...)                   \
+  do {                                                   \
+    if ((dev).is_cuda()) NATSL_CUDA_ONLY(cuda::fn(__VA_ARGS__)); \
+    else cpu::fn(__VA_ARGS__);                           \
+  } while (0)
+
+void check_floating(const Tensor& t, const char* op, const char* what) {
+  NATSL_CHECK(is_floating(t.dtype()), op, ": ", what, " must be floating, got ", t.str());
+}
+void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  NATSL_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", a.str(), " and ", b.str());
+}
+void check_index(const Tensor& ids, const char* op) {
+  NATSL_CHECK(ids.dtype() == DType::i32 || ids.dtype() == DType::i64, op, ": ids must be i32 or i64, got ",
+              ids.str());
+}
+// A statistics tensor: one value per row, in stat_dtype(data).
+void check_stats(const Tensor& s, const Tensor& data, const char* op, const char* what) {
+  const int64_t D = data.dim() > 0 ? data.size(-1) : 1;
+  const int64_t rows = D > 0 ? data.numel() / D : 0;
+  NATSL_CHECK(s.numel() == rows && s.dtype() == stat_dtype(data.dtype()), op, ": ", what, " must hold ", rows,
+              " ", dtype_name(stat_dtype(data.dtype())), " values (one per row of ", data.str(), "), got ", s.str());
+}
+void check_rows(const Tensor& x, const char* op) {
+  NATSL_CHECK(x.dim() >= 1, op, ": expects at least 1-D input, got ", x.str());
+  check_floating(x, op, "input");
+}
+
+}  // namespace
+
+void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
+  Device d = common_device({&weight, &ids, &out}, "embedding_fwd");
+  check_contiguous({&weight, &ids, &out}, "embedding_fwd");
+  check_index(ids, "embedding_fwd");
+  check_floating(weight, "embedding_fwd", "weight");
+  check_same_dtype(weight, out, "embedding_fwd");
+  NATSL_CHECK(weight.dim() == 2, "embedding_fwd: weight must be [V, D], got ", weight.str());
+  Shape want = ids.shape();
+  want.push_back(weight.size(1));
+  NATSL_CHECK(out.shape() == want, "embedding_fwd: out ", out.str(), " should be ", shape_str(want));
+  NATSL_NN_DISPATCH(d, embedding_fwd, weight, ids, out);
+}
+
+void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight) {
+  Device d = common_device({&ids, &dout, &dweight}, "embedding_bwd");
+  check_contiguous({&ids, &dout, &dweight}, "embedding_bwd");
+  check_index(ids, "embedding_bwd");
+  check_floating(dweight, "embedding_bwd", "dweight");
+  check_same_dtype(dout, dweight, "embedding_bwd");
+  NATSL_CHECK(dweight.dim() == 2, "embedding_bwd: dweight must be [V, D], got ", dweight.str());
+  Shape want = ids.shape();
+  want.push_back(dweight.size(1));
+  NATSL_CHECK(dout.shape() == want, "embedding_bwd: dout ", dout.str(), " should be ", shape_str(want));
+  NATSL_NN_DISPATCH(d, embedding_bwd, ids, dout, dweight);
+}
+
+void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
+  Device d = common_device({&x, &w, &y, &rstd}, "rmsnorm_fwd");
+  check_contiguous({&x, &w, &y, &rstd}, "rmsnorm_fwd");
+  check_rows(x, "rmsnorm_fwd");
+  check_same_shape(x, y, "rmsnorm_fwd");
+  check_same_dtype(x, y, "rmsnorm_fwd");
+  if (w.defined()) {
+    check_same_dtype(x, w, "rmsnorm_fwd");
+    NATSL_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), "rmsnorm_fwd: weight ", w.str(), " for input ", x.str());
+  }
+  check_stats(rstd, x, "rmsnorm_fwd", "rstd");
+  NATSL_NN_DISPATCH(d, rmsnorm_fwd, x, w, eps, y, rstd);
+}
+
+void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                 const Tensor& dw) {
+  Device d = common_device({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
+  check_contiguous({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
+  check_rows(x, "rmsnorm_bwd");
+  check_same_shape(x, dy, "rmsnorm_bwd");
+  check_same_shape(x, dx, "rmsnorm_bwd");
+  check_same_dtype(x, dy, "rmsnorm_bwd");
+  check_same_dtype(x, dx, "rmsnorm_bwd");
+  check_stats(rstd, x, "rmsnorm_bwd", "rstd");
+  NATSL_CHECK(w.defined() == dw.defined(), "rmsnorm_bwd: dw must be given exactly when w is");
+  if (w.defined()) {
+    NATSL_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), "rmsnorm_bwd: weight ", w.str(), " for input ", x.str());
+    check_same_shape(w, dw, "rmsnorm_bwd");
+    check_same_dtype(x, w, "rmsnorm_bwd");
+    check_same_dtype(x, dw, "rmsnorm_bwd");
+  }
+  NATSL_NN_DISPATCH(d, rmsnorm_bwd, x, w, rstd, dy, dx, dw);
+}
+
+void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
+  Device d = common_device({&x, &y, &rnorm}, "l2norm_fwd");
+  check_contiguous({&x, &y, &rnorm}, "l2norm_fwd");
+  check_rows(x, "l2norm_fwd");
+  check_same_shape(x, y, "l2norm_fwd");
+  check_same_dtype(x, y, "l2norm_fwd");
+  check_stats(rnorm, x, "l2norm_fwd", "rnorm");
+  NATSL_NN_DISPATCH(d, l2norm_fwd, x, eps, y, rnorm);
+}
+
+void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx) {
+  Device d = common_device({&y, &rnorm, &dy, &dx}, "l2norm_bwd");
+  check_contiguous({&y, &rnorm, &dy, &dx}, "l2norm_bwd");
+  check_rows(y, "l2norm_bwd");
+  check_same_shape(y, dy, "l2norm_bwd");
+  check_same_shape(y, dx, "l2norm_bwd");
+  check_same_dtype(y, dy, "l2norm_bwd");
+  check_same_dtype(y, dx, "l2norm_bwd");
+  check_stats(rnorm, y, "l2norm_bwd", "rnorm");
+  NATSL_NN_DISPATCH(d, l2norm_bwd, y, rnorm, dy, dx);
+}
+
+void softmax_fwd(const Tensor& x, const Tensor& y) {
+  Device d = common_device({&x, &y}, "softmax_fwd");
+  check_contiguous({&x, &y}, "softmax_fwd");
+  check_rows(x, "softmax_fwd");
+  check_same_shape(x, y, "softmax_fwd");
+  check_same_dtype(x, y, "softmax_fwd");
+  NATSL_NN_DISPATCH(d, softmax_fwd, x, y);
+}
+
+void softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  Device d = common_device({&y, &dy, &dx}, "softmax_bwd");
+  check_contiguous({&y, &dy, &dx}, "softmax_bwd");
+  check_rows(y, "softmax_bwd");
+  check_same_shape(y, dy, "softmax_bwd");
+  check_same_shape(y, dx, "softmax_bwd");
+  check_same_dtype(y, dy, "softmax_bwd");
+  check_same_dtype(y, dx, "softmax_bwd");
+  NATSL_NN_DISPATCH(d, softmax_bwd, y, dy, dx);
+}
+
+void log_softmax_fwd(const Tensor& x, const Tensor& y) {
+  Device d = common_device({&x, &y}, "log_softmax_fwd");
+  check_contiguous({&x, &y}, "log_softmax_fwd");
+  check_rows(x, "log_softmax_fwd");
+  check_same_shape(x, y, "log_softmax_fwd");
+  check_same_dtype(x, y, "log_softmax_fwd");
+  NATSL_NN_DISPATCH(d, log_softmax_fwd, x, y);
+}
+
+void log_softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  Device d = common_device({&y, &dy, &dx}, "log_softmax_bwd");
+  check_contiguous({&y, &dy, &dx}, "log_softmax_bwd");
+  check_rows(y, "log_softmax_bwd");
+  check_same_shape(y, dy, "log_softmax_bwd");
+  check_same_shape(y, dx, "log_softmax_bwd");
+  check_same_dtype(y, dy, "log_softmax_bwd");
+  check_same_dtype(y, dx, "log_softmax_bwd");
+  NATSL_NN_DISPATCH(d, log_softmax_bwd, y, dy, dx);
+}
+
+namespace {
+void check_ce_shapes(const Tensor& logits, const Tensor& targets, const char* op) {
+  check_floating(logits, op, "logits");
+  check_index(targets, op);
+  NATSL_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), op,
+              ": expects logits [N, V] and targets [N], got ", logits.str(), " and ", targets.str());
+}
+}  // namespace
+
+void cross_entropy_fwd(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
+                       const Tensor& lse, const Tensor& valid) {
+  Device d = common_device({&logits, &targets, &losses, &lse, &valid}, "cross_entropy_fwd");
+  check_contiguous({&logits, &targets, &losses, &lse, &valid}, "cross_entropy_fwd");
+  check_ce_shapes(logits, targets, "cross_entropy_fwd");
+  check_stats(losses, logits, "cross_entropy_fwd", "losses");
+  check_stats(lse, logits, "cross_entropy_fwd", "lse");
+  check_stats(valid, logits, "cross_entropy_fwd", "valid");
+  NATSL_NN_DISPATCH(d, cross_entropy_fwd, logits, targets, ignore_index, losses, lse, valid);
+}
+
+void cross_entropy_bwd(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_scale,
+                       int64_t ignore_index, const Tensor& dlogits) {
+  Device d = common_device({&logits, &targets, &lse, &grad_scale, &dlogits}, "cross_entropy_bwd");
+  check_contiguous({&logits, &targets, &lse, &grad_scale, &dlogits}, "cross_entropy_bwd");
+  check_ce_shapes(logits, targets, "cross_entropy_bwd");
+  check_stats(lse, logits, "cross_entropy_bwd", "lse");
+  NATSL_CHECK(grad_scale.numel() == 1 && grad_scale.dtype() == stat_dtype(logits.dtype()),
+              "cross_entropy_bwd: grad_scale must be one ", dtype_name(stat_dtype(logits.dtype())), " value, got ",
+              grad_scale.str());
+  check_same_shape(logits, dlogits, "cross_entropy_bwd");
+  check_same_dtype(logits, dlogits, "cross_entropy_bwd");
+  NATSL_NN_DISPATCH(d, cross_entropy_bwd, logits, targets, lse, grad_scale, ignore_index, dlogits);
+}
+
+namespace {
+void check_conv(const Tensor& x, const Tensor& w, const char* op) {
+  check_floating(x, op, "x");
+  check_same_dtype(x, w, op);
+  NATSL_CHECK(x.dim() == 3 && w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) >= 1, op,
+              ": expects x [B, T, C] and w [C, W], got ", x.str(), " and ", w.str());
+}
+}  // namespace
+
+void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y) {
+  Device d = common_device({&x, &w, &y}, "short_conv_fwd");
+  check_contiguous({&x, &w, &y}, "short_conv_fwd");
+  check_conv(x, w, "short_conv_fwd");
+  check_same_shape(x, y, "short_conv_fwd");
+  check_same_dtype(x, y, "short_conv_fwd");
+  NATSL_NN_DISPATCH(d, short_conv_fwd, x, w, apply_silu, y);
+}
+
+void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
+                    const Tensor& dw) {
+  Device d = common_device({&x, &w, &dy, &dx, &dw}, "short_conv_bwd");
+  check_contiguous({&x, &w, &dy, &dx, &dw}, "short_conv_bwd");
+  check_conv(x, w, "short_conv_bwd");
+  check_same_shape(x, dy, "short_conv_bwd");
+  check_same_shape(x, dx, "short_conv_bwd");
+  check_same_shape(w, dw, "short_conv_bwd");
+  for (const Tensor* t : {&dy, &dx, &dw}) check_same_dtype(x, *t, "short_conv_bwd");
+  NATSL_NN_DISPATCH(d, short_conv_bwd, x, w, apply_silu, dy, dx, dw);
+}
+
+void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  Device d = common_device({&gate, &up, &y}, "swiglu_fwd");
+  check_contiguous({&gate, &up, &y}, "swiglu_fwd");
+  check_floating(gate, "swiglu_fwd", "gate");
+  check_same_shape(gate, up, "swiglu_fwd");
+  check_same_shape(gate, y, "swiglu_fwd");
+  check_same_dtype(gate, up, "swiglu_fwd");
+  check_same_dtype(gate, y, "swiglu_fwd");
+  NATSL_NN_DISPATCH(d, swiglu_fwd, gate, up, y);
+}
+
+void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, const Tensor& dup) {
+  Device d = common_device({&gate, &up, &dy, &dgate, &dup}, "swiglu_bwd");
+  check_contiguous({&gate, &up, &dy, &dgate, &dup}, "swiglu_bwd");
+  check_floating(gate, "swiglu_bwd", "gate");
+  for (const Tensor* t : {&up, &dy, &dgate, &dup}) {
+    check_same_shape(gate, *t, "swiglu_bwd");
+    check_same_dtype(gate, *t, "swiglu_bwd");
+  }
+  NATSL_NN_DISPATCH(d, swiglu_bwd, gate, up, dy, dgate, dup);
+}
+
+#undef NATSL_NN_DISPATCH
+
+}  // namespace natsl::kernels
