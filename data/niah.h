@@ -1,0 +1,81 @@
+#pragma once
+// Single-needle needle-in-a-haystack (RULER's niah_single_{1,2,3}, ../shared/reference/evals.md section 3)
+// for byte-level models, generated on the fly, one example per (seed, step, global row).
+//
+// Row layout (bytes, T + 1 tokens before the one-token shift; BOS first and EOS padding when
+// vocab_size >= 258, otherwise no BOS and '\n' padding):
+//   "A special magic number is hidden within the following text. Make sure to memorize it. I will quiz
+//    you about the number afterwards.\n" CONTEXT "\nWhat is the special magic number for KEY mentioned in
+//    the provided text? The special magic number for KEY mentioned in the provided text is" " " VALUE "."
+// ("number" -> "uuid" for UUID values). The needle "One of the special magic numbers for KEY is: VALUE."
+// sits in CONTEXT before haystack unit (noise) or sentence (essay) index int(n * depth / 100).
+//   noise: n copies of "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back
+//          again." joined by '\n' (the needle is one more '\n'-joined element)
+//   essay: the first n whitespace-separated words of a held-out text (repeated if short), split into
+//          sentences after words ending in '.', '!' or '?', joined by ' ' (the needle one more sentence)
+// n is the largest count that fits the row. KEY = "adjective-noun" from built-in 64-word lists; VALUE a
+// uniform 7-digit number in [1000000, 9999999] or a version-4 UUID. Targets are kIgnoreIndex except at
+// the VALUE bytes, so teacher-forced accuracy counts only the answer.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/random_stream.h"
+#include "data/source.h"
+
+namespace natsl {
+
+enum class NiahHaystack { Noise, Essay };
+enum class NiahValue { Number, Uuid };
+
+struct NiahOptions {
+  int64_t seq_len = 1024;
+  int64_t vocab_size = 258;  // >= 256 (byte ids)
+  NiahHaystack haystack = NiahHaystack::Noise;
+  NiahValue value = NiahValue::Number;
+  std::string essay_path;  // held-out text for the essay haystack (never training text)
+  // The needle depth in percent, in [0, 100]; negative draws it per example from RULER's 40-point grid
+  // round(linspace(0, 100, 40)).
+  double depth_percent = -1;
+  int64_t batch_size = 8;  // rows per rank
+  uint64_t seed = 0;
+  int rank = 0;
+  int world_size = 1;
+};
+
+struct NiahExample {
+  std::vector<int32_t> tokens;         // T + 1 tokens (inputs = [0, T), targets = [1, T + 1))
+  int64_t answer_begin, answer_end;    // VALUE occupies tokens [answer_begin, answer_end)
+  int64_t context_begin, context_end;  // CONTEXT (with the needle) occupies tokens [context_begin, context_end)
+  int64_t needle_begin;                // first token of the needle sentence
+  int64_t haystack_units;              // n: noise units or essay sentences around the needle
+  int64_t needle_index;                // the needle precedes unit/sentence number needle_index
+  double depth_percent;
+  std::string key, value;
+};
+
+// RULER's depth grid round(linspace(0, 100, 40)).
+std::vector<double> niah_depth_grid();
+
+class NiahSource : public DataSource {
+ public:
+  explicit NiahSource(const NiahOptions& o);  // reads essay_path; InputError on bad options or files
+  Batch next(int64_t step) override;
+  int64_t batch_size() const override { return opts_.batch_size; }
+  int64_t seq_len() const override { return opts_.seq_len; }
+  int64_t vocab_size() const override { return opts_.vocab_size; }
+  nlohmann::json state() const override;
+  void load_state(const nlohmann::json& state) override;
+  std::string describe() const override;
+
+  NiahExample example(int64_t step, int64_t b) const;  // row b of this rank at `step`
+  NiahExample generate(RandomStream& rs) const;
+
+ private:
+  NiahOptions opts_;
+  std::vector<std::string> essay_words_;
+  int64_t last_step_ = -1;
+  bool use_bos() const { return opts_.vocab_size >= 258; }
+};
+
+}  // namespace natsl

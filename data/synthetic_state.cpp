@@ -1,0 +1,27 @@
+#include "data/synthetic_state.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace natsl {
+
+int64_t check_synthetic_state(const nlohmann::json& theirs, const nlohmann::json& mine) {
+  const std::string fix = "; resume with the data settings of the checkpoint or start a new run.";
+  const std::string kind = mine.at("kind").get<std::string>();
+  if (!theirs.is_object() || !theirs.contains("kind") || !theirs.contains("settings") || !theirs.contains("last_step"))
+    throw InputError("the checkpoint's data state is not a " + kind + " state (missing kind/settings/last_step)" + fix);
+  if (theirs.at("kind") != mine.at("kind"))
+    throw InputError("the checkpoint's data source is " + theirs.at("kind").dump() + " but this run uses " +
+                     mine.at("kind").dump() + fix);
+  const nlohmann::json& a = theirs.at("settings");
+  for (const auto& [key, value] : mine.at("settings").items()) {
+    if (!a.contains(key)) throw InputError("the checkpoint's " + kind + " data state lacks setting '" + key + "'" + fix);
+    if (a.at(key) != value)
+      throw InputError("the checkpoint's " + kind + " data has " + key + " = " + a.at(key).dump() +
+                       " but this run has " + value.dump() + fix);
+  }
+  return theirs.at("last_step").get<int64_t>();
+}
+
+}  // namespace natsl
