@@ -1,0 +1,245 @@
+// The run config: YAML loading, overrides, and every kind of bad input (with file, line, key, hint).
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "trainers/config.h"
+#include "trainers/config_schema.h"
+#include "trainer_test_util.h"
+
+namespace natsl {
+namespace {
+
+using testing::TempDir;
+using testing::write_text;
+
+// The InputError message of load_config(path, overrides), or "" when it loads.
+std::string load_error(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  try {
+    load_config(path, overrides);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, EmptyFileGivesDefaults) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "");
+  RunConfig c = load_config(dir / "c.yaml");
+  RunConfig d;
+  EXPECT_EQ(config_to_json(c), config_to_json(d));
+}
+
+TEST(Config, ReadsEverySection) {
+  TempDir dir;
+  write_text(dir / "c.yaml",
+             "model:\n  hidden_size: 64\n  num_layers: 3\n  layers: [attn, gdn, attn]\n"
+             "data:\n  source: mqar\n  mqar:\n    num_kv_pairs: 4\n    power_a: 0.5\n"
+             "train:\n  steps: 50\n  lr: 1.0e-3\n  betas: [0.8, 0.9]\n  schedule: wsd\n  warmup_steps: 5\n"
+             "  no_decay: [norm]\n  seq_len: 64\n"
+             "resume: auto\n");
+  RunConfig c = load_config(dir / "c.yaml");
+  EXPECT_EQ(c.model.hidden_size, 64);
+  EXPECT_EQ(c.model.layers, (std::vector<std::string>{"attn", "gdn", "attn"}));
+  EXPECT_EQ(c.data.mqar.num_kv_pairs, 4);
+  EXPECT_DOUBLE_EQ(c.data.mqar.power_a, 0.5);
+  EXPECT_EQ(c.train.steps, 50);
+  EXPECT_DOUBLE_EQ(c.train.lr, 1e-3);
+  EXPECT_EQ(c.train.betas, (std::vector<double>{0.8, 0.9}));
+  EXPECT_EQ(c.train.schedule, "wsd");
+  EXPECT_EQ(c.train.no_decay, (std::vector<std::string>{"norm"}));
+  EXPECT_EQ(c.resume, "auto");
+  EXPECT_EQ(c.origin.at("train.lr"), dir / "c.yaml" + ":12");
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndSuggests) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  steps: 10\n  lerning_rate: 0.1\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key 'train.lerning_rate'"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "train:\n  setps: 10\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'train.steps'?"), std::string::npos) << e;
+
+  // A key in the wrong section points to where it belongs.
+  write_text(dir / "c.yaml", "model:\n  hidden_size: 32\n  lr: 0.1\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":3"), std::string::npos) << e;
+  EXPECT_NE(e.find("'train.lr'"), std::string::npos) << e;
+
+  // An unknown section.
+  write_text(dir / "c.yaml", "trian:\n  steps: 3\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":1"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'train'?"), std::string::npos) << e;
+
+  // Nothing close: the valid keys are listed.
+  write_text(dir / "c.yaml", "data:\n  zzzzzzzzzz: 3\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find("valid keys in 'data': source, mqar, niah, text"), std::string::npos) << e;
+}
+
+TEST(Config, WrongTypesNameKeyAndLine) {
+  TempDir dir;
+  struct Case {
+    std::string yaml, key, expect;
+  };
+  std::vector<Case> cases = {
+      {"train:\n  steps: abc\n", "train.steps", "must be an integer, got 'abc'"},
+      {"train:\n  steps: 3.5\n", "train.steps", "must be an integer, got '3.5'"},
+      {"train:\n  lr: fast\n", "train.lr", "must be a number"},
+      {"train:\n  deterministic: maybe\n", "train.deterministic", "must be true or false"},
+      {"train:\n  betas: 0.9\n", "train.betas", "must be a list of numbers"},
+      {"train:\n  betas: [0.9]\n", "train.betas", "must have 2 entries"},
+      {"train:\n  steps:\n", "train.steps", "got no value"},
+      {"train:\n  out_dir: [a, b]\n", "train.out_dir", "must be a string, got a list"},
+      {"model:\n  layers: [attn, mamba]\n", "model.layers", "expected one of attn, gdn, natsl"},
+      {"train: 5\n", "train", "must be a mapping"},
+  };
+  for (const auto& c : cases) {
+    write_text(dir / "c.yaml", c.yaml);
+    std::string e = load_error(dir / "c.yaml");
+    EXPECT_NE(e.find(c.key), std::string::npos) << c.yaml << " -> " << e;
+    EXPECT_NE(e.find(c.expect), std::string::npos) << c.yaml << " -> " << e;
+    EXPECT_NE(e.find(dir / "c.yaml:"), std::string::npos) << c.yaml << " -> " << e;
+  }
+}
+
+TEST(Config, OutOfRangeAndBadChoices) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  steps: 10\n  lr: -0.1\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
+  EXPECT_NE(e.find("value -0.1 of 'train.lr' is out of range: expected in [0, 10]"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "train:\n  schedule: cosin\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":2"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'cosine'?"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "train:\n  batch_size: 0\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find("'train.batch_size' is out of range: expected >= 1"), std::string::npos) << e;
+}
+
+TEST(Config, CrossFieldRulesNameTheLine) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  steps: 10\n  warmup_steps: 20\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.warmup_steps (20) exceeds train.steps (10)"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "model:\n  num_layers: 2\n  layers: [attn]\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":3"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.layers has 1 entries"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "data:\n  source: text\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find("data.text.train"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "train:\n  device: gpu\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":2: train.device 'gpu'"), std::string::npos) << e;
+}
+
+TEST(Config, DuplicateKeyAndSyntaxError) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  steps: 1\n  steps: 2\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(":3: key 'train.steps' appears twice"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "train:\n  steps: [1, 2\n  lr: 3\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:"), std::string::npos) << e;
+  EXPECT_NE(e.find("YAML syntax error"), std::string::npos) << e;
+}
+
+TEST(Config, MissingFile) {
+  TempDir dir;
+  std::string e = load_error(dir / "nope.yaml");
+  EXPECT_NE(e.find("config file '" + dir / "nope.yaml" + "' does not exist"), std::string::npos) << e;
+}
+
+TEST(Config, ModelFromFileRelativeToConfig) {
+  TempDir dir;
+  write_text(dir / "models/m.yaml", "hidden_size: 96\nnum_attn_heads: 3\n");
+  write_text(dir / "c.yaml", "model: models/m.yaml\ntrain:\n  steps: 5\n  warmup_steps: 1\n");
+  RunConfig c = load_config(dir / "c.yaml");
+  EXPECT_EQ(c.model.hidden_size, 96);
+  EXPECT_EQ(c.model.num_attn_heads, 3);
+  EXPECT_EQ(c.origin.at("model.hidden_size"), dir / "models/m.yaml:1");
+
+  // Errors inside the model file name the model file.
+  write_text(dir / "models/m.yaml", "hidden_size: 96\nhiden: 3\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "models/m.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key 'model.hiden'"), std::string::npos) << e;
+
+  write_text(dir / "c.yaml", "model: models/absent.yaml\n");
+  e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find("model config file '" + dir / "models/absent.yaml" + "' does not exist"), std::string::npos) << e;
+}
+
+TEST(Config, OverridesAreTypeChecked) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  steps: 10\n  warmup_steps: 2\n");
+  RunConfig c = load_config(dir / "c.yaml", {"train.steps=20", "train.out_dir=runs/a:b", "resume=auto",
+                                            "model.layers=[attn, attn]", "train.lr=1e-2", "train.seed=7"});
+  EXPECT_EQ(c.train.steps, 20);
+  EXPECT_EQ(c.train.out_dir, "runs/a:b");
+  EXPECT_EQ(c.resume, "auto");
+  EXPECT_EQ(c.model.layers.size(), 2u);
+  EXPECT_DOUBLE_EQ(c.train.lr, 1e-2);
+  EXPECT_EQ(c.train.seed, 7);
+  EXPECT_EQ(c.origin.at("train.steps"), "command line");
+
+  struct Case {
+    std::string arg, expect;
+  };
+  std::vector<Case> cases = {
+      {"train.stesp=5", "unknown key 'train.stesp' (did you mean 'train.steps'?)"},
+      {"steps=5", "unknown key 'steps' (did you mean 'train.steps'?)"},
+      {"train.steps=abc", "'train.steps' must be an integer, got 'abc'"},
+      {"train.steps=", "no value given for 'train.steps'"},
+      {"train.steps", "is not an override KEY=VALUE"},
+      {"train=3", "'train' is a section"},
+      {"train.lr=-1", "out of range"},
+      {"train.schedule=cosine2", "did you mean 'cosine'?"},
+      {"train.warmup_steps=50", "train.warmup_steps (50) exceeds train.steps (10)"},
+  };
+  for (const auto& k : cases) {
+    std::string e = load_error(dir / "c.yaml", {k.arg});
+    EXPECT_NE(e.find(k.expect), std::string::npos) << k.arg << " -> " << e;
+    EXPECT_NE(e.find("command"), std::string::npos) << k.arg << " -> " << e;
+  }
+}
+
+TEST(Config, ResolvedYamlAndJsonRoundTrip) {
+  TempDir dir;
+  write_text(dir / "c.yaml",
+             "model:\n  hidden_size: 48\n  num_attn_heads: 3\n  rope_theta: 500000\n  layers: [attn, gdn]\n"
+             "train:\n  lr: 0.0003\n  steps: 7\n  warmup_steps: 1\n  out_dir: 'x y/#z'\n  no_decay: []\n");
+  RunConfig c = load_config(dir / "c.yaml");
+  write_text(dir / "resolved.yaml", config_to_yaml(c));
+  RunConfig again = load_config(dir / "resolved.yaml");
+  EXPECT_EQ(config_to_json(again), config_to_json(c)) << config_to_yaml(c);
+  RunConfig from_json = config_from_json(config_to_json(c), "test");
+  EXPECT_EQ(config_to_json(from_json), config_to_json(c));
+  EXPECT_NE(config_to_yaml(c).find("  lr: 0.0003\n"), std::string::npos);
+  EXPECT_NE(config_table(c).find("train.lr"), std::string::npos);
+}
+
+TEST(Config, NearestName) {
+  EXPECT_EQ(edit_distance("steps", "setps"), 1u);  // a transposition
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+  EXPECT_EQ(nearest_name("warmup", {"warmup_steps", "steps"}), "warmup_steps");
+  EXPECT_EQ(nearest_name("qqqqqq", {"steps", "lr"}), "");
+}
+
+}  // namespace
+}  // namespace natsl

@@ -1,0 +1,75 @@
+#pragma once
+// Checkpoints: one directory per step under RUN_DIR/checkpoints/,
+//   step_000123/
+//     model.safetensors      the f32 master weights, one tensor per parameter (names: docs/checkpoints.md)
+//     optimizer.safetensors  AdamW moments "exp_avg.NAME" and "exp_avg_sq.NAME"
+//     state.json             {"format": "natsl-checkpoint", "format_version", "step", "natsl_version",
+//                             "git_commit", "files": {FILE: {"bytes": N}}, "trainer": {...}}
+// written as .tmp-step_000123/ (each file fsynced, state.json last), then renamed to step_000123 and the
+// parent fsynced: a directory named step_* is complete. Resume takes the newest step_* that also passes
+// the checks of open (state.json parses, every listed file has its recorded size and a valid header); a
+// leftover .tmp-* or a damaged step_* is skipped with a warning.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "trainers/safetensors.h"
+
+namespace natsl {
+
+inline constexpr const char* kCheckpointFormat = "natsl-checkpoint";
+inline constexpr int kCheckpointFormatVersion = 1;
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+struct CheckpointWrite {
+  int64_t step = 0;
+  NamedTensors model;      // written to model.safetensors
+  NamedTensors optimizer;  // written to optimizer.safetensors
+  nlohmann::json trainer;  // free-form trainer state (counters, RNG, data, config)
+  // Test hook: runs after each tensor of model.safetensors is written (simulates a crash mid-write).
+  std::function<void(size_t)> after_model_tensor;
+};
+
+std::string checkpoint_dir_name(int64_t step);  // "step_000123"
+
+// Writes the checkpoint atomically under RUN_DIR/checkpoints and returns its final directory. Then deletes
+// all but the newest `keep_last` complete checkpoints (and stale temporary directories of older steps).
+std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& ck, int64_t keep_last);
+
+// An opened, validated checkpoint directory. Throws InputError naming the file that is missing, truncated,
+// corrupt or of another format.
+class CheckpointReader {
+ public:
+  explicit CheckpointReader(const std::string& dir);
+  const std::string& dir() const { return dir_; }
+  int64_t step() const { return step_; }
+  const nlohmann::json& state() const { return state_; }  // the whole state.json
+  const nlohmann::json& trainer() const { return state_.at("trainer"); }
+  SafeTensorsReader& model() { return *model_; }
+  SafeTensorsReader& optimizer() { return *optimizer_; }
+
+ private:
+  void open();
+  std::string dir_;
+  int64_t step_ = 0;
+  nlohmann::json state_;
+  std::optional<SafeTensorsReader> model_, optimizer_;
+};
+
+struct CheckpointScan {
+  std::optional<std::string> latest;  // the newest complete, valid checkpoint directory
+  std::vector<std::string> warnings;  // one line per skipped directory
+};
+// Looks at RUN_DIR/checkpoints (absent = no checkpoint).
+CheckpointScan find_latest_checkpoint(const std::string& run_dir);
+
+// Steps of the complete (step_*) checkpoint directories, ascending (no validation).
+std::vector<int64_t> list_checkpoint_steps(const std::string& run_dir);
+
+}  // namespace natsl
