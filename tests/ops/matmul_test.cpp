@@ -1,0 +1,133 @@
+// matmul kernel (batched, transposes, alpha/beta, shared b, bf16) and the matmul / linear ops.
+#include "autograd/ops.h"
+#include "kernels/matmul.h"
+#include "tests/ops/ops_test_util.h"
+
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+
+// out[i] = alpha * op(a[i]) op(b[i or shared]) + beta * c0[i], by loops in double.
+std::vector<double> loop_matmul(const Tensor& a, const Tensor& b, const std::vector<double>& c0, bool ta, bool tb,
+                                double alpha, double beta, int64_t M, int64_t N, int64_t K) {
+  auto av = host(a), bv = host(b);
+  const int64_t batch = int64_t(c0.size()) / (M * N);
+  const bool shared = b.dim() == 2;
+  std::vector<double> out(c0.size());
+  for (int64_t i = 0; i < batch; ++i)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          double x = av[size_t(i * M * K + (ta ? k * M + m : m * K + k))];
+          double y = bv[size_t((shared ? 0 : i * K * N) + (tb ? n * K + k : k * N + n))];
+          s += x * y;
+        }
+        size_t o = size_t(i * M * N + m * N + n);
+        out[o] = alpha * s + (beta != 0 ? beta * c0[o] : 0.0);
+      }
+  return out;
+}
+
+Shape mat(Shape batch, int64_t r, int64_t c) {
+  batch.push_back(r);
+  batch.push_back(c);
+  return batch;
+}
+
+}  // namespace
+
+TEST(MatmulKernel, BatchedTransposesAlphaBetaMatchLoops) {
+  const int64_t M = 5, N = 3, K = 7;
+  const Shape batch{2, 3};
+  uint64_t seed = 10;
+  for (bool shared : {false, true})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (double beta : {0.0, -0.5}) {
+          SCOPED_TRACE(::testing::Message() << "shared " << shared << " ta " << ta << " tb " << tb << " beta " << beta);
+          Tensor a = randn(mat(batch, ta ? K : M, ta ? M : K), ++seed);
+          Tensor b = randn(mat(shared ? Shape{} : batch, tb ? N : K, tb ? K : N), ++seed);
+          Tensor out = beta == 0 ? poisoned(mat(batch, M, N)) : randn(mat(batch, M, N), ++seed);
+          std::vector<double> c0 = host(out);
+          kernels::matmul(a, b, out, ta, tb, 1.5, beta);
+          Tensor want = Tensor::from_vector(loop_matmul(a, b, c0, ta, tb, 1.5, beta, M, N, K), out.shape());
+          EXPECT_CLOSE(out, want, 1e-14, 1e-12);
+        }
+}
+
+TEST(MatmulKernel, Bf16ComputesInF32) {
+  const int64_t M = 9, N = 17, K = 33;
+  Tensor a = randn({2, M, K}, 1), b = randn({K, N}, 2);
+  Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16);
+  Tensor out = poisoned({2, M, N}, DType::bf16);
+  kernels::matmul(a16, b16, out, false, false, 1.0, 0.0);
+  // Oracle: the same bf16-rounded operands multiplied in double; the only further error is the final
+  // rounding to bf16 (relative 2^-8) plus f32 accumulation.
+  std::vector<double> c0(size_t(2 * M * N), 0.0);
+  Tensor want = Tensor::from_vector(loop_matmul(a16.to(DType::f64), b16.to(DType::f64), c0, false, false, 1, 0, M,
+                                                N, K), {2, M, N});
+  EXPECT_CLOSE(out.to(DType::f64), want, 4e-3, 0.1);
+}
+
+TEST(MatmulKernel, RejectsMismatchedShapes) {
+  Tensor a = randn({2, 3, 4}, 1), out = Tensor::empty({2, 3, 5}, DType::f64);
+  EXPECT_THROW(kernels::matmul(a, randn({2, 5, 5}, 2), out), Error);         // inner dims 4 vs 5
+  EXPECT_THROW(kernels::matmul(a, randn({3, 4, 5}, 3), out), Error);         // batch 3 vs 2
+  EXPECT_THROW(kernels::matmul(a, randn({4, 5}, 4, DType::f32), out), Error);  // dtype
+  EXPECT_THROW(kernels::matmul(a, randn({4, 6}, 5), out), Error);            // out's N
+  EXPECT_THROW(kernels::matmul(a, randn({4, 5}, 6).transpose(0, 1), Tensor::empty({2, 3, 4}, DType::f64)), Error);
+}
+
+TEST(MatmulOp, ForwardBroadcastsBatchLikeNumpy) {
+  Tensor a = randn({2, 1, 3, 4}, 1), b = randn({3, 4, 5}, 2);
+  Tensor c = natsl::matmul(a, b);
+  ASSERT_EQ(c.shape(), (Shape{2, 3, 3, 5}));
+  auto av = host(a), bv = host(b), cv = host(c);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int m = 0; m < 3; ++m)
+        for (int n = 0; n < 5; ++n) {
+          double s = 0;
+          for (int k = 0; k < 4; ++k) s += av[size_t(i * 12 + m * 4 + k)] * bv[size_t(j * 20 + k * 5 + n)];
+          EXPECT_NEAR(cv[size_t(((i * 3 + j) * 3 + m) * 5 + n)], s, 1e-13);
+        }
+}
+
+TEST(MatmulOp, GradcheckBroadcastBatchWithTransposes) {
+  const int64_t M = 3, N = 2, K = 5;
+  uint64_t seed = 100;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "ta " << ta << " tb " << tb);
+      auto f = [ta, tb](const std::vector<Tensor>& v) { return natsl::matmul(v[0], v[1], ta, tb); };
+      Shape as = ta ? Shape{K, M} : Shape{M, K}, bs = tb ? Shape{N, K} : Shape{K, N};
+      // broadcast batch dims on both sides
+      expect_gradcheck(f, {leaf(mat({2, 1}, as[0], as[1]), ++seed), leaf(mat({3}, bs[0], bs[1]), ++seed)}, "broadcast");
+      // b 2-D shared by a batched a
+      expect_gradcheck(f, {leaf(mat({2, 3}, as[0], as[1]), ++seed), leaf(bs, ++seed)}, "shared b");
+      // a 2-D against a batched b
+      expect_gradcheck(f, {leaf(as, ++seed), leaf(mat({2}, bs[0], bs[1]), ++seed)}, "2-D a");
+      // plain 2-D
+      expect_gradcheck(f, {leaf(as, ++seed), leaf(bs, ++seed)}, "2-D");
+    }
+}
+
+TEST(LinearOp, ForwardMatchesLoopAndGradcheck) {
+  Tensor x = randn({2, 3, 4}, 1), w = randn({5, 4}, 2), bias = randn({5}, 3);
+  auto xv = host(x), wv = host(w), bv = host(bias), yv = host(natsl::linear(x, w, bias));
+  for (int r = 0; r < 6; ++r)
+    for (int o = 0; o < 5; ++o) {
+      double s = bv[size_t(o)];
+      for (int i = 0; i < 4; ++i) s += xv[size_t(r * 4 + i)] * wv[size_t(o * 4 + i)];
+      EXPECT_NEAR(yv[size_t(r * 5 + o)], s, 1e-13);
+    }
+  expect_gradcheck([](auto& v) { return natsl::linear(v[0], v[1], v[2]); },
+                   {leaf({2, 3, 4}, 4), leaf({5, 4}, 5), leaf({5}, 6)}, "linear with bias");
+  expect_gradcheck([](auto& v) { return natsl::linear(v[0], v[1]); }, {leaf({7, 1}, 7), leaf({3, 1}, 8)},
+                   "linear without bias");
+  // Only the weight requires grad (the input is data).
+  Tensor data = randn({4, 3}, 9);
+  expect_gradcheck([data](auto& v) { return natsl::linear(data, v[0]); }, {leaf({2, 3}, 10)}, "weight only");
+}
