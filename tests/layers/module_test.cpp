@@ -4,6 +4,7 @@
 #include "layers/causal_lm.h"
 #include "layers/linear.h"
 #include "layers/mixer.h"
+#include "layers/ssm_init.h"
 #include "tests/layers/reference_model.h"
 
 using namespace natsl;
@@ -221,4 +222,33 @@ TEST(Module, BadModelConfigsAreInputErrors) {
   c = tiny_config();
   c.layers = {"attn"};
   EXPECT_NE(input_error([&] { CausalLM lm(c); }).find("num_layers"), std::string::npos);
+}
+
+TEST(Module, SsmInitsGiveDecaysInTheirRanges) {
+  struct Decays : Module {
+    Tensor a_log, dt_bias;
+    Decays() {
+      register_parameter("A_log", &a_log, ParamMeta{{257}, ParamInit::with(a_log_init()), true});
+      register_parameter("dt_bias", &dt_bias, ParamMeta{{257}, ParamInit::with(dt_bias_init()), true});
+    }
+  } m;
+  Generator g(12);
+  m.init_parameters(g);
+  auto a = m.a_log.to_vector<double>(), b = m.dt_bias.to_vector<double>();
+  double amax = 0, dmin = 1, dmax = 0;
+  for (double v : a) {
+    EXPECT_LT(std::exp(v), 16.0 + 1e-4);
+    amax = std::max(amax, std::exp(v));
+  }
+  for (double v : b) {
+    double dt = std::log1p(std::exp(v));  // softplus(dt_bias) = dt
+    EXPECT_GE(dt, 1e-3 * (1 - 1e-4));
+    EXPECT_LE(dt, 0.1 * (1 + 1e-4));
+    dmin = std::min(dmin, dt);
+    dmax = std::max(dmax, dt);
+  }
+  // Spread over the ranges (log-uniform dt), so the test fails on a constant fill.
+  EXPECT_GT(amax, 12.0);
+  EXPECT_LT(dmin, 2e-3);
+  EXPECT_GT(dmax, 0.05);
 }
