@@ -10,6 +10,8 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "trainers/config_schema.h"
+#include "trainers/data_factory.h"
+#include "layers/causal_lm.h"
 
 namespace fs = std::filesystem;
 
@@ -235,13 +237,18 @@ void validate_config(RunConfig& cfg) {
     if (v > m.vocab_size)
       fail("data.mqar.vocab_size", "data.mqar.vocab_size (" + std::to_string(v) + ") exceeds model.vocab_size (" +
                                        std::to_string(m.vocab_size) + ")");
-    if (4 * d.mqar.num_kv_pairs > t.seq_len)
-      fail("data.mqar.num_kv_pairs", "MQAR with " + std::to_string(d.mqar.num_kv_pairs) +
-                                         " key-value pairs needs train.seq_len >= " +
-                                         std::to_string(4 * d.mqar.num_kv_pairs) + " (got " + std::to_string(t.seq_len) + ")");
-    if (v < 4 * d.mqar.num_kv_pairs)
-      fail("data.mqar.num_kv_pairs", "MQAR needs at least 2 * num_kv_pairs distinct keys and values, i.e. a task "
-                                     "vocabulary of >= " + std::to_string(4 * d.mqar.num_kv_pairs));
+    try {
+      validate(mqar_options(cfg, 0));
+    } catch (const InputError& e) {
+      throw InputError(origin_of(cfg, "data.mqar.num_kv_pairs") + ": data." + e.what() +
+                       " (the MQAR sequence length is train.seq_len)");
+    }
+  }
+  // The model's own checks (mixer kinds registered, sizes): their messages name the key.
+  try {
+    validate_model_config(m);
+  } catch (const InputError& e) {
+    throw InputError((cfg.config_path.empty() ? std::string("config") : cfg.config_path) + ": " + e.what());
   }
 }
 

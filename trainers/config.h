@@ -23,19 +23,26 @@ struct MqarConfig {
   int64_t vocab_size = 0;       // tokens used by the task; 0 = model.vocab_size
   int64_t num_kv_pairs = 8;     // k
   double power_a = 0.01;        // query-gap distribution p(g) ~ (g+1)^(a-1)
+  int64_t num_passes = 1;       // times the key-value block is repeated
   bool random_non_queries = true;
 };
 
 // Single-needle haystack retrieval (evals.md §3).
 struct NiahConfig {
-  double depth = -1.0;          // needle position as a fraction of the context; < 0 = uniform at random
-  int64_t value_digits = 7;     // the needle's value: a number with this many digits
+  std::string haystack = "noise";  // noise | essay
+  std::string value = "number";    // number | uuid
+  std::string essay_path;          // held-out text for the essay haystack
+  double depth_percent = -1.0;     // needle depth in [0, 100]; < 0 draws it from RULER's 40-point grid
 };
 
 // Plain text: byte-tokenized text files or token shards (data/ shard format), train and validation.
+// Each entry of train/val is a shard file, a directory or glob of shards, a prefix written by `natsl
+// tokenize` (PREFIX.train.*.bin / PREFIX.val.*.bin), or a plain text file (byte-tokenized into the run
+// directory at start, its last val_fraction held out for validation when `val` is empty).
 struct TextDataConfig {
-  std::vector<std::string> train;  // shard prefixes or text files
-  std::vector<std::string> val;    // empty: no validation loss
+  std::vector<std::string> train;
+  std::vector<std::string> val;    // empty: the val shards of the train prefixes / the held-out text tail
+  double val_fraction = 0.1;
 };
 
 struct DataConfig {
@@ -59,9 +66,11 @@ struct TrainConfig {
   std::vector<double> betas = {0.9, 0.95};
   double eps = 1e-8;
   double weight_decay = 0.1;
-  // Parameters whose name contains one of these are not decayed (matched on the dotted parameter name).
-  std::vector<std::string> no_decay = {"norm", "bias", "A_log", "dt_bias"};
-  bool decay_embeddings = true;   // false adds embeddings to the no-decay group
+  // No weight decay for the parameters the model marks (norm gains, biases, A_log, dt_bias); false decays
+  // every parameter, as the NAtS-L reference trainer does (natsl-layer.md §7.2).
+  bool model_no_decay = true;
+  bool decay_embeddings = true;   // false adds the token embedding to the no-decay group
+  std::vector<std::string> no_decay;  // extra: parameters whose dotted name contains one of these
   double clip_grad_norm = 1.0;    // 0 = no clipping
   bool skip_nonfinite = true;     // skip (and count) steps whose grad norm is NaN/Inf
   std::string precision = "f32";  // f32 | bf16 (bf16 on CUDA only)

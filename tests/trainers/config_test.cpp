@@ -33,14 +33,14 @@ TEST(Config, EmptyFileGivesDefaults) {
 TEST(Config, ReadsEverySection) {
   TempDir dir;
   write_text(dir / "c.yaml",
-             "model:\n  hidden_size: 64\n  num_layers: 3\n  layers: [attn, gdn, attn]\n"
+             "model:\n  hidden_size: 64\n  num_layers: 3\n  layers: [attn, attn, attn]\n"
              "data:\n  source: mqar\n  mqar:\n    num_kv_pairs: 4\n    power_a: 0.5\n"
              "train:\n  steps: 50\n  lr: 1.0e-3\n  betas: [0.8, 0.9]\n  schedule: wsd\n  warmup_steps: 5\n"
              "  no_decay: [norm]\n  seq_len: 64\n"
              "resume: auto\n");
   RunConfig c = load_config(dir / "c.yaml");
   EXPECT_EQ(c.model.hidden_size, 64);
-  EXPECT_EQ(c.model.layers, (std::vector<std::string>{"attn", "gdn", "attn"}));
+  EXPECT_EQ(c.model.layers, (std::vector<std::string>{"attn", "attn", "attn"}));
   EXPECT_EQ(c.data.mqar.num_kv_pairs, 4);
   EXPECT_DOUBLE_EQ(c.data.mqar.power_a, 0.5);
   EXPECT_EQ(c.train.steps, 50);
@@ -221,7 +221,7 @@ TEST(Config, OverridesAreTypeChecked) {
 TEST(Config, ResolvedYamlAndJsonRoundTrip) {
   TempDir dir;
   write_text(dir / "c.yaml",
-             "model:\n  hidden_size: 48\n  num_attn_heads: 3\n  rope_theta: 500000\n  layers: [attn, gdn]\n"
+             "model:\n  hidden_size: 48\n  num_attn_heads: 3\n  rope_theta: 500000\n  layers: [attn, attn]\n"
              "train:\n  lr: 0.0003\n  steps: 7\n  warmup_steps: 1\n  out_dir: 'x y/#z'\n  no_decay: []\n");
   RunConfig c = load_config(dir / "c.yaml");
   write_text(dir / "resolved.yaml", config_to_yaml(c));
