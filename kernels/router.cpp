@@ -60,18 +60,21 @@ void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const
   else cpu::router_choice_fwd(args, logits, probs, mask_softmax, mask_gdn);
 }
 
-void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& dm_softmax,
-                       const Tensor& dm_gdn, const Tensor& dlogits) {
+void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,
+                       const Tensor& mask_gdn, const Tensor& dm_softmax, const Tensor& dm_gdn,
+                       const Tensor& dlogits) {
   const char* op = "router_choice_bwd";
-  Device d = common_device({&probs, &dm_softmax, &dm_gdn, &dlogits}, op);
-  check_contiguous({&probs, &dm_softmax, &dm_gdn, &dlogits}, op);
+  Device d = common_device({&probs, &mask_softmax, &mask_gdn, &dm_softmax, &dm_gdn, &dlogits}, op);
+  check_contiguous({&probs, &mask_softmax, &mask_gdn, &dm_softmax, &dm_gdn, &dlogits}, op);
   NATSL_CHECK(args.tau > 0, op, ": temperature tau must be > 0, got ", args.tau);
   NATSL_CHECK(dlogits.shape() == probs.shape() && is_floating(dlogits.dtype()) &&
                   stat_dtype(dlogits.dtype()) == probs.dtype(),
               op, ": dlogits ", dlogits.str(), " for probs ", probs.str());
-  check_choice(dlogits, {&dm_softmax, &dm_gdn}, op);
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::router_choice_bwd(args, probs, dm_softmax, dm_gdn, dlogits));
-  else cpu::router_choice_bwd(args, probs, dm_softmax, dm_gdn, dlogits);
+  check_choice(dlogits, {&mask_softmax, &mask_gdn, &dm_softmax, &dm_gdn}, op);
+  if (d.is_cuda())
+    NATSL_CUDA_ONLY(cuda::router_choice_bwd(args, probs, mask_softmax, mask_gdn, dm_softmax, dm_gdn, dlogits));
+  else
+    cpu::router_choice_bwd(args, probs, mask_softmax, mask_gdn, dm_softmax, dm_gdn, dlogits);
 }
 
 }  // namespace natsl::kernels

@@ -5,8 +5,9 @@
 //   labels        = onehot(argmax(logits + noise)) per (b, c, r)    (index 0 = softmax, 1 = GDN; ties -> softmax)
 //   probs         = softmax((logits + noise) / tau)                 (noise = 0 unless Gumbel)
 // The forward value is the hard label, the backward that of probs (straight-through):
-//   dlogits = (1/tau) probs ⊙ (dm - <dm, probs>),  dm = (dm_softmax, dm_gdn)
-// In training the last chunk is forced to both ops (mask = (1, 1)); its dm is then discarded, so its logits
+//   dlogits = (1/tau) probs ⊙ (dm - <dm, probs>),  dm = (mask_softmax dm_softmax, mask_gdn dm_gdn)
+// Only the selected op's mask gradient counts (§4.2: the reference computes none for the other op; the GDN
+// kernel returns one for every chunk, so the backward masks it). In training the last chunk is forced to both ops (mask = (1, 1)); its dm is then discarded, so its logits
 // get zero gradient. Gumbel noise G = -log(-log U), U = philox_uniform(seed, offset + n) for element n of
 // logits in row-major order (the caller reserves numel(logits) words of its Generator).
 //
@@ -33,17 +34,20 @@ struct RouterChoiceArgs {
 
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,
                        const Tensor& mask_softmax, const Tensor& mask_gdn);
-// dm_softmax / dm_gdn may be undefined (zero). dlogits overwritten.
-void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& dm_softmax,
-                       const Tensor& dm_gdn, const Tensor& dlogits);
+// mask_softmax / mask_gdn: the forward's masks (undefined: dm used as given); dm_softmax / dm_gdn may be
+// undefined (zero). dlogits overwritten.
+void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,
+                       const Tensor& mask_gdn, const Tensor& dm_softmax, const Tensor& dm_gdn,
+                       const Tensor& dlogits);
 
 #define NATSL_ROUTER_DECLS                                                                                    \
   void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled);                        \
   void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx);                      \
   void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,             \
                          const Tensor& mask_softmax, const Tensor& mask_gdn);                                 \
-  void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& dm_softmax,         \
-                         const Tensor& dm_gdn, const Tensor& dlogits);
+  void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,       \
+                         const Tensor& mask_gdn, const Tensor& dm_softmax, const Tensor& dm_gdn,              \
+                         const Tensor& dlogits);
 namespace cpu { NATSL_ROUTER_DECLS }
 namespace cuda { NATSL_ROUTER_DECLS }
 #undef NATSL_ROUTER_DECLS

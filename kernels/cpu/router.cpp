@@ -76,21 +76,24 @@ void choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor
 }
 
 template <class T>
-void choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& dm_softmax, const Tensor& dm_gdn,
-                const Tensor& dlogits) {
+void choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax, const Tensor& mask_gdn,
+                const Tensor& dm_softmax, const Tensor& dm_gdn, const Tensor& dlogits) {
   using S = Stat<T>;
   const int64_t B = probs.size(0), NC = probs.size(1), Hr = probs.size(2);
   const S* pp = probs.data<S>();
   const S* ds = dm_softmax.defined() ? dm_softmax.data<S>() : nullptr;
   const S* dg = dm_gdn.defined() ? dm_gdn.data<S>() : nullptr;
+  const S* ms = mask_softmax.defined() ? mask_softmax.data<S>() : nullptr;
+  const S* mg = mask_gdn.defined() ? mask_gdn.data<S>() : nullptr;
   T* out = dlogits.data<T>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t c = 0; c < NC; ++c)
       for (int64_t r = 0; r < Hr; ++r) {
         const int64_t row = (b * NC + c) * Hr + r;
         const bool dropped = args.force_last_both && c == NC - 1;
-        const double m0 = ds && !dropped ? double(ds[row]) : 0.0;
-        const double m1 = dg && !dropped ? double(dg[row]) : 0.0;
+        const bool sel0 = !ms || ms[row] > S(0.5), sel1 = !mg || mg[row] > S(0.5);
+        const double m0 = ds && sel0 && !dropped ? double(ds[row]) : 0.0;
+        const double m1 = dg && sel1 && !dropped ? double(dg[row]) : 0.0;
         const double p0 = pp[2 * row], p1 = pp[2 * row + 1];
         const double mean = m0 * p0 + m1 * p1;
         out[2 * row] = convert<T>(p0 * (m0 - mean) / args.tau);
@@ -110,9 +113,11 @@ void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const
                        const Tensor& mask_softmax, const Tensor& mask_gdn) {
   NATSL_DISPATCH_FLOAT(logits.dtype(), T, [&] { choice_fwd<T>(args, logits, probs, mask_softmax, mask_gdn); });
 }
-void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& dm_softmax,
-                       const Tensor& dm_gdn, const Tensor& dlogits) {
-  NATSL_DISPATCH_FLOAT(dlogits.dtype(), T, [&] { choice_bwd<T>(args, probs, dm_softmax, dm_gdn, dlogits); });
+void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,
+                       const Tensor& mask_gdn, const Tensor& dm_softmax, const Tensor& dm_gdn,
+                       const Tensor& dlogits) {
+  NATSL_DISPATCH_FLOAT(dlogits.dtype(), T,
+                       [&] { choice_bwd<T>(args, probs, mask_softmax, mask_gdn, dm_softmax, dm_gdn, dlogits); });
 }
 
 }  // namespace natsl::kernels::cpu

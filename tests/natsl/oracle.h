@@ -30,6 +30,8 @@ inline Tensor zeros_like(const Tensor& t) { return Tensor::zeros(t.shape(), DTyp
 inline std::vector<double> attention_weights(int64_t T, int64_t C, const Tensor& mask_softmax, const Tensor& mult,
                                              int64_t b, int64_t r) {
   const int64_t NC = mask_softmax.size(1), Hr = mask_softmax.size(2);
+  const double* sel = cptr(mask_softmax);
+  const double* mu = mult.defined() ? cptr(mult) : nullptr;
   std::vector<double> M(size_t(T * T), 0.0);
   for (int64_t i = 0; i < T; ++i)
     for (int64_t j = 0; j < T; ++j) {
@@ -38,8 +40,8 @@ inline std::vector<double> attention_weights(int64_t T, int64_t C, const Tensor&
       if (ci == cj) w = j <= i ? 1.0 : 0.0;
       else if (cj < ci) {
         const int64_t at = (b * NC + cj) * Hr + r;
-        w = cptr(mask_softmax)[at] > 0.5 ? 1.0 : 0.0;
-        if (w > 0 && mult.defined()) w *= cptr(mult)[at];
+        w = sel[at] > 0.5 ? 1.0 : 0.0;
+        if (w > 0 && mu) w *= mu[at];
       }
       M[size_t(i * T + j)] = w;
     }
@@ -56,27 +58,29 @@ inline AttentionOut attention_fwd(const Tensor& q, const Tensor& k, const Tensor
   const int64_t B = q.size(0), T = q.size(1), Ha = q.size(2), Dk = q.size(3), Dv = v.size(3);
   const int64_t Hr = mask_softmax.size(2), G = Ha / Hr;
   AttentionOut out{Tensor::zeros({B, T, Ha, Dv}, DType::f64), Tensor::zeros({B, T, Ha}, DType::f64), {}};
+  const double *qp = cptr(q), *kp = cptr(k), *vp = cptr(v);
+  double *op = ptr(out.o), *lp = ptr(out.lse);
+  std::vector<double> z(static_cast<size_t>(T));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t a = 0; a < Ha; ++a) {
       const std::vector<double> M = attention_weights(T, C, mask_softmax, mult, b, a / G);
       std::vector<double> P(size_t(T * T), 0.0);
       for (int64_t i = 0; i < T; ++i) {
-        std::vector<double> z(static_cast<size_t>(T));
         double zmax = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < T; ++j) {
           double s = 0;
-          for (int64_t e = 0; e < Dk; ++e) s += cptr(q)[((b * T + i) * Ha + a) * Dk + e] * cptr(k)[((b * T + j) * Ha + a) * Dk + e];
+          for (int64_t e = 0; e < Dk; ++e) s += qp[((b * T + i) * Ha + a) * Dk + e] * kp[((b * T + j) * Ha + a) * Dk + e];
           z[j] = scale * s;
           if (M[i * T + j] > 0) zmax = std::max(zmax, z[j]);
         }
         double den = 0;
         for (int64_t j = 0; j < T; ++j) den += M[i * T + j] * std::exp(z[j] - zmax);
         for (int64_t j = 0; j < T; ++j) P[i * T + j] = M[i * T + j] * std::exp(z[j] - zmax) / den;
-        ptr(out.lse)[(b * T + i) * Ha + a] = zmax + std::log(den);
+        lp[(b * T + i) * Ha + a] = zmax + std::log(den);
         for (int64_t e = 0; e < Dv; ++e) {
           double s = 0;
-          for (int64_t j = 0; j < T; ++j) s += P[i * T + j] * cptr(v)[((b * T + j) * Ha + a) * Dv + e];
-          ptr(out.o)[((b * T + i) * Ha + a) * Dv + e] = s;
+          for (int64_t j = 0; j < T; ++j) s += P[i * T + j] * vp[((b * T + j) * Ha + a) * Dv + e];
+          op[((b * T + i) * Ha + a) * Dv + e] = s;
         }
       }
       out.P.push_back(std::move(P));
