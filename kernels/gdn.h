@@ -78,12 +78,17 @@ struct GdnSaved {
 
 // Gradients (all overwritten, same layouts and dtypes as the inputs they belong to). dq/dk are summed over
 // the v heads sharing a q/k head. Any of dh0 / dmask may be undefined (not computed); dmask needs a mask.
+// dh0 is valid with or without an h0 (undefined h0 = a zero initial state).
+// dmask[c, hv] = dL/dm_c = <dL/dH_{c+1}, W_c> (natsl-layer.md §4.2, GDN side) for EVERY chunk, whatever its
+// m; the reference layer keeps it only for GDN-labelled chunks and discards the last chunk's: the layer,
+// not this kernel, zeroes those entries.
 struct GdnGrads {
   Tensor dq, dk, dv, dg, dbeta, dh0, dmask;
 };
 
 // The oracle: token-by-token recurrence (with the mask: the chunk loop of natsl-layer.md §3.4, each chunk
-// started from the carried state and committed with weight m). Writes o and, if defined, ht.
+// started from the carried state H and committed as H <- m S + (1 - m) exp(sum of the chunk's g) H, S the
+// state at the chunk's end). Writes o and, if defined, ht. With T = 1 and h0 it is one decoding step.
 void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht);
 
 // Chunked forward. Writes o; ht if defined; saved.g_cumsum / saved.a_inv if defined (both are needed by
@@ -92,6 +97,9 @@ void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, co
                    const GdnSaved& saved);
 
 // Chunked backward. dout [B, T, HV, V] D is dL/do; dht (optional, [N, HV, K, V] S) is dL/d(final state).
+// What an autograd op must keep from the forward: in.q, in.k, in.v, in.beta, in.h0, in.mask (the tensors
+// the forward read; in.g only for its shape, the backward reads saved.g_cumsum instead) and both saved
+// tensors. w, u, the chunk states h_n and v_new are recomputed (one more forward state pass).
 void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
                    const Tensor& dht, const GdnGrads& grads);
 
