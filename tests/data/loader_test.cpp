@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -20,8 +21,8 @@ std::vector<std::string> numbered_shards(const TempDir& dir, const std::vector<i
   for (size_t s = 0; s < sizes.size(); ++s) {
     std::vector<uint32_t> t(size_t(sizes[s]));
     for (int64_t i = 0; i < sizes[s]; ++i) t[size_t(i)] = uint32_t(s * 100000 + i);
-    std::string name = std::to_string(s);  // (built in steps: GCC 12 misfires -Wrestrict on "n" + to_string)
-    name.insert(0, "n").append(".bin");
+    char name[32];
+    std::snprintf(name, sizeof name, "n%zu.bin", s);
     paths.push_back(dir.file(name));
     write_shard(paths.back(), t, 4, 0);
   }
