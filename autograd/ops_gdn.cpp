@@ -1,0 +1,62 @@
+#include "autograd/ops_gdn.h"
+
+#include "autograd/function.h"
+#include "kernels/gdn.h"
+
+namespace natsl {
+
+GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                             double scale, const Tensor& h0, const Tensor& mask, bool output_final_state,
+                             const std::vector<int64_t>& cu_seqlens) {
+  kernels::GdnArgs args;
+  args.scale = scale;
+  args.cu_seqlens = cu_seqlens;
+  kernels::GdnInputs in{q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(),
+                        h0.defined() ? h0.contiguous() : Tensor(), mask.defined() ? mask.contiguous() : Tensor()};
+  kernels::GdnShape s = kernels::GdnShape::of(in.q, in.v, args);
+  DType state_dt = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Device dev = q.device();
+
+  GdnOpResult r;
+  r.o = Tensor::empty(v.shape(), v.dtype(), dev);
+  if (output_final_state) r.ht = Tensor::empty({s.N, s.HV, s.K, s.V}, state_dt, dev);
+  bool need_grad = any_requires_grad({&q, &k, &v, &g, &beta, &h0, &mask});
+  kernels::GdnSaved saved;
+  if (need_grad) {
+    saved.g_cumsum = Tensor::empty({s.B, s.T, s.HV}, state_dt, dev);
+    saved.a_inv = Tensor::empty({s.B, s.T, s.HV, kernels::kGdnChunk}, q.dtype(), dev);
+  }
+  kernels::gdn_chunk_fwd(args, in, r.o, r.ht, saved);
+  if (!need_grad) return r;
+
+  bool want[7] = {q.requires_grad(), k.requires_grad(), v.requires_grad(), g.requires_grad(),
+                  beta.requires_grad(), h0.defined() && h0.requires_grad(), mask.defined() && mask.requires_grad()};
+  kernels::GdnInputs saved_in{in.q.detach(), in.k.detach(), in.v.detach(), in.g.detach(), in.beta.detach(),
+                              in.h0.defined() ? in.h0.detach() : Tensor(),
+                              in.mask.defined() ? in.mask.detach() : Tensor()};
+  std::vector<Tensor*> outs{&r.o};
+  if (output_final_state) outs.push_back(&r.ht);
+  Shape ht_shape{s.N, s.HV, s.K, s.V};
+  record("gated_delta_rule", {q, k, v, g, beta, h0, mask}, outs,
+         [=](std::vector<Tensor>& grads) -> std::vector<Tensor> {
+           Tensor dout = grad_or_zeros(grads, 0, saved_in.v);
+           Tensor dht = grads.size() > 1 && grads[1].defined() ? grads[1].contiguous() : Tensor();
+           kernels::GdnGrads gr;
+           // The kernel writes dq..dbeta together; allocate them all, return the ones asked for.
+           gr.dq = Tensor::empty(saved_in.q.shape(), saved_in.q.dtype(), dev);
+           gr.dk = Tensor::empty(saved_in.k.shape(), saved_in.k.dtype(), dev);
+           gr.dv = Tensor::empty(saved_in.v.shape(), saved_in.v.dtype(), dev);
+           gr.dg = Tensor::empty(saved_in.g.shape(), saved_in.g.dtype(), dev);
+           gr.dbeta = Tensor::empty(saved_in.beta.shape(), saved_in.beta.dtype(), dev);
+           if (want[5]) gr.dh0 = Tensor::empty(ht_shape, saved_in.h0.dtype(), dev);
+           if (want[6]) gr.dmask = Tensor::empty(saved_in.mask.shape(), saved_in.mask.dtype(), dev);
+           kernels::gdn_chunk_bwd(args, saved_in, saved, dout, dht, gr);
+           std::vector<Tensor> out{gr.dq, gr.dk, gr.dv, gr.dg, gr.dbeta, gr.dh0, gr.dmask};
+           for (int i = 0; i < 7; ++i)
+             if (!want[i]) out[size_t(i)] = Tensor();
+           return out;
+         });
+  return r;
+}
+
+}  // namespace natsl

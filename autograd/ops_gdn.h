@@ -1,0 +1,22 @@
+#pragma once
+// The gated delta rule as one differentiable op (kernels/gdn.h): the chunked forward and backward kernels
+// behind a single autograd node.
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace natsl {
+
+struct GdnOpResult {
+  Tensor o;   // [B, T, HV, V]
+  Tensor ht;  // [N, HV, K, V] final state (f32; f64 for f64 data), defined when requested
+};
+
+// q, k [B, T, H, K] (already L2-normalised), v [B, T, HV, V], g (log decay) and beta [B, T, HV] (f32, or
+// f64 with f64 data), h0 optional [N, HV, K, V]; mask optional [NC, HV] (NAtS-L state-write mask; its
+// gradient is the GDN-side router gradient). cu_seqlens: empty, or N+1 token offsets with B = 1.
+GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                             double scale, const Tensor& h0 = Tensor(), const Tensor& mask = Tensor(),
+                             bool output_final_state = false, const std::vector<int64_t>& cu_seqlens = {});
+
+}  // namespace natsl
