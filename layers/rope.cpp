@@ -22,10 +22,17 @@ std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t D, double theta, int64_
 
 Tensor apply_rope(const Tensor& x, double theta, int64_t offset) {
   NATSL_CHECK(x.dim() == 4, "apply_rope: expected [B, T, H, D], got ", x.str());
+  auto [cos_t, sin_t] = rope_tables(x.size(1), x.size(3), theta, offset, x.dtype(), x.device());
+  return apply_rope(x, cos_t, sin_t);
+}
+
+Tensor apply_rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  NATSL_CHECK(x.dim() == 4, "apply_rope: expected [B, T, H, D], got ", x.str());
   const int64_t T = x.size(1), D = x.size(3), half = D / 2;
-  auto [cos_t, sin_t] = rope_tables(T, D, theta, offset, x.dtype(), x.device());
+  NATSL_CHECK(cos.shape() == (Shape{T, 1, D}) && sin.shape() == cos.shape(), "apply_rope: tables ", cos.str(),
+              " do not fit ", x.str());
   Tensor rotated = concat({neg(slice(x, 3, half, D)), slice(x, 3, 0, half)}, 3);
-  return add(mul(x, cos_t), mul(rotated, sin_t));
+  return add(mul(x, cos), mul(rotated, sin));
 }
 
 }  // namespace natsl

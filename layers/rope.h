@@ -10,6 +10,8 @@ namespace natsl {
 
 // x [B, T, H, D] (positions 0..T-1 shifted by `offset`) -> same shape.
 Tensor apply_rope(const Tensor& x, double theta, int64_t offset = 0);
+// The same with precomputed tables (rope_tables of x's T, D, dtype and device).
+Tensor apply_rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 
 // cos and sin tables [T, 1, D] (broadcast over heads), in dtype dt on device d.
 std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t D, double theta, int64_t offset, DType dt, Device d);

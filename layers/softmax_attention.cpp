@@ -1,5 +1,7 @@
 #include "layers/softmax_attention.h"
 
+#include <tuple>
+
 #include "autograd/ops.h"
 #include "layers/attention_core.h"
 #include "layers/rope.h"
@@ -48,8 +50,16 @@ Tensor SoftmaxAttention::forward(const Tensor& x) {
     k = k_norm_->forward(k);
   }
   if (rope_) {
-    q = apply_rope(q, rope_theta_);
-    k = apply_rope(k, rope_theta_);
+    RopeCache& rc = rope_cache_;
+    if (rc.T != T || rc.D != dims_.head_dim || rc.dtype != q.dtype() || rc.device != q.device()) {
+      std::tie(rc.cos, rc.sin) = rope_tables(T, dims_.head_dim, rope_theta_, 0, q.dtype(), q.device());
+      rc.T = T;
+      rc.D = dims_.head_dim;
+      rc.dtype = q.dtype();
+      rc.device = q.device();
+    }
+    q = apply_rope(q, rc.cos, rc.sin);
+    k = apply_rope(k, rc.cos, rc.sin);
   }
   Tensor o = attention_core(q, k, v, /*causal=*/true);
   return o_proj_->forward(reshape(o, {B, T, H * dims_.value_dim}));

@@ -34,6 +34,13 @@ class SoftmaxAttention : public Mixer {
   double rope_theta_;
   std::shared_ptr<Linear> q_proj_, k_proj_, v_proj_, o_proj_;
   std::shared_ptr<RMSNorm> q_norm_, k_norm_;
+  // RoPE tables of the last (T, dtype, device) seen, so a training run builds them once.
+  struct RopeCache {
+    int64_t T = -1, D = -1;
+    DType dtype = DType::f32;
+    Device device;
+    Tensor cos, sin;
+  } rope_cache_;
 };
 
 }  // namespace natsl

@@ -136,6 +136,10 @@ TEST(LayerForward, SoftmaxAttentionVariants) {
         Tensor x = randn({2, 5, 6}, 81);
         Vec want = ref_attention(attn, x.to_vector<double>(), 2, 5, ref_config(c));
         EXPECT_CLOSE(attn.forward(x), tensor(want, {2, 5, 6}), kTol, kTol);
+        // A different length afterwards (the RoPE tables are rebuilt, not reused).
+        Tensor x3 = randn({1, 3, 6}, 82);
+        Vec want3 = ref_attention(attn, x3.to_vector<double>(), 1, 3, ref_config(c));
+        EXPECT_CLOSE(attn.forward(x3), tensor(want3, {1, 3, 6}), kTol, kTol);
       }
 }
 
