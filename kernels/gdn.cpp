@@ -67,7 +67,7 @@ void expect_optional(const Tensor& t, const Shape& shape, DType dt, const char* 
 }
 
 // Checks the inputs and returns the device everything lives on.
-Device check_inputs(const GdnArgs& args, const GdnInputs& in, const GdnShape& s, const char* op) {
+Device check_inputs(const GdnInputs& in, const GdnShape& s, const char* op) {
   DType D = in.q.dtype(), S = state_dtype(D);
   NATSL_CHECK(D == DType::f64 || D == DType::f32 || D == DType::bf16, op, ": unsupported dtype ", dtype_name(D));
   expect(in.k, in.q.shape(), D, "k");
@@ -76,7 +76,6 @@ Device check_inputs(const GdnArgs& args, const GdnInputs& in, const GdnShape& s,
   expect(in.beta, {s.B, s.T, s.HV}, S, "beta");
   expect_optional(in.h0, {s.N, s.HV, s.K, s.V}, S, "h0");
   expect_optional(in.mask, {s.NC, s.HV}, S, "mask");
-  (void)args;
   check_contiguous({&in.q, &in.k, &in.v, &in.g, &in.beta, &in.h0, &in.mask}, op);
   return common_device({&in.q, &in.k, &in.v, &in.g, &in.beta, &in.h0, &in.mask}, op);
 }
@@ -85,7 +84,7 @@ Device check_inputs(const GdnArgs& args, const GdnInputs& in, const GdnShape& s,
 
 void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht) {
   GdnShape s = GdnShape::of(in.q, in.v, args);
-  Device d = check_inputs(args, in, s, "gdn_recurrent_fwd");
+  Device d = check_inputs(in, s, "gdn_recurrent_fwd");
   DType D = in.q.dtype(), S = state_dtype(D);
   expect(o, in.v.shape(), D, "o");
   expect_optional(ht, {s.N, s.HV, s.K, s.V}, S, "ht");
@@ -98,7 +97,7 @@ void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o
 void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,
                    const GdnSaved& saved) {
   GdnShape s = GdnShape::of(in.q, in.v, args);
-  Device d = check_inputs(args, in, s, "gdn_chunk_fwd");
+  Device d = check_inputs(in, s, "gdn_chunk_fwd");
   DType D = in.q.dtype(), S = state_dtype(D);
   expect(o, in.v.shape(), D, "o");
   expect_optional(ht, {s.N, s.HV, s.K, s.V}, S, "ht");
@@ -114,7 +113,7 @@ void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, co
 void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
                    const Tensor& dht, const GdnGrads& grads) {
   GdnShape s = GdnShape::of(in.q, in.v, args);
-  Device d = check_inputs(args, in, s, "gdn_chunk_bwd");
+  Device d = check_inputs(in, s, "gdn_chunk_bwd");
   DType D = in.q.dtype(), S = state_dtype(D);
   expect(saved.g_cumsum, {s.B, s.T, s.HV}, S, "g_cumsum");
   expect(saved.a_inv, {s.B, s.T, s.HV, kGdnChunk}, D, "a_inv");

@@ -105,3 +105,16 @@ TEST(GdnBackward, F32WithinToleranceOfF64) {
     EXPECT_CLOSE(p.first.to(DType::f64), p.second, 1e-4, 1e-3);
   }
 }
+
+TEST(GdnBackward, RejectsMaskGradientWithoutMask) {
+  GdnCase c{.B = 1, .T = 5, .H = 1, .HV = 1, .K = 2, .V = 2, .seed = 29};
+  const GdnArgs a = args_of(c);
+  const GdnInputs in = make_inputs(c);
+  FwdResult f = run_chunk_fwd(a, in);
+  GdnGrads g{Tensor::empty(in.q.shape(), DType::f64), Tensor::empty(in.k.shape(), DType::f64),
+             Tensor::empty(in.v.shape(), DType::f64), Tensor::empty(in.g.shape(), DType::f64),
+             Tensor::empty(in.beta.shape(), DType::f64), Tensor(), Tensor::empty({1, 1}, DType::f64)};
+  EXPECT_THROW(natsl::kernels::gdn_chunk_bwd(a, in, f.saved, f.o, Tensor(), g), natsl::Error);
+  g.dmask = Tensor();
+  EXPECT_NO_THROW(natsl::kernels::gdn_chunk_bwd(a, in, f.saved, f.o, Tensor(), g));
+}

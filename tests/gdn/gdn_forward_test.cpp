@@ -158,6 +158,12 @@ TEST(GdnForward, RejectsBadShapes) {
                natsl::Error);
   a.cu_seqlens = {0, 5, 10};  // packed needs B = 1
   EXPECT_THROW(natsl::kernels::gdn_chunk_fwd(a, in, o, Tensor(), GdnSaved{}), natsl::Error);
+  GdnInputs packed = make_inputs({.B = 1, .T = 10, .H = 2, .HV = 4, .K = 4, .V = 4});
+  Tensor o1 = Tensor::empty(packed.v.shape(), DType::f64);
+  for (std::vector<int64_t> cu : {std::vector<int64_t>{0, 7, 5, 10}, {0, 5, 9}, {3, 10}, {0}}) {
+    a.cu_seqlens = cu;  // decreasing, not ending at T, not starting at 0, no sequence
+    EXPECT_THROW(natsl::kernels::gdn_chunk_fwd(a, packed, o1, Tensor(), GdnSaved{}), natsl::Error);
+  }
   GdnInputs f32_gates = in;
   f32_gates.g = in.g.to(DType::f32);  // f64 data needs f64 gates
   EXPECT_THROW(natsl::kernels::gdn_chunk_fwd(args_of(c), f32_gates, o, Tensor(), GdnSaved{}), natsl::Error);
