@@ -83,8 +83,9 @@ struct TrainConfig {
   int64_t ckpt_every = 0;         // 0 = only at the end
   int64_t keep_last = 2;
   int64_t stop_at_step = 0;       // >0: checkpoint and exit after this step (schedule unchanged)
+  // Deterministic kernels only (no atomics in reductions). Every kernel natsl has today is deterministic; a
+  // kernel that gains a faster non-deterministic variant must honour this flag.
   bool deterministic = true;
-  int64_t threads = 0;            // CPU threads for Eigen; 0 = library default
 };
 
 struct RunConfig {

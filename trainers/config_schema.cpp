@@ -108,7 +108,6 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("train.keep_last", &t.keep_last, 1),
       num("train.stop_at_step", &t.stop_at_step, 0, std::nullopt, "0 = run to train.steps"),
       plain("train.deterministic", &t.deterministic),
-      num("train.threads", &t.threads, 0, 4096),
 
       plain("resume", &c.resume),
   };

@@ -1,0 +1,429 @@
+#include "trainers/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "autograd/ops.h"
+#include "core/allocator.h"
+#include "core/error.h"
+#include "core/stream.h"
+#include "data/synthetic.h"
+#include "kernels/reduce.h"
+#include "layers/model_size.h"
+#include "trainers/checkpoint.h"
+#include "trainers/metrics_log.h"
+#include "trainers/mfu.h"
+#include "trainers/stop_signal.h"
+#include "trainers/sync_file.h"
+#include "trainers/version.h"
+
+namespace fs = std::filesystem;
+
+namespace natsl {
+
+struct Trainer::StepResult {
+  double loss = 0.0, grad_norm = 0.0, lr = 0.0;
+  bool skipped = false;
+  std::map<std::string, double> stats;
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+Device resolve_device(const std::string& spec) {
+  if (spec == "auto") return cuda_available() ? Device::cuda(0) : kCPU;
+  Device d = Device::parse(spec);
+  if (d.is_cuda() && d.index >= cuda_device_count())
+    throw InputError("train.device is '" + spec + "' but " +
+                     (cuda_device_count() == 0 ? std::string("no CUDA GPU is available") +
+#ifdef NATSL_WITH_CUDA
+                                                     ""
+#else
+                                                     " (this build has no CUDA backend)"
+#endif
+                                               : std::to_string(cuda_device_count()) + " GPU(s) are visible") +
+                     "; use train.device=cpu or auto");
+  return d;
+}
+
+std::string human_count(double v) {
+  if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
+  if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+std::string human_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// Row-wise argmax of logits [B, T, V] (any device, any float dtype) as an i32 [B, T] CPU tensor.
+Tensor argmax_last(const Tensor& logits) {
+  Tensor host = logits.to(DType::f32).to(kCPU).contiguous();
+  const int64_t V = host.size(-1), rows = host.numel() / V;
+  Tensor out = Tensor::empty({logits.size(0), logits.size(1)}, DType::i32, kCPU);
+  const float* x = host.data<float>();
+  int32_t* o = out.data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * V;
+    int64_t best = 0;
+    for (int64_t v = 1; v < V; ++v)
+      if (row[v] > row[best]) best = v;
+    o[r] = int32_t(best);
+  }
+  return out;
+}
+
+int64_t count_scored(const Tensor& targets) {
+  int64_t n = 0;
+  for (int32_t t : targets.to_vector<int32_t>()) n += t != int32_t(kIgnoreIndex);
+  return n;
+}
+
+// The first key under which two config JSON objects differ, as "model.hidden_size".
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix) {
+  for (auto it = b.begin(); it != b.end(); ++it) {
+    std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (!a.contains(it.key())) return key;
+    if (it->is_object() && a[it.key()].is_object()) {
+      std::string d = first_difference(a[it.key()], *it, key);
+      if (!d.empty()) return d;
+    } else if (a[it.key()] != *it) {
+      return key;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
+  const TrainConfig& t = cfg_.train;
+  device_ = resolve_device(t.device);
+  const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
+  if (precision == Precision::bf16 && device_.is_cpu())
+    throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+
+  if (opts_.write_run_dir) {
+    fs::create_directories(t.out_dir);
+    std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
+                                      natsl_version(), natsl_git_commit(),
+                                      cfg_.config_path.empty() ? "code" : cfg_.config_path);
+    write_file_synced((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
+  }
+  log(fmt::format("natsl {} (commit {}) on {}{}", natsl_version(), natsl_git_commit(), device_.str(),
+                  device_.is_cuda() ? " (" + device_name(device_) + ")" : ""));
+  log("config " + (cfg_.config_path.empty() ? std::string("(built in code)") : cfg_.config_path) + ":\n" +
+      config_table(cfg_));
+
+  model_ = std::make_shared<CausalLM>(cfg_.model);
+  store_ = std::make_unique<ParameterStore>(*model_, device_, precision);
+  Generator init_gen(uint64_t(t.seed));
+  store_->init(init_gen);
+
+  // No-decay group: what the model marks (unless train.model_no_decay is off), the embedding if asked,
+  // and any name containing one of train.no_decay.
+  std::vector<bool> decay;
+  for (const ParameterRef& p : store_->parameters()) {
+    bool d = true;
+    if (t.model_no_decay && p.meta->no_decay) d = false;
+    if (!t.decay_embeddings && p.meta->is_embedding) d = false;
+    for (const auto& pat : t.no_decay)
+      if (p.name.find(pat) != std::string::npos) d = false;
+    decay.push_back(d);
+  }
+  optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay,
+                                       AdamWOptions{t.lr, t.betas[0], t.betas[1], t.eps, t.weight_decay});
+  data_ = make_run_data(cfg_, t.out_dir);
+  schedule_ = LrSchedule{t.schedule, t.warmup_steps, t.steps, t.min_lr_ratio, t.decay_fraction, t.wsd_decay_shape};
+  grad_sumsq_ = Tensor::zeros({1}, DType::f32, device_);
+
+  flops_per_token_ = model_flops_per_token(cfg_.model, t.seq_len);
+  if (device_.is_cuda()) {
+    std::string name = device_name(device_);
+    peak_flops_ = dense_bf16_peak_flops(name);
+    if (!peak_flops_)
+      log("warning: no dense bf16 peak is known for '" + name + "'; MFU is not reported (add it in trainers/mfu.cpp)");
+  }
+
+  const int64_t n_params = store_->num_params();
+  int64_t n_decayed = 0;
+  for (size_t i = 0; i < decay.size(); ++i)
+    if (decay[i]) n_decayed += store_->layout().entries()[i].numel();
+  const int64_t tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+  log(fmt::format("model: {} parameters ({} with weight decay), {} FLOPs/token (training)", human_count(double(n_params)),
+                  human_count(double(n_decayed)), human_count(flops_per_token_)));
+  log(fmt::format("batch: {} x {} tokens x {} accumulation = {} tokens/step; {} steps = {} tokens", t.batch_size,
+                  t.seq_len, t.grad_accum, tokens_per_step, t.steps, human_count(double(tokens_per_step * t.steps))));
+  log(data_.description);
+
+  if (cfg_.resume == "auto") {
+    CheckpointScan scan = find_latest_checkpoint(t.out_dir);
+    for (const auto& w : scan.warnings) log("warning: " + w);
+    if (scan.latest) resume_from(*scan.latest);
+    else log("resume=auto: no checkpoint in " + (fs::path(t.out_dir) / "checkpoints").string() + "; starting at step 0");
+  } else if (cfg_.resume != "none") {
+    resume_from(cfg_.resume);
+  }
+  if (opts_.write_run_dir)
+    metrics_ = std::make_unique<MetricsLog>((fs::path(t.out_dir) / "metrics.jsonl").string(), step_);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::log(const std::string& line) const {
+  if (!opts_.out) return;
+  std::fputs((line + "\n").c_str(), opts_.out);
+  std::fflush(opts_.out);
+}
+
+void Trainer::resume_from(const std::string& dir) {
+  CheckpointReader ck(dir);
+  const std::string state_path = (fs::path(dir) / "state.json").string();
+  try {
+    const nlohmann::json& tr = ck.trainer();
+    // The model must be the one the checkpoint was trained with.
+    nlohmann::json saved = config_to_json(config_from_json(tr.at("config"), state_path));
+    nlohmann::json mine = config_to_json(cfg_);
+    std::string diff = first_difference(saved["model"], mine["model"], "model");
+    if (!diff.empty()) {
+      nlohmann::json::json_pointer p("/" + diff.substr(0, diff.find('.')) + "/" + diff.substr(diff.find('.') + 1));
+      throw InputError("checkpoint '" + dir + "' was trained with " + diff + " = " + saved[p].dump() +
+                       " but the config says " + mine[p].dump() + "; resume with the same model");
+    }
+    for (const char* key : {"batch_size", "seq_len", "grad_accum", "seed", "lr", "schedule"})
+      if (saved["train"][key] != mine["train"][key])
+        log(fmt::format("warning: train.{} changed since the checkpoint ({} -> {}); the run will not match an "
+                        "uninterrupted one", key, saved["train"][key].dump(), mine["train"][key].dump()));
+
+    const auto& entries = store_->layout().entries();
+    if (ck.model().entries().size() != entries.size())
+      throw InputError("'" + ck.model().path() + "' holds " + std::to_string(ck.model().entries().size()) +
+                       " tensors but the model has " + std::to_string(entries.size()) + " parameters");
+    for (size_t i = 0; i < entries.size(); ++i) {
+      ck.model().read_into(entries[i].name, store_->master().view(int(i)));
+      ck.optimizer().read_into("exp_avg." + entries[i].name, optimizer_->exp_avg().view(int(i)));
+      ck.optimizer().read_into("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
+    }
+    store_->sync_compute_from_master();
+    optimizer_->set_step_count(tr.at("optimizer_steps").get<int64_t>());
+    skipped_steps_ = tr.at("skipped_steps").get<int64_t>();
+    data_.train->load_state(tr.at("data"));
+    step_ = ck.step();
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("'" + state_path + "' lacks a field this natsl needs (" + e.what() + ")");
+  }
+  log(fmt::format("resumed from {} at step {}", dir, step_));
+}
+
+std::string Trainer::write_checkpoint() {
+  if (!opts_.write_run_dir) return "";
+  CheckpointWrite ck;
+  ck.step = step_;
+  const auto& entries = store_->layout().entries();
+  for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, store_->master().view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i)
+    ck.optimizer.emplace_back("exp_avg." + entries[i].name, optimizer_->exp_avg().view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i)
+    ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
+  const TrainConfig& t = cfg_.train;
+  ck.trainer = {
+      {"optimizer_steps", optimizer_->step_count()},
+      {"skipped_steps", skipped_steps_},
+      {"tokens_seen", step_ * t.batch_size * t.seq_len * t.grad_accum},
+      // Parameters are initialised from Philox(seed); batches are a pure function of (data seed, index), and
+      // nothing else draws random numbers during training, so these are all the RNG state there is.
+      {"rng", {{"param_init", {{"generator", "philox4x32-10"}, {"seed", t.seed}}}, {"data_seed", t.seed}}},
+      {"data", data_.train->state()},
+      {"config", config_to_json(cfg_)},
+  };
+  synchronize(device_);
+  last_checkpoint_ = save_checkpoint(t.out_dir, ck, t.keep_last);
+  return last_checkpoint_;
+}
+
+Trainer::StepResult Trainer::train_step() {
+  const TrainConfig& t = cfg_.train;
+  StepResult r;
+  const int64_t s = step_;  // 0-based index of this step
+  r.lr = t.lr * schedule_.multiplier(s);
+  optimizer_->set_lr(r.lr);
+  model_->train();
+  store_->zero_grad();
+
+  Tensor loss_sum;
+  for (int64_t m = 0; m < t.grad_accum; ++m) {
+    Batch batch = data_.train->next(s * t.grad_accum + m);
+    Tensor loss = model_->loss(batch);
+    (t.grad_accum > 1 ? mul_scalar(loss, 1.0 / double(t.grad_accum)) : loss).backward();
+    NoGradGuard no_grad;
+    loss_sum = loss_sum.defined() ? add(loss_sum, loss.detach()) : loss.detach();
+  }
+  kernels::sum_squares(store_->grads().flat(DType::f32), grad_sumsq_);
+  r.grad_norm = std::sqrt(grad_sumsq_.item());  // the one host read of the step (with the loss below)
+  r.loss = loss_sum.item() / double(t.grad_accum);
+
+  if (!std::isfinite(r.grad_norm) && t.skip_nonfinite) {
+    r.skipped = true;
+    ++skipped_steps_;
+  } else {
+    // torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)).
+    double coef = t.clip_grad_norm > 0 ? std::min(1.0, t.clip_grad_norm / (r.grad_norm + 1e-6)) : 1.0;
+    optimizer_->step(Tensor::full({1}, coef, DType::f32, device_));
+    store_->sync_compute_from_master();
+  }
+  model_->collect_stats(r.stats);
+  ++step_;
+  return r;
+}
+
+nlohmann::json Trainer::step_metrics(const StepResult& r, double step_seconds) {
+  const TrainConfig& t = cfg_.train;
+  const double tokens = double(t.batch_size * t.seq_len * t.grad_accum);
+  nlohmann::json row = {{"step", step_},
+                        {"loss", r.loss},
+                        {"lr", r.lr},
+                        {"grad_norm", r.grad_norm},
+                        {"skipped", r.skipped},
+                        {"skipped_total", skipped_steps_},
+                        {"step_time_s", step_seconds},
+                        {"tokens_per_s", tokens / step_seconds},
+                        {"peak_mem_bytes", memory_stats(device_).peak}};
+  row["mfu"] = peak_flops_ ? nlohmann::json(flops_per_token_ * tokens / step_seconds / *peak_flops_) : nlohmann::json();
+  for (const auto& [k, v] : r.stats) row["stats"][k] = v;
+  return row;
+}
+
+TrainSummary Trainer::train() {
+  const TrainConfig& t = cfg_.train;
+  TrainSummary sum;
+  sum.step = step_;
+  sum.skipped_steps = skipped_steps_;
+  if (step_ >= t.steps) {
+    log(fmt::format("the run is already complete at step {} (train.steps = {})", step_, t.steps));
+    return sum;
+  }
+  StopSignalGuard signals;
+  const double tokens_per_step = double(t.batch_size * t.seq_len * t.grad_accum);
+  while (step_ < t.steps) {
+    auto t0 = Clock::now();
+    StepResult r = train_step();
+    synchronize(device_);
+    double dt = seconds_since(t0);
+    // The first step of a process pays for allocation and warm-up: the speed average starts after it.
+    if (++steps_this_process_ == 2) step_time_ema_ = dt;
+    else if (steps_this_process_ > 2) step_time_ema_ = 0.9 * step_time_ema_ + 0.1 * dt;
+
+    nlohmann::json row = step_metrics(r, dt);
+    const bool last = step_ == t.steps;
+    const bool stop_here = t.stop_at_step > 0 && step_ == t.stop_at_step;
+    const bool signalled = signals.requested();
+    if ((t.eval_every > 0 && step_ % t.eval_every == 0) || last) {
+      nlohmann::json ev = evaluate();
+      if (!ev.empty()) {
+        row["eval"] = ev;
+        sum.last_eval = ev;
+      }
+    }
+    if (metrics_) metrics_->write(row);
+
+    if (step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled || row.contains("eval")) {
+      double avg = steps_this_process_ >= 2 ? step_time_ema_ : dt;
+      std::string line = fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s", step_,
+                                     std::to_string(t.steps).size(), t.steps, r.loss, r.lr, r.grad_norm,
+                                     human_count(tokens_per_step / avg));
+      if (peak_flops_) line += fmt::format(" | mfu {:.1f}%", 100.0 * flops_per_token_ * tokens_per_step / avg / *peak_flops_);
+      if (device_.is_cuda()) line += fmt::format(" | mem {:.2f} GiB", double(memory_stats(device_).peak) / (1 << 30));
+      line += " | eta " + human_duration(avg * double(t.steps - step_));
+      // Routing statistics, averaged over the layers that report them ("layers.N.attn_frac" -> attn_frac).
+      std::map<std::string, std::pair<double, int>> mean;
+      for (const auto& [k, v] : r.stats) {
+        auto& m = mean[k.substr(k.rfind('.') + 1)];
+        m.first += v;
+        m.second += 1;
+      }
+      for (const auto& [k, m] : mean) line += fmt::format(" | {} {:.3f}", k, m.first / m.second);
+      if (r.skipped) line += fmt::format(" | SKIPPED (non-finite grad norm; {} so far)", skipped_steps_);
+      if (row.contains("eval"))
+        for (auto it = row["eval"].begin(); it != row["eval"].end(); ++it)
+          if (it->is_number_float()) line += fmt::format(" | eval {} {:.4f}", it.key(), it->get<double>());
+      log(line);
+    }
+
+    if ((t.ckpt_every > 0 && step_ % t.ckpt_every == 0) || last || stop_here || signalled) {
+      std::string dir = write_checkpoint();
+      if (!dir.empty()) log("checkpoint: " + dir);
+    }
+    sum.step = step_;
+    sum.last_loss = r.loss;
+    if (signalled) {
+      log(fmt::format("stopping after step {}: received {}; resume with resume=auto", step_,
+                      signals.signal() == SIGINT ? "SIGINT" : "SIGTERM"));
+      sum.interrupted = true;
+      break;
+    }
+    if (stop_here) {
+      log(fmt::format("stopping after step {} as train.stop_at_step asks; resume with resume=auto", step_));
+      sum.stopped_at_step = true;
+      break;
+    }
+  }
+  sum.skipped_steps = skipped_steps_;
+  sum.checkpoint = last_checkpoint_;
+  return sum;
+}
+
+nlohmann::json Trainer::evaluate() {
+  const TrainConfig& t = cfg_.train;
+  NoGradGuard no_grad;
+  model_->eval();
+  nlohmann::json res;
+  const int64_t V = cfg_.model.vocab_size;
+  if (data_.eval_synthetic && t.eval_batches > 0) {
+    AnswerScore score;
+    double loss_sum = 0.0;
+    for (int64_t i = 0; i < t.eval_batches; ++i) {
+      Batch b = data_.eval_synthetic->next(i);
+      Tensor logits = model_->forward(b.inputs);
+      const int64_t N = b.inputs.numel();
+      loss_sum += cross_entropy(reshape(logits, {N, V}), b.targets.reshape({N}).to(device_), kIgnoreIndex).item();
+      score += score_answers(argmax_last(logits), b.targets);
+    }
+    res = {{"loss", loss_sum / double(t.eval_batches)},
+           {"accuracy", score.accuracy()},
+           {"exact_match", score.exact_match()},
+           {"answers", score.total}};
+  } else if (data_.eval_text) {
+    ValidationWindows& val = *data_.eval_text;
+    const int64_t n_batches = t.eval_batches > 0 ? std::min(t.eval_batches, val.num_batches()) : val.num_batches();
+    double nll = 0.0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n_batches; ++i) {
+      Batch b = val.batch(i);
+      int64_t n = count_scored(b.targets);
+      if (n == 0) continue;
+      nll += model_->loss(b).item() * double(n);
+      count += n;
+    }
+    if (count > 0) {
+      double mean = nll / double(count);
+      // Bits per byte: the byte tokenizer's tokens are bytes (BOS/EOS excepted, a negligible share).
+      res = {{"loss", mean}, {"ppl", std::exp(mean)}, {"bpb", mean / std::log(2.0)}, {"tokens", count}};
+    }
+  }
+  model_->train();
+  return res;
+}
+
+}  // namespace natsl

@@ -1,0 +1,97 @@
+#pragma once
+// The single-device training loop. One optimizer step (1-based step s, schedule index s - 1):
+//   lr = train.lr * schedule(s - 1)
+//   zero the flat grad buffer
+//   for each of grad_accum micro-batches m: batch = data.next((s - 1) * grad_accum + m),
+//       backward of loss / grad_accum                (so the grads are those of the mean loss)
+//   grad_norm = sqrt(sum_squares(flat grads))        (on the device, one value read back)
+//   non-finite grad_norm: skip the update, count it  (train.skip_nonfinite)
+//   clip = min(1, clip_grad_norm / (grad_norm + 1e-6)), a device scalar AdamW multiplies the grads by
+//   AdamW step on the f32 master weights, then refresh the compute (bf16) copy
+// then metrics, eval every train.eval_every steps, a checkpoint every train.ckpt_every steps, and a stop
+// check (train.stop_at_step, SIGINT/SIGTERM). Data batches are a pure function of (seed, index), so the
+// checkpoint (weights, moments, AdamW step count, the step, counters) is all resume needs to continue the
+// run bit for bit on the same hardware.
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/adamw.h"
+#include "layers/causal_lm.h"
+#include "layers/parameter_store.h"
+#include "trainers/config.h"
+#include "trainers/data_factory.h"
+#include "trainers/schedule.h"
+
+namespace natsl {
+
+class MetricsLog;
+class StopSignalGuard;
+
+struct TrainerOptions {
+  FILE* out = stdout;          // progress and summary lines (nullptr = silent)
+  bool write_run_dir = true;   // false (natsl eval): no config.yaml, metrics or checkpoints
+};
+
+struct TrainSummary {
+  int64_t step = 0;              // optimizer steps completed
+  double last_loss = 0.0;
+  int64_t skipped_steps = 0;
+  nlohmann::json last_eval;      // the last evaluation's metrics (empty if none ran)
+  bool interrupted = false;      // stopped by SIGINT/SIGTERM
+  bool stopped_at_step = false;  // stopped by train.stop_at_step
+  std::string checkpoint;        // the last checkpoint written ("" if none)
+};
+
+class Trainer {
+ public:
+  // Resolves the device, builds the model, data and optimizer, and resumes per cfg.resume.
+  explicit Trainer(RunConfig cfg, TrainerOptions opts = {});
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  TrainSummary train();
+  // Metrics on the held-out data: synthetic tasks {"loss", "accuracy", "exact_match"}; text {"loss",
+  // "ppl", "bpb"}. Empty when there is no held-out data.
+  nlohmann::json evaluate();
+
+  int64_t step() const { return step_; }
+  const RunConfig& config() const { return cfg_; }
+  const ParameterStore& parameters() const { return *store_; }
+  const CausalLM& model() const { return *model_; }
+  Device device() const { return device_; }
+
+ private:
+  struct StepResult;
+  StepResult train_step();
+  void resume_from(const std::string& dir);
+  std::string write_checkpoint();
+  void log(const std::string& line) const;
+  nlohmann::json step_metrics(const StepResult& r, double step_seconds);
+
+  RunConfig cfg_;
+  TrainerOptions opts_;
+  Device device_;
+  std::shared_ptr<CausalLM> model_;
+  std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<AdamW> optimizer_;
+  RunData data_;
+  LrSchedule schedule_;
+  std::unique_ptr<MetricsLog> metrics_;
+  Tensor grad_sumsq_;  // [1] f32 on the device
+
+  int64_t step_ = 0;  // optimizer steps completed
+  int64_t skipped_steps_ = 0;
+  double flops_per_token_ = 0.0;
+  std::optional<double> peak_flops_;
+  double step_time_ema_ = 0.0;  // seconds, excluding the first step of this process
+  int64_t steps_this_process_ = 0;
+  std::string last_checkpoint_;
+};
+
+}  // namespace natsl
