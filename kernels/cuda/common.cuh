@@ -1,0 +1,229 @@
+#pragma once
+// Shared pieces of the CUDA kernels: dtype dispatch (f32, bf16; f64 is CPU-only), 128-bit vector
+// loads/stores that convert to f32, launch sizing, and block/row reductions.
+//
+// Conventions used by every kernel in this folder:
+// - all work is queued on the device's compute stream (core/stream.h); nothing synchronises the host;
+// - storage types are float or natsl::bf16, arithmetic is f32;
+// - memory-bound kernels move 16 bytes per access (VEC = 16 / sizeof(T) elements) when every pointer is
+//   16-byte aligned and the row length is a multiple of VEC, else one element per access (VEC = 1).
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "core/cuda_check.h"
+#include "core/dtype.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace natsl::kernels::cuda {
+
+// Runs the body with T bound to float or natsl::bf16; f64 (CPU-only) and integer dtypes are refused.
+#define NATSL_CUDA_DISPATCH_FLOAT(DT, OP, T, ...)                                                       \
+  [&] {                                                                                                 \
+    switch (DT) {                                                                                       \
+      case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                              \
+      case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }                     \
+      case ::natsl::DType::f64:                                                                         \
+        NATSL_FAIL(OP, ": f64 is not supported on the GPU (CPU only); use f32 or bf16");                \
+      default: NATSL_FAIL(OP, ": expected a floating dtype, got ", ::natsl::dtype_name(DT));            \
+    }                                                                                                   \
+  }()
+
+// Runs the body with I bound to int32_t or int64_t (token ids / targets).
+#define NATSL_CUDA_DISPATCH_INDEX(DT, OP, I, ...)                                                       \
+  [&] {                                                                                                 \
+    switch (DT) {                                                                                       \
+      case ::natsl::DType::i32: { using I = int32_t; return __VA_ARGS__(); }                            \
+      case ::natsl::DType::i64: { using I = int64_t; return __VA_ARGS__(); }                            \
+      default: NATSL_FAIL(OP, ": expected i32 or i64 indices, got ", ::natsl::dtype_name(DT));          \
+    }                                                                                                   \
+  }()
+
+// ---- scalar conversions (storage <-> f32) ----
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16 v) { return __uint_as_float(uint32_t(v.bits) << 16); }
+template <class T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return bf16(v); }
+
+template <class T> constexpr int kVec = 16 / int(sizeof(T));  // elements in 16 bytes
+
+// Loads VEC consecutive elements at p (16-byte aligned when VEC > 1) as floats.
+template <class T, int VEC>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&f)[VEC]) {
+  if constexpr (VEC == 1) {
+    f[0] = to_f32(p[0]);
+  } else {
+    static_assert(VEC * sizeof(T) == 16, "vector access must be 16 bytes");
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    if constexpr (std::is_same_v<T, float>) {
+      f[0] = __uint_as_float(raw.x);
+      f[1] = __uint_as_float(raw.y);
+      f[2] = __uint_as_float(raw.z);
+      f[3] = __uint_as_float(raw.w);
+    } else {
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      }
+    }
+  }
+}
+
+template <class T, int VEC>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&f)[VEC]) {
+  if constexpr (VEC == 1) {
+    p[0] = from_f32<T>(f[0]);
+  } else {
+    static_assert(VEC * sizeof(T) == 16, "vector access must be 16 bytes");
+    uint4 raw;
+    if constexpr (std::is_same_v<T, float>) {
+      raw = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    } else {
+      uint32_t w[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        w[i] = uint32_t(bf16::round_bits(f[2 * i])) | (uint32_t(bf16::round_bits(f[2 * i + 1])) << 16);
+      raw = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+inline bool aligned16(const Tensor& t) { return !t.defined() || aligned16(t.data_ptr()); }
+
+// exp in f32: the accurate expf for f32 data, the fast hardware exp for bf16 data (whose 8-bit mantissa
+// hides its few-ulp error).
+template <class T> __device__ __forceinline__ float exp_for(float x) {
+  if constexpr (std::is_same_v<T, float>) return expf(x);
+  else return __expf(x);
+}
+
+// ---- flat grid-stride loops ----
+template <int W>
+using Width = std::integral_constant<int, W>;
+
+// Calls f(i, Width<VEC>) for every vector start i < n rounded down to VEC, then f(i, Width<1>) for the
+// tail, grid-stride.
+template <int VEC, class F>
+__device__ __forceinline__ void for_each_vec(int64_t n, F&& f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nvec = n / VEC;
+  for (int64_t v = tid; v < nvec; v += stride) f(v * VEC, Width<VEC>{});
+  if constexpr (VEC > 1)
+    for (int64_t i = nvec * VEC + tid; i < n; i += stride) f(i, Width<1>{});
+}
+
+// ---- launch sizing ----
+inline int sm_count(int device) {
+  static std::atomic<int> cache[64];
+  int d = device < 64 ? device : 63;
+  int n = cache[d].load(std::memory_order_relaxed);
+  if (n == 0) {
+    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[d].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill the device
+// (`blocks_per_sm` resident blocks per SM), never more than the work needs.
+inline int grid_for(int device, int64_t work, int64_t per_block, int blocks_per_sm = 8) {
+  int64_t need = (work + per_block - 1) / per_block;
+  int64_t cap = int64_t(sm_count(device)) * blocks_per_sm;
+  int64_t g = need < cap ? need : cap;
+  return int(g < 1 ? 1 : g);
+}
+
+// ---- reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Row kernels use blockDim = (threads per row, rows per block), threads per row a power of two >= 32,
+// so that each row is whole warps. row_sum returns the sum of v over the threads of this thread's row, to
+// every thread of the row, in a fixed order (deterministic). `scratch` holds 32 floats per row of the
+// block; it may be reused right after the call returns (a trailing barrier protects it).
+__device__ __forceinline__ float row_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  if (blockDim.x == 32) return v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  float* s = scratch + threadIdx.y * 32;
+  if (lane == 0) s[warp] = v;
+  __syncthreads();
+  float r = lane < nwarps ? s[lane] : 0.f;
+  r = warp_sum(r);
+  __syncthreads();
+  return r;
+}
+__device__ __forceinline__ float row_max(float v, float* scratch) {
+  v = warp_max(v);
+  if (blockDim.x == 32) return v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  float* s = scratch + threadIdx.y * 32;
+  if (lane == 0) s[warp] = v;
+  __syncthreads();
+  float r = lane < nwarps ? s[lane] : -INFINITY;
+  r = warp_max(r);
+  __syncthreads();
+  return r;
+}
+
+// Row-kernel shape for rows of `cols` elements moved VEC at a time: threads per row (power of two in
+// [32, 1024]) and rows per block (so a block has at least 128 threads).
+struct RowLaunch {
+  int threads_x = 32, rows_per_block = 4;
+};
+// `vecs_per_thread`: how many vectors a thread takes per row before the block widens (several loads in
+// flight per thread, fewer rows per SM).
+inline RowLaunch row_launch(int64_t cols, int vec, int vecs_per_thread = 4, int max_threads = 1024) {
+  int64_t vecs = (cols + vec - 1) / vec;
+  int tx = 32;
+  while (tx < max_threads && int64_t(tx) * vecs_per_thread < vecs) tx *= 2;
+  RowLaunch r;
+  r.threads_x = tx;
+  r.rows_per_block = tx >= 128 ? 1 : 128 / tx;
+  return r;
+}
+
+// Grid, block and dynamic shared memory (row_sum/row_max scratch) of a row kernel over `rows` rows.
+struct RowGrid {
+  dim3 grid, block;
+  size_t smem = 0;
+};
+inline RowGrid row_grid(int device, int64_t rows, int64_t cols, int vec, int vecs_per_thread = 4) {
+  RowLaunch l = row_launch(cols, vec, vecs_per_thread);
+  RowGrid g;
+  g.block = dim3(unsigned(l.threads_x), unsigned(l.rows_per_block));
+  const int threads = l.threads_x * l.rows_per_block;
+  g.grid = dim3(unsigned(grid_for(device, rows, l.rows_per_block, 2048 / threads)));
+  g.smem = size_t(32) * l.rows_per_block * sizeof(float);
+  return g;
+}
+
+// Row kernels loop over rows with this: every thread of a block runs the same iterations (the row
+// reductions synchronise the block), `row < rows` says whether this thread's row exists.
+#define NATSL_FOR_EACH_ROW(row, rows)                                                                  \
+  for (int64_t row##_base = int64_t(blockIdx.x) * blockDim.y; row##_base < (rows);                      \
+       row##_base += int64_t(gridDim.x) * blockDim.y)                                                   \
+    if (const int64_t row = row##_base + threadIdx.y; true)
+
+// A device scratch tensor from the stream-ordered pool (freed back to the pool, in stream order, when the
+// returned tensor dies: safe for use by kernels queued before that).
+inline Tensor scratch_f32(int64_t n, Device d) { return Tensor::empty({n < 1 ? 1 : n}, DType::f32, d); }
+
+}  // namespace natsl::kernels::cuda

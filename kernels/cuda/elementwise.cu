@@ -1,0 +1,279 @@
+// CUDA elementwise family: unary maps (fwd/bwd), broadcasting binary ops, axpby.
+// Contiguous operands move 16 bytes per access; broadcast operands take the strided path.
+#include <type_traits>
+
+#include "core/copy.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/elementwise.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+
+template <UnaryOp OP>
+__device__ __forceinline__ float unary_f(float x) {
+  if constexpr (OP == UnaryOp::Neg) return -x;
+  else if constexpr (OP == UnaryOp::Exp) return expf(x);
+  else if constexpr (OP == UnaryOp::Log) return logf(x);
+  else if constexpr (OP == UnaryOp::Silu) return x * sigmoidf_(x);
+  else if constexpr (OP == UnaryOp::Sigmoid) return sigmoidf_(x);
+  else if constexpr (OP == UnaryOp::Softplus) return x > 20.f ? x : log1pf(expf(x));
+  else if constexpr (OP == UnaryOp::Tanh) return tanhf(x);
+  else if constexpr (OP == UnaryOp::Sqrt) return sqrtf(x);
+  else return x * x;  // Square
+}
+
+// f'(x) from x and y = f(x).
+template <UnaryOp OP>
+__device__ __forceinline__ float unary_grad_f(float x, float y) {
+  if constexpr (OP == UnaryOp::Neg) return -1.f;
+  else if constexpr (OP == UnaryOp::Exp) return y;
+  else if constexpr (OP == UnaryOp::Log) return 1.f / x;
+  else if constexpr (OP == UnaryOp::Silu) {
+    float s = sigmoidf_(x);
+    return s * (1.f + x * (1.f - s));
+  } else if constexpr (OP == UnaryOp::Sigmoid) return y * (1.f - y);
+  else if constexpr (OP == UnaryOp::Softplus) return x > 20.f ? 1.f : sigmoidf_(x);
+  else if constexpr (OP == UnaryOp::Tanh) return 1.f - y * y;
+  else if constexpr (OP == UnaryOp::Sqrt) return 0.5f / y;
+  else return 2.f * x;  // Square
+}
+
+template <class T, int VEC, UnaryOp OP>
+__global__ void unary_fwd_kernel(const T* x, T* y, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float a[W];
+    load_vec<T, W>(x + i, a);
+#pragma unroll
+    for (int k = 0; k < W; ++k) a[k] = unary_f<OP>(a[k]);
+    store_vec<T, W>(y + i, a);
+  });
+}
+
+// x or y may be null: a missing y is recomputed from x; a missing x reads as 0 (as the CPU reference).
+template <class T, int VEC, UnaryOp OP>
+__global__ void unary_bwd_kernel(const T* x, const T* y, const T* dy, T* dx, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float xv[W], yv[W], g[W];
+    load_vec<T, W>(dy + i, g);
+    if (x) load_vec<T, W>(x + i, xv);
+    else
+#pragma unroll
+      for (int k = 0; k < W; ++k) xv[k] = 0.f;
+    if (y) load_vec<T, W>(y + i, yv);
+    else
+#pragma unroll
+      for (int k = 0; k < W; ++k) yv[k] = unary_f<OP>(xv[k]);
+#pragma unroll
+    for (int k = 0; k < W; ++k) g[k] *= unary_grad_f<OP>(xv[k], yv[k]);
+    store_vec<T, W>(dx + i, g);
+  });
+}
+
+template <BinaryOp OP>
+__device__ __forceinline__ float binary_f(float a, float b) {
+  if constexpr (OP == BinaryOp::Add) return a + b;
+  else if constexpr (OP == BinaryOp::Sub) return a - b;
+  else if constexpr (OP == BinaryOp::Mul) return a * b;
+  else return a / b;
+}
+
+template <class T, int VEC, BinaryOp OP>
+__global__ void binary_contig_kernel(const T* a, const T* b, T* out, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float av[W], bv[W];
+    load_vec<T, W>(a + i, av);
+    load_vec<T, W>(b + i, bv);
+#pragma unroll
+    for (int k = 0; k < W; ++k) av[k] = binary_f<OP>(av[k], bv[k]);
+    store_vec<T, W>(out + i, av);
+  });
+}
+
+// General broadcast/strided operands: L.src_strides are a's strides, L.dst_strides b's (out contiguous).
+template <class T, BinaryOp OP>
+__global__ void binary_strided_kernel(const T* a, const T* b, T* out, StridedLayout L, int64_t n) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    int64_t rem = i, oa = 0, ob = 0;
+    for (int d = L.ndim - 1; d >= 0; --d) {
+      int64_t idx = rem % L.shape[d];
+      rem /= L.shape[d];
+      oa += idx * L.src_strides[d];
+      ob += idx * L.dst_strides[d];
+    }
+    out[i] = from_f32<T>(binary_f<OP>(to_f32(a[oa]), to_f32(b[ob])));
+  }
+}
+
+template <class T, int VEC>
+__global__ void axpby_kernel(float alpha, const T* x, float beta, const T* y, T* out, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float xv[W], yv[W];
+    load_vec<T, W>(x + i, xv);
+    if (beta != 0.f) load_vec<T, W>(y + i, yv);  // beta == 0 never reads y (it may hold garbage)
+#pragma unroll
+    for (int k = 0; k < W; ++k) xv[k] = alpha * xv[k] + (beta != 0.f ? beta * yv[k] : 0.f);
+    store_vec<T, W>(out + i, xv);
+  });
+}
+
+constexpr int kThreads = 256;
+
+// Calls fn(std::integral_constant<UnaryOp, op>) for the runtime op.
+template <class Fn>
+void dispatch_unary(UnaryOp op, Fn&& fn) {
+  switch (op) {
+    case UnaryOp::Neg: return fn(std::integral_constant<UnaryOp, UnaryOp::Neg>{});
+    case UnaryOp::Exp: return fn(std::integral_constant<UnaryOp, UnaryOp::Exp>{});
+    case UnaryOp::Log: return fn(std::integral_constant<UnaryOp, UnaryOp::Log>{});
+    case UnaryOp::Silu: return fn(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
+    case UnaryOp::Sigmoid: return fn(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
+    case UnaryOp::Softplus: return fn(std::integral_constant<UnaryOp, UnaryOp::Softplus>{});
+    case UnaryOp::Tanh: return fn(std::integral_constant<UnaryOp, UnaryOp::Tanh>{});
+    case UnaryOp::Sqrt: return fn(std::integral_constant<UnaryOp, UnaryOp::Sqrt>{});
+    case UnaryOp::Square: return fn(std::integral_constant<UnaryOp, UnaryOp::Square>{});
+  }
+  NATSL_FAIL("unknown unary op");
+}
+
+template <class Fn>
+void dispatch_binary(BinaryOp op, Fn&& fn) {
+  switch (op) {
+    case BinaryOp::Add: return fn(std::integral_constant<BinaryOp, BinaryOp::Add>{});
+    case BinaryOp::Sub: return fn(std::integral_constant<BinaryOp, BinaryOp::Sub>{});
+    case BinaryOp::Mul: return fn(std::integral_constant<BinaryOp, BinaryOp::Mul>{});
+    case BinaryOp::Div: return fn(std::integral_constant<BinaryOp, BinaryOp::Div>{});
+  }
+  NATSL_FAIL("unknown binary op");
+}
+
+// Merges adjacent dims that are jointly contiguous in both operands, so the strided kernel does fewer
+// divisions per element.
+StridedLayout coalesced_layout(const Shape& shape, const Shape& sa, const Shape& sb) {
+  StridedLayout L;
+  int nd = 0;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (nd > 0 && L.src_strides[nd - 1] == sa[d] * shape[d] && L.dst_strides[nd - 1] == sb[d] * shape[d]) {
+      L.shape[nd - 1] *= shape[d];
+      L.src_strides[nd - 1] = sa[d];
+      L.dst_strides[nd - 1] = sb[d];
+      continue;
+    }
+    NATSL_CHECK(nd < kMaxDims, "binary_fwd: more than ", kMaxDims, " non-mergeable dims");
+    L.shape[nd] = shape[d];
+    L.src_strides[nd] = sa[d];
+    L.dst_strides[nd] = sb[d];
+    ++nd;
+  }
+  L.ndim = nd;
+  return L;
+}
+
+}  // namespace
+
+void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const int dev = x.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "unary_fwd", T, [&] {
+    NATSL_CHECK(y.dtype() == x.dtype(), "unary_fwd: dtypes differ");
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    T* yp = static_cast<T*>(y.data_ptr());
+    dispatch_unary(op, [&](auto opc) {
+      constexpr UnaryOp OP = decltype(opc)::value;
+      if (aligned16(xp) && aligned16(yp)) {
+        constexpr int V = kVec<T>;
+        unary_fwd_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(xp, yp, n);
+      } else {
+        unary_fwd_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(xp, yp, n);
+      }
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  const int64_t n = dx.numel();
+  if (n == 0) return;
+  const int dev = dx.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "unary_bwd", T, [&] {
+    for (const Tensor* t : {&x, &y, &dy})
+      if (t->defined()) {
+        NATSL_CHECK(t->dtype() == dx.dtype(), "unary_bwd: dtypes differ");
+        NATSL_CHECK(t->numel() == n, "unary_bwd: sizes differ");
+      }
+    const T* xp = x.defined() ? static_cast<const T*>(x.data_ptr()) : nullptr;
+    const T* yp = y.defined() ? static_cast<const T*>(y.data_ptr()) : nullptr;
+    const T* gp = static_cast<const T*>(dy.data_ptr());
+    T* dp = static_cast<T*>(dx.data_ptr());
+    dispatch_unary(op, [&](auto opc) {
+      constexpr UnaryOp OP = decltype(opc)::value;
+      if (aligned16(x) && aligned16(y) && aligned16(gp) && aligned16(dp)) {
+        constexpr int V = kVec<T>;
+        unary_bwd_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(xp, yp, gp, dp, n);
+      } else {
+        unary_bwd_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(xp, yp, gp, dp, n);
+      }
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const int dev = out.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "binary_fwd", T, [&] {
+    const T* ap = static_cast<const T*>(a.data_ptr());
+    const T* bp = static_cast<const T*>(b.data_ptr());
+    T* op_ = static_cast<T*>(out.data_ptr());
+    dispatch_binary(op, [&](auto opc) {
+      constexpr BinaryOp OP = decltype(opc)::value;
+      if (a.is_contiguous() && b.is_contiguous()) {
+        if (aligned16(ap) && aligned16(bp) && aligned16(op_)) {
+          constexpr int V = kVec<T>;
+          binary_contig_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(ap, bp, op_, n);
+        } else {
+          binary_contig_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(ap, bp, op_, n);
+        }
+      } else {
+        StridedLayout L = coalesced_layout(out.shape(), a.strides(), b.strides());
+        binary_strided_kernel<T, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(ap, bp, op_, L, n);
+      }
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const int dev = out.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "axpby", T, [&] {
+    NATSL_CHECK(x.dtype() == out.dtype() && y.dtype() == out.dtype(), "axpby: dtypes differ");
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* yp = static_cast<const T*>(y.data_ptr());
+    T* op_ = static_cast<T*>(out.data_ptr());
+    if (aligned16(xp) && aligned16(yp) && aligned16(op_)) {
+      constexpr int V = kVec<T>;
+      axpby_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(float(alpha), xp, float(beta), yp,
+                                                                                 op_, n);
+    } else {
+      axpby_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(float(alpha), xp, float(beta), yp, op_, n);
+    }
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace natsl::kernels::cuda

@@ -1,0 +1,181 @@
+// Dense matmul through cuBLASLt, on the device's compute stream.
+//
+// natsl tensors are row-major; cuBLASLt is column-major. A row-major r x c matrix is the column-major
+// c x r matrix (its transpose) with the same bytes, so out = op(a) op(b) is computed as
+// out^T = op(b)^T op(a)^T: cuBLASLt's "A" is our b and its "B" is our a, m = N, n = M.
+//
+// One cuBLASLt handle and one 32 MiB workspace per device, created on first use. The descriptors and the
+// heuristic's algorithm are cached per problem (shape, transposes, dtype, pointer alignment).
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "core/allocator.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/matmul_config.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+std::atomic<bool> g_allow_tf32{false};
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+// The problem as cuBLASLt sees it (column-major, after the operand swap).
+struct PlanKey {
+  int dtype, trans_lt_a, trans_lt_b, tf32;
+  int64_t m, n, k, batch, stride_lt_a, stride_lt_b;
+  int align_lt_a, align_lt_b, align_c;
+  auto tie() const {
+    return std::tie(dtype, trans_lt_a, trans_lt_b, tf32, m, n, k, batch, stride_lt_a, stride_lt_b, align_lt_a,
+                    align_lt_b, align_c);
+  }
+  bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
+};
+
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+struct LtContext {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::mutex mu;
+  std::map<PlanKey, Plan> plans;
+};
+
+// Per-device contexts, created lazily and kept for the life of the process (destroying them at exit
+// could run after the CUDA runtime has shut down).
+LtContext& context(int device) {
+  static std::mutex mu;
+  static std::vector<LtContext*> contexts;
+  std::lock_guard<std::mutex> lk(mu);
+  if (int(contexts.size()) <= device) contexts.resize(size_t(device) + 1, nullptr);
+  if (!contexts[size_t(device)]) {
+    auto* c = new LtContext();
+    NATSL_CUBLAS_CHECK(cublasLtCreate(&c->handle));
+    c->workspace = allocate(Device::cuda(device), kWorkspaceBytes);
+    contexts[size_t(device)] = c;
+  }
+  return *contexts[size_t(device)];
+}
+
+// Largest power of two (<= 256) dividing the address and the batch stride in bytes.
+int alignment(const void* p, int64_t batch_stride_bytes) {
+  uintptr_t v = reinterpret_cast<uintptr_t>(p) | uintptr_t(batch_stride_bytes) | uintptr_t(256);
+  return int(v & (~v + 1));
+}
+
+cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+                                   int64_t stride) {
+  cublasLtMatrixLayout_t l = nullptr;
+  NATSL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, t, uint64_t(rows), uint64_t(cols), ld));
+  if (batch > 1) {
+    int32_t bc = int32_t(batch);
+    NATSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+    NATSL_CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+  }
+  return l;
+}
+
+Plan build_plan(LtContext& ctx, const PlanKey& k) {
+  const cudaDataType_t t = k.dtype == int(DType::bf16) ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute =
+      k.dtype == int(DType::f32) && k.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  Plan p;
+  NATSL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F));
+  cublasOperation_t ta = k.trans_lt_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = k.trans_lt_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  NATSL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  NATSL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  // Stored shapes (column-major): A is m x k (k x m when transposed), B is k x n (n x k), C is m x n.
+  p.a = k.trans_lt_a ? make_layout(t, k.k, k.m, k.k, k.batch, k.stride_lt_a)
+                     : make_layout(t, k.m, k.k, k.m, k.batch, k.stride_lt_a);
+  p.b = k.trans_lt_b ? make_layout(t, k.n, k.k, k.n, k.batch, k.stride_lt_b)
+                     : make_layout(t, k.k, k.n, k.k, k.batch, k.stride_lt_b);
+  p.c = make_layout(t, k.m, k.n, k.m, k.batch, k.m * k.n);
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  uint64_t ws = kWorkspaceBytes;
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  uint32_t al_a = uint32_t(k.align_lt_a), al_b = uint32_t(k.align_lt_b), al_c = uint32_t(k.align_c);
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c));
+  NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c));
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  NATSL_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "cuBLASLt found no algorithm for m=", k.m, " n=", k.n,
+              " k=", k.k, " batch=", k.batch, " dtype=", dtype_name(DType(k.dtype)), " (status ",
+              cublasGetStatusName(st), ")");
+  p.algo = res.algo;
+  return p;
+}
+
+}  // namespace
+
+void set_matmul_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
+bool matmul_allow_tf32() { return g_allow_tf32.load(); }
+
+void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
+            double beta) {
+  const DType dt = out.dtype();
+  NATSL_CUDA_DISPATCH_FLOAT(dt, "matmul", T, [&] { (void)sizeof(T); });
+  NATSL_CHECK(a.dtype() == dt && b.dtype() == dt, "matmul: dtypes ", dtype_name(a.dtype()), ", ",
+              dtype_name(b.dtype()), " -> ", dtype_name(dt));
+  NATSL_CHECK(out.dim() >= 2 && a.dim() == out.dim() && (b.dim() == out.dim() || b.dim() == 2),
+              "matmul: ranks of ", a.str(), ", ", b.str(), " -> ", out.str());
+  const int64_t M = out.size(-2), N = out.size(-1);
+  const int64_t K = trans_a ? a.size(-2) : a.size(-1);
+  const int64_t batch = M * N > 0 ? out.numel() / (M * N) : 0;
+  if (batch == 0) return;
+  if (K == 0) {  // empty product: out = beta * out
+    if (beta == 0.0) out.zero_();
+    else kernels::cuda::axpby(beta, out, 0.0, out, out);
+    return;
+  }
+  const bool shared_b = b.dim() == 2 && out.dim() > 2;
+  // A shared b with untransposed a: the batch folds into the rows of one product.
+  const bool fold = shared_b && !trans_a;
+  const int64_t rows = fold ? batch * M : M, nb = fold ? 1 : batch;
+
+  const int dev = out.device().index;
+  cudaStream_t s = activate(dev);
+  LtContext& ctx = context(dev);
+  const int64_t es = int64_t(dtype_size(dt));
+  PlanKey key{};
+  key.dtype = int(dt);
+  key.tf32 = dt == DType::f32 && matmul_allow_tf32();
+  key.m = N;
+  key.n = rows;
+  key.k = K;
+  key.batch = nb;
+  key.trans_lt_a = trans_b;  // cuBLASLt A = our b (see the header comment)
+  key.trans_lt_b = trans_a;
+  key.stride_lt_a = nb > 1 ? (shared_b ? 0 : K * N) : 0;
+  key.stride_lt_b = nb > 1 ? M * K : 0;
+  key.align_lt_a = alignment(b.data_ptr(), key.stride_lt_a * es);
+  key.align_lt_b = alignment(a.data_ptr(), key.stride_lt_b * es);
+  key.align_c = alignment(out.data_ptr(), nb > 1 ? M * N * es : 0);
+
+  std::lock_guard<std::mutex> lk(ctx.mu);
+  auto it = ctx.plans.find(key);
+  if (it == ctx.plans.end()) it = ctx.plans.emplace(key, build_plan(ctx, key)).first;
+  const Plan& p = it->second;
+  const float al = float(alpha), be = float(beta);
+  NATSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.desc, &al, b.data_ptr(), p.a, a.data_ptr(), p.b, &be,
+                                    out.data_ptr(), p.c, out.data_ptr(), p.c, &p.algo, ctx.workspace,
+                                    kWorkspaceBytes, s));
+}
+
+}  // namespace natsl::kernels::cuda

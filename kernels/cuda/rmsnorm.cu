@@ -1,0 +1,146 @@
+// CUDA RMSNorm over the last dim:
+//   rstd = 1 / sqrt(mean(x^2) + eps),  y = x * rstd * w
+//   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
+// The weight gradient is deterministic: each (block, row slot) adds its rows into its own f32 partial row
+// (small, so it stays in L2), then the partial rows are added in order.
+#include "kernels/cuda/column_sum.cuh"
+#include "kernels/nn.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024) rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                                   float* __restrict__ rstd, int64_t rows, int64_t D, float eps) {
+  extern __shared__ float scratch[];
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float ss = 0.f;
+    if (active)
+      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+        float v[VEC];
+        load_vec<T, VEC>(x + off + j, v);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) ss += v[k] * v[k];
+      }
+    ss = row_sum(ss, scratch);
+    if (!active) continue;
+    const float rs = 1.f / sqrtf(ss / float(D) + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      float v[VEC], wv[VEC];
+      load_vec<T, VEC>(x + off + j, v);
+      if (w) load_vec<T, VEC>(w + j, wv);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[k] = v[k] * rs * (w ? wv[k] : 1.f);
+      store_vec<T, VEC>(y + off + j, v);
+    }
+  }
+}
+
+// dw_partial (may be null): [gridDim.x * blockDim.y, D] f32, zeroed before the launch.
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd,
+                                   const T* __restrict__ dy, T* __restrict__ dx, float* __restrict__ dw_partial,
+                                   int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  float* my_dw = dw_partial ? dw_partial + (int64_t(blockIdx.x) * blockDim.y + threadIdx.y) * D : nullptr;
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float dot = 0.f;  // sum_k dy_k w_k x_k
+    if (active)
+      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+        float v[VEC], g[VEC], wv[VEC];
+        load_vec<T, VEC>(x + off + j, v);
+        load_vec<T, VEC>(dy + off + j, g);
+        if (w) load_vec<T, VEC>(w + j, wv);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) dot += g[k] * (w ? wv[k] : 1.f) * v[k];
+      }
+    dot = row_sum(dot, scratch);
+    if (!active) continue;
+    const float rs = rstd[r];
+    const float c = rs * rs * rs * dot / float(D);
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      float v[VEC], g[VEC], wv[VEC], o[VEC];
+      load_vec<T, VEC>(x + off + j, v);
+      load_vec<T, VEC>(dy + off + j, g);
+      if (w) load_vec<T, VEC>(w + j, wv);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) o[k] = rs * (w ? wv[k] : 1.f) * g[k] - v[k] * c;
+      store_vec<T, VEC>(dx + off + j, o);
+      if (my_dw) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) my_dw[j + k] += g[k] * v[k] * rs;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
+  const int64_t D = x.size(-1);
+  const int64_t rows = D > 0 ? x.numel() / D : 0;
+  if (rows == 0) return;
+  const int dev = x.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_fwd: rstd must be f32 with one value per row");
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "rmsnorm_fwd", T, [&] {
+    NATSL_CHECK(y.dtype() == x.dtype() && (!w.defined() || w.dtype() == x.dtype()), "rmsnorm_fwd: dtypes differ");
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* wp = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    T* yp = static_cast<T*>(y.data_ptr());
+    float* rp = rstd.data<float>();
+    constexpr int V = kVec<T>;
+    if (D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp)) {
+      RowGrid g = row_grid(dev, rows, D, V);
+      rmsnorm_fwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
+    } else {
+      RowGrid g = row_grid(dev, rows, D, 1);
+      rmsnorm_fwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
+    }
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                 const Tensor& dw) {
+  const int64_t D = x.size(-1);
+  const int64_t rows = D > 0 ? x.numel() / D : 0;
+  const int dev = x.device().index;
+  cudaStream_t s = activate(dev);
+  if (rows == 0) {
+    if (dw.defined()) dw.zero_();
+    return;
+  }
+  NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_bwd: rstd must be f32 with one value per row");
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "rmsnorm_bwd", T, [&] {
+    for (const Tensor* t : {&w, &dy, &dx, &dw})
+      NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "rmsnorm_bwd: dtypes differ");
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* wp = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    const T* gp = static_cast<const T*>(dy.data_ptr());
+    T* dp = static_cast<T*>(dx.data_ptr());
+    constexpr int V = kVec<T>;
+    const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
+    // One vector per thread per row: wide blocks, so few (block, row slot) partial rows (they stay in L2).
+    RowGrid g = row_grid(dev, rows, D, vec ? V : 1, 1);
+    const int64_t groups = int64_t(g.grid.x) * g.block.y;
+    Tensor partial;
+    float* pp = nullptr;
+    if (dw.defined()) {
+      partial = scratch_f32(groups * D, x.device());
+      pp = partial.data<float>();
+      NATSL_CUDA_CHECK(cudaMemsetAsync(pp, 0, size_t(groups * D) * sizeof(float), s));
+    }
+    if (vec) rmsnorm_bwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, wp, rstd.data<float>(), gp, dp, pp, rows, D);
+    else rmsnorm_bwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(xp, wp, rstd.data<float>(), gp, dp, pp, rows, D);
+    NATSL_CUDA_CHECK_LAUNCH();
+    if (dw.defined()) column_sum<T>(pp, groups, D, static_cast<T*>(dw.data_ptr()), dev, s);
+  });
+}
+
+}  // namespace natsl::kernels::cuda

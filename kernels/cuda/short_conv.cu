@@ -1,0 +1,183 @@
+// CUDA causal depthwise short convolution, x/y [B, T, C], w [C, W]:
+//   pre[b,t,c] = sum_j w[c,j] x[b, t-W+1+j, c] (zero before t = 0),  y = act(pre)
+//   g = dy * act'(pre);  dx[b,s,c] = sum_j w[c,j] g[b, s+W-1-j, c];  dw[c,j] = sum_{b,t} g[b,t,c] x[b,t-W+1+j,c]
+// A thread owns one channel over a tile of consecutive steps and slides a W-wide register window along it
+// (W is a template parameter so the window stays in registers). Neighbouring threads take neighbouring
+// channels, so every access is coalesced. dw: each thread writes its tile's partial sums, added in order
+// by a second kernel (deterministic).
+#include <algorithm>
+
+#include "kernels/cuda/column_sum.cuh"
+#include "kernels/nn.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+constexpr int kMaxWidth = 8;
+
+__device__ __forceinline__ float act_f(float p, bool silu) { return silu ? p / (1.f + expf(-p)) : p; }
+__device__ __forceinline__ float act_grad(float p, bool silu) {
+  if (!silu) return 1.f;
+  const float s = 1.f / (1.f + expf(-p));
+  return s * (1.f + p * (1.f - s));
+}
+
+struct ConvShape {
+  int64_t B, T, C, tile, ntiles;
+};
+
+template <class T, int W>
+__global__ void short_conv_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                                      ConvShape sh, bool silu) {
+  const int64_t total = sh.B * sh.ntiles * sh.C;
+  for (int64_t id = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; id < total; id += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = id % sh.C, rest = id / sh.C, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+    const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+    const T* xb = x + b * sh.T * sh.C + c;
+    T* yb = y + b * sh.T * sh.C + c;
+    float wv[W], xs[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      wv[j] = to_f32(w[c * W + j]);
+      const int64_t t = t0 - W + j;  // xs[j] = x(t0 - W + j): after shifting in x(t0), xs[j] = x(t0 - W + 1 + j)
+      xs[j] = (j > 0 && t >= 0) ? to_f32(xb[t * sh.C]) : 0.f;
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+      for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+      xs[W - 1] = to_f32(xb[t * sh.C]);
+      float pre = 0.f;
+#pragma unroll
+      for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+      yb[t * sh.C] = from_f32<T>(act_f(pre, silu));
+    }
+  }
+}
+
+// dw_partial: [B * ntiles, C, W] f32, every entry written.
+template <class T, int W>
+__global__ void short_conv_bwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ dy,
+                                      T* __restrict__ dx, float* __restrict__ dw_partial, ConvShape sh, bool silu) {
+  const int64_t total = sh.B * sh.ntiles * sh.C;
+  for (int64_t id = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; id < total; id += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = id % sh.C, rest = id / sh.C, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+    const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+    const int64_t base = b * sh.T * sh.C + c;
+    float wv[W], xs[W], acc[W], dw[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      wv[j] = to_f32(w[c * W + j]);
+      const int64_t t = t0 - W + j;
+      xs[j] = (j > 0 && t >= 0) ? to_f32(x[base + t * sh.C]) : 0.f;
+      acc[j] = 0.f;
+      dw[j] = 0.f;
+    }
+    // Step t produces g(t) and adds w_k g(t) to dx(t - W + 1 + k) (held in acc[k]); dx(s) is complete after
+    // step s + W - 1, so the loop runs W - 1 steps past the tile (g = 0 past the end of the sequence).
+    for (int64_t t = t0; t < t1 + W - 1; ++t) {
+      float gt = 0.f;
+      if (t < sh.T) {
+#pragma unroll
+        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+        xs[W - 1] = to_f32(x[base + t * sh.C]);
+        float pre = 0.f;
+#pragma unroll
+        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+        gt = to_f32(dy[base + t * sh.C]) * act_grad(pre, silu);
+        if (t < t1) {
+#pragma unroll
+          for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < W; ++k) acc[k] += wv[k] * gt;
+      const int64_t s = t - W + 1;
+      if (s >= t0 && s < t1) dx[base + s * sh.C] = from_f32<T>(acc[0]);
+#pragma unroll
+      for (int k = 0; k < W - 1; ++k) acc[k] = acc[k + 1];
+      acc[W - 1] = 0.f;
+    }
+    float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pp[j] = dw[j];
+  }
+}
+
+// Calls fn(std::integral_constant<int, W>) for the runtime kernel width.
+template <class Fn>
+void dispatch_width(int64_t W, Fn&& fn) {
+  switch (W) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 7: return fn(std::integral_constant<int, 7>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+  }
+  NATSL_FAIL("short_conv: kernel width ", W, " not supported on the GPU (1..", kMaxWidth, ")");
+}
+
+ConvShape conv_shape(const Tensor& x, const Tensor& w, int device, int64_t min_tile) {
+  NATSL_CHECK(x.dim() == 3 && w.dim() == 2 && w.size(0) == x.size(2), "short_conv: x [B, T, C] and w [C, W], got ",
+              x.str(), " and ", w.str());
+  ConvShape sh{x.size(0), x.size(1), x.size(2), 1, 1};
+  // Long tiles amortise the W-1 step warm-up; short enough to give every SM ~4096 threads.
+  const int64_t target_threads = int64_t(sm_count(device)) * 4096;
+  const int64_t lanes = std::max<int64_t>(1, sh.B * sh.C);
+  const int64_t want = std::max<int64_t>(1, sh.T * lanes / target_threads);
+  sh.tile = std::clamp<int64_t>(want, min_tile, 256);
+  sh.ntiles = std::max<int64_t>(1, (sh.T + sh.tile - 1) / sh.tile);
+  return sh;
+}
+
+}  // namespace
+
+void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y) {
+  const int dev = x.device().index;
+  ConvShape sh = conv_shape(x, w, dev, 8);
+  if (x.numel() == 0) return;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_fwd", T, [&] {
+    NATSL_CHECK(w.dtype() == x.dtype() && y.dtype() == x.dtype(), "short_conv_fwd: dtypes differ");
+    dispatch_width(w.size(1), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int64_t total = sh.B * sh.ntiles * sh.C;
+      short_conv_fwd_kernel<T, W><<<grid_for(dev, total, 256), 256, 0, s>>>(
+          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()), static_cast<T*>(y.data_ptr()),
+          sh, apply_silu);
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
+                    const Tensor& dw) {
+  const int dev = x.device().index;
+  // Tiles of at least 32 steps keep the dw partial buffer small (B * T / 32 * C * W floats at most).
+  ConvShape sh = conv_shape(x, w, dev, 32);
+  cudaStream_t s = activate(dev);
+  if (x.numel() == 0) {
+    if (dw.defined()) dw.zero_();
+    return;
+  }
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_bwd", T, [&] {
+    for (const Tensor* t : {&w, &dy, &dx, &dw})
+      NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
+    dispatch_width(w.size(1), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int64_t total = sh.B * sh.ntiles * sh.C;
+      const int64_t groups = sh.B * sh.ntiles;
+      Tensor partial = scratch_f32(groups * sh.C * W, x.device());
+      short_conv_bwd_kernel<T, W><<<grid_for(dev, total, 256), 256, 0, s>>>(
+          static_cast<const T*>(x.data_ptr()), static_cast<const T*>(w.data_ptr()),
+          static_cast<const T*>(dy.data_ptr()), static_cast<T*>(dx.data_ptr()), partial.data<float>(), sh,
+          apply_silu);
+      NATSL_CUDA_CHECK_LAUNCH();
+      if (dw.defined()) column_sum<T>(partial.data<float>(), groups, sh.C * W, static_cast<T*>(dw.data_ptr()), dev, s);
+    });
+  });
+}
+
+}  // namespace natsl::kernels::cuda

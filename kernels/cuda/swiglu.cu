@@ -1,0 +1,86 @@
+// CUDA SwiGLU: y = silu(g) * u;  dg = dy * u * s * (1 + g (1 - s)),  du = dy * silu(g),  s = sigmoid(g).
+#include "kernels/cuda/common.cuh"
+#include "kernels/nn.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+template <class T, int VEC>
+__global__ void swiglu_fwd_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ y, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float g[W], u[W];
+    load_vec<T, W>(gate + i, g);
+    load_vec<T, W>(up + i, u);
+#pragma unroll
+    for (int k = 0; k < W; ++k) g[k] = g[k] / (1.f + expf(-g[k])) * u[k];
+    store_vec<T, W>(y + i, g);
+  });
+}
+
+template <class T, int VEC>
+__global__ void swiglu_bwd_kernel(const T* __restrict__ gate, const T* __restrict__ up, const T* __restrict__ dy,
+                                  T* __restrict__ dgate, T* __restrict__ dup, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float g[W], u[W], d[W], dg[W], du[W];
+    load_vec<T, W>(gate + i, g);
+    load_vec<T, W>(up + i, u);
+    load_vec<T, W>(dy + i, d);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float s = 1.f / (1.f + expf(-g[k]));
+      dg[k] = d[k] * u[k] * s * (1.f + g[k] * (1.f - s));
+      du[k] = d[k] * g[k] * s;
+    }
+    store_vec<T, W>(dgate + i, dg);
+    store_vec<T, W>(dup + i, du);
+  });
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  const int dev = y.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), "swiglu_fwd", T, [&] {
+    NATSL_CHECK(gate.dtype() == y.dtype() && up.dtype() == y.dtype(), "swiglu_fwd: dtypes differ");
+    const T* gp = static_cast<const T*>(gate.data_ptr());
+    const T* up_ = static_cast<const T*>(up.data_ptr());
+    T* yp = static_cast<T*>(y.data_ptr());
+    constexpr int V = kVec<T>;
+    if (aligned16(gp) && aligned16(up_) && aligned16(yp))
+      swiglu_fwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
+    else
+      swiglu_fwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, const Tensor& dup) {
+  const int64_t n = dy.numel();
+  if (n == 0) return;
+  const int dev = dy.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(dy.dtype(), "swiglu_bwd", T, [&] {
+    for (const Tensor* t : {&gate, &up, &dgate, &dup})
+      NATSL_CHECK(t->dtype() == dy.dtype(), "swiglu_bwd: dtypes differ");
+    const T* gp = static_cast<const T*>(gate.data_ptr());
+    const T* up_ = static_cast<const T*>(up.data_ptr());
+    const T* dp = static_cast<const T*>(dy.data_ptr());
+    T* dgp = static_cast<T*>(dgate.data_ptr());
+    T* dup_ = static_cast<T*>(dup.data_ptr());
+    constexpr int V = kVec<T>;
+    if (aligned16(gp) && aligned16(up_) && aligned16(dp) && aligned16(dgp) && aligned16(dup_))
+      swiglu_bwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+    else
+      swiglu_bwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace natsl::kernels::cuda
