@@ -231,7 +231,9 @@ void expect_operator_matches_oracle(const Case& c) {
     const double d1 = last ? 0 : oracle::cptr(num_g)[row] * oracle::cptr(m.gdn)[row];
     EXPECT_NEAR(oracle::cptr(dlogits)[2 * row], p0 * (d0 - (p0 * d0 + p1 * d1)), 1e-6);
     EXPECT_NEAR(oracle::cptr(dlogits)[2 * row + 1], p1 * (d1 - (p0 * d0 + p1 * d1)), 1e-6);
-    if (last) EXPECT_EQ(oracle::cptr(dlogits)[2 * row], 0.0);
+    if (last) {
+      EXPECT_EQ(oracle::cptr(dlogits)[2 * row], 0.0);
+    }
   }
 }
 
