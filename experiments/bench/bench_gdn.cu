@@ -1,0 +1,177 @@
+// Times natsl's chunked Gated DeltaNet kernels (bf16) at the issue's shapes: forward and forward+backward,
+// with the L2 norm of q and k (forward and backward) included as FLA's use_qk_l2norm_in_kernel=True does, and a
+// per-stage split. CUDA events, warm-up, median of repeated runs. The FLA peer is timed by peers.py in the same
+// run; --peer FILE reads its anchors JSON to print the ratio.
+//   natsl_bench_gdn [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/philox.h"
+#include "kernels/cuda/gdn_bwd.cuh"
+#include "kernels/gdn.h"
+#include "kernels/nn.h"
+
+using namespace natsl;
+using namespace natsl::kernels;
+
+namespace {
+
+float median_ms(const std::function<void()>& fn, int reps, cudaStream_t st) {
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t;
+  cudaEvent_t a, b;
+  NATSL_CUDA_CHECK(cudaEventCreate(&a));
+  NATSL_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < reps; ++i) {
+    NATSL_CUDA_CHECK(cudaEventRecord(a, st));
+    fn();
+    NATSL_CUDA_CHECK(cudaEventRecord(b, st));
+    NATSL_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    NATSL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  NATSL_CUDA_CHECK(cudaEventDestroy(a));
+  NATSL_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Row {
+  std::string name, shape;
+  double ms;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_out, peer_file, commit = "unknown";
+  int reps = 30;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--json") json_out = argv[i + 1];
+    else if (k == "--peer") peer_file = argv[i + 1];
+    else if (k == "--commit") commit = argv[i + 1];
+    else if (k == "--reps") reps = std::stoi(argv[i + 1]);
+  }
+  const Device dev = Device::cuda(0);
+  cudaStream_t st = activate(0);
+  cudaDeviceProp prop{};
+  NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+
+  nlohmann::json peer;
+  if (!peer_file.empty()) {
+    std::ifstream f(peer_file);
+    if (f) peer = nlohmann::json::parse(f);
+  }
+  auto peer_ms = [&](const std::string& name, int64_t B, int64_t T) -> double {
+    if (!peer.contains("rows")) return -1;
+    for (auto& r : peer["rows"])
+      if (r.value("name", "") == name && r.value("B", 0) == B && r.value("T", 0) == T) return r["ms"].get<double>();
+    return -1;
+  };
+
+  std::vector<Row> rows;
+  struct Shape5 {
+    int64_t B, T, H, K, V;
+  };
+  for (Shape5 sh : {Shape5{8, 4096, 6, 128, 256}, Shape5{2, 16384, 6, 128, 256}}) {
+    const std::string shape = "B" + std::to_string(sh.B) + " T" + std::to_string(sh.T) + " H" + std::to_string(sh.H) +
+                              " K" + std::to_string(sh.K) + " V" + std::to_string(sh.V);
+    Generator gen(1234);
+    auto rnd = [&](const natsl::Shape& s, DType dt) {
+      Tensor t = Tensor::empty(s, dt, dev);
+      normal_(t, gen, 0.0, 1.0);
+      return t;
+    };
+    Tensor qr = rnd({sh.B, sh.T, sh.H, sh.K}, DType::bf16), kr = rnd({sh.B, sh.T, sh.H, sh.K}, DType::bf16);
+    GdnInputs in;
+    in.v = rnd({sh.B, sh.T, sh.H, sh.V}, DType::bf16);
+    in.q = Tensor::empty(qr.shape(), DType::bf16, dev);
+    in.k = Tensor::empty(kr.shape(), DType::bf16, dev);
+    Tensor rq = Tensor::empty({sh.B * sh.T * sh.H}, DType::f32, dev), rk = Tensor::empty({sh.B * sh.T * sh.H}, DType::f32, dev);
+    // g = logsigmoid(N(0,1)) in (-inf, 0) and beta = sigmoid(U(0,1)), as peers.py draws them.
+    Tensor graw = rnd({sh.B, sh.T, sh.H}, DType::f32);
+    {
+      std::vector<float> g = graw.to_vector<float>();
+      for (float& x : g) x = -std::log1p(std::exp(-x));
+      in.g = Tensor::from_vector(g, graw.shape(), DType::f32, dev);
+      Tensor braw = Tensor::empty({sh.B, sh.T, sh.H}, DType::f32, dev);
+      uniform_(braw, gen, 0.0, 1.0);
+      std::vector<float> b = braw.to_vector<float>();
+      for (float& x : b) x = 1.f / (1.f + std::exp(-x));
+      in.beta = Tensor::from_vector(b, braw.shape(), DType::f32, dev);
+    }
+    GdnArgs args;
+    args.scale = 1.0 / std::sqrt(double(sh.K));
+    Tensor o = Tensor::empty(in.v.shape(), DType::bf16, dev);
+    Tensor dout = rnd(in.v.shape(), DType::bf16);
+    GdnSaved saved{Tensor::empty({sh.B, sh.T, sh.H}, DType::f32, dev),
+                   Tensor::empty({sh.B, sh.T, sh.H, kGdnChunk}, DType::bf16, dev)};
+    GdnGrads gr{Tensor::empty(in.q.shape(), DType::bf16, dev), Tensor::empty(in.k.shape(), DType::bf16, dev),
+                Tensor::empty(in.v.shape(), DType::bf16, dev), Tensor::empty(in.g.shape(), DType::f32, dev),
+                Tensor::empty(in.beta.shape(), DType::f32, dev), Tensor(), Tensor()};
+    Tensor dqn = Tensor::empty(qr.shape(), DType::bf16, dev), dkn = Tensor::empty(kr.shape(), DType::bf16, dev);
+
+    auto fwd = [&] {
+      l2norm_fwd(qr, 1e-6, in.q, rq);
+      l2norm_fwd(kr, 1e-6, in.k, rk);
+      gdn_chunk_fwd(args, in, o, Tensor(), saved);
+    };
+    auto fwdbwd = [&] {
+      fwd();
+      gdn_chunk_bwd(args, in, saved, dout, Tensor(), gr);
+      l2norm_bwd(in.q, rq, gr.dq, dqn);
+      l2norm_bwd(in.k, rk, gr.dk, dkn);
+    };
+    rows.push_back({"natsl_gdn_fwd", shape, median_ms(fwd, reps, st)});
+    rows.push_back({"natsl_gdn_fwdbwd", shape, median_ms(fwdbwd, reps, st)});
+
+    // Per-stage split (each stage timed alone on the same inputs).
+    using namespace natsl::kernels::cuda::gdn;
+    Plan pl = make_plan(args, in, "bench");
+    const GdnShape& s = pl.s;
+    PrepOut pr = run_prep(pl, args, in, saved, false);
+    Tensor h = Tensor::empty({s.NC, s.HV, s.K, s.V}, DType::bf16, dev), vn = Tensor::empty({s.NC, s.HV, kC, s.V}, DType::bf16, dev);
+    Tensor dh = Tensor::empty({s.NC, s.HV, s.K, s.V}, DType::bf16, dev), dv2 = Tensor::empty({s.NC, s.HV, kC, s.V}, DType::bf16, dev);
+    run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn});
+    run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2);
+    rows.push_back({"stage l2norm_fwd(q,k)", shape, median_ms([&] { l2norm_fwd(qr, 1e-6, in.q, rq); l2norm_fwd(kr, 1e-6, in.k, rk); }, reps, st)});
+    rows.push_back({"stage prep (cumsum, KK^T, solve, w/u, QK^T)", shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+    rows.push_back({"stage state pass + output", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
+    rows.push_back({"stage prep recompute (bwd)", shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
+    rows.push_back({"stage state pass storing h, v_new (bwd)", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn}); }, reps, st)});
+    rows.push_back({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
+    rows.push_back({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
+    rows.push_back({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
+    NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
+
+  char date[32];
+  std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  nlohmann::json out = nlohmann::json::array();
+  std::printf("%-46s %-28s %10s %10s %7s\n", "what", "shape", "ours ms", "FLA ms", "ratio");
+  for (const Row& r : rows) {
+    std::string pname;
+    double pm = -1;
+    int64_t B = r.shape.rfind("B8", 0) == 0 ? 8 : 2, T = B == 8 ? 4096 : 16384;
+    if (r.name == "natsl_gdn_fwd") pname = "fla_gdn_fwd";
+    if (r.name == "natsl_gdn_fwdbwd") pname = "fla_gdn_fwdbwd";
+    if (!pname.empty()) pm = peer_ms(pname, B, T);
+    const double ratio = pm > 0 ? r.ms / pm : -1;
+    std::printf("%-46s %-28s %10.4f %10.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, pm, ratio);
+    out.push_back({{"name", r.name}, {"shape", r.shape}, {"ours_ms", r.ms}, {"peer", pname.empty() ? "" : "fla " + pname},
+                   {"peer_ms", pm}, {"ratio", ratio}, {"gpu", prop.name}, {"commit", commit}, {"date", date}});
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << out.dump(1) << "\n";
+  return 0;
+}

@@ -1,0 +1,351 @@
+// Chunk-parallel gradient kernel of the CUDA GDN backward (gdn-algorithm.md §4 steps 4-6), one CTA per
+// (chunk, v head). With h_n, dh[n] (state leaving the chunk), v_new and dv2 from the two state passes:
+//   phase A (over V tiles): dS = scale M o Gamma o (dO v_new^T), dT_u = dv2 V^T, dY = T^T dv2 -> dv = beta dY
+//   phase B (over K tiles): dq = scale diag(e) dO h_n^T + dS K
+//                           dk = m diag(exp(gam_L - gam)) v_new dh^T + dS^T Q + diag(beta e) T^T dw,
+//                           dw = -dv2 h_n^T,  dT_w = dw K^T,  KK^T
+//   phase C: dT = StrictLower(dT_w diag(beta e) + dT_u diag(beta)), dA = -T^T dT T^T, dB = dA o Gamma,
+//            dk += diag(beta) dB K + (diag(beta) dB)^T K
+//   dgamma from row dots (dq.q - dk.k, dX.X, dA o A rows minus columns, the e_L and write terms at the last
+//   row), then dg = reverse cumsum of dgamma within the chunk. dmask = <dh[n], W_n> = sum(dk_inter_raw o K).
+#include "kernels/cuda/gdn_bwd.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+namespace {
+
+template <class D>
+struct ChunkBwdParams {
+  const D *q, *k, *v, *dout, *a_inv, *h, *dh, *vnew, *dv2;
+  const float *gam, *beta, *mask;
+  D *dq, *dk, *dv;
+  float *dg, *dbeta, *dmask;
+  const ChunkInfo* chunks;
+  int H, HV, K, V;
+  float scale;
+};
+
+template <class D, int KT>
+constexpr int chunk_bwd_smem() {
+  return 10 * kTileBytes<D> + (KT + 1) * kTileBytes<float> + 5 * kC * 4 + 16 * 4;
+}
+
+// Column sums of the accumulator after fn(row, col, v), added atomically into dst[col] (shared memory).
+template <class Fn>
+__device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, float* dst, Fn fn) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int c = f.col(nt, b);
+      float s = fn(f.row(0), c, a[nt][b]) + fn(f.row(2), c, a[nt][2 + b]);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      s += __shfl_xor_sync(0xffffffffu, s, 8);
+      s += __shfl_xor_sync(0xffffffffu, s, 16);
+      if ((threadIdx.x & 31) < 4) atomicAdd(dst + c, s);
+    }
+}
+
+template <class D, int KT>
+__global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int TE = kC * kLd<D>, TF = kC * kLd<float>;
+  constexpr int ld = kLd<D>, fld = kLd<float>;
+  D* Ts = reinterpret_cast<D*>(smem_raw);
+  D* dSs = Ts + TE;
+  D* Qk = dSs + TE;
+  D* Kk = Qk + TE;
+  D* B0 = Kk + TE;
+  D* B1 = B0 + TE;
+  D* B2 = B1 + TE;
+  D* B3 = B2 + TE;
+  D* B4 = B3 + TE;
+  D* dWs = B4 + TE;
+  float* dKp = reinterpret_cast<float*>(dWs + TE);  // KT f32 tiles: dk before the dB terms
+  float* dTus = dKp + KT * TF;
+  float* gam = dTus + TF;
+  float* bet = gam + kC;
+  float* dbeta = bet + kC;
+  float* dgam = dbeta + kC;
+  float* rho = dgam + kC;  // sum_k dX_ik k_ik
+  float* red = rho + kC;   // 16 floats
+
+  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const ChunkInfo ci = p.chunks[c];
+  const int len = ci.len, row0 = ci.row0;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const D* qc = p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+  const D* kc = p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+  const D* vc = p.v + int64_t(row0) * v_ld + int64_t(hv) * p.V;
+  const D* doc = p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V;
+  const D* hc = p.h + tile_id * p.K * p.V;
+  const D* dhc = p.dh + tile_id * p.K * p.V;
+  const D* vnc = p.vnew + tile_id * kC * p.V;
+  const D* dv2c = p.dv2 + tile_id * kC * p.V;
+  const Frag f;
+  const int tid = threadIdx.x;
+
+  load_tile<D>(Ts, p.a_inv + (int64_t(row0) * p.HV + hv) * kC, int64_t(p.HV) * kC, len);
+  load_row64(gam, p.gam + tile_id * kC);
+  cp_async_commit();
+  if (tid < kC) {
+    bet[tid] = tid < len ? p.beta[int64_t(row0 + tid) * p.HV + hv] : 0.f;
+    dbeta[tid] = 0.f;
+    dgam[tid] = 0.f;
+    rho[tid] = 0.f;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  const float gL = gam[len - 1], eL = __expf(gL);
+  const float m = p.mask ? p.mask[tile_id] : 1.f;
+
+  // ---- phase A: over V tiles
+  Acc dS, dTu;
+  zero(dS);
+  zero(dTu);
+  for (int vt = 0; vt < p.V / kC; ++vt) {
+    load_tile<D>(B0, doc + vt * kC, v_ld, len);
+    load_tile<D>(B1, vnc + vt * kC, p.V, kC);
+    load_tile<D>(B2, dv2c + vt * kC, p.V, kC);
+    load_tile<D>(B3, vc + vt * kC, v_ld, len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    tile_mma<false, true>(dS, B0, B1);
+    tile_mma<false, true>(dTu, B2, B3);
+    Acc y;
+    zero(y);
+    tile_mma<true, false>(y, Ts, B2);
+    acc_to_global<D>(y, f, p.dv + (int64_t(row0) * p.HV + hv) * p.V + vt * kC, v_ld, len,
+                     [&](int i, int, float x) { return bet[i] * x; });
+    acc_row_sum_add(y, f, dbeta, [&](int i, int j, float x) { return x * f32(B3[i * ld + j]); });
+    __syncthreads();
+  }
+  acc_to_tile<D>(dS, f, dSs, [&](int i, int j, float x) {
+    return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f;
+  });
+  acc_to_tile<float>(dTu, f, dTus);
+
+  // ---- phase B: over K tiles
+  Acc dTw, kk;
+  zero(dTw);
+  zero(kk);
+  float hdh = 0.f, dm = 0.f;
+  for (int kt = 0; kt < KT; ++kt) {
+    load_tile<D>(Qk, qc + kt * kC, qk_ld, len);
+    load_tile<D>(Kk, kc + kt * kC, qk_ld, len);
+    Acc dq, dki, dw;
+    zero(dq);
+    zero(dki);
+    zero(dw);
+    for (int vt = 0; vt < p.V / kC; ++vt) {
+      load_tile<D>(B0, hc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_tile<D>(B1, dhc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_tile<D>(B2, doc + vt * kC, v_ld, len);
+      load_tile<D>(B3, vnc + vt * kC, p.V, kC);
+      load_tile<D>(B4, dv2c + vt * kC, p.V, kC);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      tile_mma<false, true>(dq, B2, B0);
+      tile_mma<false, true>(dki, B3, B1);
+      tile_mma<false, true>(dw, B4, B0);
+      for (int idx = tid; idx < kC * kC; idx += kThreads) {
+        const int r = idx >> 6, cc = idx & 63;
+        hdh += f32(B0[r * ld + cc]) * f32(B1[r * ld + cc]);
+      }
+      __syncthreads();
+    }
+    tile_mma<false, true>(kk, Kk, Kk);
+    // dq = scale diag(e) dO h^T + dS K
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int i = f.row(2 * hh);
+      const float sc = i < len ? p.scale * __expf(gam[i]) : 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        dq[nt][2 * hh] *= sc;
+        dq[nt][2 * hh + 1] *= sc;
+      }
+    }
+    tile_mma<false, false>(dq, dSs, Kk);
+    acc_to_global<D>(dq, f, p.dq + (int64_t(row0) * p.H + h) * p.K + kt * kC, qk_ld, len);
+    acc_row_sum_add(dq, f, dgam, [&](int i, int j, float x) { return x * f32(Qk[i * ld + j]); });
+    // dk (step 4): m diag(exp(gam_L - gam)) v_new dh^T + dS^T Q
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int i = f.row(2 * hh);
+      const float r = i < len ? __expf(gL - gam[i]) : 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          float& x = dki[nt][2 * hh + b];
+          x *= r;
+          dm += x * f32(Kk[i * ld + f.col(nt, b)]);
+          x *= m;
+        }
+    }
+    tile_mma<true, false>(dki, dSs, Qk);
+    acc_row_sum_add(dki, f, dgam, [&](int i, int j, float x) { return -x * f32(Kk[i * ld + j]); });
+    acc_to_tile<D>(dw, f, dWs, [](int, int, float x) { return -x; });
+    __syncthreads();
+    // WY: dX = T^T dw; dk += diag(beta e) dX; dT_w += dw K^T
+    Acc dx;
+    zero(dx);
+    tile_mma<true, false>(dx, Ts, dWs);
+    acc_row_sum_add(dx, f, rho, [&](int i, int j, float x) { return x * f32(Kk[i * ld + j]); });
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int i = f.row(2 * hh);
+      const float be = bet[i] * __expf(gam[i]);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        dki[nt][2 * hh] += be * dx[nt][2 * hh];
+        dki[nt][2 * hh + 1] += be * dx[nt][2 * hh + 1];
+      }
+    }
+    acc_to_tile<float>(dki, f, dKp + kt * TF);
+    tile_mma<false, true>(dTw, dWs, Kk);
+    __syncthreads();
+  }
+
+  // ---- phase C: through T = (I + A)^-1 into A
+  acc_to_tile<D>(dTw, f, B0, [&](int i, int j, float x) {
+    return (i > j && i < len) ? x * bet[j] * __expf(gam[j]) + dTus[i * fld + j] * bet[j] : 0.f;
+  });
+  __syncthreads();
+  {
+    Acc m1;
+    zero(m1);
+    tile_mma<false, true>(m1, B0, Ts);  // dT T^T
+    acc_to_tile<D>(m1, f, B1);
+  }
+  __syncthreads();
+  Acc da;
+  zero(da);
+  tile_mma<true, false>(da, Ts, B1);  // T^T dT T^T = -dA
+  // dB = StrictLower(dA o Gamma), in place
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = f.row(e), j = f.col(nt, e);
+      da[nt][e] = (i > j && i < len) ? -da[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
+    }
+  {
+    // dbeta_i += sum_j dB_ij (k_i.k_j); dgam += rows - columns of dA o A = dB_ij beta_i (k_i.k_j)
+    Acc prod;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) prod[nt][e] = da[nt][e] * kk[nt][e];
+    acc_row_sum_add(prod, f, dbeta, [](int, int, float x) { return x; });
+    acc_row_sum_add(prod, f, dgam, [&](int i, int, float x) { return bet[i] * x; });
+    acc_col_sum_add(prod, f, dgam, [&](int i, int, float x) { return -bet[i] * x; });
+  }
+  acc_to_tile<D>(da, f, B2, [&](int i, int, float x) { return bet[i] * x; });
+  __syncthreads();
+  for (int kt = 0; kt < KT; ++kt) {
+    load_tile<D>(Kk, kc + kt * kC, qk_ld, len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    Acc dk;
+    tile_to_acc<float>(dKp + kt * TF, f, dk);
+    tile_mma<false, false>(dk, B2, Kk);
+    tile_mma<true, false>(dk, B2, Kk);
+    acc_to_global<D>(dk, f, p.dk + (int64_t(row0) * p.H + h) * p.K + kt * kC, qk_ld, len);
+    __syncthreads();
+  }
+
+  // ---- the last row's terms, dbeta, reverse cumsum into dg
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    hdh += __shfl_xor_sync(0xffffffffu, hdh, o);
+    dm += __shfl_xor_sync(0xffffffffu, dm, o);
+  }
+  if ((tid & 31) == 0) {
+    red[tid >> 5] = hdh;
+    red[8 + (tid >> 5)] = dm;
+  }
+  if (tid < kC) {
+    const float e = __expf(gam[tid]);
+    dbeta[tid] += e * rho[tid];
+    dgam[tid] += bet[tid] * e * rho[tid];
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float H = 0.f, M = 0.f;
+    for (int w = 0; w < 8; ++w) {
+      H += red[w];
+      M += red[8 + w];
+    }
+    dgam[len - 1] += eL * H + m * M;
+    if (p.dmask) p.dmask[tile_id] = M;
+  }
+  __syncthreads();
+  if (tid < len) {
+    float s = 0.f;
+    for (int i = tid; i < len; ++i) s += dgam[i];
+    p.dg[int64_t(row0 + tid) * p.HV + hv] = s;
+    p.dbeta[int64_t(row0 + tid) * p.HV + hv] = dbeta[tid];
+  }
+}
+
+template <class D, int KT>
+void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
+  constexpr int smem = chunk_bwd_smem<D, KT>();
+  NATSL_CHECK(smem <= max_smem_per_block(pl.dev.index), "gdn chunk backward: K = ", pl.s.K,
+              " needs more shared memory than this GPU has");
+  auto kern = chunk_bwd_kernel<D, KT>;
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved,
+                   const PrepOut& pr, const Tensor& dout, const Tensor& h, const Tensor& vnew, const Tensor& dh,
+                   const Tensor& dv2, const GdnGrads& grads) {
+  const GdnShape& s = pl.s;
+  if (s.NC == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn chunk backward", T, [&] {
+    ChunkBwdParams<T> p{};
+    p.q = in.q.data<T>();
+    p.k = in.k.data<T>();
+    p.v = in.v.data<T>();
+    p.dout = dout.data<T>();
+    p.a_inv = saved.a_inv.data<T>();
+    p.h = h.data<T>();
+    p.dh = dh.data<T>();
+    p.vnew = vnew.data<T>();
+    p.dv2 = dv2.data<T>();
+    p.gam = pr.gam.data<float>();
+    p.beta = in.beta.data<float>();
+    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+    p.dq = grads.dq.data<T>();
+    p.dk = grads.dk.data<T>();
+    p.dv = grads.dv.data<T>();
+    p.dg = grads.dg.data<float>();
+    p.dbeta = grads.dbeta.data<float>();
+    p.dmask = grads.dmask.defined() ? grads.dmask.data<float>() : nullptr;
+    p.chunks = pl.chunks();
+    p.H = int(s.H);
+    p.HV = int(s.HV);
+    p.K = int(s.K);
+    p.V = int(s.V);
+    p.scale = float(args.scale);
+    switch (s.K) {
+      case 64: return launch<T, 1>(pl, p);
+      case 128: return launch<T, 2>(pl, p);
+      case 256:
+        if constexpr (std::is_same_v<T, bf16>) return launch<T, 4>(pl, p);
+        [[fallthrough]];
+      default: NATSL_FAIL("gdn chunk backward: unsupported K = ", s.K);
+    }
+  });
+}
+
+}  // namespace natsl::kernels::cuda::gdn

@@ -1,0 +1,61 @@
+#pragma once
+// Host side shared by the chunked GDN kernels: shape checks for the CUDA path, the device chunk/sequence
+// tables (built by a kernel from values passed by value, so nothing waits on the host), scratch tensors and
+// the prep kernel that both directions run first (gdn_prep.cu).
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/stream.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gdn_tile.cuh"
+#include "kernels/gdn.h"
+
+namespace natsl::kernels::cuda::gdn {
+
+struct Plan {
+  GdnShape s;
+  std::vector<GdnSequence> seqs;
+  Device dev;
+  cudaStream_t stream;
+  Tensor tables;  // i32: NC ChunkInfo, then N SeqInfo
+  const ChunkInfo* chunks() const { return static_cast<const ChunkInfo*>(tables.data_ptr()); }
+  const SeqInfo* seq_infos() const { return reinterpret_cast<const SeqInfo*>(chunks() + s.NC); }
+};
+
+// Checks what the CUDA kernels support and builds the tables on the device.
+Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op);
+
+// Scratch written by the prep kernel, chunk-major so each chunk's tiles are contiguous:
+//   gam [NC, HV, 64] f32, w [NC, HV, 64, K] D, u [NC, HV, 64, V] D, p [NC, HV, 64, 64] D
+// p = scale * (i >= j) * exp(gam_i - gam_j) * q_i . k_j (the intra-chunk output scores).
+struct PrepOut {
+  Tensor gam, w, u, p;
+};
+// Forward: solves T = (I + A)^-1 (stored to a_inv / g_cumsum when those are defined). Backward
+// (recompute = true): reads T from a_inv instead.
+PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, bool recompute);
+
+// Largest dynamic shared memory a block may use on the current device.
+int max_smem_per_block(int device);
+
+inline void check_aligned(const Tensor& t, const char* name, const char* op) {
+  if (t.defined())
+    NATSL_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
+                " must start on a 16-byte boundary for the CUDA GDN kernels");
+}
+
+}  // namespace natsl::kernels::cuda::gdn
+
+namespace natsl::kernels::cuda::gdn {
+
+// The sequential pass over the chunks of each sequence (gdn-algorithm.md §3 step 3), one CTA per
+// (sequence, v head, 64 columns of V), state in f32 registers. With o defined it also produces the output
+// (step 4 fused: o = scale diag(e) Q h_n + p v_new), else it stores the per-chunk states h_n [NC, HV, K, V]
+// and v_new [NC, HV, 64, V] for the backward. ht (optional) receives the final state.
+struct StateFwdOut {
+  Tensor o, ht, h, vnew;
+};
+void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                   const StateFwdOut& out);
+
+}  // namespace natsl::kernels::cuda::gdn

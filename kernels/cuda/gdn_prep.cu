@@ -1,0 +1,251 @@
+// Chunk-parallel first stage of the CUDA GDN forward and backward (gdn-algorithm.md §3 steps 0-2, and the
+// intra-chunk score matrix of step 4), one CTA per (chunk, v head):
+//   gam = chunk-local cumsum of g;  A_ij = beta_i (k_i . k_j) exp(gam_i - gam_j) (i > j);  T = (I + A)^-1
+//   w = T diag(beta e) K,  u = T diag(beta) V,  p = scale * M o Gamma o (Q K^T)
+// The backward reruns it with T read back from a_inv (FLA's recompute of w and u).
+#include <algorithm>
+
+#include "kernels/cuda/gdn_plan.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+namespace {
+
+constexpr int kSeqsPerLaunch = 512;
+struct SeqBatch {
+  int count, first;  // sequences [first, first + count)
+  int row0[kSeqsPerLaunch], len[kSeqsPerLaunch], chunk0[kSeqsPerLaunch];
+};
+
+__global__ void tables_kernel(SeqBatch b, ChunkInfo* chunks, SeqInfo* seqs) {
+  const int i = blockIdx.x;
+  if (i >= b.count) return;
+  const int nch = (b.len[i] + kC - 1) / kC;
+  if (threadIdx.x == 0) seqs[b.first + i] = SeqInfo{b.chunk0[i], nch, b.row0[i], b.len[i]};
+  for (int c = threadIdx.x; c < nch; c += blockDim.x)
+    chunks[b.chunk0[i] + c] = ChunkInfo{b.row0[i] + kC * c, min(kC, b.len[i] - kC * c), b.first + i, 0};
+}
+
+template <class D>
+struct PrepParams {
+  const D *q, *k, *v;
+  const float *g, *beta;
+  D* a_inv;           // [B*T, HV, 64]: written (forward, if store_saved) or read (recompute)
+  float* g_cumsum;    // [B*T, HV] or null
+  float* gam;         // [NC, HV, 64]
+  D *w, *u, *p;
+  const ChunkInfo* chunks;
+  int H, HV, K, V;
+  float scale;
+  bool recompute;
+};
+
+template <class D>
+__global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int ld = kLd<D>;
+  constexpr int fld = 65;  // f32 64x64 matrices for the solve
+  D* tA = reinterpret_cast<D*>(smem_raw);
+  D* tB = tA + kC * ld;
+  D* tw = tB + kC * ld;  // T diag(beta e)
+  D* tu = tw + kC * ld;  // T diag(beta)
+  float* As = reinterpret_cast<float*>(tu + kC * ld);
+  float* Ts = As + kC * fld;
+  float* gam = Ts + kC * fld;
+  float* bet = gam + kC;
+
+  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const ChunkInfo ci = p.chunks[c];
+  const int len = ci.len;
+  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+
+  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
+  if (threadIdx.x < kC) bet[threadIdx.x] = threadIdx.x < len ? p.beta[int64_t(ci.row0 + threadIdx.x) * p.HV + hv] : 0.f;
+  __syncthreads();
+  if (threadIdx.x < kC) {
+    p.gam[tile_id * kC + threadIdx.x] = gam[threadIdx.x];
+    if (p.g_cumsum && threadIdx.x < len) p.g_cumsum[int64_t(ci.row0 + threadIdx.x) * p.HV + hv] = gam[threadIdx.x];
+  }
+
+  const Frag f;
+  Acc kk, qk;
+  zero(kk);
+  zero(qk);
+  for (int kt = 0; kt < p.K / kC; ++kt) {
+    load_tile<D>(tA, kc + kt * kC, qk_ld, len);
+    load_tile<D>(tB, qc + kt * kC, qk_ld, len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (!p.recompute) tile_mma<false, true>(kk, tA, tA);
+    tile_mma<false, true>(qk, tB, tA);
+    __syncthreads();
+  }
+  // Intra-chunk scores (select before exp: the upper triangle's exponent can overflow).
+  acc_to_global<D>(qk, f, p.p + tile_id * kC * kC, kC, kC, [&](int i, int j, float x) {
+    return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f;
+  });
+
+  if (!p.recompute) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = f.row(e), j = f.col(nt, e);
+        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
+      }
+    for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
+      const int i = idx / kC, j = idx % kC;
+      Ts[i * fld + j] = i == j ? 1.f : 0.f;
+    }
+    __syncthreads();
+    // Forward substitution, one column per 4 lanes: T_ij = -sum_{j <= m < i} A_im T_mj for i > j.
+    {
+      const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+      const int j = 8 * w + (l >> 2), s = l & 3;
+      for (int i = 1; i < kC; ++i) {
+        float part = 0.f;
+        if (i > j)
+          for (int m = j + s; m < i; m += 4) part = fmaf(As[i * fld + m], Ts[m * fld + j], part);
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);
+        if (i > j && s == 0) Ts[i * fld + j] = -part;
+        __syncwarp();
+      }
+    }
+    __syncthreads();
+    // Round T to D: the backward reads the stored D copy, so the forward uses the same values.
+    for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
+      const int i = idx / kC, j = idx % kC;
+      const D t = cvt<D>(Ts[i * fld + j]);
+      Ts[i * fld + j] = f32(t);
+      if (p.a_inv && i < len) p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j] = t;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
+      const int i = idx / kC, j = idx % kC;
+      Ts[i * fld + j] = i < len ? f32(p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j]) : 0.f;
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
+    const int i = idx / kC, j = idx % kC;
+    const float t = Ts[i * fld + j];
+    tw[i * ld + j] = cvt<D>(t * bet[j] * __expf(gam[j]));
+    tu[i * ld + j] = cvt<D>(t * bet[j]);
+  }
+  __syncthreads();
+
+  for (int kt = 0; kt < p.K / kC; ++kt) {
+    load_tile<D>(tA, kc + kt * kC, qk_ld, len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tw, tA);
+    acc_to_global<D>(a, f, p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+    __syncthreads();
+  }
+  for (int vt = 0; vt < p.V / kC; ++vt) {
+    load_tile<D>(tA, vc + vt * kC, v_ld, len);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tu, tA);
+    acc_to_global<D>(a, f, p.u + tile_id * kC * p.V + vt * kC, p.V, kC);
+    __syncthreads();
+  }
+}
+
+template <class D>
+constexpr int prep_smem() {
+  return 4 * kTileBytes<D> + 2 * kC * 65 * 4 + 2 * kC * 4;
+}
+
+}  // namespace
+
+int max_smem_per_block(int device) {
+  int v = 0;
+  NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return v;
+}
+
+Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op) {
+  Plan pl;
+  pl.s = GdnShape::of(in.q, in.v, args);
+  pl.seqs = gdn_sequences(pl.s, args);
+  pl.dev = in.q.device();
+  pl.stream = activate(pl.dev.index);
+  const GdnShape& s = pl.s;
+  NATSL_CHECK(s.K % kC == 0 && s.K <= 256 && s.V % kC == 0, op, ": the CUDA kernels need K in {64, 128, 192, 256} and V a ",
+              "multiple of 64, got K = ", s.K, ", V = ", s.V);
+  NATSL_CHECK(in.q.dtype() != DType::f32 || s.K <= 128, op,
+              ": the CUDA f32 path supports K <= 128 (shared memory); use bf16 for K = ", s.K);
+  NATSL_CHECK(s.B * s.T * std::max(s.HV, s.H) * std::max(s.K, s.V) < (int64_t(1) << 40), op, ": too large");
+  for (const Tensor* t : {&in.q, &in.k, &in.v, &in.g, &in.beta, &in.h0, &in.mask}) check_aligned(*t, "input", op);
+  pl.tables = Tensor::empty({4 * (s.NC + s.N)}, DType::i32, pl.dev);
+  if (s.NC == 0) return pl;
+  ChunkInfo* chunks = static_cast<ChunkInfo*>(pl.tables.data_ptr());
+  SeqInfo* seqs = reinterpret_cast<SeqInfo*>(chunks + s.NC);
+  for (int64_t first = 0; first < s.N; first += kSeqsPerLaunch) {
+    SeqBatch b{};
+    b.first = int(first);
+    b.count = int(std::min<int64_t>(kSeqsPerLaunch, s.N - first));
+    for (int i = 0; i < b.count; ++i) {
+      const GdnSequence& q = pl.seqs[size_t(first + i)];
+      b.row0[i] = int(q.batch * s.T + q.start);
+      b.len[i] = int(q.len);
+      b.chunk0[i] = int(q.first_chunk);
+    }
+    tables_kernel<<<b.count, 64, 0, pl.stream>>>(b, chunks, seqs);
+    NATSL_CUDA_CHECK_LAUNCH();
+  }
+  return pl;
+}
+
+PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, bool recompute) {
+  const GdnShape& s = pl.s;
+  const DType D = in.q.dtype();
+  PrepOut o;
+  o.gam = Tensor::empty({s.NC, s.HV, kC}, DType::f32, pl.dev);
+  o.w = Tensor::empty({s.NC, s.HV, kC, s.K}, D, pl.dev);
+  o.u = Tensor::empty({s.NC, s.HV, kC, s.V}, D, pl.dev);
+  o.p = Tensor::empty({s.NC, s.HV, kC, kC}, D, pl.dev);
+  if (s.NC == 0) return o;
+  Tensor a_inv = saved.a_inv;
+  if (!recompute && !a_inv.defined()) a_inv = Tensor();
+  NATSL_CUDA_DISPATCH_FLOAT(D, "gdn prep", T, [&] {
+    PrepParams<T> p{};
+    p.q = in.q.data<T>();
+    p.k = in.k.data<T>();
+    p.v = in.v.data<T>();
+    p.g = in.g.data<float>();
+    p.beta = in.beta.data<float>();
+    p.a_inv = a_inv.defined() ? a_inv.data<T>() : nullptr;
+    p.g_cumsum = (!recompute && saved.g_cumsum.defined()) ? saved.g_cumsum.data<float>() : nullptr;
+    p.gam = o.gam.data<float>();
+    p.w = o.w.data<T>();
+    p.u = o.u.data<T>();
+    p.p = o.p.data<T>();
+    p.chunks = pl.chunks();
+    p.H = int(s.H);
+    p.HV = int(s.HV);
+    p.K = int(s.K);
+    p.V = int(s.V);
+    p.scale = float(args.scale);
+    p.recompute = recompute;
+    constexpr int smem = prep_smem<T>();
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(prep_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    prep_kernel<T><<<dim3(unsigned(s.NC), unsigned(s.HV)), kThreads, smem, pl.stream>>>(p);
+    NATSL_CUDA_CHECK_LAUNCH();
+  });
+  return o;
+}
+
+}  // namespace natsl::kernels::cuda::gdn

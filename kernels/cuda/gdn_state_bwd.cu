@@ -1,0 +1,211 @@
+// Reverse sequential state pass of the CUDA GDN backward (gdn-algorithm.md §4 steps 2-3), one CTA per
+// (sequence, v head, 64 columns of V), the running gradient dh in f32 registers. Per chunk n, last first:
+//   dh[n]  := dh                                   (stored: the gradient of the state leaving chunk n)
+//   dv2    = m_n diag(exp(gam_L - gam)) K dh + p^T dO           (total dL/dv_new; stored)
+//   dh     = e_L dh + Q^T diag(scale e) dO - w^T dv2            (= dL/dh_n)
+// p (from the prep kernel) already holds scale and the causal decay mask, so p^T dO is dv_local.
+#include "kernels/cuda/gdn_bwd.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+namespace {
+
+template <class D>
+struct StateBwdParams {
+  const D *q, *k, *w, *p, *dout;
+  const float *gam, *mask, *dht;
+  float* dh0;
+  D *dh_out, *dv2_out;
+  const SeqInfo* seqs;
+  int H, HV, K, V;
+  float scale;
+};
+
+template <int KT>
+constexpr int stage_tiles() {
+  return 3 * KT + 2;
+}
+template <class D, int KT, int STAGES>
+constexpr int state_bwd_smem() {
+  return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4;
+}
+
+template <class D, int KT, int STAGES>
+__global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int ST = stage_tiles<KT>();
+  constexpr int TE = kC * kLd<D>;
+  constexpr int ld = kLd<D>;
+  D* base = reinterpret_cast<D*>(smem_raw);
+  D* DHs = base + STAGES * ST * TE;
+  D* NDV2 = DHs + KT * TE;  // -dv2
+  D* DOe = NDV2 + TE;       // diag(scale e) dO
+  float* G = reinterpret_cast<float*>(DOe + TE);
+  auto Kt = [&](int s, int kt) { return base + (s * ST + kt) * TE; };
+  auto Qt = [&](int s, int kt) { return base + (s * ST + KT + kt) * TE; };
+  auto Wt = [&](int s, int kt) { return base + (s * ST + 2 * KT + kt) * TE; };
+  auto Pt = [&](int s) { return base + (s * ST + 3 * KT) * TE; };
+  auto DOt = [&](int s) { return Pt(s) + TE; };
+
+  const int n = blockIdx.x, hv = blockIdx.y, vt = blockIdx.z, h = hv / (p.HV / p.H);
+  const SeqInfo si = p.seqs[n];
+  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const Frag f;
+
+  Acc dacc[KT];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dacc[kt][nt][e] = p.dht ? p.dht[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + vt * kC +
+                                        f.col(nt, e)]
+                                : 0.f;
+
+  auto issue = [&](int ci, int s) {
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      load_tile<D>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+      load_tile<D>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+      load_tile<D>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+    }
+    load_tile<D>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
+    load_tile<D>(DOt(s), p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + vt * kC, v_ld, len);
+    load_row64(G + s * kC, p.gam + tile_id * kC);
+    cp_async_commit();
+  };
+
+  const int nch = si.nchunks;
+  if (nch > 0) issue(nch - 1, 0);
+  for (int it = 0; it < nch; ++it) {
+    const int ci = nch - 1 - it;
+    const int s = STAGES == 2 ? (it & 1) : 0;
+    if (STAGES == 1 && it > 0) {
+      __syncthreads();
+      issue(ci, 0);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (STAGES == 2 && ci > 0) issue(ci - 1, s ^ 1);
+
+    const int c = si.first_chunk + ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+    const float* g = G + s * kC;
+    const float gL = g[len - 1], eL = __expf(gL);
+    const float m = p.mask ? p.mask[tile_id] : 1.f;
+
+    // 1. dh[n]
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
+      acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + vt * kC, p.V, kC);
+    }
+    __syncthreads();
+
+    // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
+    Acc a;
+    zero(a);
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Kt(s, kt), DHs + kt * TE);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int i = f.row(2 * hh);
+      const float r = i < len ? m * __expf(gL - g[i]) : 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        a[nt][2 * hh] *= r;
+        a[nt][2 * hh + 1] *= r;
+      }
+    }
+    tile_mma<true, false>(a, Pt(s), DOt(s));
+    acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + vt * kC, p.V, kC);
+    acc_to_tile<D>(a, f, NDV2, [](int, int, float x) { return -x; });
+    {
+      const D* dO = DOt(s);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int i = f.row(2 * hh), j = f.col(nt, 0);
+          const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
+          const float2 x = load2<D>(dO + i * ld + j);
+          store2<D>(DOe + i * ld + j, sc * x.x, sc * x.y);
+        }
+    }
+    __syncthreads();
+
+    // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dacc[kt][nt][e] *= eL;
+      tile_mma<true, false>(dacc[kt], Qt(s, kt), DOe);
+      tile_mma<true, false>(dacc[kt], Wt(s, kt), NDV2);
+    }
+  }
+  if (p.dh0) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      acc_to_global<float>(dacc[kt], f, p.dh0 + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + vt * kC, p.V, kC);
+  }
+}
+
+template <class D, int KT, int STAGES>
+void launch(const Plan& pl, const StateBwdParams<D>& p) {
+  constexpr int smem = state_bwd_smem<D, KT, STAGES>();
+  auto kern = state_bwd_kernel<D, KT, STAGES>;
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / kC)), kThreads, smem, pl.stream>>>(p);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+template <class D, int KT>
+void launch_stages(const Plan& pl, const StateBwdParams<D>& p) {
+  const int avail = max_smem_per_block(pl.dev.index);
+  if (state_bwd_smem<D, KT, 2>() <= avail) return launch<D, KT, 2>(pl, p);
+  NATSL_CHECK((state_bwd_smem<D, KT, 1>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
+              " needs more shared memory than this GPU has");
+  launch<D, KT, 1>(pl, p);
+}
+
+}  // namespace
+
+void run_state_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr, const Tensor& dout,
+                   const Tensor& dht, const Tensor& dh0, const Tensor& dh, const Tensor& dv2) {
+  const GdnShape& s = pl.s;
+  if (s.N == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn reverse state pass", T, [&] {
+    StateBwdParams<T> p{};
+    p.q = in.q.data<T>();
+    p.k = in.k.data<T>();
+    p.w = pr.w.data<T>();
+    p.p = pr.p.data<T>();
+    p.dout = dout.data<T>();
+    p.gam = pr.gam.data<float>();
+    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+    p.dht = dht.defined() ? dht.data<float>() : nullptr;
+    p.dh0 = dh0.defined() ? dh0.data<float>() : nullptr;
+    p.dh_out = dh.data<T>();
+    p.dv2_out = dv2.data<T>();
+    p.seqs = pl.seq_infos();
+    p.H = int(s.H);
+    p.HV = int(s.HV);
+    p.K = int(s.K);
+    p.V = int(s.V);
+    p.scale = float(args.scale);
+    switch (s.K) {
+      case 64: return launch_stages<T, 1>(pl, p);
+      case 128: return launch_stages<T, 2>(pl, p);
+      case 256:
+        if constexpr (std::is_same_v<T, bf16>) return launch_stages<T, 4>(pl, p);
+        [[fallthrough]];
+      default: NATSL_FAIL("gdn reverse state pass: unsupported K = ", s.K);
+    }
+  });
+}
+
+}  // namespace natsl::kernels::cuda::gdn

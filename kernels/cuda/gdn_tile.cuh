@@ -1,0 +1,254 @@
+#pragma once
+// Building blocks of the chunked Gated DeltaNet kernels (gdn_*.cu): 64x64 tiles in shared memory, a CTA of
+// 8 warps multiplying two of them into f32 accumulators, asynchronous tile loads, and the chunk / sequence
+// tables that map a CTA to its tokens.
+//
+// Every matrix in the chunked algorithm is handled as 64x64 tiles (chunk = 64, K and V multiples of 64), so
+// one product routine serves all of them:
+//   acc += op(A) op(B),  op(X) = X or X^T of a row-major 64x64 tile in shared memory.
+// bf16 tiles use tensor cores (ldmatrix [.trans] + mma.sync m16n8k16, f32 accumulation); f32 tiles use plain
+// f32 FMAs (the f32 path exists for exact checks, not speed) with the same accumulator layout, so every
+// epilogue is shared. Accumulator layout: warp w owns rows 16*(w%4) .. +15 and columns 32*(w/4) .. +31;
+// acc[nt][e] sits at row 16*(w%4) + lane/4 + 8*(e/2), column 32*(w/4) + 8*nt + 2*(lane%4) + (e%2).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/dtype.h"
+
+namespace natsl::kernels::cuda::gdn {
+
+constexpr int kC = 64;         // chunk length = tile edge
+constexpr int kThreads = 256;  // 8 warps per CTA
+
+// Row pitch of a shared tile in elements: 16-byte aligned rows, padded so ldmatrix rows fall in distinct banks.
+template <class E> constexpr int kLd = std::is_same_v<E, float> ? 68 : 72;
+template <class E> constexpr int kTileBytes = kC * kLd<E> * int(sizeof(E));
+
+// ---- conversions ----
+__device__ __forceinline__ float f32(float v) { return v; }
+__device__ __forceinline__ float f32(bf16 v) { return __uint_as_float(uint32_t(v.bits) << 16); }
+template <class E> __device__ __forceinline__ E cvt(float v) {
+  if constexpr (std::is_same_v<E, float>) return v;
+  else return bf16(v);
+}
+// Stores two adjacent elements (column c and c+1, c even).
+template <class E> __device__ __forceinline__ void store2(E* p, float a, float b) {
+  if constexpr (std::is_same_v<E, float>) {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  } else {
+    uint32_t lo = bf16::round_bits(a), hi = bf16::round_bits(b);
+    *reinterpret_cast<uint32_t*>(p) = lo | (hi << 16);
+  }
+}
+template <class E> __device__ __forceinline__ float2 load2(const E* p) {
+  if constexpr (std::is_same_v<E, float>) {
+    return *reinterpret_cast<const float2*>(p);
+  } else {
+    uint32_t u = *reinterpret_cast<const uint32_t*>(p);
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  }
+}
+
+// ---- accumulator geometry ----
+using Acc = float[4][4];
+struct Frag {
+  int r0, c0;  // row of e = 0, column of nt = 0, e = 0
+  __device__ __forceinline__ Frag() {
+    const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    r0 = 16 * (w & 3) + (l >> 2);
+    c0 = 32 * (w >> 2) + 2 * (l & 3);
+  }
+  __device__ __forceinline__ int row(int e) const { return r0 + 8 * (e >> 1); }
+  __device__ __forceinline__ int col(int nt, int e) const { return c0 + 8 * nt + (e & 1); }
+};
+__device__ __forceinline__ void zero(Acc& a) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) a[i][e] = 0.f;
+}
+__device__ __forceinline__ void scale_rows(Acc& a, const Frag& f, const float* s) {
+  const float lo = s[f.row(0)], hi = s[f.row(2)];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    a[nt][0] *= lo; a[nt][1] *= lo; a[nt][2] *= hi; a[nt][3] *= hi;
+  }
+}
+// Writes the accumulator into a shared tile, converting to E, each value passed through fn(row, col, v).
+template <class E, class Fn>
+__device__ __forceinline__ void acc_to_tile(const Acc& a, const Frag& f, E* t, Fn fn) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = f.row(2 * h), c = f.col(nt, 0);
+      store2<E>(t + r * kLd<E> + c, fn(r, c, a[nt][2 * h]), fn(r, c + 1, a[nt][2 * h + 1]));
+    }
+}
+template <class E>
+__device__ __forceinline__ void acc_to_tile(const Acc& a, const Frag& f, E* t) {
+  acc_to_tile<E>(a, f, t, [](int, int, float v) { return v; });
+}
+// Reads a shared tile into the accumulator layout.
+template <class E>
+__device__ __forceinline__ void tile_to_acc(const E* t, const Frag& f, Acc& a) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float2 v = load2<E>(t + f.row(2 * h) * kLd<E> + f.col(nt, 0));
+      a[nt][2 * h] = v.x;
+      a[nt][2 * h + 1] = v.y;
+    }
+}
+// Stores the accumulator to global memory (row-major, pitch ld elements), rows < rows_valid only.
+template <class D, class Fn>
+__device__ __forceinline__ void acc_to_global(const Acc& a, const Frag& f, D* g, int64_t ld, int rows_valid, Fn fn) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = f.row(2 * h);
+    if (r >= rows_valid) continue;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int c = f.col(nt, 0);
+      store2<D>(g + r * ld + c, fn(r, c, a[nt][2 * h]), fn(r, c + 1, a[nt][2 * h + 1]));
+    }
+  }
+}
+template <class D>
+__device__ __forceinline__ void acc_to_global(const Acc& a, const Frag& f, D* g, int64_t ld, int rows_valid) {
+  acc_to_global<D>(a, f, g, ld, rows_valid, [](int, int, float v) { return v; });
+}
+// Per-row sums of the accumulator after fn(row, col, v), added atomically into dst[row] (shared memory).
+template <class Fn>
+__device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, float* dst, Fn fn) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = f.row(2 * h);
+    float s = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) s += fn(r, f.col(nt, 0), a[nt][2 * h]) + fn(r, f.col(nt, 1), a[nt][2 * h + 1]);
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if ((threadIdx.x & 3) == 0) atomicAdd(dst + r, s);
+  }
+}
+
+// ---- tensor-core primitives (bf16) ----
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// acc += op(A) op(B) over one 64-deep reduction; A, B row-major 64x64 shared tiles of E.
+template <bool TA, bool TB, class E>
+__device__ __forceinline__ void tile_mma(Acc& acc, const E* A, const E* B) {
+  constexpr int ld = kLd<E>;
+  const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+  const int rb = 16 * (w & 3), cb = 32 * (w >> 2);
+  if constexpr (std::is_same_v<E, float>) {
+    const Frag f;
+#pragma unroll 4
+    for (int k = 0; k < kC; ++k) {
+      const float a0 = TA ? A[k * ld + f.r0] : A[f.r0 * ld + k];
+      const float a1 = TA ? A[k * ld + f.r0 + 8] : A[(f.r0 + 8) * ld + k];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int c = f.c0 + 8 * nt;
+        const float b0 = TB ? B[c * ld + k] : B[k * ld + c];
+        const float b1 = TB ? B[(c + 1) * ld + k] : B[k * ld + c + 1];
+        acc[nt][0] = fmaf(a0, b0, acc[nt][0]);
+        acc[nt][1] = fmaf(a0, b1, acc[nt][1]);
+        acc[nt][2] = fmaf(a1, b0, acc[nt][2]);
+        acc[nt][3] = fmaf(a1, b1, acc[nt][3]);
+      }
+    }
+  } else {
+    const int i = l >> 3, r = l & 7;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      if constexpr (!TA) ldsm_x4(a, A + (rb + (l & 15)) * ld + 16 * kk + 8 * (l >> 4));
+      else ldsm_x4_t(a, A + (16 * kk + r + 8 * (i >> 1)) * ld + rb + 8 * (i & 1));
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {  // pairs of 8-column tiles
+        const int nb = cb + 16 * np;
+        uint32_t b[4];
+        if constexpr (TB) ldsm_x4(b, B + (nb + r + 8 * (i >> 1)) * ld + 16 * kk + 8 * (i & 1));
+        else ldsm_x4_t(b, B + (16 * kk + r + 8 * (i & 1)) * ld + nb + 8 * (i >> 1));
+        mma_bf16(acc[2 * np], a, b[0], b[1]);
+        mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// ---- asynchronous global -> shared tile copies ----
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+// Queues the copy of a 64x64 tile (row pitch gld elements; rows >= rows_valid become zeros).
+template <class E>
+__device__ __forceinline__ void load_tile(E* s, const E* g, int64_t gld, int rows_valid) {
+  constexpr int per_row = 64 * int(sizeof(E)) / 16;  // 16-byte pieces in a row
+  for (int idx = threadIdx.x; idx < 64 * per_row; idx += kThreads) {
+    const int r = idx / per_row, p = idx % per_row;
+    const bool ok = r < rows_valid;
+    cp_async16(s + r * kLd<E> + p * (16 / int(sizeof(E))), ok ? g + r * gld + p * (16 / int(sizeof(E))) : g, ok);
+  }
+}
+// Queues the copy of 64 floats (a chunk's per-row scalars stored contiguously).
+__device__ __forceinline__ void load_row64(float* s, const float* g) {
+  if (threadIdx.x < 16) cp_async16(s + 4 * threadIdx.x, g + 4 * threadIdx.x, true);
+}
+
+// ---- chunk and sequence tables (built on the device by gdn_tables_kernel) ----
+struct ChunkInfo {
+  int row0;  // first token row (b * T + offset within the batch row)
+  int len;   // valid tokens, 1..64
+  int seq;   // sequence index n
+  int pad;
+};
+struct SeqInfo {
+  int first_chunk, nchunks, row0, len;
+};
+
+// Inclusive prefix sum of g over the chunk's rows (rows >= len read as 0), by warp 0; writes gam[64].
+__device__ __forceinline__ void chunk_cumsum(float* gam, const float* g, int64_t stride, int len) {
+  if (threadIdx.x < 32) {
+    const int l = threadIdx.x;
+    float a = l < len ? g[l * stride] : 0.f;
+    float b = l + 32 < len ? g[(l + 32) * stride] : 0.f;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      float x = __shfl_up_sync(0xffffffffu, a, o), y = __shfl_up_sync(0xffffffffu, b, o);
+      if (l >= o) { a += x; b += y; }
+    }
+    b += __shfl_sync(0xffffffffu, a, 31);
+    gam[l] = a;
+    gam[l + 32] = b;
+  }
+}
+
+}  // namespace natsl::kernels::cuda::gdn

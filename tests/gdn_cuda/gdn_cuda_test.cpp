@@ -1,0 +1,220 @@
+// CUDA GDN kernels against the CPU reference (kernels::cpu via the dispatcher, run in f64 on the same
+// rounded inputs): chunked forward and backward at f32 (1e-4 relative RMS) and bf16 (FLA's tolerances:
+// o/ht 0.005, dq/dk/dv/dh0 0.008, dbeta/dg/dmask 0.02), packed sequences against separate runs, and the
+// token-recurrence kernel. All GPU outputs start as NaN.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "tests/gdn/gdn_test_util.h"
+#include "tests/test_util.h"
+
+namespace natsl::testing::gdn {
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+Tensor gpu_poisoned(const Shape& s, DType dt) {
+  Tensor t = Tensor::empty(s, dt, kGpu);
+  poison(t);
+  return t;
+}
+Tensor to_gpu(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
+GdnInputs on_gpu(const GdnInputs& in) {
+  return {to_gpu(in.q), to_gpu(in.k), to_gpu(in.v), to_gpu(in.g), to_gpu(in.beta), to_gpu(in.h0), to_gpu(in.mask)};
+}
+
+struct Outs {
+  Tensor o, ht;
+  GdnGrads g;
+};
+
+// Forward and backward on the device of `in` (CPU: the f64 reference), outputs poisoned first.
+Outs run_all(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Tensor& dht, bool bwd = true) {
+  const GdnShape s = GdnShape::of(in.q, in.v, a);
+  const Device d = in.q.device();
+  const DType D = in.q.dtype(), S = in.g.dtype();
+  auto mk = [&](const Shape& sh, DType dt) {
+    if (d.is_cuda()) return gpu_poisoned(sh, dt);
+    return poisoned(sh, dt);
+  };
+  Outs r;
+  r.o = mk(in.v.shape(), D);
+  r.ht = mk({s.N, s.HV, s.K, s.V}, S);
+  GdnSaved saved{mk({s.B, s.T, s.HV}, S), mk({s.B, s.T, s.HV, kernels::kGdnChunk}, D)};
+  kernels::gdn_chunk_fwd(a, in, r.o, r.ht, saved);
+  if (!bwd) return r;
+  r.g.dq = mk(in.q.shape(), D);
+  r.g.dk = mk(in.k.shape(), D);
+  r.g.dv = mk(in.v.shape(), D);
+  r.g.dg = mk(in.g.shape(), S);
+  r.g.dbeta = mk(in.beta.shape(), S);
+  r.g.dh0 = mk({s.N, s.HV, s.K, s.V}, S);
+  if (in.mask.defined()) r.g.dmask = mk(in.mask.shape(), S);
+  kernels::gdn_chunk_bwd(a, in, saved, dout, dht, r.g);
+  return r;
+}
+
+void expect_rel(const Tensor& got, const Tensor& ref, double tol, const std::string& what) {
+  ErrorStats e = compare(got, ref);
+  EXPECT_TRUE(e.finite) << what << ": non-finite values (unwritten output?)";
+  EXPECT_LE(e.rel_rms, tol) << what << ": relative RMS error (max abs " << e.max_abs << ")";
+}
+
+struct Tol {
+  double o, ht, dqkv, dh0, dgb;
+};
+constexpr Tol kF32{1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
+constexpr Tol kBf16{0.005, 0.005, 0.008, 0.008, 0.02};
+
+void check_against_cpu(const GdnCase& c, DType dt, bool with_dht = true) {
+  const GdnArgs a = args_of(c);
+  const GdnInputs in64 = make_inputs(c);
+  const GdnInputs inD = converted(in64, dt);
+  // The reference sees exactly the rounded inputs, in f64.
+  const GdnInputs ref_in = converted(inD, DType::f64);
+  const GdnShape s = GdnShape::of(in64.q, in64.v, a);
+  Tensor dout = randn(in64.v.shape(), c.seed * 100 + 8);
+  Tensor dht = with_dht ? randn({s.N, s.HV, s.K, s.V}, c.seed * 100 + 9) : Tensor();
+  Tensor doutD = dout.to(dt).to(DType::f64);  // what the GPU sees, rounded
+  const DType S = DType::f32;
+
+  Outs ref = run_all(a, ref_in, doutD, dht);
+  Outs got = run_all(a, on_gpu(inD), to_gpu(doutD.to(dt)), with_dht ? to_gpu(dht.to(S)) : Tensor());
+  const Tol t = dt == DType::f32 ? kF32 : kBf16;
+  expect_rel(got.o, ref.o, t.o, "o");
+  expect_rel(got.ht, ref.ht, t.ht, "ht");
+  expect_rel(got.g.dq, ref.g.dq, t.dqkv, "dq");
+  expect_rel(got.g.dk, ref.g.dk, t.dqkv, "dk");
+  expect_rel(got.g.dv, ref.g.dv, t.dqkv, "dv");
+  expect_rel(got.g.dh0, ref.g.dh0, t.dh0, "dh0");
+  expect_rel(got.g.dg, ref.g.dg, t.dgb, "dg");
+  expect_rel(got.g.dbeta, ref.g.dbeta, t.dgb, "dbeta");
+  if (in64.mask.defined()) expect_rel(got.g.dmask, ref.g.dmask, t.dgb, "dmask");
+}
+
+GdnCase mk(int64_t B, int64_t T, int64_t H, int64_t K, bool h0, MaskKind mask, uint64_t seed, double g_min = -0.3) {
+  GdnCase c;
+  c.B = B;
+  c.T = T;
+  c.H = c.HV = H;
+  c.K = K;
+  c.V = 2 * K;
+  c.h0 = h0;
+  c.mask = mask;
+  c.seed = seed;
+  c.g_min = g_min;
+  return c;
+}
+
+TEST(GdnCuda, F32MatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  for (const GdnCase& c : {mk(1, 1, 1, 64, true, MaskKind::None, 1), mk(3, 63, 6, 64, true, MaskKind::Continuous, 2),
+                           mk(1, 64, 1, 128, false, MaskKind::None, 3), mk(3, 65, 1, 128, true, MaskKind::Binary, 4),
+                           mk(1, 1000, 6, 64, true, MaskKind::None, 5), mk(1, 4096, 1, 64, false, MaskKind::None, 6)}) {
+    SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " K" +
+                 std::to_string(c.K));
+    check_against_cpu(c, DType::f32);
+  }
+}
+
+TEST(GdnCuda, Bf16MatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  for (const GdnCase& c : {mk(1, 1, 6, 64, true, MaskKind::None, 11), mk(3, 65, 6, 128, true, MaskKind::Continuous, 12),
+                           mk(1, 1000, 1, 256, true, MaskKind::None, 13), mk(1, 4096, 1, 128, false, MaskKind::None, 14),
+                           mk(3, 64, 1, 256, false, MaskKind::Binary, 15), mk(1, 63, 6, 128, false, MaskKind::None, 16, -8.0),
+                           mk(3, 1000, 6, 64, true, MaskKind::None, 17)}) {
+    SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " K" +
+                 std::to_string(c.K));
+    check_against_cpu(c, DType::bf16);
+  }
+}
+
+TEST(GdnCuda, NoFinalStateGradient) {
+  NATSL_REQUIRE_GPU();
+  check_against_cpu(mk(1, 130, 2, 64, true, MaskKind::None, 21), DType::f32, /*with_dht=*/false);
+}
+
+// Packed sequences (B = 1, cu_seqlens) give what separate runs of each sequence give, and match the CPU.
+void check_packed(DType dt) {
+  GdnCase c = mk(1, 1300, 2, 64, true, MaskKind::Continuous, 31);
+  c.cu_seqlens = {0, 1, 65, 129, 1000, 1000, 1300};
+  const GdnArgs a = args_of(c);
+  const GdnInputs inD = converted(make_inputs(c), dt);
+  const GdnShape s = GdnShape::of(inD.q, inD.v, a);
+  Tensor dout = randn(inD.v.shape(), 38).to(dt);
+  Tensor dht = randn({s.N, s.HV, s.K, s.V}, 39).to(DType::f32);
+  Outs packed = run_all(a, on_gpu(inD), to_gpu(dout), to_gpu(dht));
+  const auto seqs = kernels::gdn_sequences(s, a);
+  for (size_t n = 0; n < seqs.size(); ++n) {
+    const auto& q = seqs[n];
+    if (q.len == 0) continue;
+    SCOPED_TRACE("sequence " + std::to_string(n));
+    auto tok = [&](const Tensor& t) { return t.slice(1, q.start, q.start + q.len).contiguous(); };
+    auto seq = [&](const Tensor& t) { return t.slice(0, int64_t(n), int64_t(n) + 1).contiguous(); };
+    auto chunks = [&](const Tensor& t) { return t.slice(0, q.first_chunk, q.first_chunk + q.chunks()).contiguous(); };
+    GdnInputs one{tok(inD.q), tok(inD.k), tok(inD.v), tok(inD.g), tok(inD.beta), seq(inD.h0), chunks(inD.mask)};
+    GdnArgs a1 = a;
+    a1.cu_seqlens.clear();
+    Outs single = run_all(a1, on_gpu(one), to_gpu(tok(dout)), to_gpu(seq(dht)));
+    auto gtok = [&](const Tensor& t) { return t.to(kCPU).slice(1, q.start, q.start + q.len).contiguous(); };
+    auto gseq = [&](const Tensor& t) { return t.to(kCPU).slice(0, int64_t(n), int64_t(n) + 1).contiguous(); };
+    auto gch = [&](const Tensor& t) {
+      return t.to(kCPU).slice(0, q.first_chunk, q.first_chunk + q.chunks()).contiguous();
+    };
+    expect_rel(gtok(packed.o), single.o, 1e-6, "o");
+    expect_rel(gseq(packed.ht), single.ht, 1e-6, "ht");
+    expect_rel(gtok(packed.g.dq), single.g.dq, 1e-6, "dq");
+    expect_rel(gtok(packed.g.dk), single.g.dk, 1e-6, "dk");
+    expect_rel(gtok(packed.g.dv), single.g.dv, 1e-6, "dv");
+    expect_rel(gtok(packed.g.dg), single.g.dg, 1e-6, "dg");
+    expect_rel(gtok(packed.g.dbeta), single.g.dbeta, 1e-6, "dbeta");
+    expect_rel(gseq(packed.g.dh0), single.g.dh0, 1e-6, "dh0");
+    expect_rel(gch(packed.g.dmask), single.g.dmask, 1e-6, "dmask");
+  }
+  // The empty sequence passes its state through.
+  expect_rel(packed.ht.to(kCPU).slice(0, 4, 5).contiguous(), inD.h0.slice(0, 4, 5).contiguous(), 0, "empty ht");
+}
+
+TEST(GdnCuda, PackedEqualsSeparateF32) {
+  NATSL_REQUIRE_GPU();
+  check_packed(DType::f32);
+}
+TEST(GdnCuda, PackedEqualsSeparateBf16) {
+  NATSL_REQUIRE_GPU();
+  check_packed(DType::bf16);
+}
+TEST(GdnCuda, PackedMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  GdnCase c = mk(1, 700, 3, 64, true, MaskKind::Binary, 41);
+  c.cu_seqlens = {0, 100, 164, 700};
+  check_against_cpu(c, DType::f32);
+}
+
+TEST(GdnCuda, RecurrentMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    GdnCase c = mk(2, 150, 2, 64, true, MaskKind::Continuous, 51);
+    const GdnArgs a = args_of(c);
+    const GdnInputs inD = converted(make_inputs(c), dt);
+    const GdnShape s = GdnShape::of(inD.q, inD.v, a);
+    FwdResult ref = run_recurrent(a, converted(inD, DType::f64));
+    Tensor o = gpu_poisoned(inD.v.shape(), dt), ht = gpu_poisoned({s.N, s.HV, s.K, s.V}, DType::f32);
+    kernels::gdn_recurrent_fwd(a, on_gpu(inD), o, ht);
+    const double tol = dt == DType::f32 ? 1e-5 : 0.005;
+    expect_rel(o, ref.o, tol, "recurrent o");
+    expect_rel(ht, ref.ht, tol, "recurrent ht");
+  }
+}
+
+TEST(GdnCuda, RefusesWhatItDoesNotSupport) {
+  NATSL_REQUIRE_GPU();
+  GdnCase c = mk(1, 10, 1, 256, false, MaskKind::None, 61);
+  const GdnInputs in = on_gpu(converted(make_inputs(c), DType::f32));
+  Tensor o = gpu_poisoned(in.v.shape(), DType::f32);
+  EXPECT_THROW(kernels::gdn_chunk_fwd(args_of(c), in, o, Tensor(), GdnSaved{}), Error);
+}
+
+}  // namespace
+}  // namespace natsl::testing::gdn
