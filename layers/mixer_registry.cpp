@@ -1,5 +1,6 @@
 #include "layers/mixer.h"
 
+#include "layers/gated_deltanet.h"
 #include "layers/softmax_attention.h"
 
 namespace natsl {
@@ -11,6 +12,11 @@ const std::map<std::string, MixerSpec>& mixer_registry() {
                    return std::make_shared<SoftmaxAttention>(c, i);
                  },
                  &SoftmaxAttention::num_params, &SoftmaxAttention::extra_flops_per_token}},
+      {"gdn",
+       MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
+                   return std::make_shared<GatedDeltaNet>(c, i);
+                 },
+                 &GatedDeltaNet::num_params, &GatedDeltaNet::extra_flops_per_token}},
   };
   return registry;
 }

@@ -1,0 +1,98 @@
+#include "layers/gated_deltanet.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "autograd/ops_gdn.h"
+#include "layers/ssm_init.h"
+
+namespace natsl {
+
+GdnDims gdn_dims(const ModelConfig& c) {
+  if (c.num_heads <= 0) throw InputError("model.num_heads must be positive, got " + std::to_string(c.num_heads));
+  if (c.head_dim <= 0) throw InputError("model.head_dim must be positive, got " + std::to_string(c.head_dim));
+  double v = c.expand_v * double(c.head_dim);
+  if (v < 1 || std::abs(v - std::round(v)) > 1e-9)
+    throw InputError("model.expand_v * model.head_dim must be a positive integer, got " + std::to_string(v));
+  return {c.num_heads, c.head_dim, int64_t(std::llround(v))};
+}
+
+GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/)
+    : dims_(gdn_dims(c)), use_conv_(c.use_short_conv), use_gate_(c.use_gate), neg_eigval_(c.allow_neg_eigval),
+      norm_eps_(c.norm_eps) {
+  const int64_t d = c.hidden_size, H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
+  const double std = c.initializer_range;
+  q_proj_ = register_module("q_proj", std::make_shared<Linear>(d, H * K, false, std));
+  k_proj_ = register_module("k_proj", std::make_shared<Linear>(d, H * K, false, std));
+  v_proj_ = register_module("v_proj", std::make_shared<Linear>(d, H * V, false, std));
+  a_proj_ = register_module("a_proj", std::make_shared<Linear>(d, H, false, std));
+  b_proj_ = register_module("b_proj", std::make_shared<Linear>(d, H, false, std));
+  ParamMeta a_meta{{H}, ParamInit::with(a_log_init()), /*no_decay=*/true, false};
+  ParamMeta dt_meta{{H}, ParamInit::with(dt_bias_init()), /*no_decay=*/true, false};
+  register_parameter("A_log", &A_log_, a_meta);
+  register_parameter("dt_bias", &dt_bias_, dt_meta);
+  if (use_conv_) {
+    q_conv_ = register_module("q_conv1d", std::make_shared<ShortConv>(H * K, c.conv_size, true, std));
+    k_conv_ = register_module("k_conv1d", std::make_shared<ShortConv>(H * K, c.conv_size, true, std));
+    v_conv_ = register_module("v_conv1d", std::make_shared<ShortConv>(H * V, c.conv_size, true, std));
+  }
+  if (use_gate_) g_proj_ = register_module("g_proj", std::make_shared<Linear>(d, H * V, false, std));
+  o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(V, c.norm_eps));
+  o_proj_ = register_module("o_proj", std::make_shared<Linear>(H * V, d, false, std));
+}
+
+GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x) const {
+  NATSL_CHECK(x.dim() == 3, "GatedDeltaNet: expected x [B, T, d], got ", x.str());
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
+  auto conv_or_silu = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv) {
+    Tensor p = proj->forward(x);
+    return use_conv_ ? conv->forward(p) : silu(p);
+  };
+  GdnFrontEnd f;
+  f.q = l2norm(reshape(conv_or_silu(q_proj_, q_conv_), {B, T, H, K}), 1e-6);
+  f.k = l2norm(reshape(conv_or_silu(k_proj_, k_conv_), {B, T, H, K}), 1e-6);
+  f.v = reshape(conv_or_silu(v_proj_, v_conv_), {B, T, H, V});
+  // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32).
+  DType gate_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor b = to_dtype(b_proj_->forward(x), gate_dt);
+  f.beta = sigmoid(b);
+  if (neg_eigval_) f.beta = mul_scalar(f.beta, 2.0);
+  Tensor a = to_dtype(a_proj_->forward(x), gate_dt);
+  Tensor A = exp(to_dtype(A_log_, gate_dt));
+  f.g = neg(mul(A, softplus(add(a, to_dtype(dt_bias_, gate_dt)))));
+  return f;
+}
+
+Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o) const {
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, V = dims_.value_dim;
+  Tensor y = o_norm_->forward(o);  // per head over V
+  if (use_gate_) y = mul(y, silu(reshape(g_proj_->forward(x), {B, T, H, V})));
+  return o_proj_->forward(reshape(y, {B, T, H * V}));
+}
+
+Tensor GatedDeltaNet::forward(const Tensor& x) {
+  GdnFrontEnd f = front_end(x);
+  double scale = 1.0 / std::sqrt(double(dims_.key_dim));
+  Tensor o = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, scale).o;
+  return output(x, o);
+}
+
+int64_t GatedDeltaNet::num_params(const ModelConfig& c) {
+  GdnDims g = gdn_dims(c);
+  const int64_t d = c.hidden_size, H = g.heads, K = g.key_dim, V = g.value_dim;
+  int64_t n = d * H * K * 2 + d * H * V + 2 * d * H + 2 * H + V + H * V * d;
+  if (c.use_short_conv) n += (2 * H * K + H * V) * c.conv_size;
+  if (c.use_gate) n += d * H * V;
+  return n;
+}
+
+double GatedDeltaNet::extra_flops_per_token(const ModelConfig& c, int64_t /*seq_len*/) {
+  // Chunked delta rule per token and head (C = 64): intra-chunk scores and their product with values
+  // (2 C (K + V)), state read/write (4 K V) and the WY terms (2 C K + 2 C V); backward twice the forward.
+  GdnDims g = gdn_dims(c);
+  const double C = 64, K = double(g.key_dim), V = double(g.value_dim);
+  double fwd = 2 * C * (K + V) + 4 * K * V + 2 * C * (K + V);
+  return 3.0 * fwd * double(g.heads);
+}
+
+}  // namespace natsl

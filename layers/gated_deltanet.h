@@ -1,0 +1,55 @@
+#pragma once
+// GatedDeltaNet (mixer kind "gdn"), as FLA's GatedDeltaNet layer (../shared/reference/gdn-algorithm.md §1):
+//   q = SiLU(conv4(x Wq)), k = SiLU(conv4(x Wk)), v = SiLU(conv4(x Wv))     (conv optional: use_short_conv)
+//   q, k L2-normalised per head (eps 1e-6 inside the root)
+//   beta = sigmoid(x Wb)  (x2 when allow_neg_eigval),  g = -exp(A_log) * softplus(x Wa + dt_bias)   (f32)
+//   o = gated delta rule(q, k, v, g, beta, scale K^-1/2)                   [B, T, HV, V]
+//   y = RMSNorm_V(o) * SiLU(x Wg)   (per head over V; without use_gate: RMSNorm_V(o))
+//   out = flatten(y) Wo
+// Heads: H = num_heads q/k heads and as many v heads, K = head_dim, V = expand_v * K.
+#include <memory>
+
+#include "layers/linear.h"
+#include "layers/mixer.h"
+#include "layers/rmsnorm.h"
+#include "layers/short_conv.h"
+
+namespace natsl {
+
+struct GdnDims {
+  int64_t heads, key_dim, value_dim;  // H, K, V
+};
+GdnDims gdn_dims(const ModelConfig& config);
+
+// The shared front end of GDN and NAtS-L: projections, short convs, L2 norm, gates.
+struct GdnFrontEnd {
+  Tensor q, k;   // [B, T, H, K] L2-normalised
+  Tensor v;      // [B, T, H, V]
+  Tensor g;      // [B, T, H] f32 log decay
+  Tensor beta;   // [B, T, H] f32
+};
+
+class GatedDeltaNet : public Mixer {
+ public:
+  GatedDeltaNet(const ModelConfig& config, int64_t layer_idx);
+  Tensor forward(const Tensor& x) override;
+  const GdnDims& dims() const { return dims_; }
+
+  static int64_t num_params(const ModelConfig& config);
+  static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
+
+ protected:
+  // Exposed for NAtS-L, which shares the whole front end and the output norm/gate.
+  GdnFrontEnd front_end(const Tensor& x) const;
+  Tensor output(const Tensor& x, const Tensor& o) const;  // norm, gate, o_proj of o [B, T, H, V]
+
+  GdnDims dims_;
+  bool use_conv_, use_gate_, neg_eigval_;
+  double norm_eps_;
+  std::shared_ptr<Linear> q_proj_, k_proj_, v_proj_, a_proj_, b_proj_, g_proj_, o_proj_;
+  std::shared_ptr<ShortConv> q_conv_, k_conv_, v_conv_;
+  std::shared_ptr<RMSNorm> o_norm_;
+  Tensor A_log_, dt_bias_;
+};
+
+}  // namespace natsl
