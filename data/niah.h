@@ -45,12 +45,12 @@ struct NiahOptions {
 
 struct NiahExample {
   std::vector<int32_t> tokens;         // T + 1 tokens (inputs = [0, T), targets = [1, T + 1))
-  int64_t answer_begin, answer_end;    // VALUE occupies tokens [answer_begin, answer_end)
-  int64_t context_begin, context_end;  // CONTEXT (with the needle) occupies tokens [context_begin, context_end)
-  int64_t needle_begin;                // first token of the needle sentence
-  int64_t haystack_units;              // n: noise units or essay sentences around the needle
-  int64_t needle_index;                // the needle precedes unit/sentence number needle_index
-  double depth_percent;
+  int64_t answer_begin = 0, answer_end = 0;    // VALUE occupies tokens [answer_begin, answer_end)
+  int64_t context_begin = 0, context_end = 0;  // CONTEXT (with the needle) occupies [context_begin, context_end)
+  int64_t needle_begin = 0;                    // first token of the needle sentence
+  int64_t haystack_units = 0;                  // n: noise units or essay sentences around the needle
+  int64_t needle_index = 0;                    // the needle precedes unit/sentence number needle_index
+  double depth_percent = 0;
   std::string key, value;
 };
 
