@@ -1,0 +1,100 @@
+// CUDA fused cross-entropy (forward, backward, in-place backward, one-kernel forward+backward) against the
+// CPU reference in f64 on the same rounded logits.
+// Tolerances: losses/lse are f32 statistics: rel RMS 1e-5, max 1e-4 (f32 logits; same for bf16 logits,
+// whose values are exact in f32); dlogits kF32 / kBf16.
+#include "kernels/nn.h"
+#include "tests/cuda/cuda_test_util.h"
+#ifdef NATSL_WITH_CUDA
+#include "kernels/cuda/cross_entropy_fused.h"
+#endif
+
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+
+constexpr Tol kStats{1e-5, 1e-4};
+
+struct CeCase {
+  int64_t N, V;
+  int64_t ignore_index;
+};
+
+// Targets in [0, V) with every 5th row (and row 1) set to ignore_index.
+Tensor make_targets(const CeCase& c, uint64_t seed, DType it) {
+  Tensor t = random_token_ids({c.N}, c.V, seed, DType::i64);
+  std::vector<int64_t> v = t.to_vector<int64_t>();
+  for (size_t i = 0; i < v.size(); ++i)
+    if (i % 5 == 3 || i == 1) v[i] = c.ignore_index;
+  return Tensor::from_vector(v, {c.N}, it);
+}
+
+const CeCase kCases[] = {{1, 1, -100}, {5, 7, -100}, {33, 1000, -100}, {3, 50001, -100}, {64, 32000, -100},
+                         {17, 129, 3} /* an ignore index that is also a class id */};
+
+}  // namespace
+
+TEST(CudaCrossEntropy, ForwardBackwardAndInPlace) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 1;
+  const double grad_scale = 0.37;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (const CeCase& c : kCases) {
+        const std::string what = case_name("cross_entropy", dt, {c.N, c.V}) + " targets " + dtype_str(it) +
+                                 " ignore " + std::to_string(c.ignore_index);
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), dt);
+        Tensor tg = make_targets(c, seed++, it);
+        Tensor ref_loss = cpu_poisoned({c.N}), ref_lse = cpu_poisoned({c.N}), ref_valid = cpu_poisoned({c.N});
+        kernels::cpu::cross_entropy_fwd(f64(xq), tg, c.ignore_index, ref_loss, ref_lse, ref_valid);
+        Tensor xg = to_gpu(xq), tgg = to_gpu(tg);
+        Tensor loss = gpu_poisoned({c.N}, DType::f32), lse = gpu_poisoned({c.N}, DType::f32),
+               valid = gpu_poisoned({c.N}, DType::f32);
+        kernels::cross_entropy_fwd(xg, tgg, c.ignore_index, loss, lse, valid);
+        expect_match(loss, ref_loss, kStats, what + " losses");
+        expect_match(lse, ref_lse, kStats, what + " lse");
+        expect_match(valid, ref_valid, Tol{0, 0}, what + " valid");
+
+        Tensor lse32 = ref_lse.to(DType::f32);
+        Tensor scale = Tensor::full({1}, grad_scale, DType::f32);
+        Tensor ref_d = cpu_poisoned({c.N, c.V});
+        kernels::cpu::cross_entropy_bwd(f64(xq), tg, f64(lse32), scale.to(DType::f64), c.ignore_index, ref_d);
+        Tensor d = gpu_poisoned({c.N, c.V}, dt);
+        kernels::cross_entropy_bwd(xg, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, d);
+        expect_match(d, ref_d, tol_for(dt), what + " dlogits");
+        // In place: the gradient overwrites the logits buffer.
+        Tensor inplace = to_gpu(xq);
+        kernels::cross_entropy_bwd(inplace, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, inplace);
+        expect_match(inplace, ref_d, tol_for(dt), what + " dlogits in place");
+#ifdef NATSL_WITH_CUDA
+        // One kernel for both, out of place and in place.
+        for (bool in_place : {false, true}) {
+          Tensor x2 = to_gpu(xq);
+          Tensor l2 = gpu_poisoned({c.N}, DType::f32), s2 = gpu_poisoned({c.N}, DType::f32),
+                 v2 = gpu_poisoned({c.N}, DType::f32);
+          Tensor d2 = in_place ? x2 : gpu_poisoned({c.N, c.V}, dt);
+          kernels::cuda::cross_entropy_fwd_bwd(x2, tgg, c.ignore_index, to_gpu(scale), l2, s2, v2, d2);
+          const std::string w2 = what + (in_place ? " fused in place" : " fused");
+          expect_match(l2, ref_loss, kStats, w2 + " losses");
+          expect_match(s2, ref_lse, kStats, w2 + " lse");
+          expect_match(v2, ref_valid, Tol{0, 0}, w2 + " valid");
+          expect_match(d2, ref_d, tol_for(dt), w2 + " dlogits");
+        }
+#endif
+      }
+}
+
+TEST(CudaCrossEntropy, AllRowsIgnoredGivesZeroLossAndGradient) {
+  NATSL_REQUIRE_GPU();
+  const CeCase c{9, 100, -100};
+  Tensor xq = q(randn({c.N, c.V}, 5), DType::f32);
+  Tensor tg = Tensor::full({c.N}, -100.0, DType::i64);
+  Tensor loss = gpu_poisoned({c.N}, DType::f32), lse = gpu_poisoned({c.N}, DType::f32),
+         valid = gpu_poisoned({c.N}, DType::f32);
+  kernels::cross_entropy_fwd(to_gpu(xq), to_gpu(tg), -100, loss, lse, valid);
+  for (double v : loss.to_vector<double>()) EXPECT_EQ(v, 0.0);
+  for (double v : valid.to_vector<double>()) EXPECT_EQ(v, 0.0);
+  Tensor d = gpu_poisoned({c.N, c.V}, DType::f32);
+  kernels::cross_entropy_bwd(to_gpu(xq), to_gpu(tg), lse, to_gpu(Tensor::full({1}, 1.0)), -100, d);
+  for (double v : d.to_vector<double>()) ASSERT_EQ(v, 0.0);
+}

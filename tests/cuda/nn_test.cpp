@@ -1,0 +1,211 @@
+// CUDA nn family (embedding, rmsnorm, l2norm, softmax, log-softmax, swiglu, short conv), forward and
+// backward, against the CPU reference run in f64 on the same rounded inputs.
+// Tolerances: outputs in the data dtype use kF32 / kBf16 (cuda_test_util.h); f32 statistics (rstd, rnorm)
+// use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
+// many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
+#include "kernels/nn.h"
+#include "tests/cuda/cuda_test_util.h"
+
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+
+constexpr Tol kF32Sum{2e-5, 2e-4};
+Tol sum_tol(DType dt) { return dt == DType::bf16 ? kBf16 : kF32Sum; }
+
+// Row shapes: one row, one column, odd sizes, a row of 50000, many rows of a model width.
+const Shape kRowShapes[] = {{1, 1}, {1, 7}, {3, 5}, {2, 3, 33}, {513, 96}, {64, 4096}, {2, 50000}, {1000, 1}};
+
+int64_t rows_of(const Shape& s) { return shape_numel(s) / s.back(); }
+
+}  // namespace
+
+TEST(CudaEmbedding, ForwardGathersRows) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 1;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (int64_t D : {int64_t(1), int64_t(7), int64_t(64), int64_t(4096)}) {
+        const int64_t V = 50;
+        Tensor wq = q(randn({V, D}, seed++), dt);
+        Tensor ids = random_token_ids({3, 17}, V, seed++, it);
+        Tensor ref = cpu_poisoned({3, 17, D});
+        kernels::cpu::embedding_fwd(f64(wq), ids, ref);
+        Tensor out = gpu_poisoned({3, 17, D}, dt);
+        kernels::embedding_fwd(to_gpu(wq), to_gpu(ids), out);
+        // A gather is exact.
+        expect_match(out, ref, Tol{0, 0}, case_name("embedding_fwd", dt, {V, D}) + " ids " + dtype_str(it));
+      }
+}
+
+TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
+  NATSL_REQUIRE_GPU();
+  struct Case {
+    int64_t V, D, N;
+  };
+  // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, odd widths.
+  const Case cases[] = {{5, 64, 1000}, {1, 3, 17}, {1000, 33, 257}, {32000, 128, 4096}, {7, 4096, 300}};
+  uint64_t seed = 30;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (const Case& c : cases) {
+        Tensor ids = random_token_ids({c.N}, c.V, seed++, it);
+        Tensor dq = q(randn({c.N, c.D}, seed++), dt);
+        // dweight is accumulated into: start from random values, not zeros.
+        Tensor w0 = q(randn({c.V, c.D}, seed++), dt);
+        Tensor ref = f64(w0);
+        kernels::cpu::embedding_bwd(ids, f64(dq), ref);
+        Tensor dw = to_gpu(w0);
+        kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+        const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) + " ids " +
+                                 dtype_str(it);
+        expect_match(dw, ref, sum_tol(dt), what);
+        Tensor dw2 = to_gpu(w0);
+        kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
+        expect_same_bits(dw, dw2, what);
+      }
+}
+
+TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 100;
+  const double eps = 1e-6;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : kRowShapes)
+      for (bool weighted : {true, false}) {
+        const int64_t D = s.back(), R = rows_of(s);
+        const std::string what = case_name(weighted ? "rmsnorm" : "rmsnorm (no weight)", dt, s);
+        Tensor xq = q(randn(s, seed++, DType::f64, 3.0), dt);
+        Tensor wq = weighted ? q(rand_uniform({D}, seed++, 0.5, 1.5), dt) : Tensor();
+        Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
+        kernels::cpu::rmsnorm_fwd(f64(xq), weighted ? f64(wq) : Tensor(), eps, ref_y, ref_r);
+        Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+        kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+        expect_match(y, ref_y, tol_for(dt), what + " y");
+        expect_match(r, ref_r, kF32, what + " rstd");
+
+        Tensor dyq = q(randn(s, seed++), dt);
+        Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
+        Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
+        kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
+        Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
+        kernels::rmsnorm_bwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
+        expect_match(dx, ref_dx, tol_for(dt), what + " dx");
+        if (weighted) {
+          expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
+          Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
+          kernels::rmsnorm_bwd(to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
+          expect_same_bits(dw, dw2, what + " dw");
+        }
+      }
+}
+
+TEST(CudaL2Norm, ForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 200;
+  const double eps = 1e-6;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : kRowShapes) {
+      const int64_t R = rows_of(s);
+      const std::string what = case_name("l2norm", dt, s);
+      Tensor xq = q(randn(s, seed++), dt);
+      Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
+      kernels::cpu::l2norm_fwd(f64(xq), eps, ref_y, ref_r);
+      Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+      kernels::l2norm_fwd(to_gpu(xq), eps, y, r);
+      expect_match(y, ref_y, tol_for(dt), what + " y");
+      expect_match(r, ref_r, kF32, what + " rnorm");
+
+      Tensor yq = q(ref_y, dt), dyq = q(randn(s, seed++), dt);
+      Tensor rn32 = ref_r.to(DType::f32);
+      Tensor ref_dx = cpu_poisoned(s);
+      kernels::cpu::l2norm_bwd(f64(yq), f64(rn32), f64(dyq), ref_dx);
+      Tensor dx = gpu_poisoned(s, dt);
+      kernels::l2norm_bwd(to_gpu(yq), to_gpu(rn32), to_gpu(dyq), dx);
+      expect_match(dx, ref_dx, tol_for(dt), what + " dx");
+    }
+}
+
+TEST(CudaSoftmax, SoftmaxAndLogSoftmaxForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 300;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : kRowShapes)
+      for (double scale : {1.0, 30.0})  // 30: large logits, exp overflows without the max shift
+        for (bool log : {false, true}) {
+          const std::string what = case_name(log ? "log_softmax" : "softmax", dt, s) + " scale " + std::to_string(scale);
+          Tensor xq = q(randn(s, seed++, DType::f64, scale), dt);
+          Tensor ref_y = cpu_poisoned(s);
+          if (log) kernels::cpu::log_softmax_fwd(f64(xq), ref_y);
+          else kernels::cpu::softmax_fwd(f64(xq), ref_y);
+          Tensor y = gpu_poisoned(s, dt);
+          if (log) kernels::log_softmax_fwd(to_gpu(xq), y);
+          else kernels::softmax_fwd(to_gpu(xq), y);
+          expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+          Tensor yq = q(ref_y, dt), dyq = q(randn(s, seed++), dt);
+          Tensor ref_dx = cpu_poisoned(s);
+          if (log) kernels::cpu::log_softmax_bwd(f64(yq), f64(dyq), ref_dx);
+          else kernels::cpu::softmax_bwd(f64(yq), f64(dyq), ref_dx);
+          Tensor dx = gpu_poisoned(s, dt);
+          if (log) kernels::log_softmax_bwd(to_gpu(yq), to_gpu(dyq), dx);
+          else kernels::softmax_bwd(to_gpu(yq), to_gpu(dyq), dx);
+          expect_match(dx, ref_dx, tol_for(dt), what + " bwd");
+        }
+}
+
+TEST(CudaSwiglu, ForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 400;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : {Shape{1}, Shape{7}, Shape{3, 5}, Shape{17, 4097}, Shape{1000003}}) {
+      const std::string what = case_name("swiglu", dt, s);
+      Tensor gq = q(randn(s, seed++, DType::f64, 3.0), dt), uq = q(randn(s, seed++), dt);
+      Tensor ref_y = cpu_poisoned(s);
+      kernels::cpu::swiglu_fwd(f64(gq), f64(uq), ref_y);
+      Tensor y = gpu_poisoned(s, dt);
+      kernels::swiglu_fwd(to_gpu(gq), to_gpu(uq), y);
+      expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+      Tensor dyq = q(randn(s, seed++), dt);
+      Tensor ref_dg = cpu_poisoned(s), ref_du = cpu_poisoned(s);
+      kernels::cpu::swiglu_bwd(f64(gq), f64(uq), f64(dyq), ref_dg, ref_du);
+      Tensor dg = gpu_poisoned(s, dt), du = gpu_poisoned(s, dt);
+      kernels::swiglu_bwd(to_gpu(gq), to_gpu(uq), to_gpu(dyq), dg, du);
+      expect_match(dg, ref_dg, tol_for(dt), what + " dgate");
+      expect_match(du, ref_du, tol_for(dt), what + " dup");
+    }
+}
+
+TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
+  NATSL_REQUIRE_GPU();
+  struct Case {
+    int64_t B, T, C;
+  };
+  // One step, T shorter than W, odd channels, long sequences (several tiles per sequence).
+  const Case cases[] = {{1, 1, 1}, {2, 3, 5}, {2, 37, 5}, {3, 300, 64}, {1, 1000, 33}, {2, 2049, 256}};
+  uint64_t seed = 500;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (int64_t W : {int64_t(1), int64_t(3), int64_t(4), int64_t(8)})
+      for (const Case& c : cases)
+        for (bool silu : {false, true}) {
+          const Shape s{c.B, c.T, c.C};
+          const std::string what =
+              case_name("short_conv", dt, s) + " W " + std::to_string(W) + (silu ? " silu" : " identity");
+          Tensor xq = q(randn(s, seed++), dt), wq = q(randn({c.C, W}, seed++, DType::f64, 0.5), dt);
+          Tensor ref_y = cpu_poisoned(s);
+          kernels::cpu::short_conv_fwd(f64(xq), f64(wq), silu, ref_y);
+          Tensor y = gpu_poisoned(s, dt);
+          kernels::short_conv_fwd(to_gpu(xq), to_gpu(wq), silu, y);
+          expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+          Tensor dyq = q(randn(s, seed++), dt);
+          Tensor ref_dx = cpu_poisoned(s), ref_dw = cpu_poisoned({c.C, W});
+          kernels::cpu::short_conv_bwd(f64(xq), f64(wq), silu, f64(dyq), ref_dx, ref_dw);
+          Tensor dx = gpu_poisoned(s, dt), dw = gpu_poisoned({c.C, W}, dt);
+          kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), dx, dw);
+          expect_match(dx, ref_dx, tol_for(dt), what + " dx");
+          expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
+        }
+}
