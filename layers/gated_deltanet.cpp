@@ -17,7 +17,7 @@ GdnDims gdn_dims(const ModelConfig& c) {
   return {c.num_heads, c.head_dim, int64_t(std::llround(v))};
 }
 
-GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/)
+GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/, bool with_output_norm)
     : dims_(gdn_dims(c)), use_conv_(c.use_short_conv), use_gate_(c.use_gate), neg_eigval_(c.allow_neg_eigval),
       norm_eps_(c.norm_eps) {
   const int64_t d = c.hidden_size, H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
@@ -37,7 +37,7 @@ GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/)
     v_conv_ = register_module("v_conv1d", std::make_shared<ShortConv>(H * V, c.conv_size, true, std));
   }
   if (use_gate_) g_proj_ = register_module("g_proj", std::make_shared<Linear>(d, H * V, false, std));
-  o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(V, c.norm_eps));
+  if (with_output_norm) o_norm_ = register_module("o_norm", std::make_shared<RMSNorm>(V, c.norm_eps));
   o_proj_ = register_module("o_proj", std::make_shared<Linear>(H * V, d, false, std));
 }
 
@@ -49,8 +49,10 @@ GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x) const {
     return use_conv_ ? conv->forward(p) : silu(p);
   };
   GdnFrontEnd f;
-  f.q = l2norm(reshape(conv_or_silu(q_proj_, q_conv_), {B, T, H, K}), 1e-6);
-  f.k = l2norm(reshape(conv_or_silu(k_proj_, k_conv_), {B, T, H, K}), 1e-6);
+  f.q_act = conv_or_silu(q_proj_, q_conv_);
+  f.k_act = conv_or_silu(k_proj_, k_conv_);
+  f.q = l2norm(reshape(f.q_act, {B, T, H, K}), 1e-6);
+  f.k = l2norm(reshape(f.k_act, {B, T, H, K}), 1e-6);
   f.v = reshape(conv_or_silu(v_proj_, v_conv_), {B, T, H, V});
   // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32).
   DType gate_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;

@@ -23,6 +23,7 @@ GdnDims gdn_dims(const ModelConfig& config);
 
 // The shared front end of GDN and NAtS-L: projections, short convs, L2 norm, gates.
 struct GdnFrontEnd {
+  Tensor q_act, k_act;  // [B, T, H * K] after projection, conv and SiLU, before the L2 norm (NAtS-L's softmax view)
   Tensor q, k;   // [B, T, H, K] L2-normalised
   Tensor v;      // [B, T, H, V]
   Tensor g;      // [B, T, H] f32 log decay
@@ -31,7 +32,7 @@ struct GdnFrontEnd {
 
 class GatedDeltaNet : public Mixer {
  public:
-  GatedDeltaNet(const ModelConfig& config, int64_t layer_idx);
+  GatedDeltaNet(const ModelConfig& config, int64_t layer_idx) : GatedDeltaNet(config, layer_idx, true) {}
   Tensor forward(const Tensor& x) override;
   const GdnDims& dims() const { return dims_; }
 
@@ -39,7 +40,9 @@ class GatedDeltaNet : public Mixer {
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
 
  protected:
-  // Exposed for NAtS-L, which shares the whole front end and the output norm/gate.
+  // with_output_norm = false leaves out o_norm (NAtS-L registers its own two-input norm in its place).
+  GatedDeltaNet(const ModelConfig& config, int64_t layer_idx, bool with_output_norm);
+  // Exposed for NAtS-L, which shares the whole front end (projections, convs, gates) and g_proj / o_proj.
   GdnFrontEnd front_end(const Tensor& x) const;
   Tensor output(const Tensor& x, const Tensor& o) const;  // norm, gate, o_proj of o [B, T, H, V]
 

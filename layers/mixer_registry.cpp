@@ -1,6 +1,7 @@
 #include "layers/mixer.h"
 
 #include "layers/gated_deltanet.h"
+#include "layers/natsl_attention.h"
 #include "layers/softmax_attention.h"
 
 namespace natsl {
@@ -17,6 +18,11 @@ const std::map<std::string, MixerSpec>& mixer_registry() {
                    return std::make_shared<GatedDeltaNet>(c, i);
                  },
                  &GatedDeltaNet::num_params, &GatedDeltaNet::extra_flops_per_token}},
+      {"natsl",
+       MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
+                   return std::make_shared<NatslAttention>(c, i);
+                 },
+                 &NatslAttention::num_params, &NatslAttention::extra_flops_per_token}},
   };
   return registry;
 }

@@ -1,0 +1,161 @@
+#include "layers/natsl_attention.h"
+
+#include <cmath>
+
+#include "autograd/engine.h"
+#include "autograd/ops.h"
+#include "autograd/ops_gdn.h"
+#include "autograd/ops_natsl.h"
+#include "kernels/gdn.h"
+
+namespace natsl {
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+// A fixed, distinct Gumbel seed per layer (splitmix64 of the index), so layers never share noise.
+uint64_t layer_noise_seed(int64_t layer_idx) {
+  uint64_t z = 0x4E4154534C000000ull + uint64_t(layer_idx) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+NatslDims natsl_dims(const ModelConfig& c) {
+  NatslDims n{gdn_dims(c), 0, 0, 0, 0, 0, c.nats_block_size};
+  const int64_t H = n.gdn.heads, K = n.gdn.key_dim, V = n.gdn.value_dim, Ha = c.num_attn_heads;
+  if (c.nats_block_size != kernels::kGdnChunk)
+    throw InputError("model.nats_block_size must be " + str(kernels::kGdnChunk) + " (the GDN chunk), got " +
+                     str(c.nats_block_size));
+  if (!c.use_gate) throw InputError("model.use_gate must be true for natsl layers (the output mixing is gated)");
+  if (Ha <= 0 || Ha % H != 0)
+    throw InputError("model.num_attn_heads (" + str(Ha) + ") must be a positive multiple of model.num_heads (" +
+                     str(H) + ") for natsl layers");
+  const int64_t G = Ha / H;
+  if (K % G != 0 || V % G != 0)
+    throw InputError("natsl layers view each GDN head as num_attn_heads / num_heads = " + str(G) +
+                     " softmax heads: model.head_dim (" + str(K) + ") and the value dim (" + str(V) +
+                     ") must be divisible by it");
+  if (c.attn_head_dim != 0 && c.attn_head_dim != K / G)
+    throw InputError("model.attn_head_dim is " + str(c.attn_head_dim) + " but natsl layers use head_dim * num_heads / "
+                     "num_attn_heads = " + str(K / G) + "; set it to 0 or " + str(K / G));
+  if (c.attn_value_dim != 0 && c.attn_value_dim != V / G)
+    throw InputError("model.attn_value_dim is " + str(c.attn_value_dim) + " but natsl layers use value dim * num_heads "
+                     "/ num_attn_heads = " + str(V / G) + "; set it to 0 or " + str(V / G));
+  const int64_t Hr = c.num_nats_heads == 0 ? H : c.num_nats_heads;
+  if (Hr != H)
+    throw InputError("model.num_nats_heads must be 0 or model.num_heads (" + str(H) + "), got " +
+                     str(c.num_nats_heads) + " (one router head per GDN head)");
+  if (c.nats_sample != "argmax" && c.nats_sample != "gumbel")
+    throw InputError("model.nats_sample must be 'argmax' or 'gumbel', got '" + c.nats_sample + "'");
+  if (!(c.gumbel_tau > 0)) throw InputError("model.gumbel_tau must be positive, got " + std::to_string(c.gumbel_tau));
+  n.attn_heads = Ha;
+  n.attn_head_dim = K / G;
+  n.attn_value_dim = V / G;
+  n.groups = G;
+  n.router_heads = Hr;
+  return n;
+}
+
+TwoInputNorm::TwoInputNorm(int64_t dim) {
+  register_parameter("weight1", &weight1_, ParamMeta{{dim}, ParamInit::ones(), /*no_decay=*/true});
+  register_parameter("weight2", &weight2_, ParamMeta{{dim}, ParamInit::ones(), /*no_decay=*/true});
+}
+
+NatslAttention::NatslAttention(const ModelConfig& c, int64_t layer_idx)
+    : GatedDeltaNet(c, layer_idx, /*with_output_norm=*/false), ndims_(natsl_dims(c)), qk_norm_(c.attn_qk_norm),
+      gumbel_(c.nats_sample == "gumbel"), drop_own_chunk_grad_(c.reference_attn_backward), tau_(c.gumbel_tau),
+      noise_(layer_noise_seed(layer_idx)) {
+  const int64_t d = c.hidden_size, HK = dims_.heads * dims_.key_dim;
+  const double std = c.initializer_range;
+  nats_layer_ = register_module("nats_layer", std::make_shared<Linear>(d, 2 * ndims_.router_heads, false, std));
+  nats_out_weights_layer_ =
+      register_module("nats_out_weights_layer", std::make_shared<Linear>(HK, 2 * ndims_.attn_heads, false, std));
+  if (qk_norm_) {
+    q_norm_ = register_module("q_norm", std::make_shared<RMSNorm>(ndims_.attn_head_dim, c.norm_eps));
+    k_norm_ = register_module("k_norm", std::make_shared<RMSNorm>(ndims_.attn_head_dim, c.norm_eps));
+  }
+  mix_norm_ = register_module("o_norm", std::make_shared<TwoInputNorm>(ndims_.attn_value_dim));
+}
+
+Tensor NatslAttention::forward(const Tensor& x) {
+  NATSL_CHECK(x.dim() == 3, "NatslAttention: expected x [B, T, d], got ", x.str());
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
+  const int64_t Ha = ndims_.attn_heads, Da = ndims_.attn_head_dim, Dav = ndims_.attn_value_dim;
+  const int64_t Hr = ndims_.router_heads, C = ndims_.chunk, NC = (T + C - 1) / C;
+  const bool train = training();
+
+  const GdnFrontEnd f = front_end(x);
+
+  // Router in f32 (f64 for f64 data): bf16 logits could tie (natsl-layer.md §3.2).
+  const DType rdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor pooled = to_dtype(chunk_mean_pool(x, C), rdt);
+  Tensor logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, NC, Hr, 2});
+  kernels::RouterChoiceArgs args;
+  args.tau = tau_;
+  args.gumbel = gumbel_ && train;  // no noise at evaluation (§10.4)
+  args.force_last_both = train;
+  if (args.gumbel) {
+    args.seed = noise_.seed;
+    args.offset = noise_.reserve(uint64_t(logits.numel()));
+  }
+  const RouterChoice choice = router_choice(logits, args);
+  last_mask_softmax_ = choice.mask_softmax.detach();
+  last_mask_gdn_ = choice.mask_gdn.detach();
+  if (train) {
+    NoGradGuard no_grad;
+    attn_frac_ = mean(last_mask_softmax_);  // stays on the device: read only by collect_stats
+  }
+
+  // Softmax branch: the softmax view of the same q~, k~, v~ memory.
+  Tensor qa = reshape(f.q_act, {B, T, Ha, Da});
+  Tensor ka = reshape(f.k_act, {B, T, Ha, Da});
+  if (qk_norm_) {
+    qa = q_norm_->forward(qa);
+    ka = k_norm_->forward(ka);
+  }
+  const Tensor va = reshape(f.v, {B, T, Ha, Dav});
+  const Tensor oa = sparse_attention(qa, ka, va, choice.mask_softmax, 1.0 / std::sqrt(double(Da)), C,
+                                     drop_own_chunk_grad_);
+
+  // GDN branch: only GDN-labelled chunks write the carried state; every chunk decays it.
+  const Tensor og = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, 1.0 / std::sqrt(double(K)), Tensor(),
+                                     reshape(choice.mask_gdn, {B * NC, H}))
+                        .o;
+
+  // Output mixing: GDN output per d_av slot, weights from q~, SiLU gate.
+  const Tensor wlogits = reshape(nats_out_weights_layer_->forward(f.q_act), {B, T, Ha, 2});
+  const Tensor z = reshape(g_proj_->forward(x), {B, T, Ha, Dav});
+  const Tensor y = mix_norm_gate(reshape(og, {B, T, Ha, Dav}), oa, wlogits, z, mix_norm_->weight1(),
+                                 mix_norm_->weight2(), norm_eps_);
+  return o_proj_->forward(reshape(y, {B, T, H * V}));
+}
+
+void NatslAttention::collect_stats(std::map<std::string, double>& stats) const {
+  if (attn_frac_.defined()) stats["attn_frac"] = attn_frac_.item();
+}
+
+int64_t NatslAttention::num_params(const ModelConfig& c) {
+  const NatslDims n = natsl_dims(c);
+  const int64_t d = c.hidden_size, HK = n.gdn.heads * n.gdn.key_dim;
+  int64_t p = GatedDeltaNet::num_params(c) - n.gdn.value_dim;  // no per-head o_norm ...
+  p += 2 * n.attn_value_dim;                                  // ... two per-slot norm weights instead
+  p += d * 2 * n.router_heads + HK * 2 * n.attn_heads;         // nats_layer, nats_out_weights_layer
+  if (c.attn_qk_norm) p += 2 * n.attn_head_dim;
+  return p;
+}
+
+double NatslAttention::extra_flops_per_token(const ModelConfig& c, int64_t seq_len) {
+  // The GDN branch as a plain GDN layer, plus the softmax branch's own-chunk causal attention: a query at
+  // position j of its chunk sees j + 1 keys, (C + 1) / 2 on average, each costing 2 (d_a + d_av) per head in
+  // the forward; backward twice that. Keys of earlier selected chunks are not counted: the fraction is
+  // learned, so this is a lower bound of the work and MFU never overstates.
+  const NatslDims n = natsl_dims(c);
+  const double C = double(n.chunk);
+  const double attn_fwd = double(n.attn_heads) * 2.0 * double(n.attn_head_dim + n.attn_value_dim) * (C + 1) / 2;
+  return GatedDeltaNet::extra_flops_per_token(c, seq_len) + 3.0 * attn_fwd;
+}
+
+}  // namespace natsl

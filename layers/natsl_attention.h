@@ -1,0 +1,89 @@
+#pragma once
+// NatslAttention (mixer kind "natsl"): the NAtS-L layer of ../shared/reference/natsl-layer.md §3, as the
+// reference's NeuralAttentionSearchLinearAttnGDN computes it with the released settings (shared q/k/v with
+// short conv for both branches, QK-RMSNorm, no positional encoding, decay through softmax chunks, weighted
+// outputs, output gate). With C = 64, chunk c(i) = i / C, NC chunks (a partial last one allowed):
+//
+//   q~, k~, v~ = SiLU(conv4(x W_q)), ...          shared by both branches (GatedDeltaNet's front end)
+//   beta, g                                        GDN gates, f32 (as GatedDeltaNet)
+//   logits     = mean_{i in c}(x_i) W_r^T          [B, NC, Hr, 2] (f32 router; index 0 softmax, 1 GDN)
+//   m          = straight-through hard choice       argmax, or Gumbel (tau) in training; last chunk forced to
+//                                                   both ops in training (its logits get no gradient)
+//   o_a        = sparse_attention(RMSNorm_q(q~_a), RMSNorm_k(k~_a), v~_a; m[softmax])   scale d_a^-1/2
+//   o_g        = gated delta rule(l2(q~), l2(k~), v~, g, beta; state-write mask m[GDN])  scale K^-1/2
+//   y          = (w0 RMSNorm(o_g slot) gamma_1 + w1 RMSNorm(o_a) gamma_2) * SiLU(x W_g),
+//                w = softmax(q~ W_w^T) per token and softmax head (index 0 weights the GDN output)
+//   out        = y W_o
+// Heads: H GDN heads (K, V), Ha = G H softmax heads with d_a = K / G, d_av = V / G viewing the same memory
+// (head a = slice a mod G of GDN head a / G); Hr = H router heads (router head h labels GDN head h and
+// softmax heads hG .. hG+G-1).
+//
+// Parameter names follow the reference checkpoint: GatedDeltaNet's (q_proj, k_proj, v_proj, a_proj, b_proj,
+// A_log, dt_bias, q/k/v_conv1d, g_proj, o_proj) plus nats_layer (W_r), nats_out_weights_layer (W_w),
+// q_norm / k_norm (when attn_qk_norm), o_norm.weight1 (GDN side) / o_norm.weight2 (softmax side).
+//
+// Config: nats_sample (argmax | gumbel), gumbel_tau, reference_attn_backward (drop the own-chunk dq/dk/dv
+// terms as the reference's released backward does, §4.1). attn_rope is ignored: the branch has no
+// positional encoding. Requires use_gate, nats_block_size 64, num_nats_heads 0 or num_heads, num_attn_heads
+// a multiple of num_heads dividing K and V; attn_head_dim / attn_value_dim, when set, must equal K / G, V / G.
+#include <memory>
+
+#include "layers/gated_deltanet.h"
+
+namespace natsl {
+
+struct NatslDims {
+  GdnDims gdn;
+  int64_t attn_heads, attn_head_dim, attn_value_dim;  // Ha, d_a, d_av
+  int64_t groups;                                     // G = Ha / H
+  int64_t router_heads;                               // Hr = H
+  int64_t chunk;                                      // C = 64
+};
+// Resolves and checks the NAtS-L dims of a config (InputError naming the key when inconsistent).
+NatslDims natsl_dims(const ModelConfig& config);
+
+// The two RMSNorm weights of the output mixing (the reference's FusedMultiInputRMSNormGated).
+class TwoInputNorm : public Module {
+ public:
+  explicit TwoInputNorm(int64_t dim);
+  const Tensor& weight1() const { return weight1_; }  // GDN output
+  const Tensor& weight2() const { return weight2_; }  // softmax output
+
+ private:
+  Tensor weight1_, weight2_;
+};
+
+class NatslAttention : public GatedDeltaNet {
+ public:
+  NatslAttention(const ModelConfig& config, int64_t layer_idx);
+  Tensor forward(const Tensor& x) override;
+  // "attn_frac": fraction of (batch, chunk, router head) labels that are softmax in the last training
+  // forward, the forced last chunk counted as softmax (as the reference logs it). Reads a device scalar.
+  void collect_stats(std::map<std::string, double>& stats) const override;
+  const NatslDims& ndims() const { return ndims_; }
+
+  // The Gumbel noise stream: seed fixed per layer, offset advanced by every training forward that samples.
+  // Saving and restoring it makes a resumed run draw the same noise.
+  const Generator& noise_generator() const { return noise_; }
+  void set_noise_generator(const Generator& g) { noise_ = g; }
+
+  // The router's masks of the last forward ([B, NC, Hr], exact 0/1, no history), for tests and diagnostics.
+  const Tensor& last_mask_softmax() const { return last_mask_softmax_; }
+  const Tensor& last_mask_gdn() const { return last_mask_gdn_; }
+
+  static int64_t num_params(const ModelConfig& config);
+  static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
+
+ private:
+  NatslDims ndims_;
+  bool qk_norm_, gumbel_, drop_own_chunk_grad_;
+  double tau_;
+  std::shared_ptr<Linear> nats_layer_, nats_out_weights_layer_;
+  std::shared_ptr<RMSNorm> q_norm_, k_norm_;
+  std::shared_ptr<TwoInputNorm> mix_norm_;
+  Generator noise_;
+  Tensor attn_frac_;  // 0-d device scalar of the last training forward (undefined before the first)
+  Tensor last_mask_softmax_, last_mask_gdn_;
+};
+
+}  // namespace natsl
