@@ -115,18 +115,6 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
 
-  if (opts_.write_run_dir) {
-    fs::create_directories(t.out_dir);
-    std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
-                                      natsl_version(), natsl_git_commit(),
-                                      cfg_.config_path.empty() ? "code" : cfg_.config_path);
-    write_file_synced((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
-  }
-  log(fmt::format("natsl {} (commit {}) on {}{}", natsl_version(), natsl_git_commit(), device_.str(),
-                  device_.is_cuda() ? " (" + device_name(device_) + ")" : ""));
-  log("config " + (cfg_.config_path.empty() ? std::string("(built in code)") : cfg_.config_path) + ":\n" +
-      config_table(cfg_));
-
   model_ = std::make_shared<CausalLM>(cfg_.model);
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision);
   Generator init_gen(uint64_t(t.seed));
@@ -176,14 +164,32 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   } else if (cfg_.resume != "none") {
     resume_from(cfg_.resume);
   }
-  if (opts_.write_run_dir)
+  if (opts_.write_run_dir) {
+    fs::create_directories(t.out_dir);
+    std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
+                                      natsl_version(), natsl_git_commit(),
+                                      cfg_.config_path.empty() ? "code" : cfg_.config_path);
+    write_file_synced((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
     metrics_ = std::make_unique<MetricsLog>((fs::path(t.out_dir) / "metrics.jsonl").string(), step_);
+  }
+  // Everything is checked: print the header, the resolved config, then what the setup noted.
+  started_ = true;
+  log(fmt::format("natsl {} (commit {}) on {}{}", natsl_version(), natsl_git_commit(), device_.str(),
+                  device_.is_cuda() ? " (" + device_name(device_) + ")" : ""));
+  log("config " + (cfg_.config_path.empty() ? std::string("(built in code)") : cfg_.config_path) + ":\n" +
+      config_table(cfg_));
+  for (const auto& line : pending_log_) log(line);
+  pending_log_.clear();
 }
 
 Trainer::~Trainer() = default;
 
-void Trainer::log(const std::string& line) const {
+void Trainer::log(const std::string& line) {
   if (!opts_.out) return;
+  if (!started_) {
+    pending_log_.push_back(line);
+    return;
+  }
   std::fputs((line + "\n").c_str(), opts_.out);
   std::fflush(opts_.out);
 }

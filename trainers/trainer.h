@@ -71,7 +71,8 @@ class Trainer {
   StepResult train_step();
   void resume_from(const std::string& dir);
   std::string write_checkpoint();
-  void log(const std::string& line) const;
+  // Prints a line; during construction lines wait until the setup succeeded (errors stay one line).
+  void log(const std::string& line);
   nlohmann::json step_metrics(const StepResult& r, double step_seconds);
 
   RunConfig cfg_;
@@ -92,6 +93,8 @@ class Trainer {
   double step_time_ema_ = 0.0;  // seconds, excluding the first step of this process
   int64_t steps_this_process_ = 0;
   std::string last_checkpoint_;
+  bool started_ = false;
+  std::vector<std::string> pending_log_;
 };
 
 }  // namespace natsl

@@ -73,6 +73,8 @@ int cmd_eval(const std::string& config, std::vector<std::string> overrides) {
 int cmd_tokenize(const std::vector<std::string>& paths, double val_fraction, int64_t max_tokens, bool keep_bom) {
   if (paths.size() < 2) throw InputError("tokenize needs at least one input file and an output prefix");
   std::vector<std::string> inputs(paths.begin(), paths.end() - 1);
+  fs::path parent = fs::path(paths.back()).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
   TokenizeOptions o;
   o.val_fraction = val_fraction;
   o.max_tokens_per_shard = max_tokens;
@@ -171,6 +173,14 @@ int main(int argc, char** argv) {
   CLI::App* inspect = app.add_subcommand("inspect", "Describe a token shard, a .safetensors file or a checkpoint");
   inspect->add_option("path", inspect_path, "shard file, .safetensors file or checkpoint directory")->required();
 
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string cmd = argv[1];
+    if (cmd != "train" && cmd != "eval" && cmd != "tokenize" && cmd != "inspect") {
+      fmt::print(stderr, "natsl: error: unknown command '{}': expected train, eval, tokenize or inspect (see natsl --help)\n",
+                 cmd);
+      return kExitBadInput;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,151 @@
+// The `natsl` program's exit codes and messages: 0 ok, 2 bad input (config, override, file, checkpoint,
+// command line) with one line naming the key/line/file, and working help, tokenize and inspect.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "trainer_test_util.h"
+
+namespace natsl {
+namespace {
+
+using testing::CommandResult;
+using testing::run_natsl;
+using testing::TempDir;
+using testing::write_text;
+
+const char* kSmallConfig = R"(model:
+  vocab_size: 64
+  hidden_size: 16
+  num_layers: 1
+  num_attn_heads: 2
+  intermediate_size: 32
+data:
+  mqar:
+    num_kv_pairs: 2
+train:
+  steps: 4
+  batch_size: 2
+  seq_len: 16
+  warmup_steps: 1
+  log_every: 100
+  eval_batches: 1
+  device: cpu
+)";
+
+void expect_bad_input(const CommandResult& r, const std::vector<std::string>& mentions) {
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  for (const auto& m : mentions) EXPECT_NE(r.output.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
+  // One clear line.
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_EQ(r.output.rfind("natsl: error: ", 0), 0u) << r.output;
+}
+
+TEST(Cli, ConfigErrorsExitTwoNamingKeyAndLine) {
+  TempDir dir;
+  write_text(dir / "unknown.yaml", "train:\n  steps: 3\n  setps: 4\n");
+  expect_bad_input(run_natsl("train " + dir / "unknown.yaml"),
+                   {dir / "unknown.yaml:3", "train.setps", "did you mean 'train.steps'?"});
+
+  write_text(dir / "type.yaml", "model:\n  hidden_size: big\n");
+  expect_bad_input(run_natsl("train " + dir / "type.yaml"), {dir / "type.yaml:2", "model.hidden_size", "an integer"});
+
+  write_text(dir / "range.yaml", "train:\n  clip_grad_norm: -1\n");
+  expect_bad_input(run_natsl("train " + dir / "range.yaml"), {dir / "range.yaml:2", "train.clip_grad_norm", "out of range"});
+
+  expect_bad_input(run_natsl("train " + dir / "missing.yaml"), {dir / "missing.yaml", "does not exist"});
+
+  write_text(dir / "ok.yaml", kSmallConfig);
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.lr=fast"), {"train.lr=fast", "'train.lr' must be a number"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.stpes=3"), {"did you mean 'train.steps'?"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml nonsense"), {"'nonsense' is not an override KEY=VALUE"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.device=cuda:7"), {"train.device", "cuda:7"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml resume=" + dir / "nowhere"), {dir / "nowhere", "not a directory"});
+}
+
+TEST(Cli, CommandLineErrorsExitTwo) {
+  expect_bad_input(run_natsl(""), {"subcommand"});
+  expect_bad_input(run_natsl("fly"), {"fly"});
+  expect_bad_input(run_natsl("train"), {"config"});
+  expect_bad_input(run_natsl("train a.yaml --bogus"), {"--bogus"});
+  expect_bad_input(run_natsl("inspect /nonexistent/x"), {"/nonexistent/x", "does not exist"});
+}
+
+TEST(Cli, HelpAndVersion) {
+  CommandResult r = run_natsl("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* c : {"train", "eval", "tokenize", "inspect"}) EXPECT_NE(r.output.find(c), std::string::npos) << r.output;
+  r = run_natsl("train --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("train.stop_at_step"), std::string::npos) << r.output;
+  r = run_natsl("tokenize --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--val-fraction"), std::string::npos) << r.output;
+  r = run_natsl("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("natsl "), std::string::npos) << r.output;
+}
+
+TEST(Cli, TrainEvalInspect) {
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  CommandResult r = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("done: step 4/4"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/config.yaml"));
+  EXPECT_EQ(testing::count_lines(dir / "run/metrics.jsonl"), 4u);
+
+  // The saved resolved config is itself a valid config that gives the same run settings.
+  r = run_natsl("train " + dir / "run/config.yaml train.out_dir=" + dir / "run2 train.steps=1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+
+  r = run_natsl("eval " + dir / "ok.yaml checkpoint=" + dir / "run/checkpoints/step_000004");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("eval at step 4: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("accuracy"), std::string::npos) << r.output;
+
+  r = run_natsl("inspect " + dir / "run/checkpoints/step_000004");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.embeddings.weight"), std::string::npos) << r.output;
+
+  // A checkpoint of another model is refused, naming the differing key.
+  write_text(dir / "other.yaml", std::string(kSmallConfig) + "resume: " + dir / "run/checkpoints/step_000004" + "\n");
+  expect_bad_input(run_natsl("train " + dir / "other.yaml model.hidden_size=32 model.num_attn_heads=2"),
+                   {"model.hidden_size", "resume with the same model"});
+
+  // A corrupt checkpoint given explicitly names the file.
+  std::filesystem::resize_file(dir / "run/checkpoints/step_000004/optimizer.safetensors", 10);
+  expect_bad_input(run_natsl("eval " + dir / "ok.yaml checkpoint=" + dir / "run/checkpoints/step_000004"),
+                   {dir / "run/checkpoints/step_000004/optimizer.safetensors"});
+}
+
+TEST(Cli, TokenizeThenInspectAndTrainOnText) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "the quick brown fox jumps over the lazy dog " + std::to_string(i) + "\n";
+  write_text(dir / "a.txt", text);
+  CommandResult r = run_natsl("tokenize " + dir / "a.txt " + dir / "tok/a --val-fraction 0.1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_natsl("inspect " + dir / "tok/a.train.000000.bin");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  write_text(dir / "text.yaml", "model:\n  hidden_size: 16\n  num_layers: 1\n  num_attn_heads: 2\n  intermediate_size: 32\n"
+                                "data:\n  source: text\n"
+                                "train:\n  steps: 3\n  batch_size: 2\n  seq_len: 32\n  warmup_steps: 1\n"
+                                "  eval_batches: 2\n  device: cpu\n");
+  // A tokenize prefix: train and val shards found from it.
+  r = run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "tok/a train.out_dir=" + dir / "r1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("eval bpb"), std::string::npos) << r.output;
+  // A plain text file: tokenized into the run directory, its tail held out.
+  r = run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "a.txt train.out_dir=" + dir / "r2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("eval bpb"), std::string::npos) << r.output;
+  // Neither a file nor a prefix.
+  expect_bad_input(run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "nothing train.out_dir=" + dir / "r3"),
+                   {"data.text.train", dir / "nothing"});
+}
+
+}  // namespace
+}  // namespace natsl

@@ -1,0 +1,101 @@
+// One optimizer step of the Trainer against the formulas written out here (global-norm clipping as
+// torch.nn.utils.clip_grad_norm_, AdamW as torch.optim.AdamW, the no-decay group), and the non-finite skip.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "trainers/trainer.h"
+#include "trainer_test_util.h"
+
+namespace natsl {
+namespace {
+
+RunConfig small_config(const std::string& out_dir) {
+  RunConfig c;
+  c.model.vocab_size = 64;
+  c.model.hidden_size = 16;
+  c.model.num_layers = 1;
+  c.model.layers = {"attn"};
+  c.model.num_attn_heads = 2;
+  c.model.intermediate_size = 32;
+  c.data.mqar.num_kv_pairs = 2;
+  c.train.steps = 1;
+  c.train.batch_size = 4;
+  c.train.seq_len = 16;
+  c.train.grad_accum = 2;
+  c.train.warmup_steps = 0;
+  c.train.schedule = "constant";
+  c.train.lr = 0.01;
+  c.train.eps = 0.1;
+  c.train.weight_decay = 0.5;
+  c.train.betas = {0.9, 0.95};
+  c.train.device = "cpu";
+  c.train.eval_batches = 0;
+  c.train.out_dir = out_dir;
+  validate_config(c);
+  return c;
+}
+
+std::vector<float> host(const Tensor& t) { return t.to_vector<float>(); }
+
+void check_one_step(double clip) {
+  testing::TempDir dir;
+  RunConfig cfg = small_config(dir.str());
+  cfg.train.clip_grad_norm = clip;
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const ParameterStore& ps = tr.parameters();
+  std::vector<float> p0 = host(ps.master().flat(DType::f32));
+  std::vector<bool> decayed(p0.size(), false);
+  for (size_t i = 0; i < ps.parameters().size(); ++i) {
+    const FlatEntry& e = ps.layout().entries()[i];
+    for (int64_t k = 0; k < e.numel(); ++k) decayed[size_t(e.offset + k)] = !ps.parameters()[i].meta->no_decay;
+  }
+  TrainSummary s = tr.train();
+  ASSERT_EQ(s.step, 1);
+  ASSERT_EQ(s.skipped_steps, 0);
+  // The grad buffer still holds the step's (accumulated, mean-loss) gradients.
+  std::vector<float> g = host(ps.grads().flat(DType::f32));
+  std::vector<float> p1 = host(ps.master().flat(DType::f32));
+  double sq = 0;
+  for (float x : g) sq += double(x) * x;
+  const double norm = std::sqrt(sq);
+  const double c = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
+  if (clip > 0) ASSERT_LT(c, 0.5) << "the test needs clipping to be active (norm " << norm << ")";
+  const double lr = cfg.train.lr, wd = cfg.train.weight_decay, eps = cfg.train.eps;
+  size_t n_decayed = 0, n_checked = 0;
+  for (size_t i = 0; i < p0.size(); ++i) {
+    // First AdamW step: m_hat = c g, v_hat = (c g)^2, so the update is lr c g / (|c g| + eps).
+    double cg = c * g[i];
+    double expect = double(p0[i]) * (decayed[i] ? 1.0 - lr * wd : 1.0) - lr * cg / (std::abs(cg) + eps);
+    ASSERT_NEAR(p1[i], expect, 1e-6 + 1e-5 * std::abs(expect)) << "element " << i;
+    n_decayed += decayed[i];
+    n_checked += 1;
+  }
+  EXPECT_GT(n_decayed, 0u);
+  EXPECT_LT(n_decayed, n_checked);  // norm gains are in the no-decay group
+}
+
+TEST(Trainer, OneStepWithClippingMatchesTheFormulas) { check_one_step(0.01); }
+TEST(Trainer, OneStepWithoutClippingMatchesTheFormulas) { check_one_step(0.0); }
+
+TEST(Trainer, NonFiniteGradNormSkipsTheStep) {
+  testing::TempDir dir;
+  RunConfig cfg = small_config(dir.str());
+  cfg.train.steps = 3;
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const ParameterStore& ps = tr.parameters();
+  int emb = ps.layout().find("model.embeddings.weight");
+  ASSERT_GE(emb, 0);
+  ps.master().view(emb).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::vector<float> before = host(ps.master().flat(DType::f32));
+  TrainSummary s = tr.train();
+  EXPECT_EQ(s.step, 3);
+  EXPECT_EQ(s.skipped_steps, 3);
+  std::vector<float> after = host(ps.master().flat(DType::f32));
+  for (size_t i = 0; i < before.size(); ++i)
+    if (!std::isnan(before[i])) ASSERT_EQ(before[i], after[i]) << "a skipped step changed element " << i;
+}
+
+}  // namespace
+}  // namespace natsl
