@@ -144,6 +144,20 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
     else kernels::cuda::axpby(beta, out, 0.0, out, out);
     return;
   }
+  // Operands that are not 16-byte aligned (views into the middle of a buffer) go through aligned copies:
+  // cuBLASLt's fast kernels need the alignment, and the copies are stream-ordered (no sync).
+  if (!aligned16(a.data_ptr()) || !aligned16(b.data_ptr()) || !aligned16(out.data_ptr())) {
+    auto aligned_copy = [](const Tensor& t) {
+      if (aligned16(t.data_ptr())) return t;
+      Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
+      c.copy_(t);
+      return c;
+    };
+    Tensor o = aligned_copy(out);  // copies the old values too (needed when beta != 0)
+    matmul(aligned_copy(a), aligned_copy(b), o, trans_a, trans_b, alpha, beta);
+    if (!o.same(out)) out.copy_(o);
+    return;
+  }
   const bool shared_b = b.dim() == 2 && out.dim() > 2;
   // A shared b with untransposed a: the batch folds into the rows of one product.
   const bool fold = shared_b && !trans_a;

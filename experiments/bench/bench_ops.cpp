@@ -1,0 +1,307 @@
+// Times natsl's core CUDA ops against the device's measured ceilings, in one run:
+//  - memory-bound ops (elementwise, reductions, norms, swiglu, softmax, short conv, embedding, AdamW) at
+//    >= 256 MB: achieved GB/s (bytes each op must move: inputs read once, outputs written once) against a
+//    device-to-device copy measured here (bytes read + written); peer "d2d-copy", peer_ms = the time the
+//    copy needs for the same bytes;
+//  - fused cross-entropy forward+backward at tokens=32768, vocab=32000, bf16 logits, against the time to
+//    read and write the logits once (a copy of the logits); peer "read+write logits";
+//  - a large bf16 GEMM (TFLOP/s): the compute ceiling, and the f32 GEMM for reference.
+// ratio = ours_ms / peer_ms (lower is better; the issue asks <= 1/0.7 = 1.43 for the memory-bound ops and
+// <= 1.5 for cross-entropy). CUDA events on the compute stream, warm-up, median of --reps runs.
+//   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/cuda_check.h"
+#include "core/philox.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+#include "kernels/adamw.h"
+#include "kernels/cuda/cross_entropy_fused.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "kernels/nn.h"
+#include "kernels/reduce.h"
+#include "trainers/version.h"
+
+using namespace natsl;
+using namespace natsl::kernels;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+double median_ms(const std::function<void()>& fn, int reps) {
+  cudaStream_t s = activate(0);
+  for (int i = 0; i < 3; ++i) fn();  // warm-up: module load, cuBLASLt plans, pool growth
+  NATSL_CUDA_CHECK(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  NATSL_CUDA_CHECK(cudaEventCreate(&a));
+  NATSL_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    NATSL_CUDA_CHECK(cudaEventRecord(a, s));
+    fn();
+    NATSL_CUDA_CHECK(cudaEventRecord(b, s));
+    NATSL_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    NATSL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  NATSL_CUDA_CHECK(cudaEventDestroy(a));
+  NATSL_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return double(t[t.size() / 2]);
+}
+
+// Random data (never zeros: they can run faster than real data).
+Tensor rnd(const Shape& s, DType dt, uint64_t seed, double std = 1.0) {
+  Tensor t = Tensor::empty(s, dt, kGpu);
+  Generator g(seed);
+  normal_(t, g, 0.0, std);
+  return t;
+}
+Tensor ids(const Shape& s, int64_t vocab, uint64_t seed) {
+  Tensor u = Tensor::empty(s, DType::f32, kGpu);
+  Generator g(seed);
+  uniform_(u, g, 0.0, double(vocab) - 0.5);
+  return u.to(DType::i32);  // truncation toward zero: ids in [0, vocab)
+}
+
+struct Row {
+  std::string name, shape;
+  double ours_ms;
+  std::string peer;
+  double peer_ms;
+  double bytes = 0, flops = 0;  // what the op must move / compute
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_out, only;
+  int reps = 20;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", k.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (k == "--json") json_out = next();
+    else if (k == "--reps") reps = std::stoi(next());
+    else if (k == "--only") only = next();
+    else {
+      std::fprintf(stderr, "usage: natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]\n");
+      return 2;
+    }
+  }
+  if (!cuda_available()) {
+    std::fprintf(stderr, "natsl_bench_ops: no CUDA GPU\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const std::string gpu_name = prop.name;
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  cudaStream_t stream = activate(0);
+
+  // ---- ceilings ----
+  const int64_t copy_bytes_n = int64_t(1) << 30;
+  Tensor src = rnd({copy_bytes_n / 4}, DType::f32, 1), dst = Tensor::empty({copy_bytes_n / 4}, DType::f32, kGpu);
+  const double copy_ms = median_ms([&] {
+    NATSL_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), size_t(copy_bytes_n), cudaMemcpyDeviceToDevice, stream));
+  }, reps);
+  const double copy_gbps = 2.0 * double(copy_bytes_n) / (copy_ms * 1e6);  // read + write
+  src = Tensor();
+  dst = Tensor();
+
+  std::vector<Row> rows;
+  auto want = [&](const std::string& name) { return only.empty() || name.find(only) != std::string::npos; };
+  // A memory-bound op: peer = the copy time for the same bytes.
+  auto mem = [&](const std::string& name, const std::string& shape, double bytes, const std::function<void()>& fn) {
+    if (!want(name)) return;
+    const double ms = median_ms(fn, reps);
+    rows.push_back({name, shape, ms, "d2d-copy", bytes / (copy_gbps * 1e6), bytes, 0});
+    std::fprintf(stderr, "  %-28s %9.3f ms\n", name.c_str(), ms);
+  };
+
+  // ---- GEMMs: the compute ceiling ----
+  for (DType dt : {DType::bf16, DType::f32}) {
+    const int64_t n = 8192;
+    const std::string name = std::string("matmul ") + (dt == DType::bf16 ? "bf16" : "f32 (exact)");
+    if (!want(name)) continue;
+    Tensor a = rnd({n, n}, dt, 2), b = rnd({n, n}, dt, 3), c = Tensor::empty({n, n}, dt, kGpu);
+    const double ms = median_ms([&] { matmul(a, b, c, false, true); }, reps);
+    Row r{name, "8192x8192x8192", ms, "", 0, 0, 2.0 * double(n) * double(n) * double(n)};
+    rows.push_back(r);
+  }
+
+  // ---- elementwise (bf16, 128M elements = 256 MB per tensor) ----
+  {
+    const int64_t n = int64_t(128) << 20;
+    Tensor x = rnd({n}, DType::bf16, 4), y = Tensor::empty({n}, DType::bf16, kGpu), z = rnd({n}, DType::bf16, 5);
+    const double t = double(n) * 2;
+    mem("silu fwd bf16", "134217728", 2 * t, [&] { unary_fwd(UnaryOp::Silu, x, y); });
+    mem("silu bwd bf16", "134217728", 3 * t, [&] { unary_bwd(UnaryOp::Silu, x, Tensor(), z, y); });
+    mem("add bf16", "134217728", 3 * t, [&] { binary_fwd(BinaryOp::Add, x, z, y); });
+    mem("axpby bf16", "134217728", 3 * t, [&] { axpby(0.5, x, 2.0, z, y); });
+    Tensor o = Tensor::empty({1}, DType::f32, kGpu);
+    mem("sum_squares bf16", "134217728", t, [&] { sum_squares(x, o); });
+    Tensor g = Tensor::empty({n}, DType::bf16, kGpu), u = Tensor::empty({n}, DType::bf16, kGpu);
+    mem("swiglu fwd bf16", "134217728", 3 * t, [&] { swiglu_fwd(x, z, y); });
+    mem("swiglu bwd bf16", "134217728", 5 * t, [&] { swiglu_bwd(x, z, y, g, u); });
+  }
+  // ---- row ops (bf16, [32768, 4096] = 256 MB) ----
+  {
+    const int64_t R = 32768, D = 4096;
+    const double t = double(R * D) * 2;
+    Tensor x = rnd({R, D}, DType::bf16, 6), y = Tensor::empty({R, D}, DType::bf16, kGpu);
+    Tensor dy = rnd({R, D}, DType::bf16, 7), dx = Tensor::empty({R, D}, DType::bf16, kGpu);
+    Tensor w = rnd({D}, DType::bf16, 8), dw = Tensor::empty({D}, DType::bf16, kGpu);
+    Tensor st = Tensor::empty({R}, DType::f32, kGpu);
+    const std::string sh = "32768x4096";
+    mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
+    mem("rmsnorm bwd bf16", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
+    mem("softmax fwd bf16", sh, 2 * t, [&] { softmax_fwd(x, y); });
+    mem("softmax bwd bf16", sh, 3 * t, [&] { softmax_bwd(y, dy, dx); });
+    Tensor dsum = Tensor::empty({1, D}, DType::bf16, kGpu);
+    mem("sum over rows bf16", sh, t, [&] { sum_dims(x, {0}, dsum); });
+  }
+  {
+    // l2norm on head-sized rows: [1048576, 128] bf16 = 256 MB
+    const int64_t R = 1 << 20, D = 128;
+    const double t = double(R * D) * 2;
+    Tensor x = rnd({R, D}, DType::bf16, 9), y = Tensor::empty({R, D}, DType::bf16, kGpu);
+    Tensor dy = rnd({R, D}, DType::bf16, 10), dx = Tensor::empty({R, D}, DType::bf16, kGpu);
+    Tensor rn = Tensor::empty({R}, DType::f32, kGpu);
+    mem("l2norm fwd bf16", "1048576x128", 2 * t, [&] { l2norm_fwd(x, 1e-6, y, rn); });
+    mem("l2norm bwd bf16", "1048576x128", 3 * t, [&] { l2norm_bwd(y, rn, dy, dx); });
+  }
+  {
+    // short conv: [16, 4096, 2048] bf16 = 256 MB, W = 4, SiLU
+    const int64_t B = 16, T = 4096, C = 2048;
+    const double t = double(B * T * C) * 2;
+    Tensor x = rnd({B, T, C}, DType::bf16, 11), y = Tensor::empty({B, T, C}, DType::bf16, kGpu);
+    Tensor w = rnd({C, 4}, DType::bf16, 12, 0.5), dw = Tensor::empty({C, 4}, DType::bf16, kGpu);
+    Tensor dy = rnd({B, T, C}, DType::bf16, 13), dx = Tensor::empty({B, T, C}, DType::bf16, kGpu);
+    mem("short_conv fwd bf16", "16x4096x2048 W4", 2 * t, [&] { short_conv_fwd(x, w, true, y); });
+    mem("short_conv bwd bf16", "16x4096x2048 W4", 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
+  }
+  {
+    // embedding: 131072 tokens x 1024 bf16 (256 MB of activations), vocab 32000
+    const int64_t N = 131072, D = 1024, V = 32000;
+    Tensor table = rnd({V, D}, DType::bf16, 14), out = Tensor::empty({N, D}, DType::bf16, kGpu);
+    Tensor tok = ids({N}, V, 15);
+    Tensor dout = rnd({N, D}, DType::bf16, 16), dtable = Tensor::zeros({V, D}, DType::bf16, kGpu);
+    const double act = double(N * D) * 2, tab = double(V * D) * 2;
+    mem("embedding fwd bf16", "131072x1024 V32000", 2 * act, [&] { embedding_fwd(table, tok, out); });
+    // reads dout once, reads and writes the table once (ids and the sort are small)
+    mem("embedding bwd bf16", "131072x1024 V32000", act + 2 * tab, [&] { embedding_bwd(tok, dout, dtable); });
+  }
+  {
+    // AdamW over 64M f32 parameters (256 MB per buffer): p, m, v read+written, grad read
+    const int64_t P = int64_t(64) << 20;
+    Tensor p = rnd({P}, DType::f32, 17, 0.02), m = Tensor::zeros({P}, DType::f32, kGpu), v = Tensor::zeros({P}, DType::f32, kGpu);
+    Tensor gf = rnd({P}, DType::f32, 18), gb16 = rnd({P}, DType::bf16, 19);
+    // A model-like segment list: 2 big matrices per layer over 24 layers plus norms.
+    std::vector<AdamWSegment> segs;
+    int64_t off = 0;
+    while (off < P) {
+      const int64_t n = std::min<int64_t>(P - off, (int64_t(1) << 20) + 4096);
+      segs.push_back({off, n, segs.size() % 3 != 2});
+      off += (n + 63) / 64 * 64;
+    }
+    AdamWHyper h;
+    h.step = 10;
+    h.weight_decay = 0.1;
+    Tensor scale = Tensor::full({1}, 0.5, DType::f32, kGpu);
+    mem("adamw f32 grads", "67108864 params", double(P) * 28, [&] { adamw_step(p, gf, m, v, segs, h, scale); });
+    mem("adamw bf16 grads", "67108864 params", double(P) * 26, [&] { adamw_step(p, gb16, m, v, segs, h, scale); });
+  }
+  // ---- cross-entropy: tokens 32768, vocab 32000, bf16 logits; peer = one read + write of the logits ----
+  {
+    const int64_t N = 32768, V = 32000;
+    const std::string sh = "32768x32000";
+    Tensor logits = rnd({N, V}, DType::bf16, 20, 3.0), work = Tensor::empty({N, V}, DType::bf16, kGpu);
+    Tensor tgt = ids({N}, V, 21);
+    Tensor loss = Tensor::empty({N}, DType::f32, kGpu), lse = Tensor::empty({N}, DType::f32, kGpu),
+           valid = Tensor::empty({N}, DType::f32, kGpu);
+    Tensor scale = Tensor::full({1}, 1.0 / double(N), DType::f32, kGpu);
+    const double bytes = double(N * V) * 2;
+    const double rw_ms = median_ms([&] {
+      NATSL_CUDA_CHECK(cudaMemcpyAsync(work.data_ptr(), logits.data_ptr(), size_t(bytes), cudaMemcpyDeviceToDevice, stream));
+    }, reps);
+    auto ce = [&](const std::string& name, const std::function<void()>& fn) {
+      if (!want(name)) return;
+      const double ms = median_ms(fn, reps);
+      rows.push_back({name, sh, ms, "read+write logits", rw_ms, 2 * bytes, 0});
+    };
+    // dlogits go to a second buffer: in place would change the logits between repetitions (the traffic is
+    // the same either way).
+    ce("cross_entropy fwd bf16", [&] { cross_entropy_fwd(logits, tgt, -100, loss, lse, valid); });
+    ce("cross_entropy fwd+bwd bf16", [&] {
+      cross_entropy_fwd(logits, tgt, -100, loss, lse, valid);
+      cross_entropy_bwd(logits, tgt, lse, scale, -100, work);
+    });
+    ce("cross_entropy fused fwd+bwd bf16", [&] {
+      cuda::cross_entropy_fwd_bwd(logits, tgt, -100, scale, loss, lse, valid, work);
+    });
+  }
+
+  // ---- report ----
+  const std::string commit = natsl_git_commit();
+  std::printf("\nnatsl_bench_ops  gpu: %s  commit: %s  date: %s  reps: %d (median)\n", gpu_name.c_str(),
+              commit.c_str(), date, reps);
+  std::printf("ceiling: d2d copy %.0f GB/s (1 GiB, read+write)\n\n", copy_gbps);
+  std::printf("%-34s %-20s %10s %10s %12s %9s %s\n", "op", "shape", "ours ms", "GB/s", "TFLOP/s", "ratio", "peer");
+  std::ofstream js;
+  if (!json_out.empty()) {
+    js.open(json_out);
+    if (!js) {
+      std::fprintf(stderr, "cannot write %s\n", json_out.c_str());
+      return 2;
+    }
+  }
+  for (const Row& r : rows) {
+    const double gbps = r.bytes > 0 ? r.bytes / (r.ours_ms * 1e6) : 0;
+    const double tflops = r.flops > 0 ? r.flops / (r.ours_ms * 1e9) : 0;
+    const double ratio = r.peer_ms > 0 ? r.ours_ms / r.peer_ms : 0;
+    char g[32] = "", f[32] = "", q[32] = "";
+    if (gbps > 0) std::snprintf(g, sizeof g, "%.0f", gbps);
+    if (tflops > 0) std::snprintf(f, sizeof f, "%.1f", tflops);
+    if (ratio > 0) std::snprintf(q, sizeof q, "%.2f", ratio);
+    std::string peer = r.peer.empty() ? "" : r.peer + " " + std::to_string(r.peer_ms).substr(0, 6) + " ms";
+    if (r.peer == "d2d-copy") {
+      char pct[32];
+      std::snprintf(pct, sizeof pct, " (%.0f%% of copy BW)", 100.0 / ratio);
+      peer += pct;
+    }
+    std::printf("%-34s %-20s %10.3f %10s %12s %9s %s\n", r.name.c_str(), r.shape.c_str(), r.ours_ms, g, f, q,
+                peer.c_str());
+    if (js) {
+      nlohmann::json row = {{"name", r.name},     {"shape", r.shape},   {"ours_ms", r.ours_ms},
+                            {"peer", r.peer},     {"peer_ms", r.peer_ms}, {"ratio", ratio},
+                            {"gpu", gpu_name},    {"commit", commit},   {"date", date},
+                            {"bytes", r.bytes},   {"gbps", gbps},       {"tflops", tflops},
+                            {"copy_gbps", copy_gbps}};
+      js << row.dump() << "\n";
+    }
+  }
+  std::printf("\nratio = ours_ms / peer_ms: memory-bound ops target <= 1.43 (>= 70%% of copy bandwidth), "
+              "cross-entropy fwd+bwd <= 1.5.\n");
+  return 0;
+}
