@@ -24,9 +24,11 @@ struct ChunkBwdParams {
   float scale;
 };
 
-template <class D, int KT>
+// PIPE: two sets of the five streamed tiles, so the next V tile loads while this one computes (bf16; the f32
+// path has no room for the second set).
+template <class D, int KT, bool PIPE>
 constexpr int chunk_bwd_smem() {
-  return 10 * kTileBytes<D> + (KT + 1) * kTileBytes<float> + 5 * kC * 4 + 16 * 4;
+  return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + 5 * kC * 4 + 16 * 4;
 }
 
 // Column sums of the accumulator after fn(row, col, v), added atomically into dst[col] (shared memory).
@@ -45,7 +47,7 @@ __device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, flo
     }
 }
 
-template <class D, int KT>
+template <class D, int KT, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int TE = kC * kLd<D>, TF = kC * kLd<float>;
@@ -57,9 +59,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   D* B0 = Kk + TE;
   D* B1 = B0 + TE;
   D* B2 = B1 + TE;
-  D* B3 = B2 + TE;
-  D* B4 = B3 + TE;
-  D* dWs = B4 + TE;
+  D* dWs = B0 + (PIPE ? 10 : 5) * TE;
   float* dKp = reinterpret_cast<float*>(dWs + TE);  // KT f32 tiles: dk before the dB terms
   float* dTus = dKp + KT * TF;
   float* gam = dTus + TF;
@@ -103,22 +103,38 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   Acc dS, dTu;
   zero(dS);
   zero(dTu);
-  for (int vt = 0; vt < p.V / kC; ++vt) {
-    load_tile<D>(B0, doc + vt * kC, v_ld, len);
-    load_tile<D>(B1, vnc + vt * kC, p.V, kC);
-    load_tile<D>(B2, dv2c + vt * kC, p.V, kC);
-    load_tile<D>(B3, vc + vt * kC, v_ld, len);
+  const int VT = p.V / kC;
+  auto set = [&](int it) { return B0 + (PIPE ? (it & 1) : 0) * 5 * TE; };
+  auto issue_a = [&](int vt) {
+    D* b = set(vt);
+    load_tile<D>(b, doc + vt * kC, v_ld, len);
+    load_tile<D>(b + TE, vnc + vt * kC, p.V, kC);
+    load_tile<D>(b + 2 * TE, dv2c + vt * kC, p.V, kC);
+    load_tile<D>(b + 3 * TE, vc + vt * kC, v_ld, len);
     cp_async_commit();
-    cp_async_wait<0>();
+  };
+  if (PIPE) issue_a(0);
+  for (int vt = 0; vt < VT; ++vt) {
+    D* const b = set(vt);
+    D *const A0 = b, *const A1 = b + TE, *const A2 = b + 2 * TE, *const A3 = b + 3 * TE;
+    if (!PIPE) {
+      issue_a(vt);
+      cp_async_wait<0>();
+    } else if (vt + 1 < VT) {
+      issue_a(vt + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    tile_mma<false, true>(dS, B0, B1);
-    tile_mma<false, true>(dTu, B2, B3);
+    tile_mma<false, true>(dS, A0, A1);
+    tile_mma<false, true>(dTu, A2, A3);
     Acc y;
     zero(y);
-    tile_mma<true, false>(y, Ts, B2);
+    tile_mma<true, false>(y, Ts, A2);
     acc_to_global<D>(y, f, p.dv + (int64_t(row0) * p.HV + hv) * p.V + vt * kC, v_ld, len,
                      [&](int i, int, float x) { return bet[i] * x; });
-    acc_row_sum_add(y, f, dbeta, [&](int i, int j, float x) { return x * f32(B3[i * ld + j]); });
+    acc_row_sum_add(y, f, dbeta, [&](int i, int j, float x) { return x * f32(A3[i * ld + j]); });
     __syncthreads();
   }
   acc_to_tile<D>(dS, f, dSs, [&](int i, int j, float x) {
@@ -138,21 +154,35 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     zero(dq);
     zero(dki);
     zero(dw);
-    for (int vt = 0; vt < p.V / kC; ++vt) {
-      load_tile<D>(B0, hc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
-      load_tile<D>(B1, dhc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
-      load_tile<D>(B2, doc + vt * kC, v_ld, len);
-      load_tile<D>(B3, vnc + vt * kC, p.V, kC);
-      load_tile<D>(B4, dv2c + vt * kC, p.V, kC);
+    auto issue_b = [&](int vt) {
+      D* b = set(vt);
+      load_tile<D>(b, hc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_tile<D>(b + TE, dhc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_tile<D>(b + 2 * TE, doc + vt * kC, v_ld, len);
+      load_tile<D>(b + 3 * TE, vnc + vt * kC, p.V, kC);
+      load_tile<D>(b + 4 * TE, dv2c + vt * kC, p.V, kC);
       cp_async_commit();
-      cp_async_wait<0>();
+    };
+    if (PIPE) issue_b(0);
+    for (int vt = 0; vt < VT; ++vt) {
+      D* const b = set(vt);
+      D *const Hh = b, *const DHh = b + TE, *const DO = b + 2 * TE, *const VN = b + 3 * TE, *const DV2 = b + 4 * TE;
+      if (!PIPE) {
+        issue_b(vt);
+        cp_async_wait<0>();
+      } else if (vt + 1 < VT) {
+        issue_b(vt + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
       __syncthreads();
-      tile_mma<false, true>(dq, B2, B0);
-      tile_mma<false, true>(dki, B3, B1);
-      tile_mma<false, true>(dw, B4, B0);
+      tile_mma<false, true>(dq, DO, Hh);
+      tile_mma<false, true>(dki, VN, DHh);
+      tile_mma<false, true>(dw, DV2, Hh);
       for (int idx = tid; idx < kC * kC; idx += kThreads) {
         const int r = idx >> 6, cc = idx & 63;
-        hdh += f32(B0[r * ld + cc]) * f32(B1[r * ld + cc]);
+        hdh += f32(Hh[r * ld + cc]) * f32(DHh[r * ld + cc]);
       }
       __syncthreads();
     }
@@ -295,10 +325,20 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
 
 template <class D, int KT>
 void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
-  constexpr int smem = chunk_bwd_smem<D, KT>();
-  NATSL_CHECK(smem <= max_smem_per_block(pl.dev.index), "gdn chunk backward: K = ", pl.s.K,
-              " needs more shared memory than this GPU has");
-  auto kern = chunk_bwd_kernel<D, KT>;
+  const int avail = max_smem_per_block(pl.dev.index);
+  if constexpr (std::is_same_v<D, bf16>) {
+    constexpr int smem = chunk_bwd_smem<D, KT, true>();
+    if (smem <= avail) {
+      auto kern = chunk_bwd_kernel<D, KT, true>;
+      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
+      NATSL_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
+  constexpr int smem = chunk_bwd_smem<D, KT, false>();
+  NATSL_CHECK(smem <= avail, "gdn chunk backward: K = ", pl.s.K, " needs more shared memory than this GPU has");
+  auto kern = chunk_bwd_kernel<D, KT, false>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
   NATSL_CUDA_CHECK_LAUNCH();
