@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(1024)
       }
       MaxSum ms;
       if (active)
+#pragma unroll 4
         for (int64_t j = int64_t(threadIdx.x) * VEC; j < V; j += int64_t(blockDim.x) * VEC) {
           float v[VEC];
           load_vec<T, VEC>(logits + off + j, v);
@@ -63,14 +64,15 @@ __global__ void __launch_bounds__(1024)
       row_lse = lse[r];
     }
     if constexpr (BWD) {
-      const float scale = is_valid ? grad_scale[0] : 0.f;
+      const float scale = grad_scale[0];
+#pragma unroll 4
       for (int64_t j = int64_t(threadIdx.x) * VEC; j < V; j += int64_t(blockDim.x) * VEC) {
         float v[VEC];
         load_vec<T, VEC>(logits + off + j, v);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float p = exp_for<T>(v[k] - row_lse);
-          v[k] = (p - (j + k == t ? 1.f : 0.f)) * scale;
+          v[k] = is_valid ? (p - (j + k == t ? 1.f : 0.f)) * scale : 0.f;
         }
         store_vec<T, VEC>(dlogits + off + j, v);
       }
