@@ -1,0 +1,218 @@
+// CUDA output mixing of NAtS-L (kernels/mix_norm_gate.h), row kernels over rows of Dv channels (one row =
+// one token and softmax-head slot), statistics in f32:
+//   forward:  rstd_g, rstd_a from two row sums of squares; y = (w0 g_hat + w1 a_hat) * silu(z)
+//   backward: two row sums, dw0 = <du, g_hat>, dw1 = <du, a_hat> (du = dy silu(z)); the RMSNorm backward
+//             needs nothing more, because sum(w0 du gamma_g n_g) = w0 dw0:
+//               dog = rstd_g (w0 du gamma_g - n_g w0 dw0 / Dv)   (n_g = og rstd_g; likewise doa)
+//             dgamma: per-(block, row slot) f32 partial rows added in order afterwards (deterministic, as
+//             the RMSNorm weight gradient).
+#include "kernels/cuda/column_sum.cuh"
+#include "kernels/mix_norm_gate.h"
+
+namespace natsl::kernels::cuda {
+namespace {
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+
+// softmax of two logits: w1 = sigmoid(l1 - l0)
+__device__ __forceinline__ void softmax2(float l0, float l1, float& w0, float& w1) {
+  w1 = 1.f / (1.f + expf(l0 - l1));
+  w0 = 1.f - w1;
+}
+
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024)
+    mix_fwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
+                   const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga, T* __restrict__ y,
+                   float* __restrict__ rstd_g, float* __restrict__ rstd_a, int64_t rows, int64_t D, float eps) {
+  extern __shared__ float scratch[];
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float sg = 0.f, sa = 0.f;
+    if (active)
+      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+        float a[VEC], b[VEC];
+        load_vec<T, VEC>(og + off + j, a);
+        load_vec<T, VEC>(oa + off + j, b);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          sg += a[k] * a[k];
+          sa += b[k] * b[k];
+        }
+      }
+    sg = row_sum(sg, scratch);
+    sa = row_sum(sa, scratch);
+    if (!active) continue;
+    const float rg = 1.f / sqrtf(sg / float(D) + eps), ra = 1.f / sqrtf(sa / float(D) + eps);
+    if (threadIdx.x == 0) {
+      rstd_g[r] = rg;
+      rstd_a[r] = ra;
+    }
+    float w0, w1;
+    softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      float a[VEC], b[VEC], zz[VEC], wg[VEC], wa[VEC], o[VEC];
+      load_vec<T, VEC>(og + off + j, a);
+      load_vec<T, VEC>(oa + off + j, b);
+      load_vec<T, VEC>(z + off + j, zz);
+      load_vec<T, VEC>(gg + j, wg);
+      load_vec<T, VEC>(ga + j, wa);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float u = w0 * a[k] * rg * wg[k] + w1 * b[k] * ra * wa[k];
+        o[k] = u * zz[k] * sigmoid_f(zz[k]);
+      }
+      store_vec<T, VEC>(y + off + j, o);
+    }
+  }
+}
+
+// pg, pa (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma_g / dgamma_a, zeroed before.
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024)
+    mix_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
+                   const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
+                   const float* __restrict__ rstd_g, const float* __restrict__ rstd_a, const T* __restrict__ dy,
+                   T* __restrict__ dog, T* __restrict__ doa, T* __restrict__ dwl, T* __restrict__ dz,
+                   float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  float* my_pg = pg ? pg + slot * D : nullptr;
+  float* my_pa = pa ? pa + slot * D : nullptr;
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
+    float dw0 = 0.f, dw1 = 0.f;  // <du, g_hat>, <du, a_hat>
+    if (active)
+      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+        float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC];
+        load_vec<T, VEC>(og + off + j, a);
+        load_vec<T, VEC>(oa + off + j, b);
+        load_vec<T, VEC>(z + off + j, zz);
+        load_vec<T, VEC>(dy + off + j, g);
+        load_vec<T, VEC>(gg + j, wg);
+        load_vec<T, VEC>(ga + j, wa);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
+          dw0 += du * a[k] * rg * wg[k];
+          dw1 += du * b[k] * ra * wa[k];
+        }
+      }
+    dw0 = row_sum(dw0, scratch);
+    dw1 = row_sum(dw1, scratch);
+    if (!active) continue;
+    float w0, w1;
+    softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
+    if (threadIdx.x == 0) {
+      const float mean = w0 * dw0 + w1 * dw1;
+      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
+      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
+    }
+    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
+      load_vec<T, VEC>(og + off + j, a);
+      load_vec<T, VEC>(oa + off + j, b);
+      load_vec<T, VEC>(z + off + j, zz);
+      load_vec<T, VEC>(dy + off + j, g);
+      load_vec<T, VEC>(gg + j, wg);
+      load_vec<T, VEC>(ga + j, wa);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float s = sigmoid_f(zz[k]);
+        const float ng = a[k] * rg, na = b[k] * ra;
+        const float du = g[k] * zz[k] * s;
+        o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
+        o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
+        o_a[k] = ra * (w1 * du * wa[k] - na * ca);
+        if (my_pg) my_pg[j + k] += w0 * du * ng;
+        if (my_pa) my_pa[j + k] += w1 * du * na;
+      }
+      store_vec<T, VEC>(dog + off + j, o_g);
+      store_vec<T, VEC>(doa + off + j, o_a);
+      store_vec<T, VEC>(dz + off + j, o_z);
+    }
+  }
+}
+
+template <class T>
+const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
+template <class T>
+T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+}  // namespace
+
+void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
+                       const Tensor& rstd_g, const Tensor& rstd_a) {
+  const int64_t D = og.size(-1);
+  const int64_t rows = D > 0 ? og.numel() / D : 0;
+  if (rows == 0) return;
+  const int dev = og.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(og.dtype(), "mix_norm_gate_fwd", T, [&] {
+    constexpr int V = kVec<T>;
+    const bool vec = D % V == 0 && aligned16(og) && aligned16(oa) && aligned16(z) && aligned16(gamma_g) &&
+                     aligned16(gamma_a) && aligned16(y);
+    auto launch = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      RowGrid g = row_grid(dev, rows, D, W);
+      mix_fwd_kernel<T, W><<<g.grid, g.block, g.smem, s>>>(
+          cptr<T>(og), cptr<T>(oa), cptr<T>(wlogits), cptr<T>(z), cptr<T>(gamma_g), cptr<T>(gamma_a), mptr<T>(y),
+          rstd_g.data<float>(), rstd_a.data<float>(), rows, D, float(eps));
+    };
+    if (vec) launch(Width<V>{});
+    else launch(Width<1>{});
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
+                       const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
+                       const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
+  const int64_t D = og.size(-1);
+  const int64_t rows = D > 0 ? og.numel() / D : 0;
+  const int dev = og.device().index;
+  cudaStream_t s = activate(dev);
+  if (rows == 0) {
+    if (dgamma_g.defined()) dgamma_g.zero_();
+    if (dgamma_a.defined()) dgamma_a.zero_();
+    return;
+  }
+  NATSL_CUDA_DISPATCH_FLOAT(og.dtype(), "mix_norm_gate_bwd", T, [&] {
+    constexpr int V = kVec<T>;
+    bool vec = D % V == 0;
+    for (const Tensor* t : {&og, &oa, &z, &gamma_g, &gamma_a, &dy, &dog, &doa, &dz}) vec = vec && aligned16(*t);
+    auto launch = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      // One vector per thread per row: wide blocks, so few partial rows (they stay in L2).
+      RowGrid g = row_grid(dev, rows, D, W, 1);
+      const int64_t groups = int64_t(g.grid.x) * g.block.y;
+      Tensor partial;
+      float *pg = nullptr, *pa = nullptr;
+      const int64_t parts = int64_t(dgamma_g.defined()) + int64_t(dgamma_a.defined());
+      if (parts > 0) {
+        partial = scratch_f32(parts * groups * D, og.device());
+        NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(parts * groups * D) * sizeof(float), s));
+        float* p = partial.data<float>();
+        if (dgamma_g.defined()) pg = p, p += groups * D;
+        if (dgamma_a.defined()) pa = p;
+      }
+      mix_bwd_kernel<T, W><<<g.grid, g.block, g.smem, s>>>(
+          cptr<T>(og), cptr<T>(oa), cptr<T>(wlogits), cptr<T>(z), cptr<T>(gamma_g), cptr<T>(gamma_a),
+          rstd_g.data<float>(), rstd_a.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwlogits),
+          mptr<T>(dz), pg, pa, rows, D);
+      NATSL_CUDA_CHECK_LAUNCH();
+      if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);
+      if (pa) column_sum<T>(pa, groups, D, mptr<T>(dgamma_a), dev, s);
+    };
+    if (vec) launch(Width<V>{});
+    else launch(Width<1>{});
+  });
+}
+
+}  // namespace natsl::kernels::cuda
