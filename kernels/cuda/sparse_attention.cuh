@@ -1,0 +1,53 @@
+#pragma once
+// Internal interface of the CUDA chunk-selected attention (kernels/sparse_attention.h): the problem
+// geometry handed to every kernel, and the launchers each .cu file provides.
+//   sparse_attention.cu       entry points, selection index, backward pre/post-processing, path choice
+//   sparse_attention_fwd.cu   tensor-core forward (bf16, chunk 64)
+//   sparse_attention_bwd.cu   tensor-core backward (bf16, chunk 64)
+//   sparse_attention_simt.cu  plain f32-arithmetic forward/backward for f32 data and other chunk sizes
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace natsl::kernels::cuda::sparse_attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Sizes and pointers of one call. Strides follow the contiguous layouts of sparse_attention.h:
+// q/k rows are Ha * Dk apart, v/o/dout rows Ha * Dv.
+struct Geometry {
+  int B, T, Ha, Hr, G, Dk, Dv, NC, C;
+  float scale;
+  const int32_t* chunks;  // [B, Hr, NC]
+  const int32_t* prefix;  // [B, Hr, NC + 1]
+};
+
+// Inputs/outputs as raw pointers of the storage type (float or bf16: `void` here, cast by the kernels).
+struct FwdPtrs {
+  const void *q, *k, *v;
+  void* o;
+  float* lse;
+};
+struct BwdPtrs {
+  const void *q, *k, *v, *dout;
+  const float* lse;
+  const float* delta;  // D_i = dO_i . o_i  [B, T, Ha]
+  float* dq_acc;       // f32 [B, T, Ha, Dk], zeroed; tensor-core path only (atomics)
+  void *dq, *dk, *dv;
+  float* dm;  // [B, NC, Hr] zeroed, or null
+  bool drop_own;
+};
+
+// Tensor-core path: bf16 data, C = 64, Dk in {64, 128}, Dv in {64, 128, 256}.
+bool tc_supported(const Geometry& g);
+// rows_per_warp: 16 or 32 query rows per warp (0 = the default for the head dims; benchmarks try both).
+void tc_fwd(const Geometry& g, const FwdPtrs& p, cudaStream_t s, int rows_per_warp = 0);
+void tc_bwd(const Geometry& g, const BwdPtrs& p, cudaStream_t s);  // writes dk, dv, adds into dq_acc and dm
+
+// SIMT path: any chunk size, Dk <= 128, Dv <= 256; f32 or bf16 data (f32 arithmetic).
+bool simt_supported(const Geometry& g);
+void simt_fwd(const Geometry& g, const FwdPtrs& p, bool bf16, cudaStream_t s);
+void simt_bwd(const Geometry& g, const BwdPtrs& p, bool bf16, cudaStream_t s);  // writes dq, dk, dv, adds dm
+
+}  // namespace natsl::kernels::cuda::sparse_attn

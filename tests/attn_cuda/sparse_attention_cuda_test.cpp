@@ -1,0 +1,182 @@
+// CUDA chunk-selected attention (kernels/cuda/sparse_attention*.cu) against the CPU reference run in f64 on
+// the same rounded inputs: forward (o, lse) and backward (dq, dk, dv, router gradient dm), selections all /
+// none / random / different per router head, T not a multiple of the chunk, G = 1 and 2, drop_own_chunk_grad,
+// and the device-built selection index against the CPU one. Every GPU output starts as NaN.
+// Paths: bf16 with 64-token chunks runs the tensor-core kernels; f32 data and other chunk sizes the SIMT ones.
+// Tolerances (relative RMS): f32 1e-4 everywhere; bf16 1e-2 for o, dq, dk, dv and dm (P and dS enter their
+// products rounded to bf16, outputs are stored in bf16), 1e-4 for lse (f32 arithmetic on the same inputs).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/sparse_attention.h"
+#include "tests/test_util.h"
+
+namespace natsl::testing {
+namespace {
+
+using kernels::SparseAttentionArgs;
+using kernels::SparseAttentionIndex;
+
+const Device kGpu = Device::cuda(0);
+
+enum class Sel { All, None, Random, PerHead };
+
+struct Case {
+  int64_t B, T, Ha, Hr, Dk, Dv;
+  Sel sel;
+  bool drop_own = false;
+  int64_t C = 64;
+  uint64_t seed = 1;
+};
+
+std::string describe(const Case& c, DType dt) {
+  const char* sel[] = {"all", "none", "random", "per-head"};
+  return std::string(dtype_name(dt)) + " B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " Ha" +
+         std::to_string(c.Ha) + " Hr" + std::to_string(c.Hr) + " Dk" + std::to_string(c.Dk) + " Dv" +
+         std::to_string(c.Dv) + " C" + std::to_string(c.C) + " sel=" + sel[int(c.sel)] +
+         (c.drop_own ? " drop_own" : "");
+}
+
+// Softmax mask [B, NC, Hr] (1 = selected). PerHead: router head r selects with probability (r + 1) / (Hr + 1).
+Tensor make_mask(const Case& c) {
+  const int64_t NC = (c.T + c.C - 1) / c.C;
+  std::vector<double> u = rand_uniform({c.B, NC, c.Hr}, c.seed * 31 + 7, 0.0, 1.0).to_vector<double>();
+  for (int64_t i = 0; i < int64_t(u.size()); ++i) {
+    const int64_t r = i % c.Hr;
+    switch (c.sel) {
+      case Sel::All: u[i] = 1; break;
+      case Sel::None: u[i] = 0; break;
+      case Sel::Random: u[i] = u[i] < 0.5 ? 1 : 0; break;
+      case Sel::PerHead: u[i] = u[i] < double(r + 1) / double(c.Hr + 1) ? 1 : 0; break;
+    }
+  }
+  return Tensor::from_vector(u, {c.B, NC, c.Hr}, DType::f64);
+}
+
+Tensor gpu_poisoned(const Shape& s, DType dt) {
+  Tensor t = Tensor::empty(s, dt, kGpu);
+  poison(t);
+  return t;
+}
+
+struct Tol {
+  double o, lse, grads;
+};
+constexpr Tol kF32{1e-4, 1e-4, 1e-4};
+constexpr Tol kBf16{1e-2, 1e-4, 1e-2};
+
+double check(const Tensor& got, const Tensor& ref, double tol, const std::string& what) {
+  ErrorStats e = compare(got.to(kCPU).to(DType::f64), ref);
+  EXPECT_TRUE(e.finite) << what << ": non-finite values (unwritten output?)";
+  EXPECT_LE(e.rel_rms, tol) << what << ": relative RMS error (max abs " << e.max_abs << ")";
+  return e.rel_rms;
+}
+
+void run_case(const Case& c, DType dt) {
+  const std::string name = describe(c, dt);
+  SCOPED_TRACE(name);
+  const int64_t NC = (c.T + c.C - 1) / c.C;
+  SparseAttentionArgs args;
+  args.scale = 1.0 / std::sqrt(double(c.Dk));
+  args.drop_own_chunk_grad = c.drop_own;
+  // Rounded inputs: the GPU gets dt, the reference the same values in f64.
+  auto input = [&](const Shape& s, uint64_t salt, double sd) { return randn(s, c.seed * 100 + salt, DType::f64, sd).to(dt); };
+  const Tensor q = input({c.B, c.T, c.Ha, c.Dk}, 1, 1.5), k = input({c.B, c.T, c.Ha, c.Dk}, 2, 1.5);
+  const Tensor v = input({c.B, c.T, c.Ha, c.Dv}, 3, 1.0), dout = input({c.B, c.T, c.Ha, c.Dv}, 4, 1.0);
+  const Tensor mask = make_mask(c);
+
+  // Reference (f64).
+  const SparseAttentionIndex ref_index = kernels::sparse_attention_index(mask, c.C);
+  const Tensor q64 = q.to(DType::f64), k64 = k.to(DType::f64), v64 = v.to(DType::f64), do64 = dout.to(DType::f64);
+  Tensor o_ref = Tensor::empty(v64.shape(), DType::f64), lse_ref = Tensor::empty({c.B, c.T, c.Ha}, DType::f64);
+  kernels::sparse_attention_fwd(args, ref_index, q64, k64, v64, o_ref, lse_ref);
+  Tensor dq_ref = Tensor::empty(q64.shape(), DType::f64), dk_ref = Tensor::empty(k64.shape(), DType::f64);
+  Tensor dv_ref = Tensor::empty(v64.shape(), DType::f64), dm_ref = Tensor::empty({c.B, NC, c.Hr}, DType::f64);
+
+  // GPU: index on the device from the mask, forward, backward.
+  const SparseAttentionIndex index = kernels::sparse_attention_index(mask.to(DType::f32).to(kGpu), c.C);
+  EXPECT_EQ(index.chunks.to(kCPU).to_vector<int32_t>(), ref_index.chunks.to_vector<int32_t>());
+  EXPECT_EQ(index.prefix.to(kCPU).to_vector<int32_t>(), ref_index.prefix.to_vector<int32_t>());
+  const Tensor qg = q.to(kGpu), kg = k.to(kGpu), vg = v.to(kGpu), dog = dout.to(kGpu);
+  Tensor o = gpu_poisoned(v.shape(), dt), lse = gpu_poisoned({c.B, c.T, c.Ha}, DType::f32);
+  kernels::sparse_attention_fwd(args, index, qg, kg, vg, o, lse);
+  Tensor dq = gpu_poisoned(q.shape(), dt), dk = gpu_poisoned(k.shape(), dt), dv = gpu_poisoned(v.shape(), dt);
+  Tensor dm = gpu_poisoned({c.B, NC, c.Hr}, DType::f32);
+  kernels::sparse_attention_bwd(args, index, qg, kg, vg, o, lse, dog, dq, dk, dv, dm);
+
+  // The reference backward takes the GPU's (rounded) o and lse, as the GPU backward does.
+  const Tensor o_host = o.to(kCPU).to(DType::f64), lse_host = lse.to(kCPU).to(DType::f64);
+  kernels::sparse_attention_bwd(args, ref_index, q64, k64, v64, o_host, lse_host, do64, dq_ref, dk_ref, dv_ref, dm_ref);
+
+  const Tol tol = dt == DType::bf16 ? kBf16 : kF32;
+  const double eo = check(o, o_ref, tol.o, "o"), el = check(lse, lse_ref, tol.lse, "lse");
+  const double eq = check(dq, dq_ref, tol.grads, "dq"), ek = check(dk, dk_ref, tol.grads, "dk");
+  const double ev = check(dv, dv_ref, tol.grads, "dv"), em = check(dm, dm_ref, tol.grads, "dm");
+  std::printf("[attn] %-62s rel RMS o %.1e lse %.1e dq %.1e dk %.1e dv %.1e dm %.1e\n", name.c_str(), eo, el, eq, ek,
+              ev, em);
+}
+
+const std::vector<Case>& cases() {
+  static const std::vector<Case> cs = {
+      {1, 1, 1, 1, 64, 64, Sel::All},
+      {2, 63, 2, 1, 64, 128, Sel::Random, false, 64, 2},
+      {1, 65, 2, 2, 128, 64, Sel::None, false, 64, 3},
+      {2, 200, 4, 2, 64, 128, Sel::PerHead, false, 64, 4},
+      {1, 1000, 2, 1, 128, 256, Sel::Random, false, 64, 5},
+      {2, 256, 2, 2, 128, 128, Sel::All, false, 64, 6},
+      {1, 200, 4, 2, 64, 256, Sel::Random, true, 64, 7},
+      {2, 130, 2, 1, 64, 64, Sel::All, true, 64, 8},
+      {1, 300, 4, 4, 128, 128, Sel::PerHead, true, 64, 9},
+      {2, 129, 2, 2, 64, 64, Sel::None, true, 64, 10},
+      // Other chunk sizes and head dims: the SIMT kernels for bf16 too.
+      {1, 100, 2, 1, 64, 64, Sel::Random, false, 32, 11},
+      {2, 77, 2, 2, 16, 24, Sel::PerHead, true, 16, 12},
+  };
+  return cs;
+}
+
+TEST(SparseAttentionCuda, F32MatchesCpuReference) {
+  NATSL_REQUIRE_GPU();
+  for (const Case& c : cases()) run_case(c, DType::f32);
+}
+
+TEST(SparseAttentionCuda, Bf16MatchesCpuReference) {
+  NATSL_REQUIRE_GPU();
+  for (const Case& c : cases()) run_case(c, DType::bf16);
+}
+
+// The NAtS-L layer's shape (12 heads, 6 router heads, Dk 64, Dv 128) at T = 1024, and Transformer++'s full
+// selection at Dk = Dv = 128.
+TEST(SparseAttentionCuda, Bf16LayerShapes) {
+  NATSL_REQUIRE_GPU();
+  run_case({1, 1024, 12, 6, 64, 128, Sel::Random, false, 64, 21}, DType::bf16);
+  run_case({1, 1024, 4, 4, 128, 128, Sel::All, false, 64, 22}, DType::bf16);
+}
+
+TEST(SparseAttentionCuda, DeviceIndexMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  // NC = 70 spans three 32-chunk ballot rounds; a bf16 mask is read as well as an f32 one.
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Case c{3, 70 * 64 - 5, 5, 5, 64, 64, Sel::PerHead, false, 64, 31};
+    const Tensor mask = make_mask(c);
+    const SparseAttentionIndex ref = kernels::sparse_attention_index(mask, c.C);
+    const SparseAttentionIndex got = kernels::sparse_attention_index(mask.to(dt).to(kGpu), c.C);
+    EXPECT_EQ(got.chunks.to(kCPU).to_vector<int32_t>(), ref.chunks.to_vector<int32_t>());
+    EXPECT_EQ(got.prefix.to(kCPU).to_vector<int32_t>(), ref.prefix.to_vector<int32_t>());
+  }
+}
+
+TEST(SparseAttentionCuda, RejectsUnsupportedHeadDim) {
+  NATSL_REQUIRE_GPU();
+  const SparseAttentionIndex index = kernels::sparse_attention_index_all(1, 1, 1, 64, true, kGpu);
+  const Tensor q = Tensor::zeros({1, 8, 1, 160}, DType::f32, kGpu), v = Tensor::zeros({1, 8, 1, 64}, DType::f32, kGpu);
+  Tensor o = Tensor::empty(v.shape(), DType::f32, kGpu), lse = Tensor::empty({1, 8, 1}, DType::f32, kGpu);
+  EXPECT_THROW(kernels::sparse_attention_fwd(SparseAttentionArgs{}, index, q, q, v, o, lse), Error);
+}
+
+}  // namespace
+}  // namespace natsl::testing
