@@ -54,7 +54,11 @@ inline Tol tol_for(DType dt) { return dt == DType::bf16 ? kBf16 : kF32; }
 inline std::string dtype_str(DType dt) { return std::string(dtype_name(dt)); }
 
 // Compares got (any device/dtype) with ref (the f64 oracle); `what` names the op, dtype and shape.
-inline void expect_match(const Tensor& got, const Tensor& ref, Tol tol, const std::string& what) {
+// `term_scale` (optional) is the magnitude of the terms the result is a difference of: where the exact result
+// cancels to far below them (a backward through a norm or softmax), f32 rounding of those terms is measured
+// against term_scale rather than against the tiny result.
+inline void expect_match(const Tensor& got, const Tensor& ref, Tol tol, const std::string& what,
+                         double term_scale = 0.0) {
   ASSERT_EQ(got.numel(), ref.numel()) << what << ": sizes differ";
   const std::vector<double> g = got.contiguous().to(kCPU).to_vector<double>();
   const std::vector<double> r = ref.contiguous().to_vector<double>();
@@ -76,6 +80,8 @@ inline void expect_match(const Tensor& got, const Tensor& ref, Tol tol, const st
     }
   }
   if (worst_nan) worst = std::numeric_limits<double>::quiet_NaN();
+  den = std::max(den, double(g.size()) * term_scale * term_scale);
+  ref_max = std::max(ref_max, term_scale);
   const double rms = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
   const double max_rel = ref_max > 0 ? worst / ref_max : worst;
   std::ostringstream os;
@@ -87,6 +93,13 @@ inline void expect_match(const Tensor& got, const Tensor& ref, Tol tol, const st
   EXPECT_TRUE(first_bad == g.size()) << os.str();
   EXPECT_LE(rms, tol.rms) << os.str();
   EXPECT_LE(max_rel, tol.max) << os.str();
+}
+
+// max |t| over all elements (host copy).
+inline double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.contiguous().to(kCPU).to_vector<double>()) m = std::max(m, std::abs(v));
+  return m;
 }
 
 // Bitwise equality of two tensors' bytes (determinism checks).

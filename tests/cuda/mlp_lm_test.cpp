@@ -62,7 +62,9 @@ TEST(CudaMlpLanguageModel, GpuFollowsTheCpuLossCurveFor50Steps) {
   ASSERT_EQ(cpu.size(), gpu_curve.size());
   EXPECT_NEAR(gpu_curve[0], cpu[0], 1e-5 * std::abs(cpu[0])) << "same weights, same batch: step 0 must agree";
   for (size_t i = 1; i < cpu.size(); ++i)
-    EXPECT_NEAR(gpu_curve[i], cpu[i], 1e-3 * std::abs(cpu[i])) << "step " << i << ": cpu " << cpu[i] << " gpu "
+    // Relative to the loss, with a floor at 1e-5 of the starting loss: the run fits its batch and the
+    // loss falls to ~1e-4, where f32 rounding of the updates dominates any relative comparison.
+    EXPECT_NEAR(gpu_curve[i], cpu[i], 1e-3 * std::abs(cpu[i]) + 1e-5 * cpu[0]) << "step " << i << ": cpu " << cpu[i] << " gpu "
                                                                << gpu_curve[i];
   EXPECT_LT(cpu.back(), 0.5 * cpu.front()) << "the CPU run did not learn: " << cpu.front() << " -> " << cpu.back();
   EXPECT_LT(gpu_curve.back(), 0.5 * gpu_curve.front())
