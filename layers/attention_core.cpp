@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "autograd/ops_natsl.h"
 
 namespace natsl {
 
@@ -21,6 +22,10 @@ Tensor attention_core(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
               "attention_core: v ", v.str(), " does not match q ", q.str());
   const int64_t T = q.size(1);
   if (scale <= 0.0) scale = 1.0 / std::sqrt(double(q.size(3)));
+  // On the GPU, causal attention is the flash-style sparse-attention kernel at full selection (no [T, T]
+  // scores in memory); it covers head dims up to 128 (q/k) and 256 (v).
+  if (causal && q.device().is_cuda() && q.size(3) <= 128 && v.size(3) <= 256)
+    return causal_attention(q, k, v, scale);
   // Heads to the batch dims: [B, H, T, D].
   Tensor qh = permute(q, {0, 2, 1, 3}), kh = permute(k, {0, 2, 1, 3}), vh = permute(v, {0, 2, 1, 3});
   Tensor scores = mul_scalar(matmul(qh, kh, false, true), scale);  // [B, H, T, T]

@@ -2,8 +2,8 @@
 // The softmax-attention core shared by every attention layer:
 //   o[b,t,h,:] = sum_s softmax_s(q[b,t,h,:] . k[b,s,h,:] * scale + mask[t,s]) v[b,s,h,:]
 // with mask = 0 for s <= t and a large negative constant for s > t when causal.
-// Today this is composed from autograd ops (a reference path materialising the [T, T] scores); a fused
-// kernel will be dispatched from here later without changing callers.
+// On CUDA the causal case runs the flash-style kernel (causal_attention in autograd/ops_natsl.h, no [T, T]
+// scores in memory); elsewhere it is composed from autograd ops (a reference path materialising the scores).
 #include "core/tensor.h"
 
 namespace natsl {
