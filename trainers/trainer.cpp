@@ -5,6 +5,8 @@
 #include <csignal>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "autograd/ops.h"
@@ -136,6 +138,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   data_ = make_run_data(cfg_, t.out_dir);
   schedule_ = LrSchedule{t.schedule, t.warmup_steps, t.steps, t.min_lr_ratio, t.decay_fraction, t.wsd_decay_shape};
   grad_sumsq_ = Tensor::zeros({1}, DType::f32, device_);
+  tty_ = opts_.out && ::isatty(::fileno(opts_.out));
 
   flops_per_token_ = model_flops_per_token(cfg_.model, t.seq_len);
   if (device_.is_cuda()) {
@@ -182,7 +185,16 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   pending_log_.clear();
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (live_line_shown_ && opts_.out) std::fputs("\n", opts_.out);
+}
+
+void Trainer::live(const std::string& line) {
+  if (!opts_.out) return;
+  std::fputs(("\r\x1b[K" + line).c_str(), opts_.out);
+  std::fflush(opts_.out);
+  live_line_shown_ = true;
+}
 
 void Trainer::log(const std::string& line) {
   if (!opts_.out) return;
@@ -190,6 +202,8 @@ void Trainer::log(const std::string& line) {
     pending_log_.push_back(line);
     return;
   }
+  if (live_line_shown_) std::fputs("\r\x1b[K", opts_.out);
+  live_line_shown_ = false;
   std::fputs((line + "\n").c_str(), opts_.out);
   std::fflush(opts_.out);
 }
@@ -344,7 +358,8 @@ TrainSummary Trainer::train() {
     }
     if (metrics_) metrics_->write(row);
 
-    if (step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled || row.contains("eval")) {
+    const bool keep_line = step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled || row.contains("eval");
+    if (keep_line || tty_) {
       double avg = steps_this_process_ >= 2 ? step_time_ema_ : dt;
       std::string line = fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s", step_,
                                      std::to_string(t.steps).size(), t.steps, r.loss, r.lr, r.grad_norm,
@@ -364,7 +379,8 @@ TrainSummary Trainer::train() {
       if (row.contains("eval"))
         for (auto it = row["eval"].begin(); it != row["eval"].end(); ++it)
           if (it->is_number_float()) line += fmt::format(" | eval {} {:.4f}", it.key(), it->get<double>());
-      log(line);
+      if (keep_line) log(line);
+      else live(line);
     }
 
     if ((t.ckpt_every > 0 && step_ % t.ckpt_every == 0) || last || stop_here || signalled) {

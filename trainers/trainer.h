@@ -73,6 +73,8 @@ class Trainer {
   std::string write_checkpoint();
   // Prints a line; during construction lines wait until the setup succeeded (errors stay one line).
   void log(const std::string& line);
+  // On a terminal: the progress line of every step, rewritten in place until the next log line.
+  void live(const std::string& line);
   nlohmann::json step_metrics(const StepResult& r, double step_seconds);
 
   RunConfig cfg_;
@@ -94,6 +96,7 @@ class Trainer {
   int64_t steps_this_process_ = 0;
   std::string last_checkpoint_;
   bool started_ = false;
+  bool tty_ = false, live_line_shown_ = false;
   std::vector<std::string> pending_log_;
 };
 
