@@ -199,7 +199,10 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
         partial = scratch_f32(parts * groups * D, og.device());
         NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(parts * groups * D) * sizeof(float), s));
         float* p = partial.data<float>();
-        if (dgamma_g.defined()) pg = p, p += groups * D;
+        if (dgamma_g.defined()) {
+          pg = p;
+          p += groups * D;
+        }
         if (dgamma_a.defined()) pa = p;
       }
       mix_bwd_kernel<T, W><<<g.grid, g.block, g.smem, s>>>(
