@@ -3,6 +3,7 @@
 //   forward:  lse = log sum_j exp(x_j)  (online max/sum, one read),  loss = lse - x_target
 //   backward: dx_j = (exp(x_j - lse) - [j == target]) * grad_scale  (one read, one write; may be in place)
 //   fused:    both in one kernel: the second read of a row hits L2, so the logits cross DRAM once each way.
+#include <algorithm>
 #include <cstdio>
 
 #include "kernels/cuda/cross_entropy_fused.h"
@@ -80,6 +81,87 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// Fused forward+backward with the row held in registers: a row of up to blockDim.x * NV vectors is loaded
+// once (all NV 16-byte loads of a thread in flight together), kept raw, and read three times from
+// registers: the max, sum exp(x - max), then dx = (exp(x - lse) - [j == target]) * grad_scale. The logits
+// cross DRAM once each way with no second read through L2, and a 512-thread block per bf16 row of 32K
+// leaves room for two rows per SM (64 registers per thread).
+template <class T, int VEC>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&f)[VEC]) {
+  load_vec<T, VEC>(reinterpret_cast<const T*>(&raw), f);
+}
+
+template <class T, class I, int VEC, int NV>
+__global__ void __launch_bounds__(1024, 1)
+    cross_entropy_fused_rows_kernel(const T* logits, const I* __restrict__ targets, int64_t rows, int64_t V,
+                                    int64_t ignore, float* __restrict__ losses, float* __restrict__ lse,
+                                    float* __restrict__ valid, const float* __restrict__ grad_scale, T* dlogits) {
+  extern __shared__ float scratch[];
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * V;
+    float x_target = 0.f;
+    if (active && threadIdx.x == 0) {
+      const int64_t t = checked_target(targets, r, V, ignore);
+      if (t != ignore) x_target = to_f32(logits[off + t]);
+    }
+    uint4 raw[NV];
+    float m = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
+      raw[n] = active && j < V ? *reinterpret_cast<const uint4*>(logits + off + j) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
+      if (!(active && j < V)) continue;
+      float v[VEC];
+      unpack<T, VEC>(raw[n], v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[k]);
+    }
+    const float M = row_max(m, scratch);
+    const float Ms = M == -INFINITY ? 0.f : M;  // an all -inf row: sum 0, lse -inf (as the streaming kernel)
+    float se = 0.f;
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
+      if (!(active && j < V)) continue;
+      float v[VEC];
+      unpack<T, VEC>(raw[n], v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) se += exp_for<T>(v[k] - Ms);
+    }
+    const float row_lse = Ms + logf(row_sum(se, scratch));
+    __syncthreads();  // every read of the row (x_target too) happens before the writes below (in place)
+    if (!active) continue;
+    const int64_t t = checked_target(targets, r, V, ignore);
+    const bool is_valid = t != ignore;
+    if (threadIdx.x == 0) {
+      lse[r] = row_lse;
+      valid[r] = is_valid ? 1.f : 0.f;
+      losses[r] = is_valid ? row_lse - x_target : 0.f;
+    }
+    const float scale = is_valid ? grad_scale[0] : 0.f;
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
+      if (j >= V) continue;
+      float v[VEC];
+      unpack<T, VEC>(raw[n], v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[k] = exp_for<T>(v[k] - row_lse) * scale;
+      if (is_valid && t >= j && t < j + VEC) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k)
+          if (j + k == t) v[k] -= scale;
+      }
+      store_vec<T, VEC>(dlogits + off + j, v);
+    }
+  }
+}
+
 template <bool FWD, bool BWD>
 void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
             const Tensor& lse, const Tensor& valid, const Tensor& grad_scale, const Tensor& dlogits, const char* op) {
@@ -111,7 +193,14 @@ void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, c
       const float* gs = BWD ? grad_scale.data<float>() : nullptr;
       T* dp = BWD ? static_cast<T*>(dlogits.data_ptr()) : nullptr;
       constexpr int VC = kVec<T>;
-      if (V % VC == 0 && aligned16(xp) && (!BWD || aligned16(dp))) {
+      const bool vec = V % VC == 0 && aligned16(xp) && (!BWD || aligned16(dp));
+      constexpr int kRowVecs = 8;  // vectors per thread of the register-resident fused kernel
+      if (FWD && BWD && vec && (V / VC + kRowVecs - 1) / kRowVecs <= 1024) {
+        RowGrid g = row_grid(dev, rows, V, VC, kRowVecs);
+        g.grid = dim3(unsigned(grid_for(dev, rows, g.block.y, std::max(1, 1024 / int(g.block.x * g.block.y)))));
+        cross_entropy_fused_rows_kernel<T, I, VC, kRowVecs><<<g.grid, g.block, g.smem, s>>>(
+            xp, tp, rows, V, ignore_index, lp, sp, vp, gs, dp);
+      } else if (vec) {
         RowGrid g = row_grid(dev, rows, V, VC);
         cross_entropy_kernel<T, I, VC, FWD, BWD><<<g.grid, g.block, g.smem, s>>>(xp, tp, rows, V, ignore_index, lp,
                                                                                sp, vp, gs, dp);
@@ -123,6 +212,35 @@ void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, c
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
+}
+
+template <class I>
+__global__ void __launch_bounds__(1024) valid_count_kernel(const I* __restrict__ targets, int64_t n, int64_t ignore,
+                                                           float* __restrict__ count, float* __restrict__ inv) {
+  __shared__ float scratch[32];
+  // Per-thread integer counts, summed as floats: exact below 2^24 per partial; the fixed tree is
+  // deterministic either way.
+  int64_t c = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) c += int64_t(targets[i]) != ignore ? 1 : 0;
+  const float total = row_sum(float(c), scratch);
+  if (threadIdx.x == 0) {
+    count[0] = total;
+    inv[0] = 1.f / fmaxf(total, 1.f);
+  }
+}
+
+template <class T, int VEC>
+__global__ void scale_unless_one_kernel(T* x, int64_t n, const float* __restrict__ s) {
+  const float a = s[0];
+  if (a == 1.f) return;
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float v[W];
+    load_vec<T, W>(x + i, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] *= a;
+    store_vec<T, W>(x + i, v);
+  });
 }
 
 }  // namespace
@@ -143,6 +261,38 @@ void cross_entropy_fwd_bwd(const Tensor& logits, const Tensor& targets, int64_t 
                            const Tensor& dlogits) {
   launch<true, true>(logits, targets, ignore_index, losses, lse, valid, grad_scale, dlogits,
                      "cross_entropy_fwd_bwd");
+}
+
+void cross_entropy_valid_count(const Tensor& targets, int64_t ignore_index, const Tensor& count,
+                               const Tensor& inv_count) {
+  NATSL_CHECK(count.dtype() == DType::f32 && count.numel() == 1 && inv_count.dtype() == DType::f32 &&
+                  inv_count.numel() == 1,
+              "cross_entropy_valid_count: count and inv_count must be f32 [1]");
+  NATSL_CHECK(targets.is_contiguous(), "cross_entropy_valid_count: targets must be contiguous");
+  cudaStream_t s = activate(targets.device().index);
+  NATSL_CUDA_DISPATCH_INDEX(targets.dtype(), "cross_entropy_valid_count", I, [&] {
+    valid_count_kernel<I><<<1, 1024, 0, s>>>(static_cast<const I*>(targets.data_ptr()), targets.numel(),
+                                             ignore_index, count.data<float>(), inv_count.data<float>());
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void scale_unless_one(const Tensor& x, const Tensor& sc) {
+  NATSL_CHECK(sc.dtype() == DType::f32 && sc.numel() == 1, "scale_unless_one: the scale must be f32 [1]");
+  NATSL_CHECK(x.is_contiguous(), "scale_unless_one: x must be contiguous");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const int dev = x.device().index;
+  cudaStream_t s = activate(dev);
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "scale_unless_one", T, [&] {
+    T* xp = static_cast<T*>(x.data_ptr());
+    constexpr int VC = kVec<T>;
+    if (aligned16(xp))
+      scale_unless_one_kernel<T, VC><<<grid_for(dev, n / VC + 1, 256), 256, 0, s>>>(xp, n, sc.data<float>());
+    else
+      scale_unless_one_kernel<T, 1><<<grid_for(dev, n, 256), 256, 0, s>>>(xp, n, sc.data<float>());
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace natsl::kernels::cuda

@@ -12,4 +12,14 @@ void cross_entropy_fwd_bwd(const Tensor& logits, const Tensor& targets, int64_t 
                            const Tensor& grad_scale, const Tensor& losses, const Tensor& lse, const Tensor& valid,
                            const Tensor& dlogits);
 
+// For the fused path of a mean loss, on the device (no host read): count[0] = number of targets that are
+// not ignore_index (an exact integer count, deterministic) and inv_count[0] = 1 / max(count, 1). Both f32
+// [1]; inv_count is the grad_scale of cross_entropy_fwd_bwd for d(mean)/d(logits).
+void cross_entropy_valid_count(const Tensor& targets, int64_t ignore_index, const Tensor& count,
+                               const Tensor& inv_count);
+
+// x *= s[0] in place, with s a 1-element f32 device tensor; when s[0] == 1 (a loss that is the root of the
+// backward) every block returns at once, so the common case costs one empty launch, not a pass over x.
+void scale_unless_one(const Tensor& x, const Tensor& s);
+
 }  // namespace natsl::kernels::cuda

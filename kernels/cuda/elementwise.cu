@@ -10,6 +10,9 @@ namespace natsl::kernels::cuda {
 namespace {
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+// bf16 data: the hardware exp and a fast reciprocal (a few f32 ulps, far under bf16's rounding), so the
+// kernel stays memory-bound.
+__device__ __forceinline__ float fast_sigmoidf(float x) { return __frcp_rn(1.f + __expf(-x)); }
 
 template <UnaryOp OP>
 __device__ __forceinline__ float unary_f(float x) {
@@ -47,7 +50,10 @@ __global__ void unary_fwd_kernel(const T* x, T* y, int64_t n) {
     float a[W];
     load_vec<T, W>(x + i, a);
 #pragma unroll
-    for (int k = 0; k < W; ++k) a[k] = unary_f<OP>(a[k]);
+    for (int k = 0; k < W; ++k) {
+      if constexpr (OP == UnaryOp::Silu && std::is_same_v<T, bf16>) a[k] = a[k] * fast_sigmoidf(a[k]);
+      else a[k] = unary_f<OP>(a[k]);
+    }
     store_vec<T, W>(y + i, a);
   });
 }
@@ -68,7 +74,14 @@ __global__ void unary_bwd_kernel(const T* x, const T* y, const T* dy, T* dx, int
 #pragma unroll
       for (int k = 0; k < W; ++k) yv[k] = unary_f<OP>(xv[k]);
 #pragma unroll
-    for (int k = 0; k < W; ++k) g[k] *= unary_grad_f<OP>(xv[k], yv[k]);
+    for (int k = 0; k < W; ++k) {
+      if constexpr (OP == UnaryOp::Silu && std::is_same_v<T, bf16>) {
+        const float sg = fast_sigmoidf(xv[k]);
+        g[k] *= sg * (1.f + xv[k] * (1.f - sg));
+      } else {
+        g[k] *= unary_grad_f<OP>(xv[k], yv[k]);
+      }
+    }
     store_vec<T, W>(dx + i, g);
   });
 }

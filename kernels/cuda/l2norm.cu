@@ -65,6 +65,93 @@ __global__ void __launch_bounds__(1024) l2norm_bwd_kernel(const T* __restrict__ 
   }
 }
 
+// Short rows (at most 128 vectors, e.g. head dim 128): a group of TPR lanes of one warp owns a row, each
+// lane NV vectors of it, held in registers between the reduction and the output (one read, one write), and
+// each group works on RPG rows at once so that RPG * NV 16-byte loads per thread are in flight. Reductions
+// are xor-shuffles inside the group (fixed order: deterministic). Grid-stride over groups of RPG rows.
+template <int TPR>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
+__global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__ a, const T* __restrict__ b,
+                                                           const float* __restrict__ rnorm_in, T* __restrict__ out,
+                                                           float* __restrict__ rnorm_out, int64_t rows, int64_t D,
+                                                           float eps) {
+  // fwd: a = x, out = y, rnorm_out written.  bwd: a = y, b = dy, rnorm_in read, out = dx.
+  const int lane = threadIdx.x % TPR;
+  const int64_t groups_per_grid = int64_t(gridDim.x) * (blockDim.x / TPR);
+  const int64_t group = int64_t(blockIdx.x) * (blockDim.x / TPR) + threadIdx.x / TPR;
+  const int64_t nvec = D / VEC;
+  for (int64_t r0 = group * RPG; r0 < rows; r0 += groups_per_grid * RPG) {
+    float va[RPG][NV][VEC], vb[RPG][NV][VEC];
+#pragma unroll
+    for (int q = 0; q < RPG; ++q)
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        const int64_t vi = int64_t(n) * TPR + lane;
+        const bool ok = r0 + q < rows && vi < nvec;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) va[q][n][k] = vb[q][n][k] = 0.f;
+        if (ok) {
+          load_vec<T, VEC>(a + (r0 + q) * D + vi * VEC, va[q][n]);
+          if constexpr (BWD) load_vec<T, VEC>(b + (r0 + q) * D + vi * VEC, vb[q][n]);
+        }
+      }
+#pragma unroll
+    for (int q = 0; q < RPG; ++q) {
+      float acc = 0.f;
+#pragma unroll
+      for (int n = 0; n < NV; ++n)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc += BWD ? vb[q][n][k] * va[q][n][k] : va[q][n][k] * va[q][n][k];
+      acc = group_sum<TPR>(acc);
+      const int64_t r = r0 + q;
+      if (r >= rows) continue;
+      float rn;
+      if constexpr (BWD) {
+        rn = rnorm_in[r];
+      } else {
+        rn = 1.f / sqrtf(acc + eps);
+        if (lane == 0) rnorm_out[r] = rn;
+      }
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        const int64_t vi = int64_t(n) * TPR + lane;
+        if (vi >= nvec) continue;
+        float o[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o[k] = BWD ? rn * (vb[q][n][k] - va[q][n][k] * acc) : va[q][n][k] * rn;
+        store_vec<T, VEC>(out + r * D + vi * VEC, o);
+      }
+    }
+  }
+}
+
+// Launches the short-row kernel when the row has at most 128 vectors of VEC; false otherwise.
+template <class T, int VEC, bool BWD>
+bool l2norm_short(int dev, cudaStream_t s, const T* a, const T* b, const float* rn_in, T* out, float* rn_out,
+                  int64_t rows, int64_t D, float eps) {
+  const int64_t nvec = D / VEC;
+  auto go = [&](auto tpr, auto nv) {
+    constexpr int TPR = decltype(tpr)::value, NV = decltype(nv)::value, RPG = 4 / NV;
+    const int64_t groups = (rows + RPG - 1) / RPG;
+    const int grid = grid_for(dev, groups, 256 / TPR, 8);
+    l2norm_short_kernel<T, VEC, TPR, NV, RPG, BWD><<<grid, 256, 0, s>>>(a, b, rn_in, out, rn_out, rows, D, eps);
+    NATSL_CUDA_CHECK_LAUNCH();
+    return true;
+  };
+  if (nvec <= 8) return go(Width<8>{}, Width<1>{});
+  if (nvec <= 16) return go(Width<16>{}, Width<1>{});
+  if (nvec <= 32) return go(Width<32>{}, Width<1>{});
+  if (nvec <= 64) return go(Width<32>{}, Width<2>{});
+  if (nvec <= 128) return go(Width<32>{}, Width<4>{});
+  return false;
+}
+
 }  // namespace
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
@@ -81,6 +168,7 @@ void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnor
     float* rp = rnorm.data<float>();
     constexpr int V = kVec<T>;
     if (D % V == 0 && aligned16(xp) && aligned16(yp)) {
+      if (l2norm_short<T, V, false>(dev, s, xp, nullptr, nullptr, yp, rp, rows, D, float(eps))) return;
       RowGrid g = row_grid(dev, rows, D, V);
       l2norm_fwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, yp, rp, rows, D, float(eps));
     } else {
@@ -106,6 +194,7 @@ void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Te
     const float* rp = rnorm.data<float>();
     constexpr int V = kVec<T>;
     if (D % V == 0 && aligned16(yp) && aligned16(gp) && aligned16(dp)) {
+      if (l2norm_short<T, V, true>(dev, s, yp, gp, rp, dp, nullptr, rows, D, 0.f)) return;
       RowGrid g = row_grid(dev, rows, D, V);
       l2norm_bwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(yp, rp, gp, dp, rows, D);
     } else {

@@ -73,6 +73,43 @@ __global__ void sum_per_block_kernel(const T* __restrict__ x, DimSet kept, DimSe
   }
 }
 
+// Sum over the rows of a [R, K] matrix with row stride ld (columns contiguous): the common "reduce every
+// leading dim" case. Block (32, 8) covers 32 * VEC columns with 16-byte loads; row slice ty of split p adds
+// rows r0 + ty, r0 + ty + 8, ... in order, then the 8 slice sums are added in slice order (deterministic).
+template <class T, int VEC>
+__global__ void __launch_bounds__(256) sum_rows_kernel(const T* __restrict__ x, int64_t K, int64_t R, int64_t ld,
+                                                       int P, float* __restrict__ partial, T* __restrict__ out) {
+  __shared__ float slice_sum[8][32 * VEC + 1];
+  const int p = blockIdx.y;
+  const int64_t r0 = R * p / P, r1 = R * (p + 1) / P;
+  const int64_t c = (int64_t(blockIdx.x) * 32 + threadIdx.x) * VEC;
+  float acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  if (c < K) {
+#pragma unroll 4
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      float v[VEC];
+      load_vec<T, VEC>(x + r * ld + c, v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += v[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) slice_sum[threadIdx.y][threadIdx.x * VEC + k] = acc[k];
+  __syncthreads();
+  // 256 threads finish the 32 * VEC columns of the block.
+  for (int q = threadIdx.y * 32 + threadIdx.x; q < 32 * VEC; q += 256) {
+    const int64_t col = int64_t(blockIdx.x) * 32 * VEC + q;
+    if (col >= K) continue;
+    float total = 0.f;
+#pragma unroll
+    for (int sl = 0; sl < 8; ++sl) total += slice_sum[sl][q];
+    if (P == 1) out[col] = from_f32<T>(total);
+    else partial[int64_t(p) * K + col] = total;
+  }
+}
+
 // out[o] = sum over p of partial[p, o], in order.
 template <class T>
 __global__ void sum_partials_kernel(const float* __restrict__ partial, int64_t K, int P, T* __restrict__ out) {
@@ -135,6 +172,29 @@ void sum_dims(const Tensor& x, const std::vector<int64_t>& dims, const Tensor& o
     if (R == 0) {
       out.zero_();
       return;
+    }
+    // x as a [R, K] matrix with contiguous columns (every leading dim reduced): the column-tile kernel.
+    if (kept.n == 1 && kept.stride[0] == 1 && red.n == 1 && kept.size[0] == K) {
+      const int64_t ld = red.stride[0];
+      constexpr int V = kVec<T>;
+      const bool vec = K % V == 0 && ld % V == 0 && aligned16(xp);
+      const int64_t col_blocks = (K + 32 * (vec ? V : 1) - 1) / (32 * (vec ? V : 1));
+      const int64_t want = int64_t(sm_count(d.index)) * 8;  // 8 blocks of 256 per SM
+      int P = int(std::clamp<int64_t>((want + col_blocks - 1) / col_blocks, 1, std::max<int64_t>(1, R / 64)));
+      P = std::min(P, 65535);
+      if (col_blocks <= 0x7fffffff) {
+        Tensor partial = P > 1 ? scratch_f32(int64_t(P) * K, d) : Tensor();
+        float* pp = P > 1 ? partial.data<float>() : nullptr;
+        const dim3 grid{unsigned(col_blocks), unsigned(P)}, block{32, 8};
+        if (vec) sum_rows_kernel<T, V><<<grid, block, 0, s>>>(xp, K, R, ld, P, pp, op);
+        else sum_rows_kernel<T, 1><<<grid, block, 0, s>>>(xp, K, R, ld, P, pp, op);
+        NATSL_CUDA_CHECK_LAUNCH();
+        if (P > 1) {
+          sum_partials_kernel<T><<<grid_for(d.index, K, 256), 256, 0, s>>>(pp, K, P, op);
+          NATSL_CUDA_CHECK_LAUNCH();
+        }
+        return;
+      }
     }
     // Reduced elements contiguous in x (innermost reduced stride 1, and it beats the kept one): a block per
     // output. Otherwise a thread per output.

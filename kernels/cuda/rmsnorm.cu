@@ -2,7 +2,7 @@
 //   rstd = 1 / sqrt(mean(x^2) + eps),  y = x * rstd * w
 //   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
 // The weight gradient is deterministic: each (block, row slot) adds its rows into its own f32 partial row
-// (small, so it stays in L2), then the partial rows are added in order.
+// (in shared memory when it fits), then the partial rows are added in a fixed order (column_sum.cuh).
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/nn.h"
 
@@ -39,13 +39,22 @@ __global__ void __launch_bounds__(1024) rmsnorm_fwd_kernel(const T* __restrict__
   }
 }
 
-// dw_partial (may be null): [gridDim.x * blockDim.y, D] f32, zeroed before the launch.
-template <class T, int VEC>
+// dw_partial (may be null): [gridDim.x * blockDim.y, D] f32; every entry is written. SMEM_DW: each
+// (block, row slot) accumulates its dw row in shared memory (entry k * D/VEC + j/VEC of the slot holds
+// column j + k, so a warp's accesses fall in distinct banks; each entry has one owning thread, so no
+// barrier) and writes it once at the end; otherwise it adds into its (zeroed) partial row in global memory.
+template <class T, int VEC, bool SMEM_DW>
 __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd,
                                    const T* __restrict__ dy, T* __restrict__ dx, float* __restrict__ dw_partial,
                                    int64_t rows, int64_t D) {
   extern __shared__ float scratch[];
+  const int64_t nvec = D / VEC;
   float* my_dw = dw_partial ? dw_partial + (int64_t(blockIdx.x) * blockDim.y + threadIdx.y) * D : nullptr;
+  float* sm_dw = scratch + 32 * blockDim.y + int64_t(threadIdx.y) * D;
+  if (SMEM_DW && my_dw)
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) sm_dw[k * nvec + j / VEC] = 0.f;
   NATSL_FOR_EACH_ROW(r, rows) {
     const bool active = r < rows;
     const int64_t off = (active ? r : 0) * D;
@@ -72,11 +81,24 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__
       for (int k = 0; k < VEC; ++k) o[k] = rs * (w ? wv[k] : 1.f) * g[k] - v[k] * c;
       store_vec<T, VEC>(dx + off + j, o);
       if (my_dw) {
+        if constexpr (SMEM_DW) {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) my_dw[j + k] += g[k] * v[k] * rs;
+          for (int k = 0; k < VEC; ++k) sm_dw[k * nvec + j / VEC] += g[k] * v[k] * rs;
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) my_dw[j + k] += g[k] * v[k] * rs;
+        }
       }
     }
   }
+  if (SMEM_DW && my_dw)
+    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      float o[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) o[k] = sm_dw[k * nvec + j / VEC];
+      store_vec<float, VEC == 1 ? 1 : 4>(my_dw + j, reinterpret_cast<const float(&)[VEC == 1 ? 1 : 4]>(o));
+      if constexpr (VEC == 8) store_vec<float, 4>(my_dw + j + 4, reinterpret_cast<const float(&)[4]>(o[4]));
+    }
 }
 
 }  // namespace
@@ -126,18 +148,28 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     T* dp = static_cast<T*>(dx.data_ptr());
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
-    // One vector per thread per row: wide blocks, so few (block, row slot) partial rows (they stay in L2).
+    // One vector per thread per row: wide blocks, so few (block, row slot) partial rows.
     RowGrid g = row_grid(dev, rows, D, vec ? V : 1, 1);
     const int64_t groups = int64_t(g.grid.x) * g.block.y;
+    // dw rows of the block in shared memory when they fit the default 48 KB (with the row_sum scratch).
+    const size_t dw_smem = size_t(g.block.y) * size_t(D) * sizeof(float);
+    const bool smem_dw = dw.defined() && g.smem + dw_smem <= 48 * 1024;
     Tensor partial;
     float* pp = nullptr;
     if (dw.defined()) {
       partial = scratch_f32(groups * D, x.device());
       pp = partial.data<float>();
-      NATSL_CUDA_CHECK(cudaMemsetAsync(pp, 0, size_t(groups * D) * sizeof(float), s));
+      if (!smem_dw) NATSL_CUDA_CHECK(cudaMemsetAsync(pp, 0, size_t(groups * D) * sizeof(float), s));
     }
-    if (vec) rmsnorm_bwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, wp, rstd.data<float>(), gp, dp, pp, rows, D);
-    else rmsnorm_bwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(xp, wp, rstd.data<float>(), gp, dp, pp, rows, D);
+    const float* rp = rstd.data<float>();
+    if (smem_dw) {
+      const size_t sm = g.smem + dw_smem;
+      if (vec) rmsnorm_bwd_kernel<T, V, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+      else rmsnorm_bwd_kernel<T, 1, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+    } else {
+      if (vec) rmsnorm_bwd_kernel<T, V, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+      else rmsnorm_bwd_kernel<T, 1, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+    }
     NATSL_CUDA_CHECK_LAUNCH();
     if (dw.defined()) column_sum<T>(pp, groups, D, static_cast<T*>(dw.data_ptr()), dev, s);
   });

@@ -2,6 +2,8 @@
 // CPU reference in f64 on the same rounded logits.
 // Tolerances: losses/lse are f32 statistics: rel RMS 1e-5, max 1e-4 (f32 logits; same for bf16 logits,
 // whose values are exact in f32); dlogits kF32 / kBf16.
+#include "autograd/ops.h"
+#include "kernels/elementwise.h"
 #include "kernels/nn.h"
 #include "tests/cuda/cuda_test_util.h"
 #ifdef NATSL_WITH_CUDA
@@ -98,3 +100,54 @@ TEST(CudaCrossEntropy, AllRowsIgnoredGivesZeroLossAndGradient) {
   kernels::cross_entropy_bwd(to_gpu(xq), to_gpu(tg), lse, to_gpu(Tensor::full({1}, 1.0)), -100, d);
   for (double v : d.to_vector<double>()) ASSERT_EQ(v, 0.0);
 }
+
+#ifdef NATSL_WITH_CUDA
+// The autograd op on CUDA with grad takes the fused path (gradient computed in the forward, count of valid
+// targets on the device). Loss and gradient against the CPU op in f64 on the same rounded logits, for a
+// loss that is the root of the backward (incoming gradient 1) and one scaled afterwards (gradient -2.5).
+TEST(CudaCrossEntropy, AutogradFusedPathMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 400;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const CeCase& c : {CeCase{33, 1000, -100}, CeCase{17, 129, 3}, CeCase{8, 32000, -100}})
+      for (double outer : {1.0, -2.5}) {
+        const std::string what = case_name("autograd cross_entropy", dt, {c.N, c.V}) + " outer " +
+                                 std::to_string(outer);
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), dt);
+        Tensor tg = make_targets(c, seed++, DType::i64);
+        Tensor xc = f64(xq).detach();
+        xc.set_requires_grad(true);
+        Tensor ref = mul_scalar(cross_entropy(xc, tg, c.ignore_index), outer);
+        ref.backward(Tensor(), false);
+        Tensor xg = to_gpu(xq).detach();
+        xg.set_requires_grad(true);
+        Tensor loss = mul_scalar(cross_entropy(xg, to_gpu(tg), c.ignore_index), outer);
+        loss.backward(Tensor(), false);
+        expect_match(loss.reshape({1}).to(Device::cpu()), ref.reshape({1}), kStats, what + " loss");
+        expect_match(xg.grad(), xc.grad(), tol_for(dt), what + " dlogits");
+      }
+}
+
+TEST(CudaCrossEntropy, ValidCountAndScaleUnlessOne) {
+  NATSL_REQUIRE_GPU();
+  const CeCase c{1000, 10, -100};
+  Tensor tg = make_targets(c, 7, DType::i32);  // rows 1 and i % 5 == 3 ignored: 1000 - 200 - 1
+  Tensor count = gpu_poisoned({1}, DType::f32), inv = gpu_poisoned({1}, DType::f32);
+  kernels::cuda::cross_entropy_valid_count(to_gpu(tg), c.ignore_index, count, inv);
+  EXPECT_EQ(count.to_vector<double>()[0], 799.0);
+  EXPECT_NEAR(inv.to_vector<double>()[0], 1.0 / 799.0, 1e-7 / 799.0);
+  kernels::cuda::cross_entropy_valid_count(to_gpu(Tensor::full({5}, -100.0, DType::i64)), -100, count, inv);
+  EXPECT_EQ(count.to_vector<double>()[0], 0.0);
+  EXPECT_EQ(inv.to_vector<double>()[0], 1.0);
+  for (DType dt : {DType::f32, DType::bf16})
+    for (double a : {1.0, 0.5, -3.0}) {
+      Tensor xq = q(randn({1001}, 9), dt);
+      Tensor x = to_gpu(xq);
+      kernels::cuda::scale_unless_one(x, to_gpu(Tensor::full({1}, a, DType::f32)));
+      Tensor ref = f64(xq);
+      kernels::scale(ref, a, ref);
+      ref = f64(q(ref, dt));  // the device rounds the exact f32 product once to dt
+      expect_match(x, ref, Tol{0, 0}, case_name("scale_unless_one", dt, {1001}) + " by " + std::to_string(a));
+    }
+}
+#endif

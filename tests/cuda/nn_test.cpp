@@ -3,6 +3,9 @@
 // Tolerances: outputs in the data dtype use kF32 / kBf16 (cuda_test_util.h); f32 statistics (rstd, rnorm)
 // use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
 // many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
+#include <iterator>
+#include <vector>
+
 #include "kernels/nn.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -107,8 +110,12 @@ TEST(CudaL2Norm, ForwardAndBackward) {
   NATSL_REQUIRE_GPU();
   uint64_t seed = 200;
   const double eps = 1e-6;
+  // Besides the shared row shapes: head-sized rows of 8, 64 and 128 vectors (the short-row kernel's warp
+  // group layouts), with row counts that are not multiples of its 4 rows per group.
+  std::vector<Shape> shapes(std::begin(kRowShapes), std::end(kRowShapes));
+  for (const Shape& s : {Shape{5, 64}, Shape{7, 512}, Shape{3, 1024}, Shape{1031, 128}}) shapes.push_back(s);
   for (DType dt : {DType::f32, DType::bf16})
-    for (const Shape& s : kRowShapes) {
+    for (const Shape& s : shapes) {
       const int64_t R = rows_of(s);
       const std::string what = case_name("l2norm", dt, s);
       Tensor xq = q(randn(s, seed++), dt);
