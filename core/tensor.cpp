@@ -381,16 +381,27 @@ void cpu_copy(const Tensor& src, const Tensor& dst) {
     for (int64_t i = 0; i < n; ++i) d[i] = convert<D>(s[i]);
     return;
   }
+  // Walk the outer index once per innermost run; the run itself is a strided loop (contiguous in the
+  // common permute/slice cases), so the index arithmetic is paid per row, not per element.
   StridedLayout L = make_layout(src, dst);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t rem = i, so = 0, o = 0;
-    for (int k = L.ndim - 1; k >= 0; --k) {
+  const int last = L.ndim - 1;
+  const int64_t run = L.ndim ? L.shape[last] : 1;
+  const int64_t ss = L.ndim ? L.src_strides[last] : 0, ds = L.ndim ? L.dst_strides[last] : 0;
+  for (int64_t r = 0; r < n / std::max<int64_t>(run, 1); ++r) {
+    int64_t rem = r, so = 0, o = 0;
+    for (int k = last - 1; k >= 0; --k) {
       int64_t idx = rem % L.shape[k];
       rem /= L.shape[k];
       so += idx * L.src_strides[k];
       o += idx * L.dst_strides[k];
     }
-    d[o] = convert<D>(s[so]);
+    const S* sp = s + so;
+    D* dp = d + o;
+    if (ss == 1 && ds == 1) {
+      for (int64_t j = 0; j < run; ++j) dp[j] = convert<D>(sp[j]);
+    } else {
+      for (int64_t j = 0; j < run; ++j) dp[j * ds] = convert<D>(sp[j * ss]);
+    }
   }
 }
 }  // namespace

@@ -87,19 +87,24 @@ void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
       for (int64_t i = 0; i < n; ++i) op_[i] = convert<T>(binary(op, convert<A>(ap[i]), convert<A>(bp[i])));
       return;
     }
+    // Broadcast / strided operands: index arithmetic once per innermost run.
     int nd = int(out.dim());
     const Shape& sh = out.shape();
     const Shape& sa = a.strides();
     const Shape& sb = b.strides();
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t rem = i, oa = 0, ob = 0;
-      for (int k = nd - 1; k >= 0; --k) {
+    const int64_t run = nd ? sh[nd - 1] : 1;
+    const int64_t ia = nd ? sa[nd - 1] : 0, ib = nd ? sb[nd - 1] : 0;
+    for (int64_t r = 0; r < n / std::max<int64_t>(run, 1); ++r) {
+      int64_t rem = r, oa = 0, ob = 0;
+      for (int k = nd - 2; k >= 0; --k) {
         int64_t idx = rem % sh[k];
         rem /= sh[k];
         oa += idx * sa[k];
         ob += idx * sb[k];
       }
-      op_[i] = convert<T>(binary(op, convert<A>(ap[oa]), convert<A>(bp[ob])));
+      T* o = op_ + r * run;
+      for (int64_t j = 0; j < run; ++j)
+        o[j] = convert<T>(binary(op, convert<A>(ap[oa + j * ia]), convert<A>(bp[ob + j * ib])));
     }
   });
 }
