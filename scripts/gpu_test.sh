@@ -9,7 +9,8 @@
 #   scripts/gpu_test.sh --build-only    configure + build (e.g. when one call may not run both)
 #   scripts/gpu_test.sh --test-only     test an existing build
 #   extra arguments go to ctest, e.g. scripts/gpu_test.sh -R Cuda
-# Environment: BUILD_DIR (default build-gpu), JOBS (default all cores), CUDA_ARCH (default 90).
+# Environment: BUILD_DIR (default build-gpu), JOBS (default all cores), CUDA_ARCH (default 90),
+# NATSL_COMMIT (the commit to record when the tree has no .git).
 # Exit code: non-zero when the build fails, a test fails, or a CUDA test was skipped (no usable GPU).
 BUILD_DIR="${BUILD_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build-gpu}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -35,7 +36,8 @@ command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ] || { say "nvc
 
 if [ "$do_build" = 1 ]; then
   mkdir -p "$BUILD_DIR"
-  NATSL_CUDA=on configure_and_build -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" -DNATSL_DEPS_DIR="$ROOT/.deps"
+  NATSL_CUDA=on configure_and_build -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" -DNATSL_DEPS_DIR="$ROOT/.deps" \
+    -DNATSL_COMMIT="${NATSL_COMMIT:-}"
   grep -q "natsl: CUDA backend ON" "$BUILD_DIR.configure.log" || { say "CUDA backend is OFF: nvcc not usable"; exit 1; }
 fi
 [ "$do_test" = 1 ] || exit 0
