@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -16,6 +17,7 @@
 
 #include "core/philox.h"
 #include "kernels/cuda/gdn_bwd.cuh"
+#include "kernels/cuda/gdn_state_fwd.cuh"
 #include "kernels/gdn.h"
 #include "kernels/nn.h"
 
@@ -43,6 +45,30 @@ float median_ms(const std::function<void()>& fn, int reps, cudaStream_t st) {
   NATSL_CUDA_CHECK(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Kernel layouts selectable through the environment (kernels/cuda/gdn_state_fwd.cuh, gdn_prep.cu); the first is
+// the default choice, "old" the kernels before the layout options existed.
+struct Variant {
+  const char *tag, *vtile, *stages, *joint, *prep;
+};
+const std::vector<Variant> kVariants = {
+    {"default", nullptr, nullptr, nullptr, nullptr},
+    {"old", "64", "2", "0", "old"},
+    {"vt64s2", "64", "2", "1", nullptr},
+    {"vt32s2", "32", "2", "1", nullptr},
+    {"vt32s1", "32", "1", "1", nullptr},
+    {"vt64s1", "64", "1", "1", nullptr},
+};
+void set_env(const char* name, const char* value) {
+  if (value) setenv(name, value, 1);
+  else unsetenv(name);
+}
+void set_variant(const Variant& v) {
+  set_env("NATSL_GDN_VTILE", v.vtile);
+  set_env("NATSL_GDN_STAGES", v.stages);
+  set_env("NATSL_GDN_JOINT", v.joint);
+  set_env("NATSL_GDN_PREP", v.prep);
 }
 
 struct Row {
@@ -132,6 +158,7 @@ int main(int argc, char** argv) {
       l2norm_bwd(in.q, rq, gr.dq, dqn);
       l2norm_bwd(in.k, rk, gr.dk, dkn);
     };
+    set_variant(kVariants[0]);
     rows.push_back({"natsl_gdn_fwd", shape, median_ms(fwd, reps, st)});
     rows.push_back({"natsl_gdn_fwdbwd", shape, median_ms(fwdbwd, reps, st)});
 
@@ -144,6 +171,15 @@ int main(int argc, char** argv) {
     Tensor dh = Tensor::empty({s.NC, s.HV, s.K, s.V}, DType::bf16, dev), dv2 = Tensor::empty({s.NC, s.HV, kC, s.V}, DType::bf16, dev);
     run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn});
     run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2);
+    auto bwd_states = [&] {
+      if (state_joint_enabled()) {
+        run_state_fwd_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), h, vn, dh, dv2);
+      } else {
+        run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn});
+        run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2);
+      }
+    };
+    rows.push_back({"stage bwd state passes (both)", shape, median_ms(bwd_states, reps, st)});
     rows.push_back({"stage l2norm_fwd(q,k)", shape, median_ms([&] { l2norm_fwd(qr, 1e-6, in.q, rq); l2norm_fwd(kr, 1e-6, in.k, rk); }, reps, st)});
     rows.push_back({"stage prep (cumsum, KK^T, solve, w/u, QK^T)", shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
     rows.push_back({"stage state pass + output", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
@@ -152,6 +188,18 @@ int main(int argc, char** argv) {
     rows.push_back({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
     rows.push_back({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
     rows.push_back({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
+    // The other kernel layouts (environment switches read by the dispatchers), headline and state passes.
+    for (size_t vi = 1; vi < kVariants.size(); ++vi) {
+      const Variant& v = kVariants[vi];
+      set_variant(v);
+      const std::string tag = std::string("[") + v.tag + "]";
+      rows.push_back({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
+      rows.push_back({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
+      rows.push_back({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
+      rows.push_back({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
+      rows.push_back({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+    }
+    set_variant(kVariants[0]);
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
   }
 
@@ -164,8 +212,8 @@ int main(int argc, char** argv) {
     std::string pname;
     double pm = -1;
     int64_t B = r.shape.rfind("B8", 0) == 0 ? 8 : 2, T = B == 8 ? 4096 : 16384;
-    if (r.name == "natsl_gdn_fwd") pname = "fla_gdn_fwd";
-    if (r.name == "natsl_gdn_fwdbwd") pname = "fla_gdn_fwdbwd";
+    if (r.name.rfind("natsl_gdn_fwdbwd", 0) == 0) pname = "fla_gdn_fwdbwd";
+    else if (r.name.rfind("natsl_gdn_fwd", 0) == 0) pname = "fla_gdn_fwd";
     if (!pname.empty()) pm = peer_ms(pname, B, T);
     const double ratio = pm > 0 ? r.ms / pm : -1;
     std::printf("%-46s %-28s %10.4f %10.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, pm, ratio);

@@ -2,6 +2,7 @@
 // gdn_prep.cu, gdn_state_fwd.cu, gdn_state_bwd.cu, gdn_chunk_bwd.cu) and a token-by-token recurrent kernel
 // for generation.
 #include "kernels/cuda/gdn_bwd.cuh"
+#include "kernels/cuda/gdn_state_fwd.cuh"
 
 namespace natsl::kernels::cuda {
 
@@ -44,10 +45,14 @@ void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& sav
   PrepOut pr = run_prep(pl, args, in, saved, /*recompute=*/true);
   Tensor h = Tensor::empty({s.NC, s.HV, s.K, s.V}, D, pl.dev);
   Tensor vnew = Tensor::empty({s.NC, s.HV, kC, s.V}, D, pl.dev);
-  run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vnew});
   Tensor dh = Tensor::empty({s.NC, s.HV, s.K, s.V}, D, pl.dev);
   Tensor dv2 = Tensor::empty({s.NC, s.HV, kC, s.V}, D, pl.dev);
-  run_state_bwd(pl, args, in, pr, dout, dht, grads.dh0, dh, dv2);
+  if (state_joint_enabled()) {
+    run_state_fwd_bwd(pl, args, in, pr, dout, dht, grads.dh0, h, vnew, dh, dv2);
+  } else {
+    run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vnew});
+    run_state_bwd(pl, args, in, pr, dout, dht, grads.dh0, dh, dv2);
+  }
   run_chunk_bwd(pl, args, in, saved, pr, dout, h, vnew, dh, dv2, grads);
 }
 

@@ -10,6 +10,11 @@ namespace natsl::kernels::cuda::gdn {
 void run_state_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr, const Tensor& dout,
                    const Tensor& dht, const Tensor& dh0, const Tensor& dh, const Tensor& dv2);
 
+// The forward recompute (run_state_fwd storing h and v_new) and run_state_bwd in one launch.
+void run_state_fwd_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                       const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& h, const Tensor& vnew,
+                       const Tensor& dh, const Tensor& dv2);
+
 // dq, dk, dv, dg, dbeta (and dmask if defined) from everything above (gdn-algorithm.md §4 steps 4-6).
 void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved,
                    const PrepOut& pr, const Tensor& dout, const Tensor& h, const Tensor& vnew, const Tensor& dh,

@@ -4,6 +4,8 @@
 //   w = T diag(beta e) K,  u = T diag(beta) V,  p = scale * M o Gamma o (Q K^T)
 // The backward reruns it with T read back from a_inv (FLA's recompute of w and u).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/gdn_plan.cuh"
 
@@ -168,6 +170,177 @@ constexpr int prep_smem() {
   return 4 * kTileBytes<D> + 2 * kC * 65 * 4 + 2 * kC * 4;
 }
 
+// The same stage with its latency hidden (the default; NATSL_GDN_PREP=old selects prep_kernel): the K tiles
+// stay resident (they serve KK^T, QK^T and w), the Q tiles and then the V tiles stream through two buffers, the
+// first V tiles load while T is solved, and T = (I + A)^-1 is solved blockwise: the four 16x16 diagonal blocks
+// by forward substitution in registers (one thread per column), then each 16-row block row I at once,
+//   T_IJ = -T_II sum_{J <= M < I} A_IM T_MJ   (J < I),
+// in f32 like the row-by-row substitution it replaces. About 74 KB of shared memory (K = 128): 3 CTAs per SM.
+template <class D, int KT>
+constexpr int prep2_smem() {
+  static_assert(kC * 65 * 4 <= 2 * kTileBytes<D>, "A must fit in the tw, tu tiles it shares");
+  return (KT + 4) * kTileBytes<D> + kC * 65 * 4 + 2 * kC * 4 + 16 * 48 * 4;
+}
+
+template <class D, int KT>
+__global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int ld = kLd<D>;
+  constexpr int TE = kC * ld;
+  constexpr int fld = 65;
+  D* Ks = reinterpret_cast<D*>(smem_raw);  // KT resident K tiles
+  D* X = Ks + KT * TE;                     // two streaming buffers (Q, then V)
+  D* tw = X + 2 * TE;                      // T diag(beta e)
+  D* tu = tw + TE;                         // T diag(beta)
+  float* As = reinterpret_cast<float*>(tw);  // A (f32) lives in tw, tu until T is solved
+  float* Ts = reinterpret_cast<float*>(tu + TE);
+  float* gam = Ts + kC * fld;
+  float* bet = gam + kC;
+  float* Sb = bet + kC;  // 16 x 48 partial sums of the block solve
+
+  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const int tid = threadIdx.x;
+  const ChunkInfo ci = p.chunks[c];
+  const int len = ci.len;
+  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+  const int VT = p.V / kC;
+
+  // Group 0: all K tiles and Q tile 0; group 1: Q tile 1.
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) load_tile<D>(Ks + kt * TE, kc + kt * kC, qk_ld, len);
+  load_tile<D>(X, qc, qk_ld, len);
+  cp_async_commit();
+  if (KT > 1) {
+    load_tile<D>(X + TE, qc + kC, qk_ld, len);
+    cp_async_commit();
+  }
+
+  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
+  if (tid < kC) bet[tid] = tid < len ? p.beta[int64_t(ci.row0 + tid) * p.HV + hv] : 0.f;
+  __syncthreads();
+  if (tid < kC) {
+    p.gam[tile_id * kC + tid] = gam[tid];
+    if (p.g_cumsum && tid < len) p.g_cumsum[int64_t(ci.row0 + tid) * p.HV + hv] = gam[tid];
+  }
+
+  const Frag f;
+  Acc kk, qk;
+  zero(kk);
+  zero(qk);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    if (kt + 1 < KT) cp_async_wait<1>();
+    else cp_async_wait<0>();
+    __syncthreads();
+    if (!p.recompute) tile_mma<false, true>(kk, Ks + kt * TE, Ks + kt * TE);
+    tile_mma<false, true>(qk, X + (kt & 1) * TE, Ks + kt * TE);
+    __syncthreads();
+    if (kt + 2 < KT) {
+      load_tile<D>(X + (kt & 1) * TE, qc + (kt + 2) * kC, qk_ld, len);
+      cp_async_commit();
+    }
+  }
+  // The first V tiles load while T is solved.
+  for (int vt = 0; vt < 2 && vt < VT; ++vt) {
+    load_tile<D>(X + vt * TE, vc + vt * kC, v_ld, len);
+    cp_async_commit();
+  }
+  // Intra-chunk scores (select before exp: the upper triangle's exponent can overflow).
+  acc_to_global<D>(qk, f, p.p + tile_id * kC * kC, kC, kC, [&](int i, int j, float x) {
+    return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f;
+  });
+
+  if (!p.recompute) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = f.row(e), j = f.col(nt, e);
+        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
+      }
+    for (int idx = tid; idx < kC * kC; idx += kThreads) Ts[(idx >> 6) * fld + (idx & 63)] = 0.f;
+    __syncthreads();
+    if (tid < kC) {  // diagonal block b, column j: t_i = -sum_{m < i} A_im t_m below the unit diagonal
+      const int b = tid >> 4, j = tid & 15;
+      const float* Ab = As + 16 * b * fld + 16 * b;
+      float t[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        float acc = 0.f;
+#pragma unroll
+        for (int m = 0; m < i; ++m) acc = fmaf(Ab[i * fld + m], t[m], acc);
+        t[i] = i < j ? 0.f : (i == j ? 1.f : -acc);
+      }
+#pragma unroll
+      for (int i = 0; i < 16; ++i) Ts[(16 * b + i) * fld + 16 * b + j] = t[i];
+    }
+    __syncthreads();
+    for (int I = 1; I < 4; ++I) {
+      const int W = 16 * I;  // the block row's first row = number of columns left of its diagonal block
+      for (int idx = tid; idx < 16 * W; idx += kThreads) {
+        const int r = idx / W, cc = idx % W;
+        float acc = 0.f;
+        for (int m = cc; m < W; ++m) acc = fmaf(As[(W + r) * fld + m], Ts[m * fld + cc], acc);
+        Sb[r * 48 + cc] = acc;
+      }
+      __syncthreads();
+      for (int idx = tid; idx < 16 * W; idx += kThreads) {
+        const int r = idx / W, cc = idx % W;
+        float acc = 0.f;
+        for (int m = 0; m <= r; ++m) acc = fmaf(Ts[(W + r) * fld + W + m], Sb[m * 48 + cc], acc);
+        Ts[(W + r) * fld + cc] = -acc;
+      }
+      __syncthreads();
+    }
+    // Round T to D: the backward reads the stored D copy, so the forward uses the same values.
+    for (int idx = tid; idx < kC * kC; idx += kThreads) {
+      const int i = idx / kC, j = idx % kC;
+      const D t = cvt<D>(Ts[i * fld + j]);
+      Ts[i * fld + j] = f32(t);
+      if (p.a_inv && i < len) p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j] = t;
+    }
+  } else {
+    for (int idx = tid; idx < kC * kC; idx += kThreads) {
+      const int i = idx / kC, j = idx % kC;
+      Ts[i * fld + j] = i < len ? f32(p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j]) : 0.f;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < kC * kC; idx += kThreads) {
+    const int i = idx / kC, j = idx % kC;
+    const float t = Ts[i * fld + j];
+    tw[i * ld + j] = cvt<D>(t * bet[j] * __expf(gam[j]));
+    tu[i * ld + j] = cvt<D>(t * bet[j]);
+  }
+  __syncthreads();
+
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tw, Ks + kt * TE);
+    acc_to_global<D>(a, f, p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+  }
+  for (int vt = 0; vt < VT; ++vt) {
+    if (vt + 1 < VT) cp_async_wait<1>();
+    else cp_async_wait<0>();
+    __syncthreads();
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tu, X + (vt & 1) * TE);
+    acc_to_global<D>(a, f, p.u + tile_id * kC * p.V + vt * kC, p.V, kC);
+    __syncthreads();
+    if (vt + 2 < VT) {
+      load_tile<D>(X + (vt & 1) * TE, vc + (vt + 2) * kC, v_ld, len);
+      cp_async_commit();
+    }
+  }
+}
+
 }  // namespace
 
 int max_smem_per_block(int device) {
@@ -240,9 +413,22 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     p.V = int(s.V);
     p.scale = float(args.scale);
     p.recompute = recompute;
-    constexpr int smem = prep_smem<T>();
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(prep_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    prep_kernel<T><<<dim3(unsigned(s.NC), unsigned(s.HV)), kThreads, smem, pl.stream>>>(p);
+    const dim3 grid(unsigned(s.NC), unsigned(s.HV));
+    const char* sel = std::getenv("NATSL_GDN_PREP");
+    const bool old = sel && std::strcmp(sel, "old") == 0;
+    auto launch2 = [&](auto kern, int smem) {
+      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      kern<<<grid, kThreads, smem, pl.stream>>>(p);
+    };
+    if (!old && s.K == 64) launch2(prep2_kernel<T, 1>, prep2_smem<T, 1>());
+    else if (!old && s.K == 128) launch2(prep2_kernel<T, 2>, prep2_smem<T, 2>());
+    else if (!old && s.K == 256 && prep2_smem<T, 4>() <= max_smem_per_block(pl.dev.index))
+      launch2(prep2_kernel<T, 4>, prep2_smem<T, 4>());
+    else {
+      constexpr int smem = prep_smem<T>();
+      NATSL_CUDA_CHECK(cudaFuncSetAttribute(prep_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      prep_kernel<T><<<grid, kThreads, smem, pl.stream>>>(p);
+    }
     NATSL_CUDA_CHECK_LAUNCH();
   });
   return o;

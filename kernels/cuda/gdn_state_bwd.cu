@@ -4,7 +4,10 @@
 //   dv2    = m_n diag(exp(gam_L - gam)) K dh + p^T dO           (total dL/dv_new; stored)
 //   dh     = e_L dh + Q^T diag(scale e) dO - w^T dv2            (= dL/dh_n)
 // p (from the prep kernel) already holds scale and the causal decay mask, so p^T dO is dv_local.
+// The pass does not read h or v_new, so the backward can run it in the same launch as the forward recompute
+// that stores them (run_state_fwd_bwd: blocks of either role side by side, twice the CTAs in flight).
 #include "kernels/cuda/gdn_bwd.cuh"
+#include "kernels/cuda/gdn_state_fwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
@@ -29,9 +32,10 @@ constexpr int state_bwd_smem() {
   return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4;
 }
 
-template <class D, int KT, int STAGES>
-__global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D> p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+template <class D, int KT, int STAGES, int VW>
+__device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n, int hv, int vt,
+                                               unsigned char* smem_raw) {
+  constexpr int NTH = 4 * VW;
   constexpr int ST = stage_tiles<KT>();
   constexpr int TE = kC * kLd<D>;
   constexpr int ld = kLd<D>;
@@ -46,9 +50,10 @@ __global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D
   auto Pt = [&](int s) { return base + (s * ST + 3 * KT) * TE; };
   auto DOt = [&](int s) { return Pt(s) + TE; };
 
-  const int n = blockIdx.x, hv = blockIdx.y, vt = blockIdx.z, h = hv / (p.HV / p.H);
+  const int h = hv / (p.HV / p.H);
   const SeqInfo si = p.seqs[n];
   const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const int c0 = vt * VW;  // first V column of this CTA
   const Frag f;
 
   Acc dacc[KT];
@@ -58,21 +63,20 @@ __global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        dacc[kt][nt][e] = p.dht ? p.dht[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + vt * kC +
-                                        f.col(nt, e)]
-                                : 0.f;
+        dacc[kt][nt][e] =
+            p.dht ? p.dht[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
 
   auto issue = [&](int ci, int s) {
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
-      load_tile<D>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
-      load_tile<D>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
-      load_tile<D>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+      load_tile_n<D, 64, NTH>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+      load_tile_n<D, 64, NTH>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+      load_tile_n<D, 64, NTH>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
     }
-    load_tile<D>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
-    load_tile<D>(DOt(s), p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + vt * kC, v_ld, len);
+    load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
+    load_tile_n<D, VW, NTH>(DOt(s), p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + c0, v_ld, len);
     load_row64(G + s * kC, p.gam + tile_id * kC);
     cp_async_commit();
   };
@@ -100,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
       acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
-      acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + vt * kC, p.V, kC);
+      acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
     }
     __syncthreads();
 
@@ -120,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D
       }
     }
     tile_mma<true, false>(a, Pt(s), DOt(s));
-    acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + vt * kC, p.V, kC);
+    acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + c0, p.V, kC);
     acc_to_tile<D>(a, f, NDV2, [](int, int, float x) { return -x; });
     {
       const D* dO = DOt(s);
@@ -150,26 +154,99 @@ __global__ void __launch_bounds__(kThreads, 1) state_bwd_kernel(StateBwdParams<D
   if (p.dh0) {
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt)
-      acc_to_global<float>(dacc[kt], f, p.dh0 + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + vt * kC, p.V, kC);
+      acc_to_global<float>(dacc[kt], f, p.dh0 + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + c0, p.V, kC);
   }
 }
 
-template <class D, int KT, int STAGES>
-void launch(const Plan& pl, const StateBwdParams<D>& p) {
-  constexpr int smem = state_bwd_smem<D, KT, STAGES>();
-  auto kern = state_bwd_kernel<D, KT, STAGES>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / kC)), kThreads, smem, pl.stream>>>(p);
+template <class D, int KT, int STAGES, int VW>
+__global__ void __launch_bounds__(4 * VW, 1) state_bwd_kernel(StateBwdParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  state_bwd_body<D, KT, STAGES, VW>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
+}
+
+// Both backward state passes in one launch: blockIdx.z < V / VW runs the reverse pass (the longer one, so it
+// is scheduled first), the rest the forward recompute storing h and v_new.
+template <class D, int KT, int STAGES, int VW>
+__global__ void __launch_bounds__(4 * VW, 1) state_joint_kernel(StateBwdParams<D> pb, StateFwdParams<D> pf) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int nvt = pb.V / VW;
+  if (int(blockIdx.z) < nvt) state_bwd_body<D, KT, STAGES, VW>(pb, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
+  else state_fwd_body<D, KT, STAGES, false, VW>(pf, blockIdx.x, blockIdx.y, blockIdx.z - nvt, smem_raw);
+}
+
+template <class D, int KT, int STAGES, int VW>
+constexpr int joint_smem() {
+  return std::max(state_bwd_smem<D, KT, STAGES>(), state_fwd_smem<D, KT, STAGES, false>());
+}
+
+template <class D, int KT, int STAGES, int VW>
+void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
+  const unsigned nvt = unsigned(pl.s.V / VW);
+  if (pf) {
+    constexpr int smem = joint_smem<D, KT, STAGES, VW>();
+    auto kern = state_joint_kernel<D, KT, STAGES, VW>;
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt), 4 * VW, smem, pl.stream>>>(p, *pf);
+  } else {
+    constexpr int smem = state_bwd_smem<D, KT, STAGES>();
+    auto kern = state_bwd_kernel<D, KT, STAGES, VW>;
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW, smem, pl.stream>>>(p);
+  }
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-template <class D, int KT>
-void launch_stages(const Plan& pl, const StateBwdParams<D>& p) {
+template <class D, int KT, int VW>
+void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, int stages) {
   const int avail = max_smem_per_block(pl.dev.index);
-  if (state_bwd_smem<D, KT, 2>() <= avail) return launch<D, KT, 2>(pl, p);
-  NATSL_CHECK((state_bwd_smem<D, KT, 1>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
+  if (stages == 2 && joint_smem<D, KT, 2, VW>() <= avail) return launch<D, KT, 2, VW>(pl, p, pf);
+  NATSL_CHECK((joint_smem<D, KT, 1, VW>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
               " needs more shared memory than this GPU has");
-  launch<D, KT, 1>(pl, p);
+  launch<D, KT, 1, VW>(pl, p, pf);
+}
+
+template <class D, int KT>
+void launch_vw(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, StateLayout lay) {
+  if (lay.vw == 32) return launch_stages<D, KT, 32>(pl, p, pf, lay.stages);
+  launch_stages<D, KT, 64>(pl, p, pf, lay.stages);
+}
+
+template <class D>
+StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                                   const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& dh,
+                                   const Tensor& dv2) {
+  const GdnShape& s = pl.s;
+  StateBwdParams<D> p{};
+  p.q = in.q.data<D>();
+  p.k = in.k.data<D>();
+  p.w = pr.w.data<D>();
+  p.p = pr.p.data<D>();
+  p.dout = dout.data<D>();
+  p.gam = pr.gam.data<float>();
+  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+  p.dht = dht.defined() ? dht.data<float>() : nullptr;
+  p.dh0 = dh0.defined() ? dh0.data<float>() : nullptr;
+  p.dh_out = dh.data<D>();
+  p.dv2_out = dv2.data<D>();
+  p.seqs = pl.seq_infos();
+  p.H = int(s.H);
+  p.HV = int(s.HV);
+  p.K = int(s.K);
+  p.V = int(s.V);
+  p.scale = float(args.scale);
+  return p;
+}
+
+template <class D>
+void run_kt(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, StateLayout lay) {
+  switch (pl.s.K) {
+    case 64: return launch_vw<D, 1>(pl, p, pf, lay);
+    case 128: return launch_vw<D, 2>(pl, p, pf, lay);
+    case 256:
+      if constexpr (std::is_same_v<D, bf16>) return launch_vw<D, 4>(pl, p, pf, lay);
+      [[fallthrough]];
+    default: NATSL_FAIL("gdn reverse state pass: unsupported K = ", pl.s.K);
+  }
 }
 
 }  // namespace
@@ -178,33 +255,21 @@ void run_state_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
                    const Tensor& dht, const Tensor& dh0, const Tensor& dh, const Tensor& dv2) {
   const GdnShape& s = pl.s;
   if (s.N == 0) return;
+  const StateLayout lay = state_layout(pl, int(s.N * s.HV * (s.V / kC)));
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn reverse state pass", T, [&] {
-    StateBwdParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.w = pr.w.data<T>();
-    p.p = pr.p.data<T>();
-    p.dout = dout.data<T>();
-    p.gam = pr.gam.data<float>();
-    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
-    p.dht = dht.defined() ? dht.data<float>() : nullptr;
-    p.dh0 = dh0.defined() ? dh0.data<float>() : nullptr;
-    p.dh_out = dh.data<T>();
-    p.dv2_out = dv2.data<T>();
-    p.seqs = pl.seq_infos();
-    p.H = int(s.H);
-    p.HV = int(s.HV);
-    p.K = int(s.K);
-    p.V = int(s.V);
-    p.scale = float(args.scale);
-    switch (s.K) {
-      case 64: return launch_stages<T, 1>(pl, p);
-      case 128: return launch_stages<T, 2>(pl, p);
-      case 256:
-        if constexpr (std::is_same_v<T, bf16>) return launch_stages<T, 4>(pl, p);
-        [[fallthrough]];
-      default: NATSL_FAIL("gdn reverse state pass: unsupported K = ", s.K);
-    }
+    run_kt<T>(pl, state_bwd_params<T>(pl, args, in, pr, dout, dht, dh0, dh, dv2), nullptr, lay);
+  });
+}
+
+void run_state_fwd_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                       const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& h, const Tensor& vnew,
+                       const Tensor& dh, const Tensor& dv2) {
+  const GdnShape& s = pl.s;
+  if (s.N == 0) return;
+  const StateLayout lay = state_layout(pl, int(2 * s.N * s.HV * (s.V / kC)));
+  NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn backward state passes", T, [&] {
+    const StateFwdParams<T> pf = state_fwd_params<T>(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vnew});
+    run_kt<T>(pl, state_bwd_params<T>(pl, args, in, pr, dout, dht, dh0, dh, dv2), &pf, lay);
   });
 }
 

@@ -208,15 +208,20 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
-// Queues the copy of a 64x64 tile (row pitch gld elements; rows >= rows_valid become zeros).
-template <class E>
-__device__ __forceinline__ void load_tile(E* s, const E* g, int64_t gld, int rows_valid) {
-  constexpr int per_row = 64 * int(sizeof(E)) / 16;  // 16-byte pieces in a row
-  for (int idx = threadIdx.x; idx < 64 * per_row; idx += kThreads) {
+// Queues the copy of a 64 x COLS tile (row pitch gld elements; rows >= rows_valid become zeros) by a CTA of
+// NTHR threads.
+template <class E, int COLS, int NTHR>
+__device__ __forceinline__ void load_tile_n(E* s, const E* g, int64_t gld, int rows_valid) {
+  constexpr int per_row = COLS * int(sizeof(E)) / 16;  // 16-byte pieces in a row
+  for (int idx = threadIdx.x; idx < 64 * per_row; idx += NTHR) {
     const int r = idx / per_row, p = idx % per_row;
     const bool ok = r < rows_valid;
     cp_async16(s + r * kLd<E> + p * (16 / int(sizeof(E))), ok ? g + r * gld + p * (16 / int(sizeof(E))) : g, ok);
   }
+}
+template <class E>
+__device__ __forceinline__ void load_tile(E* s, const E* g, int64_t gld, int rows_valid) {
+  load_tile_n<E, 64, kThreads>(s, g, gld, rows_valid);
 }
 // Queues the copy of 64 floats (a chunk's per-row scalars stored contiguously).
 __device__ __forceinline__ void load_row64(float* s, const float* g) {

@@ -4,7 +4,11 @@
 // token-recurrence kernel. All GPU outputs start as NaN.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include <cmath>
+#include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 #include "tests/gdn/gdn_test_util.h"
@@ -94,6 +98,13 @@ void check_against_cpu(const GdnCase& c, DType dt, bool with_dht = true) {
   if (in64.mask.defined()) expect_rel(got.g.dmask, ref.g.dmask, t.dgb, "dmask");
 }
 
+// "B3 T65 H6 K128" (built with a stream: GCC 12 misreports -Wrestrict on chains of string +).
+std::string case_label(const GdnCase& c) {
+  std::ostringstream os;
+  os << "B" << c.B << " T" << c.T << " H" << c.H << " K" << c.K;
+  return os.str();
+}
+
 GdnCase mk(int64_t B, int64_t T, int64_t H, int64_t K, bool h0, MaskKind mask, uint64_t seed, double g_min = -0.3) {
   GdnCase c;
   c.B = B;
@@ -113,8 +124,7 @@ TEST(GdnCuda, F32MatchesCpu) {
   for (const GdnCase& c : {mk(1, 1, 1, 64, true, MaskKind::None, 1), mk(3, 63, 6, 64, true, MaskKind::Continuous, 2),
                            mk(1, 64, 1, 128, false, MaskKind::None, 3), mk(3, 65, 1, 128, true, MaskKind::Binary, 4),
                            mk(1, 1000, 6, 64, true, MaskKind::None, 5), mk(1, 4096, 1, 64, false, MaskKind::None, 6)}) {
-    SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " K" +
-                 std::to_string(c.K));
+    SCOPED_TRACE(case_label(c));
     check_against_cpu(c, DType::f32);
   }
 }
@@ -125,10 +135,38 @@ TEST(GdnCuda, Bf16MatchesCpu) {
                            mk(1, 1000, 1, 256, true, MaskKind::None, 13), mk(1, 4096, 1, 128, false, MaskKind::None, 14),
                            mk(3, 64, 1, 256, false, MaskKind::Binary, 15), mk(1, 63, 6, 128, false, MaskKind::None, 16, -8.0),
                            mk(3, 1000, 2, 64, true, MaskKind::None, 17)}) {
-    SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) + " K" +
-                 std::to_string(c.K));
+    SCOPED_TRACE(case_label(c));
     check_against_cpu(c, DType::bf16);
   }
+}
+
+// The kernel layouts the environment selects (gdn_state_fwd.cuh, gdn_prep.cu): every one must match the CPU,
+// whichever the defaults pick for a shape.
+struct EnvSetting {
+  const char* name;
+  const char* value;
+};
+void check_with_env(std::initializer_list<EnvSetting> env) {
+  std::string label;
+  for (const EnvSetting& e : env) {
+    setenv(e.name, e.value, 1);
+    label += std::string(e.name) + "=" + e.value + " ";
+  }
+  SCOPED_TRACE(label);
+  for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 71), mk(1, 1000, 2, 64, true, MaskKind::None, 72),
+                           mk(2, 200, 1, 256, false, MaskKind::Binary, 73)}) {
+    SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " K" + std::to_string(c.K));
+    check_against_cpu(c, DType::bf16);
+  }
+  check_against_cpu(mk(2, 130, 3, 64, true, MaskKind::Continuous, 74), DType::f32);
+  for (const EnvSetting& e : env) unsetenv(e.name);
+}
+TEST(GdnCuda, KernelLayoutsMatchCpu) {
+  NATSL_REQUIRE_GPU();
+  check_with_env({{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}});
+  check_with_env({{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}});
+  check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_JOINT", "0"}});
+  check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_PREP", "old"}});
 }
 
 TEST(GdnCuda, NoFinalStateGradient) {

@@ -1,0 +1,202 @@
+#pragma once
+// Body of the sequential forward state pass (gdn-algorithm.md §3 steps 3-4), shared by its own kernel
+// (gdn_state_fwd.cu) and the backward's joint launch with the reverse pass (gdn_state_bwd.cu). Per chunk n:
+//   v_new = u - w h_n                                   (h_n rounded to D for the tensor cores)
+//   o     = scale diag(e) Q h_n + p v_new               (OUT: the output kernel fused in)
+//   h_n+1 = e_L h_n + m_n K^T diag(exp(gam_L - gam)) v_new
+// One CTA per (sequence, v head, VW columns of V) with VW/16 warps (VW = 64: 8 warps, VW = 32: 4 warps, each
+// warp owning 16 rows x 32 columns of every accumulator). The next chunk's tiles are prefetched with cp.async
+// while this one computes (STAGES = 2).
+#include "kernels/cuda/gdn_plan.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+
+template <class D>
+struct StateFwdParams {
+  const D *q, *k, *w, *u, *p;
+  const float *gam, *h0, *mask;
+  D* o;
+  float* ht;
+  D *h_out, *vnew_out;
+  const SeqInfo* seqs;
+  int H, HV, K, V;
+  float scale;
+};
+
+template <class D>
+StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                                   const StateFwdOut& out) {
+  const GdnShape& s = pl.s;
+  StateFwdParams<D> p{};
+  p.q = in.q.data<D>();
+  p.k = in.k.data<D>();
+  p.w = pr.w.data<D>();
+  p.u = pr.u.data<D>();
+  p.p = pr.p.data<D>();
+  p.gam = pr.gam.data<float>();
+  p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
+  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+  p.o = out.o.defined() ? out.o.data<D>() : nullptr;
+  p.ht = out.ht.defined() ? out.ht.data<float>() : nullptr;
+  p.h_out = out.h.defined() ? out.h.data<D>() : nullptr;
+  p.vnew_out = out.vnew.defined() ? out.vnew.data<D>() : nullptr;
+  p.seqs = pl.seq_infos();
+  p.H = int(s.H);
+  p.HV = int(s.HV);
+  p.K = int(s.K);
+  p.V = int(s.V);
+  p.scale = float(args.scale);
+  return p;
+}
+
+template <int KT, bool OUT>
+constexpr int state_fwd_stage_tiles() {
+  return KT * (OUT ? 3 : 2) + (OUT ? 2 : 1);
+}
+template <class D, int KT, int STAGES, bool OUT>
+constexpr int state_fwd_smem() {
+  return (STAGES * state_fwd_stage_tiles<KT, OUT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4;
+}
+
+template <class D, int KT, int STAGES, bool OUT, int VW>
+__device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n, int hv, int vt,
+                                               unsigned char* smem_raw) {
+  constexpr int NTH = 4 * VW;
+  constexpr int ST = state_fwd_stage_tiles<KT, OUT>();
+  constexpr int TE = kC * kLd<D>;  // elements per tile
+  constexpr int ld = kLd<D>;
+  D* base = reinterpret_cast<D*>(smem_raw);
+  D* Hs = base + STAGES * ST * TE;
+  D* Vn = Hs + KT * TE;
+  D* Vs = Vn + TE;
+  float* G = reinterpret_cast<float*>(Vs + TE);
+  auto Wt = [&](int s, int kt) { return base + (s * ST + kt) * TE; };
+  auto Kt = [&](int s, int kt) { return base + (s * ST + KT + kt) * TE; };
+  auto Qt = [&](int s, int kt) { return base + (s * ST + 2 * KT + kt) * TE; };
+  auto Ut = [&](int s) { return base + (s * ST + (OUT ? 3 : 2) * KT) * TE; };
+  auto Pt = [&](int s) { return Ut(s) + TE; };
+
+  const int h = hv / (p.HV / p.H);
+  const SeqInfo si = p.seqs[n];
+  const int64_t qk_ld = int64_t(p.H) * p.K;
+  const int c0 = vt * VW;  // first V column of this CTA
+  const Frag f;
+
+  Acc hacc[KT];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        hacc[kt][nt][e] =
+            p.h0 ? p.h0[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
+
+  auto issue = [&](int ci, int s) {
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      load_tile_n<D, 64, NTH>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+      load_tile_n<D, 64, NTH>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+      if constexpr (OUT)
+        load_tile_n<D, 64, NTH>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+    }
+    load_tile_n<D, VW, NTH>(Ut(s), p.u + tile_id * kC * p.V + c0, p.V, kC);
+    if constexpr (OUT) load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
+    load_row64(G + s * kC, p.gam + tile_id * kC);
+    cp_async_commit();
+  };
+
+  const int nch = si.nchunks;
+  if (nch > 0) issue(0, 0);
+  for (int ci = 0; ci < nch; ++ci) {
+    const int s = STAGES == 2 ? (ci & 1) : 0;
+    if (STAGES == 1 && ci > 0) {
+      __syncthreads();
+      issue(ci, 0);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (STAGES == 2 && ci + 1 < nch) issue(ci + 1, s ^ 1);
+
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+    const float* g = G + s * kC;
+    const float gL = g[len - 1], eL = __expf(gL);
+    const float m = p.mask ? p.mask[int64_t(c) * p.HV + hv] : 1.f;
+
+    // 1. the state entering the chunk, as D, for the tensor cores
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      acc_to_tile<D>(hacc[kt], f, Hs + kt * TE);
+      if constexpr (!OUT) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+    }
+    __syncthreads();
+
+    // 2. v_new = u - w h_n, and the inter-chunk output term q h_n
+    Acc av, ao;
+    zero(av);
+    if constexpr (OUT) zero(ao);
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      tile_mma<false, false>(av, Wt(s, kt), Hs + kt * TE);
+      if constexpr (OUT) tile_mma<false, false>(ao, Qt(s, kt), Hs + kt * TE);
+    }
+    const D* U = Ut(s);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const float2 uu = load2<D>(U + f.row(2 * hh) * ld + f.col(nt, 0));
+        av[nt][2 * hh] = uu.x - av[nt][2 * hh];
+        av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
+      }
+    if constexpr (OUT) acc_to_tile<D>(av, f, Vn);
+    acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return i < len ? m * __expf(gL - g[i]) * x : 0.f; });
+    if constexpr (!OUT) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
+    __syncthreads();
+
+    // 3. h_n+1 = e_L h_n + K^T (m exp(gam_L - gam) v_new)
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) hacc[kt][nt][e] *= eL;
+      tile_mma<true, false>(hacc[kt], Kt(s, kt), Vs);
+    }
+
+    // 4. o = scale e_i (q h_n)_i + p v_new
+    if constexpr (OUT) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = f.row(2 * hh);
+        const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          ao[nt][2 * hh] *= sc;
+          ao[nt][2 * hh + 1] *= sc;
+        }
+      }
+      tile_mma<false, false>(ao, Pt(s), Vn);
+      acc_to_global<D>(ao, f, p.o + (int64_t(row0) * p.HV + hv) * p.V + c0, int64_t(p.HV) * p.V, len);
+    }
+  }
+  if (p.ht) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      acc_to_global<float>(hacc[kt], f, p.ht + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+}
+
+// How the state passes are laid out: V tile width (64 or 32) and prefetch stages (2 or 1). Defaults pick the
+// widest tile that still gives every SM a CTA; NATSL_GDN_VTILE=64|32 and NATSL_GDN_STAGES=1|2 override (for
+// timing). The backward runs its forward-recompute and reverse passes in one launch unless NATSL_GDN_JOINT=0.
+struct StateLayout {
+  int vw = 64, stages = 2;
+};
+StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
+bool state_joint_enabled();
+
+}  // namespace natsl::kernels::cuda::gdn
