@@ -65,7 +65,7 @@ TEST(GatedDeltaNetLayer, ForwardMatchesHandWrittenRecurrence) {
   std::vector<double> h(size_t(K * V), 0.0), expect(size_t(T * d));
   for (int64_t t = 0; t < T; ++t) {
     const double* xt = &xv[size_t(t * d)];
-    auto proj = [&](const std::vector<double>& w, int64_t rows, int64_t r) {
+    auto proj = [&](const std::vector<double>& w, int64_t r) {
       double s = 0;
       for (int64_t j = 0; j < d; ++j) s += w[size_t(r * d + j)] * xt[j];
       return s;
@@ -73,8 +73,8 @@ TEST(GatedDeltaNetLayer, ForwardMatchesHandWrittenRecurrence) {
     std::vector<double> q(K), k(K), v(V);
     double nq = 0, nk = 0;
     for (int64_t i = 0; i < K; ++i) {
-      q[i] = silu(proj(wq, K, i));
-      k[i] = silu(proj(wk, K, i));
+      q[i] = silu(proj(wq, i));
+      k[i] = silu(proj(wk, i));
       nq += q[i] * q[i];
       nk += k[i] * k[i];
     }
@@ -82,9 +82,9 @@ TEST(GatedDeltaNetLayer, ForwardMatchesHandWrittenRecurrence) {
       q[i] /= std::sqrt(nq + 1e-6);
       k[i] /= std::sqrt(nk + 1e-6);
     }
-    for (int64_t i = 0; i < V; ++i) v[i] = silu(proj(wv, V, i));
-    double beta = 1 / (1 + std::exp(-proj(wb, 1, 0)));
-    double a = proj(wa, 1, 0) + dtb[0];
+    for (int64_t i = 0; i < V; ++i) v[i] = silu(proj(wv, i));
+    double beta = 1 / (1 + std::exp(-proj(wb, 0)));
+    double a = proj(wa, 0) + dtb[0];
     double g = -std::exp(alog[0]) * (a > 20 ? a : std::log1p(std::exp(a)));
     for (double& e : h) e *= std::exp(g);
     std::vector<double> o(V, 0.0);

@@ -61,7 +61,9 @@ void check_one_step(double clip) {
   for (float x : g) sq += double(x) * x;
   const double norm = std::sqrt(sq);
   const double c = clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
-  if (clip > 0) ASSERT_LT(c, 0.5) << "the test needs clipping to be active (norm " << norm << ")";
+  if (clip > 0) {
+    ASSERT_LT(c, 0.5) << "the test needs clipping to be active (norm " << norm << ")";
+  }
   const double lr = cfg.train.lr, wd = cfg.train.weight_decay, eps = cfg.train.eps;
   size_t n_decayed = 0, n_checked = 0;
   for (size_t i = 0; i < p0.size(); ++i) {
@@ -94,7 +96,9 @@ TEST(Trainer, NonFiniteGradNormSkipsTheStep) {
   EXPECT_EQ(s.skipped_steps, 3);
   std::vector<float> after = host(ps.master().flat(DType::f32));
   for (size_t i = 0; i < before.size(); ++i)
-    if (!std::isnan(before[i])) ASSERT_EQ(before[i], after[i]) << "a skipped step changed element " << i;
+    if (!std::isnan(before[i])) {
+      ASSERT_EQ(before[i], after[i]) << "a skipped step changed element " << i;
+    }
 }
 
 }  // namespace
