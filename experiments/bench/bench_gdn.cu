@@ -2,7 +2,8 @@
 // with the L2 norm of q and k (forward and backward) included as FLA's use_qk_l2norm_in_kernel=True does, and a
 // per-stage split. CUDA events, warm-up, median of repeated runs. The FLA peer is timed by peers.py in the same
 // run; --peer FILE reads its anchors JSON to print the ratio.
-//   natsl_bench_gdn [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N]
+//   natsl_bench_gdn [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
+// Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -81,15 +82,26 @@ struct Row {
 int main(int argc, char** argv) {
   std::string json_out, peer_file, commit = "unknown";
   int reps = 30;
+  bool keep_pool = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--json") json_out = argv[i + 1];
     else if (k == "--peer") peer_file = argv[i + 1];
     else if (k == "--commit") commit = argv[i + 1];
     else if (k == "--reps") reps = std::stoi(argv[i + 1]);
+    else if (k == "--keep-pool") keep_pool = std::stoi(argv[i + 1]) != 0;
   }
   const Device dev = Device::cuda(0);
   cudaStream_t st = activate(0);
+  if (keep_pool) {
+    // The stream-ordered pool's release threshold is 0 by default: it hands its memory back at every
+    // synchronize, so each timed repetition maps the scratch tensors afresh. --keep-pool 1 keeps it mapped
+    // (as PyTorch's caching allocator does for FLA).
+    cudaMemPool_t pool;
+    NATSL_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+    uint64_t keep = UINT64_MAX;
+    NATSL_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
   cudaDeviceProp prop{};
   NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
 
