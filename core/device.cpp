@@ -55,6 +55,12 @@ cudaStream_t compute_stream(int device) {
     NATSL_CUDA_CHECK(cudaGetDevice(&prev));
     NATSL_CUDA_CHECK(cudaSetDevice(device));
     NATSL_CUDA_CHECK(cudaStreamCreateWithFlags(&g_streams[device], cudaStreamNonBlocking));
+    // Keep freed blocks in the stream-ordered pool instead of returning them to the driver at every
+    // synchronisation (the default threshold 0 would re-map a step's activations each step).
+    cudaMemPool_t pool;
+    NATSL_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t keep = UINT64_MAX;
+    NATSL_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
     NATSL_CUDA_CHECK(cudaSetDevice(prev));
   }
   return g_streams[device];
