@@ -8,6 +8,7 @@
 //   3. per chunk: dq, dk, dgamma from the output and the state write, then the WY backward, then
 //      dg = reverse cumsum of dgamma within the chunk.
 #include "kernels/cpu/gdn_common.h"
+#include "kernels/cpu/parallel.h"
 
 namespace natsl::kernels::cpu {
 namespace {
@@ -103,7 +104,9 @@ void chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, 
   // dq, dk are summed over the v heads that share a q/k head: accumulate in A, store once.
   std::vector<A> dq_acc(size_t(in.q.numel()), A(0)), dk_acc(size_t(in.k.numel()), A(0));
 
-  for (int64_t n = 0; n < s.N; ++n) {
+  // Sequences own disjoint tokens, states and chunks (dq/dk sums run over the v heads of one sequence):
+  // one thread per block of sequences.
+  parallel_for(s.N, [&](int64_t n) {
     const GdnSequence& seq = seqs[size_t(n)];
     for (int64_t hv = 0; hv < s.HV; ++hv) {
       const gdn::HeadIndex ix{s, seq.batch, hv};
@@ -165,7 +168,7 @@ void chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, 
           }
       }
     }
-  }
+  });
   D* dq = grads.dq.data<D>();
   D* dk = grads.dk.data<D>();
   for (size_t i = 0; i < dq_acc.size(); ++i) {

@@ -6,6 +6,7 @@
 //   (d) v_new = u - w h_n;  h_{n+1} = e_L h_n + m_n K^T diag(tail) v_new      sequential over chunks
 //   (e) o = scale (diag(e) Q h_n + (M o Gamma o Q K^T) v_new)     chunk-parallel given h_n
 #include "kernels/cpu/gdn_common.h"
+#include "kernels/cpu/parallel.h"
 
 namespace natsl::kernels::cpu {
 namespace {
@@ -29,7 +30,8 @@ void chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const 
   const A scale = A(args.scale);
   const std::vector<GdnSequence> seqs = gdn_sequences(s, args);
 
-  for (int64_t n = 0; n < s.N; ++n) {
+  // Sequences own disjoint tokens, states and chunks: one thread per block of sequences.
+  parallel_for(s.N, [&](int64_t n) {
     const GdnSequence& seq = seqs[size_t(n)];
     for (int64_t hv = 0; hv < s.HV; ++hv) {
       const gdn::HeadIndex ix{s, seq.batch, hv};
@@ -57,7 +59,7 @@ void chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const 
       }
       if (ht.defined()) gdn::store_state(h, ht.data<A>(), ix.state(n));
     }
-  }
+  });
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/matmul.h"
 
 namespace natsl::kernels::cpu {
@@ -51,14 +52,17 @@ void batched(const Tensor& a, const Tensor& b, const Tensor& out, bool ta, bool 
     const T* ap = a.data<T>();
     const T* bp = b.data<T>();
     T* cp = out.data<T>();
-    for (int64_t i = 0; i < batch; ++i)
+    // Each batch matrix writes only its own C: one thread per block of them.
+    parallel_for(batch, [&](int64_t i) {
       gemm<A>(ap + i * a_step, bp + i * b_step, cp + i * c_step, M, N, K, ta, tb, A(alpha), A(beta));
+    });
   } else {
     std::vector<A> aw = widen<T>(a), bw = widen<T>(b);
     std::vector<A> cw = beta != 0.0 ? widen<T>(out) : std::vector<A>(size_t(out.numel()));
-    for (int64_t i = 0; i < batch; ++i)
+    parallel_for(batch, [&](int64_t i) {
       gemm<A>(aw.data() + i * a_step, bw.data() + i * b_step, cw.data() + i * c_step, M, N, K, ta, tb, A(alpha),
               A(beta));
+    });
     T* cp = out.data<T>();
     for (size_t i = 0; i < cw.size(); ++i) cp[i] = convert<T>(cw[i]);
   }

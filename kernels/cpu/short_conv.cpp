@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cpu {
@@ -19,7 +20,7 @@ ConvDims dims_of(const Tensor& x, const Tensor& w) { return {x.size(0), x.size(1
 template <class T>
 std::vector<double> pre_activation(const T* x, const T* w, const ConvDims& s) {
   std::vector<double> z(size_t(s.B * s.T * s.C), 0.0);
-  for (int64_t b = 0; b < s.B; ++b)
+  parallel_for(s.B, [&](int64_t b) {
     for (int64_t t = 0; t < s.T; ++t)
       for (int64_t c = 0; c < s.C; ++c) {
         double acc = 0;
@@ -29,6 +30,7 @@ std::vector<double> pre_activation(const T* x, const T* w, const ConvDims& s) {
         }
         z[size_t((b * s.T + t) * s.C + c)] = acc;
       }
+  });
   return z;
 }
 
@@ -54,19 +56,27 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
     std::vector<double> dz = pre_activation(xp, wp, s);
     for (size_t i = 0; i < dz.size(); ++i) dz[i] = ld(gp[i]) * (apply_silu ? silu_grad(dz[i]) : 1.0);
     T* dxp = dx.data<T>();
-    std::vector<double> dw_acc(size_t(s.C * s.W), 0.0);
-    for (int64_t b = 0; b < s.B; ++b)
+    // dx: batch rows are independent; dw: each channel sums over (b, t) in order.
+    parallel_for(s.B, [&](int64_t b) {
       for (int64_t t = 0; t < s.T; ++t)
         for (int64_t c = 0; c < s.C; ++c) {
           double acc = 0;
           for (int64_t j = 0; j < s.W; ++j) {
             int64_t out_t = t + s.W - 1 - j;
             if (out_t < s.T) acc += ld(wp[c * s.W + j]) * dz[size_t((b * s.T + out_t) * s.C + c)];
-            int64_t src = t - s.W + 1 + j;
-            if (src >= 0) dw_acc[size_t(c * s.W + j)] += dz[size_t((b * s.T + t) * s.C + c)] * ld(xp[(b * s.T + src) * s.C + c]);
           }
           dxp[(b * s.T + t) * s.C + c] = convert<T>(acc);
         }
+    });
+    std::vector<double> dw_acc(size_t(s.C * s.W), 0.0);
+    parallel_for(s.C, [&](int64_t c) {
+      for (int64_t b = 0; b < s.B; ++b)
+        for (int64_t t = 0; t < s.T; ++t)
+          for (int64_t j = 0; j < s.W; ++j) {
+            int64_t src = t - s.W + 1 + j;
+            if (src >= 0) dw_acc[size_t(c * s.W + j)] += dz[size_t((b * s.T + t) * s.C + c)] * ld(xp[(b * s.T + src) * s.C + c]);
+          }
+    });
     T* dwp = dw.data<T>();
     for (size_t i = 0; i < dw_acc.size(); ++i) dwp[i] = convert<T>(dw_acc[i]);
   });

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/sparse_attention.h"
 
 namespace natsl::kernels::cpu {
@@ -62,47 +63,47 @@ void fwd_impl(const SparseAttentionArgs& args, const SparseAttentionIndex& index
   T* op = o.data<T>();
   S* lp = lse.data<S>();
   const A scale = A(args.scale);
-  std::vector<A> acc(size_t(g.Dv)), score(size_t(g.C));
 
-  for (int64_t b = 0; b < g.B; ++b)
-    for (int64_t a = 0; a < g.Ha; ++a) {
-      const int64_t r = a / g.G;
-      for (int64_t i = 0; i < g.T; ++i) {
-        const int64_t qc = i / g.C;
-        const A* qi = &qv[g.qk_at(b, i, a)];
-        A m = -std::numeric_limits<A>::infinity(), l = 0;
-        std::fill(acc.begin(), acc.end(), A(0));
-        // One key block [j0, j1) with weight mu: rescale the running sums to the new max, then add.
-        auto visit = [&](int64_t j0, int64_t j1, A mu) {
-          A block_max = -std::numeric_limits<A>::infinity();
-          for (int64_t j = j0; j < j1; ++j) {
-            score[j - j0] = scale * dot(qi, &kv[g.qk_at(b, j, a)], g.Dk);
-            block_max = std::max(block_max, score[j - j0]);
-          }
-          if (block_max > m) {
-            const A f = std::exp(m - block_max);
-            l *= f;
-            for (A& x : acc) x *= f;
-            m = block_max;
-          }
-          for (int64_t j = j0; j < j1; ++j) {
-            const A p = mu * std::exp(score[j - j0] - m);
-            l += p;
-            const A* vj = &vv[g.v_at(b, j, a)];
-            for (int64_t e = 0; e < g.Dv; ++e) acc[e] += p * vj[e];
-          }
-        };
-        visit(g.begin(qc), i + 1, A(1));
-        const int32_t* list = g.earlier(b, r);
-        for (int64_t n = 0, cnt = g.num_earlier(b, r, qc); n < cnt; ++n) {
-          const int64_t c = list[n];
-          visit(g.begin(c), g.end(c), mult ? A(mult[g.mask_at(b, c, r)]) : A(1));
+  // Every (batch row, head) writes only its own rows of o and lse: one thread per block of them.
+  parallel_for(g.B * g.Ha, [&](int64_t ba) {
+    const int64_t b = ba / g.Ha, a = ba % g.Ha, r = a / g.G;
+    std::vector<A> acc(size_t(g.Dv)), score(size_t(g.C));
+    for (int64_t i = 0; i < g.T; ++i) {
+      const int64_t qc = i / g.C;
+      const A* qi = &qv[g.qk_at(b, i, a)];
+      A m = -std::numeric_limits<A>::infinity(), l = 0;
+      std::fill(acc.begin(), acc.end(), A(0));
+      // One key block [j0, j1) with weight mu: rescale the running sums to the new max, then add.
+      auto visit = [&](int64_t j0, int64_t j1, A mu) {
+        A block_max = -std::numeric_limits<A>::infinity();
+        for (int64_t j = j0; j < j1; ++j) {
+          score[j - j0] = scale * dot(qi, &kv[g.qk_at(b, j, a)], g.Dk);
+          block_max = std::max(block_max, score[j - j0]);
         }
-        T* oi = op + g.v_at(b, i, a);
-        for (int64_t e = 0; e < g.Dv; ++e) oi[e] = convert<T>(acc[e] / l);
-        lp[(b * g.T + i) * g.Ha + a] = S(m + std::log(l));
+        if (block_max > m) {
+          const A f = std::exp(m - block_max);
+          l *= f;
+          for (A& x : acc) x *= f;
+          m = block_max;
+        }
+        for (int64_t j = j0; j < j1; ++j) {
+          const A p = mu * std::exp(score[j - j0] - m);
+          l += p;
+          const A* vj = &vv[g.v_at(b, j, a)];
+          for (int64_t e = 0; e < g.Dv; ++e) acc[e] += p * vj[e];
+        }
+      };
+      visit(g.begin(qc), i + 1, A(1));
+      const int32_t* list = g.earlier(b, r);
+      for (int64_t n = 0, cnt = g.num_earlier(b, r, qc); n < cnt; ++n) {
+        const int64_t c = list[n];
+        visit(g.begin(c), g.end(c), mult ? A(mult[g.mask_at(b, c, r)]) : A(1));
       }
+      T* oi = op + g.v_at(b, i, a);
+      for (int64_t e = 0; e < g.Dv; ++e) oi[e] = convert<T>(acc[e] / l);
+      lp[(b * g.T + i) * g.Ha + a] = S(m + std::log(l));
     }
+  });
 }
 
 template <class T>
@@ -120,9 +121,11 @@ void bwd_impl(const SparseAttentionArgs& args, const SparseAttentionIndex& index
   std::vector<A> dqa(qv.size(), A(0)), dka(kv.size(), A(0)), dva(vv.size(), A(0));
   std::vector<A> dma(size_t(g.B * g.NC * g.Hr), A(0));
 
-  for (int64_t b = 0; b < g.B; ++b)
-    for (int64_t a = 0; a < g.Ha; ++a) {
-      const int64_t r = a / g.G;
+  // A (batch row, router head) pair owns its heads' dq, dk, dv rows and its mask gradients (summed over
+  // its heads in order): one thread per block of pairs.
+  parallel_for(g.B * g.Hr, [&](int64_t br) {
+    const int64_t b = br / g.Hr, r = br % g.Hr;
+    for (int64_t a = r * g.G; a < (r + 1) * g.G; ++a) {
       for (int64_t i = 0; i < g.T; ++i) {
         const int64_t qc = i / g.C;
         const A* qi = &qv[g.qk_at(b, i, a)];
@@ -160,6 +163,7 @@ void bwd_impl(const SparseAttentionArgs& args, const SparseAttentionIndex& index
         }
       }
     }
+  });
 
   auto store = [](const std::vector<A>& src, const Tensor& dst) {
     T* p = dst.data<T>();
