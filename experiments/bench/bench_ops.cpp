@@ -8,10 +8,13 @@
 //  - a large bf16 GEMM (TFLOP/s): the compute ceiling, and the f32 GEMM for reference.
 // ratio = ours_ms / peer_ms (lower is better; the issue asks <= 1/0.7 = 1.43 for the memory-bound ops and
 // <= 1.5 for cross-entropy). CUDA events on the compute stream, warm-up, median of --reps runs.
+// Ops with kernel variants (kernels/cuda/variant.h) are timed once per variant, in rows named "... [vN]"
+// (the plain row is variant 0, the default).
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -27,6 +30,7 @@
 #include "core/tensor.h"
 #include "kernels/adamw.h"
 #include "kernels/cuda/cross_entropy_fused.h"
+#include "kernels/cuda/variant.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/nn.h"
@@ -75,6 +79,13 @@ Tensor ids(const Shape& s, int64_t vocab, uint64_t seed) {
   Generator g(seed);
   uniform_(u, g, 0.0, double(vocab) - 0.5);
   return u.to(DType::i32);  // truncation toward zero: ids in [0, vocab)
+}
+
+// Runs fn with the variant environment variable `env` set to `variant`, then unsets it.
+void with_variant(const char* env, int variant, const std::function<void()>& fn) {
+  setenv(env, std::to_string(variant).c_str(), 1);
+  fn();
+  unsetenv(env);
 }
 
 struct Row {
@@ -176,6 +187,10 @@ int main(int argc, char** argv) {
     const std::string sh = "32768x4096";
     mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
     mem("rmsnorm bwd bf16", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
+    for (int v : {1, 2})
+      with_variant(cuda::kVariantRmsnormBwd, v, [&] {
+        mem("rmsnorm bwd bf16 [v" + std::to_string(v) + "]", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
+      });
     mem("softmax fwd bf16", sh, 2 * t, [&] { softmax_fwd(x, y); });
     mem("softmax bwd bf16", sh, 3 * t, [&] { softmax_bwd(y, dy, dx); });
     Tensor dsum = Tensor::empty({1, D}, DType::bf16, kGpu);
@@ -211,6 +226,9 @@ int main(int argc, char** argv) {
     mem("embedding fwd bf16", "131072x1024 V32000", 2 * act, [&] { embedding_fwd(table, tok, out); });
     // reads dout once, reads and writes the table once (ids and the sort are small)
     mem("embedding bwd bf16", "131072x1024 V32000", act + 2 * tab, [&] { embedding_bwd(tok, dout, dtable); });
+    with_variant(cuda::kVariantEmbeddingBwd, 1, [&] {
+      mem("embedding bwd bf16 [v1]", "131072x1024 V32000", act + 2 * tab, [&] { embedding_bwd(tok, dout, dtable); });
+    });
   }
   {
     // AdamW over 64M f32 parameters (256 MB per buffer): p, m, v read+written, grad read
@@ -259,6 +277,11 @@ int main(int argc, char** argv) {
     });
     ce("cross_entropy fused fwd+bwd bf16", [&] {
       cuda::cross_entropy_fwd_bwd(logits, tgt, -100, scale, loss, lse, valid, work);
+    });
+    with_variant(cuda::kVariantCrossEntropy, 1, [&] {
+      ce("cross_entropy fused fwd+bwd bf16 [v1]", [&] {
+        cuda::cross_entropy_fwd_bwd(logits, tgt, -100, scale, loss, lse, valid, work);
+      });
     });
   }
 

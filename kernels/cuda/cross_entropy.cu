@@ -3,11 +3,16 @@
 //   forward:  lse = log sum_j exp(x_j)  (online max/sum, one read),  loss = lse - x_target
 //   backward: dx_j = (exp(x_j - lse) - [j == target]) * grad_scale  (one read, one write; may be in place)
 //   fused:    both in one kernel: the second read of a row hits L2, so the logits cross DRAM once each way.
+// Fused variants (NATSL_KERNEL_VARIANT_CROSS_ENTROPY, variant.h): 0 = cross_entropy_fused_rows_kernel (row in
+// registers, ~2 rows per SM); 1 = cross_entropy_fused_ring_kernel (rows prefetched by bulk copies into a
+// shared-memory ring, 2-3 rows ahead).
 #include <algorithm>
 #include <cstdio>
 
 #include "kernels/cuda/cross_entropy_fused.h"
 #include "kernels/cuda/online_softmax.cuh"
+#include "kernels/cuda/store_rn.cuh"
+#include "kernels/cuda/variant.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -162,6 +167,135 @@ __global__ void __launch_bounds__(1024, 1)
   }
 }
 
+// Fused forward+backward with a ring of STAGES row buffers in shared memory, filled by 1-D bulk copies
+// (cp.async.bulk, completing on one mbarrier per stage): while the block computes row k from the ring, rows
+// k+1 .. k+STAGES-1 are already on their way, so DRAM reads never wait for the compute (max pass, sum of
+// exp pass, dx pass, all from shared memory) or for the dx stores. Grid = blocks resident at once (often one
+// per SM); block b takes rows b, b + grid, ... Row bytes: a multiple of 16, pointers 16-byte aligned.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ring_fill(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+
+__device__ __forceinline__ void ring_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+}
+
+template <class T, class I, int STAGES>
+__global__ void __launch_bounds__(1024)
+    cross_entropy_fused_ring_kernel(const T* logits, const I* __restrict__ targets, int64_t rows, int64_t V,
+                                    int64_t ignore, float* __restrict__ losses, float* __restrict__ lse,
+                                    float* __restrict__ valid, const float* __restrict__ grad_scale, T* dlogits) {
+  constexpr int VEC = kVec<T>;
+  extern __shared__ __align__(128) unsigned char ring_raw[];
+  __shared__ __align__(8) uint64_t bar[STAGES];
+  __shared__ float scratch[32];
+  const int64_t nvec = V / VEC;
+  const uint32_t row_bytes = uint32_t(V * int64_t(sizeof(T)));
+  const int64_t stride_bytes = (int64_t(row_bytes) + 127) / 128 * 128;
+  auto stage_ptr = [&](int st) { return reinterpret_cast<T*>(ring_raw + st * stride_bytes); };
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[st])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) {
+      const int64_t r = blockIdx.x + int64_t(st) * gridDim.x;
+      if (r < rows) ring_fill(stage_ptr(st), logits + r * V, row_bytes, &bar[st]);
+    }
+  }
+  __syncthreads();
+  int64_t k = 0;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x, ++k) {
+    const int st = int(k % STAGES);
+    const T* buf = stage_ptr(st);
+    const int64_t t = checked_target(targets, r, V, ignore);
+    const bool is_valid = t != ignore;
+    ring_wait(&bar[st], uint32_t((k / STAGES) & 1));
+    float m = -INFINITY;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      float x[VEC];
+      load_vec<T, VEC>(buf + v * VEC, x);
+#pragma unroll
+      for (int q = 0; q < VEC; ++q) m = fmaxf(m, x[q]);
+    }
+    const float M = row_max(m, scratch);
+    const float Ms = M == -INFINITY ? 0.f : M;  // an all -inf row: sum 0, lse -inf (as the other kernels)
+    float se = 0.f;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      float x[VEC];
+      load_vec<T, VEC>(buf + v * VEC, x);
+#pragma unroll
+      for (int q = 0; q < VEC; ++q) se += exp_for<T>(x[q] - Ms);
+    }
+    const float row_lse = Ms + logf(row_sum(se, scratch));
+    if (threadIdx.x == 0) {
+      lse[r] = row_lse;
+      valid[r] = is_valid ? 1.f : 0.f;
+      losses[r] = is_valid ? row_lse - to_f32(buf[t]) : 0.f;
+    }
+    const float scale = is_valid ? grad_scale[0] : 0.f;
+    T* out = dlogits + r * V;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      const int64_t j = v * VEC;
+      float x[VEC];
+      load_vec<T, VEC>(buf + j, x);
+#pragma unroll
+      for (int q = 0; q < VEC; ++q) x[q] = exp_for<T>(x[q] - row_lse) * scale;
+      if (is_valid && t >= j && t < j + VEC) {
+#pragma unroll
+        for (int q = 0; q < VEC; ++q)
+          if (j + q == t) x[q] -= scale;
+      }
+      store_vec_rn<T, VEC>(out + j, x);
+    }
+    __syncthreads();  // every read of this stage is done before the bulk copy refills it
+    const int64_t next = r + int64_t(STAGES) * gridDim.x;
+    if (threadIdx.x == 0 && next < rows) ring_fill(stage_ptr(st), logits + next * V, row_bytes, &bar[st]);
+  }
+}
+
+// Launches the ring kernel when STAGES >= 2 rows fit the block's shared memory; false otherwise.
+template <class T, class I>
+bool launch_ring(const T* xp, const I* tp, int64_t rows, int64_t V, int64_t ignore, float* lp, float* sp, float* vp,
+                 const float* gs, T* dp, int dev, cudaStream_t s) {
+  const int64_t row_bytes = V * int64_t(sizeof(T));
+  if (row_bytes % 16 != 0 || row_bytes >= (int64_t(1) << 20)) return false;
+  const int64_t stride = (row_bytes + 127) / 128 * 128;
+  int max_smem = 0;
+  NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const int64_t budget = int64_t(max_smem) - 1024;  // the kernel's static shared memory
+  const int stages = budget >= 3 * stride ? 3 : budget >= 2 * stride ? 2 : 0;
+  if (stages == 0) return false;
+  const int64_t nvec = V / kVec<T>;
+  int threads = 32;
+  while (threads < 1024 && threads < nvec) threads *= 2;
+  const int smem = int(stages * stride);
+  auto run = [&](auto kern) {
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    int per_sm = 0;
+    NATSL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem));
+    const int64_t grid = std::min<int64_t>(rows, int64_t(sm_count(dev)) * std::max(per_sm, 1));
+    kern<<<unsigned(grid), unsigned(threads), smem, s>>>(xp, tp, rows, V, ignore, lp, sp, vp, gs, dp);
+  };
+  if (stages == 3) run(cross_entropy_fused_ring_kernel<T, I, 3>);
+  else run(cross_entropy_fused_ring_kernel<T, I, 2>);
+  return true;
+}
+
 template <bool FWD, bool BWD>
 void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
             const Tensor& lse, const Tensor& valid, const Tensor& grad_scale, const Tensor& dlogits, const char* op) {
@@ -195,7 +329,10 @@ void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, c
       constexpr int VC = kVec<T>;
       const bool vec = V % VC == 0 && aligned16(xp) && (!BWD || aligned16(dp));
       constexpr int kRowVecs = 8;  // vectors per thread of the register-resident fused kernel
-      if (FWD && BWD && vec && (V / VC + kRowVecs - 1) / kRowVecs <= 1024) {
+      if (FWD && BWD && vec && kernel_variant(kVariantCrossEntropy) == 1 &&
+          launch_ring<T, I>(xp, tp, rows, V, ignore_index, lp, sp, vp, gs, dp, dev, s)) {
+        // launched
+      } else if (FWD && BWD && vec && (V / VC + kRowVecs - 1) / kRowVecs <= 1024) {
         RowGrid g = row_grid(dev, rows, V, VC, kRowVecs);
         g.grid = dim3(unsigned(grid_for(dev, rows, g.block.y, std::max(1, 1024 / int(g.block.x * g.block.y)))));
         cross_entropy_fused_rows_kernel<T, I, VC, kRowVecs><<<g.grid, g.block, g.smem, s>>>(

@@ -3,7 +3,14 @@
 //   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
 // The weight gradient is deterministic: each (block, row slot) adds its rows into its own f32 partial row
 // (in shared memory when it fits), then the partial rows are added in a fixed order (column_sum.cuh).
+// Backward variants (NATSL_KERNEL_VARIANT_RMSNORM_BWD, variant.h): 0 = rmsnorm_bwd_kernel (reads x and dy
+// twice per row); 1 / 2 = rmsnorm_bwd_regs_kernel with 2 / 4 vectors per thread per tensor (one block per
+// row, the row held in registers).
+#include <algorithm>
+
 #include "kernels/cuda/column_sum.cuh"
+#include "kernels/cuda/store_rn.cuh"
+#include "kernels/cuda/variant.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -101,6 +108,109 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__
     }
 }
 
+// One block per row (grid-stride over rows), blockDim.x = a multiple of 32 with blockDim.x * NV * VEC >= D:
+// each thread loads its NV vectors of x and dy once (all 2 NV 16-byte loads in flight together) and keeps
+// them raw in registers from the row dot product to the dx write, so each row crosses DRAM once per tensor.
+// The block's dw sums stay in registers (thread-owned columns) over all its rows and are written once to
+// its partial row dw_partial[blockIdx.x] (may be null); w is re-read per row (L1-resident). One barrier per
+// row: the warp sums alternate between two scratch rows.
+template <class T, int NV>
+__global__ void __launch_bounds__(512)
+    rmsnorm_bwd_regs_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd,
+                            const T* __restrict__ dy, T* __restrict__ dx, float* __restrict__ dw_partial,
+                            int64_t rows, int64_t D) {
+  constexpr int VEC = kVec<T>;
+  __shared__ float warp_dot[2][32];
+  const int64_t nvec = D / VEC;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  float dw_acc[NV][VEC];
+#pragma unroll
+  for (int n = 0; n < NV; ++n)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) dw_acc[n][k] = 0.f;
+  int parity = 0;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x, parity ^= 1) {
+    const int64_t off = r * D;
+    uint4 xr[NV], gr[NV];
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t v = int64_t(n) * blockDim.x + threadIdx.x;
+      const bool in = v < nvec;
+      xr[n] = in ? *reinterpret_cast<const uint4*>(x + off + v * VEC) : make_uint4(0, 0, 0, 0);
+      gr[n] = in ? *reinterpret_cast<const uint4*>(dy + off + v * VEC) : make_uint4(0, 0, 0, 0);
+    }
+    const float rs = rstd[r];
+    float dot = 0.f;  // sum_k dy_k w_k x_k (zero-filled vectors add nothing)
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t v = int64_t(n) * blockDim.x + threadIdx.x;
+      float xv[VEC], gv[VEC], wv[VEC];
+      unpack_vec<T, VEC>(xr[n], xv);
+      unpack_vec<T, VEC>(gr[n], gv);
+      if (w && v < nvec) load_vec<T, VEC>(w + v * VEC, wv);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) dot += gv[k] * (w && v < nvec ? wv[k] : 1.f) * xv[k];
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) warp_dot[parity][warp] = dot;
+    __syncthreads();
+    dot = warp_sum(lane < nwarps ? warp_dot[parity][lane] : 0.f);
+    const float c = rs * rs * rs * dot / float(D);
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t v = int64_t(n) * blockDim.x + threadIdx.x;
+      if (v >= nvec) continue;
+      float xv[VEC], gv[VEC], wv[VEC], o[VEC];
+      unpack_vec<T, VEC>(xr[n], xv);
+      unpack_vec<T, VEC>(gr[n], gv);
+      if (w) load_vec<T, VEC>(w + v * VEC, wv);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        o[k] = rs * (w ? wv[k] : 1.f) * gv[k] - xv[k] * c;
+        dw_acc[n][k] += gv[k] * xv[k] * rs;
+      }
+      store_vec_rn<T, VEC>(dx + off + v * VEC, o);
+    }
+  }
+  if (!dw_partial) return;
+  float* my_dw = dw_partial + int64_t(blockIdx.x) * D;
+#pragma unroll
+  for (int n = 0; n < NV; ++n) {
+    const int64_t v = int64_t(n) * blockDim.x + threadIdx.x;
+    if (v >= nvec) continue;
+#pragma unroll
+    for (int k = 0; k < VEC; k += 4)
+      *reinterpret_cast<float4*>(my_dw + v * VEC + k) =
+          make_float4(dw_acc[n][k], dw_acc[n][k + 1], dw_acc[n][k + 2], dw_acc[n][k + 3]);
+  }
+}
+
+// Launches rmsnorm_bwd_regs_kernel with NV vectors per thread when the row fits 512 threads (vectorised
+// data only); false when it does not (the caller falls back to the default kernel).
+template <class T, int NV>
+bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T* gp, T* dp, bool want_dw, T* dwp,
+                             int64_t rows, int64_t D, Device d, cudaStream_t s) {
+  constexpr int VEC = kVec<T>;
+  const int64_t nvec = D / VEC;
+  const int64_t threads = ((nvec + NV - 1) / NV + 31) / 32 * 32;
+  if (threads > 512) return false;
+  auto kern = rmsnorm_bwd_regs_kernel<T, NV>;
+  int per_sm = 0;
+  NATSL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, int(threads), 0));
+  const int64_t grid = std::min<int64_t>(rows, int64_t(sm_count(d.index)) * std::max(per_sm, 1));
+  Tensor partial;
+  float* pp = nullptr;
+  if (want_dw) {
+    partial = scratch_f32(grid * D, d);
+    pp = partial.data<float>();
+  }
+  kern<<<unsigned(grid), unsigned(threads), 0, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+  NATSL_CUDA_CHECK_LAUNCH();
+  // Hundreds of partial rows: 32 slices keep each thread's dependent load chain short.
+  if (want_dw) column_sum<T, 32>(pp, grid, D, dwp, d.index, s);
+  return true;
+}
+
 }  // namespace
 
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
@@ -148,6 +258,15 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     T* dp = static_cast<T*>(dx.data_ptr());
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
+    const int variant = kernel_variant(kVariantRmsnormBwd);
+    if (vec) {
+      T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
+      const float* rp = rstd.data<float>();
+      if (variant == 1 && launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
+        return;
+      if (variant == 2 && launch_rmsnorm_bwd_regs<T, 4>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
+        return;
+    }
     // One vector per thread per row: wide blocks, so few (block, row slot) partial rows.
     RowGrid g = row_grid(dev, rows, D, vec ? V : 1, 1);
     const int64_t groups = int64_t(g.grid.x) * g.block.y;

@@ -8,7 +8,9 @@
 #include "tests/cuda/cuda_test_util.h"
 #ifdef NATSL_WITH_CUDA
 #include "kernels/cuda/cross_entropy_fused.h"
+#include "kernels/cuda/variant.h"
 #endif
+#include <cstdlib>
 
 using namespace natsl;
 using namespace natsl::testing;
@@ -32,7 +34,7 @@ Tensor make_targets(const CeCase& c, uint64_t seed, DType it) {
 }
 
 const CeCase kCases[] = {{1, 1, -100}, {5, 7, -100}, {33, 1000, -100}, {3, 50001, -100}, {64, 32000, -100},
-                         {17, 129, 3} /* an ignore index that is also a class id */};
+                         {17, 129, 3} /* an ignore index that is also a class id */, {9, 4104, 3}};
 
 }  // namespace
 
@@ -69,14 +71,18 @@ TEST(CudaCrossEntropy, ForwardBackwardAndInPlace) {
         kernels::cross_entropy_bwd(inplace, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, inplace);
         expect_match(inplace, ref_d, tol_for(dt), what + " dlogits in place");
 #ifdef NATSL_WITH_CUDA
-        // One kernel for both, out of place and in place.
+        // One kernel for both, out of place and in place, each fused variant (the ring kernel takes rows of
+        // a multiple of 16 bytes; other rows fall back to variant 0).
+        for (int variant : {0, 1})
         for (bool in_place : {false, true}) {
+          setenv(kernels::cuda::kVariantCrossEntropy, std::to_string(variant).c_str(), 1);
           Tensor x2 = to_gpu(xq);
           Tensor l2 = gpu_poisoned({c.N}, DType::f32), s2 = gpu_poisoned({c.N}, DType::f32),
                  v2 = gpu_poisoned({c.N}, DType::f32);
           Tensor d2 = in_place ? x2 : gpu_poisoned({c.N, c.V}, dt);
           kernels::cuda::cross_entropy_fwd_bwd(x2, tgg, c.ignore_index, to_gpu(scale), l2, s2, v2, d2);
-          const std::string w2 = what + (in_place ? " fused in place" : " fused");
+          unsetenv(kernels::cuda::kVariantCrossEntropy);
+          const std::string w2 = what + (in_place ? " fused in place" : " fused") + " v" + std::to_string(variant);
           expect_match(l2, ref_loss, kStats, w2 + " losses");
           expect_match(s2, ref_lse, kStats, w2 + " lse");
           expect_match(v2, ref_valid, Tol{0, 0}, w2 + " valid");
@@ -125,6 +131,44 @@ TEST(CudaCrossEntropy, AutogradFusedPathMatchesCpu) {
         loss.backward(Tensor(), false);
         expect_match(loss.reshape({1}).to(Device::cpu()), ref.reshape({1}), kStats, what + " loss");
         expect_match(xg.grad(), xc.grad(), tol_for(dt), what + " dlogits");
+      }
+}
+
+// The fused variants on many rows per block: the ring kernel (variant 1) refills each of its 2-3 stages
+// several times (600 rows of 64 KB at one block per SM; 1200 rows of 8008), out of place and in place.
+TEST(CudaCrossEntropy, FusedVariantsOnManyRows) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 700;
+  struct Big {
+    DType dt;
+    CeCase c;
+  };
+  for (const Big& b : {Big{DType::bf16, {600, 32000, -100}}, Big{DType::f32, {1200, 8008, -100}},
+                       Big{DType::bf16, {1200, 8008, -100}}})
+    for (int variant : {0, 1})
+      for (bool in_place : {false, true}) {
+        const CeCase& c = b.c;
+        const std::string what = case_name("fused cross_entropy", b.dt, {c.N, c.V}) + " v" +
+                                 std::to_string(variant) + (in_place ? " in place" : "");
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), b.dt);
+        Tensor tg = make_targets(c, seed++, DType::i32);
+        Tensor ref_loss = cpu_poisoned({c.N}), ref_lse = cpu_poisoned({c.N}), ref_valid = cpu_poisoned({c.N});
+        kernels::cpu::cross_entropy_fwd(f64(xq), tg, c.ignore_index, ref_loss, ref_lse, ref_valid);
+        Tensor scale = Tensor::full({1}, 0.37, DType::f32);
+        Tensor ref_d = cpu_poisoned({c.N, c.V});
+        kernels::cpu::cross_entropy_bwd(f64(xq), tg, f64(ref_lse.to(DType::f32)), scale.to(DType::f64),
+                                        c.ignore_index, ref_d);
+        Tensor x = to_gpu(xq);
+        Tensor l = gpu_poisoned({c.N}, DType::f32), s = gpu_poisoned({c.N}, DType::f32),
+               v = gpu_poisoned({c.N}, DType::f32);
+        Tensor d = in_place ? x : gpu_poisoned({c.N, c.V}, b.dt);
+        setenv(kernels::cuda::kVariantCrossEntropy, std::to_string(variant).c_str(), 1);
+        kernels::cuda::cross_entropy_fwd_bwd(x, to_gpu(tg), c.ignore_index, to_gpu(scale), l, s, v, d);
+        unsetenv(kernels::cuda::kVariantCrossEntropy);
+        expect_match(l, ref_loss, kStats, what + " losses");
+        expect_match(s, ref_lse, kStats, what + " lse");
+        expect_match(v, ref_valid, Tol{0, 0}, what + " valid");
+        expect_match(d, ref_d, tol_for(b.dt), what + " dlogits");
       }
 }
 

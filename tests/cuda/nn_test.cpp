@@ -3,9 +3,12 @@
 // Tolerances: outputs in the data dtype use kF32 / kBf16 (cuda_test_util.h); f32 statistics (rstd, rnorm)
 // use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
 // many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
+#include <cstdlib>
 #include <iterator>
+#include <string>
 #include <vector>
 
+#include "kernels/cuda/variant.h"
 #include "kernels/nn.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -18,9 +21,19 @@ constexpr Tol kF32Sum{2e-5, 2e-4};
 Tol sum_tol(DType dt) { return dt == DType::bf16 ? kBf16 : kF32Sum; }
 
 // Row shapes: one row, one column, odd sizes, a row of 50000, many rows of a model width.
-const Shape kRowShapes[] = {{1, 1}, {1, 7}, {3, 5}, {2, 3, 33}, {513, 96}, {64, 4096}, {2, 50000}, {1000, 1}};
+// {37, 1000}, {700, 2056}: widths that leave the last threads of the register-row rmsnorm backward partly
+// idle; 700 rows: several rows per block.
+const Shape kRowShapes[] = {{1, 1},    {1, 7},       {3, 5},    {2, 3, 33}, {513, 96}, {64, 4096},
+                            {2, 50000}, {1000, 1}, {37, 1000}, {700, 2056}};
 
 int64_t rows_of(const Shape& s) { return shape_numel(s) / s.back(); }
+
+// Sets a kernel-variant environment variable (kernels/cuda/variant.h) for one scope.
+struct VariantScope {
+  const char* env;
+  VariantScope(const char* e, int v) : env(e) { setenv(env, std::to_string(v).c_str(), 1); }
+  ~VariantScope() { unsetenv(env); }
+};
 
 }  // namespace
 
@@ -48,7 +61,8 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
     int64_t V, D, N;
   };
   // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, odd widths.
-  const Case cases[] = {{5, 64, 1000}, {1, 3, 17}, {1000, 33, 257}, {32000, 128, 4096}, {7, 4096, 300}};
+  const Case cases[] = {{5, 64, 1000}, {1, 3, 17}, {1000, 33, 257}, {32000, 128, 4096}, {7, 4096, 300},
+                       {3, 1032, 5000} /* segments longer than 32, a column chunk cut short */};
   uint64_t seed = 30;
   for (DType dt : {DType::f32, DType::bf16})
     for (DType it : {DType::i32, DType::i64})
@@ -59,14 +73,21 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
         Tensor w0 = q(randn({c.V, c.D}, seed++), dt);
         Tensor ref = f64(w0);
         kernels::cpu::embedding_bwd(ids, f64(dq), ref);
-        Tensor dw = to_gpu(w0);
-        kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
-        const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) + " ids " +
-                                 dtype_str(it);
-        expect_match(dw, ref, sum_tol(dt), what);
-        Tensor dw2 = to_gpu(w0);
-        kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
-        expect_same_bits(dw, dw2, what);
+        Tensor dw_default;
+        // Variant 1 adds in the same order as the default: the same bits.
+        for (int variant : {0, 1}) {
+          VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
+          Tensor dw = to_gpu(w0);
+          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+          const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) +
+                                   " ids " + dtype_str(it) + " v" + std::to_string(variant);
+          expect_match(dw, ref, sum_tol(dt), what);
+          Tensor dw2 = to_gpu(w0);
+          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
+          expect_same_bits(dw, dw2, what);
+          if (variant == 0) dw_default = dw;
+          else expect_same_bits(dw, dw_default, what + " vs v0");
+        }
       }
 }
 
@@ -92,16 +113,22 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
         Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
         Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
         kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
-        Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
-        kernels::rmsnorm_bwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
-        // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
-        const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
-        expect_match(dx, ref_dx, tol_for(dt), what + " dx", terms);
-        if (weighted) {
-          expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
-          Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
-          kernels::rmsnorm_bwd(to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
-          expect_same_bits(dw, dw2, what + " dw");
+        // Every backward variant (1, 2: the row in registers, used when D is a multiple of the vector width
+        // and the row fits 512 threads).
+        for (int variant : {0, 1, 2}) {
+          VariantScope scope(kernels::cuda::kVariantRmsnormBwd, variant);
+          const std::string wv = what + " v" + std::to_string(variant);
+          Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
+          kernels::rmsnorm_bwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
+          // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
+          const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
+          expect_match(dx, ref_dx, tol_for(dt), wv + " dx", terms);
+          if (weighted) {
+            expect_match(dw, ref_dw, sum_tol(dt), wv + " dw");
+            Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
+            kernels::rmsnorm_bwd(to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
+            expect_same_bits(dw, dw2, wv + " dw");
+          }
         }
       }
 }
