@@ -134,7 +134,7 @@ TEST(NatslModel, PresetConfigsLoadAndHaveTheReferenceSizes) {
   }
   {
     RunConfig cfg = load_config(config_path("natsl-tiny.yaml"));
-    EXPECT_EQ(cfg.train.seq_len, 256);  // four 64-token chunks
+    EXPECT_GE(cfg.train.seq_len, 2 * cfg.model.nats_block_size);  // the router has earlier chunks to choose
     int natsl = 0;
     for (const std::string& k : cfg.model.mixer_kinds()) natsl += k == "natsl";
     EXPECT_GE(natsl, 1);
