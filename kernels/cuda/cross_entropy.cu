@@ -329,7 +329,7 @@ void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, c
       constexpr int VC = kVec<T>;
       const bool vec = V % VC == 0 && aligned16(xp) && (!BWD || aligned16(dp));
       constexpr int kRowVecs = 8;  // vectors per thread of the register-resident fused kernel
-      if (FWD && BWD && vec && kernel_variant(kVariantCrossEntropy) == 1 &&
+      if (FWD && BWD && vec && kernel_variant(kVariantCrossEntropy, kDefaultCrossEntropy) == 1 &&
           launch_ring<T, I>(xp, tp, rows, V, ignore_index, lp, sp, vp, gs, dp, dev, s)) {
         // launched
       } else if (FWD && BWD && vec && (V / VC + kRowVecs - 1) / kRowVecs <= 1024) {

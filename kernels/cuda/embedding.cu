@@ -255,7 +255,7 @@ void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight)
   cudaStream_t s = activate(d.index);
   NATSL_CUDA_DISPATCH_FLOAT(dweight.dtype(), "embedding_bwd", T, [&] {
     NATSL_CHECK(dout.dtype() == dweight.dtype(), "embedding_bwd: dtypes differ");
-    if (kernel_variant(kVariantEmbeddingBwd) == 1) {
+    if (kernel_variant(kVariantEmbeddingBwd, kDefaultEmbeddingBwd) == 1) {
       embedding_bwd_segments<T>(ids, static_cast<const T*>(dout.data_ptr()), static_cast<T*>(dweight.data_ptr()), n,
                                 V, D, d, s);
       return;

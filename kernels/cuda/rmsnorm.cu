@@ -258,7 +258,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     T* dp = static_cast<T*>(dx.data_ptr());
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
-    const int variant = kernel_variant(kVariantRmsnormBwd);
+    const int variant = kernel_variant(kVariantRmsnormBwd, kDefaultRmsnormBwd);
     if (vec) {
       T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
