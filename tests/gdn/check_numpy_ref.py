@@ -1,7 +1,7 @@
 """Compares a case written by GdnNumpyDump (tests/gdn/gdn_numpy_dump_test.cpp) with the NumPy float64
-reference ../shared/reference/gdn_chunk_ref.py (chunk size 64). Optional extra check, not run in CI.
+reference ../shared/reference/gdn_chunk_ref.py (chunk size 64). Run by the GdnNumpyReference test; by hand:
 
-    NATSL_GDN_DUMP=/tmp/gdn_case.txt build/tests/test_gdn --gtest_filter=GdnNumpyDump.*
+    NATSL_GDN_DUMP=/tmp/gdn_case.txt build/tests/test_gdn --gtest_filter=GdnNumpyReference.*
     /usr/bin/python3 tests/gdn/check_numpy_ref.py /tmp/gdn_case.txt   # Debian python3-numpy
 """
 import os

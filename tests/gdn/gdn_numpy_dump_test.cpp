@@ -1,6 +1,7 @@
-// Optional cross-check against ../shared/reference/gdn_chunk_ref.py (NumPy, float64): with
-// NATSL_GDN_DUMP=<file> this test writes one case (inputs, forward outputs, gradients) as text, and
-// tests/gdn/check_numpy_ref.py <file> recomputes it with the NumPy reference. Skipped otherwise (not in CI).
+// Cross-check against ../shared/reference/gdn_chunk_ref.py (the verified NumPy float64 reference): this test
+// writes one case (inputs, forward outputs, gradients) as text and runs tests/gdn/check_numpy_ref.py on it,
+// which recomputes everything with the NumPy reference and fails above 1e-12 relative error. Needs python3
+// with numpy (Debian python3-numpy, which scripts/test.sh installs). NATSL_GDN_DUMP=<file> keeps the case.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -12,9 +13,9 @@
 using namespace natsl;
 using namespace natsl::testing::gdn;
 
-TEST(GdnNumpyDump, WritesOneCaseWhenAsked) {
-  const char* path = std::getenv("NATSL_GDN_DUMP");
-  if (!path) GTEST_SKIP() << "set NATSL_GDN_DUMP=<file> to write the NumPy cross-check case";
+TEST(GdnNumpyReference, ChunkedKernelsMatchTheNumpyOracle) {
+  const char* keep = std::getenv("NATSL_GDN_DUMP");
+  const std::string path = keep ? std::string(keep) : std::string(NATSL_BINARY_DIR) + "/gdn_numpy_case.txt";
   GdnCase c{.B = 1, .T = 150, .H = 1, .HV = 1, .K = 5, .V = 4, .h0 = true, .g_min = -0.5, .seed = 41};
   const GdnArgs a = args_of(c);
   const GdnInputs in = make_inputs(c);
@@ -32,4 +33,9 @@ TEST(GdnNumpyDump, WritesOneCaseWhenAsked) {
   put("q", in.q), put("k", in.k), put("v", in.v), put("g", in.g), put("beta", in.beta), put("h0", in.h0);
   put("dO", dout), put("dht", dht), put("o", f.o), put("ht", f.ht);
   put("dq", g.dq), put("dk", g.dk), put("dv", g.dv), put("dg", g.dg), put("dbeta", g.dbeta), put("dh0", g.dh0);
+  os.close();
+  // Debian's python3 carries python3-numpy; a pyenv python first on PATH may not.
+  const std::string python = std::ifstream("/usr/bin/python3").good() ? "/usr/bin/python3" : "python3";
+  const std::string cmd = python + " " + std::string(NATSL_SOURCE_DIR) + "/tests/gdn/check_numpy_ref.py " + path;
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd << " failed (python3-numpy missing, or a mismatch: see its output)";
 }
