@@ -1,6 +1,7 @@
 // Exact resume through the `natsl` program: a run stopped after step 10 (train.stop_at_step, or SIGTERM at
 // an arbitrary moment) and resumed with resume=auto ends with the same parameters, optimizer state and
-// per-step losses, bit for bit, as the run that never stopped (CPU).
+// per-step losses, bit for bit, as the run that never stopped (CPU; and on a GPU with a GDN model, whose
+// CUDA kernels are all deterministic).
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -9,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/test_util.h"
 #include "trainer_test_util.h"
 
 namespace natsl {
@@ -129,6 +131,47 @@ TEST(Resume, SigtermAtAnArbitraryMomentThenResumeIsBitExact) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("at step " + std::to_string(logged)), std::string::npos) << resumed.output;
   expect_same_run(dir / "a", dir / "b", steps);
+}
+
+// The same on the GPU, bf16 compute: Gated DeltaNet blocks (no atomics anywhere in their forward and
+// backward, nor in embedding, norms, SwiGLU, cross-entropy, cuBLASLt GEMMs or AdamW).
+TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
+  NATSL_REQUIRE_GPU();
+  TempDir dir;
+  write_text(dir / "g.yaml", R"(model:
+  name: g
+  vocab_size: 64
+  hidden_size: 64
+  num_layers: 2
+  layers: [gdn, gdn]
+  num_heads: 1
+  head_dim: 64
+  expand_v: 1.0
+  intermediate_size: 64
+data:
+  source: mqar
+  mqar:
+    num_kv_pairs: 4
+train:
+  steps: 20
+  batch_size: 4
+  seq_len: 128
+  grad_accum: 2
+  warmup_steps: 3
+  lr: 1.0e-2
+  log_every: 1000
+  eval_every: 0
+  eval_batches: 1
+  device: cuda
+  precision: bf16
+)");
+  auto straight = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  auto first = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " train.stop_at_step=10");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto second = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " resume=auto");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  expect_same_run(dir / "a", dir / "b", 20);
 }
 
 }  // namespace
