@@ -17,6 +17,7 @@
 #include "core/cuda_check.h"
 #include "core/philox.h"
 #include "core/stream.h"
+#include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/sparse_attention.cuh"
 #include "kernels/sparse_attention.h"
 
@@ -25,26 +26,7 @@ using namespace natsl::kernels;
 
 namespace {
 
-float median_ms(const std::function<void()>& fn, int reps, cudaStream_t st) {
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  cudaEvent_t a, b;
-  NATSL_CUDA_CHECK(cudaEventCreate(&a));
-  NATSL_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < reps; ++i) {
-    NATSL_CUDA_CHECK(cudaEventRecord(a, st));
-    fn();
-    NATSL_CUDA_CHECK(cudaEventRecord(b, st));
-    NATSL_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    NATSL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  NATSL_CUDA_CHECK(cudaEventDestroy(a));
-  NATSL_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using bench::median_ms;
 
 struct Row {
   std::string name, shape, peer;

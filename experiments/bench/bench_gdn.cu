@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/philox.h"
+#include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
 #include "kernels/gdn.h"
@@ -27,26 +28,7 @@ using namespace natsl::kernels;
 
 namespace {
 
-float median_ms(const std::function<void()>& fn, int reps, cudaStream_t st) {
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  cudaEvent_t a, b;
-  NATSL_CUDA_CHECK(cudaEventCreate(&a));
-  NATSL_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < reps; ++i) {
-    NATSL_CUDA_CHECK(cudaEventRecord(a, st));
-    fn();
-    NATSL_CUDA_CHECK(cudaEventRecord(b, st));
-    NATSL_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    NATSL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  NATSL_CUDA_CHECK(cudaEventDestroy(a));
-  NATSL_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using bench::median_ms;
 
 // Kernel layouts selectable through the environment (kernels/cuda/gdn_state_fwd.cuh, gdn_prep.cu); the first is
 // the default choice, "old" the kernels before the layout options existed.

@@ -13,6 +13,8 @@
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
+#include "experiments/bench/bench_timing.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstdio>
@@ -44,28 +46,7 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-double median_ms(const std::function<void()>& fn, int reps) {
-  cudaStream_t s = activate(0);
-  for (int i = 0; i < 3; ++i) fn();  // warm-up: module load, cuBLASLt plans, pool growth
-  NATSL_CUDA_CHECK(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  NATSL_CUDA_CHECK(cudaEventCreate(&a));
-  NATSL_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    NATSL_CUDA_CHECK(cudaEventRecord(a, s));
-    fn();
-    NATSL_CUDA_CHECK(cudaEventRecord(b, s));
-    NATSL_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    NATSL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  NATSL_CUDA_CHECK(cudaEventDestroy(a));
-  NATSL_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return double(t[t.size() / 2]);
-}
+double median_ms(const std::function<void()>& fn, int reps) { return bench::median_ms(fn, reps, activate(0)); }
 
 // Random data (never zeros: they can run faster than real data).
 Tensor rnd(const Shape& s, DType dt, uint64_t seed, double std = 1.0) {
