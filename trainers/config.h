@@ -83,9 +83,10 @@ struct TrainConfig {
   int64_t ckpt_every = 0;         // 0 = only at the end
   int64_t keep_last = 2;
   int64_t stop_at_step = 0;       // >0: checkpoint and exit after this step (schedule unchanged)
-  // Deterministic kernels only (no atomics in reductions). Every kernel natsl has today is deterministic; a
-  // kernel that gains a faster non-deterministic variant must honour this flag.
-  bool deterministic = true;
+  // Require deterministic kernels (bit-identical reruns and resumes on a GPU). Every CPU kernel and every
+  // CUDA kernel but the attention backward (atomic dq) is deterministic; with this flag a CUDA run whose
+  // model has attn/natsl layers is refused at start (trainers/trainer.cpp).
+  bool deterministic = false;
 };
 
 struct RunConfig {

@@ -164,6 +164,7 @@ train:
   eval_batches: 1
   device: cuda
   precision: bf16
+  deterministic: true
 )");
   auto straight = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a");
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
@@ -172,6 +173,12 @@ train:
   auto second = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " resume=auto");
   ASSERT_EQ(second.exit_code, 0) << second.output;
   expect_same_run(dir / "a", dir / "b", 20);
+
+  // An attention layer's CUDA backward is not deterministic: the flag refuses it, naming the key.
+  auto refused = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "c" + " model.layers=[gdn,attn]" +
+                           " model.num_attn_heads=2");
+  EXPECT_EQ(refused.exit_code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("train.deterministic"), std::string::npos) << refused.output;
 }
 
 }  // namespace
