@@ -84,12 +84,7 @@ void chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, 
   using gdn::Mat;
   using gdn::Vec;
   const GdnShape s = GdnShape::of(in.q, in.v, args);
-  const D* q = in.q.data<D>();
-  const D* k = in.k.data<D>();
-  const D* v = in.v.data<D>();
-  const A* beta = in.beta.data<A>();
-  const A* h0 = in.h0.defined() ? in.h0.data<A>() : nullptr;
-  const A* mask = in.mask.defined() ? in.mask.data<A>() : nullptr;
+  const auto [q, k, v, g_unused, beta, h0, mask] = gdn::InputPtrs<D>(in);  // g: only its cumsum is needed
   const A* g_cumsum = saved.g_cumsum.data<A>();
   const D* a_inv = saved.a_inv.data<D>();
   const D* dO = dout.data<D>();

@@ -17,13 +17,7 @@ void chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const 
   using gdn::Mat;
   using gdn::Vec;
   const GdnShape s = GdnShape::of(in.q, in.v, args);
-  const D* q = in.q.data<D>();
-  const D* k = in.k.data<D>();
-  const D* v = in.v.data<D>();
-  const A* g = in.g.data<A>();
-  const A* beta = in.beta.data<A>();
-  const A* h0 = in.h0.defined() ? in.h0.data<A>() : nullptr;
-  const A* mask = in.mask.defined() ? in.mask.data<A>() : nullptr;
+  const auto [q, k, v, g, beta, h0, mask] = gdn::InputPtrs<D>(in);
   A* g_cumsum = saved.g_cumsum.defined() ? saved.g_cumsum.data<A>() : nullptr;
   D* a_inv = saved.a_inv.defined() ? saved.a_inv.data<D>() : nullptr;
   D* out = o.data<D>();

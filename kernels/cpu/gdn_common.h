@@ -15,6 +15,17 @@ using Mat = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class A>
 using Vec = Eigen::Matrix<A, Eigen::Dynamic, 1>;
 
+// The raw pointers of a call's inputs in the data type D and its compute type A (optional inputs null).
+template <class D>
+struct InputPtrs {
+  using A = acc_t<D>;
+  const D *q, *k, *v;
+  const A *g, *beta, *h0, *mask;
+  explicit InputPtrs(const GdnInputs& in)
+      : q(in.q.data<D>()), k(in.k.data<D>()), v(in.v.data<D>()), g(in.g.data<A>()), beta(in.beta.data<A>()),
+        h0(in.h0.defined() ? in.h0.data<A>() : nullptr), mask(in.mask.defined() ? in.mask.data<A>() : nullptr) {}
+};
+
 // Flat offsets of one (batch row, v head) in the [B, T, heads, dim] tensors; t is the token within the row.
 struct HeadIndex {
   const GdnShape& s;
