@@ -3,6 +3,10 @@
 # benchmark, a short bf16 training run of the text model (tokens/s, MFU), a NAtS-L 340M smoke run, and a
 # check that PyTorch's safetensors reads our checkpoint. Logs go to $OUT (default ./gpu-out); key lines are
 # printed. Usage: NATSL_COMMIT=<sha> scripts/gpu_session.sh [text_steps] [natsl_steps]
+# Optional, when the ignored .peers folder is there (shared/bench/README.md): the authors' NAtS-L mixed op
+# (peers.py --what nats) runs in the background during the build (Triton compiles and autotunes for
+# minutes; the build is niced so that it leaves the peer's launch thread a core), then natsl_bench_natsl
+# times ours against its anchors before the tests use the GPU.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,8 +18,30 @@ BIN=build-gpu/natsl
 # The corpora live beside the checkout (../shared/data); a copy carried as .shared-data stands in for them.
 if [ ! -d ../shared/data ] && [ -d .shared-data ]; then mkdir -p ../shared && cp -r .shared-data ../shared/data; fi
 
+COMMIT="${NATSL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+peers_pid=""
+if [ -d .peers ]; then
+  rm -f "$OUT/anchors.json"
+  echo "== NAtS-L reference mixed op (peers.py, background)"
+  PYTHONUNBUFFERED=1 timeout 540 python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats \
+    --out "$OUT" >"$OUT/peers_nats.log" 2>&1 &
+  peers_pid=$!
+fi
+
 echo "== build"
-scripts/gpu_test.sh --build-only >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+nice -n 10 scripts/gpu_test.sh --build-only >"$OUT/build.log" 2>&1 || {
+  tail -40 "$OUT/build.log"
+  [ -n "$peers_pid" ] && kill "$peers_pid"
+  exit 1
+}
+if [ -n "$peers_pid" ]; then
+  wait "$peers_pid"
+  echo "peers rc $?"; grep -E '"name"' "$OUT/peers_nats.log" | cut -c1-160
+  echo "== NAtS-L mixed op benchmark (ours vs the reference's Triton op)"
+  timeout 120 build-gpu/experiments/bench/natsl_bench_natsl --json "$OUT/bench_natsl.json" \
+    --peer "$OUT/anchors.json" --commit "$COMMIT" >"$OUT/bench_natsl.txt" 2>&1
+  echo "rc $?"; cat "$OUT/bench_natsl.txt"
+fi
 echo "== tests"
 JOBS=8 scripts/gpu_test.sh --test-only >"$OUT/ctest.log" 2>&1
 test_rc=$?
