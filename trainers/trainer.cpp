@@ -110,8 +110,27 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
 
 }  // namespace
 
+namespace {
+// A fresh run (resume=none) must not write into the directory of an earlier run: its metrics.jsonl would be
+// rewritten and keep-last-k would prune the old run's checkpoints. Checked before anything is written.
+void refuse_existing_run_dir(const std::string& out_dir) {
+  const fs::path dir(out_dir);
+  std::error_code ec;
+  bool has_metrics = fs::exists(dir / "metrics.jsonl", ec) && fs::file_size(dir / "metrics.jsonl", ec) > 0;
+  bool has_checkpoints = false;
+  if (fs::is_directory(dir / "checkpoints", ec))
+    for (const auto& e : fs::directory_iterator(dir / "checkpoints", ec))
+      if (e.path().filename().string().rfind("step_", 0) == 0) has_checkpoints = true;
+  if (has_metrics || has_checkpoints)
+    throw InputError("train.out_dir '" + out_dir + "' already holds a run (" +
+                     (has_checkpoints ? "checkpoints/" : "metrics.jsonl") +
+                     "); continue it with resume=auto, or give a new train.out_dir (nothing was written)");
+}
+}  // namespace
+
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   const TrainConfig& t = cfg_.train;
+  if (opts_.write_run_dir && cfg_.resume == "none") refuse_existing_run_dir(t.out_dir);
   device_ = resolve_device(t.device);
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())

@@ -95,6 +95,14 @@ TEST(Cli, TrainEvalInspect) {
   EXPECT_TRUE(std::filesystem::exists(dir / "run/config.yaml"));
   EXPECT_EQ(testing::count_lines(dir / "run/metrics.jsonl"), 4u);
 
+  // A fresh run into the same directory is refused before it writes anything: the earlier run's metrics
+  // and checkpoints stay as they were.
+  const std::string metrics_before = testing::read_text(dir / "run/metrics.jsonl");
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run"),
+                   {"train.out_dir", "already holds a run", "resume=auto"});
+  EXPECT_EQ(testing::read_text(dir / "run/metrics.jsonl"), metrics_before);
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/checkpoints/step_000004/model.safetensors"));
+
   // The saved resolved config is itself a valid config that gives the same run settings.
   r = run_natsl("train " + dir / "run/config.yaml train.out_dir=" + dir / "run2 train.steps=1");
   EXPECT_EQ(r.exit_code, 0) << r.output;
