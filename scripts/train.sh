@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, configures, builds and trains the default model (configs/natsl-tiny.yaml,
 # a tiny GDN + NAtS-L model on the MQAR recall task; about 1.5 minutes on 2 CPU cores). Arguments replace the
-# config and overrides: scripts/train.sh configs/text-small.yaml data.train=... train.steps=500
+# config and overrides: scripts/train.sh configs/text-small.yaml data.text.train=... train.steps=500
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 install_missing
 configure_and_build
