@@ -5,7 +5,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 install_missing
 configure_and_build
-if [ $# -eq 0 ]; then set -- configs/natsl-tiny.yaml; fi
+# Each default run gets its own directory, so running the command again never meets an earlier run.
+if [ $# -eq 0 ]; then set -- configs/natsl-tiny.yaml train.out_dir="runs/natsl-tiny-$(date +%Y%m%d-%H%M%S)"; fi
 cd "$ROOT"
 say "natsl train $*"
 exec "$BUILD_DIR/natsl" train "$@"
