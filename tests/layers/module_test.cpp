@@ -12,15 +12,7 @@ using namespace natsl::testing;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_layers = 2;
-  c.num_attn_heads = 2;
-  c.intermediate_size = 12;
-  return c;
-}
+ModelConfig tiny_config() { return tiny_lm_config(); }
 
 std::vector<std::string> names_of(const Module& m) {
   std::vector<std::string> n;

@@ -12,16 +12,7 @@ using namespace natsl::testing;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_layers = 2;
-  c.num_attn_heads = 2;
-  c.intermediate_size = 12;
-  c.attn_qk_norm = true;
-  return c;
-}
+ModelConfig tiny_config() { return tiny_lm_config(/*qk_norm=*/true); }
 
 Batch tiny_batch() {
   return Batch{Tensor::from_vector(std::vector<int32_t>{1, 2, 3, 10, 0, 4}, {2, 3}),

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/model_config.h"
 #include "layers/module.h"
 #include "tests/test_util.h"
 
@@ -13,6 +14,18 @@ namespace natsl::testing {
 using Vec = std::vector<double>;
 
 // Replaces every parameter of m (cast to f64 first) with N(0, std) values, seeds derived from `seed`.
+// A two-layer attention language model small enough for f64 loops and gradchecks.
+inline ModelConfig tiny_lm_config(bool qk_norm = false) {
+  ModelConfig c;
+  c.vocab_size = 11;
+  c.hidden_size = 8;
+  c.num_layers = 2;
+  c.num_attn_heads = 2;
+  c.intermediate_size = 12;
+  c.attn_qk_norm = qk_norm;
+  return c;
+}
+
 inline void randomize(Module& m, uint64_t seed, double std = 0.5) {
   m.to(DType::f64);
   uint64_t s = seed;
