@@ -12,7 +12,7 @@
 // Kernel-level APIs, buffers allocated once (the index per call, as the layer builds it). CUDA events, warm-up,
 // median of repeats (bench_timing.h). The peer is timed by peers.py --what nats in the same session; --peer
 // reads its anchors JSON (rows natsl_mixed_fwd / natsl_mixed_fwdbwd with B, T, frac) for the ratio.
-//   natsl_bench_natsl [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N]
+//   natsl_bench_natsl [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N]
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
     const std::string k = argv[i];
     if (i + 1 >= argc || (k != "--json" && k != "--peer" && k != "--commit" && k != "--reps")) {
       std::fprintf(stderr,
-                   "usage: natsl_bench_natsl [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N]\n");
+                   "usage: natsl_bench_natsl [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N]\n");
       return 2;
     }
     if (k == "--json") json_out = argv[i + 1];
@@ -267,16 +267,27 @@ int main(int argc, char** argv) {
   char date[32];
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  nlohmann::json out = nlohmann::json::array();
+  // One JSON object per line (BENCHMARKS.md); rows without a peer (the parts) carry peer_ms/ratio null.
+  std::ofstream json;
+  if (!json_out.empty()) json.open(json_out);
   std::printf("%-26s %-34s %9s %-12s %9s %7s\n", "what", "shape", "ours ms", "peer", "peer ms", "ratio");
   for (const Row& r : rows) {
-    const double ratio = r.peer_ms > 0 ? r.ms / r.peer_ms : -1;
-    std::printf("%-26s %-34s %9.4f %-12s %9.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, r.peer.c_str(),
-                r.peer_ms, ratio);
-    out.push_back({{"name", r.name}, {"shape", r.shape}, {"B", r.B}, {"T", r.T}, {"frac", r.frac},
-                   {"selected", r.selected}, {"ours_ms", r.ms}, {"peer", r.peer}, {"peer_ms", r.peer_ms},
-                   {"ratio", ratio}, {"gpu", prop.name}, {"commit", commit}, {"date", date}});
+    const bool has_peer = r.peer_ms > 0;
+    const double ratio = has_peer ? r.ms / r.peer_ms : 0;
+    if (has_peer)
+      std::printf("%-26s %-34s %9.4f %-12s %9.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, r.peer.c_str(),
+                  r.peer_ms, ratio);
+    else
+      std::printf("%-26s %-34s %9.4f %-12s %9s %7s\n", r.name.c_str(), r.shape.c_str(), r.ms, "-", "-", "-");
+    nlohmann::json row = {{"name", r.name}, {"shape", r.shape}, {"B", r.B}, {"T", r.T}, {"frac", r.frac},
+                          {"selected", r.selected}, {"ours_ms", r.ms}, {"peer", r.peer}, {"peer_ms", nullptr},
+                          {"ratio", nullptr}, {"gpu", prop.name}, {"commit", commit}, {"date", date}};
+    if (!has_peer) row["peer"] = nullptr;
+    if (has_peer) {
+      row["peer_ms"] = r.peer_ms;
+      row["ratio"] = ratio;
+    }
+    if (json) json << row.dump() << "\n";
   }
-  if (!json_out.empty()) std::ofstream(json_out) << out.dump(1) << "\n";
   return 0;
 }
