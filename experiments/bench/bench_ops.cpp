@@ -32,6 +32,7 @@
 #include "core/tensor.h"
 #include "kernels/adamw.h"
 #include "kernels/cuda/cross_entropy_fused.h"
+#include "kernels/cuda/embedding_bwd.h"
 #include "kernels/cuda/variant.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
@@ -205,11 +206,25 @@ int main(int argc, char** argv) {
     const double act = double(N * D) * 2, tab = double(V * D) * 2;
     mem("embedding fwd bf16", "131072x1024 V32000", 2 * act, [&] { embedding_fwd(table, tok, out); });
     // reads dout once, reads and writes the table once (ids and the sort are small)
-    for (int v : {0, 1})
+    for (int v : {0, 1, 2})
       with_variant(cuda::kVariantEmbeddingBwd, v, [&] {
         mem("embedding bwd bf16 [v" + std::to_string(v) + "]", "131072x1024 V32000", act + 2 * tab,
             [&] { embedding_bwd(tok, dout, dtable); });
       });
+    // Its two phases apart (kernels/cuda/embedding_bwd.h): building the id segments (no bandwidth peer)
+    // and accumulating on segments built once (against the copy of the same bytes as the whole op).
+    for (int v : {0, 1, 2}) {
+      const std::string tag = " [v" + std::to_string(v) + "]";
+      const std::string seg_name = "embedding bwd segments only" + tag;
+      if (want(seg_name)) {
+        const double ms = median_ms([&] { cuda::embedding_bwd_segments(tok, V, v); }, reps);
+        rows.push_back({seg_name, "131072 ids V32000", ms, "", 0, 0, 0});
+        std::fprintf(stderr, "  %-28s %9.3f ms\n", seg_name.c_str(), ms);
+      }
+      const cuda::EmbeddingBwdSegments seg = cuda::embedding_bwd_segments(tok, V, v);
+      mem("embedding bwd accumulate only bf16" + tag, "131072x1024 V32000", act + 2 * tab,
+          [&] { cuda::embedding_bwd_accumulate(seg, dout, dtable); });
+    }
   }
   {
     // AdamW over 64M f32 parameters (256 MB per buffer): p, m, v read+written, grad read

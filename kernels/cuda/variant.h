@@ -19,6 +19,8 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // Defaults, from one H200 run (2026-11-28, commit 1bb7aeb8fefc; ratio to a copy of the same bytes):
 // rmsnorm bwd v0 1.97, v1 1.12, v2 1.12; embedding bwd v0 2.11, v1 1.84; fused cross-entropy v0 1.93,
 // v1 1.34 (of one read + write of the logits). Every variant stays tested (tests/cuda).
+// Embedding bwd v2 (32-bit keys, starts without a binary search, one round of row loads per segment:
+// kernels/cuda/embedding.cu) is selectable; it becomes the default once an H200 run shows it fastest.
 inline constexpr int kDefaultRmsnormBwd = 1;
 inline constexpr int kDefaultEmbeddingBwd = 1;
 inline constexpr int kDefaultCrossEntropy = 1;

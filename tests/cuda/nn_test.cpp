@@ -4,6 +4,8 @@
 // use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
 // many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -55,38 +57,83 @@ TEST(CudaEmbedding, ForwardGathersRows) {
       }
 }
 
+// Ids for the backward: uniform over [0, V), or (`frequent` > 0) that share of the tokens on id V / 2 and the
+// rest uniform, so one id repeats thousands of times among rare ones.
+Tensor backward_ids(int64_t N, int64_t V, double frequent, uint64_t seed, DType it) {
+  std::vector<double> u = rand_uniform({N}, seed, 0.0, 1.0).to_vector<double>();
+  std::vector<double> w = rand_uniform({N}, seed + 1000, 0.0, double(V)).to_vector<double>();
+  std::vector<int64_t> ids(static_cast<size_t>(N));
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = u[i] < frequent ? V / 2 : std::min<int64_t>(int64_t(w[i]), V - 1);
+  return Tensor::from_vector(ids, {N}, it);
+}
+
 TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
   NATSL_REQUIRE_GPU();
   struct Case {
     int64_t V, D, N;
+    double frequent;
   };
-  // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, odd widths.
-  const Case cases[] = {{5, 64, 1000}, {1, 3, 17}, {1000, 33, 257}, {32000, 128, 4096}, {7, 4096, 300},
-                       {3, 1032, 5000} /* segments longer than 32, a column chunk cut short */};
+  // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, one token, one id,
+  // odd widths and widths not a multiple of the 16-byte vector (8 bf16 / 4 f32), one id repeated thousands
+  // of times among rare ones, and ids too wide to share a 32-bit key with the positions (v2's 64-bit keys:
+  // bits_for(600000) + bits_for(5000) = 20 + 13 > 32).
+  const Case cases[] = {{5, 64, 1000, 0},   {1, 3, 17, 0},        {1000, 33, 257, 0},  {32000, 128, 4096, 0},
+                        {7, 4096, 300, 0},  {3, 1032, 5000, 0} /* segments longer than 32, a chunk cut short */,
+                        {50, 7, 1, 0},      {32000, 64, 1, 0},    {1, 8, 1, 0},        {9, 12, 300, 0},
+                        {2, 40, 6000, 0},   {1000, 136, 12000, 0.5}, {600000, 3, 5000, 0}};
   uint64_t seed = 30;
   for (DType dt : {DType::f32, DType::bf16})
     for (DType it : {DType::i32, DType::i64})
       for (const Case& c : cases) {
-        Tensor ids = random_token_ids({c.N}, c.V, seed++, it);
+        Tensor ids = backward_ids(c.N, c.V, c.frequent, seed++, it);
         Tensor dq = q(randn({c.N, c.D}, seed++), dt);
-        // dweight is accumulated into: start from random values, not zeros.
-        Tensor w0 = q(randn({c.V, c.D}, seed++), dt);
+        // dweight is accumulated into: present ids' rows start from random values; the rows of absent ids
+        // are poisoned (NaN) and must come back with the same bits.
+        std::vector<char> present(size_t(c.V), 0);
+        for (int64_t id : ids.to_vector<int64_t>()) present[size_t(id)] = 1;
+        std::vector<double> w0v = randn({c.V, c.D}, seed++).to_vector<double>();
+        for (int64_t v = 0; v < c.V; ++v)
+          if (!present[size_t(v)])
+            for (int64_t k = 0; k < c.D; ++k) w0v[size_t(v * c.D + k)] = std::numeric_limits<double>::quiet_NaN();
+        Tensor w0 = q(Tensor::from_vector(w0v, {c.V, c.D}), dt);
         Tensor ref = f64(w0);
         kernels::cpu::embedding_bwd(ids, f64(dq), ref);
-        Tensor dw_default;
-        // Variant 1 adds in the same order as the default: the same bits.
-        for (int variant : {0, 1}) {
+        // The oracle on the present rows only (the absent ones are checked bit for bit).
+        auto present_rows = [&](const Tensor& t) {
+          const std::vector<double> all = t.to(kCPU).to_vector<double>();
+          std::vector<double> keep;
+          for (int64_t v = 0; v < c.V; ++v)
+            if (present[size_t(v)]) keep.insert(keep.end(), all.begin() + v * c.D, all.begin() + (v + 1) * c.D);
+          return Tensor::from_vector(keep, {int64_t(keep.size())}, DType::f64);
+        };
+        const Tensor ref_present = present_rows(ref);
+        Tensor dw_v0;
+        // Every variant adds the same rows in the same order: the same bits.
+        for (int variant : {0, 1, 2}) {
           VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
-          Tensor dw = to_gpu(w0);
-          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
           const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) +
                                    " ids " + dtype_str(it) + " v" + std::to_string(variant);
-          expect_match(dw, ref, sum_tol(dt), what);
+          Tensor dw = to_gpu(w0);
+          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+          expect_match(present_rows(dw), ref_present, sum_tol(dt), what);
+          // Absent rows untouched: the poisoned bytes of w0 exactly.
+          {
+            const Tensor got = dw.to(kCPU);
+            const size_t row_bytes = size_t(c.D) * dtype_size(dt);
+            const auto* pg = static_cast<const unsigned char*>(got.data_ptr());
+            const auto* p0 = static_cast<const unsigned char*>(w0.data_ptr());
+            int64_t changed = 0;
+            for (int64_t v = 0; v < c.V; ++v)
+              if (!present[size_t(v)] && std::memcmp(pg + v * row_bytes, p0 + v * row_bytes, row_bytes) != 0)
+                ++changed;
+            EXPECT_EQ(changed, 0) << what << ": rows of absent ids were written";
+          }
           Tensor dw2 = to_gpu(w0);
           kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
           expect_same_bits(dw, dw2, what);
-          if (variant == 0) dw_default = dw;
-          else expect_same_bits(dw, dw_default, what + " vs v0");
+          if (variant == 0) dw_v0 = dw;
+          else expect_same_bits(dw, dw_v0, what + " vs v0");
         }
       }
 }
