@@ -31,27 +31,48 @@ namespace {
 using bench::median_ms;
 
 // Kernel layouts selectable through the environment (kernels/cuda/gdn_state_fwd.cuh, gdn_prep.cu); the first is
-// the default choice, "old" the kernels before the layout options existed.
+// the default choice, "old" the kernels before the layout options existed. Each variant sets the switches it
+// names and unsets the others. fwd_only: the variant changes only the forward (its backward rows are skipped).
+// diag* variants compute wrong results on purpose (NATSL_GDN_DIAG): they time the pass's loads or its compute.
+struct EnvSet {
+  const char *name, *value;
+};
 struct Variant {
-  const char *tag, *vtile, *stages, *joint, *prep;
+  const char* tag;
+  std::vector<EnvSet> env;
+  bool fwd_only;
 };
+const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "NATSL_GDN_JOINT",
+                                 "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
+                                 "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG"};
 const std::vector<Variant> kVariants = {
-    {"default", nullptr, nullptr, nullptr, nullptr},
-    {"old", "64", "2", "0", "old"},
-    {"vt64s2", "64", "2", "1", nullptr},
-    {"vt32s2", "32", "2", "1", nullptr},
-    {"vt32s1", "32", "1", "1", nullptr},
-    {"vt64s1", "64", "1", "1", nullptr},
+    {"default", {}, false},
+    {"old", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}, {"NATSL_GDN_PREP", "old"},
+             {"NATSL_GDN_PREP_STORE", "direct"}}, false},
+    {"vt64s2", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}}, false},
+    {"vt32s2", {{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}}, false},
+    {"vt32s1", {{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}}, false},
+    {"prep_staged", {{"NATSL_GDN_PREP_STORE", "staged"}}, false},
+    {"prep_direct", {{"NATSL_GDN_PREP_STORE", "direct"}}, false},
+    {"l2pf1", {{"NATSL_GDN_L2PF", "1"}}, true},
+    {"l2pf2", {{"NATSL_GDN_L2PF", "2"}}, true},
+    {"l2pf4", {{"NATSL_GDN_L2PF", "4"}}, true},
+    {"vt64_l2pf2", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_L2PF", "2"}}, true},
+    {"split_s2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}}, true},
+    {"split_s3", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}}, true},
+    {"split_s4", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}}, true},
+    {"split_s3_vt32", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "32"}}, true},
+    {"split_s3_vt64", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "64"}}, true},
+    {"split_s3_l2pf2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_L2PF", "2"}}, true},
+    {"split_s4_l2pf2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_L2PF", "2"}}, true},
+    {"diag_loads_only", {{"NATSL_GDN_DIAG", "1"}}, true},
+    {"diag_compute_only", {{"NATSL_GDN_DIAG", "2"}}, true},
+    {"diag_split_s3_loads_only", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "1"}}, true},
+    {"diag_split_s3_compute_only", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "2"}}, true},
 };
-void set_env(const char* name, const char* value) {
-  if (value) setenv(name, value, 1);
-  else unsetenv(name);
-}
 void set_variant(const Variant& v) {
-  set_env("NATSL_GDN_VTILE", v.vtile);
-  set_env("NATSL_GDN_STAGES", v.stages);
-  set_env("NATSL_GDN_JOINT", v.joint);
-  set_env("NATSL_GDN_PREP", v.prep);
+  for (const char* n : kEnvNames) unsetenv(n);
+  for (const EnvSet& e : v.env) setenv(e.name, e.value, 1);
 }
 
 struct Row {
@@ -187,11 +208,13 @@ int main(int argc, char** argv) {
       const Variant& v = kVariants[vi];
       set_variant(v);
       const std::string tag = std::string("[") + v.tag + "]";
-      rows.push_back({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
-      rows.push_back({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
+      const bool diag = v.tag[0] == 'd' && v.tag[1] == 'i';  // wrong results: time the stage only
+      if (!diag) rows.push_back({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
+      if (!v.fwd_only) rows.push_back({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
       rows.push_back({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
-      rows.push_back({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
-      rows.push_back({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+      if (!v.fwd_only) rows.push_back({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
+      if (!v.fwd_only) rows.push_back({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+      if (!v.fwd_only) rows.push_back({"stage prep recompute" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
     }
     set_variant(kVariants[0]);
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -8,11 +8,13 @@
 #include <cstring>
 
 #include "kernels/cuda/gdn_plan.cuh"
+#include "kernels/cuda/gdn_store.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
 
 constexpr int kSeqsPerLaunch = 512;
+constexpr bool kPrepStagedDefault = false;
 struct SeqBatch {
   int count, first;  // sequences [first, first + count)
   int row0[kSeqsPerLaunch], len[kSeqsPerLaunch], chunk0[kSeqsPerLaunch];
@@ -39,6 +41,7 @@ struct PrepParams {
   int H, HV, K, V;
   float scale;
   bool recompute;
+  bool staged;  // prep2: bf16 w, u, p written through a shared staging tile (16-byte stores)
 };
 
 template <class D>
@@ -197,6 +200,8 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   float* gam = Ts + kC * fld;
   float* bet = gam + kC;
   float* Sb = bet + kC;  // 16 x 48 partial sums of the block solve
+  // The f32 path (exact checks) keeps direct stores: its staging tile would not fit in Ts.
+  constexpr bool kStaged = kTileBytes<D> <= kC * fld * 4;
 
   const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
   const int tid = threadIdx.x;
@@ -250,9 +255,12 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
     cp_async_commit();
   }
   // Intra-chunk scores (select before exp: the upper triangle's exponent can overflow).
-  acc_to_global<D>(qk, f, p.p + tile_id * kC * kC, kC, kC, [&](int i, int j, float x) {
-    return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f;
-  });
+  {
+    auto score = [&](int i, int j, float x) { return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f; };
+    // Staged through Ts, which the solve only writes after the store's closing barrier.
+    if (kStaged && p.staged) acc_to_global_staged<D>(qk, f, reinterpret_cast<D*>(Ts), p.p + tile_id * kC * kC, kC, kC, kThreads, score);
+    else acc_to_global<D>(qk, f, p.p + tile_id * kC * kC, kC, kC, score);
+  }
 
   if (!p.recompute) {
 #pragma unroll
@@ -318,12 +326,16 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   }
   __syncthreads();
 
+  // From here Ts is free: the staging tile of the w and u stores.
+  D* stage = reinterpret_cast<D*>(Ts);
+  const bool staged = kStaged && p.staged;
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
     Acc a;
     zero(a);
     tile_mma<false, false>(a, tw, Ks + kt * TE);
-    acc_to_global<D>(a, f, p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+    if (staged) acc_to_global_staged<D>(a, f, stage, p.w + tile_id * kC * p.K + kt * kC, p.K, kC, kThreads);
+    else acc_to_global<D>(a, f, p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
   }
   for (int vt = 0; vt < VT; ++vt) {
     if (vt + 1 < VT) cp_async_wait<1>();
@@ -332,7 +344,8 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
     Acc a;
     zero(a);
     tile_mma<false, false>(a, tu, X + (vt & 1) * TE);
-    acc_to_global<D>(a, f, p.u + tile_id * kC * p.V + vt * kC, p.V, kC);
+    if (staged) acc_to_global_staged<D>(a, f, stage, p.u + tile_id * kC * p.V + vt * kC, p.V, kC, kThreads);
+    else acc_to_global<D>(a, f, p.u + tile_id * kC * p.V + vt * kC, p.V, kC);
     __syncthreads();
     if (vt + 2 < VT) {
       load_tile<D>(X + (vt & 1) * TE, vc + (vt + 2) * kC, v_ld, len);
@@ -413,6 +426,9 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     p.V = int(s.V);
     p.scale = float(args.scale);
     p.recompute = recompute;
+    // NATSL_GDN_PREP_STORE=staged|direct picks how prep2 writes w, u, p (bf16).
+    const char* st = std::getenv("NATSL_GDN_PREP_STORE");
+    p.staged = st && *st ? std::strcmp(st, "staged") == 0 : kPrepStagedDefault;
     const dim3 grid(unsigned(s.NC), unsigned(s.HV));
     const char* sel = std::getenv("NATSL_GDN_PREP");
     const bool old = sel && std::strcmp(sel, "old") == 0;

@@ -1,5 +1,7 @@
 // Sequential forward state pass of the CUDA GDN kernels: the kernel around state_fwd_body
-// (gdn_state_fwd.cuh), its launch configurations and the choice among them.
+// (gdn_state_fwd.cuh), its launch configurations and the choice among them, and the chunk-parallel output
+// kernel of the split layout (NATSL_GDN_SPLIT=1).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -23,10 +25,16 @@ void launch(const Plan& pl, const StateFwdParams<D>& p) {
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
+// The requested number of stages, or the most below it that fits in shared memory.
 template <class D, int KT, bool OUT, int VW>
 void launch_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
   const int avail = max_smem_per_block(pl.dev.index);
-  if (stages == 2 && state_fwd_smem<D, KT, 2, OUT>() <= avail) return launch<D, KT, 2, OUT, VW>(pl, p);
+  constexpr int kSm90Max = 227 * 1024;  // layouts that cannot fit any GPU this code targets are not built
+  if constexpr (state_fwd_smem<D, KT, 4, OUT>() <= kSm90Max)
+    if (stages >= 4 && state_fwd_smem<D, KT, 4, OUT>() <= avail) return launch<D, KT, 4, OUT, VW>(pl, p);
+  if constexpr (state_fwd_smem<D, KT, 3, OUT>() <= kSm90Max)
+    if (stages >= 3 && state_fwd_smem<D, KT, 3, OUT>() <= avail) return launch<D, KT, 3, OUT, VW>(pl, p);
+  if (stages >= 2 && state_fwd_smem<D, KT, 2, OUT>() <= avail) return launch<D, KT, 2, OUT, VW>(pl, p);
   NATSL_CHECK((state_fwd_smem<D, KT, 1, OUT>() <= avail), "gdn state pass: K = ", pl.s.K,
               " needs more shared memory than this GPU has");
   launch<D, KT, 1, OUT, VW>(pl, p);
@@ -40,6 +48,7 @@ void launch_vw(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
 
 template <class D, bool OUT>
 void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
+  if (lay.split && !OUT) lay.stages = lay.split_stages;
   switch (pl.s.K) {
     case 64: return launch_vw<D, 1, OUT>(pl, p, lay);
     case 128: return launch_vw<D, 2, OUT>(pl, p, lay);
@@ -55,6 +64,104 @@ int env_int(const char* name, int fallback) {
   return (v && *v) ? std::atoi(v) : fallback;
 }
 
+// ---- split layout: the output of every chunk at once from the stored states ----
+//   o = scale diag(e) Q h_n + p v_new   per (chunk, v head, 64 columns of V); 8 warps, one 64x64 tile.
+template <class D>
+struct ChunkOutParams {
+  const D *q, *h, *vnew, *p;
+  const float* gam;
+  D* o;
+  const ChunkInfo* chunks;
+  int H, HV, K, V;
+  float scale;
+};
+
+template <class D, int KT>
+constexpr int chunk_out_smem() {
+  return (2 * KT + 2) * kTileBytes<D> + kC * 4;
+}
+
+template <class D, int KT>
+__global__ void __launch_bounds__(kThreads) chunk_out_kernel(ChunkOutParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int TE = kC * kLd<D>;
+  D* Qs = reinterpret_cast<D*>(smem_raw);
+  D* Hs = Qs + KT * TE;
+  D* Ps = Hs + KT * TE;
+  D* Vs = Ps + TE;
+  float* G = reinterpret_cast<float*>(Vs + TE);
+  const int c = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * kC, h = hv / (p.HV / p.H);
+  const ChunkInfo ci = p.chunks[c];
+  const int64_t qk_ld = int64_t(p.H) * p.K, tile_id = int64_t(c) * p.HV + hv;
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    load_tile<D>(Qs + kt * TE, p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, ci.len);
+    load_tile<D>(Hs + kt * TE, p.h + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+  load_tile<D>(Ps, p.p + tile_id * kC * kC, kC, kC);
+  load_tile<D>(Vs, p.vnew + tile_id * kC * p.V + c0, p.V, kC);
+  load_row64(G, p.gam + tile_id * kC);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  const Frag f;
+  Acc a;
+  zero(a);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = f.row(2 * hh);
+    const float sc = i < ci.len ? p.scale * __expf(G[i]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      a[nt][2 * hh] *= sc;
+      a[nt][2 * hh + 1] *= sc;
+    }
+  }
+  tile_mma<false, false>(a, Ps, Vs);
+  D* og = p.o + (int64_t(ci.row0) * p.HV + hv) * p.V + c0;
+  const int64_t o_ld = int64_t(p.HV) * p.V;
+  if constexpr (std::is_same_v<D, bf16>) acc_to_global_staged<D>(a, f, Qs, og, o_ld, ci.len, kThreads);
+  else acc_to_global<D>(a, f, og, o_ld, ci.len);
+}
+
+template <class D, int KT>
+void launch_chunk_out(const Plan& pl, const ChunkOutParams<D>& p) {
+  constexpr int smem = chunk_out_smem<D, KT>();
+  auto kern = chunk_out_kernel<D, KT>;
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV), unsigned(pl.s.V / kC)), kThreads, smem, pl.stream>>>(p);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+template <class D>
+void run_chunk_out(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr, const Tensor& h,
+                   const Tensor& vnew, const Tensor& o) {
+  const GdnShape& s = pl.s;
+  ChunkOutParams<D> p{};
+  p.q = in.q.data<D>();
+  p.h = h.data<D>();
+  p.vnew = vnew.data<D>();
+  p.p = pr.p.data<D>();
+  p.gam = pr.gam.data<float>();
+  p.o = o.data<D>();
+  p.chunks = pl.chunks();
+  p.H = int(s.H);
+  p.HV = int(s.HV);
+  p.K = int(s.K);
+  p.V = int(s.V);
+  p.scale = float(args.scale);
+  switch (s.K) {
+    case 64: return launch_chunk_out<D, 1>(pl, p);
+    case 128: return launch_chunk_out<D, 2>(pl, p);
+    case 256:
+      if constexpr (std::is_same_v<D, bf16>) return launch_chunk_out<D, 4>(pl, p);
+      [[fallthrough]];
+    default: NATSL_FAIL("gdn output: unsupported K = ", s.K, " for ", dtype_name(dtype_v<D>));
+  }
+}
+
 }  // namespace
 
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
@@ -68,6 +175,11 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   if (vw == 32 || vw == 64) lay.vw = vw;
   if (st == 1 || st == 2) lay.stages = st;
   if (pl.s.V % lay.vw != 0) lay.vw = 64;
+  lay.l2pf = std::max(0, env_int("NATSL_GDN_L2PF", 0));
+  lay.split = env_int("NATSL_GDN_SPLIT", 0) != 0;
+  const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
+  if (ss >= 2 && ss <= 4) lay.split_stages = ss;
+  lay.diag = env_int("NATSL_GDN_DIAG", 0);
   return lay;
 }
 
@@ -77,11 +189,29 @@ void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
                    const StateFwdOut& out) {
   const GdnShape& s = pl.s;
   if (s.N == 0) return;
-  const StateLayout lay = state_layout(pl, int(s.N * s.HV * (s.V / kC)));
+  StateLayout lay = state_layout(pl, int(s.N * s.HV * (s.V / kC)));
+  const bool split = out.o.defined() && lay.split;
+  if (!out.o.defined()) lay.split = false;  // the backward's h, v_new pass keeps its layout
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn state pass", T, [&] {
-    const StateFwdParams<T> p = state_fwd_params<T>(pl, args, in, pr, out);
-    if (p.o) launch_kt<T, true>(pl, p, lay);
-    else launch_kt<T, false>(pl, p, lay);
+    if (split) {
+      // The pass stores h_n and v_new, then the output of every chunk is computed at once.
+      Tensor h = Tensor::empty({s.NC, s.HV, s.K, s.V}, in.q.dtype(), pl.dev);
+      Tensor vnew = Tensor::empty({s.NC, s.HV, kC, s.V}, in.q.dtype(), pl.dev);
+      StateFwdParams<T> p = state_fwd_params<T>(pl, args, in, pr, StateFwdOut{Tensor(), out.ht, h, vnew});
+      p.l2pf = lay.l2pf;
+      p.diag = lay.diag;
+      launch_kt<T, false>(pl, p, lay);
+      run_chunk_out<T>(pl, args, in, pr, h, vnew, out.o);
+      return;
+    }
+    StateFwdParams<T> p = state_fwd_params<T>(pl, args, in, pr, out);
+    if (p.o) {
+      p.l2pf = lay.l2pf;
+      p.diag = lay.diag;
+      launch_kt<T, true>(pl, p, lay);
+    } else {
+      launch_kt<T, false>(pl, p, lay);
+    }
   });
 }
 

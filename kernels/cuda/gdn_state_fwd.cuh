@@ -5,9 +5,11 @@
 //   o     = scale diag(e) Q h_n + p v_new               (OUT: the output kernel fused in)
 //   h_n+1 = e_L h_n + m_n K^T diag(exp(gam_L - gam)) v_new
 // One CTA per (sequence, v head, VW columns of V) with VW/16 warps (VW = 64: 8 warps, VW = 32: 4 warps, each
-// warp owning 16 rows x 32 columns of every accumulator). The next chunk's tiles are prefetched with cp.async
-// while this one computes (STAGES = 2).
+// warp owning 16 rows x 32 columns of every accumulator). The tiles of the next STAGES - 1 chunks are in
+// flight (cp.async) while this one computes (STAGES = 1: none); with l2pf > 0 the chunk l2pf further ahead is
+// also prefetched into L2 (one bulk prefetch per contiguous range).
 #include "kernels/cuda/gdn_plan.cuh"
+#include "kernels/cuda/gdn_store.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 
@@ -21,6 +23,8 @@ struct StateFwdParams {
   const SeqInfo* seqs;
   int H, HV, K, V;
   float scale;
+  int l2pf;  // L2 prefetch distance in chunks beyond the cp.async stages (0: none)
+  int diag;  // timing experiments only (NATSL_GDN_DIAG): 1 = loads only, 2 = no loads after the first stages
 };
 
 template <class D>
@@ -92,6 +96,28 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
         hacc[kt][nt][e] =
             p.h0 ? p.h0[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
 
+  // L2 prefetch of chunk ci's tiles: K (and Q) rows by threads 0..63, this CTA's U row pieces by 64..127, the
+  // contiguous W, P tiles and gam by thread 0.
+  auto prefetch_chunk = [&](int ci) {
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+    const int t = threadIdx.x;
+    if (t < kC) {
+      if (t < len) {
+        const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
+        prefetch_l2(p.k + off, p.K * int(sizeof(D)));
+        if constexpr (OUT) prefetch_l2(p.q + off, p.K * int(sizeof(D)));
+      }
+    } else if (t < 2 * kC) {
+      prefetch_l2(p.u + (tile_id * kC + (t - kC)) * p.V + c0, VW * int(sizeof(D)));
+    }
+    if (t == 0) {
+      prefetch_l2(p.w + tile_id * kC * p.K, kC * p.K * int(sizeof(D)));
+      if constexpr (OUT) prefetch_l2(p.p + tile_id * kC * kC, kC * kC * int(sizeof(D)));
+      prefetch_l2(p.gam + tile_id * kC, kC * 4);
+    }
+  };
+
   auto issue = [&](int ci, int s) {
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
@@ -106,19 +132,36 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     if constexpr (OUT) load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
     load_row64(G + s * kC, p.gam + tile_id * kC);
     cp_async_commit();
+    if (p.l2pf > 0 && ci + p.l2pf < si.nchunks) prefetch_chunk(ci + p.l2pf);
   };
 
   const int nch = si.nchunks;
-  if (nch > 0) issue(0, 0);
-  for (int ci = 0; ci < nch; ++ci) {
-    const int s = STAGES == 2 ? (ci & 1) : 0;
-    if (STAGES == 1 && ci > 0) {
-      __syncthreads();
-      issue(ci, 0);
+  constexpr bool PIPE = STAGES >= 2;
+  if constexpr (PIPE) {
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+      if (i < nch) issue(i, i);
+      else cp_async_commit();
     }
-    cp_async_wait<0>();
+  } else {
+    if (nch > 0) issue(0, 0);
+  }
+  for (int ci = 0; ci < nch; ++ci) {
+    const int s = PIPE ? ci % STAGES : 0;
+    if (!PIPE && ci > 0) {
+      __syncthreads();
+      if (p.diag != 2) issue(ci, 0);
+    }
+    if constexpr (PIPE) cp_async_wait<(PIPE ? STAGES - 2 : 0)>();
+    else cp_async_wait<0>();
     __syncthreads();
-    if (STAGES == 2 && ci + 1 < nch) issue(ci + 1, s ^ 1);
+    if constexpr (PIPE) {
+      // The stage refilled here was read by the previous step, which every thread has finished (barrier above).
+      const int nx = ci + STAGES - 1;
+      if (nx < nch && p.diag != 2) issue(nx, nx % STAGES);
+      else cp_async_commit();
+    }
+    if (p.diag == 1) continue;
 
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
@@ -193,8 +236,18 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 // How the state passes are laid out: V tile width (64 or 32) and prefetch stages (2 or 1). Defaults pick the
 // widest tile that still gives every SM a CTA; NATSL_GDN_VTILE=64|32 and NATSL_GDN_STAGES=1|2 override (for
 // timing). The backward runs its forward-recompute and reverse passes in one launch unless NATSL_GDN_JOINT=0.
+//
+// The forward (run_state_fwd with an output) has more layouts, read only there:
+//   NATSL_GDN_L2PF=n      prefetch into L2 the tiles of the chunk n beyond the last one in flight (0: off)
+//   NATSL_GDN_SPLIT=1     FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
+//                         NATSL_GDN_SPLIT_STAGES=2|3|4) and a chunk-parallel kernel computes the output
+//   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 struct StateLayout {
   int vw = 64, stages = 2;
+  int l2pf = 0;
+  bool split = false;
+  int split_stages = 3;
+  int diag = 0;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
 bool state_joint_enabled();

@@ -169,6 +169,20 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_PREP", "old"}});
 }
 
+// The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
+// L2 prefetching, and prep's staged / direct stores.
+TEST(GdnCuda, ForwardLayoutsMatchCpu) {
+  NATSL_REQUIRE_GPU();
+  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "32"},
+                  {"NATSL_GDN_L2PF", "2"}});
+  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}});
+  check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
+}
+
 TEST(GdnCuda, NoFinalStateGradient) {
   NATSL_REQUIRE_GPU();
   check_against_cpu(mk(1, 130, 2, 64, true, MaskKind::None, 21), DType::f32, /*with_dht=*/false);

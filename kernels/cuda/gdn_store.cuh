@@ -1,0 +1,44 @@
+#pragma once
+// Tile stores of the GDN kernels that go through shared memory: the mma accumulator layout gives each thread
+// pairs of adjacent columns (4-byte stores, 16 bytes per row per 4 lanes), so a 64-column tile is first written
+// to a shared staging tile and then copied out row by row in 16-byte pieces (whole 32-byte sectors per store).
+// And L2 prefetches: one bulk prefetch instruction per contiguous range.
+#include "kernels/cuda/gdn_tile.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+
+// Writes a 64x64 accumulator tile (after fn(row, col, v)) to g (row pitch gld elements, a multiple of
+// 16 / sizeof(D); g 16-byte aligned), rows < rows_valid only, through the shared tile `stage`. Every thread of
+// the CTA (nthr of them) must call it; it synchronises before and after using `stage`.
+template <class D, class Fn>
+__device__ __forceinline__ void acc_to_global_staged(const Acc& a, const Frag& f, D* stage, D* g, int64_t gld,
+                                                     int rows_valid, int nthr, Fn fn) {
+  constexpr int per_row = kC * int(sizeof(D)) / 16;
+  constexpr int epp = 16 / int(sizeof(D));  // elements per 16-byte piece
+  __syncthreads();
+  acc_to_tile<D>(a, f, stage, fn);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kC * per_row; idx += nthr) {
+    const int r = idx / per_row, pc = idx % per_row;
+    if (r < rows_valid)
+      *reinterpret_cast<uint4*>(g + r * gld + pc * epp) = *reinterpret_cast<const uint4*>(stage + r * kLd<D> + pc * epp);
+  }
+  __syncthreads();
+}
+template <class D>
+__device__ __forceinline__ void acc_to_global_staged(const Acc& a, const Frag& f, D* stage, D* g, int64_t gld,
+                                                     int rows_valid, int nthr) {
+  acc_to_global_staged<D>(a, f, stage, g, gld, rows_valid, nthr, [](int, int, float v) { return v; });
+}
+
+// Asks L2 to fetch bytes [p, p + bytes) (p 16-byte aligned, bytes a multiple of 16); no completion to wait for.
+__device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+  for (int o = 0; o < bytes; o += 128)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(p) + o));
+#endif
+}
+
+}  // namespace natsl::kernels::cuda::gdn
