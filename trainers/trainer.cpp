@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/stream.h"
 #include "data/synthetic.h"
+#include "kernels/determinism.h"
 #include "kernels/reduce.h"
 #include "layers/model_size.h"
 #include "trainers/checkpoint.h"
@@ -135,15 +136,9 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
-  if (t.deterministic && device_.is_cuda()) {
-    // The softmax-attention backward on CUDA (mixers attn and natsl) adds dq with f32 atomics (FA2's loop
-    // order), so its sums vary in the last bits from run to run; every other kernel is deterministic.
-    for (const std::string& kind : cfg_.model.mixer_kinds())
-      if (kind == "attn" || kind == "natsl")
-        throw InputError("train.deterministic=true, but the CUDA attention backward (mixer '" + kind +
-                         "') is not deterministic (atomic dq accumulation); set train.deterministic=false, or "
-                         "use gdn layers only");
-  }
+  // Bit-reproducible kernels for the whole process (kernels/determinism.h): the CUDA attention backward then
+  // adds dq in a fixed order; every other kernel is deterministic anyway.
+  kernels::set_deterministic(t.deterministic);
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision);

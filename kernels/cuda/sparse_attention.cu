@@ -1,10 +1,12 @@
 // CUDA entry points of chunk-selected causal attention (kernels/sparse_attention.h): the selection index
 // built on the device, the path choice (tensor cores for bf16 with 64-token chunks, the SIMT kernels
 // otherwise), and the backward's pre- and post-processing:
-//   D_i = dO_i . o_i (f32), dq_acc = 0, dm = 0  ->  kernels  ->  dq = scale * dq_acc (tensor-core path).
+//   D_i = dO_i . o_i (f32), dq_acc = 0  ->  kernels  ->  dq = scale * dq_acc (tensor-core path),
+//   dm = the fixed-order sum of the kernels' per-head parts (no atomics, so dm is the same every run).
 // Nothing here synchronises the host.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
+#include "kernels/determinism.h"
 #include "kernels/sparse_attention.h"
 
 namespace natsl::kernels::cuda {
@@ -76,6 +78,23 @@ __global__ void delta_kernel(const T* __restrict__ o, const T* __restrict__ dout
   if ((threadIdx.x & 31) == 0) delta[row] = s;
 }
 
+// dm[b, c, r] = sum over the chunk's parts (rows c R .. min(L, c R + R) - 1 of dm_part [B, L, Ha]) and the
+// G heads of router head r, in a fixed order: row-major over (row, head).
+__global__ void dm_reduce_kernel(const float* __restrict__ part, int B, int L, int R, int Ha, int G, int NC,
+                                 float* __restrict__ dm) {
+  const int Hr = Ha / G;
+  const int64_t n = int64_t(B) * NC * Hr;
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x) {
+    const int r = int(o % Hr), c = int(o / Hr % NC), b = int(o / Hr / NC);
+    float s = 0.f;
+    for (int j = c * R; j < min(L, c * R + R); ++j) {
+      const float* row = part + (int64_t(b) * L + j) * Ha + r * G;
+      for (int a = 0; a < G; ++a) s += row[a];
+    }
+    dm[o] = s;
+  }
+}
+
 template <class T>
 __global__ void dq_store_kernel(const float* __restrict__ acc, T* __restrict__ dq, int64_t n, float scale) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -124,10 +143,18 @@ void sparse_attention_bwd(const SparseAttentionArgs& args, const SparseAttention
   Tensor delta = scratch_f32(rows, q.device());
   Tensor dq_acc = tc ? scratch_f32(rows * g.Dk, q.device()) : Tensor();
   if (tc) NATSL_CUDA_CHECK(cudaMemsetAsync(dq_acc.data_ptr(), 0, size_t(rows) * g.Dk * sizeof(float), s));
+  // Ordered dq additions only when asked for (kernels/determinism.h): they serialise the key chunks.
+  const int64_t n_turn = int64_t(g.B) * g.Ha * g.NC;
+  Tensor turn = tc && deterministic() ? Tensor::empty({n_turn}, DType::i32, q.device()) : Tensor();
+  if (turn.defined()) NATSL_CUDA_CHECK(cudaMemsetAsync(turn.data_ptr(), 0, size_t(n_turn) * sizeof(int32_t), s));
+  // dm parts: one per (key chunk, head) on tensor cores, one per (key token, head) on the SIMT path.
+  const int part_rows = tc ? g.NC : g.T;
+  Tensor dm_part = dm.defined() ? scratch_f32(int64_t(g.B) * part_rows * g.Ha, q.device()) : Tensor();
   BwdPtrs p{q.data_ptr(),  k.data_ptr(),  v.data_ptr(),  dout.data_ptr(),
             lse.data<float>(), delta.data<float>(), tc ? dq_acc.data<float>() : nullptr,
+            turn.defined() ? turn.data<int32_t>() : nullptr,
             dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-            dm.defined() ? dm.data<float>() : nullptr, args.drop_own_chunk_grad};
+            dm.defined() ? dm_part.data<float>() : nullptr, args.drop_own_chunk_grad};
   NATSL_CUDA_DISPATCH_FLOAT(q.dtype(), op, T, [&] {
     delta_kernel<T><<<unsigned((rows + 3) / 4), 128, 0, s>>>(o.data<T>(), dout.data<T>(), delta.data<float>(), rows, g.Dv);
     NATSL_CUDA_CHECK_LAUNCH();
@@ -141,6 +168,12 @@ void sparse_attention_bwd(const SparseAttentionArgs& args, const SparseAttention
       simt_bwd(g, p, std::is_same_v<T, bf16>, s);
     }
   });
+  if (dm.defined()) {
+    const int64_t n = int64_t(g.B) * g.NC * g.Hr;
+    dm_reduce_kernel<<<unsigned(grid_for(q.device().index, n, 256)), 256, 0, s>>>(
+        dm_part.data<float>(), g.B, part_rows, tc ? 1 : g.C, g.Ha, g.G, g.NC, dm.data<float>());
+    NATSL_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace natsl::kernels::cuda

@@ -34,8 +34,10 @@ struct BwdPtrs {
   const float* lse;
   const float* delta;  // D_i = dO_i . o_i  [B, T, Ha]
   float* dq_acc;       // f32 [B, T, Ha, Dk], zeroed; tensor-core path only (atomics)
+  int* dq_turn;        // i32 [B, Ha, NC], zeroed, or null: add into dq_acc in key-chunk order (deterministic)
   void *dq, *dk, *dv;
-  float* dm;  // [B, NC, Hr] zeroed, or null
+  float* dm_part;  // per-head router-gradient parts, or null (no dm): tensor cores [B, NC, Ha] (one per key
+                   // chunk), SIMT [B, T, Ha] (one per key token); reduced into dm [B, NC, Hr] afterwards
   bool drop_own;
 };
 
@@ -43,11 +45,11 @@ struct BwdPtrs {
 bool tc_supported(const Geometry& g);
 // rows_per_warp: 16 or 32 query rows per warp (0 = the default for the head dims; benchmarks try both).
 void tc_fwd(const Geometry& g, const FwdPtrs& p, cudaStream_t s, int rows_per_warp = 0);
-void tc_bwd(const Geometry& g, const BwdPtrs& p, cudaStream_t s);  // writes dk, dv, adds into dq_acc and dm
+void tc_bwd(const Geometry& g, const BwdPtrs& p, cudaStream_t s);  // writes dk, dv, dm_part, adds into dq_acc
 
 // SIMT path: any chunk size, Dk <= 128, Dv <= 256; f32 or bf16 data (f32 arithmetic).
 bool simt_supported(const Geometry& g);
 void simt_fwd(const Geometry& g, const FwdPtrs& p, bool bf16, cudaStream_t s);
-void simt_bwd(const Geometry& g, const BwdPtrs& p, bool bf16, cudaStream_t s);  // writes dq, dk, dv, adds dm
+void simt_bwd(const Geometry& g, const BwdPtrs& p, bool bf16, cudaStream_t s);  // writes dq, dk, dv, dm_part
 
 }  // namespace natsl::kernels::cuda::sparse_attn

@@ -7,8 +7,13 @@
 //   dV += P^T dO,  dK += dS^T Q,  dQ += dS K  (dS through shared memory; f32 atomics into dq_acc)
 //   dm  += sum of dS^T over the off-diagonal tiles (the router gradient of chunk c)
 // dQ uses atomics (FA2's choice) rather than a second, Q-stationary pass: that would recompute S and dP
-// (2 more of the 7 products). The price is a run-to-run order of f32 additions in dq. dK, dV are written
-// once per CTA; dm is reduced in the CTA and added once per head (G adds per router head).
+// (2 more of the 7 products). The price is a run-to-run order of f32 additions in dq, unless dq_turn is
+// given (kernels/determinism.h): then the CTAs add into a query chunk's dq in ascending key-chunk order
+// (the CTA of key chunk c is contribution number prefix[c] of every query chunk it visits: the selected
+// chunks before it come first), waiting on a per-(b, head, query chunk) counter. CTAs are dispatched in
+// ascending c, so every CTA waited on is already resident or done. dK, dV are written once per CTA; dm is
+// reduced in the CTA and written to dm_part[b, c, head] (summed over the G heads of a router head in a fixed
+// order afterwards, so dm is deterministic either way).
 #include "core/cuda_check.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
@@ -206,6 +211,12 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
 #pragma unroll
       for (int h = 0; h < 2; ++h)
         store_pair<kC>(smem + Cfg::kOffDS, key0 + gq + 8 * h, j * 8 + 2 * tq, dpt[j][2 * h], dpt[j][2 * h + 1]);
+    int* const turn = p.dq_turn != nullptr ? p.dq_turn + (int64_t(b) * g.Ha + a) * g.NC + qc : nullptr;
+    if (turn != nullptr && threadIdx.x == 0) {  // ordered dq: wait until the earlier key chunks have added
+      const int rank = pre[c];
+      while (*static_cast<volatile int*>(turn) != rank) __nanosleep(64);
+      __threadfence();
+    }
     __syncthreads();
     // dQ (16 queries of this warp x DK, 64 columns at a time) = dS K, added into dq_acc.
     const int qw = warp * 16;
@@ -238,18 +249,24 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
         }
       }
     }
+    if (turn != nullptr) {  // hand the query chunk's dq to the next key chunk
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) atomicAdd(turn, 1);
+    }
     __syncthreads();  // the next iteration refills this tile's buffers and dS
   }
 
-  // Router gradient of chunk c for this head (zero unless selected): reduce over the CTA, add once.
-  if (p.dm != nullptr && selected) {
+  // Router gradient of chunk c for this head (zero unless selected): reduced over the CTA in a fixed order.
+  if (p.dm_part != nullptr) {
     __shared__ float dm_warp[4];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) dm_part += __shfl_xor_sync(0xffffffffu, dm_part, o);
     if (lane == 0) dm_warp[warp] = dm_part;
     __syncthreads();
     if (threadIdx.x == 0)
-      atomicAdd(p.dm + (int64_t(b) * g.NC + c) * g.Hr + r, dm_warp[0] + dm_warp[1] + dm_warp[2] + dm_warp[3]);
+      p.dm_part[(int64_t(b) * g.NC + c) * g.Ha + a] =
+          selected ? ((dm_warp[0] + dm_warp[1]) + dm_warp[2]) + dm_warp[3] : 0.f;
   }
 
   // dK (times scale) and dV staged in the Q / dO buffers, then stored with 16-byte writes.

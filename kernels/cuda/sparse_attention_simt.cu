@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) simt_dkdv_kernel(const Ge
   if (selected) visit(c * g.C + g.C, g.T, false);
   store_row(static_cast<T*>(p.dk) + row * g.Dk, g.Dk, dk, g.scale);
   store_row(static_cast<T*>(p.dv) + row * g.Dv, g.Dv, dv, 1.f);
-  if (p.dm != nullptr && selected && (threadIdx.x & 31) == 0) atomicAdd(p.dm + (int64_t(b) * g.NC + c) * g.Hr + r, dm_part);
+  if (p.dm_part != nullptr && (threadIdx.x & 31) == 0) p.dm_part[row] = selected ? dm_part : 0.f;
 }
 
 unsigned blocks_for(const Geometry& g) {

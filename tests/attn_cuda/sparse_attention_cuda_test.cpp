@@ -7,11 +7,13 @@
 // products rounded to bf16, outputs are stored in bf16), 1e-4 for lse (f32 arithmetic on the same inputs).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "kernels/determinism.h"
 #include "kernels/sparse_attention.h"
 #include "tests/test_util.h"
 
@@ -155,6 +157,63 @@ TEST(SparseAttentionCuda, Bf16LayerShapes) {
   NATSL_REQUIRE_GPU();
   run_case({1, 1024, 12, 6, 64, 128, Sel::Random, false, 64, 21}, DType::bf16);
   run_case({1, 1024, 4, 4, 128, 128, Sel::All, false, 64, 22}, DType::bf16);
+}
+
+// Deterministic mode (kernels/determinism.h): the tensor-core backward adds into dq in key-chunk order. It
+// still matches the CPU reference, on every path and selection kind.
+TEST(SparseAttentionCuda, DeterministicModeMatchesCpuReference) {
+  NATSL_REQUIRE_GPU();
+  kernels::DeterministicGuard det(true);
+  for (const Case& c : cases()) run_case(c, DType::bf16);
+  run_case({1, 1024, 12, 6, 64, 128, Sel::Random, false, 64, 23}, DType::bf16);
+  run_case({2, 77, 2, 2, 16, 24, Sel::PerHead, true, 16, 12}, DType::f32);
+}
+
+// Deterministic mode gives the same bits on every run (dq, dk, dv, dm), and differs from the default (atomic
+// order) path only by rounding; dm (a fixed-order sum of per-head parts) is the same bits in both modes.
+TEST(SparseAttentionCuda, DeterministicModeRepeatsBitForBit) {
+  NATSL_REQUIRE_GPU();
+  for (const Case& c : {Case{2, 2048, 12, 6, 64, 128, Sel::Random, false, 64, 41},
+                        Case{1, 1500, 4, 2, 128, 256, Sel::PerHead, true, 64, 42},
+                        Case{2, 333, 4, 2, 64, 64, Sel::Random, false, 32, 43}}) {
+    SCOPED_TRACE(describe(c, DType::bf16));
+    const int64_t NC = (c.T + c.C - 1) / c.C;
+    SparseAttentionArgs args;
+    args.scale = 1.0 / std::sqrt(double(c.Dk));
+    args.drop_own_chunk_grad = c.drop_own;
+    auto input = [&](const Shape& s, uint64_t salt) {
+      return randn(s, c.seed * 100 + salt, DType::f64, 1.5).to(DType::bf16).to(kGpu);
+    };
+    const Tensor q = input({c.B, c.T, c.Ha, c.Dk}, 1), k = input({c.B, c.T, c.Ha, c.Dk}, 2);
+    const Tensor v = input({c.B, c.T, c.Ha, c.Dv}, 3), dout = input({c.B, c.T, c.Ha, c.Dv}, 4);
+    const SparseAttentionIndex index = kernels::sparse_attention_index(make_mask(c).to(DType::f32).to(kGpu), c.C);
+    Tensor o = gpu_poisoned(v.shape(), DType::bf16), lse = gpu_poisoned({c.B, c.T, c.Ha}, DType::f32);
+    kernels::sparse_attention_fwd(args, index, q, k, v, o, lse);
+    auto backward = [&](bool det) {
+      kernels::DeterministicGuard g(det);
+      std::vector<Tensor> out = {gpu_poisoned(q.shape(), DType::bf16), gpu_poisoned(k.shape(), DType::bf16),
+                                 gpu_poisoned(v.shape(), DType::bf16), gpu_poisoned({c.B, NC, c.Hr}, DType::f32)};
+      kernels::sparse_attention_bwd(args, index, q, k, v, o, lse, dout, out[0], out[1], out[2], out[3]);
+      std::vector<std::vector<float>> host;
+      for (const Tensor& t : out) host.push_back(t.to(kCPU).to(DType::f32).to_vector<float>());
+      return host;
+    };
+    const auto first = backward(true);
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto again = backward(true);
+      for (int i = 0; i < 4; ++i) EXPECT_TRUE(again[i] == first[i]) << "output " << i << " (dq, dk, dv, dm) differs on rerun " << rep;
+    }
+    const auto fast = backward(false);
+    EXPECT_TRUE(fast[3] == first[3]) << "dm differs between the modes";
+    EXPECT_TRUE(fast[1] == first[1] && fast[2] == first[2]) << "dk/dv differ between the modes";
+    double num = 0, den = 0;
+    for (size_t i = 0; i < first[0].size(); ++i) {
+      ASSERT_TRUE(std::isfinite(first[0][i]));
+      num += double(fast[0][i] - first[0][i]) * (fast[0][i] - first[0][i]);
+      den += double(first[0][i]) * first[0][i];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-2) << "dq: the modes differ by more than bf16 rounding";
+  }
 }
 
 TEST(SparseAttentionCuda, DeviceIndexMatchesCpu) {
