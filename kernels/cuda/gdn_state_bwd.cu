@@ -6,6 +6,13 @@
 // p (from the prep kernel) already holds scale and the causal decay mask, so p^T dO is dv_local.
 // The pass does not read h or v_new, so the backward can run it in the same launch as the forward recompute
 // that stores them (run_state_fwd_bwd: blocks of either role side by side, twice the CTAs in flight).
+// Tiles arrive by cp.async (16 bytes a thread) or, with NATSL_GDN_BULK=1, by one warp issuing a bulk copy
+// (cp.async.bulk, sm_90) per 128-byte tile row, all completing on one mbarrier per stage. dh[n] and dv2 leave
+// either straight from the accumulators (4-byte stores) or, with NATSL_GDN_BWD_STORE=staged, from the shared
+// tiles the pass writes anyway (DHs, and -dv2 with the sign bits flipped back) in 16-byte pieces.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
 
@@ -21,18 +28,72 @@ struct StateBwdParams {
   const SeqInfo* seqs;
   int H, HV, K, V;
   float scale;
+  int staged;  // store dh, dv2 from the shared tiles
 };
 
 template <int KT>
 constexpr int stage_tiles() {
   return 3 * KT + 2;
 }
+// Tiles, the per-stage gamma rows and one mbarrier per stage (used by the bulk-copy variant).
 template <class D, int KT, int STAGES>
 constexpr int state_bwd_smem() {
-  return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4;
+  return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4 + STAGES * 8;
 }
 
-template <class D, int KT, int STAGES, int VW>
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+}
+// Global -> shared bulk copy of `bytes` (multiple of 16, both addresses 16-byte aligned), completing on bar.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+// One row of a tile: bulk-copied when valid, else zeroed by ordinary stores (the readers see it after the
+// barrier that precedes them).
+template <class D, int COLS>
+__device__ __forceinline__ void bulk_row(D* dst, const D* src, bool valid, uint64_t* bar) {
+  constexpr uint32_t bytes = COLS * sizeof(D);
+  if (valid) {
+    bulk_copy(dst, src, bytes, bar);
+  } else {
+#pragma unroll
+    for (uint32_t i = 0; i < bytes / 16; ++i) reinterpret_cast<uint4*>(dst)[i] = make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Copies the first COLS columns of a shared 64-row tile to g (row pitch gld) in 16-byte pieces, negated
+// (sign bits flipped: exact) when negate.
+template <class D, int COLS, int NTHR>
+__device__ __forceinline__ void tile_store_n(const D* s, D* g, int64_t gld, bool negate) {
+  constexpr int epp = 16 / int(sizeof(D)), per_row = COLS / epp;
+  const uint32_t flip = negate ? (sizeof(D) == 2 ? 0x80008000u : 0x80000000u) : 0u;
+  for (int idx = threadIdx.x; idx < kC * per_row; idx += NTHR) {
+    const int r = idx / per_row, pc = idx % per_row;
+    uint4 v = *reinterpret_cast<const uint4*>(s + r * kLd<D> + pc * epp);
+    v.x ^= flip;
+    v.y ^= flip;
+    v.z ^= flip;
+    v.w ^= flip;
+    *reinterpret_cast<uint4*>(g + r * gld + pc * epp) = v;
+  }
+}
+
+template <class D, int KT, int STAGES, int VW, bool BULK>
 __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n, int hv, int vt,
                                                unsigned char* smem_raw) {
   constexpr int NTH = 4 * VW;
@@ -44,6 +105,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
   D* NDV2 = DHs + KT * TE;  // -dv2
   D* DOe = NDV2 + TE;       // diag(scale e) dO
   float* G = reinterpret_cast<float*>(DOe + TE);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(G + STAGES * kC);
   auto Kt = [&](int s, int kt) { return base + (s * ST + kt) * TE; };
   auto Qt = [&](int s, int kt) { return base + (s * ST + KT + kt) * TE; };
   auto Wt = [&](int s, int kt) { return base + (s * ST + 2 * KT + kt) * TE; };
@@ -66,19 +128,55 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
         dacc[kt][nt][e] =
             p.dht ? p.dht[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
 
+  if constexpr (BULK) {
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) mbar_init(bar + s);
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+  }
+
   auto issue = [&](int ci, int s) {
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
+    if constexpr (BULK) {
+      if (threadIdx.x >= 32) return;  // one warp issues the copies
+      const int lane = threadIdx.x;
+      constexpr uint32_t row = kC * sizeof(D);
+      const uint32_t bytes = uint32_t(len) * (2 * KT * row + VW * sizeof(D)) + (KT + 1) * kC * row + kC * 4;
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      if (lane == 0) mbar_expect(bar + s, bytes);
+      __syncwarp();
+      const D* kq0 = p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+      const D* q0 = p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+      const D* w0 = p.w + tile_id * kC * p.K;
+      const D* p0 = p.p + tile_id * kC * kC;
+      const D* do0 = p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + c0;
+      for (int r = lane; r < kC; r += 32) {
+        const bool ok = r < len;
 #pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      load_tile_n<D, 64, NTH>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
-      load_tile_n<D, 64, NTH>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
-      load_tile_n<D, 64, NTH>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+        for (int kt = 0; kt < KT; ++kt) {
+          bulk_row<D, 64>(Kt(s, kt) + r * ld, kq0 + r * qk_ld + kt * kC, ok, bar + s);
+          bulk_row<D, 64>(Qt(s, kt) + r * ld, q0 + r * qk_ld + kt * kC, ok, bar + s);
+          bulk_row<D, 64>(Wt(s, kt) + r * ld, w0 + int64_t(r) * p.K + kt * kC, true, bar + s);
+        }
+        bulk_row<D, 64>(Pt(s) + r * ld, p0 + r * kC, true, bar + s);
+        bulk_row<D, VW>(DOt(s) + r * ld, do0 + r * v_ld, ok, bar + s);
+      }
+      if (lane == 0) bulk_copy(G + s * kC, p.gam + tile_id * kC, kC * 4, bar + s);
+    } else {
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) {
+        load_tile_n<D, 64, NTH>(Kt(s, kt), p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+        load_tile_n<D, 64, NTH>(Qt(s, kt), p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K + kt * kC, qk_ld, len);
+        load_tile_n<D, 64, NTH>(Wt(s, kt), p.w + tile_id * kC * p.K + kt * kC, p.K, kC);
+      }
+      load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
+      load_tile_n<D, VW, NTH>(DOt(s), p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + c0, v_ld, len);
+      load_row64(G + s * kC, p.gam + tile_id * kC);
+      cp_async_commit();
     }
-    load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
-    load_tile_n<D, VW, NTH>(DOt(s), p.dout + int64_t(row0) * v_ld + int64_t(hv) * p.V + c0, v_ld, len);
-    load_row64(G + s * kC, p.gam + tile_id * kC);
-    cp_async_commit();
   };
 
   const int nch = si.nchunks;
@@ -90,7 +188,8 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
       __syncthreads();
       issue(ci, 0);
     }
-    cp_async_wait<0>();
+    if constexpr (BULK) mbar_wait(bar + s, uint32_t(it / STAGES) & 1u);
+    else cp_async_wait<0>();
     __syncthreads();
     if (STAGES == 2 && ci > 0) issue(ci - 1, s ^ 1);
 
@@ -104,9 +203,14 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
       acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
-      acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+      if (!p.staged) acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
     }
     __syncthreads();
+    if (p.staged) {
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt)
+        tile_store_n<D, VW, NTH>(DHs + kt * TE, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
+    }
 
     // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
     Acc a;
@@ -124,7 +228,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
       }
     }
     tile_mma<true, false>(a, Pt(s), DOt(s));
-    acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + c0, p.V, kC);
+    if (!p.staged) acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + c0, p.V, kC);
     acc_to_tile<D>(a, f, NDV2, [](int, int, float x) { return -x; });
     {
       const D* dO = DOt(s);
@@ -139,6 +243,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
         }
     }
     __syncthreads();
+    if (p.staged) tile_store_n<D, VW, NTH>(NDV2, p.dv2_out + tile_id * kC * p.V + c0, p.V, true);
 
     // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
 #pragma unroll
@@ -158,20 +263,27 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
   }
 }
 
-template <class D, int KT, int STAGES, int VW>
+template <class D, int KT, int STAGES, int VW, bool BULK>
 __global__ void __launch_bounds__(4 * VW, 1) state_bwd_kernel(StateBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  state_bwd_body<D, KT, STAGES, VW>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
+  state_bwd_body<D, KT, STAGES, VW, BULK>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
 }
 
 // Both backward state passes in one launch: blockIdx.z < V / VW runs the reverse pass (the longer one, so it
 // is scheduled first), the rest the forward recompute storing h and v_new.
-template <class D, int KT, int STAGES, int VW>
+template <class D, int KT, int STAGES, int VW, bool BULK>
 __global__ void __launch_bounds__(4 * VW, 1) state_joint_kernel(StateBwdParams<D> pb, StateFwdParams<D> pf) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int nvt = pb.V / VW;
-  if (int(blockIdx.z) < nvt) state_bwd_body<D, KT, STAGES, VW>(pb, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
+  if (int(blockIdx.z) < nvt)
+    state_bwd_body<D, KT, STAGES, VW, BULK>(pb, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
   else state_fwd_body<D, KT, STAGES, false, VW>(pf, blockIdx.x, blockIdx.y, blockIdx.z - nvt, smem_raw);
+}
+
+// NATSL_GDN_BULK=1: the reverse pass loads its tiles by bulk copies (default: cp.async).
+bool bulk_enabled() {
+  const char* e = std::getenv("NATSL_GDN_BULK");
+  return e && std::atoi(e) == 1;
 }
 
 template <class D, int KT, int STAGES, int VW>
@@ -179,30 +291,36 @@ constexpr int joint_smem() {
   return std::max(state_bwd_smem<D, KT, STAGES>(), state_fwd_smem<D, KT, STAGES, false>());
 }
 
-template <class D, int KT, int STAGES, int VW>
+template <class D, int KT, int STAGES, int VW, bool BULK>
 void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
   const unsigned nvt = unsigned(pl.s.V / VW);
   if (pf) {
     constexpr int smem = joint_smem<D, KT, STAGES, VW>();
-    auto kern = state_joint_kernel<D, KT, STAGES, VW>;
+    auto kern = state_joint_kernel<D, KT, STAGES, VW, BULK>;
     NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt), 4 * VW, smem, pl.stream>>>(p, *pf);
   } else {
     constexpr int smem = state_bwd_smem<D, KT, STAGES>();
-    auto kern = state_bwd_kernel<D, KT, STAGES, VW>;
+    auto kern = state_bwd_kernel<D, KT, STAGES, VW, BULK>;
     NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW, smem, pl.stream>>>(p);
   }
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
+template <class D, int KT, int STAGES, int VW>
+void launch_bulk(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
+  if (bulk_enabled()) return launch<D, KT, STAGES, VW, true>(pl, p, pf);
+  launch<D, KT, STAGES, VW, false>(pl, p, pf);
+}
+
 template <class D, int KT, int VW>
 void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, int stages) {
   const int avail = max_smem_per_block(pl.dev.index);
-  if (stages == 2 && joint_smem<D, KT, 2, VW>() <= avail) return launch<D, KT, 2, VW>(pl, p, pf);
+  if (stages == 2 && joint_smem<D, KT, 2, VW>() <= avail) return launch_bulk<D, KT, 2, VW>(pl, p, pf);
   NATSL_CHECK((joint_smem<D, KT, 1, VW>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
               " needs more shared memory than this GPU has");
-  launch<D, KT, 1, VW>(pl, p, pf);
+  launch_bulk<D, KT, 1, VW>(pl, p, pf);
 }
 
 template <class D, int KT>
@@ -234,6 +352,8 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.K = int(s.K);
   p.V = int(s.V);
   p.scale = float(args.scale);
+  const char* e = std::getenv("NATSL_GDN_BWD_STORE");
+  p.staged = e && std::strcmp(e, "staged") == 0;
   return p;
 }
 

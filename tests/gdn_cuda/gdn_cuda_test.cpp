@@ -183,6 +183,21 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
 }
 
+// The backward's own layouts: the two-phase chunk gradient kernel (gdn_chunk_bwd.cu; the default is the
+// single-pass one where it applies), and bulk-copy tile loads and staged / direct stores in the reverse state
+// pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
+TEST(GdnCuda, BackwardLayoutsMatchCpu) {
+  NATSL_REQUIRE_GPU();
+  check_with_env({{"NATSL_GDN_CHUNKBWD", "old"}});
+  check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "direct"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}});
+  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"},
+                  {"NATSL_GDN_BWD_STORE", "staged"}});
+  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}});
+  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_CHUNKBWD", "old"}});
+}
+
 TEST(GdnCuda, NoFinalStateGradient) {
   NATSL_REQUIRE_GPU();
   check_against_cpu(mk(1, 130, 2, 64, true, MaskKind::None, 21), DType::f32, /*with_dht=*/false);
