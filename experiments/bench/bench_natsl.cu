@@ -26,6 +26,7 @@
 #include "core/philox.h"
 #include "core/stream.h"
 #include "experiments/bench/bench_timing.h"
+#include "kernels/determinism.h"
 #include "kernels/elementwise.h"
 #include "kernels/gdn.h"
 #include "kernels/nn.h"
@@ -261,6 +262,12 @@ int main(int argc, char** argv) {
     add("part attention fwd+bwd", median_ms([&] { fwd_attn(); bwd_attn(); }, reps, st), "");
     add("part gdn+l2norm fwd+bwd", median_ms([&] { fwd_gdn(b.saved); bwd_gdn(); }, reps, st), "");
     add("part gradient sums", median_ms(sum_grads, reps, st), "");
+    {
+      // The price of train.deterministic (kernels/determinism.h): the attention backward's ordered dq.
+      kernels::DeterministicGuard det(true);
+      add("deterministic mixed fwd+bwd", median_ms(fwdbwd, reps, st), "natsl_mixed_fwdbwd");
+      add("deterministic attention fwd+bwd", median_ms([&] { fwd_attn(); bwd_attn(); }, reps, st), "");
+    }
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
   }
 
