@@ -19,10 +19,11 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // Defaults, from one H200 run (2026-11-28, commit 1bb7aeb8fefc; ratio to a copy of the same bytes):
 // rmsnorm bwd v0 1.97, v1 1.12, v2 1.12; embedding bwd v0 2.11, v1 1.84; fused cross-entropy v0 1.93,
 // v1 1.34 (of one read + write of the logits). Every variant stays tested (tests/cuda).
-// Embedding bwd v2 (32-bit keys, starts without a binary search, one round of row loads per segment:
-// kernels/cuda/embedding.cu) is selectable; it becomes the default once an H200 run shows it fastest.
+// Embedding bwd, H200 run 2026-11-28 at commit 907717a (131072 tokens x 1024 bf16, V 32000): v0 2.06, v1 1.77,
+// v2 1.69 (0.162 ms), so v2 is the default; its phases: segments 0.051 ms (the CUB sort and its launches,
+// about the same for every variant), accumulate 0.111 ms = 1.17 of the copy.
 inline constexpr int kDefaultRmsnormBwd = 1;
-inline constexpr int kDefaultEmbeddingBwd = 1;
+inline constexpr int kDefaultEmbeddingBwd = 2;
 inline constexpr int kDefaultCrossEntropy = 1;
 
 }  // namespace natsl::kernels::cuda
