@@ -204,23 +204,27 @@ int main(int argc, char** argv) {
     rows.push_back({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
     rows.push_back({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
     // Backward layouts (gdn_chunk_bwd.cu: NATSL_GDN_CHUNKBWD=old|fused; gdn_state_bwd.cu: NATSL_GDN_BULK=1
-    // bulk-copy loads and NATSL_GDN_BWD_STORE=staged|direct stores in the reverse pass, with the state-pass
-    // layouts they combine with).
+    // bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the
+    // reverse pass, with the state-pass layouts they combine with).
     {
       struct BwdVariant {
-        const char *tag, *chunkbwd, *bulk, *store, *vtile, *stages;
+        const char *tag, *chunkbwd, *bulk, *store, *vtile, *stages, *l2pf;
       };
       const BwdVariant bwd_variants[] = {
-          {"chunkbwd_old", "old", nullptr, nullptr, nullptr, nullptr},
-          {"chunkbwd_fused", "fused", nullptr, nullptr, nullptr, nullptr},
-          {"store_direct", nullptr, "0", "direct", nullptr, nullptr},
-          {"store_staged", nullptr, "0", "staged", nullptr, nullptr},
-          {"bulk", nullptr, "1", "direct", nullptr, nullptr},
-          {"bulk_staged", nullptr, "1", "staged", nullptr, nullptr},
-          {"bulk_staged_vt64s2", nullptr, "1", "staged", "64", "2"},
-          {"bulk_staged_vt32s2", nullptr, "1", "staged", "32", "2"},
-          {"bulk_staged_vt32s1", nullptr, "1", "staged", "32", "1"},
-          {"bulk_staged_vt64s1", nullptr, "1", "staged", "64", "1"},
+          {"chunkbwd_old", "old", nullptr, nullptr, nullptr, nullptr, nullptr},
+          {"chunkbwd_fused", "fused", nullptr, nullptr, nullptr, nullptr, nullptr},
+          {"store_direct", nullptr, "0", "direct", nullptr, nullptr, nullptr},
+          {"store_staged", nullptr, "0", "staged", nullptr, nullptr, nullptr},
+          {"bulk", nullptr, "1", "direct", nullptr, nullptr, nullptr},
+          {"bulk_staged", nullptr, "1", "staged", nullptr, nullptr, nullptr},
+          {"bulk_staged_vt64s2", nullptr, "1", "staged", "64", "2", nullptr},
+          {"bulk_staged_vt32s2", nullptr, "1", "staged", "32", "2", nullptr},
+          {"bulk_staged_vt32s1", nullptr, "1", "staged", "32", "1", nullptr},
+          {"bulk_staged_vt64s1", nullptr, "1", "staged", "64", "1", nullptr},
+          {"bwd_l2pf1", nullptr, "0", "direct", nullptr, nullptr, "1"},
+          {"bwd_l2pf2", nullptr, "0", "direct", nullptr, nullptr, "2"},
+          {"staged_l2pf2", nullptr, "0", "staged", nullptr, nullptr, "2"},
+          {"bulk_staged_l2pf2", nullptr, "1", "staged", nullptr, nullptr, "2"},
       };
       auto put = [](const char* name, const char* value) {
         if (value) setenv(name, value, 1);
@@ -230,6 +234,7 @@ int main(int argc, char** argv) {
         put("NATSL_GDN_CHUNKBWD", v.chunkbwd);
         put("NATSL_GDN_BULK", v.bulk);
         put("NATSL_GDN_BWD_STORE", v.store);
+        put("NATSL_GDN_BWD_L2PF", v.l2pf);
         put("NATSL_GDN_VTILE", v.vtile);
         put("NATSL_GDN_STAGES", v.stages);
         const std::string tag = std::string("[") + v.tag + "]";
@@ -241,7 +246,8 @@ int main(int argc, char** argv) {
           add_row({"stage reverse state pass (bwd)" + tag, shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
         }
       }
-      for (const char* n : {"NATSL_GDN_CHUNKBWD", "NATSL_GDN_BULK", "NATSL_GDN_BWD_STORE", "NATSL_GDN_VTILE", "NATSL_GDN_STAGES"})
+      for (const char* n : {"NATSL_GDN_CHUNKBWD", "NATSL_GDN_BULK", "NATSL_GDN_BWD_STORE", "NATSL_GDN_BWD_L2PF", "NATSL_GDN_VTILE",
+                            "NATSL_GDN_STAGES"})
         unsetenv(n);
     }
     // The other kernel layouts (environment switches read by the dispatchers), headline and state passes.

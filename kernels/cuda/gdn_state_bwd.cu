@@ -9,7 +9,9 @@
 // Tiles arrive by cp.async (16 bytes a thread) or, with NATSL_GDN_BULK=1, by one warp issuing a bulk copy
 // (cp.async.bulk, sm_90) per 128-byte tile row, all completing on one mbarrier per stage. dh[n] and dv2 leave
 // either straight from the accumulators (4-byte stores) or, with NATSL_GDN_BWD_STORE=staged, from the shared
-// tiles the pass writes anyway (DHs, and -dv2 with the sign bits flipped back) in 16-byte pieces.
+// tiles the pass writes anyway (DHs, and -dv2 with the sign bits flipped back) in 16-byte pieces. With
+// NATSL_GDN_BWD_L2PF=n > 0 the tiles of the chunk n steps beyond the one being loaded are also asked into L2
+// (cp.async.bulk.prefetch.L2, one instruction per contiguous range), so the per-step loads hit L2.
 #include <cstdlib>
 #include <cstring>
 
@@ -29,6 +31,7 @@ struct StateBwdParams {
   int H, HV, K, V;
   float scale;
   int staged;  // store dh, dv2 from the shared tiles
+  int l2pf;    // L2 prefetch distance in chunks (0: none)
 };
 
 template <int KT>
@@ -74,6 +77,13 @@ __device__ __forceinline__ void bulk_row(D* dst, const D* src, bool valid, uint6
 #pragma unroll
     for (uint32_t i = 0; i < bytes / 16; ++i) reinterpret_cast<uint4*>(dst)[i] = make_uint4(0, 0, 0, 0);
   }
+}
+
+// Asks L2 to fetch [ptr, ptr + bytes) (16-byte aligned, bytes a multiple of 16); nothing waits for it.
+__device__ __forceinline__ void l2_prefetch(const void* ptr, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(bytes) : "memory");
+#endif
 }
 
 // Copies the first COLS columns of a shared 64-row tile to g (row pitch gld) in 16-byte pieces, negated
@@ -179,19 +189,45 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     }
   };
 
+  // L2 prefetch of chunk ci's tiles: K and Q rows by threads 0..63, dO row pieces by 64..127, the
+  // contiguous W and P tiles and gamma by thread 0.
+  auto prefetch = [&](int ci) {
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+    const int t = threadIdx.x;
+    if (t < kC) {
+      if (t < len) {
+        const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
+        l2_prefetch(p.k + off, uint32_t(p.K) * sizeof(D));
+        l2_prefetch(p.q + off, uint32_t(p.K) * sizeof(D));
+      }
+    } else if (t < 2 * kC) {
+      if (t - kC < len) l2_prefetch(p.dout + int64_t(row0 + t - kC) * v_ld + int64_t(hv) * p.V + c0, VW * sizeof(D));
+    }
+    if (t == 0) {
+      l2_prefetch(p.w + tile_id * kC * p.K, uint32_t(kC * p.K) * sizeof(D));
+      l2_prefetch(p.p + tile_id * kC * kC, kC * kC * sizeof(D));
+      l2_prefetch(p.gam + tile_id * kC, kC * 4);
+    }
+  };
+  auto issue_pf = [&](int ci, int s) {
+    issue(ci, s);
+    if (p.l2pf > 0 && ci - p.l2pf >= 0) prefetch(ci - p.l2pf);
+  };
+
   const int nch = si.nchunks;
-  if (nch > 0) issue(nch - 1, 0);
+  if (nch > 0) issue_pf(nch - 1, 0);
   for (int it = 0; it < nch; ++it) {
     const int ci = nch - 1 - it;
     const int s = STAGES == 2 ? (it & 1) : 0;
     if (STAGES == 1 && it > 0) {
       __syncthreads();
-      issue(ci, 0);
+      issue_pf(ci, 0);
     }
     if constexpr (BULK) mbar_wait(bar + s, uint32_t(it / STAGES) & 1u);
     else cp_async_wait<0>();
     __syncthreads();
-    if (STAGES == 2 && ci > 0) issue(ci - 1, s ^ 1);
+    if (STAGES == 2 && ci > 0) issue_pf(ci - 1, s ^ 1);
 
     const int c = si.first_chunk + ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
@@ -354,6 +390,8 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.scale = float(args.scale);
   const char* e = std::getenv("NATSL_GDN_BWD_STORE");
   p.staged = e && std::strcmp(e, "staged") == 0;
+  const char* pf = std::getenv("NATSL_GDN_BWD_L2PF");
+  p.l2pf = pf ? std::max(0, std::atoi(pf)) : 0;
   return p;
 }
 

@@ -184,8 +184,8 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
 }
 
 // The backward's own layouts: the two-phase chunk gradient kernel (gdn_chunk_bwd.cu; the default is the
-// single-pass one where it applies), and bulk-copy tile loads and staged / direct stores in the reverse state
-// pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
+// single-pass one where it applies), and bulk-copy tile loads, staged / direct stores and L2 prefetching in the
+// reverse state pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
 TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
   check_with_env({{"NATSL_GDN_CHUNKBWD", "old"}});
@@ -196,6 +196,8 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
                   {"NATSL_GDN_BWD_STORE", "staged"}});
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}});
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_CHUNKBWD", "old"}});
+  check_with_env({{"NATSL_GDN_BWD_L2PF", "2"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
 }
 
 TEST(GdnCuda, NoFinalStateGradient) {
