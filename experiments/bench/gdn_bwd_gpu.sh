@@ -18,11 +18,11 @@ if ! "$B/tests/test_gdn_cuda" --gtest_list_tests >/dev/null 2>&1; then
     timeout 150 ninja -C "$B" test_gdn_cuda natsl_bench_gdn >"$OUT/build.log" 2>&1 || tail -20 "$OUT/build.log"
 fi
 el "tests"
-OMP_NUM_THREADS=8 timeout 80 "$B/tests/test_gdn_cuda" >"$OUT/test.log" 2>&1
+OMP_NUM_THREADS=8 timeout 50 "$B/tests/test_gdn_cuda" >"$OUT/test.log" 2>&1
 echo "test rc $?"
 grep -E "^\[ *(OK|FAILED|PASSED) |Failure|error:|Value of|Expected|Which is|relative RMS|non-finite|NATSL_" "$OUT/test.log" | head -60
 el "bench"
-timeout 100 "$B/experiments/bench/natsl_bench_gdn" --json "$OUT/bench.json" --commit "${NATSL_COMMIT:-unknown}" \
+timeout 135 "$B/experiments/bench/natsl_bench_gdn" --reps 20 --json "$OUT/bench.json" --commit "${NATSL_COMMIT:-unknown}" \
   >"$OUT/bench.txt" 2>&1
 echo "bench rc $?"
 grep -E "natsl_gdn_fwdbwd|stage (chunk|bwd|reverse|prep recompute|state pass storing|l2norm_bwd)" "$OUT/bench.txt" |
