@@ -3,6 +3,7 @@
 // per-stage split. CUDA events, warm-up, median of repeated runs. The FLA peer is timed by peers.py in the same
 // run; --peer FILE reads its anchors JSON to print the ratio.
 //   natsl_bench_gdn [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
+//                   [--skip TAG_PART]   (variants whose tag contains TAG_PART are left out)
 // Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -44,7 +46,8 @@ struct Variant {
 };
 const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "NATSL_GDN_JOINT",
                                  "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
-                                 "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG"};
+                                 "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
+                                 "NATSL_GDN_BULK"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"old", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}, {"NATSL_GDN_PREP", "old"},
@@ -65,7 +68,15 @@ const std::vector<Variant> kVariants = {
     {"split_s3_vt64", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "64"}}, true},
     {"split_s3_l2pf2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_L2PF", "2"}}, true},
     {"split_s4_l2pf2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_L2PF", "2"}}, true},
+    {"bulk", {{"NATSL_GDN_BULK", "1"}}, true},
+    {"bulk_vt64", {{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}}, true},
+    {"bulk_l2pf2", {{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_L2PF", "2"}}, true},
+    {"split_s3_bulk", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_BULK", "1"}}, true},
+    {"split_s4_bulk", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_BULK", "1"}}, true},
+    {"split_s4_bulk_l2pf2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_BULK", "1"},
+                             {"NATSL_GDN_L2PF", "2"}}, true},
     {"diag_loads_only", {{"NATSL_GDN_DIAG", "1"}}, true},
+    {"diag_bulk_loads_only", {{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_DIAG", "1"}}, true},
     {"diag_compute_only", {{"NATSL_GDN_DIAG", "2"}}, true},
     {"diag_split_s3_loads_only", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "1"}}, true},
     {"diag_split_s3_compute_only", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "2"}}, true},
@@ -86,6 +97,7 @@ int main(int argc, char** argv) {
   std::string json_out, peer_file, commit = "unknown";
   int reps = 30;
   bool keep_pool = false;
+  std::string skip;  // variants whose tag contains this are not run
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--json") json_out = argv[i + 1];
@@ -93,6 +105,7 @@ int main(int argc, char** argv) {
     else if (k == "--commit") commit = argv[i + 1];
     else if (k == "--reps") reps = std::stoi(argv[i + 1]);
     else if (k == "--keep-pool") keep_pool = std::stoi(argv[i + 1]) != 0;
+    else if (k == "--skip") skip = argv[i + 1];
   }
   const Device dev = Device::cuda(0);
   cudaStream_t st = activate(0);
@@ -121,6 +134,10 @@ int main(int argc, char** argv) {
   };
 
   std::vector<Row> rows;
+  auto add_row = [&](Row r) {  // also printed at once, so a run cut short still shows what it measured
+    std::fprintf(stderr, "%-46s %-28s %10.4f\n", r.name.c_str(), r.shape.c_str(), r.ms);
+    rows.push_back(std::move(r));
+  };
   struct Shape5 {
     int64_t B, T, H, K, V;
   };
@@ -174,8 +191,8 @@ int main(int argc, char** argv) {
       l2norm_bwd(in.k, rk, gr.dk, dkn);
     };
     set_variant(kVariants[0]);
-    rows.push_back({"natsl_gdn_fwd", shape, median_ms(fwd, reps, st)});
-    rows.push_back({"natsl_gdn_fwdbwd", shape, median_ms(fwdbwd, reps, st)});
+    add_row({"natsl_gdn_fwd", shape, median_ms(fwd, reps, st)});
+    add_row({"natsl_gdn_fwdbwd", shape, median_ms(fwdbwd, reps, st)});
 
     // Per-stage split (each stage timed alone on the same inputs).
     using namespace natsl::kernels::cuda::gdn;
@@ -194,15 +211,15 @@ int main(int argc, char** argv) {
         run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2);
       }
     };
-    rows.push_back({"stage bwd state passes (both)", shape, median_ms(bwd_states, reps, st)});
-    rows.push_back({"stage l2norm_fwd(q,k)", shape, median_ms([&] { l2norm_fwd(qr, 1e-6, in.q, rq); l2norm_fwd(kr, 1e-6, in.k, rk); }, reps, st)});
-    rows.push_back({"stage prep (cumsum, KK^T, solve, w/u, QK^T)", shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
-    rows.push_back({"stage state pass + output", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
-    rows.push_back({"stage prep recompute (bwd)", shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
-    rows.push_back({"stage state pass storing h, v_new (bwd)", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn}); }, reps, st)});
-    rows.push_back({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
-    rows.push_back({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
-    rows.push_back({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
+    add_row({"stage bwd state passes (both)", shape, median_ms(bwd_states, reps, st)});
+    add_row({"stage l2norm_fwd(q,k)", shape, median_ms([&] { l2norm_fwd(qr, 1e-6, in.q, rq); l2norm_fwd(kr, 1e-6, in.k, rk); }, reps, st)});
+    add_row({"stage prep (cumsum, KK^T, solve, w/u, QK^T)", shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+    add_row({"stage state pass + output", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
+    add_row({"stage prep recompute (bwd)", shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
+    add_row({"stage state pass storing h, v_new (bwd)", shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn}); }, reps, st)});
+    add_row({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
+    add_row({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
+    add_row({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
     // Backward layouts (gdn_chunk_bwd.cu: NATSL_GDN_CHUNKBWD=old|fused; gdn_state_bwd.cu: NATSL_GDN_BULK=1
     // bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the
     // reverse pass, with the state-pass layouts they combine with).
@@ -253,15 +270,16 @@ int main(int argc, char** argv) {
     // The other kernel layouts (environment switches read by the dispatchers), headline and state passes.
     for (size_t vi = 1; vi < kVariants.size(); ++vi) {
       const Variant& v = kVariants[vi];
+      if (!skip.empty() && std::string(v.tag).find(skip) != std::string::npos) continue;
       set_variant(v);
       const std::string tag = std::string("[") + v.tag + "]";
       const bool diag = v.tag[0] == 'd' && v.tag[1] == 'i';  // wrong results: time the stage only
-      if (!diag) rows.push_back({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
-      if (!v.fwd_only) rows.push_back({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
-      rows.push_back({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
-      if (!v.fwd_only) rows.push_back({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
-      if (!v.fwd_only) rows.push_back({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
-      if (!v.fwd_only) rows.push_back({"stage prep recompute" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
+      if (!diag) add_row({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
+      if (!v.fwd_only) add_row({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
+      add_row({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
+      if (!v.fwd_only) add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
+      if (!v.fwd_only) add_row({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
+      if (!v.fwd_only) add_row({"stage prep recompute" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
     }
     set_variant(kVariants[0]);
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));

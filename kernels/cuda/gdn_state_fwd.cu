@@ -10,40 +10,53 @@
 namespace natsl::kernels::cuda::gdn {
 namespace {
 
-template <class D, int KT, int STAGES, bool OUT, int VW>
+template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK>
 __global__ void __launch_bounds__(4 * VW, 1) state_fwd_kernel(StateFwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  state_fwd_body<D, KT, STAGES, OUT, VW>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
+  state_fwd_body<D, KT, STAGES, OUT, VW, BULK>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
 }
 
-template <class D, int KT, int STAGES, bool OUT, int VW>
+template <class D, int KT, int STAGES, bool OUT, bool BULK>
+constexpr int smem_of() {
+  return BULK ? state_fwd_smem_bulk<D, KT, STAGES, OUT>() : state_fwd_smem<D, KT, STAGES, OUT>();
+}
+
+template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK>
 void launch(const Plan& pl, const StateFwdParams<D>& p) {
-  constexpr int smem = state_fwd_smem<D, KT, STAGES, OUT>();
-  auto kern = state_fwd_kernel<D, KT, STAGES, OUT, VW>;
+  constexpr int smem = smem_of<D, KT, STAGES, OUT, BULK>();
+  auto kern = state_fwd_kernel<D, KT, STAGES, OUT, VW, BULK>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW, smem, pl.stream>>>(p);
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 // The requested number of stages, or the most below it that fits in shared memory.
-template <class D, int KT, bool OUT, int VW>
+template <class D, int KT, bool OUT, int VW, bool BULK>
 void launch_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
   const int avail = max_smem_per_block(pl.dev.index);
   constexpr int kSm90Max = 227 * 1024;  // layouts that cannot fit any GPU this code targets are not built
-  if constexpr (state_fwd_smem<D, KT, 4, OUT>() <= kSm90Max)
-    if (stages >= 4 && state_fwd_smem<D, KT, 4, OUT>() <= avail) return launch<D, KT, 4, OUT, VW>(pl, p);
-  if constexpr (state_fwd_smem<D, KT, 3, OUT>() <= kSm90Max)
-    if (stages >= 3 && state_fwd_smem<D, KT, 3, OUT>() <= avail) return launch<D, KT, 3, OUT, VW>(pl, p);
-  if (stages >= 2 && state_fwd_smem<D, KT, 2, OUT>() <= avail) return launch<D, KT, 2, OUT, VW>(pl, p);
-  NATSL_CHECK((state_fwd_smem<D, KT, 1, OUT>() <= avail), "gdn state pass: K = ", pl.s.K,
+  if constexpr (smem_of<D, KT, 4, OUT, BULK>() <= kSm90Max)
+    if (stages >= 4 && smem_of<D, KT, 4, OUT, BULK>() <= avail) return launch<D, KT, 4, OUT, VW, BULK>(pl, p);
+  if constexpr (smem_of<D, KT, 3, OUT, BULK>() <= kSm90Max)
+    if (stages >= 3 && smem_of<D, KT, 3, OUT, BULK>() <= avail) return launch<D, KT, 3, OUT, VW, BULK>(pl, p);
+  if (stages >= 2 && smem_of<D, KT, 2, OUT, BULK>() <= avail) return launch<D, KT, 2, OUT, VW, BULK>(pl, p);
+  NATSL_CHECK((smem_of<D, KT, 1, OUT, BULK>() <= avail), "gdn state pass: K = ", pl.s.K,
               " needs more shared memory than this GPU has");
-  launch<D, KT, 1, OUT, VW>(pl, p);
+  launch<D, KT, 1, OUT, VW, BULK>(pl, p);
+}
+
+// Bulk copies only for bf16 (the f32 path exists for exact checks).
+template <class D, int KT, bool OUT, int VW>
+void launch_bulk(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
+  if constexpr (std::is_same_v<D, bf16>)
+    if (lay.bulk) return launch_stages<D, KT, OUT, VW, true>(pl, p, lay.stages);
+  launch_stages<D, KT, OUT, VW, false>(pl, p, lay.stages);
 }
 
 template <class D, int KT, bool OUT>
 void launch_vw(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
-  if (lay.vw == 32) return launch_stages<D, KT, OUT, 32>(pl, p, lay.stages);
-  launch_stages<D, KT, OUT, 64>(pl, p, lay.stages);
+  if (lay.vw == 32) return launch_bulk<D, KT, OUT, 32>(pl, p, lay);
+  launch_bulk<D, KT, OUT, 64>(pl, p, lay);
 }
 
 template <class D, bool OUT>
@@ -180,6 +193,7 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
   lay.diag = env_int("NATSL_GDN_DIAG", 0);
+  lay.bulk = env_int("NATSL_GDN_BULK", 0) != 0;
   return lay;
 }
 
@@ -191,7 +205,7 @@ void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   if (s.N == 0) return;
   StateLayout lay = state_layout(pl, int(s.N * s.HV * (s.V / kC)));
   const bool split = out.o.defined() && lay.split;
-  if (!out.o.defined()) lay.split = false;  // the backward's h, v_new pass keeps its layout
+  if (!out.o.defined()) lay.split = lay.bulk = false;  // the backward's h, v_new pass keeps its layout
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn state pass", T, [&] {
     if (split) {
       // The pass stores h_n and v_new, then the output of every chunk is computed at once.

@@ -62,7 +62,35 @@ constexpr int state_fwd_smem() {
   return (STAGES * state_fwd_stage_tiles<KT, OUT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4;
 }
 
-template <class D, int KT, int STAGES, bool OUT, int VW>
+// The bulk-copy layout adds one mbarrier per stage after the gamma rows.
+template <class D, int KT, int STAGES, bool OUT>
+constexpr int state_fwd_smem_bulk() {
+  return state_fwd_smem<D, KT, STAGES, OUT>() + STAGES * 8;
+}
+
+// ---- bulk copies (cp.async.bulk, sm_90): one instruction per contiguous tile row, completing on an mbarrier ----
+__device__ __forceinline__ void mbar_init1(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait_parity(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2; selp.u32 %0, 1, 0, q; }\n"
+        : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+
+// BULK: tiles arrive by bulk copies issued by warp 0 (one per tile row) instead of 16-byte cp.async by every
+// thread; rows past the chunk's end are zeroed by ordinary stores.
+template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK = false>
 __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n, int hv, int vt,
                                                unsigned char* smem_raw) {
   constexpr int NTH = 4 * VW;
@@ -118,7 +146,56 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     }
   };
 
-  auto issue = [&](int ci, int s) {
+  uint64_t* bar = reinterpret_cast<uint64_t*>(G + STAGES * kC);
+  if constexpr (BULK) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < STAGES; ++i) mbar_init1(bar + i);
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+  }
+  // Warp 0: lane 0 announces the stage's bytes, then the lanes copy the rows. Pieces of a row: KT W tiles,
+  // KT K tiles, (OUT) KT Q tiles, the U columns, (OUT) the P tile.
+  auto issue_bulk = [&](int ci, int s) {
+    const int lane = threadIdx.x;
+    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+    const int64_t tile_id = int64_t(c) * p.HV + hv;
+    constexpr int row_bytes = kC * int(sizeof(D)), u_bytes = VW * int(sizeof(D));
+    constexpr int PPR = row_bytes / 16, EPP = 16 / int(sizeof(D));  // 16-byte pieces per row, elements per piece
+    constexpr int QT = OUT ? KT : 0, NP = 2 * KT + QT + 1 + (OUT ? 1 : 0);
+    const int nz = kC - len;
+    for (int idx = lane; idx < nz * (KT + QT) * PPR; idx += 32) {  // partial chunk: zero K (and Q) rows past its end
+      const int pc = idx % PPR, rest = idx / PPR, r = len + rest % nz, t = rest / nz;
+      D* dst = t < KT ? Kt(s, t) : Qt(s, t - KT);
+      *reinterpret_cast<uint4*>(dst + r * ld + pc * EPP) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    if (lane == 0)
+      mbar_arrive_expect(bar + s, uint32_t(KT * kC * row_bytes + (KT + QT) * len * row_bytes + kC * u_bytes +
+                                           (OUT ? kC * row_bytes : 0) + kC * 4));
+    __syncwarp();
+    const D* kq = p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+    const D* qq = p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+    const D* w0 = p.w + tile_id * kC * p.K;
+    for (int idx = lane; idx < NP * kC; idx += 32) {
+      const int r = idx % kC, pc = idx / kC;
+      if (pc < KT) {
+        bulk_g2s(Wt(s, pc) + r * ld, w0 + int64_t(r) * p.K + pc * kC, row_bytes, bar + s);
+      } else if (pc < 2 * KT) {
+        if (r < len) bulk_g2s(Kt(s, pc - KT) + r * ld, kq + int64_t(r) * qk_ld + (pc - KT) * kC, row_bytes, bar + s);
+      } else if (pc < 2 * KT + QT) {
+        if (r < len)
+          bulk_g2s(Qt(s, pc - 2 * KT) + r * ld, qq + int64_t(r) * qk_ld + (pc - 2 * KT) * kC, row_bytes, bar + s);
+      } else if (pc == 2 * KT + QT) {
+        bulk_g2s(Ut(s) + r * ld, p.u + (tile_id * kC + r) * p.V + c0, u_bytes, bar + s);
+      } else {
+        bulk_g2s(Pt(s) + r * ld, p.p + (tile_id * kC + r) * kC, row_bytes, bar + s);
+      }
+    }
+    if (lane == 0) bulk_g2s(G + s * kC, p.gam + tile_id * kC, kC * 4, bar + s);
+  };
+
+  auto issue_cp_async = [&](int ci, int s) {
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
 #pragma unroll
@@ -132,6 +209,14 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     if constexpr (OUT) load_tile_n<D, 64, NTH>(Pt(s), p.p + tile_id * kC * kC, kC, kC);
     load_row64(G + s * kC, p.gam + tile_id * kC);
     cp_async_commit();
+  };
+
+  auto issue = [&](int ci, int s) {
+    if constexpr (BULK) {
+      if (threadIdx.x < 32) issue_bulk(ci, s);
+    } else {
+      issue_cp_async(ci, s);
+    }
     if (p.l2pf > 0 && ci + p.l2pf < si.nchunks) prefetch_chunk(ci + p.l2pf);
   };
 
@@ -141,7 +226,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 #pragma unroll
     for (int i = 0; i < STAGES - 1; ++i) {
       if (i < nch) issue(i, i);
-      else cp_async_commit();
+      else if constexpr (!BULK) cp_async_commit();
     }
   } else {
     if (nch > 0) issue(0, 0);
@@ -152,14 +237,19 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
       __syncthreads();
       if (p.diag != 2) issue(ci, 0);
     }
-    if constexpr (PIPE) cp_async_wait<(PIPE ? STAGES - 2 : 0)>();
-    else cp_async_wait<0>();
+    if constexpr (BULK) {
+      if (p.diag != 2 || ci < (PIPE ? STAGES - 1 : 1)) mbar_wait_parity(bar + s, uint32_t(ci / STAGES) & 1u);
+    } else if constexpr (PIPE) {
+      cp_async_wait<(PIPE ? STAGES - 2 : 0)>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
     if constexpr (PIPE) {
       // The stage refilled here was read by the previous step, which every thread has finished (barrier above).
       const int nx = ci + STAGES - 1;
       if (nx < nch && p.diag != 2) issue(nx, nx % STAGES);
-      else cp_async_commit();
+      else if constexpr (!BULK) cp_async_commit();
     }
     if (p.diag == 1) continue;
 
@@ -241,12 +331,14 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_L2PF=n      prefetch into L2 the tiles of the chunk n beyond the last one in flight (0: off)
 //   NATSL_GDN_SPLIT=1     FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
 //                         NATSL_GDN_SPLIT_STAGES=2|3|4) and a chunk-parallel kernel computes the output
+//   NATSL_GDN_BULK=1      bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 struct StateLayout {
   int vw = 64, stages = 2;
   int l2pf = 0;
   bool split = false;
   int split_stages = 3;
+  bool bulk = false;
   int diag = 0;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
