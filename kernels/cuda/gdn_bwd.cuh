@@ -31,7 +31,7 @@ struct ChunkBwdParams {
 bool launch_chunk_bwd_fused(const Plan& pl, const ChunkBwdParams<bf16>& p);
 
 // dq, dk, dv, dg, dbeta (and dmask if defined) from everything above (gdn-algorithm.md §4 steps 4-6).
-// NATSL_GDN_CHUNKBWD=old|fused picks the kernel (default: fused where it applies).
+// NATSL_GDN_CHUNKBWD=old|fused picks the kernel (default: old, the two-phase one: measured faster).
 void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved,
                    const PrepOut& pr, const Tensor& dout, const Tensor& h, const Tensor& vnew, const Tensor& dh,
                    const Tensor& dv2, const GdnGrads& grads);

@@ -336,12 +336,13 @@ void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-// The single-pass kernel unless NATSL_GDN_CHUNKBWD=old; false where it does not apply (f32, K = 256).
+// The single-pass kernel when NATSL_GDN_CHUNKBWD=fused (measured slower on the H200, 1.43 vs 0.99 ms at the
+// issue's shapes: gdn_notes.md); false where it does not apply (f32, K = 256).
 template <class D>
 bool try_fused(const Plan& pl, const ChunkBwdParams<D>& p) {
   if constexpr (std::is_same_v<D, bf16>) {
     const char* e = std::getenv("NATSL_GDN_CHUNKBWD");
-    if (e && std::strcmp(e, "old") == 0) return false;
+    if (!e || std::strcmp(e, "fused") != 0) return false;
     return launch_chunk_bwd_fused(pl, p);
   } else {
     return false;

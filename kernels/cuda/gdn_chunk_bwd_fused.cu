@@ -4,6 +4,9 @@
 // all nine products that read them (dS, dT_u, dY and, per K tile, dO h^T, v_new dh^T, dv2 h^T), keeping the
 // 3 KT + 2 accumulators in registers. The two-phase kernel loads dO, v_new and dv2 1 + KT times and runs
 // three barriers per product pair; this one moves ~0.6x the bytes per CTA with two barriers per V tile.
+// Measured (H200, issue shapes): 1.43 ms against the two-phase kernel's 0.99, so it is not the default
+// (NATSL_GDN_CHUNKBWD=fused selects it); why is open (248 registers, a 104 KB first stage to wait for, and no
+// loads in flight during the epilogue are the suspects; gdn_notes.md).
 // Outputs (dv, dq, dk) leave through a shared tile as 16-byte rows instead of 4-byte fragment stores.
 #include <cstdlib>
 

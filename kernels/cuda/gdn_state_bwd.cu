@@ -8,7 +8,7 @@
 // that stores them (run_state_fwd_bwd: blocks of either role side by side, twice the CTAs in flight).
 // Tiles arrive by cp.async (16 bytes a thread) or, with NATSL_GDN_BULK=1, by one warp issuing a bulk copy
 // (cp.async.bulk, sm_90) per 128-byte tile row, all completing on one mbarrier per stage. dh[n] and dv2 leave
-// either straight from the accumulators (4-byte stores) or, with NATSL_GDN_BWD_STORE=staged, from the shared
+// either straight from the accumulators (4-byte stores; NATSL_GDN_BWD_STORE=direct) or, by default, from the shared
 // tiles the pass writes anyway (DHs, and -dv2 with the sign bits flipped back) in 16-byte pieces. With
 // NATSL_GDN_BWD_L2PF=n > 0 the tiles of the chunk n steps beyond the one being loaded are also asked into L2
 // (cp.async.bulk.prefetch.L2, one instruction per contiguous range), so the per-step loads hit L2.
@@ -316,7 +316,8 @@ __global__ void __launch_bounds__(4 * VW, 1) state_joint_kernel(StateBwdParams<D
   else state_fwd_body<D, KT, STAGES, false, VW>(pf, blockIdx.x, blockIdx.y, blockIdx.z - nvt, smem_raw);
 }
 
-// NATSL_GDN_BULK=1: the reverse pass loads its tiles by bulk copies (default: cp.async).
+// NATSL_GDN_BULK=1: the reverse pass loads its tiles by bulk copies (default: cp.async; one 128-byte bulk copy
+// per row measured 3x slower on the H200).
 bool bulk_enabled() {
   const char* e = std::getenv("NATSL_GDN_BULK");
   return e && std::atoi(e) == 1;
@@ -389,7 +390,7 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.V = int(s.V);
   p.scale = float(args.scale);
   const char* e = std::getenv("NATSL_GDN_BWD_STORE");
-  p.staged = e && std::strcmp(e, "staged") == 0;
+  p.staged = !(e && std::strcmp(e, "direct") == 0);
   const char* pf = std::getenv("NATSL_GDN_BWD_L2PF");
   p.l2pf = pf ? std::max(0, std::atoi(pf)) : 0;
   return p;
