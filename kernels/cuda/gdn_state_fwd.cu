@@ -193,7 +193,7 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
   lay.diag = env_int("NATSL_GDN_DIAG", 0);
-  lay.bulk = env_int("NATSL_GDN_BULK", 0) != 0;
+  lay.bulk = env_int("NATSL_GDN_FWD_BULK", 0) != 0;
   return lay;
 }
 

@@ -331,7 +331,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_L2PF=n      prefetch into L2 the tiles of the chunk n beyond the last one in flight (0: off)
 //   NATSL_GDN_SPLIT=1     FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
 //                         NATSL_GDN_SPLIT_STAGES=2|3|4) and a chunk-parallel kernel computes the output
-//   NATSL_GDN_BULK=1      bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
+//   NATSL_GDN_FWD_BULK=1  bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 struct StateLayout {
   int vw = 64, stages = 2;
