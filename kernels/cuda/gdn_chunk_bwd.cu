@@ -20,23 +20,7 @@ namespace {
 // path has no room for the second set).
 template <class D, int KT, bool PIPE>
 constexpr int chunk_bwd_smem() {
-  return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + 5 * kC * 4 + 16 * 4;
-}
-
-// Column sums of the accumulator after fn(row, col, v), added atomically into dst[col] (shared memory).
-template <class Fn>
-__device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, float* dst, Fn fn) {
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int b = 0; b < 2; ++b) {
-      const int c = f.col(nt, b);
-      float s = fn(f.row(0), c, a[nt][b]) + fn(f.row(2), c, a[nt][2 + b]);
-      s += __shfl_xor_sync(0xffffffffu, s, 4);
-      s += __shfl_xor_sync(0xffffffffu, s, 8);
-      s += __shfl_xor_sync(0xffffffffu, s, 16);
-      if ((threadIdx.x & 31) < 4) atomicAdd(dst + c, s);
-    }
+  return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + (2 + 3 * kWarps) * kC * 4 + 16 * 4;
 }
 
 template <class D, int KT, bool PIPE>
@@ -56,10 +40,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   float* dTus = dKp + KT * TF;
   float* gam = dTus + TF;
   float* bet = gam + kC;
-  float* dbeta = bet + kC;
-  float* dgam = dbeta + kC;
-  float* rho = dgam + kC;  // sum_k dX_ik k_ik
-  float* red = rho + kC;   // 16 floats
+  float* dbeta = bet + kC;            // [kWarps][kC] slots (acc_row_sum_add), slot 0 the total at the end
+  float* dgam = dbeta + kWarps * kC;  // the same
+  float* rho = dgam + kWarps * kC;    // sum_k dX_ik k_ik, slots
+  float* red = rho + kWarps * kC;  // 16 floats
 
   const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
   const ChunkInfo ci = p.chunks[c];
@@ -82,9 +66,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   cp_async_commit();
   if (tid < kC) {
     bet[tid] = tid < len ? p.beta[int64_t(row0 + tid) * p.HV + hv] : 0.f;
-    dbeta[tid] = 0.f;
-    dgam[tid] = 0.f;
-    rho[tid] = 0.f;
+    zero_slots(dbeta, tid);
+    zero_slots(dgam, tid);
+    zero_slots(rho, tid);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -291,10 +275,17 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     red[tid >> 5] = hdh;
     red[8 + (tid >> 5)] = dm;
   }
+  // The slots' totals (warp order), with the rho terms, into slot 0.
+  float dbeta_t = 0.f, dgam_t = 0.f;
   if (tid < kC) {
-    const float e = __expf(gam[tid]);
-    dbeta[tid] += e * rho[tid];
-    dgam[tid] += bet[tid] * e * rho[tid];
+    const float e = __expf(gam[tid]), rh = sum_slots(rho, tid);
+    dbeta_t = sum_slots(dbeta, tid) + e * rh;
+    dgam_t = sum_slots(dgam, tid) + bet[tid] * e * rh;
+  }
+  __syncthreads();
+  if (tid < kC) {
+    dbeta[tid] = dbeta_t;
+    dgam[tid] = dgam_t;
   }
   __syncthreads();
   if (tid == 0) {

@@ -27,7 +27,7 @@ constexpr int stage_tiles() {
 // T, Q[KT], K[KT], the dv staging tile, two stream stages; then five rows of 64 floats and 16 floats.
 template <int KT>
 constexpr int fused_smem() {
-  return (2 + 2 * KT + 2 * stage_tiles<KT>()) * kTileBytes<D> + 5 * kC * 4 + 16 * 4;
+  return (2 + 2 * KT + 2 * stage_tiles<KT>()) * kTileBytes<D> + (2 + 3 * kWarps) * kC * 4 + 16 * 4;
 }
 
 // Writes a shared 64x64 tile (rows < rows_valid) to global memory in 16-byte pieces.
@@ -66,10 +66,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
   D* S0 = Ys + TE;          // 2 * ST stream tiles; after the V loop, the tiles below
   float* gam = reinterpret_cast<float*>(S0 + 2 * ST * TE);
   float* bet = gam + kC;
-  float* dbeta = bet + kC;
-  float* dgam = dbeta + kC;
-  float* rho = dgam + kC;  // sum_k dX_ik k_ik
-  float* red = rho + kC;  // 16 floats
+  float* dbeta = bet + kC;            // [kWarps][kC] slots (acc_row_sum_add), slot 0 the total at the end
+  float* dgam = dbeta + kWarps * kC;  // the same
+  float* rho = dgam + kWarps * kC;    // sum_k dX_ik k_ik, slots
+  float* red = rho + kWarps * kC;  // 16 floats
   // After the V loop the stream stages are free: dS, -dw, dT_u (f32, two tiles' room), B0-B2 of phase C and
   // staging tiles for dk (KT) and dq (KT). 7 + 2 KT <= 2 ST tiles.
   D* dSs = S0;
@@ -125,9 +125,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
   issue(0);
   if (tid < kC) {
     bet[tid] = tid < len ? p.beta[int64_t(row0 + tid) * p.HV + hv] : 0.f;
-    dbeta[tid] = 0.f;
-    dgam[tid] = 0.f;
-    rho[tid] = 0.f;
+    zero_slots(dbeta, tid);
+    zero_slots(dgam, tid);
+    zero_slots(rho, tid);
   }
 
   // ---- one pass over the V tiles
@@ -276,17 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
       for (int e = 0; e < 4; ++e) prod[nt][e] = da[nt][e] * kk[nt][e];
     acc_row_sum_add(prod, f, dbeta, [](int, int, float x) { return x; });
     acc_row_sum_add(prod, f, dgam, [&](int i, int, float x) { return bet[i] * x; });
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        const int col = f.col(nt, b);
-        float s = -(bet[f.row(0)] * prod[nt][b] + bet[f.row(2)] * prod[nt][2 + b]);
-        s += __shfl_xor_sync(0xffffffffu, s, 4);
-        s += __shfl_xor_sync(0xffffffffu, s, 8);
-        s += __shfl_xor_sync(0xffffffffu, s, 16);
-        if ((tid & 31) < 4) atomicAdd(dgam + col, s);
-      }
+    acc_col_sum_add(prod, f, dgam, [&](int i, int, float x) { return -bet[i] * x; });
   }
   acc_to_tile<D>(da, f, B2, [&](int i, int, float x) { return bet[i] * x; });
   __syncthreads();
@@ -308,10 +298,17 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
     red[tid >> 5] = hdh;
     red[8 + (tid >> 5)] = dm;
   }
+  // The slots' totals (warp order), with the rho terms, into slot 0.
+  float dbeta_t = 0.f, dgam_t = 0.f;
   if (tid < kC) {
-    const float e = __expf(gam[tid]);
-    dbeta[tid] += e * rho[tid];
-    dgam[tid] += bet[tid] * e * rho[tid];
+    const float e = __expf(gam[tid]), rh = sum_slots(rho, tid);
+    dbeta_t = sum_slots(dbeta, tid) + e * rh;
+    dgam_t = sum_slots(dgam, tid) + bet[tid] * e * rh;
+  }
+  __syncthreads();
+  if (tid < kC) {
+    dbeta[tid] = dbeta_t;
+    dgam[tid] = dgam_t;
   }
   __syncthreads();
 #pragma unroll

@@ -121,9 +121,16 @@ template <class D>
 __device__ __forceinline__ void acc_to_global(const Acc& a, const Frag& f, D* g, int64_t ld, int rows_valid) {
   acc_to_global<D>(a, f, g, ld, rows_valid, [](int, int, float v) { return v; });
 }
-// Per-row sums of the accumulator after fn(row, col, v), added atomically into dst[row] (shared memory).
+// Row / column sums of accumulators, deterministic: each warp adds into its own kC-entry slot of a
+// [kWarps][kC] shared array (no atomics: within a slot every entry has one writer per call, and __syncwarp
+// orders the lanes' adds across calls); sum_slots adds the slots up in warp order once every add is done.
+// (Atomic adds from several warps into one entry would add in a run-dependent order: different bits.)
+constexpr int kWarps = kThreads / 32;
+// Adds the per-row sums of fn(row, col, v) to slot[warp][row].
 template <class Fn>
-__device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, float* dst, Fn fn) {
+__device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, float* slots, Fn fn) {
+  __syncwarp();
+  float* const mine = slots + (threadIdx.x >> 5) * kC;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = f.row(2 * h);
@@ -132,8 +139,35 @@ __device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, flo
     for (int nt = 0; nt < 4; ++nt) s += fn(r, f.col(nt, 0), a[nt][2 * h]) + fn(r, f.col(nt, 1), a[nt][2 * h + 1]);
     s += __shfl_xor_sync(0xffffffffu, s, 1);
     s += __shfl_xor_sync(0xffffffffu, s, 2);
-    if ((threadIdx.x & 3) == 0) atomicAdd(dst + r, s);
+    if ((threadIdx.x & 3) == 0) mine[r] += s;
   }
+}
+// Adds the per-column sums of fn(row, col, v) to slot[warp][col].
+template <class Fn>
+__device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, float* slots, Fn fn) {
+  __syncwarp();
+  float* const mine = slots + (threadIdx.x >> 5) * kC;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int c = f.col(nt, b);
+      float s = fn(f.row(0), c, a[nt][b]) + fn(f.row(2), c, a[nt][2 + b]);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      s += __shfl_xor_sync(0xffffffffu, s, 8);
+      s += __shfl_xor_sync(0xffffffffu, s, 16);
+      if ((threadIdx.x & 31) < 4) mine[c] += s;
+    }
+}
+__device__ __forceinline__ void zero_slots(float* slots, int i) {
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) slots[w * kC + i] = 0.f;
+}
+__device__ __forceinline__ float sum_slots(const float* slots, int i) {
+  float s = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s += slots[w * kC + i];
+  return s;
 }
 
 // ---- tensor-core primitives (bf16) ----
