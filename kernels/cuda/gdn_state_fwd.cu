@@ -45,11 +45,147 @@ void launch_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
   launch<D, KT, 1, OUT, VW, BULK>(pl, p);
 }
 
-// Bulk copies only for bf16 (the f32 path exists for exact checks).
+// ---- warp-specialised pass (NATSL_GDN_WS=1) ----
+// The compute warps of the plain pass also issue the next chunk's 16-byte cp.async (60 KB per step at K = 128),
+// and the measured step time is about the sum of a loads-only and a compute-only pass: the issue stalls the
+// warps that should be computing. Here one extra warp only loads: it fills stage s with chunk ci once the compute
+// warps have released it (mbarrier empty[s], one arrival per compute warp), and its cp.async completions arrive
+// on full[s] (cp.async.mbarrier.arrive.noinc, one per producer lane). The compute warps synchronise among
+// themselves with named barrier 1.
+__device__ __forceinline__ void mbar_init_count(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void cp_async_arrive_noinc(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+template <int NTH>
+__device__ __forceinline__ void compute_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(NTH) : "memory");
+}
+// load_tile_n for one warp (lane = 0..31).
+template <class E, int COLS>
+__device__ __forceinline__ void load_tile_warp(E* s, const E* g, int64_t gld, int rows_valid, int lane) {
+  constexpr int per_row = COLS * int(sizeof(E)) / 16, epp = 16 / int(sizeof(E));
+  for (int idx = lane; idx < kC * per_row; idx += 32) {
+    const int r = idx / per_row, pc = idx % per_row;
+    const bool ok = r < rows_valid;
+    cp_async16(s + r * kLd<E> + pc * epp, ok ? g + r * gld + pc * epp : g, ok);
+  }
+}
+
+template <class D, int KT, int STAGES, bool OUT>
+constexpr int ws_smem() {
+  return state_fwd_smem<D, KT, STAGES, OUT>() + 2 * STAGES * 8;
+}
+
+template <class D, int KT, int STAGES, bool OUT, int VW>
+__global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int NTH = 4 * VW;  // compute threads; the producer warp comes after them
+  constexpr int ST = state_fwd_stage_tiles<KT, OUT>();
+  constexpr int TE = kC * kLd<D>;
+  D* base = reinterpret_cast<D*>(smem_raw);
+  D* Hs = base + STAGES * ST * TE;
+  float* G = reinterpret_cast<float*>(Hs + (KT + 2) * TE);
+  uint64_t* full = reinterpret_cast<uint64_t*>(G + STAGES * kC);
+  uint64_t* empty = full + STAGES;
+  const int n = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * VW;
+  const SeqInfo si = p.seqs[n];
+  const int nch = si.nchunks;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init_count(full + i, 32);
+      mbar_init_count(empty + i, NTH / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= NTH) {  // producer
+    const int lane = threadIdx.x - NTH, h = hv / (p.HV / p.H);
+    const int64_t qk_ld = int64_t(p.H) * p.K;
+    for (int ci = 0; ci < nch; ++ci) {
+      const int s = ci % STAGES;
+      if (ci >= STAGES) mbar_wait_parity(empty + s, uint32_t(ci / STAGES - 1) & 1u);
+      const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
+      const int64_t tile_id = int64_t(c) * p.HV + hv;
+      D* st = base + s * ST * TE;
+      const D* kq = p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+      const D* qq = p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K;
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) {
+        load_tile_warp<D, 64>(st + kt * TE, p.w + tile_id * kC * p.K + kt * kC, p.K, kC, lane);
+        load_tile_warp<D, 64>(st + (KT + kt) * TE, kq + kt * kC, qk_ld, len, lane);
+        if constexpr (OUT) load_tile_warp<D, 64>(st + (2 * KT + kt) * TE, qq + kt * kC, qk_ld, len, lane);
+      }
+      load_tile_warp<D, VW>(st + (OUT ? 3 : 2) * KT * TE, p.u + tile_id * kC * p.V + c0, p.V, kC, lane);
+      if constexpr (OUT) load_tile_warp<D, 64>(st + (3 * KT + 1) * TE, p.p + tile_id * kC * kC, kC, kC, lane);
+      if (lane < 16) cp_async16(G + s * kC + 4 * lane, p.gam + tile_id * kC + 4 * lane, true);
+      cp_async_arrive_noinc(full + s);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+
+  const Frag f;
+  Acc hacc[KT];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        hacc[kt][nt][e] =
+            p.h0 ? p.h0[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
+  for (int ci = 0; ci < nch; ++ci) {
+    const int s = ci % STAGES;
+    mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
+    state_fwd_step<D, KT, OUT>(p, hacc, base + s * ST * TE, Hs, G + s * kC, si.first_chunk + ci, si.row0 + kC * ci,
+                               min(kC, si.len - kC * ci), hv, c0, [] { compute_sync<NTH>(); });
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);
+  }
+  if (p.ht) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      acc_to_global<float>(hacc[kt], f, p.ht + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+}
+
+template <class D, int KT, int STAGES, bool OUT, int VW>
+void launch_ws(const Plan& pl, const StateFwdParams<D>& p) {
+  constexpr int smem = ws_smem<D, KT, STAGES, OUT>();
+  auto kern = state_fwd_ws_kernel<D, KT, STAGES, OUT, VW>;
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW + 32, smem, pl.stream>>>(p);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+// The requested number of stages (at least 2), or the most below it that fits; false when even 2 do not.
+template <class D, int KT, bool OUT, int VW>
+bool launch_ws_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
+  const int avail = max_smem_per_block(pl.dev.index);
+  constexpr int kSm90Max = 227 * 1024;
+  if constexpr (ws_smem<D, KT, 4, OUT>() <= kSm90Max)
+    if (stages >= 4 && ws_smem<D, KT, 4, OUT>() <= avail) return launch_ws<D, KT, 4, OUT, VW>(pl, p), true;
+  if constexpr (ws_smem<D, KT, 3, OUT>() <= kSm90Max)
+    if (stages >= 3 && ws_smem<D, KT, 3, OUT>() <= avail) return launch_ws<D, KT, 3, OUT, VW>(pl, p), true;
+  if constexpr (ws_smem<D, KT, 2, OUT>() <= kSm90Max)
+    if (ws_smem<D, KT, 2, OUT>() <= avail) return launch_ws<D, KT, 2, OUT, VW>(pl, p), true;
+  return false;
+}
+
+// Bulk copies and the warp-specialised pass only for bf16 (the f32 path exists for exact checks).
 template <class D, int KT, bool OUT, int VW>
 void launch_bulk(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
-  if constexpr (std::is_same_v<D, bf16>)
+  if constexpr (std::is_same_v<D, bf16>) {
+    // The warp-specialised pass wants a stage to fill while one is computed: at least 2.
+    if (lay.ws && launch_ws_stages<D, KT, OUT, VW>(pl, p, std::max(lay.stages, 2))) return;
     if (lay.bulk) return launch_stages<D, KT, OUT, VW, true>(pl, p, lay.stages);
+  }
   launch_stages<D, KT, OUT, VW, false>(pl, p, lay.stages);
 }
 
@@ -71,6 +207,8 @@ void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
     default: NATSL_FAIL("gdn state pass: unsupported K = ", pl.s.K, " for ", dtype_name(dtype_v<D>));
   }
 }
+
+constexpr int kWsDefault = 0;
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -194,6 +332,7 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
   lay.diag = env_int("NATSL_GDN_DIAG", 0);
   lay.bulk = env_int("NATSL_GDN_FWD_BULK", 0) != 0;
+  lay.ws = env_int("NATSL_GDN_WS", kWsDefault) != 0;
   return lay;
 }
 
@@ -205,7 +344,7 @@ void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   if (s.N == 0) return;
   StateLayout lay = state_layout(pl, int(s.N * s.HV * (s.V / kC)));
   const bool split = out.o.defined() && lay.split;
-  if (!out.o.defined()) lay.split = lay.bulk = false;  // the backward's h, v_new pass keeps its layout
+  if (!out.o.defined()) lay.split = lay.bulk = lay.ws = false;  // the backward's h, v_new pass keeps its layout
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn state pass", T, [&] {
     if (split) {
       // The pass stores h_n and v_new, then the output of every chunk is computed at once.

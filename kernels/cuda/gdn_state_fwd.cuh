@@ -88,6 +88,79 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
                : "memory");
 }
 
+// One chunk step of the pass (steps 1-4 above) on the chunk's tiles in `stage` (the ST tiles of
+// state_fwd_stage_tiles: W, K, (Q,) U, (P)) and its gamma row g. sync() is the barrier among the threads
+// that run the step (the whole CTA, or the compute warps of the warp-specialised kernel).
+template <class D, int KT, bool OUT, class Sync>
+__device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (&hacc)[KT], const D* stage, D* Hs,
+                                               const float* g, int c, int row0, int len, int hv, int c0, Sync sync) {
+  constexpr int TE = kC * kLd<D>;
+  constexpr int ld = kLd<D>;
+  D* Vn = Hs + KT * TE;
+  D* Vs = Vn + TE;
+  const Frag f;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+  const float gL = g[len - 1], eL = __expf(gL);
+  const float m = p.mask ? p.mask[int64_t(c) * p.HV + hv] : 1.f;
+
+  // 1. the state entering the chunk, as D, for the tensor cores
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    acc_to_tile<D>(hacc[kt], f, Hs + kt * TE);
+    if constexpr (!OUT) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+  sync();
+
+  // 2. v_new = u - w h_n, and the inter-chunk output term q h_n
+  Acc av, ao;
+  zero(av);
+  if constexpr (OUT) zero(ao);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    tile_mma<false, false>(av, (stage + kt * TE), Hs + kt * TE);
+    if constexpr (OUT) tile_mma<false, false>(ao, (stage + (2 * KT + kt) * TE), Hs + kt * TE);
+  }
+  const D* U = stage + (OUT ? 3 : 2) * KT * TE;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float2 uu = load2<D>(U + f.row(2 * hh) * ld + f.col(nt, 0));
+      av[nt][2 * hh] = uu.x - av[nt][2 * hh];
+      av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
+    }
+  if constexpr (OUT) acc_to_tile<D>(av, f, Vn);
+  acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return i < len ? m * __expf(gL - g[i]) * x : 0.f; });
+  if constexpr (!OUT) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
+  sync();
+
+  // 3. h_n+1 = e_L h_n + K^T (m exp(gam_L - gam) v_new)
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) hacc[kt][nt][e] *= eL;
+    tile_mma<true, false>(hacc[kt], (stage + (KT + kt) * TE), Vs);
+  }
+
+  // 4. o = scale e_i (q h_n)_i + p v_new
+  if constexpr (OUT) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int i = f.row(2 * hh);
+      const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        ao[nt][2 * hh] *= sc;
+        ao[nt][2 * hh + 1] *= sc;
+      }
+    }
+    tile_mma<false, false>(ao, (stage + (3 * KT + 1) * TE), Vn);
+    acc_to_global<D>(ao, f, p.o + (int64_t(row0) * p.HV + hv) * p.V + c0, int64_t(p.HV) * p.V, len);
+  }
+}
+
 // BULK: tiles arrive by bulk copies issued by warp 0 (one per tile row) instead of 16-byte cp.async by every
 // thread; rows past the chunk's end are zeroed by ordinary stores.
 template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK = false>
@@ -253,68 +326,9 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     }
     if (p.diag == 1) continue;
 
-    const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
-    const int64_t tile_id = int64_t(c) * p.HV + hv;
-    const float* g = G + s * kC;
-    const float gL = g[len - 1], eL = __expf(gL);
-    const float m = p.mask ? p.mask[int64_t(c) * p.HV + hv] : 1.f;
-
-    // 1. the state entering the chunk, as D, for the tensor cores
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      acc_to_tile<D>(hacc[kt], f, Hs + kt * TE);
-      if constexpr (!OUT) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
-    }
-    __syncthreads();
-
-    // 2. v_new = u - w h_n, and the inter-chunk output term q h_n
-    Acc av, ao;
-    zero(av);
-    if constexpr (OUT) zero(ao);
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      tile_mma<false, false>(av, Wt(s, kt), Hs + kt * TE);
-      if constexpr (OUT) tile_mma<false, false>(ao, Qt(s, kt), Hs + kt * TE);
-    }
-    const D* U = Ut(s);
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const float2 uu = load2<D>(U + f.row(2 * hh) * ld + f.col(nt, 0));
-        av[nt][2 * hh] = uu.x - av[nt][2 * hh];
-        av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
-      }
-    if constexpr (OUT) acc_to_tile<D>(av, f, Vn);
-    acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return i < len ? m * __expf(gL - g[i]) * x : 0.f; });
-    if constexpr (!OUT) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
-    __syncthreads();
-
-    // 3. h_n+1 = e_L h_n + K^T (m exp(gam_L - gam) v_new)
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) hacc[kt][nt][e] *= eL;
-      tile_mma<true, false>(hacc[kt], Kt(s, kt), Vs);
-    }
-
-    // 4. o = scale e_i (q h_n)_i + p v_new
-    if constexpr (OUT) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int i = f.row(2 * hh);
-        const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          ao[nt][2 * hh] *= sc;
-          ao[nt][2 * hh + 1] *= sc;
-        }
-      }
-      tile_mma<false, false>(ao, Pt(s), Vn);
-      acc_to_global<D>(ao, f, p.o + (int64_t(row0) * p.HV + hv) * p.V + c0, int64_t(p.HV) * p.V, len);
-    }
+    const int c = si.first_chunk + ci;
+    state_fwd_step<D, KT, OUT>(p, hacc, base + s * ST * TE, Hs, G + s * kC, c, si.row0 + kC * ci,
+                               min(kC, si.len - kC * ci), hv, c0, [] { __syncthreads(); });
   }
   if (p.ht) {
 #pragma unroll
@@ -332,6 +346,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_SPLIT=1     FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
 //                         NATSL_GDN_SPLIT_STAGES=2|3|4) and a chunk-parallel kernel computes the output
 //   NATSL_GDN_FWD_BULK=1  bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
+//   NATSL_GDN_WS=1        bf16: warp-specialised pass (one extra warp issues all the loads; mbarriers)
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 struct StateLayout {
   int vw = 64, stages = 2;
@@ -339,6 +354,7 @@ struct StateLayout {
   bool split = false;
   int split_stages = 3;
   bool bulk = false;
+  bool ws = false;
   int diag = 0;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);

@@ -170,7 +170,7 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
 }
 
 // The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
-// L2 prefetching, bulk-copy loads, and prep's staged / direct stores.
+// L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
   check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
@@ -183,6 +183,11 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_L2PF", "2"}});
   check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
   check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
 }
