@@ -208,7 +208,9 @@ void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
   }
 }
 
-constexpr int kWsDefault = 0;
+// H200 (bf16, K = 128, V = 256): state pass + output 1.245 -> 1.095 ms at B2 T16384 (vt32), 0.709 -> 0.710 at B8
+// T4096 (vt64): the loads no longer stall the compute warps where one wave of CTAs is latency bound.
+constexpr int kWsDefault = 1;
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -321,13 +323,17 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, pl.dev.index));
   // Each step of the pass is latency bound (about the same time for 64 or 32 columns, one CTA per SM at two
   // stages), so narrower tiles pay when the 32-column CTAs still fit in one wave.
-  if (2 * ctas_per_vtile64 <= sms) lay.vw = 32;
+  const bool one_wave = 2 * ctas_per_vtile64 <= sms;
+  if (one_wave) lay.vw = 32;
   const int vw = env_int("NATSL_GDN_VTILE", 0), st = env_int("NATSL_GDN_STAGES", 0);
   if (vw == 32 || vw == 64) lay.vw = vw;
   if (st == 1 || st == 2) lay.stages = st;
   if (pl.s.V % lay.vw != 0) lay.vw = 64;
   lay.l2pf = std::max(0, env_int("NATSL_GDN_L2PF", 0));
-  lay.split = env_int("NATSL_GDN_SPLIT", 0) != 0;
+  // The forward with an output (H200, K = 128, V = 256): the split pays when the pass is one wave of CTAs, each
+  // step latency bound (B2 T16384: pass + output 1.09 -> 1.01 ms with the warp-specialised pass) and costs when
+  // there are several waves (B8 T4096: 0.71 -> 0.79).
+  lay.split = env_int("NATSL_GDN_SPLIT", one_wave ? 1 : 0) != 0;
   const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
   lay.diag = env_int("NATSL_GDN_DIAG", 0);

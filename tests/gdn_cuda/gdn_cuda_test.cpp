@@ -173,22 +173,24 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
 // L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "32"},
-                  {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_FWD_BULK", "1"}});
-  check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
-  check_with_env({{"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"},
+                  {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_L2PF", "2"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"},
+                  {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_L2PF", "2"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"},
+                  {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
   check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
   check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}});
+  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
 }
 
