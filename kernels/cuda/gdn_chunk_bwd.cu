@@ -20,7 +20,7 @@ namespace {
 // path has no room for the second set).
 template <class D, int KT, bool PIPE>
 constexpr int chunk_bwd_smem() {
-  return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + (2 + 3 * kWarps) * kC * 4 + 16 * 4;
+  return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + (2 + 2 * kRowSlots + kRowColSlots) * kC * 4 + 16 * 4;
 }
 
 template <class D, int KT, bool PIPE>
@@ -40,10 +40,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   float* dTus = dKp + KT * TF;
   float* gam = dTus + TF;
   float* bet = gam + kC;
-  float* dbeta = bet + kC;            // [kWarps][kC] slots (acc_row_sum_add), slot 0 the total at the end
-  float* dgam = dbeta + kWarps * kC;  // the same
-  float* rho = dgam + kWarps * kC;    // sum_k dX_ik k_ik, slots
-  float* red = rho + kWarps * kC;  // 16 floats
+  float* dbeta = bet + kC;               // [kRowSlots][kC] (acc_row_sum_add); slot 0 the total at the end
+  float* dgam = dbeta + kRowSlots * kC;  // [kRowColSlots][kC] (row and column sums); the same
+  float* rho = dgam + kRowColSlots * kC; // sum_k dX_ik k_ik, [kRowSlots][kC]
+  float* red = rho + kRowSlots * kC;  // 16 floats
 
   const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
   const ChunkInfo ci = p.chunks[c];
@@ -66,9 +66,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   cp_async_commit();
   if (tid < kC) {
     bet[tid] = tid < len ? p.beta[int64_t(row0 + tid) * p.HV + hv] : 0.f;
-    zero_slots(dbeta, tid);
-    zero_slots(dgam, tid);
-    zero_slots(rho, tid);
+    zero_slots<kRowSlots>(dbeta, tid);
+    zero_slots<kRowColSlots>(dgam, tid);
+    zero_slots<kRowSlots>(rho, tid);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -278,9 +278,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   // The slots' totals (warp order), with the rho terms, into slot 0.
   float dbeta_t = 0.f, dgam_t = 0.f;
   if (tid < kC) {
-    const float e = __expf(gam[tid]), rh = sum_slots(rho, tid);
-    dbeta_t = sum_slots(dbeta, tid) + e * rh;
-    dgam_t = sum_slots(dgam, tid) + bet[tid] * e * rh;
+    const float e = __expf(gam[tid]), rh = sum_slots<kRowSlots>(rho, tid);
+    dbeta_t = sum_slots<kRowSlots>(dbeta, tid) + e * rh;
+    dgam_t = sum_slots<kRowColSlots>(dgam, tid) + bet[tid] * e * rh;
   }
   __syncthreads();
   if (tid < kC) {

@@ -27,7 +27,7 @@ constexpr int stage_tiles() {
 // T, Q[KT], K[KT], the dv staging tile, two stream stages; then five rows of 64 floats and 16 floats.
 template <int KT>
 constexpr int fused_smem() {
-  return (2 + 2 * KT + 2 * stage_tiles<KT>()) * kTileBytes<D> + (2 + 3 * kWarps) * kC * 4 + 16 * 4;
+  return (2 + 2 * KT + 2 * stage_tiles<KT>()) * kTileBytes<D> + (2 + 2 * kRowSlots + kRowColSlots) * kC * 4 + 16 * 4;
 }
 
 // Writes a shared 64x64 tile (rows < rows_valid) to global memory in 16-byte pieces.
@@ -66,10 +66,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
   D* S0 = Ys + TE;          // 2 * ST stream tiles; after the V loop, the tiles below
   float* gam = reinterpret_cast<float*>(S0 + 2 * ST * TE);
   float* bet = gam + kC;
-  float* dbeta = bet + kC;            // [kWarps][kC] slots (acc_row_sum_add), slot 0 the total at the end
-  float* dgam = dbeta + kWarps * kC;  // the same
-  float* rho = dgam + kWarps * kC;    // sum_k dX_ik k_ik, slots
-  float* red = rho + kWarps * kC;  // 16 floats
+  float* dbeta = bet + kC;               // [kRowSlots][kC] (acc_row_sum_add); slot 0 the total at the end
+  float* dgam = dbeta + kRowSlots * kC;  // [kRowColSlots][kC] (row and column sums); the same
+  float* rho = dgam + kRowColSlots * kC; // sum_k dX_ik k_ik, [kRowSlots][kC]
+  float* red = rho + kRowSlots * kC;  // 16 floats
   // After the V loop the stream stages are free: dS, -dw, dT_u (f32, two tiles' room), B0-B2 of phase C and
   // staging tiles for dk (KT) and dq (KT). 7 + 2 KT <= 2 ST tiles.
   D* dSs = S0;
@@ -125,9 +125,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
   issue(0);
   if (tid < kC) {
     bet[tid] = tid < len ? p.beta[int64_t(row0 + tid) * p.HV + hv] : 0.f;
-    zero_slots(dbeta, tid);
-    zero_slots(dgam, tid);
-    zero_slots(rho, tid);
+    zero_slots<kRowSlots>(dbeta, tid);
+    zero_slots<kRowColSlots>(dgam, tid);
+    zero_slots<kRowSlots>(rho, tid);
   }
 
   // ---- one pass over the V tiles
@@ -301,9 +301,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_fused_kernel(ChunkBwdPa
   // The slots' totals (warp order), with the rho terms, into slot 0.
   float dbeta_t = 0.f, dgam_t = 0.f;
   if (tid < kC) {
-    const float e = __expf(gam[tid]), rh = sum_slots(rho, tid);
-    dbeta_t = sum_slots(dbeta, tid) + e * rh;
-    dgam_t = sum_slots(dgam, tid) + bet[tid] * e * rh;
+    const float e = __expf(gam[tid]), rh = sum_slots<kRowSlots>(rho, tid);
+    dbeta_t = sum_slots<kRowSlots>(dbeta, tid) + e * rh;
+    dgam_t = sum_slots<kRowColSlots>(dgam, tid) + bet[tid] * e * rh;
   }
   __syncthreads();
   if (tid < kC) {

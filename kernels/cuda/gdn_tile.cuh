@@ -121,16 +121,19 @@ template <class D>
 __device__ __forceinline__ void acc_to_global(const Acc& a, const Frag& f, D* g, int64_t ld, int rows_valid) {
   acc_to_global<D>(a, f, g, ld, rows_valid, [](int, int, float v) { return v; });
 }
-// Row / column sums of accumulators, deterministic: each warp adds into its own kC-entry slot of a
-// [kWarps][kC] shared array (no atomics: within a slot every entry has one writer per call, and __syncwarp
-// orders the lanes' adds across calls); sum_slots adds the slots up in warp order once every add is done.
+// Row / column sums of accumulators, deterministic (no atomics). The 8 warps tile 64 x 64 as 4 row groups
+// (w & 3) x 2 column groups (w >> 2) (Frag), so a row gets one partial sum per column group and a column one
+// per row group. They go to separate kC-entry slots of a shared array: row sums to slot (w >> 2), column sums
+// to slot kRowSlots + (w & 3). Every slot entry then has a single writer, the same warp on every call (its
+// lanes ordered by __syncwarp), and sum_slots adds the slots up in a fixed order once every add is done.
 // (Atomic adds from several warps into one entry would add in a run-dependent order: different bits.)
-constexpr int kWarps = kThreads / 32;
-// Adds the per-row sums of fn(row, col, v) to slot[warp][row].
+constexpr int kRowSlots = 2, kColSlots = 4;
+constexpr int kRowColSlots = kRowSlots + kColSlots;  // an array that takes both row and column sums
+// Adds the per-row sums of fn(row, col, v) to slots[w >> 2][row].
 template <class Fn>
 __device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, float* slots, Fn fn) {
   __syncwarp();
-  float* const mine = slots + (threadIdx.x >> 5) * kC;
+  float* const mine = slots + (threadIdx.x >> 7) * kC;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = f.row(2 * h);
@@ -142,11 +145,12 @@ __device__ __forceinline__ void acc_row_sum_add(const Acc& a, const Frag& f, flo
     if ((threadIdx.x & 3) == 0) mine[r] += s;
   }
 }
-// Adds the per-column sums of fn(row, col, v) to slot[warp][col].
+// Adds the per-column sums of fn(row, col, v) to slots[kRowSlots + (w & 3)][col] (the array needs
+// kRowColSlots slots).
 template <class Fn>
 __device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, float* slots, Fn fn) {
   __syncwarp();
-  float* const mine = slots + (threadIdx.x >> 5) * kC;
+  float* const mine = slots + (kRowSlots + ((threadIdx.x >> 5) & 3)) * kC;
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -159,14 +163,16 @@ __device__ __forceinline__ void acc_col_sum_add(const Acc& a, const Frag& f, flo
       if ((threadIdx.x & 31) < 4) mine[c] += s;
     }
 }
+template <int N>
 __device__ __forceinline__ void zero_slots(float* slots, int i) {
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) slots[w * kC + i] = 0.f;
+  for (int w = 0; w < N; ++w) slots[w * kC + i] = 0.f;
 }
+template <int N>
 __device__ __forceinline__ float sum_slots(const float* slots, int i) {
   float s = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) s += slots[w * kC + i];
+  for (int w = 0; w < N; ++w) s += slots[w * kC + i];
   return s;
 }
 
