@@ -2,7 +2,7 @@
 // with the L2 norm of q and k (forward and backward) included as FLA's use_qk_l2norm_in_kernel=True does, and a
 // per-stage split. CUDA events, warm-up, median of repeated runs. The FLA peer is timed by peers.py in the same
 // run; --peer FILE reads its anchors JSON to print the ratio.
-//   natsl_bench_gdn [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
+//   natsl_bench_gdn [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
 //                   [--skip TAG_PART]   (variants whose tag contains TAG_PART are left out)
 // Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
@@ -285,7 +285,9 @@ int main(int argc, char** argv) {
   char date[32];
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  nlohmann::json out = nlohmann::json::array();
+  // One JSON object per line (BENCHMARKS.md); rows without a peer carry peer, peer_ms and ratio null.
+  std::ofstream json;
+  if (!json_out.empty()) json.open(json_out);
   std::printf("%-46s %-28s %10s %10s %7s\n", "what", "shape", "ours ms", "FLA ms", "ratio");
   for (const Row& r : rows) {
     std::string pname;
@@ -295,10 +297,16 @@ int main(int argc, char** argv) {
     else if (r.name.rfind("natsl_gdn_fwd", 0) == 0) pname = "fla_gdn_fwd";
     if (!pname.empty()) pm = peer_ms(pname, B, T);
     const double ratio = pm > 0 ? r.ms / pm : -1;
-    std::printf("%-46s %-28s %10.4f %10.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, pm, ratio);
-    out.push_back({{"name", r.name}, {"shape", r.shape}, {"ours_ms", r.ms}, {"peer", pname.empty() ? "" : "fla " + pname},
-                   {"peer_ms", pm}, {"ratio", ratio}, {"gpu", prop.name}, {"commit", commit}, {"date", date}});
+    if (pm > 0) std::printf("%-46s %-28s %10.4f %10.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, pm, ratio);
+    else std::printf("%-46s %-28s %10.4f %10s %7s\n", r.name.c_str(), r.shape.c_str(), r.ms, "-", "-");
+    nlohmann::json row = {{"name", r.name}, {"shape", r.shape}, {"ours_ms", r.ms}, {"peer", nullptr}, {"peer_ms", nullptr},
+                          {"ratio", nullptr}, {"gpu", prop.name}, {"commit", commit}, {"date", date}};
+    if (pm > 0) {
+      row["peer"] = "fla " + pname;
+      row["peer_ms"] = pm;
+      row["ratio"] = ratio;
+    }
+    if (json) json << row.dump() << "\n";
   }
-  if (!json_out.empty()) std::ofstream(json_out) << out.dump(1) << "\n";
   return 0;
 }
