@@ -1,7 +1,8 @@
 // CUDA causal depthwise short convolution, x/y [B, T, C], w [C, W]:
 //   pre[b,t,c] = sum_j w[c,j] x[b, t-W+1+j, c] (zero before t = 0),  y = act(pre)
 //   g = dy * act'(pre);  dx[b,s,c] = sum_j w[c,j] g[b, s+W-1-j, c];  dw[c,j] = sum_{b,t} g[b,t,c] x[b,t-W+1+j,c]
-// A thread owns VEC neighbouring channels (2 for bf16 when C is even: one 4-byte access per step; else 1)
+// A thread owns VEC neighbouring channels: 1, or 2 for bf16 when C is even (variant 1,
+// NATSL_KERNEL_VARIANT_SHORT_CONV_FWD / _BWD in variant.h: one 4-byte access per step, more registers)
 // over a tile of consecutive steps and slides a W-wide register window along them (W is a template
 // parameter so the window stays in registers). Neighbouring threads take neighbouring channels, so every
 // access is coalesced. Steps are read kSteps at a time before any is used, so each thread keeps kSteps
@@ -10,6 +11,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/column_sum.cuh"
+#include "kernels/cuda/variant.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -219,7 +221,7 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
   cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_fwd", T, [&] {
     NATSL_CHECK(w.dtype() == x.dtype() && y.dtype() == x.dtype(), "short_conv_fwd: dtypes differ");
-    const bool paired = paired_channels<T>(sh, {&x, &y});
+    const bool paired = kernel_variant(kVariantShortConvFwd, kDefaultShortConvFwd) == 1 && paired_channels<T>(sh, {&x, &y});
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       auto launch = [&](auto vc) {
@@ -251,7 +253,8 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_bwd", T, [&] {
     for (const Tensor* t : {&w, &dy, &dx, &dw})
       NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
-    const bool paired = paired_channels<T>(sh, {&x, &dy, &dx});
+    const bool paired =
+        kernel_variant(kVariantShortConvBwd, kDefaultShortConvBwd) == 1 && paired_channels<T>(sh, {&x, &dy, &dx});
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int64_t total = sh.B * sh.ntiles * sh.C;

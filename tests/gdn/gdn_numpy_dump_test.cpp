@@ -34,8 +34,16 @@ TEST(GdnNumpyReference, ChunkedKernelsMatchTheNumpyOracle) {
   put("dO", dout), put("dht", dht), put("o", f.o), put("ht", f.ht);
   put("dq", g.dq), put("dk", g.dk), put("dv", g.dv), put("dg", g.dg), put("dbeta", g.dbeta), put("dh0", g.dh0);
   os.close();
-  // Debian's python3 carries python3-numpy; a pyenv python first on PATH may not.
-  const std::string python = std::ifstream("/usr/bin/python3").good() ? "/usr/bin/python3" : "python3";
+  // The first interpreter that imports numpy: Debian's python3 with python3-numpy, or the python3 on PATH (a
+  // pyenv or a machine's torch install may be one without the other).
+  std::string python;
+  for (const char* candidate : {"/usr/bin/python3", "python3"})
+    if (std::system((std::string(candidate) + " -c 'import numpy' >/dev/null 2>&1").c_str()) == 0) {
+      python = candidate;
+      break;
+    }
+  ASSERT_FALSE(python.empty()) << "no python3 with numpy (tried /usr/bin/python3 and python3 on PATH); install "
+                                  "python3-numpy (scripts/test.sh does)";
   const std::string cmd = python + " " + std::string(NATSL_SOURCE_DIR) + "/tests/gdn/check_numpy_ref.py " + path;
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd << " failed (python3-numpy missing, or a mismatch: see its output)";
 }

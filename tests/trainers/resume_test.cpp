@@ -143,7 +143,7 @@ TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
   TempDir dir;
   write_text(dir / "g.yaml", R"(model:
   name: g
-  vocab_size: 64
+  vocab_size: 320
   hidden_size: 64
   num_layers: 2
   layers: [gdn, natsl]
@@ -158,6 +158,7 @@ TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
 data:
   source: mqar
   mqar:
+    vocab_size: 300
     num_kv_pairs: 4
 train:
   steps: 20
