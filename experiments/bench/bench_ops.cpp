@@ -194,15 +194,8 @@ int main(int argc, char** argv) {
     Tensor x = rnd({B, T, C}, DType::bf16, 11), y = Tensor::empty({B, T, C}, DType::bf16, kGpu);
     Tensor w = rnd({C, 4}, DType::bf16, 12, 0.5), dw = Tensor::empty({C, 4}, DType::bf16, kGpu);
     Tensor dy = rnd({B, T, C}, DType::bf16, 13), dx = Tensor::empty({B, T, C}, DType::bf16, kGpu);
-    for (int v : {0, 1}) {
-      const std::string tag = " [v" + std::to_string(v) + "]";
-      with_variant(cuda::kVariantShortConvFwd, v, [&] {
-        mem("short_conv fwd bf16" + tag, "16x4096x2048 W4", 2 * t, [&] { short_conv_fwd(x, w, true, y); });
-      });
-      with_variant(cuda::kVariantShortConvBwd, v, [&] {
-        mem("short_conv bwd bf16" + tag, "16x4096x2048 W4", 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
-      });
-    }
+    mem("short_conv fwd bf16", "16x4096x2048 W4", 2 * t, [&] { short_conv_fwd(x, w, true, y); });
+    mem("short_conv bwd bf16", "16x4096x2048 W4", 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
   }
   {
     // embedding: 131072 tokens x 1024 bf16 (256 MB of activations), vocab 32000

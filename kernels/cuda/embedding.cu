@@ -22,8 +22,8 @@
 // 1.17x the copy time and the segment building (~50 us, the same for v0, v1, v2) is what is left to cut.
 // Variant 3: v2's keys and accumulation, with the segments from a stable counting sort instead of CUB (whose
 // radix passes and host-side set-up cost ~50 us at 131072 keys whatever the key width): the positions are cut
-// into P contiguous blocks; (1) each block counts its ids in a shared-memory histogram and writes its column
-// of the [V, P] count table; (2) each id's row becomes an exclusive prefix over the blocks, its total kept;
+// into P contiguous blocks; (1) each block counts its ids in a shared-memory histogram and writes its row
+// of the [P, V] count table; (2) each id's column becomes an exclusive prefix over the blocks, its total kept;
 // (3) one block scans the totals into the segment starts; (4) each block places its positions, in order:
 // a warp ranks equal ids among its lanes (match_any) and the block's warps take turns on a shared cursor per
 // id, so an id's positions land in ascending order (stable) and every run places them identically. Needs a
@@ -324,7 +324,8 @@ struct CountSortShape {
   int P, shift;     // blocks, position bits of a key
 };
 
-// (1) counts[v * P + p] = how often id v occurs in positions [p L, p L + L).
+// The count table is block-major, counts[p * V + v], so that every kernel reads and writes it coalesced.
+// (1) counts[p * V + v] = how often id v occurs in positions [p L, p L + L).
 template <class I>
 __global__ void __launch_bounds__(kCountThreads) count_sort_histogram_kernel(const I* __restrict__ ids, CountSortShape cs,
                                                                            int32_t* __restrict__ counts) {
@@ -335,16 +336,16 @@ __global__ void __launch_bounds__(kCountThreads) count_sort_histogram_kernel(con
   const int64_t i1 = min(cs.n, (p + 1) * cs.L);
   for (int64_t i = p * cs.L + threadIdx.x; i < i1; i += blockDim.x) atomicAdd(&hist[checked_id(ids, i, cs.V)], 1);
   __syncthreads();
-  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) counts[v * cs.P + p] = hist[v];
+  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) counts[p * cs.V + v] = hist[v];
 }
 
-// (2) Row v of counts becomes its exclusive prefix over the blocks; totals[v] = the row's sum.
+// (2) Column v of counts becomes its exclusive prefix over the blocks; totals[v] = the column's sum.
 __global__ void count_sort_row_prefix_kernel(int32_t* __restrict__ counts, CountSortShape cs, int32_t* __restrict__ totals) {
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < cs.V; v += int64_t(gridDim.x) * blockDim.x) {
     int32_t run = 0;
     for (int p = 0; p < cs.P; ++p) {
-      const int32_t c = counts[v * cs.P + p];
-      counts[v * cs.P + p] = run;
+      const int32_t c = counts[p * cs.V + v];
+      counts[p * cs.V + v] = run;
       run += c;
     }
     totals[v] = run;
@@ -397,7 +398,7 @@ __global__ void __launch_bounds__(kCountThreads) count_sort_place_kernel(const I
                                                                         K* __restrict__ keys) {
   extern __shared__ int32_t cursor[];
   const int p = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) cursor[v] = start[v] + counts[v * cs.P + p];
+  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) cursor[v] = start[v] + counts[p * cs.V + v];
   __syncthreads();
   const int64_t i1 = min(cs.n, (p + 1) * cs.L);
   for (int64_t base = p * cs.L; base < i1; base += kCountThreads) {
@@ -440,7 +441,7 @@ void segments_v3(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
   constexpr DType kd = sizeof(K) == 4 ? DType::i32 : DType::i64;
   seg.keys = Tensor::empty({n}, kd, d);
   seg.aux = Tensor::empty({V + 1}, DType::i32, d);
-  Tensor counts = Tensor::empty({V * cs.P + V}, DType::i32, d);  // the [V, P] table, then the totals
+  Tensor counts = Tensor::empty({V * cs.P + V}, DType::i32, d);  // the [P, V] table, then the totals
   int32_t* cp = counts.data<int32_t>();
   int32_t* tot = cp + V * cs.P;
   const size_t smem = size_t(V) * sizeof(int32_t);

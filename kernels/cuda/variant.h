@@ -15,8 +15,6 @@ inline int kernel_variant(const char* env_name, int default_variant) {
 inline constexpr const char* kVariantRmsnormBwd = "NATSL_KERNEL_VARIANT_RMSNORM_BWD";
 inline constexpr const char* kVariantEmbeddingBwd = "NATSL_KERNEL_VARIANT_EMBEDDING_BWD";
 inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_ENTROPY";
-inline constexpr const char* kVariantShortConvFwd = "NATSL_KERNEL_VARIANT_SHORT_CONV_FWD";
-inline constexpr const char* kVariantShortConvBwd = "NATSL_KERNEL_VARIANT_SHORT_CONV_BWD";
 
 // Defaults, from one H200 run (2026-11-28, commit 1bb7aeb8fefc; ratio to a copy of the same bytes):
 // rmsnorm bwd v0 1.97, v1 1.12, v2 1.12; embedding bwd v0 2.11, v1 1.84; fused cross-entropy v0 1.93,
@@ -27,10 +25,5 @@ inline constexpr const char* kVariantShortConvBwd = "NATSL_KERNEL_VARIANT_SHORT_
 inline constexpr int kDefaultRmsnormBwd = 1;
 inline constexpr int kDefaultEmbeddingBwd = 2;
 inline constexpr int kDefaultCrossEntropy = 1;
-// Short conv (16 x 4096 x 2048 bf16, W 4), H200 run 2026-11-28 at 2d234e5 with two bf16 channels per thread and
-// 8 steps loaded ahead: fwd 0.303 ms (2.39 of the copy; the one-channel kernel without read-ahead was 0.501),
-// bwd 0.964 (5.06; it was 0.808): two channels for the forward, one for the backward.
-inline constexpr int kDefaultShortConvFwd = 1;
-inline constexpr int kDefaultShortConvBwd = 0;
 
 }  // namespace natsl::kernels::cuda

@@ -272,34 +272,30 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
   struct Case {
     int64_t B, T, C;
   };
-  // One step, T shorter than W, odd channels (one channel per thread), even ones (two bf16 channels per
-  // thread), long sequences (several tiles per sequence; on an H200 the last case's forward tiles are 9 steps,
-  // not a multiple of the 8 steps loaded together).
+  // One step, T shorter than W, odd channels, long sequences (several tiles per sequence; on an H200 the last
+  // case's forward tiles are 9 steps, not a multiple of the 8 steps read together).
   const Case cases[] = {{1, 1, 1}, {2, 3, 5}, {2, 37, 5}, {3, 300, 64}, {1, 1000, 33}, {2, 2049, 256}, {1, 4096, 1202}};
   uint64_t seed = 500;
-  for (int variant : {0, 1})  // one channel per thread, or two (bf16, even C)
-    for (DType dt : {DType::f32, DType::bf16})
-      for (int64_t W : {int64_t(1), int64_t(3), int64_t(4), int64_t(8)})
-        for (const Case& c : cases)
-          for (bool silu : {false, true}) {
-            VariantScope fwd_scope(kernels::cuda::kVariantShortConvFwd, variant);
-            VariantScope bwd_scope(kernels::cuda::kVariantShortConvBwd, variant);
-            const Shape s{c.B, c.T, c.C};
-            const std::string what = case_name("short_conv", dt, s) + " W " + std::to_string(W) +
-                                     (silu ? " silu" : " identity") + " variant " + std::to_string(variant);
-            Tensor xq = q(randn(s, seed++), dt), wq = q(randn({c.C, W}, seed++, DType::f64, 0.5), dt);
-            Tensor ref_y = cpu_poisoned(s);
-            kernels::cpu::short_conv_fwd(f64(xq), f64(wq), silu, ref_y);
-            Tensor y = gpu_poisoned(s, dt);
-            kernels::short_conv_fwd(to_gpu(xq), to_gpu(wq), silu, y);
-            expect_match(y, ref_y, tol_for(dt), what + " fwd");
+  for (DType dt : {DType::f32, DType::bf16})
+    for (int64_t W : {int64_t(1), int64_t(3), int64_t(4), int64_t(8)})
+      for (const Case& c : cases)
+        for (bool silu : {false, true}) {
+          const Shape s{c.B, c.T, c.C};
+          const std::string what =
+              case_name("short_conv", dt, s) + " W " + std::to_string(W) + (silu ? " silu" : " identity");
+          Tensor xq = q(randn(s, seed++), dt), wq = q(randn({c.C, W}, seed++, DType::f64, 0.5), dt);
+          Tensor ref_y = cpu_poisoned(s);
+          kernels::cpu::short_conv_fwd(f64(xq), f64(wq), silu, ref_y);
+          Tensor y = gpu_poisoned(s, dt);
+          kernels::short_conv_fwd(to_gpu(xq), to_gpu(wq), silu, y);
+          expect_match(y, ref_y, tol_for(dt), what + " fwd");
 
-            Tensor dyq = q(randn(s, seed++), dt);
-            Tensor ref_dx = cpu_poisoned(s), ref_dw = cpu_poisoned({c.C, W});
-            kernels::cpu::short_conv_bwd(f64(xq), f64(wq), silu, f64(dyq), ref_dx, ref_dw);
-            Tensor dx = gpu_poisoned(s, dt), dw = gpu_poisoned({c.C, W}, dt);
-            kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), dx, dw);
-            expect_match(dx, ref_dx, tol_for(dt), what + " dx");
-            expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
-          }
+          Tensor dyq = q(randn(s, seed++), dt);
+          Tensor ref_dx = cpu_poisoned(s), ref_dw = cpu_poisoned({c.C, W});
+          kernels::cpu::short_conv_bwd(f64(xq), f64(wq), silu, f64(dyq), ref_dx, ref_dw);
+          Tensor dx = gpu_poisoned(s, dt), dw = gpu_poisoned({c.C, W}, dt);
+          kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), dx, dw);
+          expect_match(dx, ref_dx, tol_for(dt), what + " dx");
+          expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
+        }
 }
