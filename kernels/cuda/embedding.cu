@@ -20,14 +20,6 @@
 // round (most segments are a single round: ~4 rows per id at 131072 tokens / 32000 ids). Same order of
 // additions, so the same bits as v0 and v1. The default (variant.h): on the H200 its accumulation runs at
 // 1.17x the copy time and the segment building (~50 us, the same for v0, v1, v2) is what is left to cut.
-// Variant 3: v2's keys and accumulation, with the segments from a stable counting sort instead of CUB (whose
-// radix passes and host-side set-up cost ~50 us at 131072 keys whatever the key width): the positions are cut
-// into P contiguous blocks; (1) each block counts its ids in a shared-memory histogram and writes its row
-// of the [P, V] count table; (2) each id's column becomes an exclusive prefix over the blocks, its total kept;
-// (3) one block scans the totals into the segment starts; (4) each block places its positions, in order:
-// a warp ranks equal ids among its lanes (match_any) and the block's warps take turns on a shared cursor per
-// id, so an id's positions land in ascending order (stable) and every run places them identically. Needs a
-// V-entry int histogram in shared memory (V <= kCountSortMaxV); larger vocabularies fall back to v2's sort.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <cstdio>
@@ -315,153 +307,6 @@ void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-// ---- variant 3: stable counting sort ----
-constexpr int kCountThreads = 1024;
-constexpr int64_t kCountSortMaxV = 48 * 1024;  // int histogram of V entries in shared memory (192 KB)
-
-struct CountSortShape {
-  int64_t n, V, L;  // positions, ids, positions per block
-  int P, shift;     // blocks, position bits of a key
-};
-
-// The count table is block-major, counts[p * V + v], so that every kernel reads and writes it coalesced.
-// (1) counts[p * V + v] = how often id v occurs in positions [p L, p L + L).
-template <class I>
-__global__ void __launch_bounds__(kCountThreads) count_sort_histogram_kernel(const I* __restrict__ ids, CountSortShape cs,
-                                                                           int32_t* __restrict__ counts) {
-  extern __shared__ int32_t hist[];
-  const int p = blockIdx.x;
-  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) hist[v] = 0;
-  __syncthreads();
-  const int64_t i1 = min(cs.n, (p + 1) * cs.L);
-  for (int64_t i = p * cs.L + threadIdx.x; i < i1; i += blockDim.x) atomicAdd(&hist[checked_id(ids, i, cs.V)], 1);
-  __syncthreads();
-  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) counts[p * cs.V + v] = hist[v];
-}
-
-// (2) Column v of counts becomes its exclusive prefix over the blocks; totals[v] = the column's sum.
-__global__ void count_sort_row_prefix_kernel(int32_t* __restrict__ counts, CountSortShape cs, int32_t* __restrict__ totals) {
-  for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < cs.V; v += int64_t(gridDim.x) * blockDim.x) {
-    int32_t run = 0;
-    for (int p = 0; p < cs.P; ++p) {
-      const int32_t c = counts[p * cs.V + v];
-      counts[p * cs.V + v] = run;
-      run += c;
-    }
-    totals[v] = run;
-  }
-}
-
-// (3) One block: start[v] = sum of totals[0 .. v), start[V] = n. Thread t scans a contiguous stretch.
-__global__ void __launch_bounds__(kCountThreads) count_sort_starts_kernel(const int32_t* __restrict__ totals, CountSortShape cs,
-                                                                         int32_t* __restrict__ start) {
-  __shared__ int32_t warp_tot[kCountThreads / 32];
-  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-  const int64_t per = (cs.V + kCountThreads - 1) / kCountThreads;
-  const int64_t v0 = min(cs.V, t * per), v1 = min(cs.V, v0 + per);
-  int32_t mine = 0;
-  for (int64_t v = v0; v < v1; ++v) mine += totals[v];
-  // Exclusive scan of `mine` over the block: within the warp, then over the warp totals.
-  int32_t incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int32_t x = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += x;
-  }
-  if (lane == 31) warp_tot[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    int32_t w = warp_tot[lane], wi = w;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int32_t x = __shfl_up_sync(0xffffffffu, wi, o);
-      if (lane >= o) wi += x;
-    }
-    warp_tot[lane] = wi - w;
-  }
-  __syncthreads();
-  int32_t run = warp_tot[warp] + incl - mine;
-  for (int64_t v = v0; v < v1; ++v) {
-    start[v] = run;
-    run += totals[v];
-  }
-  if (t == 0) start[cs.V] = int32_t(cs.n);
-}
-
-// (4) Block p places its positions: key id << shift | i at start[id] + (earlier blocks' count of id) + (this
-// block's earlier positions of id). Tiles of kCountThreads positions in order; within a tile the warps take
-// turns (warp w after warps 0 .. w-1), and a warp's lanes with one id rank among themselves (match_any).
-template <class I, class K>
-__global__ void __launch_bounds__(kCountThreads) count_sort_place_kernel(const I* __restrict__ ids, CountSortShape cs,
-                                                                        const int32_t* __restrict__ counts,
-                                                                        const int32_t* __restrict__ start,
-                                                                        K* __restrict__ keys) {
-  extern __shared__ int32_t cursor[];
-  const int p = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int64_t v = threadIdx.x; v < cs.V; v += blockDim.x) cursor[v] = start[v] + counts[p * cs.V + v];
-  __syncthreads();
-  const int64_t i1 = min(cs.n, (p + 1) * cs.L);
-  for (int64_t base = p * cs.L; base < i1; base += kCountThreads) {
-    const int64_t i = base + threadIdx.x;
-    const bool valid = i < i1;
-    const unsigned active = __ballot_sync(0xffffffffu, valid);
-    int32_t id = 0, rank = 0, cnt = 0, leader = 0;
-    unsigned peers = 0;
-    if (valid) {
-      id = int32_t(ids[i]);
-      peers = __match_any_sync(active, id);
-      rank = __popc(peers & ((1u << lane) - 1u));
-      cnt = __popc(peers);
-      leader = __ffs(peers) - 1;
-    }
-    for (int w = 0; w < kCountThreads / 32; ++w) {
-      if (warp == w && valid) {
-        int32_t first = 0;
-        if (lane == leader) {
-          first = cursor[id];
-          cursor[id] = first + cnt;
-        }
-        first = __shfl_sync(active, first, leader);
-        keys[first + rank] = (K(uint32_t(id)) << cs.shift) | K(i);
-      }
-      __syncthreads();
-    }
-  }
-}
-
-template <class K>
-void segments_v3(const Tensor& ids, int64_t V, Device d, cudaStream_t s, EmbeddingBwdSegments& seg) {
-  const int64_t n = seg.n;
-  CountSortShape cs;
-  cs.n = n;
-  cs.V = V;
-  cs.P = int(std::min<int64_t>(32, (n + 2047) / 2048));
-  cs.L = (n + cs.P - 1) / cs.P;
-  cs.shift = seg.pos_bits;
-  constexpr DType kd = sizeof(K) == 4 ? DType::i32 : DType::i64;
-  seg.keys = Tensor::empty({n}, kd, d);
-  seg.aux = Tensor::empty({V + 1}, DType::i32, d);
-  Tensor counts = Tensor::empty({V * cs.P + V}, DType::i32, d);  // the [P, V] table, then the totals
-  int32_t* cp = counts.data<int32_t>();
-  int32_t* tot = cp + V * cs.P;
-  const size_t smem = size_t(V) * sizeof(int32_t);
-  NATSL_CUDA_DISPATCH_INDEX(ids.dtype(), "embedding_bwd", I, [&] {
-    const I* ip = static_cast<const I*>(ids.data_ptr());
-    auto hist = count_sort_histogram_kernel<I>;
-    auto place = count_sort_place_kernel<I, K>;
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(hist, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(place, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    hist<<<cs.P, kCountThreads, smem, s>>>(ip, cs, cp);
-    NATSL_CUDA_CHECK_LAUNCH();
-    count_sort_row_prefix_kernel<<<grid_for(d.index, V, 256), 256, 0, s>>>(cp, cs, tot);
-    NATSL_CUDA_CHECK_LAUNCH();
-    count_sort_starts_kernel<<<1, kCountThreads, 0, s>>>(tot, cs, seg.aux.data<int32_t>());
-    NATSL_CUDA_CHECK_LAUNCH();
-    place<<<cs.P, kCountThreads, smem, s>>>(ip, cs, cp, seg.aux.data<int32_t>(), static_cast<K*>(seg.keys.data_ptr()));
-    NATSL_CUDA_CHECK_LAUNCH();
-  });
-}
-
 template <class T, class K>
 void accumulate_v2(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t D, cudaStream_t s) {
   constexpr int VC = kVec<T>;
@@ -510,10 +355,8 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int variant) {
-  NATSL_CHECK(variant >= 0 && variant <= 3, "embedding_bwd: unknown kernel variant ", variant, " (",
-              kVariantEmbeddingBwd, " must be 0, 1, 2 or 3)");
-  // Variant 3 keeps v2's keys and accumulation; only its segment building differs (and needs V to fit).
-  if (variant == 3 && V > kCountSortMaxV) variant = 2;
+  NATSL_CHECK(variant >= 0 && variant <= 2, "embedding_bwd: unknown kernel variant ", variant, " (",
+              kVariantEmbeddingBwd, " must be 0, 1 or 2)");
   EmbeddingBwdSegments seg;
   seg.variant = variant;
   seg.n = ids.numel();
@@ -523,18 +366,16 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
   if (n == 0) return seg;
   const Device d = ids.device();
   cudaStream_t s = activate(d.index);
-  if (variant == 2 || variant == 3) {
+  if (variant == 2) {
     const int pos_bits = bits_for(n);
     if (pos_bits + bits_for(V) <= 32) {
       seg.pos_bits = pos_bits;
       seg.key_bits = 32;
-      if (variant == 3) segments_v3<uint32_t>(ids, V, d, s, seg);
-      else segments_v2<uint32_t>(ids, V, d, s, seg);
+      segments_v2<uint32_t>(ids, V, d, s, seg);
     } else {
       seg.pos_bits = 32;
       seg.key_bits = 64;
-      if (variant == 3) segments_v3<uint64_t>(ids, V, d, s, seg);
-      else segments_v2<uint64_t>(ids, V, d, s, seg);
+      segments_v2<uint64_t>(ids, V, d, s, seg);
     }
   } else if (variant == 1) {
     Tensor keys = Tensor::empty({2 * n}, DType::i64, d);
@@ -588,7 +429,7 @@ void embedding_bwd_accumulate(const EmbeddingBwdSegments& seg, const Tensor& dou
     constexpr int VC = kVec<T>;
     const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
     const int width = vec ? VC : 1;
-    if (seg.variant == 2 || seg.variant == 3) {
+    if (seg.variant == 2) {
       if (seg.key_bits == 32) accumulate_v2<T, uint32_t>(seg, gp, wp, D, s);
       else accumulate_v2<T, uint64_t>(seg, gp, wp, D, s);
       return;

@@ -2,7 +2,8 @@
 // writes one case (inputs, forward outputs, gradients) as text and runs tests/gdn/check_numpy_ref.py on it,
 // which recomputes everything with the NumPy reference and fails above 1e-12 relative error. Needs python3
 // with numpy (Debian python3-numpy, which scripts/test.sh installs); it skips only where NATSL_NUMPY_OPTIONAL is
-// set (scripts/gpu_test.sh, for GPU machines where nothing can be installed). NATSL_GDN_DUMP=<file> keeps the case.
+// set (scripts/gpu_test.sh, for GPU machines where nothing can be installed or ../shared/reference is absent).
+// NATSL_GDN_DUMP=<file> keeps the case.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -43,8 +44,12 @@ TEST(GdnNumpyReference, ChunkedKernelsMatchTheNumpyOracle) {
       python = candidate;
       break;
     }
-  if (python.empty() && std::getenv("NATSL_NUMPY_OPTIONAL"))  // scripts/gpu_test.sh: a GPU machine without numpy
-    GTEST_SKIP() << "no python3 with numpy here; this CPU-only cross-check runs in CI (scripts/test.sh)";
+  const std::string oracle = std::string(NATSL_SHARED_DIR) + "/reference/gdn_chunk_ref.py";
+  const bool have_oracle = std::ifstream(oracle).good();
+  // scripts/gpu_test.sh: a GPU machine without numpy or without ../shared/reference
+  if ((python.empty() || !have_oracle) && std::getenv("NATSL_NUMPY_OPTIONAL"))
+    GTEST_SKIP() << "no python3 with numpy or no " << oracle << " here; this CPU-only cross-check runs in CI";
+  ASSERT_TRUE(have_oracle) << oracle << " is missing (the shared reference folder beside the checkout)";
   ASSERT_FALSE(python.empty()) << "no python3 with numpy (tried /usr/bin/python3 and python3 on PATH); install "
                                   "python3-numpy (scripts/test.sh does)";
   const std::string cmd = python + " " + std::string(NATSL_SOURCE_DIR) + "/tests/gdn/check_numpy_ref.py " + path;
