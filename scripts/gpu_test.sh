@@ -10,7 +10,8 @@
 #   scripts/gpu_test.sh --test-only     test an existing build
 #   extra arguments go to ctest, e.g. scripts/gpu_test.sh -R Cuda
 # Environment: BUILD_DIR (default build-gpu), JOBS (default all cores), CUDA_ARCH (default 90),
-# NATSL_COMMIT (the commit to record when the tree has no .git).
+# NATSL_COMMIT (the commit to record in the build: checkpoints, benchmark rows; it wins over the tree's .git,
+# which a copy sent to a GPU machine may lack or carry stale).
 # Exit code: non-zero when the build fails, a test fails, or a CUDA test was skipped (no usable GPU).
 BUILD_DIR="${BUILD_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build-gpu}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
