@@ -36,7 +36,9 @@ struct BwdCfg {
   static constexpr int kSmem = kOffD + 2 * kRowBytes;
 };
 
-template <int DK, int DV>
+// ORDERED: the deterministic dq path (p.dq_turn set); a separate instantiation, so that the default kernel
+// carries none of its code (kept in, it pushed the Dk 64 / Dv 128 kernel over 255 registers into spills).
+template <int DK, int DV, bool ORDERED>
 __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtrs p) {
   using Cfg = BwdCfg<DK, DV>;
   constexpr int NT = Cfg::kThreads;
@@ -211,10 +213,10 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
 #pragma unroll
       for (int h = 0; h < 2; ++h)
         store_pair<kC>(smem + Cfg::kOffDS, key0 + gq + 8 * h, j * 8 + 2 * tq, dpt[j][2 * h], dpt[j][2 * h + 1]);
-    int* const turn = p.dq_turn != nullptr ? p.dq_turn + (int64_t(b) * g.Ha + a) * g.NC + qc : nullptr;
-    if (turn != nullptr && threadIdx.x == 0) {  // ordered dq: wait until the earlier key chunks have added
+    if (ORDERED && threadIdx.x == 0) {  // ordered dq: wait until the earlier key chunks have added
+      const volatile int* turn = p.dq_turn + (int64_t(b) * g.Ha + a) * g.NC + qc;
       const int rank = pre[c];
-      while (*static_cast<volatile int*>(turn) != rank) __nanosleep(64);
+      while (*turn != rank) __nanosleep(64);
       __threadfence();
     }
     __syncthreads();
@@ -249,10 +251,10 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
         }
       }
     }
-    if (turn != nullptr) {  // hand the query chunk's dq to the next key chunk
+    if (ORDERED) {  // hand the query chunk's dq to the next key chunk
       __threadfence();
       __syncthreads();
-      if (threadIdx.x == 0) atomicAdd(turn, 1);
+      if (threadIdx.x == 0) atomicAdd(p.dq_turn + (int64_t(b) * g.Ha + a) * g.NC + c + i, 1);
     }
     __syncthreads();  // the next iteration refills this tile's buffers and dS
   }
@@ -289,7 +291,7 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
 template <int DK, int DV>
 void launch(const Geometry& g, const BwdPtrs& p, cudaStream_t s) {
   using Cfg = BwdCfg<DK, DV>;
-  auto* kern = bwd_kernel<DK, DV>;
+  auto* kern = p.dq_turn != nullptr ? bwd_kernel<DK, DV, true> : bwd_kernel<DK, DV, false>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
   const int64_t blocks = int64_t(g.NC) * g.Ha * g.B;
   kern<<<unsigned(blocks), Cfg::kThreads, Cfg::kSmem, s>>>(g, p);
