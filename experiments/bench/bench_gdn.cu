@@ -217,35 +217,32 @@ int main(int argc, char** argv) {
     add_row({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
     add_row({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
     add_row({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
-    // Backward layouts (gdn_chunk_bwd.cu: NATSL_GDN_CHUNKBWD=old|fused; gdn_state_bwd.cu: NATSL_GDN_BULK=1
-    // bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the
-    // reverse pass, with the state-pass layouts they combine with).
+    // Backward layouts (gdn_state_bwd.cu: NATSL_GDN_BULK=1 bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct
+    // stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the reverse pass, with the state-pass layouts they
+    // combine with).
     {
       struct BwdVariant {
-        const char *tag, *chunkbwd, *bulk, *store, *vtile, *stages, *l2pf;
+        const char *tag, *bulk, *store, *vtile, *stages, *l2pf;
       };
       const BwdVariant bwd_variants[] = {
-          {"chunkbwd_old", "old", nullptr, nullptr, nullptr, nullptr, nullptr},
-          {"chunkbwd_fused", "fused", nullptr, nullptr, nullptr, nullptr, nullptr},
-          {"store_direct", nullptr, "0", "direct", nullptr, nullptr, nullptr},
-          {"store_staged", nullptr, "0", "staged", nullptr, nullptr, nullptr},
-          {"bulk", nullptr, "1", "direct", nullptr, nullptr, nullptr},
-          {"bulk_staged", nullptr, "1", "staged", nullptr, nullptr, nullptr},
-          {"bulk_staged_vt64s2", nullptr, "1", "staged", "64", "2", nullptr},
-          {"bulk_staged_vt32s2", nullptr, "1", "staged", "32", "2", nullptr},
-          {"bulk_staged_vt32s1", nullptr, "1", "staged", "32", "1", nullptr},
-          {"bulk_staged_vt64s1", nullptr, "1", "staged", "64", "1", nullptr},
-          {"bwd_l2pf1", nullptr, "0", "direct", nullptr, nullptr, "1"},
-          {"bwd_l2pf2", nullptr, "0", "direct", nullptr, nullptr, "2"},
-          {"staged_l2pf2", nullptr, "0", "staged", nullptr, nullptr, "2"},
-          {"bulk_staged_l2pf2", nullptr, "1", "staged", nullptr, nullptr, "2"},
+          {"store_direct", "0", "direct", nullptr, nullptr, nullptr},
+          {"store_staged", "0", "staged", nullptr, nullptr, nullptr},
+          {"bulk", "1", "direct", nullptr, nullptr, nullptr},
+          {"bulk_staged", "1", "staged", nullptr, nullptr, nullptr},
+          {"bulk_staged_vt64s2", "1", "staged", "64", "2", nullptr},
+          {"bulk_staged_vt32s2", "1", "staged", "32", "2", nullptr},
+          {"bulk_staged_vt32s1", "1", "staged", "32", "1", nullptr},
+          {"bulk_staged_vt64s1", "1", "staged", "64", "1", nullptr},
+          {"bwd_l2pf1", "0", "direct", nullptr, nullptr, "1"},
+          {"bwd_l2pf2", "0", "direct", nullptr, nullptr, "2"},
+          {"staged_l2pf2", "0", "staged", nullptr, nullptr, "2"},
+          {"bulk_staged_l2pf2", "1", "staged", nullptr, nullptr, "2"},
       };
       auto put = [](const char* name, const char* value) {
         if (value) setenv(name, value, 1);
         else unsetenv(name);
       };
       for (const BwdVariant& v : bwd_variants) {
-        put("NATSL_GDN_CHUNKBWD", v.chunkbwd);
         put("NATSL_GDN_BULK", v.bulk);
         put("NATSL_GDN_BWD_STORE", v.store);
         put("NATSL_GDN_BWD_L2PF", v.l2pf);
@@ -253,14 +250,12 @@ int main(int argc, char** argv) {
         put("NATSL_GDN_STAGES", v.stages);
         const std::string tag = std::string("[") + v.tag + "]";
         add_row({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
-        if (v.chunkbwd)
-          add_row({"stage chunk gradients (bwd)" + tag, shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
         if (v.store) {
           add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
           add_row({"stage reverse state pass (bwd)" + tag, shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
         }
       }
-      for (const char* n : {"NATSL_GDN_CHUNKBWD", "NATSL_GDN_BULK", "NATSL_GDN_BWD_STORE", "NATSL_GDN_BWD_L2PF", "NATSL_GDN_VTILE",
+      for (const char* n : {"NATSL_GDN_BULK", "NATSL_GDN_BWD_STORE", "NATSL_GDN_BWD_L2PF", "NATSL_GDN_VTILE",
                             "NATSL_GDN_STAGES"})
         unsetenv(n);
     }

@@ -15,7 +15,7 @@ void run_state_fwd_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in,
                        const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& h, const Tensor& vnew,
                        const Tensor& dh, const Tensor& dv2);
 
-// Inputs and outputs of the chunk gradient kernels (gdn_chunk_bwd.cu, gdn_chunk_bwd_fused.cu).
+// Inputs and outputs of the chunk gradient kernel (gdn_chunk_bwd.cu).
 template <class D>
 struct ChunkBwdParams {
   const D *q, *k, *v, *dout, *a_inv, *h, *dh, *vnew, *dv2;
@@ -27,11 +27,9 @@ struct ChunkBwdParams {
   float scale;
 };
 
-// The single-pass chunk gradient kernel (bf16, K <= 128): launches it and returns true when it applies.
-bool launch_chunk_bwd_fused(const Plan& pl, const ChunkBwdParams<bf16>& p);
-
 // dq, dk, dv, dg, dbeta (and dmask if defined) from everything above (gdn-algorithm.md §4 steps 4-6).
-// NATSL_GDN_CHUNKBWD=old|fused picks the kernel (default: old, the two-phase one: measured faster).
+// (A single-pass variant that read each V tile once was measured 1.44x slower on the H200 and removed:
+// experiments/results/bench/gdn_notes.md.)
 void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved,
                    const PrepOut& pr, const Tensor& dout, const Tensor& h, const Tensor& vnew, const Tensor& dh,
                    const Tensor& dv2, const GdnGrads& grads);

@@ -8,9 +8,6 @@
 //            dk += diag(beta) dB K + (diag(beta) dB)^T K
 //   dgamma from row dots (dq.q - dk.k, dX.X, dA o A rows minus columns, the e_L and write terms at the last
 //   row), then dg = reverse cumsum of dgamma within the chunk. dmask = <dh[n], W_n> = sum(dk_inter_raw o K).
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/gdn_bwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
@@ -327,19 +324,6 @@ void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-// The single-pass kernel when NATSL_GDN_CHUNKBWD=fused (measured slower on the H200, 1.43 vs 0.99 ms at the
-// issue's shapes: gdn_notes.md); false where it does not apply (f32, K = 256).
-template <class D>
-bool try_fused(const Plan& pl, const ChunkBwdParams<D>& p) {
-  if constexpr (std::is_same_v<D, bf16>) {
-    const char* e = std::getenv("NATSL_GDN_CHUNKBWD");
-    if (!e || std::strcmp(e, "fused") != 0) return false;
-    return launch_chunk_bwd_fused(pl, p);
-  } else {
-    return false;
-  }
-}
-
 }  // namespace
 
 void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved,
@@ -373,7 +357,6 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
     p.K = int(s.K);
     p.V = int(s.V);
     p.scale = float(args.scale);
-    if (try_fused(pl, p)) return;
     switch (s.K) {
       case 64: return launch<T, 1>(pl, p);
       case 128: return launch<T, 2>(pl, p);

@@ -194,19 +194,17 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
 }
 
-// The backward's own layouts: the single-pass chunk gradient kernel (gdn_chunk_bwd_fused.cu; the default is
-// the two-phase one), and bulk-copy tile loads, staged / direct stores and L2 prefetching in the
-// reverse state pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
+// The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
+// state pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
 TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_CHUNKBWD", "fused"}});
   check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "direct"}, {"NATSL_GDN_VTILE", "64"}});
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}});
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"},
                   {"NATSL_GDN_BWD_STORE", "staged"}});
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}});
-  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_CHUNKBWD", "old"}});
+  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "2"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "64"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
 }
