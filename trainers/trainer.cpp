@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <csignal>
 #include <filesystem>
 
@@ -127,9 +128,19 @@ void refuse_existing_run_dir(const std::string& out_dir) {
                      (has_checkpoints ? "checkpoints/" : "metrics.jsonl") +
                      "); continue it with resume=auto, or give a new train.out_dir (nothing was written)");
 }
+
+// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
+// loads or its math alone with it); a model must never train or evaluate under it.
+void refuse_timing_switches() {
+  const char* diag = std::getenv("NATSL_GDN_DIAG");
+  if (diag && *diag && std::string(diag) != "0")
+    throw InputError(std::string("the environment sets NATSL_GDN_DIAG=") + diag +
+                     ", a benchmark switch under which the GDN kernels compute wrong results; unset it");
+}
 }  // namespace
 
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
+  refuse_timing_switches();
   const TrainConfig& t = cfg_.train;
   if (opts_.write_run_dir && cfg_.resume == "none") refuse_existing_run_dir(t.out_dir);
   device_ = resolve_device(t.device);

@@ -2,6 +2,7 @@
 // command line) with one line naming the key/line/file, and working help, tokenize and inspect.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "trainer_test_util.h"
@@ -69,6 +70,22 @@ TEST(Cli, CommandLineErrorsExitTwo) {
   expect_bad_input(run_natsl("train"), {"config"});
   expect_bad_input(run_natsl("train a.yaml --bogus"), {"--bogus"});
   expect_bad_input(run_natsl("inspect /nonexistent/x"), {"/nonexistent/x", "does not exist"});
+}
+
+// NATSL_GDN_DIAG (a benchmark switch: the GDN kernels then compute wrong results) refuses a run before
+// anything is written.
+TEST(Cli, RefusesTheGdnTimingSwitch) {
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  setenv("NATSL_GDN_DIAG", "2", 1);
+  const CommandResult r = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run");
+  unsetenv("NATSL_GDN_DIAG");
+  expect_bad_input(r, {"NATSL_GDN_DIAG=2", "unset it"});
+  EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+  setenv("NATSL_GDN_DIAG", "0", 1);  // "0" is the switch off
+  const CommandResult ok = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run0");
+  unsetenv("NATSL_GDN_DIAG");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
 }
 
 TEST(Cli, HelpAndVersion) {
