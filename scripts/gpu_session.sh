@@ -38,7 +38,7 @@ if [ -n "$peers_pid" ]; then
   wait "$peers_pid"
   echo "peers rc $?"; grep -E '"name"' "$OUT/peers_nats.log" | cut -c1-160
   echo "== NAtS-L mixed op benchmark (ours vs the reference's Triton op)"
-  timeout 120 build-gpu/experiments/bench/natsl_bench_natsl --json "$OUT/bench_natsl.json" \
+  timeout 120 build-gpu/experiments/bench/natsl_bench_natsl --json "$OUT/bench_natsl.jsonl" \
     --peer "$OUT/anchors.json" --commit "$COMMIT" >"$OUT/bench_natsl.txt" 2>&1
   echo "rc $?"; cat "$OUT/bench_natsl.txt"
 fi

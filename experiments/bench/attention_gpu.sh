@@ -18,7 +18,7 @@ echo "== peers"
 PYTHONUNBUFFERED=1 timeout 70 python3 .peers/peers.py --fla .peers/flahead --what sdpa --out "$OUT" >"$OUT/peers.log" 2>&1
 echo "rc=$?"; grep -E '"name"' "$OUT/peers.log" | cut -c1-160
 echo "== bench"
-timeout 60 $D/natsl_bench_attention --json "$OUT/bench.json" --peer "$OUT/anchors.json" --commit "$COMMIT" >"$OUT/bench.log" 2>&1
+timeout 60 $D/natsl_bench_attention --json "$OUT/bench.jsonl" --peer "$OUT/anchors.json" --commit "$COMMIT" >"$OUT/bench.log" 2>&1
 echo "rc=$?"; cat "$OUT/bench.log"
 echo "== memcheck"
 timeout 40 compute-sanitizer --tool memcheck $D/test_attn_cuda --gtest_filter='*Bf16Matches*:*DeviceIndex*' >"$OUT/memcheck.log" 2>&1

@@ -3,10 +3,9 @@
 // PyTorch SDPA's flash and cuDNN backends timed by peers.py in the same run (--peer anchors.json); and the
 // curve over selected fractions 0 .. 1 (random selections) at the NAtS-L layer's shape (12 heads, 6 router
 // heads, Dk 64, Dv 128), against our own full-selection time. CUDA events, warm-up, median of repeats.
-//   natsl_bench_attention [--json out.json] [--peer anchors.json] [--commit SHA] [--reps N]
+//   natsl_bench_attention [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N]
 #include <algorithm>
 #include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -17,6 +16,7 @@
 #include "core/cuda_check.h"
 #include "core/philox.h"
 #include "core/stream.h"
+#include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/sparse_attention.cuh"
 #include "kernels/sparse_attention.h"
@@ -166,19 +166,17 @@ int main(int argc, char** argv) {
     rows[at + 1].peer_ms = full_fb;
   }
 
-  char date[32];
-  std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  nlohmann::json out = nlohmann::json::array();
+  const std::string date = bench::utc_date();
+  std::ofstream json;  // JSON lines (bench_results.h)
+  if (!json_out.empty()) json.open(json_out);
   std::printf("%-30s %-44s %9s %8s %-26s %9s %7s\n", "what", "shape", "ours ms", "TFLOP/s", "peer", "peer ms", "ratio");
   for (const Row& r : rows) {
     const double ratio = r.peer_ms > 0 ? r.ms / r.peer_ms : -1;
     std::printf("%-30s %-44s %9.4f %8.1f %-26s %9.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, r.tflops,
                 r.peer.c_str(), r.peer_ms, ratio);
-    out.push_back({{"name", r.name}, {"shape", r.shape}, {"ours_ms", r.ms}, {"tflops_executed", r.tflops},
-                   {"peer", r.peer}, {"peer_ms", r.peer_ms}, {"ratio", ratio}, {"gpu", prop.name},
-                   {"commit", commit}, {"date", date}});
+    nlohmann::json row = bench::result_row(r.name, r.shape, r.ms, r.peer, r.peer_ms, prop.name, commit, date);
+    row["tflops_executed"] = r.tflops;
+    if (json) json << row.dump() << "\n";
   }
-  if (!json_out.empty()) std::ofstream(json_out) << out.dump(1) << "\n";
   return 0;
 }

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -19,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/philox.h"
+#include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
@@ -277,11 +277,8 @@ int main(int argc, char** argv) {
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
   }
 
-  char date[32];
-  std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  // One JSON object per line (BENCHMARKS.md); rows without a peer carry peer, peer_ms and ratio null.
-  std::ofstream json;
+  const std::string date = bench::utc_date();
+  std::ofstream json;  // JSON lines (bench_results.h)
   if (!json_out.empty()) json.open(json_out);
   std::printf("%-46s %-28s %10s %10s %7s\n", "what", "shape", "ours ms", "FLA ms", "ratio");
   for (const Row& r : rows) {
@@ -294,13 +291,7 @@ int main(int argc, char** argv) {
     const double ratio = pm > 0 ? r.ms / pm : -1;
     if (pm > 0) std::printf("%-46s %-28s %10.4f %10.4f %7.3f\n", r.name.c_str(), r.shape.c_str(), r.ms, pm, ratio);
     else std::printf("%-46s %-28s %10.4f %10s %7s\n", r.name.c_str(), r.shape.c_str(), r.ms, "-", "-");
-    nlohmann::json row = {{"name", r.name}, {"shape", r.shape}, {"ours_ms", r.ms}, {"peer", nullptr}, {"peer_ms", nullptr},
-                          {"ratio", nullptr}, {"gpu", prop.name}, {"commit", commit}, {"date", date}};
-    if (pm > 0) {
-      row["peer"] = "fla " + pname;
-      row["peer_ms"] = pm;
-      row["ratio"] = ratio;
-    }
+    const nlohmann::json row = bench::result_row(r.name, r.shape, r.ms, "fla " + pname, pm, prop.name, commit, date);
     if (json) json << row.dump() << "\n";
   }
   return 0;

@@ -15,7 +15,6 @@
 //   natsl_bench_natsl [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N]
 #include <cmath>
 #include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -25,6 +24,7 @@
 #include "core/cuda_check.h"
 #include "core/philox.h"
 #include "core/stream.h"
+#include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
 #include "kernels/determinism.h"
 #include "kernels/elementwise.h"
@@ -271,11 +271,8 @@ int main(int argc, char** argv) {
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
   }
 
-  char date[32];
-  std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-  // One JSON object per line (BENCHMARKS.md); rows without a peer (the parts) carry peer_ms/ratio null.
-  std::ofstream json;
+  const std::string date = bench::utc_date();
+  std::ofstream json;  // JSON lines (bench_results.h)
   if (!json_out.empty()) json.open(json_out);
   std::printf("%-26s %-34s %9s %-12s %9s %7s\n", "what", "shape", "ours ms", "peer", "peer ms", "ratio");
   for (const Row& r : rows) {
@@ -286,14 +283,11 @@ int main(int argc, char** argv) {
                   r.peer_ms, ratio);
     else
       std::printf("%-26s %-34s %9.4f %-12s %9s %7s\n", r.name.c_str(), r.shape.c_str(), r.ms, "-", "-", "-");
-    nlohmann::json row = {{"name", r.name}, {"shape", r.shape}, {"B", r.B}, {"T", r.T}, {"frac", r.frac},
-                          {"selected", r.selected}, {"ours_ms", r.ms}, {"peer", r.peer}, {"peer_ms", nullptr},
-                          {"ratio", nullptr}, {"gpu", prop.name}, {"commit", commit}, {"date", date}};
-    if (!has_peer) row["peer"] = nullptr;
-    if (has_peer) {
-      row["peer_ms"] = r.peer_ms;
-      row["ratio"] = ratio;
-    }
+    nlohmann::json row = bench::result_row(r.name, r.shape, r.ms, r.peer, r.peer_ms, prop.name, commit, date);
+    row["B"] = r.B;
+    row["T"] = r.T;
+    row["frac"] = r.frac;
+    row["selected"] = r.selected;
     if (json) json << row.dump() << "\n";
   }
   return 0;

@@ -13,12 +13,12 @@
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
+#include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -107,9 +107,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const std::string gpu_name = prop.name;
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  const std::string date = bench::utc_date();
   cudaStream_t stream = activate(0);
 
   // ---- ceilings ----
@@ -282,7 +280,7 @@ int main(int argc, char** argv) {
   // ---- report ----
   const std::string commit = natsl_git_commit();
   std::printf("\nnatsl_bench_ops  gpu: %s  commit: %s  date: %s  reps: %d (median)\n", gpu_name.c_str(),
-              commit.c_str(), date, reps);
+              commit.c_str(), date.c_str(), reps);
   std::printf("ceiling: d2d copy %.0f GB/s (1 GiB, read+write)\n\n", copy_gbps);
   std::printf("%-34s %-20s %10s %10s %12s %9s %s\n", "op", "shape", "ours ms", "GB/s", "TFLOP/s", "ratio", "peer");
   std::ofstream js;
@@ -310,11 +308,11 @@ int main(int argc, char** argv) {
     std::printf("%-34s %-20s %10.3f %10s %12s %9s %s\n", r.name.c_str(), r.shape.c_str(), r.ours_ms, g, f, q,
                 peer.c_str());
     if (js) {
-      nlohmann::json row = {{"name", r.name},     {"shape", r.shape},   {"ours_ms", r.ours_ms},
-                            {"peer", r.peer},     {"peer_ms", r.peer_ms}, {"ratio", ratio},
-                            {"gpu", gpu_name},    {"commit", commit},   {"date", date},
-                            {"bytes", r.bytes},   {"gbps", gbps},       {"tflops", tflops},
-                            {"copy_gbps", copy_gbps}};
+      nlohmann::json row = bench::result_row(r.name, r.shape, r.ours_ms, r.peer, r.peer_ms, gpu_name, commit, date);
+      row["bytes"] = r.bytes;
+      row["gbps"] = gbps;
+      row["tflops"] = tflops;
+      row["copy_gbps"] = copy_gbps;
       js << row.dump() << "\n";
     }
   }

@@ -22,7 +22,7 @@ OMP_NUM_THREADS=8 timeout 50 "$B/tests/test_gdn_cuda" >"$OUT/test.log" 2>&1
 echo "test rc $?"
 grep -E "^\[ *(OK|FAILED|PASSED) |Failure|error:|Value of|Expected|Which is|relative RMS|non-finite|NATSL_" "$OUT/test.log" | head -60
 el "bench"
-timeout 135 "$B/experiments/bench/natsl_bench_gdn" --reps 20 --json "$OUT/bench.json" --commit "${NATSL_COMMIT:-unknown}" \
+timeout 135 "$B/experiments/bench/natsl_bench_gdn" --reps 20 --json "$OUT/bench.jsonl" --commit "${NATSL_COMMIT:-unknown}" \
   >"$OUT/bench.txt" 2>&1
 echo "bench rc $?"
 grep -E "natsl_gdn_fwdbwd|stage (chunk|bwd|reverse|prep recompute|state pass storing|l2norm_bwd)" "$OUT/bench.txt" |

@@ -29,7 +29,7 @@ grep -E "^\[ *(OK|FAILED|PASSED) |Failure|error:|Value of|Expected|Which is|rela
 SKIP=()
 [ "$rc" = 0 ] || SKIP=(--skip bulk)
 el "bench ${SKIP[*]}"
-timeout 100 "$BENCH" --reps 20 --json "$OUT/bench.json" --commit "${NATSL_COMMIT:-unknown}" "${SKIP[@]}" \
+timeout 100 "$BENCH" --reps 20 --json "$OUT/bench.jsonl" --commit "${NATSL_COMMIT:-unknown}" "${SKIP[@]}" \
   >"$OUT/bench.txt" 2>"$OUT/bench_progress.txt"
 echo "bench rc $?"
 if [ -s "$OUT/bench.txt" ]; then

@@ -1,0 +1,34 @@
+#pragma once
+// Benchmark result rows as BENCHMARKS.md keeps them: one JSON object per line with name, shape, ours_ms, peer,
+// peer_ms, ratio (ours / peer), gpu, commit, date. A row without a peer (peer_ms <= 0) carries null for peer,
+// peer_ms and ratio. Every benchmark program writes its rows through result_row, adding its own fields.
+#include <ctime>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace natsl::bench {
+
+// Today's date (UTC) as YYYY-MM-DD.
+inline std::string utc_date() {
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  return date;
+}
+
+inline nlohmann::json result_row(const std::string& name, const std::string& shape, double ours_ms,
+                                 const std::string& peer, double peer_ms, const std::string& gpu,
+                                 const std::string& commit, const std::string& date) {
+  nlohmann::json row = {{"name", name},   {"shape", shape},   {"ours_ms", ours_ms}, {"peer", nullptr},
+                        {"peer_ms", nullptr}, {"ratio", nullptr}, {"gpu", gpu},         {"commit", commit},
+                        {"date", date}};
+  if (peer_ms > 0) {
+    row["peer"] = peer;
+    row["peer_ms"] = peer_ms;
+    row["ratio"] = ours_ms / peer_ms;
+  }
+  return row;
+}
+
+}  // namespace natsl::bench
