@@ -2,7 +2,7 @@
 # One device call for the GDN backward kernels: the GDN CUDA tests, then natsl_bench_gdn (every backward layout
 # in the same run). Uses binaries built on the build machine and carried with the call (BIN, default
 # build-gdnb) when they run here; else builds them (Release, sm_90) into build-gpu.
-#   experiments/bench/gdn_bwd_gpu.sh            (writes test.log, bench.txt, bench.json under $OUT)
+#   experiments/bench/gdn_bwd_gpu.sh            (writes test.log, bench.txt, bench.jsonl under $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/gdn_bwd_out}
 mkdir -p "$OUT"

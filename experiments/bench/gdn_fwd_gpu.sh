@@ -4,7 +4,7 @@
 # test_gdn_cuda and natsl_bench_gdn; default build-gdnf-bin) when they run here; else builds them (Release,
 # sm_90) into build-gpu. If the tests fail, the bulk-copy variants are left out of the bench (a wrong mbarrier
 # count would hang it).
-#   experiments/bench/gdn_fwd_gpu.sh            (writes test.log, bench.txt, bench.json under $OUT)
+#   experiments/bench/gdn_fwd_gpu.sh            (writes test.log, bench.txt, bench.jsonl under $OUT)
 set -uo pipefail
 OUT=${OUT:-/tmp/gdn_fwd_out}
 mkdir -p "$OUT"
