@@ -4,6 +4,8 @@
 // run; --peer FILE reads its anchors JSON to print the ratio.
 //   natsl_bench_gdn [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
 //                   [--skip TAG_PART]   (variants whose tag contains TAG_PART are left out)
+//                   [--variants 0|1]    (0: the default layout only, no variant rows; default 1)
+//                   [--shapes all|b8|b2] (which of the two shapes to run; default all)
 // Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
 #include <chrono>
@@ -95,6 +97,8 @@ int main(int argc, char** argv) {
   int reps = 30;
   bool keep_pool = false;
   std::string skip;  // variants whose tag contains this are not run
+  bool variants = true;
+  std::string shapes = "all";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--json") json_out = argv[i + 1];
@@ -103,6 +107,16 @@ int main(int argc, char** argv) {
     else if (k == "--reps") reps = std::stoi(argv[i + 1]);
     else if (k == "--keep-pool") keep_pool = std::stoi(argv[i + 1]) != 0;
     else if (k == "--skip") skip = argv[i + 1];
+    else if (k == "--variants") variants = std::stoi(argv[i + 1]) != 0;
+    else if (k == "--shapes") shapes = argv[i + 1];
+    else {
+      std::fprintf(stderr, "natsl_bench_gdn: unknown option %s (see the comment at the top of bench_gdn.cu)\n", k.c_str());
+      return 2;
+    }
+  }
+  if (shapes != "all" && shapes != "b8" && shapes != "b2") {
+    std::fprintf(stderr, "natsl_bench_gdn: --shapes must be all, b8 or b2, got %s\n", shapes.c_str());
+    return 2;
   }
   const Device dev = Device::cuda(0);
   cudaStream_t st = activate(0);
@@ -139,6 +153,7 @@ int main(int argc, char** argv) {
     int64_t B, T, H, K, V;
   };
   for (Shape5 sh : {Shape5{8, 4096, 6, 128, 256}, Shape5{2, 16384, 6, 128, 256}}) {
+    if ((shapes == "b8" && sh.B != 8) || (shapes == "b2" && sh.B != 2)) continue;
     const std::string shape = "B" + std::to_string(sh.B) + " T" + std::to_string(sh.T) + " H" + std::to_string(sh.H) +
                               " K" + std::to_string(sh.K) + " V" + std::to_string(sh.V);
     Generator gen(1234);
@@ -220,7 +235,7 @@ int main(int argc, char** argv) {
     // Backward layouts (gdn_state_bwd.cu: NATSL_GDN_BULK=1 bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct
     // stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the reverse pass, with the state-pass layouts they
     // combine with).
-    {
+    if (variants) {
       struct BwdVariant {
         const char *tag, *bulk, *store, *vtile, *stages, *l2pf;
       };
@@ -260,7 +275,7 @@ int main(int argc, char** argv) {
         unsetenv(n);
     }
     // The other kernel layouts (environment switches read by the dispatchers), headline and state passes.
-    for (size_t vi = 1; vi < kVariants.size(); ++vi) {
+    for (size_t vi = 1; variants && vi < kVariants.size(); ++vi) {
       const Variant& v = kVariants[vi];
       if (!skip.empty() && std::string(v.tag).find(skip) != std::string::npos) continue;
       set_variant(v);

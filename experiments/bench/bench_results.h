@@ -2,10 +2,14 @@
 // Benchmark result rows as BENCHMARKS.md keeps them: one JSON object per line with name, shape, ours_ms, peer,
 // peer_ms, ratio (ours / peer), gpu, commit, date. A row without a peer (peer_ms <= 0) carries null for peer,
 // peer_ms and ratio. Every benchmark program writes its rows through result_row, adding its own fields.
+// "timing" names the timing method of bench_timing.h ("flush" or "sync"); rows written before it existed were
+// timed by "sync".
 #include <ctime>
 #include <string>
 
 #include <nlohmann/json.hpp>
+
+#include "experiments/bench/bench_timing.h"
 
 namespace natsl::bench {
 
@@ -22,7 +26,7 @@ inline nlohmann::json result_row(const std::string& name, const std::string& sha
                                  const std::string& commit, const std::string& date) {
   nlohmann::json row = {{"name", name},   {"shape", shape},   {"ours_ms", ours_ms}, {"peer", nullptr},
                         {"peer_ms", nullptr}, {"ratio", nullptr}, {"gpu", gpu},         {"commit", commit},
-                        {"date", date}};
+                        {"date", date}, {"timing", timing_method()}};
   if (peer_ms > 0) {
     row["peer"] = peer;
     row["peer_ms"] = peer_ms;

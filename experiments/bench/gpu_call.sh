@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# One device call that builds, tests and times natsl on the GPU machine, with the peers timed in the same call.
+# Run from the repository root on the GPU machine (the device tool's working copy), with the ignored folders
+# .deps (header-only deps), .peers (peers.py and the FLA / NAtS-L reference packages, see ../shared/bench) and
+# .shared-data carried along. Logs and result files go to $OUT (at most 8 files come back: logs are tarred).
+#
+#   WHAT="build tests natsl gdn ops flaprof ncu" experiments/bench/gpu_call.sh
+#
+#   build    scripts/gpu_test.sh --build-only (peers.py for gdn/nats and fla_profile.py run meanwhile on the GPU)
+#   tests    the CUDA tests (ctest -R 'Cuda|cuda|Gpu|gpu'), JOBS=8
+#   natsl    natsl_bench_natsl against the authors' op (peers.py --what nats)
+#   gdn      natsl_bench_gdn (default layouts; GDN_VARIANTS=1 for every variant) against FLA, then again with the
+#            sync timing method for comparison
+#   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
+#   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
+#   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
+# Environment: NATSL_COMMIT (recorded in the rows), OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/natsl_gpu_out}
+WHAT=${WHAT:-"build tests natsl gdn"}
+LOG=$OUT/logs
+mkdir -p "$LOG"
+T0=$(date +%s)
+el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
+has() { [[ " $WHAT " == *" $1 "* ]]; }
+B=build-gpu
+COMMIT=${NATSL_COMMIT:-unknown}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
+
+peers_pid=""
+if has build; then
+  (
+    if has gdn; then python3 .peers/peers.py --fla .peers/flahead --what gdn --out "$OUT" --tag _gdn >"$LOG/peer_gdn.log" 2>&1; fi
+    if has natsl; then
+      python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats --out "$OUT" --tag _nats \
+        >"$LOG/peer_nats.log" 2>&1
+    fi
+    if has flaprof; then python3 experiments/bench/fla_profile.py --fla .peers/flahead --out "$OUT" >"$LOG/fla_profile.log" 2>&1; fi
+  ) &
+  peers_pid=$!
+  el "build"
+  NATSL_COMMIT=$COMMIT nice scripts/gpu_test.sh --build-only >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
+  el "build done"
+  [ -n "$peers_pid" ] && wait "$peers_pid"
+  el "peers done"
+  grep -h '"name"' "$LOG"/peer_*.log 2>/dev/null | head -20
+fi
+
+if has tests; then
+  el "CUDA tests"
+  JOBS=8 scripts/gpu_test.sh --test-only -R 'Cuda|cuda|Gpu|gpu' >"$LOG/tests.log" 2>&1
+  echo "tests rc $?"
+  grep -E "tests passed|CUDA tests:|FAILED|\(Failed\)|Exception" "$LOG/tests.log" | head -20
+fi
+
+BIN=$B/experiments/bench
+if has natsl; then
+  el "bench natsl"
+  "$BIN/natsl_bench_natsl" --json "$OUT/natsl.jsonl" --commit "$COMMIT" --peer "$OUT/anchors_nats.json" \
+    >"$LOG/bench_natsl.txt" 2>&1
+  echo "natsl rc $?"
+  grep -E "natsl_mixed|ratio" "$LOG/bench_natsl.txt" | head -20
+fi
+
+if has gdn; then
+  el "bench gdn"
+  "$BIN/natsl_bench_gdn" --json "$OUT/gdn.jsonl" --commit "$COMMIT" --peer "$OUT/anchors_gdn.json" \
+    --variants "${GDN_VARIANTS:-0}" >"$LOG/bench_gdn.txt" 2>"$LOG/bench_gdn_progress.txt"
+  echo "gdn rc $?"
+  cat "$LOG/bench_gdn.txt" | head -40
+  el "bench gdn, sync timing"
+  NATSL_BENCH_TIMING=sync "$BIN/natsl_bench_gdn" --json "$OUT/gdn_sync.jsonl" --commit "$COMMIT" \
+    --peer "$OUT/anchors_gdn.json" --variants 0 >"$LOG/bench_gdn_sync.txt" 2>&1
+  grep -E "natsl_gdn_fwd" "$LOG/bench_gdn_sync.txt" | head
+fi
+
+if has ops; then
+  el "bench ops"
+  ONLY=()
+  [ -n "${OPS_ONLY:-}" ] && ONLY=(--only "$OPS_ONLY")
+  "$BIN/natsl_bench_ops" --json "$OUT/ops.jsonl" "${ONLY[@]}" >"$LOG/bench_ops.txt" 2>&1
+  echo "ops rc $?"
+  grep -E "copy|embedding|ratio" "$LOG/bench_ops.txt" | head -30
+fi
+
+if has flaprof && ! has build; then
+  el "FLA profile"
+  python3 experiments/bench/fla_profile.py --fla .peers/flahead --out "$OUT" >"$LOG/fla_profile.log" 2>&1
+fi
+if has flaprof; then grep -E "^FLA|^ +[0-9]" "$LOG/fla_profile.log" | head -60; fi
+
+if has ncu; then
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  SECTIONS=${NCU_SECTIONS:-"SpeedOfLight WarpStateStats Occupancy LaunchStats MemoryWorkloadAnalysis"}
+  SEC=()
+  for s in $SECTIONS; do SEC+=(--section "$s"); done
+  el "ncu GDN forward ($NCU)"
+  timeout 240 "$NCU" --clock-control none -k "regex:${NCU_KERNELS:-state_fwd|prep2|chunk_out}" --launch-count "${NCU_COUNT:-4}" \
+    "${SEC[@]}" "$BIN/natsl_bench_gdn" --variants 0 --shapes b8 --reps 1 >"$LOG/ncu_gdn.txt" 2>&1
+  echo "ncu gdn rc $?"
+  grep -E "^  [a-z_]+.*\(|Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Stall|Warp Cycles Per Issued" \
+    "$LOG/ncu_gdn.txt" | head -60
+  el "ncu FLA forward"
+  timeout 150 "$NCU" --clock-control none --nvtx --nvtx-include "prof/" "${SEC[@]}" \
+    python3 experiments/bench/fla_profile.py --fla .peers/flahead --ncu >"$LOG/ncu_fla.txt" 2>&1
+  echo "ncu fla rc $?"
+  grep -E "^  [A-Za-z_].*\(|Duration|Registers Per|Block Size|Grid Size|Dynamic Shared|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput" \
+    "$LOG/ncu_fla.txt" | head -80
+  el "ncu embedding backward"
+  timeout 120 "$NCU" --clock-control none -k "regex:embedding_bwd|Radix|pack_keys|segment|Onesweep|Histogram|Scan" \
+    --launch-skip 0 --launch-count 20 --section SpeedOfLight --section LaunchStats \
+    "$BIN/natsl_bench_ops" --only "embedding bwd segments" --reps 1 >"$LOG/ncu_emb.txt" 2>&1
+  echo "ncu emb rc $?"
+  grep -E "^  [A-Za-z_].*\(|Duration" "$LOG/ncu_emb.txt" | head -60
+fi
+
+el "done"
+tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
+ls "$OUT"
