@@ -5,6 +5,7 @@
 //   natsl_bench_gdn [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
 //                   [--skip TAG_PART]   (variants whose tag contains TAG_PART are left out)
 //                   [--variants 0|1]    (0: the default layout only, no variant rows; default 1)
+//                   [--only TAG_PART]    (only the variants whose tag contains TAG_PART; no backward-layout rows)
 //                   [--shapes all|b8|b2] (which of the two shapes to run; default all)
 // Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
@@ -49,9 +50,12 @@ struct Variant {
 const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "NATSL_GDN_JOINT",
                                  "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
                                  "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
-                                 "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS"};
+                                 "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
+    {"occ2", {{"NATSL_GDN_OCC2", "1"}}, false},
+    {"occ2_vt64", {{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_VTILE", "64"}}, false},
+    {"occ0_ws", {{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "1"}}, false},
     {"old", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}, {"NATSL_GDN_PREP", "old"},
              {"NATSL_GDN_PREP_STORE", "direct"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, false},
     {"vt64s2", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, false},
@@ -98,6 +102,7 @@ int main(int argc, char** argv) {
   bool keep_pool = false;
   std::string skip;  // variants whose tag contains this are not run
   bool variants = true;
+  std::string only;  // only the variants whose tag contains this
   std::string shapes = "all";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
@@ -108,6 +113,7 @@ int main(int argc, char** argv) {
     else if (k == "--keep-pool") keep_pool = std::stoi(argv[i + 1]) != 0;
     else if (k == "--skip") skip = argv[i + 1];
     else if (k == "--variants") variants = std::stoi(argv[i + 1]) != 0;
+    else if (k == "--only") only = argv[i + 1];
     else if (k == "--shapes") shapes = argv[i + 1];
     else {
       std::fprintf(stderr, "natsl_bench_gdn: unknown option %s (see the comment at the top of bench_gdn.cu)\n", k.c_str());
@@ -235,7 +241,7 @@ int main(int argc, char** argv) {
     // Backward layouts (gdn_state_bwd.cu: NATSL_GDN_BULK=1 bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct
     // stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the reverse pass, with the state-pass layouts they
     // combine with).
-    if (variants) {
+    if (variants && only.empty()) {
       struct BwdVariant {
         const char *tag, *bulk, *store, *vtile, *stages, *l2pf;
       };
@@ -278,6 +284,7 @@ int main(int argc, char** argv) {
     for (size_t vi = 1; variants && vi < kVariants.size(); ++vi) {
       const Variant& v = kVariants[vi];
       if (!skip.empty() && std::string(v.tag).find(skip) != std::string::npos) continue;
+      if (!only.empty() && std::string(v.tag).find(only) == std::string::npos) continue;
       set_variant(v);
       const std::string tag = std::string("[") + v.tag + "]";
       const bool diag = v.tag[0] == 'd' && v.tag[1] == 'i';  // wrong results: time the stage only

@@ -37,6 +37,8 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
 
 // Largest dynamic shared memory a block may use on the current device.
 int max_smem_per_block(int device);
+// Shared memory of one SM (what the CTAs resident on it share, 1 KB of it reserved per CTA).
+int max_smem_per_sm(int device);
 
 inline void check_aligned(const Tensor& t, const char* name, const char* op) {
   if (t.defined())

@@ -362,6 +362,12 @@ int max_smem_per_block(int device) {
   return v;
 }
 
+int max_smem_per_sm(int device) {
+  int v = 0;
+  NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  return v;
+}
+
 Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op) {
   Plan pl;
   pl.s = GdnShape::of(in.q, in.v, args);

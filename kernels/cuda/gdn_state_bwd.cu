@@ -299,16 +299,17 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
   }
 }
 
-template <class D, int KT, int STAGES, int VW, bool BULK>
-__global__ void __launch_bounds__(4 * VW, 1) state_bwd_kernel(StateBwdParams<D> p) {
+// MINB: CTAs per SM the register allocation must allow (2 with NATSL_GDN_OCC2: one stage, ~111 KB each).
+template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
+__global__ void __launch_bounds__(4 * VW, MINB) state_bwd_kernel(StateBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   state_bwd_body<D, KT, STAGES, VW, BULK>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
 }
 
 // Both backward state passes in one launch: blockIdx.z < V / VW runs the reverse pass (the longer one, so it
 // is scheduled first), the rest the forward recompute storing h and v_new.
-template <class D, int KT, int STAGES, int VW, bool BULK>
-__global__ void __launch_bounds__(4 * VW, 1) state_joint_kernel(StateBwdParams<D> pb, StateFwdParams<D> pf) {
+template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
+__global__ void __launch_bounds__(4 * VW, MINB) state_joint_kernel(StateBwdParams<D> pb, StateFwdParams<D> pf) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int nvt = pb.V / VW;
   if (int(blockIdx.z) < nvt)
@@ -328,18 +329,26 @@ constexpr int joint_smem() {
   return std::max(state_bwd_smem<D, KT, STAGES>(), state_fwd_smem<D, KT, STAGES, false>());
 }
 
-template <class D, int KT, int STAGES, int VW, bool BULK>
+template <class Kern>
+void set_smem(Kern kern, int smem, int minb) {
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (minb > 1)
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          int(cudaSharedmemCarveoutMaxShared)));
+}
+
+template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
 void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
   const unsigned nvt = unsigned(pl.s.V / VW);
   if (pf) {
     constexpr int smem = joint_smem<D, KT, STAGES, VW>();
-    auto kern = state_joint_kernel<D, KT, STAGES, VW, BULK>;
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    auto kern = state_joint_kernel<D, KT, STAGES, VW, BULK, MINB>;
+    set_smem(kern, smem, MINB);
     kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt), 4 * VW, smem, pl.stream>>>(p, *pf);
   } else {
     constexpr int smem = state_bwd_smem<D, KT, STAGES>();
-    auto kern = state_bwd_kernel<D, KT, STAGES, VW, BULK>;
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    auto kern = state_bwd_kernel<D, KT, STAGES, VW, BULK, MINB>;
+    set_smem(kern, smem, MINB);
     kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW, smem, pl.stream>>>(p);
   }
   NATSL_CUDA_CHECK_LAUNCH();
@@ -352,8 +361,12 @@ void launch_bulk(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParam
 }
 
 template <class D, int KT, int VW>
-void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, int stages) {
+void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, int stages, bool occ2) {
   const int avail = max_smem_per_block(pl.dev.index);
+  // Two CTAs per SM (NATSL_GDN_OCC2): one stage, cp.async loads.
+  if constexpr (joint_smem<D, KT, 1, VW>() <= 113 * 1024)
+    if (occ2 && !bulk_enabled() && 2 * (joint_smem<D, KT, 1, VW>() + 1024) <= max_smem_per_sm(pl.dev.index))
+      return launch<D, KT, 1, VW, false, 2>(pl, p, pf);
   if (stages == 2 && joint_smem<D, KT, 2, VW>() <= avail) return launch_bulk<D, KT, 2, VW>(pl, p, pf);
   NATSL_CHECK((joint_smem<D, KT, 1, VW>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
               " needs more shared memory than this GPU has");
@@ -362,8 +375,8 @@ void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdPar
 
 template <class D, int KT>
 void launch_vw(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, StateLayout lay) {
-  if (lay.vw == 32) return launch_stages<D, KT, 32>(pl, p, pf, lay.stages);
-  launch_stages<D, KT, 64>(pl, p, pf, lay.stages);
+  if (lay.vw == 32) return launch_stages<D, KT, 32>(pl, p, pf, lay.stages, lay.occ2);
+  launch_stages<D, KT, 64>(pl, p, pf, lay.stages, lay.occ2);
 }
 
 template <class D>

@@ -10,8 +10,10 @@
 namespace natsl::kernels::cuda::gdn {
 namespace {
 
-template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK>
-__global__ void __launch_bounds__(4 * VW, 1) state_fwd_kernel(StateFwdParams<D> p) {
+// MINB: CTAs per SM the register allocation must allow (2: the one-stage layout of NATSL_GDN_OCC2, whose
+// ~111 KB of shared memory lets two CTAs share an SM).
+template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK, int MINB = 1>
+__global__ void __launch_bounds__(4 * VW, MINB) state_fwd_kernel(StateFwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   state_fwd_body<D, KT, STAGES, OUT, VW, BULK>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
 }
@@ -21,11 +23,14 @@ constexpr int smem_of() {
   return BULK ? state_fwd_smem_bulk<D, KT, STAGES, OUT>() : state_fwd_smem<D, KT, STAGES, OUT>();
 }
 
-template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK>
+template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK, int MINB = 1>
 void launch(const Plan& pl, const StateFwdParams<D>& p) {
   constexpr int smem = smem_of<D, KT, STAGES, OUT, BULK>();
-  auto kern = state_fwd_kernel<D, KT, STAGES, OUT, VW, BULK>;
+  auto kern = state_fwd_kernel<D, KT, STAGES, OUT, VW, BULK, MINB>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if constexpr (MINB > 1)
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          int(cudaSharedmemCarveoutMaxShared)));
   kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW, smem, pl.stream>>>(p);
   NATSL_CUDA_CHECK_LAUNCH();
 }
@@ -181,6 +186,10 @@ bool launch_ws_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
 // Bulk copies and the warp-specialised pass only for bf16 (the f32 path exists for exact checks).
 template <class D, int KT, bool OUT, int VW>
 void launch_bulk(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
+  // Two CTAs per SM: one stage (no prefetch inside a CTA; the other CTA's step overlaps its loads).
+  if constexpr (smem_of<D, KT, 1, OUT, false>() <= 113 * 1024)
+    if (lay.occ2 && 2 * (smem_of<D, KT, 1, OUT, false>() + 1024) <= max_smem_per_sm(pl.dev.index))
+      return launch<D, KT, 1, OUT, VW, false, 2>(pl, p);
   if constexpr (std::is_same_v<D, bf16>) {
     // The warp-specialised pass wants a stage to fill while one is computed: at least 2.
     if (lay.ws && launch_ws_stages<D, KT, OUT, VW>(pl, p, std::max(lay.stages, 2))) return;
@@ -339,6 +348,7 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   lay.diag = env_int("NATSL_GDN_DIAG", 0);
   lay.bulk = env_int("NATSL_GDN_FWD_BULK", 0) != 0;
   lay.ws = env_int("NATSL_GDN_WS", kWsDefault) != 0;
+  lay.occ2 = env_int("NATSL_GDN_OCC2", 0) != 0;
   return lay;
 }
 

@@ -350,7 +350,12 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_WS=0|1      bf16: warp-specialised pass (one extra warp issues all the loads; mbarriers);
 //                         default on
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
+// And for every pass (forward, reverse, joint):
+//   NATSL_GDN_OCC2=0|1    one stage and registers capped for two CTAs per SM (the plain cp.async kernels;
+//                         ~111 KB of shared memory at K = 128): where one CTA per SM leaves a second, partial
+//                         wave (192 CTAs of the 64-wide pass at B8 T4096 on 132 SMs), all CTAs run at once
 struct StateLayout {
+  bool occ2 = false;
   int vw = 64, stages = 2;
   int l2pf = 0;
   bool split = false;

@@ -209,6 +209,17 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
 }
 
+// Two CTAs per SM (NATSL_GDN_OCC2=1: one stage, registers capped at 128 a thread): the forward pass with its
+// output, the split forward, the backward's joint and separate passes, both tile widths; and off (the
+// pipelined kernels), whichever the default.
+TEST(GdnCuda, TwoCtasPerSmLayoutsMatchCpu) {
+  NATSL_REQUIRE_GPU();
+  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_JOINT", "0"}});
+  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_BWD_STORE", "direct"}});
+  check_with_env({{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
+}
+
 TEST(GdnCuda, NoFinalStateGradient) {
   NATSL_REQUIRE_GPU();
   check_against_cpu(mk(1, 130, 2, 64, true, MaskKind::None, 21), DType::f32, /*with_dht=*/false);
