@@ -18,9 +18,24 @@
 // from the previous id + 1 to this one; no binary search); then one warp per (id, 32 vectors of columns)
 // that issues its dweight load together with the segment's positions and 8 rows' loads per lane in one
 // round (most segments are a single round: ~4 rows per id at 131072 tokens / 32000 ids). Same order of
-// additions, so the same bits as v0 and v1. The default (variant.h): on the H200 its accumulation runs at
-// 1.17x the copy time and the segment building (~50 us, the same for v0, v1, v2) is what is left to cut.
+// additions, so the same bits as v0 and v1. On the H200 (c0acb21) its accumulation runs at 1.20x the copy
+// time and its segments take 41 us, mostly CUB's two onesweep passes (12.5 us each, only 15 CTAs at 131072
+// keys).
+// Variant 3: v2's keys, starts and accumulation, the segments without a device-wide radix sort: a stable
+// two-level counting sort (the id's high bits pick one of at most 512 buckets, per tile of 2048 positions;
+// one block scans the (bucket, tile) counts; each tile scatters its keys stably into the buckets; one block
+// per bucket then counts its ids, which gives their segment starts, and sorts the bucket stably on the low
+// id bits, chunk by chunk in order). Four small kernels with many CTAs each; the same sorted keys as v2.
+// Ids wider than 21 bits fall back to v2's segments. A bucket holding many tokens (a very frequent id) is
+// sorted by one block in chunks of 512 keys: slower than v2 there, linear in the bucket's size.
+// Variant 4: v3's segments, an accumulation task of twice the columns per warp (two 16-byte vectors per lane
+// and row: twice the loads in flight, half the tasks). Same order of additions: the same bits.
+// The default is in variant.h.
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
 
 #include <cstdio>
 
@@ -216,8 +231,9 @@ __global__ void segment_starts_v2_kernel(const K* __restrict__ keys, int64_t n, 
 constexpr int kAccWarps = 4;  // warps per block (tasks of neighbouring column chunks of one id)
 constexpr int kAccRows = 8;   // rows of a segment whose loads are in flight together, per lane
 
-// Task t = blockIdx.x * kAccWarps + warp: id v = t / chunks, columns [(t % chunks) * 32 * VEC, + 32 * VEC).
-template <class T, int VEC, class K>
+// Task t = blockIdx.x * kAccWarps + warp: id v = t / chunks, columns [(t % chunks) * 32 * CV * VEC, + 32 * CV * VEC):
+// CV vectors of VEC elements per lane and row (v2, v3: CV = 1; v4: CV = 2, twice the loads in flight per lane).
+template <class T, int VEC, class K, int CV>
 __global__ void __launch_bounds__(32 * kAccWarps, 8)
     embedding_bwd_accumulate_v2_kernel(const K* __restrict__ keys, int shift, const int32_t* __restrict__ start,
                                        int64_t V, int64_t chunks, const T* __restrict__ dout, T* __restrict__ dweight,
@@ -226,11 +242,17 @@ __global__ void __launch_bounds__(32 * kAccWarps, 8)
   const int64_t task = int64_t(blockIdx.x) * kAccWarps + (threadIdx.x >> 5);
   if (task >= V * chunks) return;
   const int64_t v = task / chunks;
-  const int64_t col = ((task - v * chunks) * 32 + lane) * VEC;
+  const int64_t col0 = (task - v * chunks) * 32 * CV;
   const int32_t se = lane < 2 ? start[v + lane] : 0;
   const int32_t b = __shfl_sync(0xffffffffu, se, 0), e = __shfl_sync(0xffffffffu, se, 1);
   if (b == e) return;  // id absent: its row is left as it is
-  const bool in = col < D;
+  int64_t col[CV];
+  bool in[CV];
+#pragma unroll
+  for (int c = 0; c < CV; ++c) {
+    col[c] = (col0 + c * 32 + lane) * VEC;
+    in[c] = col[c] < D;
+  }
   // Raw 16-byte vectors (VEC > 1) or elements (VEC == 1), unpacked only when added.
   using Raw = std::conditional_t<(VEC > 1), uint4, T>;
   auto load_raw = [&](const T* p) -> Raw {
@@ -241,41 +263,55 @@ __global__ void __launch_bounds__(32 * kAccWarps, 8)
     if constexpr (VEC > 1) load_vec<T, VEC>(reinterpret_cast<const T*>(&r), f);
     else f[0] = to_f32(r);
   };
-  T* dst = dweight + v * D + col;
-  Raw cur_raw{};
-  if (in) cur_raw = load_raw(dst);  // in flight with the positions and the first rows
-  float acc[VEC];
+  T* dst = dweight + v * D;
+  Raw cur_raw[CV];
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  for (int c = 0; c < CV; ++c) {
+    cur_raw[c] = Raw{};
+    if (in[c]) cur_raw[c] = load_raw(dst + col[c]);  // in flight with the positions and the first rows
+  }
+  float acc[CV][VEC];
+#pragma unroll
+  for (int c = 0; c < CV; ++c)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[c][k] = 0.f;
   const K pos_mask = (K(1) << shift) - 1;
   for (int32_t base = b; base < e; base += 32) {
     const int cnt = min(32, e - base);
     const int32_t my_pos = lane < cnt ? int32_t(keys[base + lane] & pos_mask) : 0;
     for (int i = 0; i < cnt; i += kAccRows) {
-      Raw raw[kAccRows];
+      Raw raw[kAccRows][CV];
 #pragma unroll
       for (int q = 0; q < kAccRows; ++q) {
         const int32_t p = __shfl_sync(0xffffffffu, my_pos, (i + q) & 31);
-        raw[q] = Raw{};
-        if (in && i + q < cnt) raw[q] = load_raw(dout + int64_t(p) * D + col);
+#pragma unroll
+        for (int c = 0; c < CV; ++c) {
+          raw[q][c] = Raw{};
+          if (in[c] && i + q < cnt) raw[q][c] = load_raw(dout + int64_t(p) * D + col[c]);
+        }
       }
       // Added in position order; slots past the segment's end are skipped.
 #pragma unroll
       for (int q = 0; q < kAccRows; ++q)
-        if (i + q < cnt) {
-          float f[VEC];
-          unpack(raw[q], f);
+        if (i + q < cnt)
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) acc[k] += f[k];
-        }
+          for (int c = 0; c < CV; ++c) {
+            float f[VEC];
+            unpack(raw[q][c], f);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) acc[c][k] += f[k];
+          }
     }
   }
-  if (!in) return;
-  float cur[VEC];
-  unpack(cur_raw, cur);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) cur[k] += acc[k];
-  store_vec<T, VEC>(dst, cur);
+  for (int c = 0; c < CV; ++c) {
+    if (!in[c]) continue;
+    float cur[VEC];
+    unpack(cur_raw[c], cur);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) cur[k] += acc[c][k];
+    store_vec<T, VEC>(dst + col[c], cur);
+  }
 }
 
 // Launches a CUB keys-only radix sort of n keys on bits [begin, end), temp storage from the stream pool.
@@ -307,22 +343,244 @@ void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-template <class T, class K>
+template <class T, class K, int CV>
 void accumulate_v2(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t D, cudaStream_t s) {
   constexpr int VC = kVec<T>;
   const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
   const int width = vec ? VC : 1;
-  const int64_t chunks = (D + 32 * width - 1) / (32 * width);
+  const int64_t chunks = (D + 32 * CV * width - 1) / (32 * CV * width);
   const int64_t blocks = (seg.V * chunks + kAccWarps - 1) / kAccWarps;
   NATSL_CHECK(blocks < (int64_t(1) << 31), "embedding_bwd: ", seg.V, " ids x dim ", D, " too large");
   const K* keys = static_cast<const K*>(seg.keys.data_ptr());
   const int32_t* sp = seg.aux.data<int32_t>();
   if (vec)
-    embedding_bwd_accumulate_v2_kernel<T, VC, K>
+    embedding_bwd_accumulate_v2_kernel<T, VC, K, CV>
         <<<unsigned(blocks), 32 * kAccWarps, 0, s>>>(keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
   else
-    embedding_bwd_accumulate_v2_kernel<T, 1, K>
+    embedding_bwd_accumulate_v2_kernel<T, 1, K, CV>
         <<<unsigned(blocks), 32 * kAccWarps, 0, s>>>(keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+// ---- v3: segments by a two-level stable counting sort (no device-wide radix sort) ----
+// Keys as in v2 (id << pos_bits | position, 32-bit where they fit). The ids' bits split into bucket bits
+// (high, at most 9: at most 512 buckets) and LOW low bits. Tiles of positions in order:
+//   bucket_hist:  per tile, how many of its ids fall in each bucket -> table[bucket * tiles + tile];
+//   bucket_scan:  one block, exclusive sum of the table (bucket-major: the offsets of a stable bucketing);
+//   bucket_scatter: per tile, a stable block sort on the bucket bits, each key to its bucket's offset for
+//                 this tile plus its rank within the tile's run of that bucket (positions stay ascending);
+//   bucket_sort:  one block per bucket: counts its ids (the segment starts of its id range), then sorts the
+//                 bucket chunk by chunk, in order, stably on the LOW bits (any bucket size).
+// Every step keeps positions ascending within an id, so the sorted keys equal v2's bit for bit.
+constexpr int kTileThreads = 256, kTileItems = 8, kTile = kTileThreads * kTileItems;
+constexpr int kMaxBucketBits = 9, kMaxBuckets = 1 << kMaxBucketBits;
+constexpr int kMaxLowBits = 12;
+constexpr int kSortThreads = 128, kSortItems = 4, kSortChunk = kSortThreads * kSortItems;
+constexpr int kScanThreads = 1024, kScanItems = 16;  // 16384 table entries per round (32000 at the benchmark)
+
+template <class I>
+__global__ void __launch_bounds__(kTileThreads)
+    bucket_hist_kernel(const I* __restrict__ ids, int64_t n, int64_t V, int low_bits, int buckets, int64_t tiles,
+                       uint32_t* __restrict__ table) {
+  __shared__ uint32_t hist[kMaxBuckets];
+  for (int b = threadIdx.x; b < buckets; b += kTileThreads) hist[b] = 0;
+  __syncthreads();
+  const int64_t base = int64_t(blockIdx.x) * kTile;
+  for (int k = threadIdx.x; k < kTile; k += kTileThreads)
+    if (base + k < n) atomicAdd(&hist[checked_id(ids, base + k, V) >> low_bits], 1u);
+  __syncthreads();
+  for (int b = threadIdx.x; b < buckets; b += kTileThreads) table[int64_t(b) * tiles + blockIdx.x] = hist[b];
+}
+
+// In place: table[k] = sum of table[j < k], one block.
+__global__ void __launch_bounds__(kScanThreads) bucket_scan_kernel(uint32_t* __restrict__ table, int64_t count) {
+  using Scan = cub::BlockScan<uint32_t, kScanThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  uint32_t running = 0;
+  for (int64_t base = 0; base < count; base += int64_t(kScanThreads) * kScanItems) {
+    const int64_t first = base + int64_t(threadIdx.x) * kScanItems;
+    uint32_t v[kScanItems], ex[kScanItems], total;
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k) v[k] = first + k < count ? table[first + k] : 0u;
+    Scan(temp).ExclusiveSum(v, ex, total);
+#pragma unroll
+    for (int k = 0; k < kScanItems; ++k)
+      if (first + k < count) table[first + k] = running + ex[k];
+    running += total;
+    __syncthreads();  // temp reused
+  }
+}
+
+template <class I, class K>
+__global__ void __launch_bounds__(kTileThreads)
+    bucket_scatter_kernel(const I* __restrict__ ids, int64_t n, int64_t V, int pos_bits, int low_bits, int id_bits,
+                          int buckets, int64_t tiles, const uint32_t* __restrict__ offsets, K* __restrict__ out) {
+  using Sort = cub::BlockRadixSort<K, kTileThreads, kTileItems>;
+  using Scan = cub::BlockScan<uint32_t, kTileThreads>;
+  constexpr int kPer = kMaxBuckets / kTileThreads;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ uint32_t hist[kMaxBuckets];
+  __shared__ int64_t delta[kMaxBuckets];  // destination of the tile's sorted index k in bucket b: delta[b] + k
+  for (int b = threadIdx.x; b < kMaxBuckets; b += kTileThreads) hist[b] = 0;
+  __syncthreads();
+  const int64_t base = int64_t(blockIdx.x) * kTile;
+  const int valid = int(min(int64_t(kTile), n - base));
+  // Blocked arrangement: the sort's stability follows thread-major order, i.e. position order.
+  K keys[kTileItems];
+#pragma unroll
+  for (int k = 0; k < kTileItems; ++k) {
+    const int idx = threadIdx.x * kTileItems + k;
+    if (idx < valid) {
+      const int64_t id = checked_id(ids, base + idx, V);
+      atomicAdd(&hist[id >> low_bits], 1u);
+      keys[k] = (K(id) << pos_bits) | K(base + idx);
+    } else {
+      keys[k] = ~K(0);  // after every real key of its bucket (stable, highest index); never written
+    }
+  }
+  __syncthreads();
+  {
+    uint32_t c[kPer], ex[kPer];
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) c[k] = hist[threadIdx.x * kPer + k];
+    Scan(temp.scan).ExclusiveSum(c, ex);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int b = threadIdx.x * kPer + k;
+      if (b < buckets) delta[b] = int64_t(offsets[int64_t(b) * tiles + blockIdx.x]) - int64_t(ex[k]);
+    }
+  }
+  __syncthreads();
+  // One bucket (V <= 2): the keys are in order already, in the blocked arrangement.
+  const bool one_bucket = low_bits == id_bits;
+  if (!one_bucket) Sort(temp.sort).SortBlockedToStriped(keys, pos_bits + low_bits, pos_bits + id_bits);
+#pragma unroll
+  for (int k = 0; k < kTileItems; ++k) {
+    const int idx = one_bucket ? threadIdx.x * kTileItems + k : k * kTileThreads + threadIdx.x;
+    if (idx < valid) out[delta[int(keys[k] >> (pos_bits + low_bits))] + idx] = keys[k];
+  }
+}
+
+template <class K>
+__global__ void __launch_bounds__(kSortThreads)
+    bucket_sort_kernel(const K* __restrict__ in, int64_t n, int64_t V, int pos_bits, int low_bits, int buckets,
+                       int64_t tiles, const uint32_t* __restrict__ offsets, K* __restrict__ out,
+                       int32_t* __restrict__ start) {
+  using Sort = cub::BlockRadixSort<K, kSortThreads, kSortItems>;
+  using Scan = cub::BlockScan<uint32_t, kSortThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ uint32_t cursor[1 << kMaxLowBits];  // per low id: counts, then where its next key goes
+  __shared__ int32_t first[1 << kMaxLowBits];     // per low id: its first sorted index in the current chunk
+  __shared__ uint16_t low_of[kSortChunk];         // the low id at each sorted index of the chunk
+  const int b = blockIdx.x;
+  const int64_t begin = offsets[int64_t(b) * tiles];
+  const int64_t end = b + 1 < buckets ? int64_t(offsets[int64_t(b + 1) * tiles]) : n;
+  const int64_t id0 = int64_t(b) << low_bits;
+  const int span = int(min(int64_t(1) << low_bits, V - id0));  // ids of this bucket
+  const K low_mask = (K(1) << low_bits) - 1;
+  for (int l = threadIdx.x; l < span; l += kSortThreads) cursor[l] = 0;
+  __syncthreads();
+  for (int64_t j = begin + threadIdx.x; j < end; j += kSortThreads)
+    atomicAdd(&cursor[int((in[j] >> pos_bits) & low_mask)], 1u);
+  __syncthreads();
+  // Exclusive sum of the counts: the segment starts of ids id0 .. id0 + span - 1.
+  uint32_t running = 0;
+  for (int l0 = 0; l0 < span; l0 += kSortChunk) {
+    uint32_t c[kSortItems], ex[kSortItems], total;
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int l = l0 + threadIdx.x * kSortItems + k;
+      c[k] = l < span ? cursor[l] : 0u;
+    }
+    Scan(temp.scan).ExclusiveSum(c, ex, total);
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int l = l0 + threadIdx.x * kSortItems + k;
+      if (l < span) {
+        cursor[l] = uint32_t(begin) + running + ex[k];
+        start[id0 + l] = int32_t(begin + running + ex[k]);
+      }
+    }
+    running += total;
+    __syncthreads();
+  }
+  if (b == buckets - 1 && threadIdx.x == 0) start[V] = int32_t(n);
+  // The bucket in chunks, in order; within a chunk a stable sort on the low bits.
+  for (int64_t c0 = begin; c0 < end; c0 += kSortChunk) {
+    const int valid = int(min(int64_t(kSortChunk), end - c0));
+    K keys[kSortItems];
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int idx = threadIdx.x * kSortItems + k;
+      keys[k] = idx < valid ? in[c0 + idx] : ~K(0);
+    }
+    Sort(temp.sort).SortBlockedToStriped(keys, pos_bits, pos_bits + low_bits);
+    int low[kSortItems];
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int idx = k * kSortThreads + threadIdx.x;
+      low[k] = int((keys[k] >> pos_bits) & low_mask);
+      low_of[idx] = uint16_t(low[k]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int idx = k * kSortThreads + threadIdx.x;
+      if (idx < valid && (idx == 0 || low_of[idx - 1] != low[k])) first[low[k]] = idx;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int idx = k * kSortThreads + threadIdx.x;
+      if (idx < valid) out[int64_t(cursor[low[k]]) + (idx - first[low[k]])] = keys[k];
+    }
+    __syncthreads();
+    // The last key of each low id's run moves that id's cursor past the run.
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int idx = k * kSortThreads + threadIdx.x;
+      if (idx < valid && (idx == valid - 1 || low_of[idx + 1] != low[k]))
+        cursor[low[k]] += uint32_t(idx - first[low[k]] + 1);
+    }
+    __syncthreads();  // cursor, first, low_of and temp reused by the next chunk
+  }
+}
+
+template <class K>
+void segments_v3(const Tensor& ids, int64_t V, int id_bits, Device d, cudaStream_t s, EmbeddingBwdSegments& seg) {
+  const int64_t n = seg.n;
+  const int pos_bits = seg.pos_bits;
+  const int bucket_bits = std::min(id_bits - 1, kMaxBucketBits);
+  const int low_bits = id_bits - bucket_bits;
+  const int buckets = int((V + (int64_t(1) << low_bits) - 1) >> low_bits);
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  constexpr DType kd = sizeof(K) == 4 ? DType::i32 : DType::i64;
+  Tensor table = Tensor::empty({int64_t(buckets) * tiles}, DType::i32, d);
+  Tensor mid = Tensor::empty({n}, kd, d);
+  seg.keys = Tensor::empty({n}, kd, d);
+  seg.aux = Tensor::empty({V + 1}, DType::i32, d);
+  uint32_t* tp = static_cast<uint32_t*>(table.data_ptr());
+  K* mp = static_cast<K*>(mid.data_ptr());
+  NATSL_CHECK(tiles < (int64_t(1) << 31), "embedding_bwd: too many ids");
+  NATSL_CUDA_DISPATCH_INDEX(ids.dtype(), "embedding_bwd", I, [&] {
+    const I* ip = static_cast<const I*>(ids.data_ptr());
+    bucket_hist_kernel<I><<<unsigned(tiles), kTileThreads, 0, s>>>(ip, n, V, low_bits, buckets, tiles, tp);
+    NATSL_CUDA_CHECK_LAUNCH();
+    bucket_scan_kernel<<<1, kScanThreads, 0, s>>>(tp, int64_t(buckets) * tiles);
+    NATSL_CUDA_CHECK_LAUNCH();
+    bucket_scatter_kernel<I, K><<<unsigned(tiles), kTileThreads, 0, s>>>(ip, n, V, pos_bits, low_bits, id_bits,
+                                                                          buckets, tiles, tp, mp);
+    NATSL_CUDA_CHECK_LAUNCH();
+  });
+  bucket_sort_kernel<K><<<unsigned(buckets), kSortThreads, 0, s>>>(mp, n, V, pos_bits, low_bits, buckets, tiles, tp,
+                                                                   static_cast<K*>(seg.keys.data_ptr()),
+                                                                   seg.aux.data<int32_t>());
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
@@ -355,8 +613,8 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int variant) {
-  NATSL_CHECK(variant >= 0 && variant <= 2, "embedding_bwd: unknown kernel variant ", variant, " (",
-              kVariantEmbeddingBwd, " must be 0, 1 or 2)");
+  NATSL_CHECK(variant >= 0 && variant <= 4, "embedding_bwd: unknown kernel variant ", variant, " (",
+              kVariantEmbeddingBwd, " must be 0 to 4)");
   EmbeddingBwdSegments seg;
   seg.variant = variant;
   seg.n = ids.numel();
@@ -366,7 +624,17 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
   if (n == 0) return seg;
   const Device d = ids.device();
   cudaStream_t s = activate(d.index);
-  if (variant == 2) {
+  if (variant >= 3 && bits_for(V) <= kMaxBucketBits + kMaxLowBits) {
+    const int pos_bits = bits_for(n), id_bits = bits_for(V);
+    seg.pos_bits = pos_bits;
+    if (pos_bits + id_bits <= 32) {
+      seg.key_bits = 32;
+      segments_v3<uint32_t>(ids, V, id_bits, d, s, seg);
+    } else {
+      seg.key_bits = 64;
+      segments_v3<uint64_t>(ids, V, id_bits, d, s, seg);
+    }
+  } else if (variant >= 2) {  // v3, v4 with more than 2^21 ids: v2's segments (the same keys and starts)
     const int pos_bits = bits_for(n);
     if (pos_bits + bits_for(V) <= 32) {
       seg.pos_bits = pos_bits;
@@ -429,9 +697,14 @@ void embedding_bwd_accumulate(const EmbeddingBwdSegments& seg, const Tensor& dou
     constexpr int VC = kVec<T>;
     const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
     const int width = vec ? VC : 1;
-    if (seg.variant == 2) {
-      if (seg.key_bits == 32) accumulate_v2<T, uint32_t>(seg, gp, wp, D, s);
-      else accumulate_v2<T, uint64_t>(seg, gp, wp, D, s);
+    if (seg.variant >= 2) {
+      if (seg.variant == 4) {
+        if (seg.key_bits == 32) accumulate_v2<T, uint32_t, 2>(seg, gp, wp, D, s);
+        else accumulate_v2<T, uint64_t, 2>(seg, gp, wp, D, s);
+      } else {
+        if (seg.key_bits == 32) accumulate_v2<T, uint32_t, 1>(seg, gp, wp, D, s);
+        else accumulate_v2<T, uint64_t, 1>(seg, gp, wp, D, s);
+      }
       return;
     }
     if (seg.variant == 1) {

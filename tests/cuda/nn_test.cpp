@@ -83,7 +83,10 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
                         {50, 7, 1, 0},      {32000, 64, 1, 0},    {1, 8, 1, 0},        {9, 12, 300, 0},
                         {2, 40, 6000, 0},   {1000, 136, 12000, 0.5}, {600000, 3, 5000, 0},
                         // the benchmark's vocabulary and (one short of) its token count, a third on one id
-                        {32000, 16, 131071, 0.3}};
+                        {32000, 16, 131071, 0.3},
+                        // v3: every token on one id (one bucket of many sort chunks), whole tiles of 2048
+                        // positions, 64-bit keys with bucketed ids, more ids than v3 buckets (v2's segments)
+                        {32000, 24, 3000, 1.0}, {1000, 8, 4096, 0}, {1 << 21, 1, 700, 0}, {3000000, 1, 100, 0}};
   uint64_t seed = 30;
   for (DType dt : {DType::f32, DType::bf16})
     for (DType it : {DType::i32, DType::i64})
@@ -112,7 +115,7 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
         const Tensor ref_present = present_rows(ref);
         Tensor dw_v0;
         // Every variant adds the same rows in the same order: the same bits.
-        for (int variant : {0, 1, 2}) {
+        for (int variant : {0, 1, 2, 3, 4}) {
           VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
           const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) +
                                    " ids " + dtype_str(it) + " v" + std::to_string(variant);
