@@ -21,15 +21,20 @@
 // additions, so the same bits as v0 and v1. On the H200 (c0acb21) its accumulation runs at 1.20x the copy
 // time and its segments take 41 us, mostly CUB's two onesweep passes (12.5 us each, only 15 CTAs at 131072
 // keys).
-// Variant 3: v2's keys, starts and accumulation, the segments without a device-wide radix sort: a stable
+// Variant 3 (an experiment, slower than v2): v2's keys, starts and accumulation, the segments without a
+// device-wide radix sort: a stable
 // two-level counting sort (the id's high bits pick one of at most 512 buckets, per tile of 2048 positions;
 // one block scans the (bucket, tile) counts; each tile scatters its keys stably into the buckets; one block
 // per bucket then counts its ids, which gives their segment starts, and sorts the bucket stably on the low
 // id bits, chunk by chunk in order). Four small kernels with many CTAs each; the same sorted keys as v2.
 // Ids wider than 21 bits fall back to v2's segments. A bucket holding many tokens (a very frequent id) is
 // sorted by one block in chunks of 512 keys: slower than v2 there, linear in the bucket's size.
-// Variant 4: v3's segments, an accumulation task of twice the columns per warp (two 16-byte vectors per lane
-// and row: twice the loads in flight, half the tasks). Same order of additions: the same bits.
+// Measured on the H200 (2026-11-28, 07418125f079): v3's segments 0.058 ms against v2's 0.040 ms (whole op
+// 0.169 against 0.151 ms), accumulation the same (1.21x the copy): the four dependent small kernels cost more
+// than CUB's onesweep here. Per-kernel times (Nsight Compute) are needed before tuning it further.
+// Variant 4 (an experiment): v3's segments, an accumulation task of twice the columns per warp (two 16-byte
+// vectors per lane and row: twice the loads in flight, half the tasks). Same order of additions: the same
+// bits. Measured 2.51x the copy with 64 registers (it spilled); now given 128, not measured since.
 // The default is in variant.h.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
@@ -233,8 +238,10 @@ constexpr int kAccRows = 8;   // rows of a segment whose loads are in flight tog
 
 // Task t = blockIdx.x * kAccWarps + warp: id v = t / chunks, columns [(t % chunks) * 32 * CV * VEC, + 32 * CV * VEC):
 // CV vectors of VEC elements per lane and row (v2, v3: CV = 1; v4: CV = 2, twice the loads in flight per lane).
+// CV = 2 holds twice the raw vectors: 8 / CV blocks per SM leave it 128 registers (at 64 it spilled 520 bytes
+// and measured 2.5x the copy on the H200).
 template <class T, int VEC, class K, int CV>
-__global__ void __launch_bounds__(32 * kAccWarps, 8)
+__global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
     embedding_bwd_accumulate_v2_kernel(const K* __restrict__ keys, int shift, const int32_t* __restrict__ start,
                                        int64_t V, int64_t chunks, const T* __restrict__ dout, T* __restrict__ dweight,
                                        int64_t D) {

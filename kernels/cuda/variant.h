@@ -22,6 +22,8 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // Embedding bwd, H200 run 2026-11-28 at commit 907717a (131072 tokens x 1024 bf16, V 32000): v0 2.06, v1 1.77,
 // v2 1.69 (0.162 ms), so v2 is the default; its phases: segments 0.051 ms (the CUB sort and its launches,
 // about the same for every variant), accumulate 0.111 ms = 1.17 of the copy.
+// Embedding bwd, H200 run 2026-11-28 at commit 07418125f079 (flush timing): v2 0.151 ms (1.60), v3 0.169 (1.80:
+// its own segment builder, 0.058 ms against CUB's 0.040), v4 0.293 (a spilling accumulation); v2 stays.
 inline constexpr int kDefaultRmsnormBwd = 1;
 inline constexpr int kDefaultEmbeddingBwd = 2;
 inline constexpr int kDefaultCrossEntropy = 1;
