@@ -5,7 +5,7 @@
 //   natsl_bench_gdn [--json out.jsonl] [--peer anchors.json] [--commit SHA] [--reps N] [--keep-pool 0|1]
 //                   [--skip TAG_PART]   (variants whose tag contains TAG_PART are left out)
 //                   [--variants 0|1]    (0: the default layout only, no variant rows; default 1)
-//                   [--only TAG_PART]    (only the variants whose tag contains TAG_PART; no backward-layout rows)
+//                   [--only A,B,...]     (only the variants whose tag contains one of the parts; no backward-layout rows)
 //                   [--shapes all|b8|b2] (which of the two shapes to run; default all)
 // Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
 #include <algorithm>
@@ -53,6 +53,7 @@ const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "N
                                  "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
+    {"prep2", {{"NATSL_GDN_PREP", "2"}}, false},
     {"occ2", {{"NATSL_GDN_OCC2", "1"}}, false},
     {"occ2_vt64", {{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_VTILE", "64"}}, false},
     {"occ0_ws", {{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "1"}}, false},
@@ -284,7 +285,15 @@ int main(int argc, char** argv) {
     for (size_t vi = 1; variants && vi < kVariants.size(); ++vi) {
       const Variant& v = kVariants[vi];
       if (!skip.empty() && std::string(v.tag).find(skip) != std::string::npos) continue;
-      if (!only.empty() && std::string(v.tag).find(only) == std::string::npos) continue;
+      if (!only.empty()) {
+        bool hit = false;
+        for (size_t b = 0, e; b <= only.size(); b = e + 1) {
+          e = only.find(',', b);
+          if (e == std::string::npos) e = only.size();
+          if (e > b && std::string(v.tag).find(only.substr(b, e - b)) != std::string::npos) hit = true;
+        }
+        if (!hit) continue;
+      }
       set_variant(v);
       const std::string tag = std::string("[") + v.tag + "]";
       const bool diag = v.tag[0] == 'd' && v.tag[1] == 'i';  // wrong results: time the stage only

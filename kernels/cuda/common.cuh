@@ -88,7 +88,7 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&f)[VE
       uint32_t w[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        w[i] = uint32_t(bf16::round_bits(f[2 * i])) | (uint32_t(bf16::round_bits(f[2 * i + 1])) << 16);
+        w[i] = bf16::round_bits2(f[2 * i], f[2 * i + 1]);
       raw = make_uint4(w[0], w[1], w[2], w[3]);
     }
     *reinterpret_cast<uint4*>(p) = raw;

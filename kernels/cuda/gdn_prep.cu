@@ -1,11 +1,14 @@
 // Chunk-parallel first stage of the CUDA GDN forward and backward (gdn-algorithm.md §3 steps 0-2, and the
-// intra-chunk score matrix of step 4), one CTA per (chunk, v head):
+// intra-chunk score matrix of step 4), one CTA per (chunk, v head). Kernels: prep_kernel (NATSL_GDN_PREP=old),
+// prep2_kernel (=2: all in one, Q and V streamed) and, by default where shared memory allows, prep3 (=3: prep2
+// solving T alone in the forward, then prep3_kernel with every load in flight at once):
 //   gam = chunk-local cumsum of g;  A_ij = beta_i (k_i . k_j) exp(gam_i - gam_j) (i > j);  T = (I + A)^-1
 //   w = T diag(beta e) K,  u = T diag(beta) V,  p = scale * M o Gamma o (Q K^T)
 // The backward reruns it with T read back from a_inv (FLA's recompute of w and u).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/gdn_plan.cuh"
 #include "kernels/cuda/gdn_store.cuh"
@@ -179,21 +182,22 @@ constexpr int prep_smem() {
 // by forward substitution in registers (one thread per column), then each 16-row block row I at once,
 //   T_IJ = -T_II sum_{J <= M < I} A_IM T_MJ   (J < I),
 // in f32 like the row-by-row substitution it replaces. About 74 KB of shared memory (K = 128): 3 CTAs per SM.
-template <class D, int KT>
+template <class D, int KT, bool SOLVE_ONLY = false>
 constexpr int prep2_smem() {
   static_assert(kC * 65 * 4 <= 2 * kTileBytes<D>, "A must fit in the tw, tu tiles it shares");
-  return (KT + 4) * kTileBytes<D> + kC * 65 * 4 + 2 * kC * 4 + 16 * 48 * 4;
+  return (KT + (SOLVE_ONLY ? 2 : 4)) * kTileBytes<D> + kC * 65 * 4 + 2 * kC * 4 + 16 * 48 * 4;
 }
 
-template <class D, int KT>
+// SOLVE_ONLY (the forward ahead of prep3): cumsum, KK^T, the solve and a_inv only (no Q, V, w, u, p).
+template <class D, int KT, bool SOLVE_ONLY = false>
 __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int ld = kLd<D>;
   constexpr int TE = kC * ld;
   constexpr int fld = 65;
   D* Ks = reinterpret_cast<D*>(smem_raw);  // KT resident K tiles
-  D* X = Ks + KT * TE;                     // two streaming buffers (Q, then V)
-  D* tw = X + 2 * TE;                      // T diag(beta e)
+  D* X = Ks + KT * TE;                     // two streaming buffers (Q, then V); none when SOLVE_ONLY
+  D* tw = X + (SOLVE_ONLY ? 0 : 2) * TE;   // T diag(beta e)
   D* tu = tw + TE;                         // T diag(beta)
   float* As = reinterpret_cast<float*>(tw);  // A (f32) lives in tw, tu until T is solved
   float* Ts = reinterpret_cast<float*>(tu + TE);
@@ -217,10 +221,10 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   // Group 0: all K tiles and Q tile 0; group 1: Q tile 1.
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) load_tile<D>(Ks + kt * TE, kc + kt * kC, qk_ld, len);
-  load_tile<D>(X, qc, qk_ld, len);
+  if (!SOLVE_ONLY) load_tile<D>(X, qc, qk_ld, len);
   cp_async_commit();
   if (KT > 1) {
-    load_tile<D>(X + TE, qc + kC, qk_ld, len);
+    if (!SOLVE_ONLY) load_tile<D>(X + TE, qc + kC, qk_ld, len);
     cp_async_commit();
   }
 
@@ -242,20 +246,20 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
     else cp_async_wait<0>();
     __syncthreads();
     if (!p.recompute) tile_mma<false, true>(kk, Ks + kt * TE, Ks + kt * TE);
-    tile_mma<false, true>(qk, X + (kt & 1) * TE, Ks + kt * TE);
+    if (!SOLVE_ONLY) tile_mma<false, true>(qk, X + (kt & 1) * TE, Ks + kt * TE);
     __syncthreads();
-    if (kt + 2 < KT) {
+    if (!SOLVE_ONLY && kt + 2 < KT) {
       load_tile<D>(X + (kt & 1) * TE, qc + (kt + 2) * kC, qk_ld, len);
       cp_async_commit();
     }
   }
   // The first V tiles load while T is solved.
-  for (int vt = 0; vt < 2 && vt < VT; ++vt) {
+  for (int vt = 0; !SOLVE_ONLY && vt < 2 && vt < VT; ++vt) {
     load_tile<D>(X + vt * TE, vc + vt * kC, v_ld, len);
     cp_async_commit();
   }
   // Intra-chunk scores (select before exp: the upper triangle's exponent can overflow).
-  {
+  if (!SOLVE_ONLY) {
     auto score = [&](int i, int j, float x) { return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f; };
     // Staged through Ts, which the solve only writes after the store's closing barrier.
     if (kStaged && p.staged) acc_to_global_staged<D>(qk, f, reinterpret_cast<D*>(Ts), p.p + tile_id * kC * kC, kC, kC, kThreads, score);
@@ -311,6 +315,7 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
       Ts[i * fld + j] = f32(t);
       if (p.a_inv && i < len) p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j] = t;
     }
+    if constexpr (SOLVE_ONLY) return;
   } else {
     for (int idx = tid; idx < kC * kC; idx += kThreads) {
       const int i = idx / kC, j = idx % kC;
@@ -351,6 +356,112 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
       load_tile<D>(X + (vt & 1) * TE, vc + (vt + 2) * kC, v_ld, len);
       cp_async_commit();
     }
+  }
+}
+
+// ---- prep3: every tile load issued at the start, T solved by its own kernel ----
+// prep2 streams Q and then V through two buffers behind barriers, one tile's load, product and store after the
+// other, and 8.3 KB of in-flight loads per step leave it at ~1.3 TB/s (H200, 3 CTAs per SM). prep3 issues the
+// loads of T (a_inv), K, Q and every V tile at once (three cp.async groups), keeps them all resident (~102 KB at
+// K = 128, V = 256: 2 CTAs per SM, ~165 KB in flight per SM) and then runs the products as their groups land:
+//   group 0 (T, K):  tw = T diag(beta e), tu = T diag(beta);  w = tw K
+//   group 1 (Q):     p = scale M o Gamma o (Q K^T)
+//   group 2 (V):     u = tu V
+// T comes from a_inv: the backward's recompute reads the forward's copy; the forward first runs prep2 with
+// solve_only (cumsum, KK^T, the blockwise solve, a_inv) and then this kernel. The products and their rounding
+// are prep2's, so w, u, p are the same bits either way.
+template <class D, int KT>
+int prep3_smem(int VT) {
+  return (2 * KT + VT + 3) * kTileBytes<D> + 3 * kC * 4;
+}
+
+template <class D, int KT>
+__global__ void __launch_bounds__(kThreads, 2) prep3_kernel(PrepParams<D> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int ld = kLd<D>;
+  constexpr int TE = kC * ld;
+  const int VT = p.V / kC;
+  D* Ks = reinterpret_cast<D*>(smem_raw);
+  D* Qs = Ks + KT * TE;
+  D* Vs = Qs + KT * TE;
+  D* Tt = Vs + VT * TE;  // T (D), then the staging tile of the stores
+  D* tw = Tt + TE;       // T diag(beta e)
+  D* tu = tw + TE;       // T diag(beta)
+  float* gam = reinterpret_cast<float*>(tu + TE);
+  float* bet = gam + kC;
+  float* ex = bet + kC;  // e_j = exp(gam_j)
+
+  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const int tid = threadIdx.x;
+  const ChunkInfo ci = p.chunks[c];
+  const int len = ci.len;
+  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
+  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+
+  load_tile<D>(Tt, p.a_inv + (int64_t(ci.row0) * p.HV + hv) * kC, int64_t(p.HV) * kC, len);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) load_tile<D>(Ks + kt * TE, kc + kt * kC, qk_ld, len);
+  cp_async_commit();
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) load_tile<D>(Qs + kt * TE, qc + kt * kC, qk_ld, len);
+  cp_async_commit();
+  for (int vt = 0; vt < VT; ++vt) load_tile<D>(Vs + vt * TE, vc + vt * kC, v_ld, len);
+  cp_async_commit();
+
+  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
+  if (tid < kC) bet[tid] = tid < len ? p.beta[int64_t(ci.row0 + tid) * p.HV + hv] : 0.f;
+  __syncthreads();
+  if (tid < kC) {
+    p.gam[tile_id * kC + tid] = gam[tid];
+    if (p.g_cumsum && tid < len) p.g_cumsum[int64_t(ci.row0 + tid) * p.HV + hv] = gam[tid];
+    ex[tid] = __expf(gam[tid]);
+  }
+  cp_async_wait<2>();
+  __syncthreads();
+  for (int idx = tid; idx < kC * kC; idx += kThreads) {
+    const int i = idx >> 6, j = idx & 63;
+    const float t = f32(Tt[i * ld + j]);
+    tw[i * ld + j] = cvt<D>(t * bet[j] * ex[j]);  // prep2's order of the products: the same bits
+    tu[i * ld + j] = cvt<D>(t * bet[j]);
+  }
+  __syncthreads();
+
+  const Frag f;
+  constexpr bool kStagedOk = !std::is_same_v<D, float>;
+  const bool staged = kStagedOk && p.staged;
+  auto store = [&](const Acc& a, D* g, int64_t gld, auto fn) {
+    if (staged) acc_to_global_staged<D>(a, f, Tt, g, gld, kC, kThreads, fn);
+    else acc_to_global<D>(a, f, g, gld, kC, fn);
+  };
+  auto ident = [](int, int, float x) { return x; };
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tw, Ks + kt * TE);
+    store(a, p.w + tile_id * kC * p.K + kt * kC, p.K, ident);
+  }
+  cp_async_wait<1>();
+  __syncthreads();
+  {
+    Acc qk;
+    zero(qk);
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) tile_mma<false, true>(qk, Qs + kt * TE, Ks + kt * TE);
+    // select before exp: the upper triangle's exponent can overflow
+    store(qk, p.p + tile_id * kC * kC, kC,
+          [&](int i, int j, float x) { return (i >= j && i < len) ? p.scale * x * __expf(gam[i] - gam[j]) : 0.f; });
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int vt = 0; vt < VT; ++vt) {
+    Acc a;
+    zero(a);
+    tile_mma<false, false>(a, tu, Vs + vt * TE);
+    store(a, p.u + tile_id * kC * p.V + vt * kC, p.V, ident);
   }
 }
 
@@ -438,13 +549,38 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     const dim3 grid(unsigned(s.NC), unsigned(s.HV));
     const char* sel = std::getenv("NATSL_GDN_PREP");
     const bool old = sel && std::strcmp(sel, "old") == 0;
-    auto launch2 = [&](auto kern, int smem) {
+    auto launch_with = [&](auto kern, int smem, const PrepParams<T>& pp) {
       NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      kern<<<grid, kThreads, smem, pl.stream>>>(p);
+      kern<<<grid, kThreads, smem, pl.stream>>>(pp);
     };
-    if (!old && s.K == 64) launch2(prep2_kernel<T, 1>, prep2_smem<T, 1>());
+    auto launch2 = [&](auto kern, int smem) { launch_with(kern, smem, p); };
+    // NATSL_GDN_PREP=3 (default where it fits): prep2 solves T (forward only), prep3 does the rest.
+    const bool want3 = !old && !(sel && std::strcmp(sel, "2") == 0);
+    const int avail = max_smem_per_block(pl.dev.index), VT = int(s.V / kC);
+    auto run3 = [&](auto kt_const) -> bool {
+      constexpr int KT = decltype(kt_const)::value;
+      const int smem3 = prep3_smem<T, KT>(VT);
+      if (!want3 || smem3 > avail || prep2_smem<T, KT>() > avail) return false;
+      Tensor scratch;
+      if (!recompute) {
+        if (!p.a_inv) {  // a forward that saves nothing: T still goes through memory
+          scratch = Tensor::empty({s.B * s.T, s.HV, kC}, D, pl.dev);
+          p.a_inv = scratch.data<T>();
+        }
+        launch2(prep2_kernel<T, KT, true>, prep2_smem<T, KT, true>());
+        NATSL_CUDA_CHECK_LAUNCH();
+      }
+      PrepParams<T> p3 = p;
+      p3.g_cumsum = nullptr;  // written by the solve
+      launch_with(prep3_kernel<T, KT>, smem3, p3);
+      return true;
+    };
+    if (s.K == 64 && run3(std::integral_constant<int, 1>{})) {
+    } else if (s.K == 128 && run3(std::integral_constant<int, 2>{})) {
+    } else if (s.K == 256 && run3(std::integral_constant<int, 4>{})) {
+    } else if (!old && s.K == 64) launch2(prep2_kernel<T, 1>, prep2_smem<T, 1>());
     else if (!old && s.K == 128) launch2(prep2_kernel<T, 2>, prep2_smem<T, 2>());
-    else if (!old && s.K == 256 && prep2_smem<T, 4>() <= max_smem_per_block(pl.dev.index))
+    else if (!old && s.K == 256 && prep2_smem<T, 4>() <= avail)
       launch2(prep2_kernel<T, 4>, prep2_smem<T, 4>());
     else {
       constexpr int smem = prep_smem<T>();

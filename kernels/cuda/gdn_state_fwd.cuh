@@ -130,7 +130,10 @@ __device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (
       av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
     }
   if constexpr (OUT) acc_to_tile<D>(av, f, Vn);
-  acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return i < len ? m * __expf(gL - g[i]) * x : 0.f; });
+  // The two rows this thread holds, each scaled once: m exp(gam_L - gam_i), 0 past the chunk's end.
+  const int r_lo = f.row(0), r_hi = f.row(2);
+  const float s_lo = r_lo < len ? m * __expf(gL - g[r_lo]) : 0.f, s_hi = r_hi < len ? m * __expf(gL - g[r_hi]) : 0.f;
+  acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return (i == r_lo ? s_lo : s_hi) * x; });
   if constexpr (!OUT) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
   sync();
 

@@ -38,8 +38,7 @@ template <class E> __device__ __forceinline__ void store2(E* p, float a, float b
   if constexpr (std::is_same_v<E, float>) {
     *reinterpret_cast<float2*>(p) = make_float2(a, b);
   } else {
-    uint32_t lo = bf16::round_bits(a), hi = bf16::round_bits(b);
-    *reinterpret_cast<uint32_t*>(p) = lo | (hi << 16);
+    *reinterpret_cast<uint32_t*>(p) = bf16::round_bits2(a, b);
   }
 }
 template <class E> __device__ __forceinline__ float2 load2(const E* p) {

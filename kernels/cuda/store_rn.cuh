@@ -1,17 +1,12 @@
 #pragma once
 // 16-byte stores of f32 values converted with the hardware's round-to-nearest-even instruction (one
-// cvt.rn.bf16x2.f32 per pair, sm_80+), in place of store_vec's integer rounding: the same values for every
-// finite input (a NaN stays a NaN, without its payload), at a fraction of the integer instructions, which
-// matters in kernels that are issue-bound beside their memory traffic.
+// cvt.rn.bf16x2.f32 per pair, sm_80+). Since 2026-11-28 bf16::round_bits uses that instruction on the device
+// too (core/dtype.h), so store_vec rounds the same way; these names stay for the kernels that use them.
 #include "kernels/cuda/common.cuh"
 
 namespace natsl::kernels::cuda {
 
-__device__ __forceinline__ uint32_t pack_bf16x2_rn(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
+__device__ __forceinline__ uint32_t pack_bf16x2_rn(float lo, float hi) { return bf16::round_bits2(lo, hi); }
 
 template <class T, int VEC>
 __device__ __forceinline__ void store_vec_rn(T* __restrict__ p, const float (&f)[VEC]) {

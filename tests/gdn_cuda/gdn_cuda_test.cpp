@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "tests/gdn/gdn_test_util.h"
 #include "tests/test_util.h"
@@ -167,6 +168,8 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}});
   check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_JOINT", "0"}});
   check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_PREP", "old"}});
+  check_with_env({{"NATSL_GDN_PREP", "2"}, {"NATSL_GDN_PREP_STORE", "direct"}});
+  check_with_env({{"NATSL_GDN_PREP", "3"}, {"NATSL_GDN_PREP_STORE", "direct"}});
 }
 
 // The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
@@ -294,6 +297,37 @@ TEST(GdnCuda, RecurrentMatchesCpu) {
     const double tol = dt == DType::f32 ? 1e-5 : 0.005;
     expect_rel(o, ref.o, tol, "recurrent o");
     expect_rel(ht, ref.ht, tol, "recurrent ht");
+  }
+}
+
+// A forward that saves nothing (inference) still passes T through memory when prep3 runs (a scratch a_inv):
+// the same output bits as the forward that saves, for each prep layout, and the same bits across layouts
+// (prep2 and prep3 round and add in the same order).
+TEST(GdnCuda, ForwardWithoutSavedTensorsGivesTheSameBits) {
+  NATSL_REQUIRE_GPU();
+  for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 81), mk(1, 200, 2, 64, false, MaskKind::None, 82)}) {
+    SCOPED_TRACE(case_label(c));
+    const GdnArgs a = args_of(c);
+    const GdnInputs in = on_gpu(converted(make_inputs(c), DType::bf16));
+    const GdnShape s = GdnShape::of(in.q, in.v, a);
+    std::vector<double> first;
+    for (const char* prep : {"3", "2"}) {
+      setenv("NATSL_GDN_PREP", prep, 1);
+      for (bool save : {true, false}) {
+        SCOPED_TRACE(std::string("NATSL_GDN_PREP=") + prep + (save ? " saving" : " saving nothing"));
+        Tensor o = gpu_poisoned(in.v.shape(), DType::bf16);
+        GdnSaved saved;
+        if (save)
+          saved = GdnSaved{gpu_poisoned({s.B, s.T, s.HV}, DType::f32),
+                           gpu_poisoned({s.B, s.T, s.HV, kernels::kGdnChunk}, DType::bf16)};
+        kernels::gdn_chunk_fwd(a, in, o, Tensor(), saved);
+        const std::vector<double> got = o.to(kCPU).to(DType::f64).to_vector<double>();
+        for (double x : got) ASSERT_TRUE(std::isfinite(x)) << "unwritten output";
+        if (first.empty()) first = got;
+        else EXPECT_TRUE(got == first) << "output bits differ";
+      }
+    }
+    unsetenv("NATSL_GDN_PREP");
   }
 }
 
