@@ -54,6 +54,7 @@ const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "N
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"prep2", {{"NATSL_GDN_PREP", "2"}}, false},
+    {"prep3", {{"NATSL_GDN_PREP", "3"}}, false},
     {"occ2", {{"NATSL_GDN_OCC2", "1"}}, false},
     {"occ2_vt64", {{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_VTILE", "64"}}, false},
     {"occ0_ws", {{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "1"}}, false},

@@ -1,7 +1,7 @@
 // Chunk-parallel first stage of the CUDA GDN forward and backward (gdn-algorithm.md §3 steps 0-2, and the
 // intra-chunk score matrix of step 4), one CTA per (chunk, v head). Kernels: prep_kernel (NATSL_GDN_PREP=old),
-// prep2_kernel (=2: all in one, Q and V streamed) and, by default where shared memory allows, prep3 (=3: prep2
-// solving T alone in the forward, then prep3_kernel with every load in flight at once):
+// prep2_kernel (the default: all in one, Q and V streamed) and prep3 (=3: prep2 solving T alone in the forward,
+// then prep3_kernel with every load in flight at once):
 //   gam = chunk-local cumsum of g;  A_ij = beta_i (k_i . k_j) exp(gam_i - gam_j) (i > j);  T = (I + A)^-1
 //   w = T diag(beta e) K,  u = T diag(beta) V,  p = scale * M o Gamma o (Q K^T)
 // The backward reruns it with T read back from a_inv (FLA's recompute of w and u).
@@ -188,6 +188,36 @@ constexpr int prep2_smem() {
   return (KT + (SOLVE_ONLY ? 2 : 4)) * kTileBytes<D> + kC * 65 * 4 + 2 * kC * 4 + 16 * 48 * 4;
 }
 
+// Block row I of T (rows W .. W + 15, W = 16 I; the blocks left of and on its diagonal solved):
+//   S = A[W:W+16, :W] T[:W, :W],  T[W:W+16, :W] = -T_II S
+// W a compile-time constant, so every loop is unrolled and its shared-memory loads are issued ahead of the
+// chain of adds (with run-time trip counts the solve was one load latency per add: ~0.15 ms of prep at B8
+// T4096 on the H200). The sums run over all of [0, W) and [0, 16): the extra terms are products with the zeros
+// of T above its diagonal, so every sum is the one over the nonzero terms, in the same order, bit for bit.
+template <int W>
+__device__ __forceinline__ void solve_block_row(const float* As, float* Ts, float* Sb, int tid) {
+  constexpr int fld = 65;
+  static_assert((16 * W) % kThreads == 0, "whole rounds of the CTA's threads");
+#pragma unroll
+  for (int it = 0; it < 16 * W / kThreads; ++it) {
+    const int idx = tid + it * kThreads, r = idx / W, cc = idx % W;
+    float acc = 0.f;
+#pragma unroll
+    for (int m = 0; m < W; ++m) acc = fmaf(As[(W + r) * fld + m], Ts[m * fld + cc], acc);
+    Sb[r * 48 + cc] = acc;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int it = 0; it < 16 * W / kThreads; ++it) {
+    const int idx = tid + it * kThreads, r = idx / W, cc = idx % W;
+    float acc = 0.f;
+#pragma unroll
+    for (int m = 0; m < 16; ++m) acc = fmaf(Ts[(W + r) * fld + W + m], Sb[m * 48 + cc], acc);
+    Ts[(W + r) * fld + cc] = -acc;
+  }
+  __syncthreads();
+}
+
 // SOLVE_ONLY (the forward ahead of prep3): cumsum, KK^T, the solve and a_inv only (no Q, V, w, u, p).
 template <class D, int KT, bool SOLVE_ONLY = false>
 __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
@@ -291,23 +321,9 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
       for (int i = 0; i < 16; ++i) Ts[(16 * b + i) * fld + 16 * b + j] = t[i];
     }
     __syncthreads();
-    for (int I = 1; I < 4; ++I) {
-      const int W = 16 * I;  // the block row's first row = number of columns left of its diagonal block
-      for (int idx = tid; idx < 16 * W; idx += kThreads) {
-        const int r = idx / W, cc = idx % W;
-        float acc = 0.f;
-        for (int m = cc; m < W; ++m) acc = fmaf(As[(W + r) * fld + m], Ts[m * fld + cc], acc);
-        Sb[r * 48 + cc] = acc;
-      }
-      __syncthreads();
-      for (int idx = tid; idx < 16 * W; idx += kThreads) {
-        const int r = idx / W, cc = idx % W;
-        float acc = 0.f;
-        for (int m = 0; m <= r; ++m) acc = fmaf(Ts[(W + r) * fld + W + m], Sb[m * 48 + cc], acc);
-        Ts[(W + r) * fld + cc] = -acc;
-      }
-      __syncthreads();
-    }
+    solve_block_row<16>(As, Ts, Sb, tid);
+    solve_block_row<32>(As, Ts, Sb, tid);
+    solve_block_row<48>(As, Ts, Sb, tid);
     // Round T to D: the backward reads the stored D copy, so the forward uses the same values.
     for (int idx = tid; idx < kC * kC; idx += kThreads) {
       const int i = idx / kC, j = idx % kC;
@@ -554,8 +570,10 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
       kern<<<grid, kThreads, smem, pl.stream>>>(pp);
     };
     auto launch2 = [&](auto kern, int smem) { launch_with(kern, smem, p); };
-    // NATSL_GDN_PREP=3 (default where it fits): prep2 solves T (forward only), prep3 does the rest.
-    const bool want3 = !old && !(sel && std::strcmp(sel, "2") == 0);
+    // NATSL_GDN_PREP=3: prep2 solves T (forward only), prep3 does the rest. Not the default: on the H200 (B8
+    // T4096) prep3's recompute equals prep2's (0.168 / 0.169 ms) and the forward's solve + prep3 is slower
+    // than prep2 alone (0.315 / 0.280).
+    const bool want3 = sel && std::strcmp(sel, "3") == 0;
     const int avail = max_smem_per_block(pl.dev.index), VT = int(s.V / kC);
     auto run3 = [&](auto kt_const) -> bool {
       constexpr int KT = decltype(kt_const)::value;
