@@ -4,20 +4,22 @@
 # .deps (header-only deps), .peers (peers.py and the FLA / NAtS-L reference packages, see ../shared/bench) and
 # .shared-data carried along. Logs and result files go to $OUT (at most 8 files come back: logs are tarred).
 #
-#   WHAT="build tests natsl gdn ops flaprof ncu" experiments/bench/gpu_call.sh
+#   WHAT="build peers tests natsl gdn ops train flaprof ncu" experiments/bench/gpu_call.sh
 #
-#   build    scripts/gpu_test.sh --build-only (peers.py for gdn/nats and fla_profile.py run meanwhile on the GPU)
+#   build    scripts/gpu_test.sh --build-only
+#   peers    peers.py: FLA's GDN and the authors' NAtS-L op (alone on the machine), anchors for natsl and gdn
 #   tests    the CUDA tests (ctest -R 'Cuda|cuda|Gpu|gpu'), JOBS=8
 #   natsl    natsl_bench_natsl against the authors' op (peers.py --what nats)
 #   gdn      natsl_bench_gdn (default layouts; GDN_VARIANTS=1 for every variant) against FLA, then again with the
 #            sync timing method for comparison
 #   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
+#   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
 # Environment: NATSL_COMMIT (recorded in the rows), OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
-WHAT=${WHAT:-"build tests natsl gdn"}
+WHAT=${WHAT:-"build peers tests natsl gdn"}
 LOG=$OUT/logs
 mkdir -p "$LOG"
 T0=$(date +%s)
@@ -27,21 +29,22 @@ B=build-gpu
 COMMIT=${NATSL_COMMIT:-unknown}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
 
-peers_pid=""
+# Copies of the corpora carried as .shared-data stand in for ../shared/data.
+if [ ! -d ../shared/data ] && [ -d .shared-data ]; then mkdir -p ../shared && cp -r .shared-data ../shared/data; fi
+
 if has build; then
-  (
-    if has gdn; then python3 .peers/peers.py --fla .peers/flahead --what gdn --out "$OUT" --tag _gdn >"$LOG/peer_gdn.log" 2>&1; fi
-    if has natsl; then
-      python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats --out "$OUT" --tag _nats \
-        >"$LOG/peer_nats.log" 2>&1
-    fi
-    if has flaprof; then python3 experiments/bench/fla_profile.py --fla .peers/flahead --out "$OUT" >"$LOG/fla_profile.log" 2>&1; fi
-  ) &
-  peers_pid=$!
   el "build"
-  NATSL_COMMIT=$COMMIT nice scripts/gpu_test.sh --build-only >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
+  NATSL_COMMIT=$COMMIT scripts/gpu_test.sh --build-only >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
   el "build done"
-  [ -n "$peers_pid" ] && wait "$peers_pid"
+fi
+
+# The peers run alone on the machine: their Python launches must keep ahead of the GPU (a build beside them
+# made FLA's forward 2x slower once).
+if has peers; then
+  el "peers"
+  python3 .peers/peers.py --fla .peers/flahead --what gdn --out "$OUT" --tag _gdn >"$LOG/peer_gdn.log" 2>&1
+  python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats --out "$OUT" --tag _nats \
+    >"$LOG/peer_nats.log" 2>&1
   el "peers done"
   grep -h '"name"' "$LOG"/peer_*.log 2>/dev/null | head -20
 fi
@@ -83,11 +86,23 @@ if has ops; then
   grep -E "copy|embedding|ratio" "$LOG/bench_ops.txt" | head -30
 fi
 
-if has flaprof && ! has build; then
+if has train; then
+  el "train natsl-340m"
+  rm -rf "$OUT/run-natsl"
+  timeout 300 "$B/natsl" train configs/natsl-340m.yaml train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
+    train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
+    >"$LOG/train_natsl.log" 2>&1
+  echo "train rc $?"
+  grep -vE "^\s*$" "$LOG/train_natsl.log" | tail -10
+  cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_natsl_metrics.jsonl" 2>/dev/null
+  rm -rf "$OUT/run-natsl"
+fi
+
+if has flaprof; then
   el "FLA profile"
   python3 experiments/bench/fla_profile.py --fla .peers/flahead --out "$OUT" >"$LOG/fla_profile.log" 2>&1
+  grep -E "^FLA|^ +[0-9]" "$LOG/fla_profile.log" | head -60
 fi
-if has flaprof; then grep -E "^FLA|^ +[0-9]" "$LOG/fla_profile.log" | head -60; fi
 
 if has ncu; then
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
