@@ -357,14 +357,7 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
     p.K = int(s.K);
     p.V = int(s.V);
     p.scale = float(args.scale);
-    switch (s.K) {
-      case 64: return launch<T, 1>(pl, p);
-      case 128: return launch<T, 2>(pl, p);
-      case 256:
-        if constexpr (std::is_same_v<T, bf16>) return launch<T, 4>(pl, p);
-        [[fallthrough]];
-      default: NATSL_FAIL("gdn chunk backward: unsupported K = ", s.K);
-    }
+    dispatch_kt<T>(s.K, "gdn chunk backward", [&](auto kt) { launch<T, decltype(kt)::value>(pl, p); });
   });
 }
 

@@ -2,6 +2,7 @@
 // Host side shared by the chunked GDN kernels: shape checks for the CUDA path, the device chunk/sequence
 // tables (built by a kernel from values passed by value, so nothing waits on the host), scratch tensors and
 // the prep kernel that both directions run first (gdn_prep.cu).
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -34,6 +35,20 @@ struct PrepOut {
 // Forward: solves T = (I + A)^-1 (stored to a_inv / g_cumsum when those are defined). Backward
 // (recompute = true): reads T from a_inv instead.
 PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, bool recompute);
+
+// Calls fn(std::integral_constant<int, K / 64>{}) for the head sizes the kernels are built for (K = 64, 128,
+// and 256 in bf16; the f32 path stops at 128 for shared memory); otherwise fails naming `what`.
+template <class D, class Fn>
+void dispatch_kt(int64_t K, const char* what, Fn&& fn) {
+  switch (K) {
+    case 64: return fn(std::integral_constant<int, 1>{});
+    case 128: return fn(std::integral_constant<int, 2>{});
+    case 256:
+      if constexpr (std::is_same_v<D, bf16>) return fn(std::integral_constant<int, 4>{});
+      [[fallthrough]];
+    default: NATSL_FAIL(what, ": unsupported K = ", K, " for ", dtype_name(dtype_v<D>));
+  }
+}
 
 // Largest dynamic shared memory a block may use on the current device.
 int max_smem_per_block(int device);

@@ -47,6 +47,41 @@ struct PrepParams {
   bool staged;  // prep2: bf16 w, u, p written through a shared staging tile (16-byte stores)
 };
 
+// What a prep CTA (chunk blockIdx.x, v head blockIdx.y) works on: its chunk, the first rows of its q, k, v
+// and the index of its (chunk, head) tiles in the scratch outputs.
+template <class D>
+struct PrepCta {
+  int c, hv, h, len;
+  ChunkInfo ci;
+  int64_t qk_ld, v_ld, tile_id;
+  const D *qc, *kc, *vc;
+  __device__ __forceinline__ explicit PrepCta(const PrepParams<D>& p)
+      : c(blockIdx.x), hv(blockIdx.y), h(hv / (p.HV / p.H)), len(0), ci(p.chunks[c]) {
+    len = ci.len;
+    qk_ld = int64_t(p.H) * p.K;
+    v_ld = int64_t(p.HV) * p.V;
+    tile_id = int64_t(c) * p.HV + hv;
+    qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+    kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
+    vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
+  }
+};
+
+// The chunk's gates into shared memory: gam = the cumsum of g, bet = beta (0 past the chunk's end); gam also to
+// p.gam (and p.g_cumsum when set). Ends with the barrier that makes both visible; the global writes of gam by
+// threads 0..63 come after it.
+template <class D>
+__device__ __forceinline__ void prep_gates(const PrepParams<D>& p, const PrepCta<D>& t, float* gam, float* bet) {
+  const int tid = threadIdx.x;
+  chunk_cumsum(gam, p.g + int64_t(t.ci.row0) * p.HV + t.hv, p.HV, t.len);
+  if (tid < kC) bet[tid] = tid < t.len ? p.beta[int64_t(t.ci.row0 + tid) * p.HV + t.hv] : 0.f;
+  __syncthreads();
+  if (tid < kC) {
+    p.gam[t.tile_id * kC + tid] = gam[tid];
+    if (p.g_cumsum && tid < t.len) p.g_cumsum[int64_t(t.ci.row0 + tid) * p.HV + t.hv] = gam[tid];
+  }
+}
+
 template <class D>
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -61,22 +96,10 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   float* gam = Ts + kC * fld;
   float* bet = gam + kC;
 
-  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
-  const ChunkInfo ci = p.chunks[c];
-  const int len = ci.len;
-  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
-  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
-  const int64_t tile_id = int64_t(c) * p.HV + hv;
+  const PrepCta<D> cta(p);
+  const auto& [c, hv, h, len, ci, qk_ld, v_ld, tile_id, qc, kc, vc] = cta;
 
-  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
-  if (threadIdx.x < kC) bet[threadIdx.x] = threadIdx.x < len ? p.beta[int64_t(ci.row0 + threadIdx.x) * p.HV + hv] : 0.f;
-  __syncthreads();
-  if (threadIdx.x < kC) {
-    p.gam[tile_id * kC + threadIdx.x] = gam[threadIdx.x];
-    if (p.g_cumsum && threadIdx.x < len) p.g_cumsum[int64_t(ci.row0 + threadIdx.x) * p.HV + hv] = gam[threadIdx.x];
-  }
+  prep_gates(p, cta, gam, bet);
 
   const Frag f;
   Acc kk, qk;
@@ -237,15 +260,9 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   // The f32 path (exact checks) keeps direct stores: its staging tile would not fit in Ts.
   constexpr bool kStaged = kTileBytes<D> <= kC * fld * 4;
 
-  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const PrepCta<D> cta(p);
+  const auto& [c, hv, h, len, ci, qk_ld, v_ld, tile_id, qc, kc, vc] = cta;
   const int tid = threadIdx.x;
-  const ChunkInfo ci = p.chunks[c];
-  const int len = ci.len;
-  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
-  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
-  const int64_t tile_id = int64_t(c) * p.HV + hv;
   const int VT = p.V / kC;
 
   // Group 0: all K tiles and Q tile 0; group 1: Q tile 1.
@@ -258,13 +275,7 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
     cp_async_commit();
   }
 
-  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
-  if (tid < kC) bet[tid] = tid < len ? p.beta[int64_t(ci.row0 + tid) * p.HV + hv] : 0.f;
-  __syncthreads();
-  if (tid < kC) {
-    p.gam[tile_id * kC + tid] = gam[tid];
-    if (p.g_cumsum && tid < len) p.g_cumsum[int64_t(ci.row0 + tid) * p.HV + hv] = gam[tid];
-  }
+  prep_gates(p, cta, gam, bet);
 
   const Frag f;
   Acc kk, qk;
@@ -407,15 +418,9 @@ __global__ void __launch_bounds__(kThreads, 2) prep3_kernel(PrepParams<D> p) {
   float* bet = gam + kC;
   float* ex = bet + kC;  // e_j = exp(gam_j)
 
-  const int c = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const PrepCta<D> cta(p);
+  const auto& [c, hv, h, len, ci, qk_ld, v_ld, tile_id, qc, kc, vc] = cta;
   const int tid = threadIdx.x;
-  const ChunkInfo ci = p.chunks[c];
-  const int len = ci.len;
-  const int64_t qk_ld = int64_t(p.H) * p.K, v_ld = int64_t(p.HV) * p.V;
-  const D* qc = p.q + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* kc = p.k + int64_t(ci.row0) * qk_ld + int64_t(h) * p.K;
-  const D* vc = p.v + int64_t(ci.row0) * v_ld + int64_t(hv) * p.V;
-  const int64_t tile_id = int64_t(c) * p.HV + hv;
 
   load_tile<D>(Tt, p.a_inv + (int64_t(ci.row0) * p.HV + hv) * kC, int64_t(p.HV) * kC, len);
 #pragma unroll
@@ -427,14 +432,8 @@ __global__ void __launch_bounds__(kThreads, 2) prep3_kernel(PrepParams<D> p) {
   for (int vt = 0; vt < VT; ++vt) load_tile<D>(Vs + vt * TE, vc + vt * kC, v_ld, len);
   cp_async_commit();
 
-  chunk_cumsum(gam, p.g + int64_t(ci.row0) * p.HV + hv, p.HV, len);
-  if (tid < kC) bet[tid] = tid < len ? p.beta[int64_t(ci.row0 + tid) * p.HV + hv] : 0.f;
-  __syncthreads();
-  if (tid < kC) {
-    p.gam[tile_id * kC + tid] = gam[tid];
-    if (p.g_cumsum && tid < len) p.g_cumsum[int64_t(ci.row0 + tid) * p.HV + hv] = gam[tid];
-    ex[tid] = __expf(gam[tid]);
-  }
+  prep_gates(p, cta, gam, bet);
+  if (tid < kC) ex[tid] = __expf(gam[tid]);
   cp_async_wait<2>();
   __syncthreads();
   for (int idx = tid; idx < kC * kC; idx += kThreads) {

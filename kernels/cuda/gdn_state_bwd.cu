@@ -44,35 +44,15 @@ constexpr int state_bwd_smem() {
   return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4 + STAGES * 8;
 }
 
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-}
-// Global -> shared bulk copy of `bytes` (multiple of 16, both addresses 16-byte aligned), completing on bar.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
+// The mbarrier and bulk-copy primitives are gdn_state_fwd.cuh's (mbar_init1, mbar_arrive_expect,
+// mbar_wait_parity, bulk_g2s).
 // One row of a tile: bulk-copied when valid, else zeroed by ordinary stores (the readers see it after the
 // barrier that precedes them).
 template <class D, int COLS>
 __device__ __forceinline__ void bulk_row(D* dst, const D* src, bool valid, uint64_t* bar) {
   constexpr uint32_t bytes = COLS * sizeof(D);
   if (valid) {
-    bulk_copy(dst, src, bytes, bar);
+    bulk_g2s(dst, src, bytes, bar);
   } else {
 #pragma unroll
     for (uint32_t i = 0; i < bytes / 16; ++i) reinterpret_cast<uint4*>(dst)[i] = make_uint4(0, 0, 0, 0);
@@ -129,19 +109,12 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
   const Frag f;
 
   Acc dacc[KT];
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dacc[kt][nt][e] =
-            p.dht ? p.dht[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
+  load_state<KT>(dacc, f, p.dht ? p.dht + (int64_t(n) * p.HV + hv) * p.K * p.V : nullptr, p.V, c0);
 
   if constexpr (BULK) {
     if (threadIdx.x == 0) {
 #pragma unroll
-      for (int s = 0; s < STAGES; ++s) mbar_init(bar + s);
+      for (int s = 0; s < STAGES; ++s) mbar_init1(bar + s);
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -156,7 +129,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
       constexpr uint32_t row = kC * sizeof(D);
       const uint32_t bytes = uint32_t(len) * (2 * KT * row + VW * sizeof(D)) + (KT + 1) * kC * row + kC * 4;
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      if (lane == 0) mbar_expect(bar + s, bytes);
+      if (lane == 0) mbar_arrive_expect(bar + s, bytes);
       __syncwarp();
       const D* kq0 = p.k + int64_t(row0) * qk_ld + int64_t(h) * p.K;
       const D* q0 = p.q + int64_t(row0) * qk_ld + int64_t(h) * p.K;
@@ -174,7 +147,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
         bulk_row<D, 64>(Pt(s) + r * ld, p0 + r * kC, true, bar + s);
         bulk_row<D, VW>(DOt(s) + r * ld, do0 + r * v_ld, ok, bar + s);
       }
-      if (lane == 0) bulk_copy(G + s * kC, p.gam + tile_id * kC, kC * 4, bar + s);
+      if (lane == 0) bulk_g2s(G + s * kC, p.gam + tile_id * kC, kC * 4, bar + s);
     } else {
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
@@ -224,7 +197,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
       __syncthreads();
       issue_pf(ci, 0);
     }
-    if constexpr (BULK) mbar_wait(bar + s, uint32_t(it / STAGES) & 1u);
+    if constexpr (BULK) mbar_wait_parity(bar + s, uint32_t(it / STAGES) & 1u);
     else cp_async_wait<0>();
     __syncthreads();
     if (STAGES == 2 && ci > 0) issue_pf(ci - 1, s ^ 1);
@@ -411,14 +384,7 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
 
 template <class D>
 void run_kt(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, StateLayout lay) {
-  switch (pl.s.K) {
-    case 64: return launch_vw<D, 1>(pl, p, pf, lay);
-    case 128: return launch_vw<D, 2>(pl, p, pf, lay);
-    case 256:
-      if constexpr (std::is_same_v<D, bf16>) return launch_vw<D, 4>(pl, p, pf, lay);
-      [[fallthrough]];
-    default: NATSL_FAIL("gdn reverse state pass: unsupported K = ", pl.s.K);
-  }
+  dispatch_kt<D>(pl.s.K, "gdn reverse state pass", [&](auto kt) { launch_vw<D, decltype(kt)::value>(pl, p, pf, lay); });
 }
 
 }  // namespace

@@ -137,14 +137,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdPa
 
   const Frag f;
   Acc hacc[KT];
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        hacc[kt][nt][e] =
-            p.h0 ? p.h0[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
+  load_state<KT>(hacc, f, p.h0 ? p.h0 + (int64_t(n) * p.HV + hv) * p.K * p.V : nullptr, p.V, c0);
   for (int ci = 0; ci < nch; ++ci) {
     const int s = ci % STAGES;
     mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
@@ -207,14 +200,7 @@ void launch_vw(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
 template <class D, bool OUT>
 void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
   if (lay.split && !OUT) lay.stages = lay.split_stages;
-  switch (pl.s.K) {
-    case 64: return launch_vw<D, 1, OUT>(pl, p, lay);
-    case 128: return launch_vw<D, 2, OUT>(pl, p, lay);
-    case 256:
-      if constexpr (std::is_same_v<D, bf16>) return launch_vw<D, 4, OUT>(pl, p, lay);
-      [[fallthrough]];
-    default: NATSL_FAIL("gdn state pass: unsupported K = ", pl.s.K, " for ", dtype_name(dtype_v<D>));
-  }
+  dispatch_kt<D>(pl.s.K, "gdn state pass", [&](auto kt) { launch_vw<D, decltype(kt)::value, OUT>(pl, p, lay); });
 }
 
 // H200 (bf16, K = 128, V = 256): state pass + output 1.245 -> 1.095 ms at B2 T16384 (vt32), 0.709 -> 0.710 at B8
@@ -314,14 +300,7 @@ void run_chunk_out(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   p.K = int(s.K);
   p.V = int(s.V);
   p.scale = float(args.scale);
-  switch (s.K) {
-    case 64: return launch_chunk_out<D, 1>(pl, p);
-    case 128: return launch_chunk_out<D, 2>(pl, p);
-    case 256:
-      if constexpr (std::is_same_v<D, bf16>) return launch_chunk_out<D, 4>(pl, p);
-      [[fallthrough]];
-    default: NATSL_FAIL("gdn output: unsupported K = ", s.K, " for ", dtype_name(dtype_v<D>));
-  }
+  dispatch_kt<D>(s.K, "gdn output", [&](auto kt) { launch_chunk_out<D, decltype(kt)::value>(pl, p); });
 }
 
 }  // namespace

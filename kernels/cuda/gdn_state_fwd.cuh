@@ -191,14 +191,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
   const Frag f;
 
   Acc hacc[KT];
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        hacc[kt][nt][e] =
-            p.h0 ? p.h0[((int64_t(n) * p.HV + hv) * p.K + kt * kC + f.row(e)) * p.V + c0 + f.col(nt, e)] : 0.f;
+  load_state<KT>(hacc, f, p.h0 ? p.h0 + (int64_t(n) * p.HV + hv) * p.K * p.V : nullptr, p.V, c0);
 
   // L2 prefetch of chunk ci's tiles: K (and Q) rows by threads 0..63, this CTA's U row pieces by 64..127, the
   // contiguous W, P tiles and gam by thread 0.

@@ -175,6 +175,19 @@ __device__ __forceinline__ float sum_slots(const float* slots, int i) {
   return s;
 }
 
+// A state tile of one (sequence, v head) into the accumulators: rows kt * 64 + .. of the f32 [K, V] matrix at
+// src (already offset to its (sequence, head)), this CTA's columns c0 ..; zeros where src is null.
+template <int KT>
+__device__ __forceinline__ void load_state(Acc (&a)[KT], const Frag& f, const float* src, int V, int c0) {
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        a[kt][nt][e] = src ? src[int64_t(kt * kC + f.row(e)) * V + c0 + f.col(nt, e)] : 0.f;
+}
+
 // ---- tensor-core primitives (bf16) ----
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
