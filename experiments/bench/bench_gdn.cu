@@ -50,7 +50,8 @@ struct Variant {
 const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "NATSL_GDN_JOINT",
                                  "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
                                  "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
-                                 "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2"};
+                                 "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2",
+                                 "NATSL_GDN_OUT"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"prep2", {{"NATSL_GDN_PREP", "2"}}, false},
@@ -74,6 +75,8 @@ const std::vector<Variant> kVariants = {
     {"fused_ws_vt32", {{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"fused_ws_vt64", {{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"split_s3_ws", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "1"}}, true},
+    {"split_s3_ws_out2", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "1"},
+                          {"NATSL_GDN_OUT", "2"}}, true},
     {"split_s4_ws", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_WS", "1"}}, true},
     {"split_s4_ws_vt64", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_WS", "1"},
                           {"NATSL_GDN_VTILE", "64"}}, true},

@@ -345,6 +345,8 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_FWD_BULK=1  bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
 //   NATSL_GDN_WS=0|1      bf16: warp-specialised pass (one extra warp issues all the loads; mbarriers);
 //                         default on
+//   NATSL_GDN_OUT=1|2     the split layout's output kernel: one CTA per (chunk, head, V tile) (1, default) or
+//                         per (chunk, head) looping over the V tiles, Q and P read once (2; not yet timed)
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 // And for every pass (forward, reverse, joint):
 //   NATSL_GDN_OCC2=0|1    one stage and registers capped for two CTAs per SM (the plain cp.async kernels;

@@ -195,6 +195,9 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
+  // The output kernel looping over the V tiles (NATSL_GDN_OUT=2), after either split pass.
+  check_with_env({{"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
 }
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
