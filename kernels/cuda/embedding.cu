@@ -34,11 +34,14 @@
 // than CUB's onesweep here. Per-kernel times (Nsight Compute) are needed before tuning it further.
 // Variant 4 (an experiment): v3's segments, an accumulation task of twice the columns per warp (two 16-byte
 // vectors per lane and row: twice the loads in flight, half the tasks). Same order of additions: the same
-// bits. Measured 2.51x the copy with 64 registers (it spilled); now given 128, not measured since.
+// bits. Measured 2.51x the copy with 64 registers (it spilled); with 128 registers 1.83x (3d70c469).
+// Variant 5 (an experiment, not yet run on a GPU): v2 with a smaller onesweep tile for CUB's radix sort
+// (WideSortHub below: 64 CTAs a pass instead of ~17 at 131072 keys). The same sort: v2's bits.
 // The default is in variant.h.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/dispatch/dispatch_radix_sort.cuh>
 
 #include <algorithm>
 
@@ -330,8 +333,48 @@ void sort_keys(const K* in, K* out, int64_t n, int begin, int end, Device d, cud
   NATSL_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.data_ptr(), temp_bytes, in, out, int(n), begin, end, s));
 }
 
+// v5: v2 with a keys-only 32-bit radix sort whose onesweep tile is smaller than CUB's sm_90 default. CUB's tile
+// is 384 threads x 20 keys = 7680 keys, so 131072 keys make only ~17 CTAs and each of the two passes took 12.5 us
+// on the H200 (Nsight Compute, 2026-11-28); 256 x 8 = 2048 keys a tile gives 64. Every other policy is CUB's own
+// for sm_90. The sort is the same stable LSD sort, so the keys, starts and sums are v2's bit for bit.
+struct WideSortHub {
+  using Base = cub::detail::radix::policy_hub<uint32_t, cub::NullType, int>::Policy900;
+  struct Policy : cub::ChainedPolicy<900, Policy, Policy> {
+    static constexpr bool ONESWEEP = true;
+    static constexpr int ONESWEEP_RADIX_BITS = Base::ONESWEEP_RADIX_BITS;
+    using HistogramPolicy = Base::HistogramPolicy;
+    using ExclusiveSumPolicy = Base::ExclusiveSumPolicy;
+    using OnesweepPolicy =
+        cub::AgentRadixSortOnesweepPolicy<256, 8, uint32_t, 1, cub::RADIX_RANK_MATCH_EARLY_COUNTS_ANY,
+                                          cub::BLOCK_SCAN_RAKING_MEMOIZE, cub::RADIX_SORT_STORE_DIRECT,
+                                          ONESWEEP_RADIX_BITS>;
+    using ScanPolicy = Base::ScanPolicy;
+    using DownsweepPolicy = Base::DownsweepPolicy;
+    using AltDownsweepPolicy = Base::AltDownsweepPolicy;
+    using UpsweepPolicy = Base::UpsweepPolicy;
+    using AltUpsweepPolicy = Base::AltUpsweepPolicy;
+    using SingleTilePolicy = Base::SingleTilePolicy;
+    using SegmentedPolicy = Base::SegmentedPolicy;
+    using AltSegmentedPolicy = Base::AltSegmentedPolicy;
+  };
+  using MaxPolicy = Policy;
+};
+
+void sort_keys_wide(const uint32_t* in, uint32_t* out, int64_t n, int begin, int end, Device d, cudaStream_t s) {
+  using Dispatch = cub::DispatchRadixSort<cub::SortOrder::Ascending, uint32_t, cub::NullType, int,
+                                          cub::detail::identity_decomposer_t, WideSortHub>;
+  cub::DoubleBuffer<uint32_t> keys(const_cast<uint32_t*>(in), out);
+  cub::DoubleBuffer<cub::NullType> values;
+  size_t temp_bytes = 0;
+  NATSL_CUDA_CHECK(Dispatch::Dispatch(nullptr, temp_bytes, keys, values, int(n), begin, end, false, s));
+  Tensor temp = Tensor::empty({int64_t(temp_bytes) + 1}, DType::u8, d);
+  NATSL_CUDA_CHECK(Dispatch::Dispatch(temp.data_ptr(), temp_bytes, keys, values, int(n), begin, end, false, s));
+}
+
+// wide_sort (v5, 32-bit keys only): sort_keys_wide instead of CUB's default policy.
 template <class K>
-void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, EmbeddingBwdSegments& seg) {
+void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, EmbeddingBwdSegments& seg,
+                 bool wide_sort = false) {
   const int64_t n = seg.n;
   const int shift = seg.pos_bits;
   constexpr DType kd = sizeof(K) == 4 ? DType::i32 : DType::i64;
@@ -344,7 +387,12 @@ void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
                                                                         shift, in);
   });
   NATSL_CUDA_CHECK_LAUNCH();
-  sort_keys<K>(in, out, n, shift, shift + bits_for(V), d, s);
+  if constexpr (std::is_same_v<K, uint32_t>) {
+    if (wide_sort) sort_keys_wide(in, out, n, shift, shift + bits_for(V), d, s);
+    else sort_keys<K>(in, out, n, shift, shift + bits_for(V), d, s);
+  } else {
+    sort_keys<K>(in, out, n, shift, shift + bits_for(V), d, s);
+  }
   seg.aux = Tensor::empty({V + 1}, DType::i32, d);
   segment_starts_v2_kernel<K><<<grid_for(d.index, n + 1, 256), 256, 0, s>>>(out, n, shift, V, seg.aux.data<int32_t>());
   NATSL_CUDA_CHECK_LAUNCH();
@@ -620,8 +668,8 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int variant) {
-  NATSL_CHECK(variant >= 0 && variant <= 4, "embedding_bwd: unknown kernel variant ", variant, " (",
-              kVariantEmbeddingBwd, " must be 0 to 4)");
+  NATSL_CHECK(variant >= 0 && variant <= 5, "embedding_bwd: unknown kernel variant ", variant, " (",
+              kVariantEmbeddingBwd, " must be 0 to 5)");
   EmbeddingBwdSegments seg;
   seg.variant = variant;
   seg.n = ids.numel();
@@ -631,7 +679,7 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
   if (n == 0) return seg;
   const Device d = ids.device();
   cudaStream_t s = activate(d.index);
-  if (variant >= 3 && bits_for(V) <= kMaxBucketBits + kMaxLowBits) {
+  if ((variant == 3 || variant == 4) && bits_for(V) <= kMaxBucketBits + kMaxLowBits) {
     const int pos_bits = bits_for(n), id_bits = bits_for(V);
     seg.pos_bits = pos_bits;
     if (pos_bits + id_bits <= 32) {
@@ -641,12 +689,12 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
       seg.key_bits = 64;
       segments_v3<uint64_t>(ids, V, id_bits, d, s, seg);
     }
-  } else if (variant >= 2) {  // v3, v4 with more than 2^21 ids: v2's segments (the same keys and starts)
+  } else if (variant >= 2) {  // v2, v5; v3, v4 with more than 2^21 ids: v2's segments (the same keys and starts)
     const int pos_bits = bits_for(n);
     if (pos_bits + bits_for(V) <= 32) {
       seg.pos_bits = pos_bits;
       seg.key_bits = 32;
-      segments_v2<uint32_t>(ids, V, d, s, seg);
+      segments_v2<uint32_t>(ids, V, d, s, seg, /*wide_sort=*/variant == 5);
     } else {
       seg.pos_bits = 32;
       seg.key_bits = 64;

@@ -16,10 +16,10 @@ struct EmbeddingBwdSegments {
   int variant = 0;
   int64_t n = 0, V = 0;
   // v0: sorted ids (i32) | v1: sorted 64-bit keys id << 32 | position |
-  // v2, v3, v4: sorted keys id << pos_bits | position, 32-bit when they fit (key_bits 32), else 64-bit
-  // (v3, v4 build them without CUB's device radix sort; the same keys).
+  // v2 to v5: sorted keys id << pos_bits | position, 32-bit when they fit (key_bits 32), else 64-bit
+  // (v3, v4 build them without CUB's device radix sort, v5 with a smaller CUB onesweep tile; the same keys).
   Tensor keys;
-  // v0: the positions in sorted order (i32) | v1 to v4: segment starts (i32, V + 1): id v owns sorted
+  // v0: the positions in sorted order (i32) | v1 to v5: segment starts (i32, V + 1): id v owns sorted
   // entries [starts[v], starts[v + 1]).
   Tensor aux;
   int pos_bits = 32, key_bits = 64;
