@@ -229,6 +229,28 @@ constexpr int chunk_out_smem() {
   return (2 * KT + 2) * kTileBytes<D> + kC * 4;
 }
 
+// One output tile (64 tokens x 64 columns of V) from shared tiles: a = scale diag(e) Q h + p v_new, Q and h as
+// KT 64x64 tiles, G the chunk's gamma row, rows >= len zero.
+template <class D, int KT>
+__device__ __forceinline__ void chunk_out_tile(Acc& a, const Frag& f, const D* Qs, const D* Hs, const D* Ps,
+                                               const D* Vn, const float* G, int len, float scale) {
+  constexpr int TE = kC * kLd<D>;
+  zero(a);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = f.row(2 * hh);
+    const float sc = i < len ? scale * __expf(G[i]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      a[nt][2 * hh] *= sc;
+      a[nt][2 * hh + 1] *= sc;
+    }
+  }
+  tile_mma<false, false>(a, Ps, Vn);
+}
+
 template <class D, int KT>
 __global__ void __launch_bounds__(kThreads) chunk_out_kernel(ChunkOutParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -254,20 +276,7 @@ __global__ void __launch_bounds__(kThreads) chunk_out_kernel(ChunkOutParams<D> p
   __syncthreads();
   const Frag f;
   Acc a;
-  zero(a);
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int i = f.row(2 * hh);
-    const float sc = i < ci.len ? p.scale * __expf(G[i]) : 0.f;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      a[nt][2 * hh] *= sc;
-      a[nt][2 * hh + 1] *= sc;
-    }
-  }
-  tile_mma<false, false>(a, Ps, Vs);
+  chunk_out_tile<D, KT>(a, f, Qs, Hs, Ps, Vs, G, ci.len, p.scale);
   D* og = p.o + (int64_t(ci.row0) * p.HV + hv) * p.V + c0;
   const int64_t o_ld = int64_t(p.HV) * p.V;
   if constexpr (std::is_same_v<D, bf16>) acc_to_global_staged<D>(a, f, Qs, og, o_ld, ci.len, kThreads);
@@ -323,20 +332,7 @@ __global__ void __launch_bounds__(kThreads) chunk_out2_kernel(ChunkOutParams<D> 
     __syncthreads();
     const D* Hs = buf + (vt & 1) * (KT + 1) * TE;
     Acc a;
-    zero(a);
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int i = f.row(2 * hh);
-      const float sc = i < ci.len ? p.scale * __expf(G[i]) : 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        a[nt][2 * hh] *= sc;
-        a[nt][2 * hh + 1] *= sc;
-      }
-    }
-    tile_mma<false, false>(a, Ps, Hs + KT * TE);
+    chunk_out_tile<D, KT>(a, f, Qs, Hs, Ps, Hs + KT * TE, G, ci.len, p.scale);
     if constexpr (std::is_same_v<D, bf16>) acc_to_global_staged<D>(a, f, stage, og + vt * kC, o_ld, ci.len, kThreads);
     else {
       acc_to_global<D>(a, f, og + vt * kC, o_ld, ci.len);
