@@ -143,11 +143,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
 
-  nlohmann::json peer;
-  if (!peer_file.empty()) {
-    std::ifstream f(peer_file);
-    if (f) peer = nlohmann::json::parse(f);
-  }
+  const nlohmann::json peer = bench::read_peer_file(peer_file);
   auto peer_ms = [&](const std::string& name, int64_t B, int64_t T) -> double {
     if (!peer.contains("rows")) return -1;
     for (auto& r : peer["rows"])

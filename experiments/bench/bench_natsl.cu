@@ -180,18 +180,7 @@ int main(int argc, char** argv) {
   NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
 
   // The peer's rows; a missing or unreadable file leaves the peer columns at -1 (peers.py may have failed).
-  nlohmann::json peer;
-  if (!peer_file.empty()) {
-    std::ifstream f(peer_file);
-    if (!f) std::fprintf(stderr, "warning: cannot open peer file %s: no peer figures\n", peer_file.c_str());
-    else {
-      try {
-        peer = nlohmann::json::parse(f);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "warning: peer file %s is not JSON (%s): no peer figures\n", peer_file.c_str(), e.what());
-      }
-    }
-  }
+  const nlohmann::json peer = bench::read_peer_file(peer_file);
   auto peer_ms = [&](const std::string& name, const Point& p) -> double {
     if (!peer.is_object() || !peer.contains("rows")) return -1;
     for (auto& r : peer["rows"])

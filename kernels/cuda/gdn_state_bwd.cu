@@ -60,11 +60,6 @@ __device__ __forceinline__ void bulk_row(D* dst, const D* src, bool valid, uint6
 }
 
 // Asks L2 to fetch [ptr, ptr + bytes) (16-byte aligned, bytes a multiple of 16); nothing waits for it.
-__device__ __forceinline__ void l2_prefetch(const void* ptr, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(bytes) : "memory");
-#endif
-}
 
 // Copies the first COLS columns of a shared 64-row tile to g (row pitch gld) in 16-byte pieces, negated
 // (sign bits flipped: exact) when negate.
@@ -171,16 +166,16 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     if (t < kC) {
       if (t < len) {
         const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
-        l2_prefetch(p.k + off, uint32_t(p.K) * sizeof(D));
-        l2_prefetch(p.q + off, uint32_t(p.K) * sizeof(D));
+        prefetch_l2(p.k + off, p.K * int(sizeof(D)));
+        prefetch_l2(p.q + off, p.K * int(sizeof(D)));
       }
     } else if (t < 2 * kC) {
-      if (t - kC < len) l2_prefetch(p.dout + int64_t(row0 + t - kC) * v_ld + int64_t(hv) * p.V + c0, VW * sizeof(D));
+      if (t - kC < len) prefetch_l2(p.dout + int64_t(row0 + t - kC) * v_ld + int64_t(hv) * p.V + c0, VW * int(sizeof(D)));
     }
     if (t == 0) {
-      l2_prefetch(p.w + tile_id * kC * p.K, uint32_t(kC * p.K) * sizeof(D));
-      l2_prefetch(p.p + tile_id * kC * kC, kC * kC * sizeof(D));
-      l2_prefetch(p.gam + tile_id * kC, kC * 4);
+      prefetch_l2(p.w + tile_id * kC * p.K, kC * p.K * int(sizeof(D)));
+      prefetch_l2(p.p + tile_id * kC * kC, kC * kC * int(sizeof(D)));
+      prefetch_l2(p.gam + tile_id * kC, kC * 4);
     }
   };
   auto issue_pf = [&](int ci, int s) {
