@@ -16,7 +16,7 @@
 #   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
-# Environment: NATSL_COMMIT (recorded in the rows), OUT.
+# Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats").
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
 WHAT=${WHAT:-"build peers tests natsl gdn"}
@@ -42,9 +42,12 @@ fi
 # made FLA's forward 2x slower once).
 if has peers; then
   el "peers"
-  python3 .peers/peers.py --fla .peers/flahead --what gdn --out "$OUT" --tag _gdn >"$LOG/peer_gdn.log" 2>&1
-  python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats --out "$OUT" --tag _nats \
-    >"$LOG/peer_nats.log" 2>&1
+  PEERS=${PEERS:-"gdn nats"}
+  [[ " $PEERS " == *" gdn "* ]] &&
+    python3 .peers/peers.py --fla .peers/flahead --what gdn --out "$OUT" --tag _gdn >"$LOG/peer_gdn.log" 2>&1
+  [[ " $PEERS " == *" nats "* ]] &&
+    python3 .peers/peers.py --fla .peers/flanats --nats .peers/nats --what nats --out "$OUT" --tag _nats \
+      >"$LOG/peer_nats.log" 2>&1
   el "peers done"
   grep -h '"name"' "$LOG"/peer_*.log 2>/dev/null | head -20
 fi
