@@ -203,9 +203,11 @@ void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
   dispatch_kt<D>(pl.s.K, "gdn state pass", [&](auto kt) { launch_vw<D, decltype(kt)::value, OUT>(pl, p, lay); });
 }
 
-// H200 (bf16, K = 128, V = 256): state pass + output 1.245 -> 1.095 ms at B2 T16384 (vt32), 0.709 -> 0.710 at B8
-// T4096 (vt64): the loads no longer stall the compute warps where one wave of CTAs is latency bound.
-constexpr int kWsDefault = 1;
+// H200 (bf16, K = 128, V = 256): the warp-specialised pass took state pass + output from 1.245 to 1.095 ms at B2
+// T16384 (vt32) when the compute warps rounded to bf16 in integer code. Since the rounding is one instruction
+// (9ad7d98b) the plain pass is the faster one there: 0.709 against 0.940 (fused) and 0.857 (split); at B8 T4096
+// both run the occ2 layout (0.355).
+constexpr int kWsDefault = 0;
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -343,8 +345,10 @@ __global__ void __launch_bounds__(kThreads) chunk_out2_kernel(ChunkOutParams<D> 
 
 template <class D, int KT>
 void launch_chunk_out(const Plan& pl, const ChunkOutParams<D>& p) {
+  // One CTA per (chunk, head) unless NATSL_GDN_OUT=1. H200 (9ad7d98b), split pass + output: B2 T16384 0.857 ->
+  // 0.811 ms, B8 T4096 0.557 -> 0.508.
   const char* e = std::getenv("NATSL_GDN_OUT");
-  if (e && std::strcmp(e, "2") == 0 && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index)) {
+  if (!(e && std::strcmp(e, "1") == 0) && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index)) {
     constexpr int smem = chunk_out2_smem<D, KT>();
     auto kern = chunk_out2_kernel<D, KT>;
     NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -394,10 +398,9 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   if (st == 1 || st == 2) lay.stages = st;
   if (pl.s.V % lay.vw != 0) lay.vw = 64;
   lay.l2pf = std::max(0, env_int("NATSL_GDN_L2PF", 0));
-  // The forward with an output (H200, K = 128, V = 256): the split pays when the pass is one wave of CTAs, each
-  // step latency bound (B2 T16384: pass + output 1.09 -> 1.01 ms with the warp-specialised pass) and costs when
-  // there are several waves (B8 T4096: 0.71 -> 0.79).
-  lay.split = env_int("NATSL_GDN_SPLIT", one_wave ? 1 : 0) != 0;
+  // Since 9ad7d98b the plain fused pass is faster at both shapes: B2 0.709 against split 0.857 (0.811 with
+  // NATSL_GDN_OUT=2), B8 0.355 against 0.557. The split stays selectable.
+  lay.split = env_int("NATSL_GDN_SPLIT", 0) != 0;
   const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
   lay.diag = env_int("NATSL_GDN_DIAG", 0);

@@ -341,12 +341,12 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_L2PF=n      prefetch into L2 the tiles of the chunk n beyond the last one in flight (0: off)
 //   NATSL_GDN_SPLIT=0|1   FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
 //                         NATSL_GDN_SPLIT_STAGES=2|3|4, default 3) and a chunk-parallel kernel computes the
-//                         output; default on when the 32-wide pass is one wave of CTAs
+//                         output; default off (the fused pass is faster at both benchmark shapes)
 //   NATSL_GDN_FWD_BULK=1  bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
 //   NATSL_GDN_WS=0|1      bf16: warp-specialised pass (one extra warp issues all the loads; mbarriers);
-//                         default on
-//   NATSL_GDN_OUT=1|2     the split layout's output kernel: one CTA per (chunk, head, V tile) (1, default) or
-//                         per (chunk, head) looping over the V tiles, Q and P read once (2; not yet timed)
+//                         default off
+//   NATSL_GDN_OUT=1|2     the split layout's output kernel: one CTA per (chunk, head, V tile) (1) or per
+//                         (chunk, head) looping over the V tiles, Q and P read once (2, default)
 //   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
 // And for every pass (forward, reverse, joint):
 //   NATSL_GDN_OCC2=0|1    one stage and registers capped for two CTAs per SM (the plain cp.async kernels;

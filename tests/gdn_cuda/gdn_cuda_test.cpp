@@ -195,8 +195,10 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
-  // The output kernel looping over the V tiles (NATSL_GDN_OUT=2), after either split pass.
-  check_with_env({{"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  // Both output kernels after either split pass: one CTA per V tile (NATSL_GDN_OUT=1), or looping over the V
+  // tiles (2, the default the split rows above ran).
+  check_with_env({{"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
   check_with_env({{"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
 }
 
