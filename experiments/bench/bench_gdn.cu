@@ -51,7 +51,7 @@ const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "N
                                  "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
                                  "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
                                  "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2",
-                                 "NATSL_GDN_OUT"};
+                                 "NATSL_GDN_OUT", "NATSL_GDN_TMA", "NATSL_GDN_TMA_STAGES"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"prep2", {{"NATSL_GDN_PREP", "2"}}, false},
@@ -72,6 +72,10 @@ const std::vector<Variant> kVariants = {
     {"split_s3_vt32", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_WS", "0"}}, true},
     {"fused_ws", {{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"fused_no_ws", {{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
+    {"tma", {{"NATSL_GDN_TMA", "1"}}, true},
+    {"tma_s2", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "2"}}, true},
+    {"tma_vt32", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}}, true},
+    {"tma_vt64", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}}, true},
     {"fused_ws_vt32", {{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"fused_ws_vt64", {{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"split_s3_ws", {{"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "1"}}, true},

@@ -57,18 +57,8 @@ void launch_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
 // warps have released it (mbarrier empty[s], one arrival per compute warp), and its cp.async completions arrive
 // on full[s] (cp.async.mbarrier.arrive.noinc, one per producer lane). The compute warps synchronise among
 // themselves with named barrier 1.
-__device__ __forceinline__ void mbar_init_count(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
 __device__ __forceinline__ void cp_async_arrive_noinc(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-template <int NTH>
-__device__ __forceinline__ void compute_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(NTH) : "memory");
 }
 // load_tile_n for one warp (lane = 0..31).
 template <class E, int COLS>
@@ -179,6 +169,8 @@ bool launch_ws_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
 // Bulk copies and the warp-specialised pass only for bf16 (the f32 path exists for exact checks).
 template <class D, int KT, bool OUT, int VW>
 void launch_bulk(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
+  if constexpr (std::is_same_v<D, bf16> && OUT)
+    if (lay.tma && launch_state_fwd_tma(pl, p, VW, lay.tma_stages)) return;
   // Two CTAs per SM: one stage (no prefetch inside a CTA; the other CTA's step overlaps its loads).
   if constexpr (smem_of<D, KT, 1, OUT, false>() <= 113 * 1024)
     if (lay.occ2 && 2 * (smem_of<D, KT, 1, OUT, false>() + 1024) <= max_smem_per_sm(pl.dev.index))
@@ -409,6 +401,8 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   // H200, B8 T4096 (192 CTAs of the 64-wide pass on 132 SMs): state pass + output 0.705 -> 0.538 ms, the
   // backward's joint passes 1.03 -> 0.87; at B2 T16384 (one wave already) it costs (1.01 -> 1.32).
   lay.occ2 = env_int("NATSL_GDN_OCC2", ctas_per_vtile64 > sms ? 1 : 0) != 0;
+  lay.tma = env_int("NATSL_GDN_TMA", 0) != 0;
+  if (env_int("NATSL_GDN_TMA_STAGES", 0) == 2) lay.tma_stages = 2;
   return lay;
 }
 

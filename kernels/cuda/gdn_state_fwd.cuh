@@ -82,20 +82,50 @@ __device__ __forceinline__ void mbar_wait_parity(uint64_t* bar, uint32_t parity)
         "{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2; selp.u32 %0, 1, 0, q; }\n"
         : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
 }
+__device__ __forceinline__ void mbar_init_count(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// The barrier among the NTH compute threads of a warp-specialised kernel (named barrier 1; the loading warp
+// does not take part).
+template <int NTH>
+__device__ __forceinline__ void compute_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(NTH) : "memory");
+}
 __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
                    smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar))
                : "memory");
 }
 
-// One chunk step of the pass (steps 1-4 above) on the chunk's tiles in `stage` (the ST tiles of
-// state_fwd_stage_tiles: W, K, (Q,) U, (P)) and its gamma row g. sync() is the barrier among the threads
-// that run the step (the whole CTA, or the compute warps of the warp-specialised kernel).
-template <class D, int KT, bool OUT, class Sync>
-__device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (&hacc)[KT], const D* stage, D* Hs,
-                                               const float* g, int c, int row0, int len, int hv, int c0, Sync sync) {
+// Where a step finds its chunk's tiles (W, K, (Q,) U, (P)) and how they are laid out. PaddedStage: the ST
+// padded tiles of state_fwd_stage_tiles, one after the other (cp.async and per-row bulk loads).
+template <class D, int KT, bool OUT>
+struct PaddedStage {
+  using LT = PaddedTile<D>;  // layout of the W, K, Q, P tiles
+  using LU = PaddedTile<D>;  // layout of the U tile
+  static constexpr int TE = kC * kLd<D>;
+  const D* base;
+  __device__ __forceinline__ const D* W(int kt) const { return base + kt * TE; }
+  __device__ __forceinline__ const D* K(int kt) const { return base + (KT + kt) * TE; }
+  __device__ __forceinline__ const D* Q(int kt) const { return base + (2 * KT + kt) * TE; }
+  __device__ __forceinline__ const D* U() const { return base + (OUT ? 3 : 2) * KT * TE; }
+  __device__ __forceinline__ const D* P() const { return U() + TE; }
+};
+
+// One chunk step of the pass (steps 1-4 above) on the chunk's tiles (the stage view st) and its gamma row g.
+// sync() is the barrier among the threads that run the step (the whole CTA, or the compute warps of the
+// warp-specialised kernels).
+template <class D, int KT, bool OUT, class Stage, class Sync>
+__device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Acc (&hacc)[KT], const Stage& st,
+                                                  D* Hs, const float* g, int c, int row0, int len, int hv, int c0,
+                                                  Sync sync) {
+  using LT = typename Stage::LT;
+  using LU = typename Stage::LU;
+  using LP = PaddedTile<D>;
   constexpr int TE = kC * kLd<D>;
-  constexpr int ld = kLd<D>;
   D* Vn = Hs + KT * TE;
   D* Vs = Vn + TE;
   const Frag f;
@@ -117,15 +147,15 @@ __device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (
   if constexpr (OUT) zero(ao);
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
-    tile_mma<false, false>(av, (stage + kt * TE), Hs + kt * TE);
-    if constexpr (OUT) tile_mma<false, false>(ao, (stage + (2 * KT + kt) * TE), Hs + kt * TE);
+    tile_mma<false, false, D, LT, LP>(av, st.W(kt), Hs + kt * TE);
+    if constexpr (OUT) tile_mma<false, false, D, LT, LP>(ao, st.Q(kt), Hs + kt * TE);
   }
-  const D* U = stage + (OUT ? 3 : 2) * KT * TE;
+  const D* U = st.U();
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      const float2 uu = load2<D>(U + f.row(2 * hh) * ld + f.col(nt, 0));
+      const float2 uu = load2<D>(U + LU::off(f.row(2 * hh), f.col(nt, 0)));
       av[nt][2 * hh] = uu.x - av[nt][2 * hh];
       av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
     }
@@ -144,7 +174,7 @@ __device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) hacc[kt][nt][e] *= eL;
-    tile_mma<true, false>(hacc[kt], (stage + (KT + kt) * TE), Vs);
+    tile_mma<true, false, D, LT, LP>(hacc[kt], st.K(kt), Vs);
   }
 
   // 4. o = scale e_i (q h_n)_i + p v_new
@@ -159,9 +189,16 @@ __device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (
         ao[nt][2 * hh + 1] *= sc;
       }
     }
-    tile_mma<false, false>(ao, (stage + (3 * KT + 1) * TE), Vn);
+    tile_mma<false, false, D, LT, LP>(ao, st.P(), Vn);
     acc_to_global<D>(ao, f, p.o + (int64_t(row0) * p.HV + hv) * p.V + c0, int64_t(p.HV) * p.V, len);
   }
+}
+
+// The step on the padded tiles starting at `stage`.
+template <class D, int KT, bool OUT, class Sync>
+__device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (&hacc)[KT], const D* stage, D* Hs,
+                                               const float* g, int c, int row0, int len, int hv, int c0, Sync sync) {
+  state_fwd_step_on<D, KT, OUT>(p, hacc, PaddedStage<D, KT, OUT>{stage}, Hs, g, c, row0, len, hv, c0, sync);
 }
 
 // BULK: tiles arrive by bulk copies issued by warp 0 (one per tile row) instead of 16-byte cp.async by every
@@ -352,7 +389,11 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //   NATSL_GDN_OCC2=0|1    one stage and registers capped for two CTAs per SM (the plain cp.async kernels;
 //                         ~111 KB of shared memory at K = 128): where one CTA per SM leaves a second, partial
 //                         wave (192 CTAs of the 64-wide pass at B8 T4096 on 132 SMs), all CTAs run at once
+//   NATSL_GDN_TMA=0|1     bf16, fused output, K <= 128: tiles by the bulk tensor copy engine, one producer
+//                         thread (gdn_state_fwd_tma.cu); NATSL_GDN_TMA_STAGES=2|3 (default 3)
 struct StateLayout {
+  bool tma = false;
+  int tma_stages = 3;
   bool occ2 = false;
   int vw = 64, stages = 2;
   int l2pf = 0;
@@ -363,6 +404,9 @@ struct StateLayout {
   int diag = 0;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
+// The fused forward pass on tensor-copied tiles (gdn_state_fwd_tma.cu); false where its layout does not apply
+// (K = 256, 32-bit coordinates exceeded, not enough shared memory): the caller falls back.
+bool launch_state_fwd_tma(const Plan& pl, const StateFwdParams<bf16>& p, int vw, int stages);
 bool state_joint_enabled();
 
 }  // namespace natsl::kernels::cuda::gdn

@@ -208,13 +208,32 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// acc += op(A) op(B) over one 64-deep reduction; A, B row-major 64x64 shared tiles of E.
-template <bool TA, bool TB, class E>
+// Layouts of a 64x64 shared tile: off(r, c) = element offset of row r, column c (c a multiple of 8 where
+// ldmatrix reads it).
+// Padded: rows kLd<E> apart (what load_tile and acc_to_tile write).
+template <class E> struct PaddedTile {
+  static __device__ __forceinline__ int off(int r, int c) { return r * kLd<E> + c; }
+};
+// Swizzled: bf16 rows of 128 bytes, unpadded, the 16-byte piece j of row r stored at piece j ^ (r % 8): what the
+// bulk tensor copy writes with CU_TENSOR_MAP_SWIZZLE_128B into a 1024-byte aligned tile. The 8 rows an ldmatrix
+// reads at one logical column land in 8 different bank groups, as the padding does.
+struct Swizzled128 {
+  static __device__ __forceinline__ int off(int r, int c) { return r * 64 + ((((c >> 3) ^ r) & 7) << 3) + (c & 7); }
+};
+// Dense: rows of W elements, unpadded (a narrow tile that only load2 reads).
+template <int W> struct DenseTile {
+  static __device__ __forceinline__ int off(int r, int c) { return r * W + c; }
+};
+
+// acc += op(A) op(B) over one 64-deep reduction; A, B row-major 64x64 shared tiles of E in layouts LA, LB (bf16
+// only for other than the padded layout).
+template <bool TA, bool TB, class E, class LA = PaddedTile<E>, class LB = PaddedTile<E>>
 __device__ __forceinline__ void tile_mma(Acc& acc, const E* A, const E* B) {
-  constexpr int ld = kLd<E>;
   const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
   const int rb = 16 * (w & 3), cb = 32 * (w >> 2);
   if constexpr (std::is_same_v<E, float>) {
+    static_assert(std::is_same_v<LA, PaddedTile<E>> && std::is_same_v<LB, PaddedTile<E>>);
+    constexpr int ld = kLd<E>;
     const Frag f;
 #pragma unroll 4
     for (int k = 0; k < kC; ++k) {
@@ -236,14 +255,14 @@ __device__ __forceinline__ void tile_mma(Acc& acc, const E* A, const E* B) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       uint32_t a[4];
-      if constexpr (!TA) ldsm_x4(a, A + (rb + (l & 15)) * ld + 16 * kk + 8 * (l >> 4));
-      else ldsm_x4_t(a, A + (16 * kk + r + 8 * (i >> 1)) * ld + rb + 8 * (i & 1));
+      if constexpr (!TA) ldsm_x4(a, A + LA::off(rb + (l & 15), 16 * kk + 8 * (l >> 4)));
+      else ldsm_x4_t(a, A + LA::off(16 * kk + r + 8 * (i >> 1), rb + 8 * (i & 1)));
 #pragma unroll
       for (int np = 0; np < 2; ++np) {  // pairs of 8-column tiles
         const int nb = cb + 16 * np;
         uint32_t b[4];
-        if constexpr (TB) ldsm_x4(b, B + (nb + r + 8 * (i >> 1)) * ld + 16 * kk + 8 * (i & 1));
-        else ldsm_x4_t(b, B + (16 * kk + r + 8 * (i & 1)) * ld + nb + 8 * (i >> 1));
+        if constexpr (TB) ldsm_x4(b, B + LB::off(nb + r + 8 * (i >> 1), 16 * kk + 8 * (i & 1)));
+        else ldsm_x4_t(b, B + LB::off(16 * kk + r + 8 * (i & 1), nb + 8 * (i >> 1)));
         mma_bf16(acc[2 * np], a, b[0], b[1]);
         mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
       }

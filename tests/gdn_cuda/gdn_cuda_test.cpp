@@ -195,6 +195,10 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
   check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
+  // The pass on tensor-copied tiles (gdn_state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
+  // the f32 case fall back to the cp.async pass.
+  check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_TMA_STAGES", "2"}});
   // Both output kernels after either split pass: one CTA per V tile (NATSL_GDN_OUT=1), or looping over the V
   // tiles (2, the default the split rows above ran).
   check_with_env({{"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
@@ -333,6 +337,47 @@ TEST(GdnCuda, ForwardWithoutSavedTensorsGivesTheSameBits) {
       }
     }
     unsetenv("NATSL_GDN_PREP");
+  }
+}
+
+// The pass on tensor-copied (swizzled) tiles runs the same products in the same order as the cp.async pass of
+// the same tile width, with the K rows past a chunk's end zeroed as the cp.async zero fill leaves them: the same
+// output and final state bits, packed sequences included (their chunks end inside the copied boxes).
+TEST(GdnCuda, TmaPassGivesTheSameBitsAsCpAsyncPass) {
+  NATSL_REQUIRE_GPU();
+  GdnCase packed = mk(1, 1300, 2, 128, true, MaskKind::Continuous, 91);
+  packed.cu_seqlens = {0, 1, 65, 129, 1000, 1000, 1300};
+  for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 92), mk(2, 333, 3, 64, false, MaskKind::Binary, 93),
+                           packed}) {
+    SCOPED_TRACE(case_label(c));
+    const GdnArgs a = args_of(c);
+    const GdnInputs in = on_gpu(converted(make_inputs(c), DType::bf16));
+    const GdnShape s = GdnShape::of(in.q, in.v, a);
+    for (const char* vw : {"32", "64"}) {
+      SCOPED_TRACE(std::string("NATSL_GDN_VTILE=") + vw);
+      std::vector<double> o_ref, ht_ref;
+      for (const char* tma : {"0", "1"}) {
+        setenv("NATSL_GDN_VTILE", vw, 1);
+        setenv("NATSL_GDN_TMA", tma, 1);
+        setenv("NATSL_GDN_WS", "0", 1);
+        setenv("NATSL_GDN_SPLIT", "0", 1);
+        setenv("NATSL_GDN_OCC2", "0", 1);
+        Tensor o = gpu_poisoned(in.v.shape(), DType::bf16), ht = gpu_poisoned({s.N, s.HV, s.K, s.V}, DType::f32);
+        kernels::gdn_chunk_fwd(a, in, o, ht, GdnSaved{});
+        const std::vector<double> og = o.to(kCPU).to(DType::f64).to_vector<double>();
+        const std::vector<double> hg = ht.to(kCPU).to(DType::f64).to_vector<double>();
+        for (double x : og) ASSERT_TRUE(std::isfinite(x)) << "unwritten output";
+        if (o_ref.empty()) {
+          o_ref = og;
+          ht_ref = hg;
+        } else {
+          EXPECT_TRUE(og == o_ref) << "output bits differ with NATSL_GDN_TMA=1";
+          EXPECT_TRUE(hg == ht_ref) << "final state bits differ with NATSL_GDN_TMA=1";
+        }
+      }
+    }
+    for (const char* e : {"NATSL_GDN_VTILE", "NATSL_GDN_TMA", "NATSL_GDN_WS", "NATSL_GDN_SPLIT", "NATSL_GDN_OCC2"})
+      unsetenv(e);
   }
 }
 

@@ -1,0 +1,210 @@
+// Forward state pass (with its output fused in) whose tiles come in by the bulk tensor copy engine
+// (NATSL_GDN_TMA=1; bf16). Why: at B2 T16384 the plain pass spends most of a step issuing ~3,800 16-byte cp.async
+// (loads only 0.45 ms, compute only 0.35, together 0.71 on the H200), and one producer warp issuing them all is
+// slower still (0.94). Here one thread of a producer warp issues 3 KT + 2 tensor copies and one bulk copy per
+// chunk, each completing on the stage's mbarrier, while the compute warps only compute.
+//
+// The copied W, K, Q, P tiles are unpadded 64 x 64 bf16 tiles in the 128-byte swizzle (Swizzled128, gdn_tile.cuh),
+// the U tile a dense 64 x VW tile; the state, v_new tiles the step writes itself stay padded. Rows of K past a
+// partial chunk's end hold the next sequence's keys (or the copy's zeros at the end of the tensor): the compute
+// warps zero them before use, as the cp.async path's zero fill does, so the sums are the same.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include "kernels/cuda/gdn_state_fwd.cuh"
+
+namespace natsl::kernels::cuda::gdn {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    NATSL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    NATSL_CHECK(f != nullptr && q == cudaDriverEntryPointSuccess,
+                "gdn state pass: the CUDA driver does not provide cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A bf16 matrix of rows x cols (row pitch `pitch` elements) copied in boxes of box_rows x box_cols; reads past
+// its end give zeros.
+CUtensorMap tensor_map_2d(const bf16* base, int64_t rows, int64_t cols, int64_t pitch, int box_rows, int box_cols,
+                          CUtensorMapSwizzle swizzle) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(pitch) * sizeof(bf16)};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims,
+                                          strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  NATSL_CHECK(r == CUDA_SUCCESS, "gdn state pass: cuTensorMapEncodeTiled failed (CUresult ", int(r), ")");
+  return m;
+}
+
+struct TmaMaps {
+  CUtensorMap w, k, q, u, p;
+};
+
+constexpr int kSwTileBytes = kC * kC * int(sizeof(bf16));  // one swizzled 64 x 64 tile
+
+// One stage: KT W, KT K, KT Q tiles, the P tile, the U tile (64 x VW), the gamma row; 1024-byte aligned (the
+// 128-byte swizzle repeats every 1024 bytes and the copies need their tiles aligned to it).
+template <int KT, int VW>
+constexpr int tma_stage_tx() {
+  return (3 * KT + 1) * kSwTileBytes + kC * VW * int(sizeof(bf16)) + kC * 4;
+}
+template <int KT, int VW>
+constexpr int tma_stage_bytes() {
+  return (tma_stage_tx<KT, VW>() + 1023) / 1024 * 1024;
+}
+// + 1024 bytes to align the dynamic shared memory, the padded state and v_new tiles, the mbarriers.
+template <int KT, int VW, int STAGES>
+constexpr int tma_smem() {
+  return 1024 + STAGES * tma_stage_bytes<KT, VW>() + (KT + 2) * kTileBytes<bf16> + 2 * STAGES * 8;
+}
+
+template <int KT, int VW>
+struct TmaStage {
+  using LT = Swizzled128;
+  using LU = DenseTile<VW>;
+  static constexpr int TE = kC * kC;
+  const bf16* base;
+  __device__ __forceinline__ const bf16* W(int kt) const { return base + kt * TE; }
+  __device__ __forceinline__ const bf16* K(int kt) const { return base + (KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (2 * KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
+  __device__ __forceinline__ const bf16* U() const { return base + (3 * KT + 1) * TE; }
+};
+
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(smem_addr(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_addr(bar))
+      : "memory");
+}
+
+template <int KT, int STAGES, int VW>
+__global__ void __launch_bounds__(4 * VW + 32, 1)
+    state_fwd_tma_kernel(const __grid_constant__ TmaMaps maps, StateFwdParams<bf16> p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int NTH = 4 * VW;  // compute threads; the producer warp comes after them
+  constexpr int SB = tma_stage_bytes<KT, VW>();
+  unsigned char* sm = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+  bf16* Hs = reinterpret_cast<bf16*>(sm + STAGES * SB);
+  uint64_t* full = reinterpret_cast<uint64_t*>(sm + STAGES * SB + (KT + 2) * kTileBytes<bf16>);
+  uint64_t* empty = full + STAGES;
+  auto tile_at = [&](int s, int i) { return sm + s * SB + i * kSwTileBytes; };  // i-th 8 KB tile of stage s
+  auto gam_at = [&](int s) {
+    return reinterpret_cast<float*>(sm + s * SB + (3 * KT + 1) * kSwTileBytes + kC * VW * int(sizeof(bf16)));
+  };
+  const int n = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * VW, h = hv / (p.HV / p.H);
+  const SeqInfo si = p.seqs[n];
+  const int nch = si.nchunks;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init_count(full + i, 1);
+      mbar_init_count(empty + i, NTH / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= NTH) {  // producer: one thread issues every copy
+    if (threadIdx.x == NTH) {
+      for (int ci = 0; ci < nch; ++ci) {
+        const int s = ci % STAGES;
+        if (ci >= STAGES) mbar_wait_parity(empty + s, uint32_t(ci / STAGES - 1) & 1u);
+        const int row0 = si.row0 + kC * ci, tile_row = (si.first_chunk + ci) * p.HV * kC + hv * kC;
+        mbar_arrive_expect(full + s, uint32_t(tma_stage_tx<KT, VW>()));
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+          tma_load_2d(tile_at(s, kt), &maps.w, kt * kC, tile_row, full + s);
+          tma_load_2d(tile_at(s, KT + kt), &maps.k, h * p.K + kt * kC, row0, full + s);
+          tma_load_2d(tile_at(s, 2 * KT + kt), &maps.q, h * p.K + kt * kC, row0, full + s);
+        }
+        tma_load_2d(tile_at(s, 3 * KT), &maps.p, 0, tile_row, full + s);
+        tma_load_2d(tile_at(s, 3 * KT + 1), &maps.u, c0, tile_row, full + s);
+        bulk_g2s(gam_at(s), p.gam + int64_t(tile_row), kC * 4, full + s);
+      }
+    }
+    return;
+  }
+
+  const Frag f;
+  Acc hacc[KT];
+  load_state<KT>(hacc, f, p.h0 ? p.h0 + (int64_t(n) * p.HV + hv) * p.K * p.V : nullptr, p.V, c0);
+  for (int ci = 0; ci < nch; ++ci) {
+    const int s = ci % STAGES, len = min(kC, si.len - kC * ci);
+    mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
+    if (len < kC) {  // zero the K rows past the chunk's end (whole 128-byte rows: the swizzle stays inside a row)
+      const int nz = kC - len;
+      for (int idx = threadIdx.x; idx < KT * nz * 8; idx += NTH) {
+        const int kt = idx / (nz * 8), r = len + (idx / 8) % nz, piece = idx % 8;
+        *reinterpret_cast<uint4*>(tile_at(s, KT + kt) + r * 128 + piece * 16) = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    // The step's first barrier orders the zeroing before the K tiles are read.
+    state_fwd_step_on<bf16, KT, true>(p, hacc, TmaStage<KT, VW>{reinterpret_cast<const bf16*>(tile_at(s, 0))}, Hs,
+                                      gam_at(s), si.first_chunk + ci, si.row0 + kC * ci, len, hv, c0,
+                                      [] { compute_sync<NTH>(); });
+    // Ordinary stores into a stage the copy engine refills next need the proxy fence before its release.
+    if (len < kC) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);
+  }
+  if (p.ht) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      acc_to_global<float>(hacc[kt], f, p.ht + ((int64_t(n) * p.HV + hv) * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+}
+
+template <int KT, int STAGES, int VW>
+void launch_tma(const Plan& pl, const TmaMaps& maps, const StateFwdParams<bf16>& p) {
+  constexpr int smem = tma_smem<KT, VW, STAGES>();
+  auto kern = state_fwd_tma_kernel<KT, STAGES, VW>;
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW + 32, smem, pl.stream>>>(maps, p);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+// The requested stages (2 or 3), or 2 where 3 do not fit; false when 2 do not fit either.
+template <int KT, int VW>
+bool launch_tma_stages(const Plan& pl, const TmaMaps& maps, const StateFwdParams<bf16>& p, int stages) {
+  constexpr int kSm90Max = 227 * 1024;
+  const int avail = max_smem_per_block(pl.dev.index);
+  if constexpr (tma_smem<KT, VW, 3>() <= kSm90Max)
+    if (stages >= 3 && tma_smem<KT, VW, 3>() <= avail) return launch_tma<KT, 3, VW>(pl, maps, p), true;
+  if constexpr (tma_smem<KT, VW, 2>() <= kSm90Max)
+    if (tma_smem<KT, VW, 2>() <= avail) return launch_tma<KT, 2, VW>(pl, maps, p), true;
+  return false;
+}
+
+}  // namespace
+
+bool launch_state_fwd_tma(const Plan& pl, const StateFwdParams<bf16>& p, int vw, int stages) {
+  const GdnShape& s = pl.s;
+  const int64_t tok_rows = s.B * s.T, tile_rows = s.NC * s.HV * kC;
+  // Copy coordinates are 32-bit; the tensor map needs 16-byte aligned bases (check_aligned) and row pitches.
+  if (tok_rows >= (int64_t(1) << 31) || tile_rows >= (int64_t(1) << 31) || s.V % vw != 0) return false;
+  if (s.K != 64 && s.K != 128) return false;  // K = 256 does not fit two stages
+  TmaMaps maps;
+  maps.w = tensor_map_2d(p.w, tile_rows, s.K, s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.k = tensor_map_2d(p.k, tok_rows, s.H * s.K, s.H * s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.q = tensor_map_2d(p.q, tok_rows, s.H * s.K, s.H * s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.p = tensor_map_2d(p.p, tile_rows, kC, kC, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.u = tensor_map_2d(p.u, tile_rows, s.V, s.V, kC, vw, CU_TENSOR_MAP_SWIZZLE_NONE);
+  bool ok = false;
+  dispatch_kt<bf16>(s.K, "gdn state pass", [&](auto kt) {
+    constexpr int KT = decltype(kt)::value;
+    if constexpr (KT <= 2) {
+      ok = vw == 32 ? launch_tma_stages<KT, 32>(pl, maps, p, stages) : launch_tma_stages<KT, 64>(pl, maps, p, stages);
+    }
+  });
+  return ok;
+}
+
+}  // namespace natsl::kernels::cuda::gdn
