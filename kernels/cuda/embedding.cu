@@ -37,6 +37,17 @@
 // bits. Measured 2.51x the copy with 64 registers (it spilled); with 128 registers 1.83x (3d70c469).
 // Variant 5 (an experiment, not yet run on a GPU): v2 with a smaller onesweep tile for CUB's radix sort
 // (WideSortHub below: 64 CTAs a pass instead of ~17 at 131072 keys). The same sort: v2's bits.
+// Variant 6 (not yet run on a GPU): v2's keys, starts and accumulation without any sort of the whole key
+// set, so that the segments cost a few small kernels instead of CUB's five (~40 us at 131072 ids): a memset
+// of counts[V]; a count kernel (atomic counts per id, one per group of equal ids in a warp) whose last block
+// scans them into the starts; a scatter (each position takes a slot of its id's segment from an atomic
+// countdown: grouped by id, unordered within an id); then order within each id is restored: segments of at
+// most 32 entries by the accumulation warp itself (a bitonic sort over shuffles, before its loads), longer
+// ones by one extra kernel (a block per segment: bitonic in shared memory up to 8192 entries, else a bitmap of
+// the positions written out in order) into a second key buffer. Each id's rows are still added in ascending
+// position: v2's bits. The kernels after the first use programmatic dependent launch (sm_90) to hide the gaps
+// between them; variant 7 is v6 without it. Only for 32-bit keys; with 64-bit keys both run v2's segments.
+// Details in the v6 section below.
 // The default is in variant.h.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
@@ -44,6 +55,8 @@
 #include <cub/device/dispatch/dispatch_radix_sort.cuh>
 
 #include <algorithm>
+#include <atomic>
+#include <utility>
 
 #include <cstdio>
 
@@ -243,13 +256,51 @@ constexpr int kAccRows = 8;   // rows of a segment whose loads are in flight tog
 // CV vectors of VEC elements per lane and row (v2, v3: CV = 1; v4: CV = 2, twice the loads in flight per lane).
 // CV = 2 holds twice the raw vectors: 8 / CV blocks per SM leave it 128 registers (at 64 it spilled 520 bytes
 // and measured 2.5x the copy on the H200).
-template <class T, int VEC, class K, int CV>
+// Programmatic dependent launch (sm_90, v6): a kernel launched with the PDL attribute (launch_pdl below) may
+// start while the previous kernel of the stream still runs; pdl_wait blocks until that kernel has finished
+// and its writes are visible, so every v6 kernel calls it before touching global memory. pdl_trigger lets
+// the next kernel's blocks start early (they then wait in their own pdl_wait). Both are no-ops in a kernel
+// launched without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// v6: sorts the keys of lanes [0, cnt) ascending across the warp (bitonic network on the first
+// next_pow2(cnt) lanes; lanes >= cnt hold ~0, which sorts last). cnt is warp-uniform, 1 <= cnt <= 32.
+__device__ __forceinline__ uint32_t warp_sort_prefix(uint32_t key, int cnt, int lane) {
+  const int width = cnt <= 1 ? 1 : 1 << (32 - __clz(cnt - 1));
+  for (int k = 2; k <= width; k <<= 1)
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      const uint32_t other = __shfl_xor_sync(0xffffffffu, key, j);
+      // Within a run of k lanes sorted ascending when lane & k == 0 (always for the first `width` lanes at
+      // the last k), the lower lane of each pair keeps the smaller key.
+      const bool ascending = (lane & k) == 0, lower = (lane & j) == 0;
+      key = (ascending == lower) ? min(key, other) : max(key, other);
+    }
+  return key;
+}
+
+constexpr int kWarpSortMax = 32;  // v6: longer segments are sorted before the accumulation (sorted_large)
+
+// SORT_SMALL (v6, 32-bit keys): keys are grouped by id but unordered within an id; a segment of at most 32
+// entries is sorted here in the warp (every column-chunk warp of the id sorts it again: a few shuffles),
+// longer ones are read from sorted_large. Else (v2 to v5) keys are sorted and sorted_large is unused.
+template <class T, int VEC, class K, int CV, bool SORT_SMALL = false>
 __global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
     embedding_bwd_accumulate_v2_kernel(const K* __restrict__ keys, int shift, const int32_t* __restrict__ start,
                                        int64_t V, int64_t chunks, const T* __restrict__ dout, T* __restrict__ dweight,
-                                       int64_t D) {
+                                       int64_t D, const K* __restrict__ sorted_large = nullptr) {
+  static_assert(!SORT_SMALL || sizeof(K) == 4, "v6 sorts 32-bit keys");
   const int lane = threadIdx.x & 31;
   const int64_t task = int64_t(blockIdx.x) * kAccWarps + (threadIdx.x >> 5);
+  if constexpr (SORT_SMALL) pdl_wait();
   if (task >= V * chunks) return;
   const int64_t v = task / chunks;
   const int64_t col0 = (task - v * chunks) * 32 * CV;
@@ -286,9 +337,19 @@ __global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
 #pragma unroll
     for (int k = 0; k < VEC; ++k) acc[c][k] = 0.f;
   const K pos_mask = (K(1) << shift) - 1;
+  const K* src = keys;
+  if constexpr (SORT_SMALL)
+    if (e - b > kWarpSortMax) src = sorted_large;
   for (int32_t base = b; base < e; base += 32) {
     const int cnt = min(32, e - base);
-    const int32_t my_pos = lane < cnt ? int32_t(keys[base + lane] & pos_mask) : 0;
+    int32_t my_pos;
+    if constexpr (SORT_SMALL) {
+      uint32_t key = lane < cnt ? uint32_t(src[base + lane]) : ~0u;
+      if (e - b <= kWarpSortMax) key = warp_sort_prefix(key, cnt, lane);
+      my_pos = lane < cnt ? int32_t(key & uint32_t(pos_mask)) : 0;
+    } else {
+      my_pos = lane < cnt ? int32_t(src[base + lane] & pos_mask) : 0;
+    }
     for (int i = 0; i < cnt; i += kAccRows) {
       Raw raw[kAccRows][CV];
 #pragma unroll
@@ -639,6 +700,307 @@ void segments_v3(const Tensor& ids, int64_t V, int id_bits, Device d, cudaStream
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
+// ---- v6: segments by a counting scatter (no sort of the whole key set) ----
+// 32-bit keys as in v2 (id << pos_bits | position). The workspace (int32) holds counts[V], then four words
+// (done ticket, giant count, mid count, work ticket; zeroed with the counts by one memset), then the list of
+// long segments' ids (at most n / 33 of them: giants from the front, the others from the back).
+//   count:   counts[id] += 1 per position (lanes of a warp with the same id add once, so one very frequent
+//            id costs n / 32 atomics, not n); the last block to finish scans the counts into starts[V + 1]
+//            (v2's seg.aux) and lists the ids of more than 32 entries;
+//   scatter: each position takes a slot of its id's segment from an atomic countdown: grouped by id,
+//            unordered within an id;
+//   sort_large: one block per listed id sorts its segment into sorted_large: up to kLargeKeys entries with
+//            a bitonic sort in shared memory, longer ones through a bitmap of the positions (set a bit per
+//            entry, then write the set bits out in order), a window of kWindow positions at a time;
+//   accumulate: v2's kernel, which sorts segments of at most 32 entries in the warp (SORT_SMALL).
+// Every segment is added in ascending position order, so the bits are v2's. Kernels after the first are
+// launched with programmatic dependent launch (v6; v7 without it) to hide the launch gaps.
+constexpr int kCountThreads = 1024;  // its last block scans the counts, kScanPer a thread and round
+constexpr int kScanPer = 16;
+constexpr int kScatterThreads = 256;
+constexpr int kLargeThreads = 512;
+constexpr int kLargeKeys = 8192;          // shared-memory sort up to this length (32 KB of keys)
+constexpr int kWindow = kLargeKeys * 32;  // the same 32 KB as a bitmap of positions
+constexpr int kWsExtra = 4;               // the words after counts[V]
+enum { kWsDone = 0, kWsGiant = 1, kWsMid = 2, kWsWork = 3 };
+
+bool pdl_supported(int device) {
+  static std::atomic<int> cache[64];  // 0 unknown, 1 no, 2 yes
+  const int d = device < 64 ? device : 63;
+  int c = cache[d].load(std::memory_order_relaxed);
+  if (c == 0) {
+    int major = 0;
+    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    c = major >= 9 ? 2 : 1;
+    cache[d].store(c, std::memory_order_relaxed);
+  }
+  return c == 2;
+}
+
+// Launches kernel on the stream, with programmatic dependent launch where `pdl` (and the device has it).
+template <class... Params, class... Args>
+void launch_pdl(bool pdl, void (*kernel)(Params...), unsigned grid, unsigned block, cudaStream_t s, Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  NATSL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+// One block: starts[v] = sum of counts[u < v], starts[V] = n; lists the ids of more than kWarpSortMax entries.
+__device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int32_t* extra, int32_t* large,
+                               int32_t large_cap, int32_t* __restrict__ starts) {
+  using Scan = cub::BlockScan<int32_t, kCountThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  __shared__ int32_t num_giant, num_mid;
+  if (threadIdx.x == 0) num_giant = num_mid = 0;
+  __syncthreads();
+  int32_t carry = 0;
+  for (int64_t r = 0; r < V; r += int64_t(kCountThreads) * kScanPer) {
+    const int64_t v0 = r + int64_t(threadIdx.x) * kScanPer;
+    const bool whole = v0 + kScanPer <= V;
+    int32_t c[kScanPer];
+    // L2 loads (__ldcg): the counts were added by other blocks' atomics.
+    if (whole) {
+#pragma unroll
+      for (int q = 0; q < kScanPer / 4; ++q) {
+        const int4 w = __ldcg(reinterpret_cast<const int4*>(counts + v0) + q);
+        c[4 * q] = w.x, c[4 * q + 1] = w.y, c[4 * q + 2] = w.z, c[4 * q + 3] = w.w;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kScanPer; ++k) c[k] = v0 + k < V ? __ldcg(counts + v0 + k) : 0;
+    }
+    int32_t sum = 0;
+#pragma unroll
+    for (int k = 0; k < kScanPer; ++k) sum += c[k];
+    int32_t ex, total;
+    Scan(temp).ExclusiveSum(sum, ex, total);
+    int32_t run = carry + ex;
+    uint32_t long_ones = 0, giant_ones = 0;  // bit k: entry k has more than kWarpSortMax / kLargeKeys
+#pragma unroll
+    for (int k = 0; k < kScanPer; ++k) {
+      const int32_t count = c[k];
+      c[k] = run;
+      run += count;
+      long_ones |= uint32_t(count > kWarpSortMax) << k;  // never past V (count 0 there)
+      giant_ones |= uint32_t(count > kLargeKeys) << k;
+    }
+    while (long_ones) {
+      const int k = __ffs(long_ones) - 1;
+      long_ones &= long_ones - 1u;
+      const int32_t v = int32_t(v0 + k);
+      if ((giant_ones >> k) & 1u) large[atomicAdd(&num_giant, 1)] = v;
+      else large[large_cap - 1 - atomicAdd(&num_mid, 1)] = v;
+    }
+    if (whole) {
+#pragma unroll
+      for (int q = 0; q < kScanPer / 4; ++q)
+        reinterpret_cast<int4*>(starts + v0)[q] = make_int4(c[4 * q], c[4 * q + 1], c[4 * q + 2], c[4 * q + 3]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kScanPer; ++k)
+        if (v0 + k < V) starts[v0 + k] = c[k];
+    }
+    carry += total;
+    __syncthreads();  // temp reused
+  }
+  if (threadIdx.x == 0) {
+    starts[V] = n;
+    extra[kWsGiant] = num_giant;
+    extra[kWsMid] = num_mid;
+  }
+}
+
+// ws: counts[V] (zero), extra[kWsExtra] (zero), large[large_cap]. Ids are checked here.
+template <class I>
+__global__ void __launch_bounds__(kCountThreads)
+    embedding_bwd_v6_count_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int32_t* ws, int32_t large_cap,
+                    int32_t* __restrict__ starts) {
+  pdl_wait();
+  pdl_trigger();
+  int32_t* counts = ws;
+  int32_t* extra = ws + V;
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  // base is block-uniform: every lane of a warp takes part in the match.
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x; base < n; base += stride) {
+    const int64_t i = base + threadIdx.x;
+    const int32_t id = i < n ? int32_t(checked_id(ids, i, V)) : -1 - lane;  // past the end: matches no lane
+    const uint32_t group = __match_any_sync(0xffffffffu, id);
+    if (id >= 0 && lane == __ffs(group) - 1) atomicAdd(&counts[id], __popc(group));
+  }
+  // The last block to finish (the threadfence-and-ticket pattern) sees every count and scans them.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0)
+    last = atomicAdd(reinterpret_cast<unsigned*>(extra + kWsDone), 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  v6_scan_counts(counts, n, V, extra, extra + kWsExtra, large_cap, starts);
+}
+
+// keys[starts[id] + slot] = id << pos_bits | i, the slot from a countdown of counts[id] (shared by the lanes
+// of a warp with the same id): every slot of the segment is taken once, in no particular order.
+template <class I>
+__global__ void __launch_bounds__(kScatterThreads)
+    embedding_bwd_v6_scatter_kernel(const I* __restrict__ ids, int32_t n, int pos_bits, int32_t* counts,
+                      const int32_t* __restrict__ starts, uint32_t* __restrict__ keys) {
+  pdl_wait();
+  pdl_trigger();
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x; base < n; base += stride) {
+    const int64_t i = base + threadIdx.x;
+    const int32_t id = i < n ? int32_t(ids[i]) : -1 - lane;
+    const uint32_t group = __match_any_sync(0xffffffffu, id);
+    const int leader = __ffs(group) - 1;
+    int32_t first = 0;
+    if (id >= 0 && lane == leader) {
+      const int32_t m = __popc(group);
+      first = starts[id] + atomicSub(&counts[id], m) - m;
+    }
+    first = __shfl_sync(0xffffffffu, first, leader);
+    if (id >= 0) keys[first + __popc(group & ((1u << lane) - 1u))] = (uint32_t(id) << pos_bits) | uint32_t(i);
+  }
+}
+
+// One block per listed id (pulled from a work counter): its segment of keys sorted into `sorted`.
+__global__ void __launch_bounds__(kLargeThreads)
+    embedding_bwd_v6_sort_large_kernel(const uint32_t* __restrict__ keys, int32_t n, int pos_bits,
+                         const int32_t* __restrict__ starts, int32_t* extra, int32_t large_cap,
+                         uint32_t* __restrict__ sorted) {
+  using Scan = cub::BlockScan<int32_t, kLargeThreads>;
+  __shared__ uint32_t buf[kLargeKeys];  // the keys (bitonic) or a bitmap of kWindow positions
+  __shared__ typename Scan::TempStorage temp;
+  __shared__ int32_t item;
+  pdl_wait();
+  pdl_trigger();
+  const int tid = threadIdx.x;
+  const int32_t* large = extra + kWsExtra;
+  const int32_t giant = extra[kWsGiant], listed = giant + extra[kWsMid];
+  if (listed == 0) return;  // the usual case with ~4 positions per id: no atomic on the work counter
+  const uint32_t pos_mask = (1u << pos_bits) - 1u;
+  for (;;) {
+    if (tid == 0) item = atomicAdd(extra + kWsWork, 1);
+    __syncthreads();
+    const int32_t k = item;
+    if (k >= listed) break;
+    const int32_t v = k < giant ? large[k] : large[large_cap - 1 - (k - giant)];
+    const int32_t b = starts[v], len = starts[v + 1] - b;
+    if (len <= kLargeKeys) {
+      int width = 2 * kWarpSortMax;
+      while (width < len) width <<= 1;
+      for (int i = tid; i < width; i += kLargeThreads) buf[i] = i < len ? keys[b + i] : ~0u;
+      __syncthreads();
+      for (int run = 2; run <= width; run <<= 1)
+        for (int j = run >> 1; j > 0; j >>= 1) {
+          // Pair i: lo has bit j clear, hi = lo + j; runs of `run` entries alternate ascending/descending.
+          for (int i = tid; i < width / 2; i += kLargeThreads) {
+            const int lo = 2 * i - (i & (j - 1)), hi = lo + j;
+            const uint32_t a = buf[lo], c = buf[hi];
+            if ((a > c) == ((lo & run) == 0)) {
+              buf[lo] = c;
+              buf[hi] = a;
+            }
+          }
+          __syncthreads();
+        }
+      for (int i = tid; i < len; i += kLargeThreads) sorted[b + i] = buf[i];
+    } else {
+      constexpr int kWordsPer = kLargeKeys / kLargeThreads;  // bitmap words per thread, blocked (in order)
+      const uint32_t high = uint32_t(v) << pos_bits;
+      int32_t written = 0;
+      for (int64_t w0 = 0; w0 < n; w0 += kWindow) {
+        for (int i = tid; i < kLargeKeys; i += kLargeThreads) buf[i] = 0;
+        __syncthreads();
+        for (int32_t j = b + tid; j < b + len; j += kLargeThreads) {
+          const int64_t p = int64_t(keys[j] & pos_mask) - w0;
+          if (p >= 0 && p < kWindow) atomicOr(&buf[p >> 5], 1u << (p & 31));
+        }
+        __syncthreads();
+        int32_t cnt = 0;
+#pragma unroll
+        for (int q = 0; q < kWordsPer; ++q) cnt += __popc(buf[tid * kWordsPer + q]);
+        int32_t ex, total;
+        Scan(temp).ExclusiveSum(cnt, ex, total);
+        int32_t out = b + written + ex;
+        for (int q = 0; q < kWordsPer; ++q) {
+          uint32_t word = buf[tid * kWordsPer + q];
+          const uint32_t p0 = uint32_t(w0) + uint32_t(tid * kWordsPer + q) * 32u;
+          while (word) {
+            sorted[out++] = high | (p0 + uint32_t(__ffs(word) - 1));
+            word &= word - 1u;
+          }
+        }
+        written += total;
+        __syncthreads();  // buf and temp reused
+      }
+    }
+    __syncthreads();  // buf and item reused
+  }
+}
+
+// v6 (pdl) and v7: the segments above; seg.pos_bits and key_bits (32) set by the caller.
+void segments_v6(const Tensor& ids, int64_t V, Device d, cudaStream_t s, bool pdl, EmbeddingBwdSegments& seg) {
+  const int64_t n = seg.n;
+  const int32_t large_cap = int32_t(std::max<int64_t>(1, n / (kWarpSortMax + 1)));
+  Tensor ws = Tensor::empty({V + kWsExtra + large_cap}, DType::i32, d);
+  Tensor both = Tensor::empty({2 * n}, DType::i32, d);
+  seg.keys = both.slice(0, 0, n);
+  seg.sorted_large = both.slice(0, n, 2 * n);
+  seg.aux = Tensor::empty({V + 1}, DType::i32, d);
+  int32_t* wsp = ws.data<int32_t>();
+  int32_t* sp = seg.aux.data<int32_t>();
+  uint32_t* kp = static_cast<uint32_t*>(both.data_ptr());
+  NATSL_CHECK(aligned16(wsp) && aligned16(sp), "embedding_bwd: workspace not 16-byte aligned");
+  NATSL_CUDA_CHECK(cudaMemsetAsync(wsp, 0, size_t(V + kWsExtra) * sizeof(int32_t), s));
+  pdl = pdl && pdl_supported(d.index);
+  NATSL_CUDA_DISPATCH_INDEX(ids.dtype(), "embedding_bwd", I, [&] {
+    const I* ip = static_cast<const I*>(ids.data_ptr());
+    // After the memset (not a kernel): an ordinary launch.
+    launch_pdl(false, embedding_bwd_v6_count_kernel<I>, unsigned(grid_for(d.index, n, kCountThreads, 2)),
+               kCountThreads, s, ip, int32_t(n), int32_t(V), wsp, large_cap, sp);
+    launch_pdl(pdl, embedding_bwd_v6_scatter_kernel<I>, unsigned(grid_for(d.index, n, kScatterThreads)),
+               kScatterThreads, s, ip, int32_t(n), seg.pos_bits, wsp, static_cast<const int32_t*>(sp), kp);
+  });
+  if (n > kWarpSortMax) {  // else no segment is long
+    const int grid = std::min<int>(large_cap, 4 * sm_count(d.index));
+    launch_pdl(pdl, embedding_bwd_v6_sort_large_kernel, unsigned(grid), kLargeThreads, s,
+               static_cast<const uint32_t*>(kp), int32_t(n), seg.pos_bits, static_cast<const int32_t*>(sp), wsp + V,
+               large_cap, kp + n);
+  }
+}
+
+template <class T>
+void accumulate_v6(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t D, cudaStream_t s, bool pdl,
+                   int device) {
+  constexpr int VC = kVec<T>;
+  const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
+  const int width = vec ? VC : 1;
+  const int64_t chunks = (D + 32 * width - 1) / (32 * width);
+  const int64_t blocks = (seg.V * chunks + kAccWarps - 1) / kAccWarps;
+  NATSL_CHECK(blocks < (int64_t(1) << 31), "embedding_bwd: ", seg.V, " ids x dim ", D, " too large");
+  const uint32_t* keys = static_cast<const uint32_t*>(seg.keys.data_ptr());
+  const uint32_t* sorted = static_cast<const uint32_t*>(seg.sorted_large.data_ptr());
+  const int32_t* sp = seg.aux.data<int32_t>();
+  pdl = pdl && pdl_supported(device);
+  if (vec)
+    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, VC, uint32_t, 1, true>, unsigned(blocks), 32 * kAccWarps,
+               s, keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D, sorted);
+  else
+    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, 1, uint32_t, 1, true>, unsigned(blocks), 32 * kAccWarps, s,
+               keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D, sorted);
+}
+
 }  // namespace
 
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
@@ -668,8 +1030,8 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int variant) {
-  NATSL_CHECK(variant >= 0 && variant <= 5, "embedding_bwd: unknown kernel variant ", variant, " (",
-              kVariantEmbeddingBwd, " must be 0 to 5)");
+  NATSL_CHECK(variant >= 0 && variant <= 7, "embedding_bwd: unknown kernel variant ", variant, " (",
+              kVariantEmbeddingBwd, " must be 0 to 7)");
   EmbeddingBwdSegments seg;
   seg.variant = variant;
   seg.n = ids.numel();
@@ -689,7 +1051,11 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
       seg.key_bits = 64;
       segments_v3<uint64_t>(ids, V, id_bits, d, s, seg);
     }
-  } else if (variant >= 2) {  // v2, v5; v3, v4 with more than 2^21 ids: v2's segments (the same keys and starts)
+  } else if ((variant == 6 || variant == 7) && bits_for(n) + bits_for(V) <= 32) {
+    seg.pos_bits = bits_for(n);
+    seg.key_bits = 32;
+    segments_v6(ids, V, d, s, /*pdl=*/variant == 6, seg);
+  } else if (variant >= 2) {  // v2, v5; v3, v4 with more than 2^21 ids, v6, v7 with 64-bit keys: v2's segments
     const int pos_bits = bits_for(n);
     if (pos_bits + bits_for(V) <= 32) {
       seg.pos_bits = pos_bits;
@@ -752,6 +1118,10 @@ void embedding_bwd_accumulate(const EmbeddingBwdSegments& seg, const Tensor& dou
     constexpr int VC = kVec<T>;
     const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
     const int width = vec ? VC : 1;
+    if (seg.sorted_large.defined()) {  // v6, v7 (32-bit keys)
+      accumulate_v6<T>(seg, gp, wp, D, s, /*pdl=*/seg.variant == 6, dweight.device().index);
+      return;
+    }
     if (seg.variant >= 2) {
       if (seg.variant == 4) {
         if (seg.key_bits == 32) accumulate_v2<T, uint32_t, 2>(seg, gp, wp, D, s);

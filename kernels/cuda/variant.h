@@ -25,7 +25,8 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // Embedding bwd, H200 run 2026-11-28 at commit 07418125f079 (flush timing): v2 0.151 ms (1.60), v3 0.169 (1.80:
 // its own segment builder, 0.058 ms against CUB's 0.040), v4 0.293 (a spilling accumulation); v2 stays.
 // At 3d70c469: v2 0.148 ms (1.58), v3 1.77, v4 1.83 (128 registers). v5 (v2 with a smaller CUB onesweep tile)
-// is not measured yet.
+// is not measured yet. v6 (a counting scatter, no device-wide sort; kernels/cuda/embedding.cu) and v7 (v6
+// without programmatic dependent launch) are not measured yet either.
 inline constexpr int kDefaultRmsnormBwd = 1;
 inline constexpr int kDefaultEmbeddingBwd = 2;
 inline constexpr int kDefaultCrossEntropy = 1;

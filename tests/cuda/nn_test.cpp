@@ -3,11 +3,14 @@
 // Tolerances: outputs in the data dtype use kF32 / kBf16 (cuda_test_util.h); f32 statistics (rstd, rnorm)
 // use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
 // many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <iterator>
+#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/variant.h"
@@ -68,6 +71,59 @@ Tensor backward_ids(int64_t N, int64_t V, double frequent, uint64_t seed, DType 
   return Tensor::from_vector(ids, {N}, it);
 }
 
+// Every embedding-backward variant (kernels/cuda/variant.h) on these ids, f32 and bf16 against the f64 CPU
+// reference, and bit for bit against v2 (every variant adds the same rows in the same order) and against a
+// second run of itself. dweight is accumulated into: present ids' rows start from random values; the rows of
+// absent ids are poisoned (NaN) and must come back with the same bits.
+void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, uint64_t& seed,
+                             const std::string& label) {
+  const int64_t N = ids.numel();
+  Tensor dq = q(randn({N, D}, seed++), dt);
+  std::vector<char> present(size_t(V), 0);
+  for (int64_t id : ids.to_vector<int64_t>()) present[size_t(id)] = 1;
+  std::vector<double> w0v = randn({V, D}, seed++).to_vector<double>();
+  for (int64_t v = 0; v < V; ++v)
+    if (!present[size_t(v)])
+      for (int64_t k = 0; k < D; ++k) w0v[size_t(v * D + k)] = std::numeric_limits<double>::quiet_NaN();
+  Tensor w0 = q(Tensor::from_vector(w0v, {V, D}), dt);
+  Tensor ref = f64(w0);
+  kernels::cpu::embedding_bwd(ids, f64(dq), ref);
+  // The oracle on the present rows only (the absent ones are checked bit for bit).
+  auto present_rows = [&](const Tensor& t) {
+    const std::vector<double> all = t.to(kCPU).to_vector<double>();
+    std::vector<double> keep;
+    for (int64_t v = 0; v < V; ++v)
+      if (present[size_t(v)]) keep.insert(keep.end(), all.begin() + v * D, all.begin() + (v + 1) * D);
+    return Tensor::from_vector(keep, {int64_t(keep.size())}, DType::f64);
+  };
+  const Tensor ref_present = present_rows(ref);
+  Tensor dw_v2;
+  for (int variant : {2, 0, 1, 3, 4, 5, 6, 7}) {  // v2 first: the others are compared with it
+    VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
+    const std::string what = case_name("embedding_bwd", dt, {V, D}) + " N " + std::to_string(N) + " ids " +
+                             dtype_str(ids.dtype()) + " " + label + " v" + std::to_string(variant);
+    Tensor dw = to_gpu(w0);
+    kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+    expect_match(present_rows(dw), ref_present, sum_tol(dt), what);
+    // Absent rows untouched: the poisoned bytes of w0 exactly.
+    {
+      const Tensor got = dw.to(kCPU);
+      const size_t row_bytes = size_t(D) * dtype_size(dt);
+      const auto* pg = static_cast<const unsigned char*>(got.data_ptr());
+      const auto* p0 = static_cast<const unsigned char*>(w0.data_ptr());
+      int64_t changed = 0;
+      for (int64_t v = 0; v < V; ++v)
+        if (!present[size_t(v)] && std::memcmp(pg + v * row_bytes, p0 + v * row_bytes, row_bytes) != 0) ++changed;
+      EXPECT_EQ(changed, 0) << what << ": rows of absent ids were written";
+    }
+    Tensor dw2 = to_gpu(w0);
+    kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
+    expect_same_bits(dw, dw2, what);
+    if (variant == 2) dw_v2 = dw;
+    else expect_same_bits(dw, dw_v2, what + " vs v2");
+  }
+}
+
 TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
   NATSL_REQUIRE_GPU();
   struct Case {
@@ -86,61 +142,45 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
                         {32000, 16, 131071, 0.3},
                         // v3: every token on one id (one bucket of many sort chunks), whole tiles of 2048
                         // positions, 64-bit keys with bucketed ids, more ids than v3 buckets (v2's segments)
-                        {32000, 24, 3000, 1.0}, {1000, 8, 4096, 0}, {1 << 21, 1, 700, 0}, {3000000, 1, 100, 0}};
+                        {32000, 24, 3000, 1.0}, {1000, 8, 4096, 0}, {1 << 21, 1, 700, 0}, {3000000, 1, 100, 0},
+                        // v6: more positions than its bitmap window (2^18), every id longer than its
+                        // shared-memory sort (8192 entries)
+                        {5, 3, 300007, 0.6}};
   uint64_t seed = 30;
   for (DType dt : {DType::f32, DType::bf16})
     for (DType it : {DType::i32, DType::i64})
-      for (const Case& c : cases) {
-        Tensor ids = backward_ids(c.N, c.V, c.frequent, seed++, it);
-        Tensor dq = q(randn({c.N, c.D}, seed++), dt);
-        // dweight is accumulated into: present ids' rows start from random values; the rows of absent ids
-        // are poisoned (NaN) and must come back with the same bits.
-        std::vector<char> present(size_t(c.V), 0);
-        for (int64_t id : ids.to_vector<int64_t>()) present[size_t(id)] = 1;
-        std::vector<double> w0v = randn({c.V, c.D}, seed++).to_vector<double>();
-        for (int64_t v = 0; v < c.V; ++v)
-          if (!present[size_t(v)])
-            for (int64_t k = 0; k < c.D; ++k) w0v[size_t(v * c.D + k)] = std::numeric_limits<double>::quiet_NaN();
-        Tensor w0 = q(Tensor::from_vector(w0v, {c.V, c.D}), dt);
-        Tensor ref = f64(w0);
-        kernels::cpu::embedding_bwd(ids, f64(dq), ref);
-        // The oracle on the present rows only (the absent ones are checked bit for bit).
-        auto present_rows = [&](const Tensor& t) {
-          const std::vector<double> all = t.to(kCPU).to_vector<double>();
-          std::vector<double> keep;
-          for (int64_t v = 0; v < c.V; ++v)
-            if (present[size_t(v)]) keep.insert(keep.end(), all.begin() + v * c.D, all.begin() + (v + 1) * c.D);
-          return Tensor::from_vector(keep, {int64_t(keep.size())}, DType::f64);
-        };
-        const Tensor ref_present = present_rows(ref);
-        Tensor dw_v0;
-        // Every variant adds the same rows in the same order: the same bits.
-        for (int variant : {0, 1, 2, 3, 4, 5}) {
-          VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
-          const std::string what = case_name("embedding_bwd", dt, {c.V, c.D}) + " N " + std::to_string(c.N) +
-                                   " ids " + dtype_str(it) + " v" + std::to_string(variant);
-          Tensor dw = to_gpu(w0);
-          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
-          expect_match(present_rows(dw), ref_present, sum_tol(dt), what);
-          // Absent rows untouched: the poisoned bytes of w0 exactly.
-          {
-            const Tensor got = dw.to(kCPU);
-            const size_t row_bytes = size_t(c.D) * dtype_size(dt);
-            const auto* pg = static_cast<const unsigned char*>(got.data_ptr());
-            const auto* p0 = static_cast<const unsigned char*>(w0.data_ptr());
-            int64_t changed = 0;
-            for (int64_t v = 0; v < c.V; ++v)
-              if (!present[size_t(v)] && std::memcmp(pg + v * row_bytes, p0 + v * row_bytes, row_bytes) != 0)
-                ++changed;
-            EXPECT_EQ(changed, 0) << what << ": rows of absent ids were written";
-          }
-          Tensor dw2 = to_gpu(w0);
-          kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
-          expect_same_bits(dw, dw2, what);
-          if (variant == 0) dw_v0 = dw;
-          else expect_same_bits(dw, dw_v0, what + " vs v0");
-        }
-      }
+      for (const Case& c : cases)
+        check_backward_variants(backward_ids(c.N, c.V, c.frequent, seed++, it), c.V, c.D, dt, seed,
+                                "frequent " + std::to_string(c.frequent));
+}
+
+// Skewed ids for v6's segment classes: id 7 on 55% of the positions (v6's bitmap path), ids 11 to 19 with
+// exactly 32 (the in-warp sort), 33, 63, 64, 65, 1000, 4097, 8192 (the shared-memory sort) and 8193 (the
+// bitmap) positions, the rest uniform over the ids in [1000, V) that are not multiples of 3; every other id
+// never occurs. Positions shuffled (a fixed Fisher-Yates on mt19937_64).
+Tensor skewed_ids(int64_t N, int64_t V, uint64_t seed, DType it) {
+  const int64_t sizes[] = {32, 33, 63, 64, 65, 1000, 4097, 8192, 8193};
+  std::vector<int64_t> ids;
+  ids.insert(ids.end(), size_t(N * 55 / 100), 7);
+  int64_t id = 11;
+  for (int64_t n : sizes) ids.insert(ids.end(), size_t(n), id++);
+  std::mt19937_64 rng(seed);
+  while (int64_t(ids.size()) < N) {
+    const int64_t v = 1000 + int64_t(rng() % uint64_t(V - 1000));
+    if (v % 3 != 0) ids.push_back(v);
+  }
+  for (size_t i = ids.size() - 1; i > 0; --i) std::swap(ids[i], ids[size_t(rng() % (i + 1))]);
+  return Tensor::from_vector(ids, {N}, it);
+}
+
+TEST(CudaEmbedding, BackwardOnSkewedIdsMatchesV2BitForBit) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 500;
+  const int64_t N = 60013, V = 3001;  // N prime
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (int64_t D : {int64_t(40), int64_t(13)})
+        check_backward_variants(skewed_ids(N, V, seed++, it), V, D, dt, seed, "skewed");
 }
 
 TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
