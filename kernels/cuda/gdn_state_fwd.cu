@@ -170,7 +170,7 @@ bool launch_ws_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
 template <class D, int KT, bool OUT, int VW>
 void launch_bulk(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
   if constexpr (std::is_same_v<D, bf16> && OUT)
-    if (lay.tma && launch_state_fwd_tma(pl, p, VW, lay.tma_stages)) return;
+    if (lay.tma && launch_state_fwd_tma(pl, p, lay.tma_vw, lay.tma_stages)) return;
   // Two CTAs per SM: one stage (no prefetch inside a CTA; the other CTA's step overlaps its loads).
   if constexpr (smem_of<D, KT, 1, OUT, false>() <= 113 * 1024)
     if (lay.occ2 && 2 * (smem_of<D, KT, 1, OUT, false>() + 1024) <= max_smem_per_sm(pl.dev.index))
@@ -401,8 +401,11 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   // H200, B8 T4096 (192 CTAs of the 64-wide pass on 132 SMs): state pass + output 0.705 -> 0.538 ms, the
   // backward's joint passes 1.03 -> 0.87; at B2 T16384 (one wave already) it costs (1.01 -> 1.32).
   lay.occ2 = env_int("NATSL_GDN_OCC2", ctas_per_vtile64 > sms ? 1 : 0) != 0;
-  lay.tma = env_int("NATSL_GDN_TMA", 0) != 0;
+  // H200 (9326140d), bf16 K = 128 V = 256, state pass + output: B2 T16384 0.699 -> 0.354 ms (vt32), B8 T4096
+  // 0.356 (occ2) -> 0.292 (vt32; 0.308 at vt64); 2 or 3 stages the same within 0.005.
+  lay.tma = env_int("NATSL_GDN_TMA", 1) != 0;
   if (env_int("NATSL_GDN_TMA_STAGES", 0) == 2) lay.tma_stages = 2;
+  if (lay.tma && vw != 64) lay.tma_vw = 32;
   return lay;
 }
 

@@ -173,37 +173,38 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
 }
 
 // The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
-// L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores.
+// L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores (all with the
+// tensor-copy pass off, which would take their place), then the tensor-copy pass.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"},
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"},
                   {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"},
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"},
                   {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"},
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"},
                   {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
-  check_with_env({{"NATSL_GDN_PREP_STORE", "direct"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_PREP_STORE", "direct"}});
   // The pass on tensor-copied tiles (gdn_state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
   // the f32 case fall back to the cp.async pass.
   check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}});
   check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_TMA_STAGES", "2"}});
   // Both output kernels after either split pass: one CTA per V tile (NATSL_GDN_OUT=1), or looping over the V
   // tiles (2, the default the split rows above ran).
-  check_with_env({{"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
 }
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
@@ -226,10 +227,10 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
 // pipelined kernels), whichever the default.
 TEST(GdnCuda, TwoCtasPerSmLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_JOINT", "0"}});
-  check_with_env({{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_BWD_STORE", "direct"}});
-  check_with_env({{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_JOINT", "0"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_BWD_STORE", "direct"}});
+  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
 }
 
 TEST(GdnCuda, NoFinalStateGradient) {
