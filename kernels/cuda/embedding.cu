@@ -822,7 +822,7 @@ __device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int3
 template <class I>
 __global__ void __launch_bounds__(kCountThreads)
     embedding_bwd_v6_count_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int32_t* ws, int32_t large_cap,
-                    int32_t* __restrict__ starts) {
+                                  int32_t* __restrict__ starts) {
   pdl_wait();
   pdl_trigger();
   int32_t* counts = ws;
@@ -853,7 +853,7 @@ __global__ void __launch_bounds__(kCountThreads)
 template <class I>
 __global__ void __launch_bounds__(kScatterThreads)
     embedding_bwd_v6_scatter_kernel(const I* __restrict__ ids, int32_t n, int pos_bits, int32_t* counts,
-                      const int32_t* __restrict__ starts, uint32_t* __restrict__ keys) {
+                                    const int32_t* __restrict__ starts, uint32_t* __restrict__ keys) {
   pdl_wait();
   pdl_trigger();
   const int lane = threadIdx.x & 31;
@@ -876,8 +876,8 @@ __global__ void __launch_bounds__(kScatterThreads)
 // One block per listed id (pulled from a work counter): its segment of keys sorted into `sorted`.
 __global__ void __launch_bounds__(kLargeThreads)
     embedding_bwd_v6_sort_large_kernel(const uint32_t* __restrict__ keys, int32_t n, int pos_bits,
-                         const int32_t* __restrict__ starts, int32_t* extra, int32_t large_cap,
-                         uint32_t* __restrict__ sorted) {
+                                       const int32_t* __restrict__ starts, int32_t* extra, int32_t large_cap,
+                                       uint32_t* __restrict__ sorted) {
   using Scan = cub::BlockScan<int32_t, kLargeThreads>;
   __shared__ uint32_t buf[kLargeKeys];  // the keys (bitonic) or a bitmap of kWindow positions
   __shared__ typename Scan::TempStorage temp;
