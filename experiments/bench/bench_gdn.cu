@@ -51,7 +51,8 @@ const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "N
                                  "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
                                  "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
                                  "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2",
-                                 "NATSL_GDN_OUT", "NATSL_GDN_TMA", "NATSL_GDN_TMA_STAGES"};
+                                 "NATSL_GDN_OUT", "NATSL_GDN_TMA", "NATSL_GDN_TMA_STAGES",
+                                 "NATSL_GDN_BWD_TMA", "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"tma_off", {{"NATSL_GDN_TMA", "0"}}, true},
@@ -74,6 +75,12 @@ const std::vector<Variant> kVariants = {
     {"fused_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"fused_no_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"tma", {{"NATSL_GDN_TMA", "1"}}, true},
+    {"tma_s1", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "1"}}, true},
+    {"bwd_tma", {{"NATSL_GDN_BWD_TMA", "1"}}, false},
+    {"bwd_tma_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
+    {"bwd_tma_vt32", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}}, false},
+    {"bwd_tma_vt32_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
+    {"bwd_tma_vt32_s3", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "3"}}, false},
     {"tma_s2", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "2"}}, true},
     {"tma_vt32", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}}, true},
     {"tma_vt64", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}}, true},

@@ -17,6 +17,7 @@
 
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn_tma.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
@@ -75,6 +76,95 @@ __device__ __forceinline__ void tile_store_n(const D* s, D* g, int64_t gld, bool
     v.z ^= flip;
     v.w ^= flip;
     *reinterpret_cast<uint4*>(g + r * gld + pc * epp) = v;
+  }
+}
+
+// Where the reverse step finds its chunk's tiles (K, Q, W, P, dO) and how they are laid out; PaddedBwdStage: the
+// padded tiles of stage_tiles, one after the other (cp.async and per-row bulk loads).
+template <class D, int KT>
+struct PaddedBwdStage {
+  using LT = PaddedTile<D>;  // K, Q, W, P
+  using LO = PaddedTile<D>;  // dO
+  static constexpr int TE = kC * kLd<D>;
+  const D* base;
+  __device__ __forceinline__ const D* K(int kt) const { return base + kt * TE; }
+  __device__ __forceinline__ const D* Q(int kt) const { return base + (KT + kt) * TE; }
+  __device__ __forceinline__ const D* W(int kt) const { return base + (2 * KT + kt) * TE; }
+  __device__ __forceinline__ const D* P() const { return base + 3 * KT * TE; }
+  __device__ __forceinline__ const D* dO() const { return P() + TE; }
+};
+
+// One chunk step of the reverse pass (steps 1-3 above) on the chunk's tiles (view st) and gamma row g; DHs, NDV2,
+// DOe are the padded tiles the step writes; sync() is the barrier among the NTH threads that run it.
+template <class D, int KT, int VW, int NTH, class Stage, class Sync>
+__device__ __forceinline__ void state_bwd_step_on(const StateBwdParams<D>& p, Acc (&dacc)[KT], const Stage& st, D* DHs,
+                                                  D* NDV2, D* DOe, const float* g, int c, int len, int hv, int c0,
+                                                  Sync sync) {
+  using LT = typename Stage::LT;
+  using LO = typename Stage::LO;
+  using LP = PaddedTile<D>;
+  constexpr int TE = kC * kLd<D>;
+  constexpr int ld = kLd<D>;
+  const Frag f;
+  const int64_t tile_id = int64_t(c) * p.HV + hv;
+  const float gL = g[len - 1], eL = __expf(gL);
+  const float m = p.mask ? p.mask[tile_id] : 1.f;
+
+  // 1. dh[n]
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
+    if (!p.staged) acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+  sync();
+  if (p.staged) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      tile_store_n<D, VW, NTH>(DHs + kt * TE, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
+  }
+
+  // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
+  Acc a;
+  zero(a);
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) tile_mma<false, false, D, LT, LP>(a, st.K(kt), DHs + kt * TE);
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = f.row(2 * hh);
+    const float r = i < len ? m * __expf(gL - g[i]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      a[nt][2 * hh] *= r;
+      a[nt][2 * hh + 1] *= r;
+    }
+  }
+  tile_mma<true, false, D, LT, LO>(a, st.P(), st.dO());
+  if (!p.staged) acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + c0, p.V, kC);
+  acc_to_tile<D>(a, f, NDV2, [](int, int, float x) { return -x; });
+  {
+    const D* dO = st.dO();
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = f.row(2 * hh), j = f.col(nt, 0);
+        const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
+        const float2 x = load2<D>(dO + LO::off(i, j));
+        store2<D>(DOe + i * ld + j, sc * x.x, sc * x.y);
+      }
+  }
+  sync();
+  if (p.staged) tile_store_n<D, VW, NTH>(NDV2, p.dv2_out + tile_id * kC * p.V + c0, p.V, true);
+
+  // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dacc[kt][nt][e] *= eL;
+    tile_mma<true, false, D, LT, LP>(dacc[kt], st.Q(kt), DOe);
+    tile_mma<true, false, D, LT, LP>(dacc[kt], st.W(kt), NDV2);
   }
 }
 
@@ -197,68 +287,8 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     __syncthreads();
     if (STAGES == 2 && ci > 0) issue_pf(ci - 1, s ^ 1);
 
-    const int c = si.first_chunk + ci, len = min(kC, si.len - kC * ci);
-    const int64_t tile_id = int64_t(c) * p.HV + hv;
-    const float* g = G + s * kC;
-    const float gL = g[len - 1], eL = __expf(gL);
-    const float m = p.mask ? p.mask[tile_id] : 1.f;
-
-    // 1. dh[n]
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
-      if (!p.staged) acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
-    }
-    __syncthreads();
-    if (p.staged) {
-#pragma unroll
-      for (int kt = 0; kt < KT; ++kt)
-        tile_store_n<D, VW, NTH>(DHs + kt * TE, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
-    }
-
-    // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
-    Acc a;
-    zero(a);
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Kt(s, kt), DHs + kt * TE);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int i = f.row(2 * hh);
-      const float r = i < len ? m * __expf(gL - g[i]) : 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        a[nt][2 * hh] *= r;
-        a[nt][2 * hh + 1] *= r;
-      }
-    }
-    tile_mma<true, false>(a, Pt(s), DOt(s));
-    if (!p.staged) acc_to_global<D>(a, f, p.dv2_out + tile_id * kC * p.V + c0, p.V, kC);
-    acc_to_tile<D>(a, f, NDV2, [](int, int, float x) { return -x; });
-    {
-      const D* dO = DOt(s);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int i = f.row(2 * hh), j = f.col(nt, 0);
-          const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
-          const float2 x = load2<D>(dO + i * ld + j);
-          store2<D>(DOe + i * ld + j, sc * x.x, sc * x.y);
-        }
-    }
-    __syncthreads();
-    if (p.staged) tile_store_n<D, VW, NTH>(NDV2, p.dv2_out + tile_id * kC * p.V + c0, p.V, true);
-
-    // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dacc[kt][nt][e] *= eL;
-      tile_mma<true, false>(dacc[kt], Qt(s, kt), DOe);
-      tile_mma<true, false>(dacc[kt], Wt(s, kt), NDV2);
-    }
+    state_bwd_step_on<D, KT, VW, NTH>(p, dacc, PaddedBwdStage<D, KT>{base + s * ST * TE}, DHs, NDV2, DOe, G + s * kC,
+                                      si.first_chunk + ci, min(kC, si.len - kC * ci), hv, c0, [] { __syncthreads(); });
   }
   if (p.dh0) {
 #pragma unroll
@@ -283,6 +313,125 @@ __global__ void __launch_bounds__(4 * VW, MINB) state_joint_kernel(StateBwdParam
   if (int(blockIdx.z) < nvt)
     state_bwd_body<D, KT, STAGES, VW, BULK>(pb, blockIdx.x, blockIdx.y, blockIdx.z, smem_raw);
   else state_fwd_body<D, KT, STAGES, false, VW>(pf, blockIdx.x, blockIdx.y, blockIdx.z - nvt, smem_raw);
+}
+
+// ---- both passes on tensor-copied tiles (NATSL_GDN_BWD_TMA=1; bf16, K <= 128) ----
+// As the forward's tensor-copy pass (gdn_state_fwd_tma.cu): one producer thread issues each chunk's copies into a
+// stage (gdn_tma.cuh), the compute warps run the same step functions on a swizzled-tile view, zeroing the rows past
+// a partial chunk's end that the cp.async loads would have zero-filled (the same sums, bit for bit).
+struct JointMaps {
+  CUtensorMap w, k, q, u, p, dout;
+};
+
+// The reverse pass's view of a stage: K in tiles 0..KT-1, Q in KT..2KT-1, W in 2KT..3KT-1, P in 3KT, dO dense.
+template <int KT, int VW>
+struct TmaBwdStage {
+  using LT = Swizzled128;
+  using LO = DenseTile<VW>;
+  static constexpr int TE = kC * kC;
+  const bf16* base;
+  __device__ __forceinline__ const bf16* K(int kt) const { return base + kt * TE; }
+  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* W(int kt) const { return base + (2 * KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
+  __device__ __forceinline__ const bf16* dO() const { return base + (3 * KT + 1) * TE; }
+};
+
+// blockIdx.z < V / VW: the reverse pass; above (only when launched with the forward's CTAs): the forward
+// recompute storing h and v_new (its stage view is the forward's TmaStage, the Q and P tiles left empty).
+template <int KT, int STAGES, int VW>
+__global__ void __launch_bounds__(4 * VW + 32, 1)
+    state_joint_tma_kernel(const __grid_constant__ JointMaps maps, StateBwdParams<bf16> pb, StateFwdParams<bf16> pf) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int NTH = 4 * VW;  // compute threads; the producer warp comes after them
+  constexpr int SB = tma_stage_bytes<KT, VW>(), TE = kC * kLd<bf16>;
+  constexpr uint32_t kRevTx = tma_gamma_offset<KT, VW>() + kC * 4;
+  constexpr uint32_t kFwdTx = 2 * KT * kSwTileBytes + kC * VW * int(sizeof(bf16)) + kC * 4;
+  unsigned char* sm = tma_align(smem_raw);
+  bf16* work = reinterpret_cast<bf16*>(sm + STAGES * SB);  // KT + 2 padded tiles the steps write
+  uint64_t* full = reinterpret_cast<uint64_t*>(sm + STAGES * SB + (KT + 2) * kTileBytes<bf16>);
+  uint64_t* empty = full + STAGES;
+  auto tile_at = [&](int s, int i) { return sm + s * SB + i * kSwTileBytes; };
+  auto gam_at = [&](int s) { return reinterpret_cast<float*>(sm + s * SB + tma_gamma_offset<KT, VW>()); };
+  const int nvt = pb.V / VW;
+  const bool rev = int(blockIdx.z) < nvt;
+  const int n = blockIdx.x, hv = blockIdx.y, c0 = (rev ? int(blockIdx.z) : int(blockIdx.z) - nvt) * VW;
+  const int h = hv / (pb.HV / pb.H);
+  const SeqInfo si = pb.seqs[n];
+  const int nch = si.nchunks;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init_count(full + i, 1);
+      mbar_init_count(empty + i, NTH / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= NTH) {  // producer: one thread issues every copy
+    if (threadIdx.x == NTH) {
+      for (int it = 0; it < nch; ++it) {
+        const int s = it % STAGES, ci = rev ? nch - 1 - it : it;
+        if (it >= STAGES) mbar_wait_parity(empty + s, uint32_t(it / STAGES - 1) & 1u);
+        const int row0 = si.row0 + kC * ci, tile_row = (si.first_chunk + ci) * pb.HV * kC + hv * kC;
+        uint64_t* bar = full + s;
+        mbar_arrive_expect(bar, rev ? kRevTx : kFwdTx);
+        if (rev) {
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt) {
+            tma_load_2d(tile_at(s, kt), &maps.k, h * pb.K + kt * kC, row0, bar);
+            tma_load_2d(tile_at(s, KT + kt), &maps.q, h * pb.K + kt * kC, row0, bar);
+            tma_load_2d(tile_at(s, 2 * KT + kt), &maps.w, kt * kC, tile_row, bar);
+          }
+          tma_load_2d(tile_at(s, 3 * KT), &maps.p, 0, tile_row, bar);
+          tma_load_2d(tile_at(s, 3 * KT + 1), &maps.dout, hv * pb.V + c0, row0, bar);
+        } else {
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt) {
+            tma_load_2d(tile_at(s, kt), &maps.w, kt * kC, tile_row, bar);
+            tma_load_2d(tile_at(s, KT + kt), &maps.k, h * pb.K + kt * kC, row0, bar);
+          }
+          tma_load_2d(tile_at(s, 3 * KT + 1), &maps.u, c0, tile_row, bar);
+        }
+        bulk_g2s(gam_at(s), pb.gam + int64_t(tile_row), kC * 4, bar);
+      }
+    }
+    return;
+  }
+
+  const Frag f;
+  Acc acc[KT];
+  const float* init = rev ? pb.dht : pf.h0;
+  load_state<KT>(acc, f, init ? init + (int64_t(n) * pb.HV + hv) * pb.K * pb.V : nullptr, pb.V, c0);
+  for (int it = 0; it < nch; ++it) {
+    const int s = it % STAGES, ci = rev ? nch - 1 - it : it, len = min(kC, si.len - kC * ci);
+    mbar_wait_parity(full + s, uint32_t(it / STAGES) & 1u);
+    const bf16* st = reinterpret_cast<const bf16*>(tile_at(s, 0));
+    // The steps' first barrier orders the zeroing before the tiles are read.
+    if (rev) {
+      if (len < kC) {
+        zero_tile_rows<NTH>(tile_at(s, 0), 2 * KT, kC * 2, len);          // K, Q
+        zero_tile_rows<NTH>(tile_at(s, 3 * KT + 1), 1, VW * 2, len);      // dO
+      }
+      state_bwd_step_on<bf16, KT, VW, NTH>(pb, acc, TmaBwdStage<KT, VW>{st}, work, work + KT * TE,
+                                           work + (KT + 1) * TE, gam_at(s), si.first_chunk + ci, len, hv, c0,
+                                           [] { compute_sync<NTH>(); });
+    } else {
+      if (len < kC) zero_tile_rows<NTH>(tile_at(s, KT), KT, kC * 2, len);  // K
+      state_fwd_step_on<bf16, KT, false>(pf, acc, TmaStage<KT, VW>{st}, work, gam_at(s), si.first_chunk + ci,
+                                         si.row0 + kC * ci, len, hv, c0, [] { compute_sync<NTH>(); });
+    }
+    // Ordinary stores into a stage the copy engine refills next need the proxy fence before its release.
+    if (len < kC) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);
+  }
+  float* const fin = rev ? pb.dh0 : pf.ht;
+  if (fin) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+      acc_to_global<float>(acc[kt], f, fin + ((int64_t(n) * pb.HV + hv) * pb.K + kt * kC) * pb.V + c0, pb.V, kC);
+  }
 }
 
 // NATSL_GDN_BULK=1: the reverse pass loads its tiles by bulk copies (default: cp.async; one 128-byte bulk copy
@@ -347,6 +496,57 @@ void launch_vw(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<
   launch_stages<D, KT, 64>(pl, p, pf, lay.stages, lay.occ2);
 }
 
+template <int KT, int STAGES, int VW>
+void launch_joint_tma(const Plan& pl, const JointMaps& maps, const StateBwdParams<bf16>& pb,
+                      const StateFwdParams<bf16>* pf) {
+  constexpr int smem = tma_smem<KT, VW, STAGES>();
+  auto kern = state_joint_tma_kernel<KT, STAGES, VW>;
+  set_smem(kern, smem, 1);
+  const unsigned nvt = unsigned(pl.s.V / VW);
+  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), pf ? 2 * nvt : nvt), 4 * VW + 32, smem, pl.stream>>>(
+      maps, pb, pf ? *pf : StateFwdParams<bf16>{});
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+// The requested stages (1, 2 or 3), or fewer where they do not fit; false when 1 does not fit either.
+template <int KT, int VW>
+bool launch_joint_tma_stages(const Plan& pl, const JointMaps& maps, const StateBwdParams<bf16>& pb,
+                             const StateFwdParams<bf16>* pf, int stages) {
+  constexpr int kSm90Max = 227 * 1024;
+  const int avail = max_smem_per_block(pl.dev.index);
+  if constexpr (tma_smem<KT, VW, 3>() <= kSm90Max)
+    if (stages >= 3 && tma_smem<KT, VW, 3>() <= avail) return launch_joint_tma<KT, 3, VW>(pl, maps, pb, pf), true;
+  if constexpr (tma_smem<KT, VW, 2>() <= kSm90Max)
+    if (stages >= 2 && tma_smem<KT, VW, 2>() <= avail) return launch_joint_tma<KT, 2, VW>(pl, maps, pb, pf), true;
+  if (tma_smem<KT, VW, 1>() <= avail) return launch_joint_tma<KT, 1, VW>(pl, maps, pb, pf), true;
+  return false;
+}
+
+// Both passes (pf set) or the reverse pass alone on tensor-copied tiles; false where the layout does not apply.
+bool run_joint_tma(const Plan& pl, const StateBwdParams<bf16>& pb, const StateFwdParams<bf16>* pf, int vw,
+                   int stages) {
+  const GdnShape& s = pl.s;
+  const int64_t tok_rows = s.B * s.T, tile_rows = s.NC * s.HV * kC;
+  if (tok_rows >= (int64_t(1) << 31) || tile_rows >= (int64_t(1) << 31) || s.V % vw != 0) return false;
+  if (s.K != 64 && s.K != 128) return false;  // K = 256 does not fit one stage with the padded work tiles
+  JointMaps maps;
+  maps.w = tensor_map_2d(pb.w, tile_rows, s.K, s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.k = tensor_map_2d(pb.k, tok_rows, s.H * s.K, s.H * s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.q = tensor_map_2d(pb.q, tok_rows, s.H * s.K, s.H * s.K, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.p = tensor_map_2d(pb.p, tile_rows, kC, kC, kC, kC, CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.dout = tensor_map_2d(pb.dout, tok_rows, s.HV * s.V, s.HV * s.V, kC, vw, CU_TENSOR_MAP_SWIZZLE_NONE);
+  maps.u = pf ? tensor_map_2d(pf->u, tile_rows, s.V, s.V, kC, vw, CU_TENSOR_MAP_SWIZZLE_NONE) : maps.dout;
+  bool ok = false;
+  dispatch_kt<bf16>(s.K, "gdn backward state passes", [&](auto kt) {
+    constexpr int KT = decltype(kt)::value;
+    if constexpr (KT <= 2) {
+      ok = vw == 32 ? launch_joint_tma_stages<KT, 32>(pl, maps, pb, pf, stages)
+                    : launch_joint_tma_stages<KT, 64>(pl, maps, pb, pf, stages);
+    }
+  });
+  return ok;
+}
+
 template <class D>
 StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
                                    const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& dh,
@@ -379,6 +579,8 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
 
 template <class D>
 void run_kt(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, StateLayout lay) {
+  if constexpr (std::is_same_v<D, bf16>)
+    if (lay.bwd_tma && run_joint_tma(pl, p, pf, lay.bwd_tma_vw, lay.bwd_tma_stages)) return;
   dispatch_kt<D>(pl.s.K, "gdn reverse state pass", [&](auto kt) { launch_vw<D, decltype(kt)::value>(pl, p, pf, lay); });
 }
 

@@ -404,8 +404,13 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   // H200 (9326140d), bf16 K = 128 V = 256, state pass + output: B2 T16384 0.699 -> 0.354 ms (vt32), B8 T4096
   // 0.356 (occ2) -> 0.292 (vt32; 0.308 at vt64); 2 or 3 stages the same within 0.005.
   lay.tma = env_int("NATSL_GDN_TMA", 1) != 0;
-  if (env_int("NATSL_GDN_TMA_STAGES", 0) == 2) lay.tma_stages = 2;
+  const int tst = env_int("NATSL_GDN_TMA_STAGES", 0);
+  if (tst >= 1 && tst <= 3) lay.tma_stages = tst;
   if (lay.tma && vw != 64) lay.tma_vw = 32;
+  lay.bwd_tma = env_int("NATSL_GDN_BWD_TMA", 0) != 0;
+  const int bvw = env_int("NATSL_GDN_BWD_TMA_VTILE", 0), bst = env_int("NATSL_GDN_BWD_TMA_STAGES", 0);
+  if (bvw == 32 || bvw == 64) lay.bwd_tma_vw = bvw;
+  if (bst >= 1 && bst <= 3) lay.bwd_tma_stages = bst;
   return lay;
 }
 

@@ -391,11 +391,16 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //                         wave (192 CTAs of the 64-wide pass at B8 T4096 on 132 SMs), all CTAs run at once
 //   NATSL_GDN_TMA=0|1     bf16, fused output, K <= 128: tiles by the bulk tensor copy engine, one producer
 //                         thread (gdn_state_fwd_tma.cu); default on, 32 columns of V per CTA unless
-//                         NATSL_GDN_VTILE=64; NATSL_GDN_TMA_STAGES=2|3 (default 3). Where it does not apply
+//                         NATSL_GDN_VTILE=64; NATSL_GDN_TMA_STAGES=1|2|3 (default 3;
+//                         1: two CTAs per SM at V tile 32). Where it does not apply
 //                         (f32, K = 256, the split layout) the layouts below run.
+//   NATSL_GDN_BWD_TMA=0|1 the backward's passes (joint or reverse alone) on tensor-copied tiles (bf16, K <= 128;
+//                         gdn_state_bwd.cu); NATSL_GDN_BWD_TMA_VTILE=32|64, NATSL_GDN_BWD_TMA_STAGES=1|2|3
 struct StateLayout {
   bool tma = false;
   int tma_stages = 3, tma_vw = 64;
+  bool bwd_tma = false;
+  int bwd_tma_stages = 2, bwd_tma_vw = 64;
   bool occ2 = false;
   int vw = 64, stages = 2;
   int l2pf = 0;

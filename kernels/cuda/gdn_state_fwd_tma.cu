@@ -8,10 +8,10 @@
 // the U tile a dense 64 x VW tile; the state, v_new tiles the step writes itself stay padded. Rows of K past a
 // partial chunk's end hold the next sequence's keys (or the copy's zeros at the end of the tensor): the compute
 // warps zero them before use, as the cp.async path's zero fill does, so the sums are the same.
-#include <cuda.h>
 #include <cudaTypedefs.h>
 
 #include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn_tma.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
@@ -28,8 +28,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A bf16 matrix of rows x cols (row pitch `pitch` elements) copied in boxes of box_rows x box_cols; reads past
-// its end give zeros.
+}  // namespace
+
 CUtensorMap tensor_map_2d(const bf16* base, int64_t rows, int64_t cols, int64_t pitch, int box_rows, int box_cols,
                           CUtensorMapSwizzle swizzle) {
   CUtensorMap m;
@@ -44,47 +44,11 @@ CUtensorMap tensor_map_2d(const bf16* base, int64_t rows, int64_t cols, int64_t 
   return m;
 }
 
+namespace {
+
 struct TmaMaps {
   CUtensorMap w, k, q, u, p;
 };
-
-constexpr int kSwTileBytes = kC * kC * int(sizeof(bf16));  // one swizzled 64 x 64 tile
-
-// One stage: KT W, KT K, KT Q tiles, the P tile, the U tile (64 x VW), the gamma row; 1024-byte aligned (the
-// 128-byte swizzle repeats every 1024 bytes and the copies need their tiles aligned to it).
-template <int KT, int VW>
-constexpr int tma_stage_tx() {
-  return (3 * KT + 1) * kSwTileBytes + kC * VW * int(sizeof(bf16)) + kC * 4;
-}
-template <int KT, int VW>
-constexpr int tma_stage_bytes() {
-  return (tma_stage_tx<KT, VW>() + 1023) / 1024 * 1024;
-}
-// + 1024 bytes to align the dynamic shared memory, the padded state and v_new tiles, the mbarriers.
-template <int KT, int VW, int STAGES>
-constexpr int tma_smem() {
-  return 1024 + STAGES * tma_stage_bytes<KT, VW>() + (KT + 2) * kTileBytes<bf16> + 2 * STAGES * 8;
-}
-
-template <int KT, int VW>
-struct TmaStage {
-  using LT = Swizzled128;
-  using LU = DenseTile<VW>;
-  static constexpr int TE = kC * kC;
-  const bf16* base;
-  __device__ __forceinline__ const bf16* W(int kt) const { return base + kt * TE; }
-  __device__ __forceinline__ const bf16* K(int kt) const { return base + (KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (2 * KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
-  __device__ __forceinline__ const bf16* U() const { return base + (3 * KT + 1) * TE; }
-};
-
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
-          "r"(smem_addr(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_addr(bar))
-      : "memory");
-}
 
 template <int KT, int STAGES, int VW>
 __global__ void __launch_bounds__(4 * VW + 32, 1)
@@ -92,14 +56,12 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int NTH = 4 * VW;  // compute threads; the producer warp comes after them
   constexpr int SB = tma_stage_bytes<KT, VW>();
-  unsigned char* sm = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+  unsigned char* sm = tma_align(smem_raw);
   bf16* Hs = reinterpret_cast<bf16*>(sm + STAGES * SB);
   uint64_t* full = reinterpret_cast<uint64_t*>(sm + STAGES * SB + (KT + 2) * kTileBytes<bf16>);
   uint64_t* empty = full + STAGES;
   auto tile_at = [&](int s, int i) { return sm + s * SB + i * kSwTileBytes; };  // i-th 8 KB tile of stage s
-  auto gam_at = [&](int s) {
-    return reinterpret_cast<float*>(sm + s * SB + (3 * KT + 1) * kSwTileBytes + kC * VW * int(sizeof(bf16)));
-  };
+  auto gam_at = [&](int s) { return reinterpret_cast<float*>(sm + s * SB + tma_gamma_offset<KT, VW>()); };
   const int n = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * VW, h = hv / (p.HV / p.H);
   const SeqInfo si = p.seqs[n];
   const int nch = si.nchunks;
@@ -118,7 +80,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
         const int s = ci % STAGES;
         if (ci >= STAGES) mbar_wait_parity(empty + s, uint32_t(ci / STAGES - 1) & 1u);
         const int row0 = si.row0 + kC * ci, tile_row = (si.first_chunk + ci) * p.HV * kC + hv * kC;
-        mbar_arrive_expect(full + s, uint32_t(tma_stage_tx<KT, VW>()));
+        mbar_arrive_expect(full + s, uint32_t(tma_gamma_offset<KT, VW>() + kC * 4));
 #pragma unroll
         for (int kt = 0; kt < KT; ++kt) {
           tma_load_2d(tile_at(s, kt), &maps.w, kt * kC, tile_row, full + s);
@@ -139,13 +101,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
   for (int ci = 0; ci < nch; ++ci) {
     const int s = ci % STAGES, len = min(kC, si.len - kC * ci);
     mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
-    if (len < kC) {  // zero the K rows past the chunk's end (whole 128-byte rows: the swizzle stays inside a row)
-      const int nz = kC - len;
-      for (int idx = threadIdx.x; idx < KT * nz * 8; idx += NTH) {
-        const int kt = idx / (nz * 8), r = len + (idx / 8) % nz, piece = idx % 8;
-        *reinterpret_cast<uint4*>(tile_at(s, KT + kt) + r * 128 + piece * 16) = make_uint4(0u, 0u, 0u, 0u);
-      }
-    }
+    if (len < kC) zero_tile_rows<NTH>(tile_at(s, KT), KT, kC * 2, len);  // the K tiles
     // The step's first barrier orders the zeroing before the K tiles are read.
     state_fwd_step_on<bf16, KT, true>(p, hacc, TmaStage<KT, VW>{reinterpret_cast<const bf16*>(tile_at(s, 0))}, Hs,
                                       gam_at(s), si.first_chunk + ci, si.row0 + kC * ci, len, hv, c0,
@@ -171,7 +127,8 @@ void launch_tma(const Plan& pl, const TmaMaps& maps, const StateFwdParams<bf16>&
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-// The requested stages (2 or 3), or 2 where 3 do not fit; false when 2 do not fit either.
+// The requested stages (1, 2 or 3), or fewer where they do not fit; false when 1 does not fit either. One stage
+// (~100 KB at K = 128, V tile 32) lets two CTAs share an SM, the other CTA's step covering this one's copies.
 template <int KT, int VW>
 bool launch_tma_stages(const Plan& pl, const TmaMaps& maps, const StateFwdParams<bf16>& p, int stages) {
   constexpr int kSm90Max = 227 * 1024;
@@ -179,7 +136,8 @@ bool launch_tma_stages(const Plan& pl, const TmaMaps& maps, const StateFwdParams
   if constexpr (tma_smem<KT, VW, 3>() <= kSm90Max)
     if (stages >= 3 && tma_smem<KT, VW, 3>() <= avail) return launch_tma<KT, 3, VW>(pl, maps, p), true;
   if constexpr (tma_smem<KT, VW, 2>() <= kSm90Max)
-    if (tma_smem<KT, VW, 2>() <= avail) return launch_tma<KT, 2, VW>(pl, maps, p), true;
+    if (stages >= 2 && tma_smem<KT, VW, 2>() <= avail) return launch_tma<KT, 2, VW>(pl, maps, p), true;
+  if (tma_smem<KT, VW, 1>() <= avail) return launch_tma<KT, 1, VW>(pl, maps, p), true;
   return false;
 }
 

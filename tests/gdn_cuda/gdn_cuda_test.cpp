@@ -220,6 +220,10 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "2"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "64"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  // Tensor-copied tiles (K = 256 and f32 fall back to the cp.async passes).
+  check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "3"}});
+  check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "64"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"},
+                  {"NATSL_GDN_JOINT", "0"}});
 }
 
 // Two CTAs per SM (NATSL_GDN_OCC2=1: one stage, registers capped at 128 a thread): the forward pass with its
@@ -378,6 +382,54 @@ TEST(GdnCuda, TmaPassGivesTheSameBitsAsCpAsyncPass) {
       }
     }
     for (const char* e : {"NATSL_GDN_VTILE", "NATSL_GDN_TMA", "NATSL_GDN_WS", "NATSL_GDN_SPLIT", "NATSL_GDN_OCC2"})
+      unsetenv(e);
+  }
+}
+
+// The backward's passes on tensor-copied tiles (NATSL_GDN_BWD_TMA=1), joint and reverse alone, at both tile widths
+// and 1-3 stages: every gradient bit for bit the cp.async passes' (the same step functions on the same values).
+TEST(GdnCuda, TmaBackwardGivesTheSameBitsAsCpAsync) {
+  NATSL_REQUIRE_GPU();
+  GdnCase packed = mk(1, 1300, 2, 128, true, MaskKind::Continuous, 94);
+  packed.cu_seqlens = {0, 1, 65, 129, 1000, 1000, 1300};
+  struct Setting {
+    const char *vw, *stages, *joint;
+  };
+  for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 95), mk(2, 333, 3, 64, false, MaskKind::Binary, 96),
+                           packed}) {
+    SCOPED_TRACE(case_label(c));
+    const GdnArgs a = args_of(c);
+    const GdnInputs in = on_gpu(converted(make_inputs(c), DType::bf16));
+    const GdnShape s = GdnShape::of(in.q, in.v, a);
+    const Tensor dout = to_gpu(randn(in.v.shape(), c.seed + 1).to(DType::bf16));
+    const Tensor dht = to_gpu(randn({s.N, s.HV, s.K, s.V}, c.seed + 2).to(DType::f32));
+    auto bits = [&](const Outs& r) {
+      std::vector<std::vector<double>> v;
+      for (const Tensor* t : {&r.g.dq, &r.g.dk, &r.g.dv, &r.g.dg, &r.g.dbeta, &r.g.dh0, &r.g.dmask})
+        if (t->defined()) v.push_back(t->to(kCPU).to(DType::f64).to_vector<double>());
+      return v;
+    };
+    for (const Setting& st : {Setting{"32", "2", "1"}, Setting{"64", "2", "1"}, Setting{"32", "3", "1"},
+                              Setting{"64", "1", "1"}, Setting{"32", "1", "0"}}) {
+      SCOPED_TRACE(std::string("V tile ") + st.vw + ", stages " + st.stages + ", joint " + st.joint);
+      setenv("NATSL_GDN_VTILE", st.vw, 1);
+      setenv("NATSL_GDN_JOINT", st.joint, 1);
+      setenv("NATSL_GDN_OCC2", "0", 1);
+      setenv("NATSL_GDN_STAGES", "2", 1);
+      setenv("NATSL_GDN_BWD_TMA", "0", 1);
+      const auto ref = bits(run_all(a, in, dout, dht));
+      setenv("NATSL_GDN_BWD_TMA", "1", 1);
+      setenv("NATSL_GDN_BWD_TMA_VTILE", st.vw, 1);
+      setenv("NATSL_GDN_BWD_TMA_STAGES", st.stages, 1);
+      const auto got = bits(run_all(a, in, dout, dht));
+      ASSERT_EQ(got.size(), ref.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        for (double x : got[i]) ASSERT_TRUE(std::isfinite(x)) << "gradient " << i << ": unwritten output";
+        EXPECT_TRUE(got[i] == ref[i]) << "gradient " << i << " (dq dk dv dg dbeta dh0 dmask) bits differ";
+      }
+    }
+    for (const char* e : {"NATSL_GDN_VTILE", "NATSL_GDN_JOINT", "NATSL_GDN_OCC2", "NATSL_GDN_STAGES", "NATSL_GDN_BWD_TMA",
+                          "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES"})
       unsetenv(e);
   }
 }
