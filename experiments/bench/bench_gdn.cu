@@ -52,7 +52,8 @@ const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "N
                                  "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
                                  "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2",
                                  "NATSL_GDN_OUT", "NATSL_GDN_TMA", "NATSL_GDN_TMA_STAGES",
-                                 "NATSL_GDN_BWD_TMA", "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES"};
+                                 "NATSL_GDN_BWD_TMA", "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES",
+                                 "NATSL_GDN_FWD_STORE"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
     {"tma_off", {{"NATSL_GDN_TMA", "0"}}, true},
@@ -76,7 +77,9 @@ const std::vector<Variant> kVariants = {
     {"fused_no_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
     {"tma", {{"NATSL_GDN_TMA", "1"}}, true},
     {"tma_s1", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "1"}}, true},
+    {"fwd_store_direct", {{"NATSL_GDN_FWD_STORE", "direct"}}, false},
     {"bwd_tma", {{"NATSL_GDN_BWD_TMA", "1"}}, false},
+    {"bwd_tma_fwd_store_direct", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_FWD_STORE", "direct"}}, false},
     {"bwd_tma_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
     {"bwd_tma_vt32", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}}, false},
     {"bwd_tma_vt32_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
@@ -313,6 +316,12 @@ int main(int argc, char** argv) {
       if (!v.fwd_only) add_row({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
       add_row({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
       if (!v.fwd_only) add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
+      if (!v.fwd_only)
+        add_row({"stage state pass storing h, v_new (bwd)" + tag, shape,
+                 median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn}); }, reps, st)});
+      if (!v.fwd_only)
+        add_row({"stage reverse state pass (bwd)" + tag, shape,
+                 median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
       if (!v.fwd_only) add_row({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
       if (!v.fwd_only) add_row({"stage prep recompute" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
     }

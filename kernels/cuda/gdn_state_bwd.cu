@@ -60,25 +60,6 @@ __device__ __forceinline__ void bulk_row(D* dst, const D* src, bool valid, uint6
   }
 }
 
-// Asks L2 to fetch [ptr, ptr + bytes) (16-byte aligned, bytes a multiple of 16); nothing waits for it.
-
-// Copies the first COLS columns of a shared 64-row tile to g (row pitch gld) in 16-byte pieces, negated
-// (sign bits flipped: exact) when negate.
-template <class D, int COLS, int NTHR>
-__device__ __forceinline__ void tile_store_n(const D* s, D* g, int64_t gld, bool negate) {
-  constexpr int epp = 16 / int(sizeof(D)), per_row = COLS / epp;
-  const uint32_t flip = negate ? (sizeof(D) == 2 ? 0x80008000u : 0x80000000u) : 0u;
-  for (int idx = threadIdx.x; idx < kC * per_row; idx += NTHR) {
-    const int r = idx / per_row, pc = idx % per_row;
-    uint4 v = *reinterpret_cast<const uint4*>(s + r * kLd<D> + pc * epp);
-    v.x ^= flip;
-    v.y ^= flip;
-    v.z ^= flip;
-    v.w ^= flip;
-    *reinterpret_cast<uint4*>(g + r * gld + pc * epp) = v;
-  }
-}
-
 // Where the reverse step finds its chunk's tiles (K, Q, W, P, dO) and how they are laid out; PaddedBwdStage: the
 // padded tiles of stage_tiles, one after the other (cp.async and per-row bulk loads).
 template <class D, int KT>
@@ -418,7 +399,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
                                            [] { compute_sync<NTH>(); });
     } else {
       if (len < kC) zero_tile_rows<NTH>(tile_at(s, KT), KT, kC * 2, len);  // K
-      state_fwd_step_on<bf16, KT, false>(pf, acc, TmaStage<KT, VW>{st}, work, gam_at(s), si.first_chunk + ci,
+      state_fwd_step_on<bf16, KT, false, VW>(pf, acc, TmaStage<KT, VW>{st}, work, gam_at(s), si.first_chunk + ci,
                                          si.row0 + kC * ci, len, hv, c0, [] { compute_sync<NTH>(); });
     }
     // Ordinary stores into a stage the copy engine refills next need the proxy fence before its release.

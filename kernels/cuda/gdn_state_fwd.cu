@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdPa
   for (int ci = 0; ci < nch; ++ci) {
     const int s = ci % STAGES;
     mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
-    state_fwd_step<D, KT, OUT>(p, hacc, base + s * ST * TE, Hs, G + s * kC, si.first_chunk + ci, si.row0 + kC * ci,
+    state_fwd_step<D, KT, OUT, VW>(p, hacc, base + s * ST * TE, Hs, G + s * kC, si.first_chunk + ci, si.row0 + kC * ci,
                                min(kC, si.len - kC * ci), hv, c0, [] { compute_sync<NTH>(); });
     __syncwarp();
     if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);

@@ -8,6 +8,9 @@
 // warp owning 16 rows x 32 columns of every accumulator). The tiles of the next STAGES - 1 chunks are in
 // flight (cp.async) while this one computes (STAGES = 1: none); with l2pf > 0 the chunk l2pf further ahead is
 // also prefetched into L2 (one bulk prefetch per contiguous range).
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/gdn_plan.cuh"
 #include "kernels/cuda/gdn_store.cuh"
 
@@ -23,6 +26,7 @@ struct StateFwdParams {
   const SeqInfo* seqs;
   int H, HV, K, V;
   float scale;
+  int staged;  // without an output: h_n and v_new leave from their shared tiles in 16-byte pieces (else 4-byte stores)
   int l2pf;  // L2 prefetch distance in chunks beyond the cp.async stages (0: none)
   int diag;  // timing experiments only (NATSL_GDN_DIAG): 1 = loads only, 2 = no loads after the first stages
 };
@@ -50,6 +54,8 @@ StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.K = int(s.K);
   p.V = int(s.V);
   p.scale = float(args.scale);
+  const char* e = std::getenv("NATSL_GDN_FWD_STORE");
+  p.staged = !(e && std::strcmp(e, "direct") == 0);
   return p;
 }
 
@@ -118,7 +124,7 @@ struct PaddedStage {
 // One chunk step of the pass (steps 1-4 above) on the chunk's tiles (the stage view st) and its gamma row g.
 // sync() is the barrier among the threads that run the step (the whole CTA, or the compute warps of the
 // warp-specialised kernels).
-template <class D, int KT, bool OUT, class Stage, class Sync>
+template <class D, int KT, bool OUT, int VW, class Stage, class Sync>
 __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Acc (&hacc)[KT], const Stage& st,
                                                   D* Hs, const float* g, int c, int row0, int len, int hv, int c0,
                                                   Sync sync) {
@@ -133,13 +139,21 @@ __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Ac
   const float gL = g[len - 1], eL = __expf(gL);
   const float m = p.mask ? p.mask[int64_t(c) * p.HV + hv] : 1.f;
 
-  // 1. the state entering the chunk, as D, for the tensor cores
+  constexpr int NTH = 4 * VW;  // the threads that run the step
+  // 1. the state entering the chunk, as D, for the tensor cores (and, without an output, stored)
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
     acc_to_tile<D>(hacc[kt], f, Hs + kt * TE);
-    if constexpr (!OUT) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+    if constexpr (!OUT)
+      if (!p.staged) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
   }
   sync();
+  if constexpr (!OUT)
+    if (p.staged) {
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt)
+        tile_store_n<D, VW, NTH>(Hs + kt * TE, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
+    }
 
   // 2. v_new = u - w h_n, and the inter-chunk output term q h_n
   Acc av, ao;
@@ -159,13 +173,16 @@ __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Ac
       av[nt][2 * hh] = uu.x - av[nt][2 * hh];
       av[nt][2 * hh + 1] = uu.y - av[nt][2 * hh + 1];
     }
-  if constexpr (OUT) acc_to_tile<D>(av, f, Vn);
+  if (OUT || p.staged) acc_to_tile<D>(av, f, Vn);
   // The two rows this thread holds, each scaled once: m exp(gam_L - gam_i), 0 past the chunk's end.
   const int r_lo = f.row(0), r_hi = f.row(2);
   const float s_lo = r_lo < len ? m * __expf(gL - g[r_lo]) : 0.f, s_hi = r_hi < len ? m * __expf(gL - g[r_hi]) : 0.f;
   acc_to_tile<D>(av, f, Vs, [&](int i, int, float x) { return (i == r_lo ? s_lo : s_hi) * x; });
-  if constexpr (!OUT) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
+  if constexpr (!OUT)
+    if (!p.staged) acc_to_global<D>(av, f, p.vnew_out + tile_id * kC * p.V + c0, p.V, kC);
   sync();
+  if constexpr (!OUT)
+    if (p.staged) tile_store_n<D, VW, NTH>(Vn, p.vnew_out + tile_id * kC * p.V + c0, p.V, false);
 
   // 3. h_n+1 = e_L h_n + K^T (m exp(gam_L - gam) v_new)
 #pragma unroll
@@ -195,10 +212,10 @@ __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Ac
 }
 
 // The step on the padded tiles starting at `stage`.
-template <class D, int KT, bool OUT, class Sync>
+template <class D, int KT, bool OUT, int VW, class Sync>
 __device__ __forceinline__ void state_fwd_step(const StateFwdParams<D>& p, Acc (&hacc)[KT], const D* stage, D* Hs,
                                                const float* g, int c, int row0, int len, int hv, int c0, Sync sync) {
-  state_fwd_step_on<D, KT, OUT>(p, hacc, PaddedStage<D, KT, OUT>{stage}, Hs, g, c, row0, len, hv, c0, sync);
+  state_fwd_step_on<D, KT, OUT, VW>(p, hacc, PaddedStage<D, KT, OUT>{stage}, Hs, g, c, row0, len, hv, c0, sync);
 }
 
 // BULK: tiles arrive by bulk copies issued by warp 0 (one per tile row) instead of 16-byte cp.async by every
@@ -360,7 +377,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     if (p.diag == 1) continue;
 
     const int c = si.first_chunk + ci;
-    state_fwd_step<D, KT, OUT>(p, hacc, base + s * ST * TE, Hs, G + s * kC, c, si.row0 + kC * ci,
+    state_fwd_step<D, KT, OUT, VW>(p, hacc, base + s * ST * TE, Hs, G + s * kC, c, si.row0 + kC * ci,
                                min(kC, si.len - kC * ci), hv, c0, [] { __syncthreads(); });
   }
   if (p.ht) {

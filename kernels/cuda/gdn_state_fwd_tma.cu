@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
     mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
     if (len < kC) zero_tile_rows<NTH>(tile_at(s, KT), KT, kC * 2, len);  // the K tiles
     // The step's first barrier orders the zeroing before the K tiles are read.
-    state_fwd_step_on<bf16, KT, true>(p, hacc, TmaStage<KT, VW>{reinterpret_cast<const bf16*>(tile_at(s, 0))}, Hs,
+    state_fwd_step_on<bf16, KT, true, VW>(p, hacc, TmaStage<KT, VW>{reinterpret_cast<const bf16*>(tile_at(s, 0))}, Hs,
                                       gam_at(s), si.first_chunk + ci, si.row0 + kC * ci, len, hv, c0,
                                       [] { compute_sync<NTH>(); });
     // Ordinary stores into a stage the copy engine refills next need the proxy fence before its release.

@@ -31,6 +31,23 @@ __device__ __forceinline__ void acc_to_global_staged(const Acc& a, const Frag& f
   acc_to_global_staged<D>(a, f, stage, g, gld, rows_valid, nthr, [](int, int, float v) { return v; });
 }
 
+// Copies the first COLS columns of a shared 64-row tile to g (row pitch gld) in 16-byte pieces, negated
+// (sign bits flipped: exact) when negate.
+template <class D, int COLS, int NTHR>
+__device__ __forceinline__ void tile_store_n(const D* s, D* g, int64_t gld, bool negate) {
+  constexpr int epp = 16 / int(sizeof(D)), per_row = COLS / epp;
+  const uint32_t flip = negate ? (sizeof(D) == 2 ? 0x80008000u : 0x80000000u) : 0u;
+  for (int idx = threadIdx.x; idx < kC * per_row; idx += NTHR) {
+    const int r = idx / per_row, pc = idx % per_row;
+    uint4 v = *reinterpret_cast<const uint4*>(s + r * kLd<D> + pc * epp);
+    v.x ^= flip;
+    v.y ^= flip;
+    v.z ^= flip;
+    v.w ^= flip;
+    *reinterpret_cast<uint4*>(g + r * gld + pc * epp) = v;
+  }
+}
+
 // Asks L2 to fetch bytes [p, p + bytes) (p 16-byte aligned, bytes a multiple of 16); no completion to wait for.
 __device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

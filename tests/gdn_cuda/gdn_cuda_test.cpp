@@ -220,6 +220,10 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "2"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "64"}});
   check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  // h_n and v_new of the forward recompute stored straight from the accumulators (4-byte stores) instead of
+  // from their shared tiles.
+  check_with_env({{"NATSL_GDN_FWD_STORE", "direct"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_env({{"NATSL_GDN_FWD_STORE", "direct"}, {"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_JOINT", "0"}});
   // Tensor-copied tiles (K = 256 and f32 fall back to the cp.async passes).
   check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "3"}});
   check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "64"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"},
