@@ -49,7 +49,9 @@
 // between them; variant 7 is v6 without it. Only for 32-bit keys; with 64-bit keys both run v2's segments.
 // Details in the v6 section below.
 // The default is in variant.h.
+#include <cooperative_groups.h>
 #include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/dispatch/dispatch_radix_sort.cuh>
@@ -715,6 +717,7 @@ void segments_v3(const Tensor& ids, int64_t V, int id_bits, Device d, cudaStream
 //   accumulate: v2's kernel, which sorts segments of at most 32 entries in the warp (SORT_SMALL).
 // Every segment is added in ascending position order, so the bits are v2's. Kernels after the first are
 // launched with programmatic dependent launch (v6; v7 without it) to hide the launch gaps.
+// Data written by another block earlier in the same kernel (v8's phases) is read through L2 (__ldcg).
 constexpr int kCountThreads = 1024;  // its last block scans the counts, kScanPer a thread and round
 constexpr int kScanPer = 16;
 constexpr int kScatterThreads = 256;
@@ -724,17 +727,35 @@ constexpr int kWindow = kLargeKeys * 32;  // the same 32 KB as a bitmap of posit
 constexpr int kWsExtra = 4;               // the words after counts[V]
 enum { kWsDone = 0, kWsGiant = 1, kWsMid = 2, kWsWork = 3 };
 
-bool pdl_supported(int device) {
-  static std::atomic<int> cache[64];  // 0 unknown, 1 no, 2 yes
+// cudaDeviceGetAttribute(attr, device), cached per device.
+template <cudaDeviceAttr kAttr>
+int device_attribute(int device) {
+  static std::atomic<int> cache[64];  // the value + 1; 0: not asked yet
   const int d = device < 64 ? device : 63;
   int c = cache[d].load(std::memory_order_relaxed);
   if (c == 0) {
-    int major = 0;
-    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    c = major >= 9 ? 2 : 1;
+    int value = 0;
+    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+    c = value + 1;
     cache[d].store(c, std::memory_order_relaxed);
   }
-  return c == 2;
+  return c - 1;
+}
+
+bool pdl_supported(int device) { return device_attribute<cudaDevAttrComputeCapabilityMajor>(device) >= 9; }
+
+// Launches kernel on the stream with the given launch attributes (none when count is 0).
+template <class... Params, class... Args>
+void launch_with(const cudaLaunchAttribute* attrs, unsigned count, void (*kernel)(Params...), unsigned grid,
+                 unsigned block, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cfg.attrs = const_cast<cudaLaunchAttribute*>(attrs);
+  cfg.numAttrs = count;
+  NATSL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 // Launches kernel on the stream, with programmatic dependent launch where `pdl` (and the device has it).
@@ -743,28 +764,21 @@ void launch_pdl(bool pdl, void (*kernel)(Params...), unsigned grid, unsigned blo
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = s;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  NATSL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  launch_with(&attr, pdl ? 1u : 0u, kernel, grid, block, s, std::forward<Args>(args)...);
 }
 
-// One block: starts[v] = sum of counts[u < v], starts[V] = n; lists the ids of more than kWarpSortMax entries.
-__device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int32_t* extra, int32_t* large,
-                               int32_t large_cap, int32_t* __restrict__ starts) {
-  using Scan = cub::BlockScan<int32_t, kCountThreads>;
-  __shared__ typename Scan::TempStorage temp;
-  __shared__ int32_t num_giant, num_mid;
-  if (threadIdx.x == 0) num_giant = num_mid = 0;
-  __syncthreads();
-  int32_t carry = 0;
-  for (int64_t r = 0; r < V; r += int64_t(kCountThreads) * kScanPer) {
+// One block of THREADS: starts[v] = carry + sum of counts[lo <= u < v] for v in [lo, hi) (lo a multiple of
+// kScanPer); the ids of more than kWarpSortMax entries are listed in `large`: those of more than kLargeKeys
+// from the front (slot from *num_giant), the others from the back (slot from *num_mid). Every round of
+// THREADS * kScanPer ids ends with __syncthreads.
+template <int THREADS>
+__device__ void scan_counts(const int32_t* counts, int64_t lo, int64_t hi, int32_t carry, int32_t* num_giant,
+                            int32_t* num_mid, int32_t* large, int32_t large_cap, int32_t* __restrict__ starts,
+                            typename cub::BlockScan<int32_t, THREADS>::TempStorage& temp) {
+  using Scan = cub::BlockScan<int32_t, THREADS>;
+  for (int64_t r = lo; r < hi; r += int64_t(THREADS) * kScanPer) {
     const int64_t v0 = r + int64_t(threadIdx.x) * kScanPer;
-    const bool whole = v0 + kScanPer <= V;
+    const bool whole = v0 + kScanPer <= hi;
     int32_t c[kScanPer];
     // L2 loads (__ldcg): the counts were added by other blocks' atomics.
     if (whole) {
@@ -775,7 +789,7 @@ __device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int3
       }
     } else {
 #pragma unroll
-      for (int k = 0; k < kScanPer; ++k) c[k] = v0 + k < V ? __ldcg(counts + v0 + k) : 0;
+      for (int k = 0; k < kScanPer; ++k) c[k] = v0 + k < hi ? __ldcg(counts + v0 + k) : 0;
     }
     int32_t sum = 0;
 #pragma unroll
@@ -789,15 +803,15 @@ __device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int3
       const int32_t count = c[k];
       c[k] = run;
       run += count;
-      long_ones |= uint32_t(count > kWarpSortMax) << k;  // never past V (count 0 there)
+      long_ones |= uint32_t(count > kWarpSortMax) << k;  // never past hi (count 0 there)
       giant_ones |= uint32_t(count > kLargeKeys) << k;
     }
     while (long_ones) {
       const int k = __ffs(long_ones) - 1;
       long_ones &= long_ones - 1u;
       const int32_t v = int32_t(v0 + k);
-      if ((giant_ones >> k) & 1u) large[atomicAdd(&num_giant, 1)] = v;
-      else large[large_cap - 1 - atomicAdd(&num_mid, 1)] = v;
+      if ((giant_ones >> k) & 1u) large[atomicAdd(num_giant, 1)] = v;
+      else large[large_cap - 1 - atomicAdd(num_mid, 1)] = v;
     }
     if (whole) {
 #pragma unroll
@@ -806,11 +820,22 @@ __device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int3
     } else {
 #pragma unroll
       for (int k = 0; k < kScanPer; ++k)
-        if (v0 + k < V) starts[v0 + k] = c[k];
+        if (v0 + k < hi) starts[v0 + k] = c[k];
     }
     carry += total;
     __syncthreads();  // temp reused
   }
+}
+
+// One block: starts[v] = sum of counts[u < v], starts[V] = n; lists the ids of more than kWarpSortMax entries.
+__device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int32_t* extra, int32_t* large,
+                               int32_t large_cap, int32_t* __restrict__ starts) {
+  using Scan = cub::BlockScan<int32_t, kCountThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  __shared__ int32_t num_giant, num_mid;
+  if (threadIdx.x == 0) num_giant = num_mid = 0;
+  __syncthreads();
+  scan_counts<kCountThreads>(counts, 0, V, 0, &num_giant, &num_mid, large, large_cap, starts, temp);
   if (threadIdx.x == 0) {
     starts[V] = n;
     extra[kWsGiant] = num_giant;
@@ -818,15 +843,10 @@ __device__ void v6_scan_counts(const int32_t* counts, int32_t n, int32_t V, int3
   }
 }
 
-// ws: counts[V] (zero), extra[kWsExtra] (zero), large[large_cap]. Ids are checked here.
+// counts[id] += the number of positions of id, over a grid-stride loop (lanes of a warp with the same id add
+// once). Ids are checked here.
 template <class I>
-__global__ void __launch_bounds__(kCountThreads)
-    embedding_bwd_v6_count_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int32_t* ws, int32_t large_cap,
-                                  int32_t* __restrict__ starts) {
-  pdl_wait();
-  pdl_trigger();
-  int32_t* counts = ws;
-  int32_t* extra = ws + V;
+__device__ void count_ids(const I* __restrict__ ids, int32_t n, int32_t V, int32_t* counts) {
   const int lane = threadIdx.x & 31;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   // base is block-uniform: every lane of a warp takes part in the match.
@@ -836,6 +856,41 @@ __global__ void __launch_bounds__(kCountThreads)
     const uint32_t group = __match_any_sync(0xffffffffu, id);
     if (id >= 0 && lane == __ffs(group) - 1) atomicAdd(&counts[id], __popc(group));
   }
+}
+
+// keys[starts[id] + slot] = id << pos_bits | i over a grid-stride loop, the slot from a countdown of
+// counts[id] (shared by the lanes of a warp with the same id): every slot of the segment is taken once, in no
+// particular order.
+template <class I>
+__device__ void scatter_ids(const I* __restrict__ ids, int32_t n, int pos_bits, int32_t* counts,
+                            const int32_t* starts, uint32_t* __restrict__ keys) {
+  const int lane = threadIdx.x & 31;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x; base < n; base += stride) {
+    const int64_t i = base + threadIdx.x;
+    const int32_t id = i < n ? int32_t(ids[i]) : -1 - lane;
+    const uint32_t group = __match_any_sync(0xffffffffu, id);
+    const int leader = __ffs(group) - 1;
+    int32_t first = 0;
+    if (id >= 0 && lane == leader) {
+      const int32_t m = __popc(group);
+      first = __ldcg(starts + id) + atomicSub(&counts[id], m) - m;
+    }
+    first = __shfl_sync(0xffffffffu, first, leader);
+    if (id >= 0) keys[first + __popc(group & ((1u << lane) - 1u))] = (uint32_t(id) << pos_bits) | uint32_t(i);
+  }
+}
+
+// ws: counts[V] (zero), extra[kWsExtra] (zero), large[large_cap].
+template <class I>
+__global__ void __launch_bounds__(kCountThreads)
+    embedding_bwd_v6_count_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int32_t* ws, int32_t large_cap,
+                                  int32_t* __restrict__ starts) {
+  pdl_wait();
+  pdl_trigger();
+  int32_t* counts = ws;
+  int32_t* extra = ws + V;
+  count_ids(ids, n, V, counts);
   // The last block to finish (the threadfence-and-ticket pattern) sees every count and scans them.
   __shared__ bool last;
   __threadfence();
@@ -848,58 +903,41 @@ __global__ void __launch_bounds__(kCountThreads)
   v6_scan_counts(counts, n, V, extra, extra + kWsExtra, large_cap, starts);
 }
 
-// keys[starts[id] + slot] = id << pos_bits | i, the slot from a countdown of counts[id] (shared by the lanes
-// of a warp with the same id): every slot of the segment is taken once, in no particular order.
 template <class I>
 __global__ void __launch_bounds__(kScatterThreads)
     embedding_bwd_v6_scatter_kernel(const I* __restrict__ ids, int32_t n, int pos_bits, int32_t* counts,
                                     const int32_t* __restrict__ starts, uint32_t* __restrict__ keys) {
   pdl_wait();
   pdl_trigger();
-  const int lane = threadIdx.x & 31;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t base = int64_t(blockIdx.x) * blockDim.x; base < n; base += stride) {
-    const int64_t i = base + threadIdx.x;
-    const int32_t id = i < n ? int32_t(ids[i]) : -1 - lane;
-    const uint32_t group = __match_any_sync(0xffffffffu, id);
-    const int leader = __ffs(group) - 1;
-    int32_t first = 0;
-    if (id >= 0 && lane == leader) {
-      const int32_t m = __popc(group);
-      first = starts[id] + atomicSub(&counts[id], m) - m;
-    }
-    first = __shfl_sync(0xffffffffu, first, leader);
-    if (id >= 0) keys[first + __popc(group & ((1u << lane) - 1u))] = (uint32_t(id) << pos_bits) | uint32_t(i);
-  }
+  scatter_ids(ids, n, pos_bits, counts, starts, keys);
 }
 
-// One block per listed id (pulled from a work counter): its segment of keys sorted into `sorted`.
-__global__ void __launch_bounds__(kLargeThreads)
-    embedding_bwd_v6_sort_large_kernel(const uint32_t* __restrict__ keys, int32_t n, int pos_bits,
-                                       const int32_t* __restrict__ starts, int32_t* extra, int32_t large_cap,
-                                       uint32_t* __restrict__ sorted) {
+// One block (kLargeThreads) per listed id, pulled from the work counter extra[kWsWork]: its segment of keys
+// sorted into the same indices of `sorted`. Segments of more than kLargeKeys entries are written to
+// giant_out, then copied to `sorted` by the same block where the two differ (v8 sorts in place: sorted and
+// giant_out are keys and a scratch buffer; the bitmap pass reads the segment again for every window).
+__device__ void sort_long_segments(const uint32_t* keys, uint32_t* sorted, uint32_t* giant_out, int32_t n,
+                                   int pos_bits, const int32_t* starts, const int32_t* extra, int32_t* work,
+                                   const int32_t* large, int32_t large_cap) {
   using Scan = cub::BlockScan<int32_t, kLargeThreads>;
   __shared__ uint32_t buf[kLargeKeys];  // the keys (bitonic) or a bitmap of kWindow positions
   __shared__ typename Scan::TempStorage temp;
   __shared__ int32_t item;
-  pdl_wait();
-  pdl_trigger();
   const int tid = threadIdx.x;
-  const int32_t* large = extra + kWsExtra;
-  const int32_t giant = extra[kWsGiant], listed = giant + extra[kWsMid];
+  const int32_t giant = __ldcg(extra + kWsGiant), listed = giant + __ldcg(extra + kWsMid);
   if (listed == 0) return;  // the usual case with ~4 positions per id: no atomic on the work counter
   const uint32_t pos_mask = (1u << pos_bits) - 1u;
   for (;;) {
-    if (tid == 0) item = atomicAdd(extra + kWsWork, 1);
+    if (tid == 0) item = atomicAdd(work, 1);
     __syncthreads();
     const int32_t k = item;
     if (k >= listed) break;
-    const int32_t v = k < giant ? large[k] : large[large_cap - 1 - (k - giant)];
-    const int32_t b = starts[v], len = starts[v + 1] - b;
+    const int32_t v = __ldcg(large + (k < giant ? k : large_cap - 1 - (k - giant)));
+    const int32_t b = __ldcg(starts + v), len = __ldcg(starts + v + 1) - b;
     if (len <= kLargeKeys) {
       int width = 2 * kWarpSortMax;
       while (width < len) width <<= 1;
-      for (int i = tid; i < width; i += kLargeThreads) buf[i] = i < len ? keys[b + i] : ~0u;
+      for (int i = tid; i < width; i += kLargeThreads) buf[i] = i < len ? __ldcg(keys + b + i) : ~0u;
       __syncthreads();
       for (int run = 2; run <= width; run <<= 1)
         for (int j = run >> 1; j > 0; j >>= 1) {
@@ -923,7 +961,7 @@ __global__ void __launch_bounds__(kLargeThreads)
         for (int i = tid; i < kLargeKeys; i += kLargeThreads) buf[i] = 0;
         __syncthreads();
         for (int32_t j = b + tid; j < b + len; j += kLargeThreads) {
-          const int64_t p = int64_t(keys[j] & pos_mask) - w0;
+          const int64_t p = int64_t(__ldcg(keys + j) & pos_mask) - w0;
           if (p >= 0 && p < kWindow) atomicOr(&buf[p >> 5], 1u << (p & 31));
         }
         __syncthreads();
@@ -937,16 +975,28 @@ __global__ void __launch_bounds__(kLargeThreads)
           uint32_t word = buf[tid * kWordsPer + q];
           const uint32_t p0 = uint32_t(w0) + uint32_t(tid * kWordsPer + q) * 32u;
           while (word) {
-            sorted[out++] = high | (p0 + uint32_t(__ffs(word) - 1));
+            giant_out[out++] = high | (p0 + uint32_t(__ffs(word) - 1));
             word &= word - 1u;
           }
         }
         written += total;
-        __syncthreads();  // buf and temp reused
+        __syncthreads();  // buf and temp reused; giant_out complete after the last window
       }
+      if (giant_out != sorted)
+        for (int i = tid; i < len; i += kLargeThreads) sorted[b + i] = giant_out[b + i];
     }
     __syncthreads();  // buf and item reused
   }
+}
+
+__global__ void __launch_bounds__(kLargeThreads)
+    embedding_bwd_v6_sort_large_kernel(const uint32_t* __restrict__ keys, int32_t n, int pos_bits,
+                                       const int32_t* __restrict__ starts, int32_t* extra, int32_t large_cap,
+                                       uint32_t* __restrict__ sorted) {
+  pdl_wait();
+  pdl_trigger();
+  sort_long_segments(keys, sorted, sorted, n, pos_bits, starts, extra, extra + kWsWork, extra + kWsExtra,
+                     large_cap);
 }
 
 // v6 (pdl) and v7: the segments above; seg.pos_bits and key_bits (32) set by the caller.
@@ -978,6 +1028,156 @@ void segments_v6(const Tensor& ids, int64_t V, Device d, cudaStream_t s, bool pd
                static_cast<const uint32_t*>(kp), int32_t(n), seg.pos_bits, static_cast<const int32_t*>(sp), wsp + V,
                large_cap, kp + n);
   }
+}
+
+// ---- v8: v2's segments (sorted keys and starts) from one cooperative kernel ----
+// The v6 steps as phases of one kernel whose blocks are all resident (cooperative launch), separated by grid
+// barriers instead of launches:
+//   1. zero the workspace (counts[V], the kWsExtra words, one published word per block);
+//   2. count the ids (count_ids);
+//   3. scan: block x owns ids [x * tile, (x + 1) * tile); it publishes its tile's count (+ 1, so 0 means not
+//      yet), adds up the published counts of the blocks before it (all resident: the wait ends) and scans
+//      its tile from there (scan_counts), listing the long segments;
+//   4. scatter the keys (scatter_ids): grouped by id, unordered within an id;
+//   5. sort every segment in place: those of more than 32 entries by one block each (sort_long_segments,
+//      the giants through a scratch buffer), then those of 2 to 32 entries by one warp each (bitonic over
+//      shuffles, kShortPerWarp ids a warp at a time so that their loads are in flight together).
+// Keys ascending within every segment and segments in id order: the keys are v2's sorted keys bit for bit,
+// the starts v2's, so the accumulation is v2's kernel with v2's bits.
+constexpr int kCoopThreads = kLargeThreads;  // a block also sorts one long segment
+constexpr int kCoopBlocksPerSm = 2;          // 1024 threads per SM: one position per thread at 131072 ids
+constexpr int kShortPerWarp = 4;
+
+// Sorts the segments of 2 to kWarpSortMax entries in place, one warp each, over a grid-stride loop of ids.
+__device__ void sort_short_segments(uint32_t* keys, const int32_t* starts, int32_t V) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  const int64_t warp = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  for (int64_t v0 = warp; v0 < V; v0 += kShortPerWarp * warps) {
+    // Lane k < kShortPerWarp reads the start of id v0 + k * warps, lane kShortPerWarp + k its end.
+    int32_t se = 0;
+    if (lane < 2 * kShortPerWarp) {
+      const int64_t v = v0 + int64_t(lane % kShortPerWarp) * warps;
+      if (v < V) se = __ldcg(starts + v + lane / kShortPerWarp);
+    }
+    int32_t b[kShortPerWarp], len[kShortPerWarp];
+    uint32_t key[kShortPerWarp];
+#pragma unroll
+    for (int k = 0; k < kShortPerWarp; ++k) {
+      b[k] = __shfl_sync(0xffffffffu, se, k);
+      len[k] = __shfl_sync(0xffffffffu, se, kShortPerWarp + k) - b[k];  // 0 past V
+      if (len[k] > kWarpSortMax) len[k] = 0;                             // a long one: sorted by a block
+      key[k] = len[k] > 1 && lane < len[k] ? __ldcg(keys + b[k] + lane) : ~0u;
+    }
+#pragma unroll
+    for (int k = 0; k < kShortPerWarp; ++k)
+      if (len[k] > 1) {
+        key[k] = warp_sort_prefix(key[k], len[k], lane);
+        if (lane < len[k]) keys[b[k] + lane] = key[k];
+      }
+  }
+}
+
+// ws: counts[V], extra[kWsExtra], published[gridDim.x], large[large_cap]; the first three zeroed here.
+// scratch: n keys (the giant segments' bitmap output); tile: a multiple of kScanPer.
+template <class I>
+__global__ void __launch_bounds__(kCoopThreads, kCoopBlocksPerSm)
+    embedding_bwd_v8_segments_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int pos_bits, int32_t tile,
+                                     int32_t* ws, int32_t large_cap, int32_t* starts, uint32_t* keys,
+                                     uint32_t* scratch) {
+  using Scan = cub::BlockScan<int32_t, kCoopThreads>;
+  using Reduce = cub::BlockReduce<int32_t, kCoopThreads>;
+  __shared__ union {
+    typename Scan::TempStorage scan;
+    typename Reduce::TempStorage reduce;
+  } temp;
+  __shared__ int32_t carry;
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  int32_t* counts = ws;
+  int32_t* extra = ws + V;
+  uint32_t* published = reinterpret_cast<uint32_t*>(extra + kWsExtra);
+  int32_t* large = extra + kWsExtra + gridDim.x;
+  const int64_t zeroed = int64_t(V) + kWsExtra + gridDim.x;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < zeroed; k += int64_t(gridDim.x) * blockDim.x)
+    ws[k] = 0;
+  grid.sync();
+  count_ids(ids, n, V, counts);
+  grid.sync();
+  {
+    const int64_t first = int64_t(blockIdx.x) * tile;
+    const int64_t lo = first < V ? first : V, hi = lo + tile < V ? lo + tile : V;
+    int32_t mine = 0;
+    for (int64_t v = lo + threadIdx.x; v < hi; v += kCoopThreads) mine += __ldcg(counts + v);
+    mine = Reduce(temp.reduce).Sum(mine);
+    if (threadIdx.x == 0) atomicExch(published + blockIdx.x, uint32_t(mine) + 1u);
+    int32_t before = 0;
+    for (unsigned x = threadIdx.x; x < blockIdx.x; x += kCoopThreads) {
+      uint32_t p;
+      do p = *static_cast<volatile const uint32_t*>(published + x);
+      while (p == 0);
+      before += int32_t(p - 1u);
+    }
+    __syncthreads();  // temp reused
+    before = Reduce(temp.reduce).Sum(before);
+    if (threadIdx.x == 0) carry = before;
+    __syncthreads();
+    scan_counts<kCoopThreads>(counts, lo, hi, carry, extra + kWsGiant, extra + kWsMid, large, large_cap, starts,
+                              temp.scan);
+    if (blockIdx.x == 0 && threadIdx.x == 0) starts[V] = n;
+  }
+  grid.sync();
+  scatter_ids(ids, n, pos_bits, counts, starts, keys);
+  grid.sync();
+  sort_long_segments(keys, keys, scratch, n, pos_bits, starts, extra, extra + kWsWork, large, large_cap);
+  sort_short_segments(keys, starts, V);
+}
+
+// Resident blocks per SM of the v8 kernel (at most kCoopBlocksPerSm; 0 if it cannot run), cached per device.
+template <class I>
+int v8_blocks_per_sm(int device) {
+  static std::atomic<int> cache[64];  // the value + 1; 0: not asked yet
+  const int d = device < 64 ? device : 63;
+  int c = cache[d].load(std::memory_order_relaxed);
+  if (c == 0) {
+    int per_sm = 0;
+    NATSL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, embedding_bwd_v8_segments_kernel<I>,
+                                                                   kCoopThreads, 0));
+    c = std::min(per_sm, kCoopBlocksPerSm) + 1;
+    cache[d].store(c, std::memory_order_relaxed);
+  }
+  return c - 1;
+}
+
+// v8: false (nothing queued) where the device has no cooperative launch; seg.pos_bits and key_bits (32) set by
+// the caller.
+bool segments_v8(const Tensor& ids, int64_t V, Device d, cudaStream_t s, EmbeddingBwdSegments& seg) {
+  if (device_attribute<cudaDevAttrCooperativeLaunch>(d.index) == 0) return false;
+  const int64_t n = seg.n;
+  bool launched = false;
+  NATSL_CUDA_DISPATCH_INDEX(ids.dtype(), "embedding_bwd", I, [&] {
+    const int per_sm = v8_blocks_per_sm<I>(d.index);
+    if (per_sm == 0) return;
+    const int64_t grid = int64_t(per_sm) * sm_count(d.index);
+    const int64_t tile = ((V + grid - 1) / grid + kScanPer - 1) / kScanPer * kScanPer;
+    const int32_t large_cap = int32_t(std::max<int64_t>(1, n / (kWarpSortMax + 1)));
+    Tensor ws = Tensor::empty({V + kWsExtra + grid + large_cap}, DType::i32, d);
+    seg.keys = Tensor::empty({n}, DType::i32, d);
+    seg.aux = Tensor::empty({V + 1}, DType::i32, d);
+    // Only a segment of more than kLargeKeys entries uses the scratch.
+    Tensor scratch = Tensor::empty({n > kLargeKeys ? n : 1}, DType::i32, d);
+    int32_t* wsp = ws.data<int32_t>();
+    int32_t* sp = seg.aux.data<int32_t>();
+    NATSL_CHECK(aligned16(wsp) && aligned16(sp), "embedding_bwd: workspace not 16-byte aligned");
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    launch_with(&attr, 1, embedding_bwd_v8_segments_kernel<I>, unsigned(grid), kCoopThreads, s,
+                static_cast<const I*>(ids.data_ptr()), int32_t(n), int32_t(V), seg.pos_bits, int32_t(tile), wsp,
+                large_cap, sp, static_cast<uint32_t*>(seg.keys.data_ptr()),
+                static_cast<uint32_t*>(scratch.data_ptr()));
+    launched = true;
+  });
+  return launched;
 }
 
 template <class T>
@@ -1030,8 +1230,8 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int variant) {
-  NATSL_CHECK(variant >= 0 && variant <= 7, "embedding_bwd: unknown kernel variant ", variant, " (",
-              kVariantEmbeddingBwd, " must be 0 to 7)");
+  NATSL_CHECK(variant >= 0 && variant <= 8, "embedding_bwd: unknown kernel variant ", variant, " (",
+              kVariantEmbeddingBwd, " must be 0 to 8)");
   EmbeddingBwdSegments seg;
   seg.variant = variant;
   seg.n = ids.numel();
@@ -1041,6 +1241,11 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
   if (n == 0) return seg;
   const Device d = ids.device();
   cudaStream_t s = activate(d.index);
+  if (variant == 8 && bits_for(n) + bits_for(V) <= 32) {
+    seg.pos_bits = bits_for(n);
+    seg.key_bits = 32;
+    if (segments_v8(ids, V, d, s, seg)) return seg;
+  }
   if ((variant == 3 || variant == 4) && bits_for(V) <= kMaxBucketBits + kMaxLowBits) {
     const int pos_bits = bits_for(n), id_bits = bits_for(V);
     seg.pos_bits = pos_bits;
@@ -1055,7 +1260,8 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, int va
     seg.pos_bits = bits_for(n);
     seg.key_bits = 32;
     segments_v6(ids, V, d, s, /*pdl=*/variant == 6, seg);
-  } else if (variant >= 2) {  // v2, v5; v3, v4 with more than 2^21 ids, v6, v7 with 64-bit keys: v2's segments
+  } else if (variant >= 2) {  // v2, v5; v3, v4 with more than 2^21 ids, v6 to v8 with 64-bit keys (v8 also
+                              // without cooperative launch): v2's segments
     const int pos_bits = bits_for(n);
     if (pos_bits + bits_for(V) <= 32) {
       seg.pos_bits = pos_bits;

@@ -407,7 +407,17 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   const int tst = env_int("NATSL_GDN_TMA_STAGES", 0);
   if (tst >= 1 && tst <= 3) lay.tma_stages = tst;
   if (lay.tma && vw != 64) lay.tma_vw = 32;
-  lay.bwd_tma = env_int("NATSL_GDN_BWD_TMA", 0) != 0;
+  // The backward's passes on tensor-copied tiles pay where the reverse pass at V tile 32 is one wave (H200
+  // 66b88d40, B2 T16384: reverse alone 0.988 -> 0.639 ms, joint 1.060 -> 0.986 at one stage); at B8 T4096 they
+  // tie with the cp.async passes (joint 0.664 / 0.663). ctas_per_vtile64 counts both passes' CTAs for the joint
+  // launch, which is the reverse pass's count at V tile 32.
+  const int rev32 = int(int64_t(pl.s.N) * pl.s.HV * (pl.s.V / 32));
+  const bool bwd_one_wave = pl.s.V % 32 == 0 && rev32 <= sms;
+  lay.bwd_tma = env_int("NATSL_GDN_BWD_TMA", bwd_one_wave ? 1 : 0) != 0;
+  if (bwd_one_wave) {
+    lay.bwd_tma_vw = 32;
+    lay.bwd_tma_stages = 2 * int(int64_t(pl.s.N) * pl.s.HV * (pl.s.V / kC)) == ctas_per_vtile64 ? 1 : 2;
+  }
   const int bvw = env_int("NATSL_GDN_BWD_TMA_VTILE", 0), bst = env_int("NATSL_GDN_BWD_TMA_STAGES", 0);
   if (bvw == 32 || bvw == 64) lay.bwd_tma_vw = bvw;
   if (bst >= 1 && bst <= 3) lay.bwd_tma_stages = bst;

@@ -412,7 +412,11 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
 //                         1: two CTAs per SM at V tile 32). Where it does not apply
 //                         (f32, K = 256, the split layout) the layouts below run.
 //   NATSL_GDN_BWD_TMA=0|1 the backward's passes (joint or reverse alone) on tensor-copied tiles (bf16, K <= 128;
-//                         gdn_state_bwd.cu); NATSL_GDN_BWD_TMA_VTILE=32|64, NATSL_GDN_BWD_TMA_STAGES=1|2|3
+//                         gdn_state_bwd.cu); default on where the reverse pass at V tile 32 is one wave of CTAs
+//                         (then V tile 32, 1 stage joint, 2 alone); NATSL_GDN_BWD_TMA_VTILE=32|64,
+//                         NATSL_GDN_BWD_TMA_STAGES=1|2|3
+//   NATSL_GDN_FWD_STORE=staged|direct  the backward's forward recompute stores h_n, v_new from shared tiles in
+//                         16-byte pieces (default) or from the accumulators
 struct StateLayout {
   bool tma = false;
   int tma_stages = 3, tma_vw = 64;
