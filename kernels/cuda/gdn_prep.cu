@@ -82,6 +82,38 @@ __device__ __forceinline__ void prep_gates(const PrepParams<D>& p, const PrepCta
   }
 }
 
+// T (the f32 64x64 matrix at Ts, row pitch fld) rounded to D in place, and to a_inv ([B*T, HV, 64], rows < len)
+// when it is set: 16 bytes a thread per access (the backward reads the stored D copy, so the forward uses the
+// same values).
+template <class D, int fld>
+__device__ __forceinline__ void round_and_store_t(float* Ts, D* a_inv, const ChunkInfo& ci, int HV, int hv) {
+  constexpr int epp = 16 / int(sizeof(D)), per_row = kC / epp;
+  for (int idx = threadIdx.x; idx < kC * per_row; idx += kThreads) {
+    const int i = idx / per_row, j0 = (idx % per_row) * epp;
+    alignas(16) D t[epp];
+#pragma unroll
+    for (int e = 0; e < epp; ++e) {
+      t[e] = cvt<D>(Ts[i * fld + j0 + e]);
+      Ts[i * fld + j0 + e] = f32(t[e]);
+    }
+    if (a_inv && i < ci.len)
+      *reinterpret_cast<uint4*>(a_inv + (int64_t(ci.row0 + i) * HV + hv) * kC + j0) = *reinterpret_cast<const uint4*>(t);
+  }
+}
+// T read back from a_inv into Ts (f32, rows >= len zero), 16 bytes a thread per load.
+template <class D, int fld>
+__device__ __forceinline__ void load_t(float* Ts, const D* a_inv, const ChunkInfo& ci, int HV, int hv) {
+  constexpr int epp = 16 / int(sizeof(D)), per_row = kC / epp;
+  for (int idx = threadIdx.x; idx < kC * per_row; idx += kThreads) {
+    const int i = idx / per_row, j0 = (idx % per_row) * epp;
+    alignas(16) D t[epp];
+    if (i < ci.len)
+      *reinterpret_cast<uint4*>(t) = *reinterpret_cast<const uint4*>(a_inv + (int64_t(ci.row0 + i) * HV + hv) * kC + j0);
+#pragma unroll
+    for (int e = 0; e < epp; ++e) Ts[i * fld + j0 + e] = i < ci.len ? f32(t[e]) : 0.f;
+  }
+}
+
 template <class D>
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -148,18 +180,9 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
       }
     }
     __syncthreads();
-    // Round T to D: the backward reads the stored D copy, so the forward uses the same values.
-    for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
-      const int i = idx / kC, j = idx % kC;
-      const D t = cvt<D>(Ts[i * fld + j]);
-      Ts[i * fld + j] = f32(t);
-      if (p.a_inv && i < len) p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j] = t;
-    }
+    round_and_store_t<D, fld>(Ts, p.a_inv, ci, p.HV, hv);
   } else {
-    for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
-      const int i = idx / kC, j = idx % kC;
-      Ts[i * fld + j] = i < len ? f32(p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j]) : 0.f;
-    }
+    load_t<D, fld>(Ts, p.a_inv, ci, p.HV, hv);
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
@@ -335,19 +358,10 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
     solve_block_row<16>(As, Ts, Sb, tid);
     solve_block_row<32>(As, Ts, Sb, tid);
     solve_block_row<48>(As, Ts, Sb, tid);
-    // Round T to D: the backward reads the stored D copy, so the forward uses the same values.
-    for (int idx = tid; idx < kC * kC; idx += kThreads) {
-      const int i = idx / kC, j = idx % kC;
-      const D t = cvt<D>(Ts[i * fld + j]);
-      Ts[i * fld + j] = f32(t);
-      if (p.a_inv && i < len) p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j] = t;
-    }
+    round_and_store_t<D, fld>(Ts, p.a_inv, ci, p.HV, hv);
     if constexpr (SOLVE_ONLY) return;
   } else {
-    for (int idx = tid; idx < kC * kC; idx += kThreads) {
-      const int i = idx / kC, j = idx % kC;
-      Ts[i * fld + j] = i < len ? f32(p.a_inv[(int64_t(ci.row0 + i) * p.HV + hv) * kC + j]) : 0.f;
-    }
+    load_t<D, fld>(Ts, p.a_inv, ci, p.HV, hv);
   }
   __syncthreads();
   for (int idx = tid; idx < kC * kC; idx += kThreads) {
