@@ -204,14 +204,14 @@ int main(int argc, char** argv) {
     const double act = double(N * D) * 2, tab = double(V * D) * 2;
     mem("embedding fwd bf16", "131072x1024 V32000", 2 * act, [&] { embedding_fwd(table, tok, out); });
     // reads dout once, reads and writes the table once (ids and the sort are small)
-    for (int v : {0, 1, 2, 3, 4, 5, 6, 7})
+    for (int v : {0, 1, 2, 3, 4, 5, 6, 7, 8})
       with_variant(cuda::kVariantEmbeddingBwd, v, [&] {
         mem("embedding bwd bf16 [v" + std::to_string(v) + "]", "131072x1024 V32000", act + 2 * tab,
             [&] { embedding_bwd(tok, dout, dtable); });
       });
     // Its two phases apart (kernels/cuda/embedding_bwd.h): building the id segments (no bandwidth peer)
     // and accumulating on segments built once (against the copy of the same bytes as the whole op).
-    for (int v : {0, 1, 2, 3, 4, 5, 6, 7}) {
+    for (int v : {0, 1, 2, 3, 4, 5, 6, 7, 8}) {
       const std::string tag = " [v" + std::to_string(v) + "]";
       const std::string seg_name = "embedding bwd segments only" + tag;
       if (want(seg_name)) {
