@@ -48,6 +48,14 @@
 // position: v2's bits. The kernels after the first use programmatic dependent launch (sm_90) to hide the gaps
 // between them; variant 7 is v6 without it. Only for 32-bit keys; with 64-bit keys both run v2's segments.
 // Details in the v6 section below.
+// Variant 8 (not yet run on a GPU): v2's sorted keys and starts built by ONE cooperative kernel (all blocks
+// resident, 2 of 512 threads per SM), its phases separated by grid barriers instead of launches: zero the
+// workspace; count the ids (v6's warp-aggregated atomics); scan the counts (each block publishes its tile's
+// total, adds those of the blocks before it, scans its tile) and list the long segments; scatter the keys
+// (v6); sort every segment in place: longer than 32 by one block each (v6's shared-memory bitonic or bitmap
+// code), 2 to 32 by one warp each (bitonic over shuffles). Then v2's accumulation kernel unchanged (no sorting
+// in the warp): the same keys, starts and bits as v2. Without cooperative launch or with 64-bit keys: v2's
+// segments. Details in the v8 section below.
 // The default is in variant.h.
 #include <cooperative_groups.h>
 #include <cub/block/block_radix_sort.cuh>

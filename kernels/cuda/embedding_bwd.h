@@ -16,12 +16,13 @@ struct EmbeddingBwdSegments {
   int variant = 0;
   int64_t n = 0, V = 0;
   // v0: sorted ids (i32) | v1: sorted 64-bit keys id << 32 | position |
-  // v2 to v7: sorted keys id << pos_bits | position, 32-bit when they fit (key_bits 32), else 64-bit
-  // (v3, v4 build them without CUB's device radix sort, v5 with a smaller CUB onesweep tile; the same keys).
+  // v2 to v8: sorted keys id << pos_bits | position, 32-bit when they fit (key_bits 32), else 64-bit
+  // (v3, v4 build them without CUB's device radix sort, v5 with a smaller CUB onesweep tile, v8 by one
+  // cooperative kernel; the same keys).
   // v6, v7 with 32-bit keys: grouped by id but in arbitrary order within an id (a counting scatter); the
   // accumulation sorts segments of at most 32 entries itself and reads longer ones from sorted_large.
   Tensor keys;
-  // v0: the positions in sorted order (i32) | v1 to v7: segment starts (i32, V + 1): id v owns sorted
+  // v0: the positions in sorted order (i32) | v1 to v8: segment starts (i32, V + 1): id v owns sorted
   // entries [starts[v], starts[v + 1]).
   Tensor aux;
   // v6, v7 with 32-bit keys only (else undefined): at the same indices as keys, the segments of more than 32

@@ -26,7 +26,10 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // its own segment builder, 0.058 ms against CUB's 0.040), v4 0.293 (a spilling accumulation); v2 stays.
 // At 3d70c469: v2 0.148 ms (1.58), v3 1.77, v4 1.83 (128 registers). v5 (v2 with a smaller CUB onesweep tile)
 // is not measured yet. v6 (a counting scatter, no device-wide sort; kernels/cuda/embedding.cu) and v7 (v6
-// without programmatic dependent launch) are not measured yet either.
+// without programmatic dependent launch) were not measured then.
+// H200 at 4b0366aa: v2 0.148 ms (1.57), v5 0.145, v6 0.144 (segments 0.031, accumulate 0.118:
+// the in-warp sort costs ~7 us), v7 0.146. v8 (v2's segments from one cooperative kernel, then v2's
+// accumulation) is not measured yet.
 inline constexpr int kDefaultRmsnormBwd = 1;
 inline constexpr int kDefaultEmbeddingBwd = 2;
 inline constexpr int kDefaultCrossEntropy = 1;

@@ -74,10 +74,10 @@ Tensor backward_ids(int64_t N, int64_t V, double frequent, uint64_t seed, DType 
 // Every embedding-backward variant (kernels/cuda/variant.h), v2 first: the others are compared with it.
 const std::vector<int> kEmbeddingBwdVariants = {2, 0, 1, 3, 4, 5, 6, 7, 8};
 
-// The embedding-backward variants (all unless `variants` names some; v2 must be the first) on these ids, f32 and bf16 against the f64 CPU
-// reference, and bit for bit against v2 (every variant adds the same rows in the same order) and against a
-// second run of itself. dweight is accumulated into: present ids' rows start from random values; the rows of
-// absent ids are poisoned (NaN) and must come back with the same bits.
+// The embedding-backward variants (all unless `variants` names some; v2 first) on these ids, f32 and bf16
+// against the f64 CPU reference, and bit for bit against v2 (every variant adds the same rows in the same
+// order) and against a second run of itself. dweight is accumulated into: present ids' rows start from
+// random values; the rows of absent ids are poisoned (NaN) and must come back with the same bits.
 void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, uint64_t& seed,
                              const std::string& label,
                              const std::vector<int>& variants = kEmbeddingBwdVariants) {
@@ -163,10 +163,10 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
                                 "frequent " + std::to_string(c.frequent), c.variants);
 }
 
-// Skewed ids for the segment classes of v6 to v8: id 7 on 55% of the positions (the bitmap path), ids 11 to 19 with
-// exactly 32 (the in-warp sort), 33, 63, 64, 65, 1000, 4097, 8192 (the shared-memory sort) and 8193 (the
-// bitmap) positions, the rest uniform over the ids in [1000, V) that are not multiples of 3; every other id
-// never occurs. Positions shuffled (a fixed Fisher-Yates on mt19937_64).
+// Skewed ids for the segment classes of v6 to v8: id 7 on 55% of the positions (the bitmap path), ids 11 to
+// 19 with exactly 32 (the in-warp sort), 33, 63, 64, 65, 1000, 4097, 8192 (the shared-memory sort) and 8193
+// (the bitmap) positions, the rest uniform over the ids in [1000, V) that are not multiples of 3; every
+// other id never occurs. Positions shuffled (a fixed Fisher-Yates on mt19937_64).
 Tensor skewed_ids(int64_t N, int64_t V, uint64_t seed, DType it) {
   const int64_t sizes[] = {32, 33, 63, 64, 65, 1000, 4097, 8192, 8193};
   std::vector<int64_t> ids;
