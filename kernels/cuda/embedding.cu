@@ -735,19 +735,27 @@ constexpr int kWindow = kLargeKeys * 32;  // the same 32 KB as a bitmap of posit
 constexpr int kWsExtra = 4;               // the words after counts[V]
 enum { kWsDone = 0, kWsGiant = 1, kWsMid = 2, kWsWork = 3 };
 
-// cudaDeviceGetAttribute(attr, device), cached per device.
-template <cudaDeviceAttr kAttr>
-int device_attribute(int device) {
-  static std::atomic<int> cache[64];  // the value + 1; 0: not asked yet
+// query(device) (a value >= 0), asked once per device: cache holds the value + 1, 0 while not asked yet.
+template <class Query>
+int cached_per_device(std::atomic<int> (&cache)[64], int device, Query query) {
   const int d = device < 64 ? device : 63;
   int c = cache[d].load(std::memory_order_relaxed);
   if (c == 0) {
-    int value = 0;
-    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
-    c = value + 1;
+    c = query(device) + 1;
     cache[d].store(c, std::memory_order_relaxed);
   }
   return c - 1;
+}
+
+// cudaDeviceGetAttribute(attr, device), cached per device.
+template <cudaDeviceAttr kAttr>
+int device_attribute(int device) {
+  static std::atomic<int> cache[64];
+  return cached_per_device(cache, device, [](int dev) {
+    int value = 0;
+    NATSL_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, dev));
+    return value;
+  });
 }
 
 bool pdl_supported(int device) { return device_attribute<cudaDevAttrComputeCapabilityMajor>(device) >= 9; }
@@ -991,7 +999,7 @@ __device__ void sort_long_segments(const uint32_t* keys, uint32_t* sorted, uint3
         __syncthreads();  // buf and temp reused; giant_out complete after the last window
       }
       if (giant_out != sorted)
-        for (int i = tid; i < len; i += kLargeThreads) sorted[b + i] = giant_out[b + i];
+        for (int i = tid; i < len; i += kLargeThreads) sorted[b + i] = __ldcg(giant_out + b + i);
     }
     __syncthreads();  // buf and item reused
   }
@@ -1141,19 +1149,16 @@ __global__ void __launch_bounds__(kCoopThreads, kCoopBlocksPerSm)
 }
 
 // Resident blocks per SM of the v8 kernel (at most kCoopBlocksPerSm; 0 if it cannot run), cached per device.
+// The occupancy query is for the current device, the one the caller activated.
 template <class I>
 int v8_blocks_per_sm(int device) {
-  static std::atomic<int> cache[64];  // the value + 1; 0: not asked yet
-  const int d = device < 64 ? device : 63;
-  int c = cache[d].load(std::memory_order_relaxed);
-  if (c == 0) {
+  static std::atomic<int> cache[64];
+  return cached_per_device(cache, device, [](int) {
     int per_sm = 0;
     NATSL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, embedding_bwd_v8_segments_kernel<I>,
                                                                    kCoopThreads, 0));
-    c = std::min(per_sm, kCoopBlocksPerSm) + 1;
-    cache[d].store(c, std::memory_order_relaxed);
-  }
-  return c - 1;
+    return std::min(per_sm, kCoopBlocksPerSm);
+  });
 }
 
 // v8: false (nothing queued) where the device has no cooperative launch; seg.pos_bits and key_bits (32) set by
