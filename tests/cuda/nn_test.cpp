@@ -155,12 +155,18 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
                         // v6 to v8: more positions than their bitmap window (2^18), every id longer than
                         // their shared-memory sort (8192 entries); only v2 and the variants with that path
                         {5, 3, 300007, 0.6, {2, 6, 7, 8}}};
+  // The host-side checks (whole dweight copies, per-row compares, for every variant twice) dominate the time:
+  // the cases with a million-element dweight or 10^5 tokens run for two of the four (dtype, id type) pairs,
+  // which still cover both dtypes and both id types.
   uint64_t seed = 30;
   for (DType dt : {DType::f32, DType::bf16})
     for (DType it : {DType::i32, DType::i64})
-      for (const Case& c : cases)
+      for (const Case& c : cases) {
+        const bool heavy = c.V * c.D >= (int64_t(1) << 20) || c.N >= 100000;
+        if (heavy && (dt == DType::f32) != (it == DType::i64)) continue;
         check_backward_variants(backward_ids(c.N, c.V, c.frequent, seed++, it), c.V, c.D, dt, seed,
                                 "frequent " + std::to_string(c.frequent), c.variants);
+      }
 }
 
 // Skewed ids for the segment classes of v6 to v8: id 7 on 55% of the positions (the bitmap path), ids 11 to
