@@ -68,6 +68,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <utility>
 
 #include <cstdio>
@@ -1051,13 +1052,13 @@ void segments_v6(const Tensor& ids, int64_t V, Device d, cudaStream_t s, bool pd
 // ---- v8: v2's segments (sorted keys and starts) from one cooperative kernel ----
 // The v6 steps as phases of one kernel whose blocks are all resident (cooperative launch), separated by grid
 // barriers instead of launches:
-//   1. zero the workspace (counts[V], the kWsExtra words, one published word per block);
-//   2. count the ids (count_ids);
-//   3. scan: block x owns ids [x * tile, (x + 1) * tile); it publishes its tile's count (+ 1, so 0 means not
+//   1. count the ids (count_ids) into counts[V], which is zero between calls (v8_zero_counts); block 0 zeroes
+//      the kWsExtra words and the published words meanwhile;
+//   2. scan: block x owns ids [x * tile, (x + 1) * tile); it publishes its tile's count (+ 1, so 0 means not
 //      yet), adds up the published counts of the blocks before it (all resident: the wait ends) and scans
 //      its tile from there (scan_counts), listing the long segments;
-//   4. scatter the keys (scatter_ids): grouped by id, unordered within an id;
-//   5. sort every segment in place: those of more than 32 entries by one block each (sort_long_segments,
+//   3. scatter the keys (scatter_ids): grouped by id, unordered within an id, counts[] back at zero;
+//   4. sort every segment in place: those of more than 32 entries by one block each (sort_long_segments,
 //      the giants through a scratch buffer), then those of 2 to 32 entries by one warp each (bitonic over
 //      shuffles, kShortPerWarp ids a warp at a time so that their loads are in flight together).
 // Keys ascending within every segment and segments in id order: the keys are v2's sorted keys bit for bit,
@@ -1096,12 +1097,13 @@ __device__ void sort_short_segments(uint32_t* keys, const int32_t* starts, int32
   }
 }
 
-// ws: counts[V], extra[kWsExtra], published[gridDim.x], large[large_cap]; the first three zeroed here.
-// scratch: n keys (the giant segments' bitmap output); tile: a multiple of kScanPer.
+// counts[V]: zero on entry, and zero again on exit (the scatter counts every id back down). ws: extra[kWsExtra],
+// published[gridDim.x] (both zeroed here), large[large_cap]. scratch: n keys (the giant segments' bitmap
+// output); tile: a multiple of kScanPer.
 template <class I>
 __global__ void __launch_bounds__(kCoopThreads, kCoopBlocksPerSm)
     embedding_bwd_v8_segments_kernel(const I* __restrict__ ids, int32_t n, int32_t V, int pos_bits, int32_t tile,
-                                     int32_t* ws, int32_t large_cap, int32_t* starts, uint32_t* keys,
+                                     int32_t* counts, int32_t* ws, int32_t large_cap, int32_t* starts, uint32_t* keys,
                                      uint32_t* scratch) {
   using Scan = cub::BlockScan<int32_t, kCoopThreads>;
   using Reduce = cub::BlockReduce<int32_t, kCoopThreads>;
@@ -1112,14 +1114,12 @@ __global__ void __launch_bounds__(kCoopThreads, kCoopBlocksPerSm)
   __shared__ int32_t carry;
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   pdl_trigger();  // the accumulation's blocks may be scheduled now; they wait for this kernel in pdl_wait
-  int32_t* counts = ws;
-  int32_t* extra = ws + V;
+  int32_t* extra = ws;
   uint32_t* published = reinterpret_cast<uint32_t*>(extra + kWsExtra);
   int32_t* large = extra + kWsExtra + gridDim.x;
-  const int64_t zeroed = int64_t(V) + kWsExtra + gridDim.x;
-  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < zeroed; k += int64_t(gridDim.x) * blockDim.x)
-    ws[k] = 0;
-  grid.sync();
+  // extra and published are first touched after the next barrier: block 0 zeroes them while all count.
+  if (blockIdx.x == 0)
+    for (int k = threadIdx.x; k < kWsExtra + int(gridDim.x); k += kCoopThreads) ws[k] = 0;
   count_ids(ids, n, V, counts);
   grid.sync();
   {
@@ -1164,6 +1164,31 @@ int v8_blocks_per_sm(int device) {
   });
 }
 
+// v8's counts[V], zero between calls: each call's scatter counts every id back down to zero, so the kernel needs
+// no zeroing phase (a grid barrier less). One buffer per device, for the device's compute stream (natsl runs
+// one per device; two streams running v8 at once would share it), allocated and zeroed on that stream when a
+// larger vocabulary first comes, and kept for the life of the process (like a BLAS workspace). A call that
+// fails midway traps the kernel (ids are checked), which ends the context with the buffer.
+int32_t* v8_zero_counts(int device, int64_t V, cudaStream_t s) {
+  struct Buffer {
+    int32_t* p = nullptr;
+    int64_t size = 0;
+  };
+  static std::mutex mu;
+  static Buffer buffers[64];
+  std::lock_guard<std::mutex> lock(mu);
+  Buffer& b = buffers[device < 64 ? device : 63];
+  if (b.size < V) {
+    // The old buffer may still be read by queued work of this stream: freed in stream order.
+    if (b.p) NATSL_CUDA_CHECK(cudaFreeAsync(b.p, s));
+    void* p = nullptr;
+    NATSL_CUDA_CHECK(cudaMallocAsync(&p, size_t(V) * sizeof(int32_t), s));
+    NATSL_CUDA_CHECK(cudaMemsetAsync(p, 0, size_t(V) * sizeof(int32_t), s));
+    b = Buffer{static_cast<int32_t*>(p), V};
+  }
+  return b.p;
+}
+
 // v8: false (nothing queued) where the device has no cooperative launch; seg.pos_bits and key_bits (32) set by
 // the caller.
 bool segments_v8(const Tensor& ids, int64_t V, Device d, cudaStream_t s, EmbeddingBwdSegments& seg) {
@@ -1176,7 +1201,8 @@ bool segments_v8(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
     const int64_t grid = int64_t(per_sm) * sm_count(d.index);
     const int64_t tile = ((V + grid - 1) / grid + kScanPer - 1) / kScanPer * kScanPer;
     const int32_t large_cap = int32_t(std::max<int64_t>(1, n / (kWarpSortMax + 1)));
-    Tensor ws = Tensor::empty({V + kWsExtra + grid + large_cap}, DType::i32, d);
+    int32_t* counts = v8_zero_counts(d.index, V, s);
+    Tensor ws = Tensor::empty({kWsExtra + grid + large_cap}, DType::i32, d);
     seg.keys = Tensor::empty({n}, DType::i32, d);
     seg.aux = Tensor::empty({V + 1}, DType::i32, d);
     // Only a segment of more than kLargeKeys entries uses the scratch.
@@ -1188,8 +1214,8 @@ bool segments_v8(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;
     launch_with(&attr, 1, embedding_bwd_v8_segments_kernel<I>, unsigned(grid), kCoopThreads, s,
-                static_cast<const I*>(ids.data_ptr()), int32_t(n), int32_t(V), seg.pos_bits, int32_t(tile), wsp,
-                large_cap, sp, static_cast<uint32_t*>(seg.keys.data_ptr()),
+                static_cast<const I*>(ids.data_ptr()), int32_t(n), int32_t(V), seg.pos_bits, int32_t(tile), counts,
+                wsp, large_cap, sp, static_cast<uint32_t*>(seg.keys.data_ptr()),
                 static_cast<uint32_t*>(scratch.data_ptr()));
     launched = true;
   });
