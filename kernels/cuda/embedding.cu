@@ -35,9 +35,10 @@
 // Variant 4 (an experiment): v3's segments, an accumulation task of twice the columns per warp (two 16-byte
 // vectors per lane and row: twice the loads in flight, half the tasks). Same order of additions: the same
 // bits. Measured 2.51x the copy with 64 registers (it spilled); with 128 registers 1.83x (3d70c469).
-// Variant 5 (an experiment, not yet run on a GPU): v2 with a smaller onesweep tile for CUB's radix sort
+// Variant 5 (an experiment; 0.145 ms against v2's 0.148 on the H200): v2 with a smaller onesweep tile for CUB's radix sort
 // (WideSortHub below: 64 CTAs a pass instead of ~17 at 131072 keys). The same sort: v2's bits.
-// Variant 6 (not yet run on a GPU): v2's keys, starts and accumulation without any sort of the whole key
+// Variant 6 (an experiment; 0.144-0.146 ms on the H200, its in-warp sort costing the accumulation ~7 us):
+// v2's keys, starts and accumulation without any sort of the whole key
 // set, so that the segments cost a few small kernels instead of CUB's five (~40 us at 131072 ids): a memset
 // of counts[V]; a count kernel (atomic counts per id, one per group of equal ids in a warp) whose last block
 // scans them into the starts; a scatter (each position takes a slot of its id's segment from an atomic
@@ -56,8 +57,8 @@
 // code), 2 to 32 by one warp each (bitonic over shuffles). Then v2's accumulation kernel (no sorting in the
 // warp), launched with programmatic dependent launch so its blocks are in place when the segments kernel ends:
 // the same keys, starts and bits as v2. Without cooperative launch or with 64-bit keys: v2's segments. Details
-// in the v8 section below. H200 (8a6415bc, before the dependent launch): whole op 0.137 ms = 1.46x the copy
-// (v2 0.149 in the same run), segments 0.028 ms (v2 0.041), accumulation 0.111 (v2's).
+// in the v8 section below. The default (variant.h): 0.133 ms on the H200, 1.42x the copy (v2 0.148), segments
+// 0.027 ms (v2 0.039), accumulation 0.111 (v2's).
 // The default is in variant.h.
 #include <cooperative_groups.h>
 #include <cub/block/block_radix_sort.cuh>

@@ -30,8 +30,13 @@ inline constexpr const char* kVariantCrossEntropy = "NATSL_KERNEL_VARIANT_CROSS_
 // H200 at 4b0366aa: v2 0.148 ms (1.57), v5 0.145, v6 0.144 (segments 0.031, accumulate 0.118:
 // the in-warp sort costs ~7 us), v7 0.146. v8 (v2's segments from one cooperative kernel, then v2's
 // accumulation) is not measured yet.
+// H200 at 8a6415bc: v8 0.137 ms (1.46; segments 0.028, accumulation 0.111 as v2's); with the accumulation under
+// programmatic dependent launch (61d2dd8f) 0.135 (1.43-1.44); with counts[] kept at zero between calls (no
+// zeroing phase, 11f5babc) 0.1333-0.1335 ms in three runs, 1.42 = 70.5% of the copy bandwidth, against v2's
+// 0.148 (1.57) in the same runs: v8 is the default. It falls back to v2's segments with 64-bit keys or without
+// cooperative launch.
 inline constexpr int kDefaultRmsnormBwd = 1;
-inline constexpr int kDefaultEmbeddingBwd = 2;
+inline constexpr int kDefaultEmbeddingBwd = 8;
 inline constexpr int kDefaultCrossEntropy = 1;
 
 }  // namespace natsl::kernels::cuda
