@@ -90,14 +90,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdPa
   const int n = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * VW;
   const SeqInfo si = p.seqs[n];
   const int nch = si.nchunks;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < STAGES; ++i) {
-      mbar_init_count(full + i, 32);
-      mbar_init_count(empty + i, NTH / 32);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  init_stage_barriers<STAGES>(full, empty, 32, NTH / 32);
 
   if (threadIdx.x >= NTH) {  // producer
     const int lane = threadIdx.x - NTH, h = hv / (p.HV / p.H);
@@ -133,8 +126,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdPa
     mbar_wait_parity(full + s, uint32_t(ci / STAGES) & 1u);
     state_fwd_step<D, KT, OUT, VW>(p, hacc, base + s * ST * TE, Hs, G + s * kC, si.first_chunk + ci, si.row0 + kC * ci,
                                min(kC, si.len - kC * ci), hv, c0, [] { compute_sync<NTH>(); });
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);
+    release_stage(empty + s, false);
   }
   if (p.ht) {
 #pragma unroll

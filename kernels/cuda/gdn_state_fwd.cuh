@@ -94,6 +94,27 @@ __device__ __forceinline__ void mbar_init_count(uint64_t* bar, int count) {
 __device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
+// The full / empty mbarrier pair of each stage of a warp-specialised kernel: full[i] completes on full_count
+// arrivals (and the copies' bytes), empty[i] on one arrival per compute warp. Ends with the barrier that makes
+// them visible to the whole CTA.
+template <int STAGES>
+__device__ __forceinline__ void init_stage_barriers(uint64_t* full, uint64_t* empty, int full_count, int compute_warps) {
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init_count(full + i, full_count);
+      mbar_init_count(empty + i, compute_warps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+}
+// A compute warp hands its stage back to the producer; wrote_shared: it stored into the stage with ordinary
+// stores, which the copy engine's next fill must not overtake (the proxy fence).
+__device__ __forceinline__ void release_stage(uint64_t* empty, bool wrote_shared) {
+  if (wrote_shared) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) mbar_arrive1(empty);
+}
 // The barrier among the NTH compute threads of a warp-specialised kernel (named barrier 1; the loading warp
 // does not take part).
 template <int NTH>

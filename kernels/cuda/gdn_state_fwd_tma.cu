@@ -65,14 +65,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
   const int n = blockIdx.x, hv = blockIdx.y, c0 = blockIdx.z * VW, h = hv / (p.HV / p.H);
   const SeqInfo si = p.seqs[n];
   const int nch = si.nchunks;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < STAGES; ++i) {
-      mbar_init_count(full + i, 1);
-      mbar_init_count(empty + i, NTH / 32);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  init_stage_barriers<STAGES>(full, empty, 1, NTH / 32);
 
   if (threadIdx.x >= NTH) {  // producer: one thread issues every copy
     if (threadIdx.x == NTH) {
@@ -106,10 +99,7 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
     state_fwd_step_on<bf16, KT, true, VW>(p, hacc, TmaStage<KT, VW>{reinterpret_cast<const bf16*>(tile_at(s, 0))}, Hs,
                                       gam_at(s), si.first_chunk + ci, si.row0 + kC * ci, len, hv, c0,
                                       [] { compute_sync<NTH>(); });
-    // Ordinary stores into a stage the copy engine refills next need the proxy fence before its release.
-    if (len < kC) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive1(empty + s);
+    release_stage(empty + s, /*wrote_shared=*/len < kC);  // the zeroed rows
   }
   if (p.ht) {
 #pragma unroll
