@@ -176,6 +176,7 @@ void chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, 
 
 void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
                    const Tensor& dht, const GdnGrads& grads) {
+  fix_eigen_blocking();
   NATSL_DISPATCH_FLOAT(in.q.dtype(), D, [&] { chunk_bwd<D>(args, in, saved, dout, dht, grads); });
 }
 

@@ -60,6 +60,7 @@ void chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const 
 
 void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,
                    const GdnSaved& saved) {
+  fix_eigen_blocking();
   NATSL_DISPATCH_FLOAT(in.q.dtype(), D, [&] { chunk_fwd<D>(args, in, o, ht, saved); });
 }
 

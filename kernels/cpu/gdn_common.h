@@ -2,7 +2,7 @@
 // Shared pieces of the CPU Gated DeltaNet kernels: where one (sequence, v head) lives in the flat tensors,
 // loading a chunk, its decay factors, A and T = (I + A)^-1 by forward substitution, and the WY
 // representation (gdn-algorithm.md §3 steps 0-2). Everything computes in A = acc_t<D> (the state dtype).
-#include <Eigen/Dense>
+#include "kernels/cpu/eigen.h"
 #include <cmath>
 
 #include "kernels/cpu/math.h"
