@@ -1,5 +1,12 @@
 // matmul kernel (batched, transposes, alpha/beta, shared b, bf16) and the matmul / linear ops.
+#include <cstring>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "autograd/ops.h"
+#include "kernels/cpu/eigen.h"
 #include "kernels/matmul.h"
 #include "tests/ops/ops_test_util.h"
 
@@ -130,4 +137,55 @@ TEST(LinearOp, ForwardMatchesLoopAndGradcheck) {
   // Only the weight requires grad (the input is data).
   Tensor data = randn({4, 3}, 9);
   expect_gradcheck([data](auto& v) { return natsl::linear(data, v[0]); }, {leaf({2, 3}, 10)}, "weight only");
+}
+
+// Products larger than one 128 x 128 tile of C, ragged at both edges, with every transpose: the tiles cover C
+// exactly once (checked against loops in double).
+TEST(MatmulKernel, TiledProductsCoverRaggedEdges) {
+  const int64_t M = 300, N = 131, K = 257;
+  uint64_t seed = 40;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (double beta : {0.0, 0.25}) {
+        SCOPED_TRACE(::testing::Message() << "ta " << ta << " tb " << tb << " beta " << beta);
+        Tensor a = randn({ta ? K : M, ta ? M : K}, ++seed, DType::f64);
+        Tensor b = randn({tb ? N : K, tb ? K : N}, ++seed, DType::f64);
+        Tensor out = beta == 0 ? poisoned({M, N}, DType::f64) : randn({M, N}, ++seed, DType::f64);
+        std::vector<double> c0 = host(out);
+        kernels::matmul(a, b, out, ta, tb, 0.75, beta);
+        EXPECT_CLOSE(out, Tensor::from_vector(loop_matmul(a, b, c0, ta, tb, 0.75, beta, M, N, K), out.shape()), 1e-12,
+                     1e-12);
+      }
+}
+
+// The same f32 product gives the same bits whatever cache sizes the CPU reports to Eigen and however many
+// threads run it: the machine must not change a training run (kernels/cpu/eigen.h). K = 4099 is long enough
+// for Eigen to split the sum into cache-sized panels, whose length would otherwise follow the CPU's L1 size.
+TEST(MatmulKernel, F32ResultsDoNotDependOnTheCpuOrTheThreadCount) {
+  const int64_t M = 200, N = 140, K = 4099;
+  Tensor a = randn({K, M}, 51, DType::f32);
+  Tensor b = randn({K, N}, 52, DType::f32);
+  auto product = [&] {
+    Tensor out = poisoned({M, N}, DType::f32);
+    kernels::matmul(a, b, out, /*trans_a=*/true, /*trans_b=*/false, 1.0, 0.0);
+    return out.to_vector<float>();
+  };
+  const std::vector<float> want = product();
+  struct Cpu {
+    std::ptrdiff_t l1, l2, l3;
+  };
+  for (Cpu cpu : {Cpu{32 << 10, 1 << 20, 32 << 20}, Cpu{48 << 10, 2 << 20, 96 << 20}, Cpu{64 << 10, 512 << 10, 0}})
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "L1 " << cpu.l1 << " threads " << threads);
+      Eigen::setCpuCacheSizes(cpu.l1, cpu.l2, cpu.l3);  // what Eigen would have read from another CPU
+#if defined(_OPENMP)
+      omp_set_num_threads(threads);
+#endif
+      const std::vector<float> got = product();
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
+    }
+#if defined(_OPENMP)
+  omp_set_num_threads(omp_get_num_procs());
+#endif
 }
