@@ -11,8 +11,8 @@
 //   AdamW step on the f32 master weights, then refresh the compute (bf16) copy
 // then metrics, eval every train.eval_every steps, a checkpoint every train.ckpt_every steps, and a stop
 // check (train.stop_at_step, SIGINT/SIGTERM). Data batches are a pure function of (seed, index), so the
-// checkpoint (weights, moments, AdamW step count, the step, counters) is all resume needs to continue the
-// run bit for bit on the same hardware.
+// checkpoint (weights, moments, AdamW step count, the step, counters, the Gumbel router noise offsets) is all
+// resume needs to continue the run bit for bit on the same hardware.
 #include <cstdio>
 #include <map>
 #include <memory>
