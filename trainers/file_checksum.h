@@ -1,7 +1,7 @@
 #pragma once
 // XXH3-64 checksums (libxxhash, header-only use) of the files a checkpoint holds: state.json records one per
 // tensor file and CheckpointReader recomputes it, so a flipped byte in weights or moments is caught at load.
-// Shown as 16 lowercase hex digits, as `xxh64sum -H3` prints the hash.
+// Shown as 16 lowercase hex digits, as `xxhsum -H3` prints the hash.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
