@@ -13,15 +13,35 @@ namespace {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-// A fixed, distinct Gumbel seed per layer (splitmix64 of the index), so layers never share noise.
-uint64_t layer_noise_seed(int64_t layer_idx) {
-  uint64_t z = 0x4E4154534C000000ull + uint64_t(layer_idx) * 0x9E3779B97F4A7C15ull;
+uint64_t splitmix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
+void collect_natsl_layers(const Module& m, const std::string& prefix,
+                          std::vector<std::pair<std::string, NatslAttention*>>& out) {
+  for (const auto& [name, child] : m.children()) {
+    const std::string full = prefix.empty() ? name : prefix + "." + name;
+    if (auto* layer = dynamic_cast<NatslAttention*>(child.get())) out.emplace_back(full, layer);
+    collect_natsl_layers(*child, full, out);
+  }
+}
+
 }  // namespace
+
+uint64_t router_noise_seed(uint64_t run_seed, int64_t layer_idx) {
+  // Two rounds: the run seed first, so seed s, layer l and seed s', layer l' collide only by chance.
+  return splitmix64(splitmix64(0x4E4154534C000000ull ^ run_seed) + uint64_t(layer_idx) * 0x9E3779B97F4A7C15ull);
+}
+
+std::vector<std::pair<std::string, NatslAttention*>> natsl_layers(const Module& root) {
+  std::vector<std::pair<std::string, NatslAttention*>> out;
+  collect_natsl_layers(root, "", out);
+  return out;
+}
+
+void NatslAttention::seed_noise(uint64_t run_seed) { noise_ = Generator(router_noise_seed(run_seed, layer_idx_), 0); }
 
 NatslDims natsl_dims(const ModelConfig& c) {
   NatslDims n{gdn_dims(c), 0, 0, 0, 0, 0, c.nats_block_size};
@@ -65,9 +85,10 @@ TwoInputNorm::TwoInputNorm(int64_t dim) {
 }
 
 NatslAttention::NatslAttention(const ModelConfig& c, int64_t layer_idx)
-    : GatedDeltaNet(c, layer_idx, /*with_output_norm=*/false), ndims_(natsl_dims(c)), qk_norm_(c.attn_qk_norm),
+    : GatedDeltaNet(c, layer_idx, /*with_output_norm=*/false), ndims_(natsl_dims(c)), layer_idx_(layer_idx),
+      qk_norm_(c.attn_qk_norm),
       gumbel_(c.nats_sample == "gumbel"), drop_own_chunk_grad_(c.reference_attn_backward), tau_(c.gumbel_tau),
-      noise_(layer_noise_seed(layer_idx)) {
+      noise_(router_noise_seed(0, layer_idx)) {
   const int64_t d = c.hidden_size, HK = dims_.heads * dims_.key_dim;
   const double std = c.initializer_range;
   nats_layer_ = register_module("nats_layer", std::make_shared<Linear>(d, 2 * ndims_.router_heads, false, std));

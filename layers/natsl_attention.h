@@ -27,6 +27,9 @@
 // positional encoding. Requires use_gate, nats_block_size 64, num_nats_heads 0 or num_heads, num_attn_heads
 // a multiple of num_heads dividing K and V; attn_head_dim / attn_value_dim, when set, must equal K / G, V / G.
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "layers/gated_deltanet.h"
 
@@ -41,6 +44,10 @@ struct NatslDims {
 };
 // Resolves and checks the NAtS-L dims of a config (InputError naming the key when inconsistent).
 NatslDims natsl_dims(const ModelConfig& config);
+
+// The Philox key of a layer's Gumbel noise: a splitmix64 mix of the run seed and the layer index, so runs of
+// different seeds and different layers never share noise.
+uint64_t router_noise_seed(uint64_t run_seed, int64_t layer_idx);
 
 // The two RMSNorm weights of the output mixing (the reference's FusedMultiInputRMSNormGated).
 class TwoInputNorm : public Module {
@@ -62,10 +69,12 @@ class NatslAttention : public GatedDeltaNet {
   void collect_stats(std::map<std::string, double>& stats) const override;
   const NatslDims& ndims() const { return ndims_; }
 
-  // The Gumbel noise stream: seed fixed per layer, offset advanced by every training forward that samples.
-  // Saving and restoring it makes a resumed run draw the same noise.
+  // The Gumbel noise stream: Philox key router_noise_seed(run seed, layer index) (run seed 0 until
+  // seed_noise is called; the Trainer passes train.seed), offset advanced by every training forward that
+  // samples. Checkpoints save it and resume restores it, so a resumed run draws the same noise.
   const Generator& noise_generator() const { return noise_; }
   void set_noise_generator(const Generator& g) { noise_ = g; }
+  void seed_noise(uint64_t run_seed);  // restarts the stream at offset 0
 
   // The router's masks of the last forward ([B, NC, Hr], exact 0/1, no history), for tests and diagnostics.
   const Tensor& last_mask_softmax() const { return last_mask_softmax_; }
@@ -76,6 +85,7 @@ class NatslAttention : public GatedDeltaNet {
 
  private:
   NatslDims ndims_;
+  int64_t layer_idx_;
   bool qk_norm_, gumbel_, drop_own_chunk_grad_;
   double tau_;
   std::shared_ptr<Linear> nats_layer_, nats_out_weights_layer_;
@@ -85,5 +95,8 @@ class NatslAttention : public GatedDeltaNet {
   Tensor attn_frac_;  // 0-d device scalar of the last training forward (undefined before the first)
   Tensor last_mask_softmax_, last_mask_gdn_;
 };
+
+// The NAtS-L layers under `root` with their dotted module names ("model.layers.1.attn"), in module order.
+std::vector<std::pair<std::string, NatslAttention*>> natsl_layers(const Module& root);
 
 }  // namespace natsl

@@ -2,8 +2,8 @@
 # The GPU test entry point: configures (Release, sm_90, Ninja, CUDA on), builds with all cores and runs the
 # whole test suite with ctest, where the CUDA tests run instead of skipping. Run from anywhere on a machine
 # with an NVIDIA GPU, nvcc, cmake, ninja, GoogleTest, Eigen, yaml-cpp, spdlog and fmt; nothing is
-# installed. nlohmann-json and CLI11 come from the system or, failing that, from .deps/include (an ignored
-# folder of header-only copies carried to machines where nothing can be installed).
+# installed. nlohmann-json, CLI11 and xxhash.h come from the system or, failing that, from .deps/include (an
+# ignored folder of header-only copies carried to machines where nothing can be installed).
 #
 #   scripts/gpu_test.sh                 configure + build + test
 #   scripts/gpu_test.sh --build-only    configure + build (e.g. when one call may not run both)

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "trainers/file_checksum.h"
 #include "trainers/sync_file.h"
 #include "trainers/version.h"
 
@@ -38,6 +39,45 @@ void remove_tree(const fs::path& p) {
   fs::remove_all(p, ec);
 }
 
+// Whether every element of a floating-point tensor (any device) is finite; integer tensors always are.
+// Exponent bits all ones = Inf or NaN, in every IEEE format.
+bool all_finite(const Tensor& t) {
+  if (t.dtype() != DType::f32 && t.dtype() != DType::f64 && t.dtype() != DType::bf16) return true;
+  if (t.dtype() == DType::f64) {
+    Tensor h = t.contiguous().to(kCPU);
+    const auto* p = static_cast<const uint64_t*>(h.data_ptr());
+    bool bad = false;
+    for (int64_t i = 0; i < h.numel(); ++i) bad |= (p[i] & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
+    return !bad;
+  }
+  Tensor h = t.contiguous().to(kCPU).to(DType::f32);  // bf16 -> f32 keeps Inf and NaN
+  const auto* p = static_cast<const uint32_t*>(h.data_ptr());
+  bool bad = false;
+  for (int64_t i = 0; i < h.numel(); ++i) bad |= (p[i] & 0x7F800000u) == 0x7F800000u;
+  return !bad;
+}
+
+// A checkpoint holding NaN or Inf would be resumed from as if it were good, and keep-last would then prune
+// the good ones: refuse it before anything is written.
+void refuse_nonfinite(const CheckpointWrite& ck) {
+  for (const auto* group : {&ck.model, &ck.optimizer})
+    for (const auto& [name, t] : *group)
+      if (!all_finite(t))
+        throw Error(fmt::format("refusing to write checkpoint {}: '{}' ({}) holds NaN or Inf, so the run has "
+                                "diverged; nothing was written and older checkpoints are kept (resume from the "
+                                "newest with a lower train.lr)",
+                                checkpoint_dir_name(ck.step), name, group == &ck.model ? kModelFile : kOptimizerFile));
+}
+
+bool is_valid_checkpoint(const fs::path& dir) {
+  try {
+    CheckpointReader r(dir.string());
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 std::string checkpoint_dir_name(int64_t step) { return fmt::format("step_{:06d}", step); }
@@ -55,6 +95,7 @@ std::vector<int64_t> list_checkpoint_steps(const std::string& run_dir) {
 }
 
 std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& ck, int64_t keep_last) {
+  refuse_nonfinite(ck);
   fs::path root = fs::path(run_dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = checkpoint_dir_name(ck.step);
@@ -65,8 +106,8 @@ std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& c
 
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "natsl"},
                                                    {"step", std::to_string(ck.step)}};
-  write_safetensors((tmp / kModelFile).string(), ck.model, meta, ck.after_model_tensor);
-  write_safetensors((tmp / kOptimizerFile).string(), ck.optimizer, meta);
+  const uint64_t model_sum = write_safetensors((tmp / kModelFile).string(), ck.model, meta, ck.after_model_tensor);
+  const uint64_t optimizer_sum = write_safetensors((tmp / kOptimizerFile).string(), ck.optimizer, meta);
 
   nlohmann::json state = {{"format", kCheckpointFormat},
                           {"format_version", kCheckpointFormatVersion},
@@ -74,7 +115,9 @@ std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& c
                           {"natsl_version", natsl_version()},
                           {"git_commit", natsl_git_commit()},
                           {"trainer", ck.trainer}};
-  for (const char* f : {kModelFile, kOptimizerFile}) state["files"][f] = {{"bytes", fs::file_size(tmp / f)}};
+  state["files"][kModelFile] = {{"bytes", fs::file_size(tmp / kModelFile)}, {"xxh3_64", checksum_hex(model_sum)}};
+  state["files"][kOptimizerFile] = {{"bytes", fs::file_size(tmp / kOptimizerFile)},
+                                    {"xxh3_64", checksum_hex(optimizer_sum)}};
   write_file_synced((tmp / kStateFile).string(), state.dump(2) + "\n");
   fsync_directory(tmp.string());
 
@@ -83,10 +126,17 @@ std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& c
   fs::rename(tmp, final_dir);
   fsync_directory(root.string());
 
-  // Retention: the newest keep_last complete checkpoints stay; older ones and older temp dirs go.
+  // Retention: walking down from the newest, everything stays until keep_last valid checkpoints are counted
+  // (the one just written is valid); what is older than the last of them goes. A damaged checkpoint does not
+  // count, so it never pushes a valid one out, and nothing newer than a kept valid checkpoint is deleted.
+  // Counting verifies the checksums of up to keep_last - 1 older checkpoints (one read of each).
   std::vector<int64_t> steps = list_checkpoint_steps(run_dir);
-  if (int64_t(steps.size()) > keep_last)
-    for (size_t i = 0; i + size_t(keep_last) < steps.size(); ++i) remove_tree(root / checkpoint_dir_name(steps[i]));
+  int64_t valid = 0;
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    const fs::path d = root / checkpoint_dir_name(*it);
+    if (valid >= keep_last) remove_tree(d);
+    else if (*it == ck.step || is_valid_checkpoint(d)) ++valid;
+  }
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
     std::string n = e.path().filename().string();
@@ -120,21 +170,34 @@ void CheckpointReader::open() {
   auto bad = [&](const std::string& what) { return InputError("'" + state_path.string() + "': " + what); };
   if (!state_.is_object() || state_.value("format", "") != kCheckpointFormat)
     throw bad("not a natsl checkpoint state (format is not \"" + std::string(kCheckpointFormat) + "\")");
-  if (state_.value("format_version", -1) != kCheckpointFormatVersion)
-    throw bad("checkpoint format version " + state_.value("format_version", nlohmann::json(nullptr)).dump() +
-              " is not supported (this natsl reads version " + std::to_string(kCheckpointFormatVersion) + ")");
+  const auto version = state_.value("format_version", nlohmann::json(nullptr));
+  if (version != 1 && version != kCheckpointFormatVersion)
+    throw bad("checkpoint format version " + version.dump() + " is not supported (this natsl reads versions 1 to " +
+              std::to_string(kCheckpointFormatVersion) + ")");
+  const bool has_checksums = version != 1;
+  if (!has_checksums)
+    warnings_.push_back("checkpoint '" + dir + "' was written by an older natsl (format version 1, no checksums): "
+                        "its tensor bytes cannot be verified");
   if (!state_.contains("step") || !state_["step"].is_number_integer()) throw bad("no integer \"step\"");
   if (!state_.contains("trainer") || !state_["trainer"].is_object()) throw bad("no \"trainer\" state");
   step_ = state_["step"].get<int64_t>();
   for (const char* f : {kModelFile, kOptimizerFile}) {
     fs::path p = d / f;
     if (!fs::exists(p, ec)) throw InputError("checkpoint file '" + p.string() + "' is missing");
-    auto rec = state_.contains("files") && state_["files"].contains(f) ? state_["files"][f].value("bytes", uint64_t(0))
-                                                                        : uint64_t(0);
+    const nlohmann::json rec = state_.contains("files") && state_["files"].contains(f) ? state_["files"][f]
+                                                                                        : nlohmann::json::object();
+    const uint64_t rec_bytes = rec.value("bytes", uint64_t(0));
     uint64_t size = fs::file_size(p, ec);
-    if (rec != size)
+    if (rec_bytes != size)
       throw InputError("checkpoint file '" + p.string() + "' has " + std::to_string(size) + " bytes but " +
-                       std::to_string(rec) + " were written (truncated or replaced)");
+                       std::to_string(rec_bytes) + " were written (truncated or replaced)");
+    if (!has_checksums) continue;
+    if (!rec.contains("xxh3_64") || !rec["xxh3_64"].is_string())
+      throw bad(std::string("no \"xxh3_64\" checksum recorded for ") + f);
+    const std::string want = rec["xxh3_64"].get<std::string>(), got = checksum_hex(file_xxh3_64(p.string()));
+    if (got != want)
+      throw InputError("checkpoint file '" + p.string() + "' fails its checksum (XXH3-64 " + got + ", " + want +
+                       " when written): its bytes changed after the write (disk or copy corruption)");
   }
   model_.emplace((d / kModelFile).string());
   optimizer_.emplace((d / kOptimizerFile).string());
@@ -152,13 +215,14 @@ CheckpointScan find_latest_checkpoint(const std::string& run_dir) {
                               "' (a write was interrupted)");
   }
   std::vector<int64_t> steps = list_checkpoint_steps(run_dir);
-  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-    std::string dir = (root / checkpoint_dir_name(*it)).string();
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) scan.found.push_back((root / checkpoint_dir_name(*it)).string());
+  for (const std::string& dir : scan.found) {
     try {
-      CheckpointReader r(dir);
+      scan.reader = std::make_shared<CheckpointReader>(dir);
       scan.latest = dir;
       break;
     } catch (const InputError& e) {
+      scan.damaged.push_back(e.what());
       scan.warnings.push_back(std::string("ignoring a damaged checkpoint: ") + e.what());
     }
   }

@@ -4,13 +4,15 @@
 //     model.safetensors      the f32 master weights, one tensor per parameter (names: docs/checkpoints.md)
 //     optimizer.safetensors  AdamW moments "exp_avg.NAME" and "exp_avg_sq.NAME"
 //     state.json             {"format": "natsl-checkpoint", "format_version", "step", "natsl_version",
-//                             "git_commit", "files": {FILE: {"bytes": N}}, "trainer": {...}}
+//                             "git_commit", "files": {FILE: {"bytes": N, "xxh3_64": HEX}}, "trainer": {...}}
 // written as .tmp-step_000123/ (each file fsynced, state.json last), then renamed to step_000123 and the
-// parent fsynced: a directory named step_* is complete. Resume takes the newest step_* that also passes
-// the checks of open (state.json parses, every listed file has its recorded size and a valid header); a
-// leftover .tmp-* or a damaged step_* is skipped with a warning.
+// parent fsynced: a directory named step_* is complete. A checkpoint is valid when open's checks pass
+// (state.json parses, every listed file has its recorded size, XXH3-64 and a valid header). Resume takes the
+// newest valid step_*; a leftover .tmp-* or a damaged step_* is skipped with a warning. Format version 1
+// (before checksums) is still read, with a warning that its bytes cannot be verified.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,7 +25,7 @@
 namespace natsl {
 
 inline constexpr const char* kCheckpointFormat = "natsl-checkpoint";
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;  // 2: per-file XXH3-64 in "files"
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
@@ -38,16 +40,20 @@ struct CheckpointWrite {
 
 std::string checkpoint_dir_name(int64_t step);  // "step_000123"
 
-// Writes the checkpoint atomically under RUN_DIR/checkpoints and returns its final directory. Then deletes
-// all but the newest `keep_last` complete checkpoints (and stale temporary directories of older steps).
+// Writes the checkpoint atomically under RUN_DIR/checkpoints and returns its final directory. Refuses (natsl::Error,
+// before anything is written) when a floating-point tensor holds NaN or Inf. Then deletes the checkpoints
+// older than the newest `keep_last` VALID ones (and stale temporary directories of older steps): a damaged
+// checkpoint never counts, so it never pushes a valid one out.
 std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& ck, int64_t keep_last);
 
-// An opened, validated checkpoint directory. Throws InputError naming the file that is missing, truncated,
-// corrupt or of another format.
+// An opened, validated checkpoint directory (every tensor file's checksum verified). Throws InputError naming
+// the file that is missing, truncated, corrupt or of another format.
 class CheckpointReader {
  public:
   explicit CheckpointReader(const std::string& dir);
   const std::string& dir() const { return dir_; }
+  // What the caller should print: a format-1 checkpoint has no checksums to verify.
+  const std::vector<std::string>& warnings() const { return warnings_; }
   int64_t step() const { return step_; }
   const nlohmann::json& state() const { return state_; }  // the whole state.json
   const nlohmann::json& trainer() const { return state_.at("trainer"); }
@@ -59,12 +65,16 @@ class CheckpointReader {
   std::string dir_;
   int64_t step_ = 0;
   nlohmann::json state_;
+  std::vector<std::string> warnings_;
   std::optional<SafeTensorsReader> model_, optimizer_;
 };
 
 struct CheckpointScan {
-  std::optional<std::string> latest;  // the newest complete, valid checkpoint directory
-  std::vector<std::string> warnings;  // one line per skipped directory
+  std::optional<std::string> latest;         // the newest complete, valid checkpoint directory
+  std::shared_ptr<CheckpointReader> reader;  // it, opened and verified (null when there is none)
+  std::vector<std::string> found;            // every step_* directory, newest first (valid or not)
+  std::vector<std::string> damaged;          // why each skipped step_* is invalid, newest first
+  std::vector<std::string> warnings;         // one line per skipped directory
 };
 // Looks at RUN_DIR/checkpoints (absent = no checkpoint).
 CheckpointScan find_latest_checkpoint(const std::string& run_dir);

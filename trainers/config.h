@@ -73,6 +73,7 @@ struct TrainConfig {
   std::vector<std::string> no_decay;  // extra: parameters whose dotted name contains one of these
   double clip_grad_norm = 1.0;    // 0 = no clipping
   bool skip_nonfinite = true;     // skip (and count) steps whose grad norm is NaN/Inf
+  int64_t max_consecutive_nonfinite = 5;  // that many non-finite grad norms in a row stop the run (error)
   std::string precision = "f32";  // f32 | bf16 (bf16 on CUDA only)
   std::string device = "auto";    // cpu | cuda | cuda:N | auto
   int64_t seed = 0;

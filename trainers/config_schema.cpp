@@ -16,14 +16,25 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 FieldSpec num(std::string key, FieldPtr p, std::optional<double> lo, std::optional<double> hi = std::nullopt,
               std::string help = "") {
-  FieldSpec f{std::move(key), p, lo, hi, {}, -1, std::move(help)};
+  FieldSpec f{std::move(key), p, lo, hi, {}, -1, std::move(help), false, false};
   return f;
 }
 FieldSpec choice(std::string key, FieldPtr p, std::vector<std::string> choices) {
-  FieldSpec f{std::move(key), p, std::nullopt, std::nullopt, std::move(choices), -1, ""};
+  FieldSpec f{std::move(key), p, std::nullopt, std::nullopt, std::move(choices), -1, "", false, false};
   return f;
 }
-FieldSpec plain(std::string key, FieldPtr p) { return FieldSpec{std::move(key), p, std::nullopt, std::nullopt, {}, -1, ""}; }
+FieldSpec plain(std::string key, FieldPtr p) {
+  return FieldSpec{std::move(key), p, std::nullopt, std::nullopt, {}, -1, "", false, false};
+}
+// A number whose bounds are excluded where asked: AdamW divides by eps (so 0 is out) and beta = 1 never
+// forgets (its bias correction divides by 1 - beta^t = 0).
+FieldSpec open_num(std::string key, FieldPtr p, double lo, bool lo_open, double hi, bool hi_open,
+                   std::string help = "") {
+  FieldSpec f = num(std::move(key), p, lo, hi, std::move(help));
+  f.min_exclusive = lo_open;
+  f.max_exclusive = hi_open;
+  return f;
+}
 
 }  // namespace
 
@@ -89,14 +100,16 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("train.warmup_steps", &t.warmup_steps, 0),
       num("train.decay_fraction", &t.decay_fraction, 0.0, 1.0),
       choice("train.wsd_decay_shape", &t.wsd_decay_shape, {"linear", "sqrt", "cosine"}),
-      num("train.betas", &t.betas, 0.0, 0.999999999),
-      num("train.eps", &t.eps, 0.0, 1.0),
+      open_num("train.betas", &t.betas, 0.0, false, 1.0, true),
+      open_num("train.eps", &t.eps, 0.0, true, 1.0, false),
       num("train.weight_decay", &t.weight_decay, 0.0, 10.0),
       plain("train.model_no_decay", &t.model_no_decay),
       plain("train.decay_embeddings", &t.decay_embeddings),
       plain("train.no_decay", &t.no_decay),
       num("train.clip_grad_norm", &t.clip_grad_norm, 0.0, std::nullopt, "0 = no clipping"),
       plain("train.skip_nonfinite", &t.skip_nonfinite),
+      num("train.max_consecutive_nonfinite", &t.max_consecutive_nonfinite, 1, std::nullopt,
+          "steps in a row with a non-finite gradient norm before the run stops"),
       choice("train.precision", &t.precision, {"f32", "bf16"}),
       plain("train.device", &t.device),
       num("train.seed", &t.seed, 0),
@@ -139,9 +152,11 @@ std::string shortest(double v) { return fmt::format("{}", v); }
 
 std::string range_text(const FieldSpec& f) {
   std::string r;
-  if (f.min && f.max) r = "in [" + shortest(*f.min) + ", " + shortest(*f.max) + "]";
-  else if (f.min) r = ">= " + shortest(*f.min);
-  else if (f.max) r = "<= " + shortest(*f.max);
+  if (f.min && f.max)
+    r = std::string("in ") + (f.min_exclusive ? "(" : "[") + shortest(*f.min) + ", " + shortest(*f.max) +
+        (f.max_exclusive ? ")" : "]");
+  else if (f.min) r = (f.min_exclusive ? "> " : ">= ") + shortest(*f.min);
+  else if (f.max) r = (f.max_exclusive ? "< " : "<= ") + shortest(*f.max);
   if (!f.help.empty()) r += " (" + f.help + ")";
   return r;
 }
@@ -153,7 +168,9 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 }
 
 void check_number(const FieldSpec& f, double v, const std::string& where, const std::string& shown) {
-  if (!std::isfinite(v) || (f.min && v < *f.min) || (f.max && v > *f.max))
+  const bool below = f.min && (f.min_exclusive ? v <= *f.min : v < *f.min);
+  const bool above = f.max && (f.max_exclusive ? v >= *f.max : v > *f.max);
+  if (!std::isfinite(v) || below || above)
     throw InputError(where + ": value " + shown + " of '" + f.key + "' is out of range: expected " + range_text(f));
 }
 

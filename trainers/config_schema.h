@@ -25,6 +25,7 @@ struct FieldSpec {
   std::vector<std::string> choices;   // allowed strings (and list elements) when non-empty
   int64_t list_size = -1;             // required list length; -1 = any
   std::string help;                   // one phrase shown with range errors
+  bool min_exclusive = false, max_exclusive = false;  // (min, ...] / [..., max): the bound itself is out
 };
 
 // Every key of the schema, bound to the fields of `cfg`.

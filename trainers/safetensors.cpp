@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "trainers/file_checksum.h"
 #include "trainers/sync_file.h"
 
 namespace natsl {
@@ -38,7 +39,7 @@ std::string safetensors_dtype_name(DType dt) {
   NATSL_FAIL("no safetensors name for dtype ", dtype_name(dt));
 }
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+uint64_t write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata,
                        const std::function<void(size_t)>& after_tensor) {
   nlohmann::json header = nlohmann::json::object();
@@ -58,14 +59,20 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
 
   SyncedFile f(path);
-  f.write(len, 8);
-  f.write(text.data(), text.size());
+  Xxh3Stream checksum;
+  auto put = [&](const void* data, size_t n) {
+    f.write(data, n);
+    checksum.update(data, n);
+  };
+  put(len, 8);
+  put(text.data(), text.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     Tensor host = tensors[i].second.contiguous().to(kCPU);
-    f.write(host.data_ptr(), host.nbytes());
+    put(host.data_ptr(), host.nbytes());
     if (after_tensor) after_tensor(i);
   }
   f.close();
+  return checksum.digest();
 }
 
 SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {

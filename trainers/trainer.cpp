@@ -18,6 +18,7 @@
 #include "kernels/determinism.h"
 #include "kernels/reduce.h"
 #include "layers/model_size.h"
+#include "layers/natsl_attention.h"
 #include "trainers/checkpoint.h"
 #include "trainers/metrics_log.h"
 #include "trainers/mfu.h"
@@ -129,6 +130,20 @@ void refuse_existing_run_dir(const std::string& out_dir) {
                      "); continue it with resume=auto, or give a new train.out_dir (nothing was written)");
 }
 
+// Checkpoints exist but none is valid: starting again at step 0 would overwrite the run's metrics and let
+// keep-last prune the damaged checkpoints, whose weights may be mostly intact. The user decides instead.
+[[noreturn]] void refuse_only_damaged_checkpoints(const std::string& out_dir, const CheckpointScan& scan) {
+  std::string names;
+  for (size_t i = 0; i < scan.found.size() && i < 4; ++i)
+    names += (i ? ", " : "") + fs::path(scan.found[i]).filename().string();
+  if (scan.found.size() > 4) names += fmt::format(" and {} older", scan.found.size() - 4);
+  throw InputError(fmt::format("resume=auto: {} holds {} checkpoint(s) ({}) but none is valid (the newest: {}); "
+                               "nothing was changed: repair or move them away, resume=DIR from a good copy, or "
+                               "give a new train.out_dir",
+                               (fs::path(out_dir) / "checkpoints").string(), scan.found.size(), names,
+                               scan.damaged.empty() ? std::string("?") : scan.damaged.front()));
+}
+
 // NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
 // loads or its math alone with it); a model must never train or evaluate under it.
 void refuse_timing_switches() {
@@ -155,6 +170,8 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision);
   Generator init_gen(uint64_t(t.seed));
   store_->init(init_gen);
+  // The routers' Gumbel noise is keyed by train.seed as well, so a run repeats from its seed alone.
+  for (auto& [name, layer] : natsl_layers(*model_)) layer->seed_noise(uint64_t(t.seed));
 
   // No-decay group: what the model marks (unless train.model_no_decay is off), the embedding if asked,
   // and any name containing one of train.no_decay.
@@ -196,10 +213,12 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   if (cfg_.resume == "auto") {
     CheckpointScan scan = find_latest_checkpoint(t.out_dir);
     for (const auto& w : scan.warnings) log("warning: " + w);
-    if (scan.latest) resume_from(*scan.latest);
+    if (scan.reader) resume_from(*scan.reader);
+    else if (!scan.found.empty()) refuse_only_damaged_checkpoints(t.out_dir, scan);
     else log("resume=auto: no checkpoint in " + (fs::path(t.out_dir) / "checkpoints").string() + "; starting at step 0");
   } else if (cfg_.resume != "none") {
-    resume_from(cfg_.resume);
+    CheckpointReader ck(cfg_.resume);
+    resume_from(ck);
   }
   if (opts_.write_run_dir) {
     fs::create_directories(t.out_dir);
@@ -242,8 +261,9 @@ void Trainer::log(const std::string& line) {
   std::fflush(opts_.out);
 }
 
-void Trainer::resume_from(const std::string& dir) {
-  CheckpointReader ck(dir);
+void Trainer::resume_from(CheckpointReader& ck) {
+  const std::string& dir = ck.dir();
+  for (const auto& w : ck.warnings()) log("warning: " + w);
   const std::string state_path = (fs::path(dir) / "state.json").string();
   try {
     const nlohmann::json& tr = ck.trainer();
@@ -273,6 +293,18 @@ void Trainer::resume_from(const std::string& dir) {
     store_->sync_compute_from_master();
     optimizer_->set_step_count(tr.at("optimizer_steps").get<int64_t>());
     skipped_steps_ = tr.at("skipped_steps").get<int64_t>();
+    nonfinite_streak_ = tr.value("nonfinite_streak", int64_t(0));
+    // The routers' Gumbel noise continues where the checkpoint left it (saved since format version 2).
+    const nlohmann::json* noise = tr.contains("rng") && tr.at("rng").contains("router_noise")
+                                      ? &tr.at("rng").at("router_noise") : nullptr;
+    for (auto& [name, layer] : natsl_layers(*model_)) {
+      if (noise && noise->contains(name))
+        layer->set_noise_generator(
+            Generator(noise->at(name).at("seed").get<uint64_t>(), noise->at(name).at("offset").get<uint64_t>()));
+      else if (cfg_.model.nats_sample == "gumbel")
+        log("warning: '" + state_path + "' holds no Gumbel noise state for " + name +
+            " (an older natsl wrote it): the noise will not match an uninterrupted run");
+    }
     data_.train->load_state(tr.at("data"));
     step_ = ck.step();
   } catch (const nlohmann::json::exception& e) {
@@ -292,13 +324,23 @@ std::string Trainer::write_checkpoint() {
   for (size_t i = 0; i < entries.size(); ++i)
     ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
   const TrainConfig& t = cfg_.train;
+  // Parameters are initialised from Philox(seed); batches are a pure function of (data seed, index); the only
+  // draws during training are the NAtS-L routers' Gumbel noise, one Philox stream per layer whose offset
+  // advances with each training forward. These are all the RNG state there is.
+  nlohmann::json router_noise = nlohmann::json::object();
+  for (const auto& [name, layer] : natsl_layers(*model_))
+    router_noise[name] = {{"generator", "philox4x32-10"},
+                          {"seed", layer->noise_generator().seed},
+                          {"offset", layer->noise_generator().offset}};
   ck.trainer = {
       {"optimizer_steps", optimizer_->step_count()},
       {"skipped_steps", skipped_steps_},
+      {"nonfinite_streak", nonfinite_streak_},
       {"tokens_seen", step_ * t.batch_size * t.seq_len * t.grad_accum},
-      // Parameters are initialised from Philox(seed); batches are a pure function of (data seed, index), and
-      // nothing else draws random numbers during training, so these are all the RNG state there is.
-      {"rng", {{"param_init", {{"generator", "philox4x32-10"}, {"seed", t.seed}}}, {"data_seed", t.seed}}},
+      {"rng",
+       {{"param_init", {{"generator", "philox4x32-10"}, {"seed", t.seed}}},
+        {"data_seed", t.seed},
+        {"router_noise", router_noise}}},
       {"data", data_.train->state()},
       {"config", config_to_json(cfg_)},
   };
@@ -328,7 +370,9 @@ Trainer::StepResult Trainer::train_step() {
   r.grad_norm = std::sqrt(grad_sumsq_.item());  // the one host read of the step (with the loss below)
   r.loss = loss_sum.item() / double(t.grad_accum);
 
-  if (!std::isfinite(r.grad_norm) && t.skip_nonfinite) {
+  const bool nonfinite = !std::isfinite(r.grad_norm);
+  nonfinite_streak_ = nonfinite ? nonfinite_streak_ + 1 : 0;
+  if (nonfinite && t.skip_nonfinite) {
     r.skipped = true;
     ++skipped_steps_;
   } else {
@@ -392,7 +436,8 @@ TrainSummary Trainer::train() {
     }
     if (metrics_) metrics_->write(row);
 
-    const bool keep_line = step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled || row.contains("eval");
+    const bool keep_line = step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled ||
+                           row.contains("eval") || r.skipped;
     if (keep_line || tty_) {
       double avg = steps_this_process_ >= 2 ? step_time_ema_ : dt;
       std::string line = fmt::format("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s", step_,
@@ -416,6 +461,14 @@ TrainSummary Trainer::train() {
       if (keep_line) log(line);
       else live(line);
     }
+    // Once the weights are NaN every later step is non-finite too: stop instead of running on (and ending
+    // "done") with nothing learned. No checkpoint: the newest one on disk holds the last good state.
+    if (nonfinite_streak_ >= t.max_consecutive_nonfinite)
+      throw Error(fmt::format("step {}: the gradient norm was not finite for {} steps in a row "
+                              "(train.max_consecutive_nonfinite = {}), so the run has diverged; stopped without "
+                              "writing a checkpoint. Resume from the newest checkpoint in {} with a lower train.lr",
+                              step_, nonfinite_streak_, t.max_consecutive_nonfinite,
+                              (fs::path(t.out_dir) / "checkpoints").string()));
 
     if ((t.ckpt_every > 0 && step_ % t.ckpt_every == 0) || last || stop_here || signalled) {
       std::string dir = write_checkpoint();

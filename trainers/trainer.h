@@ -5,13 +5,14 @@
 //   for each of grad_accum micro-batches m: batch = data.next((s - 1) * grad_accum + m),
 //       backward of loss / grad_accum                (so the grads are those of the mean loss)
 //   grad_norm = sqrt(sum_squares(flat grads))        (on the device, one value read back)
-//   non-finite grad_norm: skip the update, count it  (train.skip_nonfinite)
+//   non-finite grad_norm: skip the update, count it  (train.skip_nonfinite); after
+//       train.max_consecutive_nonfinite such steps in a row the run stops with an error
 //   clip = min(1, clip_grad_norm / (grad_norm + 1e-6)), a device scalar AdamW multiplies the grads by
 //   AdamW step on the f32 master weights, then refresh the compute (bf16) copy
 // then metrics, eval every train.eval_every steps, a checkpoint every train.ckpt_every steps, and a stop
 // check (train.stop_at_step, SIGINT/SIGTERM). Data batches are a pure function of (seed, index), so the
-// checkpoint (weights, moments, AdamW step count, the step, counters) is all resume needs to continue the
-// run bit for bit on the same hardware.
+// checkpoint (weights, moments, AdamW step count, the step, counters, the Gumbel router noise offsets) is all
+// resume needs to continue the run bit for bit on the same hardware.
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -29,6 +30,7 @@
 
 namespace natsl {
 
+class CheckpointReader;
 class MetricsLog;
 class StopSignalGuard;
 
@@ -69,7 +71,7 @@ class Trainer {
  private:
   struct StepResult;
   StepResult train_step();
-  void resume_from(const std::string& dir);
+  void resume_from(CheckpointReader& ck);
   std::string write_checkpoint();
   // Prints a line; during construction lines wait until the setup succeeded (errors stay one line).
   void log(const std::string& line);
@@ -90,6 +92,7 @@ class Trainer {
 
   int64_t step_ = 0;  // optimizer steps completed
   int64_t skipped_steps_ = 0;
+  int64_t nonfinite_streak_ = 0;  // consecutive steps (up to now) whose grad norm was not finite
   double flops_per_token_ = 0.0;
   std::optional<double> peak_flops_;
   double step_time_ema_ = 0.0;  // seconds, excluding the first step of this process

@@ -6,6 +6,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <limits>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "trainers/checkpoint.h"
@@ -24,7 +29,8 @@ CheckpointWrite make_checkpoint(int64_t step) {
   ck.model = {{"a.weight", testing::randn({4, 3}, uint64_t(step), DType::f32)},
               {"b.weight", testing::randn({5}, uint64_t(step) + 100, DType::f32)},
               {"c.weight", testing::randn({2, 2}, uint64_t(step) + 200, DType::f32)}};
-  ck.optimizer = {{"exp_avg.a.weight", Tensor::zeros({4, 3})}};
+  ck.optimizer = {{"exp_avg.a.weight", testing::randn({4, 3}, uint64_t(step) + 300, DType::f32)},
+                  {"exp_avg_sq.a.weight", testing::randn({4, 3}, uint64_t(step) + 400, DType::f32, 0.01)}};
   ck.trainer = {{"note", "test"}, {"step_seen", step}};
   return ck;
 }
@@ -127,6 +133,145 @@ TEST(Checkpoint, DamagedCheckpointIsSkippedOrRefused) {
   }
   EXPECT_FALSE(find_latest_checkpoint(dir.str()).latest);
   EXPECT_THROW(CheckpointReader r(dir / "nowhere"), InputError);
+}
+
+// Flips one bit of the byte at `offset` bytes before the end of `path` (inside the last tensor's data).
+void flip_byte_from_end(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f) << path;
+  f.seekg(std::streamoff(fs::file_size(path) - offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = char(c ^ 0x10);
+  f.seekp(std::streamoff(fs::file_size(path) - offset));
+  f.write(&c, 1);
+  ASSERT_TRUE(f) << path;
+}
+
+std::string open_error(const std::string& dir) {
+  try {
+    CheckpointReader r(dir);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// One flipped byte in the weights or in the optimizer moments, which the safetensors header cannot notice:
+// the file's XXH3-64 no longer matches state.json. resume=auto skips it with a warning naming the file; given
+// explicitly, it is an InputError naming the file.
+TEST(Checkpoint, FlippedByteInWeightsOrMomentsIsDetected) {
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+    SCOPED_TRACE(file);
+    TempDir dir;
+    save_checkpoint(dir.str(), make_checkpoint(1), 5);
+    const std::string two = save_checkpoint(dir.str(), make_checkpoint(2), 5);
+    ASSERT_EQ(open_error(two), "");
+    const std::string path = two + "/" + file;
+    flip_byte_from_end(path, 7);
+    SafeTensorsReader still_parses(path);  // the damage is invisible to the format's own checks
+
+    CheckpointScan scan = find_latest_checkpoint(dir.str());
+    ASSERT_TRUE(scan.latest);
+    EXPECT_EQ(*scan.latest, dir / "checkpoints/step_000001");
+    ASSERT_EQ(scan.warnings.size(), 1u);
+    EXPECT_NE(scan.warnings[0].find(path), std::string::npos) << scan.warnings[0];
+    EXPECT_NE(scan.warnings[0].find("checksum"), std::string::npos) << scan.warnings[0];
+    std::string e = open_error(two);
+    EXPECT_NE(e.find(path), std::string::npos) << e;
+    EXPECT_NE(e.find("checksum"), std::string::npos) << e;
+
+    flip_byte_from_end(path, 7);  // flipped back: valid again
+    EXPECT_EQ(open_error(two), "");
+  }
+}
+
+TEST(Checkpoint, StateRecordsAChecksumPerTensorFile) {
+  TempDir dir;
+  const std::string one = save_checkpoint(dir.str(), make_checkpoint(1), 5);
+  CheckpointReader r(one);
+  EXPECT_EQ(r.state().at("format_version"), kCheckpointFormatVersion);
+  EXPECT_TRUE(r.warnings().empty());
+  std::set<std::string> sums;
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    const auto& rec = r.state().at("files").at(f);
+    ASSERT_TRUE(rec.at("xxh3_64").is_string()) << f;
+    EXPECT_EQ(rec.at("xxh3_64").get<std::string>().size(), 16u) << f;
+    sums.insert(rec.at("xxh3_64").get<std::string>());
+  }
+  EXPECT_EQ(sums.size(), 2u);
+  // A state.json that lost its checksum is refused (only format version 1 has none).
+  nlohmann::json st = r.state();
+  st["files"]["model.safetensors"].erase("xxh3_64");
+  testing::write_text(one + "/state.json", st.dump());
+  EXPECT_NE(open_error(one).find("xxh3_64"), std::string::npos) << open_error(one);
+}
+
+// Checkpoints written before checksums (format version 1) still open, with a warning that says so.
+TEST(Checkpoint, FormatVersion1WithoutChecksumsOpensWithAWarning) {
+  TempDir dir;
+  const std::string one = save_checkpoint(dir.str(), make_checkpoint(1), 5);
+  nlohmann::json st = CheckpointReader(one).state();
+  st["format_version"] = 1;
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) st["files"][f].erase("xxh3_64");
+  testing::write_text(one + "/state.json", st.dump());
+  CheckpointReader r(one);
+  ASSERT_EQ(r.warnings().size(), 1u);
+  EXPECT_NE(r.warnings()[0].find("cannot be verified"), std::string::npos) << r.warnings()[0];
+  st["format_version"] = 3;
+  testing::write_text(one + "/state.json", st.dump());
+  EXPECT_NE(open_error(one).find("format version 3 is not supported"), std::string::npos) << open_error(one);
+}
+
+// keep_last counts valid checkpoints only: a damaged newest one never pushes the valid older ones out, and
+// nothing newer than a kept valid checkpoint is deleted.
+TEST(Checkpoint, DamagedCheckpointsNeverPushValidOnesOut) {
+  TempDir dir;
+  for (int64_t s : {10, 20, 30}) save_checkpoint(dir.str(), make_checkpoint(s), 2);
+  EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{20, 30}));
+  flip_byte_from_end(dir / "checkpoints/step_000030/model.safetensors", 3);
+  save_checkpoint(dir.str(), make_checkpoint(40), 2);
+  // Valid: 40 and 20 (the two kept); 30 is damaged and newer than 20, so it stays too.
+  EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{20, 30, 40}));
+  fs::resize_file(dir / "checkpoints/step_000040/optimizer.safetensors", 100);
+  save_checkpoint(dir.str(), make_checkpoint(50), 2);
+  EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{20, 30, 40, 50}));
+  EXPECT_EQ(*find_latest_checkpoint(dir.str()).latest, dir / "checkpoints/step_000050");
+  // Two valid ones newer than every damaged one: the rest goes.
+  save_checkpoint(dir.str(), make_checkpoint(60), 2);
+  EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{50, 60}));
+}
+
+// A checkpoint holding NaN or Inf (weights or moments) is refused before anything is written.
+TEST(Checkpoint, NonFiniteTensorsAreNeverWritten) {
+  TempDir dir;
+  save_checkpoint(dir.str(), make_checkpoint(1), 1);
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  for (int which = 0; which < 3; ++which) {
+    SCOPED_TRACE(which);
+    CheckpointWrite ck = make_checkpoint(2);
+    std::string name;
+    if (which == 0) {
+      ck.model[1].second.fill_(nan);
+      name = "b.weight";
+    } else if (which == 1) {
+      ck.optimizer[1].second.view({12}).slice(0, 5, 6).fill_(inf);
+      name = "exp_avg_sq.a.weight";
+    } else {
+      ck.optimizer.emplace_back("exp_avg.h", Tensor::full({3}, -inf, DType::bf16));
+      name = "exp_avg.h";
+    }
+    try {
+      save_checkpoint(dir.str(), ck, 1);
+      ADD_FAILURE() << "wrote a non-finite checkpoint";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + name + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "checkpoints/step_000002"));
+    EXPECT_FALSE(fs::exists(dir / "checkpoints/.tmp-step_000002"));
+    EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{1}));
+  }
 }
 
 }  // namespace

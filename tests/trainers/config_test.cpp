@@ -125,6 +125,47 @@ TEST(Config, OutOfRangeAndBadChoices) {
   EXPECT_NE(e.find("'train.batch_size' is out of range: expected >= 1"), std::string::npos) << e;
 }
 
+// Degenerate optimiser settings: AdamW divides by eps and by 1 - beta^t, a negative lr or weight decay
+// ascends, NaN/Inf poisons every weight. Each is one line naming the file, line and key.
+TEST(Config, DegenerateOptimiserSettingsAreRefused) {
+  TempDir dir;
+  const struct {
+    std::string line, key, expect;
+  } cases[] = {
+      {"eps: 0", "train.eps", "expected in (0, 1]"},
+      {"eps: -1.0e-8", "train.eps", "expected in (0, 1]"},
+      {"eps: .nan", "train.eps", "out of range"},
+      {"betas: [0.9, 1.0]", "train.betas", "expected in [0, 1)"},
+      {"betas: [1, 0.95]", "train.betas", "expected in [0, 1)"},
+      {"betas: [-0.1, 0.95]", "train.betas", "expected in [0, 1)"},
+      {"betas: [0.9, .inf]", "train.betas", "out of range"},
+      {"lr: -1.0e-3", "train.lr", "out of range"},
+      {"lr: .inf", "train.lr", "out of range"},
+      {"lr: .nan", "train.lr", "out of range"},
+      {"weight_decay: -0.1", "train.weight_decay", "out of range"},
+      {"clip_grad_norm: -1", "train.clip_grad_norm", "out of range"},
+      {"clip_grad_norm: .nan", "train.clip_grad_norm", "out of range"},
+      {"min_lr_ratio: -0.5", "train.min_lr_ratio", "out of range"},
+      {"max_consecutive_nonfinite: 0", "train.max_consecutive_nonfinite", "expected >= 1"},
+  };
+  for (const auto& c : cases) {
+    write_text(dir / "c.yaml", "train:\n  steps: 10\n  " + c.line + "\n");
+    std::string e = load_error(dir / "c.yaml");
+    EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << c.line << " -> " << e;
+    EXPECT_NE(e.find("'" + c.key + "'"), std::string::npos) << c.line << " -> " << e;
+    EXPECT_NE(e.find(c.expect), std::string::npos) << c.line << " -> " << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << "one line: " << e;
+  }
+  // The same checks on the command line; the edges that are allowed stay allowed.
+  write_text(dir / "ok.yaml", "train:\n  steps: 10\n  warmup_steps: 1\n");
+  EXPECT_THROW(load_config(dir / "ok.yaml", {"train.eps=0"}), InputError);
+  RunConfig c = load_config(dir / "ok.yaml", {"train.eps=1.0e-30", "train.betas=[0, 0.999999]", "train.lr=0",
+                                              "train.weight_decay=0", "train.clip_grad_norm=0",
+                                              "train.max_consecutive_nonfinite=1"});
+  EXPECT_EQ(c.train.eps, 1e-30);
+  EXPECT_EQ(c.train.max_consecutive_nonfinite, 1);
+}
+
 TEST(Config, CrossFieldRulesNameTheLine) {
   TempDir dir;
   write_text(dir / "c.yaml", "train:\n  steps: 10\n  warmup_steps: 20\n");

@@ -1,11 +1,14 @@
 // Exact resume through the `natsl` program: a run stopped after step 10 (train.stop_at_step, or SIGTERM at
 // an arbitrary moment) and resumed with resume=auto ends with the same parameters, optimizer state and
-// per-step losses, bit for bit, as the run that never stopped (CPU; and on a GPU with a GDN + NAtS-L model
-// under train.deterministic).
+// per-step losses, bit for bit, as the run that never stopped (CPU, also a NAtS-L model with Gumbel router
+// noise; and on a GPU with a GDN + NAtS-L model under train.deterministic). And what resume=auto does with
+// damaged checkpoints: skip them with a warning, or refuse when none is valid.
 #include <gtest/gtest.h>
 
 #include <csignal>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -131,6 +134,122 @@ TEST(Resume, SigtermAtAnArbitraryMomentThenResumeIsBitExact) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("at step " + std::to_string(logged)), std::string::npos) << resumed.output;
   expect_same_run(dir / "a", dir / "b", steps);
+}
+
+// A NAtS-L block sampling its router labels with Gumbel noise (the only random draws during training): the
+// noise stream is in the checkpoint, so the resumed run draws what the straight one drew.
+const char* kGumbelConfig = R"(model:
+  name: g
+  vocab_size: 200
+  hidden_size: 16
+  num_layers: 1
+  layers: [natsl]
+  num_heads: 1
+  head_dim: 16
+  expand_v: 1.0
+  num_attn_heads: 2
+  attn_qk_norm: true
+  attn_rope: false
+  nats_block_size: 64
+  nats_sample: gumbel
+  gumbel_tau: 0.5
+  intermediate_size: 32
+data:
+  source: mqar
+  mqar:
+    num_kv_pairs: 4
+train:
+  steps: 12
+  batch_size: 2
+  seq_len: 192
+  grad_accum: 2
+  warmup_steps: 2
+  lr: 1.0e-2
+  log_every: 1000
+  eval_every: 0
+  eval_batches: 1
+  device: cpu
+)";
+
+TEST(Resume, GumbelRouterNoiseResumesBitExact) {
+  TempDir dir;
+  write_text(dir / "g.yaml", kGumbelConfig);
+  auto straight = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  auto first = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " train.stop_at_step=5");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  // The checkpoint holds the layer's noise stream: keyed by train.seed, advanced by the steps so far.
+  auto state = nlohmann::json::parse(read_text(dir / "b/checkpoints/step_000005/state.json"));
+  const auto& noise = state.at("trainer").at("rng").at("router_noise").at("model.layers.0.attn");
+  EXPECT_GT(noise.at("offset").get<uint64_t>(), 0u);
+  auto second = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " resume=auto");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_EQ(second.output.find("warning"), std::string::npos) << second.output;
+  expect_same_run(dir / "a", dir / "b", 12);
+
+  // Another train.seed draws other noise (and other weights): the losses part.
+  auto other = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "c" + " train.seed=1");
+  ASSERT_EQ(other.exit_code, 0) << other.output;
+  auto sc = nlohmann::json::parse(read_text(dir / "c/checkpoints/step_000012/state.json"));
+  auto sa = nlohmann::json::parse(read_text(dir / "a/checkpoints/step_000012/state.json"));
+  const auto& na = sa.at("trainer").at("rng").at("router_noise").at("model.layers.0.attn");
+  const auto& nc = sc.at("trainer").at("rng").at("router_noise").at("model.layers.0.attn");
+  EXPECT_NE(na.at("seed"), nc.at("seed"));
+  EXPECT_EQ(na.at("offset"), nc.at("offset"));
+}
+
+// Flips one bit of a byte near the end of a file (inside the last tensor's data).
+void flip_last_bytes(const std::string& path) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f) << path;
+  const auto at = std::streamoff(std::filesystem::file_size(path) - 5);
+  f.seekg(at);
+  char c = 0;
+  f.read(&c, 1);
+  c = char(c ^ 0x01);
+  f.seekp(at);
+  f.write(&c, 1);
+  ASSERT_TRUE(f) << path;
+}
+
+// resume=auto skips a checkpoint whose bytes fail their checksum (warning naming the file) and continues the
+// run bit for bit from the older one; an explicit resume=DIR of it is bad input; when no checkpoint is valid,
+// resume=auto refuses (exit 2, naming what it found) and changes nothing.
+TEST(Resume, DamagedCheckpointsAreSkippedOrRefused) {
+  TempDir dir;
+  write_text(dir / "t.yaml", kTinyConfig);
+  auto straight = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "a");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  const std::string b = "train " + dir / "t.yaml train.out_dir=" + dir / "b";
+  auto first = run_natsl(b + " train.stop_at_step=10 train.ckpt_every=5 train.keep_last=2");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const std::string c5 = dir / "b/checkpoints/step_000005", c10 = dir / "b/checkpoints/step_000010";
+  flip_last_bytes(c10 + "/optimizer.safetensors");
+
+  auto explicit_bad = run_natsl(b + " resume=" + c10);
+  EXPECT_EQ(explicit_bad.exit_code, 2) << explicit_bad.output;
+  EXPECT_NE(explicit_bad.output.find(c10 + "/optimizer.safetensors"), std::string::npos) << explicit_bad.output;
+  EXPECT_NE(explicit_bad.output.find("checksum"), std::string::npos) << explicit_bad.output;
+
+  flip_last_bytes(c5 + "/model.safetensors");
+  const std::string metrics_before = read_text(dir / "b/metrics.jsonl");
+  auto none_valid = run_natsl(b + " resume=auto");
+  EXPECT_EQ(none_valid.exit_code, 2) << none_valid.output;
+  EXPECT_NE(none_valid.output.find("none is valid"), std::string::npos) << none_valid.output;
+  EXPECT_NE(none_valid.output.find("step_000010, step_000005"), std::string::npos) << none_valid.output;
+  EXPECT_EQ(none_valid.output.find("step 1/"), std::string::npos) << "it trained:\n" << none_valid.output;
+  EXPECT_TRUE(std::filesystem::exists(c5) && std::filesystem::exists(c10));
+  EXPECT_EQ(read_text(dir / "b/metrics.jsonl"), metrics_before);
+
+  flip_last_bytes(c5 + "/model.safetensors");  // repaired: the older checkpoint is valid again
+  auto resumed = run_natsl(b + " resume=auto");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("warning: ignoring a damaged checkpoint: checkpoint file '" + c10 +
+                                "/optimizer.safetensors' fails its checksum"),
+            std::string::npos)
+      << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from " + c5 + " at step 5"), std::string::npos) << resumed.output;
+  expect_same_run(dir / "a", dir / "b", 20);
 }
 
 // The same on the GPU, bf16 compute: Gated DeltaNet blocks (no atomics anywhere in their forward and

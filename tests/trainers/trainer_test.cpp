@@ -1,10 +1,13 @@
 // One optimizer step of the Trainer against the formulas written out here (global-norm clipping as
-// torch.nn.utils.clip_grad_norm_, AdamW as torch.optim.AdamW, the no-decay group), and the non-finite skip.
+// torch.nn.utils.clip_grad_norm_, AdamW as torch.optim.AdamW, the no-decay group), the non-finite skip, the
+// stop after train.max_consecutive_nonfinite such steps, and no checkpoint of non-finite weights.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 
+#include "core/error.h"
 #include "trainers/trainer.h"
 #include "trainer_test_util.h"
 
@@ -99,6 +102,50 @@ TEST(Trainer, NonFiniteGradNormSkipsTheStep) {
     if (!std::isnan(before[i])) {
       ASSERT_EQ(before[i], after[i]) << "a skipped step changed element " << i;
     }
+}
+
+// Once the weights are NaN every step is skipped: after train.max_consecutive_nonfinite of them in a row the
+// run stops with an error instead of running on to "done".
+TEST(Trainer, NonFiniteStepsInARowStopTheRun) {
+  testing::TempDir dir;
+  RunConfig cfg = small_config(dir.str());
+  cfg.train.steps = 10;
+  cfg.train.max_consecutive_nonfinite = 3;
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const ParameterStore& ps = tr.parameters();
+  ps.master().view(ps.layout().find("model.embeddings.weight")).fill_(std::numeric_limits<double>::quiet_NaN());
+  try {
+    tr.train();
+    ADD_FAILURE() << "the run went on with NaN weights";
+  } catch (const InputError& e) {
+    ADD_FAILURE() << "a diverged run is not bad input: " << e.what();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("not finite for 3 steps in a row"), std::string::npos) << m;
+    EXPECT_NE(m.find("train.max_consecutive_nonfinite"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+  EXPECT_EQ(tr.step(), 3);
+}
+
+// With skip_nonfinite off the NaN gradients reach the weights; the checkpoint at the end is refused.
+TEST(Trainer, NonFiniteWeightsAreNeverCheckpointed) {
+  testing::TempDir dir;
+  RunConfig cfg = small_config(dir / "run");
+  cfg.train.steps = 2;
+  cfg.train.skip_nonfinite = false;
+  Trainer tr(cfg, TrainerOptions{nullptr, true});
+  const ParameterStore& ps = tr.parameters();
+  ps.master().view(ps.layout().find("model.embeddings.weight")).fill_(std::numeric_limits<double>::quiet_NaN());
+  try {
+    tr.train();
+    ADD_FAILURE() << "a checkpoint of NaN weights was written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(tr.step(), 2);
+  EXPECT_FALSE(std::filesystem::exists(dir / "run/checkpoints/step_000002"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "run/checkpoints/.tmp-step_000002"));
 }
 
 }  // namespace
