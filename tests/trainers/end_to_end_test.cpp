@@ -55,16 +55,20 @@ TEST(EndToEnd, TinyConfigLearnsMqar) {
 namespace natsl {
 namespace {
 
-// The README's default model, unshortened (the plateau escape needs its 300 steps): configs/natsl-tiny.yaml
-// learns MQAR on the CPU, and its NAtS-L layer's fraction of softmax chunks is logged every step.
-TEST(EndToEnd, NatslTinyDefaultConfigLearnsMqarAndLogsRouting) {
+// The README's default model, unshortened: configs/natsl-tiny.yaml learns MQAR on the CPU for more than one
+// seed, with a margin (>= 0.9 answer accuracy; every seed 0-4 measured >= 0.99, docs/training.md "The demo
+// configs"), and its NAtS-L layer's fraction of softmax chunks is logged every step. The CPU arithmetic is
+// the same on every x86-64 machine for a given build (GoldenTrace), so the margin is what other compilers
+// and libms must keep.
+class NatslTinyDefault : public ::testing::TestWithParam<int> {};
+
+TEST_P(NatslTinyDefault, LearnsMqarAndLogsRouting) {
   testing::TempDir dir;
   const std::string config = std::string(NATSL_SOURCE_DIR) + "/configs/natsl-tiny.yaml";
-  const std::vector<std::string> overrides = {"train.ckpt_every=0", "train.out_dir=" + dir / "run"};
+  const std::vector<std::string> overrides = {"train.ckpt_every=0", "train.seed=" + std::to_string(GetParam()),
+                                              "train.out_dir=" + dir / "run"};
   RunConfig cfg = load_config(config, overrides);
   ASSERT_EQ(cfg.data.source, "mqar");
-  const int64_t V = cfg.data.mqar.vocab_size ? cfg.data.mqar.vocab_size : cfg.model.vocab_size;
-  const double chance = 1.0 / double(V - V / 2);
   std::string args = "train " + config;
   for (const auto& o : overrides) args += " " + o;
   auto r = testing::run_natsl(args);
@@ -82,9 +86,11 @@ TEST(EndToEnd, NatslTinyDefaultConfigLearnsMqarAndLogsRouting) {
     EXPECT_LE(f, 1.0);
   }
   const auto& ev = rows.back().at("eval");
-  double acc = ev.at("accuracy").get<double>();
-  EXPECT_GT(acc, 4 * chance) << "accuracy " << acc << " vs chance " << chance;
+  EXPECT_GE(ev.at("accuracy").get<double>(), 0.9) << "seed " << GetParam() << ": " << ev.dump();
+  EXPECT_GE(ev.at("answers").get<int64_t>(), 1000);
 }
+
+INSTANTIATE_TEST_SUITE_P(Seeds, NatslTinyDefault, ::testing::Values(0, 1));
 
 }  // namespace
 }  // namespace natsl
