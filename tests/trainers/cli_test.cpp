@@ -98,14 +98,16 @@ TEST(Cli, RefusesTheGdnTimingSwitch) {
 
 TEST(Cli, EmptyOrNonMappingConfigIsBadInput) {
   TempDir dir;
+  // Bounded, should the file be taken for a default config again (a default model trains for hours on a CPU).
+  const std::string bound = " train.steps=1 train.warmup_steps=0 train.device=cpu";
   write_text(dir / "empty.yaml", "");
-  expect_bad_input(run_natsl("train " + dir / "empty.yaml train.out_dir=" + dir / "run"),
+  expect_bad_input(run_natsl("train " + dir / "empty.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "empty.yaml: the config file is empty"});
   write_text(dir / "comments.yaml", "# train:\n#   steps: 3\n");
-  expect_bad_input(run_natsl("train " + dir / "comments.yaml train.out_dir=" + dir / "run"),
+  expect_bad_input(run_natsl("train " + dir / "comments.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "comments.yaml", "holds only comments"});
   write_text(dir / "scalar.yaml", "natsl-tiny\n");
-  expect_bad_input(run_natsl("train " + dir / "scalar.yaml train.out_dir=" + dir / "run"),
+  expect_bad_input(run_natsl("train " + dir / "scalar.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "scalar.yaml", "must be a mapping"});
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
 }
@@ -187,8 +189,9 @@ TEST(Cli, ASecondRunIntoABusyOutDirIsRefused) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (testing::count_lines(dir / "run/metrics.jsonl") < 2 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // stop_at_step bounds the second run should it not be refused.
   for (const char* resume : {"resume=auto", "resume=none"})
-    expect_bad_input(run_natsl("train " + dir / "ok.yaml " + steps + " train.out_dir=" + dir / "run " + resume),
+    expect_bad_input(run_natsl("train " + dir / "ok.yaml " + steps + " train.stop_at_step=3 train.out_dir=" + dir / "run " + resume),
                      {"train.out_dir '" + dir / "run" + "' is in use by another natsl run (pid " + std::to_string(pid) + ")"});
   ::kill(pid, SIGTERM);
   ASSERT_EQ(testing::wait_exit_code(pid), 0) << testing::read_text(dir / "first.log");
