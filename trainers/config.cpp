@@ -119,7 +119,9 @@ void load_mapping(RunConfig& cfg, const std::vector<FieldSpec>& schema, const YA
 
 void load_model_file(RunConfig& cfg, const std::vector<FieldSpec>& schema, const std::string& path) {
   YAML::Node root = load_yaml_file(path, "model config file");
-  if (root.IsNull()) return;
+  if (root.IsNull())
+    throw InputError(path + ": the model config file is empty (or holds only comments); write the model keys "
+                            "(hidden_size: ..., num_layers: ...)");
   if (!root.IsMap()) throw InputError(path + ": a model file must be a mapping of model keys (hidden_size: ..., ...)");
   // Accept both a bare mapping of model keys and one wrapped in `model:`.
   if (root.size() == 1 && root["model"] && root["model"].IsMap()) root = root["model"];
@@ -139,10 +141,15 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   cfg.config_path = path;
   YAML::Node root = load_yaml_file(path, "config file");
   auto schema = config_schema(cfg);
-  if (!root.IsNull()) {
-    if (!root.IsMap()) throw InputError(path + ": a config must be a mapping with sections model:, data:, train:");
-    load_mapping(cfg, schema, root, "", path);
-  }
+  // An empty file is far likelier a mistake (a wrong path, a truncated copy) than a wish for every default;
+  // `{}` says the latter explicitly.
+  if (root.IsNull())
+    throw InputError(path + ": the config file is empty (or holds only comments); write the sections model:, "
+                            "data:, train: (see configs/), or {} for every default");
+  if (!root.IsMap())
+    throw InputError(path + ": a config must be a mapping with sections model:, data:, train: (this file holds a " +
+                     (root.IsSequence() ? "list" : "single value") + ")");
+  load_mapping(cfg, schema, root, "", path);
   for (const auto& o : overrides) apply_override(cfg, o);
   validate_config(cfg);
   return cfg;

@@ -1,11 +1,15 @@
 #pragma once
 // OUT_DIR/metrics.jsonl: one JSON object per line, one line per optimizer step (plus eval results folded
-// into the line of the step they ran after). Lines are flushed as written so a killed run keeps them.
+// into the line of the step they ran after). The file is only ever appended to, each line in one write(2),
+// so a killed run keeps every line but at most a cut last one; sync() before each checkpoint makes every
+// line up to the checkpoint's step as durable as the checkpoint. Failed writes throw natsl::Error.
 #include <cstdint>
-#include <fstream>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
+
+#include "trainers/sync_file.h"
 
 namespace natsl {
 
@@ -13,14 +17,15 @@ class MetricsLog {
  public:
   // Opens `path` for appending. Existing lines whose "step" is above keep_through_step are dropped first:
   // a run resumed from step k replaces what an interrupted run logged after its checkpoint. A line that
-  // does not parse (a torn last write) is dropped too.
+  // does not parse (a cut last write) is dropped too. The kept lines replace the file atomically (a
+  // temporary file renamed over it), so a crash during the rewrite leaves the old file or the new one.
   MetricsLog(const std::string& path, int64_t keep_through_step);
   void write(const nlohmann::json& row);
-  const std::string& path() const { return path_; }
+  void sync();
+  const std::string& path() const { return out_->path(); }
 
  private:
-  std::string path_;
-  std::ofstream out_;
+  std::unique_ptr<AppendOnlyFile> out_;
 };
 
 }  // namespace natsl

@@ -22,6 +22,7 @@
 #include "trainers/checkpoint.h"
 #include "trainers/metrics_log.h"
 #include "trainers/mfu.h"
+#include "trainers/run_dir_lock.h"
 #include "trainers/stop_signal.h"
 #include "trainers/sync_file.h"
 #include "trainers/version.h"
@@ -119,7 +120,8 @@ namespace {
 void refuse_existing_run_dir(const std::string& out_dir) {
   const fs::path dir(out_dir);
   std::error_code ec;
-  bool has_metrics = fs::exists(dir / "metrics.jsonl", ec) && fs::file_size(dir / "metrics.jsonl", ec) > 0;
+  // A regular file only: a metrics.jsonl that is a device or a fifo holds no run.
+  bool has_metrics = fs::is_regular_file(dir / "metrics.jsonl", ec) && fs::file_size(dir / "metrics.jsonl", ec) > 0;
   bool has_checkpoints = false;
   if (fs::is_directory(dir / "checkpoints", ec))
     for (const auto& e : fs::directory_iterator(dir / "checkpoints", ec))
@@ -157,11 +159,15 @@ void refuse_timing_switches() {
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   refuse_timing_switches();
   const TrainConfig& t = cfg_.train;
-  if (opts_.write_run_dir && cfg_.resume == "none") refuse_existing_run_dir(t.out_dir);
   device_ = resolve_device(t.device);
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+  if (opts_.write_run_dir) {
+    // Before anything is written (the data setup may tokenize into OUT_DIR/data): one run per directory.
+    run_dir_lock_ = std::make_unique<RunDirLock>(t.out_dir);
+    if (cfg_.resume == "none") refuse_existing_run_dir(t.out_dir);
+  }
   // Bit-reproducible kernels for the whole process (kernels/determinism.h): the CUDA attention backward then
   // adds dq in a fixed order; every other kernel is deterministic anyway.
   kernels::set_deterministic(t.deterministic);
@@ -221,12 +227,12 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
     resume_from(ck);
   }
   if (opts_.write_run_dir) {
-    fs::create_directories(t.out_dir);
     std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
                                       natsl_version(), natsl_git_commit(),
                                       cfg_.config_path.empty() ? "code" : cfg_.config_path);
-    write_file_synced((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
+    replace_file_atomically((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
     metrics_ = std::make_unique<MetricsLog>((fs::path(t.out_dir) / "metrics.jsonl").string(), step_);
+    run_dir_lock_->keep_directory();
   }
   // Everything is checked: print the header, the resolved config, then what the setup noted.
   started_ = true;
@@ -349,6 +355,26 @@ std::string Trainer::write_checkpoint() {
   return last_checkpoint_;
 }
 
+void Trainer::stop_after_failed_write(const std::string& failure, bool save_checkpoint) {
+  std::string saved;
+  if (save_checkpoint) {
+    // The metrics row is lost, the weights need not be: the checkpoint lives in another file (maybe on another
+    // disk, or the failure was a one-off).
+    try {
+      saved = "; saved the checkpoint " + write_checkpoint() + " (metrics.jsonl lacks step " + std::to_string(step_) +
+              "); resume=auto continues from it";
+    } catch (const std::exception& e) {
+      saved = fmt::format("; the checkpoint of step {} could not be written either ({})", step_, e.what());
+    }
+  } else if (metrics_) {
+    saved = fmt::format("; metrics.jsonl holds steps 1..{}", step_);
+  }
+  if (saved.find("resume=auto") == std::string::npos)
+    saved += last_checkpoint_.empty() ? "; no checkpoint of this run exists"
+                                      : "; resume=auto continues from " + last_checkpoint_;
+  throw Error("stopping: " + failure + saved);
+}
+
 Trainer::StepResult Trainer::train_step() {
   const TrainConfig& t = cfg_.train;
   StepResult r;
@@ -434,7 +460,13 @@ TrainSummary Trainer::train() {
         sum.last_eval = ev;
       }
     }
-    if (metrics_) metrics_->write(row);
+    if (metrics_) {
+      try {
+        metrics_->write(row);
+      } catch (const Error& e) {
+        stop_after_failed_write(fmt::format("{} (the row of step {})", e.what(), step_), /*save_checkpoint=*/true);
+      }
+    }
 
     const bool keep_line = step_ % t.log_every == 0 || step_ == 1 || last || stop_here || signalled ||
                            row.contains("eval") || r.skipped;
@@ -471,7 +503,21 @@ TrainSummary Trainer::train() {
                               (fs::path(t.out_dir) / "checkpoints").string()));
 
     if ((t.ckpt_every > 0 && step_ % t.ckpt_every == 0) || last || stop_here || signalled) {
-      std::string dir = write_checkpoint();
+      // Every metrics row up to this step is made durable before the checkpoint that a resume keeps them for.
+      if (metrics_) {
+        try {
+          metrics_->sync();
+        } catch (const Error& e) {
+          stop_after_failed_write(e.what(), /*save_checkpoint=*/true);
+        }
+      }
+      std::string dir;
+      try {
+        dir = write_checkpoint();
+      } catch (const std::exception& e) {
+        stop_after_failed_write(fmt::format("cannot write the checkpoint of step {}: {}", step_, e.what()),
+                                /*save_checkpoint=*/false);
+      }
       if (!dir.empty()) log("checkpoint: " + dir);
     }
     sum.step = step_;

@@ -32,6 +32,7 @@ namespace natsl {
 
 class CheckpointReader;
 class MetricsLog;
+class RunDirLock;
 class StopSignalGuard;
 
 struct TrainerOptions {
@@ -73,6 +74,9 @@ class Trainer {
   StepResult train_step();
   void resume_from(CheckpointReader& ck);
   std::string write_checkpoint();
+  // A write of metrics or a checkpoint failed (disk full, I/O error): save what still can be (a checkpoint
+  // when the metrics failed), then throw an Error saying what failed, what was kept and how to continue.
+  [[noreturn]] void stop_after_failed_write(const std::string& failure, bool save_checkpoint);
   // Prints a line; during construction lines wait until the setup succeeded (errors stay one line).
   void log(const std::string& line);
   // On a terminal: the progress line of every step, rewritten in place until the next log line.
@@ -81,6 +85,7 @@ class Trainer {
 
   RunConfig cfg_;
   TrainerOptions opts_;
+  std::unique_ptr<RunDirLock> run_dir_lock_;  // first member: released after every file of the run is closed
   Device device_;
   std::shared_ptr<CausalLM> model_;
   std::unique_ptr<ParameterStore> store_;

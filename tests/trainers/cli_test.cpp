@@ -2,8 +2,16 @@
 // command line) with one line naming the key/line/file, and working help, tokenize and inspect.
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "trainers/checkpoint.h"
 
 #include "trainer_test_util.h"
 
@@ -86,6 +94,115 @@ TEST(Cli, RefusesTheGdnTimingSwitch) {
   const CommandResult ok = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run0");
   unsetenv("NATSL_GDN_DIAG");
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
+
+TEST(Cli, EmptyOrNonMappingConfigIsBadInput) {
+  TempDir dir;
+  // Bounded, should the file be taken for a default config again (a default model trains for hours on a CPU).
+  const std::string bound = " train.steps=1 train.warmup_steps=0 train.device=cpu";
+  write_text(dir / "empty.yaml", "");
+  expect_bad_input(run_natsl("train " + dir / "empty.yaml train.out_dir=" + dir / "run" + bound),
+                   {dir / "empty.yaml: the config file is empty"});
+  write_text(dir / "comments.yaml", "# train:\n#   steps: 3\n");
+  expect_bad_input(run_natsl("train " + dir / "comments.yaml train.out_dir=" + dir / "run" + bound),
+                   {dir / "comments.yaml", "holds only comments"});
+  write_text(dir / "scalar.yaml", "natsl-tiny\n");
+  expect_bad_input(run_natsl("train " + dir / "scalar.yaml train.out_dir=" + dir / "run" + bound),
+                   {dir / "scalar.yaml", "must be a mapping"});
+  EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+}
+
+// A train.out_dir that cannot hold a run is bad input naming the key and the system's reason, and a refused
+// run leaves no directory behind.
+TEST(Cli, UnusableOutDirIsBadInput) {
+  namespace fs = std::filesystem;
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  write_text(dir / "file", "x");
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file/run"),
+                   {"train.out_dir '" + dir / "file/run" + "'", "Not a directory"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file"),
+                   {"train.out_dir '" + dir / "file" + "'", "is a file"});
+  // Set up fails after the directory was made (a data file that does not exist): the directory goes again.
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml data.source=text data.text.train=" + dir / "none.bin" +
+                             " train.out_dir=" + dir / "new/run"),
+                   {dir / "none.bin"});
+  EXPECT_FALSE(fs::exists(dir / "new"));
+
+  // Read-only directories: root writes anyway, so run as nobody there.
+  const std::string launcher = ::geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+  if (!launcher.empty() && std::system("setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null") != 0)
+    GTEST_SKIP() << "running as root without setpriv: cannot test a read-only train.out_dir";
+  fs::create_directories(dir / "ro");
+  fs::permissions(dir / "ro", fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                                  fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro", launcher),
+                   {"train.out_dir '" + dir / "ro" + "' is not writable", "Permission denied"});
+  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro/run", launcher),
+                   {"train.out_dir '" + dir / "ro/run" + "' cannot be created", "Permission denied"});
+  fs::permissions(dir / "ro", fs::perms::owner_all);
+}
+
+// A full disk under metrics.jsonl (/dev/full answers every write with ENOSPC): the run stops at once with a
+// non-zero exit, after saving the weights in a checkpoint, and says so.
+TEST(Cli, FullDiskForMetricsStopsTheRunAfterSavingACheckpoint) {
+  namespace fs = std::filesystem;
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  fs::create_directories(dir / "run");
+  fs::create_symlink("/dev/full", dir / "run/metrics.jsonl");
+  const CommandResult r = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run train.ckpt_every=0");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.output.find("done:"), std::string::npos) << r.output;
+  const std::string last = r.output.substr(r.output.rfind("natsl: error: "));
+  for (const std::string& m : std::vector<std::string>{dir / "run/metrics.jsonl", "No space left on device", "step 1",
+                              "saved the checkpoint " + dir / "run/checkpoints/step_000001", "resume=auto"})
+    EXPECT_NE(last.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
+  CheckpointReader ck(dir / "run/checkpoints/step_000001");
+  EXPECT_EQ(ck.step(), 1);
+}
+
+// A checkpoint that cannot be written (here `checkpoints` is a file) stops the run; the metrics so far stay.
+TEST(Cli, FailedCheckpointWriteStopsTheRunKeepingTheMetrics) {
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  write_text(dir / "run/checkpoints", "not a directory\n");
+  const CommandResult r = run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run train.ckpt_every=2");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  const std::string last = r.output.substr(r.output.rfind("natsl: error: "));
+  for (const std::string& m : std::vector<std::string>{"cannot write the checkpoint of step 2", dir / "run/checkpoints",
+                              "metrics.jsonl holds steps 1..2", "no checkpoint of this run exists"})
+    EXPECT_NE(last.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
+  EXPECT_EQ(testing::count_lines(dir / "run/metrics.jsonl"), 2u);
+}
+
+// Two runs into one out_dir: the second is refused while the first runs (its lock names its pid), and the
+// first's metrics hold each step once.
+TEST(Cli, ASecondRunIntoABusyOutDirIsRefused) {
+  TempDir dir;
+  write_text(dir / "ok.yaml", kSmallConfig);
+  const std::string steps = "train.steps=1000000";
+  const pid_t pid = testing::spawn_natsl({"train", dir / "ok.yaml", steps, "train.ckpt_every=0", "train.out_dir=" + dir / "run"},
+                                         dir / "first.log");
+  ASSERT_GT(pid, 0);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (testing::count_lines(dir / "run/metrics.jsonl") < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // stop_at_step bounds the second run should it not be refused.
+  for (const char* resume : {"resume=auto", "resume=none"})
+    expect_bad_input(run_natsl("train " + dir / "ok.yaml " + steps + " train.stop_at_step=3 train.out_dir=" + dir / "run " + resume),
+                     {"train.out_dir '" + dir / "run" + "' is in use by another natsl run (pid " + std::to_string(pid) + ")"});
+  ::kill(pid, SIGTERM);
+  ASSERT_EQ(testing::wait_exit_code(pid), 0) << testing::read_text(dir / "first.log");
+  std::istringstream metrics(testing::read_text(dir / "run/metrics.jsonl"));
+  int64_t expect = 1;
+  for (std::string line; std::getline(metrics, line); ++expect)
+    EXPECT_EQ(nlohmann::json::parse(line).at("step").get<int64_t>(), expect);
+  // The lock went with its holder.
+  const CommandResult again = run_natsl("train " + dir / "ok.yaml " + steps + " train.out_dir=" + dir / "run resume=auto "
+                                        "train.stop_at_step=" + std::to_string(expect));
+  EXPECT_EQ(again.exit_code, 0) << again.output;
 }
 
 TEST(Cli, HelpAndVersion) {

@@ -22,12 +22,27 @@ std::string load_error(const std::string& path, const std::vector<std::string>& 
   return "";
 }
 
-TEST(Config, EmptyFileGivesDefaults) {
+TEST(Config, EmptyMappingGivesDefaults) {
   TempDir dir;
-  write_text(dir / "c.yaml", "");
+  write_text(dir / "c.yaml", "{}\n");
   RunConfig c = load_config(dir / "c.yaml");
   RunConfig d;
   EXPECT_EQ(config_to_json(c), config_to_json(d));
+}
+
+// An empty file (a wrong path, a cut copy) would otherwise train a default model without a word.
+TEST(Config, EmptyOrNonMappingFileIsRefused) {
+  TempDir dir;
+  write_text(dir / "empty.yaml", "");
+  EXPECT_NE(load_error(dir / "empty.yaml").find(dir / "empty.yaml" + ": the config file is empty"), std::string::npos);
+  write_text(dir / "comments.yaml", "# model:\n#   hidden_size: 64\n");
+  EXPECT_NE(load_error(dir / "comments.yaml").find("is empty (or holds only comments)"), std::string::npos);
+  write_text(dir / "list.yaml", "- train\n- model\n");
+  EXPECT_NE(load_error(dir / "list.yaml").find(dir / "list.yaml" + ": a config must be a mapping"), std::string::npos);
+  write_text(dir / "model.yaml", "\n");
+  write_text(dir / "ok.yaml", "{}\n");
+  EXPECT_NE(load_error(dir / "ok.yaml", {"model=" + dir / "model.yaml"}).find(dir / "model.yaml" + ": the model config file is empty"),
+            std::string::npos);
 }
 
 TEST(Config, ReadsEverySection) {

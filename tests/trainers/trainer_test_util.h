@@ -51,9 +51,10 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `natsl ARGS` (the program built next to the tests) through the shell.
-inline CommandResult run_natsl(const std::string& args) {
-  std::string cmd = std::string(NATSL_BINARY_DIR) + "/natsl " + args + " 2>&1";
+// Runs `natsl ARGS` (the program built next to the tests) through the shell; `launcher` goes before the
+// program (e.g. "setpriv --reuid=65534 ... ").
+inline CommandResult run_natsl(const std::string& args, const std::string& launcher = "") {
+  std::string cmd = launcher + std::string(NATSL_BINARY_DIR) + "/natsl " + args + " 2>&1";
   CommandResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;

@@ -1,5 +1,6 @@
 // The `natsl` program: train, eval, tokenize, inspect. Exit codes: 0 ok, 2 bad input (config, data,
-// checkpoint or command line), 1 internal error; every error is one line on stderr.
+// checkpoint, command line or an unusable train.out_dir), 1 internal error or a failed write (disk full);
+// every error is one line on stderr.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
