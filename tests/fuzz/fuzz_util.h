@@ -37,18 +37,20 @@ class MemFile {
   std::string path_;
 };
 
-// A private directory for the process, removed at exit.
+// A private directory for the process, removed at exit. The name is never destroyed: the exit handler
+// that removes the directory runs after static destructors registered later.
 inline const std::string& fuzz_dir() {
-  static const std::string dir = [] {
+  static const std::string* dir = [] {
     std::string tmpl = (std::filesystem::temp_directory_path() / "natsl_fuzz_XXXXXX").string();
     if (!mkdtemp(tmpl.data())) std::abort();
+    auto* d = new std::string(tmpl);
     std::atexit([] {
       std::error_code ec;
       std::filesystem::remove_all(fuzz_dir(), ec);
     });
-    return tmpl;
+    return d;
   }();
-  return dir;
+  return *dir;
 }
 
 // Writes a regular file under fuzz_dir() (for readers that take a directory or resolve relative paths).
