@@ -33,13 +33,14 @@ std::vector<Shard> open_shards(const std::vector<std::string>& paths, bool verif
         throw InputError("shard '" + p + "' was written for a vocabulary of " + std::to_string(v) +
                          " tokens but the model's vocab_size is " + std::to_string(model_vocab) +
                          "; raise model.vocab_size or use shards of the model's tokenizer.");
-      if (v == 0) {
-        uint32_t mx = s.max_token();
-        if (int64_t(mx) >= model_vocab)
-          throw InputError("shard '" + p + "' holds token id " + std::to_string(mx) + " but the model's vocab_size is " +
-                           std::to_string(model_vocab) + "; raise model.vocab_size or use shards of the model's tokenizer.");
-      }
+      // The real ids, not only the recorded vocabulary: an id >= vocab_size would index past the embedding.
+      if (s.size() > 0 && int64_t(s.max_token()) >= model_vocab)
+        throw InputError("shard '" + p + "' holds token id " + std::to_string(s.max_token()) + " (first at index " +
+                         std::to_string(s.first_token_at_least(uint64_t(model_vocab))) +
+                         ") but the model's vocab_size is " + std::to_string(model_vocab) +
+                         "; raise model.vocab_size or use shards of the model's tokenizer.");
     }
+    if (s.size() > 0) v = std::max(v, int64_t(s.max_token()) + 1);
     vocab = std::max(vocab, v);
     shards.push_back(std::move(s));
   }

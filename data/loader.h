@@ -27,8 +27,8 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int rank = 0;
   int world_size = 1;
-  // The model's vocabulary: shards whose recorded vocab_size (or, when not recorded, max token id) does not
-  // fit are refused at start. 0 skips the check.
+  // The model's vocabulary: shards whose recorded vocab_size or largest token id does not fit are refused at
+  // start. 0 skips the check.
   int64_t vocab_size = 0;
   bool verify_checksums = true;
 };

@@ -44,6 +44,58 @@ std::string hex32(uint32_t v) {
   return buf;
 }
 
+bool write_all(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= size_t(w);
+  }
+  return true;
+}
+
+// So the rename survives a crash; a directory that cannot be opened or synced is an error too.
+void fsync_parent_directory(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::string dir = parent.empty() ? std::string(".") : parent.string();
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw InputError("cannot sync directory '" + dir + "' after writing '" + path + "': " + std::strerror(err));
+  }
+  ::close(fd);
+}
+
+template <class T>
+uint32_t max_of(const unsigned char* p, size_t n) {
+  uint32_t mx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+    mx = std::max<uint32_t>(mx, v);
+  }
+  return mx;
+}
+
+// One pass over the token bytes in cache-sized blocks: the CRC (when asked) and the largest id.
+struct TokenScan {
+  uint32_t crc = 0, max_token = 0;
+};
+TokenScan scan_tokens(const unsigned char* p, uint64_t nbytes, uint32_t token_bytes, bool with_crc) {
+  constexpr size_t kBlock = size_t(1) << 16;  // a multiple of both widths
+  TokenScan r;
+  for (uint64_t off = 0; off < nbytes; off += kBlock) {
+    const size_t n = size_t(std::min<uint64_t>(kBlock, nbytes - off));
+    if (with_crc) r.crc = crc32_update(r.crc, p + off, n);
+    const uint32_t mx = token_bytes == 2 ? max_of<uint16_t>(p + off, n / 2) : max_of<uint32_t>(p + off, n / 4);
+    r.max_token = std::max(r.max_token, mx);
+  }
+  return r;
+}
+
 std::string printable(const unsigned char* p, size_t n) {
   std::string s;
   for (size_t i = 0; i < n; ++i) {
@@ -60,12 +112,17 @@ uint32_t token_bytes_for_vocab(uint64_t vocab_size) { return vocab_size <= 65536
 void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
                  uint32_t vocab_size) {
   NATSL_CHECK(token_bytes == 2 || token_bytes == 4, "token_bytes must be 2 or 4, got ", token_bytes);
-  std::vector<unsigned char> body(tokens.size() * token_bytes);
+  size_t body_bytes = 0;
+  NATSL_CHECK(!__builtin_mul_overflow(tokens.size(), size_t(token_bytes), &body_bytes), "shard of ", tokens.size(),
+              " tokens is too large");
+  std::vector<unsigned char> body(body_bytes);
   const uint64_t limit = token_bytes == 2 ? 65536 : (uint64_t(1) << 32);
+  uint32_t max_token = 0;
   for (size_t i = 0; i < tokens.size(); ++i) {
     uint32_t t = tokens[i];
     NATSL_CHECK(t < limit && (vocab_size == 0 || t < vocab_size), "token ", t, " at index ", i,
                 " does not fit the shard (token_bytes ", token_bytes, ", vocab_size ", vocab_size, ")");
+    max_token = std::max(max_token, t);
     if (token_bytes == 2) {
       uint16_t v = uint16_t(t);
       std::memcpy(&body[i * 2], &v, 2);
@@ -80,20 +137,33 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint
   put_u64(header + 16, tokens.size());
   put_u32(header + 24, crc32_update(0, body.data(), body.size()));
   put_u32(header + 28, vocab_size);
+  put_u32(header + 32, max_token);
+  put_u32(header + 36, crc32_update(0, header, 36));
 
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw InputError("cannot create shard file '" + tmp + "': " + std::strerror(errno) +
-                             " (check that the output directory exists and is writable)");
-    f.write(reinterpret_cast<const char*>(header), sizeof header);
-    f.write(reinterpret_cast<const char*>(body.data()), std::streamsize(body.size()));
-    f.flush();
-    if (!f) throw InputError("writing shard file '" + tmp + "' failed (disk full?)");
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw InputError("cannot create shard file '" + tmp + "': " + std::strerror(errno) +
+                     " (check that the output directory exists and is writable)");
+  auto fail = [&](const char* what) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return InputError(std::string(what) + " shard file '" + tmp + "' failed: " + std::strerror(err) +
+                      " (disk full? nothing was written to '" + path + "')");
+  };
+  if (!write_all(fd, header, sizeof header) || !write_all(fd, body.data(), body.size())) throw fail("writing");
+  if (::fsync(fd) != 0) throw fail("syncing");
+  if (::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    throw InputError("closing shard file '" + tmp + "' failed: " + std::strerror(errno));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw InputError("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw InputError("cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(err));
+  }
+  fsync_parent_directory(path);
 }
 
 struct Shard::Mapping {
@@ -101,7 +171,7 @@ struct Shard::Mapping {
   ShardHeader header;
   const unsigned char* base = nullptr;  // the whole file
   size_t file_bytes = 0;
-  const unsigned char* tokens() const { return base + kShardHeaderBytes; }
+  const unsigned char* tokens() const { return base + header.header_bytes(); }
   ~Mapping() {
     if (base && file_bytes) munmap(const_cast<unsigned char*>(base), file_bytes);
   }
@@ -144,36 +214,59 @@ Shard Shard::open(const std::string& path, bool verify_checksum) {
                      " instead of the magic 'NATSLTOK'. Give a shard written by `natsl tokenize` (format: " +
                      kFormatDoc + ").");
   }
-  if (m->file_bytes < kShardHeaderBytes)
-    throw InputError("shard file '" + path + "' is truncated: " + std::to_string(m->file_bytes) +
-                     " bytes, shorter than the " + std::to_string(kShardHeaderBytes) + "-byte header." + redo);
+  auto truncated_header = [&](size_t need) {
+    return InputError("shard file '" + path + "' is truncated: " + std::to_string(m->file_bytes) +
+                      " bytes, shorter than the " + std::to_string(need) + "-byte header." + redo);
+  };
+  if (m->file_bytes < kShardHeaderBytesV1) throw truncated_header(kShardHeaderBytesV1);
   ShardHeader& h = m->header;
   h.version = get_u32(m->base + 8);
   h.token_bytes = get_u32(m->base + 12);
   h.token_count = get_u64(m->base + 16);
   h.crc32 = get_u32(m->base + 24);
   h.vocab_size = get_u32(m->base + 28);
-  if (h.version != kShardVersion)
+  if (h.version != 1 && h.version != kShardVersion)
     throw InputError("shard file '" + path + "' has format version " + std::to_string(h.version) +
-                     "; this natsl reads version " + std::to_string(kShardVersion) + "." + redo);
+                     "; this natsl reads versions 1 and " + std::to_string(kShardVersion) + "." + redo);
+  if (h.version >= 2) {
+    if (m->file_bytes < kShardHeaderBytes) throw truncated_header(kShardHeaderBytes);
+    h.max_token = get_u32(m->base + 32);
+    const uint32_t stored = get_u32(m->base + 36), actual = crc32_update(0, m->base, 36);
+    if (stored != actual)
+      throw InputError("shard file '" + path + "' has a corrupt header: its CRC-32 is " + hex32(actual) +
+                       " but the header records " + hex32(stored) + "." + redo);
+  }
   if (h.token_bytes != 2 && h.token_bytes != 4)
     throw InputError("shard file '" + path + "' has token_bytes " + std::to_string(h.token_bytes) +
                      " in its header; only 2 (u16) and 4 (u32) are valid." + redo);
-  const uint64_t payload = m->file_bytes - kShardHeaderBytes;
-  if (h.token_count > payload / h.token_bytes || h.token_count * h.token_bytes != payload) {
+  const uint64_t payload = m->file_bytes - h.header_bytes();
+  uint64_t claimed = 0;
+  if (__builtin_mul_overflow(h.token_count, uint64_t(h.token_bytes), &claimed) || claimed != payload) {
     const bool shorter = h.token_count > payload / h.token_bytes;
     throw InputError("shard file '" + path + "' is " + (shorter ? "truncated" : "malformed") + ": its header says " +
                      std::to_string(h.token_count) + " tokens of " + std::to_string(h.token_bytes) +
                      " bytes, but the file holds " + std::to_string(payload) + " bytes after the header." + redo);
   }
-  if (verify_checksum) {
-    uint32_t crc = crc32_update(0, m->tokens(), payload);
-    if (crc != h.crc32)
-      throw InputError("shard file '" + path + "' is corrupt: the CRC-32 of its tokens is " + hex32(crc) +
+  // Version 1 records no max id, so it is found here; version 2's is checked whenever the tokens are read.
+  if (verify_checksum || h.version == 1) {
+    const TokenScan scan = scan_tokens(m->tokens(), payload, h.token_bytes, verify_checksum);
+    if (verify_checksum && scan.crc != h.crc32)
+      throw InputError("shard file '" + path + "' is corrupt: the CRC-32 of its tokens is " + hex32(scan.crc) +
                        " but its header records " + hex32(h.crc32) + "." + redo);
+    if (h.version >= 2 && scan.max_token != h.max_token)
+      throw InputError("shard file '" + path + "' is corrupt: its largest token id is " +
+                       std::to_string(scan.max_token) + " but its header records max_token " +
+                       std::to_string(h.max_token) + " (a faulty writer?)." + redo);
+    h.max_token = scan.max_token;
   }
   Shard s;
   s.map_ = std::move(m);
+  const ShardHeader& sh = s.header();
+  if (sh.vocab_size != 0 && sh.token_count > 0 && sh.max_token >= sh.vocab_size)
+    throw InputError("shard file '" + path + "' is inconsistent: it holds token id " + std::to_string(sh.max_token) +
+                     " (first at index " + std::to_string(s.first_token_at_least(sh.vocab_size)) +
+                     ") but its header says vocab_size " + std::to_string(sh.vocab_size) +
+                     ", so every id must be below that." + redo);
   return s;
 }
 
@@ -192,7 +285,7 @@ uint32_t Shard::token(int64_t i) const {
 }
 
 void Shard::read(int64_t start, int64_t n, int32_t* out) const {
-  NATSL_CHECK(start >= 0 && n >= 0 && start + n <= size(), "window [", start, ", ", start + n,
+  NATSL_CHECK(start >= 0 && n >= 0 && n <= size() && start <= size() - n, "window [", start, ", +", n,
               ") outside shard ", path(), " of ", size(), " tokens");
   const unsigned char* p = map_->tokens() + size_t(start) * header().token_bytes;
   if (header().token_bytes == 2) {
@@ -212,10 +305,10 @@ std::vector<uint32_t> Shard::read_all() const {
   return v;
 }
 
-uint32_t Shard::max_token() const {
-  uint32_t mx = 0;
-  for (int64_t i = 0; i < size(); ++i) mx = std::max(mx, token(i));
-  return mx;
+int64_t Shard::first_token_at_least(uint64_t limit) const {
+  for (int64_t i = 0; i < size(); ++i)
+    if (token(i) >= limit) return i;
+  return -1;
 }
 
 std::string describe_shard(const std::string& path) {
@@ -227,7 +320,7 @@ std::string describe_shard(const std::string& path) {
      << " tokens\n"
      << "  vocab_size " << (h.vocab_size ? std::to_string(h.vocab_size) : std::string("(not recorded)"))
      << ", max token id " << s.max_token() << "\n"
-     << "  crc32 " << hex32(h.crc32) << " (verified)\n"
+     << "  crc32 " << hex32(h.crc32) << " (verified)" << (h.version >= 2 ? ", header crc32 verified" : "") << "\n"
      << "  first tokens:";
   for (int64_t i = 0; i < std::min<int64_t>(16, s.size()); ++i) os << " " << s.token(i);
   os << "\n";

@@ -209,7 +209,16 @@ T parse_scalar(const FieldSpec& f, const YAML::Node& n, const std::string& where
   T v{};
   if (!scalar_as(n, v)) wrong_type(f, where, describe(n));
   if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) check_number(f, double(v), where, n.Scalar());
-  if constexpr (std::is_same_v<T, std::string>) check_choice(f, v, where);
+  if constexpr (std::is_same_v<T, std::string>) {
+    // The config is written into checkpoints and metrics as JSON, which holds only UTF-8: refuse other bytes
+    // here (found by tests/fuzz/fuzz_config; they used to fail as an internal error at the first checkpoint).
+    try {
+      (void)nlohmann::json(v).dump();
+    } catch (const nlohmann::json::type_error&) {
+      throw InputError(where + ": '" + f.key + "' is not valid UTF-8 text; save the config as UTF-8");
+    }
+    check_choice(f, v, where);
+  }
   return v;
 }
 

@@ -1,6 +1,7 @@
 #include "trainers/safetensors.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -122,19 +123,28 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {
     if (!v["dtype"].is_string() || !parse_dtype(v["dtype"].get<std::string>(), e.dtype))
       throw bad("entry '" + e.name + "' has an unsupported dtype " + v["dtype"].dump());
     if (!v["shape"].is_array()) throw bad("entry '" + e.name + "' has a bad shape");
+    // Every product and sum below is checked: a header is untrusted, and 2^32 x 2^32 must not wrap to 0.
     uint64_t numel = 1;
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) throw bad("entry '" + e.name + "' has a bad shape " + v["shape"].dump());
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(INT64_MAX))
+        throw bad("entry '" + e.name + "' has a bad shape " + v["shape"].dump());
       e.shape.push_back(d.get<int64_t>());
-      numel *= d.get<uint64_t>();
+      if (__builtin_mul_overflow(numel, d.get<uint64_t>(), &numel))
+        throw bad("entry '" + e.name + "' has a shape " + v["shape"].dump() + " whose element count overflows");
     }
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(numel, uint64_t(dtype_size(e.dtype)), &nbytes))
+      throw bad("entry '" + e.name + "' has a shape " + v["shape"].dump() + " whose byte count overflows");
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       throw bad("entry '" + e.name + "' has bad data_offsets");
     e.begin = off[0].get<uint64_t>();
     e.end = off[1].get<uint64_t>();
-    if (e.end < e.begin || e.end - e.begin != numel * dtype_size(e.dtype))
+    if (e.end < e.begin || e.end - e.begin != nbytes)
       throw bad("entry '" + e.name + "' spans " + off.dump() + ", which does not match its shape and dtype");
+    if (e.end > data_len)
+      throw bad("entry '" + e.name + "' spans " + off.dump() + ", past the " + std::to_string(data_len) +
+                " data bytes of the file (truncated?)");
     entries_.push_back(std::move(e));
   }
   // The tensors must tile the data region exactly; a shorter file is a truncated write.

@@ -84,7 +84,10 @@ void chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, 
   using gdn::Mat;
   using gdn::Vec;
   const GdnShape s = GdnShape::of(in.q, in.v, args);
-  const auto [q, k, v, g_unused, beta, h0, mask] = gdn::InputPtrs<D>(in);  // g: only its cumsum is needed
+  // Named pointers, not a structured binding: clang < 16 cannot capture bindings in the lambda below.
+  const gdn::InputPtrs<D> in_ptrs(in);
+  [[maybe_unused]] const D *q = in_ptrs.q, *k = in_ptrs.k, *v = in_ptrs.v;
+  [[maybe_unused]] const acc_t<D> *beta = in_ptrs.beta, *h0 = in_ptrs.h0, *mask = in_ptrs.mask;  // g: only its cumsum is needed
   const A* g_cumsum = saved.g_cumsum.data<A>();
   const D* a_inv = saved.a_inv.data<D>();
   const D* dO = dout.data<D>();

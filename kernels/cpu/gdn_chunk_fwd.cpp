@@ -17,7 +17,10 @@ void chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const 
   using gdn::Mat;
   using gdn::Vec;
   const GdnShape s = GdnShape::of(in.q, in.v, args);
-  const auto [q, k, v, g, beta, h0, mask] = gdn::InputPtrs<D>(in);
+  // Named pointers, not a structured binding: clang < 16 cannot capture bindings in the lambda below.
+  const gdn::InputPtrs<D> in_ptrs(in);
+  [[maybe_unused]] const D *q = in_ptrs.q, *k = in_ptrs.k, *v = in_ptrs.v;
+  [[maybe_unused]] const acc_t<D> *g = in_ptrs.g, *beta = in_ptrs.beta, *h0 = in_ptrs.h0, *mask = in_ptrs.mask;
   A* g_cumsum = saved.g_cumsum.defined() ? saved.g_cumsum.data<A>() : nullptr;
   D* a_inv = saved.a_inv.defined() ? saved.a_inv.data<D>() : nullptr;
   D* out = o.data<D>();

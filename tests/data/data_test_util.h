@@ -2,6 +2,7 @@
 // Helpers for the data tests: a fresh temporary directory per test, file byte edits, error matching.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "data/crc32.h"
 
 namespace natsl::testing {
 
@@ -53,6 +55,37 @@ inline void expect_input_error(const std::function<void()>& fn, const std::vecto
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected natsl::InputError, got another exception: " << e.what();
   }
+}
+
+// A shard's bytes built by hand from docs/data-format.md, for formats and lies write_shard cannot produce:
+// version 1 (32-byte header) or 2 (40 bytes: + max_token, header CRC). max_token < 0 records the real max.
+inline std::string shard_bytes(uint32_t version, uint32_t token_bytes, const std::vector<uint32_t>& tokens,
+                               uint32_t vocab_size, int64_t max_token = -1) {
+  std::string body;
+  uint32_t mx = 0;
+  for (uint32_t t : tokens) {
+    body.append(reinterpret_cast<const char*>(&t), token_bytes);  // little-endian: the low bytes first
+    mx = std::max(mx, t);
+  }
+  auto put = [](std::string& s, uint64_t v, int n) { s.append(reinterpret_cast<const char*>(&v), size_t(n)); };
+  std::string h = "NATSLTOK";
+  put(h, version, 4);
+  put(h, token_bytes, 4);
+  put(h, tokens.size(), 8);
+  put(h, crc32_update(0, body.data(), body.size()), 4);
+  put(h, vocab_size, 4);
+  if (version >= 2) {
+    put(h, max_token < 0 ? mx : uint32_t(max_token), 4);
+    put(h, crc32_update(0, h.data(), h.size()), 4);
+  }
+  return h + body;
+}
+
+// Recomputes a version-2 header's CRC after a test edited header fields.
+inline std::string reseal_header(std::string bytes) {
+  uint32_t c = crc32_update(0, bytes.data(), 36);
+  bytes.replace(36, 4, reinterpret_cast<const char*>(&c), 4);
+  return bytes;
 }
 
 inline std::string shared_data(const std::string& name) { return std::string(NATSL_SHARED_DIR) + "/data/" + name; }

@@ -153,6 +153,35 @@ TEST(TokenWindowLoader, BadDataIsRefusedAtStart) {
   EXPECT_EQ(TokenWindowLoader({dir.file("v.bin")}, o).vocab_size(), 258);
 }
 
+// Issue 12: the recorded vocab_size is not enough; every shard's real largest id is checked against the
+// model's vocab_size before training, for the training and the validation loader alike.
+TEST(TokenWindowLoader, TokenIdsAboveTheModelVocabAreRefusedAtStart) {
+  TempDir dir;
+  std::vector<uint32_t> t(64, 7);
+  t[40] = 300;
+  write_shard(dir.file("ok.bin"), std::vector<uint32_t>(64, 5), 2, 258);
+  write_shard(dir.file("unrecorded.bin"), t, 2, 0);  // vocab not recorded, holds 300
+  testing::write_bytes(dir.file("v1.bin"), testing::shard_bytes(1, 2, t, 0));  // an old shard: scanned at open
+  testing::write_bytes(dir.file("lying.bin"), testing::shard_bytes(1, 2, t, 258));  // says 258, holds 300
+  LoaderOptions o;
+  o.seq_len = 8;
+  o.vocab_size = 258;
+  ValidationOptions vo;
+  vo.seq_len = 8;
+  vo.vocab_size = 258;
+  for (const char* name : {"unrecorded.bin", "v1.bin"}) {
+    const std::vector<std::string> paths = {dir.file("ok.bin"), dir.file(name)};
+    expect_input_error([&] { TokenWindowLoader(paths, o); }, {name, "token id 300", "index 40", "vocab_size is 258"});
+    expect_input_error([&] { ValidationWindows(paths, vo); }, {name, "token id 300", "vocab_size is 258"});
+  }
+  expect_input_error([&] { TokenWindowLoader({dir.file("lying.bin")}, o); },
+                     {"lying.bin", "token id 300", "index 40", "vocab_size 258"});
+  o.vocab_size = 301;
+  EXPECT_EQ(TokenWindowLoader({dir.file("unrecorded.bin"), dir.file("v1.bin")}, o).vocab_size(), 301);
+  o.vocab_size = 0;  // no model vocabulary: the ids' own range
+  EXPECT_EQ(TokenWindowLoader({dir.file("ok.bin"), dir.file("unrecorded.bin")}, o).vocab_size(), 301);
+}
+
 TEST(ValidationWindows, CoverEveryTokenOnceAcrossRanks) {
   TempDir dir;
   // T = 8: 17 tokens -> 2 full windows (the trailing 1-token window is dropped); 19 -> 2 full + 1 of 2

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <regex>
@@ -14,6 +15,8 @@ namespace {
 
 using testing::expect_input_error;
 using testing::read_bytes;
+using testing::reseal_header;
+using testing::shard_bytes;
 using testing::TempDir;
 using testing::write_bytes;
 
@@ -79,6 +82,12 @@ TEST(ShardFormat, RoundTripU16AndU32) {
     uint32_t crc;
     std::memcpy(&crc, bytes.data() + 24, 4);
     EXPECT_EQ(crc, crc32_bitwise(bytes.substr(kShardHeaderBytes)));
+    uint32_t max_token, header_crc;
+    std::memcpy(&max_token, bytes.data() + 32, 4);
+    std::memcpy(&header_crc, bytes.data() + 36, 4);
+    EXPECT_EQ(max_token, tokens.empty() ? 0u : *std::max_element(tokens.begin(), tokens.end()));
+    EXPECT_EQ(s.max_token(), max_token);
+    EXPECT_EQ(header_crc, crc32_bitwise(bytes.substr(0, 36)));
     if (c.n > 10 && c.bound <= 0x7FFFFFFF) {
       std::vector<int32_t> window(5);
       s.read(4, 5, window.data());
@@ -140,10 +149,10 @@ TEST_F(ShardValidation, BadMagic) {
 TEST_F(ShardValidation, BadVersionAndWidth) {
   std::string b = good;
   b[8] = 9;
-  expect_input_error([&] { Shard::open(with(b)); }, {"good.bin", "version 9", "reads version 1"});
+  expect_input_error([&] { Shard::open(with(b)); }, {"good.bin", "version 9", "reads versions 1 and 2"});
   b = good;
   b[12] = 3;
-  expect_input_error([&] { Shard::open(with(b)); }, {"good.bin", "token_bytes 3"});
+  expect_input_error([&] { Shard::open(with(reseal_header(b))); }, {"good.bin", "token_bytes 3"});
 }
 
 TEST_F(ShardValidation, ChecksumMismatch) {
@@ -151,6 +160,54 @@ TEST_F(ShardValidation, ChecksumMismatch) {
   b[kShardHeaderBytes + 101] ^= 0x10;
   expect_input_error([&] { Shard::open(with(b)); }, {"good.bin", "corrupt", "CRC-32"});
   EXPECT_NO_THROW(Shard::open(path, /*verify_checksum=*/false));  // the opt-out skips only the CRC
+}
+
+TEST_F(ShardValidation, CorruptHeaderIsRefused) {
+  std::string b = good;
+  b[29] ^= 0x01;  // vocab_size 258 -> 259: only the header CRC can tell
+  expect_input_error([&] { Shard::open(with(b)); }, {"good.bin", "corrupt header", "CRC-32"});
+  expect_input_error([&] { Shard::open(with(b), /*verify_checksum=*/false); }, {"good.bin", "corrupt header"});
+  expect_input_error([&] { Shard::open(with(good.substr(0, 36))); }, {"good.bin", "truncated", "40-byte header"});
+}
+
+// The scenario of issue 12: a header that says vocab 258 over a token 300 used to open (and train until
+// that window was drawn). Every id is now checked against the recorded vocab_size at open.
+TEST_F(ShardValidation, IdAtOrAboveTheRecordedVocabIsRefused) {
+  std::vector<uint32_t> t = {256, 1, 2, 3, 300, 257, 7};
+  expect_input_error([&] { Shard::open(with(shard_bytes(1, 2, t, 258))); },
+                     {"good.bin", "token id 300", "index 4", "vocab_size 258"});
+  expect_input_error([&] { Shard::open(with(shard_bytes(1, 2, t, 258)), /*verify_checksum=*/false); },
+                     {"good.bin", "token id 300"});
+  expect_input_error([&] { Shard::open(with(shard_bytes(2, 2, t, 258))); },
+                     {"good.bin", "token id 300", "index 4", "vocab_size 258"});
+  expect_input_error([&] { Shard::open(with(shard_bytes(2, 4, {258}, 258)), /*verify_checksum=*/false); },
+                     {"good.bin", "token id 258", "index 0"});
+  EXPECT_EQ(Shard::open(with(shard_bytes(1, 2, t, 301))).max_token(), 300u);
+}
+
+// A version-2 header's max_token must be the real one: it is what lets an unverified open skip the scan.
+TEST_F(ShardValidation, RecordedMaxTokenIsChecked) {
+  const std::vector<uint32_t> t = {5, 9, 300, 4};
+  EXPECT_EQ(Shard::open(with(shard_bytes(2, 2, t, 0))).max_token(), 300u);
+  expect_input_error([&] { Shard::open(with(shard_bytes(2, 2, t, 0, /*max_token=*/100))); },
+                     {"good.bin", "largest token id is 300", "max_token 100"});
+  // Without verification the header is trusted (its own CRC still guards it against flipped bits).
+  EXPECT_EQ(Shard::open(with(shard_bytes(2, 2, t, 0, 100)), /*verify_checksum=*/false).max_token(), 100u);
+}
+
+// Shards written before version 2 (32-byte header, no max_token) keep working; their max id is found at open.
+TEST_F(ShardValidation, ReadsVersion1Shards) {
+  const std::vector<uint32_t> t = {256, 72, 105, 257, 70000, 3};
+  for (bool verify : {true, false}) {
+    Shard s = Shard::open(with(shard_bytes(1, 4, t, 0)), verify);
+    EXPECT_EQ(s.header().version, 1u);
+    EXPECT_EQ(s.header().header_bytes(), kShardHeaderBytesV1);
+    EXPECT_EQ(s.read_all(), t);
+    EXPECT_EQ(s.max_token(), 70000u);
+  }
+  Shard e = Shard::open(with(shard_bytes(1, 2, {}, 258)));
+  EXPECT_EQ(e.size(), 0);
+  EXPECT_EQ(e.max_token(), 0u);
 }
 
 TEST_F(ShardValidation, DescribeNamesTheFields) {
@@ -194,6 +251,10 @@ TEST(ShardFormat, PythonWriterFromDocsIsReadable) {
   Shard c = Shard::open(dir.file("pyv.bin"));
   EXPECT_EQ(c.header().token_bytes, 4u);
   EXPECT_EQ(c.header().vocab_size, 100000u);
+  EXPECT_EQ(a.header().version, kShardVersion);
+  EXPECT_EQ(a.max_token(), 65535u);
+  EXPECT_EQ(b.max_token(), 4294967295u);
+  EXPECT_EQ(c.max_token(), 2u);
 }
 
 }  // namespace

@@ -13,6 +13,9 @@
 
 #include "trainers/checkpoint.h"
 
+#include <nlohmann/json.hpp>
+
+#include "trainers/checkpoint.h"
 #include "trainer_test_util.h"
 
 namespace natsl {
@@ -260,6 +263,26 @@ TEST(Cli, TrainEvalInspect) {
   std::filesystem::resize_file(dir / "run/checkpoints/step_000004/optimizer.safetensors", 10);
   expect_bad_input(run_natsl("eval " + dir / "ok.yaml checkpoint=" + dir / "run/checkpoints/step_000004"),
                    {dir / "run/checkpoints/step_000004/optimizer.safetensors"});
+}
+
+// Found by tests/fuzz/fuzz_checkpoint_state: `natsl inspect` on a checkpoint whose state.json has a field of
+// the wrong type ended as an internal error (exit 1) from a JSON type_error; it is bad input.
+TEST(Cli, InspectOfAMalformedStateJsonIsBadInput) {
+  TempDir dir;
+  CheckpointWrite ck;
+  ck.step = 3;
+  ck.model = {{"w", Tensor::from_vector<float>({1.0f, 2.0f}, {2})}};
+  ck.optimizer = {{"exp_avg.w", Tensor::zeros({2}, DType::f32)}};
+  ck.trainer = {{"optimizer_steps", 3}, {"skipped_steps", 0}};
+  const std::string ckpt = save_checkpoint(dir / "run", ck, 1);
+  CommandResult r = run_natsl("inspect " + ckpt);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* field : {"/natsl_version", "/trainer/tokens_seen"}) {
+    nlohmann::json st = nlohmann::json::parse(testing::read_text(ckpt + "/state.json"));
+    st[nlohmann::json::json_pointer(field)] = nlohmann::json::array({1});
+    write_text(ckpt + "/state.json", st.dump());
+    expect_bad_input(run_natsl("inspect " + ckpt), {ckpt + "/state.json", "malformed field"});
+  }
 }
 
 TEST(Cli, TokenizeThenInspectAndTrainOnText) {

@@ -289,6 +289,21 @@ TEST(Config, ResolvedYamlAndJsonRoundTrip) {
   EXPECT_NE(config_table(c).find("train.lr"), std::string::npos);
 }
 
+// Found by tests/fuzz/fuzz_config: a string that is not UTF-8 loaded, then config_to_json threw a JSON
+// type_error (an internal error at the first checkpoint, after training). It is bad input, named at load.
+TEST(Config, NonUtf8StringIsRefusedAtLoad) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "train:\n  out_dir: \"runs/\xff\xfe\"\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find("c.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("train.out_dir"), std::string::npos) << e;
+  EXPECT_NE(e.find("UTF-8"), std::string::npos) << e;
+  write_text(dir / "ok.yaml", "train:\n  out_dir: \"runs/caf\xc3\xa9\"\n");
+  EXPECT_EQ(config_to_json(load_config(dir / "ok.yaml"))["train"]["out_dir"], "runs/caf\xc3\xa9");
+  e = load_error(dir / "ok.yaml", {"data.niah.essay_path=\xc3"});
+  EXPECT_NE(e.find("data.niah.essay_path"), std::string::npos) << e;
+}
+
 TEST(Config, NearestName) {
   EXPECT_EQ(edit_distance("steps", "setps"), 1u);  // a transposition
   EXPECT_EQ(edit_distance("", "abc"), 3u);

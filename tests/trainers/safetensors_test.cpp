@@ -116,5 +116,28 @@ TEST(SafeTensors, RejectsDamagedFiles) {
   EXPECT_THROW(SafeTensorsReader(dir / "absent.safetensors"), InputError);
 }
 
+// Header numbers are untrusted: products that wrap around 2^64 (reported as 0 elements before the checked
+// arithmetic) and dims that do not fit int64 are refused, not turned into tiny or negative shapes.
+TEST(SafeTensors, RejectsShapesWhoseSizeOverflows) {
+  TempDir dir;
+  const std::string p = dir / "overflow.safetensors";
+  auto file = [](const std::string& entry) {
+    std::string j = "{\"a\":" + entry + "}";
+    return le64(j.size()) + j;
+  };
+  // 2^32 x 2^32 elements = 2^64: wraps to 0, which matched the empty span [0, 0].
+  expect_rejected(p, file(R"({"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]})"),
+                  "element count overflows");
+  expect_rejected(p, file(R"({"dtype":"U8","shape":[4611686018427387904,4,1],"data_offsets":[0,0]})"),
+                  "element count overflows");
+  // 2^62 F32 elements = 2^64 bytes: the element count fits, the byte count wraps to 0.
+  expect_rejected(p, file(R"({"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]})"),
+                  "byte count overflows");
+  // A dim of 2^63 is not an int64 (it read back as a negative dim); with a 0 dim the bytes matched.
+  expect_rejected(p, file(R"({"dtype":"U8","shape":[9223372036854775808,0],"data_offsets":[0,0]})"), "bad shape");
+  // An end past the data region is named as such.
+  expect_rejected(p, file(R"({"dtype":"U8","shape":[8],"data_offsets":[0,8]})") + "1234", "past the 4 data bytes");
+}
+
 }  // namespace
 }  // namespace natsl

@@ -1,0 +1,120 @@
+// Fuzzes a checkpoint's state.json as natsl reads it: CheckpointReader, then what resume (Trainer::
+// resume_from) and `natsl inspect` take from it: the saved config, the counters and the data loader state.
+// The model and optimizer files are fixed, valid fixtures; the input is the state.json text.
+// NATSL_FUZZ_WRITE_SEED=FILE writes a valid state.json for these fixtures (the corpus seed) and exits.
+#include <cstdlib>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/loader.h"
+#include "data/mqar.h"
+#include "tests/fuzz/fuzz_util.h"
+#include "trainers/checkpoint.h"
+#include "trainers/config.h"
+#include "trainers/data_factory.h"
+
+namespace {
+
+using namespace natsl;
+
+struct Fixtures {
+  std::string ckpt_dir;
+  std::unique_ptr<MqarSource> mqar;
+  std::unique_ptr<TokenWindowLoader> text;
+};
+
+Fixtures& fixtures() {
+  static Fixtures f = [] {
+    Fixtures x;
+    x.ckpt_dir = fuzz::fuzz_dir() + "/step_000001";
+    std::filesystem::create_directories(x.ckpt_dir);
+    const NamedTensors model = {{"w", Tensor::from_vector<float>({1.0f, 2.0f}, {2})}};
+    const NamedTensors opt = {{"exp_avg.w", Tensor::from_vector<float>({0.0f, 0.0f}, {2})},
+                              {"exp_avg_sq.w", Tensor::from_vector<float>({0.0f, 0.0f}, {2})}};
+    write_safetensors(x.ckpt_dir + "/model.safetensors", model);
+    write_safetensors(x.ckpt_dir + "/optimizer.safetensors", opt);
+    const std::string shard = fuzz::fuzz_dir() + "/text.bin";
+    write_shard(shard, std::vector<uint32_t>(64, 7), 2, 258);
+    RunConfig cfg;
+    x.mqar = std::make_unique<MqarSource>(mqar_options(cfg, 0));
+    LoaderOptions lo;
+    lo.batch_size = 2;
+    lo.seq_len = 8;
+    x.text = std::make_unique<TokenWindowLoader>(std::vector<std::string>{shard}, lo);
+    return x;
+  }();
+  return f;
+}
+
+void write_seed(const std::string& out) {
+  Fixtures& f = fixtures();
+  namespace fs = std::filesystem;
+  nlohmann::json trainer = {{"optimizer_steps", 1}, {"skipped_steps", 0}, {"tokens_seen", 2048},
+                            {"data", f.mqar->state()}, {"config", config_to_json(RunConfig{})}};
+  nlohmann::json state = {{"format", kCheckpointFormat}, {"format_version", kCheckpointFormatVersion},
+                          {"step", 1}, {"natsl_version", "0.1.0"}, {"git_commit", "unknown"},
+                          {"trainer", trainer}};
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    state["files"][file] = {{"bytes", fs::file_size(f.ckpt_dir + "/" + file)}};
+  std::ofstream(out) << state.dump(1) << "\n";
+  trainer["data"] = f.text->state();
+  state["trainer"] = trainer;
+  std::ofstream(out + ".text") << state.dump(1) << "\n";
+}
+
+// Trainer::resume_from's reads (it turns a json exception into an InputError naming state.json).
+void resume_reads(CheckpointReader& ck) {
+  try {
+    const nlohmann::json& tr = ck.trainer();
+    config_to_json(config_from_json(tr.at("config"), "state.json"));
+    tr.at("optimizer_steps").get<int64_t>();
+    tr.at("skipped_steps").get<int64_t>();
+    for (DataSource* src : {static_cast<DataSource*>(fixtures().mqar.get()), static_cast<DataSource*>(fixtures().text.get())}) {
+      try {
+        src->load_state(tr.at("data"));
+      } catch (const InputError&) {
+      }
+    }
+  } catch (const nlohmann::json::exception&) {
+  }
+}
+
+// `natsl inspect DIR` (trainers/cli/main.cpp cmd_inspect): reads with defaults; like resume, it turns a json
+// exception into an InputError naming state.json (it did not before this fuzzer).
+void inspect_reads(CheckpointReader& ck) {
+  try {
+    const auto& st = ck.state();
+    (void)st.value("natsl_version", "?");
+    (void)st.value("git_commit", "?");
+    const auto& tr = ck.trainer();
+    (void)tr.value("optimizer_steps", int64_t(-1));
+    (void)tr.value("skipped_steps", int64_t(-1));
+    (void)tr.value("tokens_seen", int64_t(-1));
+    if (tr.contains("config")) config_from_json(tr["config"], "state.json");
+  } catch (const nlohmann::json::exception&) {
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  if (const char* out = std::getenv("NATSL_FUZZ_WRITE_SEED")) {
+    write_seed(out);
+    std::exit(0);
+  }
+  fixtures();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  fuzz::put_file("step_000001/state.json", std::string_view(reinterpret_cast<const char*>(data), size));
+  try {
+    CheckpointReader ck(fixtures().ckpt_dir);
+    resume_reads(ck);
+    inspect_reads(ck);
+  } catch (const InputError&) {
+  }
+  return 0;
+}
