@@ -19,7 +19,7 @@ using testing::TempDir;
 std::vector<std::string> numbered_shards(const TempDir& dir, const std::vector<int64_t>& sizes) {
   std::vector<std::string> paths;
   for (size_t s = 0; s < sizes.size(); ++s) {
-    std::vector<uint32_t> t(size_t(sizes[s]));
+    std::vector<uint32_t> t(static_cast<size_t>(sizes[s]));  // not size_t(...): clang parses that as a declaration
     for (int64_t i = 0; i < sizes[s]; ++i) t[size_t(i)] = uint32_t(s * 100000 + i);
     char name[32];
     std::snprintf(name, sizeof name, "n%zu.bin", s);
