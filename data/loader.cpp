@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_read.h"
 #include "data/random_stream.h"
 
 namespace natsl {
@@ -59,7 +60,11 @@ template <class T>
 void require_equal(const nlohmann::json& state, const char* key, const T& mine, const std::string& what_to_do) {
   if (!state.contains(key))
     throw InputError(std::string("checkpoint data state has no '") + key + "'; it was not written by this loader kind.");
-  T theirs = state.at(key).get<T>();
+  T theirs;
+  if constexpr (std::is_integral_v<T>)
+    theirs = json_integer<T>(state.at(key), std::string("the checkpoint's data state's ") + key);
+  else
+    theirs = state.at(key).get<T>();
   if (!(theirs == mine)) {
     std::ostringstream os;
     os << "the checkpoint's data state has " << key << " = " << nlohmann::json(theirs).dump() << " but this run has "
@@ -136,13 +141,14 @@ void TokenWindowLoader::load_state(const nlohmann::json& st) {
     throw InputError("the checkpoint was trained on " + std::to_string(theirs.size()) + " shards but this run has " +
                      std::to_string(shards_.size()) + "; " + fix);
   for (size_t i = 0; i < shards_.size(); ++i) {
-    if (theirs[i].at("tokens").get<int64_t>() != shards_[i].size() ||
-        theirs[i].at("crc32").get<uint32_t>() != shards_[i].header().crc32)
+    const std::string field = "the checkpoint's data state's shards[" + std::to_string(i) + "].";
+    if (json_integer<int64_t>(theirs[i].at("tokens"), field + "tokens") != shards_[i].size() ||
+        json_integer<uint32_t>(theirs[i].at("crc32"), field + "crc32") != shards_[i].header().crc32)
       throw InputError("shard " + std::to_string(i) + " ('" + shards_[i].path() +
                        "') has different contents from the checkpoint's shard '" +
                        theirs[i].at("path").get<std::string>() + "'; " + fix);
   }
-  last_step_ = st.at("last_step").get<int64_t>();
+  last_step_ = json_integer<int64_t>(st.at("last_step"), "the checkpoint's data state's last_step");
 }
 
 std::string TokenWindowLoader::describe() const {

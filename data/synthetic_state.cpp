@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_read.h"
 
 namespace natsl {
 
@@ -21,7 +22,7 @@ int64_t check_synthetic_state(const nlohmann::json& theirs, const nlohmann::json
       throw InputError("the checkpoint's " + kind + " data has " + key + " = " + a.at(key).dump() +
                        " but this run has " + value.dump() + fix);
   }
-  return theirs.at("last_step").get<int64_t>();
+  return json_integer<int64_t>(theirs.at("last_step"), "the checkpoint's " + kind + " data state's last_step");
 }
 
 }  // namespace natsl

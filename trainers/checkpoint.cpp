@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/json_read.h"
 #include "trainers/file_checksum.h"
 #include "trainers/sync_file.h"
 #include "trainers/version.h"
@@ -186,7 +187,8 @@ void CheckpointReader::open() {
     if (!fs::exists(p, ec)) throw InputError("checkpoint file '" + p.string() + "' is missing");
     const nlohmann::json rec = state_.contains("files") && state_["files"].contains(f) ? state_["files"][f]
                                                                                         : nlohmann::json::object();
-    const uint64_t rec_bytes = rec.value("bytes", uint64_t(0));
+    const uint64_t rec_bytes =
+        json_integer_or<uint64_t>(rec, "bytes", 0, "'" + state_path.string() + "': files." + f + ".");
     uint64_t size = fs::file_size(p, ec);
     if (rec_bytes != size)
       throw InputError("checkpoint file '" + p.string() + "' has " + std::to_string(size) + " bytes but " +
@@ -201,6 +203,20 @@ void CheckpointReader::open() {
   }
   model_.emplace((d / kModelFile).string());
   optimizer_.emplace((d / kOptimizerFile).string());
+}
+
+TrainerCounters read_trainer_counters(const CheckpointReader& ck, bool required) {
+  const std::string where = "'" + (std::filesystem::path(ck.dir()) / kStateFile).string() + "': trainer.";
+  const nlohmann::json& tr = ck.trainer();
+  if (required)
+    for (const char* key : {"optimizer_steps", "skipped_steps"})
+      if (!tr.contains(key)) throw InputError(where + key + " is missing; resume needs it");
+  TrainerCounters c;
+  c.optimizer_steps = json_integer_or<int64_t>(tr, "optimizer_steps", -1, where);
+  c.skipped_steps = json_integer_or<int64_t>(tr, "skipped_steps", -1, where);
+  c.tokens_seen = json_integer_or<int64_t>(tr, "tokens_seen", -1, where);
+  c.nonfinite_streak = json_integer_or<int64_t>(tr, "nonfinite_streak", 0, where);
+  return c;
 }
 
 CheckpointScan find_latest_checkpoint(const std::string& run_dir) {

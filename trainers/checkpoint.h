@@ -69,6 +69,15 @@ class CheckpointReader {
   std::optional<SafeTensorsReader> model_, optimizer_;
 };
 
+// The counters in state.json's "trainer" object that resume and `natsl inspect` read. state.json is untrusted:
+// a field that is present but not an integer of the right range is an InputError naming the file and field.
+// With `required`, optimizer_steps and skipped_steps must be present (resume needs them); absent fields are -1
+// (nonfinite_streak: 0, as format version 1 wrote none).
+struct TrainerCounters {
+  int64_t optimizer_steps = -1, skipped_steps = -1, tokens_seen = -1, nonfinite_streak = 0;
+};
+TrainerCounters read_trainer_counters(const CheckpointReader& ck, bool required);
+
 struct CheckpointScan {
   std::optional<std::string> latest;         // the newest complete, valid checkpoint directory
   std::shared_ptr<CheckpointReader> reader;  // it, opened and verified (null when there is none)

@@ -13,6 +13,7 @@
 #include "autograd/ops.h"
 #include "core/allocator.h"
 #include "core/error.h"
+#include "core/json_read.h"
 #include "core/stream.h"
 #include "data/synthetic.h"
 #include "kernels/determinism.h"
@@ -297,16 +298,19 @@ void Trainer::resume_from(CheckpointReader& ck) {
       ck.optimizer().read_into("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
     }
     store_->sync_compute_from_master();
-    optimizer_->set_step_count(tr.at("optimizer_steps").get<int64_t>());
-    skipped_steps_ = tr.at("skipped_steps").get<int64_t>();
-    nonfinite_streak_ = tr.value("nonfinite_streak", int64_t(0));
+    const TrainerCounters counters = read_trainer_counters(ck, /*required=*/true);
+    optimizer_->set_step_count(counters.optimizer_steps);
+    skipped_steps_ = counters.skipped_steps;
+    nonfinite_streak_ = counters.nonfinite_streak;
+    const std::string field = "'" + state_path + "': trainer.";
     // The routers' Gumbel noise continues where the checkpoint left it (saved since format version 2).
     const nlohmann::json* noise = tr.contains("rng") && tr.at("rng").contains("router_noise")
                                       ? &tr.at("rng").at("router_noise") : nullptr;
     for (auto& [name, layer] : natsl_layers(*model_)) {
       if (noise && noise->contains(name))
         layer->set_noise_generator(
-            Generator(noise->at(name).at("seed").get<uint64_t>(), noise->at(name).at("offset").get<uint64_t>()));
+            Generator(json_integer<uint64_t>(noise->at(name).at("seed"), field + "rng.router_noise.seed"),
+                      json_integer<uint64_t>(noise->at(name).at("offset"), field + "rng.router_noise.offset")));
       else if (cfg_.model.nats_sample == "gumbel")
         log("warning: '" + state_path + "' holds no Gumbel noise state for " + name +
             " (an older natsl wrote it): the noise will not match an uninterrupted run");

@@ -69,8 +69,7 @@ void resume_reads(CheckpointReader& ck) {
   try {
     const nlohmann::json& tr = ck.trainer();
     config_to_json(config_from_json(tr.at("config"), "state.json"));
-    tr.at("optimizer_steps").get<int64_t>();
-    tr.at("skipped_steps").get<int64_t>();
+    read_trainer_counters(ck, /*required=*/true);
     for (DataSource* src : {static_cast<DataSource*>(fixtures().mqar.get()), static_cast<DataSource*>(fixtures().text.get())}) {
       try {
         src->load_state(tr.at("data"));
@@ -89,9 +88,7 @@ void inspect_reads(CheckpointReader& ck) {
     (void)st.value("natsl_version", "?");
     (void)st.value("git_commit", "?");
     const auto& tr = ck.trainer();
-    (void)tr.value("optimizer_steps", int64_t(-1));
-    (void)tr.value("skipped_steps", int64_t(-1));
-    (void)tr.value("tokens_seen", int64_t(-1));
+    read_trainer_counters(ck, /*required=*/false);
     if (tr.contains("config")) config_from_json(tr["config"], "state.json");
   } catch (const nlohmann::json::exception&) {
   }

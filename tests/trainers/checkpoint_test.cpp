@@ -242,6 +242,48 @@ TEST(Checkpoint, DamagedCheckpointsNeverPushValidOnesOut) {
   EXPECT_EQ(list_checkpoint_steps(dir.str()), (std::vector<int64_t>{50, 60}));
 }
 
+// state.json's counters are untrusted: a float, a string or an integer out of range is one InputError naming
+// the file and the field, never a silent cast (nlohmann casts 9.2e22 to int64 with undefined behaviour; the
+// checkpoint fuzzer found it in CI).
+TEST(Checkpoint, CountersThatAreNotIntegersOfTheirRangeAreRefused) {
+  TempDir dir;
+  CheckpointWrite ck = make_checkpoint(3);
+  ck.trainer = {{"optimizer_steps", 3}, {"skipped_steps", 0}, {"tokens_seen", 4096}};
+  const std::string path = save_checkpoint(dir.str(), ck, 1);
+  {
+    CheckpointReader r(path);
+    const TrainerCounters c = read_trainer_counters(r, /*required=*/true);
+    EXPECT_EQ(c.optimizer_steps, 3);
+    EXPECT_EQ(c.skipped_steps, 0);
+    EXPECT_EQ(c.tokens_seen, 4096);
+    EXPECT_EQ(c.nonfinite_streak, 0);
+  }
+  const std::string state_path = path + "/state.json";
+  nlohmann::json good;
+  std::ifstream(state_path) >> good;
+  for (const char* bad : {"9.2e22", "1.5", "\"3\"", "9223372036854775808", "true", "null", "[1]"}) {
+    SCOPED_TRACE(bad);
+    nlohmann::json st = good;
+    st["trainer"]["optimizer_steps"] = nlohmann::json::parse(bad);
+    testing::write_text(state_path, st.dump());
+    CheckpointReader r(path);
+    try {
+      read_trainer_counters(r, /*required=*/false);
+      ADD_FAILURE() << "read optimizer_steps = " << bad;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(state_path), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("trainer.optimizer_steps"), std::string::npos) << e.what();
+    }
+  }
+  // Resume needs the counters; inspect prints -1 for an absent one.
+  nlohmann::json st = good;
+  st["trainer"].erase("skipped_steps");
+  testing::write_text(state_path, st.dump());
+  CheckpointReader r(path);
+  EXPECT_EQ(read_trainer_counters(r, /*required=*/false).skipped_steps, -1);
+  EXPECT_THROW(read_trainer_counters(r, /*required=*/true), InputError);
+}
+
 // A checkpoint holding NaN or Inf (weights or moments) is refused before anything is written.
 TEST(Checkpoint, NonFiniteTensorsAreNeverWritten) {
   TempDir dir;

@@ -277,11 +277,14 @@ TEST(Cli, InspectOfAMalformedStateJsonIsBadInput) {
   const std::string ckpt = save_checkpoint(dir / "run", ck, 1);
   CommandResult r = run_natsl("inspect " + ckpt);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* field : {"/natsl_version", "/trainer/tokens_seen"}) {
+  // What the error names: the file, and the field where natsl reads it as a checked integer.
+  const std::pair<const char*, const char*> cases[] = {{"/natsl_version", "malformed field"},
+                                                       {"/trainer/tokens_seen", "trainer.tokens_seen"}};
+  for (const auto& [field, named] : cases) {
     nlohmann::json st = nlohmann::json::parse(testing::read_text(ckpt + "/state.json"));
     st[nlohmann::json::json_pointer(field)] = nlohmann::json::array({1});
     write_text(ckpt + "/state.json", st.dump());
-    expect_bad_input(run_natsl("inspect " + ckpt), {ckpt + "/state.json", "malformed field"});
+    expect_bad_input(run_natsl("inspect " + ckpt), {ckpt + "/state.json", named});
   }
 }
 

@@ -107,15 +107,12 @@ int cmd_inspect(const std::string& path) {
     // state.json is untrusted: a field of the wrong type is bad input (found by fuzz_checkpoint_state), and
     // every field is read before anything is printed, so the error stays one line.
     std::string version, commit, model;
-    int64_t optimizer_steps = -1, skipped_steps = -1, tokens_seen = -1;
+    const TrainerCounters counters = read_trainer_counters(ck, /*required=*/false);
     try {
       const auto& st = ck.state();
       version = st.value("natsl_version", "?");
       commit = st.value("git_commit", "?");
       const auto& tr = ck.trainer();
-      optimizer_steps = tr.value("optimizer_steps", int64_t(-1));
-      skipped_steps = tr.value("skipped_steps", int64_t(-1));
-      tokens_seen = tr.value("tokens_seen", int64_t(-1));
       if (tr.contains("config")) {
         RunConfig cfg = config_from_json(tr["config"], path + "/state.json");
         model = fmt::format("  model: {} (d={}, layers={}, vocab={}); data: {}\n", cfg.model.name, cfg.model.hidden_size,
@@ -125,7 +122,8 @@ int cmd_inspect(const std::string& path) {
       throw InputError("'" + (fs::path(path) / "state.json").string() + "' has a malformed field (" + e.what() + ")");
     }
     fmt::print("checkpoint {}: step {}, natsl {}, commit {}\n", path, ck.step(), version, commit);
-    fmt::print("  optimizer steps {}, skipped steps {}, tokens seen {}\n", optimizer_steps, skipped_steps, tokens_seen);
+    fmt::print("  optimizer steps {}, skipped steps {}, tokens seen {}\n", counters.optimizer_steps, counters.skipped_steps,
+               counters.tokens_seen);
     fmt::print("{}", model);
     describe_safetensors((fs::path(path) / "model.safetensors").string(), 12);
     describe_safetensors((fs::path(path) / "optimizer.safetensors").string(), 4);
