@@ -34,6 +34,44 @@ std::string ByteTokenizer::decode(const std::vector<uint32_t>& tokens) {
 
 namespace {
 
+// The byte tokenizer behind the Tokenizer interface.
+class ByteLevel final : public Tokenizer {
+ public:
+  std::string kind() const override { return "byte"; }
+  int64_t vocab_size() const override { return ByteTokenizer::kVocabSize; }
+  std::optional<uint32_t> bos_id() const override { return ByteTokenizer::kBos; }
+  std::optional<uint32_t> eos_id() const override { return ByteTokenizer::kEos; }
+  void encode(std::string_view text, std::vector<uint32_t>& out) const override {
+    out.reserve(out.size() + text.size());
+    for (char c : text) out.push_back(uint32_t(static_cast<unsigned char>(c)));
+  }
+  std::string decode(std::span<const uint32_t> ids) const override {
+    std::string out;
+    out.reserve(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const uint32_t t = ids[i];
+      if (t == ByteTokenizer::kBos || t == ByteTokenizer::kEos) continue;
+      if (t >= 256)
+        throw InputError("token " + std::to_string(t) + " at index " + std::to_string(i) +
+                         " is not a byte-tokenizer id (vocabulary " + std::to_string(ByteTokenizer::kVocabSize) + ")");
+      out += char(static_cast<unsigned char>(t));
+    }
+    return out;
+  }
+  nlohmann::json identity() const override { return {{"kind", "byte"}, {"vocab_size", ByteTokenizer::kVocabSize}}; }
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec) {
+  if (spec.kind == "byte") return std::make_unique<ByteLevel>();
+  if (spec.kind == "sentencepiece")
+    throw InputError("tokenizer kind 'sentencepiece' is not implemented yet");  // issue 17: being written
+  throw InputError("tokenizer.kind '" + spec.kind + "' is unknown: use byte or sentencepiece");
+}
+
+namespace {
+
 std::string read_file(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
