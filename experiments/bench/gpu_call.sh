@@ -16,6 +16,10 @@
 #   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
+#   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
+#            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"); a
+#            summary line per binary and tool: errors / hazards reported (docs/testing.md says how to read a
+#            racecheck report on the TMA kernels)
 # Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats").
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
@@ -57,6 +61,23 @@ if has tests; then
   JOBS=8 scripts/gpu_test.sh --test-only -R 'Cuda|cuda|Gpu|gpu' >"$LOG/tests.log" 2>&1
   echo "tests rc $?"
   grep -E "tests passed|CUDA tests:|FAILED|\(Failed\)|Exception" "$LOG/tests.log" | head -20
+fi
+
+if has sanitize; then
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+    for bin in $B/tests/test_*; do
+      [ -x "$bin" ] || continue
+      name=$(basename "$bin")
+      "$bin" --gtest_list_tests --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" 2>/dev/null | grep -q "^  " || continue
+      el "compute-sanitizer $tool $name"
+      extra=()
+      [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
+      OMP_NUM_THREADS=4 timeout "${SAN_TIMEOUT:-540}" "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
+        "$bin" --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" >"$LOG/san_${tool}_$name.log" 2>&1
+      echo "$tool $name rc $? | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED|FAILED" "$LOG/san_${tool}_$name.log" | tr '\n' ' ')"
+    done
+  done
 fi
 
 BIN=$B/experiments/bench
