@@ -1,5 +1,9 @@
 #include "autograd/ops_natsl.h"
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 #include "autograd/function.h"
 #include "kernels/mix_norm_gate.h"
 #include "kernels/sparse_attention.h"
@@ -25,14 +29,23 @@ Tensor chunk_mean_pool(const Tensor& x, int64_t chunk_size) {
   return out;
 }
 
-RouterChoice router_choice(const Tensor& logits, const kernels::RouterChoiceArgs& args) {
-  const Tensor lc = logits.contiguous();
-  NATSL_CHECK(lc.dim() == 4, "router_choice: logits must be [B, NC, Hr, 2], got ", lc.str());
+namespace {
+
+// The router's forward: probabilities and argmax masks (kernels/router.h), no history yet.
+RouterChoice router_forward(const Tensor& lc, const kernels::RouterChoiceArgs& args) {
+  NATSL_CHECK(lc.dim() == 4 && lc.size(3) == 2, "router_choice: logits must be [B, NC, Hr, 2], got ", lc.str());
   const DType st = stat_dtype(lc.dtype());
   const Device dev = lc.device();
   const Shape ms{lc.size(0), lc.size(1), lc.size(2)};
   RouterChoice r{Tensor::empty(ms, st, dev), Tensor::empty(ms, st, dev), Tensor::empty(lc.shape(), st, dev)};
   kernels::router_choice_fwd(args, lc, r.probs, r.mask_softmax, r.mask_gdn);
+  return r;
+}
+
+// Records the straight-through backward of r's masks onto logits: kernels/router.h's, with r's masks
+// choosing whose gradient counts.
+void record_router(const Tensor& logits, const Tensor& lc, const kernels::RouterChoiceArgs& args, RouterChoice& r) {
+  const Device dev = lc.device();
   const Tensor probs = r.probs, ms_saved = r.mask_softmax.detach(), mg_saved = r.mask_gdn.detach();
   const Shape ls = lc.shape();
   const DType dt = lc.dtype();
@@ -44,6 +57,60 @@ RouterChoice router_choice(const Tensor& logits, const kernels::RouterChoiceArgs
            kernels::router_choice_bwd(args, probs, ms_saved, mg_saved, ds, dg, dl);
            return {dl};
          });
+}
+
+// Top-k over the routable chunks of every (b, r) row, on the host: S is the masks' type (f32 or f64).
+template <class S>
+void topk_masks(const std::vector<double>& p, std::vector<S>& soft, std::vector<S>& gdn, int64_t B, int64_t NC,
+                int64_t Hr, int64_t k) {
+  std::vector<int64_t> order(size_t(NC > 0 ? NC - 1 : 0));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hr; ++h) {
+      auto prob = [&](int64_t c) { return p[size_t(((b * NC + c) * Hr + h) * 2)]; };
+      for (size_t c = 0; c < order.size(); ++c) order[c] = int64_t(c);
+      // Highest softmax probability first; ties: the earlier chunk.
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return prob(a) > prob(c); });
+      for (size_t i = 0; i < order.size(); ++i) {
+        const size_t at = size_t((b * NC + order[i]) * Hr + h);
+        soft[at] = S(int64_t(i) < k ? 1 : 0);
+        gdn[at] = S(int64_t(i) < k ? 0 : 1);
+      }
+    }
+}
+
+}  // namespace
+
+RouterChoice router_choice(const Tensor& logits, const kernels::RouterChoiceArgs& args) {
+  const Tensor lc = logits.contiguous();
+  RouterChoice r = router_forward(lc, args);
+  record_router(logits, lc, args, r);
+  return r;
+}
+
+int64_t router_topk_count(int64_t num_chunks, double fraction) {
+  return num_chunks <= 1 ? 0 : int64_t(std::floor(fraction * double(num_chunks - 1) + 0.5));
+}
+
+RouterChoice router_choice_topk(const Tensor& logits, const kernels::RouterChoiceArgs& args, double fraction) {
+  const Tensor lc = logits.contiguous();
+  RouterChoice r = router_forward(lc, args);
+  const int64_t B = lc.size(0), NC = lc.size(1), Hr = lc.size(2);
+  const std::vector<double> p = r.probs.to_vector<double>();
+  const Device dev = lc.device();
+  const DType st = r.mask_softmax.dtype();
+  const int64_t k = router_topk_count(NC, fraction);
+  if (st == DType::f64) {
+    std::vector<double> soft = r.mask_softmax.to_vector<double>(), gdn = r.mask_gdn.to_vector<double>();
+    topk_masks(p, soft, gdn, B, NC, Hr, k);
+    r.mask_softmax = Tensor::from_vector(soft, r.mask_softmax.shape(), st, dev);
+    r.mask_gdn = Tensor::from_vector(gdn, r.mask_gdn.shape(), st, dev);
+  } else {
+    std::vector<float> soft = r.mask_softmax.to_vector<float>(), gdn = r.mask_gdn.to_vector<float>();
+    topk_masks(p, soft, gdn, B, NC, Hr, k);
+    r.mask_softmax = Tensor::from_vector(soft, r.mask_softmax.shape(), st, dev);
+    r.mask_gdn = Tensor::from_vector(gdn, r.mask_gdn.shape(), st, dev);
+  }
+  record_router(logits, lc, args, r);
   return r;
 }
 

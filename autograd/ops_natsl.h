@@ -20,6 +20,13 @@ struct RouterChoice {
 // logits [B, NC, Hr, 2] (index 0 = softmax, 1 = GDN) -> hard masks; backward (1/tau) p (dm - <dm, p>) over
 // the selected op's mask gradient, none for the last chunk when args.force_last_both.
 RouterChoice router_choice(const Tensor& logits, const kernels::RouterChoiceArgs& args);
+// The hard budget: per (b, router head), the k = router_topk_count(NC, fraction) routable chunks (c < NC - 1)
+// with the highest softmax probability (noise included when Gumbel) are softmax, the others GDN; the last
+// chunk is labelled as router_choice labels it. Backward: router_choice's straight-through gradient, with
+// these masks choosing whose gradient counts. The selection runs on the host (one copy of the probabilities).
+RouterChoice router_choice_topk(const Tensor& logits, const kernels::RouterChoiceArgs& args, double fraction);
+// k = round(fraction (NC - 1)) (halves up); 0 when NC <= 1.
+int64_t router_topk_count(int64_t num_chunks, double fraction);
 
 // Chunk-selected causal softmax attention. q, k [B, T, Ha, Dk], v [B, T, Ha, Dv], mask_softmax [B, NC, Hr]
 // (> 0.5 = selected; f32, or f64 with f64 data). The mask's gradient is the softmax-side router gradient.

@@ -59,6 +59,19 @@ Tensor CausalLM::loss(const Batch& batch) const {
   return cross_entropy(reshape(logits, {N, V}), targets, kIgnoreIndex);
 }
 
+Tensor CausalLM::aux_loss() const {
+  Tensor total;
+  for (size_t i = 0; i < model_->num_layers(); ++i) {
+    const Tensor a = model_->layer(i).mixer().aux_loss();
+    if (a.defined()) total = total.defined() ? add(total, a) : a;
+  }
+  return total;
+}
+
+void CausalLM::set_progress(int64_t step, int64_t total_steps) const {
+  for (size_t i = 0; i < model_->num_layers(); ++i) model_->layer(i).mixer().set_progress(step, total_steps);
+}
+
 void CausalLM::collect_stats(std::map<std::string, double>& stats) const {
   for (size_t i = 0; i < model_->num_layers(); ++i) {
     std::map<std::string, double> layer_stats;

@@ -41,6 +41,10 @@ class CausalLM : public Module {
   Tensor loss(const Batch& batch) const;
   // Per-layer statistics from the mixers, keyed "layers.N.<key>".
   void collect_stats(std::map<std::string, double>& stats) const;
+  // The sum of the mixers' auxiliary losses of the last training forward (undefined when none has one).
+  Tensor aux_loss() const;
+  // Passes the training step to every mixer (Mixer::set_progress).
+  void set_progress(int64_t step, int64_t total_steps) const;
   const ModelConfig& config() const { return config_; }
   const LMBackbone& backbone() const { return *model_; }
 

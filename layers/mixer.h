@@ -22,6 +22,15 @@ class Mixer : public Module {
   // Adds per-layer statistics of the last training forward (e.g. NAtS-L's fraction of softmax chunks) under
   // short keys ("attn_frac"); the model prefixes the layer. Default: none.
   virtual void collect_stats(std::map<std::string, double>& stats) const { (void)stats; }
+  // The last training forward's auxiliary loss (NAtS-L's routing-sparsity penalty), which the trainer adds
+  // to the language-model loss; undefined (the default) when there is none.
+  virtual Tensor aux_loss() const { return Tensor(); }
+  // Training is at step `step` (0-based) of `total_steps`: called before each training step's forwards, for
+  // schedules (the Gumbel temperature, the penalty's warm-up). Default: nothing to schedule.
+  virtual void set_progress(int64_t step, int64_t total_steps) {
+    (void)step;
+    (void)total_steps;
+  }
 };
 
 struct MixerSpec {

@@ -42,6 +42,20 @@ struct ModelConfig {
   std::string nats_sample = "argmax";  // argmax | gumbel
   double gumbel_tau = 1.0;
   bool reference_attn_backward = false;  // drop the own-chunk dq/dk/dv terms as the reference does
+  // Routing-sparsity controls (docs/training.md, "Routing-sparsity controls"); the defaults are the
+  // reference's behaviour. nats_routing: learned (the router) | topk (the router's best
+  // nats_routing_fraction of the routable chunks per row and head) | all_softmax | all_gdn | every_nth
+  // (chunk c is softmax iff c % nats_routing_every == 0) | random (each chunk softmax with probability
+  // nats_routing_fraction).
+  std::string nats_routing = "learned";
+  double nats_routing_fraction = 0.25;
+  int64_t nats_routing_every = 4;
+  double nats_frac_penalty = 0.0;          // lambda: + lambda f, f = the routed softmax fraction of a layer
+  std::vector<double> nats_frac_target;    // [] off; [t] every NAtS-L layer; [t_1, ..] one per NAtS-L layer
+  double nats_frac_target_coef = 1.0;      // mu: + mu w(s) (f - t)^2
+  int64_t nats_frac_warmup_steps = 0;      // w(s) = min(1, (s + 1) / warmup): the target's weight ramps up
+  std::string gumbel_tau_schedule = "constant";  // constant | linear | exp, from gumbel_tau to gumbel_tau_end
+  double gumbel_tau_end = 1.0;
 
   // MLP and norms.
   double hidden_ratio = 4.0;

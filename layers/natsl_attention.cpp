@@ -1,11 +1,13 @@
 #include "layers/natsl_attention.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/engine.h"
 #include "autograd/ops.h"
 #include "autograd/ops_gdn.h"
 #include "autograd/ops_natsl.h"
+#include "core/philox.h"
 #include "kernels/gdn.h"
 
 namespace natsl {
@@ -43,6 +45,38 @@ std::vector<std::pair<std::string, NatslAttention*>> natsl_layers(const Module& 
 
 void NatslAttention::seed_noise(uint64_t run_seed) { noise_ = Generator(router_noise_seed(run_seed, layer_idx_), 0); }
 
+void validate_routing_controls(const ModelConfig& c) {
+  const std::vector<std::string> kinds = {"learned", "topk", "all_softmax", "all_gdn", "every_nth", "random"};
+  if (std::find(kinds.begin(), kinds.end(), c.nats_routing) == kinds.end())
+    throw InputError("model.nats_routing must be one of learned, topk, all_softmax, all_gdn, every_nth, random; got '" +
+                     c.nats_routing + "'");
+  if (!(c.nats_routing_fraction >= 0 && c.nats_routing_fraction <= 1))
+    throw InputError("model.nats_routing_fraction must be in [0, 1], got " + std::to_string(c.nats_routing_fraction));
+  if (c.nats_routing_every < 1)
+    throw InputError("model.nats_routing_every must be at least 1, got " + str(c.nats_routing_every));
+  const bool penalised = c.nats_frac_penalty > 0 || !c.nats_frac_target.empty();
+  if (penalised && c.nats_routing != "learned")
+    throw InputError("model.nats_frac_penalty / model.nats_frac_target steer the learned router, but model.nats_routing "
+                     "is '" + c.nats_routing + "' (its fraction is fixed): use nats_routing: learned, or drop them");
+  if (!(c.nats_frac_penalty >= 0 && std::isfinite(c.nats_frac_penalty)))
+    throw InputError("model.nats_frac_penalty must be a finite number >= 0");
+  if (!(c.nats_frac_target_coef >= 0 && std::isfinite(c.nats_frac_target_coef)))
+    throw InputError("model.nats_frac_target_coef must be a finite number >= 0");
+  const auto kinds_of = c.mixer_kinds();
+  const int64_t n_natsl = std::count(kinds_of.begin(), kinds_of.end(), std::string("natsl"));
+  if (c.nats_frac_target.size() > 1 && int64_t(c.nats_frac_target.size()) != n_natsl)
+    throw InputError("model.nats_frac_target has " + str(int64_t(c.nats_frac_target.size())) +
+                     " values but the model has " + str(n_natsl) + " natsl layers: give one value, or one per natsl layer");
+  for (double t : c.nats_frac_target)
+    if (!(t >= 0 && t <= 1)) throw InputError("model.nats_frac_target values must be in [0, 1], got " + std::to_string(t));
+  if (c.nats_frac_warmup_steps < 0) throw InputError("model.nats_frac_warmup_steps must be >= 0");
+  if (c.gumbel_tau_schedule != "constant" && c.gumbel_tau_schedule != "linear" && c.gumbel_tau_schedule != "exp")
+    throw InputError("model.gumbel_tau_schedule must be constant, linear or exp; got '" + c.gumbel_tau_schedule + "'");
+  if (c.gumbel_tau_schedule != "constant" && c.nats_sample != "gumbel")
+    throw InputError("model.gumbel_tau_schedule '" + c.gumbel_tau_schedule + "' needs model.nats_sample: gumbel");
+  if (!(c.gumbel_tau_end > 0)) throw InputError("model.gumbel_tau_end must be positive");
+}
+
 NatslDims natsl_dims(const ModelConfig& c) {
   NatslDims n{gdn_dims(c), 0, 0, 0, 0, 0, c.nats_block_size};
   const int64_t H = n.gdn.heads, K = n.gdn.key_dim, V = n.gdn.value_dim, Ha = c.num_attn_heads;
@@ -71,6 +105,7 @@ NatslDims natsl_dims(const ModelConfig& c) {
   if (c.nats_sample != "argmax" && c.nats_sample != "gumbel")
     throw InputError("model.nats_sample must be 'argmax' or 'gumbel', got '" + c.nats_sample + "'");
   if (!(c.gumbel_tau > 0)) throw InputError("model.gumbel_tau must be positive, got " + std::to_string(c.gumbel_tau));
+  validate_routing_controls(c);
   n.attn_heads = Ha;
   n.attn_head_dim = K / G;
   n.attn_value_dim = V / G;
@@ -88,7 +123,16 @@ NatslAttention::NatslAttention(const ModelConfig& c, int64_t layer_idx)
     : GatedDeltaNet(c, layer_idx, /*with_output_norm=*/false), ndims_(natsl_dims(c)), layer_idx_(layer_idx),
       qk_norm_(c.attn_qk_norm),
       gumbel_(c.nats_sample == "gumbel"), drop_own_chunk_grad_(c.reference_attn_backward), tau_(c.gumbel_tau),
+      routing_(c.nats_routing), tau_schedule_(c.gumbel_tau_schedule), routing_fraction_(c.nats_routing_fraction),
+      penalty_(c.nats_frac_penalty), target_coef_(c.nats_frac_target_coef), tau0_(c.gumbel_tau),
+      tau1_(c.gumbel_tau_end), routing_every_(c.nats_routing_every), warmup_(c.nats_frac_warmup_steps),
       noise_(router_noise_seed(0, layer_idx)) {
+  if (!c.nats_frac_target.empty()) {
+    // This layer's target: the only value, or the value of its place among the natsl layers.
+    const auto kinds = c.mixer_kinds();
+    const auto ordinal = std::count(kinds.begin(), kinds.begin() + layer_idx, std::string("natsl"));
+    target_ = c.nats_frac_target.size() == 1 ? c.nats_frac_target[0] : c.nats_frac_target.at(size_t(ordinal));
+  }
   const int64_t d = c.hidden_size, HK = dims_.heads * dims_.key_dim;
   const double std = c.initializer_range;
   nats_layer_ = register_module("nats_layer", std::make_shared<Linear>(d, 2 * ndims_.router_heads, false, std));
@@ -112,22 +156,31 @@ Tensor NatslAttention::forward(const Tensor& x) {
 
   // Router in f32 (f64 for f64 data): bf16 logits could tie (natsl-layer.md §3.2).
   const DType rdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor pooled = to_dtype(chunk_mean_pool(x, C), rdt);
-  Tensor logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, NC, Hr, 2});
-  kernels::RouterChoiceArgs args;
-  args.tau = tau_;
-  args.gumbel = gumbel_ && train;  // no noise at evaluation (§10.4)
-  args.force_last_both = train;
-  if (args.gumbel) {
-    args.seed = noise_.seed;
-    args.offset = noise_.reserve(uint64_t(logits.numel()));
+  RouterChoice choice;
+  if (routing_ == "learned" || routing_ == "topk") {
+    Tensor pooled = to_dtype(chunk_mean_pool(x, C), rdt);
+    Tensor logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, NC, Hr, 2});
+    kernels::RouterChoiceArgs args;
+    args.tau = tau_;
+    args.gumbel = gumbel_ && train;  // no noise at evaluation (§10.4)
+    args.force_last_both = train;
+    if (args.gumbel) {
+      args.seed = noise_.seed;
+      args.offset = noise_.reserve(uint64_t(logits.numel()));
+    }
+    choice = routing_ == "learned" ? router_choice(logits, args) : router_choice_topk(logits, args, routing_fraction_);
+  } else {
+    choice = fixed_routing(B, NC, rdt, x.device(), train);
   }
-  const RouterChoice choice = router_choice(logits, args);
   last_mask_softmax_ = choice.mask_softmax.detach();
   last_mask_gdn_ = choice.mask_gdn.detach();
   if (train) {
-    NoGradGuard no_grad;
-    attn_frac_ = mean(last_mask_softmax_);  // stays on the device: read only by collect_stats
+    {
+      NoGradGuard no_grad;
+      attn_frac_ = mean(last_mask_softmax_);  // stays on the device: read only by collect_stats
+      routed_frac_ = NC > 1 ? mean(slice(last_mask_softmax_, 1, 0, NC - 1)) : Tensor();
+    }
+    sparsity_penalty(choice, NC);
   }
 
   // Softmax branch: the softmax view of the same q~, k~, v~ memory.
@@ -156,6 +209,56 @@ Tensor NatslAttention::forward(const Tensor& x) {
 
 void NatslAttention::collect_stats(std::map<std::string, double>& stats) const {
   if (attn_frac_.defined()) stats["attn_frac"] = attn_frac_.item();
+  if (routed_frac_.defined()) stats["routed_frac"] = routed_frac_.item();
+  if (aux_.defined()) stats["router_penalty"] = aux_.item();
+}
+
+void NatslAttention::set_progress(int64_t step, int64_t total_steps) {
+  step_ = step;
+  const double x = total_steps > 1 ? std::clamp(double(step) / double(total_steps - 1), 0.0, 1.0) : 1.0;
+  if (tau_schedule_ == "linear") tau_ = tau0_ + (tau1_ - tau0_) * x;
+  else if (tau_schedule_ == "exp") tau_ = tau0_ * std::pow(tau1_ / tau0_, x);
+}
+
+// The fixed routings (controls): exact 0/1 masks without history, from the rule alone. random draws from
+// the layer's noise stream in training (advancing it, so checkpoints carry it) and from a fixed stream at
+// evaluation (offset 2^63, which training never reaches), so evaluations see the same routing every time.
+RouterChoice NatslAttention::fixed_routing(int64_t B, int64_t NC, DType dt, Device dev, bool train) {
+  const int64_t Hr = ndims_.router_heads, n = B * NC * Hr;
+  std::vector<double> soft(size_t(n), 0.0);
+  uint64_t offset = 0;
+  if (routing_ == "random") offset = train ? noise_.reserve(uint64_t(n)) : uint64_t(1) << 63;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < NC; ++c)
+      for (int64_t h = 0; h < Hr; ++h) {
+        const int64_t i = (b * NC + c) * Hr + h;
+        bool s = routing_ == "all_softmax";
+        if (routing_ == "every_nth") s = c % routing_every_ == 0;
+        if (routing_ == "random") s = double(philox_uniform(noise_.seed, offset + uint64_t(i))) < routing_fraction_;
+        soft[size_t(i)] = s ? 1.0 : 0.0;
+      }
+  std::vector<double> gdn(soft.size());
+  for (size_t i = 0; i < soft.size(); ++i) gdn[i] = 1.0 - soft[i];
+  RouterChoice r;
+  r.mask_softmax = Tensor::from_vector(soft, {B, NC, Hr}, dt, dev);
+  r.mask_gdn = Tensor::from_vector(gdn, {B, NC, Hr}, dt, dev);
+  return r;
+}
+
+void NatslAttention::sparsity_penalty(const RouterChoice& choice, int64_t NC) {
+  aux_ = Tensor();
+  if ((penalty_ == 0 && target_ < 0) || NC <= 1) return;
+  // f with the straight-through gradient of the masks (kernels/router.h): its value is the routed fraction.
+  const Tensor f = mean(slice(choice.mask_softmax, 1, 0, NC - 1));
+  Tensor loss;
+  if (penalty_ > 0) loss = mul_scalar(f, penalty_);
+  if (target_ >= 0 && target_coef_ > 0) {
+    const double w = warmup_ > 0 ? std::min(1.0, double(step_ + 1) / double(warmup_)) : 1.0;
+    const Tensor d = add_scalar(f, -target_);
+    const Tensor t = mul_scalar(square(d), target_coef_ * w);
+    loss = loss.defined() ? add(loss, t) : t;
+  }
+  aux_ = loss;
 }
 
 int64_t NatslAttention::num_params(const ModelConfig& c) {

@@ -23,7 +23,9 @@
 // q_norm / k_norm (when attn_qk_norm), o_norm.weight1 (GDN side) / o_norm.weight2 (softmax side).
 //
 // Config: nats_sample (argmax | gumbel), gumbel_tau, reference_attn_backward (drop the own-chunk dq/dk/dv
-// terms as the reference's released backward does, §4.1). attn_rope is ignored: the branch has no
+// terms as the reference's released backward does, §4.1). Routing-sparsity controls (defaults = the
+// reference): nats_routing (learned | topk | all_softmax | all_gdn | every_nth | random), the softmax-fraction
+// penalty and target, the Gumbel temperature schedule; their formulas are in docs/training.md. attn_rope is ignored: the branch has no
 // positional encoding. Requires use_gate, nats_block_size 64, num_nats_heads 0 or num_heads, num_attn_heads
 // a multiple of num_heads dividing K and V; attn_head_dim / attn_value_dim, when set, must equal K / G, V / G.
 #include <memory>
@@ -31,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "autograd/ops_natsl.h"
 #include "layers/gated_deltanet.h"
 
 namespace natsl {
@@ -44,6 +47,8 @@ struct NatslDims {
 };
 // Resolves and checks the NAtS-L dims of a config (InputError naming the key when inconsistent).
 NatslDims natsl_dims(const ModelConfig& config);
+// Checks the routing-sparsity options (model.nats_routing*, nats_frac_*, gumbel_tau_*); natsl_dims calls it.
+void validate_routing_controls(const ModelConfig& config);
 
 // The Philox key of a layer's Gumbel noise: a splitmix64 mix of the run seed and the layer index, so runs of
 // different seeds and different layers never share noise.
@@ -80,14 +85,29 @@ class NatslAttention : public GatedDeltaNet {
   const Tensor& last_mask_softmax() const { return last_mask_softmax_; }
   const Tensor& last_mask_gdn() const { return last_mask_gdn_; }
 
+  // The routing-sparsity penalty of the last training forward (undefined when the config sets none):
+  //   lambda f + mu w(s) (f - t)^2, f = the mean of the straight-through softmax mask over the routable
+  //   chunks (c < NC - 1; the last is forced to both in training), w(s) = min(1, (s + 1) / warmup).
+  Tensor aux_loss() const override { return aux_; }
+  void set_progress(int64_t step, int64_t total_steps) override;
+  double tau() const { return tau_; }  // the Gumbel temperature in force
+
   static int64_t num_params(const ModelConfig& config);
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
 
  private:
   NatslDims ndims_;
   int64_t layer_idx_;
+  RouterChoice fixed_routing(int64_t B, int64_t NC, DType dt, Device dev, bool train);
+  void sparsity_penalty(const RouterChoice& choice, int64_t NC);
+
   bool qk_norm_, gumbel_, drop_own_chunk_grad_;
   double tau_;
+  std::string routing_, tau_schedule_;
+  double routing_fraction_, penalty_, target_ = -1.0, target_coef_, tau0_, tau1_;
+  int64_t routing_every_, warmup_, step_ = 0;
+  Tensor aux_;          // the last training forward's penalty (undefined: none configured)
+  Tensor routed_frac_;  // 0-d: f of the last training forward
   std::shared_ptr<Linear> nats_layer_, nats_out_weights_layer_;
   std::shared_ptr<RMSNorm> q_norm_, k_norm_;
   std::shared_ptr<TwoInputNorm> mix_norm_;

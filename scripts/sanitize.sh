@@ -5,6 +5,8 @@
 # Left out, by name, to fit CI's time (each runs 10-70x slower sanitized; all run unsanitized in
 # scripts/test.sh, and smaller tests of the same code run here):
 #   EndToEnd.*, Seeds/NatslTinyDefault.*    minutes of training to a learning threshold
+#   RoutingSparsity.*                       training runs until a routing target is reached (the controls'
+#                                           code runs sanitized in NatslRoutingControls.*)
 #   CrashConsistency.*                      dozens of training runs killed and resumed
 #   Resume.SigtermAtAnArbitraryMoment...    many training runs; Resume.StopAtStepThenResumeIsBitExact stays
 #   NatslLayer.GradcheckAllParameters,      finite differences over every parameter of a layer or model;
@@ -14,7 +16,7 @@
 #   MatmulOp.GradcheckBroadcastBatchWithTransposes
 # CUDA tests skip (a CPU-only build).
 source "$(dirname "${BASH_SOURCE[0]}")/sanitize_common.sh"
-SLOW_TESTS='^(EndToEnd\..*|Seeds/NatslTinyDefault\..*|CrashConsistency\..*|Resume\.SigtermAtAnArbitraryMomentThenResumeIsBitExact|NatslLayer\.GradcheckAllParameters|NatslOps\.SparseAttentionGradcheck|LayerGradcheck\.SoftmaxAttentionVariants|LayerGradcheck\.CausalLMLoss|MatmulOp\.GradcheckBroadcastBatchWithTransposes)$'
+SLOW_TESTS='^(EndToEnd\..*|RoutingSparsity\..*|Seeds/NatslTinyDefault\..*|CrashConsistency\..*|Resume\.SigtermAtAnArbitraryMomentThenResumeIsBitExact|NatslLayer\.GradcheckAllParameters|NatslOps\.SparseAttentionGradcheck|LayerGradcheck\.SoftmaxAttentionVariants|LayerGradcheck\.CausalLMLoss|MatmulOp\.GradcheckBroadcastBatchWithTransposes)$'
 configure_and_build_sanitized
 say "running the sanitized CPU test suite (without the slow tests named in scripts/sanitize.sh)"
 cd "$SAN_BUILD_DIR"

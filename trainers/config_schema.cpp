@@ -70,6 +70,16 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       choice("model.nats_sample", &m.nats_sample, {"argmax", "gumbel"}),
       num("model.gumbel_tau", &m.gumbel_tau, 1e-6),
       plain("model.reference_attn_backward", &m.reference_attn_backward),
+      choice("model.nats_routing", &m.nats_routing,
+             {"learned", "topk", "all_softmax", "all_gdn", "every_nth", "random"}),
+      num("model.nats_routing_fraction", &m.nats_routing_fraction, 0.0, 1.0),
+      num("model.nats_routing_every", &m.nats_routing_every, 1),
+      num("model.nats_frac_penalty", &m.nats_frac_penalty, 0.0, 1e6),
+      num("model.nats_frac_target", &m.nats_frac_target, 0.0, 1.0, "[] = off; one value, or one per NAtS-L layer"),
+      num("model.nats_frac_target_coef", &m.nats_frac_target_coef, 0.0, 1e6),
+      num("model.nats_frac_warmup_steps", &m.nats_frac_warmup_steps, 0),
+      choice("model.gumbel_tau_schedule", &m.gumbel_tau_schedule, {"constant", "linear", "exp"}),
+      num("model.gumbel_tau_end", &m.gumbel_tau_end, 1e-6),
       num("model.hidden_ratio", &m.hidden_ratio, 0.0, 64.0),
       num("model.intermediate_size", &m.intermediate_size, 0, std::nullopt, "0 = from hidden_ratio"),
       num("model.norm_eps", &m.norm_eps, 0.0, 1.0),
@@ -315,6 +325,9 @@ std::string nearest_name(const std::string& word, const std::vector<std::string>
     // A candidate that contains the word (or the reverse) is close whatever the lengths ("lr" / "lr_min").
     if (word.size() >= 3 && c.size() >= 3 && (c.find(word) != std::string::npos || word.find(c) != std::string::npos))
       dist = std::min(dist, size_t(2));
+    // A dotted key whose last part is the word is the closest of all ("steps" -> "train.steps", not
+    // "model.nats_frac_warmup_steps").
+    if (c.size() > word.size() && c[c.size() - word.size() - 1] == '.' && c.ends_with(word)) dist = 0;
     if (dist < best_d) best_d = dist, best = c;
   }
   // Close means at most a third of the longer name changed (at least 2 edits allowed).

@@ -386,13 +386,17 @@ Trainer::StepResult Trainer::train_step() {
   r.lr = t.lr * schedule_.multiplier(s);
   optimizer_->set_lr(r.lr);
   model_->train();
+  model_->set_progress(s, t.steps);
   store_->zero_grad();
 
   Tensor loss_sum;
   for (int64_t m = 0; m < t.grad_accum; ++m) {
     Batch batch = data_.train->next(s * t.grad_accum + m);
     Tensor loss = model_->loss(batch);
-    (t.grad_accum > 1 ? mul_scalar(loss, 1.0 / double(t.grad_accum)) : loss).backward();
+    // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
+    const Tensor aux = model_->aux_loss();
+    const Tensor total = aux.defined() ? add(loss, aux) : loss;
+    (t.grad_accum > 1 ? mul_scalar(total, 1.0 / double(t.grad_accum)) : total).backward();
     NoGradGuard no_grad;
     loss_sum = loss_sum.defined() ? add(loss_sum, loss.detach()) : loss.detach();
   }
