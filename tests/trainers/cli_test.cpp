@@ -26,24 +26,7 @@ using testing::run_natsl;
 using testing::TempDir;
 using testing::write_text;
 
-const char* kSmallConfig = R"(model:
-  vocab_size: 64
-  hidden_size: 16
-  num_layers: 1
-  num_attn_heads: 2
-  intermediate_size: 32
-data:
-  mqar:
-    num_kv_pairs: 2
-train:
-  steps: 4
-  batch_size: 2
-  seq_len: 16
-  warmup_steps: 1
-  log_every: 100
-  eval_batches: 1
-  device: cpu
-)";
+using testing::kSmallConfig;
 
 void expect_bad_input(const CommandResult& r, const std::vector<std::string>& mentions) {
   EXPECT_EQ(r.exit_code, 2) << r.output;

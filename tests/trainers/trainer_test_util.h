@@ -36,6 +36,27 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// A one-layer attention model on MQAR that trains 4 steps in a fraction of a second: for tests of the
+// program's behaviour (errors, sweeps), not of what it learns.
+inline constexpr const char* kSmallConfig = R"(model:
+  vocab_size: 64
+  hidden_size: 16
+  num_layers: 1
+  num_attn_heads: 2
+  intermediate_size: 32
+data:
+  mqar:
+    num_kv_pairs: 2
+train:
+  steps: 4
+  batch_size: 2
+  seq_len: 16
+  warmup_steps: 1
+  log_every: 100
+  eval_batches: 1
+  device: cpu
+)";
+
 inline void write_text(const std::string& path, const std::string& text) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   std::ofstream(path) << text;

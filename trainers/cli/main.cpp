@@ -12,6 +12,7 @@
 #include "data/tokenizer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
+#include "trainers/sweep.h"
 #include "trainers/trainer.h"
 #include "trainers/version.h"
 
@@ -40,6 +41,16 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
              s.interrupted ? "interrupted" : s.stopped_at_step ? "stopped" : "done", s.step, cfg.train.steps,
              s.last_loss, s.skipped_steps, eval);
   return 0;
+}
+
+int cmd_sweep(const std::string& file, bool dry_run) {
+  const Sweep sweep = load_sweep(file);
+  SweepOptions opts;
+  opts.dry_run = dry_run;
+  std::error_code ec;
+  opts.natsl_binary = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (ec) throw Error("cannot find the natsl program itself (/proc/self/exe): " + ec.message());
+  return run_sweep(sweep, opts) == 0 ? 0 : kExitInternal;
 }
 
 int cmd_eval(const std::string& config, std::vector<std::string> overrides) {
@@ -180,14 +191,23 @@ int main(int argc, char** argv) {
   tok->add_flag("--keep-bom", keep_bom, "keep a leading UTF-8 byte-order mark");
   tok->footer("Writes OUT_PREFIX.train.NNNNNN.bin (and OUT_PREFIX.val.NNNNNN.bin); format: docs/data-format.md.");
 
+  std::string sweep_file;
+  bool sweep_dry_run = false;
+  CLI::App* sweep = app.add_subcommand("sweep", "Train every run of a sweep file (resumable: run it again to continue)");
+  sweep->add_option("sweep", sweep_file, "sweep file, YAML: base config, out_dir, axes (see configs/sweeps/)")->required();
+  sweep->add_flag("--dry-run", sweep_dry_run, "list the runs and whether each is new, partial or done; train nothing");
+  sweep->footer("Runs train in OUT_DIR/NAME (log: OUT_DIR/NAME/train.log); writes OUT_DIR/summary.csv and "
+                "OUT_DIR/summary.md. Exit 1 when a run failed.");
+
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "Describe a token shard, a .safetensors file or a checkpoint");
   inspect->add_option("path", inspect_path, "shard file, .safetensors file or checkpoint directory")->required();
 
   if (argc > 1 && argv[1][0] != '-') {
     const std::string cmd = argv[1];
-    if (cmd != "train" && cmd != "eval" && cmd != "tokenize" && cmd != "inspect") {
-      fmt::print(stderr, "natsl: error: unknown command '{}': expected train, eval, tokenize or inspect (see natsl --help)\n",
+    if (cmd != "train" && cmd != "eval" && cmd != "sweep" && cmd != "tokenize" && cmd != "inspect") {
+      fmt::print(stderr,
+                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize or inspect (see natsl --help)\n",
                  cmd);
       return kExitBadInput;
     }
@@ -208,6 +228,7 @@ int main(int argc, char** argv) {
   try {
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args);
+    if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
     if (*tok) return cmd_tokenize(tok_paths, val_fraction, max_tokens, keep_bom);
     if (*inspect) return cmd_inspect(inspect_path);
   } catch (const Error& e) {

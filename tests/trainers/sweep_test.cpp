@@ -1,0 +1,193 @@
+// Sweeps (trainers/sweep.h): expansion of grid / zip / list / seeds axes into named runs with their
+// overrides, the errors of bad sweep files (each names the file and what to fix), and `natsl sweep` itself on
+// a tiny CPU config: it trains every run, writes the summary, skips the runs that are done and resumes the
+// ones that stopped.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/error.h"
+#include "trainers/config.h"
+#include "trainers/sweep.h"
+#include "trainer_test_util.h"
+
+namespace natsl {
+namespace {
+
+using testing::kSmallConfig;
+using testing::read_text;
+using testing::run_natsl;
+using testing::CommandResult;
+using testing::TempDir;
+using testing::write_text;
+
+std::vector<std::string> names(const Sweep& s) {
+  std::vector<std::string> n;
+  for (const auto& r : s.runs) n.push_back(r.name);
+  return n;
+}
+
+std::string load_error(const std::string& path) {
+  try {
+    load_sweep(path);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Sweep, AxesExpandIntoNamedRunsInOrder) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  write_text(dir / "s.yaml", "base: base.yaml\nout_dir: " + dir / "out" + R"(
+overrides: {train.steps: 3}
+axes:
+  - list: [{name: small}, {name: wide, model.hidden_size: 32}]
+  - grid: {train.lr: [1.0e-3, 2.0e-3], model.num_layers: [1, 2]}
+  - seeds: [0, 7]
+)");
+  // Names and override values keep the values' text as written in the sweep file.
+  const Sweep s = load_sweep(dir / "s.yaml");
+  ASSERT_EQ(s.runs.size(), 2u * 4u * 2u);
+  EXPECT_EQ(s.base, dir / "base.yaml");
+  EXPECT_EQ(s.runs[0].name, "small_lr-1.0e-3_num_layers-1_seed-0");
+  EXPECT_EQ(s.runs[1].name, "small_lr-1.0e-3_num_layers-1_seed-7");
+  EXPECT_EQ(s.runs[2].name, "small_lr-1.0e-3_num_layers-2_seed-0");
+  EXPECT_EQ(s.runs.back().name, "wide_lr-2.0e-3_num_layers-2_seed-7");
+  EXPECT_EQ(s.runs.back().overrides,
+            (std::vector<std::string>{"train.steps=3", "model.hidden_size=32", "train.lr=2.0e-3", "model.num_layers=2",
+                                      "train.seed=7"}));
+  EXPECT_EQ(s.runs[0].steps, 3);
+  EXPECT_EQ(s.swept_keys, (std::vector<std::string>{"model.hidden_size", "train.lr", "model.num_layers", "train.seed"}));
+
+  // zip pairs the i-th values; list values may be lists themselves.
+  write_text(dir / "z.yaml", R"(base: base.yaml
+axes:
+  - zip: {model.layers: [[attn], [gdn]], model.name: [tpp, gdn]}
+)");
+  const Sweep z = load_sweep(dir / "z.yaml");
+  EXPECT_EQ(names(z), (std::vector<std::string>{"layers-attn_name-tpp", "layers-gdn_name-gdn"}));
+  EXPECT_EQ(z.runs[1].overrides, (std::vector<std::string>{"model.layers=[gdn]", "model.name=gdn"}));
+  EXPECT_EQ(z.out_dir, "runs/sweeps/z");
+}
+
+TEST(Sweep, BadSweepFilesAreOneClearError) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  const std::pair<std::string, std::string> cases[] = {
+      {"base: base.yaml\naxez: []\n", "unknown key 'axez'"},
+      {"out_dir: x\n", "has no base:"},
+      {"base: nowhere.yaml\n", "nowhere.yaml"},
+      {"base: base.yaml\naxes:\n  - zip: {train.lr: [1, 2], train.seed: [1]}\n", "zip.train.seed has 1 values"},
+      {"base: base.yaml\naxes:\n  - grid: {train.lr: []}\n", "grid.train.lr must be a non-empty list"},
+      {"base: base.yaml\naxes:\n  - sweep: {train.lr: [1]}\n", "unknown axis kind 'sweep'"},
+      {"base: base.yaml\naxes:\n  - list: [{name: a}, {name: a, train.lr: 0.1}]\n", "two runs are named 'a'"},
+      {"base: base.yaml\naxes:\n  - seeds: [1]\n  - grid: {train.seed: [2]}\n", "set by two axes"},
+      {"base: base.yaml\naxes:\n  - grid: {train.lrr: [1]}\n", "train.lrr"},
+      {"base: base.yaml\naxes:\n  - grid: {train.lr: [-1]}\n", "run 'lr--1'"},
+      {"base: base.yaml\nparallel: many\n", "s.yaml"},
+      {"base: [\n", "not valid YAML"},
+  };
+  for (const auto& [text, expect] : cases) {
+    write_text(dir / "s.yaml", text);
+    const std::string e = load_error(dir / "s.yaml");
+    EXPECT_NE(e.find(expect), std::string::npos) << text << " -> " << e;
+    EXPECT_NE(e.find("s.yaml"), std::string::npos) << text << " -> " << e;
+  }
+}
+
+int csv_lines(const std::string& path) {
+  const std::string t = read_text(path);
+  return int(std::count(t.begin(), t.end(), '\n'));
+}
+
+// `natsl sweep` trains both runs and summarises them; run again it trains nothing; a sweep whose runs stopped
+// early (train.stop_at_step) leaves them partial, and the full sweep then resumes them from their checkpoints.
+TEST(Sweep, TrainsSkipsWhatIsDoneAndResumesWhatStopped) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  const std::string axes = "axes:\n  - seeds: [1, 2]\n";
+  write_text(dir / "stop.yaml", "base: base.yaml\nout_dir: " + dir / "out" + "\noverrides: {train.stop_at_step: 2}\n" + axes);
+  write_text(dir / "full.yaml", "base: base.yaml\nout_dir: " + dir / "out" + "\n" + axes);
+
+  CommandResult r = run_natsl("sweep " + dir / "stop.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Sweep full = load_sweep(dir / "full.yaml");
+  for (const auto& run : full.runs)
+    EXPECT_EQ(sweep_run_state(dir / ("out/" + run.name), run.steps), SweepRunState::Partial) << run.name;
+
+  r = run_natsl("sweep " + dir / "full.yaml" + " --dry-run");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("partial  seed-1"), std::string::npos) << r.output;
+
+  r = run_natsl("sweep " + dir / "full.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const auto& run : full.runs) {
+    EXPECT_EQ(sweep_run_state(dir / ("out/" + run.name), run.steps), SweepRunState::Done) << run.name;
+    const std::string log = read_text(dir / ("out/" + run.name + "/train.log"));
+    EXPECT_NE(log.find("resumed from"), std::string::npos) << log;
+  }
+  EXPECT_EQ(csv_lines(dir / "out/summary.csv"), 3);
+  const std::string csv = read_text(dir / "out/summary.csv");
+  EXPECT_EQ(csv.rfind("run,task,train.seed,state,steps,train_loss,eval_loss,eval_accuracy", 0), 0u) << csv;
+  EXPECT_NE(csv.find("seed-2,mqar,2,done,4,"), std::string::npos) << csv;
+  EXPECT_NE(read_text(dir / "out/summary.md").find("| seed-1 | mqar | 1 | done | 4 |"), std::string::npos);
+
+  r = run_natsl("sweep " + dir / "full.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("every run is done"), std::string::npos) << r.output;
+}
+
+TEST(Sweep, AFailedRunIsReportedAndTheOthersStillTrain) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  // A run that cannot start: a file stands where its directory goes.
+  write_text(dir / "out/bad", "not a directory");
+  write_text(dir / "s.yaml", "base: base.yaml\nout_dir: " + dir / "out" +
+                                 "\naxes:\n  - list: [{name: bad}, {name: good}]\n");
+  const CommandResult r = run_natsl("sweep " + dir / "s.yaml");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("1 runs failed"), std::string::npos) << r.output;
+  EXPECT_NE(read_text(dir / "out/summary.csv").find("good,mqar,done,4,"), std::string::npos);
+}
+
+// Every config and sweep the repository ships loads (a sweep: every run's config validates). Sweep files are
+// the YAML files under configs/sweeps/ with a base: key; the others there are their base configs.
+TEST(ShippedConfigs, EveryConfigAndEverySweepLoads) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(NATSL_SOURCE_DIR) / "configs";
+  int configs = 0, sweeps = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    const std::string text = read_text(e.path().string());
+    const bool is_sweep = text.rfind("base:", 0) == 0 || text.find("\nbase:") != std::string::npos;
+    // Sweeps name paths relative to the repository root (out_dir, text files), as `natsl sweep` is run there.
+    const fs::path cwd = fs::current_path();
+    fs::current_path(NATSL_SOURCE_DIR);
+    try {
+      if (is_sweep) {
+        EXPECT_FALSE(load_sweep(e.path().string()).runs.empty());
+        ++sweeps;
+      } else {
+        try {
+          load_config(e.path().string());
+        } catch (const InputError& ex) {
+          // The text configs take their data on the command line, as their comments show.
+          if (std::string(ex.what()).find("data.text.train names no file") == std::string::npos) throw;
+          load_config(e.path().string(), {"data.text.train=[../shared/data/tinyshakespeare.txt]"});
+        }
+        ++configs;
+      }
+    } catch (const std::exception& ex) {
+      ADD_FAILURE() << ex.what();
+    }
+    fs::current_path(cwd);
+  }
+  EXPECT_GE(configs, 8);
+  EXPECT_GE(sweeps, 1);
+}
+
+}  // namespace
+}  // namespace natsl
