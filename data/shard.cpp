@@ -109,8 +109,8 @@ std::string printable(const unsigned char* p, size_t n) {
 
 uint32_t token_bytes_for_vocab(uint64_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
-void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
-                 uint32_t vocab_size) {
+ShardHeader write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
+                        uint32_t vocab_size) {
   NATSL_CHECK(token_bytes == 2 || token_bytes == 4, "token_bytes must be 2 or 4, got ", token_bytes);
   size_t body_bytes = 0;
   NATSL_CHECK(!__builtin_mul_overflow(tokens.size(), size_t(token_bytes), &body_bytes), "shard of ", tokens.size(),
@@ -164,6 +164,13 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint
     throw InputError("cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(err));
   }
   fsync_parent_directory(path);
+  ShardHeader h;
+  h.token_bytes = token_bytes;
+  h.token_count = tokens.size();
+  h.crc32 = get_u32(header + 24);
+  h.vocab_size = vocab_size;
+  h.max_token = max_token;
+  return h;
 }
 
 struct Shard::Mapping {
