@@ -332,7 +332,7 @@ JsonlLine parse_jsonl_line(std::string_view line, const std::string& field) {
   const size_t bad = find_invalid_utf8(line);
   if (bad != std::string_view::npos) {
     r.kind = JsonlLineKind::NotUtf8;
-    r.reason = "not valid UTF-8 (byte " + std::to_string(bad + 1) + " of the line)";
+    r.reason = "is not valid UTF-8 (byte " + std::to_string(bad + 1) + " of the line)";
     return r;
   }
   nlohmann::json j = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
@@ -340,22 +340,25 @@ JsonlLine parse_jsonl_line(std::string_view line, const std::string& field) {
     r.kind = JsonlLineKind::InvalidJson;
     try {  // again, for the parser's description of what is wrong (bad lines are rare)
       const nlohmann::json again = nlohmann::json::parse(line.begin(), line.end());
-      r.reason = "not valid JSON (" + std::string(again.type_name()) + ")";
+      r.reason = "is not valid JSON (" + std::string(again.type_name()) + ")";
     } catch (const nlohmann::json::exception& e) {
-      r.reason = std::string("not valid JSON (") + e.what() + ")";
+      const std::string what = e.what();  // "[json.exception.parse_error.101] parse error at ..."
+      const size_t at = what.find("] ");
+      r.reason = "is not valid JSON (" + (at == std::string::npos ? what : what.substr(at + 2)) + ")";
     }
     return r;
   }
   if (!j.is_object()) {
     r.kind = JsonlLineKind::MissingField;
     r.reason = std::string("a JSON ") + j.type_name() + ", not an object with a \"" + field + "\" field";
+    r.reason.insert(0, "is ");
     return r;
   }
   auto it = j.find(field);
   if (it == j.end() || !it->is_string()) {
     r.kind = JsonlLineKind::MissingField;
-    r.reason = it == j.end() ? "no \"" + field + "\" field (give the field that holds the text with --text-field)"
-                             : "its \"" + field + "\" field is a " + it->type_name() + ", not a string";
+    r.reason = it == j.end() ? "has no \"" + field + "\" field (give the field that holds the text with --text-field)"
+                             : "has a \"" + field + "\" field of type " + it->type_name() + ", not a string";
     return r;
   }
   r.kind = JsonlLineKind::Document;

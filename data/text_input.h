@@ -74,7 +74,7 @@ const char* jsonl_line_kind_name(JsonlLineKind k);  // "document", "blank", "inv
 struct JsonlLine {
   JsonlLineKind kind = JsonlLineKind::Blank;
   std::string text;    // the document (kind Document)
-  std::string reason;  // why the line is bad, for messages (the bad kinds)
+  std::string reason;  // why the line is bad, to follow "the line ": "is not valid JSON (...)", ...
 };
 
 // Reads `line` (without its '\n'; a trailing '\r' is ignored): a line of only spaces/tabs is Blank; else it must

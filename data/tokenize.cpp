@@ -122,7 +122,7 @@ struct Encoder {
       JsonlLine l = parse_jsonl_line(text, opts.text_field);
       if (l.kind == JsonlLineKind::Blank) continue;
       if (l.kind != JsonlLineKind::Document) {
-        bad(r, in.path + ":" + std::to_string(line), l.kind, "the line is " + l.reason);
+        bad(r, in.path + ":" + std::to_string(line), l.kind, "the line " + l.reason);
         continue;
       }
       // Whole documents go to validation by a hash of their text: fixed by the content alone.
