@@ -250,21 +250,28 @@ class ZstdStream final : public InputStream {
 
 }  // namespace
 
+namespace {
+[[maybe_unused]] InputError built_without(const InputFile& file, const char* library, const char* decompress,
+                                          const char* package) {
+  return InputError("input '" + file.path + "' is " + compression_name(file.compression) +
+                    "-compressed, but this natsl was built without " + library + "; decompress it first (" +
+                    decompress + ") or build natsl with " + package + " installed.");
+}
+}  // namespace
+
 std::unique_ptr<InputStream> InputStream::open(const InputFile& file) {
   switch (file.compression) {
     case Compression::Gzip:
 #ifdef NATSL_WITH_ZLIB
       return std::make_unique<GzipStream>(file.path);
 #else
-      throw InputError("input '" + file.path + "' is gzip-compressed, but this natsl was built without zlib; " +
-                       "decompress it first (gunzip) or build natsl with zlib1g-dev installed.");
+      throw built_without(file, "zlib", "gunzip", "zlib1g-dev");
 #endif
     case Compression::Zstd:
 #ifdef NATSL_WITH_ZSTD
       return std::make_unique<ZstdStream>(file.path);
 #else
-      throw InputError("input '" + file.path + "' is zstd-compressed, but this natsl was built without libzstd; " +
-                       "decompress it first (zstd -d) or build natsl with libzstd-dev installed.");
+      throw built_without(file, "libzstd", "zstd -d", "libzstd-dev");
 #endif
     default:
       return std::make_unique<PlainStream>(file.path);

@@ -305,6 +305,7 @@ std::vector<std::string> existing_outputs(const std::string& prefix) {
 }
 
 std::string differing_keys(const nlohmann::json& a, const nlohmann::json& b) {
+  if (!a.is_object() || !b.is_object()) return "format";
   std::string keys;
   for (const char* k : {"tokenizer", "options", "inputs"})
     if (a.value(k, nlohmann::json()) != b.value(k, nlohmann::json())) keys += std::string(keys.empty() ? "" : ", ") + k;
@@ -608,7 +609,8 @@ TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::
     if (head != progress_header)
       throw InputError("tokenize: '" + progress_path + "' is from an interrupted tokenization with other inputs " +
                        "or options (they differ in: " +
-                       (head.is_object() && head.value("request", nlohmann::json()) == request
+                       (!head.is_object() ? std::string("format")
+                        : head.value("request", nlohmann::json()) == request
                             ? std::string("input modification times or block size")
                             : differing_keys(head.value("request", nlohmann::json()), request)) +
                        "); run it again as it was to resume it." + redo);

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -115,6 +116,7 @@ TEST(TokenizeCli, KilledRunsResumeToIdenticalOutput) {
     }
   }
   EXPECT_GE(kills, 2) << "the runs ended before they could be killed; make the input larger";
+  std::printf("killed %d runs with SIGKILL before the last one\n", kills);
   CommandResult last = run_natsl(
       "tokenize " + dir / "in " + dir / "out/x --threads 2 --max-tokens-per-shard 3001 --block-bytes 8192 --val-fraction 0.05 --quiet");
   ASSERT_EQ(last.exit_code, 0) << last.output;
