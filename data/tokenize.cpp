@@ -101,6 +101,10 @@ struct Encoder {
       while (cut > 0 && cut < n && (static_cast<unsigned char>(doc[cut]) & 0xC0) == 0x80) --cut;
     std::vector<uint32_t>& train = r.tokens[0];
     std::vector<uint32_t>& tail = opts.val_fraction > 0 ? r.tokens[1] : r.tokens[0];
+    // At most a token per byte for every tokenizer natsl has (pages never written are never faulted in), so
+    // the vectors do not grow, and copy, again and again.
+    train.reserve(cut + 2);
+    tail.reserve(tail.size() + n - cut + 2);
     if (bos) train.push_back(*bos);
     if (opts.val_fraction > 0) {
       tok.encode(doc.substr(0, cut), train);
@@ -114,6 +118,8 @@ struct Encoder {
 
   void jsonl_block(const InputFile& in, const Block& b, Result& r) const {
     std::string_view rest(b.text);
+    r.tokens[0].reserve(b.text.size());  // see text_document
+    if (opts.val_fraction > 0) r.tokens[1].reserve(size_t(double(b.text.size()) * opts.val_fraction * 2));
     if (b.first_line == 1 && opts.strip_utf8_bom && rest.substr(0, 3) == "\xEF\xBB\xBF") rest.remove_prefix(3);
     for (int64_t line = b.first_line; !rest.empty(); ++line) {
       const size_t nl = rest.find('\n');
@@ -162,8 +168,9 @@ struct ShardInfo {
   uint32_t crc32 = 0;
 };
 
-// One stream (train or val): collects tokens, writes a shard every max_tokens. position() is the stream's
-// length so far; after a resume the first `drop` tokens pushed are those of the shards already kept.
+// One stream (train or val): collects tokens, writes a shard every max_tokens. The blocks' token vectors are
+// kept as they come (no copy into one buffer) until a shard takes them. position() is the stream's length so
+// far; after a resume the first `drop` tokens pushed are those of the shards already kept.
 class ShardSink {
  public:
   ShardSink(std::string prefix, int split, int64_t max_tokens, uint32_t token_bytes, uint32_t vocab,
@@ -175,37 +182,59 @@ class ShardSink {
     position_ = position;
     drop_ = drop;
   }
-  void push(const std::vector<uint32_t>& tokens) {
-    position_ += int64_t(tokens.size());
-    size_t i = size_t(std::min<int64_t>(drop_, int64_t(tokens.size())));
-    drop_ -= int64_t(i);
-    while (i < tokens.size()) {
-      const size_t take = std::min(tokens.size() - i, size_t(max_tokens_) - buf_.size());
-      buf_.insert(buf_.end(), tokens.begin() + ptrdiff_t(i), tokens.begin() + ptrdiff_t(i + take));
-      i += take;
-      if (int64_t(buf_.size()) == max_tokens_) flush();
-    }
+  void push(std::vector<uint32_t>&& tokens) {
+    const int64_t n = int64_t(tokens.size());
+    position_ += n;
+    const int64_t dropped = std::min(drop_, n);
+    drop_ -= dropped;
+    if (dropped == n) return;
+    pieces_.push_back({std::move(tokens), size_t(dropped)});
+    buffered_ += n - dropped;
+    while (buffered_ >= max_tokens_) write(max_tokens_);
   }
   void flush() {
-    if (buf_.empty()) return;
-    ShardInfo s;
-    s.path = shard_path(prefix_, split_, int64_t(shards_.size()));
-    s.crc32 = write_shard(s.path, buf_, token_bytes_, vocab_).crc32;
-    s.tokens = int64_t(buf_.size());
-    shards_.push_back(s);
-    buf_.clear();
-    on_written_(split_, int64_t(shards_.size()) - 1, s);
+    if (buffered_ > 0) write(buffered_);
   }
   int64_t position() const { return position_; }
   const std::vector<ShardInfo>& shards() const { return shards_; }
 
  private:
+  struct Piece {
+    std::vector<uint32_t> tokens;
+    size_t begin;  // tokens before it are in earlier shards
+  };
+  // Writes the next `count` buffered tokens as a shard.
+  void write(int64_t count) {
+    std::vector<std::span<const uint32_t>> spans;
+    size_t left = size_t(count);
+    for (auto it = pieces_.begin(); left > 0; ++it) {
+      const size_t take = std::min(left, it->tokens.size() - it->begin);
+      spans.emplace_back(it->tokens.data() + it->begin, take);
+      left -= take;
+    }
+    ShardInfo s;
+    s.path = shard_path(prefix_, split_, int64_t(shards_.size()));
+    s.crc32 = write_shard(s.path, spans, token_bytes_, vocab_).crc32;
+    s.tokens = count;
+    for (left = size_t(count); left > 0;) {  // release what the shard took
+      Piece& p = pieces_.front();
+      const size_t take = std::min(left, p.tokens.size() - p.begin);
+      p.begin += take;
+      left -= take;
+      if (p.begin == p.tokens.size()) pieces_.pop_front();
+    }
+    buffered_ -= count;
+    shards_.push_back(s);
+    on_written_(split_, int64_t(shards_.size()) - 1, s);
+  }
+
   std::string prefix_;
   int split_;
   int64_t max_tokens_;
   uint32_t token_bytes_, vocab_;
   std::function<void(int, int64_t, const ShardInfo&)> on_written_;
-  std::vector<uint32_t> buf_;
+  std::deque<Piece> pieces_;
+  int64_t buffered_ = 0;
   std::vector<ShardInfo> shards_;
   int64_t position_ = 0, drop_ = 0;
 };
@@ -406,7 +435,8 @@ class Pipeline {
       return b;
     };
     std::string pending;
-    if (in.compression == Compression::None) pending.reserve(size_t(std::min<uint64_t>(in.bytes, kMaxLineBytes)));
+    if (in.compression == Compression::None)  // + one chunk: the last (empty) read must not reallocate
+      pending.reserve(size_t(std::min<uint64_t>(in.bytes, kMaxLineBytes)) + kReadChunk);
     int64_t line = 1;
     for (;;) {
       const size_t old = pending.size();
@@ -668,7 +698,7 @@ TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::
       if (b.skip) {
         rec = resume.blocks[size_t(b.index)];
       } else {
-        for (int s = 0; s < 2; ++s) sinks[size_t(s)].push(r->tokens[s]);
+        for (int s = 0; s < 2; ++s) sinks[size_t(s)].push(std::move(r->tokens[s]));
         rec = {{"block", b.index},
                {"input", b.input},
                {"documents", r->counts.documents},
