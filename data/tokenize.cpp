@@ -546,8 +546,11 @@ TokenizeReport report_from_manifest(const nlohmann::json& m, const std::string& 
     for (const auto& sh : m.at("shards").at(kSplits[s])) {
       const std::string path = shard_path(prefix, s, int64_t((s == 0 ? r.train_shards : r.val_shards).size()));
       std::error_code ec;
-      if (fs::file_size(path, ec) != kShardHeaderBytes + sh.at("tokens").get<uint64_t>() *
-                                         m.at("token_bytes").get<uint64_t>())
+      uint64_t bytes = 0;  // checked: the manifest is a file like any other
+      const bool overflow = __builtin_mul_overflow(sh.at("tokens").get<uint64_t>(), m.at("token_bytes").get<uint64_t>(),
+                                                   &bytes) ||
+                            __builtin_add_overflow(bytes, uint64_t(kShardHeaderBytes), &bytes);
+      if (overflow || fs::file_size(path, ec) != bytes)
         throw InputError("tokenize: '" + path + "', listed in " + prefix + ".manifest.json, is missing or has " +
                          "another size; run again with --overwrite to write the output anew.");
       (s == 0 ? r.train_shards : r.val_shards).push_back(path);

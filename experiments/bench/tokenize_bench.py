@@ -5,13 +5,15 @@ The corpus is built in a temporary directory from the text files of ../shared/da
 repository), repeated to about --mb MB, in three forms: plain text files (one document each), JSONL (one
 document per ~2 KB paragraph run) and the same JSONL gzip-compressed. Each case is run --repeat times and the
 fastest wall time kept (the machine is shared; the fastest run is the least disturbed). MB/s counts the
-uncompressed input bytes. Rows go to --json as JSON lines (name, shape, ours_ms, peer, peer_ms, ratio, gpu,
-commit, date, plus mb_per_s and mb_per_s_per_thread).
+uncompressed input bytes. MB per CPU-second (user + sys of the natsl process, the smallest of the repeats) is
+the per-core rate, which holds on a machine that other work shares, where the wall-clock rate of 2 threads
+does not. Rows go to --json as JSON lines (name, shape, ours_ms, peer, peer_ms, ratio, gpu, commit, date, plus
+mb_per_s, mb_per_s_per_thread, cpu_s and mb_per_cpu_s).
 
   experiments/bench/tokenize_bench.py --natsl build/natsl --mb 100 --json experiments/results/bench/X.jsonl
   (add --tokenizer-model M.model to time a SentencePiece model)
 """
-import argparse, gzip, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, gzip, json, os, resource, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,26 +66,32 @@ def main():
     with tempfile.TemporaryDirectory(prefix="natsl_tokbench_") as tmp:
         corpus = build_corpus(a.data, a.mb, tmp)
         print(f"corpus: {a.mb} MB from {a.data} in {tmp}; natsl {a.natsl}; commit {commit}")
-        print(f"{'input':<10} {'threads':>7} {'best s':>8} {'MB/s':>8} {'MB/s/thread':>12}")
+        print(f"{'input':<10} {'threads':>7} {'best s':>8} {'MB/s':>8} {'MB/s/thread':>12} {'cpu s':>7} {'MB/cpu-s':>9}")
         for form, (path, nbytes) in corpus.items():
             for threads in [int(t) for t in a.threads.split(",")]:
-                best = None
+                best = cpu = None
                 for r in range(a.repeat):
                     out = os.path.join(tmp, f"out_{form}_{threads}_{r}")
                     os.makedirs(out)
                     t0 = time.perf_counter()
+                    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                     subprocess.run([a.natsl, "tokenize", path, out + "/x", "--threads", str(threads), "--quiet"] + tok,
                                    check=True, stdout=subprocess.DEVNULL)
                     dt = time.perf_counter() - t0
+                    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    c = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
+                    cpu = c if cpu is None else min(cpu, c)
                     shutil.rmtree(out)
                     best = dt if best is None else min(best, dt)
                 mbs = nbytes / 1e6 / best
-                print(f"{form:<10} {threads:>7} {best:>8.3f} {mbs:>8.1f} {mbs / threads:>12.1f}")
+                print(f"{form:<10} {threads:>7} {best:>8.3f} {mbs:>8.1f} {mbs / threads:>12.1f} {cpu:>7.2f} "
+                      f"{nbytes / 1e6 / cpu:>9.1f}")
                 rows.append({"name": f"tokenize {kind} {form} threads={threads}",
                              "shape": f"{nbytes / 1e6:.0f} MB {form} (shared/data repeated)",
                              "ours_ms": best * 1e3, "peer": None, "peer_ms": None, "ratio": None,
                              "gpu": "none (CPU, 2 cores)", "commit": commit, "date": a.date,
-                             "mb_per_s": mbs, "mb_per_s_per_thread": mbs / threads})
+                             "mb_per_s": mbs, "mb_per_s_per_thread": mbs / threads, "cpu_s": cpu,
+                             "mb_per_cpu_s": nbytes / 1e6 / cpu})
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:
