@@ -326,6 +326,56 @@ TEST(Tokenize, WideVocabulariesGetU32ShardsAndMarkersAsConfigured) {
   EXPECT_EQ(tokenize_files({dir.file("bad.txt")}, dir.file("w5"), {}).documents, 1);
 }
 
+// A run stopped by a bad line leaves its finished shards and progress file; the same command resumes from them
+// (here after the line was repaired in place, same size and time, so the request still matches) and writes
+// the bytes of a run never stopped. Changed inputs are refused. Real kills: tests/trainers/tokenize_cli_test.cpp.
+TEST(Tokenize, StoppedRunResumesKeepingItsShards) {
+  TempDir dir;
+  std::vector<std::string> docs;
+  for (int i = 0; i < 300; ++i) docs.push_back("document " + std::to_string(i) + " with some words in it");
+  const std::string good = jsonl_of(docs);
+  const std::string bad_line = R"({"text": "broken)";
+  std::string text = good;
+  const size_t at = text.find(R"({"id")", text.size() * 5 / 6);
+  const size_t len = text.find('\n', at) - at;
+  text.replace(at, len, bad_line + std::string(len - bad_line.size(), ' '));
+  write_bytes(dir.file("in.jsonl"), text);
+  const auto mtime = fs::last_write_time(dir.file("in.jsonl"));
+  fs::create_directories(dir.file("a"));
+  TokenizeOptions o;
+  o.block_bytes = 512;
+  o.max_tokens_per_shard = 701;
+  o.val_fraction = 0.2;
+  o.threads = 3;
+  for (int attempt = 0; attempt < 2; ++attempt)  // the second attempt resumes, and stops at the same line
+    expect_input_error([&] { tokenize_files({dir.file("in.jsonl")}, dir.file("a/x"), o); }, {"in.jsonl:", "not valid JSON"});
+  EXPECT_TRUE(fs::exists(dir.file("a/x.progress.jsonl")));
+  EXPECT_TRUE(fs::exists(dir.file("a/x.train.000005.bin")));
+
+  // Repaired in place: same size, same time.
+  text.replace(at, len, good.substr(at, len));
+  write_bytes(dir.file("in.jsonl"), text);
+  fs::last_write_time(dir.file("in.jsonl"), mtime);
+  TokenizeReport r = tokenize_files({dir.file("in.jsonl")}, dir.file("a/x"), o);
+  EXPECT_TRUE(r.resumed);
+  EXPECT_GT(r.kept_shards, 5);
+  fs::create_directories(dir.file("b"));
+  o.threads = 1;
+  tokenize_files({dir.file("in.jsonl")}, dir.file("b/x"), o);
+  EXPECT_TRUE(dir_bytes(dir.file("a")) == dir_bytes(dir.file("b")));
+
+  // An interrupted run over inputs that changed since is refused, naming the progress file.
+  text.replace(at, len, bad_line + std::string(len - bad_line.size(), ' '));
+  write_bytes(dir.file("in.jsonl"), text);
+  fs::create_directories(dir.file("c"));
+  expect_input_error([&] { tokenize_files({dir.file("in.jsonl")}, dir.file("c/x"), o); }, {"not valid JSON"});
+  write_bytes(dir.file("in.jsonl"), good);
+  expect_input_error([&] { tokenize_files({dir.file("in.jsonl")}, dir.file("c/x"), o); },
+                     {"c/x.progress.jsonl", "other inputs or options", "--overwrite"});
+  o.overwrite = true;
+  EXPECT_FALSE(tokenize_files({dir.file("in.jsonl")}, dir.file("c/x"), o).resumed);
+}
+
 TEST(Tokenize, ExistingOutputIsUpToDateRefusedOrOverwritten) {
   TempDir dir;
   write_bytes(dir.file("a.txt"), "some text");
