@@ -97,7 +97,9 @@ std::vector<InputFile> discover_inputs(const std::vector<std::string>& specs) {
           if (it->is_directory()) it.disable_recursion_pending();
           continue;
         }
-        if (it->is_regular_file() && kind_of_name(name).known) found.push_back(it->path().string());
+        // *.progress.jsonl is `natsl tokenize`'s own progress file: an output inside an input directory.
+        if (it->is_regular_file() && kind_of_name(name).known && !ends_with(name, ".progress.jsonl"))
+          found.push_back(it->path().string());
       }
       if (ec) throw InputError("cannot list input directory '" + spec + "': " + ec.message());
       if (found.empty())

@@ -6,7 +6,8 @@
 //                .jsonl / .ndjson -> one document per line, the string of a named top-level field;
 //                anything else (.txt, .md, ...) -> the whole file is one document.
 //   directories  searched recursively; only .txt, .md, .jsonl, .ndjson files (optionally compressed) are
-//                taken, hidden ones (a name starting with '.') are not; in sorted order of their paths.
+//                taken, hidden ones (a name starting with '.') and tokenize's own *.progress.jsonl are not; in
+//                sorted order of their paths.
 //   globs        a spec with *, ? or [ is expanded (sorted); each match is taken as if named.
 #include <cstddef>
 #include <cstdint>

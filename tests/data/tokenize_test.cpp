@@ -114,7 +114,8 @@ TEST(TextInput, DiscoversDirectoriesSortedAndGlobs) {
   TempDir dir;
   fs::create_directories(dir.file("d/sub"));
   fs::create_directories(dir.file("d/.hidden"));
-  for (const char* f : {"d/b.txt", "d/a.jsonl", "d/sub/c.md", "d/sub/z.jsonl.gz", "d/notes.csv", "d/.x.txt", "d/.hidden/h.txt"})
+  for (const char* f : {"d/b.txt", "d/a.jsonl", "d/sub/c.md", "d/sub/z.jsonl.gz", "d/notes.csv", "d/.x.txt", "d/.hidden/h.txt",
+                        "d/out.progress.jsonl"})
     write_bytes(dir.file(f), "x");
   std::vector<InputFile> in = discover_inputs({dir.file("d")});
   std::vector<std::string> names;
