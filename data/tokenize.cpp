@@ -570,6 +570,99 @@ void remove_file(const std::string& path) {
   if (ec) throw Error("cannot remove '" + path + "': " + ec.message());
 }
 
+// What the output prefix already holds, and what this run does with it (docs/data-format.md "Output",
+// "Resumable"): nothing or --overwrite -> a fresh run; the manifest of this request -> up to date; the progress
+// file of this request -> resume; anything else -> InputError.
+struct ExistingOutput {
+  std::optional<TokenizeReport> up_to_date;
+  ResumeState resume;
+  bool resumed = false;
+};
+
+ExistingOutput check_existing_output(const std::string& out_prefix, const nlohmann::json& request,
+                                     const nlohmann::json& progress_header, uint32_t token_bytes, bool overwrite) {
+  const std::string manifest_path = out_prefix + ".manifest.json";
+  const std::string progress_path = out_prefix + ".progress.jsonl";
+  const std::string redo = " Run again with --overwrite to replace it, or give another OUT_PREFIX.";
+  std::error_code ec;
+  ExistingOutput out;
+  if (overwrite) {
+    for (const std::string& p : existing_outputs(out_prefix)) remove_file(p);
+    remove_file(manifest_path);
+    remove_file(progress_path);
+  } else if (fs::exists(manifest_path, ec)) {
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(manifest_path), nullptr, false);
+    if (m.is_discarded() || !m.is_object() || !m.contains("request"))
+      throw InputError("tokenize: '" + manifest_path + "' is not a manifest natsl wrote." + redo);
+    if (m["request"] != request)
+      throw InputError("tokenize: '" + out_prefix + "' holds the output of another tokenization (its manifest " +
+                       "differs in: " + differing_keys(m["request"], request) + ")." + redo);
+    try {
+      out.up_to_date = report_from_manifest(m, out_prefix);
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError("tokenize: '" + manifest_path + "' is malformed (" + e.what() + ")." + redo);
+    }
+    out.up_to_date->manifest = manifest_path;
+    remove_file(progress_path);  // left by a run killed right after its manifest was written
+  } else if (fs::exists(progress_path, ec)) {
+    const std::vector<std::string> lines = read_lines(progress_path);
+    nlohmann::json head = lines.empty() ? nlohmann::json() : nlohmann::json::parse(lines[0], nullptr, false);
+    if (head != progress_header)
+      throw InputError("tokenize: '" + progress_path + "' is from an interrupted tokenization with other inputs " +
+                       "or options (they differ in: " +
+                       (!head.is_object() ? std::string("format")
+                        : head.value("request", nlohmann::json()) == request
+                            ? std::string("input modification times or block size")
+                            : differing_keys(head.value("request", nlohmann::json()), request)) +
+                       "); run it again as it was to resume it." + redo);
+    out.resume = read_progress(lines, out_prefix, token_bytes);
+    out.resumed = true;
+  } else if (const auto old = existing_outputs(out_prefix); !old.empty()) {
+    throw InputError("tokenize: '" + old.front() + "' already exists (output without a manifest, e.g. of an older " +
+                     "natsl)." + redo);
+  }
+  return out;
+}
+
+// The manifest (docs/data-format.md "Output"); fills the report's shard lists and totals on the way.
+nlohmann::json manifest_json(const nlohmann::json& request, uint32_t token_bytes, uint32_t vocab,
+                             const std::vector<ShardSink>& sinks, TokenizeReport& report) {
+  nlohmann::json m;
+  m["format"] = "natsl-token-shards";
+  m["version"] = 1;
+  m["request"] = request;
+  m["token_bytes"] = token_bytes;
+  m["vocab_size"] = vocab;
+  m["inputs"] = nlohmann::json::array();
+  for (const InputReport& in : report.inputs) {
+    m["inputs"].push_back({{"path", in.file.path},
+                           {"format", input_format_name(in.file.format)},
+                           {"compression", compression_name(in.file.compression)},
+                           {"bytes", in.file.bytes},
+                           {"xxh3_64", in.xxh3},
+                           {"documents", in.documents},
+                           {"tokens", in.tokens},
+                           {"skipped_lines",
+                            {{"invalid_json", in.skipped_invalid_json},
+                             {"missing_field", in.skipped_missing_field},
+                             {"not_utf8", in.skipped_not_utf8}}}});
+    report.documents += in.documents;
+    report.skipped_lines += in.skipped();
+  }
+  for (int s = 0; s < 2; ++s) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const ShardInfo& i : sinks[size_t(s)].shards()) {
+      list.push_back({{"file", fs::path(i.path).filename().string()}, {"tokens", i.tokens}, {"crc32", hex32(i.crc32)}});
+      (s == 0 ? report.train_shards : report.val_shards).push_back(i.path);
+    }
+    m["shards"][kSplits[s]] = list;
+  }
+  m["totals"] = {{"documents", report.documents},     {"train_tokens", report.train_tokens},
+                 {"val_tokens", report.val_tokens},   {"input_bytes", report.input_bytes},
+                 {"skipped_lines", report.skipped_lines}};
+  return m;
+}
+
 }  // namespace
 
 TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::string& out_prefix,
@@ -612,47 +705,13 @@ TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::
 
   const std::string manifest_path = out_prefix + ".manifest.json";
   const std::string progress_path = out_prefix + ".progress.jsonl";
-  const std::string redo = " Run again with --overwrite to replace it, or give another OUT_PREFIX.";
-  ResumeState resume;
-  bool resumed = false;
-  if (opts.overwrite) {
-    for (const std::string& p : existing_outputs(out_prefix)) remove_file(p);
-    remove_file(manifest_path);
-    remove_file(progress_path);
-  } else if (fs::exists(manifest_path, ec)) {
-    nlohmann::json m = nlohmann::json::parse(std::ifstream(manifest_path), nullptr, false);
-    if (m.is_discarded() || !m.is_object() || !m.contains("request"))
-      throw InputError("tokenize: '" + manifest_path + "' is not a manifest natsl wrote." + redo);
-    if (m["request"] != request)
-      throw InputError("tokenize: '" + out_prefix + "' holds the output of another tokenization (its manifest " +
-                       "differs in: " + differing_keys(m["request"], request) + ")." + redo);
-    TokenizeReport r;
-    try {
-      r = report_from_manifest(m, out_prefix);
-    } catch (const nlohmann::json::exception& e) {
-      throw InputError("tokenize: '" + manifest_path + "' is malformed (" + e.what() + ")." + redo);
-    }
-    remove_file(progress_path);  // left by a run killed right after its manifest was written
-    r.manifest = manifest_path;
-    r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    return r;
-  } else if (fs::exists(progress_path, ec)) {
-    const std::vector<std::string> lines = read_lines(progress_path);
-    nlohmann::json head = lines.empty() ? nlohmann::json() : nlohmann::json::parse(lines[0], nullptr, false);
-    if (head != progress_header)
-      throw InputError("tokenize: '" + progress_path + "' is from an interrupted tokenization with other inputs " +
-                       "or options (they differ in: " +
-                       (!head.is_object() ? std::string("format")
-                        : head.value("request", nlohmann::json()) == request
-                            ? std::string("input modification times or block size")
-                            : differing_keys(head.value("request", nlohmann::json()), request)) +
-                       "); run it again as it was to resume it." + redo);
-    resume = read_progress(lines, out_prefix, token_bytes);
-    resumed = true;
-  } else if (const auto old = existing_outputs(out_prefix); !old.empty()) {
-    throw InputError("tokenize: '" + old.front() + "' already exists (output without a manifest, e.g. of an older " +
-                     "natsl)." + redo);
+  ExistingOutput existing = check_existing_output(out_prefix, request, progress_header, token_bytes, opts.overwrite);
+  if (existing.up_to_date) {
+    existing.up_to_date->seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return *existing.up_to_date;
   }
+  const ResumeState& resume = existing.resume;
+  const bool resumed = existing.resumed;
 
   // The progress file as far as it is trusted, then appended to as blocks and shards finish.
   {
@@ -734,41 +793,9 @@ TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::
   meter.update(bytes_done, sinks[0].position() + sinks[1].position(), /*final=*/true);
 
   // The manifest: a function of the request alone (no times, no thread count), written atomically.
-  nlohmann::json m;
-  m["format"] = "natsl-token-shards";
-  m["version"] = 1;
-  m["request"] = request;
-  m["token_bytes"] = token_bytes;
-  m["vocab_size"] = vocab;
-  m["inputs"] = nlohmann::json::array();
-  for (const InputReport& in : report.inputs) {
-    m["inputs"].push_back({{"path", in.file.path},
-                           {"format", input_format_name(in.file.format)},
-                           {"compression", compression_name(in.file.compression)},
-                           {"bytes", in.file.bytes},
-                           {"xxh3_64", in.xxh3},
-                           {"documents", in.documents},
-                           {"tokens", in.tokens},
-                           {"skipped_lines",
-                            {{"invalid_json", in.skipped_invalid_json},
-                             {"missing_field", in.skipped_missing_field},
-                             {"not_utf8", in.skipped_not_utf8}}}});
-    report.documents += in.documents;
-    report.skipped_lines += in.skipped();
-  }
-  for (int s = 0; s < 2; ++s) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const ShardInfo& i : sinks[size_t(s)].shards()) {
-      list.push_back({{"file", fs::path(i.path).filename().string()}, {"tokens", i.tokens}, {"crc32", hex32(i.crc32)}});
-      (s == 0 ? report.train_shards : report.val_shards).push_back(i.path);
-    }
-    m["shards"][kSplits[s]] = list;
-  }
   report.train_tokens = sinks[0].position();
   report.val_tokens = sinks[1].position();
-  m["totals"] = {{"documents", report.documents},     {"train_tokens", report.train_tokens},
-                 {"val_tokens", report.val_tokens},   {"input_bytes", report.input_bytes},
-                 {"skipped_lines", report.skipped_lines}};
+  const nlohmann::json m = manifest_json(request, token_bytes, vocab, sinks, report);
   replace_file_atomically(manifest_path, m.dump(2) + "\n");
   progress.close();
   remove_file(progress_path);
