@@ -109,37 +109,16 @@ std::string printable(const unsigned char* p, size_t n) {
 
 uint32_t token_bytes_for_vocab(uint64_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
-void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
-                 uint32_t vocab_size) {
-  NATSL_CHECK(token_bytes == 2 || token_bytes == 4, "token_bytes must be 2 or 4, got ", token_bytes);
-  size_t body_bytes = 0;
-  NATSL_CHECK(!__builtin_mul_overflow(tokens.size(), size_t(token_bytes), &body_bytes), "shard of ", tokens.size(),
-              " tokens is too large");
-  std::vector<unsigned char> body(body_bytes);
-  const uint64_t limit = token_bytes == 2 ? 65536 : (uint64_t(1) << 32);
-  uint32_t max_token = 0;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    uint32_t t = tokens[i];
-    NATSL_CHECK(t < limit && (vocab_size == 0 || t < vocab_size), "token ", t, " at index ", i,
-                " does not fit the shard (token_bytes ", token_bytes, ", vocab_size ", vocab_size, ")");
-    max_token = std::max(max_token, t);
-    if (token_bytes == 2) {
-      uint16_t v = uint16_t(t);
-      std::memcpy(&body[i * 2], &v, 2);
-    } else {
-      std::memcpy(&body[i * 4], &t, 4);
-    }
-  }
-  unsigned char header[kShardHeaderBytes] = {};
-  std::memcpy(header, kShardMagic, 8);
-  put_u32(header + 8, kShardVersion);
-  put_u32(header + 12, token_bytes);
-  put_u64(header + 16, tokens.size());
-  put_u32(header + 24, crc32_update(0, body.data(), body.size()));
-  put_u32(header + 28, vocab_size);
-  put_u32(header + 32, max_token);
-  put_u32(header + 36, crc32_update(0, header, 36));
+ShardHeader write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
+                        uint32_t vocab_size) {
+  const std::span<const uint32_t> one[1] = {tokens};
+  return write_shard(path, std::span<const std::span<const uint32_t>>(one), token_bytes, vocab_size);
+}
 
+ShardHeader write_shard(const std::string& path, std::span<const std::span<const uint32_t>> pieces,
+                        uint32_t token_bytes, uint32_t vocab_size) {
+  NATSL_CHECK(token_bytes == 2 || token_bytes == 4, "token_bytes must be 2 or 4, got ", token_bytes);
+  const uint64_t limit = token_bytes == 2 ? 65536 : (uint64_t(1) << 32);
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0)
@@ -152,7 +131,47 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint
     return InputError(std::string(what) + " shard file '" + tmp + "' failed: " + std::strerror(err) +
                       " (disk full? nothing was written to '" + path + "')");
   };
-  if (!write_all(fd, header, sizeof header) || !write_all(fd, body.data(), body.size())) throw fail("writing");
+  // The tokens stream out in blocks, converted to their width; the header, which holds their CRC and largest
+  // id, goes in front at the end.
+  unsigned char header[kShardHeaderBytes] = {};
+  if (!write_all(fd, header, sizeof header)) throw fail("writing");
+  constexpr size_t kBlockTokens = size_t(1) << 16;
+  std::vector<unsigned char> block(kBlockTokens * token_bytes);
+  uint32_t crc = 0, max_token = 0;
+  uint64_t count = 0;
+  for (const std::span<const uint32_t>& piece : pieces) {
+    for (size_t at = 0; at < piece.size(); at += kBlockTokens) {
+      const size_t n = std::min(kBlockTokens, piece.size() - at);
+      for (size_t i = 0; i < n; ++i) {
+        const uint32_t t = piece[at + i];
+        if (!(t < limit && (vocab_size == 0 || t < vocab_size))) {
+          ::close(fd);
+          ::unlink(tmp.c_str());
+          NATSL_CHECK(false, "token ", t, " at index ", count + at + i, " does not fit the shard (token_bytes ",
+                      token_bytes, ", vocab_size ", vocab_size, ")");
+        }
+        max_token = std::max(max_token, t);
+        if (token_bytes == 2) {
+          const uint16_t v = uint16_t(t);
+          std::memcpy(&block[i * 2], &v, 2);
+        } else {
+          std::memcpy(&block[i * 4], &t, 4);
+        }
+      }
+      crc = crc32_update(crc, block.data(), n * token_bytes);
+      if (!write_all(fd, block.data(), n * token_bytes)) throw fail("writing");
+    }
+    count += piece.size();
+  }
+  std::memcpy(header, kShardMagic, 8);
+  put_u32(header + 8, kShardVersion);
+  put_u32(header + 12, token_bytes);
+  put_u64(header + 16, count);
+  put_u32(header + 24, crc);
+  put_u32(header + 28, vocab_size);
+  put_u32(header + 32, max_token);
+  put_u32(header + 36, crc32_update(0, header, 36));
+  if (::pwrite(fd, header, sizeof header, 0) != ssize_t(sizeof header)) throw fail("writing the header of");
   if (::fsync(fd) != 0) throw fail("syncing");
   if (::close(fd) != 0) {
     ::unlink(tmp.c_str());
@@ -164,6 +183,13 @@ void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint
     throw InputError("cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(err));
   }
   fsync_parent_directory(path);
+  ShardHeader h;
+  h.token_bytes = token_bytes;
+  h.token_count = count;
+  h.crc32 = crc;
+  h.vocab_size = vocab_size;
+  h.max_token = max_token;
+  return h;
 }
 
 struct Shard::Mapping {

@@ -45,8 +45,12 @@ uint32_t token_bytes_for_vocab(uint64_t vocab_size);
 
 // Writes a version-2 shard atomically (to PATH.tmp, fsynced, renamed, directory fsynced), so a crash never
 // leaves a valid-looking partial file. Every token must fit in token_bytes and, when vocab_size != 0, be < vocab_size.
-void write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
-                 uint32_t vocab_size);
+// Returns the header written (its crc32 for manifests).
+ShardHeader write_shard(const std::string& path, std::span<const uint32_t> tokens, uint32_t token_bytes,
+                        uint32_t vocab_size);
+// The same, the tokens being the concatenation of `pieces` (no copy into one buffer).
+ShardHeader write_shard(const std::string& path, std::span<const std::span<const uint32_t>> pieces,
+                        uint32_t token_bytes, uint32_t vocab_size);
 
 // A read-only, memory-mapped shard. Copies share the mapping.
 class Shard {

@@ -1,13 +1,6 @@
 #include "data/tokenizer.h"
 
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <sstream>
-
 #include "core/error.h"
-#include "data/shard.h"
 
 namespace natsl {
 
@@ -68,88 +61,6 @@ std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec) {
   if (spec.kind == "sentencepiece")
     throw InputError("tokenizer kind 'sentencepiece' is not implemented yet");  // issue 17: being written
   throw InputError("tokenizer.kind '" + spec.kind + "' is unknown: use byte or sentencepiece");
-}
-
-namespace {
-
-std::string read_file(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    throw InputError("input text file '" + path + "' does not exist or is not a regular file.");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw InputError("cannot read input text file '" + path + "'.");
-  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-
-// Collects tokens and writes a shard every max_tokens tokens: PREFIX.SPLIT.NNNNNN.bin.
-class ShardSink {
- public:
-  ShardSink(std::string prefix, std::string split, int64_t max_tokens)
-      : prefix_(std::move(prefix)), split_(std::move(split)), max_tokens_(max_tokens) {}
-  void push(uint32_t t) {
-    buf_.push_back(t);
-    ++total_;
-    if (int64_t(buf_.size()) == max_tokens_) flush();
-  }
-  void flush() {
-    if (buf_.empty()) return;
-    char idx[16];
-    std::snprintf(idx, sizeof idx, "%06zu", paths_.size());
-    std::string path = prefix_ + "." + split_ + "." + idx + ".bin";
-    write_shard(path, buf_, 2, ByteTokenizer::kVocabSize);
-    paths_.push_back(path);
-    buf_.clear();
-  }
-  const std::vector<std::string>& paths() const { return paths_; }
-  int64_t total() const { return total_; }
-
- private:
-  std::string prefix_, split_;
-  int64_t max_tokens_;
-  std::vector<uint32_t> buf_;
-  std::vector<std::string> paths_;
-  int64_t total_ = 0;
-};
-
-}  // namespace
-
-TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std::string& out_prefix,
-                              const TokenizeOptions& opts) {
-  if (inputs.empty()) throw InputError("tokenize: give at least one input text file.");
-  if (!(opts.val_fraction >= 0.0 && opts.val_fraction < 1.0))
-    throw InputError("tokenize: val_fraction must be in [0, 1), got " + std::to_string(opts.val_fraction) + ".");
-  if (opts.max_tokens_per_shard < 2)
-    throw InputError("tokenize: max_tokens_per_shard must be at least 2, got " +
-                     std::to_string(opts.max_tokens_per_shard) + ".");
-  std::filesystem::path parent = std::filesystem::path(out_prefix).parent_path();
-  std::error_code ec;
-  if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-    throw InputError("tokenize: output directory '" + parent.string() + "' (from OUT_PREFIX '" + out_prefix +
-                     "') does not exist; create it first.");
-
-  ShardSink train(out_prefix, "train", opts.max_tokens_per_shard);
-  ShardSink val(out_prefix, "val", opts.max_tokens_per_shard);
-  for (const std::string& path : inputs) {
-    std::string text = read_file(path);
-    std::string_view doc(text);
-    if (opts.strip_utf8_bom && doc.size() >= 3 && doc.substr(0, 3) == "\xEF\xBB\xBF") doc.remove_prefix(3);
-    const size_t n = doc.size();
-    const size_t cut = opts.val_fraction > 0 ? size_t((1.0 - opts.val_fraction) * double(n)) : n;
-    train.push(ByteTokenizer::kBos);
-    for (size_t i = 0; i < cut; ++i) train.push(static_cast<unsigned char>(doc[i]));
-    ShardSink& tail = opts.val_fraction > 0 ? val : train;
-    for (size_t i = cut; i < n; ++i) tail.push(static_cast<unsigned char>(doc[i]));
-    tail.push(ByteTokenizer::kEos);
-  }
-  train.flush();
-  val.flush();
-  TokenizeReport r;
-  r.train_shards = train.paths();
-  r.val_shards = val.paths();
-  r.train_tokens = train.total();
-  r.val_tokens = val.total();
-  r.documents = int64_t(inputs.size());
-  return r;
 }
 
 }  // namespace natsl

@@ -12,7 +12,7 @@ FUZZ_OUT="${FUZZ_OUT:-$SAN_BUILD_DIR/fuzz-out}"
 seed=()
 [ -n "${FUZZ_SEED:-}" ] && seed=(-seed="$FUZZ_SEED")
 FUZZERS=("$@")
-[ ${#FUZZERS[@]} -gt 0 ] || FUZZERS=(fuzz_safetensors fuzz_shard fuzz_config fuzz_checkpoint_state)
+[ ${#FUZZERS[@]} -gt 0 ] || FUZZERS=(fuzz_safetensors fuzz_shard fuzz_config fuzz_checkpoint_state fuzz_jsonl)
 configure_and_build_sanitized --target "${FUZZERS[@]}"
 failed=()
 for f in "${FUZZERS[@]}"; do

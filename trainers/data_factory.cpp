@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "data/shard.h"
+#include "data/tokenize.h"
 #include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -97,13 +98,16 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
       fs::create_directories(token_dir);
       TokenizeOptions opts;
       opts.val_fraction = cfg.data.text.val.empty() ? cfg.data.text.val_fraction : 0.0;
+      opts.overwrite = true;  // the run directory's own copy, tokenized again at every start
       TokenizeReport rep = tokenize_files(train.text_files, token_dir + "/train_text", opts);
       train.shards.insert(train.shards.end(), rep.train_shards.begin(), rep.train_shards.end());
       if (cfg.data.text.val.empty()) val_shards.insert(val_shards.end(), rep.val_shards.begin(), rep.val_shards.end());
     }
     if (!val.text_files.empty()) {
       fs::create_directories(token_dir);
-      TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", TokenizeOptions{});
+      TokenizeOptions opts;
+      opts.overwrite = true;
+      TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", opts);
       val_shards.insert(val_shards.end(), rep.train_shards.begin(), rep.train_shards.end());
     }
     if (cfg.data.text.val.empty())

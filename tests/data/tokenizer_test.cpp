@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "data/shard.h"
+#include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "tests/data/data_test_util.h"
 

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "data/shard.h"
+#include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
@@ -82,20 +83,49 @@ int cmd_eval(const std::string& config, std::vector<std::string> overrides) {
   return 0;
 }
 
-int cmd_tokenize(const std::vector<std::string>& paths, double val_fraction, int64_t max_tokens, bool keep_bom) {
-  if (paths.size() < 2) throw InputError("tokenize needs at least one input file and an output prefix");
-  std::vector<std::string> inputs(paths.begin(), paths.end() - 1);
-  fs::path parent = fs::path(paths.back()).parent_path();
+struct TokenizeArgs {
+  std::vector<std::string> paths;
+  TokenizeOptions opts;
+  TokenizerSpec tokenizer{"", ""};
+  std::string bad_lines = "error";
+  bool keep_bom = false, bos = false, no_bos = false, eos = false, no_eos = false, quiet = false;
+};
+
+int cmd_tokenize(TokenizeArgs a) {
+  if (a.paths.size() < 2) throw InputError("tokenize needs at least one input and an output prefix");
+  std::vector<std::string> inputs(a.paths.begin(), a.paths.end() - 1);
+  const std::string prefix = a.paths.back();
+  fs::path parent = fs::path(prefix).parent_path();
   if (!parent.empty()) fs::create_directories(parent);
-  TokenizeOptions o;
-  o.val_fraction = val_fraction;
-  o.max_tokens_per_shard = max_tokens;
-  o.strip_utf8_bom = !keep_bom;
-  TokenizeReport r = tokenize_files(inputs, paths.back(), o);
-  fmt::print("{} document(s): {} train tokens in {} shard(s), {} val tokens in {} shard(s)\n", r.documents,
-             r.train_tokens, r.train_shards.size(), r.val_tokens, r.val_shards.size());
-  for (const auto& s : r.train_shards) fmt::print("  {}\n", s);
-  for (const auto& s : r.val_shards) fmt::print("  {}\n", s);
+  if (a.tokenizer.kind.empty()) a.tokenizer.kind = a.tokenizer.model.empty() ? "byte" : "sentencepiece";
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(a.tokenizer);
+  a.opts.strip_utf8_bom = !a.keep_bom;
+  a.opts.bad_lines = a.bad_lines == "skip" ? BadLines::Skip : BadLines::Error;
+  if (a.bos || a.no_bos) a.opts.bos = a.bos;
+  if (a.eos || a.no_eos) a.opts.eos = a.eos;
+  a.opts.progress = !a.quiet;
+  const TokenizeReport r = tokenize(inputs, prefix, *tok, a.opts);
+  if (r.up_to_date) {
+    fmt::print("up to date: {} lists {} train and {} val shard(s) of this exact tokenization (--overwrite redoes it)\n",
+               r.manifest, r.train_shards.size(), r.val_shards.size());
+    return 0;
+  }
+  const double mb = double(r.input_bytes) / 1e6;
+  fmt::print("{} document(s) from {} input(s), {:.1f} MB: {} train tokens in {} shard(s), {} val tokens in {} shard(s); "
+             "{} bad line(s) skipped{}; {:.1f} s, {:.1f} MB/s\n",
+             r.documents, r.inputs.size(), mb, r.train_tokens, r.train_shards.size(), r.val_tokens, r.val_shards.size(),
+             r.skipped_lines, r.resumed ? fmt::format("; resumed, {} shard(s) kept", r.kept_shards) : "", r.seconds,
+             r.seconds > 0 ? mb / r.seconds : 0.0);
+  std::vector<std::string> shards = r.train_shards;
+  shards.insert(shards.end(), r.val_shards.begin(), r.val_shards.end());
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards.size() > 20 && i == 10) {
+      fmt::print("  ... {} more\n", shards.size() - 20);
+      i = shards.size() - 10;
+    }
+    fmt::print("  {}\n", shards[i]);
+  }
+  fmt::print("  {}\n", r.manifest);
   return 0;
 }
 
@@ -177,19 +207,45 @@ int main(int argc, char** argv) {
   eval->add_option("config", eval_config, "run config, YAML")->required();
   eval->add_option("args", eval_args, "checkpoint=DIR (default: the newest in train.out_dir) and KEY=VALUE overrides");
 
-  std::vector<std::string> tok_paths;
-  double val_fraction = 0.0;
-  int64_t max_tokens = int64_t(1) << 30;
-  bool keep_bom = false;
-  CLI::App* tok = app.add_subcommand("tokenize", "Turn text files into byte-level token shards");
-  tok->add_option("paths", tok_paths, "IN... OUT_PREFIX: input text files, then the output prefix")
+  TokenizeArgs ta;
+  CLI::App* tok = app.add_subcommand("tokenize", "Turn text and JSONL files into token shards, in parallel, resumable");
+  tok->add_option("paths", ta.paths,
+                  "IN... OUT_PREFIX: input files (.txt/.md: one document each; .jsonl: one per line; .gz/.zst "
+                  "read as they stream), directories (searched recursively) or globs, then the output prefix")
       ->required()
       ->expected(2, -1);
-  tok->add_option("--val-fraction", val_fraction, "hold out the last fraction of each file as validation shards")
+  tok->add_option("--tokenizer-kind", ta.tokenizer.kind, "byte or sentencepiece (default: byte, or sentencepiece "
+                  "with --tokenizer-model)")
+      ->check(CLI::IsMember({"byte", "sentencepiece"}));
+  tok->add_option("--tokenizer-model", ta.tokenizer.model, "the SentencePiece .model file");
+  tok->add_option("--threads", ta.opts.threads, "tokenizing threads (default: all cores); the output is the same "
+                  "for any number")
+      ->check(CLI::Range(1, 1024));
+  tok->add_option("--text-field", ta.opts.text_field, "the JSONL field holding each document's text")
+      ->capture_default_str();
+  tok->add_option("--bad-lines", ta.bad_lines, "a JSONL line that is not JSON, lacks the field or is not UTF-8: "
+                  "error (stop, naming file:line) or skip (count it in the manifest)")
+      ->check(CLI::IsMember({"error", "skip"}))
+      ->capture_default_str();
+  tok->add_option("--val-fraction", ta.opts.val_fraction, "hold out this fraction as validation shards: the tail "
+                  "of each text file, whole JSONL documents chosen by a hash of their text")
       ->check(CLI::Range(0.0, 0.99));
-  tok->add_option("--max-tokens-per-shard", max_tokens, "tokens per shard file")->check(CLI::PositiveNumber);
-  tok->add_flag("--keep-bom", keep_bom, "keep a leading UTF-8 byte-order mark");
-  tok->footer("Writes OUT_PREFIX.train.NNNNNN.bin (and OUT_PREFIX.val.NNNNNN.bin); format: docs/data-format.md.");
+  tok->add_option("--max-tokens-per-shard", ta.opts.max_tokens_per_shard, "tokens per shard file")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 40));
+  auto* bos = tok->add_flag("--bos", ta.bos, "put BOS before each document (default: when the tokenizer has one)");
+  tok->add_flag("--no-bos", ta.no_bos, "no BOS")->excludes(bos);
+  auto* eos = tok->add_flag("--eos", ta.eos, "put EOS after each document (default: when the tokenizer has one)");
+  tok->add_flag("--no-eos", ta.no_eos, "no EOS")->excludes(eos);
+  tok->add_flag("--keep-bom", ta.keep_bom, "keep a leading UTF-8 byte-order mark");
+  tok->add_flag("--overwrite", ta.opts.overwrite, "replace what OUT_PREFIX holds (default: resume an interrupted "
+                "run of the same command, refuse other output)");
+  tok->add_flag("--quiet", ta.quiet, "no progress on stderr");
+  tok->add_option("--block-bytes", ta.opts.block_bytes, "JSONL bytes per unit of parallel work (tests)")
+      ->group("")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  tok->footer("Writes OUT_PREFIX.train.NNNNNN.bin (and OUT_PREFIX.val.NNNNNN.bin) and OUT_PREFIX.manifest.json "
+              "(counts and checksums); while running, OUT_PREFIX.progress.jsonl lets an interrupted run resume. "
+              "Format: docs/data-format.md.");
 
   std::string sweep_file;
   bool sweep_dry_run = false;
@@ -229,7 +285,7 @@ int main(int argc, char** argv) {
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args);
     if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
-    if (*tok) return cmd_tokenize(tok_paths, val_fraction, max_tokens, keep_bom);
+    if (*tok) return cmd_tokenize(ta);
     if (*inspect) return cmd_inspect(inspect_path);
   } catch (const Error& e) {
     fmt::print(stderr, "natsl: error: {}\n", e.what());

@@ -1,4 +1,4 @@
-#include "trainers/file_checksum.h"
+#include "data/file_checksum.h"
 
 #include <cerrno>
 #include <cstring>
@@ -34,6 +34,8 @@ void Xxh3Stream::update(const void* data, size_t nbytes) { XXH3_64bits_update(st
 uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(state_->s); }
 
 std::string checksum_hex(uint64_t h) { return fmt::format("{:016x}", h); }
+
+uint64_t xxh3_64(const void* data, size_t nbytes) { return XXH3_64bits(data, nbytes); }
 
 uint64_t file_xxh3_64(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -1,4 +1,4 @@
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
