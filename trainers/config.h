@@ -78,6 +78,9 @@ struct TrainConfig {
   std::string device = "auto";    // cpu | cuda | cuda:N | auto
   int64_t seed = 0;
   std::string out_dir = "runs/default";
+  // Model weights to start from (a .safetensors file with the model's parameter names, e.g. from `natsl
+  // import-hf`); "" = the initialisation. A resumed run takes its weights from the checkpoint instead.
+  std::string init_from;
   int64_t log_every = 10;
   int64_t eval_every = 0;         // 0 = only at the end
   int64_t eval_batches = 4;

@@ -124,6 +124,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       plain("train.device", &t.device),
       num("train.seed", &t.seed, 0),
       plain("train.out_dir", &t.out_dir),
+      plain("train.init_from", &t.init_from),
       num("train.log_every", &t.log_every, 1),
       num("train.eval_every", &t.eval_every, 0, std::nullopt, "0 = only at the end"),
       num("train.eval_batches", &t.eval_batches, 0),

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <csignal>
 #include <filesystem>
+#include <set>
 
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "trainers/metrics_log.h"
 #include "trainers/mfu.h"
 #include "trainers/run_dir_lock.h"
+#include "trainers/safetensors.h"
 #include "trainers/stop_signal.h"
 #include "trainers/sync_file.h"
 #include "trainers/version.h"
@@ -217,16 +219,19 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
                   t.seq_len, t.grad_accum, tokens_per_step, t.steps, human_count(double(tokens_per_step * t.steps))));
   log(data_.description);
 
+  bool resumed = false;
   if (cfg_.resume == "auto") {
     CheckpointScan scan = find_latest_checkpoint(t.out_dir);
     for (const auto& w : scan.warnings) log("warning: " + w);
-    if (scan.reader) resume_from(*scan.reader);
+    if (scan.reader) resume_from(*scan.reader), resumed = true;
     else if (!scan.found.empty()) refuse_only_damaged_checkpoints(t.out_dir, scan);
     else log("resume=auto: no checkpoint in " + (fs::path(t.out_dir) / "checkpoints").string() + "; starting at step 0");
   } else if (cfg_.resume != "none") {
     CheckpointReader ck(cfg_.resume);
     resume_from(ck);
+    resumed = true;
   }
+  if (!resumed && !t.init_from.empty()) load_initial_weights(t.init_from);
   if (opts_.write_run_dir) {
     std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
                                       natsl_version(), natsl_git_commit(),
@@ -266,6 +271,28 @@ void Trainer::log(const std::string& line) {
   live_line_shown_ = false;
   std::fputs((line + "\n").c_str(), opts_.out);
   std::fflush(opts_.out);
+}
+
+void Trainer::load_initial_weights(const std::string& path) {
+  SafeTensorsReader r(path);
+  const auto& entries = store_->layout().entries();
+  std::set<std::string> names;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const std::string& name = entries[i].name;
+    names.insert(name);
+    const SafeTensorEntry* e = r.find(name);
+    if (!e) throw InputError("train.init_from: '" + path + "' has no tensor '" + name + "', a parameter of this model");
+    const Tensor dst = store_->master().view(int(i));
+    if (e->shape != dst.shape())
+      throw InputError("train.init_from: '" + path + "': tensor '" + name + "' has shape " + shape_str(e->shape) +
+                       " but this model's is " + shape_str(dst.shape()));
+    dst.copy_(r.read(name));  // any stored dtype (an HF export may be bf16)
+  }
+  for (const auto& e : r.entries())
+    if (!names.count(e.name))
+      throw InputError("train.init_from: '" + path + "' holds '" + e.name + "', which this model has no parameter for");
+  store_->sync_compute_from_master();
+  log("initial weights from " + path);
 }
 
 void Trainer::resume_from(CheckpointReader& ck) {

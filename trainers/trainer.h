@@ -73,6 +73,7 @@ class Trainer {
   struct StepResult;
   StepResult train_step();
   void resume_from(CheckpointReader& ck);
+  void load_initial_weights(const std::string& path);  // train.init_from
   std::string write_checkpoint();
   // A write of metrics or a checkpoint failed (disk full, I/O error): save what still can be (a checkpoint
   // when the metrics failed), then throw an Error saying what failed, what was kept and how to continue.

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <set>
 #include <fstream>
 
 #include "core/error.h"
@@ -13,6 +14,7 @@
 #include "data/tokenizer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
+#include "trainers/hf_interchange.h"
 #include "trainers/sweep.h"
 #include "trainers/trainer.h"
 #include "trainers/version.h"
@@ -255,15 +257,28 @@ int main(int argc, char** argv) {
   sweep->footer("Runs train in OUT_DIR/NAME (log: OUT_DIR/NAME/train.log); writes OUT_DIR/summary.csv and "
                 "OUT_DIR/summary.md. Exit 1 when a run failed.");
 
+  std::vector<std::string> hf_export_args, hf_import_args;
+  CLI::App* export_hf_cmd =
+      app.add_subcommand("export-hf", "Write a checkpoint as a Hugging Face folder (config.json + model.safetensors)");
+  export_hf_cmd->add_option("paths", hf_export_args, "CHECKPOINT_DIR OUT_DIR")->required()->expected(2);
+  export_hf_cmd->footer("The reference's NAtS-L class for models with natsl layers, FLA's GatedDeltaNet or Transformer "
+                        "otherwise (docs/training.md, \"Hugging Face interchange\").");
+  CLI::App* import_hf_cmd =
+      app.add_subcommand("import-hf", "Read a Hugging Face folder into a model config and weights to train from");
+  import_hf_cmd->add_option("paths", hf_import_args, "HF_DIR OUT_DIR")->required()->expected(2);
+  import_hf_cmd->footer("Writes OUT_DIR/model.yaml and OUT_DIR/model.safetensors; train from them with "
+                        "model=OUT_DIR/model.yaml train.init_from=OUT_DIR/model.safetensors.");
+
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "Describe a token shard, a .safetensors file or a checkpoint");
   inspect->add_option("path", inspect_path, "shard file, .safetensors file or checkpoint directory")->required();
 
   if (argc > 1 && argv[1][0] != '-') {
     const std::string cmd = argv[1];
-    if (cmd != "train" && cmd != "eval" && cmd != "sweep" && cmd != "tokenize" && cmd != "inspect") {
+    const std::set<std::string> commands = {"train", "eval", "sweep", "tokenize", "tokenizer", "inspect", "export-hf", "import-hf"};
+    if (!commands.count(cmd)) {
       fmt::print(stderr,
-                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize or inspect (see natsl --help)\n",
+                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize, inspect, export-hf or import-hf (see natsl --help)\n",
                  cmd);
       return kExitBadInput;
     }
@@ -285,6 +300,17 @@ int main(int argc, char** argv) {
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args);
     if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
+    if (*export_hf_cmd) {
+      export_hf(hf_export_args[0], hf_export_args[1]);
+      fmt::print("wrote {}/config.json and {}/model.safetensors\n", hf_export_args[1], hf_export_args[1]);
+      return 0;
+    }
+    if (*import_hf_cmd) {
+      import_hf(hf_import_args[0], hf_import_args[1]);
+      fmt::print("wrote {0}/model.yaml and {0}/model.safetensors; train with model={0}/model.yaml "
+                 "train.init_from={0}/model.safetensors\n", hf_import_args[1]);
+      return 0;
+    }
     if (*tok) return cmd_tokenize(ta);
     if (*inspect) return cmd_inspect(inspect_path);
   } catch (const Error& e) {
