@@ -37,4 +37,20 @@ AnswerScore score_answers(const Tensor& predictions, const Tensor& targets) {
   return s;
 }
 
+Tensor argmax_last(const Tensor& logits) {
+  Tensor host = logits.to(DType::f32).to(kCPU).contiguous();
+  const int64_t V = host.size(-1), rows = host.numel() / V;
+  Tensor out = Tensor::empty({logits.size(0), logits.size(1)}, DType::i32, kCPU);
+  const float* x = host.data<float>();
+  int32_t* o = out.data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * V;
+    int64_t best = 0;
+    for (int64_t v = 1; v < V; ++v)
+      if (row[v] > row[best]) best = v;
+    o[r] = int32_t(best);
+  }
+  return out;
+}
+
 }  // namespace natsl

@@ -18,6 +18,9 @@ struct AnswerScore {
   AnswerScore& operator+=(const AnswerScore& o);
 };
 
+// Row-wise argmax of logits [B, T, V] (any device, any float dtype) as an i32 [B, T] CPU tensor.
+Tensor argmax_last(const Tensor& logits);
+
 // predictions: argmax ids, i32 [B, T] on the CPU; targets: the batch's targets. Only answer positions count.
 AnswerScore score_answers(const Tensor& predictions, const Tensor& targets);
 

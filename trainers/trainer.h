@@ -67,6 +67,7 @@ class Trainer {
   const RunConfig& config() const { return cfg_; }
   const ParameterStore& parameters() const { return *store_; }
   const CausalLM& model() const { return *model_; }
+  CausalLM& model_for_eval() { return *model_; }  // for evaluations that switch it to eval mode and back
   Device device() const { return device_; }
 
  private:

@@ -14,8 +14,10 @@
 #include "data/tokenizer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
+#include "trainers/eval_suite.h"
 #include "trainers/hf_interchange.h"
 #include "trainers/sweep.h"
+#include "trainers/sync_file.h"
 #include "trainers/trainer.h"
 #include "trainers/version.h"
 
@@ -56,7 +58,8 @@ int cmd_sweep(const std::string& file, bool dry_run) {
   return run_sweep(sweep, opts) == 0 ? 0 : kExitInternal;
 }
 
-int cmd_eval(const std::string& config, std::vector<std::string> overrides) {
+int cmd_eval(const std::string& config, std::vector<std::string> overrides, const EvalSuite& suite,
+             const std::string& json_out) {
   std::string checkpoint;
   for (auto it = overrides.begin(); it != overrides.end();)
     if (it->rfind("checkpoint=", 0) == 0) {
@@ -78,10 +81,21 @@ int cmd_eval(const std::string& config, std::vector<std::string> overrides) {
   TrainerOptions opts;
   opts.write_run_dir = false;
   Trainer trainer(cfg, opts);
+  const bool has_suite = (!suite.mqar_pairs.empty() && !suite.mqar_lengths.empty()) || !suite.niah_lengths.empty() ||
+                         !suite.choices.empty();
+  if (suite.mqar_pairs.empty() != suite.mqar_lengths.empty())
+    throw InputError("give both --mqar-pairs and --mqar-lengths (the MQAR grid is their product)");
   nlohmann::json ev = trainer.evaluate();
-  if (ev.empty()) throw InputError("the config has no held-out data to evaluate on (data.text.val, or eval_batches = 0)");
-  fmt::print("eval at step {}: {}\n", trainer.step(), summary_line(ev));
-  fmt::print("{}\n", nlohmann::json{{"step", trainer.step()}, {"checkpoint", checkpoint}, {"eval", ev}}.dump());
+  if (ev.empty() && !has_suite)
+    throw InputError("the config has no held-out data to evaluate on (data.text.val, or eval_batches = 0)");
+  nlohmann::json result = {{"step", trainer.step()}, {"checkpoint", checkpoint}};
+  if (!ev.empty()) {
+    fmt::print("eval at step {}: {}\n", trainer.step(), summary_line(ev));
+    result["eval"] = ev;
+  }
+  if (has_suite) result["suite"] = run_eval_suite(trainer, suite, stdout);
+  fmt::print("{}\n", result.dump());
+  if (!json_out.empty()) replace_file_atomically(json_out, result.dump(2) + "\n");
   return 0;
 }
 
@@ -208,6 +222,17 @@ int main(int argc, char** argv) {
   CLI::App* eval = app.add_subcommand("eval", "Evaluate a checkpoint on the config's held-out data");
   eval->add_option("config", eval_config, "run config, YAML")->required();
   eval->add_option("args", eval_args, "checkpoint=DIR (default: the newest in train.out_dir) and KEY=VALUE overrides");
+  EvalSuite suite;
+  std::string eval_json;
+  eval->add_option("--mqar-pairs", suite.mqar_pairs, "MQAR grid: key-value pair counts, e.g. 4,16,64")->delimiter(',');
+  eval->add_option("--mqar-lengths", suite.mqar_lengths, "MQAR grid: sequence lengths, e.g. 256,1024")->delimiter(',');
+  eval->add_option("--niah-lengths", suite.niah_lengths, "NIAH grid: sequence lengths, e.g. 1024,4096")->delimiter(',');
+  eval->add_option("--niah-depths", suite.niah_depths, "NIAH grid: needle depths in percent (default 0,25,50,75,100)")
+      ->delimiter(',');
+  eval->add_option("--choices", suite.choices, "multiple-choice requests, JSONL: {context, continuations, label}");
+  eval->add_flag("--per-request", suite.per_request, "with --choices: every request's log-likelihoods in the output");
+  eval->add_option("--batches", suite.batches, "batches per MQAR / NIAH grid point (default 4)")->check(CLI::PositiveNumber);
+  eval->add_option("--json", eval_json, "also write the result to this file");
 
   TokenizeArgs ta;
   CLI::App* tok = app.add_subcommand("tokenize", "Turn text and JSONL files into token shards, in parallel, resumable");
@@ -298,7 +323,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*train) return cmd_train(config, overrides);
-    if (*eval) return cmd_eval(eval_config, eval_args);
+    if (*eval) return cmd_eval(eval_config, eval_args, suite, eval_json);
     if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
     if (*export_hf_cmd) {
       export_hf(hf_export_args[0], hf_export_args[1]);

@@ -1,0 +1,138 @@
+// `natsl eval`'s suite (trainers/eval_suite.h): MQAR and NIAH grids give one deterministic point each, and the
+// multiple-choice scores equal log-softmax sums computed here from the model's logits; bad requests and grid
+// points are one clear error.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/engine.h"
+#include "core/error.h"
+#include "trainers/checkpoint.h"
+#include "trainers/config.h"
+#include "trainers/eval_suite.h"
+#include "trainers/trainer.h"
+#include "trainer_test_util.h"
+
+namespace natsl {
+namespace {
+
+using testing::TempDir;
+using testing::write_text;
+
+// kSmallConfig with a byte-sized vocabulary (NIAH and the byte tokenizer need >= 258 ids).
+RunConfig trained(const TempDir& dir) {
+  write_text(dir / "c.yaml", testing::kSmallConfig);
+  RunConfig cfg = load_config(dir / "c.yaml", {"model.vocab_size=300", "train.out_dir=" + dir / "run"});
+  Trainer(cfg, TrainerOptions{nullptr, true}).train();
+  cfg.resume = *find_latest_checkpoint(dir / "run").latest;
+  return cfg;
+}
+
+TEST(EvalSuite, GridsGiveEveryPointAndTheSameNumbersTwice) {
+  TempDir dir;
+  const RunConfig cfg = trained(dir);
+  EvalSuite s;
+  s.mqar_pairs = {1, 2};
+  s.mqar_lengths = {16, 32};
+  s.niah_lengths = {384};
+  s.niah_depths = {0, 100};
+  s.batches = 2;
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const nlohmann::json a = run_eval_suite(tr, s, nullptr), b = run_eval_suite(tr, s, nullptr);
+  EXPECT_EQ(a, b);
+  ASSERT_EQ(a["mqar"].size(), 4u);
+  EXPECT_EQ(a["mqar"][3]["pairs"], 2);
+  EXPECT_EQ(a["mqar"][3]["seq_len"], 32);
+  ASSERT_EQ(a["niah"].size(), 2u);
+  for (const auto& p : a["mqar"]) {
+    EXPECT_GT(p["answers"].get<int64_t>(), 0);
+    EXPECT_GE(p["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(p["accuracy"].get<double>(), 1.0);
+  }
+  EXPECT_TRUE(tr.model().training()) << "the suite must leave the model as it found it";
+
+  s.mqar_lengths = {15};  // MQAR needs an even length
+  try {
+    run_eval_suite(tr, s, nullptr);
+    ADD_FAILURE() << "an odd MQAR length was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("MQAR grid point 1 pairs x 15 tokens"), std::string::npos) << e.what();
+  }
+}
+
+// Sum of log-softmax of the model's logits at the continuation's bytes, computed here.
+double reference_loglik(const CausalLM& model, const std::string& context, const std::string& cont) {
+  NoGradGuard ng;
+  std::vector<int32_t> seq = {256};  // BOS
+  for (unsigned char ch : context) seq.push_back(ch);
+  const size_t n_ctx = seq.size();
+  for (unsigned char ch : cont) seq.push_back(ch);
+  const std::vector<int32_t> in(seq.begin(), seq.end() - 1);
+  const std::vector<double> logits =
+      model.forward(Tensor::from_vector(in, {1, int64_t(in.size())}, DType::i32)).to_vector<double>();
+  const int64_t V = 300;
+  double sum = 0;
+  for (size_t p = n_ctx; p < seq.size(); ++p) {
+    const double* row = logits.data() + (p - 1) * V;
+    double mx = row[0], z = 0;
+    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+    for (int64_t v = 0; v < V; ++v) z += std::exp(row[v] - mx);
+    sum += row[seq[p]] - mx - std::log(z);
+  }
+  return sum;
+}
+
+TEST(EvalSuite, MultipleChoiceLogLikelihoods) {
+  TempDir dir;
+  const RunConfig cfg = trained(dir);
+  write_text(dir / "mc.jsonl", R"({"context": "The cat sat on the", "continuations": [" mat", " moon"], "label": 0}
+
+{"context": "1 + 1 =", "continuations": [" 2", " 3", " eleven"], "label": 2}
+)");
+  EvalSuite s;
+  s.choices = dir / "mc.jsonl";
+  s.per_request = true;
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const nlohmann::json r = run_eval_suite(tr, s, nullptr)["choices"];
+  EXPECT_EQ(r["requests"], 2);
+  EXPECT_EQ(r["labelled"], 2);
+  const auto& c0 = r["per_request"][0]["candidates"];
+  tr.model_for_eval().eval();
+  EXPECT_NEAR(c0[0]["loglik"].get<double>(), reference_loglik(tr.model(), "The cat sat on the", " mat"), 1e-4);
+  EXPECT_NEAR(c0[1]["loglik"].get<double>(), reference_loglik(tr.model(), "The cat sat on the", " moon"), 1e-4);
+  EXPECT_EQ(r["per_request"][1]["line"], 3);
+  const double acc = r["acc"].get<double>();
+  EXPECT_TRUE(acc == 0.0 || acc == 0.5 || acc == 1.0);
+
+  for (const char* bad : {"{\"context\": \"x\"}", "not json", "{\"context\": \"x\", \"continuations\": [\"a\"], \"label\": 3}"}) {
+    write_text(dir / "bad.jsonl", std::string("{\"context\": \"a\", \"continuations\": [\"b\"]}\n") + bad + "\n");
+    s.choices = dir / "bad.jsonl";
+    try {
+      run_eval_suite(tr, s, nullptr);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(dir / "bad.jsonl:2"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(EvalSuite, ThroughTheProgramWithAJsonFile) {
+  TempDir dir;
+  trained(dir);
+  const testing::CommandResult r = testing::run_natsl("eval " + dir / "c.yaml" + " model.vocab_size=300 train.out_dir=" +
+                                                      dir / "run" + " --mqar-pairs 2 --mqar-lengths 16,32 --json " +
+                                                      dir / "e.json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(testing::read_text(dir / "e.json"));
+  EXPECT_EQ(j["suite"]["mqar"].size(), 2u);
+  EXPECT_TRUE(j.contains("eval"));
+  const testing::CommandResult half = testing::run_natsl("eval " + dir / "c.yaml" + " model.vocab_size=300 train.out_dir=" +
+                                                         dir / "run" + " --mqar-pairs 2");
+  EXPECT_EQ(half.exit_code, 2) << half.output;
+  EXPECT_NE(half.output.find("--mqar-lengths"), std::string::npos) << half.output;
+}
+
+}  // namespace
+}  // namespace natsl

@@ -1,0 +1,160 @@
+#include "trainers/eval_suite.h"
+
+#include <cmath>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "autograd/engine.h"
+#include "core/error.h"
+#include "core/json_read.h"
+#include "data/batch.h"
+#include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "trainers/data_factory.h"
+#include "trainers/trainer.h"
+
+namespace natsl {
+namespace {
+
+// Answer accuracy of `batches` batches of a synthetic source.
+nlohmann::json score_source(const CausalLM& model, DataSource& src, int64_t batches) {
+  AnswerScore score;
+  for (int64_t i = 0; i < batches; ++i) {
+    const Batch b = src.next(i);
+    score += score_answers(argmax_last(model.forward(b.inputs)), b.targets);
+  }
+  return {{"accuracy", score.accuracy()}, {"exact_match", score.exact_match()}, {"answers", score.total}};
+}
+
+// Natural-log softmax of one row of logits at `token`.
+double log_prob(const float* row, int64_t V, int64_t token) {
+  double mx = row[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
+  return double(row[token]) - mx - std::log(z);
+}
+
+nlohmann::json score_choices(const CausalLM& model, const EvalSuite& suite, int64_t vocab, FILE* progress) {
+  std::ifstream in(suite.choices);
+  if (!in) throw InputError("cannot read the multiple-choice file '" + suite.choices + "'");
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(TokenizerSpec{});
+  if (tok->vocab_size() > vocab)
+    throw InputError("the model's vocabulary (" + std::to_string(vocab) + ") is smaller than the tokenizer's (" +
+                     std::to_string(tok->vocab_size()) + ")");
+  int64_t requests = 0, correct = 0, correct_norm = 0, labelled = 0, line_no = 0;
+  nlohmann::json per = nlohmann::json::array();
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = suite.choices + ":" + std::to_string(line_no);
+    const nlohmann::json r = nlohmann::json::parse(line, nullptr, false);
+    if (!r.is_object() || !r.contains("context") || !r["context"].is_string() || !r.contains("continuations") ||
+        !r["continuations"].is_array() || r["continuations"].empty())
+      throw InputError(where + ": expected {\"context\": string, \"continuations\": [string, ...], \"label\": n}");
+    std::vector<uint32_t> ctx;
+    if (tok->bos_id()) ctx.push_back(*tok->bos_id());
+    tok->encode(r["context"].get<std::string>(), ctx);
+    std::vector<double> ll, ll_per_byte;
+    nlohmann::json cands = nlohmann::json::array();
+    for (const auto& c : r["continuations"]) {
+      if (!c.is_string() || c.get<std::string>().empty())
+        throw InputError(where + ": every continuation must be a non-empty string");
+      std::vector<uint32_t> seq = ctx;
+      tok->encode(c.get<std::string>(), seq);
+      const int64_t n_ctx = int64_t(ctx.size()), n = int64_t(seq.size());
+      std::vector<int32_t> ids(seq.begin(), seq.end() - 1);
+      const Tensor logits = model.forward(Tensor::from_vector(ids, {1, n - 1}, DType::i32))
+                                .to(DType::f32).to(kCPU).contiguous();
+      const float* x = logits.data<float>();
+      double sum = 0;
+      bool greedy = true;
+      for (int64_t p = n_ctx; p < n; ++p) {
+        const float* row = x + (p - 1) * vocab;
+        sum += log_prob(row, vocab, seq[size_t(p)]);
+        int64_t best = 0;
+        for (int64_t v = 1; v < vocab; ++v)
+          if (row[v] > row[best]) best = v;
+        greedy = greedy && best == int64_t(seq[size_t(p)]);
+      }
+      ll.push_back(sum);
+      ll_per_byte.push_back(sum / double(c.get<std::string>().size()));
+      cands.push_back({{"loglik", sum}, {"is_greedy", greedy}});
+    }
+    const auto argmax = [](const std::vector<double>& v) { return int64_t(std::max_element(v.begin(), v.end()) - v.begin()); };
+    ++requests;
+    if (r.contains("label")) {
+      const int64_t label = json_integer<int64_t>(r["label"], where + ": label");
+      if (label < 0 || label >= int64_t(ll.size())) throw InputError(where + ": label " + std::to_string(label) + " names no continuation");
+      ++labelled;
+      correct += argmax(ll) == label;
+      correct_norm += argmax(ll_per_byte) == label;
+    }
+    if (suite.per_request) per.push_back({{"line", line_no}, {"candidates", cands}});
+    if (progress && requests % 100 == 0) fmt::print(progress, "choices: {} requests\n", requests);
+  }
+  nlohmann::json out = {{"file", suite.choices}, {"requests", requests}, {"labelled", labelled}};
+  if (labelled) {
+    out["acc"] = double(correct) / double(labelled);
+    out["acc_norm"] = double(correct_norm) / double(labelled);  // log-likelihood per byte of the continuation
+  }
+  if (suite.per_request) out["per_request"] = per;
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* progress) {
+  const RunConfig& cfg = trainer.config();
+  CausalLM& model = trainer.model_for_eval();
+  NoGradGuard no_grad;
+  model.eval();
+  nlohmann::json out = nlohmann::json::object();
+  const uint64_t seed = eval_seed(uint64_t(cfg.train.seed));
+  if (!suite.mqar_pairs.empty() && !suite.mqar_lengths.empty()) {
+    out["mqar"] = nlohmann::json::array();
+    for (int64_t L : suite.mqar_lengths)
+      for (int64_t k : suite.mqar_pairs) {
+        RunConfig c = cfg;
+        c.data.mqar.num_kv_pairs = k;
+        c.train.seq_len = L;
+        std::unique_ptr<MqarSource> src;
+        try {
+          src = std::make_unique<MqarSource>(mqar_options(c, seed));
+        } catch (const InputError& e) {
+          throw InputError(fmt::format("MQAR grid point {} pairs x {} tokens: {}", k, L, e.what()));
+        }
+        nlohmann::json r = score_source(model, *src, suite.batches);
+        r["pairs"] = k;
+        r["seq_len"] = L;
+        if (progress) fmt::print(progress, "mqar {:>4} pairs x {:>6} tokens: accuracy {:.4f}\n", k, L, r["accuracy"].get<double>());
+        out["mqar"].push_back(r);
+      }
+  }
+  if (!suite.niah_lengths.empty()) {
+    out["niah"] = nlohmann::json::array();
+    for (int64_t L : suite.niah_lengths)
+      for (double d : suite.niah_depths) {
+        RunConfig c = cfg;
+        c.data.niah.depth_percent = d;
+        c.train.seq_len = L;
+        std::unique_ptr<NiahSource> src;
+        try {
+          src = std::make_unique<NiahSource>(niah_options(c, seed));
+        } catch (const InputError& e) {
+          throw InputError(fmt::format("NIAH grid point {} tokens at depth {}%: {}", L, d, e.what()));
+        }
+        nlohmann::json r = score_source(model, *src, suite.batches);
+        r["seq_len"] = L;
+        r["depth_percent"] = d;
+        if (progress) fmt::print(progress, "niah {:>6} tokens, depth {:>5.1f}%: accuracy {:.4f}\n", L, d, r["accuracy"].get<double>());
+        out["niah"].push_back(r);
+      }
+  }
+  if (!suite.choices.empty()) out["choices"] = score_choices(model, suite, cfg.model.vocab_size, progress);
+  model.train();
+  return out;
+}
+
+}  // namespace natsl
