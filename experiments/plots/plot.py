@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Pictures of natsl runs and sweeps (PNG files; needs Debian's python3-matplotlib).
+
+  experiments/plots/plot.py runs RUN_DIR... --out DIR
+      loss.png         training loss per step (and eval loss where evaluated), one line per run
+      attn_frac.png    each NAtS-L layer's softmax fraction (routed_frac, else attn_frac) over training
+  experiments/plots/plot.py sweep SWEEP_OUT_DIR --out DIR [--metric eval_accuracy|eval_bpb|eval_loss]
+      quality_vs_fraction.png   the metric against the reached softmax fraction (routed_frac), one marker
+                                per run, one panel per task; runs without NAtS-L layers are drawn as
+                                horizontal reference lines (Transformer++, GDN, hybrid)
+
+RUN_DIR holds metrics.jsonl (natsl train's run directory); SWEEP_OUT_DIR holds summary.csv (natsl sweep).
+A line of metrics.jsonl that is not complete JSON (a killed run's last write) is skipped.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+
+def read_metrics(run_dir):
+    rows = []
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def layer_fractions(rows):
+    """{layer index: [(step, fraction)]} from stats layers.N.routed_frac (or attn_frac when absent)."""
+    out = {}
+    for row in rows:
+        stats = row.get("stats") or {}
+        for key, value in stats.items():
+            parts = key.split(".")
+            if len(parts) != 3 or parts[0] != "layers" or parts[2] not in ("routed_frac", "attn_frac"):
+                continue
+            layer = int(parts[1])
+            if parts[2] == "attn_frac" and f"layers.{layer}.routed_frac" in stats:
+                continue
+            out.setdefault(layer, []).append((row["step"], value))
+    return out
+
+
+def plot_runs(args, plt):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    fig2, ax2 = plt.subplots(figsize=(7, 4))
+    any_frac = False
+    for run in args.paths:
+        rows = read_metrics(run)
+        name = os.path.basename(os.path.normpath(run))
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=f"{name} train", linewidth=1)
+        ev = [(r["step"], r["eval"]["loss"]) for r in rows if isinstance(r.get("eval"), dict) and "loss" in r["eval"]]
+        if ev:
+            ax.plot(*zip(*ev), "o--", label=f"{name} eval", markersize=3)
+        for layer, pts in sorted(layer_fractions(rows).items()):
+            any_frac = True
+            ax2.plot(*zip(*pts), label=f"{name} layer {layer}", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "loss.png"), dpi=120)
+    written = ["loss.png"]
+    if any_frac:
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("softmax fraction of the routed chunks")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.legend(fontsize=7)
+        ax2.grid(alpha=0.3)
+        fig2.tight_layout()
+        fig2.savefig(os.path.join(args.out, "attn_frac.png"), dpi=120)
+        written.append("attn_frac.png")
+    return written
+
+
+def number(s):
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def plot_sweep(args, plt):
+    with open(os.path.join(args.paths[0], "summary.csv"), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        sys.exit(f"{args.paths[0]}/summary.csv has no runs")
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r["task"] == task):
+            y = number(r.get(args.metric))
+            if y is None:
+                continue
+            x = number(r.get("routed_frac"))
+            if x is None:  # no NAtS-L layer: a reference line
+                ax.axhline(y, linestyle=":", linewidth=1, color="gray")
+                ax.annotate(r["run"], (1.0, y), fontsize=6, ha="right", va="bottom", color="gray")
+            else:
+                ax.plot([x], [y], "o")
+                ax.annotate(r["run"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(task)
+        ax.set_xlabel("softmax fraction reached (routed_frac)")
+        ax.set_ylabel(args.metric)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "quality_vs_fraction.png"), dpi=120)
+    return ["quality_vs_fraction.png"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["runs", "sweep"])
+    p.add_argument("paths", nargs="+", help="run directories (runs) or one sweep out_dir (sweep)")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--metric", default="eval_accuracy", help="sweep: the summary column on the y axis")
+    args = p.parse_args()
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("plot.py needs matplotlib: apt-get install python3-matplotlib")
+    os.makedirs(args.out, exist_ok=True)
+    written = plot_runs(args, plt) if args.what == "runs" else plot_sweep(args, plt)
+    for w in written:
+        print(os.path.join(args.out, w))
+
+
+if __name__ == "__main__":
+    main()
