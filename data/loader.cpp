@@ -97,7 +97,10 @@ int64_t TokenWindowLoader::total_tokens() const {
 }
 
 std::pair<size_t, int64_t> TokenWindowLoader::window_start(int64_t step, int64_t b) const {
-  const int64_t row = int64_t(opts_.rank) * opts_.batch_size + b;
+  return window_of_row(step, int64_t(opts_.rank) * opts_.batch_size + b);
+}
+
+std::pair<size_t, int64_t> TokenWindowLoader::window_of_row(int64_t step, int64_t row) const {
   RandomStream rs(example_key(opts_.seed, kLoaderDomain, step, row));
   const int64_t g = int64_t(rs.below(uint64_t(starts_end_.back())));
   const size_t shard = size_t(std::upper_bound(starts_end_.begin(), starts_end_.end(), g) - starts_end_.begin());
@@ -105,18 +108,21 @@ std::pair<size_t, int64_t> TokenWindowLoader::window_start(int64_t step, int64_t
   return {shard, g - before};
 }
 
+void TokenWindowLoader::read_row(int64_t step, int64_t global_row, int32_t* inputs, int32_t* targets) const {
+  const int64_t T = opts_.seq_len;
+  auto [shard, start] = window_of_row(step, global_row);
+  // Inputs are window[0, T), targets window[1, T + 1): read once into inputs, the last token separately.
+  shards_[shard].read(start, T, inputs);
+  std::copy(inputs + 1, inputs + T, targets);
+  shards_[shard].read(start + T, 1, targets + T - 1);
+}
+
 Batch TokenWindowLoader::next(int64_t step) {
   const int64_t B = opts_.batch_size, T = opts_.seq_len;
   Batch batch{Tensor::empty({B, T}, DType::i32), Tensor::empty({B, T}, DType::i32)};
   int32_t* in = batch.inputs.data<int32_t>();
   int32_t* tg = batch.targets.data<int32_t>();
-  std::vector<int32_t> window(size_t(T + 1));
-  for (int64_t b = 0; b < B; ++b) {
-    auto [shard, start] = window_start(step, b);
-    shards_[shard].read(start, T + 1, window.data());
-    std::copy(window.begin(), window.end() - 1, in + b * T);
-    std::copy(window.begin() + 1, window.end(), tg + b * T);
-  }
+  for (int64_t b = 0; b < B; ++b) read_row(step, int64_t(opts_.rank) * B + b, in + b * T, tg + b * T);
   last_step_ = step;
   return batch;
 }

@@ -48,6 +48,10 @@ class TokenWindowLoader : public DataSource {
   int64_t total_tokens() const;
   // Start of the window of (step, row b of this rank) as (shard index, offset): exposed for tests.
   std::pair<size_t, int64_t> window_start(int64_t step, int64_t b) const;
+  // The same by global row (rank * batch_size + b); its window's inputs and targets (seq_len each) into
+  // `inputs` / `targets`. A mixture (data/mixture.h) draws the rows it gives to this source through these.
+  std::pair<size_t, int64_t> window_of_row(int64_t step, int64_t global_row) const;
+  void read_row(int64_t step, int64_t global_row, int32_t* inputs, int32_t* targets) const;
 
  private:
   LoaderOptions opts_;

@@ -9,6 +9,7 @@
 
 #include "core/device.h"
 #include "core/error.h"
+#include "data/mixture.h"
 #include "trainers/config_schema.h"
 #include "trainers/data_factory.h"
 #include "layers/causal_lm.h"
@@ -236,9 +237,27 @@ void validate_config(RunConfig& cfg) {
                                      ") is not divisible by model.num_attn_heads (" + std::to_string(m.num_attn_heads) +
                                      "); set model.attn_head_dim or change the head count");
   const DataConfig& d = cfg.data;
-  if (d.source == "text" && d.text.train.empty())
+  if (d.source == "text" && d.text.train.empty() && d.text.mix.empty())
     fail("data.text.train", "data.source is text but data.text.train names no file; give shard prefixes or text "
-                            "files, e.g. data.text.train=../shared/data/tinyshakespeare.txt");
+                            "files, e.g. data.text.train=../shared/data/tinyshakespeare.txt, or a weighted "
+                            "mixture in data.text.mix");
+  if (!d.text.train.empty() && !d.text.mix.empty())
+    fail("data.text.mix", "data.text.train and data.text.mix are both set: a run trains on one of them; move the "
+                          "train entries into data.text.mix (each as {path: ..., weight: ...}) or drop the mix "
+                          "(on the command line: data.text.train=[] or data.text.mix=[])");
+  if (!d.text.mix.empty()) {
+    std::vector<double> weights;
+    std::vector<std::string> names;
+    for (size_t i = 0; i < d.text.mix.size(); ++i) {
+      weights.push_back(d.text.mix[i].weight);
+      names.push_back(mix_source_name(d.text.mix, i));
+    }
+    try {
+      mixture_bounds(weights, names);
+    } catch (const InputError& e) {
+      throw InputError(origin_of(cfg, "data.text.mix") + ": " + e.what());
+    }
+  }
   if (d.source == "mqar") {
     int64_t v = d.mqar.vocab_size ? d.mqar.vocab_size : m.vocab_size;
     if (v > m.vocab_size)

@@ -35,6 +35,13 @@ struct NiahConfig {
   double depth_percent = -1.0;     // needle depth in [0, 100]; < 0 draws it from RULER's 40-point grid
 };
 
+// One source of a training mixture: `path` is anything a data.text.train entry may be; `weight` > 0.
+struct MixEntry {
+  std::string path;
+  double weight = 0.0;
+  bool operator==(const MixEntry&) const = default;
+};
+
 // Plain text: byte-tokenized text files or token shards (data/ shard format), train and validation.
 // Each entry of train/val is a shard file, a directory or glob of shards, a prefix written by `natsl
 // tokenize` (PREFIX.train.*.bin / PREFIX.val.*.bin), or a plain text file (byte-tokenized into the run
@@ -43,6 +50,9 @@ struct TextDataConfig {
   std::vector<std::string> train;
   std::vector<std::string> val;    // empty: the val shards of the train prefixes / the held-out text tail
   double val_fraction = 0.1;
+  // Instead of `train`: weighted sources, each row drawn from source k with probability weight_k / sum
+  // (data/mixture.h); their held-out data (prefix val shards, text tails) feed validation when `val` is empty.
+  std::vector<MixEntry> mix;
 };
 
 struct DataConfig {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -99,6 +100,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       plain("data.text.train", &d.text.train),
       plain("data.text.val", &d.text.val),
       num("data.text.val_fraction", &d.text.val_fraction, 0.0, 0.9),
+      plain("data.text.mix", &d.text.mix),
 
       num("train.steps", &t.steps, 1),
       num("train.batch_size", &t.batch_size, 1),
@@ -152,6 +154,7 @@ std::string field_type_name(const FieldSpec& f) {
         else if constexpr (std::is_same_v<T, std::string>) return "a string";
         else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return "a list of integers";
         else if constexpr (std::is_same_v<T, std::vector<double>>) return "a list of numbers";
+        else if constexpr (std::is_same_v<T, std::vector<MixEntry>>) return "a list of {path: ..., weight: ...}";
         else return "a list of strings";
       },
       f.ptr);
@@ -233,14 +236,56 @@ T parse_scalar(const FieldSpec& f, const YAML::Node& n, const std::string& where
   return v;
 }
 
+// data.text.mix: a list of {path: STRING, weight: NUMBER > 0}, both keys required, no other key.
+std::vector<MixEntry> parse_mix(const FieldSpec& f, const YAML::Node& node, const std::string& where) {
+  std::vector<MixEntry> out;
+  if (node.IsNull()) return out;
+  if (!node.IsSequence()) wrong_type(f, where, describe(node));
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node e = node[i];
+    const std::string key = f.key + "[" + std::to_string(i) + "]";
+    if (!e.IsMap())
+      throw InputError(where + ": '" + key + "' must be a mapping {path: ..., weight: ...}, got " + describe(e));
+    MixEntry m;
+    std::set<std::string> seen;
+    for (const auto& kv : e) {
+      const std::string name = kv.first.IsScalar() ? kv.first.Scalar() : "?";
+      if (!seen.insert(name).second) throw InputError(where + ": key '" + key + "." + name + "' appears twice");
+      if (name == "path") {
+        m.path = parse_scalar<std::string>(plain(key + ".path", &m.path), kv.second, where);
+      } else if (name == "weight") {
+        FieldSpec w = num(key + ".weight", &m.weight, 0.0, std::nullopt, "weights are normalised over the sources");
+        w.min_exclusive = true;
+        m.weight = parse_scalar<double>(w, kv.second, where);
+      } else {
+        std::string near = nearest_name(name, {"path", "weight"});
+        throw InputError(where + ": unknown key '" + key + "." + name + "'" +
+                         (near.empty() ? "" : " (did you mean '" + key + "." + near + "'?)") +
+                         "; a mix entry has the keys path and weight");
+      }
+    }
+    if (m.path.empty())
+      throw InputError(where + ": '" + key + ".path' is missing: give the source's shard file, directory, glob, "
+                       "`natsl tokenize` prefix or text file");
+    if (!seen.count("weight"))
+      throw InputError(where + ": '" + key + ".weight' is missing: give the source's weight (a number > 0)");
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
 }  // namespace
+
+void to_json(nlohmann::json& j, const MixEntry& m) { j = {{"path", m.path}, {"weight", m.weight}}; }
 
 void set_field_from_yaml(const FieldSpec& f, const YAML::Node& node, const std::string& where) {
   std::visit(
       [&](auto* p) {
         using T = std::remove_pointer_t<decltype(p)>;
-        if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
-                      std::is_same_v<T, std::vector<std::string>>) {
+        if constexpr (std::is_same_v<T, std::vector<MixEntry>>) {
+          *p = parse_mix(f, node, where);
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                             std::is_same_v<T, std::vector<std::string>>) {
           using E = typename T::value_type;
           T out;
           if (node.IsSequence()) {
@@ -291,8 +336,13 @@ std::string field_to_string(const FieldSpec& f) {
             return e.c_str();
           } else return fmt::format("{}", v);
         };
-        if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
-                      std::is_same_v<T, std::vector<std::string>>) {
+        if constexpr (std::is_same_v<T, std::vector<MixEntry>>) {
+          std::string r = "[";
+          for (size_t i = 0; i < p->size(); ++i)
+            r += (i ? ", " : "") + std::string("{path: ") + one((*p)[i].path) + ", weight: " + one((*p)[i].weight) + "}";
+          return r + "]";
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                             std::is_same_v<T, std::vector<std::string>>) {
           std::string r = "[";
           for (size_t i = 0; i < p->size(); ++i) r += (i ? ", " : "") + one((*p)[i]);
           return r + "]";

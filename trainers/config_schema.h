@@ -16,7 +16,7 @@
 namespace natsl {
 
 using FieldPtr = std::variant<int64_t*, double*, bool*, std::string*, std::vector<int64_t>*, std::vector<double>*,
-                              std::vector<std::string>*>;
+                              std::vector<std::string>*, std::vector<MixEntry>*>;
 
 struct FieldSpec {
   std::string key;  // "train.lr"

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "data/mixture.h"
 #include "data/shard.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
@@ -76,7 +77,36 @@ void resolve_entry(const std::string& entry, const std::string& key, Resolved& r
   }
 }
 
+// One training source (data.text.train, or one data.text.mix entry): its shards, and its held-out shards in
+// the order validation takes them (the held-out tails of its text files, then its prefixes' val shards).
+struct TrainSource {
+  std::vector<std::string> shards, held_out;
+};
+
+// Text files among the entries are tokenized into TOKEN_PREFIX.{train,val}.*.bin, val_fraction of each held out.
+TrainSource resolve_train_source(const std::vector<std::string>& entries, const std::string& key,
+                                 const std::string& token_prefix, double val_fraction) {
+  Resolved r;
+  for (const auto& e : entries) resolve_entry(e, key, r);
+  TrainSource s{r.shards, {}};
+  if (!r.text_files.empty()) {
+    fs::create_directories(fs::path(token_prefix).parent_path());
+    TokenizeOptions opts;
+    opts.val_fraction = val_fraction;
+    opts.overwrite = true;  // the run directory's own copy, tokenized again at every start
+    TokenizeReport rep = tokenize_files(r.text_files, token_prefix, opts);
+    s.shards.insert(s.shards.end(), rep.train_shards.begin(), rep.train_shards.end());
+    s.held_out.insert(s.held_out.end(), rep.val_shards.begin(), rep.val_shards.end());
+  }
+  s.held_out.insert(s.held_out.end(), r.prefix_val_shards.begin(), r.prefix_val_shards.end());
+  return s;
+}
+
 }  // namespace
+
+std::string mix_source_name(const std::vector<MixEntry>& mix, size_t i) {
+  return "data.text.mix[" + std::to_string(i) + "] '" + mix[i].path + "'";
+}
 
 RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
   RunData d;
@@ -89,20 +119,13 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
     d.train = std::make_unique<NiahSource>(niah_options(cfg, seed));
     d.eval_synthetic = std::make_unique<NiahSource>(niah_options(cfg, eval_seed(seed)));
   } else {
-    Resolved train, val;
-    for (const auto& e : cfg.data.text.train) resolve_entry(e, "data.text.train", train);
-    for (const auto& e : cfg.data.text.val) resolve_entry(e, "data.text.val", val);
-    std::vector<std::string> val_shards = val.shards;
+    const TextDataConfig& text = cfg.data.text;
     const std::string token_dir = (fs::path(run_dir) / "data").string();
-    if (!train.text_files.empty()) {
-      fs::create_directories(token_dir);
-      TokenizeOptions opts;
-      opts.val_fraction = cfg.data.text.val.empty() ? cfg.data.text.val_fraction : 0.0;
-      opts.overwrite = true;  // the run directory's own copy, tokenized again at every start
-      TokenizeReport rep = tokenize_files(train.text_files, token_dir + "/train_text", opts);
-      train.shards.insert(train.shards.end(), rep.train_shards.begin(), rep.train_shards.end());
-      if (cfg.data.text.val.empty()) val_shards.insert(val_shards.end(), rep.val_shards.begin(), rep.val_shards.end());
-    }
+    // Without data.text.val, the training sources hold out their text tails (and bring their prefix val shards).
+    const double hold_out = text.val.empty() ? text.val_fraction : 0.0;
+    Resolved val;
+    for (const auto& e : text.val) resolve_entry(e, "data.text.val", val);
+    std::vector<std::string> val_shards = val.shards;
     if (!val.text_files.empty()) {
       fs::create_directories(token_dir);
       TokenizeOptions opts;
@@ -110,15 +133,33 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
       TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", opts);
       val_shards.insert(val_shards.end(), rep.train_shards.begin(), rep.train_shards.end());
     }
-    if (cfg.data.text.val.empty())
-      val_shards.insert(val_shards.end(), train.prefix_val_shards.begin(), train.prefix_val_shards.end());
+    std::vector<TrainSource> train;
+    if (text.mix.empty()) {
+      train.push_back(resolve_train_source(text.train, "data.text.train", token_dir + "/train_text", hold_out));
+    } else {
+      for (size_t i = 0; i < text.mix.size(); ++i)
+        train.push_back(resolve_train_source({text.mix[i].path}, "data.text.mix[" + std::to_string(i) + "].path",
+                                             token_dir + "/mix" + std::to_string(i) + "_text", hold_out));
+    }
+    if (text.val.empty())
+      for (const TrainSource& s : train) val_shards.insert(val_shards.end(), s.held_out.begin(), s.held_out.end());
 
     LoaderOptions lo;
     lo.batch_size = t.batch_size;
     lo.seq_len = t.seq_len;
     lo.seed = seed;
     lo.vocab_size = cfg.model.vocab_size;
-    d.train = std::make_unique<TokenWindowLoader>(train.shards, lo);
+    std::string sources_report;
+    if (text.mix.empty()) {
+      d.train = std::make_unique<TokenWindowLoader>(train[0].shards, lo);
+    } else {
+      std::vector<MixtureSource> sources;
+      for (size_t i = 0; i < text.mix.size(); ++i)
+        sources.push_back({mix_source_name(text.mix, i), train[i].shards, text.mix[i].weight});
+      auto mixture = std::make_unique<MixtureLoader>(sources, lo);
+      sources_report = mixture->describe_sources(t.steps * t.grad_accum);
+      d.train = std::move(mixture);
+    }
     if (!val_shards.empty()) {
       ValidationOptions vo;
       vo.batch_size = t.batch_size;
@@ -131,6 +172,7 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
     } else {
       d.description = "validation: none (give data.text.val or a text file to hold out a tail from)";
     }
+    if (!sources_report.empty()) d.description = sources_report + "\n" + d.description;
   }
   d.description = "train: " + d.train->describe() + (d.description.empty() ? "" : "\n" + d.description);
   if (d.train->vocab_size() > cfg.model.vocab_size)

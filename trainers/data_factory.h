@@ -23,6 +23,9 @@ struct RunData {
   std::string description;                       // lines for the run log
 };
 
+// "data.text.mix[i] 'PATH'": how messages and the run log name a mixture source.
+std::string mix_source_name(const std::vector<MixEntry>& mix, size_t i);
+
 // `run_dir` receives the shards of plain text files named in data.text (tokenized at start).
 RunData make_run_data(const RunConfig& cfg, const std::string& run_dir);
 

@@ -228,5 +228,27 @@ TEST(ValidationWindows, CoverEveryTokenOnceAcrossRanks) {
   EXPECT_EQ(scored_expected, int64_t(expected.size()));
 }
 
+// Every evaluation scores the same tokens: batch i is a function of the shards and the shape alone, the same
+// on a second pass and in another process (a fresh instance), whatever was read before.
+TEST(ValidationWindows, EveryEvaluationSeesTheSameTokens) {
+  TempDir dir;
+  auto paths = numbered_shards(dir, {300, 41});
+  ValidationOptions o;
+  o.batch_size = 3;
+  o.seq_len = 16;
+  ValidationWindows first(paths, o);
+  std::vector<std::vector<int32_t>> seen;
+  while (auto b = first.next()) seen.push_back(values(b->targets));
+  ASSERT_EQ(int64_t(seen.size()), first.num_batches());
+  ASSERT_GT(seen.size(), 2u);
+  EXPECT_NE(seen[0], seen[1]);
+  first.reset();
+  ValidationWindows fresh(paths, o);
+  for (int64_t i = int64_t(seen.size()) - 1; i >= 0; --i) {  // in another order, too
+    EXPECT_EQ(values(first.batch(i).targets), seen[size_t(i)]) << "batch " << i;
+    EXPECT_EQ(values(fresh.batch(i).targets), seen[size_t(i)]) << "batch " << i;
+  }
+}
+
 }  // namespace
 }  // namespace natsl

@@ -1,6 +1,7 @@
 // Fuzzes a checkpoint's state.json as natsl reads it: CheckpointReader, then what resume (Trainer::
 // resume_from) and `natsl inspect` take from it: the saved config, the counters and the data loader state.
-// The model and optimizer files are fixed, valid fixtures; the input is the state.json text.
+// The model and optimizer files are fixed, valid fixtures; the input is the state.json text. The data state is
+// offered to each kind of source: MQAR, a text loader and a two-source text mixture.
 // NATSL_FUZZ_WRITE_SEED=FILE writes a valid state.json for these fixtures (the corpus seed) and exits.
 #include <cstdlib>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "core/error.h"
 #include "data/loader.h"
+#include "data/mixture.h"
 #include "data/mqar.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "trainers/checkpoint.h"
@@ -23,6 +25,7 @@ struct Fixtures {
   std::string ckpt_dir;
   std::unique_ptr<MqarSource> mqar;
   std::unique_ptr<TokenWindowLoader> text;
+  std::unique_ptr<MixtureLoader> mix;  // two sources (weights 3 : 1): text.bin and mix1.bin
 };
 
 Fixtures& fixtures() {
@@ -43,6 +46,10 @@ Fixtures& fixtures() {
     lo.batch_size = 2;
     lo.seq_len = 8;
     x.text = std::make_unique<TokenWindowLoader>(std::vector<std::string>{shard}, lo);
+    const std::string shard1 = fuzz::fuzz_dir() + "/mix1.bin";
+    write_shard(shard1, std::vector<uint32_t>(48, 9), 2, 258);
+    x.mix = std::make_unique<MixtureLoader>(
+        std::vector<MixtureSource>{{"data.text.mix[0]", {shard}, 3.0}, {"data.text.mix[1]", {shard1}, 1.0}}, lo);
     return x;
   }();
   return f;
@@ -62,6 +69,9 @@ void write_seed(const std::string& out) {
   trainer["data"] = f.text->state();
   state["trainer"] = trainer;
   std::ofstream(out + ".text") << state.dump(1) << "\n";
+  trainer["data"] = f.mix->state();
+  state["trainer"] = trainer;
+  std::ofstream(out + ".mix") << state.dump(1) << "\n";
 }
 
 // Trainer::resume_from's reads (it turns a json exception into an InputError naming state.json).
@@ -70,7 +80,9 @@ void resume_reads(CheckpointReader& ck) {
     const nlohmann::json& tr = ck.trainer();
     config_to_json(config_from_json(tr.at("config"), "state.json"));
     read_trainer_counters(ck, /*required=*/true);
-    for (DataSource* src : {static_cast<DataSource*>(fixtures().mqar.get()), static_cast<DataSource*>(fixtures().text.get())}) {
+    Fixtures& f = fixtures();
+    for (DataSource* src : {static_cast<DataSource*>(f.mqar.get()), static_cast<DataSource*>(f.text.get()),
+                            static_cast<DataSource*>(f.mix.get())}) {
       try {
         src->load_state(tr.at("data"));
       } catch (const InputError&) {

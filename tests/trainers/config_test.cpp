@@ -289,6 +289,51 @@ TEST(Config, ResolvedYamlAndJsonRoundTrip) {
   EXPECT_NE(config_table(c).find("train.lr"), std::string::npos);
 }
 
+// data.text.mix: a list of {path, weight}; it round-trips through the resolved YAML, JSON and an override,
+// and every bad entry is one error naming the file, the line of `mix:` and the entry's key.
+TEST(Config, DataTextMix) {
+  TempDir dir;
+  const std::string head = "data:\n  source: text\n  text:\n    mix:\n";
+  write_text(dir / "c.yaml", head + "      - {path: a.txt, weight: 0.5}\n      - path: 'b c'\n        weight: 2\n");
+  RunConfig c = load_config(dir / "c.yaml");
+  EXPECT_EQ(c.data.text.mix, (std::vector<MixEntry>{{"a.txt", 0.5}, {"b c", 2.0}}));
+  write_text(dir / "resolved.yaml", config_to_yaml(c));
+  EXPECT_EQ(load_config(dir / "resolved.yaml").data.text.mix, c.data.text.mix) << config_to_yaml(c);
+  EXPECT_EQ(config_from_json(config_to_json(c), "test").data.text.mix, c.data.text.mix);
+  EXPECT_EQ(load_config(dir / "c.yaml", {"data.text.mix=[{path: x, weight: 1}]"}).data.text.mix,
+            (std::vector<MixEntry>{{"x", 1.0}}));
+
+  const std::pair<std::string, std::vector<std::string>> bad[] = {
+      {"[{path: a, weight: 0}]", {"data.text.mix[0].weight", "expected > 0"}},
+      {"[{path: a, weight: 1}, {path: b, weight: -1}]", {"data.text.mix[1].weight", "expected > 0"}},
+      {"[{path: a, weight: .nan}]", {"data.text.mix[0].weight", "out of range"}},
+      {"[{path: a, weight: many}]", {"data.text.mix[0].weight", "must be a number"}},
+      {"[{weight: 1}]", {"'data.text.mix[0].path' is missing"}},
+      {"[{path: a}]", {"'data.text.mix[0].weight' is missing"}},
+      {"[{path: a, weight: 1, wieght: 2}]", {"unknown key 'data.text.mix[0].wieght'", "did you mean 'data.text.mix[0].weight'"}},
+      {"[a.txt]", {"'data.text.mix[0]' must be a mapping {path: ..., weight: ...}"}},
+      {"3", {"'data.text.mix' must be a list of {path: ..., weight: ...}"}},
+  };
+  for (const auto& [value, parts] : bad) {
+    write_text(dir / "bad.yaml", "data:\n  source: text\n  text:\n    mix: " + value + "\n");
+    std::string e = load_error(dir / "bad.yaml");
+    EXPECT_NE(e.find(dir / "bad.yaml:4: "), std::string::npos) << value << ": " << e;
+    for (const auto& part : parts) EXPECT_NE(e.find(part), std::string::npos) << value << ": " << e;
+  }
+  // Both data.text.train and data.text.mix: named at the line of mix.
+  write_text(dir / "both.yaml", "data:\n  source: text\n  text:\n    train: [a.txt]\n    mix: [{path: b, weight: 1}]\n");
+  std::string e = load_error(dir / "both.yaml");
+  EXPECT_NE(e.find(dir / "both.yaml:5: data.text.train and data.text.mix are both set"), std::string::npos) << e;
+  EXPECT_EQ(load_error(dir / "both.yaml", {"data.text.train=[]"}), "");
+  // A weight too small against the others to get any row is refused at load.
+  e = load_error(dir / "c.yaml", {"data.text.mix=[{path: x, weight: 1}, {path: y, weight: 1.0e-300}]"});
+  EXPECT_NE(e.find("data.text.mix[1] 'y': its weight is too small"), std::string::npos) << e;
+  // The spelling `data.mix` points to the key.
+  write_text(dir / "short.yaml", "data:\n  mix: [{path: b, weight: 1}]\n");
+  e = load_error(dir / "short.yaml");
+  EXPECT_NE(e.find("unknown key 'data.mix' (did you mean 'data.text.mix'?)"), std::string::npos) << e;
+}
+
 // Found by tests/fuzz/fuzz_config: a string that is not UTF-8 loaded, then config_to_json threw a JSON
 // type_error (an internal error at the first checkpoint, after training). It is bad input, named at load.
 TEST(Config, NonUtf8StringIsRefusedAtLoad) {
