@@ -11,6 +11,7 @@
 #include "data/batch.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
+#include "layers/natsl_attention.h"
 #include "trainers/data_factory.h"
 #include "trainers/trainer.h"
 
@@ -103,6 +104,35 @@ nlohmann::json score_choices(const CausalLM& model, const EvalSuite& suite, int6
   return out;
 }
 
+nlohmann::json routing_map(CausalLM& model, const std::string& path, int64_t vocab) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError("cannot read the routing-map text '" + path + "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (text.empty()) throw InputError("the routing-map text '" + path + "' is empty");
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(TokenizerSpec{});
+  if (tok->vocab_size() > vocab)
+    throw InputError("the model's vocabulary (" + std::to_string(vocab) + ") is smaller than the tokenizer's");
+  std::vector<uint32_t> ids;
+  if (tok->bos_id()) ids.push_back(*tok->bos_id());
+  tok->encode(text, ids);
+  const std::vector<int32_t> in32(ids.begin(), ids.end());
+  model.forward(Tensor::from_vector(in32, {1, int64_t(in32.size())}, DType::i32));
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& [name, layer] : natsl_layers(model)) {
+    const Tensor m = layer->last_mask_softmax();  // [1, NC, Hr]
+    const std::vector<double> v = m.to(DType::f64).to_vector<double>();
+    nlohmann::json rows = nlohmann::json::array();
+    for (int64_t c = 0; c < m.size(1); ++c) {
+      nlohmann::json row = nlohmann::json::array();
+      for (int64_t h = 0; h < m.size(2); ++h) row.push_back(int(v[size_t(c * m.size(2) + h)]));
+      rows.push_back(row);
+    }
+    layers[name] = rows;
+  }
+  if (layers.empty()) throw InputError("--routing-map: the model has no natsl layer, so nothing is routed");
+  return {{"file", path}, {"tokens", ids.size()}, {"chunk", 64}, {"layers", layers}};
+}
+
 }  // namespace
 
 nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* progress) {
@@ -153,6 +183,7 @@ nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* pr
       }
   }
   if (!suite.choices.empty()) out["choices"] = score_choices(model, suite, cfg.model.vocab_size, progress);
+  if (!suite.routing_map.empty()) out["routing_map"] = routing_map(model, suite.routing_map, cfg.model.vocab_size);
   model.train();
   return out;
 }

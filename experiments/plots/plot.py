@@ -9,6 +9,10 @@
                                 per run, one panel per task; runs without NAtS-L layers are drawn as
                                 horizontal reference lines (Transformer++, GDN, hybrid)
 
+  experiments/plots/plot.py routing-map EVAL.json --out DIR
+      routing_map.png  each NAtS-L layer's label of every chunk (x) and router head (y) of a text, from
+                       `natsl eval CONFIG --routing-map TEXT --json EVAL.json` (dark: softmax, light: GDN)
+
 RUN_DIR holds metrics.jsonl (natsl train's run directory); SWEEP_OUT_DIR holds summary.csv (natsl sweep).
 A line of metrics.jsonl that is not complete JSON (a killed run's last write) is skipped.
 """
@@ -119,10 +123,30 @@ def plot_sweep(args, plt):
     return ["quality_vs_fraction.png"]
 
 
+def plot_routing_map(args, plt):
+    with open(args.paths[0], encoding="utf-8") as f:
+        doc = json.load(f)
+    m = (doc.get("suite") or doc).get("routing_map")
+    if not m:
+        sys.exit(f"{args.paths[0]} holds no routing_map (run natsl eval with --routing-map TEXT --json FILE)")
+    layers = sorted(m["layers"].items())
+    fig, axes = plt.subplots(len(layers), 1, figsize=(10, 1.2 + 0.5 * len(layers) * 2), squeeze=False)
+    for ax, (name, rows) in zip(axes[:, 0], layers):
+        grid = [[row[h] for row in rows] for h in range(len(rows[0]))]  # heads x chunks
+        ax.imshow(grid, aspect="auto", cmap="Blues", vmin=-0.3, vmax=1, interpolation="nearest")
+        ax.set_title(f"{name}: {sum(map(sum, grid))} of {len(rows) * len(grid)} labels softmax", fontsize=8)
+        ax.set_ylabel("router head", fontsize=7)
+        ax.set_yticks(range(len(grid)))
+    axes[-1, 0].set_xlabel(f"chunk of {m.get('chunk', 64)} tokens ({m['tokens']} tokens of {m['file']})")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "routing_map.png"), dpi=120)
+    return ["routing_map.png"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["runs", "sweep"])
-    p.add_argument("paths", nargs="+", help="run directories (runs) or one sweep out_dir (sweep)")
+    p.add_argument("what", choices=["runs", "sweep", "routing-map"])
+    p.add_argument("paths", nargs="+", help="run directories (runs), one sweep out_dir (sweep) or one eval JSON file")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--metric", default="eval_accuracy", help="sweep: the summary column on the y axis")
     args = p.parse_args()
@@ -133,7 +157,7 @@ def main():
     except ImportError:
         sys.exit("plot.py needs matplotlib: apt-get install python3-matplotlib")
     os.makedirs(args.out, exist_ok=True)
-    written = plot_runs(args, plt) if args.what == "runs" else plot_sweep(args, plt)
+    written = {"runs": plot_runs, "sweep": plot_sweep, "routing-map": plot_routing_map}[args.what](args, plt)
     for w in written:
         print(os.path.join(args.out, w))
 

@@ -9,6 +9,7 @@
 
 #include "autograd/engine.h"
 #include "core/error.h"
+#include "layers/natsl_attention.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/eval_suite.h"
@@ -132,6 +133,51 @@ TEST(EvalSuite, ThroughTheProgramWithAJsonFile) {
                                                          dir / "run" + " --mqar-pairs 2");
   EXPECT_EQ(half.exit_code, 2) << half.output;
   EXPECT_NE(half.output.find("--mqar-lengths"), std::string::npos) << half.output;
+}
+
+// The routing map: one label per chunk and router head of each NAtS-L layer, as the layer chose them in an
+// evaluation forward of the text; a model without NAtS-L layers has none to show.
+TEST(EvalSuite, RoutingMapOfAText) {
+  TempDir dir;
+  write_text(dir / "n.yaml", testing::kSmallConfig);
+  RunConfig cfg = load_config(dir / "n.yaml", {"model.vocab_size=300", "model.layers=[gdn, natsl]", "model.num_layers=2",
+                                               "model.num_heads=2", "model.head_dim=8", "model.num_attn_heads=2",
+                                               "model.attn_qk_norm=true", "model.attn_rope=false",
+                                               "train.out_dir=" + dir / "natsl-run"});
+  Trainer(cfg, TrainerOptions{nullptr, true}).train();
+  cfg.resume = *find_latest_checkpoint(dir / "natsl-run").latest;
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "The quick brown fox jumps over the lazy dog. ";  // 1800 bytes: 29 chunks
+  write_text(dir / "text.txt", text);
+  EvalSuite s;
+  s.routing_map = dir / "text.txt";
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const nlohmann::json m = run_eval_suite(tr, s, nullptr)["routing_map"];
+  EXPECT_EQ(m["tokens"], text.size() + 1);
+  ASSERT_TRUE(m["layers"].contains("model.layers.1.attn")) << m.dump();
+  const auto& rows = m["layers"]["model.layers.1.attn"];
+  ASSERT_EQ(rows.size(), (text.size() + 1 + 63) / 64);
+  int softmax = 0;
+  for (const auto& row : rows) {
+    ASSERT_EQ(row.size(), 2u);
+    for (const auto& v : row) {
+      EXPECT_TRUE(v == 0 || v == 1);
+      softmax += v.get<int>();
+    }
+  }
+  // The same labels as the layer's own mask after that forward.
+  const std::vector<double> mask = natsl_layers(tr.model())[0].second->last_mask_softmax().to(DType::f64).to_vector<double>();
+  ASSERT_EQ(mask.size(), rows.size() * 2);
+  for (size_t i = 0; i < mask.size(); ++i) EXPECT_EQ(rows[i / 2][i % 2].get<int>(), int(mask[i]));
+
+  const RunConfig attn_only = trained(dir);
+  Trainer plain(attn_only, TrainerOptions{nullptr, false});
+  try {
+    run_eval_suite(plain, s, nullptr);
+    ADD_FAILURE() << "a routing map of a model without natsl layers";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("no natsl layer"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
