@@ -1,8 +1,9 @@
 #pragma once
 // DataSource: what the trainer pulls batches from. Every source is a pure function of its settings and
 // (seed, step, rank): next(step) returns the same batch whenever it is asked for the same step, so resuming
-// a run needs no data cursor beyond the step, and state()/load_state() only record and check the settings
-// (a resumed run whose data changed is refused with a message naming what changed).
+// a run needs no data cursor beyond the step, and state()/load_state() record and check the settings (a
+// resumed run whose data changed is refused with a message naming what changed) and restore what counters
+// a source keeps for the log (a mixture's rows per source).
 #include <cstdint>
 #include <string>
 

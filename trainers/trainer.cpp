@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/json_read.h"
 #include "core/stream.h"
+#include "data/mixture.h"
 #include "data/synthetic.h"
 #include "kernels/determinism.h"
 #include "kernels/reduce.h"
@@ -444,6 +445,12 @@ nlohmann::json Trainer::step_metrics(const StepResult& r, double step_seconds) {
                         {"peak_mem_bytes", memory_stats(device_).peak}};
   row["mfu"] = peak_flops_ ? nlohmann::json(flops_per_token_ * tokens / step_seconds / *peak_flops_) : nlohmann::json();
   for (const auto& [k, v] : r.stats) row["stats"][k] = v;
+  // A mixture: the training tokens each source has given so far (all ranks), restored on resume.
+  if (const auto* mix = dynamic_cast<const MixtureLoader*>(data_.train.get())) {
+    nlohmann::json tokens_per_source = nlohmann::json::array();
+    for (int64_t rows : mix->rows_served()) tokens_per_source.push_back(rows * t.seq_len);
+    row["data"] = {{"source_tokens", tokens_per_source}};
+  }
   return row;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -52,7 +53,7 @@ TEST(MixtureBounds, AreTheNormalisedPrefixSumsTimesTwoToThe64) {
 
 TEST(MixtureBounds, BadWeightsNameTheSource) {
   const std::vector<std::string> names = {"data.text.mix[0] 'x'", "data.text.mix[1] 'y'"};
-  for (double w : {0.0, -1.0, std::nan(""), double(INFINITY)})
+  for (double w : {0.0, -1.0, std::nan(""), std::numeric_limits<double>::infinity()})
     expect_input_error([&] { mixture_bounds({1.0, w}, names); }, {"data.text.mix[1] 'y'", "finite number > 0"});
   // A weight so small against the other that its share of 2^64 is empty, first or last.
   expect_input_error([&] { mixture_bounds({1e-300, 1.0}, names); }, {"data.text.mix[0] 'x'", "too small"});

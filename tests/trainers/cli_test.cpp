@@ -296,6 +296,10 @@ TEST(Cli, TokenizeThenInspectAndTrainOnText) {
   // Neither a file nor a prefix.
   expect_bad_input(run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "nothing train.out_dir=" + dir / "r3"),
                    {"data.text.train", dir / "nothing"});
+  // A mixture source that is neither: named by its entry.
+  expect_bad_input(run_natsl("train " + dir / "text.yaml 'data.text.mix=[{path: " + dir / "a.txt" +
+                             ", weight: 1}, {path: " + dir / "nothing" + ", weight: 1}]' train.out_dir=" + dir / "r4"),
+                   {"data.text.mix[1].path", dir / "nothing"});
 }
 
 }  // namespace

@@ -226,7 +226,7 @@ TEST(Resume, TextMixtureResumesBitExact) {
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_NE(second.output.find("at step 10"), std::string::npos) << second.output;
   expect_same_run(dir / "a", dir / "b", 20);
-  // The data state of step 20, without the shard paths (each run tokenizes into its own directory).
+  // The data state at the end, less the shard paths (each run tokenizes into its own directory).
   auto data_state = [&](const std::string& run) {
     nlohmann::json d =
         nlohmann::json::parse(read_text(run + "/checkpoints/step_000020/state.json")).at("trainer").at("data");
@@ -240,6 +240,15 @@ TEST(Resume, TextMixtureResumesBitExact) {
   const int64_t rows0 = da.at("sources").at(0).at("rows_served"), rows1 = da.at("sources").at(1).at("rows_served");
   EXPECT_EQ(rows0 + rows1, 20 * 2 * 4);  // steps x grad_accum x batch_size
   EXPECT_GT(rows0, rows1);
+  // The metrics count the tokens each source gave, and the resumed run continues the counts.
+  auto last_metrics = [&](const std::string& run) {
+    std::istringstream in(read_text(run + "/metrics.jsonl"));
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    return nlohmann::json::parse(last).at("data").at("source_tokens");
+  };
+  EXPECT_EQ(last_metrics(dir / "a"), (nlohmann::json{rows0 * 16, rows1 * 16}));
+  EXPECT_EQ(last_metrics(dir / "b"), last_metrics(dir / "a"));
 
   auto reweighted = run_natsl(mix(2) + " train.out_dir=" + dir / "b" + " train.steps=30 resume=auto");
   EXPECT_EQ(reweighted.exit_code, 2) << reweighted.output;
