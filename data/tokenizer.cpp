@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "data/sentencepiece_tokenizer.h"
 #include "data/shard.h"
 
 namespace natsl {
@@ -65,8 +66,13 @@ class ByteLevel final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec) {
   if (spec.kind == "byte") return std::make_unique<ByteLevel>();
-  if (spec.kind == "sentencepiece")
-    throw InputError("tokenizer kind 'sentencepiece' is not implemented yet");  // issue 17: being written
+  if (spec.kind == "sentencepiece") {
+    if (!sentencepiece_available()) throw InputError(std::string("tokenizer.kind sentencepiece: ") + kSentencePieceMissing);
+    if (spec.model.empty())
+      throw InputError("tokenizer.kind is sentencepiece but tokenizer.model names no file: give the path of a "
+                       "SentencePiece .model file (or train one with `natsl tokenizer train`)");
+    return std::make_unique<SentencePieceTokenizer>(spec.model);
+  }
   throw InputError("tokenizer.kind '" + spec.kind + "' is unknown: use byte or sentencepiece");
 }
 
@@ -84,8 +90,8 @@ std::string read_file(const std::string& path) {
 // Collects tokens and writes a shard every max_tokens tokens: PREFIX.SPLIT.NNNNNN.bin.
 class ShardSink {
  public:
-  ShardSink(std::string prefix, std::string split, int64_t max_tokens)
-      : prefix_(std::move(prefix)), split_(std::move(split)), max_tokens_(max_tokens) {}
+  ShardSink(std::string prefix, std::string split, int64_t max_tokens, int64_t vocab_size)
+      : prefix_(std::move(prefix)), split_(std::move(split)), max_tokens_(max_tokens), vocab_size_(vocab_size) {}
   void push(uint32_t t) {
     buf_.push_back(t);
     ++total_;
@@ -96,7 +102,7 @@ class ShardSink {
     char idx[16];
     std::snprintf(idx, sizeof idx, "%06zu", paths_.size());
     std::string path = prefix_ + "." + split_ + "." + idx + ".bin";
-    write_shard(path, buf_, 2, ByteTokenizer::kVocabSize);
+    write_shard(path, buf_, token_bytes_for_vocab(uint64_t(vocab_size_)), uint32_t(vocab_size_));
     paths_.push_back(path);
     buf_.clear();
   }
@@ -105,7 +111,7 @@ class ShardSink {
 
  private:
   std::string prefix_, split_;
-  int64_t max_tokens_;
+  int64_t max_tokens_, vocab_size_;
   std::vector<uint32_t> buf_;
   std::vector<std::string> paths_;
   int64_t total_ = 0;
@@ -115,6 +121,11 @@ class ShardSink {
 
 TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std::string& out_prefix,
                               const TokenizeOptions& opts) {
+  return tokenize_files(inputs, out_prefix, opts, *open_tokenizer(TokenizerSpec{}));
+}
+
+TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std::string& out_prefix,
+                              const TokenizeOptions& opts, const Tokenizer& tokenizer) {
   if (inputs.empty()) throw InputError("tokenize: give at least one input text file.");
   if (!(opts.val_fraction >= 0.0 && opts.val_fraction < 1.0))
     throw InputError("tokenize: val_fraction must be in [0, 1), got " + std::to_string(opts.val_fraction) + ".");
@@ -127,23 +138,35 @@ TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std:
     throw InputError("tokenize: output directory '" + parent.string() + "' (from OUT_PREFIX '" + out_prefix +
                      "') does not exist; create it first.");
 
-  ShardSink train(out_prefix, "train", opts.max_tokens_per_shard);
-  ShardSink val(out_prefix, "val", opts.max_tokens_per_shard);
+  const int64_t vocab = tokenizer.vocab_size();
+  const bool bytes_exact = tokenizer.kind() == "byte";
+  ShardSink train(out_prefix, "train", opts.max_tokens_per_shard, vocab);
+  ShardSink val(out_prefix, "val", opts.max_tokens_per_shard, vocab);
+  TokenizeReport r;
+  std::vector<uint32_t> ids;
   for (const std::string& path : inputs) {
     std::string text = read_file(path);
     std::string_view doc(text);
     if (opts.strip_utf8_bom && doc.size() >= 3 && doc.substr(0, 3) == "\xEF\xBB\xBF") doc.remove_prefix(3);
     const size_t n = doc.size();
-    const size_t cut = opts.val_fraction > 0 ? size_t((1.0 - opts.val_fraction) * double(n)) : n;
-    train.push(ByteTokenizer::kBos);
-    for (size_t i = 0; i < cut; ++i) train.push(static_cast<unsigned char>(doc[i]));
+    size_t cut = opts.val_fraction > 0 ? size_t((1.0 - opts.val_fraction) * double(n)) : n;
+    // A subword tokenizer sees whole characters: the cut moves forward past UTF-8 continuation bytes.
+    if (!bytes_exact)
+      while (cut < n && (static_cast<unsigned char>(doc[cut]) & 0xC0) == 0x80) ++cut;
     ShardSink& tail = opts.val_fraction > 0 ? val : train;
-    for (size_t i = cut; i < n; ++i) tail.push(static_cast<unsigned char>(doc[i]));
-    tail.push(ByteTokenizer::kEos);
+    if (auto bos = tokenizer.bos_id()) train.push(*bos);
+    ids.clear();
+    tokenizer.encode(doc.substr(0, cut), ids);
+    for (uint32_t t : ids) train.push(t);
+    ids.clear();
+    tokenizer.encode(doc.substr(cut), ids);
+    for (uint32_t t : ids) tail.push(t);
+    if (auto eos = tokenizer.eos_id()) tail.push(*eos);
+    r.train_bytes += int64_t(opts.val_fraction > 0 ? cut : n);
+    r.val_bytes += int64_t(opts.val_fraction > 0 ? n - cut : 0);
   }
   train.flush();
   val.flush();
-  TokenizeReport r;
   r.train_shards = train.paths();
   r.val_shards = val.paths();
   r.train_tokens = train.total();

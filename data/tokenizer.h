@@ -49,8 +49,9 @@ struct TokenizerSpec {
   std::string model;  // the SentencePiece .model file (kind sentencepiece)
 };
 
-// Opens the tokenizer a spec names; an unknown kind, a missing or unreadable model file is an InputError
-// naming it and what to do.
+// Opens the tokenizer a spec names; an unknown kind, a missing or unreadable model file, or a natsl built
+// without SentencePiece is an InputError naming it and what to do. (The model file is read here, not when a
+// config is parsed, so a config naming a model the machine lacks still loads.)
 std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec);
 
 struct TokenizeOptions {
@@ -66,6 +67,7 @@ struct TokenizeReport {
   std::vector<std::string> train_shards, val_shards;
   int64_t train_tokens = 0, val_tokens = 0;
   int64_t documents = 0;
+  int64_t train_bytes = 0, val_bytes = 0;  // text bytes behind each stream (BOMs dropped)
 };
 
 // Text files -> shards OUT_PREFIX.train.NNNNNN.bin (and OUT_PREFIX.val.NNNNNN.bin). Each file is one
@@ -75,5 +77,10 @@ struct TokenizeReport {
 // continue into the next shard). Shards use u16 tokens and record vocab_size 258.
 TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std::string& out_prefix,
                               const TokenizeOptions& opts = {});
+// The same with any tokenizer: BOS/EOS are its own (left out where it has none), the shards record its
+// vocab_size and use the narrowest token width that holds it (token_bytes_for_vocab). For a tokenizer other
+// than the byte one the validation cut moves forward to the next UTF-8 character boundary.
+TokenizeReport tokenize_files(const std::vector<std::string>& inputs, const std::string& out_prefix,
+                              const TokenizeOptions& opts, const Tokenizer& tokenizer);
 
 }  // namespace natsl

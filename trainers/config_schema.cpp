@@ -90,6 +90,9 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       plain("data.text.val", &d.text.val),
       num("data.text.val_fraction", &d.text.val_fraction, 0.0, 0.9),
 
+      choice("tokenizer.kind", &c.tokenizer.kind, {"byte", "sentencepiece"}),
+      plain("tokenizer.model", &c.tokenizer.model),
+
       num("train.steps", &t.steps, 1),
       num("train.batch_size", &t.batch_size, 1),
       num("train.seq_len", &t.seq_len, 2),
@@ -129,7 +132,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
   return s;
 }
 
-std::vector<std::string> config_sections() { return {"model", "data", "data.mqar", "data.niah", "data.text", "train"}; }
+std::vector<std::string> config_sections() { return {"model", "data", "data.mqar", "data.niah", "data.text", "tokenizer", "train"}; }
 
 std::string field_type_name(const FieldSpec& f) {
   return std::visit(

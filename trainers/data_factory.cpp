@@ -77,7 +77,28 @@ void resolve_entry(const std::string& entry, const std::string& key, Resolved& r
 
 }  // namespace
 
-RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
+std::shared_ptr<const Tokenizer> open_run_tokenizer(const RunConfig& cfg) {
+  if (cfg.data.source != "text") return nullptr;
+  auto origin = [&](const std::string& key) {
+    auto it = cfg.origin.find(key);
+    return it == cfg.origin.end() ? std::string() : it->second + ": ";
+  };
+  std::shared_ptr<const Tokenizer> tok;
+  try {
+    tok = open_tokenizer(cfg.tokenizer);
+  } catch (const InputError& e) {
+    throw InputError(origin(cfg.tokenizer.kind == "byte" ? "tokenizer.kind" : "tokenizer.model") + e.what());
+  }
+  if (cfg.model.vocab_size < tok->vocab_size())
+    throw InputError(origin("model.vocab_size") + "model.vocab_size (" + std::to_string(cfg.model.vocab_size) +
+                     ") is smaller than the vocabulary of the tokenizer (" + std::to_string(tok->vocab_size()) +
+                     ", tokenizer.kind " + cfg.tokenizer.kind +
+                     (cfg.tokenizer.model.empty() ? "" : ", tokenizer.model '" + cfg.tokenizer.model + "'") +
+                     "); set model.vocab_size to at least " + std::to_string(tok->vocab_size()));
+  return tok;
+}
+
+RunData make_run_data(const RunConfig& cfg, const std::string& run_dir, std::shared_ptr<const Tokenizer> tokenizer) {
   RunData d;
   const TrainConfig& t = cfg.train;
   const uint64_t seed = uint64_t(t.seed);
@@ -88,7 +109,10 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
     d.train = std::make_unique<NiahSource>(niah_options(cfg, seed));
     d.eval_synthetic = std::make_unique<NiahSource>(niah_options(cfg, eval_seed(seed)));
   } else {
+    d.tokenizer = tokenizer ? std::move(tokenizer) : open_run_tokenizer(cfg);
+    const Tokenizer& tok = *d.tokenizer;
     Resolved train, val;
+    int64_t text_val_bytes = 0, text_val_tokens = 0;  // of the validation text tokenized here
     for (const auto& e : cfg.data.text.train) resolve_entry(e, "data.text.train", train);
     for (const auto& e : cfg.data.text.val) resolve_entry(e, "data.text.val", val);
     std::vector<std::string> val_shards = val.shards;
@@ -97,17 +121,28 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
       fs::create_directories(token_dir);
       TokenizeOptions opts;
       opts.val_fraction = cfg.data.text.val.empty() ? cfg.data.text.val_fraction : 0.0;
-      TokenizeReport rep = tokenize_files(train.text_files, token_dir + "/train_text", opts);
+      TokenizeReport rep = tokenize_files(train.text_files, token_dir + "/train_text", opts, tok);
       train.shards.insert(train.shards.end(), rep.train_shards.begin(), rep.train_shards.end());
-      if (cfg.data.text.val.empty()) val_shards.insert(val_shards.end(), rep.val_shards.begin(), rep.val_shards.end());
+      if (cfg.data.text.val.empty()) {
+        val_shards.insert(val_shards.end(), rep.val_shards.begin(), rep.val_shards.end());
+        text_val_bytes += rep.val_bytes;
+        text_val_tokens += rep.val_tokens;
+      }
     }
     if (!val.text_files.empty()) {
       fs::create_directories(token_dir);
-      TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", TokenizeOptions{});
+      TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", TokenizeOptions{}, tok);
       val_shards.insert(val_shards.end(), rep.train_shards.begin(), rep.train_shards.end());
+      text_val_bytes += rep.train_bytes;
+      text_val_tokens += rep.train_tokens;
     }
+    const size_t val_shards_from_text = val_shards.size() - val.shards.size();
     if (cfg.data.text.val.empty())
       val_shards.insert(val_shards.end(), train.prefix_val_shards.begin(), train.prefix_val_shards.end());
+
+    if (tok.kind() == "byte") d.val_bytes_per_token = 1.0;
+    else if (text_val_tokens > 0 && val_shards.size() == val_shards_from_text)
+      d.val_bytes_per_token = double(text_val_bytes) / double(text_val_tokens);
 
     LoaderOptions lo;
     lo.batch_size = t.batch_size;

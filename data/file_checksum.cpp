@@ -1,4 +1,4 @@
-#include "trainers/file_checksum.h"
+#include "data/file_checksum.h"
 
 #include <cerrno>
 #include <cstring>

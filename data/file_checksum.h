@@ -1,6 +1,7 @@
 #pragma once
-// XXH3-64 checksums (libxxhash, header-only use) of the files a checkpoint holds: state.json records one per
-// tensor file and CheckpointReader recomputes it, so a flipped byte in weights or moments is caught at load.
+// XXH3-64 checksums (libxxhash, header-only use) of files: state.json records one per checkpoint tensor file
+// and CheckpointReader recomputes it, so a flipped byte in weights or moments is caught at load; a tokenizer's
+// identity holds the checksum of its model file. (In data/ so that data/ and trainers/ can both use it.)
 // Shown as 16 lowercase hex digits, as `xxhsum -H3` prints the hash.
 #include <cstddef>
 #include <cstdint>
