@@ -92,14 +92,14 @@ int cmd_tokenize(const std::vector<std::string>& paths, double val_fraction, int
   return 0;
 }
 
-// natsl tokenizer train: PREFIX.model and PREFIX.vocab, each written aside and renamed.
+// natsl tokenizer train: PREFIX.model and PREFIX.vocab (the folder made if missing), each written aside and renamed.
 int cmd_tokenizer_train(const SentencePieceTrainOptions& o, const std::string& prefix) {
+  SentencePieceModel m = train_sentencepiece(o);
   const fs::path parent = fs::path(prefix).parent_path();
   std::error_code ec;
-  if (!parent.empty() && !fs::is_directory(parent, ec))
-    throw InputError("tokenizer train: output directory '" + parent.string() + "' (from --out '" + prefix +
-                     "') does not exist; create it first");
-  SentencePieceModel m = train_sentencepiece(o);
+  if (!parent.empty() && !fs::create_directories(parent, ec) && ec)
+    throw InputError("tokenizer train: cannot create the output directory '" + parent.string() + "' (from --out '" +
+                     prefix + "'): " + ec.message());
   replace_file_atomically(prefix + ".model", m.model);
   replace_file_atomically(prefix + ".vocab", m.vocab);
   SentencePieceTokenizer tok(prefix + ".model");
