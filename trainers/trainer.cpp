@@ -186,6 +186,9 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+  // The tokenizer's model file is read (and its vocabulary checked against the model's) before the model
+  // is built: a missing file is reported at once, not after allocating a large model.
+  std::shared_ptr<const Tokenizer> tokenizer = open_run_tokenizer(cfg_);
   if (opts_.write_run_dir) {
     // Before anything is written (the data setup may tokenize into OUT_DIR/data): one run per directory.
     run_dir_lock_ = std::make_unique<RunDirLock>(t.out_dir);
@@ -217,7 +220,6 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
                                        AdamWOptions{t.lr, t.betas[0], t.betas[1], t.eps, t.weight_decay});
   // The checkpoint to resume from is found (and its tokenizer checked) before the data setup, which may
   // tokenize text into OUT_DIR/data: a refused resume leaves the run directory as it was.
-  std::shared_ptr<const Tokenizer> tokenizer = open_run_tokenizer(cfg_);
   std::shared_ptr<CheckpointReader> resume_ck;
   if (cfg_.resume == "auto") {
     CheckpointScan scan = find_latest_checkpoint(t.out_dir);
