@@ -1,6 +1,7 @@
 #include "data/tokenizer.h"
 
 #include "core/error.h"
+#include "data/sentencepiece_tokenizer.h"
 
 namespace natsl {
 
@@ -58,8 +59,13 @@ class ByteLevel final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec) {
   if (spec.kind == "byte") return std::make_unique<ByteLevel>();
-  if (spec.kind == "sentencepiece")
-    throw InputError("tokenizer kind 'sentencepiece' is not implemented yet");  // issue 17: being written
+  if (spec.kind == "sentencepiece") {
+    if (!sentencepiece_available()) throw InputError(std::string("tokenizer.kind sentencepiece: ") + kSentencePieceMissing);
+    if (spec.model.empty())
+      throw InputError("tokenizer.kind is sentencepiece but tokenizer.model names no file: give the path of a "
+                       "SentencePiece .model file (or train one with `natsl tokenizer train`)");
+    return std::make_unique<SentencePieceTokenizer>(spec.model);
+  }
   throw InputError("tokenizer.kind '" + spec.kind + "' is unknown: use byte or sentencepiece");
 }
 

@@ -49,8 +49,9 @@ struct TokenizerSpec {
   std::string model;  // the SentencePiece .model file (kind sentencepiece)
 };
 
-// Opens the tokenizer a spec names; an unknown kind, a missing or unreadable model file is an InputError
-// naming it and what to do.
+// Opens the tokenizer a spec names; an unknown kind, a missing or unreadable model file, or a natsl built
+// without SentencePiece is an InputError naming it and what to do. (The model file is read here, not when a
+// config is parsed, so a config naming a model the machine lacks still loads.)
 std::unique_ptr<Tokenizer> open_tokenizer(const TokenizerSpec& spec);
 
 // Text -> shards with a Tokenizer: data/tokenize.h.

@@ -57,7 +57,7 @@ timeout 240 "$BIN" train configs/text-small.yaml data.text.train=../shared/data/
 echo "rc $?"; grep -vE "^\s*$" "$OUT/train_text.log" | tail -8
 echo "== natsl-340m, bf16, $NATSL_STEPS steps (grad_accum 1)"
 rm -rf "$OUT/run-natsl"
-timeout 300 "$BIN" train configs/natsl-340m.yaml train.steps="$NATSL_STEPS" train.warmup_steps=10 train.grad_accum=1 \
+timeout 300 "$BIN" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="$NATSL_STEPS" train.warmup_steps=10 train.grad_accum=1 \
   train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" >"$OUT/train_natsl.log" 2>&1
 echo "rc $?"; grep -vE "^\s*$" "$OUT/train_natsl.log" | tail -12
 echo "== PyTorch reads our safetensors"

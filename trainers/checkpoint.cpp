@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 #include "core/json_read.h"
-#include "trainers/file_checksum.h"
+#include "data/file_checksum.h"
 #include "trainers/sync_file.h"
 #include "trainers/version.h"
 

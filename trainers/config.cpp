@@ -258,6 +258,14 @@ void validate_config(RunConfig& cfg) {
       throw InputError(origin_of(cfg, "data.text.mix") + ": " + e.what());
     }
   }
+  // The tokenizer reads text; the synthetic tasks make their own token ids. (Its model file is opened at train
+  // start, so a config naming a model this machine lacks still loads.)
+  if (cfg.tokenizer.kind == "sentencepiece" && cfg.tokenizer.model.empty())
+    fail("tokenizer.kind", "tokenizer.kind is sentencepiece but tokenizer.model names no file; give the path of a "
+                           "SentencePiece .model file (`natsl tokenizer train` makes one)");
+  if (cfg.tokenizer.kind != "byte" && d.source != "text")
+    fail("tokenizer.kind", "tokenizer.kind is " + cfg.tokenizer.kind + " but data.source " + d.source +
+                               " generates its own token ids; use tokenizer.kind=byte or data.source=text");
   if (d.source == "mqar") {
     int64_t v = d.mqar.vocab_size ? d.mqar.vocab_size : m.vocab_size;
     if (v > m.vocab_size)

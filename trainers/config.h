@@ -3,6 +3,8 @@
 // `section.key=value` overrides. Sections:
 //   model:  ModelConfig (layers/model_config.h), inline or a path to a model YAML (relative to the file)
 //   data:   which batches to train on (synthetic MQAR / NIAH, or text shards / text files)
+//   tokenizer: which tokenizer text data is read with: {kind: byte} (default) or {kind: sentencepiece,
+//           model: PATH} (the model file is opened at train start, not at load)
 //   train:  optimisation, schedule, precision, device, run directory, logging, checkpoints
 //   resume: none | auto | PATH of a checkpoint directory
 // Every key, its type, default and allowed range is declared once in trainers/config_schema.cpp; an unknown
@@ -14,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/tokenizer.h"
 #include "layers/model_config.h"
 
 namespace natsl {
@@ -106,6 +109,7 @@ struct TrainConfig {
 struct RunConfig {
   ModelConfig model;
   DataConfig data;
+  TokenizerSpec tokenizer;  // used by data.source text
   TrainConfig train;
   std::string resume = "none";  // none | auto | PATH
 

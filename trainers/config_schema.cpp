@@ -102,6 +102,9 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("data.text.val_fraction", &d.text.val_fraction, 0.0, 0.9),
       plain("data.text.mix", &d.text.mix),
 
+      choice("tokenizer.kind", &c.tokenizer.kind, {"byte", "sentencepiece"}),
+      plain("tokenizer.model", &c.tokenizer.model),
+
       num("train.steps", &t.steps, 1),
       num("train.batch_size", &t.batch_size, 1),
       num("train.seq_len", &t.seq_len, 2),
@@ -142,7 +145,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
   return s;
 }
 
-std::vector<std::string> config_sections() { return {"model", "data", "data.mqar", "data.niah", "data.text", "train"}; }
+std::vector<std::string> config_sections() { return {"model", "data", "data.mqar", "data.niah", "data.text", "tokenizer", "train"}; }
 
 std::string field_type_name(const FieldSpec& f) {
   return std::visit(

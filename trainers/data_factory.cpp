@@ -81,11 +81,13 @@ void resolve_entry(const std::string& entry, const std::string& key, Resolved& r
 // the order validation takes them (the held-out tails of its text files, then its prefixes' val shards).
 struct TrainSource {
   std::vector<std::string> shards, held_out;
+  size_t held_out_tokenized_here = 0;  // the first ones of held_out: text tokenized at start (bytes known)
 };
 
-// Text files among the entries are tokenized into TOKEN_PREFIX.{train,val}.*.bin, val_fraction of each held out.
+// Text files among the entries are tokenized with `tok` into TOKEN_PREFIX.{train,val}.*.bin, val_fraction of
+// each held out.
 TrainSource resolve_train_source(const std::vector<std::string>& entries, const std::string& key,
-                                 const std::string& token_prefix, double val_fraction) {
+                                 const std::string& token_prefix, double val_fraction, const Tokenizer& tok) {
   Resolved r;
   for (const auto& e : entries) resolve_entry(e, key, r);
   TrainSource s{r.shards, {}};
@@ -94,12 +96,24 @@ TrainSource resolve_train_source(const std::vector<std::string>& entries, const 
     TokenizeOptions opts;
     opts.val_fraction = val_fraction;
     opts.overwrite = true;  // the run directory's own copy, tokenized again at every start
-    TokenizeReport rep = tokenize_files(r.text_files, token_prefix, opts);
+    TokenizeReport rep = tokenize(r.text_files, token_prefix, tok, opts);
     s.shards.insert(s.shards.end(), rep.train_shards.begin(), rep.train_shards.end());
     s.held_out.insert(s.held_out.end(), rep.val_shards.begin(), rep.val_shards.end());
+    s.held_out_tokenized_here = rep.val_shards.size();
   }
   s.held_out.insert(s.held_out.end(), r.prefix_val_shards.begin(), r.prefix_val_shards.end());
   return s;
+}
+
+// Text bytes per token of shards tokenized with `tok` (their tokens decoded again), for bits per byte.
+double bytes_per_token(const std::vector<std::string>& shards, const Tokenizer& tok) {
+  int64_t bytes = 0, tokens = 0;
+  for (const auto& p : shards) {
+    const std::vector<uint32_t> ids = Shard::open(p, /*verify_checksum=*/false).read_all();
+    bytes += int64_t(tok.decode(ids).size());
+    tokens += int64_t(ids.size());
+  }
+  return tokens > 0 ? double(bytes) / double(tokens) : 0.0;
 }
 
 }  // namespace
@@ -108,7 +122,28 @@ std::string mix_source_name(const std::vector<MixEntry>& mix, size_t i) {
   return "data.text.mix[" + std::to_string(i) + "] '" + mix[i].path + "'";
 }
 
-RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
+std::shared_ptr<const Tokenizer> open_run_tokenizer(const RunConfig& cfg) {
+  if (cfg.data.source != "text") return nullptr;
+  auto origin = [&](const std::string& key) {
+    auto it = cfg.origin.find(key);
+    return it == cfg.origin.end() ? std::string() : it->second + ": ";
+  };
+  std::shared_ptr<const Tokenizer> tok;
+  try {
+    tok = open_tokenizer(cfg.tokenizer);
+  } catch (const InputError& e) {
+    throw InputError(origin(cfg.tokenizer.kind == "byte" ? "tokenizer.kind" : "tokenizer.model") + e.what());
+  }
+  if (cfg.model.vocab_size < tok->vocab_size())
+    throw InputError(origin("model.vocab_size") + "model.vocab_size (" + std::to_string(cfg.model.vocab_size) +
+                     ") is smaller than the vocabulary of the tokenizer (" + std::to_string(tok->vocab_size()) +
+                     ", tokenizer.kind " + cfg.tokenizer.kind +
+                     (cfg.tokenizer.model.empty() ? "" : ", tokenizer.model '" + cfg.tokenizer.model + "'") +
+                     "); set model.vocab_size to at least " + std::to_string(tok->vocab_size()));
+  return tok;
+}
+
+RunData make_run_data(const RunConfig& cfg, const std::string& run_dir, std::shared_ptr<const Tokenizer> tokenizer) {
   RunData d;
   const TrainConfig& t = cfg.train;
   const uint64_t seed = uint64_t(t.seed);
@@ -119,6 +154,8 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
     d.train = std::make_unique<NiahSource>(niah_options(cfg, seed));
     d.eval_synthetic = std::make_unique<NiahSource>(niah_options(cfg, eval_seed(seed)));
   } else {
+    d.tokenizer = tokenizer ? std::move(tokenizer) : open_run_tokenizer(cfg);
+    const Tokenizer& tok = *d.tokenizer;
     const TextDataConfig& text = cfg.data.text;
     const std::string token_dir = (fs::path(run_dir) / "data").string();
     // Without data.text.val, the training sources hold out their text tails (and bring their prefix val shards).
@@ -126,23 +163,35 @@ RunData make_run_data(const RunConfig& cfg, const std::string& run_dir) {
     Resolved val;
     for (const auto& e : text.val) resolve_entry(e, "data.text.val", val);
     std::vector<std::string> val_shards = val.shards;
+    std::vector<std::string> val_tokenized_here;  // validation shards from text tokenized at start
     if (!val.text_files.empty()) {
       fs::create_directories(token_dir);
       TokenizeOptions opts;
       opts.overwrite = true;
-      TokenizeReport rep = tokenize_files(val.text_files, token_dir + "/val_text", opts);
+      TokenizeReport rep = tokenize(val.text_files, token_dir + "/val_text", tok, opts);
       val_shards.insert(val_shards.end(), rep.train_shards.begin(), rep.train_shards.end());
+      val_tokenized_here.insert(val_tokenized_here.end(), rep.train_shards.begin(), rep.train_shards.end());
     }
     std::vector<TrainSource> train;
     if (text.mix.empty()) {
-      train.push_back(resolve_train_source(text.train, "data.text.train", token_dir + "/train_text", hold_out));
+      train.push_back(resolve_train_source(text.train, "data.text.train", token_dir + "/train_text", hold_out, tok));
     } else {
       for (size_t i = 0; i < text.mix.size(); ++i)
         train.push_back(resolve_train_source({text.mix[i].path}, "data.text.mix[" + std::to_string(i) + "].path",
-                                             token_dir + "/mix" + std::to_string(i) + "_text", hold_out));
+                                             token_dir + "/mix" + std::to_string(i) + "_text", hold_out, tok));
     }
     if (text.val.empty())
-      for (const TrainSource& s : train) val_shards.insert(val_shards.end(), s.held_out.begin(), s.held_out.end());
+      for (const TrainSource& s : train) {
+        val_shards.insert(val_shards.end(), s.held_out.begin(), s.held_out.end());
+        val_tokenized_here.insert(val_tokenized_here.end(), s.held_out.begin(),
+                                  s.held_out.begin() + std::ptrdiff_t(s.held_out_tokenized_here));
+      }
+
+    // Bits per byte needs the text bytes behind the validation tokens: 1 a token for the byte tokenizer; for
+    // another, known when every validation shard was tokenized here (their tokens decoded again).
+    if (tok.kind() == "byte") d.val_bytes_per_token = 1.0;
+    else if (!val_shards.empty() && val_tokenized_here.size() == val_shards.size())
+      d.val_bytes_per_token = bytes_per_token(val_tokenized_here, tok);
 
     LoaderOptions lo;
     lo.batch_size = t.batch_size;

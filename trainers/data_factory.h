@@ -7,6 +7,7 @@
 #include "data/loader.h"
 #include "data/mqar.h"
 #include "data/niah.h"
+#include "data/tokenizer.h"
 #include "trainers/config.h"
 
 namespace natsl {
@@ -21,12 +22,24 @@ struct RunData {
   std::unique_ptr<DataSource> eval_synthetic;  // mqar / niah: held-out examples; null for text
   std::unique_ptr<ValidationWindows> eval_text;  // text with validation data; null otherwise
   std::string description;                       // lines for the run log
+  std::shared_ptr<const Tokenizer> tokenizer;    // text: the tokenizer of the data; null for the synthetic tasks
+  // Text bytes per validation token, for bits per byte: 1 for the byte tokenizer; for another tokenizer the
+  // ratio of the validation text tokenized at start; 0 when not known (validation shards tokenized elsewhere).
+  double val_bytes_per_token = 0.0;
 };
 
 // "data.text.mix[i] 'PATH'": how messages and the run log name a mixture source.
 std::string mix_source_name(const std::vector<MixEntry>& mix, size_t i);
 
-// `run_dir` receives the shards of plain text files named in data.text (tokenized at start).
-RunData make_run_data(const RunConfig& cfg, const std::string& run_dir);
+
+// The tokenizer of a run's text data (tokenizer: section), opened (its model file read) and checked against
+// the model: a model.vocab_size below the tokenizer's vocabulary is an InputError naming both. Null for the
+// synthetic sources, which make their own token ids.
+std::shared_ptr<const Tokenizer> open_run_tokenizer(const RunConfig& cfg);
+
+// `run_dir` receives the shards of plain text files named in data.text (tokenized at start with `tokenizer`,
+// or with open_run_tokenizer(cfg) when it is null).
+RunData make_run_data(const RunConfig& cfg, const std::string& run_dir,
+                      std::shared_ptr<const Tokenizer> tokenizer = nullptr);
 
 }  // namespace natsl

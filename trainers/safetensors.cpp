@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "trainers/file_checksum.h"
+#include "data/file_checksum.h"
 #include "trainers/sync_file.h"
 
 namespace natsl {

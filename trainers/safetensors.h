@@ -29,7 +29,7 @@ struct SafeTensorEntry {
 
 // Writes `tensors` (any device; copied to the host one at a time) in the given order, then fsyncs the file.
 // `after_tensor(i)`, when set, runs after tensor i's bytes are written (tests use it to simulate a crash).
-// Returns the XXH3-64 of every byte written (trainers/file_checksum.h), which checkpoints record.
+// Returns the XXH3-64 of every byte written (data/file_checksum.h), which checkpoints record.
 uint64_t write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {},
                        const std::function<void(size_t)>& after_tensor = {});

@@ -135,6 +135,28 @@ void refuse_existing_run_dir(const std::string& out_dir) {
 
 // NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
 // loads or its math alone with it); a model must never train or evaluate under it.
+// A run continues with the tokenizer it started with: the same kind, vocabulary and model file bytes. A
+// checkpoint written before tokenizers were recorded was trained on byte tokens.
+void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json& mine) {
+  const std::string state_path = (fs::path(ck.dir()) / "state.json").string();
+  nlohmann::json saved = nlohmann::json{{"kind", "byte"}, {"vocab_size", ByteTokenizer::kVocabSize}};
+  if (ck.trainer().contains("tokenizer")) saved = ck.trainer().at("tokenizer");
+  if (saved.is_null()) return;  // a run on a synthetic task: no tokenizer
+  if (!saved.is_object())
+    throw InputError("'" + state_path + "': trainer.tokenizer is not an object (a damaged or foreign state.json)");
+  auto describe = [](const nlohmann::json& id) {
+    std::string s;
+    for (const char* key : {"kind", "vocab_size", "xxh3_64"})
+      if (id.contains(key)) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", key, id.at(key).dump());
+    return "{" + s + "}";
+  };
+  for (const char* key : {"kind", "vocab_size", "xxh3_64"})
+    if (saved.value(key, nlohmann::json()) != mine.value(key, nlohmann::json()))
+      throw InputError("checkpoint '" + ck.dir() + "' was trained with the tokenizer " + describe(saved) +
+                       " but the config's tokenizer is " + describe(mine) + " (" + key +
+                       " differs); resume with the tokenizer the run started with (tokenizer.kind, tokenizer.model)");
+}
+
 void refuse_timing_switches() {
   const char* diag = std::getenv("NATSL_GDN_DIAG");
   if (diag && *diag && std::string(diag) != "0")
@@ -150,6 +172,9 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+  // The tokenizer's model file is read (and its vocabulary checked against the model's) before the model
+  // is built: a missing file is reported at once, not after allocating a large model.
+  std::shared_ptr<const Tokenizer> tokenizer = open_run_tokenizer(cfg_);
   if (opts_.write_run_dir) {
     // Before anything is written (the data setup may tokenize into OUT_DIR/data): one run per directory.
     run_dir_lock_ = std::make_unique<RunDirLock>(t.out_dir);
@@ -179,7 +204,20 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   }
   optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay,
                                        AdamWOptions{t.lr, t.betas[0], t.betas[1], t.eps, t.weight_decay});
-  data_ = make_run_data(cfg_, t.out_dir);
+  // The checkpoint to resume from is found (and its tokenizer checked) before the data setup, which may
+  // tokenize text into OUT_DIR/data: a refused resume leaves the run directory as it was.
+  std::shared_ptr<CheckpointReader> resume_ck;
+  if (cfg_.resume == "auto") {
+    CheckpointScan scan = find_latest_checkpoint(t.out_dir);
+    for (const auto& w : scan.warnings) log("warning: " + w);
+    if (scan.reader) resume_ck = scan.reader;
+    else if (!scan.found.empty()) refuse_only_damaged_checkpoints(t.out_dir, scan);
+    else log("resume=auto: no checkpoint in " + (fs::path(t.out_dir) / "checkpoints").string() + "; starting at step 0");
+  } else if (cfg_.resume != "none") {
+    resume_ck = std::make_shared<CheckpointReader>(cfg_.resume);
+  }
+  if (resume_ck && tokenizer) check_checkpoint_tokenizer(*resume_ck, tokenizer->identity());
+  data_ = make_run_data(cfg_, t.out_dir, tokenizer);
   schedule_ = LrSchedule{t.schedule, t.warmup_steps, t.steps, t.min_lr_ratio, t.decay_fraction, t.wsd_decay_shape};
   grad_sumsq_ = Tensor::zeros({1}, DType::f32, device_);
   tty_ = opts_.out && ::isatty(::fileno(opts_.out));
@@ -203,24 +241,18 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
                   t.seq_len, t.grad_accum, tokens_per_step, t.steps, human_count(double(tokens_per_step * t.steps))));
   log(data_.description);
 
-  bool resumed = false;
-  if (cfg_.resume == "auto") {
-    CheckpointScan scan = find_latest_checkpoint(t.out_dir);
-    for (const auto& w : scan.warnings) log("warning: " + w);
-    if (scan.reader) resume_from(*scan.reader), resumed = true;
-    else if (!scan.found.empty()) refuse_only_damaged_checkpoints(t.out_dir, scan);
-    else log("resume=auto: no checkpoint in " + (fs::path(t.out_dir) / "checkpoints").string() + "; starting at step 0");
-  } else if (cfg_.resume != "none") {
-    CheckpointReader ck(cfg_.resume);
-    resume_from(ck);
-    resumed = true;
-  }
-  if (!resumed && !t.init_from.empty()) load_initial_weights(t.init_from);
+  if (resume_ck) resume_from(*resume_ck);
+  else if (!t.init_from.empty()) load_initial_weights(t.init_from);
   if (opts_.write_run_dir) {
     std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
                                       natsl_version(), natsl_git_commit(),
                                       cfg_.config_path.empty() ? "code" : cfg_.config_path);
     replace_file_atomically((fs::path(t.out_dir) / "config.yaml").string(), header + config_to_yaml(cfg_));
+    if (data_.tokenizer) {
+      nlohmann::json id = data_.tokenizer->identity();
+      if (!cfg_.tokenizer.model.empty()) id["model"] = cfg_.tokenizer.model;  // where it was read (not compared)
+      replace_file_atomically((fs::path(t.out_dir) / "tokenizer.json").string(), id.dump(2) + "\n");
+    }
     metrics_ = std::make_unique<MetricsLog>((fs::path(t.out_dir) / "metrics.jsonl").string(), step_);
     run_dir_lock_->keep_directory();
   }
@@ -364,6 +396,7 @@ std::string Trainer::write_checkpoint() {
         {"router_noise", router_noise}}},
       {"data", data_.train->state()},
       {"config", config_to_json(cfg_)},
+      {"tokenizer", data_.tokenizer ? data_.tokenizer->identity() : nlohmann::json()},
   };
   synchronize(device_);
   last_checkpoint_ = save_checkpoint(t.out_dir, ck, t.keep_last);
@@ -598,8 +631,11 @@ nlohmann::json Trainer::evaluate() {
     }
     if (count > 0) {
       double mean = nll / double(count);
-      // Bits per byte: the byte tokenizer's tokens are bytes (BOS/EOS excepted, a negligible share).
-      res = {{"loss", mean}, {"ppl", std::exp(mean)}, {"bpb", mean / std::log(2.0)}, {"tokens", count}};
+      res = {{"loss", mean}, {"ppl", std::exp(mean)}};
+      // Bits per byte: the byte tokenizer's tokens are bytes (BOS/EOS excepted, a negligible share); another
+      // tokenizer's are scaled by the bytes per token of the validation text (when it was tokenized here).
+      if (data_.val_bytes_per_token > 0) res["bpb"] = mean / std::log(2.0) / data_.val_bytes_per_token;
+      res["tokens"] = count;
     }
   }
   model_->train();

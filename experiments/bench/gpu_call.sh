@@ -113,7 +113,7 @@ fi
 if has train; then
   el "train natsl-340m"
   rm -rf "$OUT/run-natsl"
-  timeout 300 "$B/natsl" train configs/natsl-340m.yaml train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
+  timeout 300 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
     train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
     >"$LOG/train_natsl.log" 2>&1
   echo "train rc $?"

@@ -1,4 +1,4 @@
-// The `natsl` program: train, eval, tokenize, inspect. Exit codes: 0 ok, 2 bad input (config, data,
+// The `natsl` program: train, eval, tokenize, tokenizer (train/encode/decode), inspect. Exit codes: 0 ok, 2 bad input (config, data,
 // checkpoint, command line or an unusable train.out_dir), 1 internal error or a failed write (disk full);
 // every error is one line on stderr.
 #include <CLI/CLI.hpp>
@@ -7,8 +7,11 @@
 #include <filesystem>
 #include <set>
 #include <fstream>
+#include <iostream>
+#include <iterator>
 
 #include "core/error.h"
+#include "data/sentencepiece_tokenizer.h"
 #include "data/shard.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
@@ -142,6 +145,66 @@ int cmd_tokenize(TokenizeArgs a) {
     fmt::print("  {}\n", shards[i]);
   }
   fmt::print("  {}\n", r.manifest);
+  return 0;
+}
+
+// natsl tokenizer train: PREFIX.model and PREFIX.vocab (the folder made if missing), each written aside and renamed.
+int cmd_tokenizer_train(const SentencePieceTrainOptions& o, const std::string& prefix) {
+  SentencePieceModel m = train_sentencepiece(o);
+  const fs::path parent = fs::path(prefix).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !fs::create_directories(parent, ec) && ec)
+    throw InputError("tokenizer train: cannot create the output directory '" + parent.string() + "' (from --out '" +
+                     prefix + "'): " + ec.message());
+  replace_file_atomically(prefix + ".model", m.model);
+  replace_file_atomically(prefix + ".vocab", m.vocab);
+  SentencePieceTokenizer tok(prefix + ".model");
+  fmt::print("wrote {}.model and {}.vocab: {} {} pieces, xxh3_64 {}\n", prefix, prefix, o.model_type, tok.vocab_size(),
+             tok.identity().at("xxh3_64").get<std::string>());
+  fmt::print("use it with: tokenizer.kind=sentencepiece tokenizer.model={}.model model.vocab_size={}\n", prefix,
+             tok.vocab_size());
+  return 0;
+}
+
+TokenizerSpec spec_of_model(const std::string& model) {
+  return model.empty() ? TokenizerSpec{} : TokenizerSpec{"sentencepiece", model};
+}
+
+// natsl tokenizer encode: the text of a file (or stdin) as one line of space-separated ids.
+int cmd_tokenizer_encode(const std::string& model, const std::string& path) {
+  std::string text;
+  if (path == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  } else {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) throw InputError("tokenizer encode: '" + path + "' is not a readable file");
+    std::ifstream in(path, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::vector<uint32_t> ids;
+  open_tokenizer(spec_of_model(model))->encode(text, ids);
+  std::string line;
+  for (uint32_t id : ids) line += (line.empty() ? "" : " ") + std::to_string(id);
+  fmt::print("{}\n", line);
+  return 0;
+}
+
+// natsl tokenizer decode: ids (arguments) -> text on stdout.
+int cmd_tokenizer_decode(const std::string& model, const std::vector<std::string>& args) {
+  std::vector<uint32_t> ids;
+  for (const auto& a : args) {
+    uint64_t v = 0;
+    size_t used = 0;
+    try {
+      v = std::stoull(a, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != a.size() || a.empty() || a[0] == '-' || v > UINT32_MAX)
+      throw InputError("tokenizer decode: '" + a + "' is not a token id (a non-negative integer)");
+    ids.push_back(uint32_t(v));
+  }
+  fmt::print("{}", open_tokenizer(spec_of_model(model))->decode(ids));
   return 0;
 }
 
@@ -296,6 +359,31 @@ int main(int argc, char** argv) {
   import_hf_cmd->footer("Writes OUT_DIR/model.yaml and OUT_DIR/model.safetensors; train from them with "
                         "model=OUT_DIR/model.yaml train.init_from=OUT_DIR/model.safetensors.");
 
+  CLI::App* tkz = app.add_subcommand("tokenizer", "Train a SentencePiece tokenizer, or encode/decode with one");
+  tkz->require_subcommand(1);
+  SentencePieceTrainOptions spm;
+  std::string spm_out;
+  CLI::App* tkz_train = tkz->add_subcommand("train", "Train a SentencePiece model (BPE or unigram) on text files");
+  tkz_train->add_option("--input", spm.inputs, "text files to learn from (each line is a sentence)")
+      ->required()
+      ->expected(1, -1);
+  tkz_train->add_option("--vocab-size", spm.vocab_size, "vocabulary size (at least 260: 3 markers + 256 bytes + 1)")
+      ->required();
+  tkz_train->add_option("--model-type", spm.model_type, "bpe or unigram")->capture_default_str();
+  tkz_train->add_option("--threads", spm.threads, "training threads (the model depends on the count)")
+      ->capture_default_str();
+  tkz_train->add_option("--out", spm_out, "output prefix: writes PREFIX.model and PREFIX.vocab")->required();
+  tkz_train->footer("Deterministic: the same inputs and options give the same model. Use the model with "
+                    "tokenizer.kind=sentencepiece tokenizer.model=PREFIX.model (docs/data-format.md).");
+  std::string tkz_model, tkz_input = "-";
+  std::vector<std::string> tkz_ids;
+  CLI::App* tkz_encode = tkz->add_subcommand("encode", "Print the token ids of a text file (or stdin)");
+  tkz_encode->add_option("--model", tkz_model, "SentencePiece .model file (default: the byte tokenizer)");
+  tkz_encode->add_option("input", tkz_input, "text file, or - for stdin")->capture_default_str();
+  CLI::App* tkz_decode = tkz->add_subcommand("decode", "Print the text of token ids");
+  tkz_decode->add_option("--model", tkz_model, "SentencePiece .model file (default: the byte tokenizer)");
+  tkz_decode->add_option("ids", tkz_ids, "token ids")->required();
+
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "Describe a token shard, a .safetensors file or a checkpoint");
   inspect->add_option("path", inspect_path, "shard file, .safetensors file or checkpoint directory")->required();
@@ -305,7 +393,7 @@ int main(int argc, char** argv) {
     const std::set<std::string> commands = {"train", "eval", "sweep", "tokenize", "tokenizer", "inspect", "export-hf", "import-hf"};
     if (!commands.count(cmd)) {
       fmt::print(stderr,
-                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize, inspect, export-hf or import-hf (see natsl --help)\n",
+                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize, tokenizer, inspect, export-hf or import-hf (see natsl --help)\n",
                  cmd);
       return kExitBadInput;
     }
@@ -339,6 +427,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*tok) return cmd_tokenize(ta);
+    if (*tkz_train) return cmd_tokenizer_train(spm, spm_out);
+    if (*tkz_encode) return cmd_tokenizer_encode(tkz_model, tkz_input);
+    if (*tkz_decode) return cmd_tokenizer_decode(tkz_model, tkz_ids);
     if (*inspect) return cmd_inspect(inspect_path);
   } catch (const Error& e) {
     fmt::print(stderr, "natsl: error: {}\n", e.what());
