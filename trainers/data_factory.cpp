@@ -134,7 +134,9 @@ std::shared_ptr<const Tokenizer> open_run_tokenizer(const RunConfig& cfg) {
   } catch (const InputError& e) {
     throw InputError(origin(cfg.tokenizer.kind == "byte" ? "tokenizer.kind" : "tokenizer.model") + e.what());
   }
-  if (cfg.model.vocab_size < tok->vocab_size())
+  // The byte tokenizer is the default also for token shards made elsewhere (any vocabulary): for it the
+  // shards' largest id is checked against the model (make_run_data) instead.
+  if (tok->kind() != "byte" && cfg.model.vocab_size < tok->vocab_size())
     throw InputError(origin("model.vocab_size") + "model.vocab_size (" + std::to_string(cfg.model.vocab_size) +
                      ") is smaller than the vocabulary of the tokenizer (" + std::to_string(tok->vocab_size()) +
                      ", tokenizer.kind " + cfg.tokenizer.kind +

@@ -33,8 +33,9 @@ std::string mix_source_name(const std::vector<MixEntry>& mix, size_t i);
 
 
 // The tokenizer of a run's text data (tokenizer: section), opened (its model file read) and checked against
-// the model: a model.vocab_size below the tokenizer's vocabulary is an InputError naming both. Null for the
-// synthetic sources, which make their own token ids.
+// the model: a model.vocab_size below a SentencePiece model's vocabulary is an InputError naming both (for
+// the byte tokenizer, also used for shards made elsewhere, the data's largest id is checked instead). Null
+// for the synthetic sources, which make their own token ids.
 std::shared_ptr<const Tokenizer> open_run_tokenizer(const RunConfig& cfg);
 
 // `run_dir` receives the shards of plain text files named in data.text (tokenized at start with `tokenizer`,
