@@ -8,6 +8,7 @@
 
 #include "data/sentencepiece_tokenizer.h"
 #include "data/shard.h"
+#include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "tests/data/data_test_util.h"
 
@@ -197,11 +198,10 @@ TEST_F(SentencePiece, TokenizeFilesWritesShardsOfTheModelsVocabulary) {
   const std::string text = read_bytes(shared_data("tinyshakespeare.txt"));
   TokenizeOptions opt;
   opt.val_fraction = 0.1;
-  TokenizeReport r = tokenize_files({shared_data("tinyshakespeare.txt")}, dir.file("sp"), opt, *tok);
+  opt.threads = 2;
+  TokenizeReport r = tokenize({shared_data("tinyshakespeare.txt")}, dir.file("sp"), *tok, opt);
   ASSERT_EQ(r.train_shards.size(), 1u);
   ASSERT_EQ(r.val_shards.size(), 1u);
-  EXPECT_EQ(r.train_bytes + r.val_bytes, int64_t(text.size()));
-  EXPECT_EQ(r.val_bytes, int64_t(text.size()) - 1003854);  // ASCII text: the byte cut of the protocol
   Shard train = Shard::open(r.train_shards[0]), val = Shard::open(r.val_shards[0]);
   EXPECT_EQ(train.header().vocab_size, 1000u);
   EXPECT_EQ(train.header().token_bytes, 2u);
@@ -209,6 +209,7 @@ TEST_F(SentencePiece, TokenizeFilesWritesShardsOfTheModelsVocabulary) {
   EXPECT_EQ(t.front(), *tok->bos_id());
   EXPECT_EQ(v.back(), *tok->eos_id());
   EXPECT_EQ(tok->decode(t) + tok->decode(v), text);
+  EXPECT_EQ(tok->decode(v).size(), text.size() - 1003854);  // ASCII text: the byte cut of the protocol
   EXPECT_EQ(r.train_tokens + r.val_tokens, int64_t(t.size() + v.size()));
 }
 

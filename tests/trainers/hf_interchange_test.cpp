@@ -24,7 +24,7 @@ using testing::TempDir;
 using testing::write_text;
 
 ModelConfig preset(const std::string& name) {
-  return load_config(std::string(NATSL_SOURCE_DIR) + "/configs/" + name, {"data.source=mqar"}).model;
+  return load_config(std::string(NATSL_SOURCE_DIR) + "/configs/" + name, {"data.source=mqar", "tokenizer.kind=byte"}).model;
 }
 
 TEST(HfInterchange, ConfigOfEachFamilyNamesTheReferenceFields) {

@@ -171,12 +171,18 @@ TEST(ShippedConfigs, EveryConfigAndEverySweepLoads) {
         EXPECT_FALSE(load_sweep(e.path().string()).runs.empty());
         ++sweeps;
       } else {
+        RunConfig cfg;
         try {
-          load_config(e.path().string());
+          cfg = load_config(e.path().string());
         } catch (const InputError& ex) {
           // The text configs take their data on the command line, as their comments show.
           if (std::string(ex.what()).find("data.text.train names no file") == std::string::npos) throw;
-          load_config(e.path().string(), {"data.text.train=[../shared/data/tinyshakespeare.txt]"});
+          cfg = load_config(e.path().string(), {"data.text.train=[../shared/data/tinyshakespeare.txt]"});
+        }
+        // The paper's presets read Llama-2's SentencePiece tokens (the model file is the user's to give).
+        if (e.path().filename().string().find("-340m") != std::string::npos) {
+          EXPECT_EQ(cfg.tokenizer.kind, "sentencepiece");
+          EXPECT_FALSE(cfg.tokenizer.model.empty());
         }
         ++configs;
       }

@@ -106,17 +106,7 @@ TEST(TokenizerConfig, SectionIsParsedSavedAndChecked) {
           {"data.source mqar generates its own token ids"});
 }
 
-TEST(TokenizerConfig, EveryPresetStillLoads) {
-  for (const auto& e : fs::directory_iterator(std::string(NATSL_SOURCE_DIR) + "/configs")) {
-    if (e.path().extension() != ".yaml") continue;
-    // Their text data is given on the command line where they name none.
-    RunConfig cfg = load_config(e.path().string(), {"data.text.train=" + kShakespeare});
-    if (e.path().filename().string().find("-340m") != std::string::npos) {
-      EXPECT_EQ(cfg.tokenizer.kind, "sentencepiece") << e.path();
-      EXPECT_FALSE(cfg.tokenizer.model.empty()) << e.path();
-    }
-  }
-}
+// Every preset loads (tests/trainers/sweep_test.cpp, ShippedConfigs), the 340m ones naming a SentencePiece model.
 
 TEST(TokenizerCli, TrainEncodeDecodeAndBadInput) {
   SKIP_WITHOUT_SENTENCEPIECE();
