@@ -148,7 +148,7 @@ std::vector<AxisPoint> read_axis(const std::string& file, const YAML::Node& axis
   if (!axis.IsMap() || axis.size() != 1)
     throw InputError(at(file, axis) + ": each entry of axes is one of grid:, zip:, list: or seeds:");
   const std::string kind = axis.begin()->first.as<std::string>();
-  const YAML::Node& body = axis.begin()->second;
+  const YAML::Node body = axis.begin()->second;  // a copy: the iterator yields a temporary
   if (kind == "grid") return grid_axis(file, body);
   if (kind == "zip") return zip_axis(file, body);
   if (kind == "list") return list_axis(file, body);
