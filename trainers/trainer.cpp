@@ -133,8 +133,6 @@ void refuse_existing_run_dir(const std::string& out_dir) {
                                scan.damaged.empty() ? std::string("?") : scan.damaged.front()));
 }
 
-// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
-// loads or its math alone with it); a model must never train or evaluate under it.
 // A run continues with the tokenizer it started with: the same kind, vocabulary and model file bytes. A
 // checkpoint written before tokenizers were recorded was trained on byte tokens.
 void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json& mine) {
@@ -157,6 +155,8 @@ void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json
                        " differs); resume with the tokenizer the run started with (tokenizer.kind, tokenizer.model)");
 }
 
+// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
+// loads or its math alone with it); a model must never train or evaluate under it.
 void refuse_timing_switches() {
   const char* diag = std::getenv("NATSL_GDN_DIAG");
   if (diag && *diag && std::string(diag) != "0")
