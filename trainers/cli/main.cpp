@@ -282,7 +282,8 @@ int main(int argc, char** argv) {
 
   std::string eval_config;
   std::vector<std::string> eval_args;
-  CLI::App* eval = app.add_subcommand("eval", "Evaluate a checkpoint on the config's held-out data");
+  CLI::App* eval = app.add_subcommand(
+      "eval", "Evaluate a checkpoint: the config's held-out data, MQAR/NIAH grids, multiple choice, routing maps");
   eval->add_option("config", eval_config, "run config, YAML")->required();
   eval->add_option("args", eval_args, "checkpoint=DIR (default: the newest in train.out_dir) and KEY=VALUE overrides");
   EvalSuite suite;
