@@ -1,6 +1,7 @@
 #include "trainers/eval_suite.h"
 
 #include <cmath>
+#include <functional>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -142,6 +143,20 @@ nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* pr
   model.eval();
   nlohmann::json out = nlohmann::json::object();
   const uint64_t seed = eval_seed(uint64_t(cfg.train.seed));
+  // One synthetic grid point: the source `make` builds (an InputError names `point`), scored and labelled.
+  auto grid_point = [&](const std::string& task, const std::string& point, const nlohmann::json& labels,
+                        const std::function<std::unique_ptr<DataSource>()>& make) {
+    std::unique_ptr<DataSource> src;
+    try {
+      src = make();
+    } catch (const InputError& e) {
+      throw InputError(task + " grid point " + point + ": " + e.what());
+    }
+    nlohmann::json r = score_source(model, *src, suite.batches);
+    r.update(labels);
+    if (progress) fmt::print(progress, "{} {}: accuracy {:.4f}\n", task, point, r["accuracy"].get<double>());
+    out[task == "MQAR" ? "mqar" : "niah"].push_back(r);
+  };
   if (!suite.mqar_pairs.empty() && !suite.mqar_lengths.empty()) {
     out["mqar"] = nlohmann::json::array();
     for (int64_t L : suite.mqar_lengths)
@@ -149,17 +164,8 @@ nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* pr
         RunConfig c = cfg;
         c.data.mqar.num_kv_pairs = k;
         c.train.seq_len = L;
-        std::unique_ptr<MqarSource> src;
-        try {
-          src = std::make_unique<MqarSource>(mqar_options(c, seed));
-        } catch (const InputError& e) {
-          throw InputError(fmt::format("MQAR grid point {} pairs x {} tokens: {}", k, L, e.what()));
-        }
-        nlohmann::json r = score_source(model, *src, suite.batches);
-        r["pairs"] = k;
-        r["seq_len"] = L;
-        if (progress) fmt::print(progress, "mqar {:>4} pairs x {:>6} tokens: accuracy {:.4f}\n", k, L, r["accuracy"].get<double>());
-        out["mqar"].push_back(r);
+        grid_point("MQAR", fmt::format("{} pairs x {} tokens", k, L), {{"pairs", k}, {"seq_len", L}},
+                   [&] { return std::make_unique<MqarSource>(mqar_options(c, seed)); });
       }
   }
   if (!suite.niah_lengths.empty()) {
@@ -169,17 +175,8 @@ nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* pr
         RunConfig c = cfg;
         c.data.niah.depth_percent = d;
         c.train.seq_len = L;
-        std::unique_ptr<NiahSource> src;
-        try {
-          src = std::make_unique<NiahSource>(niah_options(c, seed));
-        } catch (const InputError& e) {
-          throw InputError(fmt::format("NIAH grid point {} tokens at depth {}%: {}", L, d, e.what()));
-        }
-        nlohmann::json r = score_source(model, *src, suite.batches);
-        r["seq_len"] = L;
-        r["depth_percent"] = d;
-        if (progress) fmt::print(progress, "niah {:>6} tokens, depth {:>5.1f}%: accuracy {:.4f}\n", L, d, r["accuracy"].get<double>());
-        out["niah"].push_back(r);
+        grid_point("NIAH", fmt::format("{} tokens at depth {}%", L, d), {{"seq_len", L}, {"depth_percent", d}},
+                   [&] { return std::make_unique<NiahSource>(niah_options(c, seed)); });
       }
   }
   if (!suite.choices.empty()) out["choices"] = score_choices(model, suite, cfg.model.vocab_size, progress);
