@@ -339,15 +339,28 @@ std::string field_to_string(const FieldSpec& f) {
             return e.c_str();
           } else return fmt::format("{}", v);
         };
+        // Inside [...] or {...} a plain scalar may not hold ',', ']', '}' and the like: a string there is
+        // written as the emitter writes it in a flow sequence (quoted where needed), less the brackets.
+        auto in_flow = [&](const auto& v) -> std::string {
+          if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::string>) {
+            YAML::Emitter e;
+            e << YAML::Flow << YAML::BeginSeq << v << YAML::EndSeq;
+            const std::string seq = e.c_str();
+            return seq.substr(1, seq.size() - 2);
+          } else {
+            return one(v);
+          }
+        };
         if constexpr (std::is_same_v<T, std::vector<MixEntry>>) {
           std::string r = "[";
           for (size_t i = 0; i < p->size(); ++i)
-            r += (i ? ", " : "") + std::string("{path: ") + one((*p)[i].path) + ", weight: " + one((*p)[i].weight) + "}";
+            r += (i ? ", " : "") + std::string("{path: ") + in_flow((*p)[i].path) + ", weight: " +
+                 one((*p)[i].weight) + "}";
           return r + "]";
         } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
                              std::is_same_v<T, std::vector<std::string>>) {
           std::string r = "[";
-          for (size_t i = 0; i < p->size(); ++i) r += (i ? ", " : "") + one((*p)[i]);
+          for (size_t i = 0; i < p->size(); ++i) r += (i ? ", " : "") + in_flow((*p)[i]);
           return r + "]";
         } else {
           return one(*p);

@@ -287,6 +287,15 @@ TEST(Config, ResolvedYamlAndJsonRoundTrip) {
   EXPECT_EQ(config_to_json(from_json), config_to_json(c));
   EXPECT_NE(config_to_yaml(c).find("  lr: 0.0003\n"), std::string::npos);
   EXPECT_NE(config_table(c).find("train.lr"), std::string::npos);
+
+  // Strings inside lists (paths, mixture paths) that YAML's flow syntax would cut: ',' ']' '}' ': ' '#'.
+  write_text(dir / "odd.yaml", "data:\n  source: text\n  text:\n    val: ['a, b].txt', 'c}: #d']\n"
+                               "    mix: [{path: 'e]f,g', weight: 1}]\ntrain:\n  no_decay: ['x]', 'y, z']\n");
+  c = load_config(dir / "odd.yaml");
+  write_text(dir / "odd-resolved.yaml", config_to_yaml(c));
+  again = load_config(dir / "odd-resolved.yaml");  // found by fuzz_config (corpus: crash-flow-list-string)
+  EXPECT_EQ(config_to_json(again), config_to_json(c)) << config_to_yaml(c);
+  EXPECT_EQ(again.data.text.mix.at(0).path, "e]f,g");
 }
 
 // data.text.mix: a list of {path, weight}; it round-trips through the resolved YAML, JSON and an override,
