@@ -225,6 +225,11 @@ void NatslAttention::set_progress(int64_t step, int64_t total_steps) {
 // evaluation (offset 2^63, which training never reaches), so evaluations see the same routing every time.
 RouterChoice NatslAttention::fixed_routing(int64_t B, int64_t NC, DType dt, Device dev, bool train) {
   const int64_t Hr = ndims_.router_heads, n = B * NC * Hr;
+  // all_softmax, all_gdn and every_nth depend on the shape alone: built once, not at every forward.
+  const bool deterministic = routing_ != "random";
+  if (deterministic && fixed_.mask_softmax.defined() && fixed_.mask_softmax.shape() == Shape{B, NC, Hr} &&
+      fixed_.mask_softmax.dtype() == dt && fixed_.mask_softmax.device() == dev)
+    return fixed_;
   std::vector<double> soft(size_t(n), 0.0);
   uint64_t offset = 0;
   if (routing_ == "random") offset = train ? noise_.reserve(uint64_t(n)) : uint64_t(1) << 63;
@@ -242,6 +247,7 @@ RouterChoice NatslAttention::fixed_routing(int64_t B, int64_t NC, DType dt, Devi
   RouterChoice r;
   r.mask_softmax = Tensor::from_vector(soft, {B, NC, Hr}, dt, dev);
   r.mask_gdn = Tensor::from_vector(gdn, {B, NC, Hr}, dt, dev);
+  if (deterministic) fixed_ = r;
   return r;
 }
 

@@ -108,6 +108,7 @@ class NatslAttention : public GatedDeltaNet {
   int64_t routing_every_, warmup_, step_ = 0;
   Tensor aux_;          // the last training forward's penalty (undefined: none configured)
   Tensor routed_frac_;  // 0-d: f of the last training forward
+  RouterChoice fixed_;  // the last deterministic fixed routing's masks, reused while B, NC, dtype, device hold
   std::shared_ptr<Linear> nats_layer_, nats_out_weights_layer_;
   std::shared_ptr<RMSNorm> q_norm_, k_norm_;
   std::shared_ptr<TwoInputNorm> mix_norm_;
