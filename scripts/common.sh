@@ -10,7 +10,7 @@ say() { printf '\033[1m[natsl]\033[0m %s\n' "$*"; }
 
 # Debian 12 / Ubuntu 24.04 packages natsl builds with. Only missing ones are installed.
 NATSL_APT_PACKAGES=(g++ cmake ninja-build pkg-config libeigen3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev
-                    nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev libzstd-dev libsentencepiece-dev libgtest-dev
+                    nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev libzstd-dev libsentencepiece-dev libgloo-dev libgtest-dev
                     libgmock-dev python3 python3-numpy)
 
 install_missing() {
