@@ -1,5 +1,6 @@
 #include "autograd/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace natsl {
@@ -42,6 +43,28 @@ AdamW::AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool
   v_ = FlatBuffer(params.layout(), d, moment_dtype(params.layout()));
 }
 
+AdamW::AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt,
+             int64_t shard_begin, int64_t shard_end)
+    : params_(params), grads_(grads), decay_(std::move(decay)), opt_(opt), shard_begin_(shard_begin),
+      shard_end_(shard_end) {
+  check_options(opt_);
+  const auto& pe = params.layout().entries();
+  NATSL_CHECK(params.layout().dtypes().size() == 1, "AdamW: a sharded optimizer needs one dtype buffer");
+  const DType dt = params.layout().dtypes().front();
+  NATSL_CHECK(decay_.size() == pe.size(), "AdamW: ", decay_.size(), " decay flags for ", pe.size(), " parameters");
+  NATSL_CHECK(0 <= shard_begin && shard_begin < shard_end && shard_end <= params.flat(dt).numel() &&
+                  shard_end <= grads.flat(dt).numel(),
+              "AdamW: shard [", shard_begin, ", ", shard_end, ") outside the buffers");
+  // Each entry's part inside the shard, at offsets relative to the shard's start.
+  for (size_t i = 0; i < pe.size(); ++i) {
+    const int64_t lo = std::max(pe[i].offset, shard_begin), hi = std::min(pe[i].offset + pe[i].numel(), shard_end);
+    if (lo < hi) segments_[dt].push_back({lo - shard_begin, hi - lo, decay_[i]});
+  }
+  Device d = params.flat(dt).device();
+  m_shard_ = Tensor::zeros({shard_end - shard_begin}, moment_dtype(params.layout()), d);
+  v_shard_ = Tensor::zeros({shard_end - shard_begin}, moment_dtype(params.layout()), d);
+}
+
 void AdamW::set_lr(double lr) {
   AdamWOptions o = opt_;
   o.lr = lr;
@@ -62,8 +85,14 @@ void AdamW::step(const Tensor& grad_scale) {
   h.eps = opt_.eps;
   h.weight_decay = opt_.weight_decay;
   h.step = step_ + 1;
-  for (const auto& [dt, segs] : segments_)
-    kernels::adamw_step(params_.flat(dt), grads_.flat(dt), m_.flat(dt), v_.flat(dt), segs, h, grad_scale);
+  if (sharded()) {
+    for (const auto& [dt, segs] : segments_)
+      kernels::adamw_step(params_.flat(dt).slice(0, shard_begin_, shard_end_),
+                          grads_.flat(dt).slice(0, shard_begin_, shard_end_), m_shard_, v_shard_, segs, h, grad_scale);
+  } else {
+    for (const auto& [dt, segs] : segments_)
+      kernels::adamw_step(params_.flat(dt), grads_.flat(dt), m_.flat(dt), v_.flat(dt), segs, h, grad_scale);
+  }
   step_ = h.step;
 }
 

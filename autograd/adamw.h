@@ -20,6 +20,10 @@ class AdamW {
   // params and grads: buffers of one layout (the grads may be bf16); decay[i] for layout entry i.
   // Moments are f32 (f64 when every parameter is f64, for CPU tests) and start at zero.
   AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt = {});
+  // ZeRO-1: updates only elements [shard_begin, shard_end) of the (single-dtype) flat buffers and keeps
+  // moments for those only (moment_shard()); exp_avg()/exp_avg_sq() are then empty.
+  AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt,
+        int64_t shard_begin, int64_t shard_end);
 
   // One update with g = grad * grad_scale (grad_scale: undefined, or one f32 value on the params' device,
   // e.g. a clipping coefficient computed there).
@@ -35,6 +39,11 @@ class AdamW {
   void set_step_count(int64_t steps);
   const FlatBuffer& exp_avg() const { return m_; }
   const FlatBuffer& exp_avg_sq() const { return v_; }
+  bool sharded() const { return shard_end_ > shard_begin_; }
+  int64_t shard_begin() const { return shard_begin_; }
+  // ZeRO-1: the moments of the shard (1-D, shard_end - shard_begin elements each); writable to restore them.
+  const Tensor& exp_avg_shard() const { return m_shard_; }
+  const Tensor& exp_avg_sq_shard() const { return v_shard_; }
 
  private:
   FlatBuffer params_, grads_, m_, v_;
@@ -42,6 +51,8 @@ class AdamW {
   std::map<DType, std::vector<kernels::AdamWSegment>> segments_;  // per layout dtype
   AdamWOptions opt_;
   int64_t step_ = 0;
+  int64_t shard_begin_ = 0, shard_end_ = 0;  // ZeRO-1 shard (empty: the whole buffers)
+  Tensor m_shard_, v_shard_;
 };
 
 }  // namespace natsl

@@ -24,6 +24,10 @@ bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
 
+namespace {
+thread_local GradReadyHook t_grad_ready_hook;
+}  // namespace
+
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   const Tensor& g = grads[0];
   if (!g.defined()) return {};
@@ -38,8 +42,14 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
     // In place, so a grad that is a view into a flat gradient buffer stays one.
     kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
   }
+  if (t_grad_ready_hook) t_grad_ready_hook(leaf);
   return {};
 }
+
+GradReadyHookGuard::GradReadyHookGuard(GradReadyHook hook) : prev_(std::move(t_grad_ready_hook)) {
+  t_grad_ready_hook = std::move(hook);
+}
+GradReadyHookGuard::~GradReadyHookGuard() { t_grad_ready_hook = std::move(prev_); }
 
 Edge gradient_edge(const Tensor& t) {
   if (!t.defined() || !t.requires_grad()) return {};

@@ -54,6 +54,22 @@ class AccumulateGrad : public Node {
   Tensor leaf_;
 };
 
+// Called after a leaf's AccumulateGrad has added this backward's gradient into leaf.grad: from then on the
+// leaf's gradient is final for this backward (a leaf has one accumulator node, which the engine runs once,
+// after every node that feeds it). Per thread; the data-parallel reducer sets it around the backward of the
+// last micro-batch to start reducing gradient buckets while the rest of the backward runs.
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+class GradReadyHookGuard {
+ public:
+  explicit GradReadyHookGuard(GradReadyHook hook);
+  ~GradReadyHookGuard();
+  GradReadyHookGuard(const GradReadyHookGuard&) = delete;
+  GradReadyHookGuard& operator=(const GradReadyHookGuard&) = delete;
+
+ private:
+  GradReadyHook prev_;
+};
+
 // Grad mode: on by default; NoGradGuard turns it off for its scope (thread-local).
 bool grad_enabled();
 class NoGradGuard {

@@ -11,6 +11,11 @@ int FlatLayout::add(const std::string& name, const Shape& shape, DType dt) {
   return int(entries_.size()) - 1;
 }
 
+void FlatLayout::pad_totals(int64_t multiple) {
+  NATSL_CHECK(multiple > 0, "FlatLayout::pad_totals: multiple must be > 0");
+  for (auto& [dt, n] : totals_) n = (n + multiple - 1) / multiple * multiple;
+}
+
 int64_t FlatLayout::total(DType dt) const {
   auto it = totals_.find(dt);
   return it == totals_.end() ? 0 : it->second;

@@ -29,6 +29,9 @@ class FlatLayout {
   int64_t total(DType dt) const;  // elements in the buffer of dt (0 if none)
   std::vector<DType> dtypes() const;
   int find(const std::string& name) const;  // -1 if absent
+  // Rounds every dtype's total up to a multiple of `multiple` elements (ZeRO-1: equal shards per rank);
+  // entries added later start after the padding.
+  void pad_totals(int64_t multiple);
 
  private:
   std::vector<FlatEntry> entries_;

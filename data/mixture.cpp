@@ -89,6 +89,11 @@ Batch MixtureLoader::next(int64_t step) {
   return batch;
 }
 
+void MixtureLoader::skip(int64_t step) {
+  for (int64_t g = 0; g < opts_.batch_size * opts_.world_size; ++g) ++rows_served_[source_of_row(step, g)];
+  last_step_ = std::max(last_step_, step);
+}
+
 nlohmann::json MixtureLoader::state() const {
   nlohmann::json sources = nlohmann::json::array();
   for (size_t k = 0; k < sources_.size(); ++k)

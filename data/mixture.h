@@ -39,6 +39,7 @@ class MixtureLoader : public DataSource {
   MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts);
 
   Batch next(int64_t step) override;
+  void skip(int64_t step) override;
   int64_t batch_size() const override { return opts_.batch_size; }
   int64_t seq_len() const override { return opts_.seq_len; }
   int64_t vocab_size() const override { return vocab_size_; }

@@ -19,6 +19,9 @@ class DataSource {
   // The batch of this rank for micro-batch index `step` (with gradient accumulation the trainer passes
   // step * accum + micro). Distinct indices give independent batches. inputs/targets: i32 [B, T] on the CPU.
   virtual Batch next(int64_t step) = 0;
+  // Data parallel: micro-batch `step` is served by another rank. Counters a source keeps for the log and
+  // its state advance as if it had been served here, so every rank's state() is the same (no batch is made).
+  virtual void skip(int64_t step) { (void)step; }
   virtual int64_t batch_size() const = 0;  // B, rows of this rank
   virtual int64_t seq_len() const = 0;     // T
   virtual int64_t vocab_size() const = 0;  // every input and target id (except kIgnoreIndex) is below it

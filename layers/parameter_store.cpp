@@ -4,10 +4,12 @@ namespace natsl {
 
 std::string precision_name(Precision p) { return p == Precision::f32 ? "f32" : "bf16"; }
 
-ParameterStore::ParameterStore(Module& model, Device device, Precision precision)
+ParameterStore::ParameterStore(Module& model, Device device, Precision precision, int shards)
     : params_(model.named_parameters()), device_(device), precision_(precision) {
   NATSL_CHECK(!params_.empty(), "ParameterStore: the model has no parameters");
+  NATSL_CHECK(shards >= 1, "ParameterStore: shards must be >= 1");
   for (const ParameterRef& p : params_) layout_.add(p.name, p.meta->shape, DType::f32);
+  if (shards > 1) layout_.pad_totals(int64_t(shards) * FlatLayout::kFlatAlign);
   master_ = FlatBuffer(layout_, device_);
   grads_ = FlatBuffer(layout_, device_);
   if (precision_ == Precision::bf16) compute_ = FlatBuffer(layout_, device_, DType::bf16);

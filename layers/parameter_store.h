@@ -25,7 +25,8 @@ class ParameterStore {
  public:
   // Copies the module's current parameter values into the master buffer (so a model initialised or loaded
   // before the store keeps its weights), then binds the module to the buffers on `device`.
-  ParameterStore(Module& model, Device device = kCPU, Precision precision = Precision::f32);
+  // shards > 1 (ZeRO-1): the buffers are padded to `shards` equal parts (dist::shard_size).
+  ParameterStore(Module& model, Device device = kCPU, Precision precision = Precision::f32, int shards = 1);
   ParameterStore(const ParameterStore&) = delete;
   ParameterStore& operator=(const ParameterStore&) = delete;
 

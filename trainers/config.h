@@ -69,7 +69,14 @@ struct TrainConfig {
   int64_t steps = 1000;           // optimizer steps; the LR schedule spans them
   int64_t batch_size = 8;         // sequences per micro-batch
   int64_t seq_len = 256;
-  int64_t grad_accum = 1;         // micro-batches per optimizer step
+  int64_t grad_accum = 1;         // micro-batches per optimizer step (per rank)
+  // Sequences per optimizer step over all ranks; 0 = batch_size x grad_accum x world size. When set, the
+  // accumulation is derived from the world size: grad_accum = global_batch_size / (batch_size x world size),
+  // so one config gives the same global batch on any number of ranks.
+  int64_t global_batch_size = 0;
+  int64_t zero = 0;               // 1 = ZeRO-1: optimizer state sharded over the ranks
+  double bucket_mb = 25.0;        // data parallel: gradient all-reduce bucket size, MiB
+  double dist_timeout_s = 120.0;  // several ranks: rendezvous and every collective fail after this long
   double lr = 3e-4;
   double min_lr_ratio = 0.1;      // final lr = lr * min_lr_ratio
   std::string schedule = "cosine";  // cosine | linear | wsd | constant

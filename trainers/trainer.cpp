@@ -23,6 +23,7 @@
 #include "layers/model_size.h"
 #include "layers/natsl_attention.h"
 #include "trainers/checkpoint.h"
+#include "trainers/dist/tcp_store.h"
 #include "trainers/metrics_log.h"
 #include "trainers/mfu.h"
 #include "trainers/run_dir_lock.h"
@@ -168,7 +169,40 @@ void refuse_timing_switches() {
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   refuse_timing_switches();
   const TrainConfig& t = cfg_.train;
+  launch_ = opts_.launch ? *opts_.launch : dist::launch_info_from_env();
+  // Rank 0 prints and writes the run directory; the other ranks train silently (their errors still reach
+  // stderr) and write nothing there but their own copy of tokenized data.
+  if (launch_.rank != 0) {
+    opts_.out = nullptr;
+    opts_.write_run_dir = false;
+  }
   device_ = resolve_device(t.device);
+  if (launch_.launcher != "single" && device_.is_cuda()) {
+    // One GPU per rank: LOCAL_RANK picks it.
+    if (t.device.rfind("cuda:", 0) == 0 && device_.index != launch_.local_rank)
+      throw InputError("train.device is '" + t.device + "' but each rank of a multi-rank run uses cuda:LOCAL_RANK (this is local rank " +
+                       std::to_string(launch_.local_rank) + "); use train.device=cuda or auto");
+    if (launch_.local_rank >= cuda_device_count())
+      throw InputError(fmt::format("local rank {} needs cuda:{}, but {} GPU(s) are visible; start at most {} ranks per node",
+                                   launch_.local_rank, launch_.local_rank, cuda_device_count(), cuda_device_count()));
+    device_ = Device::cuda(launch_.local_rank);
+  }
+  // Batch math: the accumulation per rank follows from the global batch and the world size.
+  const int64_t W = launch_.world_size;
+  accum_ = t.grad_accum;
+  if (t.global_batch_size > 0) {
+    const int64_t per_micro = t.batch_size * W;
+    if (t.global_batch_size % per_micro != 0)
+      throw InputError(fmt::format("train.global_batch_size = {} is not a multiple of train.batch_size x world size = {} x {} = {}; "
+                                   "choose a global batch that {} divides, or another batch_size",
+                                   t.global_batch_size, t.batch_size, W, per_micro, per_micro));
+    accum_ = t.global_batch_size / per_micro;
+    if (t.grad_accum != 1 && t.grad_accum != accum_)
+      throw InputError(fmt::format("train.grad_accum = {} contradicts train.global_batch_size = {} (which gives {} micro-batches "
+                                   "per rank on {} rank(s)); leave grad_accum out when global_batch_size is set",
+                                   t.grad_accum, t.global_batch_size, accum_, W));
+  }
+  setup_distributed();
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
@@ -185,7 +219,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   kernels::set_deterministic(t.deterministic);
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
-  store_ = std::make_unique<ParameterStore>(*model_, device_, precision);
+  store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1);
   Generator init_gen(uint64_t(t.seed));
   store_->init(init_gen);
   // The routers' Gumbel noise is keyed by train.seed as well, so a run repeats from its seed alone.
@@ -202,8 +236,16 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
       if (p.name.find(pat) != std::string::npos) d = false;
     decay.push_back(d);
   }
-  optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay,
-                                       AdamWOptions{t.lr, t.betas[0], t.betas[1], t.eps, t.weight_decay});
+  const AdamWOptions adam{t.lr, t.betas[0], t.betas[1], t.eps, t.weight_decay};
+  if (zero1_) {
+    const dist::ShardRange sh =
+        dist::shard_of(store_->layout().total(DType::f32), launch_.world_size, launch_.rank);
+    optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay, adam, sh.begin, sh.end);
+  } else {
+    optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay, adam);
+  }
+  if (comm_ && !zero1_)
+    reducer_ = std::make_unique<dist::GradReducer>(*comm_, store_->grads(), int64_t(t.bucket_mb * double(1 << 20)));
   // The checkpoint to resume from is found (and its tokenizer checked) before the data setup, which may
   // tokenize text into OUT_DIR/data: a refused resume leaves the run directory as it was.
   std::shared_ptr<CheckpointReader> resume_ck;
@@ -217,7 +259,14 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
     resume_ck = std::make_shared<CheckpointReader>(cfg_.resume);
   }
   if (resume_ck && tokenizer) check_checkpoint_tokenizer(*resume_ck, tokenizer->identity());
-  data_ = make_run_data(cfg_, t.out_dir, tokenizer);
+  // Rank 0 has checked the run directory before any rank writes there. Text tokenized at start goes to
+  // OUT_DIR/data on rank 0 and to OUT_DIR/ranks/rank_R/data on the others (the same bytes; no rank reads a
+  // file another is writing).
+  if (comm_) comm_->barrier();
+  data_ = make_run_data(cfg_,
+                        launch_.rank == 0 ? t.out_dir
+                                          : (fs::path(t.out_dir) / "ranks" / ("rank_" + std::to_string(launch_.rank))).string(),
+                        tokenizer);
   schedule_ = LrSchedule{t.schedule, t.warmup_steps, t.steps, t.min_lr_ratio, t.decay_fraction, t.wsd_decay_shape};
   grad_sumsq_ = Tensor::zeros({1}, DType::f32, device_);
   tty_ = opts_.out && ::isatty(::fileno(opts_.out));
@@ -234,15 +283,34 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   int64_t n_decayed = 0;
   for (size_t i = 0; i < decay.size(); ++i)
     if (decay[i]) n_decayed += store_->layout().entries()[i].numel();
-  const int64_t tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+  const int64_t tokens_per_step = global_batch() * t.seq_len;
   log(fmt::format("model: {} parameters ({} with weight decay), {} FLOPs/token (training)", human_count(double(n_params)),
                   human_count(double(n_decayed)), human_count(flops_per_token_)));
-  log(fmt::format("batch: {} x {} tokens x {} accumulation = {} tokens/step; {} steps = {} tokens", t.batch_size,
-                  t.seq_len, t.grad_accum, tokens_per_step, t.steps, human_count(double(tokens_per_step * t.steps))));
+  log(fmt::format("batch: {} x {} tokens x {} accumulation{} = {} tokens/step; {} steps = {} tokens", t.batch_size,
+                  t.seq_len, accum_, W > 1 ? fmt::format(" x {} ranks", W) : std::string(), tokens_per_step, t.steps,
+                  human_count(double(tokens_per_step * t.steps))));
+  if (comm_) {
+    const double n = double(store_->master().flat(DType::f32).numel());
+    const double moments = zero1_ ? 2.0 * double(optimizer_->exp_avg_shard().nbytes()) : 8.0 * n;
+    const double state_bytes = 4.0 * n + 4.0 * n + (precision == Precision::bf16 ? 2.0 * n : 0.0) + moments;
+    log(fmt::format("distributed: {} rank(s) ({} launch, {} backend), {}; parameters, gradients and optimizer state: "
+                    "{:.1f} MiB per rank",
+                    W, launch_.launcher, comm_->backend(),
+                    zero1_ ? std::string("ZeRO-1 (optimizer state sharded)")
+                           : fmt::format("gradients averaged in {} bucket(s) of <= {} MiB during the backward",
+                                         reducer_->num_buckets(), t.bucket_mb),
+                    state_bytes / double(1 << 20)));
+  }
   log(data_.description);
 
   if (resume_ck) resume_from(*resume_ck);
   else if (!t.init_from.empty()) load_initial_weights(t.init_from);
+  if (comm_) {
+    // Every rank starts from rank 0's weights (the same seed gives the same ones; this makes sure).
+    comm_->broadcast(store_->master().flat(DType::f32), 0);
+    comm_->synchronize();
+    store_->sync_compute_from_master();
+  }
   if (opts_.write_run_dir) {
     std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
                                       natsl_version(), natsl_git_commit(),
@@ -264,6 +332,48 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
       config_table(cfg_));
   for (const auto& line : pending_log_) log(line);
   pending_log_.clear();
+}
+
+void Trainer::setup_distributed() {
+  const TrainConfig& t = cfg_.train;
+  if (launch_.launcher == "single") return;  // no launcher: one process, no communicator
+  const auto timeout = dist::Millis(int64_t(t.dist_timeout_s * 1000.0));
+  if (opts_.store) {
+    kv_store_ = opts_.store;
+  } else {
+    own_kv_store_ = std::make_unique<dist::TcpStore>(launch_, timeout);
+    kv_store_ = own_kv_store_.get();
+    dist::rendezvous(*kv_store_, launch_, timeout);
+  }
+  comm_ = dist::connect_communicator(launch_, *kv_store_, device_, timeout);
+  zero1_ = t.zero == 1;
+}
+
+Batch Trainer::next_batch(int64_t s, int64_t m) {
+  const int64_t per_step = accum_ * int64_t(launch_.world_size);
+  return data_.train->next(s * per_step + int64_t(launch_.rank) * accum_ + m);
+}
+
+void Trainer::skip_other_ranks(int64_t s, bool before) {
+  if (launch_.world_size == 1) return;
+  const int64_t per_step = accum_ * int64_t(launch_.world_size);
+  const int64_t mine = s * per_step + int64_t(launch_.rank) * accum_;
+  if (before)
+    for (int64_t i = s * per_step; i < mine; ++i) data_.train->skip(i);
+  else
+    for (int64_t i = mine + accum_; i < (s + 1) * per_step; ++i) data_.train->skip(i);
+}
+
+void Trainer::reduce_gradients() {
+  if (!comm_) return;
+  if (zero1_) {
+    // In place: this rank's block of the flat gradients receives the average of everyone's block.
+    const Tensor flat = store_->grads().flat(DType::f32);
+    const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
+    comm_->reduce_scatter(flat, flat.slice(0, b, e), dist::ReduceOp::avg);
+  } else {
+    reducer_->finish();
+  }
 }
 
 Trainer::~Trainer() {
@@ -335,10 +445,18 @@ void Trainer::resume_from(CheckpointReader& ck) {
     if (ck.model().entries().size() != entries.size())
       throw InputError("'" + ck.model().path() + "' holds " + std::to_string(ck.model().entries().size()) +
                        " tensors but the model has " + std::to_string(entries.size()) + " parameters");
+    // ZeRO-1: the checkpoint holds the whole moments (whatever world size wrote it); this rank keeps its shard.
+    FlatBuffer m_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg();
+    FlatBuffer v_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg_sq();
     for (size_t i = 0; i < entries.size(); ++i) {
       ck.model().read_into(entries[i].name, store_->master().view(int(i)));
-      ck.optimizer().read_into("exp_avg." + entries[i].name, optimizer_->exp_avg().view(int(i)));
-      ck.optimizer().read_into("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
+      ck.optimizer().read_into("exp_avg." + entries[i].name, m_full.view(int(i)));
+      ck.optimizer().read_into("exp_avg_sq." + entries[i].name, v_full.view(int(i)));
+    }
+    if (optimizer_->sharded()) {
+      const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
+      optimizer_->exp_avg_shard().copy_(m_full.flat(DType::f32).slice(0, b, e));
+      optimizer_->exp_avg_sq_shard().copy_(v_full.flat(DType::f32).slice(0, b, e));
     }
     store_->sync_compute_from_master();
     const TrainerCounters counters = read_trainer_counters(ck, /*required=*/true);
@@ -366,16 +484,26 @@ void Trainer::resume_from(CheckpointReader& ck) {
   log(fmt::format("resumed from {} at step {}", dir, step_));
 }
 
+std::pair<FlatBuffer, FlatBuffer> Trainer::gather_moments() {
+  FlatBuffer m(store_->layout(), device_), v(store_->layout(), device_);
+  comm_->all_gather(optimizer_->exp_avg_shard(), m.flat(DType::f32));
+  comm_->all_gather(optimizer_->exp_avg_sq_shard(), v.flat(DType::f32));
+  comm_->synchronize();
+  return {m, v};
+}
+
 std::string Trainer::write_checkpoint() {
+  // Every rank comes here (ZeRO-1 gathers the moments, a collective); rank 0 writes. The checkpoint holds the
+  // whole state in one format whatever the world size, so any world size resumes it.
+  FlatBuffer m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
+  if (optimizer_->sharded()) std::tie(m, v) = gather_moments();
   if (!opts_.write_run_dir) return "";
   CheckpointWrite ck;
   ck.step = step_;
   const auto& entries = store_->layout().entries();
   for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, store_->master().view(int(i)));
-  for (size_t i = 0; i < entries.size(); ++i)
-    ck.optimizer.emplace_back("exp_avg." + entries[i].name, optimizer_->exp_avg().view(int(i)));
-  for (size_t i = 0; i < entries.size(); ++i)
-    ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, optimizer_->exp_avg_sq().view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg." + entries[i].name, m.view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, v.view(int(i)));
   const TrainConfig& t = cfg_.train;
   // Parameters are initialised from Philox(seed); batches are a pure function of (data seed, index); the only
   // draws during training are the NAtS-L routers' Gumbel noise, one Philox stream per layer whose offset
@@ -389,7 +517,9 @@ std::string Trainer::write_checkpoint() {
       {"optimizer_steps", optimizer_->step_count()},
       {"skipped_steps", skipped_steps_},
       {"nonfinite_streak", nonfinite_streak_},
-      {"tokens_seen", step_ * t.batch_size * t.seq_len * t.grad_accum},
+      {"tokens_seen", step_ * global_batch() * t.seq_len},
+      {"world_size", launch_.world_size},
+      {"global_batch", global_batch()},
       {"rng",
        {{"param_init", {{"generator", "philox4x32-10"}, {"seed", t.seed}}},
         {"data_seed", t.seed},
@@ -434,19 +564,36 @@ Trainer::StepResult Trainer::train_step() {
   store_->zero_grad();
 
   Tensor loss_sum;
-  for (int64_t m = 0; m < t.grad_accum; ++m) {
-    Batch batch = data_.train->next(s * t.grad_accum + m);
+  skip_other_ranks(s, /*before=*/true);
+  for (int64_t m = 0; m < accum_; ++m) {
+    Batch batch = next_batch(s, m);
     Tensor loss = model_->loss(batch);
     // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
     const Tensor aux = model_->aux_loss();
     const Tensor total = aux.defined() ? add(loss, aux) : loss;
-    (t.grad_accum > 1 ? mul_scalar(total, 1.0 / double(t.grad_accum)) : total).backward();
+    {
+      // The last micro-batch's backward starts the gradient all-reduce bucket by bucket.
+      std::unique_ptr<GradReadyHookGuard> hook;
+      if (reducer_ && m == accum_ - 1) hook = reducer_->arm();
+      (accum_ > 1 ? mul_scalar(total, 1.0 / double(accum_)) : total).backward();
+    }
     NoGradGuard no_grad;
     loss_sum = loss_sum.defined() ? add(loss_sum, loss.detach()) : loss.detach();
   }
-  kernels::sum_squares(store_->grads().flat(DType::f32), grad_sumsq_);
+  skip_other_ranks(s, /*before=*/false);
+  reduce_gradients();
+  if (zero1_) {
+    // Each rank holds its shard of the averaged gradients: the squared norm is the sum over the shards.
+    const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
+    kernels::sum_squares(store_->grads().flat(DType::f32).slice(0, b, e), grad_sumsq_);
+    comm_->all_reduce(grad_sumsq_, dist::ReduceOp::sum);
+    comm_->synchronize();
+  } else {
+    // Identical averaged gradients on every rank: the same norm, clip and skip decision everywhere.
+    kernels::sum_squares(store_->grads().flat(DType::f32), grad_sumsq_);
+  }
   r.grad_norm = std::sqrt(grad_sumsq_.item());  // the one host read of the step (with the loss below)
-  r.loss = loss_sum.item() / double(t.grad_accum);
+  r.loss = loss_sum.item() / double(accum_);
 
   const bool nonfinite = !std::isfinite(r.grad_norm);
   nonfinite_streak_ = nonfinite ? nonfinite_streak_ + 1 : 0;
@@ -457,6 +604,12 @@ Trainer::StepResult Trainer::train_step() {
     // torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)).
     double coef = t.clip_grad_norm > 0 ? std::min(1.0, t.clip_grad_norm / (r.grad_norm + 1e-6)) : 1.0;
     optimizer_->step(Tensor::full({1}, coef, DType::f32, device_));
+    if (zero1_) {
+      // Every rank's updated shard to every rank (in place: this rank's block is its own input).
+      const Tensor flat = store_->master().flat(DType::f32);
+      const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
+      comm_->all_gather(flat.slice(0, b, e).clone(), flat);
+    }
     store_->sync_compute_from_master();
   }
   model_->collect_stats(r.stats);
@@ -466,7 +619,7 @@ Trainer::StepResult Trainer::train_step() {
 
 nlohmann::json Trainer::step_metrics(const StepResult& r, double step_seconds) {
   const TrainConfig& t = cfg_.train;
-  const double tokens = double(t.batch_size * t.seq_len * t.grad_accum);
+  const double tokens = double(global_batch() * t.seq_len);
   nlohmann::json row = {{"step", step_},
                         {"loss", r.loss},
                         {"lr", r.lr},
@@ -497,10 +650,21 @@ TrainSummary Trainer::train() {
     return sum;
   }
   StopSignalGuard signals;
-  const double tokens_per_step = double(t.batch_size * t.seq_len * t.grad_accum);
+  const double tokens_per_step = double(global_batch() * t.seq_len);
   while (step_ < t.steps) {
     auto t0 = Clock::now();
     StepResult r = train_step();
+    bool signalled = signals.requested();
+    if (comm_) {
+      // One small all-reduce: the mean loss over the ranks, and a stop when any rank got SIGINT/SIGTERM (all
+      // ranks then checkpoint and stop after this step).
+      Tensor v = Tensor::from_vector(std::vector<double>{r.loss, signalled ? 1.0 : 0.0}, {2}, DType::f64, device_);
+      comm_->all_reduce(v, dist::ReduceOp::sum);
+      comm_->synchronize();
+      const std::vector<double> h = v.to_vector<double>();
+      r.loss = h[0] / double(launch_.world_size);
+      signalled = h[1] > 0;
+    }
     synchronize(device_);
     double dt = seconds_since(t0);
     // The first step of a process pays for allocation and warm-up: the speed average starts after it.
@@ -510,7 +674,6 @@ TrainSummary Trainer::train() {
     nlohmann::json row = step_metrics(r, dt);
     const bool last = step_ == t.steps;
     const bool stop_here = t.stop_at_step > 0 && step_ == t.stop_at_step;
-    const bool signalled = signals.requested();
     if ((t.eval_every > 0 && step_ % t.eval_every == 0) || last) {
       nlohmann::json ev = evaluate();
       if (!ev.empty()) {
@@ -581,8 +744,10 @@ TrainSummary Trainer::train() {
     sum.step = step_;
     sum.last_loss = r.loss;
     if (signalled) {
-      log(fmt::format("stopping after step {}: received {}; resume with resume=auto", step_,
-                      signals.signal() == SIGINT ? "SIGINT" : "SIGTERM"));
+      log(fmt::format("stopping after step {}: {}; resume with resume=auto", step_,
+                      signals.signal() == SIGINT    ? "received SIGINT"
+                      : signals.signal() == SIGTERM ? "received SIGTERM"
+                                                    : "another rank received a stop signal"));
       sum.interrupted = true;
       break;
     }
@@ -606,12 +771,26 @@ nlohmann::json Trainer::evaluate() {
   if (data_.eval_synthetic && t.eval_batches > 0) {
     AnswerScore score;
     double loss_sum = 0.0;
-    for (int64_t i = 0; i < t.eval_batches; ++i) {
+    // Several ranks: batch i is evaluated by rank i % world_size, the sums reduced: the same numbers as one rank.
+    for (int64_t i = launch_.rank; i < t.eval_batches; i += launch_.world_size) {
       Batch b = data_.eval_synthetic->next(i);
       Tensor logits = model_->forward(b.inputs);
       const int64_t N = b.inputs.numel();
       loss_sum += cross_entropy(reshape(logits, {N, V}), b.targets.reshape({N}).to(device_), kIgnoreIndex).item();
       score += score_answers(argmax_last(logits), b.targets);
+    }
+    if (comm_) {
+      Tensor v = Tensor::from_vector(std::vector<double>{loss_sum, double(score.correct), double(score.total),
+                                                         double(score.rows_exact), double(score.rows)},
+                                     {5}, DType::f64, device_);
+      comm_->all_reduce(v, dist::ReduceOp::sum);
+      comm_->synchronize();
+      const std::vector<double> h = v.to_vector<double>();
+      loss_sum = h[0];
+      score.correct = int64_t(h[1]);
+      score.total = int64_t(h[2]);
+      score.rows_exact = int64_t(h[3]);
+      score.rows = int64_t(h[4]);
     }
     res = {{"loss", loss_sum / double(t.eval_batches)},
            {"accuracy", score.accuracy()},
@@ -622,12 +801,20 @@ nlohmann::json Trainer::evaluate() {
     const int64_t n_batches = t.eval_batches > 0 ? std::min(t.eval_batches, val.num_batches()) : val.num_batches();
     double nll = 0.0;
     int64_t count = 0;
-    for (int64_t i = 0; i < n_batches; ++i) {
+    for (int64_t i = launch_.rank; i < n_batches; i += launch_.world_size) {
       Batch b = val.batch(i);
       int64_t n = count_scored(b.targets);
       if (n == 0) continue;
       nll += model_->loss(b).item() * double(n);
       count += n;
+    }
+    if (comm_) {
+      Tensor v = Tensor::from_vector(std::vector<double>{nll, double(count)}, {2}, DType::f64, device_);
+      comm_->all_reduce(v, dist::ReduceOp::sum);
+      comm_->synchronize();
+      const std::vector<double> h = v.to_vector<double>();
+      nll = h[0];
+      count = int64_t(h[1]);
     }
     if (count > 0) {
       double mean = nll / double(count);

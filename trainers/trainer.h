@@ -26,6 +26,9 @@
 #include "layers/parameter_store.h"
 #include "trainers/config.h"
 #include "trainers/data_factory.h"
+#include "trainers/dist/communicator.h"
+#include "trainers/dist/data_parallel.h"
+#include "trainers/dist/launch.h"
 #include "trainers/schedule.h"
 
 namespace natsl {
@@ -36,8 +39,13 @@ class RunDirLock;
 class StopSignalGuard;
 
 struct TrainerOptions {
-  FILE* out = stdout;          // progress and summary lines (nullptr = silent)
+  FILE* out = stdout;          // progress and summary lines (nullptr = silent); rank 0's only
   bool write_run_dir = true;   // false (natsl eval): no config.yaml, metrics or checkpoints
+  // Several ranks: how this process was launched (unset: read from the environment, dist/launch.h) and,
+  // for tests that run ranks as threads of one process, the store to meet through (null: a TCP store served
+  // by rank 0 at MASTER_ADDR:MASTER_PORT).
+  std::optional<dist::LaunchInfo> launch;
+  dist::Store* store = nullptr;
 };
 
 struct TrainSummary {
@@ -64,6 +72,11 @@ class Trainer {
   nlohmann::json evaluate();
 
   int64_t step() const { return step_; }
+  int rank() const { return launch_.rank; }
+  int world_size() const { return launch_.world_size; }
+  int64_t accum() const { return accum_; }  // micro-batches per step on each rank
+  // Sequences per optimizer step over all ranks: batch_size x accum x world_size.
+  int64_t global_batch() const { return cfg_.train.batch_size * accum_ * int64_t(launch_.world_size); }
   const RunConfig& config() const { return cfg_; }
   const ParameterStore& parameters() const { return *store_; }
   const CausalLM& model() const { return *model_; }
@@ -85,8 +98,25 @@ class Trainer {
   void live(const std::string& line);
   nlohmann::json step_metrics(const StepResult& r, double step_seconds);
 
+  // Data parallel: the micro-batch indices of step s are s * accum * world .. (s + 1) * accum * world - 1,
+  // rank r serving the r-th run of accum of them; the others are skip()ped so every rank's data state agrees.
+  Batch next_batch(int64_t s, int64_t m);
+  void skip_other_ranks(int64_t s, bool before);
+  // Reduces the gradients over the ranks (plain data parallel: the reducer's buckets; ZeRO-1: reduce-scatter)
+  void reduce_gradients();
+  void setup_distributed();
+  // ZeRO-1: the full AdamW moments (gathered from every rank's shard) for a checkpoint; all ranks call it.
+  std::pair<FlatBuffer, FlatBuffer> gather_moments();
+
   RunConfig cfg_;
   TrainerOptions opts_;
+  dist::LaunchInfo launch_;
+  std::unique_ptr<dist::Store> own_kv_store_;
+  dist::Store* kv_store_ = nullptr;
+  std::unique_ptr<dist::Communicator> comm_;  // null for a world of one
+  std::unique_ptr<dist::GradReducer> reducer_;
+  int64_t accum_ = 1;
+  bool zero1_ = false;
   std::unique_ptr<RunDirLock> run_dir_lock_;  // first member: released after every file of the run is closed
   Device device_;
   std::shared_ptr<CausalLM> model_;

@@ -103,6 +103,28 @@ inline pid_t spawn_natsl(const std::vector<std::string>& args, const std::string
   return rc == 0 ? pid : -1;
 }
 
+// The same with extra environment variables ("NAME=value"), e.g. a rank's RANK / WORLD_SIZE / MASTER_PORT.
+inline pid_t spawn_natsl_env(const std::vector<std::string>& args, const std::string& log_path,
+                             const std::vector<std::string>& extra_env) {
+  std::string prog = std::string(NATSL_BINARY_DIR) + "/natsl";
+  std::vector<char*> argv{const_cast<char*>(prog.c_str())};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<std::string> env_store(extra_env);
+  for (char** e = environ; *e; ++e) env_store.push_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, prog.c_str(), &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
 inline int wait_exit_code(pid_t pid) {
   int status = 0;
   if (waitpid(pid, &status, 0) != pid) return -1;

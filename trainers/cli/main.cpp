@@ -44,6 +44,7 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
   RunConfig cfg = load_config(config, overrides);
   Trainer trainer(cfg);
   TrainSummary s = trainer.train();
+  if (trainer.rank() != 0) return 0;  // rank 0 reports for the job
   std::string eval = s.last_eval.empty() ? "" : "; eval: " + summary_line(s.last_eval);
   fmt::print("{}: step {}/{}, loss {:.4f}, skipped steps {}{}\n",
              s.interrupted ? "interrupted" : s.stopped_at_step ? "stopped" : "done", s.step, cfg.train.steps,
