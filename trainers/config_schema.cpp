@@ -114,6 +114,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("train.zero", &t.zero, 0, 1, "0 = plain data parallel, 1 = ZeRO-1"),
       open_num("train.bucket_mb", &t.bucket_mb, 0.0, true, 1e6, false),
       open_num("train.dist_timeout_s", &t.dist_timeout_s, 0.0, true, 1e6, false),
+      plain("train.rank_logs", &t.rank_logs),
       num("train.lr", &t.lr, 0.0, 10.0),
       num("train.min_lr_ratio", &t.min_lr_ratio, 0.0, 1.0),
       choice("train.schedule", &t.schedule, {"cosine", "linear", "wsd", "constant"}),

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <csignal>
 #include <filesystem>
 #include <set>
@@ -174,6 +175,17 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   // stderr) and write nothing there but their own copy of tokenized data.
   if (launch_.rank != 0) {
     opts_.out = nullptr;
+    if (t.rank_logs && opts_.write_run_dir) {
+      // A debug log per rank (appended): what this rank saw, for the hang or error it alone knows about.
+      const fs::path log_path = fs::path(t.out_dir) / "ranks" / fmt::format("rank_{}.log", launch_.rank);
+      std::error_code ec;
+      fs::create_directories(log_path.parent_path(), ec);
+      rank_log_.reset(std::fopen(log_path.c_str(), "a"));
+      if (!rank_log_)
+        throw InputError("cannot open the rank log '" + log_path.string() + "' (" + std::strerror(errno) +
+                         "); make train.out_dir writable by every rank, or set train.rank_logs=false");
+      opts_.out = rank_log_.get();
+    }
     opts_.write_run_dir = false;
   }
   device_ = resolve_device(t.device);

@@ -111,6 +111,7 @@ class Trainer {
   RunConfig cfg_;
   TrainerOptions opts_;
   dist::LaunchInfo launch_;
+  std::unique_ptr<FILE, int (*)(FILE*)> rank_log_{nullptr, &std::fclose};  // ranks other than 0
   std::unique_ptr<dist::Store> own_kv_store_;
   dist::Store* kv_store_ = nullptr;
   std::unique_ptr<dist::Communicator> comm_;  // null for a world of one
