@@ -298,8 +298,13 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& argv, const Lo
     }
     for (Rank& r : ranks) {
       int status = 0;
-      if (!r.running || ::waitpid(r.pid, &status, WNOHANG) != r.pid) continue;
+      if (!r.running) continue;
+      const pid_t done = ::waitpid(r.pid, &status, WNOHANG);
+      if (done == 0 || (done < 0 && errno == EINTR)) continue;
       r.running = false;
+      if (done < 0) {  // reaped by someone else (a waitpid(-1) elsewhere in this process): its code is lost
+        status = 1 << 8;  // counted as exit code 1
+      }
       const int code = exit_code(status);
       if (code == 0 || failed) continue;
       failed = true;
