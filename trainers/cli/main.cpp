@@ -1,9 +1,10 @@
 // The `natsl` program: train, eval, tokenize, tokenizer (train/encode/decode), inspect. Exit codes: 0 ok, 2 bad input (config, data,
 // checkpoint, command line or an unusable train.out_dir), 1 internal error or a failed write (disk full);
-// every error is one line on stderr.
+// every error is one line on stderr. `train --nproc N` exits with its first failing rank's code (0 if none failed).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <fstream>
@@ -17,6 +18,8 @@
 #include "data/tokenizer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/config.h"
+#include "trainers/dist/launch.h"
+#include "trainers/dist/local_launcher.h"
 #include "trainers/eval_suite.h"
 #include "trainers/hf_interchange.h"
 #include "trainers/sweep.h"
@@ -50,6 +53,26 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
              s.interrupted ? "interrupted" : s.stopped_at_step ? "stopped" : "done", s.step, cfg.train.steps,
              s.last_loss, s.skipped_steps, eval);
   return 0;
+}
+
+// natsl train --nproc N: N ranks of this job on this host (trainers/dist/local_launcher.h), each running
+// `natsl train` with the same arguments less --nproc. The config is checked here first, so a mistake in it is
+// one line rather than one per rank.
+int cmd_train_local_ranks(int nproc, const std::string& config, const std::vector<std::string>& overrides, int argc,
+                          char** argv) {
+  if (nproc < 1) throw InputError(fmt::format("--nproc {} is not a number of processes: give 1 or more", nproc));
+  for (const char* name : {"RANK", "WORLD_SIZE"})
+    if (const char* v = std::getenv(name); v && *v)
+      throw InputError(fmt::format("--nproc starts the ranks itself, but {}={} is already set (by torchrun, srun or "
+                                   "an outer natsl --nproc): drop --nproc, or unset RANK and WORLD_SIZE",
+                                   name, v));
+  const dist::LaunchInfo outer = dist::launch_info_from_env();
+  if (outer.multi())
+    throw InputError(fmt::format("--nproc starts the ranks itself, but this process is rank {} of {} started by {}: "
+                                 "drop --nproc (srun --ntasks-per-node=N starts the ranks), or run one task",
+                                 outer.rank, outer.world_size, outer.launcher));
+  load_config(config, overrides);
+  return dist::launch_local_ranks(nproc, dist::args_without_nproc(std::vector<std::string>(argv, argv + argc)));
 }
 
 int cmd_sweep(const std::string& file, bool dry_run) {
@@ -279,7 +302,13 @@ int main(int argc, char** argv) {
   train->add_option("overrides", overrides,
                     "KEY=VALUE overrides checked against the schema: train.steps=N train.out_dir=DIR train.seed=N "
                     "train.stop_at_step=N resume=auto|none|DIR, any section.key=value, model=FILE");
-  train->footer("Writes OUT_DIR/config.yaml, OUT_DIR/metrics.jsonl and OUT_DIR/checkpoints/step_NNNNNN/.");
+  int nproc = 0;
+  train->add_option("--nproc", nproc,
+                    "run N ranks of this job on this host (each gets RANK, WORLD_SIZE, MASTER_ADDR/PORT; "
+                    "docs/distributed.md); under torchrun or srun leave it out");
+  train->footer("Writes OUT_DIR/config.yaml, OUT_DIR/metrics.jsonl and OUT_DIR/checkpoints/step_NNNNNN/.\n"
+                "Several ranks: natsl train --nproc N CONFIG, torchrun --nproc-per-node=N --no-python natsl train "
+                "CONFIG, or srun natsl train CONFIG (docs/distributed.md).");
 
   std::string eval_config;
   std::vector<std::string> eval_args;
@@ -414,6 +443,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*train && train->count("--nproc")) return cmd_train_local_ranks(nproc, config, overrides, argc, argv);
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args, suite, eval_json);
     if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
