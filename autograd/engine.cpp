@@ -1,8 +1,10 @@
 #include "autograd/engine.h"
 
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/profiler.h"
 #include "kernels/elementwise.h"
 
 namespace natsl {
@@ -92,6 +94,7 @@ bool any_requires_grad(const std::vector<Tensor>& ts) {
 void attach(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
             const std::vector<Tensor*>& outputs) {
   node->next_edges.clear();
+  node->profile_owner = prof::current_scope();
   for (const Tensor& in : inputs) node->next_edges.push_back(gradient_edge(in));
   node->num_outputs = int(outputs.size());
   node->output_shapes.clear();
@@ -145,6 +148,11 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     std::vector<Tensor> in_grads = std::move(pit->second);
     pending.erase(pit);
     in_grads.resize(size_t(n->num_outputs));
+    std::optional<prof::Scope> scope;  // the step profiler / NVTX, when on: one span per node
+    if (prof::active() || prof::nvtx_enabled()) {
+      static const std::string* const kBackward = prof::intern("backward");
+      scope.emplace(prof::intern(n->name()), kBackward, n->profile_owner);
+    }
     std::vector<Tensor> out = n->apply(in_grads);
     in_grads.clear();
     if (!retain_graph) n->release_saved();

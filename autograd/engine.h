@@ -39,6 +39,8 @@ class Node : public std::enable_shared_from_this<Node> {
   std::vector<Shape> output_shapes;
   std::vector<DType> output_dtypes;
   Device device;
+  // The profiler's innermost span when the node was made (core/profiler.h): its backward is charged there.
+  const std::string* profile_owner = nullptr;
 };
 
 // The sink for a leaf: adds the incoming gradient into leaf.grad (in place when grad already exists,

@@ -18,6 +18,8 @@ class Block : public Module {
 
  private:
   std::string kind_;
+  const std::string* mixer_scope_;  // profiler span names: "layers.N.<kind>", "layers.N.mlp"
+  const std::string* mlp_scope_;
   std::shared_ptr<RMSNorm> attn_norm_, mlp_norm_;
   std::shared_ptr<Mixer> attn_;
   std::shared_ptr<GatedMLP> mlp_;

@@ -1,5 +1,7 @@
 #include "layers/causal_lm.h"
 
+#include "core/profiler.h"
+
 #include "autograd/ops.h"
 
 namespace natsl {
@@ -31,8 +33,13 @@ LMBackbone::LMBackbone(const ModelConfig& c) {
 
 Tensor LMBackbone::forward(const Tensor& ids) const {
   const Tensor& w = embeddings_->weight();
-  Tensor h = embeddings_->forward(ids.device() == w.device() ? ids : ids.to(w.device()));
+  Tensor h;
+  {
+    prof::Scope scope("embedding", "module");
+    h = embeddings_->forward(ids.device() == w.device() ? ids : ids.to(w.device()));
+  }
   for (const auto& b : blocks_) h = b->forward(h);
+  prof::Scope scope("norm + lm_head", "module");
   return norm_->forward(h);
 }
 
@@ -46,6 +53,7 @@ CausalLM::CausalLM(const ModelConfig& c) : config_(c) {
 Tensor CausalLM::forward(const Tensor& ids) const {
   NATSL_CHECK(ids.dim() == 2, "CausalLM::forward: expected ids [B, T], got ", ids.str());
   Tensor h = model_->forward(ids);
+  prof::Scope scope("norm + lm_head", "module");
   return lm_head_ ? lm_head_->forward(h) : linear(h, model_->embeddings().weight());
 }
 
@@ -56,6 +64,7 @@ Tensor CausalLM::loss(const Batch& batch) const {
   const int64_t N = batch.inputs.numel(), V = config_.vocab_size;
   Tensor targets = batch.targets.reshape({N});
   if (targets.device() != logits.device()) targets = targets.to(logits.device());
+  prof::Scope scope("cross-entropy", "module");
   return cross_entropy(reshape(logits, {N, V}), targets, kIgnoreIndex);
 }
 

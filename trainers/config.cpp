@@ -214,6 +214,10 @@ void validate_config(RunConfig& cfg) {
   if (t.stop_at_step > t.steps)
     fail("train.stop_at_step", "train.stop_at_step (" + std::to_string(t.stop_at_step) + ") exceeds train.steps (" +
                                    std::to_string(t.steps) + ")");
+  if (!t.profile_steps.empty() &&
+      (t.profile_steps.size() != 2 || t.profile_steps[1] <= t.profile_steps[0] || t.profile_steps[1] > t.steps + 1))
+    fail("train.profile_steps", "train.profile_steps must be [] or [first, end) with first < end <= train.steps + 1 "
+                                "(e.g. [10, 13] times steps 10, 11 and 12)");
   if (t.device != "auto") {
     try {
       Device::parse(t.device);

@@ -77,7 +77,11 @@ struct TrainConfig {
   int64_t zero = 0;               // 1 = ZeRO-1: optimizer state sharded over the ranks
   double bucket_mb = 25.0;        // data parallel: gradient all-reduce bucket size, MiB
   double dist_timeout_s = 120.0;  // several ranks: rendezvous and every collective fail after this long
-  bool rank_logs = true;          // several ranks: ranks other than 0 write their log to OUT_DIR/ranks/rank_R.log
+  bool rank_logs = true;
+  // The step profiler (core/profiler.h): optimizer steps [first, end) are timed per phase, module and
+  // backward op; the table goes to the log and OUT_DIR/profile/ (summary.json, trace.json for Perfetto).
+  std::vector<int64_t> profile_steps;
+  bool nvtx = false;              // NVTX ranges around phases, modules and backward ops (Nsight Systems)          // several ranks: ranks other than 0 write their log to OUT_DIR/ranks/rank_R.log
   double lr = 3e-4;
   double min_lr_ratio = 0.1;      // final lr = lr * min_lr_ratio
   std::string schedule = "cosine";  // cosine | linear | wsd | constant

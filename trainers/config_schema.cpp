@@ -115,6 +115,8 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       open_num("train.bucket_mb", &t.bucket_mb, 0.0, true, 1e6, false),
       open_num("train.dist_timeout_s", &t.dist_timeout_s, 0.0, true, 1e6, false),
       plain("train.rank_logs", &t.rank_logs),
+      num("train.profile_steps", &t.profile_steps, 1, std::nullopt, "[] = off; [first, end): the steps to time"),
+      plain("train.nvtx", &t.nvtx),
       num("train.lr", &t.lr, 0.0, 10.0),
       num("train.min_lr_ratio", &t.min_lr_ratio, 0.0, 1.0),
       choice("train.schedule", &t.schedule, {"cosine", "linear", "wsd", "constant"}),

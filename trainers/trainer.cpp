@@ -229,6 +229,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   // Bit-reproducible kernels for the whole process (kernels/determinism.h): the CUDA attention backward then
   // adds dq in a fixed order; every other kernel is deterministic anyway.
   kernels::set_deterministic(t.deterministic);
+  prof::set_nvtx(t.nvtx);
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1);
@@ -344,6 +345,28 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
       config_table(cfg_));
   for (const auto& line : pending_log_) log(line);
   pending_log_.clear();
+}
+
+void Trainer::finish_profile() {
+  if (!profiler_) return;
+  log(profiler_->table());
+  const fs::path dir = fs::path(cfg_.train.out_dir) / "profile";
+  try {
+    if (opts_.write_run_dir) {
+      fs::create_directories(dir);
+      replace_file_atomically((dir / "summary.json").string(), profiler_->summary().dump(2) + "\n");
+      replace_file_atomically((dir / "trace.json").string(), profiler_->chrome_trace(launch_.rank));
+      log("profile: " + (dir / "summary.json").string() + ", " + (dir / "trace.json").string() +
+          " (open in https://ui.perfetto.dev)");
+    } else if (launch_.rank != 0 && cfg_.train.rank_logs) {
+      fs::create_directories(dir);
+      replace_file_atomically((dir / fmt::format("trace_rank_{}.json", launch_.rank)).string(),
+                              profiler_->chrome_trace(launch_.rank));
+    }
+  } catch (const std::exception& e) {
+    log(std::string("warning: the profile could not be written (") + e.what() + "); the table above is all there is");
+  }
+  profiler_.reset();
 }
 
 void Trainer::setup_distributed() {
@@ -578,22 +601,36 @@ Trainer::StepResult Trainer::train_step() {
   Tensor loss_sum;
   skip_other_ranks(s, /*before=*/true);
   for (int64_t m = 0; m < accum_; ++m) {
-    Batch batch = next_batch(s, m);
-    Tensor loss = model_->loss(batch);
-    // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
-    const Tensor aux = model_->aux_loss();
-    const Tensor total = aux.defined() ? add(loss, aux) : loss;
+    Batch batch;
     {
+      prof::Scope scope("data", "phase");
+      batch = next_batch(s, m);
+    }
+    Tensor total, loss;
+    {
+      prof::Scope scope("forward", "phase");
+      loss = model_->loss(batch);
+      // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
+      const Tensor aux = model_->aux_loss();
+      total = aux.defined() ? add(loss, aux) : loss;
+      if (accum_ > 1) total = mul_scalar(total, 1.0 / double(accum_));
+    }
+    {
+      prof::Scope scope("backward", "phase");
       // The last micro-batch's backward starts the gradient all-reduce bucket by bucket.
       std::unique_ptr<GradReadyHookGuard> hook;
       if (reducer_ && m == accum_ - 1) hook = reducer_->arm();
-      (accum_ > 1 ? mul_scalar(total, 1.0 / double(accum_)) : total).backward();
+      total.backward();
     }
     NoGradGuard no_grad;
     loss_sum = loss_sum.defined() ? add(loss_sum, loss.detach()) : loss.detach();
   }
   skip_other_ranks(s, /*before=*/false);
+  std::optional<prof::Scope> phase;
+  if (comm_) phase.emplace("gradient reduction", "phase");
   reduce_gradients();
+  phase.reset();
+  phase.emplace("optimizer", "phase");
   if (zero1_) {
     // Each rank holds its shard of the averaged gradients: the squared norm is the sum over the shards.
     const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
@@ -643,6 +680,12 @@ nlohmann::json Trainer::step_metrics(const StepResult& r, double step_seconds) {
                         {"peak_mem_bytes", memory_stats(device_).peak}};
   row["mfu"] = peak_flops_ ? nlohmann::json(flops_per_token_ * tokens / step_seconds / *peak_flops_) : nlohmann::json();
   for (const auto& [k, v] : r.stats) row["stats"][k] = v;
+  if (reducer_)
+    row["dist"] = {{"world_size", launch_.world_size},
+                   {"buckets", reducer_->num_buckets()},
+                   {"buckets_in_backward", reducer_->launched_during_backward()}};
+  else if (comm_)
+    row["dist"] = {{"world_size", launch_.world_size}, {"zero", 1}};
   // A mixture: the training tokens each source has given so far (all ranks), restored on resume.
   if (const auto* mix = dynamic_cast<const MixtureLoader*>(data_.train.get())) {
     nlohmann::json tokens_per_source = nlohmann::json::array();
@@ -665,6 +708,15 @@ TrainSummary Trainer::train() {
   const double tokens_per_step = double(global_batch() * t.seq_len);
   while (step_ < t.steps) {
     auto t0 = Clock::now();
+    const bool profiled = !t.profile_steps.empty() && step_ + 1 >= t.profile_steps[0] && step_ + 1 < t.profile_steps[1];
+    if (profiled) {
+      if (!profiler_) {
+        profiler_ = std::make_unique<prof::StepProfiler>(device_);
+        synchronize(device_);  // the first profiled step starts with an idle device
+      }
+      prof::set_active(profiler_.get());
+      profiler_->begin_step(step_ + 1);
+    }
     StepResult r = train_step();
     bool signalled = signals.requested();
     if (comm_) {
@@ -678,7 +730,12 @@ TrainSummary Trainer::train() {
       signalled = h[1] > 0;
     }
     synchronize(device_);
+    if (profiled) {
+      profiler_->end_step();
+      prof::set_active(nullptr);
+    }
     double dt = seconds_since(t0);
+    if (profiled && step_ + 1 == t.profile_steps[1]) finish_profile();  // after the step's time is taken
     // The first step of a process pays for allocation and warm-up: the speed average starts after it.
     if (++steps_this_process_ == 2) step_time_ema_ = dt;
     else if (steps_this_process_ > 2) step_time_ema_ = 0.9 * step_time_ema_ + 0.1 * dt;

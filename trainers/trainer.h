@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/adamw.h"
+#include "core/profiler.h"
 #include "layers/causal_lm.h"
 #include "layers/parameter_store.h"
 #include "trainers/config.h"
@@ -116,6 +117,8 @@ class Trainer {
   dist::Store* kv_store_ = nullptr;
   std::unique_ptr<dist::Communicator> comm_;  // null for a world of one
   std::unique_ptr<dist::GradReducer> reducer_;
+  std::unique_ptr<prof::StepProfiler> profiler_;  // during train.profile_steps
+  void finish_profile();
   int64_t accum_ = 1;
   bool zero1_ = false;
   std::unique_ptr<RunDirLock> run_dir_lock_;  // first member: released after every file of the run is closed

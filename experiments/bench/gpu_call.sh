@@ -16,6 +16,8 @@
 #   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
+#   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
+#            through NCCL (tokens/s, buckets launched during the backward)
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
 #            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"); a
 #            summary line per binary and tool: errors / hazards reported (docs/testing.md says how to read a
@@ -120,6 +122,36 @@ if has train; then
   grep -vE "^\s*$" "$LOG/train_natsl.log" | tail -10
   cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_natsl_metrics.jsonl" 2>/dev/null
   rm -rf "$OUT/run-natsl"
+fi
+
+# The NCCL path at world size 1: `natsl train --nproc 1` must equal the plain run bit for bit (deterministic
+# f32, natsl-tiny on the GPU), then natsl-340m bf16 through NCCL for its tokens/s and how many gradient
+# buckets went out during the backward (metrics.jsonl "dist").
+if has dist; then
+  el "dist (NCCL, world size 1)"
+  rm -rf "$OUT/dist-plain" "$OUT/dist-nccl"
+  common="train.device=cuda train.deterministic=true train.steps=30 train.eval_every=0 train.ckpt_every=0 train.log_every=10"
+  timeout 200 "$B/natsl" train configs/natsl-tiny.yaml $common train.out_dir="$OUT/dist-plain" >"$LOG/dist_plain.log" 2>&1
+  echo "plain rc $?"
+  NCCL_DEBUG=WARN timeout 200 "$B/natsl" train --nproc 1 configs/natsl-tiny.yaml $common train.out_dir="$OUT/dist-nccl" \
+    >"$LOG/dist_nccl.log" 2>&1
+  echo "nproc 1 rc $?"
+  python3 - "$OUT/dist-plain/metrics.jsonl" "$OUT/dist-nccl/metrics.jsonl" <<'PY' | tee -a "$LOG/dist_nccl.log"
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+same = len(a) == len(b) and all(x["loss"] == y["loss"] and x["grad_norm"] == y["grad_norm"] for x, y in zip(a, b))
+print(f"dist: --nproc 1 (NCCL) vs plain: {len(a)} / {len(b)} steps, bit-identical loss and grad norm: {same}")
+print("dist row:", b[-1].get("dist") if b else None)
+PY
+  rm -rf "$OUT/dist-340m"
+  timeout 300 "$B/natsl" train --nproc 1 configs/natsl-340m.yaml tokenizer.kind=byte train.steps=20 train.warmup_steps=5 \
+    train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/dist-340m" \
+    >"$LOG/dist_340m.log" 2>&1
+  echo "340m nproc 1 rc $?"
+  grep -E "distributed:|step +20/" "$LOG/dist_340m.log"
+  tail -1 "$OUT/dist-340m/metrics.jsonl" 2>/dev/null | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('tokens/s', r['tokens_per_s'], 'dist', r.get('dist'))"
+  rm -rf "$OUT/dist-plain" "$OUT/dist-nccl" "$OUT/dist-340m"
 fi
 
 if has flaprof; then

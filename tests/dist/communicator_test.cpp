@@ -183,3 +183,31 @@ TEST(NcclComm, ABuildWithoutNcclSaysWhatToInstall) {
 
 }  // namespace
 }  // namespace natsl::dist
+
+namespace natsl::dist {
+namespace {
+
+// The NCCL backend with one rank on the GPU machine: every collective runs through the real communicator
+// (stream ordering, non-blocking launches, the polled synchronize) and gives the identity results.
+TEST(NcclComm, AWorldOfOneRunsEveryCollectiveOnTheGpu) {
+  if (!nccl_available()) GTEST_SKIP() << "this build has no NCCL (CUDA build with libnccl needed)";
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU on this machine";
+  MemoryStore store;
+  auto comm = connect_communicator(info(0, 1), store, Device::cuda(0), Millis(60000));
+  EXPECT_EQ(comm->backend(), "nccl");
+  std::vector<float> v(1000);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i) * 0.5f;
+  Tensor t = Tensor::from_vector(v, {1000}).to(Device::cuda(0));
+  comm->all_reduce(t, ReduceOp::avg);
+  Tensor out = Tensor::zeros({1000}, DType::f32, Device::cuda(0));
+  comm->reduce_scatter(t, out, ReduceOp::sum);
+  Tensor all = Tensor::zeros({1000}, DType::f32, Device::cuda(0));
+  comm->all_gather(out, all);
+  comm->broadcast(all, 0);
+  comm->barrier();
+  comm->synchronize();
+  EXPECT_EQ(all.to_vector<float>(), v);
+}
+
+}  // namespace
+}  // namespace natsl::dist

@@ -39,7 +39,7 @@ class GradReducer {
   int64_t launched_during_backward() const { return launched_early_; }
   // The buckets as [dtype, first element, end element) of the flat buffers: for tests and the log.
   struct Bucket {
-    DType dtype;
+    DType dtype = DType::f32;
     int64_t begin = 0, end = 0;
     std::vector<int> entries;
   };
