@@ -59,4 +59,18 @@ GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, 
   return r;
 }
 
+GdnOpResult gated_delta_rule_recurrent(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                       const Tensor& beta, double scale, const Tensor& h0) {
+  kernels::GdnArgs args;
+  args.scale = scale;
+  kernels::GdnInputs in{q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(),
+                        h0.defined() ? h0.contiguous() : Tensor(), Tensor()};
+  const kernels::GdnShape s = kernels::GdnShape::of(in.q, in.v, args);
+  GdnOpResult r;
+  r.o = Tensor::empty(v.shape(), v.dtype(), q.device());
+  r.ht = Tensor::empty({s.N, s.HV, s.K, s.V}, q.dtype() == DType::f64 ? DType::f64 : DType::f32, q.device());
+  kernels::gdn_recurrent_fwd(args, in, r.o, r.ht);
+  return r;
+}
+
 }  // namespace natsl

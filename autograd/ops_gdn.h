@@ -19,4 +19,9 @@ GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, 
                              double scale, const Tensor& h0 = Tensor(), const Tensor& mask = Tensor(),
                              bool output_final_state = false, const std::vector<int64_t>& cu_seqlens = {});
 
+// The token-by-token recurrence (kernels/gdn.h, gdn_recurrent_fwd) for decoding: same arguments (no mask,
+// one sequence per row), o and the final state ht always returned, no autograd history (inference only).
+GdnOpResult gated_delta_rule_recurrent(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                       const Tensor& beta, double scale, const Tensor& h0 = Tensor());
+
 }  // namespace natsl

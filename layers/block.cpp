@@ -11,8 +11,14 @@ Block::Block(const ModelConfig& c, int64_t layer_idx) : kind_(c.mixer_kinds().at
   mlp_ = register_module("mlp", std::make_shared<GatedMLP>(c.hidden_size, c.mlp_intermediate(), c.initializer_range));
 }
 
-Tensor Block::forward(const Tensor& x) const {
-  Tensor h = add(x, attn_->forward(attn_norm_->forward(x)));
+Tensor Block::forward(const Tensor& x) const { return finish(x, attn_->forward(attn_norm_->forward(x))); }
+
+Tensor Block::prefill(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.prefill(attn_norm_->forward(x))); }
+
+Tensor Block::step(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.step(attn_norm_->forward(x))); }
+
+Tensor Block::finish(const Tensor& x, const Tensor& mixed) const {
+  Tensor h = add(x, mixed);
   return add(h, mlp_->forward(mlp_norm_->forward(h)));
 }
 
