@@ -15,6 +15,7 @@
 
 #include "autograd/engine.h"
 #include "autograd/ops.h"
+#include "autograd/ops_gdn.h"
 #include "layers/causal_lm.h"
 #include "layers/lm_decoder.h"
 #include "layers/natsl_attention.h"
@@ -82,7 +83,7 @@ struct Diff {
   double relative() const { return max_abs / scale; }
 };
 
-Diff compare(const Tensor& got, const Tensor& want) {
+Diff max_diff(const Tensor& got, const Tensor& want) {
   EXPECT_EQ(got.shape(), want.shape());
   const std::vector<double> a = got.to_vector<double>(), b = want.to_vector<double>();
   Diff d;
@@ -138,7 +139,7 @@ void check_decoding(const ModelConfig& c, DType dt, int64_t B, bool both_branche
     const std::string dts(dtype_name(dt));
     SCOPED_TRACE("prompt " + std::to_string(P) + " tokens, " + dts);
     LMDecoder dec(*lm);
-    const Diff d = compare(decode_logits(dec, ids, P), want);
+    const Diff d = max_diff(decode_logits(dec, ids, P), want);
     EXPECT_LT(d.relative(), tolerance(dt)) << "max |diff| " << d.max_abs << " at logit scale " << d.scale;
     std::printf("[ decode ] %s P=%3ld: max |diff| %.3g (relative %.3g)\n", dts.c_str(), long(P), d.max_abs,
                 d.relative());
@@ -218,8 +219,12 @@ TEST(Decode, KvCacheBytesAreWhatIsHeld) {
       EXPECT_EQ(int64_t(dec.cache(0).chunk_labels().size()), pos / 64);
       const int64_t natsl = kept * 64 * G * per_pos_head + current * B * Ha * per_pos_head;
       ASSERT_EQ(dec.cache(0).kv_bytes(), natsl) << "position " << pos;
-      if (std::string(routing) == "all_gdn") ASSERT_EQ(natsl, current * B * Ha * per_pos_head);
-      if (std::string(routing) == "every_nth") ASSERT_EQ(kept, ((pos / 64 + 1) / 2) * B * Hr);
+      if (std::string(routing) == "all_gdn") {
+        ASSERT_EQ(natsl, current * B * Ha * per_pos_head);  // only the current chunk
+      }
+      if (std::string(routing) == "every_nth") {
+        ASSERT_EQ(kept, ((pos / 64 + 1) / 2) * B * Hr);  // chunks 0, 2, ... by every row and head
+      }
       EXPECT_EQ(dec.cache(1).kv_bytes(), 0);
       const int64_t attn = pos * B * 4 * (4 + 4) * E;  // 4 heads of dims 4 and 4
       ASSERT_EQ(dec.cache(2).kv_bytes(), attn);
@@ -240,4 +245,26 @@ TEST(Decode, RefusesNonCausalRoutingAndTrainingMode) {
   EXPECT_THROW(dec.prefill(token_ids(1, 70, 1)), InputError);
   lm->train();
   EXPECT_THROW(LMDecoder{*lm}, Error);
+}
+
+// The tensor-op GDN step (what a GPU decodes with when the recurrent kernel lacks the head dim) against the
+// recurrent kernel, chained over a few tokens from a random state.
+TEST(Decode, GdnStepOpsMatchTheRecurrentKernel) {
+  for (DType dt : {DType::f64, DType::f32}) {
+    const DType S = dt == DType::f64 ? DType::f64 : DType::f32;
+    const int64_t B = 2, H = 3, K = 5, V = 7;
+    Tensor ha = randn({B, H, K, V}, 1, S, 0.5), hb = ha;
+    double worst = 0;
+    for (uint64_t t = 0; t < 5; ++t) {
+      const Tensor q = l2norm(randn({B, 1, H, K}, 10 + t, dt)), k = l2norm(randn({B, 1, H, K}, 20 + t, dt));
+      const Tensor v = randn({B, 1, H, V}, 30 + t, dt);
+      const Tensor g = mul_scalar(sigmoid(randn({B, 1, H}, 40 + t, S)), -0.3), beta = sigmoid(randn({B, 1, H}, 50 + t, S));
+      const GdnOpResult a = gated_delta_rule_recurrent(q, k, v, g, beta, 0.4, ha);
+      const GdnOpResult b = gated_delta_rule_step_ops(q, k, v, g, beta, 0.4, hb);
+      worst = std::max({worst, max_diff(b.o, a.o).max_abs, max_diff(b.ht, a.ht).max_abs});
+      ha = a.ht;
+      hb = b.ht;
+    }
+    EXPECT_LT(worst, dt == DType::f64 ? 1e-13 : 1e-5) << dtype_name(dt);
+  }
 }
