@@ -1,6 +1,8 @@
 #include "autograd/ops_gdn.h"
 
+#include "autograd/engine.h"
 #include "autograd/function.h"
+#include "autograd/ops.h"
 #include "kernels/gdn.h"
 
 namespace natsl {
@@ -56,6 +58,43 @@ GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, 
              if (!want[i]) out[size_t(i)] = Tensor();
            return out;
          });
+  return r;
+}
+
+GdnOpResult gated_delta_rule_recurrent(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                       const Tensor& beta, double scale, const Tensor& h0) {
+  const int64_t K = q.dim() == 4 ? q.size(3) : 0;
+  if (q.device().is_cuda() && q.dim() == 4 && q.size(1) == 1 && K != 64 && K != 128 && K != 256)
+    return gated_delta_rule_step_ops(q, k, v, g, beta, scale, h0);
+  kernels::GdnArgs args;
+  args.scale = scale;
+  kernels::GdnInputs in{q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(),
+                        h0.defined() ? h0.contiguous() : Tensor(), Tensor()};
+  const kernels::GdnShape s = kernels::GdnShape::of(in.q, in.v, args);
+  GdnOpResult r;
+  r.o = Tensor::empty(v.shape(), v.dtype(), q.device());
+  r.ht = Tensor::empty({s.N, s.HV, s.K, s.V}, q.dtype() == DType::f64 ? DType::f64 : DType::f32, q.device());
+  kernels::gdn_recurrent_fwd(args, in, r.o, r.ht);
+  return r;
+}
+
+GdnOpResult gated_delta_rule_step_ops(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                      const Tensor& beta, double scale, const Tensor& h0) {
+  NATSL_CHECK(q.dim() == 4 && q.size(1) == 1 && v.dim() == 4 && v.size(2) == q.size(2),
+              "gated_delta_rule_step_ops: expects one token with as many v heads as q/k heads, got q ", q.str(),
+              " and v ", v.str());
+  NoGradGuard no_grad;
+  const int64_t B = q.size(0), H = q.size(2), K = q.size(3), V = v.size(3);
+  const DType S = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const auto column = [&](const Tensor& x, int64_t n) { return to_dtype(reshape(x, {B, H, n, 1}), S); };
+  const Tensor qc = column(q, K), kc = column(k, K), vc = column(v, V);
+  const Tensor h_in = h0.defined() ? h0 : Tensor::zeros({B, H, K, V}, S, q.device());
+  Tensor h = mul(h_in, exp(reshape(to_dtype(g, S), {B, H, 1, 1})));                      // decay first
+  const Tensor u = mul(reshape(to_dtype(beta, S), {B, H, 1, 1}), sub(vc, matmul(h, kc, true)));  // [B, H, V, 1]
+  h = add(h, matmul(kc, u, false, true));                                                  // rank-1 write
+  GdnOpResult r;
+  r.o = to_dtype(reshape(mul_scalar(matmul(h, qc, true), scale), {B, 1, H, V}), v.dtype());  // read after it
+  r.ht = h;
   return r;
 }
 

@@ -19,4 +19,16 @@ GdnOpResult gated_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, 
                              double scale, const Tensor& h0 = Tensor(), const Tensor& mask = Tensor(),
                              bool output_final_state = false, const std::vector<int64_t>& cu_seqlens = {});
 
+// The token-by-token recurrence (kernels/gdn.h, gdn_recurrent_fwd) for decoding: same arguments (no mask,
+// one sequence per row), o and the final state ht always returned, no autograd history (inference only).
+// On CUDA, a single token with a K the recurrent kernel lacks (it has 64, 128, 256) runs
+// gated_delta_rule_step_ops instead.
+GdnOpResult gated_delta_rule_recurrent(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                       const Tensor& beta, double scale, const Tensor& h0 = Tensor());
+
+// One token (T = 1, as many v heads as q/k heads) of the rule composed from tensor ops, on any device and K:
+//   h = exp(g) h0;  u = beta (v - h^T k);  h += k u^T;  o = scale h^T q     (state dtype: f32, f64 for f64)
+GdnOpResult gated_delta_rule_step_ops(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                      const Tensor& beta, double scale, const Tensor& h0 = Tensor());
+
 }  // namespace natsl

@@ -5,6 +5,13 @@
 
 namespace natsl {
 
+namespace {
+const std::string* module_category() {
+  static const std::string* const c = prof::intern("module");
+  return c;
+}
+}  // namespace
+
 Block::Block(const ModelConfig& c, int64_t layer_idx)
     : kind_(c.mixer_kinds().at(size_t(layer_idx))),
       mixer_scope_(prof::intern("layers." + std::to_string(layer_idx) + "." + kind_)),
@@ -15,15 +22,23 @@ Block::Block(const ModelConfig& c, int64_t layer_idx)
   mlp_ = register_module("mlp", std::make_shared<GatedMLP>(c.hidden_size, c.mlp_intermediate(), c.initializer_range));
 }
 
+// Profiler spans (core/profiler.h): the mixer with its pre-norm, then the residual add and the MLP half.
 Tensor Block::forward(const Tensor& x) const {
-  // Profiler spans (core/profiler.h): each sub-block with its pre-norm and residual add.
-  static const std::string* const kModule = prof::intern("module");
-  Tensor h;
+  Tensor mixed;
   {
-    prof::Scope scope(mixer_scope_, kModule);
-    h = add(x, attn_->forward(attn_norm_->forward(x)));
+    prof::Scope scope(mixer_scope_, module_category());
+    mixed = attn_->forward(attn_norm_->forward(x));
   }
-  prof::Scope scope(mlp_scope_, kModule);
+  return finish(x, mixed);
+}
+
+Tensor Block::prefill(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.prefill(attn_norm_->forward(x))); }
+
+Tensor Block::step(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.step(attn_norm_->forward(x))); }
+
+Tensor Block::finish(const Tensor& x, const Tensor& mixed) const {
+  prof::Scope scope(mlp_scope_, module_category());
+  Tensor h = add(x, mixed);
   return add(h, mlp_->forward(mlp_norm_->forward(h)));
 }
 

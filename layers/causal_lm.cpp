@@ -52,7 +52,10 @@ CausalLM::CausalLM(const ModelConfig& c) : config_(c) {
 
 Tensor CausalLM::forward(const Tensor& ids) const {
   NATSL_CHECK(ids.dim() == 2, "CausalLM::forward: expected ids [B, T], got ", ids.str());
-  Tensor h = model_->forward(ids);
+  return head(model_->forward(ids));
+}
+
+Tensor CausalLM::head(const Tensor& h) const {
   prof::Scope scope("norm + lm_head", "module");
   return lm_head_ ? lm_head_->forward(h) : linear(h, model_->embeddings().weight());
 }

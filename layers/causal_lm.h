@@ -23,6 +23,7 @@ class LMBackbone : public Module {
   const Embedding& embeddings() const { return *embeddings_; }
   const Block& layer(size_t i) const { return *blocks_.at(i); }
   size_t num_layers() const { return blocks_.size(); }
+  const RMSNorm& norm() const { return *norm_; }
 
  private:
   std::shared_ptr<Embedding> embeddings_;
@@ -37,6 +38,8 @@ class CausalLM : public Module {
   explicit CausalLM(const ModelConfig& config);
   // ids [B, T] i32/i64 (moved to the model's device if needed) -> logits [B, T, V].
   Tensor forward(const Tensor& ids) const;
+  // The LM head: final-normed hidden states [..., d] -> logits [..., V].
+  Tensor head(const Tensor& hidden) const;
   // Mean next-token cross-entropy over targets != kIgnoreIndex (batch.targets are already shifted).
   Tensor loss(const Batch& batch) const;
   // Per-layer statistics from the mixers, keyed "layers.N.<key>".

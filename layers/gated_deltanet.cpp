@@ -1,6 +1,7 @@
 #include "layers/gated_deltanet.h"
 
 #include <cmath>
+#include <functional>
 
 #include "autograd/ops.h"
 #include "autograd/ops_gdn.h"
@@ -18,7 +19,7 @@ GdnDims gdn_dims(const ModelConfig& c) {
 }
 
 GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/, bool with_output_norm)
-    : dims_(gdn_dims(c)), use_conv_(c.use_short_conv), use_gate_(c.use_gate), neg_eigval_(c.allow_neg_eigval),
+    : dims_(gdn_dims(c)), conv_size_(c.conv_size), use_conv_(c.use_short_conv), use_gate_(c.use_gate), neg_eigval_(c.allow_neg_eigval),
       norm_eps_(c.norm_eps) {
   const int64_t d = c.hidden_size, H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
   const double std = c.initializer_range;
@@ -41,19 +42,58 @@ GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/, bool w
   o_proj_ = register_module("o_proj", std::make_shared<Linear>(H * V, d, false, std));
 }
 
-GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x) const {
+GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x, GdnProjections* projections) const {
   NATSL_CHECK(x.dim() == 3, "GatedDeltaNet: expected x [B, T, d], got ", x.str());
-  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
-  auto conv_or_silu = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv) {
+  auto conv_or_silu = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv, Tensor* keep) {
     Tensor p = proj->forward(x);
+    if (keep) *keep = p;
     return use_conv_ ? conv->forward(p) : silu(p);
   };
+  // The order of the ops is the training graph's (their backward order fixes how gradients add up).
   GdnFrontEnd f;
-  f.q_act = conv_or_silu(q_proj_, q_conv_);
-  f.k_act = conv_or_silu(k_proj_, k_conv_);
+  f.q_act = conv_or_silu(q_proj_, q_conv_, projections ? &projections->q : nullptr);
+  f.k_act = conv_or_silu(k_proj_, k_conv_, projections ? &projections->k : nullptr);
+  finish_front_end(x, f, [&] { return conv_or_silu(v_proj_, v_conv_, projections ? &projections->v : nullptr); });
+  return f;
+}
+
+GdnFrontEnd GatedDeltaNet::front_end_step(const Tensor& x, GdnProjections& tails) const {
+  NATSL_CHECK(x.dim() == 3 && x.size(1) == 1, "GatedDeltaNet: a decoding step takes x [B, 1, d], got ", x.str());
+  const int64_t B = x.size(0), W = conv_size_;
+  // The conv of the newest position over the window [W - 1 earlier projections, this one]: the last row of
+  // the causal conv of the window (its zero padding never reaches that row).
+  auto step = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv, Tensor& tail) {
+    Tensor p = proj->forward(x);
+    if (!use_conv_) return silu(p);
+    if (W == 1) return conv->forward(p);
+    if (!tail.defined()) tail = Tensor::zeros({B, W - 1, p.size(2)}, p.dtype(), p.device());
+    const Tensor window = concat({tail, p}, 1);
+    tail = slice(window, 1, 1, W);
+    return slice(conv->forward(window), 1, W - 1, W);
+  };
+  GdnFrontEnd f;
+  f.q_act = step(q_proj_, q_conv_, tails.q);
+  f.k_act = step(k_proj_, k_conv_, tails.k);
+  finish_front_end(x, f, [&] { return step(v_proj_, v_conv_, tails.v); });
+  return f;
+}
+
+GdnProjections GatedDeltaNet::conv_tails(const GdnProjections& p) const {
+  if (!use_conv_ || conv_size_ == 1) return {};
+  const int64_t n = conv_size_ - 1;
+  auto tail = [&](const Tensor& t) {
+    const int64_t T = t.size(1);
+    if (T >= n) return slice(t, 1, T - n, T);
+    return concat({Tensor::zeros({t.size(0), n - T, t.size(2)}, t.dtype(), t.device()), t}, 1);
+  };
+  return {tail(p.q), tail(p.k), tail(p.v)};
+}
+
+void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std::function<Tensor()>& v_act) const {
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
   f.q = l2norm(reshape(f.q_act, {B, T, H, K}), 1e-6);
   f.k = l2norm(reshape(f.k_act, {B, T, H, K}), 1e-6);
-  f.v = reshape(conv_or_silu(v_proj_, v_conv_), {B, T, H, V});
+  f.v = reshape(v_act(), {B, T, H, V});
   // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32).
   DType gate_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor b = to_dtype(b_proj_->forward(x), gate_dt);
@@ -62,7 +102,6 @@ GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x) const {
   Tensor a = to_dtype(a_proj_->forward(x), gate_dt);
   Tensor A = exp(to_dtype(A_log_, gate_dt));
   f.g = neg(mul(A, softplus(add(a, to_dtype(dt_bias_, gate_dt)))));
-  return f;
 }
 
 Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o) const {

@@ -7,6 +7,7 @@
 //   y = RMSNorm_V(o) * SiLU(x Wg)   (per head over V; without use_gate: RMSNorm_V(o))
 //   out = flatten(y) Wo
 // Heads: H = num_heads q/k heads and as many v heads, K = head_dim, V = expand_v * K.
+#include <functional>
 #include <memory>
 
 #include "layers/linear.h"
@@ -30,11 +31,21 @@ struct GdnFrontEnd {
   Tensor beta;   // [B, T, H] f32
 };
 
+// The projections x W_q, x W_k, x W_v [B, T, .] before the short convs. Decoding keeps the last W - 1 of them
+// (the conv tails): what the convs of the next token read.
+struct GdnProjections {
+  Tensor q, k, v;
+};
+
+class DecodeCache;
+
 class GatedDeltaNet : public Mixer {
  public:
   GatedDeltaNet(const ModelConfig& config, int64_t layer_idx) : GatedDeltaNet(config, layer_idx, true) {}
   Tensor forward(const Tensor& x) override;
   const GdnDims& dims() const { return dims_; }
+  // The decoding state of one generation (layers/decode_cache.h): conv tails and the recurrent state.
+  std::unique_ptr<DecodeCache> decode_cache() override;
 
   static int64_t num_params(const ModelConfig& config);
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
@@ -43,16 +54,30 @@ class GatedDeltaNet : public Mixer {
   // with_output_norm = false leaves out o_norm (NAtS-L registers its own two-input norm in its place).
   GatedDeltaNet(const ModelConfig& config, int64_t layer_idx, bool with_output_norm);
   // Exposed for NAtS-L, which shares the whole front end (projections, convs, gates) and g_proj / o_proj.
-  GdnFrontEnd front_end(const Tensor& x) const;
+  // `projections`, when given, receives the pre-conv projections (for the conv tails of decoding).
+  GdnFrontEnd front_end(const Tensor& x, GdnProjections* projections = nullptr) const;
+  // Decoding, x [B, 1, d]: the same front end for one more position. `tails` [B, W - 1, .] hold the W - 1
+  // projections before it (undefined: the sequence starts here, zeros) and are advanced by one.
+  GdnFrontEnd front_end_step(const Tensor& x, GdnProjections& tails) const;
+  // The conv tails after a prompt's projections [B, T, .]: their last W - 1 rows, zeros in front when T < W - 1.
+  GdnProjections conv_tails(const GdnProjections& projections) const;
   Tensor output(const Tensor& x, const Tensor& o) const;  // norm, gate, o_proj of o [B, T, H, V]
 
   GdnDims dims_;
+  int64_t conv_size_;
   bool use_conv_, use_gate_, neg_eigval_;
   double norm_eps_;
   std::shared_ptr<Linear> q_proj_, k_proj_, v_proj_, a_proj_, b_proj_, g_proj_, o_proj_;
   std::shared_ptr<ShortConv> q_conv_, k_conv_, v_conv_;
   std::shared_ptr<RMSNorm> o_norm_;
   Tensor A_log_, dt_bias_;
+
+ private:
+  friend class GdnDecodeCache;
+  friend class NatslDecodeCache;
+  // The front end after f.q_act and f.k_act: their L2 norms, v (from v_act, called in between, as the
+  // training graph orders it) and the gates.
+  void finish_front_end(const Tensor& x, GdnFrontEnd& f, const std::function<Tensor()>& v_act) const;
 };
 
 }  // namespace natsl

@@ -15,6 +15,8 @@
 
 namespace natsl {
 
+class DecodeCache;
+
 class Mixer : public Module {
  public:
   // x [B, T, d] (already normed) -> [B, T, d].
@@ -31,6 +33,9 @@ class Mixer : public Module {
     (void)step;
     (void)total_steps;
   }
+  // A fresh decoding state for generating with this mixer (layers/decode_cache.h). The mixer must outlive it
+  // and be in evaluation mode while it is used. Default: InputError (the kind cannot decode token by token).
+  virtual std::unique_ptr<DecodeCache> decode_cache();
 };
 
 struct MixerSpec {

@@ -147,13 +147,27 @@ NatslAttention::NatslAttention(const ModelConfig& c, int64_t layer_idx)
 
 Tensor NatslAttention::forward(const Tensor& x) {
   NATSL_CHECK(x.dim() == 3, "NatslAttention: expected x [B, T, d], got ", x.str());
-  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
-  const int64_t Ha = ndims_.attn_heads, Da = ndims_.attn_head_dim, Dav = ndims_.attn_value_dim;
-  const int64_t Hr = ndims_.router_heads, C = ndims_.chunk, NC = (T + C - 1) / C;
-  const bool train = training();
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim;
+  const int64_t Da = ndims_.attn_head_dim, C = ndims_.chunk, NC = (T + C - 1) / C;
 
   const GdnFrontEnd f = front_end(x);
+  const RouterChoice choice = route(x, NC);
 
+  // Softmax branch: the softmax view of the same q~, k~, v~ memory.
+  const AttnView a = attn_view(f);
+  const Tensor oa = sparse_attention(a.q, a.k, a.v, choice.mask_softmax, 1.0 / std::sqrt(double(Da)), C,
+                                     drop_own_chunk_grad_);
+
+  // GDN branch: only GDN-labelled chunks write the carried state; every chunk decays it.
+  const Tensor og = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, 1.0 / std::sqrt(double(K)), Tensor(),
+                                     reshape(choice.mask_gdn, {B * NC, H}))
+                        .o;
+  return mix_output(x, f, og, oa);
+}
+
+RouterChoice NatslAttention::route(const Tensor& x, int64_t NC) {
+  const int64_t B = x.size(0), Hr = ndims_.router_heads, C = ndims_.chunk;
+  const bool train = training();
   // Router in f32 (f64 for f64 data): bf16 logits could tie (natsl-layer.md §3.2).
   const DType rdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   RouterChoice choice;
@@ -182,29 +196,67 @@ Tensor NatslAttention::forward(const Tensor& x) {
     }
     sparsity_penalty(choice, NC);
   }
+  return choice;
+}
 
-  // Softmax branch: the softmax view of the same q~, k~, v~ memory.
-  Tensor qa = reshape(f.q_act, {B, T, Ha, Da});
-  Tensor ka = reshape(f.k_act, {B, T, Ha, Da});
+NatslAttention::AttnView NatslAttention::attn_view(const GdnFrontEnd& f) const {
+  const int64_t B = f.q_act.size(0), T = f.q_act.size(1);
+  const int64_t Ha = ndims_.attn_heads, Da = ndims_.attn_head_dim, Dav = ndims_.attn_value_dim;
+  AttnView a;
+  a.q = reshape(f.q_act, {B, T, Ha, Da});
+  a.k = reshape(f.k_act, {B, T, Ha, Da});
   if (qk_norm_) {
-    qa = q_norm_->forward(qa);
-    ka = k_norm_->forward(ka);
+    a.q = q_norm_->forward(a.q);
+    a.k = k_norm_->forward(a.k);
   }
-  const Tensor va = reshape(f.v, {B, T, Ha, Dav});
-  const Tensor oa = sparse_attention(qa, ka, va, choice.mask_softmax, 1.0 / std::sqrt(double(Da)), C,
-                                     drop_own_chunk_grad_);
+  a.v = reshape(f.v, {B, T, Ha, Dav});
+  return a;
+}
 
-  // GDN branch: only GDN-labelled chunks write the carried state; every chunk decays it.
-  const Tensor og = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, 1.0 / std::sqrt(double(K)), Tensor(),
-                                     reshape(choice.mask_gdn, {B * NC, H}))
-                        .o;
-
+Tensor NatslAttention::mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa) const {
   // Output mixing: GDN output per d_av slot, weights from q~, SiLU gate.
+  const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, V = dims_.value_dim;
+  const int64_t Ha = ndims_.attn_heads, Dav = ndims_.attn_value_dim;
   const Tensor wlogits = reshape(nats_out_weights_layer_->forward(f.q_act), {B, T, Ha, 2});
   const Tensor z = reshape(g_proj_->forward(x), {B, T, Ha, Dav});
   const Tensor y = mix_norm_gate(reshape(og, {B, T, Ha, Dav}), oa, wlogits, z, mix_norm_->weight1(),
                                  mix_norm_->weight2(), norm_eps_);
   return o_proj_->forward(reshape(y, {B, T, H * V}));
+}
+
+void NatslAttention::check_decodable(int64_t B) const {
+  if (routing_ == "topk")
+    throw InputError("model.nats_routing topk labels a chunk by comparing it with later chunks (not causal, "
+                     "docs/training.md), so a topk model cannot decode token by token");
+  if (routing_ == "random" && B != 1)
+    throw InputError("model.nats_routing random draws an evaluation label per (row, chunk, head) at an index that "
+                     "depends on the sequence length for rows after the first, so decoding follows it for one "
+                     "sequence at a time only (batch 1), got " + str(B));
+}
+
+std::vector<int> NatslAttention::route_chunk(const Tensor& x_chunk, int64_t chunk) {
+  NATSL_CHECK(!training(), "NatslAttention::route_chunk: decoding needs the model in evaluation mode");
+  const int64_t B = x_chunk.size(0), Hr = ndims_.router_heads, C = ndims_.chunk;
+  NATSL_CHECK(x_chunk.dim() == 3 && x_chunk.size(1) == C, "NatslAttention::route_chunk: expected x [B, ", C,
+              ", d], got ", x_chunk.str());
+  std::vector<int> labels(size_t(B * Hr));
+  if (routing_ == "learned") {
+    // As route() at evaluation: the chunk's mean through W_r, argmax (no noise, nothing forced).
+    const DType rdt = x_chunk.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    const Tensor pooled = to_dtype(chunk_mean_pool(x_chunk, C), rdt);
+    const Tensor logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, 1, Hr, 2});
+    kernels::RouterChoiceArgs args;
+    args.tau = tau_;
+    args.force_last_both = false;
+    const std::vector<double> m = router_choice(logits, args).mask_softmax.to(DType::f64).to_vector<double>();
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = m[i] > 0.5 ? 1 : 0;
+    return labels;
+  }
+  check_decodable(B);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hr; ++h)
+      labels[size_t(b * Hr + h)] = fixed_label(b, chunk, h, /*NC=*/chunk + 1, uint64_t(1) << 63) ? 1 : 0;
+  return labels;
 }
 
 void NatslAttention::collect_stats(std::map<std::string, double>& stats) const {
@@ -237,10 +289,7 @@ RouterChoice NatslAttention::fixed_routing(int64_t B, int64_t NC, DType dt, Devi
     for (int64_t c = 0; c < NC; ++c)
       for (int64_t h = 0; h < Hr; ++h) {
         const int64_t i = (b * NC + c) * Hr + h;
-        bool s = routing_ == "all_softmax";
-        if (routing_ == "every_nth") s = c % routing_every_ == 0;
-        if (routing_ == "random") s = double(philox_uniform(noise_.seed, offset + uint64_t(i))) < routing_fraction_;
-        soft[size_t(i)] = s ? 1.0 : 0.0;
+        soft[size_t(i)] = fixed_label(b, c, h, NC, offset) ? 1.0 : 0.0;
       }
   std::vector<double> gdn(soft.size());
   for (size_t i = 0; i < soft.size(); ++i) gdn[i] = 1.0 - soft[i];
@@ -249,6 +298,15 @@ RouterChoice NatslAttention::fixed_routing(int64_t B, int64_t NC, DType dt, Devi
   r.mask_gdn = Tensor::from_vector(gdn, {B, NC, Hr}, dt, dev);
   if (deterministic) fixed_ = r;
   return r;
+}
+
+bool NatslAttention::fixed_label(int64_t b, int64_t c, int64_t h, int64_t NC, uint64_t offset) const {
+  if (routing_ == "every_nth") return c % routing_every_ == 0;
+  if (routing_ == "random") {
+    const int64_t i = (b * NC + c) * ndims_.router_heads + h;
+    return double(philox_uniform(noise_.seed, offset + uint64_t(i))) < routing_fraction_;
+  }
+  return routing_ == "all_softmax";
 }
 
 void NatslAttention::sparsity_penalty(const RouterChoice& choice, int64_t NC) {

@@ -73,6 +73,15 @@ class NatslAttention : public GatedDeltaNet {
   // forward, the forced last chunk counted as softmax (as the reference logs it). Reads a device scalar.
   void collect_stats(std::map<std::string, double>& stats) const override;
   const NatslDims& ndims() const { return ndims_; }
+  // The decoding state of one generation (layers/decode_cache.h, natsl_decode.cpp): conv tails, the GDN
+  // carried and running states, the kept softmax chunks' keys/values and the current chunk's.
+  std::unique_ptr<DecodeCache> decode_cache() override;
+  // Decoding: the labels of chunk `chunk` (1 = softmax, 0 = GDN, [B * Hr] in (row, router head) order) from
+  // its C layer inputs x_chunk [B, C, d], as an evaluation forward labels it. The learned router and the
+  // fixed routings are causal; topk is not (InputError), random only for batch 1 (InputError otherwise).
+  std::vector<int> route_chunk(const Tensor& x_chunk, int64_t chunk);
+  // Whether this layer's routing can be followed token by token for B rows; InputError saying why not.
+  void check_decodable(int64_t B) const;
 
   // The Gumbel noise stream: Philox key router_noise_seed(run seed, layer index) (run seed 0 until
   // seed_noise is called; the Trainer passes train.seed), offset advanced by every training forward that
@@ -96,9 +105,23 @@ class NatslAttention : public GatedDeltaNet {
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
 
  private:
+  friend class NatslDecodeCache;
+  struct AttnView {
+    Tensor q, k, v;  // [B, T, Ha, Da] (q/k-normed), [B, T, Ha, Dav]
+  };
+  // The pieces of forward, shared with decoding. route: the labels of x's NC chunks (and, in training, the
+  // logged fractions and the penalty); attn_view: the softmax branch's view of q~, k~, v~; mix_output: the
+  // output mixing and o_proj of the two branch outputs.
+  RouterChoice route(const Tensor& x, int64_t NC);
+  AttnView attn_view(const GdnFrontEnd& f) const;
+  Tensor mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa) const;
+
   NatslDims ndims_;
   int64_t layer_idx_;
   RouterChoice fixed_routing(int64_t B, int64_t NC, DType dt, Device dev, bool train);
+  // A fixed routing's label of (row b, chunk c, router head h) in a forward of NC chunks; `offset` is the
+  // noise-stream offset of random routing.
+  bool fixed_label(int64_t b, int64_t c, int64_t h, int64_t NC, uint64_t offset) const;
   void sparsity_penalty(const RouterChoice& choice, int64_t NC);
 
   bool qk_norm_, gumbel_, drop_own_chunk_grad_;

@@ -39,7 +39,7 @@ SoftmaxAttention::SoftmaxAttention(const ModelConfig& c, int64_t /*layer_idx*/)
   }
 }
 
-Tensor SoftmaxAttention::forward(const Tensor& x) {
+SoftmaxAttention::Qkv SoftmaxAttention::project(const Tensor& x, int64_t start) {
   NATSL_CHECK(x.dim() == 3, "SoftmaxAttention: expected x [B, T, d], got ", x.str());
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads;
   Tensor q = reshape(q_proj_->forward(x), {B, T, H, dims_.head_dim});
@@ -49,7 +49,10 @@ Tensor SoftmaxAttention::forward(const Tensor& x) {
     q = q_norm_->forward(q);
     k = k_norm_->forward(k);
   }
-  if (rope_) {
+  if (rope_ && start > 0) {  // decoding: positions start .. start + T - 1
+    q = apply_rope(q, rope_theta_, start);
+    k = apply_rope(k, rope_theta_, start);
+  } else if (rope_) {
     RopeCache& rc = rope_cache_;
     if (rc.T != T || rc.D != dims_.head_dim || rc.dtype != q.dtype() || rc.device != q.device()) {
       std::tie(rc.cos, rc.sin) = rope_tables(T, dims_.head_dim, rope_theta_, 0, q.dtype(), q.device());
@@ -61,8 +64,16 @@ Tensor SoftmaxAttention::forward(const Tensor& x) {
     q = apply_rope(q, rc.cos, rc.sin);
     k = apply_rope(k, rc.cos, rc.sin);
   }
-  Tensor o = attention_core(q, k, v, /*causal=*/true);
-  return o_proj_->forward(reshape(o, {B, T, H * dims_.value_dim}));
+  return {q, k, v};
+}
+
+Tensor SoftmaxAttention::output(const Tensor& o) const {
+  return o_proj_->forward(reshape(o, {o.size(0), o.size(1), dims_.heads * dims_.value_dim}));
+}
+
+Tensor SoftmaxAttention::forward(const Tensor& x) {
+  const Qkv p = project(x, 0);
+  return output(attention_core(p.q, p.k, p.v, /*causal=*/true));
 }
 
 int64_t SoftmaxAttention::num_params(const ModelConfig& c) {

@@ -23,12 +23,22 @@ class SoftmaxAttention : public Mixer {
   SoftmaxAttention(const ModelConfig& config, int64_t layer_idx);
   Tensor forward(const Tensor& x) override;
   const AttentionDims& dims() const { return dims_; }
+  // The decoding state of one generation (layers/decode_cache.h): every position's keys and values.
+  std::unique_ptr<DecodeCache> decode_cache() override;
 
   // Closed-form parameter count and attention FLOPs per token (see docs/flops.md).
   static int64_t num_params(const ModelConfig& config);
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
 
  private:
+  friend class AttentionDecodeCache;
+  struct Qkv {
+    Tensor q, k, v;  // [B, T, H, Dk] normed and rotated, [B, T, H, Dv]
+  };
+  // q, k, v of x [B, T, d] at positions start .. start + T - 1.
+  Qkv project(const Tensor& x, int64_t start);
+  Tensor output(const Tensor& o) const;  // o [B, T, H, Dv] -> o_proj
+
   AttentionDims dims_;
   bool qk_norm_, rope_;
   double rope_theta_;

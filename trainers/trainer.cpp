@@ -49,22 +49,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-Device resolve_device(const std::string& spec) {
-  if (spec == "auto") return cuda_available() ? Device::cuda(0) : kCPU;
-  Device d = Device::parse(spec);
-  if (d.is_cuda() && d.index >= cuda_device_count())
-    throw InputError("train.device is '" + spec + "' but " +
-                     (cuda_device_count() == 0 ? std::string("no CUDA GPU is available") +
-#ifdef NATSL_WITH_CUDA
-                                                     ""
-#else
-                                                     " (this build has no CUDA backend)"
-#endif
-                                               : std::to_string(cuda_device_count()) + " GPU(s) are visible") +
-                     "; use train.device=cpu or auto");
-  return d;
-}
-
 std::string human_count(double v) {
   if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
   if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
@@ -135,6 +119,35 @@ void refuse_existing_run_dir(const std::string& out_dir) {
                                scan.damaged.empty() ? std::string("?") : scan.damaged.front()));
 }
 
+}  // namespace
+
+// ---- shared with `natsl generate` (trainer.h) ----
+
+// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
+// loads or its math alone with it); a model must never train or evaluate under it.
+void refuse_timing_switches() {
+  const char* diag = std::getenv("NATSL_GDN_DIAG");
+  if (diag && *diag && std::string(diag) != "0")
+    throw InputError(std::string("the environment sets NATSL_GDN_DIAG=") + diag +
+                     ", a benchmark switch under which the GDN kernels compute wrong results; unset it");
+}
+
+Device resolve_device(const std::string& spec) {
+  if (spec == "auto") return cuda_available() ? Device::cuda(0) : kCPU;
+  Device d = Device::parse(spec);
+  if (d.is_cuda() && d.index >= cuda_device_count())
+    throw InputError("train.device is '" + spec + "' but " +
+                     (cuda_device_count() == 0 ? std::string("no CUDA GPU is available") +
+#ifdef NATSL_WITH_CUDA
+                                                     ""
+#else
+                                                     " (this build has no CUDA backend)"
+#endif
+                                               : std::to_string(cuda_device_count()) + " GPU(s) are visible") +
+                     "; use train.device=cpu or auto");
+  return d;
+}
+
 // A run continues with the tokenizer it started with: the same kind, vocabulary and model file bytes. A
 // checkpoint written before tokenizers were recorded was trained on byte tokens.
 void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json& mine) {
@@ -157,15 +170,21 @@ void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json
                        " differs); resume with the tokenizer the run started with (tokenizer.kind, tokenizer.model)");
 }
 
-// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
-// loads or its math alone with it); a model must never train or evaluate under it.
-void refuse_timing_switches() {
-  const char* diag = std::getenv("NATSL_GDN_DIAG");
-  if (diag && *diag && std::string(diag) != "0")
-    throw InputError(std::string("the environment sets NATSL_GDN_DIAG=") + diag +
-                     ", a benchmark switch under which the GDN kernels compute wrong results; unset it");
+void check_checkpoint_model(const CheckpointReader& ck, const RunConfig& cfg, const std::string& advice) {
+  const std::string state_path = (fs::path(ck.dir()) / "state.json").string();
+  try {
+    nlohmann::json saved = config_to_json(config_from_json(ck.trainer().at("config"), state_path));
+    nlohmann::json mine = config_to_json(cfg);
+    std::string diff = first_difference(saved["model"], mine["model"], "model");
+    if (!diff.empty()) {
+      nlohmann::json::json_pointer p("/" + diff.substr(0, diff.find('.')) + "/" + diff.substr(diff.find('.') + 1));
+      throw InputError("checkpoint '" + ck.dir() + "' was trained with " + diff + " = " + saved[p].dump() +
+                       " but the config says " + mine[p].dump() + "; " + advice);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("'" + state_path + "' lacks a field this natsl needs (" + e.what() + ")");
+  }
 }
-}  // namespace
 
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   refuse_timing_switches();
@@ -463,14 +482,9 @@ void Trainer::resume_from(CheckpointReader& ck) {
   try {
     const nlohmann::json& tr = ck.trainer();
     // The model must be the one the checkpoint was trained with.
+    check_checkpoint_model(ck, cfg_, "resume with the same model");
     nlohmann::json saved = config_to_json(config_from_json(tr.at("config"), state_path));
     nlohmann::json mine = config_to_json(cfg_);
-    std::string diff = first_difference(saved["model"], mine["model"], "model");
-    if (!diff.empty()) {
-      nlohmann::json::json_pointer p("/" + diff.substr(0, diff.find('.')) + "/" + diff.substr(diff.find('.') + 1));
-      throw InputError("checkpoint '" + dir + "' was trained with " + diff + " = " + saved[p].dump() +
-                       " but the config says " + mine[p].dump() + "; resume with the same model");
-    }
     for (const char* key : {"batch_size", "seq_len", "grad_accum", "seed", "lr", "schedule"})
       if (saved["train"][key] != mine["train"][key])
         log(fmt::format("warning: train.{} changed since the checkpoint ({} -> {}); the run will not match an "

@@ -59,6 +59,18 @@ struct TrainSummary {
   std::string checkpoint;        // the last checkpoint written ("" if none)
 };
 
+// Shared with `natsl generate`:
+// InputError when the environment sets a benchmark switch under which kernels compute wrong results.
+void refuse_timing_switches();
+// train.device -> the device ("auto": the first GPU if any); InputError when the GPU named is missing.
+Device resolve_device(const std::string& spec);
+// A run continues (or generates) with the tokenizer it was trained with: InputError when the checkpoint's
+// recorded tokenizer (kind, vocabulary, model-file hash) differs from `mine` (Tokenizer::identity()).
+void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json& mine);
+// InputError naming the first model.* key in which cfg differs from the checkpoint's config, ending with
+// `advice` (what to do).
+void check_checkpoint_model(const CheckpointReader& ck, const RunConfig& cfg, const std::string& advice);
+
 class Trainer {
  public:
   // Resolves the device, builds the model, data and optimizer, and resumes per cfg.resume.

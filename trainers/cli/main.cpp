@@ -1,4 +1,4 @@
-// The `natsl` program: train, eval, tokenize, tokenizer (train/encode/decode), inspect. Exit codes: 0 ok, 2 bad input (config, data,
+// The `natsl` program: train, eval, generate, tokenize, tokenizer (train/encode/decode), inspect. Exit codes: 0 ok, 2 bad input (config, data,
 // checkpoint, command line or an unusable train.out_dir), 1 internal error or a failed write (disk full);
 // every error is one line on stderr. `train --nproc N` exits with its first failing rank's code (0 if none failed).
 #include <CLI/CLI.hpp>
@@ -21,6 +21,7 @@
 #include "trainers/dist/launch.h"
 #include "trainers/dist/local_launcher.h"
 #include "trainers/eval_suite.h"
+#include "trainers/generate.h"
 #include "trainers/hf_interchange.h"
 #include "trainers/sweep.h"
 #include "trainers/sync_file.h"
@@ -85,25 +86,36 @@ int cmd_sweep(const std::string& file, bool dry_run) {
   return run_sweep(sweep, opts) == 0 ? 0 : kExitInternal;
 }
 
-int cmd_eval(const std::string& config, std::vector<std::string> overrides, const EvalSuite& suite,
-             const std::string& json_out) {
+// Removes checkpoint=DIR from the overrides and returns DIR ("" when absent).
+std::string take_checkpoint(std::vector<std::string>& overrides) {
   std::string checkpoint;
   for (auto it = overrides.begin(); it != overrides.end();)
     if (it->rfind("checkpoint=", 0) == 0) {
       checkpoint = it->substr(11);
+      if (checkpoint.empty()) throw InputError("checkpoint= names no directory; use checkpoint=DIR");
       it = overrides.erase(it);
     } else {
       ++it;
     }
+  return checkpoint;
+}
+
+// The checkpoint given, or the newest valid one in train.out_dir; InputError naming `command` when none.
+std::string checkpoint_or_latest(const std::string& given, const RunConfig& cfg, const std::string& command) {
+  if (!given.empty()) return given;
+  CheckpointScan scan = find_latest_checkpoint(cfg.train.out_dir);
+  for (const auto& w : scan.warnings) fmt::print(stderr, "warning: {}\n", w);
+  if (!scan.latest)
+    throw InputError("no checkpoint= given and none found in " + cfg.train.out_dir + "/checkpoints; use natsl " +
+                     command + " CONFIG checkpoint=DIR");
+  return *scan.latest;
+}
+
+int cmd_eval(const std::string& config, std::vector<std::string> overrides, const EvalSuite& suite,
+             const std::string& json_out) {
+  std::string checkpoint = take_checkpoint(overrides);
   RunConfig cfg = load_config(config, overrides);
-  if (checkpoint.empty()) {
-    CheckpointScan scan = find_latest_checkpoint(cfg.train.out_dir);
-    for (const auto& w : scan.warnings) fmt::print(stderr, "warning: {}\n", w);
-    if (!scan.latest)
-      throw InputError("no checkpoint= given and none found in " + cfg.train.out_dir +
-                       "/checkpoints; use natsl eval CONFIG checkpoint=DIR");
-    checkpoint = *scan.latest;
-  }
+  checkpoint = checkpoint_or_latest(checkpoint, cfg, "eval");
   cfg.resume = checkpoint;
   TrainerOptions opts;
   opts.write_run_dir = false;
@@ -123,6 +135,85 @@ int cmd_eval(const std::string& config, std::vector<std::string> overrides, cons
   if (has_suite) result["suite"] = run_eval_suite(trainer, suite, stdout);
   fmt::print("{}\n", result.dump());
   if (!json_out.empty()) replace_file_atomically(json_out, result.dump(2) + "\n");
+  return 0;
+}
+
+struct GenerateArgs {
+  std::string config;
+  std::vector<std::string> args;  // checkpoint=DIR and overrides
+  std::string prompt, prompt_file, json;
+  bool ignore_eos = false;
+  GenerateOptions opts;
+};
+
+std::string read_prompt_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw InputError("--prompt-file '" + path + "' is not a readable file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError("--prompt-file '" + path + "' cannot be read");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// natsl generate: the prompt through the checkpoint's model, then the continuation and one stats line.
+int cmd_generate(GenerateArgs a, bool prompt_given, bool prompt_file_given) {
+  // Everything that needs no model first, so bad input is refused at once.
+  validate_sampling(a.opts.sampling);
+  if (a.opts.max_new_tokens < 1)
+    throw InputError("--max-new-tokens must be at least 1, got " + std::to_string(a.opts.max_new_tokens));
+  if (!prompt_given && !prompt_file_given) throw InputError("give the prompt: --prompt TEXT or --prompt-file FILE");
+  const std::string text = prompt_file_given ? read_prompt_file(a.prompt_file) : a.prompt;
+  if (text.empty())
+    throw InputError(std::string("the prompt is empty") + (prompt_file_given ? " ('" + a.prompt_file + "')" : "") +
+                     ": give some text to continue");
+  std::string checkpoint = take_checkpoint(a.args);
+  RunConfig cfg = load_config(a.config, a.args);
+  checkpoint = checkpoint_or_latest(checkpoint, cfg, "generate");
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(cfg.tokenizer);
+  if (tok->vocab_size() > cfg.model.vocab_size)
+    throw InputError("the tokenizer (" + tok->kind() + ", " + std::to_string(tok->vocab_size()) +
+                     " ids) does not fit model.vocab_size " + std::to_string(cfg.model.vocab_size) +
+                     ": generate with the tokenizer the model was trained with (tokenizer.kind, tokenizer.model)");
+  const nlohmann::json identity = tok->identity();
+  const InferenceModel m = load_inference_model(cfg, checkpoint, &identity);
+
+  std::vector<uint32_t> ids;
+  if (tok->bos_id()) ids.push_back(*tok->bos_id());
+  tok->encode(text, ids);
+  a.opts.candidates = tok->vocab_size();
+  if (!a.ignore_eos) a.opts.stop_token = tok->eos_id();
+  const GenerateResult r = generate(*m.model, ids, a.opts);
+  const std::string out = tok->decode(r.tokens);
+  const double ratio = r.full_attention_kv_bytes > 0 ? double(r.kv_bytes) / double(r.full_attention_kv_bytes) : 0.0;
+  fmt::print("{}{}\n", text, out);
+  fmt::print("prefill {} tokens: {:.1f} tokens/s; decode {} tokens{} in {} steps: {:.1f} tokens/s; KV cache {} bytes "
+             "held vs {} for full attention (ratio {:.4f}); other decoding state {} bytes\n",
+             r.prompt_tokens, r.prefill_tokens_per_second(), r.tokens.size(), r.stopped ? " (stopped at EOS)" : "",
+             r.decode_steps, r.decode_tokens_per_second(), r.kv_bytes, r.full_attention_kv_bytes, ratio, r.state_bytes);
+  if (!a.json.empty()) {
+    const SamplingOptions& s = a.opts.sampling;
+    const nlohmann::json j = {
+        {"checkpoint", checkpoint},
+        {"step", m.step},
+        {"device", m.device.str()},
+        {"prompt", text},
+        {"text", out},
+        {"prompt_tokens", r.prompt_tokens},
+        {"tokens", r.tokens},
+        {"new_tokens", r.tokens.size()},
+        {"stopped_at_eos", r.stopped},
+        {"sampling", {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"seed", s.seed}}},
+        {"prefill_seconds", r.prefill_seconds},
+        {"prefill_tokens_per_s", r.prefill_tokens_per_second()},
+        {"decode_steps", r.decode_steps},
+        {"decode_seconds", r.decode_seconds},
+        {"decode_tokens_per_s", r.decode_tokens_per_second()},
+        {"kv_cache_bytes", r.kv_bytes},
+        {"full_attention_kv_bytes", r.full_attention_kv_bytes},
+        {"kv_cache_ratio", ratio},
+        {"decode_state_bytes", r.state_bytes}};
+    // Sampled bytes need not be UTF-8: the JSON strings replace what is not (the ids are in "tokens").
+    replace_file_atomically(a.json, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  }
   return 0;
 }
 
@@ -330,6 +421,29 @@ int main(int argc, char** argv) {
   eval->add_option("--batches", suite.batches, "batches per MQAR / NIAH grid point (default 4)")->check(CLI::PositiveNumber);
   eval->add_option("--json", eval_json, "also write the result to this file");
 
+  GenerateArgs ga;
+  CLI::App* gen = app.add_subcommand(
+      "generate", "Continue a prompt with a checkpoint's model: chunked prefill, then token-by-token decoding");
+  gen->add_option("config", ga.config, "run config, YAML (its model, tokenizer and train.device)")->required();
+  gen->add_option("args", ga.args, "checkpoint=DIR (default: the newest in train.out_dir) and KEY=VALUE overrides");
+  CLI::Option* prompt_opt = gen->add_option("--prompt", ga.prompt, "the text to continue");
+  CLI::Option* prompt_file_opt = gen->add_option("--prompt-file", ga.prompt_file, "read the text to continue from a file");
+  prompt_opt->excludes(prompt_file_opt);
+  gen->add_option("--max-new-tokens", ga.opts.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  gen->add_option("--temperature", ga.opts.sampling.temperature, "softmax temperature; 0 = greedy (argmax)")
+      ->capture_default_str();
+  gen->add_option("--top-k", ga.opts.sampling.top_k, "sample among the k most likely tokens only; 0 = off")
+      ->capture_default_str();
+  gen->add_option("--top-p", ga.opts.sampling.top_p, "nucleus: the fewest most likely tokens holding this mass; 1 = off")
+      ->capture_default_str();
+  gen->add_option("--seed", ga.opts.sampling.seed, "sampling seed (Philox): the same seed gives the same text")
+      ->capture_default_str();
+  gen->add_flag("--ignore-eos", ga.ignore_eos, "keep going after the tokenizer's EOS token (default: stop there)");
+  gen->add_option("--json", ga.json, "also write the text, tokens and statistics to this file");
+  gen->footer("Prints the prompt and its continuation, then one line: prefill and decode tokens/s, and the KV cache "
+              "held (NAtS-L: the softmax-kept chunks and the current chunk) against a full-attention cache of the "
+              "same model size. docs/training.md, \"Generation\".");
+
   TokenizeArgs ta;
   CLI::App* tok = app.add_subcommand("tokenize", "Turn text and JSONL files into token shards, in parallel, resumable");
   tok->add_option("paths", ta.paths,
@@ -421,10 +535,10 @@ int main(int argc, char** argv) {
 
   if (argc > 1 && argv[1][0] != '-') {
     const std::string cmd = argv[1];
-    const std::set<std::string> commands = {"train", "eval", "sweep", "tokenize", "tokenizer", "inspect", "export-hf", "import-hf"};
+    const std::set<std::string> commands = {"train", "eval", "generate", "sweep", "tokenize", "tokenizer", "inspect", "export-hf", "import-hf"};
     if (!commands.count(cmd)) {
       fmt::print(stderr,
-                 "natsl: error: unknown command '{}': expected train, eval, sweep, tokenize, tokenizer, inspect, export-hf or import-hf (see natsl --help)\n",
+                 "natsl: error: unknown command '{}': expected train, eval, generate, sweep, tokenize, tokenizer, inspect, export-hf or import-hf (see natsl --help)\n",
                  cmd);
       return kExitBadInput;
     }
@@ -446,6 +560,7 @@ int main(int argc, char** argv) {
     if (*train && train->count("--nproc")) return cmd_train_local_ranks(nproc, config, overrides, argc, argv);
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args, suite, eval_json);
+    if (*gen) return cmd_generate(ga, prompt_opt->count() > 0, prompt_file_opt->count() > 0);
     if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
     if (*export_hf_cmd) {
       export_hf(hf_export_args[0], hf_export_args[1]);
