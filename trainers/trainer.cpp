@@ -391,6 +391,9 @@ void Trainer::finish_profile() {
 void Trainer::setup_distributed() {
   const TrainConfig& t = cfg_.train;
   if (launch_.launcher == "single") return;  // no launcher: one process, no communicator
+  // A peer that dies closes its sockets; a write to one must fail with EPIPE (Gloo then reports the broken
+  // pair and the trainer stops with a message) instead of killing this rank silently with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   const auto timeout = dist::Millis(int64_t(t.dist_timeout_s * 1000.0));
   if (opts_.store) {
     kv_store_ = opts_.store;
