@@ -273,30 +273,78 @@ CutPlan plan_cuts(const std::optional<ModelFacts>& facts) {
   return p;
 }
 
-// Below this a text is encoded in one call; above kMaxCachedPart bytes a part is encoded without caching.
-constexpr size_t kMinPiecewiseBytes = 64;
+// Above kMaxCachedPart bytes a part is encoded without caching.
 constexpr size_t kMaxCachedPart = 256;
 // Per thread: at most this many parts and ids remembered (~30 MB), then the cache starts over.
 constexpr size_t kMaxCachedParts = size_t(1) << 18;
-constexpr size_t kMaxCachedIds = size_t(1) << 22;
+constexpr size_t kMaxArenaWords = size_t(1) << 22;
 
-struct PartHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return size_t(xxh3_64(s.data(), s.size())); }
-};
-
-// A part's ids, remembered by the thread that encoded it, for one tokenizer object at a time.
-struct PartCache {
-  uint64_t owner = 0;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, PartHash, std::equal_to<>> parts;  // -> ids
-  std::vector<uint32_t> ids;
+// A part's ids, remembered by the thread that encoded it, for one tokenizer object at a time: an
+// open-addressing table (a lookup touches its slot and one arena entry, where the ids and the key lie side
+// by side) over an arena of entries [ids..., key bytes padded to 4].
+class PartCache {
+ public:
   std::vector<int> scratch;
-  void reset(uint64_t o) {
-    owner = o;
-    parts.clear();
-    ids.clear();
+
+  // The ids of `part`, encoded by `encode(part, scratch)` when not cached (then remembered).
+  template <class Encode>
+  std::pair<const uint32_t*, size_t> get(uint64_t owner, std::string_view part, Encode&& encode) {
+    if (owner != owner_) reset(owner);
+    uint64_t h = xxh3_64(part.data(), part.size());
+    h += h == 0;  // 0 marks a free slot
+    for (size_t i = size_t(h) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.hash == 0) break;
+      if (s.hash == h && s.key_bytes == part.size()) {
+        const uint32_t* e = arena_.data() + s.at;
+        if (std::memcmp(e + s.ids, part.data(), part.size()) == 0) return {e, s.ids};
+      }
+    }
+    encode(part, scratch);
+    const size_t words = scratch.size() + (part.size() + 3) / 4;
+    if (used_ >= kMaxCachedParts || arena_.size() + words > kMaxArenaWords) reset(owner);
+    if (2 * (used_ + 1) > slots_.size()) grow();
+    Slot n{h, uint32_t(arena_.size()), uint16_t(part.size()), uint16_t(scratch.size())};
+    arena_.insert(arena_.end(), scratch.begin(), scratch.end());
+    arena_.resize(arena_.size() + (part.size() + 3) / 4);
+    std::memcpy(arena_.data() + n.at + n.ids, part.data(), part.size());
+    place(n);
+    ++used_;
+    return {arena_.data() + n.at, n.ids};
   }
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t at = 0;         // arena offset of the entry
+    uint16_t key_bytes = 0;  // <= kMaxCachedPart
+    uint16_t ids = 0;        // at most a few ids per byte
+  };
+  void reset(uint64_t owner) {
+    owner_ = owner;
+    slots_.assign(4096, Slot{});
+    mask_ = slots_.size() - 1;
+    arena_.clear();
+    used_ = 0;
+  }
+  void place(const Slot& n) {
+    size_t i = size_t(n.hash) & mask_;
+    while (slots_[i].hash != 0) i = (i + 1) & mask_;
+    slots_[i] = n;
+  }
+  void grow() {
+    std::vector<Slot> old(2 * slots_.size());
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
+    for (const Slot& s : old)
+      if (s.hash != 0) place(s);
+  }
+  uint64_t owner_ = 0;
+  std::vector<Slot> slots_;
+  size_t mask_ = 0, used_ = 0;
+  std::vector<uint32_t> arena_;
 };
+static_assert(kMaxCachedPart < 65536);
 thread_local PartCache t_cache;
 
 std::atomic<uint64_t> g_instances{0};
@@ -372,25 +420,18 @@ std::vector<std::string_view> SentencePieceTokenizer::parts(std::string_view tex
 }
 
 void SentencePieceTokenizer::encode(std::string_view text, std::vector<uint32_t>& out) const {
-  if (!piecewise_ || text.size() < kMinPiecewiseBytes) return encode_whole(text, out);
+  if (!piecewise_) return encode_whole(text, out);
   PartCache& c = t_cache;
-  if (c.owner != instance_) c.reset(instance_);
+  auto encode_part = [this](std::string_view part, std::vector<int>& ids) { impl_->encode_one(part, ids, path_); };
   impl_->for_each_part(text, [&](size_t at, size_t n) {
     const std::string_view part = text.substr(at, n);
     if (n > kMaxCachedPart) {
-      impl_->encode_one(part, c.scratch, path_);
+      encode_part(part, c.scratch);
       out.insert(out.end(), c.scratch.begin(), c.scratch.end());
       return;
     }
-    auto it = c.parts.find(part);
-    if (it == c.parts.end()) {
-      impl_->encode_one(part, c.scratch, path_);
-      if (c.parts.size() >= kMaxCachedParts || c.ids.size() + c.scratch.size() > kMaxCachedIds) c.reset(instance_);
-      it = c.parts.emplace(std::string(part), std::pair{uint32_t(c.ids.size()), uint32_t(c.scratch.size())}).first;
-      c.ids.insert(c.ids.end(), c.scratch.begin(), c.scratch.end());
-    }
-    const uint32_t* ids = c.ids.data() + it->second.first;
-    out.insert(out.end(), ids, ids + it->second.second);
+    const auto [ids, count] = c.get(instance_, part, encode_part);
+    for (size_t i = 0; i < count; ++i) out.push_back(ids[i]);  // a few ids: cheaper than a memmove call
   });
 }
 

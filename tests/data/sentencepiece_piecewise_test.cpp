@@ -280,6 +280,30 @@ TEST_F(SentencePiecePiecewise, TwoModelsOnOneThreadDoNotShareCachedParts) {
   }
 }
 
+TEST_F(SentencePiecePiecewise, IdsStayRightWhenThePerThreadCacheFillsAndStartsOver) {
+  SKIP_WITHOUT_SENTENCEPIECE();
+  // ~330k distinct random words (the cache keeps 2^18 parts), in 100 kB documents encoded one after
+  // another on this thread, with common words mixed in so that hits follow the restart.
+  SentencePieceTokenizer tok(model("bpe_natsl"));
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> letter('a', 'z'), len(4, 9), common(0, 3);
+  const std::vector<std::string> words = {"the", "and", "of", "Pierre"};
+  std::string text;
+  for (int w = 0; w < 330000; ++w) {
+    std::string word(size_t(len(rng)), ' ');
+    for (char& ch : word) ch = char(letter(rng));
+    text += word + " " + words[size_t(common(rng))] + (w % 13 == 0 ? ".\n" : " ");
+  }
+  int64_t parts = 0;
+  for (size_t at = 0; at < text.size(); at += 100000) {
+    const std::string_view doc = std::string_view(text).substr(at, 100000);
+    parts += int64_t(tok.parts(doc).size());
+    const std::vector<uint32_t> got = encode(tok, doc), want = whole(tok, doc);
+    ASSERT_TRUE(got == want) << "document at " << at << ": " << first_difference(got, want);
+  }
+  EXPECT_GT(parts, 600000);
+}
+
 TEST_F(SentencePiecePiecewise, TokenizeSaysOnceWhenAModelEncodesDocumentsWhole) {
   SKIP_WITHOUT_SENTENCEPIECE();
   TempDir dir;
