@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -284,14 +285,69 @@ constexpr size_t kMaxArenaWords = size_t(1) << 22;
 // by side) over an arena of entries [ids..., key bytes padded to 4].
 class PartCache {
  public:
+  static constexpr int kBatch = 16;
   std::vector<int> scratch;
 
-  // The ids of `part`, encoded by `encode(part, scratch)` when not cached (then remembered).
-  template <class Encode>
-  std::pair<const uint32_t*, size_t> get(uint64_t owner, std::string_view part, Encode&& encode) {
+  // Forgets the parts of another tokenizer object.
+  void use_for(uint64_t owner) {
     if (owner != owner_) reset(owner);
-    uint64_t h = xxh3_64(part.data(), part.size());
-    h += h == 0;  // 0 marks a free slot
+  }
+
+  // Appends the ids of parts[0..n) to out, in order. The table and arena are far bigger than the caches
+  // of the CPU, so a lookup waits on memory twice (its slot, then its arena entry): for a batch of parts
+  // the slots are prefetched first, then the entries, then the ids copied.
+  template <class Encode>
+  void append(const std::string_view* parts, int n, std::vector<uint32_t>& out, Encode&& encode) {
+    uint64_t h[kBatch];
+    uint32_t at[kBatch], ids[kBatch];
+    for (int i = 0; i < n; ++i) {
+      h[i] = parts[i].size() <= kMaxCachedPart ? hash(parts[i]) : 0;
+      if (h[i]) __builtin_prefetch(&slots_[size_t(h[i]) & mask_]);
+    }
+    for (int i = 0; i < n; ++i) {
+      ids[i] = UINT32_MAX;  // not found
+      if (!h[i]) continue;
+      for (size_t j = size_t(h[i]) & mask_;; j = (j + 1) & mask_) {
+        const Slot& s = slots_[j];
+        if (s.hash == 0) break;
+        if (s.hash == h[i] && s.key_bytes == parts[i].size()) {
+          at[i] = s.at;
+          ids[i] = s.ids;
+          __builtin_prefetch(arena_.data() + s.at);
+          break;
+        }
+      }
+    }
+    const uint64_t generation = generation_;
+    for (int i = 0; i < n; ++i) {
+      const std::string_view part = parts[i];
+      const uint32_t* e = nullptr;
+      size_t count = 0;
+      if (!h[i]) {  // too long to keep
+        encode(part, scratch);
+        out.insert(out.end(), scratch.begin(), scratch.end());
+        continue;
+      }
+      if (ids[i] != UINT32_MAX && generation == generation_ &&
+          std::memcmp(arena_.data() + at[i] + ids[i], part.data(), part.size()) == 0) {
+        e = arena_.data() + at[i];
+        count = ids[i];
+      } else {
+        std::tie(e, count) = get(part, h[i], encode);  // new, or a 64-bit hash collision, or after a restart
+      }
+      for (size_t k = 0; k < count; ++k) out.push_back(e[k]);  // a few ids: cheaper than a memmove call
+    }
+  }
+
+ private:
+  static uint64_t hash(std::string_view part) {
+    const uint64_t h = xxh3_64(part.data(), part.size());
+    return h + (h == 0);  // 0 marks a free slot
+  }
+
+  // The ids of `part` (hash h), encoded by `encode(part, scratch)` when not cached (then remembered).
+  template <class Encode>
+  std::pair<const uint32_t*, size_t> get(std::string_view part, uint64_t h, Encode&& encode) {
     for (size_t i = size_t(h) & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if (s.hash == 0) break;
@@ -302,7 +358,7 @@ class PartCache {
     }
     encode(part, scratch);
     const size_t words = scratch.size() + (part.size() + 3) / 4;
-    if (used_ >= kMaxCachedParts || arena_.size() + words > kMaxArenaWords) reset(owner);
+    if (used_ >= kMaxCachedParts || arena_.size() + words > kMaxArenaWords) reset(owner_);
     if (2 * (used_ + 1) > slots_.size()) grow();
     Slot n{h, uint32_t(arena_.size()), uint16_t(part.size()), uint16_t(scratch.size())};
     arena_.insert(arena_.end(), scratch.begin(), scratch.end());
@@ -313,7 +369,6 @@ class PartCache {
     return {arena_.data() + n.at, n.ids};
   }
 
- private:
   struct Slot {
     uint64_t hash = 0;
     uint32_t at = 0;         // arena offset of the entry
@@ -322,6 +377,7 @@ class PartCache {
   };
   void reset(uint64_t owner) {
     owner_ = owner;
+    ++generation_;
     slots_.assign(4096, Slot{});
     mask_ = slots_.size() - 1;
     arena_.clear();
@@ -339,7 +395,7 @@ class PartCache {
     for (const Slot& s : old)
       if (s.hash != 0) place(s);
   }
-  uint64_t owner_ = 0;
+  uint64_t owner_ = 0, generation_ = 0;  // generation: counts restarts (arena offsets die with them)
   std::vector<Slot> slots_;
   size_t mask_ = 0, used_ = 0;
   std::vector<uint32_t> arena_;
@@ -422,17 +478,18 @@ std::vector<std::string_view> SentencePieceTokenizer::parts(std::string_view tex
 void SentencePieceTokenizer::encode(std::string_view text, std::vector<uint32_t>& out) const {
   if (!piecewise_) return encode_whole(text, out);
   PartCache& c = t_cache;
+  c.use_for(instance_);
   auto encode_part = [this](std::string_view part, std::vector<int>& ids) { impl_->encode_one(part, ids, path_); };
-  impl_->for_each_part(text, [&](size_t at, size_t n) {
-    const std::string_view part = text.substr(at, n);
-    if (n > kMaxCachedPart) {
-      encode_part(part, c.scratch);
-      out.insert(out.end(), c.scratch.begin(), c.scratch.end());
-      return;
+  std::string_view batch[PartCache::kBatch];
+  int n = 0;
+  impl_->for_each_part(text, [&](size_t at, size_t size) {
+    batch[n++] = text.substr(at, size);
+    if (n == PartCache::kBatch) {
+      c.append(batch, n, out, encode_part);
+      n = 0;
     }
-    const auto [ids, count] = c.get(instance_, part, encode_part);
-    for (size_t i = 0; i < count; ++i) out.push_back(ids[i]);  // a few ids: cheaper than a memmove call
   });
+  c.append(batch, n, out, encode_part);
 }
 
 std::string SentencePieceTokenizer::decode(std::span<const uint32_t> ids) const {
