@@ -20,6 +20,7 @@
 
 #include "core/error.h"
 #include "data/file_checksum.h"
+#include "data/sentencepiece_tokenizer.h"
 #include "data/shard.h"
 #include "data/sync_file.h"
 
@@ -683,6 +684,10 @@ TokenizeReport tokenize(const std::vector<std::string>& input_specs, const std::
   const uint32_t token_bytes = token_bytes_for_vocab(vocab);
   const Encoder enc{tok, opts, marker(tok, opts.bos, tok.bos_id(), "bos"), marker(tok, opts.eos, tok.eos_id(), "eos"),
                     tok.kind() != "byte"};
+  // A SentencePiece model that does not let long documents be cut into words: say once why it is slow.
+  if (const auto* spm = dynamic_cast<const SentencePieceTokenizer*>(&tok); spm && !spm->piecewise())
+    fmt::print(stderr, "note: SentencePiece model '{}': each document is encoded in one call (slow for long "
+                       "documents), as {}\n", spm->model_path(), spm->whole_document_reason());
 
   // What the output is a function of: a finished or interrupted run with the same request is this run.
   nlohmann::json request;

@@ -57,9 +57,10 @@ def main():
     ap.add_argument("--tokenizer-model", default="")
     ap.add_argument("--json", default="")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    ap.add_argument("--commit", default="", help="the commit --natsl was built from (default: this checkout's HEAD)")
     a = ap.parse_args()
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = a.commit or subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                        text=True).stdout.strip() or "unknown"
     tok = ["--tokenizer-model", a.tokenizer_model] if a.tokenizer_model else []
     kind = "sentencepiece" if a.tokenizer_model else "byte"
     rows = []
