@@ -25,6 +25,8 @@ Tensor accumulate(const Tensor& a, const Tensor& b) {
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+EnableGradGuard::EnableGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { t_grad_enabled = prev_; }
 
 namespace {
 thread_local GradReadyHook t_grad_ready_hook;
@@ -107,7 +109,13 @@ void attach(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs
   }
 }
 
-void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+namespace {
+
+// The backward pass. With `capture` set, the nodes it lists (leaf accumulators) are not run: the gradient
+// reaching node n is stored in captured[i] for every i of capture[n], and reaching any other leaf
+// accumulator is an error.
+void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
+                   const std::unordered_map<Node*, std::vector<size_t>>* capture, std::vector<Tensor>* captured) {
   NATSL_CHECK(roots.size() == grads.size(), "backward: roots and grads differ in count");
   // Topological order by iterative DFS over next_edges (post-order), then walk it in reverse.
   std::vector<Node*> order;
@@ -126,6 +134,14 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
         order.push_back(n);
         stack.pop_back();
       }
+    }
+  }
+  if (capture) {
+    for (Node* n : order) {
+      auto* acc = dynamic_cast<AccumulateGrad*>(n);
+      NATSL_CHECK(!acc || capture->count(n), "gradients_of: the graph reaches the leaf ", acc ? acc->leaf().str() : "",
+                  " which is not among the requested inputs (a parameter used by a checkpointed function but not "
+                  "passed to checkpoint()?)");
     }
   }
   // Hold the nodes alive while we run (a node's apply may drop references to others).
@@ -148,6 +164,13 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     std::vector<Tensor> in_grads = std::move(pit->second);
     pending.erase(pit);
     in_grads.resize(size_t(n->num_outputs));
+    if (capture) {
+      auto cit = capture->find(n);
+      if (cit != capture->end()) {
+        for (size_t k : cit->second) (*captured)[k] = in_grads[0];
+        continue;
+      }
+    }
     std::optional<prof::Scope> scope;  // the step profiler / NVTX, when on: one span per node
     if (prof::active() || prof::nvtx_enabled()) {
       static const std::string* const kBackward = prof::intern("backward");
@@ -164,6 +187,26 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
       slot[size_t(e.input_nr)] = accumulate(slot[size_t(e.input_nr)], out[k]);
     }
   }
+}
+
+}  // namespace
+
+void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+  backward_impl(roots, grads, retain_graph, nullptr, nullptr);
+}
+
+std::vector<Tensor> gradients_of(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                                 const std::vector<Tensor>& inputs, bool retain_graph) {
+  std::unordered_map<Node*, std::vector<size_t>> capture;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    NATSL_CHECK(!inputs[i].defined() || inputs[i].is_leaf(), "gradients_of: input ", i, " is not a leaf: ",
+                inputs[i].str());
+    Edge e = gradient_edge(inputs[i]);
+    if (e.valid()) capture[e.fn.get()].push_back(i);
+  }
+  std::vector<Tensor> captured(inputs.size());
+  backward_impl(roots, grads, retain_graph, &capture, &captured);
+  return captured;
 }
 
 void Tensor::backward(const Tensor& grad, bool retain_graph) const {

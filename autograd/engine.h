@@ -72,7 +72,7 @@ class GradReadyHookGuard {
   GradReadyHook prev_;
 };
 
-// Grad mode: on by default; NoGradGuard turns it off for its scope (thread-local).
+// Grad mode: on by default; NoGradGuard turns it off for its scope, EnableGradGuard on (thread-local).
 bool grad_enabled();
 class NoGradGuard {
  public:
@@ -80,6 +80,16 @@ class NoGradGuard {
   ~NoGradGuard();
   NoGradGuard(const NoGradGuard&) = delete;
   NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
 
  private:
   bool prev_;
@@ -99,5 +109,12 @@ void attach(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs
 
 // Runs the backward pass from `roots` with gradients `grads` (same shapes as the roots).
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph);
+
+// The gradients of `roots` (given `grads`) with respect to the leaves `inputs`, as torch.autograd.grad:
+// returned one per input (undefined where none reached it), not added into the leaves' .grad, and no
+// GradReadyHook is called. Every leaf the graph reaches must be one of `inputs`: reaching another one is an
+// error, raised before any node runs (the caller, e.g. checkpoint(), would otherwise lose its gradient).
+std::vector<Tensor> gradients_of(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+                                 const std::vector<Tensor>& inputs, bool retain_graph = false);
 
 }  // namespace natsl

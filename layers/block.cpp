@@ -22,24 +22,62 @@ Block::Block(const ModelConfig& c, int64_t layer_idx)
   mlp_ = register_module("mlp", std::make_shared<GatedMLP>(c.hidden_size, c.mlp_intermediate(), c.initializer_range));
 }
 
-// Profiler spans (core/profiler.h): the mixer with its pre-norm, then the residual add and the MLP half.
-Tensor Block::forward(const Tensor& x) const {
-  Tensor mixed;
-  {
-    prof::Scope scope(mixer_scope_, module_category());
-    mixed = attn_->forward(attn_norm_->forward(x));
-  }
-  return finish(x, mixed);
+// Profiler spans (core/profiler.h): the mixer with its pre-norm; the MLP with its pre-norm.
+Tensor Block::mixer_half(const Tensor& x) {
+  prof::Scope scope(mixer_scope_, module_category());
+  return attn_->forward(attn_norm_->forward(x));
+}
+Tensor Block::mlp_half(const Tensor& h) {
+  prof::Scope scope(mlp_scope_, module_category());
+  return mlp_->forward(mlp_norm_->forward(h));
 }
 
+// Decoding (layers/decode_cache.h): the mixer through its cache, then the residual and the MLP half.
 Tensor Block::prefill(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.prefill(attn_norm_->forward(x))); }
 
 Tensor Block::step(const Tensor& x, DecodeCache& cache) const { return finish(x, cache.step(attn_norm_->forward(x))); }
 
 Tensor Block::finish(const Tensor& x, const Tensor& mixed) const {
-  prof::Scope scope(mlp_scope_, module_category());
   Tensor h = add(x, mixed);
   return add(h, mlp_->forward(mlp_norm_->forward(h)));
 }
+
+Tensor Block::forward(const Tensor& x) {
+  aux_from_checkpoint_ = false;
+  aux_ = Tensor();
+  // The mixer's aux loss is computed inside its forward; as a second output of the checkpoint it keeps its
+  // gradient path (the first run has no history) and is counted once (the recomputation's is discarded).
+  auto with_aux = [this](Tensor y) { return std::vector<Tensor>{std::move(y), attn_->aux_loss()}; };
+  if (recompute_.block) {
+    auto outs = checkpoint_modules({this}, [this, with_aux](const std::vector<Tensor>& in) {
+      Tensor h = add(in[0], mixer_half(in[0]));
+      return with_aux(add(h, mlp_half(h)));
+    }, {x});
+    aux_from_checkpoint_ = true;
+    aux_ = outs[1];
+    return outs[0];
+  }
+  Tensor a;
+  if (recompute_.mixer(kind_)) {
+    auto outs = checkpoint_modules({attn_norm_.get(), attn_.get()}, [this, with_aux](const std::vector<Tensor>& in) {
+      return with_aux(mixer_half(in[0]));
+    }, {x});
+    aux_from_checkpoint_ = true;
+    aux_ = outs[1];
+    a = outs[0];
+  } else {
+    a = mixer_half(x);
+  }
+  Tensor h = add(x, a);
+  Tensor m = recompute_.mlp ? checkpoint_modules({mlp_norm_.get(), mlp_.get()},
+                                                 [this](const std::vector<Tensor>& in) {
+                                                   return std::vector<Tensor>{mlp_half(in[0])};
+                                                 },
+                                                 {h})[0]
+                            : mlp_half(h);
+  return add(h, m);
+}
+
+Tensor Block::aux_loss() const { return aux_from_checkpoint_ ? aux_ : attn_->aux_loss(); }
 
 }  // namespace natsl

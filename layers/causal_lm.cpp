@@ -31,6 +31,10 @@ LMBackbone::LMBackbone(const ModelConfig& c) {
   norm_ = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.norm_eps));
 }
 
+void LMBackbone::set_recompute(const RecomputePolicy& policy) {
+  for (const auto& b : blocks_) b->set_recompute(policy);
+}
+
 Tensor LMBackbone::forward(const Tensor& ids) const {
   const Tensor& w = embeddings_->weight();
   Tensor h;
@@ -74,7 +78,7 @@ Tensor CausalLM::loss(const Batch& batch) const {
 Tensor CausalLM::aux_loss() const {
   Tensor total;
   for (size_t i = 0; i < model_->num_layers(); ++i) {
-    const Tensor a = model_->layer(i).mixer().aux_loss();
+    const Tensor a = model_->layer(i).aux_loss();
     if (a.defined()) total = total.defined() ? add(total, a) : a;
   }
   return total;

@@ -24,6 +24,7 @@ class LMBackbone : public Module {
   const Block& layer(size_t i) const { return *blocks_.at(i); }
   size_t num_layers() const { return blocks_.size(); }
   const RMSNorm& norm() const { return *norm_; }
+  void set_recompute(const RecomputePolicy& policy);
 
  private:
   std::shared_ptr<Embedding> embeddings_;
@@ -46,6 +47,8 @@ class CausalLM : public Module {
   void collect_stats(std::map<std::string, double>& stats) const;
   // The sum of the mixers' auxiliary losses of the last training forward (undefined when none has one).
   Tensor aux_loss() const;
+  // Which parts of every block are recomputed in the backward (train.recompute; layers/recompute.h).
+  void set_recompute(const RecomputePolicy& policy) { model_->set_recompute(policy); }
   // Passes the training step to every mixer (Mixer::set_progress).
   void set_progress(int64_t step, int64_t total_steps) const;
   const ModelConfig& config() const { return config_; }

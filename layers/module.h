@@ -86,6 +86,12 @@ class Module {
   // Deterministic per-parameter init in named_parameters() order (see init_parameter).
   void init_parameters(Generator& gen);
 
+  // State this module's forward changes besides its outputs (a noise generator's offset, statistics of the
+  // last forward), for recomputation (autograd/checkpoint.h, layers/recompute.h): returns a closure that puts
+  // that state back as it is now, or nullptr when there is none (the default). The module's own state only;
+  // recompute.h walks a tree.
+  virtual std::function<void()> capture_forward_state() { return nullptr; }
+
   // name -> the parameter's data (shared, detached).
   StateDict state_dict() const;
   // Copies every tensor into the matching parameter (dtype/device converted). Strict: a missing or

@@ -265,6 +265,18 @@ void NatslAttention::collect_stats(std::map<std::string, double>& stats) const {
   if (aux_.defined()) stats["router_penalty"] = aux_.item();
 }
 
+std::function<void()> NatslAttention::capture_forward_state() {
+  return [this, noise = noise_, aux = aux_, routed = routed_frac_, frac = attn_frac_, ms = last_mask_softmax_,
+          mg = last_mask_gdn_] {
+    noise_ = noise;
+    aux_ = aux;
+    routed_frac_ = routed;
+    attn_frac_ = frac;
+    last_mask_softmax_ = ms;
+    last_mask_gdn_ = mg;
+  };
+}
+
 void NatslAttention::set_progress(int64_t step, int64_t total_steps) {
   step_ = step;
   const double x = total_steps > 1 ? std::clamp(double(step) / double(total_steps - 1), 0.0, 1.0) : 1.0;

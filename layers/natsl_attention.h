@@ -101,6 +101,11 @@ class NatslAttention : public GatedDeltaNet {
   void set_progress(int64_t step, int64_t total_steps) override;
   double tau() const { return tau_; }  // the Gumbel temperature in force
 
+  // Recomputation (layers/recompute.h): the noise stream's offset (so a recomputed forward draws the same
+  // Gumbel / random-routing noise) and the last forward's masks, fractions and penalty (so stats and the aux
+  // loss stay those of the real forward).
+  std::function<void()> capture_forward_state() override;
+
   static int64_t num_params(const ModelConfig& config);
   static double extra_flops_per_token(const ModelConfig& config, int64_t seq_len);
 

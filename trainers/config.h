@@ -116,6 +116,10 @@ struct TrainConfig {
   // CUDA kernel but the attention backward (atomic dq) is deterministic; with this flag a CUDA run whose
   // model has attn/natsl layers is refused at start (trainers/trainer.cpp).
   bool deterministic = false;
+  // Activation recomputation: the parts of every block that keep only their input in the forward and run
+  // again in the backward (layers/recompute.h): any of mlp, attn, gdn, natsl, mixer (any mixer), block.
+  // [] = off. Same numbers either way; less activation memory for one more forward of those parts.
+  std::vector<std::string> recompute;
 };
 
 struct RunConfig {

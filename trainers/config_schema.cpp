@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "layers/recompute.h"
 
 namespace natsl {
 
@@ -145,6 +146,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("train.keep_last", &t.keep_last, 1),
       num("train.stop_at_step", &t.stop_at_step, 0, std::nullopt, "0 = run to train.steps"),
       plain("train.deterministic", &t.deterministic),
+      choice("train.recompute", &t.recompute, recompute_kinds()),
 
       plain("resume", &c.resume),
   };

@@ -251,6 +251,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   prof::set_nvtx(t.nvtx);
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
+  model_->set_recompute(RecomputePolicy::parse(t.recompute));
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1);
   Generator init_gen(uint64_t(t.seed));
   store_->init(init_gen);

@@ -1,0 +1,139 @@
+#include "autograd/checkpoint.h"
+
+#include <unordered_set>
+
+namespace natsl {
+namespace {
+
+// Runs a restore closure when the scope ends, also when fn throws.
+class RestoreOnExit {
+ public:
+  explicit RestoreOnExit(std::function<void()> restore) : restore_(std::move(restore)) {}
+  ~RestoreOnExit() {
+    if (restore_) restore_();
+  }
+  RestoreOnExit(const RestoreOnExit&) = delete;
+  RestoreOnExit& operator=(const RestoreOnExit&) = delete;
+
+ private:
+  std::function<void()> restore_;
+};
+
+class CheckpointNode : public Node {
+ public:
+  // inputs: the detached inputs (their data), wants_grad[i]: whether input i wants a gradient;
+  // output_index[j]: which output of fn the node's output j is.
+  CheckpointNode(CheckpointFn fn, std::vector<Tensor> inputs, std::vector<bool> wants_grad, std::vector<Tensor> params,
+                 std::vector<size_t> output_index, StateCapture state, std::function<void()> restore_first)
+      : fn_(std::move(fn)), inputs_(std::move(inputs)), wants_grad_(std::move(wants_grad)), params_(std::move(params)),
+        output_index_(std::move(output_index)), state_(std::move(state)), restore_first_(std::move(restore_first)) {}
+
+  std::string name() const override { return "Checkpoint"; }
+  void release_saved() override {
+    fn_ = nullptr;
+    inputs_.clear();
+    params_.clear();
+    state_ = nullptr;
+    restore_first_ = nullptr;
+  }
+
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
+    NATSL_CHECK(fn_ != nullptr, "backward through a checkpointed function a second time: its inputs were released; "
+                                "pass retain_graph=true to the first backward");
+    // Recompute with history, on fresh leaves holding the saved inputs' data.
+    std::vector<Tensor> leaves;
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      Tensor t = inputs_[i].defined() ? inputs_[i].detach() : Tensor();
+      if (t.defined() && wants_grad_[i]) t.set_requires_grad(true);
+      leaves.push_back(t);
+    }
+    std::vector<Tensor> outs;
+    {
+      RestoreOnExit restore_now(state_ ? state_() : nullptr);
+      if (restore_first_) restore_first_();
+      EnableGradGuard grad_on;
+      outs = fn_(leaves);
+    }
+    // Backpropagate the outputs that got a gradient through the recomputed graph.
+    std::vector<Tensor> roots, root_grads;
+    for (size_t j = 0; j < output_index_.size() && j < grads.size(); ++j) {
+      if (!grads[j].defined()) continue;
+      const Tensor& o = outs.at(output_index_[j]);
+      NATSL_CHECK(o.defined() && o.shape() == output_shapes[j], "checkpoint: the recomputed output ", j,
+                  " differs in shape from the first run's");
+      if (!o.requires_grad()) continue;  // depends on nothing that needs a gradient
+      roots.push_back(o);
+      root_grads.push_back(grads[j]);
+    }
+    std::vector<Tensor> wrt;
+    for (size_t i = 0; i < leaves.size(); ++i) wrt.push_back(wants_grad_[i] ? leaves[i] : Tensor());
+    for (const Tensor& p : params_) wrt.push_back(p);
+    if (roots.empty()) return std::vector<Tensor>(wrt.size());
+    outs.clear();
+    return gradients_of(roots, root_grads, wrt);
+  }
+
+ private:
+  CheckpointFn fn_;
+  std::vector<Tensor> inputs_;
+  std::vector<bool> wants_grad_;
+  std::vector<Tensor> params_;
+  std::vector<size_t> output_index_;
+  StateCapture state_;
+  std::function<void()> restore_first_;
+};
+
+}  // namespace
+
+std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                               const std::vector<Tensor>& params, const StateCapture& state) {
+  // The parameters that can take a gradient, each once.
+  std::vector<Tensor> live_params;
+  std::unordered_set<TensorImpl*> seen;
+  for (const Tensor& p : params)
+    if (p.defined() && p.requires_grad() && seen.insert(p.impl()).second) {
+      NATSL_CHECK(p.is_leaf(), "checkpoint: parameter ", p.str(), " is not a leaf");
+      live_params.push_back(p);
+    }
+  if (!any_requires_grad(inputs) && !any_requires_grad(live_params)) return fn(inputs);
+
+  std::function<void()> restore_first = state ? state() : nullptr;
+  std::vector<Tensor> outs;
+  {
+    NoGradGuard no_grad;
+    outs = fn(inputs);
+  }
+  // Fresh handles on the outputs' data: an output may be an input or a parameter itself, whose history must
+  // not change.
+  std::vector<Tensor*> attached;
+  std::vector<size_t> output_index;
+  for (size_t j = 0; j < outs.size(); ++j) {
+    if (!outs[j].defined()) continue;
+    outs[j] = outs[j].detach();
+    if (!is_floating(outs[j].dtype())) continue;
+    attached.push_back(&outs[j]);
+    output_index.push_back(j);
+  }
+  if (attached.empty()) return outs;
+
+  std::vector<Tensor> saved;
+  std::vector<bool> wants_grad;
+  for (const Tensor& x : inputs) {
+    saved.push_back(x.defined() ? x.detach() : Tensor());
+    wants_grad.push_back(x.defined() && x.requires_grad());
+  }
+  auto node = std::make_shared<CheckpointNode>(fn, std::move(saved), std::move(wants_grad), live_params,
+                                               std::move(output_index), state, std::move(restore_first));
+  std::vector<Tensor> edges = inputs;
+  edges.insert(edges.end(), live_params.begin(), live_params.end());
+  attach(node, edges, attached);
+  return outs;
+}
+
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input, const std::vector<Tensor>& params,
+                  const StateCapture& state) {
+  return checkpoint([fn](const std::vector<Tensor>& in) { return std::vector<Tensor>{fn(in[0])}; },
+                    std::vector<Tensor>{input}, params, state)[0];
+}
+
+}  // namespace natsl

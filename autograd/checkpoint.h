@@ -1,0 +1,45 @@
+#pragma once
+// Activation checkpointing (torch.utils.checkpoint): trade compute for memory by keeping only a function's
+// inputs in the forward and running the function again in the backward.
+//
+//   outs = checkpoint(fn, inputs, params, state)
+//
+// Forward: fn(inputs) runs under NoGradGuard, so none of its intermediate tensors outlive it; one
+// CheckpointNode is recorded with an edge to every input and every parameter, and the outputs point at it.
+// Backward (the node's apply): fn runs again with grad mode on, on detached copies of the inputs, building
+// its graph afresh; gradients_of() backpropagates the outputs' gradients through that graph to the detached
+// inputs and to the parameters, and the node hands them on along its edges. A parameter's gradient
+// therefore reaches its one AccumulateGrad node through the outer backward, exactly once per backward (and
+// the GradReadyHook fires then, as without checkpointing). The recomputed graph is freed when the node is done.
+//
+// fn is kept and called again in the backward: it must capture by value what it reads (no references to
+// locals of the caller). `params` must list every leaf that requires grad which fn reads besides its inputs (a module's parameters);
+// the backward refuses to run if the recomputed graph reaches another leaf.
+//
+// State: a forward may change state besides its outputs (a random generator's offset, statistics of the last
+// forward). `state`, when set, captures that state and returns a closure that puts it back. checkpoint()
+// captures it before the first run; the backward captures the state of that moment, restores the first
+// capture, recomputes (so the same noise is drawn again) and restores the state of that moment (so the
+// recomputation leaves no trace: statistics stay those of the last real forward, generators where they were).
+//
+// With grad mode off, or when no input or parameter requires grad, fn just runs (nothing to recompute).
+// Outputs of fn may be undefined (passed through) or non-floating (returned detached, no gradient).
+#include <functional>
+#include <vector>
+
+#include "autograd/engine.h"
+
+namespace natsl {
+
+using CheckpointFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& inputs)>;
+// Captures some state; the closure returned restores it.
+using StateCapture = std::function<std::function<void()>()>;
+
+std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
+                               const std::vector<Tensor>& params, const StateCapture& state = nullptr);
+
+// One input, one output.
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input,
+                  const std::vector<Tensor>& params, const StateCapture& state = nullptr);
+
+}  // namespace natsl
