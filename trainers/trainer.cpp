@@ -489,6 +489,11 @@ void Trainer::resume_from(CheckpointReader& ck) {
     check_checkpoint_model(ck, cfg_, "resume with the same model");
     nlohmann::json saved = config_to_json(config_from_json(tr.at("config"), state_path));
     nlohmann::json mine = config_to_json(cfg_);
+    if (tr.contains("global_batch") && tr.at("global_batch").is_number_integer() &&
+        tr.at("global_batch").get<int64_t>() != global_batch())
+      log(fmt::format("warning: the global batch changed since the checkpoint ({} -> {} sequences per step: world size "
+                      "{}); set train.global_batch_size to keep it on any number of ranks",
+                      tr.at("global_batch").get<int64_t>(), global_batch(), launch_.world_size));
     for (const char* key : {"batch_size", "seq_len", "grad_accum", "seed", "lr", "schedule"})
       if (saved["train"][key] != mine["train"][key])
         log(fmt::format("warning: train.{} changed since the checkpoint ({} -> {}); the run will not match an "
@@ -588,6 +593,12 @@ std::string Trainer::write_checkpoint() {
 
 void Trainer::stop_after_failed_write(const std::string& failure, bool save_checkpoint) {
   std::string saved;
+  if (save_checkpoint && optimizer_->sharded()) {
+    // ZeRO-1: a checkpoint gathers the moments from every rank, a collective the others (who did not fail)
+    // are not in. The newest checkpoint on disk is the last whole state.
+    save_checkpoint = false;
+    saved = "; no checkpoint was written (with train.zero=1 every rank takes part in one)";
+  }
   if (save_checkpoint) {
     // The metrics row is lost, the weights need not be: the checkpoint lives in another file (maybe on another
     // disk, or the failure was a one-off).
@@ -597,7 +608,7 @@ void Trainer::stop_after_failed_write(const std::string& failure, bool save_chec
     } catch (const std::exception& e) {
       saved = fmt::format("; the checkpoint of step {} could not be written either ({})", step_, e.what());
     }
-  } else if (metrics_) {
+  } else if (metrics_ && saved.empty()) {
     saved = fmt::format("; metrics.jsonl holds steps 1..{}", step_);
   }
   if (saved.find("resume=auto") == std::string::npos)

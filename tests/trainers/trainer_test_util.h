@@ -87,20 +87,12 @@ inline CommandResult run_natsl(const std::string& args, const std::string& launc
   return r;
 }
 
+inline pid_t spawn_natsl_env(const std::vector<std::string>& args, const std::string& log_path,
+                             const std::vector<std::string>& extra_env);
+
 // Starts `natsl ARGS...` in the background with stdout and stderr going to `log_path`; returns its pid.
 inline pid_t spawn_natsl(const std::vector<std::string>& args, const std::string& log_path) {
-  std::string prog = std::string(NATSL_BINARY_DIR) + "/natsl";
-  std::vector<char*> argv{const_cast<char*>(prog.c_str())};
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, prog.c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return rc == 0 ? pid : -1;
+  return spawn_natsl_env(args, log_path, {});
 }
 
 // The same with extra environment variables ("NAME=value"), e.g. a rank's RANK / WORLD_SIZE / MASTER_PORT.
