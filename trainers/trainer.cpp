@@ -422,13 +422,24 @@ void Trainer::skip_other_ranks(int64_t s, bool before) {
     for (int64_t i = mine + accum_; i < (s + 1) * per_step; ++i) data_.train->skip(i);
 }
 
+std::vector<double> Trainer::sum_over_ranks(const std::vector<double>& v) {
+  Tensor t = Tensor::from_vector(v, {int64_t(v.size())}, DType::f64, device_);
+  comm_->all_reduce(t, dist::ReduceOp::sum);
+  comm_->synchronize();
+  return t.to_vector<double>();
+}
+
+Tensor Trainer::own_shard(const Tensor& flat) const {
+  const int64_t b = optimizer_->shard_begin();
+  return flat.slice(0, b, b + optimizer_->exp_avg_shard().numel());
+}
+
 void Trainer::reduce_gradients() {
   if (!comm_) return;
   if (zero1_) {
     // In place: this rank's block of the flat gradients receives the average of everyone's block.
     const Tensor flat = store_->grads().flat(DType::f32);
-    const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
-    comm_->reduce_scatter(flat, flat.slice(0, b, e), dist::ReduceOp::avg);
+    comm_->reduce_scatter(flat, own_shard(flat), dist::ReduceOp::avg);
   } else {
     reducer_->finish();
   }
@@ -512,9 +523,8 @@ void Trainer::resume_from(CheckpointReader& ck) {
       ck.optimizer().read_into("exp_avg_sq." + entries[i].name, v_full.view(int(i)));
     }
     if (optimizer_->sharded()) {
-      const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
-      optimizer_->exp_avg_shard().copy_(m_full.flat(DType::f32).slice(0, b, e));
-      optimizer_->exp_avg_sq_shard().copy_(v_full.flat(DType::f32).slice(0, b, e));
+      optimizer_->exp_avg_shard().copy_(own_shard(m_full.flat(DType::f32)));
+      optimizer_->exp_avg_sq_shard().copy_(own_shard(v_full.flat(DType::f32)));
     }
     store_->sync_compute_from_master();
     const TrainerCounters counters = read_trainer_counters(ck, /*required=*/true);
@@ -662,8 +672,7 @@ Trainer::StepResult Trainer::train_step() {
   phase.emplace("optimizer", "phase");
   if (zero1_) {
     // Each rank holds its shard of the averaged gradients: the squared norm is the sum over the shards.
-    const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
-    kernels::sum_squares(store_->grads().flat(DType::f32).slice(0, b, e), grad_sumsq_);
+    kernels::sum_squares(own_shard(store_->grads().flat(DType::f32)), grad_sumsq_);
     comm_->all_reduce(grad_sumsq_, dist::ReduceOp::sum);
     comm_->synchronize();
   } else {
@@ -685,8 +694,7 @@ Trainer::StepResult Trainer::train_step() {
     if (zero1_) {
       // Every rank's updated shard to every rank (in place: this rank's block is its own input).
       const Tensor flat = store_->master().flat(DType::f32);
-      const int64_t b = optimizer_->shard_begin(), e = b + optimizer_->exp_avg_shard().numel();
-      comm_->all_gather(flat.slice(0, b, e).clone(), flat);
+      comm_->all_gather(own_shard(flat), flat);
     }
     store_->sync_compute_from_master();
   }
@@ -751,10 +759,7 @@ TrainSummary Trainer::train() {
     if (comm_) {
       // One small all-reduce: the mean loss over the ranks, and a stop when any rank got SIGINT/SIGTERM (all
       // ranks then checkpoint and stop after this step).
-      Tensor v = Tensor::from_vector(std::vector<double>{r.loss, signalled ? 1.0 : 0.0}, {2}, DType::f64, device_);
-      comm_->all_reduce(v, dist::ReduceOp::sum);
-      comm_->synchronize();
-      const std::vector<double> h = v.to_vector<double>();
+      const std::vector<double> h = sum_over_ranks({r.loss, signalled ? 1.0 : 0.0});
       r.loss = h[0] / double(launch_.world_size);
       signalled = h[1] > 0;
     }
@@ -878,12 +883,8 @@ nlohmann::json Trainer::evaluate() {
       score += score_answers(argmax_last(logits), b.targets);
     }
     if (comm_) {
-      Tensor v = Tensor::from_vector(std::vector<double>{loss_sum, double(score.correct), double(score.total),
-                                                         double(score.rows_exact), double(score.rows)},
-                                     {5}, DType::f64, device_);
-      comm_->all_reduce(v, dist::ReduceOp::sum);
-      comm_->synchronize();
-      const std::vector<double> h = v.to_vector<double>();
+      const std::vector<double> h = sum_over_ranks({loss_sum, double(score.correct), double(score.total),
+                                                    double(score.rows_exact), double(score.rows)});
       loss_sum = h[0];
       score.correct = int64_t(h[1]);
       score.total = int64_t(h[2]);
@@ -907,10 +908,7 @@ nlohmann::json Trainer::evaluate() {
       count += n;
     }
     if (comm_) {
-      Tensor v = Tensor::from_vector(std::vector<double>{nll, double(count)}, {2}, DType::f64, device_);
-      comm_->all_reduce(v, dist::ReduceOp::sum);
-      comm_->synchronize();
-      const std::vector<double> h = v.to_vector<double>();
+      const std::vector<double> h = sum_over_ranks({nll, double(count)});
       nll = h[0];
       count = int64_t(h[1]);
     }

@@ -45,7 +45,7 @@ struct TrainerOptions {
   // Several ranks: how this process was launched (unset: read from the environment, dist/launch.h) and,
   // for tests that run ranks as threads of one process, the store to meet through (null: a TCP store served
   // by rank 0 at MASTER_ADDR:MASTER_PORT).
-  std::optional<dist::LaunchInfo> launch;
+  std::optional<dist::LaunchInfo> launch{};
   dist::Store* store = nullptr;
 };
 
@@ -117,6 +117,10 @@ class Trainer {
   void skip_other_ranks(int64_t s, bool before);
   // Reduces the gradients over the ranks (plain data parallel: the reducer's buckets; ZeRO-1: reduce-scatter)
   void reduce_gradients();
+  // Several ranks: host numbers summed over the ranks (one small all-reduce, bounded by the timeout).
+  std::vector<double> sum_over_ranks(const std::vector<double>& v);
+  // ZeRO-1: this rank's shard of a flat buffer (the elements its optimizer updates).
+  Tensor own_shard(const Tensor& flat) const;
   void setup_distributed();
   // ZeRO-1: the full AdamW moments (gathered from every rank's shard) for a checkpoint; all ranks call it.
   std::pair<FlatBuffer, FlatBuffer> gather_moments();

@@ -83,10 +83,10 @@ TEST_P(GlooComm, EveryRankGetsTheSameBits) {
     Tensor t = Tensor::from_vector(v, {n});
     c.all_reduce(t, ReduceOp::avg);
     const auto* p = reinterpret_cast<const uint8_t*>(t.data<float>());
-    results.set("r" + std::to_string(c.rank()), std::vector<uint8_t>(p, p + n * 4));
+    results.set(std::string("r").append(std::to_string(c.rank())), std::vector<uint8_t>(p, p + n * 4));
   });
   for (int r = 1; r < W; ++r)
-    EXPECT_EQ(results.get("r0", Millis(1)), results.get("r" + std::to_string(r), Millis(1))) << "rank " << r;
+    EXPECT_EQ(results.get("r0", Millis(1)), results.get(std::string("r").append(std::to_string(r)), Millis(1))) << "rank " << r;
 }
 
 TEST_P(GlooComm, ReduceScatterAllGatherBroadcast) {
@@ -106,6 +106,11 @@ TEST_P(GlooComm, ReduceScatterAllGatherBroadcast) {
     c.all_gather(out, all);
     for (int64_t i = 0; i < m * W; ++i)
       EXPECT_DOUBLE_EQ(all.data<double>()[i], double(W) * double(i) + 1000.0 * W * (W - 1) / 2) << i;
+    // In place, as ZeRO-1 gathers the weights: each rank's input is its own block of the output.
+    Tensor inplace = Tensor::full({m * W}, -1.0, DType::f64);
+    inplace.slice(0, r * m, (r + 1) * m).copy_(out);
+    c.all_gather(inplace.slice(0, r * m, (r + 1) * m), inplace);
+    EXPECT_EQ(inplace.to_vector<double>(), all.to_vector<double>());
     Tensor b = Tensor::full({5}, double(r + 7), DType::i64);
     c.broadcast(b, W - 1);
     for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(b.data<int64_t>()[i], int64_t(W - 1 + 7));
@@ -129,7 +134,7 @@ TEST_P(GlooComm, AsyncCollectivesCompleteInIssueOrderWhileTheCallerComputes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, GlooComm, ::testing::Values(1, 2, 4), [](const auto& p) {
-  return "world" + std::to_string(p.param);
+  return std::string("world").append(std::to_string(p.param));
 });
 
 TEST(GlooCommFailure, AMissingRankTimesOutNamingTheKeys) {

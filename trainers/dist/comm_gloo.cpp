@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -123,6 +124,12 @@ class GlooWork : public Work {
   Millis timeout_;
 };
 
+using ReduceFn = void (*)(void*, const void*, const void*, size_t);
+template <class T>
+ReduceFn reduce_fn(ReduceOp op) {
+  return op == ReduceOp::max ? ReduceFn(&gloo::max<T>) : ReduceFn(&gloo::sum<T>);  // avg: sum, then / world
+}
+
 template <class F>
 void dispatch_dtype(DType dt, const char* what, F&& f) {
   switch (dt) {
@@ -181,8 +188,7 @@ class GlooCommunicator : public Communicator {
         opts.setOutput(p, n);
         opts.setTag(tag);
         opts.setTimeout(timeout_);
-        if (op == ReduceOp::max) opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<T>));
-        else opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+        opts.setReduceFunction(reduce_fn<T>(op));
         gloo::allreduce(opts);
         if (op == ReduceOp::avg) {
           const T w = T(world_size_);
@@ -203,16 +209,16 @@ class GlooCommunicator : public Communicator {
       dispatch_dtype(in.dtype(), "reduce_scatter", [&](auto zero) {
         using T = decltype(zero);
         const size_t n = size_t(in.numel()), m = size_t(out.numel());
-        std::vector<T> scratch(in.data<T>(), in.data<T>() + n);
+        T* scratch = scratch_of<T>(n);
+        std::copy(in.data<T>(), in.data<T>() + n, scratch);
         gloo::AllreduceOptions opts(context_);
-        opts.setOutput(scratch.data(), n);
+        opts.setOutput(scratch, n);
         opts.setTag(tag);
         opts.setTimeout(timeout_);
-        if (op == ReduceOp::max) opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<T>));
-        else opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+        opts.setReduceFunction(reduce_fn<T>(op));
         gloo::allreduce(opts);
         T* o = out.data<T>();
-        const T* src = scratch.data() + size_t(rank_) * m;
+        const T* src = scratch + size_t(rank_) * m;
         const T w = T(world_size_);
         for (size_t i = 0; i < m; ++i) o[i] = op == ReduceOp::avg ? src[i] / w : src[i];
       });
@@ -229,7 +235,15 @@ class GlooCommunicator : public Communicator {
       dispatch_dtype(in.dtype(), "all_gather", [&](auto zero) {
         using T = decltype(zero);
         gloo::AllgatherOptions opts(context_);
-        opts.setInput(in.data<T>(), size_t(in.numel()));
+        // In place (the input is this rank's block of the output, as NCCL allows): Gloo gets a copy.
+        const T* src = in.data<T>();
+        const T* lo = out.data<T>();
+        if (src >= lo && src < lo + out.numel()) {
+          T* copy = scratch_of<T>(size_t(in.numel()));
+          std::copy(src, src + in.numel(), copy);
+          src = copy;
+        }
+        opts.setInput(const_cast<T*>(src), size_t(in.numel()));
         opts.setOutput(out.data<T>(), size_t(out.numel()));
         opts.setTag(tag);
         opts.setTimeout(timeout_);
@@ -290,6 +304,14 @@ class GlooCommunicator : public Communicator {
     });
     return std::make_unique<GlooWork>(std::move(f), "gloo " + what, timeout_);
   }
+
+  // Scratch memory of the communication thread (reduce-scatter, in-place all-gather), kept between calls.
+  template <class T>
+  T* scratch_of(size_t n) {
+    if (scratch_.size() < n * sizeof(T)) scratch_.resize(n * sizeof(T));
+    return reinterpret_cast<T*>(scratch_.data());
+  }
+  std::vector<uint8_t> scratch_;
 
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
