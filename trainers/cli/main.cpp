@@ -1,4 +1,5 @@
-// The `natsl` program: train, eval, generate, tokenize, tokenizer (train/encode/decode), inspect. Exit codes: 0 ok, 2 bad input (config, data,
+// The `natsl` program: train, eval, generate, tokenize, tokenizer (train/encode/decode), sweep, export-hf, import-hf,
+// inspect. Exit codes: 0 ok, 2 bad input (config, data,
 // checkpoint, command line or an unusable train.out_dir), 1 internal error or a failed write (disk full);
 // every error is one line on stderr. `train --nproc N` exits with its first failing rank's code (0 if none failed).
 #include <CLI/CLI.hpp>
