@@ -103,14 +103,23 @@ void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, co
 void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
                    const Tensor& dht, const GdnGrads& grads);
 
-#define NATSL_GDN_DECLS                                                                                     \
-  void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht);      \
-  void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,           \
-                     const GdnSaved& saved);                                                                \
-  void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,  \
-                     const Tensor& dht, const GdnGrads& grads);
-namespace cpu { NATSL_GDN_DECLS }
-namespace cuda { NATSL_GDN_DECLS }
-#undef NATSL_GDN_DECLS
+namespace cpu {
+void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht);
+void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,
+                   const GdnSaved& saved);
+void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
+                   const Tensor& dht, const GdnGrads& grads);
+}  // namespace cpu
+
+// The CUDA versions take an optional kernel plan (kernels/cuda/gdn/plan.h; nullptr: the default layouts
+// chosen from the shapes and the device). Tests and benchmarks pass one to reach the other layouts.
+namespace cuda {
+struct GdnPlan;
+void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht);
+void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,
+                   const GdnSaved& saved, const GdnPlan* plan = nullptr);
+void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
+                   const Tensor& dht, const GdnGrads& grads, const GdnPlan* plan = nullptr);
+}  // namespace cuda
 
 }  // namespace natsl::kernels

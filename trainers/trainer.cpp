@@ -187,7 +187,6 @@ void check_checkpoint_model(const CheckpointReader& ck, const RunConfig& cfg, co
 }
 
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
-  refuse_timing_switches();
   const TrainConfig& t = cfg_.train;
   launch_ = opts_.launch ? *opts_.launch : dist::launch_info_from_env();
   // Rank 0 prints and writes the run directory; the other ranks train silently (their errors still reach

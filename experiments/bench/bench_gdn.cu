@@ -7,7 +7,7 @@
 //                   [--variants 0|1]    (0: the default layout only, no variant rows; default 1)
 //                   [--only A,B,...]     (only the variants whose tag contains one of the parts; no backward-layout rows)
 //                   [--shapes all|b8|b2] (which of the two shapes to run; default all)
-// Kernel layouts: each row tagged [variant] runs with the environment switches of kVariants below.
+// Kernel layouts: each row tagged [variant] runs with that variant's GdnPlan (kVariants below).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,6 +23,7 @@
 #include "core/philox.h"
 #include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
+#include "kernels/cuda/gdn/plan.h"
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
 #include "kernels/gdn.h"
@@ -30,84 +31,62 @@
 
 using namespace natsl;
 using namespace natsl::kernels;
+using natsl::kernels::cuda::GdnPlan;
+using natsl::kernels::cuda::GdnPrepKernel;
 
 namespace {
 
 using bench::median_ms;
 
-// Kernel layouts selectable through the environment (kernels/cuda/gdn_state_fwd.cuh, gdn_prep.cu); the first is
-// the default choice, "old" the kernels before the layout options existed. Each variant sets the switches it
-// names and unsets the others. fwd_only: the variant changes only the forward (its backward rows are skipped).
-// diag* variants compute wrong results on purpose (NATSL_GDN_DIAG): they time the pass's loads or its compute.
-struct EnvSet {
-  const char *name, *value;
-};
+// Kernel layouts (kernels/cuda/gdn/plan.h): the first is the default plan, "old" the kernels before the layout
+// options existed. fwd_only: the plan changes only the forward (its backward rows are skipped).
 struct Variant {
   const char* tag;
-  std::vector<EnvSet> env;
+  GdnPlan plan;
   bool fwd_only;
 };
-const char* const kEnvNames[] = {"NATSL_GDN_VTILE", "NATSL_GDN_STAGES",       "NATSL_GDN_JOINT",
-                                 "NATSL_GDN_PREP",  "NATSL_GDN_PREP_STORE",   "NATSL_GDN_L2PF",
-                                 "NATSL_GDN_SPLIT", "NATSL_GDN_SPLIT_STAGES", "NATSL_GDN_DIAG",
-                                 "NATSL_GDN_FWD_BULK", "NATSL_GDN_WS",   "NATSL_GDN_OCC2",
-                                 "NATSL_GDN_OUT", "NATSL_GDN_TMA", "NATSL_GDN_TMA_STAGES",
-                                 "NATSL_GDN_BWD_TMA", "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES",
-                                 "NATSL_GDN_FWD_STORE"};
 const std::vector<Variant> kVariants = {
     {"default", {}, false},
-    {"tma_off", {{"NATSL_GDN_TMA", "0"}}, true},
-    {"prep2", {{"NATSL_GDN_PREP", "2"}}, false},
-    {"prep3", {{"NATSL_GDN_PREP", "3"}}, false},
-    {"occ2", {{"NATSL_GDN_OCC2", "1"}}, false},
-    {"occ2_vt64", {{"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_VTILE", "64"}}, false},
-    {"occ0_ws", {{"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "1"}}, false},
-    {"old", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}, {"NATSL_GDN_PREP", "old"},
-             {"NATSL_GDN_PREP_STORE", "direct"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, false},
-    {"vt64s2", {{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, false},
-    {"vt32s2", {{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, false},
-    {"vt32s1", {{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, false},
-    {"prep_staged", {{"NATSL_GDN_PREP_STORE", "staged"}}, false},
-    {"prep_direct", {{"NATSL_GDN_PREP_STORE", "direct"}}, false},
-    {"l2pf2", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_L2PF", "2"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"split_s3", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"split_s4", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"split_s3_vt32", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"fused_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"fused_no_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"tma", {{"NATSL_GDN_TMA", "1"}}, true},
-    {"tma_s1", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "1"}}, true},
-    {"fwd_store_direct", {{"NATSL_GDN_FWD_STORE", "direct"}}, false},
-    {"bwd_tma", {{"NATSL_GDN_BWD_TMA", "1"}}, false},
-    {"bwd_tma_fwd_store_direct", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_FWD_STORE", "direct"}}, false},
-    {"bwd_tma_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
-    {"bwd_tma_vt32", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}}, false},
-    {"bwd_tma_vt32_s1", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"}}, false},
-    {"bwd_tma_vt32_s3", {{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "3"}}, false},
-    {"tma_s2", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_TMA_STAGES", "2"}}, true},
-    {"tma_vt32", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}}, true},
-    {"tma_vt64", {{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}}, true},
-    {"fused_ws_vt32", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"fused_ws_vt64", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"split_s3_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "1"}}, true},
-    {"split_s3_ws_out1", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_WS", "1"},
-                          {"NATSL_GDN_OUT", "1"}}, true},
-    {"split_s4_ws", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_WS", "1"}}, true},
-    {"split_s4_ws_vt64", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_WS", "1"},
-                          {"NATSL_GDN_VTILE", "64"}}, true},
-    {"bulk", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"split_s3_bulk", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"split_s4_bulk", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"diag_loads_only", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_DIAG", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"diag_bulk_loads_only", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_DIAG", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"diag_compute_only", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_DIAG", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}}, true},
-    {"diag_split_s3_loads_only", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "1"}, {"NATSL_GDN_WS", "0"}}, true},
-    {"diag_split_s3_compute_only", {{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}, {"NATSL_GDN_DIAG", "2"}, {"NATSL_GDN_WS", "0"}}, true},
+    {"tma_off", {.tma = false}, true},
+    {"prep2", {.prep = GdnPrepKernel::automatic}, false},
+    {"prep3", {.prep = GdnPrepKernel::solve_then_products}, false},
+    {"occ2", {.occ2 = true}, false},
+    {"occ2_vt64", {.vtile = 64, .occ2 = true}, false},
+    {"occ0_ws", {.occ2 = false, .ws = true}, false},
+    {"old", {.vtile = 64, .stages = 2, .joint = false, .prep = GdnPrepKernel::generic, .prep_staged = false, .split = false, .ws = false}, false},
+    {"vt64s2", {.vtile = 64, .stages = 2, .split = false, .ws = false}, false},
+    {"vt32s2", {.vtile = 32, .stages = 2, .split = false, .ws = false}, false},
+    {"vt32s1", {.vtile = 32, .stages = 1, .split = false, .ws = false}, false},
+    {"prep_staged", {.prep_staged = true}, false},
+    {"prep_direct", {.prep_staged = false}, false},
+    {"l2pf2", {.tma = false, .l2pf = 2, .split = false, .ws = false}, true},
+    {"split_s3", {.tma = false, .split = true, .split_stages = 3, .ws = false}, true},
+    {"split_s4", {.tma = false, .split = true, .split_stages = 4, .ws = false}, true},
+    {"split_s3_vt32", {.vtile = 32, .tma = false, .split = true, .split_stages = 3, .ws = false}, true},
+    {"fused_ws", {.tma = false, .split = false, .ws = true}, true},
+    {"fused_no_ws", {.tma = false, .split = false, .ws = false}, true},
+    {"tma", {.tma = true}, true},
+    {"tma_s1", {.tma = true, .tma_stages = 1}, true},
+    {"fwd_store_direct", {.fwd_store_staged = false}, false},
+    {"bwd_tma", {.bwd_tma = true}, false},
+    {"bwd_tma_fwd_store_direct", {.bwd_tma = true, .fwd_store_staged = false}, false},
+    {"bwd_tma_s1", {.bwd_tma = true, .bwd_tma_stages = 1}, false},
+    {"bwd_tma_vt32", {.bwd_tma = true, .bwd_tma_vtile = 32}, false},
+    {"bwd_tma_vt32_s1", {.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 1}, false},
+    {"bwd_tma_vt32_s3", {.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3}, false},
+    {"tma_s2", {.tma = true, .tma_stages = 2}, true},
+    {"tma_vt32", {.vtile = 32, .tma = true}, true},
+    {"tma_vt64", {.vtile = 64, .tma = true}, true},
+    {"fused_ws_vt32", {.vtile = 32, .tma = false, .split = false, .ws = true}, true},
+    {"fused_ws_vt64", {.vtile = 64, .tma = false, .split = false, .ws = true}, true},
+    {"split_s3_ws", {.tma = false, .split = true, .split_stages = 3, .ws = true}, true},
+    {"split_s3_ws_out1", {.tma = false, .split = true, .split_stages = 3, .out_per_vtile = true, .ws = true}, true},
+    {"split_s4_ws", {.tma = false, .split = true, .split_stages = 4, .ws = true}, true},
+    {"split_s4_ws_vt64", {.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true}, true},
+    {"bulk", {.tma = false, .split = false, .fwd_bulk = true, .ws = false}, true},
+    {"split_s3_bulk", {.tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false}, true},
+    {"split_s4_bulk", {.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false}, true},
 };
-void set_variant(const Variant& v) {
-  for (const char* n : kEnvNames) unsetenv(n);
-  for (const EnvSet& e : v.env) setenv(e.name, e.value, 1);
-}
 
 struct Row {
   std::string name, shape;
@@ -213,24 +192,28 @@ int main(int argc, char** argv) {
                 Tensor::empty(in.beta.shape(), DType::f32, dev), Tensor(), Tensor()};
     Tensor dqn = Tensor::empty(qr.shape(), DType::bf16, dev), dkn = Tensor::empty(kr.shape(), DType::bf16, dev);
 
+    GdnPlan plan;  // the layouts the rows below run (the variant's)
     auto fwd = [&] {
       l2norm_fwd(qr, 1e-6, in.q, rq);
       l2norm_fwd(kr, 1e-6, in.k, rk);
-      gdn_chunk_fwd(args, in, o, Tensor(), saved);
+      cuda::gdn_chunk_fwd(args, in, o, Tensor(), saved, &plan);
     };
     auto fwdbwd = [&] {
       fwd();
-      gdn_chunk_bwd(args, in, saved, dout, Tensor(), gr);
+      cuda::gdn_chunk_bwd(args, in, saved, dout, Tensor(), gr, &plan);
       l2norm_bwd(in.q, rq, gr.dq, dqn);
       l2norm_bwd(in.k, rk, gr.dk, dkn);
     };
-    set_variant(kVariants[0]);
     add_row({"natsl_gdn_fwd", shape, median_ms(fwd, reps, st)});
     add_row({"natsl_gdn_fwdbwd", shape, median_ms(fwdbwd, reps, st)});
 
     // Per-stage split (each stage timed alone on the same inputs).
     using namespace natsl::kernels::cuda::gdn;
-    Plan pl = make_plan(args, in, "bench");
+    Plan pl = make_plan(args, in, "bench", &plan);
+    auto use_plan = [&](const GdnPlan& p) {  // for the headline rows and the stages
+      plan = p;
+      pl.tune = p;
+    };
     const GdnShape& s = pl.s;
     PrepOut pr = run_prep(pl, args, in, saved, false);
     Tensor h = Tensor::empty({s.NC, s.HV, s.K, s.V}, DType::bf16, dev), vn = Tensor::empty({s.NC, s.HV, kC, s.V}, DType::bf16, dev);
@@ -238,7 +221,7 @@ int main(int argc, char** argv) {
     run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn});
     run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2);
     auto bwd_states = [&] {
-      if (state_joint_enabled()) {
+      if (pl.tune.joint) {
         run_state_fwd_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), h, vn, dh, dv2);
       } else {
         run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vn});
@@ -254,49 +237,37 @@ int main(int argc, char** argv) {
     add_row({"stage reverse state pass (bwd)", shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
     add_row({"stage chunk gradients (bwd)", shape, median_ms([&] { run_chunk_bwd(pl, args, in, saved, pr, dout, h, vn, dh, dv2, gr); }, reps, st)});
     add_row({"stage l2norm_bwd(q,k)", shape, median_ms([&] { l2norm_bwd(in.q, rq, gr.dq, dqn); l2norm_bwd(in.k, rk, gr.dk, dkn); }, reps, st)});
-    // Backward layouts (gdn_state_bwd.cu: NATSL_GDN_BULK=1 bulk-copy loads, NATSL_GDN_BWD_STORE=staged|direct
-    // stores and NATSL_GDN_BWD_L2PF=n L2 prefetching in the reverse pass, with the state-pass layouts they
-    // combine with).
+    // Backward layouts (gdn/state_bwd.cu: bulk-copy loads, staged or direct stores and L2 prefetching in the
+    // reverse pass, with the state-pass layouts they combine with).
     if (variants && only.empty()) {
       struct BwdVariant {
-        const char *tag, *bulk, *store, *vtile, *stages, *l2pf;
+        const char* tag;
+        GdnPlan plan;
       };
       const BwdVariant bwd_variants[] = {
-          {"store_direct", "0", "direct", nullptr, nullptr, nullptr},
-          {"store_staged", "0", "staged", nullptr, nullptr, nullptr},
-          {"bulk", "1", "direct", nullptr, nullptr, nullptr},
-          {"bulk_staged", "1", "staged", nullptr, nullptr, nullptr},
-          {"bulk_staged_vt64s2", "1", "staged", "64", "2", nullptr},
-          {"bulk_staged_vt32s2", "1", "staged", "32", "2", nullptr},
-          {"bulk_staged_vt32s1", "1", "staged", "32", "1", nullptr},
-          {"bulk_staged_vt64s1", "1", "staged", "64", "1", nullptr},
-          {"bwd_l2pf1", "0", "direct", nullptr, nullptr, "1"},
-          {"bwd_l2pf2", "0", "direct", nullptr, nullptr, "2"},
-          {"staged_l2pf2", "0", "staged", nullptr, nullptr, "2"},
-          {"bulk_staged_l2pf2", "1", "staged", nullptr, nullptr, "2"},
-      };
-      auto put = [](const char* name, const char* value) {
-        if (value) setenv(name, value, 1);
-        else unsetenv(name);
+          {"store_direct", {.bwd_store_staged = false, .bwd_bulk = false}},
+          {"store_staged", {.bwd_store_staged = true, .bwd_bulk = false}},
+          {"bulk", {.bwd_store_staged = false, .bwd_bulk = true}},
+          {"bulk_staged", {.bwd_store_staged = true, .bwd_bulk = true}},
+          {"bulk_staged_vt64s2", {.vtile = 64, .stages = 2, .bwd_store_staged = true, .bwd_bulk = true}},
+          {"bulk_staged_vt32s2", {.vtile = 32, .stages = 2, .bwd_store_staged = true, .bwd_bulk = true}},
+          {"bulk_staged_vt32s1", {.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true}},
+          {"bulk_staged_vt64s1", {.vtile = 64, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true}},
+          {"bwd_l2pf1", {.bwd_store_staged = false, .bwd_bulk = false, .bwd_l2pf = 1}},
+          {"bwd_l2pf2", {.bwd_store_staged = false, .bwd_bulk = false, .bwd_l2pf = 2}},
+          {"staged_l2pf2", {.bwd_store_staged = true, .bwd_bulk = false, .bwd_l2pf = 2}},
+          {"bulk_staged_l2pf2", {.bwd_store_staged = true, .bwd_bulk = true, .bwd_l2pf = 2}},
       };
       for (const BwdVariant& v : bwd_variants) {
-        put("NATSL_GDN_BULK", v.bulk);
-        put("NATSL_GDN_BWD_STORE", v.store);
-        put("NATSL_GDN_BWD_L2PF", v.l2pf);
-        put("NATSL_GDN_VTILE", v.vtile);
-        put("NATSL_GDN_STAGES", v.stages);
+        use_plan(v.plan);
         const std::string tag = std::string("[") + v.tag + "]";
         add_row({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
-        if (v.store) {
-          add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
-          add_row({"stage reverse state pass (bwd)" + tag, shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
-        }
+        add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
+        add_row({"stage reverse state pass (bwd)" + tag, shape, median_ms([&] { run_state_bwd(pl, args, in, pr, dout, Tensor(), Tensor(), dh, dv2); }, reps, st)});
       }
-      for (const char* n : {"NATSL_GDN_BULK", "NATSL_GDN_BWD_STORE", "NATSL_GDN_BWD_L2PF", "NATSL_GDN_VTILE",
-                            "NATSL_GDN_STAGES"})
-        unsetenv(n);
+      use_plan(kVariants[0].plan);
     }
-    // The other kernel layouts (environment switches read by the dispatchers), headline and state passes.
+    // The other kernel layouts, headline and state passes.
     for (size_t vi = 1; variants && vi < kVariants.size(); ++vi) {
       const Variant& v = kVariants[vi];
       if (!skip.empty() && std::string(v.tag).find(skip) != std::string::npos) continue;
@@ -309,10 +280,9 @@ int main(int argc, char** argv) {
         }
         if (!hit) continue;
       }
-      set_variant(v);
+      use_plan(v.plan);
       const std::string tag = std::string("[") + v.tag + "]";
-      const bool diag = v.tag[0] == 'd' && v.tag[1] == 'i';  // wrong results: time the stage only
-      if (!diag) add_row({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
+      add_row({"natsl_gdn_fwd" + tag, shape, median_ms(fwd, reps, st)});
       if (!v.fwd_only) add_row({"natsl_gdn_fwdbwd" + tag, shape, median_ms(fwdbwd, reps, st)});
       add_row({"stage state pass + output" + tag, shape, median_ms([&] { run_state_fwd(pl, args, in, pr, StateFwdOut{o, Tensor(), Tensor(), Tensor()}); }, reps, st)});
       if (!v.fwd_only) add_row({"stage bwd state passes (both)" + tag, shape, median_ms(bwd_states, reps, st)});
@@ -325,7 +295,7 @@ int main(int argc, char** argv) {
       if (!v.fwd_only) add_row({"stage prep" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, false); }, reps, st)});
       if (!v.fwd_only) add_row({"stage prep recompute" + tag, shape, median_ms([&] { run_prep(pl, args, in, saved, true); }, reps, st)});
     }
-    set_variant(kVariants[0]);
+    use_plan(kVariants[0].plan);
     NATSL_CUDA_CHECK(cudaStreamSynchronize(st));
   }
 

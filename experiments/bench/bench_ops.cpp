@@ -8,8 +8,10 @@
 //  - a large bf16 GEMM (TFLOP/s): the compute ceiling, and the f32 GEMM for reference.
 // ratio = ours_ms / peer_ms (lower is better; the issue asks <= 1/0.7 = 1.43 for the memory-bound ops and
 // <= 1.5 for cross-entropy). CUDA events on the compute stream, warm-up, median of --reps runs.
-// Ops with kernel variants (kernels/cuda/variant.h) are timed once per variant, in rows named "... [vN]"
-// (each variant named; the default is in kernels/cuda/variant.h).
+// Ops with more than one kernel are timed once per kernel through their plan argument, in rows named
+// "... [kernel]": rmsnorm bwd [general|regs] (kernels/cuda/rmsnorm_plan.h), embedding bwd
+// [radix_sort|cooperative] (kernels/cuda/embedding_bwd.h), fused cross-entropy [rows|ring]
+// (kernels/cuda/cross_entropy_fused.h); the second of each is the default.
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
@@ -33,7 +35,7 @@
 #include "kernels/adamw.h"
 #include "kernels/cuda/cross_entropy_fused.h"
 #include "kernels/cuda/embedding_bwd.h"
-#include "kernels/cuda/variant.h"
+#include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/nn.h"
@@ -61,13 +63,6 @@ Tensor ids(const Shape& s, int64_t vocab, uint64_t seed) {
   Generator g(seed);
   uniform_(u, g, 0.0, double(vocab) - 0.5);
   return u.to(DType::i32);  // truncation toward zero: ids in [0, vocab)
-}
-
-// Runs fn with the variant environment variable `env` set to `variant`, then unsets it.
-void with_variant(const char* env, int variant, const std::function<void()>& fn) {
-  setenv(env, std::to_string(variant).c_str(), 1);
-  fn();
-  unsetenv(env);
 }
 
 struct Row {
@@ -166,10 +161,9 @@ int main(int argc, char** argv) {
     Tensor st = Tensor::empty({R}, DType::f32, kGpu);
     const std::string sh = "32768x4096";
     mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
-    for (int v : {0, 1, 2})
-      with_variant(cuda::kVariantRmsnormBwd, v, [&] {
-        mem("rmsnorm bwd bf16 [v" + std::to_string(v) + "]", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
-      });
+    for (bool regs : {false, true})
+      mem(std::string("rmsnorm bwd bf16 [") + (regs ? "regs" : "general") + "]", sh, 3 * t,
+          [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormBwdPlan{regs}); });
     mem("softmax fwd bf16", sh, 2 * t, [&] { softmax_fwd(x, y); });
     mem("softmax bwd bf16", sh, 3 * t, [&] { softmax_bwd(y, dy, dx); });
     Tensor dsum = Tensor::empty({1, D}, DType::bf16, kGpu);
@@ -204,22 +198,24 @@ int main(int argc, char** argv) {
     const double act = double(N * D) * 2, tab = double(V * D) * 2;
     mem("embedding fwd bf16", "131072x1024 V32000", 2 * act, [&] { embedding_fwd(table, tok, out); });
     // reads dout once, reads and writes the table once (ids and the sort are small)
-    for (int v : {0, 1, 2, 3, 4, 5, 6, 7, 8})
-      with_variant(cuda::kVariantEmbeddingBwd, v, [&] {
-        mem("embedding bwd bf16 [v" + std::to_string(v) + "]", "131072x1024 V32000", act + 2 * tab,
-            [&] { embedding_bwd(tok, dout, dtable); });
+    using cuda::EmbeddingBwdSegmentsKernel;
+    const std::pair<const char*, EmbeddingBwdSegmentsKernel> kernels[] = {
+        {"radix_sort", EmbeddingBwdSegmentsKernel::radix_sort}, {"cooperative", EmbeddingBwdSegmentsKernel::cooperative}};
+    for (const auto& [name, k] : kernels)
+      mem(std::string("embedding bwd bf16 [") + name + "]", "131072x1024 V32000", act + 2 * tab, [&] {
+        cuda::embedding_bwd_accumulate(cuda::embedding_bwd_segments(tok, V, cuda::EmbeddingBwdPlan{k}), dout, dtable);
       });
     // Its two phases apart (kernels/cuda/embedding_bwd.h): building the id segments (no bandwidth peer)
     // and accumulating on segments built once (against the copy of the same bytes as the whole op).
-    for (int v : {0, 1, 2, 3, 4, 5, 6, 7, 8}) {
-      const std::string tag = " [v" + std::to_string(v) + "]";
+    for (const auto& [name, k] : kernels) {
+      const std::string tag = std::string(" [") + name + "]";
       const std::string seg_name = "embedding bwd segments only" + tag;
       if (want(seg_name)) {
-        const double ms = median_ms([&] { cuda::embedding_bwd_segments(tok, V, v); }, reps);
+        const double ms = median_ms([&] { cuda::embedding_bwd_segments(tok, V, cuda::EmbeddingBwdPlan{k}); }, reps);
         rows.push_back({seg_name, "131072 ids V32000", ms, "", 0, 0, 0});
         std::fprintf(stderr, "  %-28s %9.3f ms\n", seg_name.c_str(), ms);
       }
-      const cuda::EmbeddingBwdSegments seg = cuda::embedding_bwd_segments(tok, V, v);
+      const cuda::EmbeddingBwdSegments seg = cuda::embedding_bwd_segments(tok, V, cuda::EmbeddingBwdPlan{k});
       mem("embedding bwd accumulate only bf16" + tag, "131072x1024 V32000", act + 2 * tab,
           [&] { cuda::embedding_bwd_accumulate(seg, dout, dtable); });
     }
@@ -269,11 +265,9 @@ int main(int argc, char** argv) {
       cross_entropy_fwd(logits, tgt, -100, loss, lse, valid);
       cross_entropy_bwd(logits, tgt, lse, scale, -100, work);
     });
-    for (int v : {0, 1})
-      with_variant(cuda::kVariantCrossEntropy, v, [&] {
-        ce("cross_entropy fused fwd+bwd bf16 [v" + std::to_string(v) + "]", [&] {
-          cuda::cross_entropy_fwd_bwd(logits, tgt, -100, scale, loss, lse, valid, work);
-        });
+    for (bool ring : {false, true})
+      ce(std::string("cross_entropy fused fwd+bwd bf16 [") + (ring ? "ring" : "rows") + "]", [&] {
+        cuda::cross_entropy_fwd_bwd(logits, tgt, -100, scale, loss, lse, valid, work, cuda::CrossEntropyFusedPlan{ring});
       });
   }
 

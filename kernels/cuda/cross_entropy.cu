@@ -3,16 +3,15 @@
 //   forward:  lse = log sum_j exp(x_j)  (online max/sum, one read),  loss = lse - x_target
 //   backward: dx_j = (exp(x_j - lse) - [j == target]) * grad_scale  (one read, one write; may be in place)
 //   fused:    both in one kernel: the second read of a row hits L2, so the logits cross DRAM once each way.
-// Fused variants (NATSL_KERNEL_VARIANT_CROSS_ENTROPY, variant.h): 0 = cross_entropy_fused_rows_kernel (row in
-// registers, ~2 rows per SM); 1 = cross_entropy_fused_ring_kernel (rows prefetched by bulk copies into a
-// shared-memory ring, 2-3 rows ahead).
+// Fused kernels (CrossEntropyFusedPlan, cross_entropy_fused.h): cross_entropy_fused_ring_kernel (rows prefetched
+// by bulk copies into a shared-memory ring, 2-3 rows ahead; the default) or, where it does not apply or the plan
+// says so, cross_entropy_fused_rows_kernel (row in registers, ~2 rows per SM).
 #include <algorithm>
 #include <cstdio>
 
 #include "kernels/cuda/cross_entropy_fused.h"
 #include "kernels/cuda/online_softmax.cuh"
 #include "kernels/cuda/store_rn.cuh"
-#include "kernels/cuda/variant.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -297,7 +296,7 @@ bool launch_ring(const T* xp, const I* tp, int64_t rows, int64_t V, int64_t igno
 }
 
 template <bool FWD, bool BWD>
-void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
+void launch(const CrossEntropyFusedPlan& plan, const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
             const Tensor& lse, const Tensor& valid, const Tensor& grad_scale, const Tensor& dlogits, const char* op) {
   NATSL_CHECK(logits.dim() == 2, op, ": logits must be [N, V], got ", logits.str());
   const int64_t rows = logits.size(0), V = logits.size(1);
@@ -329,7 +328,7 @@ void launch(const Tensor& logits, const Tensor& targets, int64_t ignore_index, c
       constexpr int VC = kVec<T>;
       const bool vec = V % VC == 0 && aligned16(xp) && (!BWD || aligned16(dp));
       constexpr int kRowVecs = 8;  // vectors per thread of the register-resident fused kernel
-      if (FWD && BWD && vec && kernel_variant(kVariantCrossEntropy, kDefaultCrossEntropy) == 1 &&
+      if (FWD && BWD && vec && plan.ring &&
           launch_ring<T, I>(xp, tp, rows, V, ignore_index, lp, sp, vp, gs, dp, dev, s)) {
         // launched
       } else if (FWD && BWD && vec && (V / VC + kRowVecs - 1) / kRowVecs <= 1024) {
@@ -384,19 +383,19 @@ __global__ void scale_unless_one_kernel(T* x, int64_t n, const float* __restrict
 
 void cross_entropy_fwd(const Tensor& logits, const Tensor& targets, int64_t ignore_index, const Tensor& losses,
                        const Tensor& lse, const Tensor& valid) {
-  launch<true, false>(logits, targets, ignore_index, losses, lse, valid, Tensor(), Tensor(), "cross_entropy_fwd");
+  launch<true, false>(CrossEntropyFusedPlan{}, logits, targets, ignore_index, losses, lse, valid, Tensor(), Tensor(), "cross_entropy_fwd");
 }
 
 void cross_entropy_bwd(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& grad_scale,
                        int64_t ignore_index, const Tensor& dlogits) {
-  launch<false, true>(logits, targets, ignore_index, Tensor(), lse, Tensor(), grad_scale, dlogits,
+  launch<false, true>(CrossEntropyFusedPlan{}, logits, targets, ignore_index, Tensor(), lse, Tensor(), grad_scale, dlogits,
                       "cross_entropy_bwd");
 }
 
 void cross_entropy_fwd_bwd(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                            const Tensor& grad_scale, const Tensor& losses, const Tensor& lse, const Tensor& valid,
-                           const Tensor& dlogits) {
-  launch<true, true>(logits, targets, ignore_index, losses, lse, valid, grad_scale, dlogits,
+                           const Tensor& dlogits, const CrossEntropyFusedPlan& plan) {
+  launch<true, true>(plan, logits, targets, ignore_index, losses, lse, valid, grad_scale, dlogits,
                      "cross_entropy_fwd_bwd");
 }
 

@@ -9,9 +9,9 @@ namespace natsl::kernels::cuda {
 using namespace gdn;
 
 void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht,
-                   const GdnSaved& saved) {
+                   const GdnSaved& saved, const GdnPlan* plan) {
   const char* op = "gdn_chunk_fwd (cuda)";
-  Plan pl = make_plan(args, in, op);
+  Plan pl = make_plan(args, in, op, plan);
   for (const Tensor* t : {&o, &ht, &saved.g_cumsum, &saved.a_inv}) check_aligned(*t, "output", op);
   if (pl.s.NC == 0) {  // no tokens: the final state is the initial one
     if (ht.defined()) {
@@ -25,9 +25,9 @@ void gdn_chunk_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, co
 }
 
 void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout,
-                   const Tensor& dht, const GdnGrads& grads) {
+                   const Tensor& dht, const GdnGrads& grads, const GdnPlan* plan) {
   const char* op = "gdn_chunk_bwd (cuda)";
-  Plan pl = make_plan(args, in, op);
+  Plan pl = make_plan(args, in, op, plan);
   const GdnShape& s = pl.s;
   NATSL_CHECK(s.HV == s.H, op, ": grouped v heads (HV = ", s.HV, " > H = ", s.H,
               ") are not implemented in the CUDA backward yet");
@@ -47,7 +47,7 @@ void gdn_chunk_bwd(const GdnArgs& args, const GdnInputs& in, const GdnSaved& sav
   Tensor vnew = Tensor::empty({s.NC, s.HV, kC, s.V}, D, pl.dev);
   Tensor dh = Tensor::empty({s.NC, s.HV, s.K, s.V}, D, pl.dev);
   Tensor dv2 = Tensor::empty({s.NC, s.HV, kC, s.V}, D, pl.dev);
-  if (state_joint_enabled()) {
+  if (pl.tune.joint) {
     run_state_fwd_bwd(pl, args, in, pr, dout, dht, grads.dh0, h, vnew, dh, dv2);
   } else {
     run_state_fwd(pl, args, in, pr, StateFwdOut{Tensor(), Tensor(), h, vnew});
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(256) recurrent_kernel(RecParams<D> p) {
 }  // namespace
 
 void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o, const Tensor& ht) {
-  Plan pl = make_plan(args, in, "gdn_recurrent_fwd (cuda)");
+  Plan pl = make_plan(args, in, "gdn_recurrent_fwd (cuda)", nullptr);
   const GdnShape& s = pl.s;
   if (s.N == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn_recurrent_fwd", T, [&] {

@@ -8,6 +8,7 @@
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gdn/plan.h"
 #include "kernels/cuda/gdn_tile.cuh"
 #include "kernels/gdn.h"
 
@@ -19,12 +20,13 @@ struct Plan {
   Device dev;
   cudaStream_t stream;
   Tensor tables;  // i32: NC ChunkInfo, then N SeqInfo
+  GdnPlan tune;   // the caller's layout choices (auto fields resolved by state_layout)
   const ChunkInfo* chunks() const { return static_cast<const ChunkInfo*>(tables.data_ptr()); }
   const SeqInfo* seq_infos() const { return reinterpret_cast<const SeqInfo*>(chunks() + s.NC); }
 };
 
-// Checks what the CUDA kernels support and builds the tables on the device.
-Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op);
+// Checks what the CUDA kernels support and builds the tables on the device; tune: nullptr = the default plan.
+Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op, const GdnPlan* tune);
 
 // Scratch written by the prep kernel, chunk-major so each chunk's tiles are contiguous:
 //   gam [NC, HV, 64] f32, w [NC, HV, 64, K] D, u [NC, HV, 64, V] D, p [NC, HV, 64, 64] D

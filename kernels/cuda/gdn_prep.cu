@@ -1,13 +1,11 @@
 // Chunk-parallel first stage of the CUDA GDN forward and backward (gdn-algorithm.md §3 steps 0-2, and the
-// intra-chunk score matrix of step 4), one CTA per (chunk, v head). Kernels: prep_kernel (NATSL_GDN_PREP=old),
+// intra-chunk score matrix of step 4), one CTA per (chunk, v head). Kernels: prep_kernel (GdnPrepKernel::generic),
 // prep2_kernel (the default: all in one, Q and V streamed) and prep3 (=3: prep2 solving T alone in the forward,
 // then prep3_kernel with every load in flight at once):
 //   gam = chunk-local cumsum of g;  A_ij = beta_i (k_i . k_j) exp(gam_i - gam_j) (i > j);  T = (I + A)^-1
 //   w = T diag(beta e) K,  u = T diag(beta) V,  p = scale * M o Gamma o (Q K^T)
 // The backward reruns it with T read back from a_inv (FLA's recompute of w and u).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/gdn_plan.cuh"
@@ -17,7 +15,6 @@ namespace natsl::kernels::cuda::gdn {
 namespace {
 
 constexpr int kSeqsPerLaunch = 512;
-constexpr bool kPrepStagedDefault = true;  // H200: prep 0.340 -> 0.316 ms, recompute 0.224 -> 0.206 (B8)
 struct SeqBatch {
   int count, first;  // sequences [first, first + count)
   int row0[kSeqsPerLaunch], len[kSeqsPerLaunch], chunk0[kSeqsPerLaunch];
@@ -222,7 +219,7 @@ constexpr int prep_smem() {
   return 4 * kTileBytes<D> + 2 * kC * 65 * 4 + 2 * kC * 4;
 }
 
-// The same stage with its latency hidden (the default; NATSL_GDN_PREP=old selects prep_kernel): the K tiles
+// The same stage with its latency hidden (the default; GdnPrepKernel::generic selects prep_kernel): the K tiles
 // stay resident (they serve KK^T, QK^T and w), the Q tiles and then the V tiles stream through two buffers, the
 // first V tiles load while T is solved, and T = (I + A)^-1 is solved blockwise: the four 16x16 diagonal blocks
 // by forward substitution in registers (one thread per column), then each 16-row block row I at once,
@@ -508,8 +505,9 @@ int max_smem_per_sm(int device) {
   return v;
 }
 
-Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op) {
+Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op, const GdnPlan* tune) {
   Plan pl;
+  if (tune) pl.tune = *tune;
   pl.s = GdnShape::of(in.q, in.v, args);
   pl.seqs = gdn_sequences(pl.s, args);
   pl.dev = in.q.device();
@@ -572,21 +570,17 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     p.V = int(s.V);
     p.scale = float(args.scale);
     p.recompute = recompute;
-    // NATSL_GDN_PREP_STORE=staged|direct picks how prep2 writes w, u, p (bf16).
-    const char* st = std::getenv("NATSL_GDN_PREP_STORE");
-    p.staged = st && *st ? std::strcmp(st, "staged") == 0 : kPrepStagedDefault;
+    p.staged = pl.tune.prep_staged;
     const dim3 grid(unsigned(s.NC), unsigned(s.HV));
-    const char* sel = std::getenv("NATSL_GDN_PREP");
-    const bool old = sel && std::strcmp(sel, "old") == 0;
+    const bool old = pl.tune.prep == GdnPrepKernel::generic;
     auto launch_with = [&](auto kern, int smem, const PrepParams<T>& pp) {
       NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       kern<<<grid, kThreads, smem, pl.stream>>>(pp);
     };
     auto launch2 = [&](auto kern, int smem) { launch_with(kern, smem, p); };
-    // NATSL_GDN_PREP=3: prep2 solves T (forward only), prep3 does the rest. Not the default: on the H200 (B8
-    // T4096) prep3's recompute equals prep2's (0.168 / 0.169 ms) and the forward's solve + prep3 is slower
-    // than prep2 alone (0.315 / 0.280).
-    const bool want3 = sel && std::strcmp(sel, "3") == 0;
+    // prep2 solves T (forward only), prep3 does the rest: not the default, no faster than prep2 alone
+    // (BENCHMARKS.md, kernel history).
+    const bool want3 = pl.tune.prep == GdnPrepKernel::solve_then_products;
     const int avail = max_smem_per_block(pl.dev.index), VT = int(s.V / kC);
     auto run3 = [&](auto kt_const) -> bool {
       constexpr int KT = decltype(kt_const)::value;

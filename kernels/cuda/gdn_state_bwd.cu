@@ -6,14 +6,12 @@
 // p (from the prep kernel) already holds scale and the causal decay mask, so p^T dO is dv_local.
 // The pass does not read h or v_new, so the backward can run it in the same launch as the forward recompute
 // that stores them (run_state_fwd_bwd: blocks of either role side by side, twice the CTAs in flight).
-// Tiles arrive by cp.async (16 bytes a thread) or, with NATSL_GDN_BULK=1, by one warp issuing a bulk copy
+// Tiles arrive by cp.async (16 bytes a thread) or, with GdnPlan::bwd_bulk, by one warp issuing a bulk copy
 // (cp.async.bulk, sm_90) per 128-byte tile row, all completing on one mbarrier per stage. dh[n] and dv2 leave
-// either straight from the accumulators (4-byte stores; NATSL_GDN_BWD_STORE=direct) or, by default, from the shared
+// either straight from the accumulators (4-byte stores; GdnPlan::bwd_store_staged = false) or, by default, from the shared
 // tiles the pass writes anyway (DHs, and -dv2 with the sign bits flipped back) in 16-byte pieces. With
-// NATSL_GDN_BWD_L2PF=n > 0 the tiles of the chunk n steps beyond the one being loaded are also asked into L2
+// GdnPlan::bwd_l2pf = n > 0 the tiles of the chunk n steps beyond the one being loaded are also asked into L2
 // (cp.async.bulk.prefetch.L2, one instruction per contiguous range), so the per-step loads hit L2.
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/cuda/gdn_bwd.cuh"
 #include "kernels/cuda/gdn_state_fwd.cuh"
@@ -278,7 +276,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
   }
 }
 
-// MINB: CTAs per SM the register allocation must allow (2 with NATSL_GDN_OCC2: one stage, ~111 KB each).
+// MINB: CTAs per SM the register allocation must allow (2 with the occ2 layout: one stage, ~111 KB each).
 template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
 __global__ void __launch_bounds__(4 * VW, MINB) state_bwd_kernel(StateBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -296,7 +294,7 @@ __global__ void __launch_bounds__(4 * VW, MINB) state_joint_kernel(StateBwdParam
   else state_fwd_body<D, KT, STAGES, false, VW>(pf, blockIdx.x, blockIdx.y, blockIdx.z - nvt, smem_raw);
 }
 
-// ---- both passes on tensor-copied tiles (NATSL_GDN_BWD_TMA=1; bf16, K <= 128) ----
+// ---- both passes on tensor-copied tiles (GdnPlan::bwd_tma; bf16, K <= 128) ----
 // As the forward's tensor-copy pass (gdn_state_fwd_tma.cu): one producer thread issues each chunk's copies into a
 // stage (gdn_tma.cuh), the compute warps run the same step functions on a swizzled-tile view, zeroing the rows past
 // a partial chunk's end that the cp.async loads would have zero-filled (the same sums, bit for bit).
@@ -405,12 +403,6 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
   }
 }
 
-// NATSL_GDN_BULK=1: the reverse pass loads its tiles by bulk copies (default: cp.async; one 128-byte bulk copy
-// per row measured 3x slower on the H200).
-bool bulk_enabled() {
-  const char* e = std::getenv("NATSL_GDN_BULK");
-  return e && std::atoi(e) == 1;
-}
 
 template <class D, int KT, int STAGES, int VW>
 constexpr int joint_smem() {
@@ -444,16 +436,16 @@ void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>*
 
 template <class D, int KT, int STAGES, int VW>
 void launch_bulk(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
-  if (bulk_enabled()) return launch<D, KT, STAGES, VW, true>(pl, p, pf);
+  if (pl.tune.bwd_bulk) return launch<D, KT, STAGES, VW, true>(pl, p, pf);
   launch<D, KT, STAGES, VW, false>(pl, p, pf);
 }
 
 template <class D, int KT, int VW>
 void launch_stages(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf, int stages, bool occ2) {
   const int avail = max_smem_per_block(pl.dev.index);
-  // Two CTAs per SM (NATSL_GDN_OCC2): one stage, cp.async loads.
+  // Two CTAs per SM (StateLayout::occ2): one stage, cp.async loads.
   if constexpr (joint_smem<D, KT, 1, VW>() <= 113 * 1024)
-    if (occ2 && !bulk_enabled() && 2 * (joint_smem<D, KT, 1, VW>() + 1024) <= max_smem_per_sm(pl.dev.index))
+    if (occ2 && !pl.tune.bwd_bulk && 2 * (joint_smem<D, KT, 1, VW>() + 1024) <= max_smem_per_sm(pl.dev.index))
       return launch<D, KT, 1, VW, false, 2>(pl, p, pf);
   if (stages == 2 && joint_smem<D, KT, 2, VW>() <= avail) return launch_bulk<D, KT, 2, VW>(pl, p, pf);
   NATSL_CHECK((joint_smem<D, KT, 1, VW>() <= avail), "gdn reverse state pass: K = ", pl.s.K,
@@ -541,10 +533,8 @@ StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.K = int(s.K);
   p.V = int(s.V);
   p.scale = float(args.scale);
-  const char* e = std::getenv("NATSL_GDN_BWD_STORE");
-  p.staged = !(e && std::strcmp(e, "direct") == 0);
-  const char* pf = std::getenv("NATSL_GDN_BWD_L2PF");
-  p.l2pf = pf ? std::max(0, std::atoi(pf)) : 0;
+  p.staged = pl.tune.bwd_store_staged;
+  p.l2pf = std::max(0, pl.tune.bwd_l2pf);
   return p;
 }
 

@@ -1,16 +1,14 @@
 // Sequential forward state pass of the CUDA GDN kernels: the kernel around state_fwd_body
 // (gdn_state_fwd.cuh), its launch configurations and the choice among them, and the chunk-parallel output
-// kernel of the split layout (NATSL_GDN_SPLIT=1).
+// kernel of the split layout (GdnPlan::split).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/cuda/gdn_state_fwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
 
-// MINB: CTAs per SM the register allocation must allow (2: the one-stage layout of NATSL_GDN_OCC2, whose
+// MINB: CTAs per SM the register allocation must allow (2: the one-stage occ2 layout, whose
 // ~111 KB of shared memory lets two CTAs share an SM).
 template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK, int MINB = 1>
 __global__ void __launch_bounds__(4 * VW, MINB) state_fwd_kernel(StateFwdParams<D> p) {
@@ -50,7 +48,7 @@ void launch_stages(const Plan& pl, const StateFwdParams<D>& p, int stages) {
   launch<D, KT, 1, OUT, VW, BULK>(pl, p);
 }
 
-// ---- warp-specialised pass (NATSL_GDN_WS=1) ----
+// ---- warp-specialised pass (GdnPlan::ws) ----
 // The compute warps of the plain pass also issue the next chunk's 16-byte cp.async (60 KB per step at K = 128),
 // and the measured step time is about the sum of a loads-only and a compute-only pass: the issue stalls the
 // warps that should be computing. Here one extra warp only loads: it fills stage s with chunk ci once the compute
@@ -187,17 +185,6 @@ void launch_kt(const Plan& pl, const StateFwdParams<D>& p, StateLayout lay) {
   dispatch_kt<D>(pl.s.K, "gdn state pass", [&](auto kt) { launch_vw<D, decltype(kt)::value, OUT>(pl, p, lay); });
 }
 
-// H200 (bf16, K = 128, V = 256): the warp-specialised pass took state pass + output from 1.245 to 1.095 ms at B2
-// T16384 (vt32) when the compute warps rounded to bf16 in integer code. Since the rounding is one instruction
-// (9ad7d98b) the plain pass is the faster one there: 0.709 against 0.940 (fused) and 0.857 (split); at B8 T4096
-// both run the occ2 layout (0.355).
-constexpr int kWsDefault = 0;
-
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return (v && *v) ? std::atoi(v) : fallback;
-}
-
 // ---- split layout: the output of every chunk at once from the stored states ----
 //   o = scale diag(e) Q h_n + p v_new   per (chunk, v head, 64 columns of V); 8 warps, one 64x64 tile.
 template <class D>
@@ -269,7 +256,7 @@ __global__ void __launch_bounds__(kThreads) chunk_out_kernel(ChunkOutParams<D> p
   else acc_to_global<D>(a, f, og, o_ld, ci.len);
 }
 
-// The same output with one CTA per (chunk, v head) looping over the V tiles (NATSL_GDN_OUT=2): Q and P are
+// The same output with one CTA per (chunk, v head) looping over the V tiles (the default of the split layout): Q and P are
 // read once per chunk instead of once per V tile (at K = 128, V = 256: ~470 MB moved instead of ~690), the
 // next tile's h and v_new loading while this one computes. Same products in the same order: the same bits.
 template <class D, int KT>
@@ -329,10 +316,8 @@ __global__ void __launch_bounds__(kThreads) chunk_out2_kernel(ChunkOutParams<D> 
 
 template <class D, int KT>
 void launch_chunk_out(const Plan& pl, const ChunkOutParams<D>& p) {
-  // One CTA per (chunk, head) unless NATSL_GDN_OUT=1. H200 (9ad7d98b), split pass + output: B2 T16384 0.857 ->
-  // 0.811 ms, B8 T4096 0.557 -> 0.508.
-  const char* e = std::getenv("NATSL_GDN_OUT");
-  if (!(e && std::strcmp(e, "1") == 0) && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index)) {
+  // One CTA per (chunk, head) unless the plan asks for one per V tile (BENCHMARKS.md, kernel history).
+  if (!pl.tune.out_per_vtile && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index)) {
     constexpr int smem = chunk_out2_smem<D, KT>();
     auto kern = chunk_out2_kernel<D, KT>;
     NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -377,46 +362,39 @@ StateLayout state_layout(const Plan& pl, int ctas_per_vtile64) {
   // stages), so narrower tiles pay when the 32-column CTAs still fit in one wave.
   const bool one_wave = 2 * ctas_per_vtile64 <= sms;
   if (one_wave) lay.vw = 32;
-  const int vw = env_int("NATSL_GDN_VTILE", 0), st = env_int("NATSL_GDN_STAGES", 0);
+  const GdnPlan& t = pl.tune;
+  const int vw = t.vtile, st = t.stages;
   if (vw == 32 || vw == 64) lay.vw = vw;
   if (st == 1 || st == 2) lay.stages = st;
   if (pl.s.V % lay.vw != 0) lay.vw = 64;
-  lay.l2pf = std::max(0, env_int("NATSL_GDN_L2PF", 0));
-  // Since 9ad7d98b the plain fused pass is faster at both shapes: B2 0.709 against split 0.857 (0.811 with
-  // NATSL_GDN_OUT=2), B8 0.355 against 0.557. The split stays selectable.
-  lay.split = env_int("NATSL_GDN_SPLIT", 0) != 0;
-  const int ss = env_int("NATSL_GDN_SPLIT_STAGES", 0);
+  lay.l2pf = std::max(0, t.l2pf);
+  // The plain fused pass is faster than the split at both benchmark shapes (BENCHMARKS.md, kernel history).
+  lay.split = t.split;
+  const int ss = t.split_stages;
   if (ss >= 2 && ss <= 4) lay.split_stages = ss;
-  lay.diag = env_int("NATSL_GDN_DIAG", 0);
-  lay.bulk = env_int("NATSL_GDN_FWD_BULK", 0) != 0;
-  lay.ws = env_int("NATSL_GDN_WS", kWsDefault) != 0;
-  // H200, B8 T4096 (192 CTAs of the 64-wide pass on 132 SMs): state pass + output 0.705 -> 0.538 ms, the
-  // backward's joint passes 1.03 -> 0.87; at B2 T16384 (one wave already) it costs (1.01 -> 1.32).
-  lay.occ2 = env_int("NATSL_GDN_OCC2", ctas_per_vtile64 > sms ? 1 : 0) != 0;
-  // H200 (9326140d), bf16 K = 128 V = 256, state pass + output: B2 T16384 0.699 -> 0.354 ms (vt32), B8 T4096
-  // 0.356 (occ2) -> 0.292 (vt32; 0.308 at vt64); 2 or 3 stages the same within 0.005.
-  lay.tma = env_int("NATSL_GDN_TMA", 1) != 0;
-  const int tst = env_int("NATSL_GDN_TMA_STAGES", 0);
+  lay.bulk = t.fwd_bulk;
+  lay.ws = t.ws;
+  // Two CTAs per SM pay where one per SM leaves a second, partial wave, and cost where one wave holds them all.
+  lay.occ2 = t.occ2.value_or(ctas_per_vtile64 > sms);
+  lay.tma = t.tma;
+  const int tst = t.tma_stages;
   if (tst >= 1 && tst <= 3) lay.tma_stages = tst;
   if (lay.tma && vw != 64) lay.tma_vw = 32;
-  // The backward's passes on tensor-copied tiles pay where the reverse pass at V tile 32 is one wave (H200
-  // 66b88d40, B2 T16384: reverse alone 0.988 -> 0.639 ms, joint 1.060 -> 0.986 at one stage); at B8 T4096 they
-  // tie with the cp.async passes (joint 0.664 / 0.663). ctas_per_vtile64 counts both passes' CTAs for the joint
-  // launch, which is the reverse pass's count at V tile 32.
+  // The backward's passes on tensor-copied tiles pay where the reverse pass at V tile 32 is one wave; elsewhere
+  // they tie with the cp.async passes. ctas_per_vtile64 counts both passes' CTAs for the joint launch, which is
+  // the reverse pass's count at V tile 32.
   const int rev32 = int(int64_t(pl.s.N) * pl.s.HV * (pl.s.V / 32));
   const bool bwd_one_wave = pl.s.V % 32 == 0 && rev32 <= sms;
-  lay.bwd_tma = env_int("NATSL_GDN_BWD_TMA", bwd_one_wave ? 1 : 0) != 0;
+  lay.bwd_tma = t.bwd_tma.value_or(bwd_one_wave);
   if (bwd_one_wave) {
     lay.bwd_tma_vw = 32;
     lay.bwd_tma_stages = 2 * int(int64_t(pl.s.N) * pl.s.HV * (pl.s.V / kC)) == ctas_per_vtile64 ? 1 : 2;
   }
-  const int bvw = env_int("NATSL_GDN_BWD_TMA_VTILE", 0), bst = env_int("NATSL_GDN_BWD_TMA_STAGES", 0);
+  const int bvw = t.bwd_tma_vtile, bst = t.bwd_tma_stages;
   if (bvw == 32 || bvw == 64) lay.bwd_tma_vw = bvw;
   if (bst >= 1 && bst <= 3) lay.bwd_tma_stages = bst;
   return lay;
 }
-
-bool state_joint_enabled() { return env_int("NATSL_GDN_JOINT", 1) != 0; }
 
 void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
                    const StateFwdOut& out) {
@@ -432,7 +410,6 @@ void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
       Tensor vnew = Tensor::empty({s.NC, s.HV, kC, s.V}, in.q.dtype(), pl.dev);
       StateFwdParams<T> p = state_fwd_params<T>(pl, args, in, pr, StateFwdOut{Tensor(), out.ht, h, vnew});
       p.l2pf = lay.l2pf;
-      p.diag = lay.diag;
       launch_kt<T, false>(pl, p, lay);
       run_chunk_out<T>(pl, args, in, pr, h, vnew, out.o);
       return;
@@ -440,7 +417,6 @@ void run_state_fwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
     StateFwdParams<T> p = state_fwd_params<T>(pl, args, in, pr, out);
     if (p.o) {
       p.l2pf = lay.l2pf;
-      p.diag = lay.diag;
       launch_kt<T, true>(pl, p, lay);
     } else {
       launch_kt<T, false>(pl, p, lay);

@@ -8,9 +8,6 @@
 // warp owning 16 rows x 32 columns of every accumulator). The tiles of the next STAGES - 1 chunks are in
 // flight (cp.async) while this one computes (STAGES = 1: none); with l2pf > 0 the chunk l2pf further ahead is
 // also prefetched into L2 (one bulk prefetch per contiguous range).
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/gdn_plan.cuh"
 #include "kernels/cuda/gdn_store.cuh"
 
@@ -28,7 +25,6 @@ struct StateFwdParams {
   float scale;
   int staged;  // without an output: h_n and v_new leave from their shared tiles in 16-byte pieces (else 4-byte stores)
   int l2pf;  // L2 prefetch distance in chunks beyond the cp.async stages (0: none)
-  int diag;  // timing experiments only (NATSL_GDN_DIAG): 1 = loads only, 2 = no loads after the first stages
 };
 
 template <class D>
@@ -54,8 +50,7 @@ StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const Gd
   p.K = int(s.K);
   p.V = int(s.V);
   p.scale = float(args.scale);
-  const char* e = std::getenv("NATSL_GDN_FWD_STORE");
-  p.staged = !(e && std::strcmp(e, "direct") == 0);
+  p.staged = pl.tune.fwd_store_staged;
   return p;
 }
 
@@ -379,10 +374,10 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     const int s = PIPE ? ci % STAGES : 0;
     if (!PIPE && ci > 0) {
       __syncthreads();
-      if (p.diag != 2) issue(ci, 0);
+      issue(ci, 0);
     }
     if constexpr (BULK) {
-      if (p.diag != 2 || ci < (PIPE ? STAGES - 1 : 1)) mbar_wait_parity(bar + s, uint32_t(ci / STAGES) & 1u);
+      mbar_wait_parity(bar + s, uint32_t(ci / STAGES) & 1u);
     } else if constexpr (PIPE) {
       cp_async_wait<(PIPE ? STAGES - 2 : 0)>();
     } else {
@@ -392,10 +387,9 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     if constexpr (PIPE) {
       // The stage refilled here was read by the previous step, which every thread has finished (barrier above).
       const int nx = ci + STAGES - 1;
-      if (nx < nch && p.diag != 2) issue(nx, nx % STAGES);
+      if (nx < nch) issue(nx, nx % STAGES);
       else if constexpr (!BULK) cp_async_commit();
     }
-    if (p.diag == 1) continue;
 
     const int c = si.first_chunk + ci;
     state_fwd_step<D, KT, OUT, VW>(p, hacc, base + s * ST * TE, Hs, G + s * kC, c, si.row0 + kC * ci,
@@ -408,36 +402,9 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
   }
 }
 
-// How the state passes are laid out: V tile width (64 or 32) and prefetch stages (2 or 1). Defaults pick the
-// widest tile that still gives every SM a CTA; NATSL_GDN_VTILE=64|32 and NATSL_GDN_STAGES=1|2 override (for
-// timing). The backward runs its forward-recompute and reverse passes in one launch unless NATSL_GDN_JOINT=0.
-//
-// The forward (run_state_fwd with an output) has more layouts, read only there:
-//   NATSL_GDN_L2PF=n      prefetch into L2 the tiles of the chunk n beyond the last one in flight (0: off)
-//   NATSL_GDN_SPLIT=0|1   FLA's split: the pass stores h_n and v_new (no Q, P tiles, so STAGES can be 3-4:
-//                         NATSL_GDN_SPLIT_STAGES=2|3|4, default 3) and a chunk-parallel kernel computes the
-//                         output; default off (the fused pass is faster at both benchmark shapes)
-//   NATSL_GDN_FWD_BULK=1  bf16 tiles by bulk copies (one per tile row, mbarrier completion), not cp.async
-//   NATSL_GDN_WS=0|1      bf16: warp-specialised pass (one extra warp issues all the loads; mbarriers);
-//                         default off
-//   NATSL_GDN_OUT=1|2     the split layout's output kernel: one CTA per (chunk, head, V tile) (1) or per
-//                         (chunk, head) looping over the V tiles, Q and P read once (2, default)
-//   NATSL_GDN_DIAG=1|2    timing experiments only (wrong results): 1 = loads only, 2 = compute only
-// And for every pass (forward, reverse, joint):
-//   NATSL_GDN_OCC2=0|1    one stage and registers capped for two CTAs per SM (the plain cp.async kernels;
-//                         ~111 KB of shared memory at K = 128): where one CTA per SM leaves a second, partial
-//                         wave (192 CTAs of the 64-wide pass at B8 T4096 on 132 SMs), all CTAs run at once
-//   NATSL_GDN_TMA=0|1     bf16, fused output, K <= 128: tiles by the bulk tensor copy engine, one producer
-//                         thread (gdn_state_fwd_tma.cu); default on, 32 columns of V per CTA unless
-//                         NATSL_GDN_VTILE=64; NATSL_GDN_TMA_STAGES=1|2|3 (default 3;
-//                         1: two CTAs per SM at V tile 32). Where it does not apply
-//                         (f32, K = 256, the split layout) the layouts below run.
-//   NATSL_GDN_BWD_TMA=0|1 the backward's passes (joint or reverse alone) on tensor-copied tiles (bf16, K <= 128;
-//                         gdn_state_bwd.cu); default on where the reverse pass at V tile 32 is one wave of CTAs
-//                         (then V tile 32, 1 stage joint, 2 alone); NATSL_GDN_BWD_TMA_VTILE=32|64,
-//                         NATSL_GDN_BWD_TMA_STAGES=1|2|3
-//   NATSL_GDN_FWD_STORE=staged|direct  the backward's forward recompute stores h_n, v_new from shared tiles in
-//                         16-byte pieces (default) or from the accumulators
+// The layout of the state passes resolved for one call from the caller's GdnPlan (gdn/plan.h, where each
+// choice is described): auto fields are chosen from the shapes and the device. Where the tensor-copy pass does
+// not apply (f32, K = 256, the split layout) the cp.async layouts run.
 struct StateLayout {
   bool tma = false;
   int tma_stages = 3, tma_vw = 64;
@@ -450,12 +417,10 @@ struct StateLayout {
   int split_stages = 3;
   bool bulk = false;
   bool ws = false;
-  int diag = 0;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
 // The fused forward pass on tensor-copied tiles (gdn_state_fwd_tma.cu); false where its layout does not apply
 // (K = 256, 32-bit coordinates exceeded, not enough shared memory): the caller falls back.
 bool launch_state_fwd_tma(const Plan& pl, const StateFwdParams<bf16>& p, int vw, int stages);
-bool state_joint_enabled();
 
 }  // namespace natsl::kernels::cuda::gdn

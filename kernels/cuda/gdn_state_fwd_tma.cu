@@ -1,5 +1,5 @@
 // Forward state pass (with its output fused in) whose tiles come in by the bulk tensor copy engine
-// (NATSL_GDN_TMA=1; bf16). Why: at B2 T16384 the plain pass spends most of a step issuing ~3,800 16-byte cp.async
+// (GdnPlan::tma, the default; bf16). Why: at B2 T16384 the plain pass spends most of a step issuing ~3,800 16-byte cp.async
 // (loads only 0.45 ms, compute only 0.35, together 0.71 on the H200), and one producer warp issuing them all is
 // slower still (0.94). Here one thread of a producer warp issues 3 KT + 2 tensor copies and one bulk copy per
 // chunk, each completing on the stage's mbarrier, while the compute warps only compute.

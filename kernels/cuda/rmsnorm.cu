@@ -3,14 +3,14 @@
 //   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
 // The weight gradient is deterministic: each (block, row slot) adds its rows into its own f32 partial row
 // (in shared memory when it fits), then the partial rows are added in a fixed order (column_sum.cuh).
-// Backward variants (NATSL_KERNEL_VARIANT_RMSNORM_BWD, variant.h): 0 = rmsnorm_bwd_kernel (reads x and dy
-// twice per row); 1 / 2 = rmsnorm_bwd_regs_kernel with 2 / 4 vectors per thread per tensor (one block per
-// row, the row held in registers).
+// Backward kernels (RmsnormBwdPlan, rmsnorm_plan.h): rmsnorm_bwd_regs_kernel with 2 vectors per thread per
+// tensor (one block per row, the row held in registers; the default) or, where the row does not fit or is not
+// vector-aligned, rmsnorm_bwd_kernel (reads x and dy twice per row).
 #include <algorithm>
 
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/store_rn.cuh"
-#include "kernels/cuda/variant.h"
+#include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -240,6 +240,11 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw) {
+  rmsnorm_bwd(x, w, rstd, dy, dx, dw, RmsnormBwdPlan{});
+}
+
+void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                 const Tensor& dw, const RmsnormBwdPlan& plan) {
   const int64_t D = x.size(-1);
   const int64_t rows = D > 0 ? x.numel() / D : 0;
   const int dev = x.device().index;
@@ -258,13 +263,11 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     T* dp = static_cast<T*>(dx.data_ptr());
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
-    const int variant = kernel_variant(kVariantRmsnormBwd, kDefaultRmsnormBwd);
     if (vec) {
       T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
-      if (variant == 1 && launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
-        return;
-      if (variant == 2 && launch_rmsnorm_bwd_regs<T, 4>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
+      if (plan.row_in_registers &&
+          launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
         return;
     }
     // One vector per thread per row: wide blocks, so few (block, row slot) partial rows.

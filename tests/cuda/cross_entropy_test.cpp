@@ -8,7 +8,6 @@
 #include "tests/cuda/cuda_test_util.h"
 #ifdef NATSL_WITH_CUDA
 #include "kernels/cuda/cross_entropy_fused.h"
-#include "kernels/cuda/variant.h"
 #endif
 #include <cstdlib>
 
@@ -71,18 +70,17 @@ TEST(CudaCrossEntropy, ForwardBackwardAndInPlace) {
         kernels::cross_entropy_bwd(inplace, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, inplace);
         expect_match(inplace, ref_d, tol_for(dt), what + " dlogits in place");
 #ifdef NATSL_WITH_CUDA
-        // One kernel for both, out of place and in place, each fused variant (the ring kernel takes rows of
-        // a multiple of 16 bytes; other rows fall back to variant 0).
-        for (int variant : {0, 1})
+        // One kernel for both, out of place and in place, each fused kernel (the ring kernel takes rows of
+        // a multiple of 16 bytes; other rows fall back to the register-row kernel).
+        for (bool ring : {false, true})
         for (bool in_place : {false, true}) {
-          setenv(kernels::cuda::kVariantCrossEntropy, std::to_string(variant).c_str(), 1);
           Tensor x2 = to_gpu(xq);
           Tensor l2 = gpu_poisoned({c.N}, DType::f32), s2 = gpu_poisoned({c.N}, DType::f32),
                  v2 = gpu_poisoned({c.N}, DType::f32);
           Tensor d2 = in_place ? x2 : gpu_poisoned({c.N, c.V}, dt);
-          kernels::cuda::cross_entropy_fwd_bwd(x2, tgg, c.ignore_index, to_gpu(scale), l2, s2, v2, d2);
-          unsetenv(kernels::cuda::kVariantCrossEntropy);
-          const std::string w2 = what + (in_place ? " fused in place" : " fused") + " v" + std::to_string(variant);
+          kernels::cuda::cross_entropy_fwd_bwd(x2, tgg, c.ignore_index, to_gpu(scale), l2, s2, v2, d2,
+                                               kernels::cuda::CrossEntropyFusedPlan{ring});
+          const std::string w2 = what + (in_place ? " fused in place" : " fused") + (ring ? " ring" : " rows");
           expect_match(l2, ref_loss, kStats, w2 + " losses");
           expect_match(s2, ref_lse, kStats, w2 + " lse");
           expect_match(v2, ref_valid, Tol{0, 0}, w2 + " valid");
@@ -134,7 +132,7 @@ TEST(CudaCrossEntropy, AutogradFusedPathMatchesCpu) {
       }
 }
 
-// The fused variants on many rows per block: the ring kernel (variant 1) refills each of its 2-3 stages
+// Both fused kernels on many rows per block: the ring kernel refills each of its 2-3 stages
 // several times (600 rows of 64 KB at one block per SM; 1200 rows of 8008), out of place and in place.
 TEST(CudaCrossEntropy, FusedVariantsOnManyRows) {
   NATSL_REQUIRE_GPU();
@@ -145,11 +143,11 @@ TEST(CudaCrossEntropy, FusedVariantsOnManyRows) {
   };
   for (const Big& b : {Big{DType::bf16, {600, 32000, -100}}, Big{DType::f32, {1200, 8008, -100}},
                        Big{DType::bf16, {1200, 8008, -100}}})
-    for (int variant : {0, 1})
+    for (bool ring : {false, true})
       for (bool in_place : {false, true}) {
         const CeCase& c = b.c;
-        const std::string what = case_name("fused cross_entropy", b.dt, {c.N, c.V}) + " v" +
-                                 std::to_string(variant) + (in_place ? " in place" : "");
+        const std::string what = case_name("fused cross_entropy", b.dt, {c.N, c.V}) + (ring ? " ring" : " rows") +
+                                 (in_place ? " in place" : "");
         Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), b.dt);
         Tensor tg = make_targets(c, seed++, DType::i32);
         Tensor ref_loss = cpu_poisoned({c.N}), ref_lse = cpu_poisoned({c.N}), ref_valid = cpu_poisoned({c.N});
@@ -162,9 +160,8 @@ TEST(CudaCrossEntropy, FusedVariantsOnManyRows) {
         Tensor l = gpu_poisoned({c.N}, DType::f32), s = gpu_poisoned({c.N}, DType::f32),
                v = gpu_poisoned({c.N}, DType::f32);
         Tensor d = in_place ? x : gpu_poisoned({c.N, c.V}, b.dt);
-        setenv(kernels::cuda::kVariantCrossEntropy, std::to_string(variant).c_str(), 1);
-        kernels::cuda::cross_entropy_fwd_bwd(x, to_gpu(tg), c.ignore_index, to_gpu(scale), l, s, v, d);
-        unsetenv(kernels::cuda::kVariantCrossEntropy);
+        kernels::cuda::cross_entropy_fwd_bwd(x, to_gpu(tg), c.ignore_index, to_gpu(scale), l, s, v, d,
+                                             kernels::cuda::CrossEntropyFusedPlan{ring});
         expect_match(l, ref_loss, kStats, what + " losses");
         expect_match(s, ref_lse, kStats, what + " lse");
         expect_match(v, ref_valid, Tol{0, 0}, what + " valid");

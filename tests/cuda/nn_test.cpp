@@ -13,7 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/cuda/variant.h"
+#include "kernels/cuda/embedding_bwd.h"
+#include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/nn.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -33,12 +34,17 @@ const Shape kRowShapes[] = {{1, 1},    {1, 7},       {3, 5},    {2, 3, 33}, {513
 
 int64_t rows_of(const Shape& s) { return shape_numel(s) / s.back(); }
 
-// Sets a kernel-variant environment variable (kernels/cuda/variant.h) for one scope.
-struct VariantScope {
-  const char* env;
-  VariantScope(const char* e, int v) : env(e) { setenv(env, std::to_string(v).c_str(), 1); }
-  ~VariantScope() { unsetenv(env); }
-};
+
+// The CUDA RMSNorm backward with a plan (a CPU-only build has none; its GPU tests skip before this).
+void rmsnorm_bwd_with(const kernels::cuda::RmsnormBwdPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan);
+#else
+  (void)plan;
+  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw);
+#endif
+}
 
 }  // namespace
 
@@ -71,16 +77,12 @@ Tensor backward_ids(int64_t N, int64_t V, double frequent, uint64_t seed, DType 
   return Tensor::from_vector(ids, {N}, it);
 }
 
-// Every embedding-backward variant (kernels/cuda/variant.h), v2 first: the others are compared with it.
-const std::vector<int> kEmbeddingBwdVariants = {2, 0, 1, 3, 4, 5, 6, 7, 8};
-
-// The embedding-backward variants (all unless `variants` names some; v2 first) on these ids, f32 and bf16
-// against the f64 CPU reference, and bit for bit against v2 (every variant adds the same rows in the same
-// order) and against a second run of itself. dweight is accumulated into: present ids' rows start from
+// Both embedding-backward segment kernels (kernels/cuda/embedding_bwd.h), the radix sort first, on these ids,
+// f32 and bf16 against the f64 CPU reference, and bit for bit against each other (both add the same rows in the
+// same order) and against a second run of itself. dweight is accumulated into: present ids' rows start from
 // random values; the rows of absent ids are poisoned (NaN) and must come back with the same bits.
 void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, uint64_t& seed,
-                             const std::string& label,
-                             const std::vector<int>& variants = kEmbeddingBwdVariants) {
+                             const std::string& label) {
   const int64_t N = ids.numel();
   Tensor dq = q(randn({N, D}, seed++), dt);
   std::vector<char> present(size_t(V), 0);
@@ -101,14 +103,23 @@ void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, 
     return Tensor::from_vector(keep, {int64_t(keep.size())}, DType::f64);
   };
   const Tensor ref_present = present_rows(ref);
-  Tensor dw_v2;
-  ASSERT_EQ(variants.front(), 2) << "v2 is the reference of the other variants";
-  for (int variant : variants) {
-    VariantScope scope(kernels::cuda::kVariantEmbeddingBwd, variant);
-    const std::string what = case_name("embedding_bwd", dt, {V, D}) + " N " + std::to_string(N) + " ids " +
-                             dtype_str(ids.dtype()) + " " + label + " v" + std::to_string(variant);
-    Tensor dw = to_gpu(w0);
+  using kernels::cuda::EmbeddingBwdSegmentsKernel;
+  auto run = [&](EmbeddingBwdSegmentsKernel k, const Tensor& dw) {
+#ifdef NATSL_WITH_CUDA
+    const auto seg = kernels::cuda::embedding_bwd_segments(to_gpu(ids), V, kernels::cuda::EmbeddingBwdPlan{k});
+    kernels::cuda::embedding_bwd_accumulate(seg, to_gpu(dq), dw);
+#else  // no CUDA kernels: the GPU tests skip before this
+    (void)k;
     kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+#endif
+  };
+  Tensor dw_radix;
+  for (EmbeddingBwdSegmentsKernel k : {EmbeddingBwdSegmentsKernel::radix_sort, EmbeddingBwdSegmentsKernel::cooperative}) {
+    const bool radix = k == EmbeddingBwdSegmentsKernel::radix_sort;
+    const std::string what = case_name("embedding_bwd", dt, {V, D}) + " N " + std::to_string(N) + " ids " +
+                             dtype_str(ids.dtype()) + " " + label + (radix ? " radix sort" : " cooperative");
+    Tensor dw = to_gpu(w0);
+    run(k, dw);
     expect_match(present_rows(dw), ref_present, sum_tol(dt), what);
     // Absent rows untouched: the poisoned bytes of w0 exactly.
     {
@@ -122,10 +133,10 @@ void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, 
       EXPECT_EQ(changed, 0) << what << ": rows of absent ids were written";
     }
     Tensor dw2 = to_gpu(w0);
-    kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw2);
+    run(k, dw2);
     expect_same_bits(dw, dw2, what);
-    if (variant == 2) dw_v2 = dw;
-    else expect_same_bits(dw, dw_v2, what + " vs v2");
+    if (radix) dw_radix = dw;
+    else expect_same_bits(dw, dw_radix, what + " vs the radix sort");
   }
 }
 
@@ -134,28 +145,23 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
   struct Case {
     int64_t V, D, N;
     double frequent;
-    std::vector<int> variants = kEmbeddingBwdVariants;
   };
-  // v0 and v1 add a run of one id row by row in one warp, which takes seconds at 10^5 rows: they see runs of
-  // up to 6000 rows here (the same loop at any length). The cases with longer runs leave them out.
-  const std::vector<int> no_v0_v1 = {2, 3, 4, 5, 6, 7, 8};
   // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, one token, one id,
   // odd widths and widths not a multiple of the 16-byte vector (8 bf16 / 4 f32), one id repeated thousands
-  // of times among rare ones, and ids too wide to share a 32-bit key with the positions (v2's 64-bit keys:
+  // of times among rare ones, and ids too wide to share a 32-bit key with the positions (64-bit keys:
   // bits_for(600000) + bits_for(5000) = 20 + 13 > 32).
   const Case cases[] = {{5, 64, 1000, 0},   {1, 3, 17, 0},        {1000, 33, 257, 0},  {32000, 128, 4096, 0},
                         {7, 4096, 300, 0},  {3, 1032, 5000, 0} /* segments longer than 32, a chunk cut short */,
                         {50, 7, 1, 0},      {32000, 64, 1, 0},    {1, 8, 1, 0},        {9, 12, 300, 0},
                         {2, 40, 6000, 0},   {1000, 136, 12000, 0.5}, {600000, 3, 5000, 0},
                         // the benchmark's vocabulary and (one short of) its token count, a third on one id
-                        {32000, 16, 131071, 0.3, no_v0_v1},
-                        // v3: every token on one id (one bucket of many sort chunks), whole tiles of 2048
-                        // positions, 64-bit keys with bucketed ids, more ids than v3 buckets (v2's segments)
+                        {32000, 16, 131071, 0.3},
+                        // every token on one id, whole tiles of 2048 positions, 64-bit keys with many ids
                         {32000, 24, 3000, 1.0}, {1000, 8, 4096, 0}, {1 << 21, 1, 700, 0}, {3000000, 1, 100, 0},
-                        // v6 to v8: more positions than their bitmap window (2^18), every id longer than
-                        // their shared-memory sort (8192 entries); only v2 and the variants with that path
-                        {5, 3, 300007, 0.6, {2, 6, 7, 8}}};
-  // The host-side checks (whole dweight copies, per-row compares, for every variant twice) dominate the time:
+                        // more positions than the cooperative kernel's bitmap window (2^18), every id longer
+                        // than its shared-memory sort (8192 entries)
+                        {5, 3, 300007, 0.6}};
+  // The host-side checks (whole dweight copies, per-row compares, for each kernel twice) dominate the time:
   // the cases with a million-element dweight or 10^5 tokens run for two of the four (dtype, id type) pairs,
   // which still cover both dtypes and both id types.
   uint64_t seed = 30;
@@ -165,11 +171,11 @@ TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
         const bool heavy = c.V * c.D >= (int64_t(1) << 20) || c.N >= 100000;
         if (heavy && (dt == DType::f32) != (it == DType::i64)) continue;
         check_backward_variants(backward_ids(c.N, c.V, c.frequent, seed++, it), c.V, c.D, dt, seed,
-                                "frequent " + std::to_string(c.frequent), c.variants);
+                                "frequent " + std::to_string(c.frequent));
       }
 }
 
-// Skewed ids for the segment classes of v6 to v8: id 7 on 55% of the positions (the bitmap path), ids 11 to
+// Skewed ids for the segment classes of the cooperative kernel: id 7 on 55% of the positions (the bitmap path), ids 11 to
 // 19 with exactly 32 (the in-warp sort), 33, 63, 64, 65, 1000, 4097, 8192 (the shared-memory sort) and 8193
 // (the bitmap) positions, the rest uniform over the ids in [1000, V) that are not multiples of 3; every
 // other id never occurs. Positions shuffled (a fixed Fisher-Yates on mt19937_64).
@@ -220,20 +226,20 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
         Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
         Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
         kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
-        // Every backward variant (1, 2: the row in registers, used when D is a multiple of the vector width
-        // and the row fits 512 threads).
-        for (int variant : {0, 1, 2}) {
-          VariantScope scope(kernels::cuda::kVariantRmsnormBwd, variant);
-          const std::string wv = what + " v" + std::to_string(variant);
+        // Both backward kernels (the row in registers, used when D is a multiple of the vector width and the
+        // row fits 512 threads, and the general one).
+        for (bool regs : {false, true}) {
+          const kernels::cuda::RmsnormBwdPlan plan{regs};
+          const std::string wv = what + (regs ? " row in registers" : " general kernel");
           Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
-          kernels::rmsnorm_bwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
+          rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
           // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
           const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
           expect_match(dx, ref_dx, tol_for(dt), wv + " dx", terms);
           if (weighted) {
             expect_match(dw, ref_dw, sum_tol(dt), wv + " dw");
             Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
-            kernels::rmsnorm_bwd(to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
+            rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
             expect_same_bits(dw, dw2, wv + " dw");
           }
         }

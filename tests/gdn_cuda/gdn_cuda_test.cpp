@@ -9,14 +9,19 @@
 #include <cmath>
 #include <cstdlib>
 #include <initializer_list>
+#include <source_location>
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/gdn/plan.h"
 #include "tests/gdn/gdn_test_util.h"
 #include "tests/test_util.h"
 
 namespace natsl::testing::gdn {
 namespace {
+
+using kernels::cuda::GdnPlan;
+using kernels::cuda::GdnPrepKernel;
 
 const Device kGpu = Device::cuda(0);
 
@@ -35,8 +40,29 @@ struct Outs {
   GdnGrads g;
 };
 
-// Forward and backward on the device of `in` (CPU: the f64 reference), outputs poisoned first.
-Outs run_all(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Tensor& dht, bool bwd = true) {
+// The CUDA entry points with a plan (nullptr: the dispatcher's default). A CPU-only build has no CUDA
+// kernels; its GPU tests skip before reaching these.
+void chunk_fwd(const GdnArgs& a, const GdnInputs& in, const Tensor& o, const Tensor& ht, const GdnSaved& saved,
+               const GdnPlan* plan) {
+#ifdef NATSL_WITH_CUDA
+  if (plan) return kernels::cuda::gdn_chunk_fwd(a, in, o, ht, saved, plan);
+#endif
+  (void)plan;
+  kernels::gdn_chunk_fwd(a, in, o, ht, saved);
+}
+void chunk_bwd(const GdnArgs& a, const GdnInputs& in, const GdnSaved& saved, const Tensor& dout, const Tensor& dht,
+               const GdnGrads& g, const GdnPlan* plan) {
+#ifdef NATSL_WITH_CUDA
+  if (plan) return kernels::cuda::gdn_chunk_bwd(a, in, saved, dout, dht, g, plan);
+#endif
+  (void)plan;
+  kernels::gdn_chunk_bwd(a, in, saved, dout, dht, g);
+}
+
+// Forward and backward on the device of `in` (CPU: the f64 reference), outputs poisoned first; on the GPU with
+// `plan` (nullptr: the default layouts).
+Outs run_all(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Tensor& dht, bool bwd = true,
+             const GdnPlan* plan = nullptr) {
   const GdnShape s = GdnShape::of(in.q, in.v, a);
   const Device d = in.q.device();
   const DType D = in.q.dtype(), S = in.g.dtype();
@@ -48,7 +74,7 @@ Outs run_all(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Te
   r.o = mk(in.v.shape(), D);
   r.ht = mk({s.N, s.HV, s.K, s.V}, S);
   GdnSaved saved{mk({s.B, s.T, s.HV}, S), mk({s.B, s.T, s.HV, kernels::kGdnChunk}, D)};
-  kernels::gdn_chunk_fwd(a, in, r.o, r.ht, saved);
+  chunk_fwd(a, in, r.o, r.ht, saved, plan);
   if (!bwd) return r;
   r.g.dq = mk(in.q.shape(), D);
   r.g.dk = mk(in.k.shape(), D);
@@ -57,7 +83,7 @@ Outs run_all(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Te
   r.g.dbeta = mk(in.beta.shape(), S);
   r.g.dh0 = mk({s.N, s.HV, s.K, s.V}, S);
   if (in.mask.defined()) r.g.dmask = mk(in.mask.shape(), S);
-  kernels::gdn_chunk_bwd(a, in, saved, dout, dht, r.g);
+  chunk_bwd(a, in, saved, dout, dht, r.g, plan);
   return r;
 }
 
@@ -73,7 +99,7 @@ struct Tol {
 constexpr Tol kF32{1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
 constexpr Tol kBf16{0.005, 0.005, 0.008, 0.008, 0.02};
 
-void check_against_cpu(const GdnCase& c, DType dt, bool with_dht = true) {
+void check_against_cpu(const GdnCase& c, DType dt, bool with_dht = true, const GdnPlan* plan = nullptr) {
   const GdnArgs a = args_of(c);
   const GdnInputs in64 = make_inputs(c);
   const GdnInputs inD = converted(in64, dt);
@@ -86,7 +112,7 @@ void check_against_cpu(const GdnCase& c, DType dt, bool with_dht = true) {
   const DType S = DType::f32;
 
   Outs ref = run_all(a, ref_in, doutD, dht);
-  Outs got = run_all(a, on_gpu(inD), to_gpu(doutD.to(dt)), with_dht ? to_gpu(dht.to(S)) : Tensor());
+  Outs got = run_all(a, on_gpu(inD), to_gpu(doutD.to(dt)), with_dht ? to_gpu(dht.to(S)) : Tensor(), true, plan);
   const Tol t = dt == DType::f32 ? kF32 : kBf16;
   expect_rel(got.o, ref.o, t.o, "o");
   expect_rel(got.ht, ref.ht, t.ht, "ht");
@@ -141,35 +167,25 @@ TEST(GdnCuda, Bf16MatchesCpu) {
   }
 }
 
-// The kernel layouts the environment selects (gdn_state_fwd.cuh, gdn_prep.cu): every one must match the CPU,
-// whichever the defaults pick for a shape.
-struct EnvSetting {
-  const char* name;
-  const char* value;
-};
-void check_with_env(std::initializer_list<EnvSetting> env) {
-  std::string label;
-  for (const EnvSetting& e : env) {
-    setenv(e.name, e.value, 1);
-    label += std::string(e.name) + "=" + e.value + " ";
-  }
-  SCOPED_TRACE(label);
+// The kernel layouts a GdnPlan selects (kernels/cuda/gdn/plan.h): every one must match the CPU, whichever
+// the defaults pick for a shape.
+void check_with_plan(const GdnPlan& plan, const std::source_location where = std::source_location::current()) {
+  SCOPED_TRACE("plan of line " + std::to_string(where.line()));
   for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 71), mk(1, 1000, 2, 64, true, MaskKind::None, 72),
                            mk(2, 200, 1, 256, false, MaskKind::Binary, 73)}) {
     SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " K" + std::to_string(c.K));
-    check_against_cpu(c, DType::bf16);
+    check_against_cpu(c, DType::bf16, true, &plan);
   }
-  check_against_cpu(mk(2, 130, 3, 64, true, MaskKind::Continuous, 74), DType::f32);
-  for (const EnvSetting& e : env) unsetenv(e.name);
+  check_against_cpu(mk(2, 130, 3, 64, true, MaskKind::Continuous, 74), DType::f32, true, &plan);
 }
 TEST(GdnCuda, KernelLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}});
-  check_with_env({{"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"}});
-  check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_JOINT", "0"}});
-  check_with_env({{"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_PREP", "old"}});
-  check_with_env({{"NATSL_GDN_PREP", "2"}, {"NATSL_GDN_PREP_STORE", "direct"}});
-  check_with_env({{"NATSL_GDN_PREP", "3"}, {"NATSL_GDN_PREP_STORE", "direct"}});
+  check_with_plan({.vtile = 32, .stages = 2});
+  check_with_plan({.vtile = 32, .stages = 1});
+  check_with_plan({.vtile = 64, .stages = 1, .joint = false});
+  check_with_plan({.vtile = 64, .prep = GdnPrepKernel::generic});
+  check_with_plan({.prep = GdnPrepKernel::automatic, .prep_staged = false});
+  check_with_plan({.prep = GdnPrepKernel::solve_then_products, .prep_staged = false});
 }
 
 // The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
@@ -177,68 +193,63 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
 // tensor-copy pass off, which would take their place), then the tensor-copy pass.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"},
-                  {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "2"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "1"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_L2PF", "4"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_VTILE", "32"},
-                  {"NATSL_GDN_STAGES", "1"}, {"NATSL_GDN_L2PF", "2"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_FWD_BULK", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"},
-                  {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_SPLIT_STAGES", "4"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_PREP_STORE", "staged"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_PREP_STORE", "direct"}});
+  check_with_plan({.tma = false, .split = true, .split_stages = 3, .ws = false});
+  check_with_plan({.vtile = 32, .tma = false, .l2pf = 2, .split = true, .split_stages = 4, .ws = false});
+  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 2, .ws = false});
+  check_with_plan({.vtile = 64, .tma = false, .l2pf = 1, .split = false, .ws = false});
+  check_with_plan({.vtile = 32, .tma = false, .l2pf = 4, .split = false, .ws = false});
+  check_with_plan({.tma = false, .split = false, .fwd_bulk = true, .ws = false});
+  check_with_plan({.vtile = 32, .stages = 1, .tma = false, .l2pf = 2, .split = false, .fwd_bulk = true, .ws = false});
+  check_with_plan({.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false});
+  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false});
+  check_with_plan({.vtile = 32, .tma = false, .split = false, .ws = true});
+  check_with_plan({.vtile = 64, .stages = 1, .tma = false, .split = false, .ws = true});
+  check_with_plan({.tma = false, .split = true, .split_stages = 3, .ws = true});
+  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true});
+  check_with_plan({.vtile = 32, .tma = false, .split = false, .ws = false});
+  check_with_plan({.prep_staged = true, .tma = false, .split = false, .ws = false});
+  check_with_plan({.prep_staged = false, .tma = false});
   // The pass on tensor-copied tiles (gdn_state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
   // the f32 case fall back to the cp.async pass.
-  check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_TMA", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_TMA_STAGES", "2"}});
-  // Both output kernels after either split pass: one CTA per V tile (NATSL_GDN_OUT=1), or looping over the V
+  check_with_plan({.vtile = 32, .tma = true});
+  check_with_plan({.vtile = 64, .tma = true, .tma_stages = 2});
+  // Both output kernels after either split pass: one CTA per V tile (out_per_vtile), or looping over the V
   // tiles (2, the default the split rows above ran).
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OUT", "2"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "64"}});
+  check_with_plan({.vtile = 32, .tma = false, .split = true, .out_per_vtile = true, .ws = true});
+  check_with_plan({.vtile = 64, .tma = false, .split = true, .out_per_vtile = true, .ws = false});
+  check_with_plan({.vtile = 64, .tma = false, .split = true, .out_per_vtile = false, .ws = false});
 }
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
 // state pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
 TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_BULK", "0"}, {"NATSL_GDN_BWD_STORE", "direct"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "2"}});
-  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "1"},
-                  {"NATSL_GDN_BWD_STORE", "staged"}});
-  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_STAGES", "2"}, {"NATSL_GDN_JOINT", "0"}});
-  check_with_env({{"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_STAGES", "1"}});
-  check_with_env({{"NATSL_GDN_BWD_L2PF", "2"}, {"NATSL_GDN_BWD_STORE", "staged"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_BWD_L2PF", "1"}, {"NATSL_GDN_BULK", "1"}, {"NATSL_GDN_VTILE", "32"}});
+  check_with_plan({.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false});
+  check_with_plan({.vtile = 64, .bwd_store_staged = false, .bwd_bulk = false});
+  check_with_plan({.vtile = 64, .stages = 2, .bwd_bulk = true});
+  check_with_plan({.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true});
+  check_with_plan({.vtile = 32, .stages = 2, .joint = false, .bwd_bulk = true});
+  check_with_plan({.vtile = 64, .stages = 1, .bwd_bulk = true});
+  check_with_plan({.vtile = 64, .bwd_store_staged = true, .bwd_l2pf = 2});
+  check_with_plan({.vtile = 32, .bwd_bulk = true, .bwd_l2pf = 1});
   // h_n and v_new of the forward recompute stored straight from the accumulators (4-byte stores) instead of
   // from their shared tiles.
-  check_with_env({{"NATSL_GDN_FWD_STORE", "direct"}, {"NATSL_GDN_VTILE", "32"}});
-  check_with_env({{"NATSL_GDN_FWD_STORE", "direct"}, {"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_JOINT", "0"}});
+  check_with_plan({.vtile = 32, .fwd_store_staged = false});
+  check_with_plan({.joint = false, .bwd_tma = true, .fwd_store_staged = false});
   // Tensor-copied tiles (K = 256 and f32 fall back to the cp.async passes).
-  check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "32"}, {"NATSL_GDN_BWD_TMA_STAGES", "3"}});
-  check_with_env({{"NATSL_GDN_BWD_TMA", "1"}, {"NATSL_GDN_BWD_TMA_VTILE", "64"}, {"NATSL_GDN_BWD_TMA_STAGES", "1"},
-                  {"NATSL_GDN_JOINT", "0"}});
+  check_with_plan({.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3});
+  check_with_plan({.joint = false, .bwd_tma = true, .bwd_tma_vtile = 64, .bwd_tma_stages = 1});
 }
 
-// Two CTAs per SM (NATSL_GDN_OCC2=1: one stage, registers capped at 128 a thread): the forward pass with its
+// Two CTAs per SM (GdnPlan::occ2: one stage, registers capped at 128 a thread): the forward pass with its
 // output, the split forward, the backward's joint and separate passes, both tile widths; and off (the
 // pipelined kernels), whichever the default.
 TEST(GdnCuda, TwoCtasPerSmLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}, {"NATSL_GDN_VTILE", "64"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_SPLIT", "1"}, {"NATSL_GDN_VTILE", "32"}, {"NATSL_GDN_JOINT", "0"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "1"}, {"NATSL_GDN_WS", "1"}, {"NATSL_GDN_VTILE", "64"}, {"NATSL_GDN_BWD_STORE", "direct"}});
-  check_with_env({{"NATSL_GDN_TMA", "0"}, {"NATSL_GDN_OCC2", "0"}, {"NATSL_GDN_WS", "0"}, {"NATSL_GDN_SPLIT", "0"}});
+  check_with_plan({.vtile = 64, .occ2 = true, .tma = false, .split = false, .ws = false});
+  check_with_plan({.vtile = 32, .occ2 = true, .joint = false, .tma = false, .split = true});
+  check_with_plan({.vtile = 64, .occ2 = true, .tma = false, .ws = true, .bwd_store_staged = false});
+  check_with_plan({.occ2 = false, .tma = false, .split = false, .ws = false});
 }
 
 TEST(GdnCuda, NoFinalStateGradient) {
@@ -329,23 +340,23 @@ TEST(GdnCuda, ForwardWithoutSavedTensorsGivesTheSameBits) {
     const GdnInputs in = on_gpu(converted(make_inputs(c), DType::bf16));
     const GdnShape s = GdnShape::of(in.q, in.v, a);
     std::vector<double> first;
-    for (const char* prep : {"3", "2"}) {
-      setenv("NATSL_GDN_PREP", prep, 1);
+    for (GdnPrepKernel prep : {GdnPrepKernel::solve_then_products, GdnPrepKernel::automatic}) {
+      const GdnPlan plan{.prep = prep};
       for (bool save : {true, false}) {
-        SCOPED_TRACE(std::string("NATSL_GDN_PREP=") + prep + (save ? " saving" : " saving nothing"));
+        SCOPED_TRACE(std::string(prep == GdnPrepKernel::automatic ? "prep2" : "prep3") +
+                     (save ? " saving" : " saving nothing"));
         Tensor o = gpu_poisoned(in.v.shape(), DType::bf16);
         GdnSaved saved;
         if (save)
           saved = GdnSaved{gpu_poisoned({s.B, s.T, s.HV}, DType::f32),
                            gpu_poisoned({s.B, s.T, s.HV, kernels::kGdnChunk}, DType::bf16)};
-        kernels::gdn_chunk_fwd(a, in, o, Tensor(), saved);
+        chunk_fwd(a, in, o, Tensor(), saved, &plan);
         const std::vector<double> got = o.to(kCPU).to(DType::f64).to_vector<double>();
         for (double x : got) ASSERT_TRUE(std::isfinite(x)) << "unwritten output";
         if (first.empty()) first = got;
         else EXPECT_TRUE(got == first) << "output bits differ";
       }
     }
-    unsetenv("NATSL_GDN_PREP");
   }
 }
 
@@ -362,17 +373,13 @@ TEST(GdnCuda, TmaPassGivesTheSameBitsAsCpAsyncPass) {
     const GdnArgs a = args_of(c);
     const GdnInputs in = on_gpu(converted(make_inputs(c), DType::bf16));
     const GdnShape s = GdnShape::of(in.q, in.v, a);
-    for (const char* vw : {"32", "64"}) {
-      SCOPED_TRACE(std::string("NATSL_GDN_VTILE=") + vw);
+    for (int vw : {32, 64}) {
+      SCOPED_TRACE("V tile " + std::to_string(vw));
       std::vector<double> o_ref, ht_ref;
-      for (const char* tma : {"0", "1"}) {
-        setenv("NATSL_GDN_VTILE", vw, 1);
-        setenv("NATSL_GDN_TMA", tma, 1);
-        setenv("NATSL_GDN_WS", "0", 1);
-        setenv("NATSL_GDN_SPLIT", "0", 1);
-        setenv("NATSL_GDN_OCC2", "0", 1);
+      for (bool tma : {false, true}) {
+        const GdnPlan plan{.vtile = vw, .occ2 = false, .tma = tma, .split = false, .ws = false};
         Tensor o = gpu_poisoned(in.v.shape(), DType::bf16), ht = gpu_poisoned({s.N, s.HV, s.K, s.V}, DType::f32);
-        kernels::gdn_chunk_fwd(a, in, o, ht, GdnSaved{});
+        chunk_fwd(a, in, o, ht, GdnSaved{}, &plan);
         const std::vector<double> og = o.to(kCPU).to(DType::f64).to_vector<double>();
         const std::vector<double> hg = ht.to(kCPU).to(DType::f64).to_vector<double>();
         for (double x : og) ASSERT_TRUE(std::isfinite(x)) << "unwritten output";
@@ -380,24 +387,23 @@ TEST(GdnCuda, TmaPassGivesTheSameBitsAsCpAsyncPass) {
           o_ref = og;
           ht_ref = hg;
         } else {
-          EXPECT_TRUE(og == o_ref) << "output bits differ with NATSL_GDN_TMA=1";
-          EXPECT_TRUE(hg == ht_ref) << "final state bits differ with NATSL_GDN_TMA=1";
+          EXPECT_TRUE(og == o_ref) << "output bits differ on the tensor-copy pass";
+          EXPECT_TRUE(hg == ht_ref) << "final state bits differ on the tensor-copy pass";
         }
       }
     }
-    for (const char* e : {"NATSL_GDN_VTILE", "NATSL_GDN_TMA", "NATSL_GDN_WS", "NATSL_GDN_SPLIT", "NATSL_GDN_OCC2"})
-      unsetenv(e);
   }
 }
 
-// The backward's passes on tensor-copied tiles (NATSL_GDN_BWD_TMA=1), joint and reverse alone, at both tile widths
+// The backward's passes on tensor-copied tiles (GdnPlan::bwd_tma), joint and reverse alone, at both tile widths
 // and 1-3 stages: every gradient bit for bit the cp.async passes' (the same step functions on the same values).
 TEST(GdnCuda, TmaBackwardGivesTheSameBitsAsCpAsync) {
   NATSL_REQUIRE_GPU();
   GdnCase packed = mk(1, 1300, 2, 128, true, MaskKind::Continuous, 94);
   packed.cu_seqlens = {0, 1, 65, 129, 1000, 1000, 1300};
   struct Setting {
-    const char *vw, *stages, *joint;
+    int vw, stages;
+    bool joint;
   };
   for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 95), mk(2, 333, 3, 64, false, MaskKind::Binary, 96),
                            packed}) {
@@ -413,28 +419,23 @@ TEST(GdnCuda, TmaBackwardGivesTheSameBitsAsCpAsync) {
         if (t->defined()) v.push_back(t->to(kCPU).to(DType::f64).to_vector<double>());
       return v;
     };
-    for (const Setting& st : {Setting{"32", "2", "1"}, Setting{"64", "2", "1"}, Setting{"32", "3", "1"},
-                              Setting{"64", "1", "1"}, Setting{"32", "1", "0"}}) {
-      SCOPED_TRACE(std::string("V tile ") + st.vw + ", stages " + st.stages + ", joint " + st.joint);
-      setenv("NATSL_GDN_VTILE", st.vw, 1);
-      setenv("NATSL_GDN_JOINT", st.joint, 1);
-      setenv("NATSL_GDN_OCC2", "0", 1);
-      setenv("NATSL_GDN_STAGES", "2", 1);
-      setenv("NATSL_GDN_BWD_TMA", "0", 1);
-      const auto ref = bits(run_all(a, in, dout, dht));
-      setenv("NATSL_GDN_BWD_TMA", "1", 1);
-      setenv("NATSL_GDN_BWD_TMA_VTILE", st.vw, 1);
-      setenv("NATSL_GDN_BWD_TMA_STAGES", st.stages, 1);
-      const auto got = bits(run_all(a, in, dout, dht));
+    for (const Setting& st : {Setting{32, 2, true}, Setting{64, 2, true}, Setting{32, 3, true}, Setting{64, 1, true},
+                              Setting{32, 1, false}}) {
+      SCOPED_TRACE("V tile " + std::to_string(st.vw) + ", stages " + std::to_string(st.stages) + ", joint " +
+                   std::to_string(int(st.joint)));
+      const GdnPlan cp_async{.vtile = st.vw, .stages = 2, .occ2 = false, .joint = st.joint, .bwd_tma = false};
+      GdnPlan tma = cp_async;
+      tma.bwd_tma = true;
+      tma.bwd_tma_vtile = st.vw;
+      tma.bwd_tma_stages = st.stages;
+      const auto ref = bits(run_all(a, in, dout, dht, true, &cp_async));
+      const auto got = bits(run_all(a, in, dout, dht, true, &tma));
       ASSERT_EQ(got.size(), ref.size());
       for (size_t i = 0; i < got.size(); ++i) {
         for (double x : got[i]) ASSERT_TRUE(std::isfinite(x)) << "gradient " << i << ": unwritten output";
         EXPECT_TRUE(got[i] == ref[i]) << "gradient " << i << " (dq dk dv dg dbeta dh0 dmask) bits differ";
       }
     }
-    for (const char* e : {"NATSL_GDN_VTILE", "NATSL_GDN_JOINT", "NATSL_GDN_OCC2", "NATSL_GDN_STAGES", "NATSL_GDN_BWD_TMA",
-                          "NATSL_GDN_BWD_TMA_VTILE", "NATSL_GDN_BWD_TMA_STAGES"})
-      unsetenv(e);
   }
 }
 
