@@ -32,10 +32,11 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/chunk.h"
 
 namespace natsl::kernels {
 
-inline constexpr int64_t kGdnChunk = 64;
+inline constexpr int64_t kGdnChunk = kChunk;
 
 struct GdnArgs {
   double scale = 1.0;                // usually K^-1/2

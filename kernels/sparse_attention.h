@@ -36,13 +36,14 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "kernels/chunk.h"
 
 namespace natsl::kernels {
 
 struct SparseAttentionIndex {
   Tensor chunks;  // i32 [B, Hr, NC]
   Tensor prefix;  // i32 [B, Hr, NC + 1]
-  int64_t chunk_size = 64;
+  int64_t chunk_size = kChunk;
   int64_t batch() const { return chunks.size(0); }
   int64_t router_heads() const { return chunks.size(1); }
   int64_t num_chunks() const { return chunks.size(2); }

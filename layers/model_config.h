@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/chunk.h"
+
 namespace natsl {
 
 struct ModelConfig {
@@ -37,7 +39,7 @@ struct ModelConfig {
   bool allow_neg_eigval = false;
 
   // NAtS-L.
-  int64_t nats_block_size = 64;
+  int64_t nats_block_size = kernels::kChunk;
   int64_t num_nats_heads = 0;      // router heads; 0 = num_heads
   std::string nats_sample = "argmax";  // argmax | gumbel
   double gumbel_tau = 1.0;

@@ -291,7 +291,7 @@ EmbeddingBwdSegments embedding_bwd_segments(const Tensor& ids, int64_t V, const 
 void embedding_bwd_accumulate(const EmbeddingBwdSegments& seg, const Tensor& dout, const Tensor& dweight) {
   NATSL_CHECK(dweight.dim() == 2 && dweight.size(0) == seg.V, "embedding_bwd: dweight must be [", seg.V,
               ", D], got ", dweight.str());
-  const int64_t V = seg.V, D = dweight.size(1), n = seg.n;
+  const int64_t D = dweight.size(1), n = seg.n;
   NATSL_CHECK(dout.numel() == n * D, "embedding_bwd: dout ", dout.str(), " for ", n, " ids of dim ", D);
   if (n == 0 || D == 0) return;
   cudaStream_t s = activate(dweight.device().index);

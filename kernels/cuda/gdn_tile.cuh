@@ -16,10 +16,12 @@
 #include <type_traits>
 
 #include "core/dtype.h"
+#include "kernels/chunk.h"
 
 namespace natsl::kernels::cuda::gdn {
 
-constexpr int kC = 64;         // chunk length = tile edge
+constexpr int kC = kChunk;     // chunk length = tile edge
+static_assert(kC == 64, "the GDN tiles (8 warps of 16 rows x 32 columns of 64x64 tiles) assume 64-token chunks");
 constexpr int kThreads = 256;  // 8 warps per CTA
 
 // Row pitch of a shared tile in elements: 16-byte aligned rows, padded so ldmatrix rows fall in distinct banks.

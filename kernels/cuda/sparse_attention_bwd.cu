@@ -15,6 +15,7 @@
 // reduced in the CTA and written to dm_part[b, c, head] (summed over the G heads of a router head in a fixed
 // order afterwards, so dm is deterministic either way).
 #include "core/cuda_check.h"
+#include "kernels/chunk.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
 
@@ -23,7 +24,8 @@ namespace {
 
 using namespace mma;
 using bf = __nv_bfloat16;
-constexpr int kC = 64;
+constexpr int kC = kChunk;
+static_assert(kC == 64, "the sparse-attention tiles assume 64-token chunks");
 
 template <int DK, int DV>
 struct BwdCfg {

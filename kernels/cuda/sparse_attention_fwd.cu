@@ -6,6 +6,7 @@
 // is computed. Online softmax in f32 in the log2 domain (scale * log2 e folded into the scores); O is
 // divided by the row sum once at the end and lse = ln 2 * (m + log2 l) is stored for the backward.
 #include "core/cuda_check.h"
+#include "kernels/chunk.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
 
@@ -14,7 +15,8 @@ namespace {
 
 using namespace mma;
 using bf = __nv_bfloat16;
-constexpr int kC = 64;  // chunk = query tile = key tile
+constexpr int kC = kChunk;  // chunk = query tile = key tile
+static_assert(kC == 64, "the sparse-attention tiles assume 64-token chunks");
 
 template <int DK, int DV, int MT, int NW>
 struct FwdCfg {

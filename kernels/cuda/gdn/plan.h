@@ -22,7 +22,7 @@ struct GdnPlan {
   // ---- every state pass (forward, reverse, joint) ----
   int vtile = 0;               // columns of V per CTA: 32 or 64; 0: 32 where those CTAs fit one wave
   int stages = 0;              // cp.async prefetch stages: 1 or 2; 0: 2
-  std::optional<bool> occ2;    // two CTAs per SM (one stage, registers capped); auto: where one CTA per SM
+  std::optional<bool> occ2 = std::nullopt;  // two CTAs per SM (one stage, registers capped); auto: where one CTA per SM
                                // would leave a second, partial wave
   bool joint = true;           // the backward's forward recompute and reverse pass in one launch
 
@@ -41,7 +41,7 @@ struct GdnPlan {
   bool ws = false;             // bf16 warp-specialised pass (one loading warp, mbarriers)
 
   // ---- backward ----
-  std::optional<bool> bwd_tma; // tensor-copied tiles (bf16, K <= 128); auto: where the reverse pass at V tile
+  std::optional<bool> bwd_tma = std::nullopt;  // tensor-copied tiles (bf16, K <= 128); auto: where the reverse pass at V tile
                                // 32 is one wave of CTAs
   int bwd_tma_vtile = 0;       // 32 or 64; 0: 32 where auto picks the tensor copies, else 64
   int bwd_tma_stages = 0;      // 1..3; 0: 1 for the joint launch, 2 for the reverse pass alone (auto), else 2
