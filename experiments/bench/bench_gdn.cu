@@ -24,8 +24,8 @@
 #include "experiments/bench/bench_results.h"
 #include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/gdn/plan.h"
-#include "kernels/cuda/gdn_bwd.cuh"
-#include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn/bwd.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
 #include "kernels/gdn.h"
 #include "kernels/nn.h"
 

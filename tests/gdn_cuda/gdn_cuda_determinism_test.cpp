@@ -1,5 +1,5 @@
 // The CUDA GDN backward repeats its bits: the chunk-gradient kernels sum rows and columns of their tiles
-// through per-warp slots added in a fixed order (gdn_tile.cuh), not through atomics, so every gradient
+// through per-warp slots added in a fixed order (gdn/tile.cuh), not through atomics, so every gradient
 // (dq, dk, dv, dg, dbeta, dh0, dmask) is the same on every run: bf16 and f32, with and without a
 // state-write mask.
 #include <gtest/gtest.h>

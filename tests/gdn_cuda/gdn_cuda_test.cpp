@@ -188,7 +188,7 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
   check_with_plan({.prep = GdnPrepKernel::solve_then_products, .prep_staged = false});
 }
 
-// The forward's own layouts (gdn_state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
+// The forward's own layouts (gdn/state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
 // L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores (all with the
 // tensor-copy pass off, which would take their place), then the tensor-copy pass.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
@@ -209,7 +209,7 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   check_with_plan({.vtile = 32, .tma = false, .split = false, .ws = false});
   check_with_plan({.prep_staged = true, .tma = false, .split = false, .ws = false});
   check_with_plan({.prep_staged = false, .tma = false});
-  // The pass on tensor-copied tiles (gdn_state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
+  // The pass on tensor-copied tiles (gdn/state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
   // the f32 case fall back to the cp.async pass.
   check_with_plan({.vtile = 32, .tma = true});
   check_with_plan({.vtile = 64, .tma = true, .tma_stages = 2});
@@ -221,7 +221,7 @@ TEST(GdnCuda, ForwardLayoutsMatchCpu) {
 }
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
-// state pass (gdn_state_bwd.cu), joint and separate, at each V tile width and stage count.
+// state pass (gdn/state_bwd.cu), joint and separate, at each V tile width and stage count.
 TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
   check_with_plan({.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false});

@@ -1,7 +1,7 @@
 #pragma once
 // Host side shared by the chunked GDN kernels: shape checks for the CUDA path, the device chunk/sequence
 // tables (built by a kernel from values passed by value, so nothing waits on the host), scratch tensors and
-// the prep kernel that both directions run first (gdn_prep.cu).
+// the prep kernel that both directions run first (gdn/prep.cu).
 #include <type_traits>
 #include <vector>
 
@@ -9,7 +9,7 @@
 #include "core/stream.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gdn/plan.h"
-#include "kernels/cuda/gdn_tile.cuh"
+#include "kernels/cuda/gdn/tile.cuh"
 #include "kernels/gdn.h"
 
 namespace natsl::kernels::cuda::gdn {

@@ -1,6 +1,6 @@
 #pragma once
 // Body of the sequential forward state pass (gdn-algorithm.md §3 steps 3-4), shared by its own kernel
-// (gdn_state_fwd.cu) and the backward's joint launch with the reverse pass (gdn_state_bwd.cu). Per chunk n:
+// (gdn/state_fwd.cu) and the backward's joint launch with the reverse pass (gdn/state_bwd.cu). Per chunk n:
 //   v_new = u - w h_n                                   (h_n rounded to D for the tensor cores)
 //   o     = scale diag(e) Q h_n + p v_new               (OUT: the output kernel fused in)
 //   h_n+1 = e_L h_n + m_n K^T diag(exp(gam_L - gam)) v_new
@@ -8,8 +8,8 @@
 // warp owning 16 rows x 32 columns of every accumulator). The tiles of the next STAGES - 1 chunks are in
 // flight (cp.async) while this one computes (STAGES = 1: none); with l2pf > 0 the chunk l2pf further ahead is
 // also prefetched into L2 (one bulk prefetch per contiguous range).
-#include "kernels/cuda/gdn_plan.cuh"
-#include "kernels/cuda/gdn_store.cuh"
+#include "kernels/cuda/gdn/call.cuh"
+#include "kernels/cuda/gdn/store.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 
@@ -419,7 +419,7 @@ struct StateLayout {
   bool ws = false;
 };
 StateLayout state_layout(const Plan& pl, int ctas_per_vtile64);
-// The fused forward pass on tensor-copied tiles (gdn_state_fwd_tma.cu); false where its layout does not apply
+// The fused forward pass on tensor-copied tiles (gdn/state_fwd_tma.cu); false where its layout does not apply
 // (K = 256, 32-bit coordinates exceeded, not enough shared memory): the caller falls back.
 bool launch_state_fwd_tma(const Plan& pl, const StateFwdParams<bf16>& p, int vw, int stages);
 

@@ -4,14 +4,14 @@
 // slower still (0.94). Here one thread of a producer warp issues 3 KT + 2 tensor copies and one bulk copy per
 // chunk, each completing on the stage's mbarrier, while the compute warps only compute.
 //
-// The copied W, K, Q, P tiles are unpadded 64 x 64 bf16 tiles in the 128-byte swizzle (Swizzled128, gdn_tile.cuh),
+// The copied W, K, Q, P tiles are unpadded 64 x 64 bf16 tiles in the 128-byte swizzle (Swizzled128, gdn/tile.cuh),
 // the U tile a dense 64 x VW tile; the state, v_new tiles the step writes itself stay padded. Rows of K past a
 // partial chunk's end hold the next sequence's keys (or the copy's zeros at the end of the tensor): the compute
 // warps zero them before use, as the cp.async path's zero fill does, so the sums are the same.
 #include <cudaTypedefs.h>
 
-#include "kernels/cuda/gdn_state_fwd.cuh"
-#include "kernels/cuda/gdn_tma.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
+#include "kernels/cuda/gdn/tma.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {

@@ -1,9 +1,9 @@
 // Sequential forward state pass of the CUDA GDN kernels: the kernel around state_fwd_body
-// (gdn_state_fwd.cuh), its launch configurations and the choice among them, and the chunk-parallel output
+// (gdn/state_fwd.cuh), its launch configurations and the choice among them, and the chunk-parallel output
 // kernel of the split layout (GdnPlan::split).
 #include <algorithm>
 
-#include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {

@@ -3,7 +3,7 @@
 // pairs of adjacent columns (4-byte stores, 16 bytes per row per 4 lanes), so a 64-column tile is first written
 // to a shared staging tile and then copied out row by row in 16-byte pieces (whole 32-byte sectors per store).
 // And L2 prefetches: one bulk prefetch instruction per contiguous range.
-#include "kernels/cuda/gdn_tile.cuh"
+#include "kernels/cuda/gdn/tile.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 

@@ -1,8 +1,8 @@
 // CUDA entry points of the GDN family (kernels/gdn.h): the chunked forward and backward (stages in
-// gdn_prep.cu, gdn_state_fwd.cu, gdn_state_bwd.cu, gdn_chunk_bwd.cu) and a token-by-token recurrent kernel
+// gdn/prep.cu, gdn/state_fwd.cu, gdn/state_bwd.cu, gdn/chunk_bwd.cu) and a token-by-token recurrent kernel
 // for generation.
-#include "kernels/cuda/gdn_bwd.cuh"
-#include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn/bwd.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
 
 namespace natsl::kernels::cuda {
 

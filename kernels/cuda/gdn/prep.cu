@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "kernels/cuda/gdn_plan.cuh"
-#include "kernels/cuda/gdn_store.cuh"
+#include "kernels/cuda/gdn/call.cuh"
+#include "kernels/cuda/gdn/store.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {

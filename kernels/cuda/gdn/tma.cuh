@@ -1,13 +1,13 @@
 #pragma once
 // The bulk tensor copy engine (TMA, sm_90) for the GDN state passes: tensor maps over bf16 matrices, one copy
-// instruction per tile, and the shared-memory stage they fill (gdn_state_fwd_tma.cu, gdn_state_bwd.cu).
+// instruction per tile, and the shared-memory stage they fill (gdn/state_fwd_tma.cu, gdn/state_bwd.cu).
 //
-// A stage: 3 KT + 1 unpadded 64 x 64 bf16 tiles in the 128-byte swizzle (Swizzled128, gdn_tile.cuh), one dense
+// A stage: 3 KT + 1 unpadded 64 x 64 bf16 tiles in the 128-byte swizzle (Swizzled128, gdn/tile.cuh), one dense
 // 64 x VW tile, the chunk's 64 gamma values; 1024-byte aligned (the swizzle repeats every 1024 bytes and each
 // copied tile must start on such a boundary). Which tile holds what is the pass's choice (its stage view).
 #include <cuda.h>
 
-#include "kernels/cuda/gdn_state_fwd.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 

@@ -1,7 +1,7 @@
 #pragma once
 // The backward stages of the CUDA GDN kernels (after run_prep with recompute and run_state_fwd storing h and
 // v_new): the reverse state pass and the chunk-parallel gradient kernel.
-#include "kernels/cuda/gdn_plan.cuh"
+#include "kernels/cuda/gdn/call.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 
@@ -15,7 +15,7 @@ void run_state_fwd_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in,
                        const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& h, const Tensor& vnew,
                        const Tensor& dh, const Tensor& dv2);
 
-// Inputs and outputs of the chunk gradient kernel (gdn_chunk_bwd.cu).
+// Inputs and outputs of the chunk gradient kernel (gdn/chunk_bwd.cu).
 template <class D>
 struct ChunkBwdParams {
   const D *q, *k, *v, *dout, *a_inv, *h, *dh, *vnew, *dv2;

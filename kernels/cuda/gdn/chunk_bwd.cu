@@ -8,7 +8,7 @@
 //            dk += diag(beta) dB K + (diag(beta) dB)^T K
 //   dgamma from row dots (dq.q - dk.k, dX.X, dA o A rows minus columns, the e_L and write terms at the last
 //   row), then dg = reverse cumsum of dgamma within the chunk. dmask = <dh[n], W_n> = sum(dk_inter_raw o K).
-#include "kernels/cuda/gdn_bwd.cuh"
+#include "kernels/cuda/gdn/bwd.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {

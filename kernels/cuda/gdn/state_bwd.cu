@@ -13,9 +13,9 @@
 // GdnPlan::bwd_l2pf = n > 0 the tiles of the chunk n steps beyond the one being loaded are also asked into L2
 // (cp.async.bulk.prefetch.L2, one instruction per contiguous range), so the per-step loads hit L2.
 
-#include "kernels/cuda/gdn_bwd.cuh"
-#include "kernels/cuda/gdn_state_fwd.cuh"
-#include "kernels/cuda/gdn_tma.cuh"
+#include "kernels/cuda/gdn/bwd.cuh"
+#include "kernels/cuda/gdn/state_fwd.cuh"
+#include "kernels/cuda/gdn/tma.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 namespace {
@@ -43,7 +43,7 @@ constexpr int state_bwd_smem() {
   return (STAGES * stage_tiles<KT>() + KT + 2) * kTileBytes<D> + STAGES * kC * 4 + STAGES * 8;
 }
 
-// The mbarrier and bulk-copy primitives are gdn_state_fwd.cuh's (mbar_init1, mbar_arrive_expect,
+// The mbarrier and bulk-copy primitives are gdn/state_fwd.cuh's (mbar_init1, mbar_arrive_expect,
 // mbar_wait_parity, bulk_g2s).
 // One row of a tile: bulk-copied when valid, else zeroed by ordinary stores (the readers see it after the
 // barrier that precedes them).
@@ -295,8 +295,8 @@ __global__ void __launch_bounds__(4 * VW, MINB) state_joint_kernel(StateBwdParam
 }
 
 // ---- both passes on tensor-copied tiles (GdnPlan::bwd_tma; bf16, K <= 128) ----
-// As the forward's tensor-copy pass (gdn_state_fwd_tma.cu): one producer thread issues each chunk's copies into a
-// stage (gdn_tma.cuh), the compute warps run the same step functions on a swizzled-tile view, zeroing the rows past
+// As the forward's tensor-copy pass (gdn/state_fwd_tma.cu): one producer thread issues each chunk's copies into a
+// stage (gdn/tma.cuh), the compute warps run the same step functions on a swizzled-tile view, zeroing the rows past
 // a partial chunk's end that the cp.async loads would have zero-filled (the same sums, bit for bit).
 struct JointMaps {
   CUtensorMap w, k, q, u, p, dout;
