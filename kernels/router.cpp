@@ -1,11 +1,10 @@
 #include "kernels/router.h"
 
 #include "kernels/dispatch.h"
+#include "kernels/nn.h"  // stat_dtype
 
 namespace natsl::kernels {
 namespace {
-
-DType stat_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
 
 void check_pool(const Tensor& x, int64_t chunk_size, const Tensor& pooled, const char* op) {
   NATSL_CHECK(chunk_size > 0, op, ": chunk size ", chunk_size);

@@ -3,11 +3,10 @@
 #include <vector>
 
 #include "kernels/dispatch.h"
+#include "kernels/nn.h"  // stat_dtype
 
 namespace natsl::kernels {
 namespace {
-
-DType stat_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
 
 struct Dims {
   int64_t B, T, Ha, Dk, Dv, Hr, NC;

@@ -10,6 +10,7 @@
 // also prefetched into L2 (one bulk prefetch per contiguous range).
 #include "kernels/cuda/gdn/call.cuh"
 #include "kernels/cuda/gdn/store.cuh"
+#include "kernels/cuda/ptx_sm90.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 
@@ -69,26 +70,15 @@ constexpr int state_fwd_smem_bulk() {
   return state_fwd_smem<D, KT, STAGES, OUT>() + STAGES * 8;
 }
 
-// ---- bulk copies (cp.async.bulk, sm_90): one instruction per contiguous tile row, completing on an mbarrier ----
-__device__ __forceinline__ void mbar_init1(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait_parity(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{ .reg .pred q; mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2; selp.u32 %0, 1, 0, q; }\n"
-        : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void mbar_init_count(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
+// ---- bulk copies (cp.async.bulk, sm_90): one instruction per contiguous tile row, completing on an mbarrier
+// (the PTX in ptx_sm90.cuh) ----
+using ptx::bulk_g2s;
+using ptx::compute_sync;
+using ptx::mbar_arrive1;
+using ptx::mbar_arrive_expect;
+using ptx::mbar_init1;
+using ptx::mbar_init_count;
+using ptx::mbar_wait_parity;
 // The full / empty mbarrier pair of each stage of a warp-specialised kernel: full[i] completes on full_count
 // arrivals (and the copies' bytes), empty[i] on one arrival per compute warp. Ends with the barrier that makes
 // them visible to the whole CTA.
@@ -110,18 +100,6 @@ __device__ __forceinline__ void release_stage(uint64_t* empty, bool wrote_shared
   __syncwarp();
   if ((threadIdx.x & 31) == 0) mbar_arrive1(empty);
 }
-// The barrier among the NTH compute threads of a warp-specialised kernel (named barrier 1; the loading warp
-// does not take part).
-template <int NTH>
-__device__ __forceinline__ void compute_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(NTH) : "memory");
-}
-__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
-
 // Where a step finds its chunk's tiles (W, K, (Q,) U, (P)) and how they are laid out. PaddedStage: the ST
 // padded tiles of state_fwd_stage_tiles, one after the other (cp.async and per-row bulk loads).
 template <class D, int KT, bool OUT>

@@ -17,6 +17,7 @@
 
 #include "core/dtype.h"
 #include "kernels/chunk.h"
+#include "kernels/cuda/ptx_sm80.cuh"
 
 namespace natsl::kernels::cuda::gdn {
 
@@ -190,25 +191,11 @@ __device__ __forceinline__ void load_state(Acc (&a)[KT], const Frag& f, const fl
         a[kt][nt][e] = src ? src[int64_t(kt * kC + f.row(e)) * V + c0 + f.col(nt, e)] : 0.f;
 }
 
-// ---- tensor-core primitives (bf16) ----
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// ---- tensor-core primitives (bf16; the PTX in ptx_sm80.cuh) ----
+using ptx::mma_bf16;
+using ptx::smem_addr;
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) { ptx::ldmatrix_x4(r, smem_addr(p)); }
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) { ptx::ldmatrix_x4_trans(r, smem_addr(p)); }
 
 // Layouts of a 64x64 shared tile: off(r, c) = element offset of row r, column c (c a multiple of 8 where
 // ldmatrix reads it).
@@ -274,13 +261,10 @@ __device__ __forceinline__ void tile_mma(Acc& acc, const E* A, const E* B) {
 
 // ---- asynchronous global -> shared tile copies ----
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
-               "r"(valid ? 16 : 0));
+  ptx::cp_async16(smem_addr(smem), gmem, valid);
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
 // Queues the copy of a 64 x COLS tile (row pitch gld elements; rows >= rows_valid become zeros) by a CTA of
 // NTHR threads.
 template <class E, int COLS, int NTHR>

@@ -40,12 +40,7 @@ __device__ __forceinline__ unsigned char* tma_align(unsigned char* smem_raw) {
   return smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
 }
 
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
-          "r"(smem_addr(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_addr(bar))
-      : "memory");
-}
+using ptx::tma_load_2d;  // the tensor copy (ptx_sm90.cuh)
 
 // Zeroes rows from..63 of `count` consecutive copied tiles (rows of row_bytes; a swizzle only moves 16-byte pieces
 // within a row), by NTH threads. The copies fill rows past a chunk's end with the next sequence's tokens; the
