@@ -41,7 +41,7 @@ using bench::median_ms;
 
 // The NAtS-L layer of the reference's 340M model: 6 GDN heads of K 128 / V 256 viewed as 12 softmax heads of
 // 64 / 128 (so softmax heads 2h and 2h+1 share GDN head h's memory and router head h).
-constexpr int64_t kHg = 6, kK = 128, kV = 256, kHa = 12, kDa = 64, kDav = 128, kHr = 6, kChunk = 64;
+constexpr int64_t kHg = 6, kK = 128, kV = 256, kHa = 12, kDa = 64, kDav = 128, kHr = 6;  // the chunk: natsl::kChunk (kernels/chunk.h)
 constexpr double kL2Eps = 1e-6;  // FLA's l2norm
 
 struct Point {
