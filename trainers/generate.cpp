@@ -110,7 +110,6 @@ GenerateResult generate(const CausalLM& model, const std::vector<uint32_t>& prom
 
 InferenceModel load_inference_model(const RunConfig& cfg, const std::string& checkpoint_dir,
                                     const nlohmann::json* tokenizer_identity) {
-  refuse_timing_switches();
   InferenceModel m;
   m.device = resolve_device(cfg.train.device);
   const Precision precision = cfg.train.precision == "bf16" ? Precision::bf16 : Precision::f32;

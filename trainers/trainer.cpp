@@ -123,15 +123,6 @@ void refuse_existing_run_dir(const std::string& out_dir) {
 
 // ---- shared with `natsl generate` (trainer.h) ----
 
-// NATSL_GDN_DIAG makes the GDN kernels compute wrong results on purpose (natsl_bench_gdn times a state pass's
-// loads or its math alone with it); a model must never train or evaluate under it.
-void refuse_timing_switches() {
-  const char* diag = std::getenv("NATSL_GDN_DIAG");
-  if (diag && *diag && std::string(diag) != "0")
-    throw InputError(std::string("the environment sets NATSL_GDN_DIAG=") + diag +
-                     ", a benchmark switch under which the GDN kernels compute wrong results; unset it");
-}
-
 Device resolve_device(const std::string& spec) {
   if (spec == "auto") return cuda_available() ? Device::cuda(0) : kCPU;
   Device d = Device::parse(spec);

@@ -60,8 +60,6 @@ struct TrainSummary {
 };
 
 // Shared with `natsl generate`:
-// InputError when the environment sets a benchmark switch under which kernels compute wrong results.
-void refuse_timing_switches();
 // train.device -> the device ("auto": the first GPU if any); InputError when the GPU named is missing.
 Device resolve_device(const std::string& spec);
 // A run continues (or generates) with the tokenizer it was trained with: InputError when the checkpoint's
