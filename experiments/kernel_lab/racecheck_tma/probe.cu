@@ -9,7 +9,9 @@
 //   probe correct        the protocol as natsl uses it: no data race exists
 //   probe correct --write
 //   probe racy           the producer skips the `empty` wait: the copy engine overwrites a stage that the
-//                        consumers may still read (a real race; results may come out wrong)
+//                        consumers may still read (a real race; results may come out wrong, and the run may
+//                        deadlock when the producer re-arms a barrier whose phase the consumers have not
+//                        completed: run.sh bounds every run)
 // Each mode checks its result on the host and prints it. Run each under
 //   compute-sanitizer --tool racecheck --racecheck-report hazard ./probe MODE
 // If racecheck reports the same hazards for `correct` as for `racy`, it does not model the mbarrier
