@@ -43,26 +43,28 @@ AdamW::AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool
   v_ = FlatBuffer(params.layout(), d, moment_dtype(params.layout()));
 }
 
-AdamW::AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt,
-             int64_t shard_begin, int64_t shard_end)
-    : params_(params), grads_(grads), decay_(std::move(decay)), opt_(opt), shard_begin_(shard_begin),
-      shard_end_(shard_end) {
+AdamW::AdamW(const FlatLayout& layout, const Tensor& params_shard, const Tensor& grads_shard,
+             std::vector<bool> decay, AdamWOptions opt, int64_t shard_begin)
+    : params_shard_(params_shard), grads_shard_(grads_shard), decay_(std::move(decay)), opt_(opt),
+      shard_begin_(shard_begin), shard_end_(shard_begin + params_shard.numel()) {
   check_options(opt_);
-  const auto& pe = params.layout().entries();
-  NATSL_CHECK(params.layout().dtypes().size() == 1, "AdamW: a sharded optimizer needs one dtype buffer");
-  const DType dt = params.layout().dtypes().front();
+  const auto& pe = layout.entries();
+  NATSL_CHECK(layout.dtypes().size() == 1, "AdamW: a sharded optimizer needs one dtype buffer");
+  const DType dt = layout.dtypes().front();
   NATSL_CHECK(decay_.size() == pe.size(), "AdamW: ", decay_.size(), " decay flags for ", pe.size(), " parameters");
-  NATSL_CHECK(0 <= shard_begin && shard_begin < shard_end && shard_end <= params.flat(dt).numel() &&
-                  shard_end <= grads.flat(dt).numel(),
-              "AdamW: shard [", shard_begin, ", ", shard_end, ") outside the buffers");
+  NATSL_CHECK(params_shard.dim() == 1 && params_shard.is_contiguous() && params_shard.dtype() == dt &&
+                  grads_shard.dim() == 1 && grads_shard.numel() == params_shard.numel(),
+              "AdamW: the shards must be 1-D contiguous tensors of the layout's dtype and the same length");
+  NATSL_CHECK(0 <= shard_begin_ && shard_begin_ < shard_end_ && shard_end_ <= layout.total(dt),
+              "AdamW: shard [", shard_begin_, ", ", shard_end_, ") outside the layout (", layout.total(dt), ")");
   // Each entry's part inside the shard, at offsets relative to the shard's start.
   for (size_t i = 0; i < pe.size(); ++i) {
-    const int64_t lo = std::max(pe[i].offset, shard_begin), hi = std::min(pe[i].offset + pe[i].numel(), shard_end);
-    if (lo < hi) segments_[dt].push_back({lo - shard_begin, hi - lo, decay_[i]});
+    const int64_t lo = std::max(pe[i].offset, shard_begin_), hi = std::min(pe[i].offset + pe[i].numel(), shard_end_);
+    if (lo < hi) segments_[dt].push_back({lo - shard_begin_, hi - lo, decay_[i]});
   }
-  Device d = params.flat(dt).device();
-  m_shard_ = Tensor::zeros({shard_end - shard_begin}, moment_dtype(params.layout()), d);
-  v_shard_ = Tensor::zeros({shard_end - shard_begin}, moment_dtype(params.layout()), d);
+  Device d = params_shard.device();
+  m_shard_ = Tensor::zeros({shard_end_ - shard_begin_}, moment_dtype(layout), d);
+  v_shard_ = Tensor::zeros({shard_end_ - shard_begin_}, moment_dtype(layout), d);
 }
 
 void AdamW::set_lr(double lr) {
@@ -87,8 +89,7 @@ void AdamW::step(const Tensor& grad_scale) {
   h.step = step_ + 1;
   if (sharded()) {
     for (const auto& [dt, segs] : segments_)
-      kernels::adamw_step(params_.flat(dt).slice(0, shard_begin_, shard_end_),
-                          grads_.flat(dt).slice(0, shard_begin_, shard_end_), m_shard_, v_shard_, segs, h, grad_scale);
+      kernels::adamw_step(params_shard_, grads_shard_, m_shard_, v_shard_, segs, h, grad_scale);
   } else {
     for (const auto& [dt, segs] : segments_)
       kernels::adamw_step(params_.flat(dt), grads_.flat(dt), m_.flat(dt), v_.flat(dt), segs, h, grad_scale);

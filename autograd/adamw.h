@@ -20,10 +20,11 @@ class AdamW {
   // params and grads: buffers of one layout (the grads may be bf16); decay[i] for layout entry i.
   // Moments are f32 (f64 when every parameter is f64, for CPU tests) and start at zero.
   AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt = {});
-  // ZeRO-1: updates only elements [shard_begin, shard_end) of the (single-dtype) flat buffers and keeps
-  // moments for those only (moment_shard()); exp_avg()/exp_avg_sq() are then empty.
-  AdamW(const FlatBuffer& params, const FlatBuffer& grads, std::vector<bool> decay, AdamWOptions opt,
-        int64_t shard_begin, int64_t shard_end);
+  // ZeRO-1: updates elements [shard_begin, shard_begin + n) of a (single-dtype) flat layout, held as the
+  // 1-D tensors params_shard and grads_shard of n elements each, and keeps moments for those only
+  // (exp_avg_shard()); exp_avg()/exp_avg_sq() are then empty.
+  AdamW(const FlatLayout& layout, const Tensor& params_shard, const Tensor& grads_shard, std::vector<bool> decay,
+        AdamWOptions opt, int64_t shard_begin);
 
   // One update with g = grad * grad_scale (grad_scale: undefined, or one f32 value on the params' device,
   // e.g. a clipping coefficient computed there).
@@ -47,6 +48,7 @@ class AdamW {
 
  private:
   FlatBuffer params_, grads_, m_, v_;
+  Tensor params_shard_, grads_shard_;
   std::vector<bool> decay_;
   std::map<DType, std::vector<kernels::AdamWSegment>> segments_;  // per layout dtype
   AdamWOptions opt_;

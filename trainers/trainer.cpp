@@ -242,7 +242,9 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
   model_->set_recompute(RecomputePolicy::parse(t.recompute));
-  store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1);
+  // ZeRO-1: this rank keeps its shard of the f32 master weights only (and of the AdamW moments below).
+  store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1,
+                                            zero1_ ? launch_.rank : 0);
   Generator init_gen(uint64_t(t.seed));
   store_->init(init_gen);
   // The routers' Gumbel noise is keyed by train.seed as well, so a run repeats from its seed alone.
@@ -263,7 +265,9 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   if (zero1_) {
     const dist::ShardRange sh =
         dist::shard_of(store_->layout().total(DType::f32), launch_.world_size, launch_.rank);
-    optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay, adam, sh.begin, sh.end);
+    NATSL_CHECK(sh.begin == store_->shard_begin() && sh.end == store_->shard_end(), "ZeRO-1: shard mismatch");
+    optimizer_ = std::make_unique<AdamW>(store_->layout(), store_->master_shard(),
+                                         own_range(store_->grads().flat(DType::f32)), decay, adam, sh.begin);
   } else {
     optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay, adam);
   }
@@ -313,13 +317,17 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
                   t.seq_len, accum_, W > 1 ? fmt::format(" x {} ranks", W) : std::string(), tokens_per_step, t.steps,
                   human_count(double(tokens_per_step * t.steps))));
   if (comm_) {
-    const double n = double(store_->master().flat(DType::f32).numel());
+    // Master weights, gradients, compute weights (bf16, or a whole f32 copy beside a ZeRO-1 master shard) and
+    // the AdamW moments held by this rank.
+    const double n = double(store_->layout().total(DType::f32));
+    const double master = 4.0 * double(store_->master_shard().numel());
+    const double compute = precision == Precision::bf16 ? 2.0 * n : zero1_ ? 4.0 * n : 0.0;
     const double moments = zero1_ ? 2.0 * double(optimizer_->exp_avg_shard().nbytes()) : 8.0 * n;
-    const double state_bytes = 4.0 * n + 4.0 * n + (precision == Precision::bf16 ? 2.0 * n : 0.0) + moments;
+    const double state_bytes = master + 4.0 * n + compute + moments;
     log(fmt::format("distributed: {} rank(s) ({} launch, {} backend), {}; parameters, gradients and optimizer state: "
                     "{:.1f} MiB per rank",
                     W, launch_.launcher, comm_->backend(),
-                    zero1_ ? std::string("ZeRO-1 (optimizer state sharded)")
+                    zero1_ ? std::string("ZeRO-1 (f32 master weights and AdamW moments sharded)")
                            : fmt::format("gradients averaged in {} bucket(s) of <= {} MiB during the backward",
                                          reducer_->num_buckets(), t.bucket_mb),
                     state_bytes / double(1 << 20)));
@@ -329,10 +337,15 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   if (resume_ck) resume_from(*resume_ck);
   else if (!t.init_from.empty()) load_initial_weights(t.init_from);
   if (comm_) {
-    // Every rank starts from rank 0's weights (the same seed gives the same ones; this makes sure).
-    comm_->broadcast(store_->master().flat(DType::f32), 0);
+    // Every rank starts from rank 0's weights (the same seed gives the same ones; this makes sure). ZeRO-1: each
+    // rank's master shard comes from the same seed or checkpoint; the forward's weights are rank 0's.
+    if (zero1_) {
+      comm_->broadcast(store_->compute().flat(DType::f32), 0);
+    } else {
+      comm_->broadcast(store_->master().flat(DType::f32), 0);
+      store_->sync_compute_from_master();
+    }
     comm_->synchronize();
-    store_->sync_compute_from_master();
   }
   if (opts_.write_run_dir) {
     std::string header = fmt::format("# resolved config of a natsl run (natsl {}, commit {}), from {}\n",
@@ -419,9 +432,8 @@ std::vector<double> Trainer::sum_over_ranks(const std::vector<double>& v) {
   return t.to_vector<double>();
 }
 
-Tensor Trainer::own_shard(const Tensor& flat) const {
-  const int64_t b = optimizer_->shard_begin();
-  return flat.slice(0, b, b + optimizer_->exp_avg_shard().numel());
+Tensor Trainer::own_range(const Tensor& flat) const {
+  return flat.slice(0, store_->shard_begin(), store_->shard_end());
 }
 
 void Trainer::reduce_gradients() {
@@ -429,7 +441,7 @@ void Trainer::reduce_gradients() {
   if (zero1_) {
     // In place: this rank's block of the flat gradients receives the average of everyone's block.
     const Tensor flat = store_->grads().flat(DType::f32);
-    comm_->reduce_scatter(flat, own_shard(flat), dist::ReduceOp::avg);
+    comm_->reduce_scatter(flat, own_range(flat), dist::ReduceOp::avg);
   } else {
     reducer_->finish();
   }
@@ -467,16 +479,14 @@ void Trainer::load_initial_weights(const std::string& path) {
     names.insert(name);
     const SafeTensorEntry* e = r.find(name);
     if (!e) throw InputError("train.init_from: '" + path + "' has no tensor '" + name + "', a parameter of this model");
-    const Tensor dst = store_->master().view(int(i));
-    if (e->shape != dst.shape())
+    if (e->shape != entries[i].shape)
       throw InputError("train.init_from: '" + path + "': tensor '" + name + "' has shape " + shape_str(e->shape) +
-                       " but this model's is " + shape_str(dst.shape()));
-    dst.copy_(r.read(name));  // any stored dtype (an HF export may be bf16)
+                       " but this model's is " + shape_str(entries[i].shape));
+    store_->set_parameter(int(i), r.read(name));  // any stored dtype (an HF export may be bf16)
   }
   for (const auto& e : r.entries())
     if (!names.count(e.name))
       throw InputError("train.init_from: '" + path + "' holds '" + e.name + "', which this model has no parameter for");
-  store_->sync_compute_from_master();
   log("initial weights from " + path);
 }
 
@@ -508,13 +518,20 @@ void Trainer::resume_from(CheckpointReader& ck) {
     FlatBuffer m_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg();
     FlatBuffer v_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg_sq();
     for (size_t i = 0; i < entries.size(); ++i) {
-      ck.model().read_into(entries[i].name, store_->master().view(int(i)));
+      if (store_->sharded()) {
+        // ZeRO-1: the whole weights pass through; the store keeps its master shard and the compute copy.
+        Tensor w = Tensor::empty(entries[i].shape, DType::f32, device_);
+        ck.model().read_into(entries[i].name, w);
+        store_->set_parameter(int(i), w);
+      } else {
+        ck.model().read_into(entries[i].name, store_->master().view(int(i)));
+      }
       ck.optimizer().read_into("exp_avg." + entries[i].name, m_full.view(int(i)));
       ck.optimizer().read_into("exp_avg_sq." + entries[i].name, v_full.view(int(i)));
     }
     if (optimizer_->sharded()) {
-      optimizer_->exp_avg_shard().copy_(own_shard(m_full.flat(DType::f32)));
-      optimizer_->exp_avg_sq_shard().copy_(own_shard(v_full.flat(DType::f32)));
+      optimizer_->exp_avg_shard().copy_(own_range(m_full.flat(DType::f32)));
+      optimizer_->exp_avg_sq_shard().copy_(own_range(v_full.flat(DType::f32)));
     }
     store_->sync_compute_from_master();
     const TrainerCounters counters = read_trainer_counters(ck, /*required=*/true);
@@ -542,24 +559,30 @@ void Trainer::resume_from(CheckpointReader& ck) {
   log(fmt::format("resumed from {} at step {}", dir, step_));
 }
 
-std::pair<FlatBuffer, FlatBuffer> Trainer::gather_moments() {
-  FlatBuffer m(store_->layout(), device_), v(store_->layout(), device_);
+std::array<FlatBuffer, 3> Trainer::gather_sharded_state() {
+  FlatBuffer w(store_->layout(), device_), m(store_->layout(), device_), v(store_->layout(), device_);
+  comm_->all_gather(store_->master_shard(), w.flat(DType::f32));
   comm_->all_gather(optimizer_->exp_avg_shard(), m.flat(DType::f32));
   comm_->all_gather(optimizer_->exp_avg_sq_shard(), v.flat(DType::f32));
   comm_->synchronize();
-  return {m, v};
+  return {w, m, v};
 }
 
 std::string Trainer::write_checkpoint() {
-  // Every rank comes here (ZeRO-1 gathers the moments, a collective); rank 0 writes. The checkpoint holds the
-  // whole state in one format whatever the world size, so any world size resumes it.
-  FlatBuffer m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
-  if (optimizer_->sharded()) std::tie(m, v) = gather_moments();
+  // Every rank comes here (ZeRO-1 gathers the master weights and moments, a collective); rank 0 writes. The
+  // checkpoint holds the whole state in one format whatever the world size, so any world size resumes it.
+  FlatBuffer w, m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
+  if (store_->sharded()) {
+    std::array<FlatBuffer, 3> g = gather_sharded_state();
+    w = g[0], m = g[1], v = g[2];
+  } else {
+    w = store_->master();
+  }
   if (!opts_.write_run_dir) return "";
   CheckpointWrite ck;
   ck.step = step_;
   const auto& entries = store_->layout().entries();
-  for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, store_->master().view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, w.view(int(i)));
   for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg." + entries[i].name, m.view(int(i)));
   for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, v.view(int(i)));
   const TrainConfig& t = cfg_.train;
@@ -662,7 +685,7 @@ Trainer::StepResult Trainer::train_step() {
   phase.emplace("optimizer", "phase");
   if (zero1_) {
     // Each rank holds its shard of the averaged gradients: the squared norm is the sum over the shards.
-    kernels::sum_squares(own_shard(store_->grads().flat(DType::f32)), grad_sumsq_);
+    kernels::sum_squares(own_range(store_->grads().flat(DType::f32)), grad_sumsq_);
     comm_->all_reduce(grad_sumsq_, dist::ReduceOp::sum);
     comm_->synchronize();
   } else {
@@ -681,12 +704,13 @@ Trainer::StepResult Trainer::train_step() {
     // torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)).
     double coef = t.clip_grad_norm > 0 ? std::min(1.0, t.clip_grad_norm / (r.grad_norm + 1e-6)) : 1.0;
     optimizer_->step(Tensor::full({1}, coef, DType::f32, device_));
+    store_->sync_compute_from_master();  // ZeRO-1: this rank's range of the compute weights
     if (zero1_) {
-      // Every rank's updated shard to every rank (in place: this rank's block is its own input).
-      const Tensor flat = store_->master().flat(DType::f32);
-      comm_->all_gather(own_shard(flat), flat);
+      // Every rank's updated range of the compute weights (bf16 on a GPU) to every rank, in place: this rank's
+      // block is its own input.
+      const Tensor flat = store_->compute().flat(DType::f32);
+      comm_->all_gather(own_range(flat), flat);
     }
-    store_->sync_compute_from_master();
   }
   model_->collect_stats(r.stats);
   ++step_;

@@ -13,6 +13,7 @@
 // check (train.stop_at_step, SIGINT/SIGTERM). Data batches are a pure function of (seed, index), so the
 // checkpoint (weights, moments, AdamW step count, the step, counters, the Gumbel router noise offsets) is all
 // resume needs to continue the run bit for bit on the same hardware.
+#include <array>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -117,11 +118,12 @@ class Trainer {
   void reduce_gradients();
   // Several ranks: host numbers summed over the ranks (one small all-reduce, bounded by the timeout).
   std::vector<double> sum_over_ranks(const std::vector<double>& v);
-  // ZeRO-1: this rank's shard of a flat buffer (the elements its optimizer updates).
-  Tensor own_shard(const Tensor& flat) const;
+  // ZeRO-1: this rank's range of a flat buffer (the elements its optimizer updates).
+  Tensor own_range(const Tensor& flat) const;
   void setup_distributed();
-  // ZeRO-1: the full AdamW moments (gathered from every rank's shard) for a checkpoint; all ranks call it.
-  std::pair<FlatBuffer, FlatBuffer> gather_moments();
+  // ZeRO-1: the whole f32 master weights and AdamW moments (gathered from every rank's shard) for a
+  // checkpoint; all ranks call it.
+  std::array<FlatBuffer, 3> gather_sharded_state();
 
   RunConfig cfg_;
   TrainerOptions opts_;

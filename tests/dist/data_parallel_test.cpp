@@ -107,29 +107,43 @@ TEST(ZeroAdamW, ShardedUpdatesEqualTheWholeBufferUpdateBitForBit) {
   CausalLM lm(testing::tiny_lm_config(true));
   Generator g(11);
   lm.init_parameters(g);
-  ParameterStore st(lm, kCPU, Precision::f32, W);
+  // A store sharded W ways (rank 0's master shard): its compute buffer holds the whole weights the forward
+  // reads; each rank's optimizer updates its own copy of its shard, and the shards are copied back into the
+  // compute buffer after each step (what the trainer's all-gather does).
+  ParameterStore st(lm, kCPU, Precision::f32, W, 0);
+  ASSERT_TRUE(st.sharded());
   const int64_t total = st.layout().total(DType::f32);
   ASSERT_EQ(total % (W * FlatLayout::kFlatAlign), 0);
   const std::vector<bool> decay = st.decay_mask();
   const AdamWOptions opt{1e-2, 0.9, 0.95, 1e-8, 0.1};
+  const Tensor compute = st.compute().flat(DType::f32);
   // The whole-buffer optimizer on a copy of the weights.
   FlatBuffer whole_params(st.layout(), kCPU);
-  whole_params.flat(DType::f32).copy_(st.master().flat(DType::f32));
+  whole_params.flat(DType::f32).copy_(compute);
   AdamW whole(whole_params, st.grads(), decay, opt);
   std::vector<std::unique_ptr<AdamW>> shards;
+  std::vector<Tensor> shard_params;
   for (int r = 0; r < W; ++r) {
     const ShardRange sh = shard_of(total, W, r);
     EXPECT_EQ(sh.size() * W, total);
-    shards.push_back(std::make_unique<AdamW>(st.master(), st.grads(), decay, opt, sh.begin, sh.end));
+    shard_params.push_back(compute.slice(0, sh.begin, sh.end).clone());
+    shards.push_back(std::make_unique<AdamW>(st.layout(), shard_params.back(),
+                                             st.grads().flat(DType::f32).slice(0, sh.begin, sh.end), decay, opt,
+                                             sh.begin));
   }
+  EXPECT_EQ(st.master_shard().to_vector<float>(), shard_params[0].to_vector<float>());
   for (int step = 0; step < 3; ++step) {
     st.zero_grad();
     lm.loss(batch_of(step)).backward();
     const Tensor scale = Tensor::full({1}, 0.5, DType::f32);
     whole.step(scale);
-    for (auto& s : shards) s->step(scale);
+    for (int r = 0; r < W; ++r) {
+      shards[size_t(r)]->step(scale);
+      const ShardRange sh = shard_of(total, W, r);
+      compute.slice(0, sh.begin, sh.end).copy_(shard_params[size_t(r)]);
+    }
   }
-  EXPECT_EQ(st.master().flat(DType::f32).to_vector<float>(), whole_params.flat(DType::f32).to_vector<float>());
+  EXPECT_EQ(compute.to_vector<float>(), whole_params.flat(DType::f32).to_vector<float>());
   const auto m = whole.exp_avg().flat(DType::f32).to_vector<float>();
   for (int r = 0; r < W; ++r) {
     const auto ms = shards[size_t(r)]->exp_avg_shard().to_vector<float>();

@@ -2,6 +2,8 @@
 // deterministic init, bf16 compute copies, state dict through the master weights.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "autograd/ops.h"
 #include "layers/causal_lm.h"
 #include "layers/parameter_store.h"
@@ -200,4 +202,58 @@ TEST(ParameterStore, Bf16BackwardAccumulatesIntoF32Grads) {
   // bf16 activations: about 0.5% relative RMS error observed; allow 3%.
   EXPECT_CLOSE(store.grads().flat(DType::f32), sr.grads().flat(DType::f32), 0.03, 0.05);
   EXPECT_GT(compare(sr.grads().flat(DType::f32), Tensor::zeros({sr.layout().total(DType::f32)})).max_abs, 1e-4);
+}
+
+// ZeRO-1: a store sharded W ways keeps rank r's range of the f32 master weights (the same values an unsharded
+// store of the same padded layout holds there) and the whole weights in its compute buffer; set_parameter
+// writes both; sync_compute_from_master refreshes only the shard's range.
+TEST(ParameterStore, ShardedStoreKeepsItsRangeOfTheMasterAndTheWholeComputeWeights) {
+  const int W = 3;
+  for (Precision prec : {Precision::f32, Precision::bf16}) {
+    for (int rank = 0; rank < W; ++rank) {
+      SCOPED_TRACE("rank " + std::to_string(rank) + " " + precision_name(prec));
+      CausalLM whole_lm(tiny_config()), lm(tiny_config());
+      ParameterStore whole(whole_lm, kCPU, Precision::f32, 1), st(lm, kCPU, prec, W, rank);
+      Generator g1(21), g2(21);
+      whole.init(g1);
+      st.init(g2);
+      ASSERT_TRUE(st.sharded());
+      EXPECT_THROW(st.master(), Error);
+      const int64_t total = st.layout().total(DType::f32), n = total / W;
+      ASSERT_EQ(total % W, 0);
+      EXPECT_EQ(st.shard_begin(), n * rank);
+      EXPECT_EQ(st.shard_end(), n * (rank + 1));
+      ASSERT_EQ(st.master_shard().numel(), n);
+      // The unsharded layout has no padding at its end; compare entry by entry through the names.
+      const Tensor shard = st.master_shard();
+      const auto sv = shard.to_vector<float>();
+      for (size_t i = 0; i < st.layout().entries().size(); ++i) {
+        const FlatEntry& e = st.layout().entries()[i];
+        const auto wv = whole.master().view(whole.layout().find(e.name)).to_vector<float>();
+        const int64_t lo = std::max(e.offset, st.shard_begin()), hi = std::min(e.offset + e.numel(), st.shard_end());
+        for (int64_t k = lo; k < hi; ++k) ASSERT_EQ(sv[size_t(k - st.shard_begin())], wv[size_t(k - e.offset)]) << e.name;
+        // The compute copy holds the whole parameter (bf16-rounded for bf16).
+        const auto cv = st.compute().view(int(i)).to_vector<float>();
+        const auto want = prec == Precision::bf16 ? whole.master().view(whole.layout().find(e.name)).to(DType::bf16).to_vector<float>() : wv;
+        ASSERT_EQ(cv, want) << e.name;
+      }
+      // An optimizer step writes the shard; only the shard's range of the compute weights follows on sync.
+      const std::vector<float> before = st.compute().flat(DType::f32).to_vector<float>();
+      shard.fill_(0.25);
+      st.sync_compute_from_master();
+      const std::vector<float> after = st.compute().flat(DType::f32).to_vector<float>();
+      for (int64_t k = 0; k < total; ++k) {
+        const bool mine = k >= st.shard_begin() && k < st.shard_end();
+        ASSERT_EQ(after[size_t(k)], mine ? 0.25f : before[size_t(k)]) << k;
+      }
+      // set_parameter writes the compute copy whole and the master where the shard overlaps it.
+      const int last = int(st.layout().entries().size()) - 1;
+      const FlatEntry& e = st.layout().entries()[size_t(last)];
+      st.set_parameter(last, Tensor::full(e.shape, 0.5, DType::f32));
+      for (float x : st.compute().view(last).to_vector<float>()) ASSERT_EQ(x, 0.5f);
+      const auto sv2 = st.master_shard().to_vector<float>();
+      for (int64_t k = std::max(e.offset, st.shard_begin()); k < std::min(e.offset + e.numel(), st.shard_end()); ++k)
+        ASSERT_EQ(sv2[size_t(k - st.shard_begin())], 0.5f);
+    }
+  }
 }
