@@ -13,14 +13,17 @@
 #   gdn      natsl_bench_gdn (default layouts; GDN_VARIANTS=1 for every variant) against FLA, then again with the
 #            sync timing method for comparison
 #   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
-#   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory
+#   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
+#            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
+#   mem      natsl-340m peak memory and tokens/s per sequence length and train.recompute setting
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
+#   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
 #            through NCCL (tokens/s, buckets launched during the backward)
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
 #            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"; SAN_BINS, the
-#            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 540); a
+#            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120); a
 #            summary line per binary and tool: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first the racecheck probe of experiments/kernel_lab/racecheck_tma
 #            (does racecheck model the mbarrier protocol at all?)
@@ -30,6 +33,8 @@ OUT=${OUT:-/tmp/natsl_gpu_out}
 WHAT=${WHAT:-"build peers tests natsl gdn"}
 LOG=$OUT/logs
 mkdir -p "$LOG"
+# Everything printed also goes to logs/console.log, which comes back even when the call is killed at its limit.
+exec > >(tee -a "$LOG/console.log") 2>&1
 T0=$(date +%s)
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
 has() { [[ " $WHAT " == *" $1 "* ]]; }
@@ -62,7 +67,7 @@ fi
 
 if has tests; then
   el "CUDA tests"
-  JOBS=8 scripts/gpu_test.sh --test-only -R 'Cuda|cuda|Gpu|gpu' >"$LOG/tests.log" 2>&1
+  JOBS=8 timeout "${TESTS_TIMEOUT:-300}" scripts/gpu_test.sh --test-only -R 'Cuda|cuda|Gpu|gpu' >"$LOG/tests.log" 2>&1
   echo "tests rc $?"
   grep -E "tests passed|CUDA tests:|FAILED|\(Failed\)|Exception" "$LOG/tests.log" | head -20
 fi
@@ -81,7 +86,7 @@ if has sanitize; then
       el "compute-sanitizer $tool $name"
       extra=()
       [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
-      OMP_NUM_THREADS=4 timeout "${SAN_TIMEOUT:-540}" "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
+      OMP_NUM_THREADS=4 timeout "${SAN_TIMEOUT:-120}" "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
         "$bin" --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" >"$LOG/san_${tool}_$name.log" 2>&1
       echo "$tool $name rc $? | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED|FAILED" "$LOG/san_${tool}_$name.log" | tr '\n' ' ')"
     done
@@ -121,13 +126,35 @@ fi
 if has train; then
   el "train natsl-340m"
   rm -rf "$OUT/run-natsl"
+  # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
   timeout 300 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
     train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
-    >"$LOG/train_natsl.log" 2>&1
+    "train.profile_steps=[20,23]" ${TRAIN_EXTRA:-} >"$LOG/train_natsl.log" 2>&1
   echo "train rc $?"
-  grep -vE "^\s*$" "$LOG/train_natsl.log" | tail -10
+  grep -vE "^\s*$" "$LOG/train_natsl.log" | tail -40
   cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_natsl_metrics.jsonl" 2>/dev/null
+  cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary.json" 2>/dev/null
+  gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace.json.gz" 2>/dev/null
   rm -rf "$OUT/run-natsl"
+fi
+
+# Activation memory with selective recomputation (issue 18): natsl-340m bf16, a few steps at each sequence length
+# and recompute setting; peak memory and tokens/s from metrics.jsonl. MEM_SEQS, MEM_RECOMPUTE (';'-separated).
+if has mem; then
+  IFS=';' read -ra RCS <<<"${MEM_RECOMPUTE:-[];[mixer,mlp];[block]}"
+  for seq in ${MEM_SEQS:-4096 16384 32768}; do
+    bs=$((8 * 4096 / seq)); [ "$bs" -lt 1 ] && bs=1
+    for rc in "${RCS[@]}"; do
+      el "mem: seq $seq batch $bs recompute $rc"
+      rm -rf "$OUT/run-mem"
+      timeout 180 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps=6 train.warmup_steps=1 \
+        train.grad_accum=1 train.batch_size=$bs train.seq_len=$seq train.log_every=1 train.eval_every=0 train.ckpt_every=0 \
+        "train.recompute=$rc" train.out_dir="$OUT/run-mem" >"$LOG/mem_${seq}_${rc//[^a-z,]/}.log" 2>&1
+      echo "mem seq $seq bs $bs recompute $rc: rc $? | $(tail -1 "$OUT/run-mem/metrics.jsonl" 2>/dev/null |
+        python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(f\"peak {r['peak_mem_bytes']/2**30:.1f} GiB, {r['tokens_per_s']:.0f} tok/s, mfu {r.get('mfu')}\")" 2>&1)"
+      rm -rf "$OUT/run-mem"
+    done
+  done
 fi
 
 # The NCCL path at world size 1: `natsl train --nproc 1` must equal the plain run bit for bit (deterministic
@@ -160,6 +187,24 @@ PY
   grep -E "distributed:|step +20/" "$LOG/dist_340m.log"
   tail -1 "$OUT/dist-340m/metrics.jsonl" 2>/dev/null | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('tokens/s', r['tokens_per_s'], 'dist', r.get('dist'))"
   rm -rf "$OUT/dist-plain" "$OUT/dist-nccl" "$OUT/dist-340m"
+fi
+
+# A/B in one call: the GDN benchmark of an older tree (carried as the ignored folder AB_DIR, default .ab-old, e.g.
+# `git worktree add .ab-old <commit>`) against this tree's, alternating old/new twice; rows to ab_{old,new}_N.jsonl.
+if has ab; then
+  AB=${AB_DIR:-.ab-old}
+  el "A/B: building natsl_bench_gdn in $AB"
+  (cd "$AB" && cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DNATSL_ENABLE_CUDA=ON \
+     -DCMAKE_CUDA_ARCHITECTURES=90 -DNATSL_DEPS_DIR="$PWD/../.deps" >/dev/null &&
+   cmake --build build-gpu --target natsl_bench_gdn -j "$(nproc)") >"$LOG/ab_build.log" 2>&1 || tail -20 "$LOG/ab_build.log"
+  for i in 1 2; do
+    for side in old new; do
+      bin=$BIN/natsl_bench_gdn
+      [ "$side" = old ] && bin=$AB/build-gpu/experiments/bench/natsl_bench_gdn
+      "$bin" --json "$OUT/ab_${side}_$i.jsonl" --commit "$side" --variants 0 >"$LOG/ab_${side}_$i.txt" 2>&1
+      echo "ab $side $i rc $? | $(grep -E '^natsl_gdn_fwd |^stage state pass \+ output' "$LOG/ab_${side}_$i.txt" | awk '{print $(NF-2)}' | tr '\n' ' ')"
+    done
+  done
 fi
 
 if has flaprof; then
