@@ -35,6 +35,14 @@ GdnShape GdnShape::of(const Tensor& q, const Tensor& v, const GdnArgs& args) {
   return s;
 }
 
+std::string gdn_cuda_shape_problem(int64_t K, int64_t V, DType dt) {
+  if (K % kGdnChunk != 0 || K <= 0 || K > 256 || V % kGdnChunk != 0 || V <= 0)
+    return detail::str("the CUDA kernels need K in {64, 128, 192, 256} and V a multiple of 64, got K = ", K, ", V = ", V);
+  if (dt == DType::f32 && K > 128)
+    return detail::str("the CUDA f32 path supports K <= 128 (shared memory); use bf16 for K = ", K);
+  return "";
+}
+
 std::vector<GdnSequence> gdn_sequences(const GdnShape& s, const GdnArgs& args) {
   std::vector<GdnSequence> seqs(size_t(s.N));
   int64_t chunk = 0;

@@ -29,6 +29,7 @@
 // Packed sequences: cu_seqlens holds N+1 token offsets (0 = first, last = T) with B = 1; the state resets
 // (to that sequence's h0) at every start, and chunks never straddle two sequences.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -58,6 +59,12 @@ struct GdnSequence {
   int64_t chunks() const { return (len + kGdnChunk - 1) / kGdnChunk; }
 };
 std::vector<GdnSequence> gdn_sequences(const GdnShape& s, const GdnArgs& args);
+
+// Why the CUDA kernels cannot run heads of K x V in dtype dt ("" when they can): they take K in {64, 128, 192,
+// 256} and V a multiple of 64 (f32 also needs K <= 128: shared memory). The CPU path takes any size. Checked by
+// the kernels and, before a run starts, by the trainer (one error naming model.head_dim instead of a failure at
+// the first forward).
+std::string gdn_cuda_shape_problem(int64_t K, int64_t V, DType dt);
 
 struct GdnInputs {
   Tensor q, k;   // L2-normalised by the caller

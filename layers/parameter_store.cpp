@@ -7,7 +7,8 @@ namespace natsl {
 std::string precision_name(Precision p) { return p == Precision::f32 ? "f32" : "bf16"; }
 
 ParameterStore::ParameterStore(Module& model, Device device, Precision precision, int shards, int rank)
-    : params_(model.named_parameters()), device_(device), precision_(precision), shards_(shards) {
+    : params_(model.named_parameters()), device_(device), precision_(precision) {
+  shards_ = shards;
   NATSL_CHECK(!params_.empty(), "ParameterStore: the model has no parameters");
   NATSL_CHECK(shards >= 1 && rank >= 0 && rank < shards, "ParameterStore: rank ", rank, " of ", shards, " shards");
   for (const ParameterRef& p : params_) layout_.add(p.name, p.meta->shape, DType::f32);

@@ -115,6 +115,7 @@ InferenceModel load_inference_model(const RunConfig& cfg, const std::string& che
   const Precision precision = cfg.train.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && m.device.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+  check_model_fits_device(cfg.model, m.device, precision);
   CheckpointReader ck(checkpoint_dir);
   check_checkpoint_model(ck, cfg, "generate with the config the checkpoint was trained with");
   if (tokenizer_identity) check_checkpoint_tokenizer(ck, *tokenizer_identity);

@@ -20,7 +20,9 @@
 #include "data/mixture.h"
 #include "data/synthetic.h"
 #include "kernels/determinism.h"
+#include "kernels/gdn.h"
 #include "kernels/reduce.h"
+#include "layers/gated_deltanet.h"
 #include "layers/model_size.h"
 #include "layers/natsl_attention.h"
 #include "trainers/checkpoint.h"
@@ -124,6 +126,21 @@ Device resolve_device(const std::string& spec) {
   return d;
 }
 
+void check_model_fits_device(const ModelConfig& model, Device device, Precision precision) {
+  if (!device.is_cuda()) return;
+  bool gdn = false;
+  for (const std::string& kind : model.mixer_kinds()) gdn = gdn || kind == "gdn" || kind == "natsl";
+  if (!gdn) return;
+  const GdnDims d = gdn_dims(model);
+  const std::string problem =
+      kernels::gdn_cuda_shape_problem(d.key_dim, d.value_dim, precision == Precision::bf16 ? DType::bf16 : DType::f32);
+  if (!problem.empty())
+    throw InputError(fmt::format("model.head_dim = {} and model.expand_v = {} give Gated DeltaNet heads of K = {}, V = {}: {}; "
+                                 "set model.head_dim to 64, 128, 192 or 256 (and expand_v so that V is a multiple of "
+                                 "64), or train on the CPU (train.device=cpu)",
+                                 model.head_dim, model.expand_v, d.key_dim, d.value_dim, problem));
+}
+
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   const TrainConfig& t = cfg_.train;
   launch_ = opts_.launch ? *opts_.launch : dist::launch_info_from_env();
@@ -174,6 +191,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   const Precision precision = t.precision == "bf16" ? Precision::bf16 : Precision::f32;
   if (precision == Precision::bf16 && device_.is_cpu())
     throw InputError("train.precision=bf16 needs a CUDA device (the CPU path is f32); use train.precision=f32");
+  check_model_fits_device(cfg_.model, device_, precision);
   // The tokenizer's model file is read (and its vocabulary checked against the model's) before the model
   // is built: a missing file is reported at once, not after allocating a large model.
   std::shared_ptr<const Tokenizer> tokenizer = open_run_tokenizer(cfg_);

@@ -63,6 +63,9 @@ struct TrainSummary {
 // Shared with `natsl generate`:
 // train.device -> the device ("auto": the first GPU if any); InputError when the GPU named is missing.
 Device resolve_device(const std::string& spec);
+// The model's kernels exist on `device` in `precision` (the CUDA GDN kernels take K in {64, 128, 192, 256}):
+// else an InputError naming model.head_dim / model.expand_v, before anything is read or written.
+void check_model_fits_device(const ModelConfig& model, Device device, Precision precision);
 // A run continues (or generates) with the tokenizer it was trained with: InputError when the checkpoint's
 // recorded tokenizer (kind, vocabulary, model-file hash) differs from `mine` (Tokenizer::identity()).
 void check_checkpoint_tokenizer(const CheckpointReader& ck, const nlohmann::json& mine);

@@ -150,3 +150,33 @@ TEST(Trainer, NonFiniteWeightsAreNeverCheckpointed) {
 
 }  // namespace
 }  // namespace natsl
+
+namespace natsl {
+
+// A model whose Gated DeltaNet heads the CUDA kernels cannot run is refused before the run starts, naming the
+// config keys (the kernels would fail at the first forward). No GPU is touched: the check reads the config only.
+TEST(Trainer, RefusesGdnHeadsTheCudaKernelsCannotRunBeforeStarting) {
+  ModelConfig m;
+  m.layers = {"gdn", "natsl"};
+  m.num_layers = 2;
+  m.head_dim = 32;
+  m.expand_v = 1.0;
+  try {
+    check_model_fits_device(m, Device::cuda(0), Precision::bf16);
+    FAIL() << "K = 32 accepted on CUDA";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.head_dim = 32"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train.device=cpu"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(check_model_fits_device(m, kCPU, Precision::f32));  // the CPU path takes any size
+  m.head_dim = 64;
+  EXPECT_NO_THROW(check_model_fits_device(m, Device::cuda(0), Precision::bf16));
+  m.head_dim = 256;
+  EXPECT_NO_THROW(check_model_fits_device(m, Device::cuda(0), Precision::bf16));
+  EXPECT_THROW(check_model_fits_device(m, Device::cuda(0), Precision::f32), InputError);  // f32: K <= 128
+  m.layers = {"attn", "attn"};
+  m.head_dim = 32;
+  EXPECT_NO_THROW(check_model_fits_device(m, Device::cuda(0), Precision::bf16));  // no GDN heads at all
+}
+
+}  // namespace natsl

@@ -513,10 +513,8 @@ Plan make_plan(const GdnArgs& args, const GdnInputs& in, const char* op, const G
   pl.dev = in.q.device();
   pl.stream = activate(pl.dev.index);
   const GdnShape& s = pl.s;
-  NATSL_CHECK(s.K % kC == 0 && s.K <= 256 && s.V % kC == 0, op, ": the CUDA kernels need K in {64, 128, 192, 256} and V a ",
-              "multiple of 64, got K = ", s.K, ", V = ", s.V);
-  NATSL_CHECK(in.q.dtype() != DType::f32 || s.K <= 128, op,
-              ": the CUDA f32 path supports K <= 128 (shared memory); use bf16 for K = ", s.K);
+  const std::string problem = gdn_cuda_shape_problem(s.K, s.V, in.q.dtype());
+  NATSL_CHECK(problem.empty(), op, ": ", problem);
   NATSL_CHECK(s.B * s.T * std::max(s.HV, s.H) * std::max(s.K, s.V) < (int64_t(1) << 40), op, ": too large");
   for (const Tensor* t : {&in.q, &in.k, &in.v, &in.g, &in.beta, &in.h0, &in.mask}) check_aligned(*t, "input", op);
   pl.tables = Tensor::empty({4 * (s.NC + s.N)}, DType::i32, pl.dev);
