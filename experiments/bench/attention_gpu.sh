@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU-machine call for the sparse attention kernels, run from the repo root with the binaries built on the
-# CPU machine carried in build-attn/dist (test_attn_cuda, natsl_bench_attention, libcudart):
+# CPU machine carried in build-attn/dist (test_kernels, natsl_bench_attention, libcudart):
 #   CUDA tests -> SDPA peers (peers.py) -> benchmark with the peers' anchors -> memcheck and racecheck passes.
 # Logs and JSON go to $OUT. Usage: experiments/bench/attention_gpu.sh COMMIT
 set -uo pipefail
@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$D:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 echo "== tests"
-timeout 80 $D/test_attn_cuda >"$OUT/tests.log" 2>&1
+timeout 80 $D/test_kernels --gtest_filter='SparseAttentionCuda.*' >"$OUT/tests.log" 2>&1
 echo "rc=$?"
 grep -E "^\[attn\]|Failure|relative RMS error|Which is|Expected|FAILED|PASSED|SKIPPED" "$OUT/tests.log" | head -100
 echo "== peers"
@@ -21,8 +21,8 @@ echo "== bench"
 timeout 60 $D/natsl_bench_attention --json "$OUT/bench.jsonl" --peer "$OUT/anchors.json" --commit "$COMMIT" >"$OUT/bench.log" 2>&1
 echo "rc=$?"; cat "$OUT/bench.log"
 echo "== memcheck"
-timeout 40 compute-sanitizer --tool memcheck $D/test_attn_cuda --gtest_filter='*Bf16Matches*:*DeviceIndex*' >"$OUT/memcheck.log" 2>&1
+timeout 40 compute-sanitizer --tool memcheck $D/test_kernels --gtest_filter='SparseAttentionCuda.*Bf16Matches*:SparseAttentionCuda.*DeviceIndex*' >"$OUT/memcheck.log" 2>&1
 echo "rc=$?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/memcheck.log" | head -10
 echo "== racecheck"
-timeout 60 compute-sanitizer --tool racecheck $D/test_attn_cuda --gtest_filter='*Bf16Matches*' >"$OUT/racecheck.log" 2>&1
+timeout 60 compute-sanitizer --tool racecheck $D/test_kernels --gtest_filter='SparseAttentionCuda.*Bf16Matches*' >"$OUT/racecheck.log" 2>&1
 echo "rc=$?"; grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED" "$OUT/racecheck.log" | head -10

@@ -10,15 +10,15 @@ B=${BIN:-build-gdnb}
 T0=$(date +%s)
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
-if ! "$B/tests/test_gdn_cuda" --gtest_list_tests >/dev/null 2>&1; then
+if ! "$B/tests/test_kernels" --gtest_list_tests >/dev/null 2>&1; then
   el "carried binaries do not run here: building"
   B=build-gpu
   cmake -G Ninja -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DNATSL_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DNATSL_DEPS_DIR="$PWD/.deps" >"$OUT/configure.log" 2>&1 &&
-    timeout 150 ninja -C "$B" test_gdn_cuda natsl_bench_gdn >"$OUT/build.log" 2>&1 || tail -20 "$OUT/build.log"
+    timeout 150 ninja -C "$B" test_kernels natsl_bench_gdn >"$OUT/build.log" 2>&1 || tail -20 "$OUT/build.log"
 fi
 el "tests"
-OMP_NUM_THREADS=8 timeout 50 "$B/tests/test_gdn_cuda" >"$OUT/test.log" 2>&1
+OMP_NUM_THREADS=8 timeout 50 "$B/tests/test_kernels" --gtest_filter='GdnCuda.*' >"$OUT/test.log" 2>&1
 echo "test rc $?"
 grep -E "^\[ *(OK|FAILED|PASSED) |Failure|error:|Value of|Expected|Which is|relative RMS|non-finite|NATSL_" "$OUT/test.log" | head -60
 el "bench"

@@ -1,0 +1,315 @@
+// The cross-entropy family (kernels/nn.h, kernels/cpu/cross_entropy.cpp, kernels/cuda/cross_entropy.cu): the
+// CPU kernel and op, then the CUDA kernels against the CPU reference (CudaCrossEntropy, skipped without a GPU).
+//
+// Fused cross-entropy: equals log_softmax + gather + mean over valid rows, ignores ignore_index rows,
+// backward by gradcheck, and keeps the mean on the device.
+#include <cmath>
+#include <cstdlib>
+
+#include "autograd/ops.h"
+#include "kernels/elementwise.h"
+#include "kernels/nn.h"
+#include "tests/cuda_test_util.h"
+#include "tests/ops_test_util.h"
+#ifdef NATSL_WITH_CUDA
+#include "kernels/cuda/cross_entropy_fused.h"
+#endif
+
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+constexpr int64_t kIgnore = -100;
+
+// mean over rows with target != ignore of -log_softmax(logits)[row, target], from the log_softmax op.
+double log_softmax_gather_mean(const Tensor& logits, const std::vector<int64_t>& targets) {
+  NoGradGuard ng;
+  auto lp = host(log_softmax(logits));
+  const int64_t V = logits.size(1);
+  double s = 0;
+  int n = 0;
+  for (size_t i = 0; i < targets.size(); ++i)
+    if (targets[i] != kIgnore) {
+      s -= lp[i * size_t(V) + size_t(targets[i])];
+      ++n;
+    }
+  return n ? s / n : 0.0;
+}
+}  // namespace
+
+TEST(CrossEntropy, EqualsLogSoftmaxGatherMeanWithIgnoredRows) {
+  const int64_t N = 7, V = 11;
+  Tensor logits = randn({N, V}, 1, DType::f64, 2.0);
+  std::vector<int64_t> t{3, kIgnore, 0, 10, kIgnore, 3, 5};
+  Tensor targets = Tensor::from_vector(t, {N}, DType::i64);
+  EXPECT_NEAR(cross_entropy(logits, targets).item(), log_softmax_gather_mean(logits, t), 1e-13);
+  // i32 targets and a custom ignore index
+  std::vector<int32_t> t32{3, 7, 0, 10, 7, 3, 5};
+  std::vector<int64_t> t_as64{3, kIgnore, 0, 10, kIgnore, 3, 5};
+  Tensor targets32 = Tensor::from_vector(t32, {N}, DType::i32);
+  EXPECT_NEAR(cross_entropy(logits, targets32, 7).item(), log_softmax_gather_mean(logits, t_as64), 1e-13);
+}
+
+TEST(CrossEntropy, KernelWritesLossesLseAndValidity) {
+  const int64_t N = 4, V = 5;
+  Tensor logits = randn({N, V}, 2);
+  std::vector<int64_t> t{1, kIgnore, 4, 0};
+  Tensor losses = poisoned({N}), lse = poisoned({N}), valid = poisoned({N});
+  kernels::cross_entropy_fwd(logits, Tensor::from_vector(t, {N}, DType::i64), kIgnore, losses, lse, valid);
+  auto x = host(logits), lv = host(losses), sv = host(lse), vv = host(valid);
+  for (int i = 0; i < N; ++i) {
+    double s = 0;
+    for (int j = 0; j < V; ++j) s += std::exp(x[size_t(i * V + j)]);
+    EXPECT_NEAR(sv[size_t(i)], std::log(s), 1e-14);
+    bool ok = t[size_t(i)] != kIgnore;
+    EXPECT_EQ(vv[size_t(i)], ok ? 1.0 : 0.0);
+    EXPECT_NEAR(lv[size_t(i)], ok ? std::log(s) - x[size_t(i * V + t[size_t(i)])] : 0.0, 1e-14);
+  }
+}
+
+TEST(CrossEntropy, Gradcheck) {
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{2, kIgnore, 0, 5, 5, kIgnore}, {6}, DType::i64);
+  expect_gradcheck([targets](auto& v) { return cross_entropy(v[0], targets); }, {leaf({6, 6}, 1, -2, 2)},
+                   "cross_entropy with ignored rows");
+  Tensor one = Tensor::from_vector(std::vector<int32_t>{0}, {1}, DType::i32);
+  expect_gradcheck([one](auto& v) { return cross_entropy(v[0], one); }, {leaf({1, 3}, 2)}, "one row");
+  // Composed with a scale, so dL/dmean != 1 reaches the node.
+  expect_gradcheck([targets](auto& v) { return mul_scalar(cross_entropy(v[0], targets), -2.5); },
+                   {leaf({6, 6}, 3, -2, 2)}, "scaled");
+}
+
+TEST(CrossEntropy, AllRowsIgnoredGivesZeroLossAndGradient) {
+  Tensor logits = leaf({3, 4}, 1);
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{kIgnore, kIgnore, kIgnore}, {3}, DType::i64);
+  Tensor loss = cross_entropy(logits, targets);
+  EXPECT_EQ(loss.item(), 0.0);
+  loss.backward();
+  for (double g : host(logits.grad())) EXPECT_EQ(g, 0.0);
+}
+
+TEST(CrossEntropy, BackwardMayOverwriteTheLogits) {
+  const int64_t N = 3, V = 6;
+  Tensor logits = randn({N, V}, 4);
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{5, kIgnore, 2}, {N}, DType::i64);
+  Tensor losses = poisoned({N}), lse = poisoned({N}), valid = poisoned({N});
+  kernels::cross_entropy_fwd(logits, targets, kIgnore, losses, lse, valid);
+  Tensor scale = Tensor::full({1}, 0.25, DType::f64);
+  Tensor separate = poisoned({N, V});
+  kernels::cross_entropy_bwd(logits, targets, lse, scale, kIgnore, separate);
+  Tensor in_place = logits.clone();
+  kernels::cross_entropy_bwd(in_place, targets, lse, scale, kIgnore, in_place);
+  EXPECT_CLOSE(in_place, separate, 0, 0);
+  // Check against (softmax - onehot) * scale directly.
+  auto x = host(logits), d = host(separate);
+  std::vector<int64_t> t{5, kIgnore, 2};
+  for (int i = 0; i < N; ++i) {
+    double s = 0;
+    for (int j = 0; j < V; ++j) s += std::exp(x[size_t(i * V + j)]);
+    for (int j = 0; j < V; ++j) {
+      double want = t[size_t(i)] == kIgnore ? 0.0 : (std::exp(x[size_t(i * V + j)]) / s - (j == t[size_t(i)])) * 0.25;
+      EXPECT_NEAR(d[size_t(i * V + j)], want, 1e-15);
+    }
+  }
+}
+
+TEST(CrossEntropy, F32LogitsGiveF32LossMatchingF64) {
+  Tensor logits = randn({5, 9}, 5, DType::f64, 3.0);
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{0, 8, kIgnore, 4, 4}, {5}, DType::i64);
+  Tensor l32 = cross_entropy(logits.to(DType::f32), targets);
+  EXPECT_EQ(l32.dtype(), DType::f32);
+  EXPECT_NEAR(l32.item(), cross_entropy(logits, targets).item(), 1e-5);
+}
+
+TEST(CrossEntropy, BadTargetsAreRejected) {
+  Tensor logits = randn({2, 4}, 6);
+  EXPECT_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int64_t>{0, 4}, {2}, DType::i64)), InputError);
+  EXPECT_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int64_t>{-1, 0}, {2}, DType::i64)), InputError);
+  EXPECT_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int64_t>{0, 0, 0}, {3}, DType::i64)), Error);
+  EXPECT_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<double>{0, 0}, {2})), Error);
+}
+
+// CUDA fused cross-entropy (forward, backward, in-place backward, one-kernel forward+backward) against the
+// CPU reference in f64 on the same rounded logits.
+// Tolerances: losses/lse are f32 statistics: rel RMS 1e-5, max 1e-4 (f32 logits; same for bf16 logits,
+// whose values are exact in f32); dlogits kF32 / kBf16.
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+
+constexpr Tol kStats{1e-5, 1e-4};
+
+struct CeCase {
+  int64_t N, V;
+  int64_t ignore_index;
+};
+
+// Targets in [0, V) with every 5th row (and row 1) set to ignore_index.
+Tensor make_targets(const CeCase& c, uint64_t seed, DType it) {
+  Tensor t = random_token_ids({c.N}, c.V, seed, DType::i64);
+  std::vector<int64_t> v = t.to_vector<int64_t>();
+  for (size_t i = 0; i < v.size(); ++i)
+    if (i % 5 == 3 || i == 1) v[i] = c.ignore_index;
+  return Tensor::from_vector(v, {c.N}, it);
+}
+
+const CeCase kCases[] = {{1, 1, -100}, {5, 7, -100}, {33, 1000, -100}, {3, 50001, -100}, {64, 32000, -100},
+                         {17, 129, 3} /* an ignore index that is also a class id */, {9, 4104, 3}};
+
+}  // namespace
+
+TEST(CudaCrossEntropy, ForwardBackwardAndInPlace) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 1;
+  const double grad_scale = 0.37;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (const CeCase& c : kCases) {
+        const std::string what = case_name("cross_entropy", dt, {c.N, c.V}) + " targets " + dtype_str(it) +
+                                 " ignore " + std::to_string(c.ignore_index);
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), dt);
+        Tensor tg = make_targets(c, seed++, it);
+        Tensor ref_loss = cpu_poisoned({c.N}), ref_lse = cpu_poisoned({c.N}), ref_valid = cpu_poisoned({c.N});
+        kernels::cpu::cross_entropy_fwd(f64(xq), tg, c.ignore_index, ref_loss, ref_lse, ref_valid);
+        Tensor xg = to_gpu(xq), tgg = to_gpu(tg);
+        Tensor loss = gpu_poisoned({c.N}, DType::f32), lse = gpu_poisoned({c.N}, DType::f32),
+               valid = gpu_poisoned({c.N}, DType::f32);
+        kernels::cross_entropy_fwd(xg, tgg, c.ignore_index, loss, lse, valid);
+        expect_match(loss, ref_loss, kStats, what + " losses");
+        expect_match(lse, ref_lse, kStats, what + " lse");
+        expect_match(valid, ref_valid, Tol{0, 0}, what + " valid");
+
+        Tensor lse32 = ref_lse.to(DType::f32);
+        Tensor scale = Tensor::full({1}, grad_scale, DType::f32);
+        Tensor ref_d = cpu_poisoned({c.N, c.V});
+        kernels::cpu::cross_entropy_bwd(f64(xq), tg, f64(lse32), scale.to(DType::f64), c.ignore_index, ref_d);
+        Tensor d = gpu_poisoned({c.N, c.V}, dt);
+        kernels::cross_entropy_bwd(xg, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, d);
+        expect_match(d, ref_d, tol_for(dt), what + " dlogits");
+        // In place: the gradient overwrites the logits buffer.
+        Tensor inplace = to_gpu(xq);
+        kernels::cross_entropy_bwd(inplace, tgg, to_gpu(lse32), to_gpu(scale), c.ignore_index, inplace);
+        expect_match(inplace, ref_d, tol_for(dt), what + " dlogits in place");
+#ifdef NATSL_WITH_CUDA
+        // One kernel for both, out of place and in place, each fused kernel (the ring kernel takes rows of
+        // a multiple of 16 bytes; other rows fall back to the register-row kernel).
+        for (bool ring : {false, true})
+        for (bool in_place : {false, true}) {
+          Tensor x2 = to_gpu(xq);
+          Tensor l2 = gpu_poisoned({c.N}, DType::f32), s2 = gpu_poisoned({c.N}, DType::f32),
+                 v2 = gpu_poisoned({c.N}, DType::f32);
+          Tensor d2 = in_place ? x2 : gpu_poisoned({c.N, c.V}, dt);
+          kernels::cuda::cross_entropy_fwd_bwd(x2, tgg, c.ignore_index, to_gpu(scale), l2, s2, v2, d2,
+                                               kernels::cuda::CrossEntropyFusedPlan{ring});
+          const std::string w2 = what + (in_place ? " fused in place" : " fused") + (ring ? " ring" : " rows");
+          expect_match(l2, ref_loss, kStats, w2 + " losses");
+          expect_match(s2, ref_lse, kStats, w2 + " lse");
+          expect_match(v2, ref_valid, Tol{0, 0}, w2 + " valid");
+          expect_match(d2, ref_d, tol_for(dt), w2 + " dlogits");
+        }
+#endif
+      }
+}
+
+TEST(CudaCrossEntropy, AllRowsIgnoredGivesZeroLossAndGradient) {
+  NATSL_REQUIRE_GPU();
+  const CeCase c{9, 100, -100};
+  Tensor xq = q(randn({c.N, c.V}, 5), DType::f32);
+  Tensor tg = Tensor::full({c.N}, -100.0, DType::i64);
+  Tensor loss = gpu_poisoned({c.N}, DType::f32), lse = gpu_poisoned({c.N}, DType::f32),
+         valid = gpu_poisoned({c.N}, DType::f32);
+  kernels::cross_entropy_fwd(to_gpu(xq), to_gpu(tg), -100, loss, lse, valid);
+  for (double v : loss.to_vector<double>()) EXPECT_EQ(v, 0.0);
+  for (double v : valid.to_vector<double>()) EXPECT_EQ(v, 0.0);
+  Tensor d = gpu_poisoned({c.N, c.V}, DType::f32);
+  kernels::cross_entropy_bwd(to_gpu(xq), to_gpu(tg), lse, to_gpu(Tensor::full({1}, 1.0)), -100, d);
+  for (double v : d.to_vector<double>()) ASSERT_EQ(v, 0.0);
+}
+
+#ifdef NATSL_WITH_CUDA
+// The autograd op on CUDA with grad takes the fused path (gradient computed in the forward, count of valid
+// targets on the device). Loss and gradient against the CPU op in f64 on the same rounded logits, for a
+// loss that is the root of the backward (incoming gradient 1) and one scaled afterwards (gradient -2.5).
+TEST(CudaCrossEntropy, AutogradFusedPathMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 400;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const CeCase& c : {CeCase{33, 1000, -100}, CeCase{17, 129, 3}, CeCase{8, 32000, -100}})
+      for (double outer : {1.0, -2.5}) {
+        const std::string what = case_name("autograd cross_entropy", dt, {c.N, c.V}) + " outer " +
+                                 std::to_string(outer);
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), dt);
+        Tensor tg = make_targets(c, seed++, DType::i64);
+        Tensor xc = f64(xq).detach();
+        xc.set_requires_grad(true);
+        Tensor ref = mul_scalar(cross_entropy(xc, tg, c.ignore_index), outer);
+        ref.backward(Tensor(), false);
+        Tensor xg = to_gpu(xq).detach();
+        xg.set_requires_grad(true);
+        Tensor loss = mul_scalar(cross_entropy(xg, to_gpu(tg), c.ignore_index), outer);
+        loss.backward(Tensor(), false);
+        expect_match(loss.reshape({1}).to(Device::cpu()), ref.reshape({1}), kStats, what + " loss");
+        expect_match(xg.grad(), xc.grad(), tol_for(dt), what + " dlogits");
+      }
+}
+
+// Both fused kernels on many rows per block: the ring kernel refills each of its 2-3 stages
+// several times (600 rows of 64 KB at one block per SM; 1200 rows of 8008), out of place and in place.
+TEST(CudaCrossEntropy, FusedVariantsOnManyRows) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 700;
+  struct Big {
+    DType dt;
+    CeCase c;
+  };
+  for (const Big& b : {Big{DType::bf16, {600, 32000, -100}}, Big{DType::f32, {1200, 8008, -100}},
+                       Big{DType::bf16, {1200, 8008, -100}}})
+    for (bool ring : {false, true})
+      for (bool in_place : {false, true}) {
+        const CeCase& c = b.c;
+        const std::string what = case_name("fused cross_entropy", b.dt, {c.N, c.V}) + (ring ? " ring" : " rows") +
+                                 (in_place ? " in place" : "");
+        Tensor xq = q(randn({c.N, c.V}, seed++, DType::f64, 4.0), b.dt);
+        Tensor tg = make_targets(c, seed++, DType::i32);
+        Tensor ref_loss = cpu_poisoned({c.N}), ref_lse = cpu_poisoned({c.N}), ref_valid = cpu_poisoned({c.N});
+        kernels::cpu::cross_entropy_fwd(f64(xq), tg, c.ignore_index, ref_loss, ref_lse, ref_valid);
+        Tensor scale = Tensor::full({1}, 0.37, DType::f32);
+        Tensor ref_d = cpu_poisoned({c.N, c.V});
+        kernels::cpu::cross_entropy_bwd(f64(xq), tg, f64(ref_lse.to(DType::f32)), scale.to(DType::f64),
+                                        c.ignore_index, ref_d);
+        Tensor x = to_gpu(xq);
+        Tensor l = gpu_poisoned({c.N}, DType::f32), s = gpu_poisoned({c.N}, DType::f32),
+               v = gpu_poisoned({c.N}, DType::f32);
+        Tensor d = in_place ? x : gpu_poisoned({c.N, c.V}, b.dt);
+        kernels::cuda::cross_entropy_fwd_bwd(x, to_gpu(tg), c.ignore_index, to_gpu(scale), l, s, v, d,
+                                             kernels::cuda::CrossEntropyFusedPlan{ring});
+        expect_match(l, ref_loss, kStats, what + " losses");
+        expect_match(s, ref_lse, kStats, what + " lse");
+        expect_match(v, ref_valid, Tol{0, 0}, what + " valid");
+        expect_match(d, ref_d, tol_for(b.dt), what + " dlogits");
+      }
+}
+
+TEST(CudaCrossEntropy, ValidCountAndScaleUnlessOne) {
+  NATSL_REQUIRE_GPU();
+  const CeCase c{1000, 10, -100};
+  Tensor tg = make_targets(c, 7, DType::i32);  // rows 1 and i % 5 == 3 ignored: 1000 - 200 - 1
+  Tensor count = gpu_poisoned({1}, DType::f32), inv = gpu_poisoned({1}, DType::f32);
+  kernels::cuda::cross_entropy_valid_count(to_gpu(tg), c.ignore_index, count, inv);
+  EXPECT_EQ(count.to_vector<double>()[0], 799.0);
+  EXPECT_NEAR(inv.to_vector<double>()[0], 1.0 / 799.0, 1e-7 / 799.0);
+  kernels::cuda::cross_entropy_valid_count(to_gpu(Tensor::full({5}, -100.0, DType::i64)), -100, count, inv);
+  EXPECT_EQ(count.to_vector<double>()[0], 0.0);
+  EXPECT_EQ(inv.to_vector<double>()[0], 1.0);
+  for (DType dt : {DType::f32, DType::bf16})
+    for (double a : {1.0, 0.5, -3.0}) {
+      Tensor xq = q(randn({1001}, 9), dt);
+      Tensor x = to_gpu(xq);
+      kernels::cuda::scale_unless_one(x, to_gpu(Tensor::full({1}, a, DType::f32)));
+      Tensor ref = f64(xq);
+      kernels::scale(ref, a, ref);
+      ref = f64(q(ref, dt));  // the device rounds the exact f32 product once to dt
+      expect_match(x, ref, Tol{0, 0}, case_name("scale_unless_one", dt, {1001}) + " by " + std::to_string(a));
+    }
+}
+#endif

@@ -1,0 +1,242 @@
+// The mix_norm_gate family (kernels/mix_norm_gate.h, kernels/cpu/mix_norm_gate.cpp,
+// kernels/cuda/mix_norm_gate.cu): the CPU kernel against the oracle, then the CUDA kernel against the CPU
+// reference (NatslCuda, skipped without a GPU).
+//
+// Output mixing (kernels/mix_norm_gate.h): forward against the f64 oracle, backward against finite
+// differences of <y, dy>, low precision against f64.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "kernels/mix_norm_gate.h"
+#include "kernels/router.h"
+#include "tests/kernels/oracle.h"
+#include "tests/test_util.h"
+
+using namespace natsl;
+using namespace natsl::kernels;
+using natsl::testing::poison;
+using natsl::testing::randn;
+
+namespace {
+
+constexpr double kEps = 1e-6;
+
+struct Inputs {
+  Tensor og, oa, wlogits, z, gamma_g, gamma_a, dy;
+};
+Inputs make_inputs(const Shape& rows, int64_t D, uint64_t seed) {
+  Shape s = rows, w = rows;
+  s.push_back(D);
+  w.push_back(2);
+  return {randn(s, seed), randn(s, seed + 1, DType::f64, 3.0), randn(w, seed + 2), randn(s, seed + 3),
+          natsl::testing::rand_uniform({D}, seed + 4, 0.5, 1.5), natsl::testing::rand_uniform({D}, seed + 5, 0.5, 1.5),
+          randn(s, seed + 6)};
+}
+
+Inputs cast(const Inputs& in, DType dt) {
+  return {in.og.to(dt), in.oa.to(dt), in.wlogits.to(dt), in.z.to(dt), in.gamma_g.to(dt), in.gamma_a.to(dt),
+          in.dy.to(dt)};
+}
+
+struct Out {
+  Tensor y, rstd_g, rstd_a;
+};
+Out forward(const Inputs& in) {
+  const DType st = in.og.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Shape rows(in.og.shape().begin(), in.og.shape().end() - 1);
+  Out o{Tensor::empty(in.og.shape(), in.og.dtype()), Tensor::empty(rows, st), Tensor::empty(rows, st)};
+  poison(o.y);
+  poison(o.rstd_g);
+  poison(o.rstd_a);
+  mix_norm_gate_fwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, kEps, o.y, o.rstd_g, o.rstd_a);
+  return o;
+}
+
+struct Grads {
+  Tensor dog, doa, dwlogits, dz, dgamma_g, dgamma_a;
+};
+Grads backward(const Inputs& in, const Out& o) {
+  auto e = [](const Tensor& like) {
+    Tensor t = Tensor::empty(like.shape(), like.dtype());
+    poison(t);
+    return t;
+  };
+  Grads g{e(in.og), e(in.oa), e(in.wlogits), e(in.z), e(in.gamma_g), e(in.gamma_a)};
+  mix_norm_gate_bwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, o.rstd_g, o.rstd_a, in.dy, g.dog, g.doa,
+                    g.dwlogits, g.dz, g.dgamma_g, g.dgamma_a);
+  return g;
+}
+
+}  // namespace
+
+TEST(MixNormGate, ForwardMatchesOracle) {
+  const Inputs in = make_inputs({2, 7, 3}, 5, 1);
+  const Out o = forward(in);
+  EXPECT_CLOSE(o.y, oracle::mix_fwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, kEps), 1e-14, 1e-13);
+  // rstd of the first row, directly.
+  double s = 0;
+  for (int64_t e = 0; e < 5; ++e) s += oracle::cptr(in.og)[e] * oracle::cptr(in.og)[e];
+  EXPECT_NEAR(oracle::cptr(o.rstd_g)[0], 1 / std::sqrt(s / 5 + kEps), 1e-14);
+}
+
+TEST(MixNormGate, BackwardMatchesFiniteDifferences) {
+  for (int64_t D : {5, 2}) {
+    const Inputs in = make_inputs({3, 2}, D, 10 + uint64_t(D));
+    const Grads g = backward(in, forward(in));
+    auto loss = [&] {
+      return oracle::inner(oracle::mix_fwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, kEps), in.dy);
+    };
+    EXPECT_CLOSE(g.dog, oracle::finite_difference(loss, in.og), 1e-7, 1e-7);
+    EXPECT_CLOSE(g.doa, oracle::finite_difference(loss, in.oa), 1e-7, 1e-7);
+    EXPECT_CLOSE(g.dwlogits, oracle::finite_difference(loss, in.wlogits), 1e-7, 1e-7);
+    EXPECT_CLOSE(g.dz, oracle::finite_difference(loss, in.z), 1e-7, 1e-7);
+    EXPECT_CLOSE(g.dgamma_g, oracle::finite_difference(loss, in.gamma_g), 1e-7, 1e-7);
+    EXPECT_CLOSE(g.dgamma_a, oracle::finite_difference(loss, in.gamma_a), 1e-7, 1e-7);
+  }
+}
+
+TEST(MixNormGate, LowPrecisionCloseToF64) {
+  const Inputs in = make_inputs({4, 6}, 16, 20);
+  const Out ref = forward(in);
+  const Grads gref = backward(in, ref);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Inputs low = cast(in, dt);
+    const Out o = forward(low);
+    const Grads g = backward(low, o);
+    const double tol = dt == DType::f32 ? 1e-5 : 2e-2;
+    EXPECT_CLOSE(o.y.to(DType::f64), ref.y, tol, 10 * tol);
+    EXPECT_CLOSE(g.dog.to(DType::f64), gref.dog, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(g.doa.to(DType::f64), gref.doa, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(g.dwlogits.to(DType::f64), gref.dwlogits, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(g.dz.to(DType::f64), gref.dz, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(g.dgamma_g.to(DType::f64), gref.dgamma_g, 2 * tol, 100 * tol);
+  }
+}
+
+TEST(MixNormGate, RejectsMismatchedShapes) {
+  const Inputs in = make_inputs({2, 3}, 4, 30);
+  Out o = forward(in);
+  EXPECT_THROW(mix_norm_gate_fwd(in.og, in.oa, randn({2, 3, 3}, 1), in.z, in.gamma_g, in.gamma_a, kEps, o.y,
+                                 o.rstd_g, o.rstd_a),
+               Error);
+  EXPECT_THROW(mix_norm_gate_fwd(in.og, in.oa, in.wlogits, in.z, randn({5}, 2), in.gamma_a, kEps, o.y, o.rstd_g,
+                                 o.rstd_a),
+               Error);
+}
+
+// CUDA output mixing (mix_norm_gate) against the CPU reference run in f64 on the same rounded inputs: f32 to
+// ~1e-6 relative, bf16 to its rounding (outputs stored in bf16: 1e-2 relative RMS). Awkward shapes (odd widths,
+// one token, rows wider than a block); every GPU output starts as NaN.
+using namespace natsl;
+using namespace natsl::kernels;
+using natsl::testing::compare;
+using natsl::testing::ErrorStats;
+using natsl::testing::poison;
+using natsl::testing::randn;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+Tensor poisoned(const Shape& s, DType dt, Device d) {
+  Tensor t = Tensor::empty(s, dt, d);
+  poison(t);
+  return t;
+}
+// Random data rounded to dt (CPU), and the same values in f64 for the reference.
+struct Data {
+  Tensor low, f64;
+};
+Data make(const Shape& s, uint64_t seed, DType dt, double std = 1.0, double shift = 0.0) {
+  Tensor r = randn(s, seed, DType::f64, std);
+  if (shift != 0) {
+    double* p = r.data<double>();
+    for (int64_t i = 0; i < r.numel(); ++i) p[i] += shift;
+  }
+  Tensor low = r.to(dt);
+  return {low, low.to(DType::f64)};
+}
+
+double tol_for(DType dt) { return dt == DType::bf16 ? 1e-2 : 2e-6; }
+
+void expect_close(const Tensor& gpu, const Tensor& ref, double rel, const std::string& what) {
+  SCOPED_TRACE(what);
+  const ErrorStats e = compare(gpu.to(kCPU).to(DType::f64), ref);
+  EXPECT_TRUE(e.finite) << "non-finite values (unwritten output?)";
+  EXPECT_LE(e.rel_rms, rel);
+}
+
+const char* name(DType dt) { return dt == DType::bf16 ? "bf16" : "f32"; }
+
+}  // namespace
+
+TEST(NatslCuda, MixNormGateMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16})
+    for (Shape rows : {Shape{1, 1}, Shape{2, 37, 3}, Shape{2, 100, 12}, Shape{3, 5}, Shape{4, 33}})
+      for (int64_t D : {2, 5, 64, 128, 256, 1000}) {
+        if (D == 1000 && rows.size() == 3 && rows[1] == 100) continue;  // keep the f64 reference quick
+        Shape s = rows;
+        s.push_back(D);
+        Shape ws = rows;
+        ws.push_back(2);
+        SCOPED_TRACE(std::string(name(dt)) + " " + shape_str(s));
+        const uint64_t seed = uint64_t(D) * 100 + uint64_t(rows.back());
+        Data og = make(s, seed + 1, dt, 0.7), oa = make(s, seed + 2, dt, 1.3), z = make(s, seed + 3, dt, 1.5);
+        Data wl = make(ws, seed + 4, dt), dy = make(s, seed + 5, dt);
+        Data gg = make({D}, seed + 6, dt, 0.3, 1.0), ga = make({D}, seed + 7, dt, 0.3, 1.0);
+        const double eps = 1e-6;
+        const Shape rs = rows;
+
+        // f64 reference
+        Tensor y = Tensor::empty(s, DType::f64), rg = Tensor::empty(rs, DType::f64), ra = Tensor::empty(rs, DType::f64);
+        mix_norm_gate_fwd(og.f64, oa.f64, wl.f64, z.f64, gg.f64, ga.f64, eps, y, rg, ra);
+        auto e64 = [&](const Shape& sh) { return Tensor::empty(sh, DType::f64); };
+        Tensor dog = e64(s), doa = e64(s), dwl = e64(ws), dz = e64(s), dgg = e64({D}), dga = e64({D});
+        mix_norm_gate_bwd(og.f64, oa.f64, wl.f64, z.f64, gg.f64, ga.f64, rg, ra, dy.f64, dog, doa, dwl, dz, dgg, dga);
+
+        // GPU
+        auto G = [&](const Data& d) { return d.low.to(kGpu); };
+        Tensor gy = poisoned(s, dt, kGpu), grg = poisoned(rs, DType::f32, kGpu), gra = poisoned(rs, DType::f32, kGpu);
+        mix_norm_gate_fwd(G(og), G(oa), G(wl), G(z), G(gg), G(ga), eps, gy, grg, gra);
+        const double tol = tol_for(dt);
+        expect_close(gy, y, tol, "y");
+        expect_close(grg, rg, 1e-6, "rstd_g");  // statistics are f32 from the same rounded inputs
+        expect_close(gra, ra, 1e-6, "rstd_a");
+        for (bool with_dgamma : {true, false}) {
+          SCOPED_TRACE(with_dgamma ? "with dgamma" : "without dgamma");
+          auto P = [&](const Shape& sh) { return poisoned(sh, dt, kGpu); };
+          Tensor gdog = P(s), gdoa = P(s), gdwl = P(ws), gdz = P(s);
+          Tensor gdgg = with_dgamma ? P({D}) : Tensor(), gdga = with_dgamma ? P({D}) : Tensor();
+          mix_norm_gate_bwd(G(og), G(oa), G(wl), G(z), G(gg), G(ga), grg, gra, G(dy), gdog, gdoa, gdwl, gdz, gdgg, gdga);
+          expect_close(gdog, dog, tol, "dog");
+          expect_close(gdoa, doa, tol, "doa");
+          expect_close(gdwl, dwl, dt == DType::bf16 ? tol : 1e-5, "dwlogits");
+          expect_close(gdz, dz, tol, "dz");
+          if (with_dgamma) {
+            expect_close(gdgg, dgg, dt == DType::bf16 ? tol : 1e-5, "dgamma_g");
+            expect_close(gdga, dga, dt == DType::bf16 ? tol : 1e-5, "dgamma_a");
+          }
+        }
+      }
+}
+
+// A row of zeros (eps keeps rstd finite) and huge / tiny gate values stay finite on the GPU as on the CPU.
+TEST(NatslCuda, MixNormGateExtremeRows) {
+  NATSL_REQUIRE_GPU();
+  const int64_t D = 128;
+  Tensor og = Tensor::zeros({2, D}, DType::f32), oa = randn({2, D}, 3, DType::f32);
+  Tensor z = randn({2, D}, 4, DType::f32, 40.0), wl = randn({2, 2}, 5, DType::f32, 30.0);
+  Tensor g1 = Tensor::full({D}, 1.0, DType::f32), dy = randn({2, D}, 6, DType::f32);
+  Tensor y = Tensor::empty({2, D}, DType::f32), rg = Tensor::empty({2}, DType::f32), ra = Tensor::empty({2}, DType::f32);
+  mix_norm_gate_fwd(og, oa, wl, z, g1, g1, 1e-6, y, rg, ra);
+  Tensor gy = poisoned({2, D}, DType::f32, kGpu), grg = poisoned({2}, DType::f32, kGpu),
+         gra = poisoned({2}, DType::f32, kGpu);
+  mix_norm_gate_fwd(og.to(kGpu), oa.to(kGpu), wl.to(kGpu), z.to(kGpu), g1.to(kGpu), g1.to(kGpu), 1e-6, gy, grg, gra);
+  const ErrorStats e = compare(gy.to(kCPU), y);
+  EXPECT_TRUE(e.finite);
+  EXPECT_LE(e.rel_rms, 1e-5);
+  EXPECT_NEAR(grg.to(kCPU).to_vector<double>()[0], 1e3, 1e-2);  // 1 / sqrt(1e-6)
+}

@@ -1,0 +1,624 @@
+// The nn family (kernels/nn.h: embedding, rmsnorm, l2norm, softmax, short_conv, swiglu): the CPU kernels in
+// f64 and bf16, then the CUDA kernels against the CPU reference (Cuda* suites, skipped without a GPU).
+//
+// embedding, rmsnorm, l2norm, softmax, log_softmax, short_conv, swiglu: kernels against direct loops
+// (outputs poisoned first) and the ops' backward by gradcheck.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <limits>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/ops.h"
+#include "kernels/cuda/embedding_bwd.h"
+#include "kernels/cuda/rmsnorm_plan.h"
+#include "kernels/nn.h"
+#include "tests/cuda_test_util.h"
+#include "tests/ops_test_util.h"
+
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+double sigm(double x) { return 1 / (1 + std::exp(-x)); }
+}  // namespace
+
+TEST(Embedding, ForwardGathersRowsAndBackwardAddsRepeats) {
+  const int64_t V = 7, D = 3;
+  Tensor w = randn({V, D}, 1);
+  Tensor ids = Tensor::from_vector(std::vector<int32_t>{4, 0, 4, 6, 4, 1}, {2, 3}, DType::i32);
+  Tensor out = poisoned({2, 3, D});
+  kernels::embedding_fwd(w, ids, out);
+  auto wv = host(w), ov = host(out);
+  std::vector<int> idv{4, 0, 4, 6, 4, 1};
+  for (int i = 0; i < 6; ++i)
+    for (int d = 0; d < D; ++d) EXPECT_EQ(ov[size_t(i * D + d)], wv[size_t(idv[size_t(i)] * D + d)]);
+
+  Tensor dout = randn({2, 3, D}, 2);
+  Tensor dw = Tensor::full({V, D}, 0.5, DType::f64);  // accumulated into, not overwritten
+  kernels::embedding_bwd(ids, dout, dw);
+  auto gv = host(dout), dwv = host(dw);
+  for (int v = 0; v < V; ++v)
+    for (int d = 0; d < D; ++d) {
+      double want = 0.5;
+      for (int i = 0; i < 6; ++i)
+        if (idv[size_t(i)] == v) want += gv[size_t(i * D + d)];
+      EXPECT_NEAR(dwv[size_t(v * D + d)], want, 1e-15);
+    }
+}
+
+TEST(Embedding, GradcheckWithRepeatedIds) {
+  Tensor ids = random_ids({3, 5}, 4, 7);  // 15 draws from 4 ids: repeats are certain
+  expect_gradcheck([ids](auto& v) { return embedding(v[0], ids); }, {leaf({4, 3}, 1)}, "embedding i64");
+  Tensor ids32 = Tensor::from_vector(std::vector<int32_t>{2, 2, 0}, {3}, DType::i32);
+  expect_gradcheck([ids32](auto& v) { return embedding(v[0], ids32); }, {leaf({3, 2}, 2)}, "embedding i32");
+}
+
+TEST(Embedding, OutOfRangeIdIsAnInputError) {
+  Tensor w = randn({5, 2}, 1);
+  EXPECT_THROW(embedding(w, Tensor::from_vector(std::vector<int64_t>{0, 5}, {2}, DType::i64)), InputError);
+  EXPECT_THROW(embedding(w, Tensor::from_vector(std::vector<int32_t>{-1}, {1}, DType::i32)), InputError);
+  EXPECT_THROW(embedding(w, Tensor::from_vector(std::vector<double>{0}, {1})), Error);  // float ids
+}
+
+TEST(RmsNorm, ForwardMatchesLoop) {
+  const int64_t R = 5, D = 7;
+  const double eps = 1e-5;
+  Tensor x = randn({R, D}, 1), w = randn({D}, 2);
+  for (bool with_w : {true, false}) {
+    Tensor y = poisoned({R, D}), rstd = poisoned({R});
+    kernels::rmsnorm_fwd(x, with_w ? w : Tensor(), eps, y, rstd);
+    auto xv = host(x), wv = host(w), yv = host(y), rv = host(rstd);
+    for (int r = 0; r < R; ++r) {
+      double ss = 0;
+      for (int d = 0; d < D; ++d) ss += xv[size_t(r * D + d)] * xv[size_t(r * D + d)];
+      double rs = 1 / std::sqrt(ss / D + eps);
+      EXPECT_NEAR(rv[size_t(r)], rs, 1e-14);
+      for (int d = 0; d < D; ++d)
+        EXPECT_NEAR(yv[size_t(r * D + d)], xv[size_t(r * D + d)] * rs * (with_w ? wv[size_t(d)] : 1.0), 1e-14);
+    }
+  }
+}
+
+TEST(RmsNorm, Gradcheck) {
+  expect_gradcheck([](auto& v) { return rmsnorm(v[0], v[1], 1e-5); }, {leaf({2, 3, 5}, 1), leaf({5}, 2)},
+                   "rmsnorm with weight");
+  expect_gradcheck([](auto& v) { return rmsnorm(v[0], Tensor(), 1e-5); }, {leaf({3, 1}, 3)}, "rmsnorm D=1");
+  expect_gradcheck([](auto& v) { return rmsnorm(v[0], Tensor(), 0.1); }, {leaf({4, 6}, 4)}, "rmsnorm no weight");
+}
+
+TEST(L2Norm, ForwardMatchesLoopAndGradcheck) {
+  const int64_t R = 3, D = 5;
+  Tensor x = randn({R, D}, 1), y = poisoned({R, D}), rn = poisoned({R});
+  kernels::l2norm_fwd(x, 1e-6, y, rn);
+  auto xv = host(x), yv = host(y);
+  for (int r = 0; r < R; ++r) {
+    double ss = 0;
+    for (int d = 0; d < D; ++d) ss += xv[size_t(r * D + d)] * xv[size_t(r * D + d)];
+    for (int d = 0; d < D; ++d) EXPECT_NEAR(yv[size_t(r * D + d)], xv[size_t(r * D + d)] / std::sqrt(ss + 1e-6), 1e-14);
+  }
+  expect_gradcheck([](auto& v) { return l2norm(v[0]); }, {leaf({2, 3, 7}, 2)}, "l2norm");
+  expect_gradcheck([](auto& v) { return l2norm(v[0], 0.5); }, {leaf({4, 1}, 3)}, "l2norm D=1, large eps");
+}
+
+TEST(Softmax, ForwardMatchesLoopIncludingLargeLogits) {
+  const int64_t R = 4, D = 9;
+  Tensor x = randn({R, D}, 1, DType::f64, 3.0);
+  std::vector<double> xv = host(x);
+  xv[3] = 800;  // exp would overflow without the max shift
+  x = Tensor::from_vector(xv, {R, D});
+  Tensor p = poisoned({R, D}), lp = poisoned({R, D});
+  kernels::softmax_fwd(x, p);
+  kernels::log_softmax_fwd(x, lp);
+  auto pv = host(p), lv = host(lp);
+  for (int r = 0; r < R; ++r) {
+    double m = -INFINITY;
+    for (int d = 0; d < D; ++d) m = std::max(m, xv[size_t(r * D + d)]);
+    double s = 0;
+    for (int d = 0; d < D; ++d) s += std::exp(xv[size_t(r * D + d)] - m);
+    for (int d = 0; d < D; ++d) {
+      double z = xv[size_t(r * D + d)] - m;
+      EXPECT_NEAR(pv[size_t(r * D + d)], std::exp(z) / s, 1e-15);
+      EXPECT_NEAR(lv[size_t(r * D + d)], z - std::log(s), 1e-12);
+    }
+  }
+}
+
+TEST(Softmax, Gradcheck) {
+  expect_gradcheck([](auto& v) { return softmax(v[0]); }, {leaf({2, 3, 5}, 1, -3, 3)}, "softmax");
+  expect_gradcheck([](auto& v) { return log_softmax(v[0]); }, {leaf({3, 7}, 2, -3, 3)}, "log_softmax");
+  expect_gradcheck([](auto& v) { return log_softmax(v[0]); }, {leaf({2, 1}, 3)}, "log_softmax D=1");
+}
+
+TEST(ShortConv, ForwardMatchesLoop) {
+  const int64_t B = 2, T = 6, C = 3, W = 4;
+  Tensor x = randn({B, T, C}, 1), w = randn({C, W}, 2);
+  auto xv = host(x), wv = host(w);
+  for (bool act : {false, true}) {
+    Tensor y = poisoned({B, T, C});
+    kernels::short_conv_fwd(x, w, act, y);
+    auto yv = host(y);
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t)
+        for (int c = 0; c < C; ++c) {
+          double z = 0;
+          for (int j = 0; j < W; ++j) {
+            int s = t - int(W) + 1 + j;
+            if (s >= 0) z += wv[size_t(c * W + j)] * xv[size_t((b * T + s) * C + c)];
+          }
+          double want = act ? z * sigm(z) : z;
+          EXPECT_NEAR(yv[size_t((b * T + t) * C + c)], want, 1e-14);
+        }
+  }
+}
+
+TEST(ShortConv, GradcheckIncludingShortSequences) {
+  for (bool act : {false, true}) {
+    auto f = [act](auto& v) { return short_conv(v[0], v[1], act); };
+    expect_gradcheck(f, {leaf({2, 7, 3}, 1), leaf({3, 4}, 2)}, "T > W");
+    expect_gradcheck(f, {leaf({1, 2, 5}, 3), leaf({5, 4}, 4)}, "T < W");
+    expect_gradcheck(f, {leaf({3, 1, 2}, 5), leaf({2, 3}, 6)}, "T = 1, W = 3");
+  }
+}
+
+TEST(Swiglu, ForwardMatchesLoopAndGradcheck) {
+  Tensor g = randn({3, 5}, 1, DType::f64, 3.0), u = randn({3, 5}, 2), y = poisoned({3, 5});
+  kernels::swiglu_fwd(g, u, y);
+  auto gv = host(g), uv = host(u), yv = host(y);
+  for (size_t i = 0; i < gv.size(); ++i) EXPECT_NEAR(yv[i], gv[i] * sigm(gv[i]) * uv[i], 1e-14);
+  expect_gradcheck([](auto& v) { return swiglu(v[0], v[1]); }, {leaf({2, 3, 5}, 3, -4, 4), leaf({2, 3, 5}, 4)},
+                   "swiglu");
+}
+
+TEST(NnKernels, BackwardsWriteEveryOutput) {
+  // Poisoned gradient outputs must come back finite (every element written, none left as NaN).
+  Tensor x = randn({2, 5, 3}, 1), w = randn({3, 4}, 2), dy = randn({2, 5, 3}, 3);
+  Tensor dx = poisoned({2, 5, 3}), dw = poisoned({3, 4});
+  kernels::short_conv_bwd(x, w, true, dy, dx, dw);
+  expect_all_finite(dx, "dx");
+  expect_all_finite(dw, "dw");
+  Tensor rw = randn({3}, 4), rstd = poisoned({2, 5}), y = poisoned({2, 5, 3}), drw = poisoned({3});
+  kernels::rmsnorm_fwd(x, rw, 1e-6, y, rstd);
+  dx = poisoned({2, 5, 3});
+  kernels::rmsnorm_bwd(x, rw, rstd, dy, dx, drw);
+  expect_all_finite(dx, "dx");
+  expect_all_finite(drw, "drw");
+  Tensor dg = poisoned({2, 5, 3}), du = poisoned({2, 5, 3});
+  kernels::swiglu_bwd(x, y, dy, dg, du);
+  expect_all_finite(dg, "dg");
+  expect_all_finite(du, "du");
+}
+
+TEST(NnKernels, RejectBadArguments) {
+  Tensor x = randn({2, 4}, 1);
+  EXPECT_THROW(kernels::rmsnorm_fwd(x, randn({3}, 2), 1e-6, Tensor::empty({2, 4}, DType::f64),
+                                    Tensor::empty({2}, DType::f64)), Error);  // weight size
+  EXPECT_THROW(kernels::rmsnorm_fwd(x, Tensor(), 1e-6, Tensor::empty({2, 4}, DType::f64),
+                                    Tensor::empty({2}, DType::f32)), Error);  // rstd dtype for f64 data
+  EXPECT_THROW(kernels::softmax_fwd(x, Tensor::empty({4, 2}, DType::f64)), Error);
+  EXPECT_THROW(kernels::short_conv_fwd(randn({2, 3, 4}, 3), randn({3, 4}, 4), false, Tensor::empty({2, 3, 4}, DType::f64)),
+               Error);  // w has C = 3 for x with C = 4
+  EXPECT_THROW(kernels::swiglu_fwd(x, randn({2, 5}, 5), Tensor::empty({2, 4}, DType::f64)), Error);
+  EXPECT_THROW(kernels::softmax_fwd(x.transpose(0, 1), Tensor::empty({4, 2}, DType::f64)), Error);  // strided
+}
+
+// The nn kernels on bf16 data (what the CUDA kernels are compared against): same results as the f64
+// reference on the same bf16-rounded inputs, up to the final rounding to bf16 (relative 2^-8).
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+constexpr double kBf16Rel = 8e-3;  // relative RMS: a few bf16 half-ulps
+
+// x rounded through bf16, and that rounded value in f64 (the oracle's input).
+struct Pair {
+  Tensor lo, hi;
+};
+Pair bf16_pair(const Shape& s, uint64_t seed, double std = 1.0) {
+  Tensor lo = randn(s, seed, DType::f64, std).to(DType::bf16);
+  return {lo, lo.to(DType::f64)};
+}
+}  // namespace
+
+TEST(NnKernelsBf16, MatchF64OnRoundedInputs) {
+  Pair x = bf16_pair({3, 4, 33}, 1), w = bf16_pair({33}, 2);
+  {
+    Tensor y = poisoned({3, 4, 33}, DType::bf16), r = poisoned({3, 4}, DType::f32);
+    Tensor y64 = poisoned({3, 4, 33}), r64 = poisoned({3, 4});
+    kernels::rmsnorm_fwd(x.lo, w.lo, 1e-6, y, r);
+    kernels::rmsnorm_fwd(x.hi, w.hi, 1e-6, y64, r64);
+    EXPECT_CLOSE(y.to(DType::f64), y64, kBf16Rel, 0.05);
+    EXPECT_CLOSE(r.to(DType::f64), r64, 1e-6, 1e-5);
+  }
+  {
+    Tensor y = poisoned({3, 4, 33}, DType::bf16), y64 = poisoned({3, 4, 33});
+    kernels::softmax_fwd(x.lo, y);
+    kernels::softmax_fwd(x.hi, y64);
+    EXPECT_CLOSE(y.to(DType::f64), y64, kBf16Rel, 0.01);
+  }
+  {
+    Pair u = bf16_pair({3, 4, 33}, 3);
+    Tensor y = poisoned({3, 4, 33}, DType::bf16), y64 = poisoned({3, 4, 33});
+    kernels::swiglu_fwd(x.lo, u.lo, y);
+    kernels::swiglu_fwd(x.hi, u.hi, y64);
+    EXPECT_CLOSE(y.to(DType::f64), y64, kBf16Rel, 0.05);
+  }
+  {
+    Pair cw = bf16_pair({33, 4}, 4, 0.5);
+    Tensor y = poisoned({3, 4, 33}, DType::bf16), y64 = poisoned({3, 4, 33});
+    kernels::short_conv_fwd(x.lo, cw.lo, true, y);
+    kernels::short_conv_fwd(x.hi, cw.hi, true, y64);
+    EXPECT_CLOSE(y.to(DType::f64), y64, kBf16Rel, 0.05);
+  }
+}
+
+TEST(NnKernelsBf16, CrossEntropyStatisticsAreF32) {
+  Pair logits = bf16_pair({6, 50}, 5, 3.0);
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{0, 49, -100, 7, 7, 20}, {6}, DType::i64);
+  Tensor l = poisoned({6}, DType::f32), s = poisoned({6}, DType::f32), v = poisoned({6}, DType::f32);
+  Tensor l64 = poisoned({6}), s64 = poisoned({6}), v64 = poisoned({6});
+  kernels::cross_entropy_fwd(logits.lo, targets, -100, l, s, v);
+  kernels::cross_entropy_fwd(logits.hi, targets, -100, l64, s64, v64);
+  EXPECT_CLOSE(l.to(DType::f64), l64, 1e-6, 1e-5);
+  EXPECT_CLOSE(s.to(DType::f64), s64, 1e-6, 1e-5);
+  EXPECT_CLOSE(v.to(DType::f64), v64, 0, 0);
+  Tensor d = poisoned({6, 50}, DType::bf16), d64 = poisoned({6, 50});
+  kernels::cross_entropy_bwd(logits.lo, targets, s, Tensor::full({1}, 0.2, DType::f32), -100, d);
+  kernels::cross_entropy_bwd(logits.hi, targets, s64, Tensor::full({1}, 0.2, DType::f64), -100, d64);
+  EXPECT_CLOSE(d.to(DType::f64), d64, kBf16Rel, 0.01);
+}
+
+// CUDA nn family (embedding, rmsnorm, l2norm, softmax, log-softmax, swiglu, short conv), forward and
+// backward, against the CPU reference run in f64 on the same rounded inputs.
+// Tolerances: outputs in the data dtype use kF32 / kBf16 (cuda_test_util.h); f32 statistics (rstd, rnorm)
+// use kF32 for both dtypes (they are computed in f32 from the rounded inputs). Weight gradients summed over
+// many rows (rmsnorm dw, short-conv dw) in f32 use kF32Sum (2e-5, 2e-4).
+using namespace natsl;
+using namespace natsl::testing;
+
+namespace {
+
+constexpr Tol kF32Sum{2e-5, 2e-4};
+Tol sum_tol(DType dt) { return dt == DType::bf16 ? kBf16 : kF32Sum; }
+
+// Row shapes: one row, one column, odd sizes, a row of 50000, many rows of a model width.
+// {37, 1000}, {700, 2056}: widths that leave the last threads of the register-row rmsnorm backward partly
+// idle; 700 rows: several rows per block.
+const Shape kRowShapes[] = {{1, 1},    {1, 7},       {3, 5},    {2, 3, 33}, {513, 96}, {64, 4096},
+                            {2, 50000}, {1000, 1}, {37, 1000}, {700, 2056}};
+
+int64_t rows_of(const Shape& s) { return shape_numel(s) / s.back(); }
+
+
+// The CUDA RMSNorm backward with a plan (a CPU-only build has none; its GPU tests skip before this).
+void rmsnorm_bwd_with(const kernels::cuda::RmsnormBwdPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan);
+#else
+  (void)plan;
+  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw);
+#endif
+}
+
+}  // namespace
+
+TEST(CudaEmbedding, ForwardGathersRows) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 1;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (int64_t D : {int64_t(1), int64_t(7), int64_t(64), int64_t(4096)}) {
+        const int64_t V = 50;
+        Tensor wq = q(randn({V, D}, seed++), dt);
+        Tensor ids = random_token_ids({3, 17}, V, seed++, it);
+        Tensor ref = cpu_poisoned({3, 17, D});
+        kernels::cpu::embedding_fwd(f64(wq), ids, ref);
+        Tensor out = gpu_poisoned({3, 17, D}, dt);
+        kernels::embedding_fwd(to_gpu(wq), to_gpu(ids), out);
+        // A gather is exact.
+        expect_match(out, ref, Tol{0, 0}, case_name("embedding_fwd", dt, {V, D}) + " ids " + dtype_str(it));
+      }
+}
+
+// Ids for the backward: uniform over [0, V), or (`frequent` > 0) that share of the tokens on id V / 2 and the
+// rest uniform, so one id repeats thousands of times among rare ones.
+Tensor backward_ids(int64_t N, int64_t V, double frequent, uint64_t seed, DType it) {
+  std::vector<double> u = rand_uniform({N}, seed, 0.0, 1.0).to_vector<double>();
+  std::vector<double> w = rand_uniform({N}, seed + 1000, 0.0, double(V)).to_vector<double>();
+  std::vector<int64_t> ids(static_cast<size_t>(N));
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = u[i] < frequent ? V / 2 : std::min<int64_t>(int64_t(w[i]), V - 1);
+  return Tensor::from_vector(ids, {N}, it);
+}
+
+// Both embedding-backward segment kernels (kernels/cuda/embedding_bwd.h), the radix sort first, on these ids,
+// f32 and bf16 against the f64 CPU reference, and bit for bit against each other (both add the same rows in the
+// same order) and against a second run of itself. dweight is accumulated into: present ids' rows start from
+// random values; the rows of absent ids are poisoned (NaN) and must come back with the same bits.
+void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, uint64_t& seed,
+                             const std::string& label) {
+  const int64_t N = ids.numel();
+  Tensor dq = q(randn({N, D}, seed++), dt);
+  std::vector<char> present(size_t(V), 0);
+  for (int64_t id : ids.to_vector<int64_t>()) present[size_t(id)] = 1;
+  std::vector<double> w0v = randn({V, D}, seed++).to_vector<double>();
+  for (int64_t v = 0; v < V; ++v)
+    if (!present[size_t(v)])
+      for (int64_t k = 0; k < D; ++k) w0v[size_t(v * D + k)] = std::numeric_limits<double>::quiet_NaN();
+  Tensor w0 = q(Tensor::from_vector(w0v, {V, D}), dt);
+  Tensor ref = f64(w0);
+  kernels::cpu::embedding_bwd(ids, f64(dq), ref);
+  // The oracle on the present rows only (the absent ones are checked bit for bit).
+  auto present_rows = [&](const Tensor& t) {
+    const std::vector<double> all = t.to(kCPU).to_vector<double>();
+    std::vector<double> keep;
+    for (int64_t v = 0; v < V; ++v)
+      if (present[size_t(v)]) keep.insert(keep.end(), all.begin() + v * D, all.begin() + (v + 1) * D);
+    return Tensor::from_vector(keep, {int64_t(keep.size())}, DType::f64);
+  };
+  const Tensor ref_present = present_rows(ref);
+  using kernels::cuda::EmbeddingBwdSegmentsKernel;
+  auto run = [&](EmbeddingBwdSegmentsKernel k, const Tensor& dw) {
+#ifdef NATSL_WITH_CUDA
+    const auto seg = kernels::cuda::embedding_bwd_segments(to_gpu(ids), V, kernels::cuda::EmbeddingBwdPlan{k});
+    kernels::cuda::embedding_bwd_accumulate(seg, to_gpu(dq), dw);
+#else  // no CUDA kernels: the GPU tests skip before this
+    (void)k;
+    kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+#endif
+  };
+  Tensor dw_radix;
+  for (EmbeddingBwdSegmentsKernel k : {EmbeddingBwdSegmentsKernel::radix_sort, EmbeddingBwdSegmentsKernel::cooperative}) {
+    const bool radix = k == EmbeddingBwdSegmentsKernel::radix_sort;
+    const std::string what = case_name("embedding_bwd", dt, {V, D}) + " N " + std::to_string(N) + " ids " +
+                             dtype_str(ids.dtype()) + " " + label + (radix ? " radix sort" : " cooperative");
+    Tensor dw = to_gpu(w0);
+    run(k, dw);
+    expect_match(present_rows(dw), ref_present, sum_tol(dt), what);
+    // Absent rows untouched: the poisoned bytes of w0 exactly.
+    {
+      const Tensor got = dw.to(kCPU);
+      const size_t row_bytes = size_t(D) * dtype_size(dt);
+      const auto* pg = static_cast<const unsigned char*>(got.data_ptr());
+      const auto* p0 = static_cast<const unsigned char*>(w0.data_ptr());
+      int64_t changed = 0;
+      for (int64_t v = 0; v < V; ++v)
+        if (!present[size_t(v)] && std::memcmp(pg + v * row_bytes, p0 + v * row_bytes, row_bytes) != 0) ++changed;
+      EXPECT_EQ(changed, 0) << what << ": rows of absent ids were written";
+    }
+    Tensor dw2 = to_gpu(w0);
+    run(k, dw2);
+    expect_same_bits(dw, dw2, what);
+    if (radix) dw_radix = dw;
+    else expect_same_bits(dw, dw_radix, what + " vs the radix sort");
+  }
+}
+
+TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {
+  NATSL_REQUIRE_GPU();
+  struct Case {
+    int64_t V, D, N;
+    double frequent;
+  };
+  // Few ids and many tokens (long runs of one id), a vocabulary larger than the batch, one token, one id,
+  // odd widths and widths not a multiple of the 16-byte vector (8 bf16 / 4 f32), one id repeated thousands
+  // of times among rare ones, and ids too wide to share a 32-bit key with the positions (64-bit keys:
+  // bits_for(600000) + bits_for(5000) = 20 + 13 > 32).
+  const Case cases[] = {{5, 64, 1000, 0},   {1, 3, 17, 0},        {1000, 33, 257, 0},  {32000, 128, 4096, 0},
+                        {7, 4096, 300, 0},  {3, 1032, 5000, 0} /* segments longer than 32, a chunk cut short */,
+                        {50, 7, 1, 0},      {32000, 64, 1, 0},    {1, 8, 1, 0},        {9, 12, 300, 0},
+                        {2, 40, 6000, 0},   {1000, 136, 12000, 0.5}, {600000, 3, 5000, 0},
+                        // the benchmark's vocabulary and (one short of) its token count, a third on one id
+                        {32000, 16, 131071, 0.3},
+                        // every token on one id, whole tiles of 2048 positions, 64-bit keys with many ids
+                        {32000, 24, 3000, 1.0}, {1000, 8, 4096, 0}, {1 << 21, 1, 700, 0}, {3000000, 1, 100, 0},
+                        // more positions than the cooperative kernel's bitmap window (2^18), every id longer
+                        // than its shared-memory sort (8192 entries)
+                        {5, 3, 300007, 0.6}};
+  // The host-side checks (whole dweight copies, per-row compares, for each kernel twice) dominate the time:
+  // the cases with a million-element dweight or 10^5 tokens run for two of the four (dtype, id type) pairs,
+  // which still cover both dtypes and both id types.
+  uint64_t seed = 30;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (const Case& c : cases) {
+        const bool heavy = c.V * c.D >= (int64_t(1) << 20) || c.N >= 100000;
+        if (heavy && (dt == DType::f32) != (it == DType::i64)) continue;
+        check_backward_variants(backward_ids(c.N, c.V, c.frequent, seed++, it), c.V, c.D, dt, seed,
+                                "frequent " + std::to_string(c.frequent));
+      }
+}
+
+// Skewed ids for the segment classes of the cooperative kernel: id 7 on 55% of the positions (the bitmap path), ids 11 to
+// 19 with exactly 32 (the in-warp sort), 33, 63, 64, 65, 1000, 4097, 8192 (the shared-memory sort) and 8193
+// (the bitmap) positions, the rest uniform over the ids in [1000, V) that are not multiples of 3; every
+// other id never occurs. Positions shuffled (a fixed Fisher-Yates on mt19937_64).
+Tensor skewed_ids(int64_t N, int64_t V, uint64_t seed, DType it) {
+  const int64_t sizes[] = {32, 33, 63, 64, 65, 1000, 4097, 8192, 8193};
+  std::vector<int64_t> ids;
+  ids.insert(ids.end(), size_t(N * 55 / 100), 7);
+  int64_t id = 11;
+  for (int64_t n : sizes) ids.insert(ids.end(), size_t(n), id++);
+  std::mt19937_64 rng(seed);
+  while (int64_t(ids.size()) < N) {
+    const int64_t v = 1000 + int64_t(rng() % uint64_t(V - 1000));
+    if (v % 3 != 0) ids.push_back(v);
+  }
+  for (size_t i = ids.size() - 1; i > 0; --i) std::swap(ids[i], ids[size_t(rng() % (i + 1))]);
+  return Tensor::from_vector(ids, {N}, it);
+}
+
+TEST(CudaEmbedding, BackwardOnSkewedIdsMatchesV2BitForBit) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 500;
+  const int64_t N = 60013, V = 3001;  // N prime
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType it : {DType::i32, DType::i64})
+      for (int64_t D : {int64_t(40), int64_t(13)})
+        check_backward_variants(skewed_ids(N, V, seed++, it), V, D, dt, seed, "skewed");
+}
+
+TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 100;
+  const double eps = 1e-6;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : kRowShapes)
+      for (bool weighted : {true, false}) {
+        const int64_t D = s.back(), R = rows_of(s);
+        const std::string what = case_name(weighted ? "rmsnorm" : "rmsnorm (no weight)", dt, s);
+        Tensor xq = q(randn(s, seed++, DType::f64, 3.0), dt);
+        Tensor wq = weighted ? q(rand_uniform({D}, seed++, 0.5, 1.5), dt) : Tensor();
+        Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
+        kernels::cpu::rmsnorm_fwd(f64(xq), weighted ? f64(wq) : Tensor(), eps, ref_y, ref_r);
+        Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+        kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+        expect_match(y, ref_y, tol_for(dt), what + " y");
+        expect_match(r, ref_r, kF32, what + " rstd");
+
+        Tensor dyq = q(randn(s, seed++), dt);
+        Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
+        Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
+        kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
+        // Both backward kernels (the row in registers, used when D is a multiple of the vector width and the
+        // row fits 512 threads, and the general one).
+        for (bool regs : {false, true}) {
+          const kernels::cuda::RmsnormBwdPlan plan{regs};
+          const std::string wv = what + (regs ? " row in registers" : " general kernel");
+          Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
+          rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
+          // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
+          const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
+          expect_match(dx, ref_dx, tol_for(dt), wv + " dx", terms);
+          if (weighted) {
+            expect_match(dw, ref_dw, sum_tol(dt), wv + " dw");
+            Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
+            rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
+            expect_same_bits(dw, dw2, wv + " dw");
+          }
+        }
+      }
+}
+
+TEST(CudaL2Norm, ForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 200;
+  const double eps = 1e-6;
+  // Besides the shared row shapes: head-sized rows of 8, 64 and 128 vectors (the short-row kernel's warp
+  // group layouts), with row counts that are not multiples of its 4 rows per group.
+  std::vector<Shape> shapes(std::begin(kRowShapes), std::end(kRowShapes));
+  for (const Shape& s : {Shape{5, 64}, Shape{7, 512}, Shape{3, 1024}, Shape{1031, 128}}) shapes.push_back(s);
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : shapes) {
+      const int64_t R = rows_of(s);
+      const std::string what = case_name("l2norm", dt, s);
+      Tensor xq = q(randn(s, seed++), dt);
+      Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
+      kernels::cpu::l2norm_fwd(f64(xq), eps, ref_y, ref_r);
+      Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+      kernels::l2norm_fwd(to_gpu(xq), eps, y, r);
+      expect_match(y, ref_y, tol_for(dt), what + " y");
+      expect_match(r, ref_r, kF32, what + " rnorm");
+
+      Tensor yq = q(ref_y, dt), dyq = q(randn(s, seed++), dt);
+      Tensor rn32 = ref_r.to(DType::f32);
+      Tensor ref_dx = cpu_poisoned(s);
+      kernels::cpu::l2norm_bwd(f64(yq), f64(rn32), f64(dyq), ref_dx);
+      Tensor dx = gpu_poisoned(s, dt);
+      kernels::l2norm_bwd(to_gpu(yq), to_gpu(rn32), to_gpu(dyq), dx);
+      // dx = rnorm (dy - y (y . dy)): terms of size |dy| rnorm (a width-1 row cancels to ~eps).
+      expect_match(dx, ref_dx, tol_for(dt), what + " dx", max_abs(dyq) * max_abs(rn32));
+    }
+}
+
+TEST(CudaSoftmax, SoftmaxAndLogSoftmaxForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 300;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : kRowShapes)
+      for (double scale : {1.0, 30.0})  // 30: large logits, exp overflows without the max shift
+        for (bool log : {false, true}) {
+          const std::string what = case_name(log ? "log_softmax" : "softmax", dt, s) + " scale " + std::to_string(scale);
+          Tensor xq = q(randn(s, seed++, DType::f64, scale), dt);
+          Tensor ref_y = cpu_poisoned(s);
+          if (log) kernels::cpu::log_softmax_fwd(f64(xq), ref_y);
+          else kernels::cpu::softmax_fwd(f64(xq), ref_y);
+          Tensor y = gpu_poisoned(s, dt);
+          if (log) kernels::log_softmax_fwd(to_gpu(xq), y);
+          else kernels::softmax_fwd(to_gpu(xq), y);
+          expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+          Tensor yq = q(ref_y, dt), dyq = q(randn(s, seed++), dt);
+          Tensor ref_dx = cpu_poisoned(s);
+          if (log) kernels::cpu::log_softmax_bwd(f64(yq), f64(dyq), ref_dx);
+          else kernels::cpu::softmax_bwd(f64(yq), f64(dyq), ref_dx);
+          Tensor dx = gpu_poisoned(s, dt);
+          if (log) kernels::log_softmax_bwd(to_gpu(yq), to_gpu(dyq), dx);
+          else kernels::softmax_bwd(to_gpu(yq), to_gpu(dyq), dx);
+          // softmax: dx = y (dy - y . dy), terms of size |y| |dy| (peaky rows cancel far below them).
+          const double terms = log ? 0.0 : max_abs(dyq) * max_abs(yq);
+          expect_match(dx, ref_dx, tol_for(dt), what + " bwd", terms);
+        }
+}
+
+TEST(CudaSwiglu, ForwardAndBackward) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 400;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& s : {Shape{1}, Shape{7}, Shape{3, 5}, Shape{17, 4097}, Shape{1000003}}) {
+      const std::string what = case_name("swiglu", dt, s);
+      Tensor gq = q(randn(s, seed++, DType::f64, 3.0), dt), uq = q(randn(s, seed++), dt);
+      Tensor ref_y = cpu_poisoned(s);
+      kernels::cpu::swiglu_fwd(f64(gq), f64(uq), ref_y);
+      Tensor y = gpu_poisoned(s, dt);
+      kernels::swiglu_fwd(to_gpu(gq), to_gpu(uq), y);
+      expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+      Tensor dyq = q(randn(s, seed++), dt);
+      Tensor ref_dg = cpu_poisoned(s), ref_du = cpu_poisoned(s);
+      kernels::cpu::swiglu_bwd(f64(gq), f64(uq), f64(dyq), ref_dg, ref_du);
+      Tensor dg = gpu_poisoned(s, dt), du = gpu_poisoned(s, dt);
+      kernels::swiglu_bwd(to_gpu(gq), to_gpu(uq), to_gpu(dyq), dg, du);
+      expect_match(dg, ref_dg, tol_for(dt), what + " dgate");
+      expect_match(du, ref_du, tol_for(dt), what + " dup");
+    }
+}
+
+TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
+  NATSL_REQUIRE_GPU();
+  struct Case {
+    int64_t B, T, C;
+  };
+  // One step, T shorter than W, odd channels, long sequences (several tiles per sequence; on an H200 the last
+  // case's forward tiles are 9 steps, not a multiple of the 8 steps read together).
+  const Case cases[] = {{1, 1, 1}, {2, 3, 5}, {2, 37, 5}, {3, 300, 64}, {1, 1000, 33}, {2, 2049, 256}, {1, 4096, 1202}};
+  uint64_t seed = 500;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (int64_t W : {int64_t(1), int64_t(3), int64_t(4), int64_t(8)})
+      for (const Case& c : cases)
+        for (bool silu : {false, true}) {
+          const Shape s{c.B, c.T, c.C};
+          const std::string what =
+              case_name("short_conv", dt, s) + " W " + std::to_string(W) + (silu ? " silu" : " identity");
+          Tensor xq = q(randn(s, seed++), dt), wq = q(randn({c.C, W}, seed++, DType::f64, 0.5), dt);
+          Tensor ref_y = cpu_poisoned(s);
+          kernels::cpu::short_conv_fwd(f64(xq), f64(wq), silu, ref_y);
+          Tensor y = gpu_poisoned(s, dt);
+          kernels::short_conv_fwd(to_gpu(xq), to_gpu(wq), silu, y);
+          expect_match(y, ref_y, tol_for(dt), what + " fwd");
+
+          Tensor dyq = q(randn(s, seed++), dt);
+          Tensor ref_dx = cpu_poisoned(s), ref_dw = cpu_poisoned({c.C, W});
+          kernels::cpu::short_conv_bwd(f64(xq), f64(wq), silu, f64(dyq), ref_dx, ref_dw);
+          Tensor dx = gpu_poisoned(s, dt), dw = gpu_poisoned({c.C, W}, dt);
+          kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), dx, dw);
+          expect_match(dx, ref_dx, tol_for(dt), what + " dx");
+          expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
+        }
+}
