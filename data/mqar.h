@@ -1,6 +1,6 @@
 #pragma once
 // MQAR (multi-query associative recall), generated as Zoology's `multiquery_ar` generates it
-// (../shared/reference/evals.md section 2), one example per (seed, step, global row) from its own Philox
+// (docs/evals.md §2), one example per (seed, step, global row) from its own Philox
 // stream. Same distribution as Zoology, not the same bits (Zoology uses numpy's MT19937).
 //
 // Example (L = seq_len, k = num_kv_pairs, V = vocab_size, ctx = 2 k num_passes):

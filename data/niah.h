@@ -1,5 +1,5 @@
 #pragma once
-// Single-needle needle-in-a-haystack (RULER's niah_single_{1,2,3}, ../shared/reference/evals.md section 3)
+// Single-needle needle-in-a-haystack (RULER's niah_single_{1,2,3}, docs/evals.md §3)
 // for byte-level models, generated on the fly, one example per (seed, step, global row).
 //
 // Row layout (bytes, T + 1 tokens before the one-token shift; BOS first and EOS padding when

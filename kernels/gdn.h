@@ -1,8 +1,8 @@
 #pragma once
 // Gated DeltaNet (GDN) kernels: the gated delta rule, forward and backward, as the chunked algorithm of
-// ../shared/reference/gdn-algorithm.md §3-§4 (FLA semantics), plus the token recurrence that serves as the
+// docs/gdn-algorithm.md §3-§4 (FLA semantics), plus the token recurrence that serves as the
 // oracle. An optional per-(sequence, chunk, head) state-write mask m turns it into the GDN branch of NAtS-L
-// (natsl-layer.md §3.4, §4.2).
+// (docs/natsl-layer.md §3.4, §4.2).
 //
 // Per sequence and v head, with state h in R^{K x V} (h = S^T of the paper), per token t:
 //   h   = exp(g_t) h                     decay first

@@ -1,5 +1,5 @@
 #pragma once
-// GatedDeltaNet (mixer kind "gdn"), as FLA's GatedDeltaNet layer (../shared/reference/gdn-algorithm.md §1):
+// GatedDeltaNet (mixer kind "gdn"), as FLA's GatedDeltaNet layer (docs/gdn-algorithm.md §1):
 //   q = SiLU(conv4(x Wq)), k = SiLU(conv4(x Wk)), v = SiLU(conv4(x Wv))     (conv optional: use_short_conv)
 //   q, k L2-normalised per head (eps 1e-6 inside the root)
 //   beta = sigmoid(x Wb)  (x2 when allow_neg_eigval),  g = -exp(A_log) * softplus(x Wa + dt_bias)   (f32)

@@ -1,5 +1,5 @@
 #pragma once
-// NatslAttention (mixer kind "natsl"): the NAtS-L layer of ../shared/reference/natsl-layer.md §3, as the
+// NatslAttention (mixer kind "natsl"): the NAtS-L layer of docs/natsl-layer.md §3, as the
 // reference's NeuralAttentionSearchLinearAttnGDN computes it with the released settings (shared q/k/v with
 // short conv for both branches, QK-RMSNorm, no positional encoding, decay through softmax chunks, weighted
 // outputs, output gate). With C = 64, chunk c(i) = i / C, NC chunks (a partial last one allowed):

@@ -1,6 +1,6 @@
 #pragma once
 // Custom initialisers of the decay parameters of Gated DeltaNet / Mamba-style layers (FLA's GatedDeltaNet,
-// ../shared/reference/gdn-algorithm.md section 1.1), for ParamInit::with(...).
+// docs/gdn-algorithm.md §1.1), for ParamInit::with(...).
 #include "layers/module.h"
 
 namespace natsl {

@@ -21,7 +21,7 @@
 
 namespace natsl {
 
-// MQAR as Zoology generates it (../shared/reference/evals.md §2). The sequence length is train.seq_len.
+// MQAR as Zoology generates it (docs/evals.md §2). The sequence length is train.seq_len.
 struct MqarConfig {
   int64_t vocab_size = 0;       // tokens used by the task; 0 = model.vocab_size
   int64_t num_kv_pairs = 8;     // k
@@ -30,7 +30,7 @@ struct MqarConfig {
   bool random_non_queries = true;
 };
 
-// Single-needle haystack retrieval (evals.md §3).
+// Single-needle haystack retrieval (docs/evals.md §3).
 struct NiahConfig {
   std::string haystack = "noise";  // noise | essay
   std::string value = "number";    // number | uuid
@@ -92,7 +92,7 @@ struct TrainConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;
   // No weight decay for the parameters the model marks (norm gains, biases, A_log, dt_bias); false decays
-  // every parameter, as the NAtS-L reference trainer does (natsl-layer.md §7.2).
+  // every parameter, as the NAtS-L reference trainer does (docs/natsl-layer.md §7.2).
   bool model_no_decay = true;
   bool decay_embeddings = true;   // false adds the token embedding to the no-decay group
   std::vector<std::string> no_decay;  // extra: parameters whose dotted name contains one of these

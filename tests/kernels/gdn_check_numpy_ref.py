@@ -1,5 +1,6 @@
 """Compares a case written by GdnNumpyDump (tests/kernels/gdn_test.cpp) with the NumPy float64
-reference ../shared/reference/gdn_chunk_ref.py (chunk size 64). Run by the GdnNumpyReference test; by hand:
+reference ../shared/reference/gdn_chunk_ref.py (chunk size 64; outside this repository, beside the checkout:
+docs/gdn-algorithm.md §6.1). Run by the GdnNumpyReference test; by hand:
 
     NATSL_GDN_DUMP=/tmp/gdn_case.txt build/tests/test_kernels --gtest_filter=GdnNumpyReference.*
     /usr/bin/python3 tests/kernels/gdn_check_numpy_ref.py /tmp/gdn_case.txt   # Debian python3-numpy

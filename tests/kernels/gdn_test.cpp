@@ -407,7 +407,8 @@ TEST(GdnMask, GradientsMatchFiniteDifferences) {
 // which recomputes everything with the NumPy reference and fails above 1e-12 relative error. Needs python3
 // with numpy (Debian python3-numpy, which scripts/test.sh installs); it skips only where NATSL_NUMPY_OPTIONAL is
 // set (scripts/gpu_test.sh, for GPU machines where nothing can be installed or ../shared/reference is absent).
-// NATSL_GDN_DUMP=<file> keeps the case.
+// NATSL_GDN_DUMP=<file> keeps the case. The oracle lies outside this repository, in the shared reference folder
+// beside the checkout (docs/gdn-algorithm.md §6.1); the algorithm it checks is §3-§4 there.
 using namespace natsl;
 using namespace natsl::testing::gdn;
 
