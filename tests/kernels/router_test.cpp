@@ -13,6 +13,7 @@
 #include "kernels/router.h"
 #include "tests/kernels/oracle.h"
 #include "tests/test_util.h"
+#include "tests/kernels/router_mix_test_util.h"
 
 using namespace natsl;
 using namespace natsl::kernels;
@@ -190,44 +191,7 @@ using namespace natsl;
 using namespace natsl::kernels;
 using natsl::testing::compare;
 using natsl::testing::ErrorStats;
-using natsl::testing::poison;
-using natsl::testing::randn;
-
-namespace {
-
-const Device kGpu = Device::cuda(0);
-
-Tensor poisoned(const Shape& s, DType dt, Device d) {
-  Tensor t = Tensor::empty(s, dt, d);
-  poison(t);
-  return t;
-}
-// Random data rounded to dt (CPU), and the same values in f64 for the reference.
-struct Data {
-  Tensor low, f64;
-};
-Data make(const Shape& s, uint64_t seed, DType dt, double std = 1.0, double shift = 0.0) {
-  Tensor r = randn(s, seed, DType::f64, std);
-  if (shift != 0) {
-    double* p = r.data<double>();
-    for (int64_t i = 0; i < r.numel(); ++i) p[i] += shift;
-  }
-  Tensor low = r.to(dt);
-  return {low, low.to(DType::f64)};
-}
-
-double tol_for(DType dt) { return dt == DType::bf16 ? 1e-2 : 2e-6; }
-
-void expect_close(const Tensor& gpu, const Tensor& ref, double rel, const std::string& what) {
-  SCOPED_TRACE(what);
-  const ErrorStats e = compare(gpu.to(kCPU).to(DType::f64), ref);
-  EXPECT_TRUE(e.finite) << "non-finite values (unwritten output?)";
-  EXPECT_LE(e.rel_rms, rel);
-}
-
-const char* name(DType dt) { return dt == DType::bf16 ? "bf16" : "f32"; }
-
-}  // namespace
+using namespace natsl::testing::router_mix;
 
 TEST(NatslCuda, ChunkMeanPoolMatchesCpu) {
   NATSL_REQUIRE_GPU();
