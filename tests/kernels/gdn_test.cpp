@@ -11,7 +11,6 @@
 #include <fstream>
 #include <initializer_list>
 #include <iomanip>
-#include <source_location>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -609,8 +608,9 @@ TEST(GdnCuda, Bf16MatchesCpu) {
 
 // The kernel layouts a GdnPlan selects (kernels/cuda/gdn/plan.h): every one must match the CPU, whichever
 // the defaults pick for a shape.
-void check_with_plan(const GdnPlan& plan, const std::source_location where = std::source_location::current()) {
-  SCOPED_TRACE("plan of line " + std::to_string(where.line()));
+// (a macro, not std::source_location: clang 14 with libstdc++ 12, the CI's sanitizer compiler, lacks it)
+void check_with_plan(const GdnPlan& plan, int line) {
+  SCOPED_TRACE("plan of line " + std::to_string(line));
   for (const GdnCase& c : {mk(3, 65, 6, 128, true, MaskKind::Continuous, 71), mk(1, 1000, 2, 64, true, MaskKind::None, 72),
                            mk(2, 200, 1, 256, false, MaskKind::Binary, 73)}) {
     SCOPED_TRACE("B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " K" + std::to_string(c.K));
@@ -618,14 +618,15 @@ void check_with_plan(const GdnPlan& plan, const std::source_location where = std
   }
   check_against_cpu(mk(2, 130, 3, 64, true, MaskKind::Continuous, 74), DType::f32, true, &plan);
 }
+#define CHECK_WITH_PLAN(...) check_with_plan(GdnPlan{__VA_ARGS__}, __LINE__)
 TEST(GdnCuda, KernelLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_plan({.vtile = 32, .stages = 2});
-  check_with_plan({.vtile = 32, .stages = 1});
-  check_with_plan({.vtile = 64, .stages = 1, .joint = false});
-  check_with_plan({.vtile = 64, .prep = GdnPrepKernel::generic});
-  check_with_plan({.prep = GdnPrepKernel::automatic, .prep_staged = false});
-  check_with_plan({.prep = GdnPrepKernel::solve_then_products, .prep_staged = false});
+  CHECK_WITH_PLAN(.vtile = 32, .stages = 2);
+  CHECK_WITH_PLAN(.vtile = 32, .stages = 1);
+  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .joint = false);
+  CHECK_WITH_PLAN(.vtile = 64, .prep = GdnPrepKernel::generic);
+  CHECK_WITH_PLAN(.prep = GdnPrepKernel::automatic, .prep_staged = false);
+  CHECK_WITH_PLAN(.prep = GdnPrepKernel::solve_then_products, .prep_staged = false);
 }
 
 // The forward's own layouts (gdn/state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
@@ -633,52 +634,52 @@ TEST(GdnCuda, KernelLayoutsMatchCpu) {
 // tensor-copy pass off, which would take their place), then the tensor-copy pass.
 TEST(GdnCuda, ForwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_plan({.tma = false, .split = true, .split_stages = 3, .ws = false});
-  check_with_plan({.vtile = 32, .tma = false, .l2pf = 2, .split = true, .split_stages = 4, .ws = false});
-  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 2, .ws = false});
-  check_with_plan({.vtile = 64, .tma = false, .l2pf = 1, .split = false, .ws = false});
-  check_with_plan({.vtile = 32, .tma = false, .l2pf = 4, .split = false, .ws = false});
-  check_with_plan({.tma = false, .split = false, .fwd_bulk = true, .ws = false});
-  check_with_plan({.vtile = 32, .stages = 1, .tma = false, .l2pf = 2, .split = false, .fwd_bulk = true, .ws = false});
-  check_with_plan({.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false});
-  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false});
-  check_with_plan({.vtile = 32, .tma = false, .split = false, .ws = true});
-  check_with_plan({.vtile = 64, .stages = 1, .tma = false, .split = false, .ws = true});
-  check_with_plan({.tma = false, .split = true, .split_stages = 3, .ws = true});
-  check_with_plan({.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true});
-  check_with_plan({.vtile = 32, .tma = false, .split = false, .ws = false});
-  check_with_plan({.prep_staged = true, .tma = false, .split = false, .ws = false});
-  check_with_plan({.prep_staged = false, .tma = false});
+  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 3, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .l2pf = 2, .split = true, .split_stages = 4, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 2, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .l2pf = 1, .split = false, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .l2pf = 4, .split = false, .ws = false);
+  CHECK_WITH_PLAN(.tma = false, .split = false, .fwd_bulk = true, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 32, .stages = 1, .tma = false, .l2pf = 2, .split = false, .fwd_bulk = true, .ws = false);
+  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = false, .ws = true);
+  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .tma = false, .split = false, .ws = true);
+  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 3, .ws = true);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true);
+  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = false, .ws = false);
+  CHECK_WITH_PLAN(.prep_staged = true, .tma = false, .split = false, .ws = false);
+  CHECK_WITH_PLAN(.prep_staged = false, .tma = false);
   // The pass on tensor-copied tiles (gdn/state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
   // the f32 case fall back to the cp.async pass.
-  check_with_plan({.vtile = 32, .tma = true});
-  check_with_plan({.vtile = 64, .tma = true, .tma_stages = 2});
+  CHECK_WITH_PLAN(.vtile = 32, .tma = true);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = true, .tma_stages = 2);
   // Both output kernels after either split pass: one CTA per V tile (out_per_vtile), or looping over the V
   // tiles (2, the default the split rows above ran).
-  check_with_plan({.vtile = 32, .tma = false, .split = true, .out_per_vtile = true, .ws = true});
-  check_with_plan({.vtile = 64, .tma = false, .split = true, .out_per_vtile = true, .ws = false});
-  check_with_plan({.vtile = 64, .tma = false, .split = true, .out_per_vtile = false, .ws = false});
+  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = true, .out_per_vtile = true, .ws = true);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = true, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = false, .ws = false);
 }
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
 // state pass (gdn/state_bwd.cu), joint and separate, at each V tile width and stage count.
 TEST(GdnCuda, BackwardLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_plan({.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false});
-  check_with_plan({.vtile = 64, .bwd_store_staged = false, .bwd_bulk = false});
-  check_with_plan({.vtile = 64, .stages = 2, .bwd_bulk = true});
-  check_with_plan({.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true});
-  check_with_plan({.vtile = 32, .stages = 2, .joint = false, .bwd_bulk = true});
-  check_with_plan({.vtile = 64, .stages = 1, .bwd_bulk = true});
-  check_with_plan({.vtile = 64, .bwd_store_staged = true, .bwd_l2pf = 2});
-  check_with_plan({.vtile = 32, .bwd_bulk = true, .bwd_l2pf = 1});
+  CHECK_WITH_PLAN(.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false);
+  CHECK_WITH_PLAN(.vtile = 64, .bwd_store_staged = false, .bwd_bulk = false);
+  CHECK_WITH_PLAN(.vtile = 64, .stages = 2, .bwd_bulk = true);
+  CHECK_WITH_PLAN(.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true);
+  CHECK_WITH_PLAN(.vtile = 32, .stages = 2, .joint = false, .bwd_bulk = true);
+  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .bwd_bulk = true);
+  CHECK_WITH_PLAN(.vtile = 64, .bwd_store_staged = true, .bwd_l2pf = 2);
+  CHECK_WITH_PLAN(.vtile = 32, .bwd_bulk = true, .bwd_l2pf = 1);
   // h_n and v_new of the forward recompute stored straight from the accumulators (4-byte stores) instead of
   // from their shared tiles.
-  check_with_plan({.vtile = 32, .fwd_store_staged = false});
-  check_with_plan({.joint = false, .bwd_tma = true, .fwd_store_staged = false});
+  CHECK_WITH_PLAN(.vtile = 32, .fwd_store_staged = false);
+  CHECK_WITH_PLAN(.joint = false, .bwd_tma = true, .fwd_store_staged = false);
   // Tensor-copied tiles (K = 256 and f32 fall back to the cp.async passes).
-  check_with_plan({.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3});
-  check_with_plan({.joint = false, .bwd_tma = true, .bwd_tma_vtile = 64, .bwd_tma_stages = 1});
+  CHECK_WITH_PLAN(.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3);
+  CHECK_WITH_PLAN(.joint = false, .bwd_tma = true, .bwd_tma_vtile = 64, .bwd_tma_stages = 1);
 }
 
 // Two CTAs per SM (GdnPlan::occ2: one stage, registers capped at 128 a thread): the forward pass with its
@@ -686,10 +687,10 @@ TEST(GdnCuda, BackwardLayoutsMatchCpu) {
 // pipelined kernels), whichever the default.
 TEST(GdnCuda, TwoCtasPerSmLayoutsMatchCpu) {
   NATSL_REQUIRE_GPU();
-  check_with_plan({.vtile = 64, .occ2 = true, .tma = false, .split = false, .ws = false});
-  check_with_plan({.vtile = 32, .occ2 = true, .joint = false, .tma = false, .split = true});
-  check_with_plan({.vtile = 64, .occ2 = true, .tma = false, .ws = true, .bwd_store_staged = false});
-  check_with_plan({.occ2 = false, .tma = false, .split = false, .ws = false});
+  CHECK_WITH_PLAN(.vtile = 64, .occ2 = true, .tma = false, .split = false, .ws = false);
+  CHECK_WITH_PLAN(.vtile = 32, .occ2 = true, .joint = false, .tma = false, .split = true);
+  CHECK_WITH_PLAN(.vtile = 64, .occ2 = true, .tma = false, .ws = true, .bwd_store_staged = false);
+  CHECK_WITH_PLAN(.occ2 = false, .tma = false, .split = false, .ws = false);
 }
 
 TEST(GdnCuda, NoFinalStateGradient) {
