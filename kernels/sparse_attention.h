@@ -1,7 +1,7 @@
 #pragma once
 // Chunk-selected causal softmax attention: the softmax branch of NAtS-L (natsl-layer.md §3.3, router
-// gradient §4.2; kernel plan in attention-kernels.md §4). With every chunk selected it is plain causal
-// attention (the Transformer++ baseline uses it so).
+// gradient §4.2; algorithm, index and kernels in docs/attention-kernels.md §1-§8). With every chunk selected
+// it is plain causal attention (the Transformer++ baseline uses it so).
 //
 // Per batch b and softmax head a, with router head r = a / G (G = Ha / Hr heads share a router head) and
 // chunks of C tokens (c(i) = i / C; the last chunk may be partial), query i sees

@@ -1,6 +1,6 @@
 // Tensor-core backward of chunk-selected causal attention (FlashAttention-2's KV-stationary schedule,
-// attention-kernels.md §3-4). One CTA per (key chunk c, head, batch) holds K_c and V_c; its 4 warps own 16
-// keys each. It visits the query chunks that see chunk c: its own (causal mask; skipped with
+// docs/attention-kernels.md §4 and §7). One CTA per (key chunk c, head, batch) holds K_c and V_c; its 4
+// warps own 16 keys each. It visits the query chunks that see chunk c: its own (causal mask; skipped with
 // drop_own_chunk_grad) and, when c is selected for the head's router head, every later query chunk. Per
 // query tile (Q, dO, lse and D copied one tile ahead with cp.async):
 //   S^T = K Q^T,  P^T = exp(scale S^T - lse),  dP^T = V dO^T,  dS^T = P^T (dP^T - D)

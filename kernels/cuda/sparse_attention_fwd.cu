@@ -1,5 +1,5 @@
-// Tensor-core forward of chunk-selected causal attention (FlashAttention-2 schedule, attention-kernels.md
-// §2 and §4): one CTA per (query chunk, head, batch), 64 query rows split over the warps (16 * MT rows
+// Tensor-core forward of chunk-selected causal attention (FlashAttention-2 schedule, docs/attention-kernels.md
+// §3 and §6): one CTA per (query chunk, head, batch), 64 query rows split over the warps (16 * MT rows
 // each, so warps never share softmax state). The CTA walks its key tiles, one 64-token chunk each: the own
 // chunk first with the causal mask (every row then has a finite max, so later tiles need no -inf checks),
 // then the selected earlier chunks from the compacted list, K/V of tile t+1 copied (cp.async) while tile t
