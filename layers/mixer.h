@@ -10,7 +10,7 @@
 #include <memory>
 #include <string>
 
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 #include "layers/module.h"
 
 namespace natsl {

@@ -12,7 +12,7 @@
 #include "data/mixture.h"
 #include "trainers/config_schema.h"
 #include "trainers/data_factory.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 
 namespace fs = std::filesystem;
 

@@ -1,7 +1,7 @@
 #pragma once
 // The run configuration: one typed schema with defaults, filled from a YAML file and then from dotted
 // `section.key=value` overrides. Sections:
-//   model:  ModelConfig (layers/model_config.h), inline or a path to a model YAML (relative to the file)
+//   model:  ModelConfig (layers/model/model_config.h), inline or a path to a model YAML (relative to the file)
 //   data:   which batches to train on (synthetic MQAR / NIAH, or text shards / text files)
 //   tokenizer: which tokenizer text data is read with: {kind: byte} (default) or {kind: sentencepiece,
 //           model: PATH} (the model file is opened at train start, not at load)
@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 
 namespace natsl {
 

@@ -6,9 +6,9 @@
 #include <numeric>
 
 #include "autograd/engine.h"
-#include "layers/lm_decoder.h"
+#include "layers/model/lm_decoder.h"
 #include "layers/natsl_attention.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/trainer.h"
 
 namespace natsl {

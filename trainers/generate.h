@@ -1,6 +1,6 @@
 #pragma once
 // Text generation (`natsl generate`, docs/training.md "Generation"): a checkpoint's model decoding with its
-// mixers' caches (layers/lm_decoder.h), and the sampling rule that picks each next token.
+// mixers' caches (layers/model/lm_decoder.h), and the sampling rule that picks each next token.
 //
 // Sampling one token from logits z over the candidate ids (those below the tokenizer's vocabulary):
 //   temperature 0:  argmax z (ties: the lowest id); top-k and top-p do not apply;
@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "core/philox.h"
-#include "layers/causal_lm.h"
-#include "layers/parameter_store.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/parameter_store.h"
 #include "trainers/config.h"
 
 namespace natsl {

@@ -1,7 +1,7 @@
 #pragma once
 // Model FLOP utilisation: achieved training FLOP/s over the accelerator's dense bf16 peak.
 //   MFU = flops_per_token * tokens_per_second / peak,
-// flops_per_token from layers/model_size.h (6 * matmul params + the mixers' attention/state terms; the
+// flops_per_token from layers/model/model_size.h (6 * matmul params + the mixers' attention/state terms; the
 // formula is in docs/flops.md). Peaks are dense (never the 2:4-sparse figures); docs/metrics.md lists them.
 #include <optional>
 #include <string>

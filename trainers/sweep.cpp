@@ -24,10 +24,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/stop_signal.h"
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 
 extern char** environ;
 

@@ -22,16 +22,16 @@
 
 #include <nlohmann/json.hpp>
 
-#include "autograd/adamw.h"
+#include "trainers/optim/adamw.h"
 #include "core/profiler.h"
-#include "layers/causal_lm.h"
-#include "layers/parameter_store.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/parameter_store.h"
 #include "trainers/config.h"
 #include "trainers/data_factory.h"
 #include "trainers/dist/communicator.h"
 #include "trainers/dist/data_parallel.h"
 #include "trainers/dist/launch.h"
-#include "trainers/schedule.h"
+#include "trainers/optim/schedule.h"
 
 namespace natsl {
 

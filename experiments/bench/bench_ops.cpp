@@ -40,7 +40,7 @@
 #include "kernels/matmul.h"
 #include "kernels/nn.h"
 #include "kernels/reduce.h"
-#include "trainers/version.h"
+#include "trainers/io/version.h"
 
 using namespace natsl;
 using namespace natsl::kernels;

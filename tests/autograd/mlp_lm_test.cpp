@@ -6,7 +6,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "autograd/adamw.h"
+#include "trainers/optim/adamw.h"
 #include "autograd/ops.h"
 #include "tests/cuda_test_util.h"
 #include "tests/ops_test_util.h"

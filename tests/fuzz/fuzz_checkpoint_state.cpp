@@ -13,7 +13,7 @@
 #include "data/mixture.h"
 #include "data/mqar.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/data_factory.h"
 

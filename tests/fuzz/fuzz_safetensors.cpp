@@ -2,7 +2,7 @@
 // every tensor with the bytes the header promised, or are refused with an InputError.
 #include "core/error.h"
 #include "tests/fuzz/fuzz_util.h"
-#include "trainers/safetensors.h"
+#include "trainers/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace natsl;

@@ -1,4 +1,4 @@
-// Token-by-token decoding with the mixers' caches (layers/decode_cache.h, layers/lm_decoder.h) against one
+// Token-by-token decoding with the mixers' caches (layers/decode_cache.h, layers/model/lm_decoder.h) against one
 // full forward over the same sequence: after a prefill of P tokens, every step's logits equal the forward's
 // at that position, for NAtS-L (fixed and learned routing, both branches active), GDN and attention models,
 // prompts P in {0, 1, 63, 64, 65, 130} and sequences crossing three 64-token chunk boundaries.
@@ -17,8 +17,8 @@
 #include "autograd/engine.h"
 #include "autograd/ops.h"
 #include "autograd/ops_gdn.h"
-#include "layers/causal_lm.h"
-#include "layers/lm_decoder.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/lm_decoder.h"
 #include "layers/natsl_attention.h"
 #include "tests/layers/reference_model.h"
 #include "tests/test_util.h"
@@ -271,7 +271,7 @@ TEST(Decode, GdnStepOpsMatchTheRecurrentKernel) {
   }
 }
 
-// Decoding on the GPU (layers/lm_decoder.h): after a prefill of P tokens, every step's logits match one
+// Decoding on the GPU (layers/model/lm_decoder.h): after a prefill of P tokens, every step's logits match one
 // full forward over the same tokens, on the GPU and against the CPU forward; NAtS-L layers route as the
 // forward does. Head dims 64 (the recurrent GDN kernel) and 32 (the tensor-op step). Skipped without a GPU.
 // Tolerances, relative to max |logit|: f32 1e-3 (cuBLAS / flash kernels against small products), bf16 5e-2.

@@ -4,7 +4,7 @@
 #include "autograd/ops.h"
 #include "layers/attention_core.h"
 #include "layers/block.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/embedding.h"
 #include "layers/gated_mlp.h"
 #include "layers/rope.h"

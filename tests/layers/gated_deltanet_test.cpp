@@ -8,7 +8,7 @@
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "kernels/gdn.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "data/batch.h"
 #include "layers/gated_deltanet.h"
 #include "tests/layers/reference_model.h"

@@ -3,7 +3,7 @@
 
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/gated_mlp.h"
 #include "layers/softmax_attention.h"
 #include "tests/layers/reference_model.h"

@@ -1,7 +1,7 @@
 // Module tree: names, order, train/eval, casts, init, state dict round trip and its error cases.
 #include <gtest/gtest.h>
 
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/linear.h"
 #include "layers/mixer.h"
 #include "layers/ssm_init.h"

@@ -20,7 +20,7 @@
 #include "autograd/ops_natsl.h"
 #include "core/error.h"
 #include "data/batch.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/natsl_attention.h"
 #include "tests/layers/reference_model.h"
 #include "tests/layers/reference_layer.h"

@@ -12,7 +12,7 @@
 #include "autograd/ops.h"
 #include "core/allocator.h"
 #include "data/batch.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/natsl_attention.h"
 #include "layers/recompute.h"
 

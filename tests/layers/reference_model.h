@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 #include "layers/module.h"
 #include "tests/test_util.h"
 

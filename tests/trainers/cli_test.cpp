@@ -11,11 +11,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 
 #include <nlohmann/json.hpp>
 
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainer_test_util.h"
 
 namespace natsl {

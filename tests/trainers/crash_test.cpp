@@ -24,9 +24,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
-#include "trainers/safetensors.h"
+#include "trainers/io/safetensors.h"
 #include "trainer_test_util.h"
 
 namespace natsl {

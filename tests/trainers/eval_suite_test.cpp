@@ -10,7 +10,7 @@
 #include "autograd/engine.h"
 #include "core/error.h"
 #include "layers/natsl_attention.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/eval_suite.h"
 #include "trainers/trainer.h"

@@ -8,7 +8,7 @@
 #include <map>
 
 #include "autograd/engine.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "trainers/generate.h"
 
 namespace natsl {

@@ -23,9 +23,9 @@
 
 #include "kernels/cpu/eigen.h"
 #include "trainers/config.h"
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 #include "trainers/trainer.h"
-#include "trainers/version.h"
+#include "trainers/io/version.h"
 #include "trainer_test_util.h"
 
 namespace natsl {

@@ -8,9 +8,9 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "trainers/metrics_log.h"
-#include "trainers/run_dir_lock.h"
-#include "trainers/sync_file.h"
+#include "trainers/io/metrics_log.h"
+#include "trainers/io/run_dir_lock.h"
+#include "data/sync_file.h"
 #include "trainers/trainer.h"
 #include "trainer_test_util.h"
 

@@ -17,17 +17,17 @@
 #include "data/shard.h"
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/dist/launch.h"
 #include "trainers/dist/local_launcher.h"
 #include "trainers/eval_suite.h"
 #include "trainers/generate.h"
-#include "trainers/hf_interchange.h"
+#include "trainers/io/hf_interchange.h"
 #include "trainers/sweep.h"
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 #include "trainers/trainer.h"
-#include "trainers/version.h"
+#include "trainers/io/version.h"
 
 namespace fs = std::filesystem;
 using namespace natsl;

@@ -4,10 +4,10 @@
 
 #include <thread>
 
-#include "autograd/adamw.h"
+#include "trainers/optim/adamw.h"
 #include "autograd/ops.h"
-#include "layers/causal_lm.h"
-#include "layers/parameter_store.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/parameter_store.h"
 #include "tests/layers/reference_model.h"
 #include "trainers/dist/data_parallel.h"
 #include "trainers/dist/memory_store.h"

@@ -1,6 +1,6 @@
 #pragma once
 // Closed-form model size and training FLOPs, for logging and MFU (formula in docs/flops.md).
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 
 namespace natsl {
 

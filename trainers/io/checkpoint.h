@@ -20,7 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
-#include "trainers/safetensors.h"
+#include "trainers/io/safetensors.h"
 
 namespace natsl {
 

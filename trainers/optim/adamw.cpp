@@ -1,4 +1,4 @@
-#include "autograd/adamw.h"
+#include "trainers/optim/adamw.h"
 
 #include <algorithm>
 #include <cmath>

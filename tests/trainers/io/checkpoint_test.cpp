@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "../test_util.h"
 #include "trainer_test_util.h"
 

@@ -1,4 +1,4 @@
-#include "trainers/version.h"
+#include "trainers/io/version.h"
 
 #include <Eigen/Core>
 

@@ -1,4 +1,4 @@
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 
 #include "core/profiler.h"
 

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/decode_cache.h"
 
 namespace natsl {

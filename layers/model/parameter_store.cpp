@@ -1,4 +1,4 @@
-#include "layers/parameter_store.h"
+#include "layers/model/parameter_store.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "layers/model_size.h"
+#include "layers/model/model_size.h"
 
 #include "layers/mixer.h"
 

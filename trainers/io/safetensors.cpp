@@ -1,4 +1,4 @@
-#include "trainers/safetensors.h"
+#include "trainers/io/safetensors.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 #include "data/file_checksum.h"
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 
 namespace natsl {
 

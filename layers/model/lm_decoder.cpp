@@ -1,4 +1,4 @@
-#include "layers/lm_decoder.h"
+#include "layers/model/lm_decoder.h"
 
 #include "autograd/engine.h"
 #include "autograd/ops.h"

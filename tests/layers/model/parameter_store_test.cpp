@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "autograd/ops.h"
-#include "layers/causal_lm.h"
-#include "layers/parameter_store.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/parameter_store.h"
 #include "tests/layers/reference_model.h"
 
 using namespace natsl;

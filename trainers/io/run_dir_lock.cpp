@@ -1,4 +1,4 @@
-#include "trainers/run_dir_lock.h"
+#include "trainers/io/run_dir_lock.h"
 
 #include <fcntl.h>
 #include <sys/file.h>

@@ -1,8 +1,8 @@
 // Parameter count (closed form vs the built model, and vs the formula written out here) and FLOPs per token.
 #include <gtest/gtest.h>
 
-#include "layers/causal_lm.h"
-#include "layers/model_size.h"
+#include "layers/model/causal_lm.h"
+#include "layers/model/model_size.h"
 
 using namespace natsl;
 

@@ -1,4 +1,4 @@
-#include "trainers/hf_interchange.h"
+#include "trainers/io/hf_interchange.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -8,11 +8,11 @@
 
 #include "core/error.h"
 #include "core/json_read.h"
-#include "layers/causal_lm.h"
-#include "trainers/checkpoint.h"
+#include "layers/model/causal_lm.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
-#include "trainers/safetensors.h"
-#include "trainers/sync_file.h"
+#include "trainers/io/safetensors.h"
+#include "data/sync_file.h"
 
 namespace natsl {
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-// Hugging Face interchange (trainers/hf_interchange.h): the config.json of each model family against the
+// Hugging Face interchange (trainers/io/hf_interchange.h): the config.json of each model family against the
 // reference's and FLA's config classes (field names written out here), a checkpoint -> export-hf ->
 // import-hf -> train.init_from round trip that is bit-exact, and one clear error for each folder natsl cannot
 // read.
@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 #include "trainers/config.h"
-#include "trainers/hf_interchange.h"
-#include "trainers/safetensors.h"
+#include "trainers/io/hf_interchange.h"
+#include "trainers/io/safetensors.h"
 #include "trainers/trainer.h"
 #include "trainer_test_util.h"
 

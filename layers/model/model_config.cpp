@@ -1,4 +1,4 @@
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 
 #include <algorithm>
 

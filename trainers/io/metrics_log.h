@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainers/sync_file.h"
+#include "data/sync_file.h"
 
 namespace natsl {
 

@@ -1,4 +1,4 @@
-#include "trainers/checkpoint.h"
+#include "trainers/io/checkpoint.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -9,8 +9,8 @@
 #include "core/error.h"
 #include "core/json_read.h"
 #include "data/file_checksum.h"
-#include "trainers/sync_file.h"
-#include "trainers/version.h"
+#include "data/sync_file.h"
+#include "trainers/io/version.h"
 
 namespace fs = std::filesystem;
 

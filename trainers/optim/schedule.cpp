@@ -1,4 +1,4 @@
-#include "trainers/schedule.h"
+#include "trainers/optim/schedule.h"
 
 #include <algorithm>
 #include <cmath>

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "trainers/safetensors.h"
+#include "trainers/io/safetensors.h"
 #include "../test_util.h"
 #include "trainer_test_util.h"
 

@@ -1,4 +1,4 @@
-// Whole models (layers/causal_lm.h): the GPU against the CPU (ModelCuda, skipped without a GPU), then NAtS-L
+// Whole models (layers/model/causal_lm.h): the GPU against the CPU (ModelCuda, skipped without a GPU), then NAtS-L
 // in a model.
 //
 // Whole models on the GPU against the same models on the CPU (f32): the loss and every parameter gradient
@@ -11,9 +11,9 @@
 #include "autograd/ops.h"
 #include "data/batch.h"
 #include "layers/attention_core.h"
-#include "layers/causal_lm.h"
+#include "layers/model/causal_lm.h"
 #include "layers/mixer.h"
-#include "layers/model_size.h"
+#include "layers/model/model_size.h"
 #include "layers/natsl_attention.h"
 #include "tests/layers/reference_model.h"
 #include "tests/test_util.h"

@@ -1,4 +1,4 @@
-#include "trainers/metrics_log.h"
+#include "trainers/io/metrics_log.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

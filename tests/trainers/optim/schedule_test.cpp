@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "trainers/schedule.h"
+#include "trainers/optim/schedule.h"
 
 namespace natsl {
 namespace {

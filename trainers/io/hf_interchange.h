@@ -16,7 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/model_config.h"
+#include "layers/model/model_config.h"
 
 namespace natsl {
 
