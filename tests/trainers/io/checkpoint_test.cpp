@@ -14,8 +14,8 @@
 
 #include "core/error.h"
 #include "trainers/io/checkpoint.h"
-#include "../test_util.h"
-#include "trainer_test_util.h"
+#include "tests/test_util.h"
+#include "tests/trainers/trainer_test_util.h"
 
 namespace natsl {
 namespace {

@@ -15,7 +15,7 @@
 #include "trainers/io/hf_interchange.h"
 #include "trainers/io/safetensors.h"
 #include "trainers/trainer.h"
-#include "trainer_test_util.h"
+#include "tests/trainers/trainer_test_util.h"
 
 namespace natsl {
 namespace {

@@ -7,8 +7,8 @@
 
 #include "core/error.h"
 #include "trainers/io/safetensors.h"
-#include "../test_util.h"
-#include "trainer_test_util.h"
+#include "tests/test_util.h"
+#include "tests/trainers/trainer_test_util.h"
 
 namespace natsl {
 namespace {
