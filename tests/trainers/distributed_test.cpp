@@ -272,6 +272,31 @@ TEST_F(Distributed, SigtermToOneRankCheckpointsAndStopsAllRanksAtTheSameStep) {
   EXPECT_TRUE(std::filesystem::exists(dir_ / ("s/checkpoints/" + std::string(name)))) << log0;
 }
 
+// A rank that cannot write its ZeRO-1 shard (here: rank 1 is given another out_dir, where rank 0 made no
+// temporary directory) stops every rank with the error, and no step_N appears.
+TEST_F(Distributed, AShardWriteThatFailsOnOneRankStopsAllRanksAndPublishesNoCheckpoint) {
+  const int port = free_port();
+  const std::vector<std::string> args = {"train", dir_ / "cfg.yaml", "train.steps=3", "train.zero=1"};
+  auto with_out = [&](const std::string& out) {
+    std::vector<std::string> a = args;
+    a.push_back("train.out_dir=" + dir_ / out);
+    return a;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  pid_t p0 = testing::spawn_natsl_env(with_out("s"), dir_ / "r0.log", rank_env(0, 2, port));
+  pid_t p1 = testing::spawn_natsl_env(with_out("elsewhere"), dir_ / "r1.log", rank_env(1, 2, port));
+  const int c0 = testing::wait_exit_code(p0), c1 = testing::wait_exit_code(p1);
+  const std::string log0 = testing::read_text(dir_ / "r0.log"), log1 = testing::read_text(dir_ / "r1.log");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));
+  EXPECT_EQ(c0, 1) << log0;
+  EXPECT_EQ(c1, 1) << log1;
+  EXPECT_NE(log0.find("rank(s) 1 could not write their part of checkpoint step_000003"), std::string::npos) << log0;
+  EXPECT_NE(log1.find("rank 1 cannot write its part of checkpoint step_000003"), std::string::npos) << log1;
+  EXPECT_EQ(testing::count_lines(dir_ / "s/metrics.jsonl"), 3u) << log0;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "s/checkpoints/step_000003")) << log0;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "s/checkpoints/.tmp-step_000003")) << log0;
+}
+
 TEST_F(Distributed, ARankThatNeverArrivesIsNamedWhenTheRendezvousTimesOut) {
   const int port = free_port();
   pid_t p0 = testing::spawn_natsl_env({"train", dir_ / "cfg.yaml", "train.out_dir=" + dir_ / "m", "train.dist_timeout_s=3"},
