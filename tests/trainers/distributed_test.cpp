@@ -138,6 +138,9 @@ TEST_F(Distributed, Zero1ShardedCheckpointResumesBitForBitOnTheSameWorldSize) {
                         "optimizer.rank00001-of-00002.safetensors", "state.json"})
     EXPECT_TRUE(std::filesystem::exists(ten + "/" + f)) << f;
   EXPECT_FALSE(std::filesystem::exists(ten + "/optimizer.safetensors"));
+  auto inspect = testing::run_natsl("inspect " + ten);
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("optimizer: ZeRO-1 shards of 2 ranks"), std::string::npos) << inspect.output;
   auto b = train(2, "run", "train.zero=1 resume=auto");
   ASSERT_EQ(b.exit_code, 0) << b.output;
   EXPECT_NE(b.output.find("resumed from"), std::string::npos) << b.output;
