@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/synthetic_state.h"
 
@@ -41,22 +42,26 @@ std::vector<int64_t> weighted_distinct(RandomStream& rs, const std::vector<doubl
   return out;
 }
 
-void fail(const std::string& msg) { throw InputError("mqar: " + msg); }
+// `option`: the MqarOptions field at fault, which the run config's data factory maps to its config key.
+void fail(const char* option, const std::string& msg) { throw ConfigKeyError(option, "mqar: " + msg); }
 
 }  // namespace
 
 void validate(const MqarOptions& o) {
-  if (o.seq_len < 2 || o.seq_len % 2 != 0) fail("seq_len must be even and >= 2, got " + std::to_string(o.seq_len) + ".");
+  if (o.seq_len < 2 || o.seq_len % 2 != 0)
+    fail("seq_len", "seq_len must be even and >= 2, got " + std::to_string(o.seq_len) + ".");
   if (o.vocab_size <= o.seq_len)
-    fail("vocab_size (" + std::to_string(o.vocab_size) + ") must exceed seq_len (" + std::to_string(o.seq_len) + ").");
-  if (o.num_kv_pairs < 1) fail("num_kv_pairs must be >= 1, got " + std::to_string(o.num_kv_pairs) + ".");
-  if (o.num_passes < 1) fail("num_passes must be >= 1, got " + std::to_string(o.num_passes) + ".");
+    fail("vocab_size",
+         "vocab_size (" + std::to_string(o.vocab_size) + ") must exceed seq_len (" + std::to_string(o.seq_len) + ").");
+  if (o.num_kv_pairs < 1) fail("num_kv_pairs", "num_kv_pairs must be >= 1, got " + std::to_string(o.num_kv_pairs) + ".");
+  if (o.num_passes < 1) fail("num_passes", "num_passes must be >= 1, got " + std::to_string(o.num_passes) + ".");
   if (2 * o.num_kv_pairs * o.num_passes + 2 * o.num_kv_pairs > o.seq_len)
-    fail("2 * num_kv_pairs * num_passes + 2 * num_kv_pairs = " +
-         std::to_string(2 * o.num_kv_pairs * o.num_passes + 2 * o.num_kv_pairs) + " exceeds seq_len " +
-         std::to_string(o.seq_len) + "; use fewer pairs or a longer sequence.");
-  if (!(o.power_a > 0)) fail("power_a must be > 0, got " + std::to_string(o.power_a) + ".");
-  if (o.batch_size < 1) fail("batch_size must be >= 1, got " + std::to_string(o.batch_size) + ".");
+    fail("num_kv_pairs", "2 * num_kv_pairs * num_passes + 2 * num_kv_pairs = " +
+                             std::to_string(2 * o.num_kv_pairs * o.num_passes + 2 * o.num_kv_pairs) +
+                             " exceeds seq_len " + std::to_string(o.seq_len) +
+                             "; use fewer pairs or a longer sequence.");
+  if (!(o.power_a > 0)) fail("power_a", "power_a must be > 0, got " + std::to_string(o.power_a) + ".");
+  if (o.batch_size < 1) fail("batch_size", "batch_size must be >= 1, got " + std::to_string(o.batch_size) + ".");
   NATSL_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "mqar rank ", o.rank, "/", o.world_size);
 }
 

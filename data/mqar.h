@@ -32,8 +32,8 @@ struct MqarOptions {
   int world_size = 1;
 };
 
-// Throws InputError naming the option when Zoology's preconditions fail
-// (L even, V > L, 2 k passes + 2 k <= L, k >= 1, power_a > 0, ...).
+// Throws ConfigKeyError (an InputError) naming the option, its key() the field at fault, when Zoology's
+// preconditions fail (L even, V > L, 2 k passes + 2 k <= L, k >= 1, power_a > 0, ...).
 void validate(const MqarOptions& o);
 
 struct MqarExample {

@@ -4,17 +4,19 @@
 #include <functional>
 
 #include "autograd/ops.h"
+#include "core/config_key_error.h"
 #include "autograd/ops_gdn.h"
 #include "layers/ssm_init.h"
 
 namespace natsl {
 
 GdnDims gdn_dims(const ModelConfig& c) {
-  if (c.num_heads <= 0) throw InputError("model.num_heads must be positive, got " + std::to_string(c.num_heads));
-  if (c.head_dim <= 0) throw InputError("model.head_dim must be positive, got " + std::to_string(c.head_dim));
+  if (c.num_heads <= 0) throw ConfigKeyError("model.num_heads", "model.num_heads must be positive, got " + std::to_string(c.num_heads));
+  if (c.head_dim <= 0) throw ConfigKeyError("model.head_dim", "model.head_dim must be positive, got " + std::to_string(c.head_dim));
   double v = c.expand_v * double(c.head_dim);
   if (v < 1 || std::abs(v - std::round(v)) > 1e-9)
-    throw InputError("model.expand_v * model.head_dim must be a positive integer, got " + std::to_string(v));
+    throw ConfigKeyError("model.expand_v",
+                         "model.expand_v * model.head_dim must be a positive integer, got " + std::to_string(v));
   return {c.num_heads, c.head_dim, int64_t(std::llround(v))};
 }
 

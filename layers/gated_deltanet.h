@@ -20,6 +20,8 @@ namespace natsl {
 struct GdnDims {
   int64_t heads, key_dim, value_dim;  // H, K, V
 };
+// Resolves and checks the GDN dims of a config (ConfigKeyError naming the key); the registry's check of kind
+// "gdn".
 GdnDims gdn_dims(const ModelConfig& config);
 
 // The shared front end of GDN and NAtS-L: projections, short convs, L2 norm, gates.

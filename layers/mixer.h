@@ -3,8 +3,8 @@
 // uses comes from ModelConfig::mixer_kinds(); each kind is an entry of the registry below.
 //
 // Adding a kind (e.g. "gdn"): implement a Mixer subclass, then add one entry to the table in
-// layers/mixer_registry.cpp giving its factory, its closed-form parameter count and its non-parameter
-// FLOPs per token (see docs/flops.md).
+// layers/mixer_registry.cpp giving its factory, its closed-form parameter count, its non-parameter
+// FLOPs per token (see docs/flops.md) and the check of the options it reads.
 #include <functional>
 #include <map>
 #include <memory>
@@ -46,6 +46,9 @@ struct MixerSpec {
   // (the attention score / value products, the recurrent state updates, ...). The weight matmuls are
   // counted as 6 per parameter by model_flops_per_token.
   std::function<double(const ModelConfig&, int64_t seq_len)> extra_flops_per_token;
+  // The options this kind reads, checked (validate_model_config calls it for every kind a model uses):
+  // throws ConfigKeyError naming the key, so the mixer itself may assume they hold.
+  std::function<void(const ModelConfig&)> check;
 };
 
 // The registry: kind -> spec. Immutable (built once from the table in mixer_registry.cpp).

@@ -12,17 +12,19 @@ const std::map<std::string, MixerSpec>& mixer_registry() {
        MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
                    return std::make_shared<SoftmaxAttention>(c, i);
                  },
-                 &SoftmaxAttention::num_params, &SoftmaxAttention::extra_flops_per_token}},
+                 &SoftmaxAttention::num_params, &SoftmaxAttention::extra_flops_per_token,
+                 [](const ModelConfig& c) { attention_dims(c); }}},
       {"gdn",
        MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
                    return std::make_shared<GatedDeltaNet>(c, i);
                  },
-                 &GatedDeltaNet::num_params, &GatedDeltaNet::extra_flops_per_token}},
+                 &GatedDeltaNet::num_params, &GatedDeltaNet::extra_flops_per_token,
+                 [](const ModelConfig& c) { gdn_dims(c); }}},
       {"natsl",
        MixerSpec{[](const ModelConfig& c, int64_t i) -> std::shared_ptr<Mixer> {
                    return std::make_shared<NatslAttention>(c, i);
                  },
-                 &NatslAttention::num_params, &NatslAttention::extra_flops_per_token}},
+                 &NatslAttention::num_params, &NatslAttention::extra_flops_per_token, &check_natsl_config}},
   };
   return registry;
 }

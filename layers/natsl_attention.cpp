@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops_gdn.h"
 #include "autograd/ops_natsl.h"
+#include "core/config_key_error.h"
 #include "core/philox.h"
 #include "kernels/gdn.h"
 
@@ -45,73 +46,90 @@ std::vector<std::pair<std::string, NatslAttention*>> natsl_layers(const Module& 
 
 void NatslAttention::seed_noise(uint64_t run_seed) { noise_ = Generator(router_noise_seed(run_seed, layer_idx_), 0); }
 
-void validate_routing_controls(const ModelConfig& c) {
+namespace {
+
+// The routing-sparsity options (model.nats_routing*, nats_frac_*, gumbel_tau_*).
+void check_routing_controls(const ModelConfig& c) {
+  auto fail = [](const char* key, const std::string& message) { throw ConfigKeyError(key, message); };
   const std::vector<std::string> kinds = {"learned", "topk", "all_softmax", "all_gdn", "every_nth", "random"};
   if (std::find(kinds.begin(), kinds.end(), c.nats_routing) == kinds.end())
-    throw InputError("model.nats_routing must be one of learned, topk, all_softmax, all_gdn, every_nth, random; got '" +
-                     c.nats_routing + "'");
+    fail("model.nats_routing", "model.nats_routing must be one of learned, topk, all_softmax, all_gdn, every_nth, "
+                               "random; got '" + c.nats_routing + "'");
   if (!(c.nats_routing_fraction >= 0 && c.nats_routing_fraction <= 1))
-    throw InputError("model.nats_routing_fraction must be in [0, 1], got " + std::to_string(c.nats_routing_fraction));
+    fail("model.nats_routing_fraction",
+         "model.nats_routing_fraction must be in [0, 1], got " + std::to_string(c.nats_routing_fraction));
   if (c.nats_routing_every < 1)
-    throw InputError("model.nats_routing_every must be at least 1, got " + str(c.nats_routing_every));
+    fail("model.nats_routing_every", "model.nats_routing_every must be at least 1, got " + str(c.nats_routing_every));
   const bool penalised = c.nats_frac_penalty > 0 || !c.nats_frac_target.empty();
   if (penalised && c.nats_routing != "learned")
-    throw InputError("model.nats_frac_penalty / model.nats_frac_target steer the learned router, but model.nats_routing "
-                     "is '" + c.nats_routing + "' (its fraction is fixed): use nats_routing: learned, or drop them");
+    fail(c.nats_frac_penalty > 0 ? "model.nats_frac_penalty" : "model.nats_frac_target",
+         "model.nats_frac_penalty / model.nats_frac_target steer the learned router, but model.nats_routing is '" +
+             c.nats_routing + "' (its fraction is fixed): use nats_routing: learned, or drop them");
   if (!(c.nats_frac_penalty >= 0 && std::isfinite(c.nats_frac_penalty)))
-    throw InputError("model.nats_frac_penalty must be a finite number >= 0");
+    fail("model.nats_frac_penalty", "model.nats_frac_penalty must be a finite number >= 0");
   if (!(c.nats_frac_target_coef >= 0 && std::isfinite(c.nats_frac_target_coef)))
-    throw InputError("model.nats_frac_target_coef must be a finite number >= 0");
+    fail("model.nats_frac_target_coef", "model.nats_frac_target_coef must be a finite number >= 0");
   const auto kinds_of = c.mixer_kinds();
   const int64_t n_natsl = std::count(kinds_of.begin(), kinds_of.end(), std::string("natsl"));
   if (c.nats_frac_target.size() > 1 && int64_t(c.nats_frac_target.size()) != n_natsl)
-    throw InputError("model.nats_frac_target has " + str(int64_t(c.nats_frac_target.size())) +
-                     " values but the model has " + str(n_natsl) + " natsl layers: give one value, or one per natsl layer");
+    fail("model.nats_frac_target", "model.nats_frac_target has " + str(int64_t(c.nats_frac_target.size())) +
+                                       " values but the model has " + str(n_natsl) +
+                                       " natsl layers: give one value, or one per natsl layer");
   for (double t : c.nats_frac_target)
-    if (!(t >= 0 && t <= 1)) throw InputError("model.nats_frac_target values must be in [0, 1], got " + std::to_string(t));
-  if (c.nats_frac_warmup_steps < 0) throw InputError("model.nats_frac_warmup_steps must be >= 0");
+    if (!(t >= 0 && t <= 1))
+      fail("model.nats_frac_target", "model.nats_frac_target values must be in [0, 1], got " + std::to_string(t));
+  if (c.nats_frac_warmup_steps < 0) fail("model.nats_frac_warmup_steps", "model.nats_frac_warmup_steps must be >= 0");
   if (c.gumbel_tau_schedule != "constant" && c.gumbel_tau_schedule != "linear" && c.gumbel_tau_schedule != "exp")
-    throw InputError("model.gumbel_tau_schedule must be constant, linear or exp; got '" + c.gumbel_tau_schedule + "'");
+    fail("model.gumbel_tau_schedule",
+         "model.gumbel_tau_schedule must be constant, linear or exp; got '" + c.gumbel_tau_schedule + "'");
   if (c.gumbel_tau_schedule != "constant" && c.nats_sample != "gumbel")
-    throw InputError("model.gumbel_tau_schedule '" + c.gumbel_tau_schedule + "' needs model.nats_sample: gumbel");
-  if (!(c.gumbel_tau_end > 0)) throw InputError("model.gumbel_tau_end must be positive");
+    fail("model.gumbel_tau_schedule",
+         "model.gumbel_tau_schedule '" + c.gumbel_tau_schedule + "' needs model.nats_sample: gumbel");
+  if (!(c.gumbel_tau_end > 0)) fail("model.gumbel_tau_end", "model.gumbel_tau_end must be positive");
+}
+
+}  // namespace
+
+void check_natsl_config(const ModelConfig& c) {
+  auto fail = [](const char* key, const std::string& message) { throw ConfigKeyError(key, message); };
+  const GdnDims g = gdn_dims(c);
+  const int64_t H = g.heads, K = g.key_dim, V = g.value_dim, Ha = c.num_attn_heads;
+  if (c.nats_block_size != kernels::kGdnChunk)
+    fail("model.nats_block_size", "model.nats_block_size must be " + str(kernels::kGdnChunk) + " (the GDN chunk), got " +
+                                      str(c.nats_block_size));
+  if (!c.use_gate) fail("model.use_gate", "model.use_gate must be true for natsl layers (the output mixing is gated)");
+  if (Ha <= 0 || Ha % H != 0)
+    fail("model.num_attn_heads", "model.num_attn_heads (" + str(Ha) + ") must be a positive multiple of "
+                                 "model.num_heads (" + str(H) + ") for natsl layers");
+  const int64_t G = Ha / H;
+  if (K % G != 0 || V % G != 0)
+    fail("model.num_attn_heads", "natsl layers view each GDN head as num_attn_heads / num_heads = " + str(G) +
+                                     " softmax heads: model.head_dim (" + str(K) + ") and the value dim (" + str(V) +
+                                     ") must be divisible by it");
+  if (c.attn_head_dim != 0 && c.attn_head_dim != K / G)
+    fail("model.attn_head_dim", "model.attn_head_dim is " + str(c.attn_head_dim) + " but natsl layers use head_dim * "
+                                "num_heads / num_attn_heads = " + str(K / G) + "; set it to 0 or " + str(K / G));
+  if (c.attn_value_dim != 0 && c.attn_value_dim != V / G)
+    fail("model.attn_value_dim", "model.attn_value_dim is " + str(c.attn_value_dim) + " but natsl layers use value "
+                                 "dim * num_heads / num_attn_heads = " + str(V / G) + "; set it to 0 or " + str(V / G));
+  if (c.num_nats_heads != 0 && c.num_nats_heads != H)
+    fail("model.num_nats_heads", "model.num_nats_heads must be 0 or model.num_heads (" + str(H) + "), got " +
+                                     str(c.num_nats_heads) + " (one router head per GDN head)");
+  if (c.nats_sample != "argmax" && c.nats_sample != "gumbel")
+    fail("model.nats_sample", "model.nats_sample must be 'argmax' or 'gumbel', got '" + c.nats_sample + "'");
+  if (!(c.gumbel_tau > 0)) fail("model.gumbel_tau", "model.gumbel_tau must be positive, got " + std::to_string(c.gumbel_tau));
+  check_routing_controls(c);
 }
 
 NatslDims natsl_dims(const ModelConfig& c) {
-  NatslDims n{gdn_dims(c), 0, 0, 0, 0, 0, c.nats_block_size};
-  const int64_t H = n.gdn.heads, K = n.gdn.key_dim, V = n.gdn.value_dim, Ha = c.num_attn_heads;
-  if (c.nats_block_size != kernels::kGdnChunk)
-    throw InputError("model.nats_block_size must be " + str(kernels::kGdnChunk) + " (the GDN chunk), got " +
-                     str(c.nats_block_size));
-  if (!c.use_gate) throw InputError("model.use_gate must be true for natsl layers (the output mixing is gated)");
-  if (Ha <= 0 || Ha % H != 0)
-    throw InputError("model.num_attn_heads (" + str(Ha) + ") must be a positive multiple of model.num_heads (" +
-                     str(H) + ") for natsl layers");
+  const GdnDims g = gdn_dims(c);
+  const int64_t H = g.heads, Ha = c.num_attn_heads;
+  // check_natsl_config refused anything else with the key named; these guard the divisions below.
+  NATSL_CHECK(c.nats_block_size == kernels::kGdnChunk && Ha > 0 && Ha % H == 0 && g.key_dim % (Ha / H) == 0 &&
+                  g.value_dim % (Ha / H) == 0,
+              "natsl_dims: a model config that validate_model_config refuses");
   const int64_t G = Ha / H;
-  if (K % G != 0 || V % G != 0)
-    throw InputError("natsl layers view each GDN head as num_attn_heads / num_heads = " + str(G) +
-                     " softmax heads: model.head_dim (" + str(K) + ") and the value dim (" + str(V) +
-                     ") must be divisible by it");
-  if (c.attn_head_dim != 0 && c.attn_head_dim != K / G)
-    throw InputError("model.attn_head_dim is " + str(c.attn_head_dim) + " but natsl layers use head_dim * num_heads / "
-                     "num_attn_heads = " + str(K / G) + "; set it to 0 or " + str(K / G));
-  if (c.attn_value_dim != 0 && c.attn_value_dim != V / G)
-    throw InputError("model.attn_value_dim is " + str(c.attn_value_dim) + " but natsl layers use value dim * num_heads "
-                     "/ num_attn_heads = " + str(V / G) + "; set it to 0 or " + str(V / G));
-  const int64_t Hr = c.num_nats_heads == 0 ? H : c.num_nats_heads;
-  if (Hr != H)
-    throw InputError("model.num_nats_heads must be 0 or model.num_heads (" + str(H) + "), got " +
-                     str(c.num_nats_heads) + " (one router head per GDN head)");
-  if (c.nats_sample != "argmax" && c.nats_sample != "gumbel")
-    throw InputError("model.nats_sample must be 'argmax' or 'gumbel', got '" + c.nats_sample + "'");
-  if (!(c.gumbel_tau > 0)) throw InputError("model.gumbel_tau must be positive, got " + std::to_string(c.gumbel_tau));
-  validate_routing_controls(c);
-  n.attn_heads = Ha;
-  n.attn_head_dim = K / G;
-  n.attn_value_dim = V / G;
-  n.groups = G;
-  n.router_heads = Hr;
-  return n;
+  return NatslDims{g, Ha, g.key_dim / G, g.value_dim / G, G, H, c.nats_block_size};
 }
 
 TwoInputNorm::TwoInputNorm(int64_t dim) {

@@ -45,10 +45,12 @@ struct NatslDims {
   int64_t router_heads;                               // Hr = H
   int64_t chunk;                                      // C = 64
 };
-// Resolves and checks the NAtS-L dims of a config (InputError naming the key when inconsistent).
+// The options natsl layers read, checked: the arrangement above, the chunk, the sampling and the
+// routing-sparsity controls (model.nats_routing*, nats_frac_*, gumbel_tau_*). Throws ConfigKeyError naming
+// the key; the registry's check of kind "natsl", reached from validate_model_config.
+void check_natsl_config(const ModelConfig& config);
+// The NAtS-L dims of a config that passed check_natsl_config.
 NatslDims natsl_dims(const ModelConfig& config);
-// Checks the routing-sparsity options (model.nats_routing*, nats_frac_*, gumbel_tau_*); natsl_dims calls it.
-void validate_routing_controls(const ModelConfig& config);
 
 // The Philox key of a layer's Gumbel noise: a splitmix64 mix of the run seed and the layer index, so runs of
 // different seeds and different layers never share noise.

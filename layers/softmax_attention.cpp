@@ -3,25 +3,30 @@
 #include <tuple>
 
 #include "autograd/ops.h"
+#include "core/config_key_error.h"
 #include "layers/attention_core.h"
 #include "layers/rope.h"
 
 namespace natsl {
 
 AttentionDims attention_dims(const ModelConfig& c) {
-  if (c.num_attn_heads <= 0) throw InputError("model.num_attn_heads must be positive, got " + std::to_string(c.num_attn_heads));
+  if (c.num_attn_heads <= 0)
+    throw ConfigKeyError("model.num_attn_heads", "model.num_attn_heads must be positive, got " + std::to_string(c.num_attn_heads));
   int64_t dk = c.attn_head_dim;
   if (dk == 0) {
     if (c.hidden_size % c.num_attn_heads != 0)
-      throw InputError("model.hidden_size (" + std::to_string(c.hidden_size) + ") is not divisible by model.num_attn_heads (" +
-                       std::to_string(c.num_attn_heads) + "); set model.attn_head_dim explicitly");
+      throw ConfigKeyError("model.num_attn_heads", "model.hidden_size (" + std::to_string(c.hidden_size) +
+                                                       ") is not divisible by model.num_attn_heads (" +
+                                                       std::to_string(c.num_attn_heads) +
+                                                       "); set model.attn_head_dim or change the head count");
     dk = c.hidden_size / c.num_attn_heads;
   }
-  if (dk <= 0) throw InputError("model.attn_head_dim must be positive, got " + std::to_string(dk));
+  if (dk <= 0) throw ConfigKeyError("model.attn_head_dim", "model.attn_head_dim must be positive, got " + std::to_string(dk));
   int64_t dv = c.attn_value_dim == 0 ? dk : c.attn_value_dim;
-  if (dv <= 0) throw InputError("model.attn_value_dim must be positive, got " + std::to_string(dv));
+  if (dv <= 0)
+    throw ConfigKeyError("model.attn_value_dim", "model.attn_value_dim must be positive, got " + std::to_string(dv));
   if (c.attn_rope && dk % 2 != 0)
-    throw InputError("model.attn_rope needs an even attention head dim, got " + std::to_string(dk));
+    throw ConfigKeyError("model.attn_rope", "model.attn_rope needs an even attention head dim, got " + std::to_string(dk));
   return {c.num_attn_heads, dk, dv};
 }
 

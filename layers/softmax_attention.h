@@ -15,7 +15,8 @@ namespace natsl {
 struct AttentionDims {
   int64_t heads, head_dim, value_dim;
 };
-// Resolves and checks the attention dims of a config (InputError naming the key when inconsistent).
+// Resolves and checks the attention dims of a config (ConfigKeyError naming the key when inconsistent); the
+// registry's check of kind "attn".
 AttentionDims attention_dims(const ModelConfig& config);
 
 class SoftmaxAttention : public Mixer {

@@ -7,12 +7,10 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "core/device.h"
+#include "core/config_key_error.h"
 #include "core/error.h"
-#include "data/mixture.h"
 #include "trainers/config_schema.h"
 #include "trainers/data_factory.h"
-#include "layers/model/causal_lm.h"
 
 namespace fs = std::filesystem;
 
@@ -204,88 +202,14 @@ void apply_override(RunConfig& cfg, const std::string& assignment) {
 }
 
 void validate_config(RunConfig& cfg) {
-  const TrainConfig& t = cfg.train;
-  auto fail = [&](const std::string& key, const std::string& what) {
-    throw InputError(origin_of(cfg, key) + ": " + what);
-  };
-  if (t.warmup_steps > t.steps)
-    fail("train.warmup_steps", "train.warmup_steps (" + std::to_string(t.warmup_steps) + ") exceeds train.steps (" +
-                                   std::to_string(t.steps) + ")");
-  if (t.stop_at_step > t.steps)
-    fail("train.stop_at_step", "train.stop_at_step (" + std::to_string(t.stop_at_step) + ") exceeds train.steps (" +
-                                   std::to_string(t.steps) + ")");
-  if (!t.profile_steps.empty() &&
-      (t.profile_steps.size() != 2 || t.profile_steps[1] <= t.profile_steps[0] || t.profile_steps[1] > t.steps + 1))
-    fail("train.profile_steps", "train.profile_steps must be [] or [first, end) with first < end <= train.steps + 1 "
-                                "(e.g. [10, 13] times steps 10, 11 and 12)");
-  if (t.device != "auto") {
-    try {
-      Device::parse(t.device);
-    } catch (const InputError&) {
-      fail("train.device", "train.device '" + t.device + "' is not one of auto, cpu, cuda, cuda:N");
-    }
-  }
-  const ModelConfig& m = cfg.model;
-  if (!m.layers.empty() && int64_t(m.layers.size()) != m.num_layers)
-    fail("model.layers", "model.layers has " + std::to_string(m.layers.size()) + " entries but model.num_layers is " +
-                             std::to_string(m.num_layers));
-  for (const char* key : {"model.attn_layers", "model.natsl_layers"}) {
-    const auto& idx = std::string(key) == "model.attn_layers" ? m.attn_layers : m.natsl_layers;
-    for (int64_t i : idx)
-      if (i >= m.num_layers)
-        fail(key, std::string(key) + " holds layer " + std::to_string(i) + " but model.num_layers is " +
-                      std::to_string(m.num_layers));
-  }
-  if (m.attn_head_dim == 0 && m.hidden_size % m.num_attn_heads != 0)
-    fail("model.num_attn_heads", "model.hidden_size (" + std::to_string(m.hidden_size) +
-                                     ") is not divisible by model.num_attn_heads (" + std::to_string(m.num_attn_heads) +
-                                     "); set model.attn_head_dim or change the head count");
-  const DataConfig& d = cfg.data;
-  if (d.source == "text" && d.text.train.empty() && d.text.mix.empty())
-    fail("data.text.train", "data.source is text but data.text.train names no file; give shard prefixes or text "
-                            "files, e.g. data.text.train=../shared/data/tinyshakespeare.txt, or a weighted "
-                            "mixture in data.text.mix");
-  if (!d.text.train.empty() && !d.text.mix.empty())
-    fail("data.text.mix", "data.text.train and data.text.mix are both set: a run trains on one of them; move the "
-                          "train entries into data.text.mix (each as {path: ..., weight: ...}) or drop the mix "
-                          "(on the command line: data.text.train=[] or data.text.mix=[])");
-  if (!d.text.mix.empty()) {
-    std::vector<double> weights;
-    std::vector<std::string> names;
-    for (size_t i = 0; i < d.text.mix.size(); ++i) {
-      weights.push_back(d.text.mix[i].weight);
-      names.push_back(mix_source_name(d.text.mix, i));
-    }
-    try {
-      mixture_bounds(weights, names);
-    } catch (const InputError& e) {
-      throw InputError(origin_of(cfg, "data.text.mix") + ": " + e.what());
-    }
-  }
-  // The tokenizer reads text; the synthetic tasks make their own token ids. (Its model file is opened at train
-  // start, so a config naming a model this machine lacks still loads.)
-  if (cfg.tokenizer.kind == "sentencepiece" && cfg.tokenizer.model.empty())
-    fail("tokenizer.kind", "tokenizer.kind is sentencepiece but tokenizer.model names no file; give the path of a "
-                           "SentencePiece .model file (`natsl tokenizer train` makes one)");
-  if (cfg.tokenizer.kind != "byte" && d.source != "text")
-    fail("tokenizer.kind", "tokenizer.kind is " + cfg.tokenizer.kind + " but data.source " + d.source +
-                               " generates its own token ids; use tokenizer.kind=byte or data.source=text");
-  if (d.source == "mqar") {
-    int64_t v = d.mqar.vocab_size ? d.mqar.vocab_size : m.vocab_size;
-    if (v > m.vocab_size)
-      fail("data.mqar.vocab_size", "data.mqar.vocab_size (" + std::to_string(v) + ") exceeds model.vocab_size (" +
-                                       std::to_string(m.vocab_size) + ")");
-    try {
-      validate(mqar_options(cfg, 0));
-    } catch (const InputError& e) {
-      throw InputError(origin_of(cfg, "data.mqar.num_kv_pairs") + ": data." + e.what() +
-                       " (the MQAR sequence length is train.seq_len)");
-    }
-  }
-  // The model's own checks (mixer kinds registered, sizes): their messages name the key.
+  // Each owner checks its own options and names the key; only here is it known where that key was set.
   try {
-    validate_model_config(m);
-  } catch (const InputError& e) {
+    validate_train_config(cfg.train);
+    validate_model_config(cfg.model);
+    validate_data_config(cfg);
+  } catch (const ConfigKeyError& e) {
+    throw InputError(origin_of(cfg, e.key()) + ": " + e.what());
+  } catch (const InputError& e) {  // a check that names no single key: the config as a whole
     throw InputError((cfg.config_path.empty() ? std::string("config") : cfg.config_path) + ": " + e.what());
   }
 }

@@ -122,6 +122,10 @@ struct TrainConfig {
   std::vector<std::string> recompute;
 };
 
+// The train: section's own rules (warm-up and stop within the steps, the profiled range, the device name);
+// ConfigKeyError (core/config_key_error.h) names the key. trainers/config_train.cpp.
+void validate_train_config(const TrainConfig& train);
+
 struct RunConfig {
   ModelConfig model;
   DataConfig data;
@@ -139,7 +143,9 @@ struct RunConfig {
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // One override on an existing config (same errors, attributed to the command line).
 void apply_override(RunConfig& cfg, const std::string& assignment);
-// Cross-field rules (warmup within steps, data source needs, head sizes, ...).
+// Every owner's checks, composed: validate_train_config, validate_model_config (layers/model/model_config.h),
+// validate_data_config (trainers/data_factory.h); the error of the first that fails is an InputError led by
+// where its key was set ("FILE:LINE", "command line", or "FILE (default of KEY)").
 void validate_config(RunConfig& cfg);
 
 // The resolved config as YAML (every key, defaults included; loadable by load_config) and as JSON.

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/mixture.h"
 #include "data/shard.h"
@@ -40,6 +41,79 @@ NiahOptions niah_options(const RunConfig& cfg, uint64_t seed) {
 }
 
 uint64_t eval_seed(uint64_t train_seed) { return train_seed ^ 0xE7A15EEDC0FFEE11ull; }
+
+namespace {
+
+// The config key behind an MqarOptions field (mqar_options above builds the one from the other).
+std::string mqar_option_key(const RunConfig& cfg, const std::string& option) {
+  if (option == "seq_len") return "train.seq_len";
+  if (option == "batch_size") return "train.batch_size";
+  if (option == "vocab_size") return cfg.data.mqar.vocab_size ? "data.mqar.vocab_size" : "model.vocab_size";
+  return "data.mqar." + option;
+}
+
+void validate_text_data(const RunConfig& cfg) {
+  const TextDataConfig& text = cfg.data.text;
+  if (cfg.data.source == "text" && text.train.empty() && text.mix.empty())
+    throw ConfigKeyError("data.text.train",
+                         "data.source is text but data.text.train names no file; give shard prefixes or text "
+                         "files, e.g. data.text.train=../shared/data/tinyshakespeare.txt, or a weighted "
+                         "mixture in data.text.mix");
+  if (!text.train.empty() && !text.mix.empty())
+    throw ConfigKeyError("data.text.mix",
+                         "data.text.train and data.text.mix are both set: a run trains on one of them; move the "
+                         "train entries into data.text.mix (each as {path: ..., weight: ...}) or drop the mix "
+                         "(on the command line: data.text.train=[] or data.text.mix=[])");
+  if (!text.mix.empty()) {
+    std::vector<double> weights;
+    std::vector<std::string> names;
+    for (size_t i = 0; i < text.mix.size(); ++i) {
+      weights.push_back(text.mix[i].weight);
+      names.push_back(mix_source_name(text.mix, i));
+    }
+    try {
+      mixture_bounds(weights, names);
+    } catch (const InputError& e) {
+      throw ConfigKeyError("data.text.mix", e.what());
+    }
+  }
+}
+
+// The tokenizer reads text; the synthetic tasks make their own token ids. (Its model file is opened at train
+// start, so a config naming a model this machine lacks still loads.)
+void validate_tokenizer(const RunConfig& cfg) {
+  const TokenizerSpec& tok = cfg.tokenizer;
+  if (tok.kind == "sentencepiece" && tok.model.empty())
+    throw ConfigKeyError("tokenizer.kind",
+                         "tokenizer.kind is sentencepiece but tokenizer.model names no file; give the path of a "
+                         "SentencePiece .model file (`natsl tokenizer train` makes one)");
+  if (tok.kind != "byte" && cfg.data.source != "text")
+    throw ConfigKeyError("tokenizer.kind", "tokenizer.kind is " + tok.kind + " but data.source " + cfg.data.source +
+                                               " generates its own token ids; use tokenizer.kind=byte or "
+                                               "data.source=text");
+}
+
+void validate_mqar(const RunConfig& cfg) {
+  const int64_t model_vocab = cfg.model.vocab_size;
+  const int64_t v = cfg.data.mqar.vocab_size ? cfg.data.mqar.vocab_size : model_vocab;
+  if (v > model_vocab)
+    throw ConfigKeyError("data.mqar.vocab_size", "data.mqar.vocab_size (" + std::to_string(v) +
+                                                     ") exceeds model.vocab_size (" + std::to_string(model_vocab) + ")");
+  try {
+    validate(mqar_options(cfg, 0));
+  } catch (const ConfigKeyError& e) {
+    throw ConfigKeyError(mqar_option_key(cfg, e.key()),
+                         std::string("data.") + e.what() + " (the MQAR sequence length is train.seq_len)");
+  }
+}
+
+}  // namespace
+
+void validate_data_config(const RunConfig& cfg) {
+  validate_text_data(cfg);
+  validate_tokenizer(cfg);
+  if (cfg.data.source == "mqar") validate_mqar(cfg);
+}
 
 namespace {
 

@@ -12,6 +12,12 @@
 
 namespace natsl {
 
+// Every check of the data: and tokenizer: sections that needs no file: a source's required keys, the
+// mixture's weights, the MQAR task against train.seq_len and model.vocab_size, the tokenizer against the
+// source. Throws ConfigKeyError naming the key at fault (the config loader adds where it was set). What needs
+// the files (their existence, token ids against model.vocab_size) is checked by make_run_data at start.
+void validate_data_config(const RunConfig& cfg);
+
 MqarOptions mqar_options(const RunConfig& cfg, uint64_t seed);
 NiahOptions niah_options(const RunConfig& cfg, uint64_t seed);
 // The seed of the evaluation examples of a synthetic task (never equal to the training seed's stream).

@@ -144,6 +144,7 @@ void check_model_fits_device(const ModelConfig& model, Device device, Precision 
 Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opts_(opts) {
   const TrainConfig& t = cfg_.train;
   launch_ = opts_.launch ? *opts_.launch : dist::launch_info_from_env();
+  writes_checkpoints_ = opts_.write_run_dir;
   // Rank 0 prints and writes the run directory; the other ranks train silently (their errors still reach
   // stderr) and write nothing there but their own copy of tokenized data.
   if (launch_.rank != 0) {

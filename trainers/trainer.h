@@ -104,6 +104,11 @@ class Trainer {
   void resume_from(CheckpointReader& ck);
   void load_initial_weights(const std::string& path);  // train.init_from
   std::string write_checkpoint();
+  // ZeRO-1: every rank writes its optimizer shard, rank 0 the model and state.json (trainer_checkpoint.cpp).
+  std::string write_sharded_checkpoint();
+  nlohmann::json checkpoint_trainer_state();
+  // Several ranks: each rank's `mine` (the same length on all) side by side, rank order, on every rank.
+  std::vector<int64_t> exchange_over_ranks(const std::vector<int64_t>& mine);
   // A write of metrics or a checkpoint failed (disk full, I/O error): save what still can be (a checkpoint
   // when the metrics failed), then throw an Error saying what failed, what was kept and how to continue.
   [[noreturn]] void stop_after_failed_write(const std::string& failure, bool save_checkpoint);
@@ -124,9 +129,6 @@ class Trainer {
   // ZeRO-1: this rank's range of a flat buffer (the elements its optimizer updates).
   Tensor own_range(const Tensor& flat) const;
   void setup_distributed();
-  // ZeRO-1: the whole f32 master weights and AdamW moments (gathered from every rank's shard) for a
-  // checkpoint; all ranks call it.
-  std::array<FlatBuffer, 3> gather_sharded_state();
 
   RunConfig cfg_;
   TrainerOptions opts_;
@@ -158,6 +160,7 @@ class Trainer {
   double step_time_ema_ = 0.0;  // seconds, excluding the first step of this process
   int64_t steps_this_process_ = 0;
   std::string last_checkpoint_;
+  bool writes_checkpoints_ = true;  // the run writes checkpoints (all ranks take part in a ZeRO-1 one)
   bool started_ = false;
   bool tty_ = false, live_line_shown_ = false;
   std::vector<std::string> pending_log_;

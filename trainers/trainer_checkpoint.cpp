@@ -55,6 +55,24 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
   return "";
 }
 
+// A sharded checkpoint's moments are addressed by offsets into the flat layout it recorded: every parameter
+// must sit where this model puts it (a natsl with another alignment would otherwise read the wrong elements).
+void check_checkpoint_layout(const CheckpointReader& ck, const FlatLayout& layout) {
+  const std::vector<FlatLayoutEntry>& saved = ck.zero().entries;
+  const auto& mine = layout.entries();
+  const std::string state_path = (fs::path(ck.dir()) / "state.json").string();
+  if (saved.size() != mine.size())
+    throw InputError(fmt::format("'{}': zero.entries lists {} parameters but the model has {}; resume with the model "
+                                 "the checkpoint was trained with", state_path, saved.size(), mine.size()));
+  for (size_t i = 0; i < mine.size(); ++i)
+    if (saved[i].name != mine[i].name || saved[i].offset != mine[i].offset || saved[i].numel != mine[i].numel())
+      throw InputError(fmt::format("'{}': zero.entries[{}] is '{}' at flat offset {} ({} elements) but this model has "
+                                   "'{}' at {} ({} elements); the checkpoint's optimizer shards do not fit this model "
+                                   "(written by another natsl version or model)",
+                                   state_path, i, saved[i].name, saved[i].offset, saved[i].numel, mine[i].name,
+                                   mine[i].offset, mine[i].numel()));
+}
+
 }  // namespace
 
 // A run continues with the tokenizer it started with: the same kind, vocabulary and model file bytes. A
@@ -139,9 +157,7 @@ void Trainer::resume_from(CheckpointReader& ck) {
     if (ck.model().entries().size() != entries.size())
       throw InputError("'" + ck.model().path() + "' holds " + std::to_string(ck.model().entries().size()) +
                        " tensors but the model has " + std::to_string(entries.size()) + " parameters");
-    // ZeRO-1: the checkpoint holds the whole moments (whatever world size wrote it); this rank keeps its shard.
-    FlatBuffer m_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg();
-    FlatBuffer v_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg_sq();
+    // The weights: model.safetensors holds the whole f32 master whatever wrote it.
     for (size_t i = 0; i < entries.size(); ++i) {
       if (store_->sharded()) {
         // ZeRO-1: the whole weights pass through; the store keeps its master shard and the compute copy.
@@ -151,12 +167,28 @@ void Trainer::resume_from(CheckpointReader& ck) {
       } else {
         ck.model().read_into(entries[i].name, store_->master().view(int(i)));
       }
-      ck.optimizer().read_into("exp_avg." + entries[i].name, m_full.view(int(i)));
-      ck.optimizer().read_into("exp_avg_sq." + entries[i].name, v_full.view(int(i)));
     }
-    if (optimizer_->sharded()) {
-      optimizer_->exp_avg_shard().copy_(own_range(m_full.flat(DType::f32)));
-      optimizer_->exp_avg_sq_shard().copy_(own_range(v_full.flat(DType::f32)));
+    if (ck.sharded()) {
+      // ZeRO-1 shards of any world size: this rank reads the part of the flat moments it keeps (all of them
+      // without ZeRO-1), from the shard files that overlap it, by offset.
+      check_checkpoint_layout(ck, store_->layout());
+      const int64_t begin = optimizer_->sharded() ? store_->shard_begin() : 0;
+      const Tensor m = optimizer_->sharded() ? optimizer_->exp_avg_shard() : optimizer_->exp_avg().flat(DType::f32);
+      const Tensor v = optimizer_->sharded() ? optimizer_->exp_avg_sq_shard() : optimizer_->exp_avg_sq().flat(DType::f32);
+      ck.read_optimizer_range(kShardExpAvg, begin, m);
+      ck.read_optimizer_range(kShardExpAvgSq, begin, v);
+    } else {
+      // A gathered checkpoint holds the whole moments (whatever world size wrote it); ZeRO-1 keeps its shard.
+      FlatBuffer m_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg();
+      FlatBuffer v_full = optimizer_->sharded() ? FlatBuffer(store_->layout(), device_) : optimizer_->exp_avg_sq();
+      for (size_t i = 0; i < entries.size(); ++i) {
+        ck.optimizer().read_into("exp_avg." + entries[i].name, m_full.view(int(i)));
+        ck.optimizer().read_into("exp_avg_sq." + entries[i].name, v_full.view(int(i)));
+      }
+      if (optimizer_->sharded()) {
+        optimizer_->exp_avg_shard().copy_(own_range(m_full.flat(DType::f32)));
+        optimizer_->exp_avg_sq_shard().copy_(own_range(v_full.flat(DType::f32)));
+      }
     }
     store_->sync_compute_from_master();
     const TrainerCounters counters = read_trainer_counters(ck, /*required=*/true);
@@ -184,32 +216,7 @@ void Trainer::resume_from(CheckpointReader& ck) {
   log(fmt::format("resumed from {} at step {}", dir, step_));
 }
 
-std::array<FlatBuffer, 3> Trainer::gather_sharded_state() {
-  FlatBuffer w(store_->layout(), device_), m(store_->layout(), device_), v(store_->layout(), device_);
-  comm_->all_gather(store_->master_shard(), w.flat(DType::f32));
-  comm_->all_gather(optimizer_->exp_avg_shard(), m.flat(DType::f32));
-  comm_->all_gather(optimizer_->exp_avg_sq_shard(), v.flat(DType::f32));
-  comm_->synchronize();
-  return {w, m, v};
-}
-
-std::string Trainer::write_checkpoint() {
-  // Every rank comes here (ZeRO-1 gathers the master weights and moments, a collective); rank 0 writes. The
-  // checkpoint holds the whole state in one format whatever the world size, so any world size resumes it.
-  FlatBuffer w, m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
-  if (store_->sharded()) {
-    std::array<FlatBuffer, 3> g = gather_sharded_state();
-    w = g[0], m = g[1], v = g[2];
-  } else {
-    w = store_->master();
-  }
-  if (!opts_.write_run_dir) return "";
-  CheckpointWrite ck;
-  ck.step = step_;
-  const auto& entries = store_->layout().entries();
-  for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, w.view(int(i)));
-  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg." + entries[i].name, m.view(int(i)));
-  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, v.view(int(i)));
+nlohmann::json Trainer::checkpoint_trainer_state() {
   const TrainConfig& t = cfg_.train;
   // Parameters are initialised from Philox(seed); batches are a pure function of (data seed, index); the only
   // draws during training are the NAtS-L routers' Gumbel noise, one Philox stream per layer whose offset
@@ -219,7 +226,7 @@ std::string Trainer::write_checkpoint() {
     router_noise[name] = {{"generator", "philox4x32-10"},
                           {"seed", layer->noise_generator().seed},
                           {"offset", layer->noise_generator().offset}};
-  ck.trainer = {
+  return {
       {"optimizer_steps", optimizer_->step_count()},
       {"skipped_steps", skipped_steps_},
       {"nonfinite_streak", nonfinite_streak_},
@@ -234,16 +241,137 @@ std::string Trainer::write_checkpoint() {
       {"config", config_to_json(cfg_)},
       {"tokenizer", data_.tokenizer ? data_.tokenizer->identity() : nlohmann::json()},
   };
+}
+
+std::string Trainer::write_checkpoint() {
+  if (!writes_checkpoints_) return "";
+  if (store_->sharded()) return write_sharded_checkpoint();
+  // One rank, or plain data parallel: every rank holds the whole state, rank 0 writes it.
+  if (!opts_.write_run_dir) return "";
+  CheckpointWrite ck;
+  ck.step = step_;
+  const FlatBuffer& w = store_->master();
+  const FlatBuffer& m = optimizer_->exp_avg();
+  const FlatBuffer& v = optimizer_->exp_avg_sq();
+  const auto& entries = store_->layout().entries();
+  for (size_t i = 0; i < entries.size(); ++i) ck.model.emplace_back(entries[i].name, w.view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg." + entries[i].name, m.view(int(i)));
+  for (size_t i = 0; i < entries.size(); ++i) ck.optimizer.emplace_back("exp_avg_sq." + entries[i].name, v.view(int(i)));
+  ck.trainer = checkpoint_trainer_state();
   synchronize(device_);
-  last_checkpoint_ = save_checkpoint(t.out_dir, ck, t.keep_last);
+  last_checkpoint_ = save_checkpoint(cfg_.train.out_dir, ck, cfg_.train.keep_last);
   return last_checkpoint_;
+}
+
+std::vector<int64_t> Trainer::exchange_over_ranks(const std::vector<int64_t>& mine) {
+  const size_t k = mine.size();
+  std::vector<int64_t> all(k * size_t(launch_.world_size), 0);
+  std::copy(mine.begin(), mine.end(), all.begin() + std::ptrdiff_t(k * size_t(launch_.rank)));
+  // Every slot but this rank's is zero here, so the sum is each rank's values side by side, exactly.
+  Tensor t = Tensor::from_vector(all, {int64_t(all.size())}, DType::i64, device_);
+  comm_->all_reduce(t, dist::ReduceOp::sum);
+  comm_->synchronize();
+  return t.to_vector<int64_t>();
+}
+
+// ZeRO-1: each rank writes its shard of the AdamW moments; rank 0 writes the whole weights and, last,
+// state.json. Three agreements (small all-reduces, bounded by train.dist_timeout_s) order it:
+//   1. rank 0 has made the empty .tmp-step_N (no rank writes before it exists);
+//   2. every rank has written and fsynced its file, and reports its size and XXH3-64 (rank 0 lists them);
+//   3. rank 0 has written state.json and renamed the directory to step_N.
+// A failure anywhere is known to every rank at the next agreement, and every rank then stops with an
+// error: no step_N appears unless every rank's file is in it.
+std::string Trainer::write_sharded_checkpoint() {
+  const TrainConfig& t = cfg_.train;
+  const int rank = launch_.rank, world = launch_.world_size;
+  const std::string name = checkpoint_dir_name(step_);
+  const auto& entries = store_->layout().entries();
+  // model.safetensors is the whole f32 master, written once by rank 0. In f32 the compute weights, all-gathered
+  // after every step from the master shards, are the master bit for bit; in bf16 the master shards are
+  // all-gathered now (4 bytes per parameter for the write; the moments, 8, never leave their rank).
+  FlatBuffer whole = store_->compute();
+  if (store_->precision() != Precision::f32) {
+    whole = FlatBuffer(store_->layout(), device_);
+    comm_->all_gather(store_->master_shard(), whole.flat(DType::f32));
+    comm_->synchronize();
+  }
+  synchronize(device_);
+  auto failed_ranks = [&](const std::vector<int64_t>& all, size_t stride) {
+    std::string s;
+    for (int r = 0; r < world; ++r)
+      if (all[size_t(r) * stride] != 0) s += (s.empty() ? "" : ", ") + std::to_string(r);
+    return s;
+  };
+  auto fail = [&](const std::string& own_error, const std::string& others) {
+    if (rank == 0) remove_checkpoint_tmp_dir(t.out_dir, step_);
+    throw Error(own_error.empty() ? others : own_error);
+  };
+
+  std::string error;
+  const std::string tmp = checkpoint_tmp_dir(t.out_dir, step_);
+  if (rank == 0) {
+    try {
+      begin_checkpoint(t.out_dir, step_);
+    } catch (const std::exception& e) {
+      error = fmt::format("cannot create '{}': {}", tmp, e.what());
+    }
+  }
+  if (exchange_over_ranks({error.empty() ? 0 : 1})[0] != 0)
+    fail(error, fmt::format("rank 0 could not create '{}' (its error comes first); no {} was written", tmp, name));
+
+  CheckpointFileRecord shard;
+  const std::string shard_file = optimizer_shard_file_name(rank, world);
+  std::optional<CheckpointFileRecord> model_file;
+  try {
+    if (rank == 0) {
+      NamedTensors model;
+      for (size_t i = 0; i < entries.size(); ++i) model.emplace_back(entries[i].name, whole.view(int(i)));
+      model_file = write_checkpoint_file(tmp, "model.safetensors", model, step_);
+    }
+    shard = write_checkpoint_file(tmp, shard_file,
+                                  {{kShardExpAvg, optimizer_->exp_avg_shard()},
+                                   {kShardExpAvgSq, optimizer_->exp_avg_sq_shard()}},
+                                  step_);
+  } catch (const std::exception& e) {
+    error = fmt::format("rank {} cannot write its part of checkpoint {}: {}", rank, name, e.what());
+  }
+  const std::vector<int64_t> reports =
+      exchange_over_ranks({error.empty() ? 0 : 1, int64_t(shard.bytes), int64_t(shard.xxh3_64)});
+  if (const std::string bad = failed_ranks(reports, 3); !bad.empty())
+    fail(error, fmt::format("rank(s) {} could not write their part of checkpoint {} (their error is in their output); "
+                            "no {} was written", bad, name, name));
+
+  std::string dir;
+  if (rank == 0) {
+    try {
+      ShardedOptimizerLayout z;
+      z.world_size = world;
+      z.flat_elements = store_->layout().total(DType::f32);
+      for (int r = 0; r < world; ++r) {
+        const dist::ShardRange range = dist::shard_of(z.flat_elements, world, r);
+        z.shards.push_back({optimizer_shard_file_name(r, world), range.begin, range.end});
+      }
+      for (const FlatEntry& e : entries) z.entries.push_back({e.name, e.offset, e.numel()});
+      std::vector<CheckpointFileRecord> files = {*model_file};
+      for (int r = 0; r < world; ++r)
+        files.push_back({optimizer_shard_file_name(r, world), uint64_t(reports[size_t(r) * 3 + 1]),
+                         uint64_t(reports[size_t(r) * 3 + 2])});
+      dir = commit_checkpoint(t.out_dir, step_, files, checkpoint_trainer_state(), z, t.keep_last);
+    } catch (const std::exception& e) {
+      error = fmt::format("cannot finish checkpoint {}: {}", name, e.what());
+    }
+  }
+  if (exchange_over_ranks({error.empty() ? 0 : 1})[0] != 0)
+    fail(error, fmt::format("rank 0 could not finish checkpoint {} (its error comes first); no {} was written", name, name));
+  last_checkpoint_ = (fs::path(t.out_dir) / "checkpoints" / name).string();
+  return rank == 0 ? dir : "";
 }
 
 void Trainer::stop_after_failed_write(const std::string& failure, bool save_checkpoint) {
   std::string saved;
   if (save_checkpoint && optimizer_->sharded()) {
-    // ZeRO-1: a checkpoint gathers the moments from every rank, a collective the others (who did not fail)
-    // are not in. The newest checkpoint on disk is the last whole state.
+    // ZeRO-1: every rank writes its shard of a checkpoint, in collectives the others (who did not fail) are
+    // not in. The newest checkpoint on disk is the last whole state.
     save_checkpoint = false;
     saved = "; no checkpoint was written (with train.zero=1 every rank takes part in one)";
   }

@@ -13,7 +13,8 @@
 #   gdn      natsl_bench_gdn (default layouts; GDN_VARIANTS=1 for every variant) against FLA, then again with the
 #            sync timing method for comparison
 #   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
-#   train    natsl-340m, bf16, TRAIN_STEPS (default 40) steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
+#   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
+#            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
 #   mem      natsl-340m peak memory and tokens/s per sequence length and train.recompute setting
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
@@ -124,18 +125,20 @@ if has ops; then
 fi
 
 if has train; then
-  el "train natsl-340m"
-  rm -rf "$OUT/run-natsl"
-  # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
-  timeout 300 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
-    train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
-    "train.profile_steps=[20,23]" ${TRAIN_EXTRA:-} >"$LOG/train_natsl.log" 2>&1
-  echo "train rc $?"
-  grep -vE "^\s*$" "$LOG/train_natsl.log" | tail -40
-  cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_natsl_metrics.jsonl" 2>/dev/null
-  cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary.json" 2>/dev/null
-  gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace.json.gz" 2>/dev/null
-  rm -rf "$OUT/run-natsl"
+  for cfg in ${TRAIN_CONFIGS:-natsl-340m}; do
+    el "train $cfg"
+    rm -rf "$OUT/run-natsl"
+    # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
+    timeout 300 "$B/natsl" train "configs/$cfg.yaml" tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
+      train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
+      "train.profile_steps=[20,23]" ${TRAIN_EXTRA:-} >"$LOG/train_$cfg.log" 2>&1
+    echo "train $cfg rc $?"
+    grep -vE "^\s*$" "$LOG/train_$cfg.log" | tail -40
+    cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_${cfg}_metrics.jsonl" 2>/dev/null
+    cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary_$cfg.json" 2>/dev/null
+    gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace_$cfg.json.gz" 2>/dev/null
+    rm -rf "$OUT/run-natsl"
+  done
 fi
 
 # Activation memory with selective recomputation (issue 18): natsl-340m bf16, a few steps at each sequence length

@@ -35,7 +35,7 @@ class LMBackbone : public Module {
 
 class CausalLM : public Module {
  public:
-  // Checks the config (InputError naming the key); mixers come from mixer_registry().
+  // Checks the config (validate_model_config: an InputError naming the key); mixers come from mixer_registry().
   explicit CausalLM(const ModelConfig& config);
   // ids [B, T] i32/i64 (moved to the model's device if needed) -> logits [B, T, V].
   Tensor forward(const Tensor& ids) const;
@@ -59,8 +59,5 @@ class CausalLM : public Module {
   std::shared_ptr<LMBackbone> model_;
   std::shared_ptr<Linear> lm_head_;  // null when tied
 };
-
-// Checks the size fields of a model config; InputError names the key.
-void validate_model_config(const ModelConfig& config);
 
 }  // namespace natsl

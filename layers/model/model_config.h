@@ -66,9 +66,15 @@ struct ModelConfig {
   double initializer_range = 0.02;
   bool tie_word_embeddings = false;
 
-  // Resolved per-layer mixer kinds (size num_layers).
+  // Resolved per-layer mixer kinds (size num_layers); the config must be valid (validate_model_config).
   std::vector<std::string> mixer_kinds() const;
   int64_t mlp_intermediate() const;
 };
+
+// Every check of a model config, in one place: sizes, the layer lists, and each used mixer kind's own
+// options (MixerSpec::check: head arrangements, NAtS-L's chunk and routing controls). Throws ConfigKeyError
+// (core/config_key_error.h) naming the key at fault; the config loader adds where that key was set. The
+// layers assume a config that passed (CausalLM's constructor calls this for configs built in code).
+void validate_model_config(const ModelConfig& config);
 
 }  // namespace natsl

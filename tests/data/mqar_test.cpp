@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_key_error.h"
 #include "data/synthetic.h"
 #include "tests/data/data_test_util.h"
 
@@ -177,6 +178,42 @@ TEST(Mqar, ZoologyPreconditionsAreInputErrors) {
   expect_input_error([&] { MqarSource{o}; }, {"num_kv_pairs", "68", "exceeds seq_len 64"});
   o.num_kv_pairs = 16;
   EXPECT_NO_THROW(MqarSource{o});  // exactly fits: 64 == 64
+}
+
+// validate(MqarOptions) names the field at fault in key(), which the run config maps to its own key
+// (data.mqar.*, train.seq_len, ...; tests/trainers/data_factory_test.cpp).
+TEST(Mqar, PreconditionErrorsNameTheOptionField) {
+  auto field_of = [](const MqarOptions& o) -> std::string {
+    try {
+      validate(o);
+    } catch (const ConfigKeyError& e) {
+      return e.key();
+    }
+    return "";
+  };
+  const MqarOptions ok;
+  EXPECT_EQ(field_of(ok), "");
+  MqarOptions o = ok;
+  o.seq_len = 63;
+  EXPECT_EQ(field_of(o), "seq_len");
+  o = ok;
+  o.vocab_size = o.seq_len;
+  EXPECT_EQ(field_of(o), "vocab_size");
+  o = ok;
+  o.num_kv_pairs = 0;
+  EXPECT_EQ(field_of(o), "num_kv_pairs");
+  o = ok;
+  o.num_kv_pairs = 17;  // 68 > 64
+  EXPECT_EQ(field_of(o), "num_kv_pairs");
+  o = ok;
+  o.num_passes = 0;
+  EXPECT_EQ(field_of(o), "num_passes");
+  o = ok;
+  o.power_a = 0;
+  EXPECT_EQ(field_of(o), "power_a");
+  o = ok;
+  o.batch_size = 0;
+  EXPECT_EQ(field_of(o), "batch_size");
 }
 
 TEST(AnswerScore, CountsOnlyAnswerPositions) {

@@ -2,13 +2,15 @@
 // resume_from) and `natsl inspect` take from it: the saved config, the counters and the data loader state.
 // The model and optimizer files are fixed, valid fixtures; the input is the state.json text. The data state is
 // offered to each kind of source: MQAR, a text loader and a two-source text mixture.
-// NATSL_FUZZ_WRITE_SEED=FILE writes a valid state.json for these fixtures (the corpus seed) and exits.
+// The directory also holds two ZeRO-1 optimizer shards, so a state.json with "zero" (format version 3) opens too.
+// NATSL_FUZZ_WRITE_SEED=FILE writes valid state.json files for these fixtures (the corpus seeds) and exits.
 #include <cstdlib>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "data/file_checksum.h"
 #include "data/loader.h"
 #include "data/mixture.h"
 #include "data/mqar.h"
@@ -38,6 +40,10 @@ Fixtures& fixtures() {
                               {"exp_avg_sq.w", Tensor::from_vector<float>({0.0f, 0.0f}, {2})}};
     write_safetensors(x.ckpt_dir + "/model.safetensors", model);
     write_safetensors(x.ckpt_dir + "/optimizer.safetensors", opt);
+    // ZeRO-1 shards of a flat buffer of 128 elements ("w" at offset 0), 64 per rank.
+    for (int r = 0; r < 2; ++r)
+      write_safetensors(x.ckpt_dir + "/" + optimizer_shard_file_name(r, 2),
+                        {{kShardExpAvg, Tensor::zeros({64}, DType::f32)}, {kShardExpAvgSq, Tensor::zeros({64}, DType::f32)}});
     const std::string shard = fuzz::fuzz_dir() + "/text.bin";
     write_shard(shard, std::vector<uint32_t>(64, 7), 2, 258);
     RunConfig cfg;
@@ -60,7 +66,8 @@ void write_seed(const std::string& out) {
   namespace fs = std::filesystem;
   nlohmann::json trainer = {{"optimizer_steps", 1}, {"skipped_steps", 0}, {"tokens_seen", 2048},
                             {"data", f.mqar->state()}, {"config", config_to_json(RunConfig{})}};
-  nlohmann::json state = {{"format", kCheckpointFormat}, {"format_version", kCheckpointFormatVersion},
+  // Version 1: no checksums, so the fixtures' bytes need not be hashed.
+  nlohmann::json state = {{"format", kCheckpointFormat}, {"format_version", 1},
                           {"step", 1}, {"natsl_version", "0.1.0"}, {"git_commit", "unknown"},
                           {"trainer", trainer}};
   for (const char* file : {"model.safetensors", "optimizer.safetensors"})
@@ -72,6 +79,21 @@ void write_seed(const std::string& out) {
   trainer["data"] = f.mix->state();
   state["trainer"] = trainer;
   std::ofstream(out + ".mix") << state.dump(1) << "\n";
+  // Version 3 with ZeRO-1 shards: checksums (required from version 2) and the shard layout.
+  state["format_version"] = kCheckpointFormatVersion;
+  trainer["data"] = f.mqar->state();
+  state["trainer"] = trainer;
+  state["files"] = nlohmann::json::object();
+  for (const std::string& file : {std::string("model.safetensors"), optimizer_shard_file_name(0, 2), optimizer_shard_file_name(1, 2)})
+    state["files"][file] = {{"bytes", fs::file_size(f.ckpt_dir + "/" + file)},
+                            {"xxh3_64", checksum_hex(file_xxh3_64(f.ckpt_dir + "/" + file))}};
+  ShardedOptimizerLayout z;
+  z.world_size = 2;
+  z.flat_elements = 128;
+  z.shards = {{optimizer_shard_file_name(0, 2), 0, 64}, {optimizer_shard_file_name(1, 2), 64, 128}};
+  z.entries = {{"w", 0, 2}};
+  state["zero"] = to_json(z);
+  std::ofstream(out + ".zero") << state.dump(1) << "\n";
 }
 
 // Trainer::resume_from's reads (it turns a json exception into an InputError naming state.json).
@@ -123,6 +145,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     CheckpointReader ck(fixtures().ckpt_dir);
     resume_reads(ck);
     inspect_reads(ck);
+    if (ck.sharded()) {
+      // What a ZeRO-1 rank of another world size reads: a range past the shards' end as well.
+      Tensor m = Tensor::zeros({96}, DType::f32);
+      ck.read_optimizer_range(kShardExpAvg, 64, m);
+    }
   } catch (const InputError&) {
   }
   return 0;

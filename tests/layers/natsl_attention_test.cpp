@@ -19,6 +19,7 @@
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "autograd/ops_natsl.h"
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/batch.h"
 #include "layers/model/causal_lm.h"
@@ -316,26 +317,41 @@ TEST(NatslLayer, AttnFracCountsTheForcedLastChunkAndOnlyTraining) {
   EXPECT_DOUBLE_EQ(st["attn_frac"], 2.0 / 8.0);  // only the forced last chunk
 }
 
+// What natsl layers cannot run is refused by the model's one check (validate_model_config, reaching
+// check_natsl_config through the mixer registry): the message names the option, key() the config key the
+// loader turns into FILE:LINE. The layer itself then only guards its divisions.
 TEST(NatslLayer, RejectsInconsistentConfigs) {
-  auto rejects = [](auto edit, const char* key) {
+  auto rejects = [](auto edit, const char* named, const char* key) {
     ModelConfig c = tiny_config();
     edit(c);
     try {
-      NatslAttention layer(c, 0);
+      validate_model_config(c);
       ADD_FAILURE() << "accepted a bad " << key;
-    } catch (const InputError& e) {
-      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    } catch (const ConfigKeyError& e) {
+      EXPECT_NE(std::string(e.what()).find(named), std::string::npos) << e.what();
+      EXPECT_EQ(e.key(), key) << e.what();
     }
   };
-  rejects([](ModelConfig& c) { c.num_attn_heads = 3; }, "num_attn_heads");
-  rejects([](ModelConfig& c) { c.num_attn_heads = 16; }, "head_dim");
-  rejects([](ModelConfig& c) { c.attn_head_dim = 4; }, "attn_head_dim");
-  rejects([](ModelConfig& c) { c.attn_value_dim = 8; }, "attn_value_dim");
-  rejects([](ModelConfig& c) { c.num_nats_heads = 1; }, "num_nats_heads");
-  rejects([](ModelConfig& c) { c.nats_block_size = 32; }, "nats_block_size");
-  rejects([](ModelConfig& c) { c.use_gate = false; }, "use_gate");
-  rejects([](ModelConfig& c) { c.nats_sample = "gumble"; }, "nats_sample");
-  rejects([](ModelConfig& c) { c.gumbel_tau = 0; }, "gumbel_tau");
+  rejects([](ModelConfig& c) { c.num_attn_heads = 3; }, "num_attn_heads", "model.num_attn_heads");
+  rejects([](ModelConfig& c) { c.num_attn_heads = 16; }, "head_dim", "model.num_attn_heads");
+  rejects([](ModelConfig& c) { c.attn_head_dim = 4; }, "attn_head_dim", "model.attn_head_dim");
+  rejects([](ModelConfig& c) { c.attn_value_dim = 8; }, "attn_value_dim", "model.attn_value_dim");
+  rejects([](ModelConfig& c) { c.num_nats_heads = 1; }, "num_nats_heads", "model.num_nats_heads");
+  rejects([](ModelConfig& c) { c.nats_block_size = 32; }, "nats_block_size", "model.nats_block_size");
+  rejects([](ModelConfig& c) { c.use_gate = false; }, "use_gate", "model.use_gate");
+  rejects([](ModelConfig& c) { c.nats_sample = "gumble"; }, "nats_sample", "model.nats_sample");
+  rejects([](ModelConfig& c) { c.gumbel_tau = 0; }, "gumbel_tau", "model.gumbel_tau");
+  rejects([](ModelConfig& c) { c.expand_v = 0.1; }, "expand_v", "model.expand_v");  // the GDN half's check
+  // A model without natsl layers does not read these options.
+  ModelConfig gdn = tiny_config();
+  gdn.default_mixer = "gdn";
+  gdn.nats_block_size = 32;
+  gdn.use_gate = false;
+  EXPECT_NO_THROW(validate_model_config(gdn));
+  // Constructed without the check, the layer still refuses a chunk it cannot run (an internal error).
+  ModelConfig bad = tiny_config();
+  bad.nats_block_size = 32;
+  EXPECT_THROW(NatslAttention(bad, 0), Error);
 }
 
 // The whole NatslAttention layer on the GPU (router, sparse attention, masked GDN, mixing kernels, cuBLAS

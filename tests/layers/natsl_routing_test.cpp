@@ -12,6 +12,7 @@
 #include "autograd/engine.h"
 #include "autograd/ops.h"
 #include "autograd/ops_natsl.h"
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "layers/model/causal_lm.h"
 #include "layers/natsl_attention.h"
@@ -282,10 +283,11 @@ TEST(NatslRoutingControls, GumbelTemperatureSchedules) {
 
 void expect_refused(ModelConfig c, const std::string& key) {
   try {
-    NatslAttention layer(c, 0);
+    validate_model_config(c);
     ADD_FAILURE() << "accepted a config that " << key << " should refuse";
-  } catch (const InputError& e) {
+  } catch (const ConfigKeyError& e) {
     EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    EXPECT_EQ(e.key().rfind("model.", 0), 0u) << e.key();
   }
 }
 

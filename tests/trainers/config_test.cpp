@@ -1,6 +1,9 @@
 // The run config: YAML loading, overrides, and every kind of bad input (with file, line, key, hint).
 #include <gtest/gtest.h>
 
+#include <functional>
+
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "trainers/config.h"
 #include "trainers/config_schema.h"
@@ -200,6 +203,69 @@ TEST(Config, CrossFieldRulesNameTheLine) {
   write_text(dir / "c.yaml", "train:\n  device: gpu\n");
   e = load_error(dir / "c.yaml");
   EXPECT_NE(e.find(":2: train.device 'gpu'"), std::string::npos) << e;
+}
+
+// The train: section's own check names the key in key(), for the loader to find its line.
+TEST(Config, TrainCheckNamesTheKey) {
+  auto key_of_error = [](const std::function<void(TrainConfig&)>& edit) -> std::string {
+    TrainConfig t;
+    edit(t);
+    try {
+      validate_train_config(t);
+    } catch (const ConfigKeyError& e) {
+      return e.key();
+    }
+    return "";
+  };
+  EXPECT_EQ(key_of_error([](TrainConfig&) {}), "");
+  EXPECT_EQ(key_of_error([](TrainConfig& t) { t.warmup_steps = t.steps + 1; }), "train.warmup_steps");
+  EXPECT_EQ(key_of_error([](TrainConfig& t) { t.stop_at_step = t.steps + 1; }), "train.stop_at_step");
+  EXPECT_EQ(key_of_error([](TrainConfig& t) { t.profile_steps = {5, 5}; }), "train.profile_steps");
+  EXPECT_EQ(key_of_error([](TrainConfig& t) { t.profile_steps = {1, t.steps + 1}; }), "");
+  EXPECT_EQ(key_of_error([](TrainConfig& t) { t.device = "gpu"; }), "train.device");
+}
+
+// An owner's error is led by where its key was set: the line of that key (in the run config or in the model
+// file it names), "command line", or the config file with "(default of KEY)" when the key was not given.
+// (Model errors used to carry the config file's name only.)
+TEST(Config, OwnersErrorsNameTheLineOfTheirKey) {
+  TempDir dir;
+  write_text(dir / "c.yaml", "model:\n  hidden_size: 64\n  norm_eps: 0\n");
+  std::string e = load_error(dir / "c.yaml");
+  EXPECT_NE(e.find(dir / "c.yaml:3: model.norm_eps must be positive"), std::string::npos) << e;
+  e = load_error(dir / "c.yaml", {"model.norm_eps=1e-6", "model.initializer_range=0"});
+  EXPECT_EQ(e.rfind("command line: model.initializer_range must be positive", 0), 0u) << e;
+
+  // A mixer's own check (NAtS-L's chunk), in a model file: the line in that file.
+  write_text(dir / "models/m.yaml", "default_mixer: natsl\nnum_heads: 2\nnats_block_size: 32\n");
+  write_text(dir / "run.yaml", "model: models/m.yaml\n");
+  e = load_error(dir / "run.yaml");
+  EXPECT_NE(e.find(dir / "models/m.yaml:3: model.nats_block_size must be 64"), std::string::npos) << e;
+  // A routing control that contradicts another, named at its own line.
+  write_text(dir / "models/m.yaml", "default_mixer: natsl\nnum_heads: 2\nnats_routing: topk\nnats_frac_penalty: 0.1\n");
+  e = load_error(dir / "run.yaml");
+  EXPECT_NE(e.find(dir / "models/m.yaml:4: model.nats_frac_penalty / model.nats_frac_target steer the learned router"),
+            std::string::npos)
+      << e;
+  // An option left at its default: the file and the key.
+  write_text(dir / "models/m.yaml", "default_mixer: natsl\nnum_heads: 3\n");
+  e = load_error(dir / "run.yaml");
+  EXPECT_NE(e.find(dir / "run.yaml (default of model.num_attn_heads): model.num_attn_heads (4) must be a positive "
+                         "multiple of model.num_heads (3)"),
+            std::string::npos)
+      << e;
+
+  // MQAR's preconditions: the key behind the option (the sequence length is train.seq_len).
+  write_text(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 4\ntrain:\n  seq_len: 63\n");
+  e = load_error(dir / "m.yaml");
+  EXPECT_NE(e.find(dir / "m.yaml:5: data.mqar: seq_len must be even"), std::string::npos) << e;
+  write_text(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 100\n");
+  e = load_error(dir / "m.yaml");
+  EXPECT_NE(e.find(dir / "m.yaml:3: data.mqar: 2 * num_kv_pairs"), std::string::npos) << e;
+  // The tokenizer against the data source: the line of tokenizer.kind.
+  write_text(dir / "t.yaml", "tokenizer:\n  kind: sentencepiece\n  model: x.model\n");
+  e = load_error(dir / "t.yaml");
+  EXPECT_NE(e.find(dir / "t.yaml:2: tokenizer.kind is sentencepiece but data.source mqar"), std::string::npos) << e;
 }
 
 TEST(Config, DuplicateKeyAndSyntaxError) {

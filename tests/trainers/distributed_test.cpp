@@ -126,6 +126,81 @@ TEST_F(Distributed, ResumeOnAnotherWorldSizeContinuesTheSameTokenStream) {
   expect_same_curve("ref", "run", 1e-5);
 }
 
+// ZeRO-1 checkpoints hold one optimizer file per rank. Stopped at step 10 and resumed on the same world size,
+// the run is the uninterrupted one bit for bit: the same losses and the same bytes in every file at step 30.
+TEST_F(Distributed, Zero1ShardedCheckpointResumesBitForBitOnTheSameWorldSize) {
+  auto ref = train(2, "ref", "train.zero=1");
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  auto a = train(2, "run", "train.zero=1 train.stop_at_step=10");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const std::string ten = dir_ / "run/checkpoints/step_000010";
+  for (const char* f : {"model.safetensors", "optimizer.rank00000-of-00002.safetensors",
+                        "optimizer.rank00001-of-00002.safetensors", "state.json"})
+    EXPECT_TRUE(std::filesystem::exists(ten + "/" + f)) << f;
+  EXPECT_FALSE(std::filesystem::exists(ten + "/optimizer.safetensors"));
+  auto inspect = testing::run_natsl("inspect " + ten);
+  EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("optimizer: ZeRO-1 shards of 2 ranks"), std::string::npos) << inspect.output;
+  auto b = train(2, "run", "train.zero=1 resume=auto");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("resumed from"), std::string::npos) << b.output;
+  auto ra = read_metrics(dir_ / "ref/metrics.jsonl"), rb = read_metrics(dir_ / "run/metrics.jsonl");
+  ASSERT_EQ(ra.size(), 30u);
+  ASSERT_EQ(rb.size(), 30u);
+  for (size_t i = 0; i < ra.size(); ++i) {
+    EXPECT_EQ(double(ra[i]["loss"]), double(rb[i]["loss"])) << "step " << i + 1;
+    EXPECT_EQ(double(ra[i]["grad_norm"]), double(rb[i]["grad_norm"])) << "step " << i + 1;
+  }
+  for (const char* f : {"model.safetensors", "optimizer.rank00000-of-00002.safetensors",
+                        "optimizer.rank00001-of-00002.safetensors"})
+    EXPECT_EQ(testing::read_text(dir_ / ("ref/checkpoints/step_000030/" + std::string(f))),
+              testing::read_text(dir_ / ("run/checkpoints/step_000030/" + std::string(f))))
+        << f;
+}
+
+// The token stream and the optimizer state go on across every change of world size, ZeRO-1 on or off on
+// either side: gathered -> shards (1 -> 2), re-sharded (2 -> 3 -> 4), shards -> whole moments (4 -> 2 plain,
+// 2 -> 1), whole -> shards (2 plain -> 2 ZeRO-1). A global batch of 12 divides over 1 to 4 ranks.
+TEST_F(Distributed, Zero1ShardsResumeOnAnyWorldSizeWithZeroOnOrOff) {
+  const std::string gb = "train.global_batch_size=12 ";
+  auto ref = train(1, "ref", gb);
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::vector<std::pair<int, std::string>> legs = {
+      {1, "train.stop_at_step=4"},         {2, "train.zero=1 train.stop_at_step=8"},
+      {3, "train.zero=1 train.stop_at_step=12"}, {4, "train.zero=1 train.stop_at_step=16"},
+      {2, "train.stop_at_step=20"},        {2, "train.zero=1 train.stop_at_step=24"},
+      {1, ""}};
+  for (size_t i = 0; i < legs.size(); ++i) {
+    auto r = train(legs[i].first, "run", gb + (i ? "resume=auto " : "") + legs[i].second);
+    ASSERT_EQ(r.exit_code, 0) << "leg " << i << ": " << r.output;
+    if (i) EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+    // A ZeRO-1 leg leaves a sharded checkpoint of its world size.
+    if (i == 2)
+      EXPECT_TRUE(std::filesystem::exists(dir_ / "run/checkpoints/step_000012/optimizer.rank00002-of-00003.safetensors"));
+  }
+  expect_same_curve("ref", "run", 1e-5);
+}
+
+// A shard file lost after the write makes its checkpoint invalid: resume=auto goes back to the newest valid
+// one with a warning naming the file, and refuses (exit 2) when none is left.
+TEST_F(Distributed, AMissingShardFileInvalidatesItsCheckpoint) {
+  auto a = train(2, "run", "train.zero=1 train.stop_at_step=10 train.ckpt_every=5");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const std::string lost = dir_ / "run/checkpoints/step_000010/optimizer.rank00001-of-00002.safetensors";
+  ASSERT_TRUE(std::filesystem::remove(lost));
+  auto b = train(2, "run", "train.zero=1 resume=auto train.stop_at_step=10");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("ignoring a damaged checkpoint"), std::string::npos) << b.output;
+  EXPECT_NE(b.output.find(lost + "' is missing"), std::string::npos) << b.output;
+  EXPECT_NE(b.output.find("resumed from " + dir_ / "run/checkpoints/step_000005"), std::string::npos) << b.output;
+  // That run wrote step 10 again, whole; now damage every checkpoint.
+  for (const char* step : {"step_000005", "step_000010"})
+    std::filesystem::remove(dir_ / ("run/checkpoints/" + std::string(step) + "/optimizer.rank00000-of-00002.safetensors"));
+  auto c = train(2, "run", "train.zero=1 resume=auto");
+  EXPECT_EQ(c.exit_code, 2) << c.output;
+  EXPECT_NE(c.output.find("optimizer.rank00000-of-00002.safetensors' is missing"), std::string::npos) << c.output;
+}
+
 TEST_F(Distributed, AGlobalBatchTheRanksDoNotDivideIsRefusedWithTheNumbers) {
   auto r = train(3, "bad");
   EXPECT_EQ(r.exit_code, 2) << r.output;
@@ -198,6 +273,31 @@ TEST_F(Distributed, SigtermToOneRankCheckpointsAndStopsAllRanksAtTheSameStep) {
   char name[32];
   std::snprintf(name, sizeof name, "step_%06zu", steps);
   EXPECT_TRUE(std::filesystem::exists(dir_ / ("s/checkpoints/" + std::string(name)))) << log0;
+}
+
+// A rank that cannot write its ZeRO-1 shard (here: rank 1 is given another out_dir, where rank 0 made no
+// temporary directory) stops every rank with the error, and no step_N appears.
+TEST_F(Distributed, AShardWriteThatFailsOnOneRankStopsAllRanksAndPublishesNoCheckpoint) {
+  const int port = free_port();
+  const std::vector<std::string> args = {"train", dir_ / "cfg.yaml", "train.steps=3", "train.zero=1"};
+  auto with_out = [&](const std::string& out) {
+    std::vector<std::string> a = args;
+    a.push_back("train.out_dir=" + dir_ / out);
+    return a;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  pid_t p0 = testing::spawn_natsl_env(with_out("s"), dir_ / "r0.log", rank_env(0, 2, port));
+  pid_t p1 = testing::spawn_natsl_env(with_out("elsewhere"), dir_ / "r1.log", rank_env(1, 2, port));
+  const int c0 = testing::wait_exit_code(p0), c1 = testing::wait_exit_code(p1);
+  const std::string log0 = testing::read_text(dir_ / "r0.log"), log1 = testing::read_text(dir_ / "r1.log");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));
+  EXPECT_EQ(c0, 1) << log0;
+  EXPECT_EQ(c1, 1) << log1;
+  EXPECT_NE(log0.find("rank(s) 1 could not write their part of checkpoint step_000003"), std::string::npos) << log0;
+  EXPECT_NE(log1.find("rank 1 cannot write its part of checkpoint step_000003"), std::string::npos) << log1;
+  EXPECT_EQ(testing::count_lines(dir_ / "s/metrics.jsonl"), 3u) << log0;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "s/checkpoints/step_000003")) << log0;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "s/checkpoints/.tmp-step_000003")) << log0;
 }
 
 TEST_F(Distributed, ARankThatNeverArrivesIsNamedWhenTheRendezvousTimesOut) {

@@ -362,7 +362,11 @@ int cmd_inspect(const std::string& path) {
                counters.tokens_seen);
     fmt::print("{}", model);
     describe_safetensors((fs::path(path) / "model.safetensors").string(), 12);
-    describe_safetensors((fs::path(path) / "optimizer.safetensors").string(), 4);
+    if (ck.sharded())  // ZeRO-1: one optimizer file per rank, each a range of the flat moments
+      fmt::print("optimizer: ZeRO-1 shards of {} ranks over {} flat elements ({} ... {})\n", ck.zero().world_size,
+                 ck.zero().flat_elements, ck.zero().shards.front().file, ck.zero().shards.back().file);
+    else
+      describe_safetensors((fs::path(path) / "optimizer.safetensors").string(), 4);
     return 0;
   }
   if (!fs::exists(path, ec)) throw InputError("'" + path + "' does not exist");

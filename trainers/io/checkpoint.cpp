@@ -60,14 +60,13 @@ bool all_finite(const Tensor& t) {
 
 // A checkpoint holding NaN or Inf would be resumed from as if it were good, and keep-last would then prune
 // the good ones: refuse it before anything is written.
-void refuse_nonfinite(const CheckpointWrite& ck) {
-  for (const auto* group : {&ck.model, &ck.optimizer})
-    for (const auto& [name, t] : *group)
-      if (!all_finite(t))
-        throw Error(fmt::format("refusing to write checkpoint {}: '{}' ({}) holds NaN or Inf, so the run has "
-                                "diverged; nothing was written and older checkpoints are kept (resume from the "
-                                "newest with a lower train.lr)",
-                                checkpoint_dir_name(ck.step), name, group == &ck.model ? kModelFile : kOptimizerFile));
+void refuse_nonfinite(int64_t step, const NamedTensors& tensors, const std::string& file) {
+  for (const auto& [name, t] : tensors)
+    if (!all_finite(t))
+      throw Error(fmt::format("refusing to write checkpoint {}: '{}' ({}) holds NaN or Inf, so the run has "
+                              "diverged; nothing was written and older checkpoints are kept (resume from the "
+                              "newest with a lower train.lr)",
+                              checkpoint_dir_name(step), name, file));
 }
 
 bool is_valid_checkpoint(const fs::path& dir) {
@@ -95,31 +94,52 @@ std::vector<int64_t> list_checkpoint_steps(const std::string& run_dir) {
   return steps;
 }
 
-std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& ck, int64_t keep_last) {
-  refuse_nonfinite(ck);
-  fs::path root = fs::path(run_dir) / "checkpoints";
-  fs::create_directories(root);
-  const std::string name = checkpoint_dir_name(ck.step);
-  fs::path tmp = root / (kTmpPrefix + name);
-  fs::path final_dir = root / name;
+std::string checkpoint_tmp_dir(const std::string& run_dir, int64_t step) {
+  return (fs::path(run_dir) / "checkpoints" / (kTmpPrefix + checkpoint_dir_name(step))).string();
+}
+
+std::string begin_checkpoint(const std::string& run_dir, int64_t step) {
+  fs::create_directories(fs::path(run_dir) / "checkpoints");
+  const fs::path tmp = checkpoint_tmp_dir(run_dir, step);
   remove_tree(tmp);  // a leftover of a crashed write of the same step
   fs::create_directory(tmp);
+  return tmp.string();
+}
 
+void remove_checkpoint_tmp_dir(const std::string& run_dir, int64_t step) { remove_tree(checkpoint_tmp_dir(run_dir, step)); }
+
+CheckpointFileRecord write_checkpoint_file(const std::string& tmp_dir, const std::string& file,
+                                           const NamedTensors& tensors, int64_t step,
+                                           const std::function<void(size_t)>& after_tensor) {
+  refuse_nonfinite(step, tensors, file);
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "natsl"},
-                                                   {"step", std::to_string(ck.step)}};
-  const uint64_t model_sum = write_safetensors((tmp / kModelFile).string(), ck.model, meta, ck.after_model_tensor);
-  const uint64_t optimizer_sum = write_safetensors((tmp / kOptimizerFile).string(), ck.optimizer, meta);
+                                                   {"step", std::to_string(step)}};
+  const fs::path path = fs::path(tmp_dir) / file;
+  CheckpointFileRecord rec;
+  rec.file = file;
+  rec.xxh3_64 = write_safetensors(path.string(), tensors, meta, after_tensor);
+  rec.bytes = fs::file_size(path);
+  return rec;
+}
 
+std::string commit_checkpoint(const std::string& run_dir, int64_t step, const std::vector<CheckpointFileRecord>& files,
+                              const nlohmann::json& trainer, const std::optional<ShardedOptimizerLayout>& zero,
+                              int64_t keep_last) {
+  fs::path root = fs::path(run_dir) / "checkpoints";
+  const std::string name = checkpoint_dir_name(step);
+  fs::path tmp = checkpoint_tmp_dir(run_dir, step);
+  fs::path final_dir = root / name;
   nlohmann::json state = {{"format", kCheckpointFormat},
-                          {"format_version", kCheckpointFormatVersion},
-                          {"step", ck.step},
+                          {"format_version", zero ? kCheckpointFormatVersion : kGatheredCheckpointFormatVersion},
+                          {"step", step},
                           {"natsl_version", natsl_version()},
                           {"git_commit", natsl_git_commit()},
-                          {"trainer", ck.trainer}};
-  state["files"][kModelFile] = {{"bytes", fs::file_size(tmp / kModelFile)}, {"xxh3_64", checksum_hex(model_sum)}};
-  state["files"][kOptimizerFile] = {{"bytes", fs::file_size(tmp / kOptimizerFile)},
-                                    {"xxh3_64", checksum_hex(optimizer_sum)}};
+                          {"trainer", trainer}};
+  for (const CheckpointFileRecord& f : files)
+    state["files"][f.file] = {{"bytes", f.bytes}, {"xxh3_64", checksum_hex(f.xxh3_64)}};
+  if (zero) state["zero"] = to_json(*zero);
   write_file_synced((tmp / kStateFile).string(), state.dump(2) + "\n");
+  // After every writer fsynced its file: the directory's entries of all of them.
   fsync_directory(tmp.string());
 
   // Re-saving a step that already exists (e.g. the final step after a stop_at_step resume) replaces it.
@@ -136,15 +156,25 @@ std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& c
   for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
     const fs::path d = root / checkpoint_dir_name(*it);
     if (valid >= keep_last) remove_tree(d);
-    else if (*it == ck.step || is_valid_checkpoint(d)) ++valid;
+    else if (*it == step || is_valid_checkpoint(d)) ++valid;
   }
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
     std::string n = e.path().filename().string();
     if (n.rfind(kTmpPrefix, 0) == 0)
-      if (auto s = parse_step_name(n.substr(std::string(kTmpPrefix).size())); s && *s < ck.step) remove_tree(e.path());
+      if (auto s = parse_step_name(n.substr(std::string(kTmpPrefix).size())); s && *s < step) remove_tree(e.path());
   }
   return final_dir.string();
+}
+
+std::string save_checkpoint(const std::string& run_dir, const CheckpointWrite& ck, int64_t keep_last) {
+  refuse_nonfinite(ck.step, ck.model, kModelFile);
+  refuse_nonfinite(ck.step, ck.optimizer, kOptimizerFile);
+  const std::string tmp = begin_checkpoint(run_dir, ck.step);
+  std::vector<CheckpointFileRecord> files;
+  files.push_back(write_checkpoint_file(tmp, kModelFile, ck.model, ck.step, ck.after_model_tensor));
+  files.push_back(write_checkpoint_file(tmp, kOptimizerFile, ck.optimizer, ck.step));
+  return commit_checkpoint(run_dir, ck.step, files, ck.trainer, std::nullopt, keep_last);
 }
 
 CheckpointReader::CheckpointReader(const std::string& dir) : dir_(dir) {
@@ -172,7 +202,7 @@ void CheckpointReader::open() {
   if (!state_.is_object() || state_.value("format", "") != kCheckpointFormat)
     throw bad("not a natsl checkpoint state (format is not \"" + std::string(kCheckpointFormat) + "\")");
   const auto version = state_.value("format_version", nlohmann::json(nullptr));
-  if (version != 1 && version != kCheckpointFormatVersion)
+  if (version != 1 && version != 2 && version != kCheckpointFormatVersion)
     throw bad("checkpoint format version " + version.dump() + " is not supported (this natsl reads versions 1 to " +
               std::to_string(kCheckpointFormatVersion) + ")");
   const bool has_checksums = version != 1;
@@ -182,27 +212,46 @@ void CheckpointReader::open() {
   if (!state_.contains("step") || !state_["step"].is_number_integer()) throw bad("no integer \"step\"");
   if (!state_.contains("trainer") || !state_["trainer"].is_object()) throw bad("no \"trainer\" state");
   step_ = state_["step"].get<int64_t>();
-  for (const char* f : {kModelFile, kOptimizerFile}) {
-    fs::path p = d / f;
-    if (!fs::exists(p, ec)) throw InputError("checkpoint file '" + p.string() + "' is missing");
-    const nlohmann::json rec = state_.contains("files") && state_["files"].contains(f) ? state_["files"][f]
-                                                                                        : nlohmann::json::object();
-    const uint64_t rec_bytes =
-        json_integer_or<uint64_t>(rec, "bytes", 0, "'" + state_path.string() + "': files." + f + ".");
-    uint64_t size = fs::file_size(p, ec);
-    if (rec_bytes != size)
-      throw InputError("checkpoint file '" + p.string() + "' has " + std::to_string(size) + " bytes but " +
-                       std::to_string(rec_bytes) + " were written (truncated or replaced)");
-    if (!has_checksums) continue;
-    if (!rec.contains("xxh3_64") || !rec["xxh3_64"].is_string())
-      throw bad(std::string("no \"xxh3_64\" checksum recorded for ") + f);
-    const std::string want = rec["xxh3_64"].get<std::string>(), got = checksum_hex(file_xxh3_64(p.string()));
-    if (got != want)
-      throw InputError("checkpoint file '" + p.string() + "' fails its checksum (XXH3-64 " + got + ", " + want +
-                       " when written): its bytes changed after the write (disk or copy corruption)");
-  }
+  const bool sharded = state_.contains("zero");
+  if (sharded && version != kCheckpointFormatVersion)
+    throw bad("\"zero\" (optimizer shards) needs format version " + std::to_string(kCheckpointFormatVersion) +
+              ", not " + version.dump() + " (the file is corrupt or was edited)");
+  verify_file(kModelFile, has_checksums);
   model_.emplace((d / kModelFile).string());
-  optimizer_.emplace((d / kOptimizerFile).string());
+  if (sharded) {
+    open_shards(state_path.string());
+  } else {
+    verify_file(kOptimizerFile, has_checksums);
+    optimizer_.emplace((d / kOptimizerFile).string());
+  }
+}
+
+void CheckpointReader::verify_file(const std::string& f, bool has_checksums) {
+  const fs::path state_path = fs::path(dir_) / kStateFile;
+  const fs::path p = fs::path(dir_) / f;
+  std::error_code ec;
+  if (!fs::exists(p, ec)) throw InputError("checkpoint file '" + p.string() + "' is missing");
+  const nlohmann::json rec = state_.contains("files") && state_["files"].is_object() && state_["files"].contains(f)
+                                 ? state_["files"][f]
+                                 : nlohmann::json::object();
+  const uint64_t rec_bytes = json_integer_or<uint64_t>(rec, "bytes", 0, "'" + state_path.string() + "': files." + f + ".");
+  uint64_t size = fs::file_size(p, ec);
+  if (ec) throw InputError("cannot read checkpoint file '" + p.string() + "': " + ec.message());
+  if (rec_bytes != size)
+    throw InputError("checkpoint file '" + p.string() + "' has " + std::to_string(size) + " bytes but " +
+                     std::to_string(rec_bytes) + " were written (truncated or replaced)");
+  if (!has_checksums) return;
+  if (!rec.contains("xxh3_64") || !rec["xxh3_64"].is_string())
+    throw InputError("'" + state_path.string() + "': no \"xxh3_64\" checksum recorded for " + f);
+  const std::string want = rec["xxh3_64"].get<std::string>(), got = checksum_hex(file_xxh3_64(p.string()));
+  if (got != want)
+    throw InputError("checkpoint file '" + p.string() + "' fails its checksum (XXH3-64 " + got + ", " + want +
+                     " when written): its bytes changed after the write (disk or copy corruption)");
+}
+
+SafeTensorsReader& CheckpointReader::optimizer() {
+  NATSL_CHECK(optimizer_.has_value(), "checkpoint '", dir_, "' holds ZeRO-1 optimizer shards, not optimizer.safetensors");
+  return *optimizer_;
 }
 
 TrainerCounters read_trainer_counters(const CheckpointReader& ck, bool required) {

@@ -45,6 +45,10 @@ class SafeTensorsReader {
   // Copies tensor `name` into `dst` (any device), which must have the stored dtype and shape.
   void read_into(const std::string& name, const Tensor& dst);
   Tensor read(const std::string& name);  // a new CPU tensor
+  // Copies dst.numel() consecutive elements of tensor `name` (row-major), starting at element `first`, into
+  // the contiguous `dst` (any device) of the stored dtype: what a ZeRO-1 rank reads of another world size's
+  // optimizer shard. InputError when the range is not inside the tensor.
+  void read_range_into(const std::string& name, int64_t first, const Tensor& dst);
   const std::string& path() const { return path_; }
 
  private:

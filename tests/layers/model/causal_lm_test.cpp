@@ -275,3 +275,28 @@ TEST(NatslModel, PresetConfigsLoadAndHaveTheReferenceSizes) {
     EXPECT_TRUE(m.attn_rope);
   }
 }
+
+// configs/natsl-760m.yaml: the reference's natsl_760M.json (docs/natsl-layer.md §2.1, §7.1) with the 340M recipe.
+TEST(NatslModel, Preset760mHasTheReferenceSizesAndRecipe) {
+  const RunConfig big = load_config(config_path("natsl-760m.yaml"));
+  const RunConfig small = load_config(config_path("natsl-340m.yaml"));
+  const ModelConfig& m = big.model;
+  EXPECT_EQ(m.mixer_kinds(), small.model.mixer_kinds());
+  EXPECT_EQ(m.hidden_size, 1536);
+  EXPECT_EQ(m.head_dim, 192);
+  EXPECT_EQ(m.num_attn_heads, 18);
+  EXPECT_EQ(m.mlp_intermediate(), 4096);
+  // The softmax heads are 64/128 wide as in 340M, three per router head (natsl-layer.md §2.3).
+  EXPECT_EQ(m.attn_head_dim, 64);
+  EXPECT_EQ(m.attn_value_dim, 128);
+  EXPECT_EQ(int64_t(double(m.num_heads * m.head_dim) * m.expand_v), m.num_attn_heads * m.attn_value_dim);
+  // natsl-layer.md §5: 793.1M with both embedding matrices, 694.8M without (rounded to 0.1M there).
+  const double total = double(count_parameters(m)), emb = 2.0 * double(m.vocab_size * m.hidden_size);
+  EXPECT_NEAR(total / 1e6, 793.1, 0.05);
+  EXPECT_NEAR((total - emb) / 1e6, 694.8, 0.05);
+  // Everything else (recipe, data, tokenizer) is the 340M preset's.
+  RunConfig same = big;
+  same.model = small.model;
+  same.train.out_dir = small.train.out_dir;
+  EXPECT_EQ(config_to_yaml(same), config_to_yaml(small));
+}
