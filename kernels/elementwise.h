@@ -26,17 +26,14 @@ void scale(const Tensor& x, double s, const Tensor& out);
 // The broadcast shape of two shapes (NumPy rules); throws naming both shapes when incompatible.
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 
-namespace cpu {
-void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y);
-void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx);
-void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
-void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out);
-}  // namespace cpu
-namespace cuda {
-void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y);
-void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx);
-void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
-void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out);
-}  // namespace cuda
+// The device implementations: one signature list for both (as kernels/router.h, kernels/mix_norm_gate.h).
+#define NATSL_ELEMENTWISE_DECLS                                                                     \
+  void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y);                                     \
+  void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx); \
+  void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);                \
+  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out);
+namespace cpu { NATSL_ELEMENTWISE_DECLS }
+namespace cuda { NATSL_ELEMENTWISE_DECLS }
+#undef NATSL_ELEMENTWISE_DECLS
 
 }  // namespace natsl::kernels

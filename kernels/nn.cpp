@@ -33,6 +33,27 @@ void check_rows(const Tensor& x, const char* op) {
   check_floating(x, op, "input");
 }
 
+// A row-wise map x -> y without statistics (softmax, log-softmax): returns the one device of both.
+Device check_rowwise_fwd(const Tensor& x, const Tensor& y, const char* op) {
+  Device d = common_device({&x, &y}, op);
+  check_contiguous({&x, &y}, op);
+  check_rows(x, op);
+  check_same_shape(x, y, op);
+  check_same_dtype(x, y, op);
+  return d;
+}
+// Its backward from the output: (y, dy) -> dx.
+Device check_rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, const char* op) {
+  Device d = common_device({&y, &dy, &dx}, op);
+  check_contiguous({&y, &dy, &dx}, op);
+  check_rows(y, op);
+  check_same_shape(y, dy, op);
+  check_same_shape(y, dx, op);
+  check_same_dtype(y, dy, op);
+  check_same_dtype(y, dx, op);
+  return d;
+}
+
 }  // namespace
 
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
@@ -118,42 +139,22 @@ void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Te
 }
 
 void softmax_fwd(const Tensor& x, const Tensor& y) {
-  Device d = common_device({&x, &y}, "softmax_fwd");
-  check_contiguous({&x, &y}, "softmax_fwd");
-  check_rows(x, "softmax_fwd");
-  check_same_shape(x, y, "softmax_fwd");
-  check_same_dtype(x, y, "softmax_fwd");
+  Device d = check_rowwise_fwd(x, y, "softmax_fwd");
   NATSL_NN_DISPATCH(d, softmax_fwd, x, y);
 }
 
 void softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  Device d = common_device({&y, &dy, &dx}, "softmax_bwd");
-  check_contiguous({&y, &dy, &dx}, "softmax_bwd");
-  check_rows(y, "softmax_bwd");
-  check_same_shape(y, dy, "softmax_bwd");
-  check_same_shape(y, dx, "softmax_bwd");
-  check_same_dtype(y, dy, "softmax_bwd");
-  check_same_dtype(y, dx, "softmax_bwd");
+  Device d = check_rowwise_bwd(y, dy, dx, "softmax_bwd");
   NATSL_NN_DISPATCH(d, softmax_bwd, y, dy, dx);
 }
 
 void log_softmax_fwd(const Tensor& x, const Tensor& y) {
-  Device d = common_device({&x, &y}, "log_softmax_fwd");
-  check_contiguous({&x, &y}, "log_softmax_fwd");
-  check_rows(x, "log_softmax_fwd");
-  check_same_shape(x, y, "log_softmax_fwd");
-  check_same_dtype(x, y, "log_softmax_fwd");
+  Device d = check_rowwise_fwd(x, y, "log_softmax_fwd");
   NATSL_NN_DISPATCH(d, log_softmax_fwd, x, y);
 }
 
 void log_softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  Device d = common_device({&y, &dy, &dx}, "log_softmax_bwd");
-  check_contiguous({&y, &dy, &dx}, "log_softmax_bwd");
-  check_rows(y, "log_softmax_bwd");
-  check_same_shape(y, dy, "log_softmax_bwd");
-  check_same_shape(y, dx, "log_softmax_bwd");
-  check_same_dtype(y, dy, "log_softmax_bwd");
-  check_same_dtype(y, dx, "log_softmax_bwd");
+  Device d = check_rowwise_bwd(y, dy, dx, "log_softmax_bwd");
   NATSL_NN_DISPATCH(d, log_softmax_bwd, y, dy, dx);
 }
 

@@ -25,58 +25,55 @@ double row_lse(const T* x, int64_t D) {
   return m + std::log(s);
 }
 
-}  // namespace
-
-void softmax_fwd(const Tensor& x, const Tensor& y) {
+// y = out(x_d, lse) for each element of each row of x, lse = log(sum(exp(x))) of the row.
+template <class Out>
+void rowwise_fwd(const Tensor& x, const Tensor& y, Out out) {
   NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] {
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
     for_rows(x, [&](int64_t o, int64_t D) {
       double lse = row_lse(xp + o, D);
-      for (int64_t d = 0; d < D; ++d) yp[o + d] = convert<T>(std::exp(double(convert<acc_t<T>>(xp[o + d])) - lse));
+      for (int64_t d = 0; d < D; ++d) yp[o + d] = convert<T>(out(double(convert<acc_t<T>>(xp[o + d])), lse));
     });
   });
+}
+
+// dx = out(y_d, dy_d, r) for each element of each row, r = the row's sum of term(y_d, dy_d).
+template <class Term, class Out>
+void rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, Term term, Out out) {
+  NATSL_DISPATCH_FLOAT(y.dtype(), T, [&] {
+    auto ld = [](T v) { return double(convert<acc_t<T>>(v)); };
+    const T* yp = y.data<T>();
+    const T* gp = dy.data<T>();
+    T* dp = dx.data<T>();
+    for_rows(y, [&](int64_t o, int64_t D) {
+      double r = 0;
+      for (int64_t d = 0; d < D; ++d) r += term(ld(yp[o + d]), ld(gp[o + d]));
+      for (int64_t d = 0; d < D; ++d) dp[o + d] = convert<T>(out(ld(yp[o + d]), ld(gp[o + d]), r));
+    });
+  });
+}
+
+}  // namespace
+
+void softmax_fwd(const Tensor& x, const Tensor& y) {
+  rowwise_fwd(x, y, [](double v, double lse) { return std::exp(v - lse); });
 }
 
 // dx = y (dy - sum(dy y))
 void softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  NATSL_DISPATCH_FLOAT(y.dtype(), T, [&] {
-    auto ld = [](T v) { return double(convert<acc_t<T>>(v)); };
-    const T* yp = y.data<T>();
-    const T* gp = dy.data<T>();
-    T* dp = dx.data<T>();
-    for_rows(y, [&](int64_t o, int64_t D) {
-      double dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += ld(gp[o + d]) * ld(yp[o + d]);
-      for (int64_t d = 0; d < D; ++d) dp[o + d] = convert<T>(ld(yp[o + d]) * (ld(gp[o + d]) - dot));
-    });
-  });
+  rowwise_bwd(
+      y, dy, dx, [](double yv, double g) { return g * yv; }, [](double yv, double g, double dot) { return yv * (g - dot); });
 }
 
 void log_softmax_fwd(const Tensor& x, const Tensor& y) {
-  NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] {
-    const T* xp = x.data<T>();
-    T* yp = y.data<T>();
-    for_rows(x, [&](int64_t o, int64_t D) {
-      double lse = row_lse(xp + o, D);
-      for (int64_t d = 0; d < D; ++d) yp[o + d] = convert<T>(double(convert<acc_t<T>>(xp[o + d])) - lse);
-    });
-  });
+  rowwise_fwd(x, y, [](double v, double lse) { return v - lse; });
 }
 
 // dx = dy - exp(y) sum(dy)
 void log_softmax_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  NATSL_DISPATCH_FLOAT(y.dtype(), T, [&] {
-    auto ld = [](T v) { return double(convert<acc_t<T>>(v)); };
-    const T* yp = y.data<T>();
-    const T* gp = dy.data<T>();
-    T* dp = dx.data<T>();
-    for_rows(y, [&](int64_t o, int64_t D) {
-      double s = 0;
-      for (int64_t d = 0; d < D; ++d) s += ld(gp[o + d]);
-      for (int64_t d = 0; d < D; ++d) dp[o + d] = convert<T>(ld(gp[o + d]) - std::exp(ld(yp[o + d])) * s);
-    });
-  });
+  rowwise_bwd(
+      y, dy, dx, [](double, double g) { return g; }, [](double yv, double g, double s) { return g - std::exp(yv) * s; });
 }
 
 }  // namespace natsl::kernels::cpu

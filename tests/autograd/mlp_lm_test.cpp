@@ -14,21 +14,46 @@
 using namespace natsl;
 using namespace natsl::testing;
 
+namespace {
+
+// The model's parameters (embedding [V, D], fc1 weight [H, D] and bias [H], fc2 weight [V, H]) in flat f32
+// buffers on `dev`, parameter i drawn from N(0, init_std[i]) with seed 100 + i (the same on every device);
+// backward accumulates straight into the flat gradient buffer.
+struct MlpLm {
+  enum { kEmb, kW1, kB1, kW2 };
+  MlpLm(int64_t V, int64_t D, int64_t H, Device dev, const std::vector<double>& init_std)
+      : params(layout_of(V, D, H), dev), grads(params.layout(), dev) {
+    for (int i = 0; i < 4; ++i) {
+      Tensor p = params.view(i);
+      p.copy_(randn(p.shape(), 100 + uint64_t(i), DType::f32, init_std[size_t(i)]));
+      p.set_requires_grad(true);
+      p.set_grad(grads.view(i));
+    }
+  }
+  static FlatLayout layout_of(int64_t V, int64_t D, int64_t H) {
+    FlatLayout layout;
+    layout.add("embedding", {V, D}, DType::f32);
+    layout.add("fc1.weight", {H, D}, DType::f32);
+    layout.add("fc1.bias", {H}, DType::f32);
+    layout.add("fc2.weight", {V, H}, DType::f32);
+    return layout;
+  }
+  // embedding -> linear -> silu -> linear -> cross-entropy against `targets`.
+  Tensor loss(const Tensor& ids, const Tensor& targets) const {
+    Tensor h = silu(linear(embedding(params.view(kEmb), ids), params.view(kW1), params.view(kB1)));
+    return cross_entropy(linear(h, params.view(kW2)), targets);
+  }
+  // AdamW over the buffers, no weight decay on the bias.
+  AdamW optimizer(const AdamWOptions& o) { return AdamW(params, grads, {true, true, false, true}, o); }
+
+  FlatBuffer params, grads;
+};
+
+}  // namespace
+
 TEST(MlpLanguageModel, AdamWDrivesFixedBatchLossBelowTenPercent) {
   const int64_t V = 32, D = 16, H = 32, N = 40;
-  FlatLayout layout;
-  const int emb = layout.add("embedding", {V, D}, DType::f32);
-  const int w1 = layout.add("fc1.weight", {H, D}, DType::f32);
-  const int b1 = layout.add("fc1.bias", {H}, DType::f32);
-  const int w2 = layout.add("fc2.weight", {V, H}, DType::f32);
-  FlatBuffer params(layout, kCPU), grads(layout, kCPU);
-  const std::vector<double> init_std{1.0, 0.25, 0.0, 0.05};
-  for (int i = 0; i < 4; ++i) {
-    Tensor p = params.view(i);
-    p.copy_(randn(p.shape(), 100 + uint64_t(i), DType::f32, init_std[size_t(i)]));
-    p.set_requires_grad(true);
-    p.set_grad(grads.view(i));  // backward accumulates straight into the flat gradient buffer
-  }
+  MlpLm model(V, D, H, kCPU, {1.0, 0.25, 0.0, 0.05});
 
   // A fixed batch: the next token is a fixed function of the current one; a few rows are padding.
   Tensor ids = random_ids({N}, V, 7);
@@ -37,19 +62,16 @@ TEST(MlpLanguageModel, AdamWDrivesFixedBatchLossBelowTenPercent) {
   for (size_t i : {3u, 17u, 30u}) targets[i] = -100;
   Tensor tgt = Tensor::from_vector(targets, {N}, DType::i64);
 
-  auto loss_fn = [&] {
-    Tensor h = silu(linear(embedding(params.view(emb), ids), params.view(w1), params.view(b1)));
-    return cross_entropy(linear(h, params.view(w2)), tgt);
-  };
+  auto loss_fn = [&] { return model.loss(ids, tgt); };
 
   AdamWOptions o;
   o.lr = 0.02;
   o.weight_decay = 0.01;
-  AdamW opt(params, grads, {true, true, false, true}, o);
+  AdamW opt = model.optimizer(o);
   const auto t0 = std::chrono::steady_clock::now();
   double first = 0, last = 0;
   for (int step = 0; step < 150; ++step) {
-    grads.zero_();
+    model.grads.zero_();
     Tensor loss = loss_fn();
     if (step == 0) first = loss.item();
     loss.backward();
@@ -70,26 +92,11 @@ TEST(MlpLanguageModel, AdamWDrivesFixedBatchLossBelowTenPercent) {
 // Tolerance: step 0 (same weights, forward only) within 1e-5 relative; every later step within 1e-3
 // relative (f32 reductions differ in order between the devices; AdamW keeps the difference small but it
 // compounds over steps); and the run must actually learn (last loss < half the first).
-using namespace natsl;
-using namespace natsl::testing;
-
 namespace {
 
 std::vector<double> train_curve(Device dev, int steps) {
   const int64_t V = 64, D = 32, H = 96, N = 256;
-  FlatLayout layout;
-  const int emb = layout.add("embedding", {V, D}, DType::f32);
-  const int w1 = layout.add("fc1.weight", {H, D}, DType::f32);
-  const int b1 = layout.add("fc1.bias", {H}, DType::f32);
-  const int w2 = layout.add("fc2.weight", {V, H}, DType::f32);
-  FlatBuffer params(layout, dev), grads(layout, dev);
-  const std::vector<double> init_std{1.0, 0.2, 0.0, 0.05};
-  for (int i = 0; i < 4; ++i) {
-    Tensor p = params.view(i);
-    p.copy_(randn(p.shape(), 100 + uint64_t(i), DType::f32, init_std[size_t(i)]));  // same init on both devices
-    p.set_requires_grad(true);
-    p.set_grad(grads.view(i));
-  }
+  MlpLm model(V, D, H, dev, {1.0, 0.2, 0.0, 0.05});
   // Next token = a fixed function of the current one; a few padding rows.
   Tensor ids_cpu = random_token_ids({N}, V, 7, DType::i64);
   std::vector<int64_t> targets;
@@ -101,12 +108,11 @@ std::vector<double> train_curve(Device dev, int steps) {
   AdamWOptions o;
   o.lr = 0.01;
   o.weight_decay = 0.01;
-  AdamW opt(params, grads, {true, true, false, true}, o);
+  AdamW opt = model.optimizer(o);
   std::vector<double> curve;
   for (int step = 0; step < steps; ++step) {
-    grads.zero_();
-    Tensor h = silu(linear(embedding(params.view(emb), ids), params.view(w1), params.view(b1)));
-    Tensor loss = cross_entropy(linear(h, params.view(w2)), tgt);
+    model.grads.zero_();
+    Tensor loss = model.loss(ids, tgt);
     curve.push_back(loss.item());
     loss.backward();
     opt.step();

@@ -35,9 +35,7 @@ TEST(TokenWindowLoader, RowsAreContiguousWindowsOfOneShard) {
   TempDir dir;
   const std::vector<int64_t> sizes = {40, 7, 200};  // the 7-token shard is shorter than a window
   auto paths = numbered_shards(dir, sizes);
-  LoaderOptions o;
-  o.batch_size = 5;
-  o.seq_len = 9;
+  const LoaderOptions o{.batch_size = 5, .seq_len = 9};
   TokenWindowLoader loader(paths, o);
   EXPECT_EQ(loader.total_tokens(), 247);
   for (int64_t step = 0; step < 50; ++step) {
@@ -61,9 +59,7 @@ TEST(TokenWindowLoader, RowsAreContiguousWindowsOfOneShard) {
 TEST(TokenWindowLoader, StartsAreUniformOverAllValidStarts) {
   TempDir dir;
   auto paths = numbered_shards(dir, {30, 60});  // T = 9: 21 and 51 valid starts
-  LoaderOptions o;
-  o.batch_size = 16;
-  o.seq_len = 9;
+  const LoaderOptions o{.batch_size = 16, .seq_len = 9};
   TokenWindowLoader loader(paths, o);
   std::map<std::pair<size_t, int64_t>, int> count;
   const int steps = 500;
@@ -82,10 +78,7 @@ TEST(TokenWindowLoader, StartsAreUniformOverAllValidStarts) {
 TEST(TokenWindowLoader, DeterministicInSeedStepAndRank) {
   TempDir dir;
   auto paths = numbered_shards(dir, {5000, 3000});
-  LoaderOptions o;
-  o.batch_size = 4;
-  o.seq_len = 16;
-  o.seed = 11;
+  const LoaderOptions o{.batch_size = 4, .seq_len = 16, .seed = 11};
   TokenWindowLoader a(paths, o), b(paths, o);
   EXPECT_EQ(values(a.next(7).inputs), values(b.next(7).inputs));
   EXPECT_EQ(values(a.next(7).inputs), values(a.next(7).inputs));
@@ -110,10 +103,7 @@ TEST(TokenWindowLoader, DeterministicInSeedStepAndRank) {
 TEST(TokenWindowLoader, StateRestoreGivesTheSameNextBatch) {
   TempDir dir;
   auto paths = numbered_shards(dir, {5000, 3000});
-  LoaderOptions o;
-  o.batch_size = 3;
-  o.seq_len = 12;
-  o.seed = 5;
+  const LoaderOptions o{.batch_size = 3, .seq_len = 12, .seed = 5};
   TokenWindowLoader a(paths, o);
   for (int s = 0; s < 4; ++s) a.next(s);
   const nlohmann::json st = nlohmann::json::parse(a.state().dump());  // through text, as a checkpoint does

@@ -61,10 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // The loaders always verify; whatever they accept must respect the model's vocabulary.
   try {
-    LoaderOptions o;
-    o.batch_size = 2;
-    o.seq_len = 3;
-    o.vocab_size = vocab;
+    const LoaderOptions o{.batch_size = 2, .seq_len = 3, .vocab_size = vocab};
     TokenWindowLoader loader({path}, o);
     for (int64_t step = 0; step < 2; ++step) {
       Batch b = loader.next(step);
@@ -74,10 +71,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const InputError&) {
   }
   try {
-    ValidationOptions o;
-    o.batch_size = 2;
-    o.seq_len = 3;
-    o.vocab_size = vocab;
+    const ValidationOptions o{.batch_size = 2, .seq_len = 3, .vocab_size = vocab};
     ValidationWindows val({path}, o);
     for (int64_t i = 0; i < std::min<int64_t>(val.num_batches(), 4); ++i) {
       Batch b = val.batch(i);

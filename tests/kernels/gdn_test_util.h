@@ -84,8 +84,9 @@ inline GdnInputs converted(const GdnInputs& in, DType data) {
 
 inline DType state_dtype(const GdnInputs& in) { return in.g.dtype(); }
 
-inline Tensor poisoned(const Shape& s, DType dt) {
-  Tensor t = Tensor::empty(s, dt);
+// An output tensor on `device` filled with NaN, so that any element a kernel forgets to write shows.
+inline Tensor poisoned(const Shape& s, DType dt, Device device = kCPU) {
+  Tensor t = Tensor::empty(s, dt, device);
   poison(t);
   return t;
 }
@@ -95,42 +96,63 @@ struct FwdResult {
   GdnSaved saved;
 };
 
-inline FwdResult run_recurrent(const GdnArgs& a, const GdnInputs& in) {
+// NaN-filled outputs of a forward on the device of `in`: o and ht, and the saved tensors when `saving`.
+inline FwdResult poisoned_forward(const GdnArgs& a, const GdnInputs& in, bool saving) {
   const GdnShape s = GdnShape::of(in.q, in.v, a);
+  const Device d = in.q.device();
   FwdResult r;
-  r.o = poisoned(in.v.shape(), in.q.dtype());
-  r.ht = poisoned({s.N, s.HV, s.K, s.V}, state_dtype(in));
+  r.o = poisoned(in.v.shape(), in.q.dtype(), d);
+  r.ht = poisoned({s.N, s.HV, s.K, s.V}, state_dtype(in), d);
+  if (saving) {
+    r.saved.g_cumsum = poisoned({s.B, s.T, s.HV}, state_dtype(in), d);
+    r.saved.a_inv = poisoned({s.B, s.T, s.HV, kernels::kGdnChunk}, in.q.dtype(), d);
+  }
+  return r;
+}
+
+// NaN-filled gradients of the backward on the device of `in`: dh0 always, dmask when the inputs carry a mask.
+inline GdnGrads poisoned_grads(const GdnArgs& a, const GdnInputs& in) {
+  const GdnShape s = GdnShape::of(in.q, in.v, a);
+  const Device d = in.q.device();
+  const DType D = in.q.dtype(), S = state_dtype(in);
+  GdnGrads g;
+  g.dq = poisoned(in.q.shape(), D, d);
+  g.dk = poisoned(in.k.shape(), D, d);
+  g.dv = poisoned(in.v.shape(), D, d);
+  g.dg = poisoned(in.g.shape(), S, d);
+  g.dbeta = poisoned(in.beta.shape(), S, d);
+  g.dh0 = poisoned({s.N, s.HV, s.K, s.V}, S, d);
+  if (in.mask.defined()) g.dmask = poisoned(in.mask.shape(), S, d);
+  return g;
+}
+
+inline FwdResult run_recurrent(const GdnArgs& a, const GdnInputs& in) {
+  FwdResult r = poisoned_forward(a, in, /*saving=*/false);
   kernels::gdn_recurrent_fwd(a, in, r.o, r.ht);
   return r;
 }
 
 inline FwdResult run_chunk_fwd(const GdnArgs& a, const GdnInputs& in) {
-  const GdnShape s = GdnShape::of(in.q, in.v, a);
-  FwdResult r;
-  r.o = poisoned(in.v.shape(), in.q.dtype());
-  r.ht = poisoned({s.N, s.HV, s.K, s.V}, state_dtype(in));
-  r.saved.g_cumsum = poisoned({s.B, s.T, s.HV}, state_dtype(in));
-  r.saved.a_inv = poisoned({s.B, s.T, s.HV, kernels::kGdnChunk}, in.q.dtype());
+  FwdResult r = poisoned_forward(a, in, /*saving=*/true);
   kernels::gdn_chunk_fwd(a, in, r.o, r.ht, r.saved);
   return r;
 }
 
-// Backward of the chunked kernel (running its forward for the saved tensors); dh0 always, dmask when the
-// inputs carry a mask.
+// Backward of the chunked kernel (running its forward for the saved tensors).
 inline GdnGrads run_chunk_bwd(const GdnArgs& a, const GdnInputs& in, const Tensor& dout, const Tensor& dht) {
-  const GdnShape s = GdnShape::of(in.q, in.v, a);
   const FwdResult f = run_chunk_fwd(a, in);
-  const DType D = in.q.dtype(), S = state_dtype(in);
-  GdnGrads g;
-  g.dq = poisoned(in.q.shape(), D);
-  g.dk = poisoned(in.k.shape(), D);
-  g.dv = poisoned(in.v.shape(), D);
-  g.dg = poisoned(in.g.shape(), S);
-  g.dbeta = poisoned(in.beta.shape(), S);
-  g.dh0 = poisoned({s.N, s.HV, s.K, s.V}, S);
-  if (in.mask.defined()) g.dmask = poisoned(in.mask.shape(), S);
+  GdnGrads g = poisoned_grads(a, in);
   kernels::gdn_chunk_bwd(a, in, f.saved, dout, dht, g);
   return g;
+}
+
+// The chunked forward of case `c` equals the f64 token recurrence (output and final state).
+inline void expect_chunked_equals_recurrence(const GdnCase& c, double tol = 1e-12) {
+  const GdnArgs a = args_of(c);
+  const GdnInputs in = make_inputs(c);
+  const FwdResult ref = run_recurrent(a, in), got = run_chunk_fwd(a, in);
+  EXPECT_CLOSE(got.o, ref.o, tol, tol);
+  EXPECT_CLOSE(got.ht, ref.ht, tol, tol);
 }
 
 inline double dot(const Tensor& a, const Tensor& b) {
@@ -162,6 +184,36 @@ inline Tensor finite_difference(const GdnArgs& a, const GdnInputs& in, const Ten
     gp[i] = (up - down) / (2 * eps);
   }
   return grad;
+}
+
+// Random cotangents dO (seed) and dht (seed + 1) of the loss L = <o, dO> + <ht, dht>.
+struct Cotangents {
+  Tensor dout, dht;
+};
+inline Cotangents cotangents(const GdnArgs& a, const GdnInputs& in, uint64_t seed) {
+  const GdnShape s = GdnShape::of(in.q, in.v, a);
+  return {randn(in.v.shape(), seed), randn({s.N, s.HV, s.K, s.V}, seed + 1)};
+}
+
+// Every gradient of the chunked backward of case `c` (dh0 with an initial state, dmask with a mask) equals
+// finite differences of the f64 recurrence, cotangents from `cotangent_seed` (relative RMS 1e-7: the
+// differences themselves carry about 1e-9).
+inline void expect_gradients_match_differences(const GdnCase& c, uint64_t cotangent_seed) {
+  const GdnArgs a = args_of(c);
+  const GdnInputs in = make_inputs(c);
+  const Cotangents ct = cotangents(a, in, cotangent_seed);
+  const GdnGrads g = run_chunk_bwd(a, in, ct.dout, ct.dht);
+  auto check = [&](const char* name, const Tensor& mine, const Tensor& x) {
+    SCOPED_TRACE(name);
+    EXPECT_CLOSE(mine, finite_difference(a, in, x, ct.dout, ct.dht), 1e-7, 1e-6);
+  };
+  check("dq", g.dq, in.q);
+  check("dk", g.dk, in.k);
+  check("dv", g.dv, in.v);
+  check("dg", g.dg, in.g);
+  check("dbeta", g.dbeta, in.beta);
+  if (in.h0.defined()) check("dh0", g.dh0, in.h0);
+  if (in.mask.defined()) check("dmask", g.dmask, in.mask);
 }
 
 }  // namespace natsl::testing::gdn

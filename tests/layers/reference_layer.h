@@ -11,6 +11,24 @@
 
 namespace natsl::testing {
 
+// A one-layer NAtS-L model small enough for the f64 reference layer: GDN K = 4, V = 8; attention G = 2 with
+// d_a = 2, d_av = 4; no RoPE.
+inline ModelConfig tiny_natsl_config() {
+  ModelConfig c;
+  c.vocab_size = 11;
+  c.hidden_size = 6;
+  c.num_layers = 1;
+  c.default_mixer = "natsl";
+  c.num_heads = 2;
+  c.head_dim = 4;
+  c.expand_v = 2.0;  // V = 8
+  c.num_attn_heads = 4;  // G = 2: d_a = 2, d_av = 4
+  c.attn_qk_norm = true;
+  c.attn_rope = false;
+  c.intermediate_size = 5;
+  return c;
+}
+
 struct ReferenceLayerOut {
   Tensor out;                      // [B, T, d]
   oracle::RouterOut router;        // pooled, logits, probs, masks

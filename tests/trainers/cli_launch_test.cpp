@@ -11,45 +11,39 @@ namespace natsl {
 namespace {
 
 using testing::CommandResult;
+using testing::expect_one_line_input_error;
 using testing::kSmallConfig;
 using testing::run_natsl;
 using testing::TempDir;
 using testing::write_text;
 
-void expect_one_line_bad_input(const CommandResult& r, const std::vector<std::string>& mentions) {
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  for (const auto& m : mentions) EXPECT_NE(r.output.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-  EXPECT_EQ(r.output.rfind("natsl: error: ", 0), 0u) << r.output;
-}
-
 TEST(Cli, NprocBelowOneIsRefused) {
   TempDir dir;
   write_text(dir / "ok.yaml", kSmallConfig);
-  expect_one_line_bad_input(run_natsl("train --nproc 0 " + dir / "ok.yaml"), {"--nproc 0", "1 or more"});
-  expect_one_line_bad_input(run_natsl("train --nproc -3 " + dir / "ok.yaml"), {"--nproc -3"});
-  expect_one_line_bad_input(run_natsl("train --nproc two " + dir / "ok.yaml"), {"--nproc"});
+  expect_one_line_input_error(run_natsl("train --nproc 0 " + dir / "ok.yaml"), {"--nproc 0", "1 or more"});
+  expect_one_line_input_error(run_natsl("train --nproc -3 " + dir / "ok.yaml"), {"--nproc -3"});
+  expect_one_line_input_error(run_natsl("train --nproc two " + dir / "ok.yaml"), {"--nproc"});
 }
 
 TEST(Cli, NprocIsRefusedUnderAnotherLauncher) {
   TempDir dir;
   write_text(dir / "ok.yaml", kSmallConfig);
-  expect_one_line_bad_input(run_natsl("train --nproc 2 " + dir / "ok.yaml", "RANK=1 WORLD_SIZE=2 "),
+  expect_one_line_input_error(run_natsl("train --nproc 2 " + dir / "ok.yaml", "RANK=1 WORLD_SIZE=2 "),
                             {"RANK=1 is already set", "drop --nproc"});
-  expect_one_line_bad_input(run_natsl("train --nproc 2 " + dir / "ok.yaml", "WORLD_SIZE=2 "), {"WORLD_SIZE=2"});
+  expect_one_line_input_error(run_natsl("train --nproc 2 " + dir / "ok.yaml", "WORLD_SIZE=2 "), {"WORLD_SIZE=2"});
   const std::string srun =
       "SLURM_JOB_ID=77 SLURM_STEP_ID=0 SLURM_PROCID=1 SLURM_NTASKS=2 SLURM_LOCALID=0 "
       "SLURM_STEP_TASKS_PER_NODE='1(x2)' SLURM_NODEID=1 SLURM_STEP_NODELIST='n[1-2]' ";
-  expect_one_line_bad_input(run_natsl("train --nproc 2 " + dir / "ok.yaml", srun),
+  expect_one_line_input_error(run_natsl("train --nproc 2 " + dir / "ok.yaml", srun),
                             {"rank 1 of 2 started by slurm", "drop --nproc"});
   EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
 }
 
 TEST(Cli, NprocChecksTheConfigOnce) {
   TempDir dir;
-  expect_one_line_bad_input(run_natsl("train --nproc 3 " + dir / "missing.yaml"), {dir / "missing.yaml", "does not exist"});
+  expect_one_line_input_error(run_natsl("train --nproc 3 " + dir / "missing.yaml"), {dir / "missing.yaml", "does not exist"});
   write_text(dir / "ok.yaml", kSmallConfig);
-  expect_one_line_bad_input(run_natsl("train " + dir / "ok.yaml --nproc 3 train.stpes=3"), {"train.stpes"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml --nproc 3 train.stpes=3"), {"train.stpes"});
 }
 
 TEST(Cli, NprocRunsTheRanks) {

@@ -22,48 +22,41 @@ namespace natsl {
 namespace {
 
 using testing::CommandResult;
+using testing::expect_one_line_input_error;
 using testing::run_natsl;
 using testing::TempDir;
 using testing::write_text;
 
 using testing::kSmallConfig;
 
-void expect_bad_input(const CommandResult& r, const std::vector<std::string>& mentions) {
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  for (const auto& m : mentions) EXPECT_NE(r.output.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
-  // One clear line.
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-  EXPECT_EQ(r.output.rfind("natsl: error: ", 0), 0u) << r.output;
-}
-
 TEST(Cli, ConfigErrorsExitTwoNamingKeyAndLine) {
   TempDir dir;
   write_text(dir / "unknown.yaml", "train:\n  steps: 3\n  setps: 4\n");
-  expect_bad_input(run_natsl("train " + dir / "unknown.yaml"),
+  expect_one_line_input_error(run_natsl("train " + dir / "unknown.yaml"),
                    {dir / "unknown.yaml:3", "train.setps", "did you mean 'train.steps'?"});
 
   write_text(dir / "type.yaml", "model:\n  hidden_size: big\n");
-  expect_bad_input(run_natsl("train " + dir / "type.yaml"), {dir / "type.yaml:2", "model.hidden_size", "an integer"});
+  expect_one_line_input_error(run_natsl("train " + dir / "type.yaml"), {dir / "type.yaml:2", "model.hidden_size", "an integer"});
 
   write_text(dir / "range.yaml", "train:\n  clip_grad_norm: -1\n");
-  expect_bad_input(run_natsl("train " + dir / "range.yaml"), {dir / "range.yaml:2", "train.clip_grad_norm", "out of range"});
+  expect_one_line_input_error(run_natsl("train " + dir / "range.yaml"), {dir / "range.yaml:2", "train.clip_grad_norm", "out of range"});
 
-  expect_bad_input(run_natsl("train " + dir / "missing.yaml"), {dir / "missing.yaml", "does not exist"});
+  expect_one_line_input_error(run_natsl("train " + dir / "missing.yaml"), {dir / "missing.yaml", "does not exist"});
 
   write_text(dir / "ok.yaml", kSmallConfig);
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.lr=fast"), {"train.lr=fast", "'train.lr' must be a number"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.stpes=3"), {"did you mean 'train.steps'?"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml nonsense"), {"'nonsense' is not an override KEY=VALUE"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.device=cuda:7"), {"train.device", "cuda:7"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml resume=" + dir / "nowhere"), {dir / "nowhere", "not a directory"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.lr=fast"), {"train.lr=fast", "'train.lr' must be a number"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.stpes=3"), {"did you mean 'train.steps'?"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml nonsense"), {"'nonsense' is not an override KEY=VALUE"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.device=cuda:7"), {"train.device", "cuda:7"});
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml resume=" + dir / "nowhere"), {dir / "nowhere", "not a directory"});
 }
 
 TEST(Cli, CommandLineErrorsExitTwo) {
-  expect_bad_input(run_natsl(""), {"subcommand"});
-  expect_bad_input(run_natsl("fly"), {"fly"});
-  expect_bad_input(run_natsl("train"), {"config"});
-  expect_bad_input(run_natsl("train a.yaml --bogus"), {"--bogus"});
-  expect_bad_input(run_natsl("inspect /nonexistent/x"), {"/nonexistent/x", "does not exist"});
+  expect_one_line_input_error(run_natsl(""), {"subcommand"});
+  expect_one_line_input_error(run_natsl("fly"), {"fly"});
+  expect_one_line_input_error(run_natsl("train"), {"config"});
+  expect_one_line_input_error(run_natsl("train a.yaml --bogus"), {"--bogus"});
+  expect_one_line_input_error(run_natsl("inspect /nonexistent/x"), {"/nonexistent/x", "does not exist"});
 }
 
 // The GDN kernels read no environment switch (their layouts are a GdnPlan argument, kernels/cuda/gdn/plan.h):
@@ -82,13 +75,13 @@ TEST(Cli, EmptyOrNonMappingConfigIsBadInput) {
   // Bounded, should the file be taken for a default config again (a default model trains for hours on a CPU).
   const std::string bound = " train.steps=1 train.warmup_steps=0 train.device=cpu";
   write_text(dir / "empty.yaml", "");
-  expect_bad_input(run_natsl("train " + dir / "empty.yaml train.out_dir=" + dir / "run" + bound),
+  expect_one_line_input_error(run_natsl("train " + dir / "empty.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "empty.yaml: the config file is empty"});
   write_text(dir / "comments.yaml", "# train:\n#   steps: 3\n");
-  expect_bad_input(run_natsl("train " + dir / "comments.yaml train.out_dir=" + dir / "run" + bound),
+  expect_one_line_input_error(run_natsl("train " + dir / "comments.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "comments.yaml", "holds only comments"});
   write_text(dir / "scalar.yaml", "natsl-tiny\n");
-  expect_bad_input(run_natsl("train " + dir / "scalar.yaml train.out_dir=" + dir / "run" + bound),
+  expect_one_line_input_error(run_natsl("train " + dir / "scalar.yaml train.out_dir=" + dir / "run" + bound),
                    {dir / "scalar.yaml", "must be a mapping"});
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
 }
@@ -100,12 +93,12 @@ TEST(Cli, UnusableOutDirIsBadInput) {
   TempDir dir;
   write_text(dir / "ok.yaml", kSmallConfig);
   write_text(dir / "file", "x");
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file/run"),
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file/run"),
                    {"train.out_dir '" + dir / "file/run" + "'", "Not a directory"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file"),
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "file"),
                    {"train.out_dir '" + dir / "file" + "'", "is a file"});
   // Set up fails after the directory was made (a data file that does not exist): the directory goes again.
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml data.source=text data.text.train=" + dir / "none.bin" +
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml data.source=text data.text.train=" + dir / "none.bin" +
                              " train.out_dir=" + dir / "new/run"),
                    {dir / "none.bin"});
   EXPECT_FALSE(fs::exists(dir / "new"));
@@ -117,9 +110,9 @@ TEST(Cli, UnusableOutDirIsBadInput) {
   fs::create_directories(dir / "ro");
   fs::permissions(dir / "ro", fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
                                   fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro", launcher),
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro", launcher),
                    {"train.out_dir '" + dir / "ro" + "' is not writable", "Permission denied"});
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro/run", launcher),
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "ro/run", launcher),
                    {"train.out_dir '" + dir / "ro/run" + "' cannot be created", "Permission denied"});
   fs::permissions(dir / "ro", fs::perms::owner_all);
 }
@@ -172,7 +165,7 @@ TEST(Cli, ASecondRunIntoABusyOutDirIsRefused) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   // stop_at_step bounds the second run should it not be refused.
   for (const char* resume : {"resume=auto", "resume=none"})
-    expect_bad_input(run_natsl("train " + dir / "ok.yaml " + steps + " train.stop_at_step=3 train.out_dir=" + dir / "run " + resume),
+    expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml " + steps + " train.stop_at_step=3 train.out_dir=" + dir / "run " + resume),
                      {"train.out_dir '" + dir / "run" + "' is in use by another natsl run (pid " + std::to_string(pid) + ")"});
   ::kill(pid, SIGTERM);
   ASSERT_EQ(testing::wait_exit_code(pid), 0) << testing::read_text(dir / "first.log");
@@ -213,7 +206,7 @@ TEST(Cli, TrainEvalInspect) {
   // A fresh run into the same directory is refused before it writes anything: the earlier run's metrics
   // and checkpoints stay as they were.
   const std::string metrics_before = testing::read_text(dir / "run/metrics.jsonl");
-  expect_bad_input(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run"),
+  expect_one_line_input_error(run_natsl("train " + dir / "ok.yaml train.out_dir=" + dir / "run"),
                    {"train.out_dir", "already holds a run", "resume=auto"});
   EXPECT_EQ(testing::read_text(dir / "run/metrics.jsonl"), metrics_before);
   EXPECT_TRUE(std::filesystem::exists(dir / "run/checkpoints/step_000004/model.safetensors"));
@@ -234,12 +227,12 @@ TEST(Cli, TrainEvalInspect) {
 
   // A checkpoint of another model is refused, naming the differing key.
   write_text(dir / "other.yaml", std::string(kSmallConfig) + "resume: " + dir / "run/checkpoints/step_000004" + "\n");
-  expect_bad_input(run_natsl("train " + dir / "other.yaml model.hidden_size=32 model.num_attn_heads=2"),
+  expect_one_line_input_error(run_natsl("train " + dir / "other.yaml model.hidden_size=32 model.num_attn_heads=2"),
                    {"model.hidden_size", "resume with the same model"});
 
   // A corrupt checkpoint given explicitly names the file.
   std::filesystem::resize_file(dir / "run/checkpoints/step_000004/optimizer.safetensors", 10);
-  expect_bad_input(run_natsl("eval " + dir / "ok.yaml checkpoint=" + dir / "run/checkpoints/step_000004"),
+  expect_one_line_input_error(run_natsl("eval " + dir / "ok.yaml checkpoint=" + dir / "run/checkpoints/step_000004"),
                    {dir / "run/checkpoints/step_000004/optimizer.safetensors"});
 }
 
@@ -262,7 +255,7 @@ TEST(Cli, InspectOfAMalformedStateJsonIsBadInput) {
     nlohmann::json st = nlohmann::json::parse(testing::read_text(ckpt + "/state.json"));
     st[nlohmann::json::json_pointer(field)] = nlohmann::json::array({1});
     write_text(ckpt + "/state.json", st.dump());
-    expect_bad_input(run_natsl("inspect " + ckpt), {ckpt + "/state.json", named});
+    expect_one_line_input_error(run_natsl("inspect " + ckpt), {ckpt + "/state.json", named});
   }
 }
 
@@ -289,10 +282,10 @@ TEST(Cli, TokenizeThenInspectAndTrainOnText) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("eval bpb"), std::string::npos) << r.output;
   // Neither a file nor a prefix.
-  expect_bad_input(run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "nothing train.out_dir=" + dir / "r3"),
+  expect_one_line_input_error(run_natsl("train " + dir / "text.yaml data.text.train=" + dir / "nothing train.out_dir=" + dir / "r3"),
                    {"data.text.train", dir / "nothing"});
   // A mixture source that is neither: named by its entry.
-  expect_bad_input(run_natsl("train " + dir / "text.yaml 'data.text.mix=[{path: " + dir / "a.txt" +
+  expect_one_line_input_error(run_natsl("train " + dir / "text.yaml 'data.text.mix=[{path: " + dir / "a.txt" +
                              ", weight: 1}, {path: " + dir / "nothing" + ", weight: 1}]' train.out_dir=" + dir / "r4"),
                    {"data.text.mix[1].path", dir / "nothing"});
 }

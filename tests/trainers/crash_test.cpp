@@ -44,19 +44,7 @@ constexpr int kMaxAppendsPerAttempt = int(2 * kCkptEvery + 1);
 
 // A step takes about a millisecond; a checkpoint every 4 steps, the newest 2 kept, so checkpoints are
 // written, renamed and pruned all the time. Evaluation every 15 steps puts eval results into some rows.
-const char* kConfig = R"(model:
-  name: crash
-  vocab_size: 64
-  hidden_size: 16
-  num_layers: 1
-  layers: [attn]
-  num_attn_heads: 2
-  intermediate_size: 32
-data:
-  source: mqar
-  mqar:
-    num_kv_pairs: 2
-train:
+const std::string kConfig = testing::millisecond_model_yaml("crash") + R"(train:
   steps: 200
   batch_size: 4
   seq_len: 16

@@ -14,17 +14,11 @@ namespace natsl {
 namespace {
 
 using testing::CommandResult;
+using testing::expect_one_line_input_error;
 using testing::read_text;
 using testing::run_natsl;
 using testing::TempDir;
 using testing::write_text;
-
-void expect_bad_input(const CommandResult& r, const std::vector<std::string>& mentions) {
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  for (const auto& m : mentions) EXPECT_NE(r.output.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
-  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
-  EXPECT_EQ(r.output.rfind("natsl: error: ", 0), 0u) << r.output;
-}
 
 // kSmallConfig with the byte tokenizer's vocabulary, trained 4 steps into DIR/run.
 std::string train_small(const TempDir& dir) {
@@ -90,26 +84,26 @@ TEST(GenerateCli, BadInputExitsTwo) {
   TempDir dir;
   const std::string cfg = train_small(dir);
   const std::string p = " --prompt hi";
-  expect_bad_input(run_natsl("generate " + cfg + " checkpoint=" + dir / "nowhere" + p), {dir / "nowhere"});
-  expect_bad_input(run_natsl("generate " + dir / "small.yaml model.vocab_size=258 train.out_dir=" + dir / "empty" + p),
+  expect_one_line_input_error(run_natsl("generate " + cfg + " checkpoint=" + dir / "nowhere" + p), {dir / "nowhere"});
+  expect_one_line_input_error(run_natsl("generate " + dir / "small.yaml model.vocab_size=258 train.out_dir=" + dir / "empty" + p),
                    {"no checkpoint= given", dir / "empty/checkpoints", "natsl generate CONFIG checkpoint=DIR"});
-  expect_bad_input(run_natsl("generate " + cfg + " --prompt ''"), {"the prompt is empty"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + " --prompt ''"), {"the prompt is empty"});
   write_text(dir / "empty.txt", "");
-  expect_bad_input(run_natsl("generate " + cfg + " --prompt-file " + dir / "empty.txt"),
+  expect_one_line_input_error(run_natsl("generate " + cfg + " --prompt-file " + dir / "empty.txt"),
                    {"the prompt is empty", dir / "empty.txt"});
-  expect_bad_input(run_natsl("generate " + cfg + " --prompt-file " + dir / "none.txt"), {dir / "none.txt"});
-  expect_bad_input(run_natsl("generate " + cfg), {"--prompt TEXT or --prompt-file FILE"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --prompt-file " + dir / "empty.txt"), {"--prompt"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --temperature -1"), {"--temperature"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --temperature warm"), {"--temperature"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --top-p 1.5"), {"--top-p", "(0, 1]"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --top-k -2"), {"--top-k"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --max-new-tokens 0"), {"--max-new-tokens"});
-  expect_bad_input(run_natsl("generate " + cfg + p + " --max-new-tokens many"), {"--max-new-tokens"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + " --prompt-file " + dir / "none.txt"), {dir / "none.txt"});
+  expect_one_line_input_error(run_natsl("generate " + cfg), {"--prompt TEXT or --prompt-file FILE"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --prompt-file " + dir / "empty.txt"), {"--prompt"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --temperature -1"), {"--temperature"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --temperature warm"), {"--temperature"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --top-p 1.5"), {"--top-p", "(0, 1]"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --top-k -2"), {"--top-k"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --max-new-tokens 0"), {"--max-new-tokens"});
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " --max-new-tokens many"), {"--max-new-tokens"});
   // Another model than the checkpoint's, or a tokenizer the model's vocabulary cannot hold.
-  expect_bad_input(run_natsl("generate " + cfg + p + " model.hidden_size=32"),
+  expect_one_line_input_error(run_natsl("generate " + cfg + p + " model.hidden_size=32"),
                    {"model.hidden_size", "generate with the config the checkpoint was trained with"});
-  expect_bad_input(run_natsl("generate " + dir / "small.yaml train.out_dir=" + dir / "run" + p),
+  expect_one_line_input_error(run_natsl("generate " + dir / "small.yaml train.out_dir=" + dir / "run" + p),
                    {"model.vocab_size 64", "tokenizer"});
 }
 

@@ -25,19 +25,7 @@ using testing::TempDir;
 using testing::write_text;
 
 // A model small enough that a step takes about a millisecond.
-const char* kTinyConfig = R"(model:
-  name: t
-  vocab_size: 64
-  hidden_size: 16
-  num_layers: 1
-  layers: [attn]
-  num_attn_heads: 2
-  intermediate_size: 32
-data:
-  source: mqar
-  mqar:
-    num_kv_pairs: 2
-train:
+const std::string kTinyConfig = testing::millisecond_model_yaml("t") + R"(train:
   steps: 20
   batch_size: 4
   seq_len: 16

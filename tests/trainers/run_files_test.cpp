@@ -18,18 +18,10 @@ namespace natsl {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::error_of;
 using testing::read_text;
 using testing::TempDir;
 using testing::write_text;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 ino_t inode_of(const std::string& path) {
   struct stat st {};
@@ -91,21 +83,9 @@ TEST(RunDirLock, AnUnusableDirectoryIsBadInput) {
 // Two Trainers on one out_dir in one process: the second is refused before it writes anything.
 TEST(RunDirLock, TwoTrainersCannotShareAnOutDir) {
   TempDir dir;
-  RunConfig cfg;
-  cfg.model.vocab_size = 64;
-  cfg.model.hidden_size = 16;
-  cfg.model.num_layers = 1;
-  cfg.model.layers = {"attn"};
-  cfg.model.num_attn_heads = 2;
-  cfg.model.intermediate_size = 32;
-  cfg.data.mqar.num_kv_pairs = 2;
+  RunConfig cfg = testing::millisecond_run_config(dir / "run");
   cfg.train.steps = 2;
   cfg.train.batch_size = 2;
-  cfg.train.seq_len = 16;
-  cfg.train.warmup_steps = 0;
-  cfg.train.device = "cpu";
-  cfg.train.eval_batches = 0;
-  cfg.train.out_dir = dir / "run";
   validate_config(cfg);
   Trainer first(cfg, TrainerOptions{nullptr, true});
   cfg.resume = "auto";

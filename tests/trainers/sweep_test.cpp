@@ -29,12 +29,7 @@ std::vector<std::string> names(const Sweep& s) {
 }
 
 std::string load_error(const std::string& path) {
-  try {
-    load_sweep(path);
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
+  return testing::error_of<InputError>([&] { load_sweep(path); });
 }
 
 TEST(Sweep, AxesExpandIntoNamedRunsInOrder) {

@@ -15,29 +15,23 @@ namespace natsl {
 namespace {
 
 RunConfig small_config(const std::string& out_dir) {
-  RunConfig c;
-  c.model.vocab_size = 64;
-  c.model.hidden_size = 16;
-  c.model.num_layers = 1;
-  c.model.layers = {"attn"};
-  c.model.num_attn_heads = 2;
-  c.model.intermediate_size = 32;
-  c.data.mqar.num_kv_pairs = 2;
+  RunConfig c = testing::millisecond_run_config(out_dir);
   c.train.steps = 1;
   c.train.batch_size = 4;
-  c.train.seq_len = 16;
   c.train.grad_accum = 2;
-  c.train.warmup_steps = 0;
   c.train.schedule = "constant";
   c.train.lr = 0.01;
   c.train.eps = 0.1;
   c.train.weight_decay = 0.5;
   c.train.betas = {0.9, 0.95};
-  c.train.device = "cpu";
-  c.train.eval_batches = 0;
-  c.train.out_dir = out_dir;
   validate_config(c);
   return c;
+}
+
+// NaN weights from now on: the embedding table of the master copy filled with NaN.
+void poison_embeddings(const Trainer& tr) {
+  const ParameterStore& ps = tr.parameters();
+  ps.master().view(ps.layout().find("model.embeddings.weight")).fill_(std::numeric_limits<double>::quiet_NaN());
 }
 
 std::vector<float> host(const Tensor& t) { return t.to_vector<float>(); }
@@ -112,8 +106,7 @@ TEST(Trainer, NonFiniteStepsInARowStopTheRun) {
   cfg.train.steps = 10;
   cfg.train.max_consecutive_nonfinite = 3;
   Trainer tr(cfg, TrainerOptions{nullptr, false});
-  const ParameterStore& ps = tr.parameters();
-  ps.master().view(ps.layout().find("model.embeddings.weight")).fill_(std::numeric_limits<double>::quiet_NaN());
+  poison_embeddings(tr);
   try {
     tr.train();
     ADD_FAILURE() << "the run went on with NaN weights";
@@ -135,8 +128,7 @@ TEST(Trainer, NonFiniteWeightsAreNeverCheckpointed) {
   cfg.train.steps = 2;
   cfg.train.skip_nonfinite = false;
   Trainer tr(cfg, TrainerOptions{nullptr, true});
-  const ParameterStore& ps = tr.parameters();
-  ps.master().view(ps.layout().find("model.embeddings.weight")).fill_(std::numeric_limits<double>::quiet_NaN());
+  poison_embeddings(tr);
   try {
     tr.train();
     ADD_FAILURE() << "a checkpoint of NaN weights was written";

@@ -1,6 +1,6 @@
 #pragma once
-// Helpers for the trainers/ tests: a fresh temporary directory per test, writing small files, and running
-// the built `natsl` program.
+// Helpers for the trainers/ tests: a fresh temporary directory per test, small configs, writing small files,
+// running the built `natsl` program and checking its one-line errors.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -8,12 +8,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "trainers/config.h"
 
 namespace natsl::testing {
 
@@ -57,6 +62,53 @@ train:
   device: cpu
 )";
 
+// The model and data of a run whose step takes about a millisecond (one attention layer, MQAR with 2 pairs),
+// as YAML; a test appends its own `train:` section.
+inline std::string millisecond_model_yaml(const std::string& name) {
+  return "model:\n  name: " + name + R"(
+  vocab_size: 64
+  hidden_size: 16
+  num_layers: 1
+  layers: [attn]
+  num_attn_heads: 2
+  intermediate_size: 32
+data:
+  source: mqar
+  mqar:
+    num_kv_pairs: 2
+)";
+}
+
+// The same model in code, on the CPU, 16 tokens a row, no warmup and no evaluation, writing to `out_dir`; the
+// caller sets the rest of train.* (steps, batch size, ...) and then calls validate_config.
+inline RunConfig millisecond_run_config(const std::string& out_dir) {
+  RunConfig c;
+  c.model.vocab_size = 64;
+  c.model.hidden_size = 16;
+  c.model.num_layers = 1;
+  c.model.layers = {"attn"};
+  c.model.num_attn_heads = 2;
+  c.model.intermediate_size = 32;
+  c.data.mqar.num_kv_pairs = 2;
+  c.train.seq_len = 16;
+  c.train.warmup_steps = 0;
+  c.train.device = "cpu";
+  c.train.eval_batches = 0;
+  c.train.out_dir = out_dir;
+  return c;
+}
+
+// The message of the exception of type E that f throws ("" when it throws none).
+template <class E = std::exception>
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "";
+}
+
 inline void write_text(const std::string& path, const std::string& text) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   std::ofstream(path) << text;
@@ -85,6 +137,15 @@ inline CommandResult run_natsl(const std::string& args, const std::string& launc
   int status = ::pclose(p);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+// Bad input as the house wants it: exit code 2 and one line "natsl: error: ..." that mentions each of
+// `mentions`.
+inline void expect_one_line_input_error(const CommandResult& r, const std::vector<std::string>& mentions) {
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  for (const auto& m : mentions) EXPECT_NE(r.output.find(m), std::string::npos) << "missing '" << m << "' in:\n" << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_EQ(r.output.rfind("natsl: error: ", 0), 0u) << r.output;
 }
 
 inline pid_t spawn_natsl_env(const std::vector<std::string>& args, const std::string& log_path,

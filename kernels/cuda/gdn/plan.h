@@ -1,7 +1,7 @@
 #pragma once
 // How the CUDA GDN kernels are laid out for one call: the tuning that stays in production (tile widths,
 // pipeline stages, tensor copies on or off, occupancy) and the layouts that remain as real alternatives
-// (checked against the CPU reference by tests/kernels/gdn_test.cpp, timed by experiments/bench/bench_gdn).
+// (checked against the CPU reference by tests/kernels/gdn_cuda_test.cpp, timed by experiments/bench/bench_gdn).
 //
 // A default-constructed GdnPlan is what production runs: every field left at its "auto" value (0 or
 // std::nullopt) is chosen per call from the shapes and the device (gdn::state_layout in state_fwd.cu), so the

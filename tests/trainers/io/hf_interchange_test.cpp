@@ -153,14 +153,7 @@ TEST(HfInterchange, CheckpointExportImportTrainRoundTripIsBitExact) {
   EXPECT_NE(r.output.find("train.init_from"), std::string::npos) << r.output;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::function<void()>& f) { return testing::error_of<InputError>(f); }
 
 TEST(HfInterchange, FoldersNatslCannotReadAreOneClearError) {
   TempDir dir;
