@@ -175,12 +175,16 @@ void SafeTensorsReader::read_into(const std::string& name, const Tensor& dst) {
     throw InputError("'" + path_ + "': tensor '" + name + "' is " + shape_str(e->shape) + " " +
                      std::string(dtype_name(e->dtype)) + " but " + shape_str(dst.shape()) + " " +
                      std::string(dtype_name(dst.dtype())) + " is expected");
-  NATSL_CHECK(dst.is_contiguous(), "read_into needs a contiguous destination");
+  read_bytes_into(*e, 0, dst);
+}
+
+void SafeTensorsReader::read_bytes_into(const SafeTensorEntry& e, uint64_t offset, const Tensor& dst) {
+  NATSL_CHECK(dst.is_contiguous(), "reading '", e.name, "' needs a contiguous destination");
   Tensor host = dst.device().is_cpu() ? dst : Tensor::empty(dst.shape(), dst.dtype(), kCPU);
   in_.clear();
-  in_.seekg(std::streamoff(data_start_ + e->begin));
-  in_.read(static_cast<char*>(host.data_ptr()), std::streamsize(e->end - e->begin));
-  if (!in_) throw InputError("'" + path_ + "': cannot read the bytes of tensor '" + name + "'");
+  in_.seekg(std::streamoff(data_start_ + e.begin + offset));
+  in_.read(static_cast<char*>(host.data_ptr()), std::streamsize(uint64_t(dst.numel()) * dtype_size(e.dtype)));
+  if (!in_) throw InputError("'" + path_ + "': cannot read the bytes of tensor '" + e.name + "'");
   if (!dst.device().is_cpu()) dst.copy_(host);
 }
 
@@ -190,20 +194,13 @@ void SafeTensorsReader::read_range_into(const std::string& name, int64_t first, 
   if (e->dtype != dst.dtype())
     throw InputError("'" + path_ + "': tensor '" + name + "' is " + std::string(dtype_name(e->dtype)) + " but " +
                      std::string(dtype_name(dst.dtype())) + " is expected");
-  NATSL_CHECK(dst.is_contiguous(), "read_range_into needs a contiguous destination");
   // The header was checked against the file at open: end - begin = numel x element size.
   const int64_t numel = shape_numel(e->shape), n = dst.numel();
   if (first < 0 || n < 0 || first > numel || n > numel - first)
     throw InputError(fmt::format("'{}': elements [{}, {} + {}) are not inside tensor '{}' of {} elements", path_,
                                  first, first, n, name, numel));
   if (n == 0) return;
-  const uint64_t elem = dtype_size(e->dtype);
-  Tensor host = dst.device().is_cpu() ? dst : Tensor::empty(dst.shape(), dst.dtype(), kCPU);
-  in_.clear();
-  in_.seekg(std::streamoff(data_start_ + e->begin + uint64_t(first) * elem));
-  in_.read(static_cast<char*>(host.data_ptr()), std::streamsize(uint64_t(n) * elem));
-  if (!in_) throw InputError("'" + path_ + "': cannot read the bytes of tensor '" + name + "'");
-  if (!dst.device().is_cpu()) dst.copy_(host);
+  read_bytes_into(*e, uint64_t(first) * dtype_size(e->dtype), dst);
 }
 
 Tensor SafeTensorsReader::read(const std::string& name) {

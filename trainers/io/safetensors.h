@@ -52,6 +52,8 @@ class SafeTensorsReader {
   const std::string& path() const { return path_; }
 
  private:
+  // dst.numel() elements of entry e from byte `offset` of its data into dst (contiguous; any device).
+  void read_bytes_into(const SafeTensorEntry& e, uint64_t offset, const Tensor& dst);
   std::string path_;
   std::ifstream in_;
   uint64_t data_start_ = 0;

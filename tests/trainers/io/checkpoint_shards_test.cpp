@@ -12,6 +12,7 @@
 #include "data/file_checksum.h"
 #include "trainers/io/checkpoint.h"
 #include "tests/test_util.h"
+#include "tests/trainers/io/checkpoint_test_util.h"
 #include "tests/trainers/trainer_test_util.h"
 
 namespace natsl {
@@ -19,6 +20,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
+using testing::flip_byte_from_end;
+using testing::open_error;
 
 std::vector<OptimizerShard> tile(const std::vector<int64_t>& bounds) {
   std::vector<OptimizerShard> s;
@@ -117,15 +120,6 @@ TEST(CheckpointShards, AnotherWorldSizeReadsItsRangeFromTheOverlappingShards) {
   }
 }
 
-std::string open_error(const std::string& dir) {
-  try {
-    CheckpointReader r(dir);
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(CheckpointShards, AMissingOrCorruptShardMakesTheCheckpointInvalid) {
   TempDir dir;
   write_sharded(dir.str(), 1, 2, 16);
@@ -133,11 +127,7 @@ TEST(CheckpointShards, AMissingOrCorruptShardMakesTheCheckpointInvalid) {
   const std::string shard1 = two + "/" + optimizer_shard_file_name(1, 2);
   ASSERT_EQ(open_error(two), "");
   // One flipped byte in a shard: its checksum fails; resume=auto takes the older checkpoint, with a warning.
-  {
-    std::fstream f(shard1, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(std::streamoff(fs::file_size(shard1) - 3));
-    f.put('\x7f');
-  }
+  flip_byte_from_end(shard1, 3);
   EXPECT_NE(open_error(two).find(shard1 + "' fails its checksum"), std::string::npos) << open_error(two);
   CheckpointScan scan = find_latest_checkpoint(dir.str());
   EXPECT_EQ(*scan.latest, dir / "checkpoints/step_000001");

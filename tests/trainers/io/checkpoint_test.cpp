@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "trainers/io/checkpoint.h"
 #include "tests/test_util.h"
+#include "tests/trainers/io/checkpoint_test_util.h"
 #include "tests/trainers/trainer_test_util.h"
 
 namespace natsl {
@@ -22,6 +23,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
+using testing::flip_byte_from_end;
+using testing::open_error;
 
 CheckpointWrite make_checkpoint(int64_t step) {
   CheckpointWrite ck;
@@ -133,28 +136,6 @@ TEST(Checkpoint, DamagedCheckpointIsSkippedOrRefused) {
   }
   EXPECT_FALSE(find_latest_checkpoint(dir.str()).latest);
   EXPECT_THROW(CheckpointReader r(dir / "nowhere"), InputError);
-}
-
-// Flips one bit of the byte at `offset` bytes before the end of `path` (inside the last tensor's data).
-void flip_byte_from_end(const std::string& path, uint64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  ASSERT_TRUE(f) << path;
-  f.seekg(std::streamoff(fs::file_size(path) - offset));
-  char c = 0;
-  f.read(&c, 1);
-  c = char(c ^ 0x10);
-  f.seekp(std::streamoff(fs::file_size(path) - offset));
-  f.write(&c, 1);
-  ASSERT_TRUE(f) << path;
-}
-
-std::string open_error(const std::string& dir) {
-  try {
-    CheckpointReader r(dir);
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // One flipped byte in the weights or in the optimizer moments, which the safetensors header cannot notice:
