@@ -22,6 +22,8 @@
 #   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
 #            through NCCL (tokens/s, buckets launched during the backward)
+#   sweep    natsl sweep SWEEP_FILE (default configs/sweeps/routing-sparsity.yaml) --parallel SWEEP_PARALLEL (4),
+#            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.tgz (summary + run logs)
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
 #            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"; SAN_BINS, the
 #            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120); a
@@ -239,6 +241,24 @@ if has ncu; then
     "$BIN/natsl_bench_ops" --only "embedding bwd segments" --reps 1 >"$LOG/ncu_emb.txt" 2>&1
   echo "ncu emb rc $?"
   grep -E "^  [A-Za-z_].*\(|Duration" "$LOG/ncu_emb.txt" | head -60
+fi
+
+# The routing-sparsity sweep (issue 16): `natsl sweep SWEEP_FILE --parallel SWEEP_PARALLEL` (small runs sharing the
+# GPU), bounded by SWEEP_SECONDS; then SIGTERM: the running trainers checkpoint and stop, and the next call on the
+# same warm machine resumes them (the run directories stay in the working copy). The summary and each run's
+# config.yaml, metrics.jsonl and train.log come back as sweep.tgz (checkpoints stay behind).
+if has sweep; then
+  SW=${SWEEP_FILE:-configs/sweeps/routing-sparsity.yaml}
+  el "sweep $SW, ${SWEEP_PARALLEL:-4} at once, at most ${SWEEP_SECONDS:-400} s"
+  "$B/natsl" sweep "$SW" --dry-run 2>&1 | tail -30
+  timeout -s TERM -k 90 "${SWEEP_SECONDS:-400}" "$B/natsl" sweep "$SW" --parallel "${SWEEP_PARALLEL:-4}" \
+    >"$LOG/sweep.log" 2>&1
+  echo "sweep rc $?"
+  grep -vE "^\s*$" "$LOG/sweep.log" | tail -40
+  SWD=$(sed -n 's/^out_dir: *//p' "$SW" | head -1)
+  [ -n "$SWD" ] && [ -d "$SWD" ] &&
+    tar -czf "$OUT/sweep.tgz" --exclude='step_*' --exclude='.tmp*' --exclude='*.safetensors' "$SWD"
+  cat "$SWD/summary.md" 2>/dev/null | head -40
 fi
 
 el "done"

@@ -116,7 +116,8 @@ TEST(Sweep, TrainsSkipsWhatIsDoneAndResumesWhatStopped) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("partial  seed-1"), std::string::npos) << r.output;
 
-  r = run_natsl("sweep " + dir / "full.yaml");
+  // Both partial runs resume side by side (--parallel overrides the file's parallel: 1).
+  r = run_natsl("sweep " + dir / "full.yaml" + " --parallel 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const auto& run : full.runs) {
     EXPECT_EQ(sweep_run_state(dir / ("out/" + run.name), run.steps), SweepRunState::Done) << run.name;
@@ -132,6 +133,20 @@ TEST(Sweep, TrainsSkipsWhatIsDoneAndResumesWhatStopped) {
   r = run_natsl("sweep " + dir / "full.yaml");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("every run is done"), std::string::npos) << r.output;
+}
+
+// --parallel sets how many runs share the configs' device; with a devices list (one run per device) it is
+// refused, naming the file, and nothing trains.
+TEST(Sweep, ParallelOptionIsRefusedBesideADevicesList) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  write_text(dir / "dev.yaml", "base: base.yaml\nout_dir: " + dir / "out" + "\ndevices: [cpu]\naxes:\n  - seeds: [1]\n");
+  CommandResult r = run_natsl("sweep " + dir / "dev.yaml" + " --parallel 2");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("dev.yaml: --parallel 2 with a devices list"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out/seed-1/metrics.jsonl"));
+  r = run_natsl("sweep " + dir / "dev.yaml" + " --parallel 0");
+  EXPECT_NE(r.exit_code, 0) << r.output;
 }
 
 TEST(Sweep, AFailedRunIsReportedAndTheOthersStillTrain) {

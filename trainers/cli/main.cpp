@@ -77,8 +77,15 @@ int cmd_train_local_ranks(int nproc, const std::string& config, const std::vecto
   return dist::launch_local_ranks(nproc, dist::args_without_nproc(std::vector<std::string>(argv, argv + argc)));
 }
 
-int cmd_sweep(const std::string& file, bool dry_run) {
-  const Sweep sweep = load_sweep(file);
+int cmd_sweep(const std::string& file, bool dry_run, int64_t parallel) {
+  Sweep sweep = load_sweep(file);
+  if (parallel > 0) {
+    if (!sweep.devices.empty())
+      throw InputError(fmt::format("{}: --parallel {} with a devices list: the sweep runs one run per listed device; "
+                                   "drop --parallel or the file's devices",
+                                   file, parallel));
+    sweep.parallel = parallel;
+  }
   SweepOptions opts;
   opts.dry_run = dry_run;
   std::error_code ec;
@@ -491,9 +498,14 @@ int main(int argc, char** argv) {
 
   std::string sweep_file;
   bool sweep_dry_run = false;
+  int64_t sweep_parallel = 0;
   CLI::App* sweep = app.add_subcommand("sweep", "Train every run of a sweep file (resumable: run it again to continue)");
   sweep->add_option("sweep", sweep_file, "sweep file, YAML: base config, out_dir, axes (see configs/sweeps/)")->required();
   sweep->add_flag("--dry-run", sweep_dry_run, "list the runs and whether each is new, partial or done; train nothing");
+  sweep->add_option("--parallel", sweep_parallel,
+                    "runs at once on the configs' own device (instead of the file's parallel; e.g. several small "
+                    "runs sharing one GPU)")
+      ->check(CLI::Range(int64_t(1), int64_t(256)));
   sweep->footer("Runs train in OUT_DIR/NAME (log: OUT_DIR/NAME/train.log); writes OUT_DIR/summary.csv and "
                 "OUT_DIR/summary.md. Exit 1 when a run failed.");
 
@@ -566,7 +578,7 @@ int main(int argc, char** argv) {
     if (*train) return cmd_train(config, overrides);
     if (*eval) return cmd_eval(eval_config, eval_args, suite, eval_json);
     if (*gen) return cmd_generate(ga, prompt_opt->count() > 0, prompt_file_opt->count() > 0);
-    if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run);
+    if (*sweep) return cmd_sweep(sweep_file, sweep_dry_run, sweep_parallel);
     if (*export_hf_cmd) {
       export_hf(hf_export_args[0], hf_export_args[1]);
       fmt::print("wrote {}/config.json and {}/model.safetensors\n", hf_export_args[1], hf_export_args[1]);
