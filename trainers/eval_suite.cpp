@@ -1,6 +1,7 @@
 #include "trainers/eval_suite.h"
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <fstream>
 
@@ -10,10 +11,12 @@
 #include "core/error.h"
 #include "core/json_read.h"
 #include "data/batch.h"
+#include "data/sync_file.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
 #include "layers/natsl_attention.h"
 #include "trainers/data_factory.h"
+#include "trainers/io/safetensors.h"
 #include "trainers/trainer.h"
 
 namespace natsl {
@@ -105,18 +108,39 @@ nlohmann::json score_choices(const CausalLM& model, const EvalSuite& suite, int6
   return out;
 }
 
-nlohmann::json routing_map(CausalLM& model, const std::string& path, int64_t vocab) {
+// A text file's tokens, BOS first (`what` names the option in errors).
+std::vector<int32_t> text_tokens(const std::string& path, int64_t vocab, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError("cannot read the routing-map text '" + path + "'");
+  if (!in) throw InputError("cannot read the " + what + " text '" + path + "'");
   const std::string text((std::istreambuf_iterator<char>(in)), {});
-  if (text.empty()) throw InputError("the routing-map text '" + path + "' is empty");
+  if (text.empty()) throw InputError("the " + what + " text '" + path + "' is empty");
   const std::unique_ptr<Tokenizer> tok = open_tokenizer(TokenizerSpec{});
   if (tok->vocab_size() > vocab)
     throw InputError("the model's vocabulary (" + std::to_string(vocab) + ") is smaller than the tokenizer's");
   std::vector<uint32_t> ids;
   if (tok->bos_id()) ids.push_back(*tok->bos_id());
   tok->encode(text, ids);
-  const std::vector<int32_t> in32(ids.begin(), ids.end());
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+// The text's tokens and the model's logits at every position, as f32, to a safetensors file (replaced
+// atomically): what another implementation of the model is compared against.
+nlohmann::json dump_logits(const CausalLM& model, const std::string& text, const std::string& out, int64_t vocab) {
+  const std::vector<int32_t> ids = text_tokens(text, vocab, "--logits");
+  const int64_t T = int64_t(ids.size());
+  const Tensor tokens = Tensor::from_vector(ids, {T}, DType::i32);
+  const Tensor logits = model.forward(tokens.view({1, T})).to(DType::f32).to(kCPU).contiguous().view({T, vocab});
+  const std::string tmp = out + ".tmp";
+  write_safetensors(tmp, {{"tokens", tokens}, {"logits", logits}});
+  std::error_code ec;
+  std::filesystem::rename(tmp, out, ec);
+  if (ec) throw Error("cannot rename " + tmp + " to " + out + ": " + ec.message());
+  fsync_directory(std::filesystem::absolute(out).parent_path().string());
+  return {{"file", text}, {"tokens", T}, {"vocab", vocab}, {"out", out}};
+}
+
+nlohmann::json routing_map(CausalLM& model, const std::string& path, int64_t vocab) {
+  const std::vector<int32_t> in32 = text_tokens(path, vocab, "routing-map");
   model.forward(Tensor::from_vector(in32, {1, int64_t(in32.size())}, DType::i32));
   nlohmann::json layers = nlohmann::json::object();
   for (const auto& [name, layer] : natsl_layers(model)) {
@@ -131,7 +155,7 @@ nlohmann::json routing_map(CausalLM& model, const std::string& path, int64_t voc
     layers[name] = rows;
   }
   if (layers.empty()) throw InputError("--routing-map: the model has no natsl layer, so nothing is routed");
-  return {{"file", path}, {"tokens", ids.size()}, {"chunk", 64}, {"layers", layers}};
+  return {{"file", path}, {"tokens", in32.size()}, {"chunk", 64}, {"layers", layers}};
 }
 
 }  // namespace
@@ -181,6 +205,10 @@ nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* pr
   }
   if (!suite.choices.empty()) out["choices"] = score_choices(model, suite, cfg.model.vocab_size, progress);
   if (!suite.routing_map.empty()) out["routing_map"] = routing_map(model, suite.routing_map, cfg.model.vocab_size);
+  if (!suite.logits.empty()) {
+    if (suite.logits.size() != 2) throw InputError("--logits takes two paths: TEXT OUT.safetensors");
+    out["logits"] = dump_logits(model, suite.logits[0], suite.logits[1], cfg.model.vocab_size);
+  }
   model.train();
   return out;
 }

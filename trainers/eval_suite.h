@@ -25,12 +25,14 @@ struct EvalSuite {
   std::vector<double> niah_depths = {0, 25, 50, 75, 100};
   std::string choices;                            // a JSONL file of multiple-choice requests
   std::string routing_map;                        // a text file: every NAtS-L layer's routing of it
+  std::vector<std::string> logits;                // {TEXT, OUT}: the text's tokens and logits to OUT (safetensors)
   int64_t batches = 4;                            // batches per synthetic grid point
   bool per_request = false;                       // multiple choice: keep every request's scores
 };
 
 // Runs the suite on the trainer's model (its weights as loaded) and returns {"mqar": [...], "niah": [...],
-// "choices": {...}, "routing_map": {...}}. The routing map: the text's bytes (BOS first) through the model in
+// "choices": {...}, "routing_map": {...}, "logits": {...}}. Logits: the text's tokens (BOS first) through the
+// model in evaluation mode; OUT.safetensors holds "tokens" (i32 [T]) and "logits" (f32 [T, vocab]). The routing map: the text's bytes (BOS first) through the model in
 // evaluation mode, and for each NAtS-L layer its labels [chunk][router head] (1 = softmax, 0 = GDN). Bad inputs (a grid point the generator refuses, a malformed request line) are an
 // InputError naming the point or file:line. Progress lines go to `progress` (nullptr: none).
 nlohmann::json run_eval_suite(Trainer& trainer, const EvalSuite& suite, FILE* progress);

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "layers/natsl_attention.h"
 #include "trainers/io/checkpoint.h"
+#include "trainers/io/safetensors.h"
 #include "trainers/config.h"
 #include "trainers/eval_suite.h"
 #include "trainers/trainer.h"
@@ -178,6 +179,45 @@ TEST(EvalSuite, RoutingMapOfAText) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("no natsl layer"), std::string::npos) << e.what();
   }
+}
+
+// --logits TEXT OUT: the text's tokens (BOS, then its bytes) and the model's logits at every position, f32,
+// equal to a forward of those tokens here; an unreadable text is one error naming the option and the file.
+TEST(EvalSuite, LogitsOfATextAreTheModelsForward) {
+  TempDir dir;
+  const RunConfig cfg = trained(dir);
+  const std::string text = "Happy families are all alike; every unhappy family is unhappy in its own way.";
+  write_text(dir / "t.txt", text);
+  EvalSuite s;
+  s.logits = {dir / "t.txt", dir / "logits.safetensors"};
+  Trainer tr(cfg, TrainerOptions{nullptr, false});
+  const nlohmann::json r = run_eval_suite(tr, s, nullptr)["logits"];
+  const int64_t T = int64_t(text.size()) + 1, V = cfg.model.vocab_size;
+  EXPECT_EQ(r["tokens"].get<int64_t>(), T);
+  SafeTensorsReader f(dir / "logits.safetensors");
+  const std::vector<int32_t> ids = f.read("tokens").to_vector<int32_t>();
+  ASSERT_EQ(int64_t(ids.size()), T);
+  for (size_t i = 0; i < text.size(); ++i) EXPECT_NE(ids[i + 1], ids[0]) << "BOS first, then the bytes";
+  const Tensor logits = f.read("logits");
+  ASSERT_EQ(logits.shape(), (Shape{T, V}));
+  NoGradGuard no_grad;
+  tr.model_for_eval().eval();
+  const std::vector<float> want =
+      tr.model().forward(Tensor::from_vector(ids, {1, T}, DType::i32)).to(DType::f32).to(kCPU).to_vector<float>();
+  const std::vector<float> got = logits.to_vector<float>();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+  EXPECT_FALSE(std::filesystem::exists(dir / "logits.safetensors.tmp"));
+
+  s.logits = {dir / "missing.txt", dir / "l2.safetensors"};
+  try {
+    run_eval_suite(tr, s, nullptr);
+    ADD_FAILURE() << "logits of a missing text";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--logits text"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing.txt"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "l2.safetensors"));
 }
 
 }  // namespace

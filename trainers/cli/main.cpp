@@ -129,7 +129,7 @@ int cmd_eval(const std::string& config, std::vector<std::string> overrides, cons
   opts.write_run_dir = false;
   Trainer trainer(cfg, opts);
   const bool has_suite = (!suite.mqar_pairs.empty() && !suite.mqar_lengths.empty()) || !suite.niah_lengths.empty() ||
-                         !suite.choices.empty() || !suite.routing_map.empty();
+                         !suite.choices.empty() || !suite.routing_map.empty() || !suite.logits.empty();
   if (suite.mqar_pairs.empty() != suite.mqar_lengths.empty())
     throw InputError("give both --mqar-pairs and --mqar-lengths (the MQAR grid is their product)");
   nlohmann::json ev = trainer.evaluate();
@@ -429,6 +429,10 @@ int main(int argc, char** argv) {
   eval->add_option("--choices", suite.choices, "multiple-choice requests, JSONL: {context, continuations, label}");
   eval->add_option("--routing-map", suite.routing_map,
                    "a text file: every NAtS-L layer's softmax/GDN label of each of its chunks and router heads");
+  eval->add_option("--logits", suite.logits,
+                   "TEXT OUT.safetensors: the text's tokens and the model's logits at every position (f32), to compare "
+                   "with another implementation")
+      ->expected(2);
   eval->add_flag("--per-request", suite.per_request, "with --choices: every request's log-likelihoods in the output");
   eval->add_option("--batches", suite.batches, "batches per MQAR / NIAH grid point (default 4)")->check(CLI::PositiveNumber);
   eval->add_option("--json", eval_json, "also write the result to this file");
