@@ -30,6 +30,7 @@
 #include "trainers/io/metrics_log.h"
 #include "trainers/mfu.h"
 #include "trainers/io/run_dir_lock.h"
+#include "trainers/io/hf_interchange.h"
 #include "trainers/io/safetensors.h"
 #include "trainers/stop_signal.h"
 #include "data/sync_file.h"
@@ -122,10 +123,10 @@ void Trainer::load_initial_weights(const std::string& path) {
     names.insert(name);
     const SafeTensorEntry* e = r.find(name);
     if (!e) throw InputError("train.init_from: '" + path + "' has no tensor '" + name + "', a parameter of this model");
-    if (e->shape != entries[i].shape)
+    if (!fits_parameter(name, e->shape, entries[i].shape))  // natsl's shape, or an HF folder's (export-hf)
       throw InputError("train.init_from: '" + path + "': tensor '" + name + "' has shape " + shape_str(e->shape) +
                        " but this model's is " + shape_str(entries[i].shape));
-    store_->set_parameter(int(i), r.read(name));  // any stored dtype (an HF export may be bf16)
+    store_->set_parameter(int(i), r.read(name).view(entries[i].shape));  // any stored dtype (an HF export may be bf16)
   }
   for (const auto& e : r.entries())
     if (!names.count(e.name))

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -162,13 +163,31 @@ nlohmann::json read_json_file(const std::string& path) {
 }
 
 // Copies every tensor of `r` to `path` as it is (dtype and bytes), in the order of `names`.
-void copy_tensors(SafeTensorsReader& r, const std::vector<std::string>& names, const std::string& path) {
+// Copies tensors `names` of `r` to a new safetensors file, each viewed as shape_of(name, its shape).
+void copy_tensors(SafeTensorsReader& r, const std::vector<std::string>& names, const std::string& path,
+                  const std::function<Shape(const std::string&, const Shape&)>& shape_of) {
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& n : names) tensors.emplace_back(n, r.read(n));
+  for (const auto& n : names) {
+    const Tensor t = r.read(n);
+    tensors.emplace_back(n, t.view(shape_of(n, t.shape())));
+  }
   write_safetensors(path, tensors, {{"format", "pt"}, {"producer", "natsl"}});
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 }  // namespace
+
+Shape hf_tensor_shape(const std::string& name, const Shape& natsl_shape) {
+  if (ends_with(name, "_conv1d.weight") && natsl_shape.size() == 2) return {natsl_shape[0], 1, natsl_shape[1]};
+  return natsl_shape;
+}
+
+bool fits_parameter(const std::string& name, const Shape& stored, const Shape& natsl_shape) {
+  return stored == natsl_shape || stored == hf_tensor_shape(name, natsl_shape);
+}
 
 nlohmann::json hf_config(const ModelConfig& m) {
   const std::vector<std::string> kinds = m.mixer_kinds();
@@ -286,7 +305,7 @@ void export_hf(const std::string& checkpoint_dir, const std::string& out_dir) {
   fs::create_directories(out_dir);
   std::vector<std::string> names;
   for (const auto& e : ck.model().entries()) names.push_back(e.name);
-  copy_tensors(ck.model(), names, (fs::path(out_dir) / "model.safetensors").string());
+  copy_tensors(ck.model(), names, (fs::path(out_dir) / "model.safetensors").string(), hf_tensor_shape);
   replace_file_atomically((fs::path(out_dir) / "config.json").string(), config.dump(2) + "\n");
 }
 
@@ -299,21 +318,24 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir) {
   const CausalLM model(m);
   std::vector<std::string> names;
   std::set<std::string> wanted;
+  std::map<std::string, Shape> shapes;
   for (const ParameterRef& p : model.named_parameters()) {
     names.push_back(p.name);
     wanted.insert(p.name);
+    shapes[p.name] = p.meta->shape;
     const SafeTensorEntry* e = r.find(p.name);
     if (!e) throw InputError("'" + weights + "' has no tensor '" + p.name + "', which the model of " + config_path + " needs");
-    if (e->shape != p.meta->shape)
+    if (!fits_parameter(p.name, e->shape, p.meta->shape))
       throw InputError("'" + weights + "': tensor '" + p.name + "' has shape " + shape_str(e->shape) +
-                       " but the model of " + config_path + " needs " + shape_str(p.meta->shape));
+                       " but the model of " + config_path + " needs " + shape_str(hf_tensor_shape(p.name, p.meta->shape)));
   }
   for (const auto& e : r.entries())
     if (!wanted.count(e.name))
       throw InputError("'" + weights + "' holds tensor '" + e.name + "', which the model of " + config_path +
                        " does not have (another architecture?)");
   fs::create_directories(out_dir);
-  copy_tensors(r, names, (fs::path(out_dir) / "model.safetensors").string());
+  copy_tensors(r, names, (fs::path(out_dir) / "model.safetensors").string(),
+               [&](const std::string& name, const Shape&) { return shapes.at(name); });
   // JSON is YAML: model.yaml loads with `model=OUT_DIR/model.yaml`.
   replace_file_atomically((fs::path(out_dir) / "model.yaml").string(), natsl_model_json(m).dump(2) + "\n");
 }

@@ -8,7 +8,9 @@
 //   gdn (+ attn) layers   -> model_type "gated_deltanet" (FLA's GatedDeltaNetConfig, attn for hybrids)
 //   attn layers only      -> model_type "transformer" (FLA's TransformerConfig)
 // Parameter names are natsl's, which are those classes' names (model.embeddings.weight,
-// model.layers.N.attn.q_proj.weight, ..., lm_head.weight), so tensors are copied as they are, in their dtype.
+// model.layers.N.attn.q_proj.weight, ..., lm_head.weight), so tensors are copied as they are, in their dtype,
+// with one change of shape: a short convolution's weight, [C, K] in natsl, is [C, 1, K] in those classes (a
+// depthwise nn.Conv1d), the same bytes.
 // config.json also carries a "natsl" object with natsl's whole model section, so that settings the HF
 // classes have no field for (routing controls, Gumbel temperature) survive a round trip; an import of a
 // folder written elsewhere reads the HF fields alone.
@@ -16,9 +18,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/tensor.h"
 #include "layers/model/model_config.h"
 
 namespace natsl {
+
+// The shape tensor `name` has in an HF folder, from natsl's shape: [C, 1, K] for a short convolution's
+// [C, K] weight (`*_conv1d.weight`), else the same.
+Shape hf_tensor_shape(const std::string& name, const Shape& natsl_shape);
+// Whether a stored tensor of shape `stored` can fill natsl's parameter `name` of shape `natsl_shape`: the
+// same shape, or its HF shape (what import-hf and train.init_from accept).
+bool fits_parameter(const std::string& name, const Shape& stored, const Shape& natsl_shape);
 
 // The HF config.json of a model (InputError when the model has no HF equivalent).
 nlohmann::json hf_config(const ModelConfig& model);

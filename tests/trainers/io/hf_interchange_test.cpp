@@ -123,6 +123,18 @@ TEST(HfInterchange, CheckpointExportImportTrainRoundTripIsBitExact) {
   EXPECT_EQ(exported, tensors(ckpt + "/model.safetensors"));
   import_hf(dir / "hf", dir / "back");
   EXPECT_EQ(tensors(dir / "back/model.safetensors"), exported);
+  // Shapes: the short convolutions are [C, 1, K] in the HF folder (a depthwise nn.Conv1d), [C, K] in natsl.
+  {
+    SafeTensorsReader hf(dir / "hf/model.safetensors"), back(dir / "back/model.safetensors"), ck(ckpt + "/model.safetensors");
+    int convs = 0;
+    for (const auto& e : ck.entries()) {
+      const Shape want = e.name.find("_conv1d.weight") != std::string::npos ? Shape{e.shape[0], 1, e.shape[1]} : e.shape;
+      convs += want != e.shape;
+      EXPECT_EQ(hf.find(e.name)->shape, want) << e.name;
+      EXPECT_EQ(back.find(e.name)->shape, e.shape) << e.name;
+    }
+    EXPECT_EQ(convs, 3 * 2);  // q/k/v in each of the two layers
+  }
 
   // model.yaml rebuilds the same model (routing penalty included); init_from loads the same weights.
   RunConfig again = load_config(dir / "t.yaml", {"model=" + dir / "back/model.yaml",
@@ -147,6 +159,13 @@ TEST(HfInterchange, CheckpointExportImportTrainRoundTripIsBitExact) {
   EXPECT_EQ(tensors(dir / "hf2/model.safetensors"), exported);
   r = testing::run_natsl("import-hf " + dir / "hf2" + " " + dir / "back2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  // init_from takes an HF folder's weights as they are ([C, 1, K] convolutions included).
+  {
+    RunConfig direct = load_config(dir / "t.yaml", {"train.init_from=" + dir / "hf2/model.safetensors",
+                                                    "train.out_dir=" + dir / "direct"});
+    Trainer td(direct, TrainerOptions{nullptr, false});
+    EXPECT_EQ(td.parameters().master().flat(DType::f32).to_vector<float>(), flat);
+  }
   r = testing::run_natsl("train " + dir / "t.yaml" + " train.init_from=" + dir / "hf2/model.safetensors" +
                          " model.hidden_size=32 train.out_dir=" + dir / "wide");
   EXPECT_EQ(r.exit_code, 2) << r.output;
