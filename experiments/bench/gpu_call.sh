@@ -30,6 +30,11 @@
 #            summary line per binary and tool: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
 #            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min
+#   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU (or
+#            HF_RUN=DIR: that run directory's newest checkpoint and its config.yaml), natsl export-hf, natsl's logits
+#            on 3000 bytes of wikitext2-valid (f32 on the CPU, bf16 on the GPU), then experiments/hf/compare_reference.py:
+#            the reference's model code on the export, float32 against the CPU logits, bfloat16 against the bf16 ones;
+#            verdict lines, hfref.json (HFREF_TF32=1 adds float32 with TF32 Triton dots; HFREF_TIMEOUT per compare, 300)
 # Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats").
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
@@ -261,6 +266,66 @@ if has sweep; then
   [ -n "$SWD" ] && [ -d "$SWD" ] &&
     tar -czf "$OUT/sweep.tgz" --exclude='step_*' --exclude='.tmp*' --exclude='*.safetensors' "$SWD"
   cat "$SWD/summary.md" 2>/dev/null | head -40
+fi
+
+# The HF interchange check (issue 16): does the reference's model code, loading a natsl export, give natsl's
+# logits on the same tokens? Work files stay in HFREF_DIR (not under $OUT: only logs and hfref.json come back).
+if has hfref; then
+  el "hfref: the reference's model code on a natsl export"
+  HW=${HFREF_DIR:-/tmp/hfref}
+  rm -rf "$HW" && mkdir -p "$HW"
+  if [ -n "${HF_RUN:-}" ]; then
+    HRUN=$HF_RUN
+  else
+    HRUN=$HW/run
+    # K = 64: natsl's CUDA GDN takes K in {64, 128, 192, 256}. Text, so the logits are a byte model's.
+    timeout 200 "$B/natsl" train configs/natsl-tiny.yaml model.head_dim=64 train.device=cuda train.steps=300 \
+      train.eval_every=0 train.ckpt_every=300 train.seq_len=256 data.source=text \
+      "data.text.train=[../shared/data/tinyshakespeare.txt]" train.out_dir="$HRUN" >"$LOG/hfref_train.log" 2>&1
+    echo "hfref train rc $?"
+    grep -E "^done|error" "$LOG/hfref_train.log" | tail -3
+  fi
+  HCK=$(ls -d "$HRUN"/checkpoints/step_* 2>/dev/null | sort | tail -1)
+  if [ -z "$HCK" ] || [ ! -f "$HRUN/config.yaml" ]; then
+    echo "hfref: no checkpoint or config.yaml in $HRUN; skipped"
+  else
+    echo "hfref: checkpoint $HCK"
+    head -c 3000 ../shared/data/wikitext2-valid.txt >"$HW/text.txt"
+    "$B/natsl" export-hf "$HCK" "$HW/hf" >"$LOG/hfref_export.log" 2>&1
+    echo "hfref export rc $?"
+    # f32 on the CPU: natsl's exact model. bf16 on the GPU: what a bf16 run computes.
+    for side in cpu bf16; do
+      dev=(train.device=cpu train.precision=f32)
+      [ $side = bf16 ] && dev=(train.device=cuda train.precision=bf16)
+      "$B/natsl" eval "$HRUN/config.yaml" checkpoint="$HCK" "${dev[@]}" train.eval_batches=1 \
+        --logits "$HW/text.txt" "$HW/logits_$side.safetensors" --routing-map "$HW/text.txt" \
+        --json "$HW/eval_$side.json" >"$LOG/hfref_eval_$side.log" 2>&1
+      echo "hfref natsl eval $side rc $?"
+      cp "$HW/eval_$side.json" "$LOG/hfref_eval_$side.json" 2>/dev/null
+    done
+    BF16_LOGITS=$HW/logits_bf16.safetensors
+    [ -f "$BF16_LOGITS" ] || { echo "hfref: no bf16 logits; bfloat16 compared with the CPU f32 logits"; BF16_LOGITS=$HW/logits_cpu.safetensors; }
+    runs=("f32 --dtype float32 --natsl-logits $HW/logits_cpu.safetensors --natsl-eval-json $HW/eval_cpu.json"
+          "bf16 --dtype bfloat16 --natsl-logits $BF16_LOGITS --natsl-eval-json $HW/eval_bf16.json --baseline $HW/logits_cpu.safetensors")
+    [ "${HFREF_TF32:-0}" = 1 ] &&
+      runs+=("f32_tf32 --dtype float32 --f32-dots tf32 --natsl-logits $HW/logits_cpu.safetensors --natsl-eval-json $HW/eval_cpu.json")
+    for r in "${runs[@]}"; do
+      set -- $r
+      name=$1; shift
+      el "hfref compare $name"
+      timeout "${HFREF_TIMEOUT:-300}" python3 experiments/hf/compare_reference.py --fla .peers/flanats --nats .peers/nats \
+        --hf "$HW/hf" --json "$LOG/hfref_$name.json" "$@" >"$LOG/hfref_$name.log" 2>&1
+      echo "hfref $name rc $?"
+      grep -E "^reference model|^routing|^WARNING|^shape differs|^missing|^unexpected|^hfref " "$LOG/hfref_$name.log"
+      grep -q "^hfref " "$LOG/hfref_$name.log" || tail -15 "$LOG/hfref_$name.log"
+    done
+    python3 - "$OUT/hfref.json" "$LOG"/hfref_f32*.json "$LOG"/hfref_bf16.json <<'PY'
+import json, os, sys
+out = {os.path.basename(p)[len("hfref_"):-len(".json")]: json.load(open(p)) for p in sys.argv[2:] if os.path.exists(p)}
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+print("hfref.json:", {k: v.get("verdict") for k, v in out.items()})
+PY
+  fi
 fi
 
 el "done"
