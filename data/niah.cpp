@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/synthetic_state.h"
 #include "data/tokenizer.h"
@@ -80,6 +81,9 @@ bool ends_sentence(const std::string& w) {
 
 void fail(const std::string& msg) { throw InputError("niah: " + msg); }
 
+// `option`: the NiahOptions field at fault, which the run config's data factory maps to its config key.
+void fail_option(const char* option, const std::string& msg) { throw ConfigKeyError(option, "niah: " + msg); }
+
 }  // namespace
 
 std::vector<double> niah_depth_grid() {
@@ -88,31 +92,42 @@ std::vector<double> niah_depth_grid() {
   return g;
 }
 
-NiahSource::NiahSource(const NiahOptions& o) : opts_(o) {
-  if (o.vocab_size < 256) fail("vocab_size must be >= 256 (byte tokens), got " + std::to_string(o.vocab_size) + ".");
-  if (o.batch_size < 1) fail("batch_size must be >= 1, got " + std::to_string(o.batch_size) + ".");
-  if (o.depth_percent > 100) fail("depth_percent must be in [0, 100] (or negative for the 40-point grid).");
+void validate(const NiahOptions& o) {
+  if (o.vocab_size < 256)
+    fail_option("vocab_size", "vocab_size must be >= 256 (byte tokens), got " + std::to_string(o.vocab_size) + ".");
+  if (o.batch_size < 1) fail_option("batch_size", "batch_size must be >= 1, got " + std::to_string(o.batch_size) + ".");
+  if (o.depth_percent > 100)
+    fail_option("depth_percent", "depth_percent must be in [0, 100] (or negative for the 40-point grid).");
   NATSL_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "niah rank ", o.rank, "/", o.world_size);
-  if (o.haystack == NiahHaystack::Essay) {
-    std::error_code ec;
-    if (o.essay_path.empty() || !std::filesystem::is_regular_file(o.essay_path, ec))
-      fail("the essay haystack needs essay_path, a held-out text file; '" + o.essay_path + "' does not exist.");
-    std::ifstream f(o.essay_path, std::ios::binary);
-    std::istringstream text{std::string{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()}};
-    for (std::string w; text >> w;) essay_words_.push_back(w);
-    if (essay_words_.empty()) fail("essay file '" + o.essay_path + "' holds no words.");
-  }
+  // The key at fault is the haystack: essay_path is only read for it, so an empty one was never set.
+  if (o.haystack == NiahHaystack::Essay && o.essay_path.empty())
+    fail_option("haystack", "haystack is essay but essay_path names no file; give a held-out text file (never "
+                            "training text) in essay_path, or use the noise haystack.");
   // The longest key and value must fit with an empty haystack.
   std::string longest_key;
   for (const char* a : kAdjectives)
     for (const char* n : kNouns) longest_key = std::max(longest_key, std::string(a) + "-" + n,
                                                         [](const auto& x, const auto& y) { return x.size() < y.size(); });
   PromptParts p = prompt_parts(o.value, longest_key, std::string(o.value == NiahValue::Number ? 7 : 36, '0'));
-  const int64_t need = int64_t(use_bos()) + int64_t(p.head.size() + p.needle.size() + p.tail.size() +
-                                                    p.answer_lead.size() + p.value.size() + p.answer_end.size());
+  const int64_t need = int64_t(niah_uses_bos(o.vocab_size)) +
+                       int64_t(p.head.size() + p.needle.size() + p.tail.size() + p.answer_lead.size() +
+                               p.value.size() + p.answer_end.size());
   if (o.seq_len + 1 < need)
-    fail("seq_len " + std::to_string(o.seq_len) + " is too short for the prompt; use at least " +
-         std::to_string(need - 1) + ".");
+    fail_option("seq_len", "seq_len " + std::to_string(o.seq_len) + " is too short for the prompt; use at least " +
+                               std::to_string(need - 1) + ".");
+}
+
+NiahSource::NiahSource(const NiahOptions& o) : opts_(o) {
+  validate(o);
+  if (o.haystack == NiahHaystack::Essay) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(o.essay_path, ec))
+      fail("the essay haystack needs essay_path, a held-out text file; '" + o.essay_path + "' does not exist.");
+    std::ifstream f(o.essay_path, std::ios::binary);
+    std::istringstream text{std::string{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()}};
+    for (std::string w; text >> w;) essay_words_.push_back(w);
+    if (essay_words_.empty()) fail("essay file '" + o.essay_path + "' holds no words.");
+  }
 }
 
 NiahExample NiahSource::generate(RandomStream& rs) const {

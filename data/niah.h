@@ -57,9 +57,18 @@ struct NiahExample {
 // RULER's depth grid round(linspace(0, 100, 40)).
 std::vector<double> niah_depth_grid();
 
+// Rows start with BOS when the vocabulary holds the byte tokenizer's specials (ids 256 and 257).
+inline bool niah_uses_bos(int64_t vocab_size) { return vocab_size >= 258; }
+
+// Throws ConfigKeyError (an InputError) naming the option, its key() the field at fault, when the options
+// cannot make a row: vocab_size < 256, batch_size < 1, depth_percent > 100, the essay haystack without an
+// essay_path (key "haystack"), or a seq_len too short for the prompt. The essay file itself is read (and
+// checked) by NiahSource.
+void validate(const NiahOptions& o);
+
 class NiahSource : public DataSource {
  public:
-  explicit NiahSource(const NiahOptions& o);  // reads essay_path; InputError on bad options or files
+  explicit NiahSource(const NiahOptions& o);  // validate(o), then reads essay_path; InputError on a bad file
   Batch next(int64_t step) override;
   int64_t batch_size() const override { return opts_.batch_size; }
   int64_t seq_len() const override { return opts_.seq_len; }
@@ -75,7 +84,7 @@ class NiahSource : public DataSource {
   NiahOptions opts_;
   std::vector<std::string> essay_words_;
   int64_t last_step_ = -1;
-  bool use_bos() const { return opts_.vocab_size >= 258; }
+  bool use_bos() const { return niah_uses_bos(opts_.vocab_size); }
 };
 
 }  // namespace natsl

@@ -52,6 +52,14 @@ std::string mqar_option_key(const RunConfig& cfg, const std::string& option) {
   return "data.mqar." + option;
 }
 
+// The config key behind a NiahOptions field (niah_options above builds the one from the other).
+std::string niah_option_key(const std::string& option) {
+  if (option == "seq_len") return "train.seq_len";
+  if (option == "batch_size") return "train.batch_size";
+  if (option == "vocab_size") return "model.vocab_size";
+  return "data.niah." + option;
+}
+
 void validate_text_data(const RunConfig& cfg) {
   const TextDataConfig& text = cfg.data.text;
   if (cfg.data.source == "text" && text.train.empty() && text.mix.empty())
@@ -107,12 +115,25 @@ void validate_mqar(const RunConfig& cfg) {
   }
 }
 
+// NIAH's own preconditions (validate(NiahOptions)); the essay file is read when the source is built.
+void validate_niah(const RunConfig& cfg) {
+  try {
+    validate(niah_options(cfg, 0));
+  } catch (const ConfigKeyError& e) {
+    const std::string key = niah_option_key(e.key());
+    const bool elsewhere = key.rfind("data.niah.", 0) != 0;
+    throw ConfigKeyError(key, std::string("data.") + e.what() +
+                                  (elsewhere ? " (the NIAH " + e.key() + " is " + key + ")" : ""));
+  }
+}
+
 }  // namespace
 
 void validate_data_config(const RunConfig& cfg) {
   validate_text_data(cfg);
   validate_tokenizer(cfg);
   if (cfg.data.source == "mqar") validate_mqar(cfg);
+  if (cfg.data.source == "niah") validate_niah(cfg);
 }
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_key_error.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
 #include "tests/data/data_test_util.h"
@@ -236,6 +237,38 @@ TEST(Niah, BadOptionsAreInputErrors) {
   o.haystack = NiahHaystack::Noise;
   o.depth_percent = 150;
   expect_input_error([&] { NiahSource{o}; }, {"depth_percent"});
+}
+
+// validate(NiahOptions) names the field at fault in key(), which the run config maps to its own key
+// (train.seq_len, model.vocab_size, data.niah.*; tests/trainers/data_factory_test.cpp).
+TEST(Niah, PreconditionErrorsNameTheOptionField) {
+  auto field_of = [](const NiahOptions& o) -> std::string {
+    try {
+      validate(o);
+    } catch (const ConfigKeyError& e) {
+      return e.key();
+    }
+    return "";
+  };
+  const NiahOptions ok;
+  EXPECT_EQ(field_of(ok), "");
+  NiahOptions o = ok;
+  o.vocab_size = 255;
+  EXPECT_EQ(field_of(o), "vocab_size");
+  o = ok;
+  o.batch_size = 0;
+  EXPECT_EQ(field_of(o), "batch_size");
+  o = ok;
+  o.depth_percent = 101;
+  EXPECT_EQ(field_of(o), "depth_percent");
+  o = ok;
+  o.haystack = NiahHaystack::Essay;
+  EXPECT_EQ(field_of(o), "haystack");
+  o.essay_path = "/nonexistent/essay.txt";  // the file is the source's to read, not an option error
+  EXPECT_EQ(field_of(o), "");
+  o = ok;
+  o.seq_len = 200;
+  EXPECT_EQ(field_of(o), "seq_len");
 }
 
 }  // namespace

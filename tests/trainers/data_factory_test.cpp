@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "core/config_key_error.h"
+#include "trainers/config.h"
 #include "trainers/data_factory.h"
+#include "trainer_test_util.h"
 
 namespace natsl {
 namespace {
@@ -93,9 +95,57 @@ TEST(DataConfigCheck, MqarNamesTheConfigKeyBehindEachOption) {
   // Other sources do not read data.mqar.
   EXPECT_EQ(key_of_error([](RunConfig& c) {
               c.data.source = "niah";
+              c.train.seq_len = 1024;  // NIAH's prompt does not fit the default 256
               c.data.mqar.num_kv_pairs = 100;
             }),
             "");
+}
+
+// The error of loading the config `yaml`, after checking it is led by that file's line `line` (the key at
+// fault) and names `key`.
+std::string load_error_at(const std::string& yaml, int line, const std::string& key) {
+  testing::TempDir dir;
+  const std::string path = dir / "c.yaml";
+  testing::write_text(path, yaml);
+  const std::string e = testing::error_of([&] { load_config(path); });
+  EXPECT_EQ(e.rfind(path + ":" + std::to_string(line) + ": ", 0), 0u) << e;
+  EXPECT_NE(e.find(key), std::string::npos) << e;
+  return e;
+}
+
+// A NIAH config that makes rows loads; the essay file is read when the source is built (make_run_data), not
+// here, like the text data's files.
+TEST(DataConfigCheck, NiahAcceptsAConfigThatMakesRows) {
+  auto niah = [](RunConfig& c) {
+    c.data.source = "niah";
+    c.train.seq_len = 1024;
+  };
+  EXPECT_EQ(key_of_error(niah), "");
+  EXPECT_EQ(key_of_error([&](RunConfig& c) {
+              niah(c);
+              c.data.niah.haystack = "essay";
+              c.data.niah.essay_path = "not/here/essay.txt";
+            }),
+            "");
+  // Other sources do not read data.niah.
+  EXPECT_EQ(key_of_error([](RunConfig& c) { c.data.niah.haystack = "essay"; }), "");
+}
+
+TEST(DataConfigCheck, NiahVocabularyBelowTheByteTokens) {
+  const std::string e = load_error_at("data:\n  source: niah\ntrain:\n  seq_len: 1024\nmodel:\n  vocab_size: 200\n",
+                                      6, "model.vocab_size");
+  EXPECT_NE(e.find("data.niah: vocab_size must be >= 256 (byte tokens), got 200"), std::string::npos) << e;
+}
+
+TEST(DataConfigCheck, NiahSequenceShorterThanThePrompt) {
+  const std::string e = load_error_at("data:\n  source: niah\ntrain:\n  seq_len: 200\n", 4, "train.seq_len");
+  EXPECT_NE(e.find("data.niah: seq_len 200 is too short for the prompt; use at least"), std::string::npos) << e;
+}
+
+// The key at fault is the haystack (an unset essay_path has no line of its own).
+TEST(DataConfigCheck, NiahEssayHaystackWithoutAFile) {
+  load_error_at("data:\n  source: niah\n  niah:\n    haystack: essay\ntrain:\n  seq_len: 1024\n", 4,
+                "data.niah: haystack is essay but essay_path names no file");
 }
 
 }  // namespace
