@@ -54,31 +54,32 @@ Device check_rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, co
   return d;
 }
 
+// An embedding lookup (table = weight, rows = out) or its gradient (table = dweight, rows = dout): `table`
+// floating [V, D], `ids` i32 or i64 of any shape, `rows` ids' shape + [D] in the table's dtype. Returns the one
+// device of the three.
+Device check_embedding(const Tensor& table, const char* table_name, const Tensor& ids, const Tensor& rows,
+                       const char* rows_name, const char* op) {
+  Device d = common_device({&table, &ids, &rows}, op);
+  check_contiguous({&table, &ids, &rows}, op);
+  check_index(ids, op);
+  check_floating(table, op, table_name);
+  check_same_dtype(table, rows, op);
+  NATSL_CHECK(table.dim() == 2, op, ": ", table_name, " must be [V, D], got ", table.str());
+  Shape want = ids.shape();
+  want.push_back(table.size(1));
+  NATSL_CHECK(rows.shape() == want, op, ": ", rows_name, " ", rows.str(), " should be ", shape_str(want));
+  return d;
+}
+
 }  // namespace
 
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
-  Device d = common_device({&weight, &ids, &out}, "embedding_fwd");
-  check_contiguous({&weight, &ids, &out}, "embedding_fwd");
-  check_index(ids, "embedding_fwd");
-  check_floating(weight, "embedding_fwd", "weight");
-  check_same_dtype(weight, out, "embedding_fwd");
-  NATSL_CHECK(weight.dim() == 2, "embedding_fwd: weight must be [V, D], got ", weight.str());
-  Shape want = ids.shape();
-  want.push_back(weight.size(1));
-  NATSL_CHECK(out.shape() == want, "embedding_fwd: out ", out.str(), " should be ", shape_str(want));
+  Device d = check_embedding(weight, "weight", ids, out, "out", "embedding_fwd");
   NATSL_NN_DISPATCH(d, embedding_fwd, weight, ids, out);
 }
 
 void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight) {
-  Device d = common_device({&ids, &dout, &dweight}, "embedding_bwd");
-  check_contiguous({&ids, &dout, &dweight}, "embedding_bwd");
-  check_index(ids, "embedding_bwd");
-  check_floating(dweight, "embedding_bwd", "dweight");
-  check_same_dtype(dout, dweight, "embedding_bwd");
-  NATSL_CHECK(dweight.dim() == 2, "embedding_bwd: dweight must be [V, D], got ", dweight.str());
-  Shape want = ids.shape();
-  want.push_back(dweight.size(1));
-  NATSL_CHECK(dout.shape() == want, "embedding_bwd: dout ", dout.str(), " should be ", shape_str(want));
+  Device d = check_embedding(dweight, "dweight", ids, dout, "dout", "embedding_bwd");
   NATSL_NN_DISPATCH(d, embedding_bwd, ids, dout, dweight);
 }
 

@@ -6,12 +6,17 @@
 namespace natsl::kernels {
 namespace {
 
-void check_pool(const Tensor& x, int64_t chunk_size, const Tensor& pooled, const char* op) {
+// A chunk mean pool (x -> pooled) or its gradient (dpooled -> dx): `x` floating [B, T, d] and `pooled`
+// [B, ceil(T / chunk_size), d] in its dtype, contiguous, on one device, which it returns.
+Device check_pool(const Tensor& x, int64_t chunk_size, const Tensor& pooled, const char* op) {
+  Device d = common_device({&x, &pooled}, op);
+  check_contiguous({&x, &pooled}, op);
   NATSL_CHECK(chunk_size > 0, op, ": chunk size ", chunk_size);
   NATSL_CHECK(x.dim() == 3 && is_floating(x.dtype()), op, ": x must be floating [B, T, d], got ", x.str());
   int64_t NC = (x.size(1) + chunk_size - 1) / chunk_size;
   NATSL_CHECK(pooled.shape() == Shape({x.size(0), NC, x.size(2)}) && pooled.dtype() == x.dtype(), op, ": pooled ",
               pooled.str(), " for x ", x.str(), " and chunk size ", chunk_size);
+  return d;
 }
 
 // Checks logits [B, NC, Hr, 2] and the [B, NC, Hr] stat-dtype tensors that go with them.
@@ -30,17 +35,13 @@ void check_choice(const Tensor& logits_or_probs, std::initializer_list<const Ten
 }  // namespace
 
 void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
-  Device d = common_device({&x, &pooled}, "chunk_mean_pool_fwd");
-  check_contiguous({&x, &pooled}, "chunk_mean_pool_fwd");
-  check_pool(x, chunk_size, pooled, "chunk_mean_pool_fwd");
+  Device d = check_pool(x, chunk_size, pooled, "chunk_mean_pool_fwd");
   if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::chunk_mean_pool_fwd(x, chunk_size, pooled));
   else cpu::chunk_mean_pool_fwd(x, chunk_size, pooled);
 }
 
 void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  Device d = common_device({&dpooled, &dx}, "chunk_mean_pool_bwd");
-  check_contiguous({&dpooled, &dx}, "chunk_mean_pool_bwd");
-  check_pool(dx, chunk_size, dpooled, "chunk_mean_pool_bwd");
+  Device d = check_pool(dx, chunk_size, dpooled, "chunk_mean_pool_bwd");
   if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::chunk_mean_pool_bwd(dpooled, chunk_size, dx));
   else cpu::chunk_mean_pool_bwd(dpooled, chunk_size, dx);
 }

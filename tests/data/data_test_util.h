@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/crc32.h"
 
@@ -42,6 +43,17 @@ inline std::string read_bytes(const std::string& path) {
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+// The field a generator's validate(options) names in its ConfigKeyError's key(); "" when it accepts them.
+template <class Options>
+std::string invalid_field(const Options& o) {
+  try {
+    validate(o);
+  } catch (const ConfigKeyError& e) {
+    return e.key();
+  }
+  return "";
 }
 
 // Runs fn, expects an InputError whose message contains every one of `parts`.

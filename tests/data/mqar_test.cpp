@@ -14,6 +14,7 @@ namespace natsl {
 namespace {
 
 using testing::expect_input_error;
+using testing::invalid_field;
 
 // Re-derives the example's structure from its tokens alone and checks every rule of the generator.
 void check_example(const MqarOptions& o, const std::vector<int32_t>& in, const std::vector<int32_t>& tg) {
@@ -183,37 +184,29 @@ TEST(Mqar, ZoologyPreconditionsAreInputErrors) {
 // validate(MqarOptions) names the field at fault in key(), which the run config maps to its own key
 // (data.mqar.*, train.seq_len, ...; tests/trainers/data_factory_test.cpp).
 TEST(Mqar, PreconditionErrorsNameTheOptionField) {
-  auto field_of = [](const MqarOptions& o) -> std::string {
-    try {
-      validate(o);
-    } catch (const ConfigKeyError& e) {
-      return e.key();
-    }
-    return "";
-  };
   const MqarOptions ok;
-  EXPECT_EQ(field_of(ok), "");
+  EXPECT_EQ(invalid_field(ok), "");
   MqarOptions o = ok;
   o.seq_len = 63;
-  EXPECT_EQ(field_of(o), "seq_len");
+  EXPECT_EQ(invalid_field(o), "seq_len");
   o = ok;
   o.vocab_size = o.seq_len;
-  EXPECT_EQ(field_of(o), "vocab_size");
+  EXPECT_EQ(invalid_field(o), "vocab_size");
   o = ok;
   o.num_kv_pairs = 0;
-  EXPECT_EQ(field_of(o), "num_kv_pairs");
+  EXPECT_EQ(invalid_field(o), "num_kv_pairs");
   o = ok;
   o.num_kv_pairs = 17;  // 68 > 64
-  EXPECT_EQ(field_of(o), "num_kv_pairs");
+  EXPECT_EQ(invalid_field(o), "num_kv_pairs");
   o = ok;
   o.num_passes = 0;
-  EXPECT_EQ(field_of(o), "num_passes");
+  EXPECT_EQ(invalid_field(o), "num_passes");
   o = ok;
   o.power_a = 0;
-  EXPECT_EQ(field_of(o), "power_a");
+  EXPECT_EQ(invalid_field(o), "power_a");
   o = ok;
   o.batch_size = 0;
-  EXPECT_EQ(field_of(o), "batch_size");
+  EXPECT_EQ(invalid_field(o), "batch_size");
 }
 
 TEST(AnswerScore, CountsOnlyAnswerPositions) {

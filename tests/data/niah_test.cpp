@@ -16,6 +16,7 @@ namespace natsl {
 namespace {
 
 using testing::expect_input_error;
+using testing::invalid_field;
 using testing::shared_data;
 
 const std::string kUnit = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
@@ -242,33 +243,25 @@ TEST(Niah, BadOptionsAreInputErrors) {
 // validate(NiahOptions) names the field at fault in key(), which the run config maps to its own key
 // (train.seq_len, model.vocab_size, data.niah.*; tests/trainers/data_factory_test.cpp).
 TEST(Niah, PreconditionErrorsNameTheOptionField) {
-  auto field_of = [](const NiahOptions& o) -> std::string {
-    try {
-      validate(o);
-    } catch (const ConfigKeyError& e) {
-      return e.key();
-    }
-    return "";
-  };
   const NiahOptions ok;
-  EXPECT_EQ(field_of(ok), "");
+  EXPECT_EQ(invalid_field(ok), "");
   NiahOptions o = ok;
   o.vocab_size = 255;
-  EXPECT_EQ(field_of(o), "vocab_size");
+  EXPECT_EQ(invalid_field(o), "vocab_size");
   o = ok;
   o.batch_size = 0;
-  EXPECT_EQ(field_of(o), "batch_size");
+  EXPECT_EQ(invalid_field(o), "batch_size");
   o = ok;
   o.depth_percent = 101;
-  EXPECT_EQ(field_of(o), "depth_percent");
+  EXPECT_EQ(invalid_field(o), "depth_percent");
   o = ok;
   o.haystack = NiahHaystack::Essay;
-  EXPECT_EQ(field_of(o), "haystack");
+  EXPECT_EQ(invalid_field(o), "haystack");
   o.essay_path = "/nonexistent/essay.txt";  // the file is the source's to read, not an option error
-  EXPECT_EQ(field_of(o), "");
+  EXPECT_EQ(invalid_field(o), "");
   o = ok;
   o.seq_len = 200;
-  EXPECT_EQ(field_of(o), "seq_len");
+  EXPECT_EQ(invalid_field(o), "seq_len");
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -73,21 +74,40 @@ void expect_same_run(const std::string& a, const std::string& b, int64_t steps) 
   }
 }
 
+// The outputs of the three runs straight_stop_resume makes.
+struct StopResumeRuns {
+  std::string straight, stopped, resumed;
+};
+
+// Trains `train` (a `natsl train` command line less its out_dir) straight into dir/a, then into dir/b stopped
+// after step `stop_at` (train.stop_at_step) and resumed there with resume=auto; every run must succeed (a
+// fatal failure otherwise: call it under ASSERT_NO_FATAL_FAILURE). `at_stop` checks dir/b between the stop
+// and the resume.
+void straight_stop_resume(const TempDir& dir, const std::string& train, int stop_at, StopResumeRuns& runs,
+                          const std::function<void()>& at_stop = nullptr) {
+  auto straight = run_natsl(train + " train.out_dir=" + dir / "a");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  runs.straight = straight.output;
+  auto first = run_natsl(train + " train.out_dir=" + dir / "b" + " train.stop_at_step=" + std::to_string(stop_at));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  runs.stopped = first.output;
+  if (at_stop) at_stop();
+  auto second = run_natsl(train + " train.out_dir=" + dir / "b" + " resume=auto");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  runs.resumed = second.output;
+}
+
 TEST(Resume, StopAtStepThenResumeIsBitExact) {
   TempDir dir;
   write_text(dir / "t.yaml", kTinyConfig);
-  auto straight = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "a");
-  ASSERT_EQ(straight.exit_code, 0) << straight.output;
-
-  auto first = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "b" + " train.stop_at_step=10");
-  ASSERT_EQ(first.exit_code, 0) << first.output;
-  EXPECT_NE(first.output.find("stopping after step 10"), std::string::npos) << first.output;
-  EXPECT_EQ(testing::count_lines(dir / "b/metrics.jsonl"), 10u);
-  auto second = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "b" + " resume=auto");
-  ASSERT_EQ(second.exit_code, 0) << second.output;
-  EXPECT_NE(second.output.find("resumed from " + dir / "b/checkpoints/step_000010" + " at step 10"),
+  StopResumeRuns runs;
+  ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, "train " + dir / "t.yaml", 10, runs, [&] {
+    EXPECT_EQ(testing::count_lines(dir / "b/metrics.jsonl"), 10u);
+  }));
+  EXPECT_NE(runs.stopped.find("stopping after step 10"), std::string::npos) << runs.stopped;
+  EXPECT_NE(runs.resumed.find("resumed from " + dir / "b/checkpoints/step_000010" + " at step 10"),
             std::string::npos)
-      << second.output;
+      << runs.resumed;
   expect_same_run(dir / "a", dir / "b", 20);
 
   // Resuming a finished run does nothing and says so.
@@ -162,17 +182,14 @@ train:
 TEST(Resume, GumbelRouterNoiseResumesBitExact) {
   TempDir dir;
   write_text(dir / "g.yaml", kGumbelConfig);
-  auto straight = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a");
-  ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  auto first = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " train.stop_at_step=5");
-  ASSERT_EQ(first.exit_code, 0) << first.output;
-  // The checkpoint holds the layer's noise stream: keyed by train.seed, advanced by the steps so far.
-  auto state = nlohmann::json::parse(read_text(dir / "b/checkpoints/step_000005/state.json"));
-  const auto& noise = state.at("trainer").at("rng").at("router_noise").at("model.layers.0.attn");
-  EXPECT_GT(noise.at("offset").get<uint64_t>(), 0u);
-  auto second = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " resume=auto");
-  ASSERT_EQ(second.exit_code, 0) << second.output;
-  EXPECT_EQ(second.output.find("warning"), std::string::npos) << second.output;
+  StopResumeRuns runs;
+  ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, "train " + dir / "g.yaml", 5, runs, [&] {
+    // The checkpoint holds the layer's noise stream: keyed by train.seed, advanced by the steps so far.
+    auto state = nlohmann::json::parse(read_text(dir / "b/checkpoints/step_000005/state.json"));
+    const auto& noise = state.at("trainer").at("rng").at("router_noise").at("model.layers.0.attn");
+    EXPECT_GT(noise.at("offset").get<uint64_t>(), 0u);
+  }));
+  EXPECT_EQ(runs.resumed.find("warning"), std::string::npos) << runs.resumed;
   expect_same_run(dir / "a", dir / "b", 12);
 
   // Another train.seed draws other noise (and other weights): the losses part.
@@ -204,15 +221,11 @@ TEST(Resume, TextMixtureResumesBitExact) {
     return "train " + dir / "t.yaml model.vocab_size=258 data.source=text 'data.text.mix=[{path: " + dir / "a.txt" +
            ", weight: 3}, {path: " + dir / "b.txt" + ", weight: " + std::to_string(weight_b) + "}]'";
   };
-  auto straight = run_natsl(mix(1) + " train.out_dir=" + dir / "a");
-  ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  EXPECT_NE(straight.output.find("data.text.mix[0] '" + dir / "a.txt" + "': weight 3 (share 75.00%)"), std::string::npos)
-      << straight.output;
-  auto first = run_natsl(mix(1) + " train.out_dir=" + dir / "b" + " train.stop_at_step=10");
-  ASSERT_EQ(first.exit_code, 0) << first.output;
-  auto second = run_natsl(mix(1) + " train.out_dir=" + dir / "b" + " resume=auto");
-  ASSERT_EQ(second.exit_code, 0) << second.output;
-  EXPECT_NE(second.output.find("at step 10"), std::string::npos) << second.output;
+  StopResumeRuns runs;
+  ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, mix(1), 10, runs));
+  EXPECT_NE(runs.straight.find("data.text.mix[0] '" + dir / "a.txt" + "': weight 3 (share 75.00%)"), std::string::npos)
+      << runs.straight;
+  EXPECT_NE(runs.resumed.find("at step 10"), std::string::npos) << runs.resumed;
   expect_same_run(dir / "a", dir / "b", 20);
   // The data state at the end, less the shard paths (each run tokenizes into its own directory).
   auto data_state = [&](const std::string& run) {
@@ -351,12 +364,8 @@ train:
   precision: bf16
   deterministic: true
 )");
-  auto straight = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a");
-  ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  auto first = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " train.stop_at_step=10");
-  ASSERT_EQ(first.exit_code, 0) << first.output;
-  auto second = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "b" + " resume=auto");
-  ASSERT_EQ(second.exit_code, 0) << second.output;
+  StopResumeRuns runs;
+  ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, "train " + dir / "g.yaml", 10, runs));
   expect_same_run(dir / "a", dir / "b", 20);
 }
 
