@@ -12,14 +12,12 @@
 #include "data/shard.h"
 #include "data/tokenize.h"
 #include "tests/data/data_test_util.h"
+#include "tests/data/sentencepiece_test_util.h"
 
 namespace natsl {
 namespace {
 
-using testing::read_bytes;
-using testing::shared_data;
-using testing::TempDir;
-using testing::write_bytes;
+using namespace testing;  // natsl::testing: the helpers of data_test_util.h, sentencepiece_test_util.h
 
 struct Variant {
   std::string name;
@@ -108,11 +106,10 @@ std::string adversarial(std::mt19937& rng, size_t bytes) {
   return s;
 }
 
-class SentencePiecePiecewise : public ::testing::Test {
+class SentencePiecePiecewise : public TrainedModelSuite<SentencePiecePiecewise> {
  protected:
   static void SetUpTestSuite() {
-    if (!sentencepiece_available()) return;
-    dir_ = new TempDir;
+    if (!open_model_dir()) return;
     // ~250 kB of varied text, with some adversarial lines so that their characters get pieces.
     std::string corpus;
     for (const auto& name : kCorpora) corpus += read_bytes(shared_data(name)).substr(100000, 60000) + "\n";
@@ -128,17 +125,7 @@ class SentencePiecePiecewise : public ::testing::Test {
       write_bytes(dir_->file(v.name + ".model"), train_sentencepiece(o).model);
     }
   }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
-  static std::string model(const std::string& name) { return dir_->file(name + ".model"); }
-  static TempDir* dir_;
 };
-TempDir* SentencePiecePiecewise::dir_ = nullptr;
-
-#define SKIP_WITHOUT_SENTENCEPIECE() \
-  if (!sentencepiece_available()) GTEST_SKIP() << kSentencePieceMissing
 
 TEST_F(SentencePiecePiecewise, ModelsSayWhetherTheyCanBeCut) {
   SKIP_WITHOUT_SENTENCEPIECE();

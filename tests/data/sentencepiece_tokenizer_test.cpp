@@ -11,18 +11,12 @@
 #include "data/tokenize.h"
 #include "data/tokenizer.h"
 #include "tests/data/data_test_util.h"
+#include "tests/data/sentencepiece_test_util.h"
 
 namespace natsl {
 namespace {
 
-using testing::expect_input_error;
-using testing::read_bytes;
-using testing::shared_data;
-using testing::TempDir;
-using testing::write_bytes;
-
-#define SKIP_WITHOUT_SENTENCEPIECE() \
-  if (!sentencepiece_available()) GTEST_SKIP() << kSentencePieceMissing
+using namespace testing;  // natsl::testing: the helpers of data_test_util.h, sentencepiece_test_util.h
 
 const std::vector<std::string> kCorpora = {"tinyshakespeare.txt", "warandpeace.txt", "wikitext2-test.txt"};
 
@@ -34,11 +28,10 @@ std::vector<uint32_t> encode(const Tokenizer& t, std::string_view text) {
 
 // Models trained once for the whole suite, in one temporary directory: BPE on all of tinyshakespeare, and
 // unigram on its first 200 kB (a few seconds together).
-class SentencePiece : public ::testing::Test {
+class SentencePiece : public TrainedModelSuite<SentencePiece> {
  protected:
   static void SetUpTestSuite() {
-    if (!sentencepiece_available()) return;
-    dir_ = new TempDir;
+    if (!open_model_dir()) return;
     SentencePieceTrainOptions o;
     o.inputs = {shared_data("tinyshakespeare.txt")};
     o.vocab_size = 1000;
@@ -49,14 +42,7 @@ class SentencePiece : public ::testing::Test {
     o.vocab_size = 800;
     write_bytes(dir_->file("unigram.model"), train_sentencepiece(o).model);
   }
-  static void TearDownTestSuite() {
-    delete dir_;
-    dir_ = nullptr;
-  }
-  static std::string model(const std::string& name) { return dir_->file(name + ".model"); }
-  static TempDir* dir_;
 };
-TempDir* SentencePiece::dir_ = nullptr;
 
 TEST(TokenizerInterface, ByteTokenizerRoundTripsTheSharedCorpora) {
   auto tok = open_tokenizer(TokenizerSpec{});

@@ -8,11 +8,7 @@
 namespace natsl {
 namespace {
 
-using testing::expect_input_error;
-using testing::read_bytes;
-using testing::shared_data;
-using testing::TempDir;
-using testing::write_bytes;
+using namespace testing;  // natsl::testing: the helpers of data_test_util.h
 
 std::vector<uint32_t> concat_shards(const std::vector<std::string>& paths, int64_t max_per_shard) {
   std::vector<uint32_t> all;

@@ -17,8 +17,8 @@
 
 using namespace natsl;
 using namespace natsl::kernels;
-using natsl::testing::poison;
-using natsl::testing::randn;
+using namespace natsl::testing;
+using namespace natsl::testing::router_mix;  // the CPU-against-GPU cases' inputs and checks
 
 namespace {
 
@@ -130,11 +130,6 @@ TEST(MixNormGate, RejectsMismatchedShapes) {
 // CUDA output mixing (mix_norm_gate) against the CPU reference run in f64 on the same rounded inputs: f32 to
 // ~1e-6 relative, bf16 to its rounding (outputs stored in bf16: 1e-2 relative RMS). Awkward shapes (odd widths,
 // one token, rows wider than a block); every GPU output starts as NaN.
-using namespace natsl;
-using namespace natsl::kernels;
-using natsl::testing::compare;
-using natsl::testing::ErrorStats;
-using namespace natsl::testing::router_mix;
 
 TEST(NatslCuda, MixNormGateMatchesCpu) {
   NATSL_REQUIRE_GPU();

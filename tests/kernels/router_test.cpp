@@ -17,8 +17,8 @@
 
 using namespace natsl;
 using namespace natsl::kernels;
-using natsl::testing::poison;
-using natsl::testing::randn;
+using namespace natsl::testing;
+using namespace natsl::testing::router_mix;  // the CPU-against-GPU cases' inputs and checks
 
 namespace {
 
@@ -187,11 +187,6 @@ TEST(Router, RejectsBadArguments) {
 // same rounded inputs: f32 to ~1e-6 relative, bf16 to its rounding. Router labels must equal the CPU's exactly,
 // with and without Gumbel noise. Awkward shapes (odd widths, one token, partial chunks); every GPU output
 // starts as NaN.
-using namespace natsl;
-using namespace natsl::kernels;
-using natsl::testing::compare;
-using natsl::testing::ErrorStats;
-using namespace natsl::testing::router_mix;
 
 TEST(NatslCuda, ChunkMeanPoolMatchesCpu) {
   NATSL_REQUIRE_GPU();

@@ -32,18 +32,12 @@ constexpr int64_t kSeqLen = 200;  // chunks 0..3: boundaries at 64, 128, 192
 constexpr int64_t kVocab = 37;
 
 ModelConfig decode_config(const std::vector<std::string>& layers) {
-  ModelConfig c;
-  c.vocab_size = kVocab;
-  c.hidden_size = 16;
-  c.num_layers = int64_t(layers.size());
-  c.layers = layers;
-  c.num_heads = 2;
-  c.head_dim = 8;      // V = 16
-  c.num_attn_heads = 4;  // natsl: G = 2, d_a = 4, d_av = 8; attn: head dim 16 / 4 = 4
-  c.attn_qk_norm = true;
-  c.attn_rope = true;  // attention layers: positions are rotated at their own offset when decoding
+  ModelConfig c = sized_model({.vocab = kVocab, .hidden = 16, .intermediate = 24}, layers);
+  set_gdn_heads(c, {.heads = 2, .head_dim = 8, .expand_v = 2.0});  // V = 16
+  // natsl: G = 2, d_a = 4, d_av = 8; attn: head dim 16 / 4 = 4. RoPE: attention layers' positions are rotated
+  // at their own offset when decoding.
+  set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
   c.rope_theta = 100.0;
-  c.intermediate_size = 24;
   return c;
 }
 
@@ -280,16 +274,9 @@ using namespace natsl;
 namespace {
 
 ModelConfig decode_config(int64_t head_dim, const std::string& routing) {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.num_layers = 3;
-  c.layers = {"natsl", "gdn", "attn"};
-  c.num_heads = 2;
-  c.head_dim = head_dim;
-  c.num_attn_heads = 4;
-  c.attn_qk_norm = true;
-  c.intermediate_size = 96;
+  ModelConfig c = sized_model({.vocab = 97, .hidden = 64, .intermediate = 96}, {"natsl", "gdn", "attn"});
+  set_gdn_heads(c, {.heads = 2, .head_dim = head_dim, .expand_v = 2.0});
+  set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
   c.nats_routing = routing;
   c.nats_routing_every = 2;
   return c;

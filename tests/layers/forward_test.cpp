@@ -20,17 +20,9 @@ namespace {
 constexpr double kTol = 1e-12;
 
 ModelConfig attn_config(bool rope, bool qk_norm, int64_t value_dim) {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 6;
-  c.num_layers = 2;
-  c.num_attn_heads = 2;
-  c.attn_head_dim = 4;
-  c.attn_value_dim = value_dim;
-  c.attn_rope = rope;
-  c.attn_qk_norm = qk_norm;
+  ModelConfig c = sized_model({.vocab = 13, .hidden = 6, .intermediate = 10}, 2);
+  set_attn_heads(c, {.heads = 2, .head_dim = 4, .value_dim = value_dim, .qk_norm = qk_norm, .rope = rope});
   c.rope_theta = 100.0;  // short sequences still turn through several angles
-  c.intermediate_size = 10;
   c.norm_eps = 1e-5;
   return c;
 }

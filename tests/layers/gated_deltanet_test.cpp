@@ -18,15 +18,9 @@ using namespace natsl::testing;
 
 namespace {
 ModelConfig gdn_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 6;
-  c.num_layers = 1;
+  ModelConfig c = sized_model({.vocab = 11, .hidden = 6, .intermediate = 5}, 1);
   c.default_mixer = "gdn";
-  c.num_heads = 2;
-  c.head_dim = 3;
-  c.expand_v = 2.0;
-  c.intermediate_size = 5;
+  set_gdn_heads(c, {.heads = 2, .head_dim = 3, .expand_v = 2.0});
   return c;
 }
 }  // namespace

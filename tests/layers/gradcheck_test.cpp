@@ -22,17 +22,9 @@ void expect_layer_gradcheck(const Module& m, const Tensor& x, const std::functio
 }
 
 ModelConfig attn_config(bool rope, bool qk_norm, int64_t value_dim) {
-  ModelConfig c;
-  c.vocab_size = 7;
-  c.hidden_size = 4;
-  c.num_layers = 1;
-  c.num_attn_heads = 2;
-  c.attn_head_dim = 2;
-  c.attn_value_dim = value_dim;
-  c.attn_rope = rope;
-  c.attn_qk_norm = qk_norm;
+  ModelConfig c = sized_model({.vocab = 7, .hidden = 4, .intermediate = 3}, 1);
+  set_attn_heads(c, {.heads = 2, .head_dim = 2, .value_dim = value_dim, .qk_norm = qk_norm, .rope = rope});
   c.rope_theta = 10.0;
-  c.intermediate_size = 3;
   return c;
 }
 

@@ -365,19 +365,9 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 ModelConfig gpu_config() {
-  ModelConfig c;
-  c.vocab_size = 50;
-  c.hidden_size = 96;
-  c.num_layers = 1;
-  c.num_heads = 2;
-  c.head_dim = 128;  // K 128, V 256
-  c.expand_v = 2.0;
-  c.num_attn_heads = 4;  // d_a 64, d_av 128
-  c.attn_head_dim = 64;
-  c.attn_value_dim = 128;
-  c.attn_qk_norm = true;
-  c.attn_rope = false;
-  c.intermediate_size = 64;
+  ModelConfig c = sized_model({.vocab = 50, .hidden = 96, .intermediate = 64}, 1);
+  set_gdn_heads(c, {.heads = 2, .head_dim = 128, .expand_v = 2.0});  // K 128, V 256
+  set_attn_heads(c, {.heads = 4, .head_dim = 64, .value_dim = 128, .qk_norm = true, .rope = false});
   return c;
 }
 

@@ -15,8 +15,10 @@
 #include "layers/model/causal_lm.h"
 #include "layers/natsl_attention.h"
 #include "layers/recompute.h"
+#include "tests/layers/model/model_test_util.h"
 
 using namespace natsl;
+using namespace natsl::testing;
 
 namespace {
 
@@ -30,16 +32,9 @@ struct ModelCase {
 };
 
 ModelConfig config_of(const ModelCase& mc) {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 16;
-  c.num_layers = int64_t(mc.layers.size());
-  c.layers = mc.layers;
-  c.num_heads = 2;
-  c.head_dim = 8;
-  c.num_attn_heads = 4;
-  c.attn_qk_norm = true;
-  c.intermediate_size = 24;
+  ModelConfig c = sized_model({.vocab = 37, .hidden = 16, .intermediate = 24}, mc.layers);
+  set_gdn_heads(c, {.heads = 2, .head_dim = 8, .expand_v = 2.0});
+  set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
   c.nats_sample = mc.sample;
   c.nats_routing = mc.routing;
   c.nats_frac_penalty = mc.penalty;
@@ -183,10 +178,8 @@ ModelConfig memory_config(const std::vector<std::string>& layers) {
   ModelConfig c = config_of({"memory", layers, "argmax", "learned", 0.0, {}});
   c.vocab_size = 64;
   c.hidden_size = 64;
-  c.num_heads = 2;
-  c.head_dim = 32;
-  c.num_attn_heads = 4;
   c.intermediate_size = 192;
+  set_gdn_heads(c, {.heads = 2, .head_dim = 32, .expand_v = 2.0});
   return c;
 }
 

@@ -14,18 +14,11 @@ namespace natsl::testing {
 // A one-layer NAtS-L model small enough for the f64 reference layer: GDN K = 4, V = 8; attention G = 2 with
 // d_a = 2, d_av = 4; no RoPE.
 inline ModelConfig tiny_natsl_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 6;
-  c.num_layers = 1;
+  ModelConfig c = sized_model({.vocab = 11, .hidden = 6, .intermediate = 5}, 1);
   c.default_mixer = "natsl";
-  c.num_heads = 2;
-  c.head_dim = 4;
-  c.expand_v = 2.0;  // V = 8
-  c.num_attn_heads = 4;  // G = 2: d_a = 2, d_av = 4
-  c.attn_qk_norm = true;
-  c.attn_rope = false;
-  c.intermediate_size = 5;
+  set_gdn_heads(c, {.heads = 2, .head_dim = 4, .expand_v = 2.0});  // V = 8
+  // G = 2: d_a = 2, d_av = 4
+  set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = false});
   return c;
 }
 

@@ -7,25 +7,21 @@
 
 #include "layers/model/model_config.h"
 #include "layers/module.h"
+#include "tests/layers/model/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace natsl::testing {
 
 using Vec = std::vector<double>;
 
-// Replaces every parameter of m (cast to f64 first) with N(0, std) values, seeds derived from `seed`.
 // A two-layer attention language model small enough for f64 loops and gradchecks.
 inline ModelConfig tiny_lm_config(bool qk_norm = false) {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_layers = 2;
-  c.num_attn_heads = 2;
-  c.intermediate_size = 12;
-  c.attn_qk_norm = qk_norm;
+  ModelConfig c = sized_model({.vocab = 11, .hidden = 8, .intermediate = 12}, 2);
+  set_attn_heads(c, {.heads = 2, .head_dim = 0, .value_dim = 0, .qk_norm = qk_norm, .rope = true});
   return c;
 }
 
+// Replaces every parameter of m (cast to f64 first) with N(0, std) values, seeds derived from `seed`.
 inline void randomize(Module& m, uint64_t seed, double std = 0.5) {
   m.to(DType::f64);
   uint64_t s = seed;

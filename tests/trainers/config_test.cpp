@@ -25,6 +25,14 @@ std::string load_error(const std::string& path, const std::vector<std::string>& 
   return "";
 }
 
+// Writes `yaml` to `path` and checks that loading it fails with a message that holds every one of `parts`
+// (the file and line, the key, the hint).
+void expect_load_error(const std::string& path, const std::string& yaml, const std::vector<std::string>& parts) {
+  write_text(path, yaml);
+  const std::string e = load_error(path);
+  for (const std::string& part : parts) EXPECT_NE(e.find(part), std::string::npos) << yaml << " -> " << e;
+}
+
 TEST(Config, EmptyMappingGivesDefaults) {
   TempDir dir;
   write_text(dir / "c.yaml", "{}\n");
@@ -72,32 +80,16 @@ TEST(Config, ReadsEverySection) {
 
 TEST(Config, UnknownKeyNamesFileLineAndSuggests) {
   TempDir dir;
-  write_text(dir / "c.yaml", "train:\n  steps: 10\n  lerning_rate: 0.1\n");
-  std::string e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
-  EXPECT_NE(e.find("unknown key 'train.lerning_rate'"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "train:\n  setps: 10\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(dir / "c.yaml:2"), std::string::npos) << e;
-  EXPECT_NE(e.find("did you mean 'train.steps'?"), std::string::npos) << e;
-
+  const std::string path = dir / "c.yaml";
+  expect_load_error(path, "train:\n  steps: 10\n  lerning_rate: 0.1\n",
+                    {path + ":3", "unknown key 'train.lerning_rate'"});
+  expect_load_error(path, "train:\n  setps: 10\n", {path + ":2", "did you mean 'train.steps'?"});
   // A key in the wrong section points to where it belongs.
-  write_text(dir / "c.yaml", "model:\n  hidden_size: 32\n  lr: 0.1\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":3"), std::string::npos) << e;
-  EXPECT_NE(e.find("'train.lr'"), std::string::npos) << e;
-
+  expect_load_error(path, "model:\n  hidden_size: 32\n  lr: 0.1\n", {":3", "'train.lr'"});
   // An unknown section.
-  write_text(dir / "c.yaml", "trian:\n  steps: 3\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":1"), std::string::npos) << e;
-  EXPECT_NE(e.find("did you mean 'train'?"), std::string::npos) << e;
-
+  expect_load_error(path, "trian:\n  steps: 3\n", {":1", "did you mean 'train'?"});
   // Nothing close: the valid keys are listed.
-  write_text(dir / "c.yaml", "data:\n  zzzzzzzzzz: 3\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find("valid keys in 'data': source, mqar, niah, text"), std::string::npos) << e;
+  expect_load_error(path, "data:\n  zzzzzzzzzz: 3\n", {"valid keys in 'data': source, mqar, niah, text"});
 }
 
 TEST(Config, WrongTypesNameKeyAndLine) {
@@ -117,30 +109,16 @@ TEST(Config, WrongTypesNameKeyAndLine) {
       {"model:\n  layers: [attn, mamba]\n", "model.layers", "expected one of attn, gdn, natsl"},
       {"train: 5\n", "train", "must be a mapping"},
   };
-  for (const auto& c : cases) {
-    write_text(dir / "c.yaml", c.yaml);
-    std::string e = load_error(dir / "c.yaml");
-    EXPECT_NE(e.find(c.key), std::string::npos) << c.yaml << " -> " << e;
-    EXPECT_NE(e.find(c.expect), std::string::npos) << c.yaml << " -> " << e;
-    EXPECT_NE(e.find(dir / "c.yaml:"), std::string::npos) << c.yaml << " -> " << e;
-  }
+  for (const auto& c : cases) expect_load_error(dir / "c.yaml", c.yaml, {c.key, c.expect, dir / "c.yaml:"});
 }
 
 TEST(Config, OutOfRangeAndBadChoices) {
   TempDir dir;
-  write_text(dir / "c.yaml", "train:\n  steps: 10\n  lr: -0.1\n");
-  std::string e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
-  EXPECT_NE(e.find("value -0.1 of 'train.lr' is out of range: expected in [0, 10]"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "train:\n  schedule: cosin\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":2"), std::string::npos) << e;
-  EXPECT_NE(e.find("did you mean 'cosine'?"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "train:\n  batch_size: 0\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find("'train.batch_size' is out of range: expected >= 1"), std::string::npos) << e;
+  const std::string path = dir / "c.yaml";
+  expect_load_error(path, "train:\n  steps: 10\n  lr: -0.1\n",
+                    {path + ":3", "value -0.1 of 'train.lr' is out of range: expected in [0, 10]"});
+  expect_load_error(path, "train:\n  schedule: cosin\n", {":2", "did you mean 'cosine'?"});
+  expect_load_error(path, "train:\n  batch_size: 0\n", {"'train.batch_size' is out of range: expected >= 1"});
 }
 
 // Degenerate optimiser settings: AdamW divides by eps and by 1 - beta^t, a negative lr or weight decay
@@ -186,23 +164,12 @@ TEST(Config, DegenerateOptimiserSettingsAreRefused) {
 
 TEST(Config, CrossFieldRulesNameTheLine) {
   TempDir dir;
-  write_text(dir / "c.yaml", "train:\n  steps: 10\n  warmup_steps: 20\n");
-  std::string e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << e;
-  EXPECT_NE(e.find("train.warmup_steps (20) exceeds train.steps (10)"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "model:\n  num_layers: 2\n  layers: [attn]\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":3"), std::string::npos) << e;
-  EXPECT_NE(e.find("model.layers has 1 entries"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "data:\n  source: text\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find("data.text.train"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "train:\n  device: gpu\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":2: train.device 'gpu'"), std::string::npos) << e;
+  const std::string path = dir / "c.yaml";
+  expect_load_error(path, "train:\n  steps: 10\n  warmup_steps: 20\n",
+                    {path + ":3", "train.warmup_steps (20) exceeds train.steps (10)"});
+  expect_load_error(path, "model:\n  num_layers: 2\n  layers: [attn]\n", {":3", "model.layers has 1 entries"});
+  expect_load_error(path, "data:\n  source: text\n", {"data.text.train"});
+  expect_load_error(path, "train:\n  device: gpu\n", {":2: train.device 'gpu'"});
 }
 
 // The train: section's own check names the key in key(), for the loader to find its line.
@@ -256,28 +223,19 @@ TEST(Config, OwnersErrorsNameTheLineOfTheirKey) {
       << e;
 
   // MQAR's preconditions: the key behind the option (the sequence length is train.seq_len).
-  write_text(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 4\ntrain:\n  seq_len: 63\n");
-  e = load_error(dir / "m.yaml");
-  EXPECT_NE(e.find(dir / "m.yaml:5: data.mqar: seq_len must be even"), std::string::npos) << e;
-  write_text(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 100\n");
-  e = load_error(dir / "m.yaml");
-  EXPECT_NE(e.find(dir / "m.yaml:3: data.mqar: 2 * num_kv_pairs"), std::string::npos) << e;
+  expect_load_error(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 4\ntrain:\n  seq_len: 63\n",
+                    {dir / "m.yaml:5: data.mqar: seq_len must be even"});
+  expect_load_error(dir / "m.yaml", "data:\n  mqar:\n    num_kv_pairs: 100\n",
+                    {dir / "m.yaml:3: data.mqar: 2 * num_kv_pairs"});
   // The tokenizer against the data source: the line of tokenizer.kind.
-  write_text(dir / "t.yaml", "tokenizer:\n  kind: sentencepiece\n  model: x.model\n");
-  e = load_error(dir / "t.yaml");
-  EXPECT_NE(e.find(dir / "t.yaml:2: tokenizer.kind is sentencepiece but data.source mqar"), std::string::npos) << e;
+  expect_load_error(dir / "t.yaml", "tokenizer:\n  kind: sentencepiece\n  model: x.model\n",
+                    {dir / "t.yaml:2: tokenizer.kind is sentencepiece but data.source mqar"});
 }
 
 TEST(Config, DuplicateKeyAndSyntaxError) {
   TempDir dir;
-  write_text(dir / "c.yaml", "train:\n  steps: 1\n  steps: 2\n");
-  std::string e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(":3: key 'train.steps' appears twice"), std::string::npos) << e;
-
-  write_text(dir / "c.yaml", "train:\n  steps: [1, 2\n  lr: 3\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find(dir / "c.yaml:"), std::string::npos) << e;
-  EXPECT_NE(e.find("YAML syntax error"), std::string::npos) << e;
+  expect_load_error(dir / "c.yaml", "train:\n  steps: 1\n  steps: 2\n", {":3: key 'train.steps' appears twice"});
+  expect_load_error(dir / "c.yaml", "train:\n  steps: [1, 2\n  lr: 3\n", {dir / "c.yaml:", "YAML syntax error"});
 }
 
 TEST(Config, MissingFile) {
@@ -301,9 +259,8 @@ TEST(Config, ModelFromFileRelativeToConfig) {
   EXPECT_NE(e.find(dir / "models/m.yaml:2"), std::string::npos) << e;
   EXPECT_NE(e.find("unknown key 'model.hiden'"), std::string::npos) << e;
 
-  write_text(dir / "c.yaml", "model: models/absent.yaml\n");
-  e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find("model config file '" + dir / "models/absent.yaml" + "' does not exist"), std::string::npos) << e;
+  expect_load_error(dir / "c.yaml", "model: models/absent.yaml\n",
+                    {"model config file '" + dir / "models/absent.yaml" + "' does not exist"});
 }
 
 TEST(Config, OverridesAreTypeChecked) {
@@ -413,14 +370,10 @@ TEST(Config, DataTextMix) {
 // type_error (an internal error at the first checkpoint, after training). It is bad input, named at load.
 TEST(Config, NonUtf8StringIsRefusedAtLoad) {
   TempDir dir;
-  write_text(dir / "c.yaml", "train:\n  out_dir: \"runs/\xff\xfe\"\n");
-  std::string e = load_error(dir / "c.yaml");
-  EXPECT_NE(e.find("c.yaml:2"), std::string::npos) << e;
-  EXPECT_NE(e.find("train.out_dir"), std::string::npos) << e;
-  EXPECT_NE(e.find("UTF-8"), std::string::npos) << e;
+  expect_load_error(dir / "c.yaml", "train:\n  out_dir: \"runs/\xff\xfe\"\n", {"c.yaml:2", "train.out_dir", "UTF-8"});
   write_text(dir / "ok.yaml", "train:\n  out_dir: \"runs/caf\xc3\xa9\"\n");
   EXPECT_EQ(config_to_json(load_config(dir / "ok.yaml"))["train"]["out_dir"], "runs/caf\xc3\xa9");
-  e = load_error(dir / "ok.yaml", {"data.niah.essay_path=\xc3"});
+  const std::string e = load_error(dir / "ok.yaml", {"data.niah.essay_path=\xc3"});
   EXPECT_NE(e.find("data.niah.essay_path"), std::string::npos) << e;
 }
 

@@ -226,6 +226,18 @@ std::vector<std::string> rank_env(int rank, int world, int port) {
           "NATSL_RUN_ID=test" + std::to_string(port)};
 }
 
+// The two ranks of a world-size-2 run on a free port, started by hand as a launcher would (rank_env): rank r runs
+// `natsl` with `args_r` and logs to dir/r<r>.log.
+struct TwoRanks {
+  pid_t r0, r1;
+};
+TwoRanks start_two_ranks(const TempDir& dir, const std::vector<std::string>& args0,
+                         const std::vector<std::string>& args1) {
+  const int port = free_port();
+  return {testing::spawn_natsl_env(args0, dir / "r0.log", rank_env(0, 2, port)),
+          testing::spawn_natsl_env(args1, dir / "r1.log", rank_env(1, 2, port))};
+}
+
 // Waits until `path` has at least n lines (or the deadline).
 bool wait_lines(const std::string& path, size_t n, std::chrono::seconds limit) {
   const auto end = std::chrono::steady_clock::now() + limit;
@@ -237,11 +249,9 @@ bool wait_lines(const std::string& path, size_t n, std::chrono::seconds limit) {
 }
 
 TEST_F(Distributed, ARankKilledMidRunMakesTheOthersExitWithANamedErrorInBoundedTime) {
-  const int port = free_port();
   const std::vector<std::string> args = {"train", dir_ / "cfg.yaml", "train.out_dir=" + dir_ / "k", "train.steps=100000",
                                          "train.warmup_steps=1"};
-  pid_t p0 = testing::spawn_natsl_env(args, dir_ / "r0.log", rank_env(0, 2, port));
-  pid_t p1 = testing::spawn_natsl_env(args, dir_ / "r1.log", rank_env(1, 2, port));
+  const auto [p0, p1] = start_two_ranks(dir_, args, args);
   ASSERT_GT(p0, 0);
   ASSERT_GT(p1, 0);
   ASSERT_TRUE(wait_lines(dir_ / "k/metrics.jsonl", 3, std::chrono::seconds(60))) << testing::read_text(dir_ / "r0.log");
@@ -257,11 +267,9 @@ TEST_F(Distributed, ARankKilledMidRunMakesTheOthersExitWithANamedErrorInBoundedT
 }
 
 TEST_F(Distributed, SigtermToOneRankCheckpointsAndStopsAllRanksAtTheSameStep) {
-  const int port = free_port();
   const std::vector<std::string> args = {"train", dir_ / "cfg.yaml", "train.out_dir=" + dir_ / "s", "train.steps=100000",
                                          "train.warmup_steps=1"};
-  pid_t p0 = testing::spawn_natsl_env(args, dir_ / "r0.log", rank_env(0, 2, port));
-  pid_t p1 = testing::spawn_natsl_env(args, dir_ / "r1.log", rank_env(1, 2, port));
+  const auto [p0, p1] = start_two_ranks(dir_, args, args);
   ASSERT_TRUE(wait_lines(dir_ / "s/metrics.jsonl", 2, std::chrono::seconds(60))) << testing::read_text(dir_ / "r0.log");
   ::kill(p1, SIGTERM);  // not rank 0: the rank that writes must learn of it from the others
   const int c0 = testing::wait_exit_code(p0), c1 = testing::wait_exit_code(p1);
@@ -278,7 +286,6 @@ TEST_F(Distributed, SigtermToOneRankCheckpointsAndStopsAllRanksAtTheSameStep) {
 // A rank that cannot write its ZeRO-1 shard (here: rank 1 is given another out_dir, where rank 0 made no
 // temporary directory) stops every rank with the error, and no step_N appears.
 TEST_F(Distributed, AShardWriteThatFailsOnOneRankStopsAllRanksAndPublishesNoCheckpoint) {
-  const int port = free_port();
   const std::vector<std::string> args = {"train", dir_ / "cfg.yaml", "train.steps=3", "train.zero=1"};
   auto with_out = [&](const std::string& out) {
     std::vector<std::string> a = args;
@@ -286,8 +293,7 @@ TEST_F(Distributed, AShardWriteThatFailsOnOneRankStopsAllRanksAndPublishesNoChec
     return a;
   };
   const auto start = std::chrono::steady_clock::now();
-  pid_t p0 = testing::spawn_natsl_env(with_out("s"), dir_ / "r0.log", rank_env(0, 2, port));
-  pid_t p1 = testing::spawn_natsl_env(with_out("elsewhere"), dir_ / "r1.log", rank_env(1, 2, port));
+  const auto [p0, p1] = start_two_ranks(dir_, with_out("s"), with_out("elsewhere"));
   const int c0 = testing::wait_exit_code(p0), c1 = testing::wait_exit_code(p1);
   const std::string log0 = testing::read_text(dir_ / "r0.log"), log1 = testing::read_text(dir_ / "r1.log");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));

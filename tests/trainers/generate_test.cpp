@@ -9,6 +9,7 @@
 
 #include "autograd/engine.h"
 #include "layers/model/causal_lm.h"
+#include "tests/layers/model/model_test_util.h"
 #include "trainers/generate.h"
 
 namespace natsl {
@@ -119,16 +120,9 @@ TEST(GenerationSampling, BadOptionsAreInputErrors) {
 }
 
 ModelConfig tiny_natsl() {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.hidden_size = 16;
-  c.num_layers = 2;
-  c.layers = {"natsl", "gdn"};
-  c.num_heads = 2;
-  c.head_dim = 8;
-  c.num_attn_heads = 4;
-  c.attn_qk_norm = true;
-  c.intermediate_size = 24;
+  ModelConfig c = testing::sized_model({.vocab = 29, .hidden = 16, .intermediate = 24}, {"natsl", "gdn"});
+  testing::set_gdn_heads(c, {.heads = 2, .head_dim = 8, .expand_v = 2.0});
+  testing::set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
   c.nats_routing = "every_nth";
   c.nats_routing_every = 2;
   return c;

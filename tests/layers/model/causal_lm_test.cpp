@@ -20,20 +20,14 @@
 #include "trainers/config.h"
 
 using namespace natsl;
+using namespace natsl::testing;
 
 namespace {
 ModelConfig small_config(const std::vector<std::string>& layers) {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.num_layers = int64_t(layers.size());
-  c.layers = layers;
-  c.num_attn_heads = 2;  // attn: Dk = 32;  natsl: d_a = H K / Ha = 64, d_av = 128
-  c.attn_qk_norm = true;
-  c.num_heads = 1;
-  c.head_dim = 64;
-  c.expand_v = 2.0;
-  c.intermediate_size = 96;
+  ModelConfig c = sized_model({.vocab = 97, .hidden = 64, .intermediate = 96}, layers);
+  // attn: Dk = 32;  natsl: d_a = H K / Ha = 64, d_av = 128
+  set_attn_heads(c, {.heads = 2, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
+  set_gdn_heads(c, {.heads = 1, .head_dim = 64, .expand_v = 2.0});
   return c;
 }
 
@@ -103,27 +97,16 @@ TEST(ModelCuda, NatslModelGpuMatchesCpu) {
 // NAtS-L in a model: the closed-form parameter count (per layer and for the 340M preset, natsl-layer.md
 // §3.6 and §5), a tiny GDN + NAtS-L language model end to end, and every shipped preset config loading
 // through the trainer's config loader.
-using namespace natsl;
-using namespace natsl::testing;
 
 namespace {
 
 // The reference 340M model (natsl-layer.md §2.1, §7.1), built in code.
 ModelConfig reference_340m() {
-  ModelConfig c;
-  c.vocab_size = 32000;
-  c.hidden_size = 1024;
-  c.num_layers = 21;
+  ModelConfig c = sized_model({.vocab = 32000, .hidden = 1024, .intermediate = 0}, 21);
   c.default_mixer = "gdn";
   c.natsl_layers = {3, 7, 11, 15, 19, 20};
-  c.num_heads = 6;
-  c.head_dim = 128;
-  c.expand_v = 2.0;
-  c.num_attn_heads = 12;
-  c.attn_head_dim = 64;
-  c.attn_value_dim = 128;
-  c.attn_qk_norm = true;
-  c.attn_rope = false;
+  set_gdn_heads(c, {.heads = 6, .head_dim = 128, .expand_v = 2.0});
+  set_attn_heads(c, {.heads = 12, .head_dim = 64, .value_dim = 128, .qk_norm = true, .rope = false});
   c.hidden_ratio = 4.0;
   c.norm_eps = 1e-6;
   return c;
@@ -168,16 +151,9 @@ TEST(NatslModel, Reference340mParameterTotals) {
 }
 
 TEST(NatslModel, TinyHybridLanguageModelTrainsOneStep) {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.num_layers = 3;
-  c.layers = {"gdn", "natsl", "natsl"};
-  c.num_heads = 2;
-  c.head_dim = 4;
-  c.num_attn_heads = 4;
-  c.attn_qk_norm = true;
-  c.intermediate_size = 12;
+  ModelConfig c = sized_model({.vocab = 13, .hidden = 8, .intermediate = 12}, {"gdn", "natsl", "natsl"});
+  set_gdn_heads(c, {.heads = 2, .head_dim = 4, .expand_v = 2.0});
+  set_attn_heads(c, {.heads = 4, .head_dim = 0, .value_dim = 0, .qk_norm = true, .rope = true});
   CausalLM lm(c);
   lm.to(DType::f64);
   randomize(lm, 3, 0.3);

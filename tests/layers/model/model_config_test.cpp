@@ -8,23 +8,18 @@
 
 #include "core/config_key_error.h"
 #include "layers/model/model_config.h"
+#include "tests/layers/model/model_test_util.h"
 
 using namespace natsl;
+using namespace natsl::testing;
 
 namespace {
 
 // Valid for every mixer kind: attn head dim 32 (even, for RoPE); GDN K 32, V 64; natsl G = 2.
 ModelConfig base_config() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.num_layers = 3;
-  c.layers = {"attn", "gdn", "natsl"};
-  c.num_attn_heads = 2;
-  c.num_heads = 1;
-  c.head_dim = 32;
-  c.expand_v = 2.0;
-  c.intermediate_size = 96;
+  ModelConfig c = sized_model({.vocab = 97, .hidden = 64, .intermediate = 96}, {"attn", "gdn", "natsl"});
+  set_attn_heads(c, {.heads = 2, .head_dim = 0, .value_dim = 0, .qk_norm = false, .rope = true});
+  set_gdn_heads(c, {.heads = 1, .head_dim = 32, .expand_v = 2.0});
   return c;
 }
 

@@ -3,19 +3,15 @@
 
 #include "layers/model/causal_lm.h"
 #include "layers/model/model_size.h"
+#include "tests/layers/model/model_test_util.h"
 
 using namespace natsl;
+using namespace natsl::testing;
 
 namespace {
 ModelConfig config(bool tied, bool qk_norm, int64_t dk, int64_t dv) {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 12;
-  c.num_layers = 3;
-  c.num_attn_heads = 3;
-  c.attn_head_dim = dk;
-  c.attn_value_dim = dv;
-  c.attn_qk_norm = qk_norm;
+  ModelConfig c = sized_model({.vocab = 37, .hidden = 12, .intermediate = 0}, 3);
+  set_attn_heads(c, {.heads = 3, .head_dim = dk, .value_dim = dv, .qk_norm = qk_norm, .rope = true});
   c.tie_word_embeddings = tied;
   return c;
 }

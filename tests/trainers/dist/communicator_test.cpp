@@ -10,20 +10,12 @@
 
 #include "trainers/dist/communicator.h"
 #include "trainers/dist/memory_store.h"
+#include "tests/trainers/dist/dist_test_util.h"
 
 namespace natsl::dist {
 namespace {
 
-LaunchInfo info(int rank, int world) {
-  LaunchInfo l;
-  l.rank = rank;
-  l.world_size = world;
-  l.local_rank = rank;
-  l.local_world_size = world;
-  l.master_addr = "127.0.0.1";
-  l.launcher = "test";
-  return l;
-}
+using testing::thread_rank;
 
 // Runs fn(comm) on `world` threads, one connected Gloo rank each; rethrows the first failure.
 void on_ranks(int world, const std::function<void(Communicator&)>& fn, Millis timeout = Millis(20000)) {
@@ -33,7 +25,7 @@ void on_ranks(int world, const std::function<void(Communicator&)>& fn, Millis ti
   for (int r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
       try {
-        auto comm = connect_communicator(info(r, world), store, kCPU, timeout);
+        auto comm = connect_communicator(thread_rank(r, world), store, kCPU, timeout);
         fn(*comm);
       } catch (...) {
         errors[size_t(r)] = std::current_exception();
@@ -142,7 +134,7 @@ TEST(GlooCommFailure, AMissingRankTimesOutNamingTheKeys) {
   MemoryStore store;
   auto t0 = std::chrono::steady_clock::now();
   try {
-    connect_communicator(info(0, 2), store, kCPU, Millis(1500));
+    connect_communicator(thread_rank(0, 2), store, kCPU, Millis(1500));
     FAIL() << "connected without rank 1";
   } catch (const TimeoutError& e) {
     EXPECT_NE(std::string(e.what()).find("could not connect"), std::string::npos) << e.what();
@@ -157,12 +149,12 @@ TEST(GlooCommFailure, APeerThatLeavesFailsTheCollectiveInBoundedTime) {
   std::string error;
   auto t0 = std::chrono::steady_clock::now();
   std::thread peer([&] {
-    auto c = connect_communicator(info(1, 2), store, kCPU, Millis(3000));
+    auto c = connect_communicator(thread_rank(1, 2), store, kCPU, Millis(3000));
     c.reset();  // rank 1 goes away: its pairs close
     left = true;
   });
   try {
-    auto c = connect_communicator(info(0, 2), store, kCPU, Millis(3000));
+    auto c = connect_communicator(thread_rank(0, 2), store, kCPU, Millis(3000));
     while (!left) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     Tensor t = Tensor::full({1024}, 1.0, DType::f32);
     c->all_reduce(t, ReduceOp::sum);
@@ -179,7 +171,7 @@ TEST(NcclComm, ABuildWithoutNcclSaysWhatToInstall) {
   if (nccl_available()) GTEST_SKIP() << "this build has NCCL";
   MemoryStore store;
   try {
-    connect_communicator(info(0, 2), store, Device::cuda(0), Millis(100));
+    connect_communicator(thread_rank(0, 2), store, Device::cuda(0), Millis(100));
     FAIL();
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("NCCL"), std::string::npos) << e.what();
@@ -198,7 +190,7 @@ TEST(NcclComm, AWorldOfOneRunsEveryCollectiveOnTheGpu) {
   if (!nccl_available()) GTEST_SKIP() << "this build has no NCCL (CUDA build with libnccl needed)";
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU on this machine";
   MemoryStore store;
-  auto comm = connect_communicator(info(0, 1), store, Device::cuda(0), Millis(60000));
+  auto comm = connect_communicator(thread_rank(0, 1), store, Device::cuda(0), Millis(60000));
   EXPECT_EQ(comm->backend(), "nccl");
   std::vector<float> v(1000);
   for (size_t i = 0; i < v.size(); ++i) v[i] = float(i) * 0.5f;

@@ -11,6 +11,7 @@
 #include "tests/layers/reference_model.h"
 #include "trainers/dist/data_parallel.h"
 #include "trainers/dist/memory_store.h"
+#include "tests/trainers/dist/dist_test_util.h"
 
 namespace natsl::dist {
 namespace {
@@ -68,13 +69,7 @@ TEST(GradReducer, AveragesGradientsAndStartsBucketsDuringTheBackward) {
   std::vector<std::thread> ranks;
   for (int r = 0; r < W; ++r)
     ranks.emplace_back([&, r] {
-      LaunchInfo li;
-      li.rank = r;
-      li.world_size = W;
-      li.local_rank = r;
-      li.local_world_size = W;
-      li.launcher = "test";
-      auto comm = connect_communicator(li, kv, kCPU, Millis(20000));
+      auto comm = connect_communicator(testing::thread_rank(r, W), kv, kCPU, Millis(20000));
       CausalLM lm(testing::tiny_lm_config(true));
       Generator gr(7);
       lm.init_parameters(gr);

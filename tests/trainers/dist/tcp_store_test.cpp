@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "trainers/dist/tcp_store.h"
+#include "tests/trainers/dist/dist_test_util.h"
 
 namespace natsl::dist {
 namespace {
@@ -23,12 +24,7 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 LaunchInfo rank_info(int rank, int world_size, int port, const std::string& run_id = "test-run") {
-  LaunchInfo li;
-  li.rank = rank;
-  li.world_size = world_size;
-  li.local_rank = rank;
-  li.local_world_size = world_size;
-  li.master_addr = "127.0.0.1";
+  LaunchInfo li = testing::thread_rank(rank, world_size);
   li.master_port = port;
   li.run_id = run_id;
   li.launcher = "natsl";

@@ -19,9 +19,7 @@ namespace natsl {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::TempDir;
-using testing::flip_byte_from_end;
-using testing::open_error;
+using namespace testing;  // natsl::testing: the helpers of checkpoint_test_util.h, trainer_test_util.h
 
 std::vector<OptimizerShard> tile(const std::vector<int64_t>& bounds) {
   std::vector<OptimizerShard> s;

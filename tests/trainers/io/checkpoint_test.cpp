@@ -22,9 +22,7 @@ namespace natsl {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::TempDir;
-using testing::flip_byte_from_end;
-using testing::open_error;
+using namespace testing;  // natsl::testing: the helpers of checkpoint_test_util.h, trainer_test_util.h
 
 CheckpointWrite make_checkpoint(int64_t step) {
   CheckpointWrite ck;
