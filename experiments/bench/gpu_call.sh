@@ -21,7 +21,8 @@
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
 #   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
-#            through NCCL (tokens/s, buckets launched during the backward)
+#            through NCCL (tokens/s, buckets launched during the backward, and the profiler's phases of steps
+#            12-14 in device time: backward vs the gradient reduction still exposed after it)
 #   sweep    natsl sweep SWEEP_FILE (default configs/sweeps/routing-sparsity.yaml) --parallel SWEEP_PARALLEL (4),
 #            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.tgz (summary + run logs)
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
@@ -194,10 +195,14 @@ PY
   rm -rf "$OUT/dist-340m"
   timeout 300 "$B/natsl" train --nproc 1 configs/natsl-340m.yaml tokenizer.kind=byte train.steps=20 train.warmup_steps=5 \
     train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/dist-340m" \
-    >"$LOG/dist_340m.log" 2>&1
+    "train.profile_steps=[12,15]" >"$LOG/dist_340m.log" 2>&1
   echo "340m nproc 1 rc $?"
   grep -E "distributed:|step +20/" "$LOG/dist_340m.log"
   tail -1 "$OUT/dist-340m/metrics.jsonl" 2>/dev/null | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('tokens/s', r['tokens_per_s'], 'dist', r.get('dist'))"
+  # Overlap in device time (CUDA events on the compute stream, steps 12-14): "gradient reduction" is what the
+  # compute stream still waited for the all-reduces after the backward's last kernel.
+  python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['phases']; print('dist phases ms/step:', {k: round(v, 2) for k, v in p.items()})" \
+    "$OUT/dist-340m/profile/summary.json" 2>&1 | tee -a "$LOG/dist_340m.log"
   rm -rf "$OUT/dist-plain" "$OUT/dist-nccl" "$OUT/dist-340m"
 fi
 
