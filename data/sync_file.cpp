@@ -91,8 +91,17 @@ void write_file_synced(const std::string& path, const std::string& contents) {
 }
 
 void replace_file_atomically(const std::string& path, const std::string& contents) {
+  replace_file_atomically_with(path, [&](const std::string& tmp) { write_file_synced(tmp, contents); });
+}
+
+void replace_file_atomically_with(const std::string& path, const std::function<void(const std::string& tmp)>& write) {
   const std::string tmp = path + ".tmp";
-  write_file_synced(tmp, contents);
+  try {
+    write(tmp);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());

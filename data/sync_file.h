@@ -4,6 +4,7 @@
 // directory (so a rename or a new entry in it survives a crash). Every call goes straight to the system
 // calls and checks them; failures throw natsl::Error with the path and the errno text.
 #include <cstddef>
+#include <functional>
 #include <string>
 
 namespace natsl {
@@ -44,6 +45,10 @@ void write_file_synced(const std::string& path, const std::string& contents);
 // Replaces `path` with `contents` so that a crash at any moment leaves either the old file or the new one:
 // written to PATH.tmp, fsynced, renamed over PATH, then the directory fsynced.
 void replace_file_atomically(const std::string& path, const std::string& contents);
+// The same for a file another writer makes: write(tmp) writes and fsyncs PATH.tmp (e.g. write_safetensors),
+// which is then renamed over PATH and the directory fsynced; if write throws, PATH.tmp is removed and PATH
+// stays as it was.
+void replace_file_atomically_with(const std::string& path, const std::function<void(const std::string& tmp)>& write);
 void fsync_directory(const std::string& dir);
 
 }  // namespace natsl

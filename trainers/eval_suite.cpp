@@ -1,7 +1,6 @@
 #include "trainers/eval_suite.h"
 
 #include <cmath>
-#include <filesystem>
 #include <functional>
 #include <fstream>
 
@@ -130,12 +129,7 @@ nlohmann::json dump_logits(const CausalLM& model, const std::string& text, const
   const int64_t T = int64_t(ids.size());
   const Tensor tokens = Tensor::from_vector(ids, {T}, DType::i32);
   const Tensor logits = model.forward(tokens.view({1, T})).to(DType::f32).to(kCPU).contiguous().view({T, vocab});
-  const std::string tmp = out + ".tmp";
-  write_safetensors(tmp, {{"tokens", tokens}, {"logits", logits}});
-  std::error_code ec;
-  std::filesystem::rename(tmp, out, ec);
-  if (ec) throw Error("cannot rename " + tmp + " to " + out + ": " + ec.message());
-  fsync_directory(std::filesystem::absolute(out).parent_path().string());
+  replace_file_atomically_with(out, [&](const std::string& tmp) { write_safetensors(tmp, {{"tokens", tokens}, {"logits", logits}}); });
   return {{"file", text}, {"tokens", T}, {"vocab", vocab}, {"out", out}};
 }
 

@@ -56,6 +56,24 @@ std::string invalid_field(const Options& o) {
   return "";
 }
 
+// One change to a generator's good options and the field validate() must then name ("" = still accepted).
+template <class Options>
+struct FieldCase {
+  std::function<void(Options&)> change;
+  std::string field;
+};
+
+// `ok` passes validate(); each case's change makes it name that case's field.
+template <class Options>
+void expect_invalid_fields(const Options& ok, const std::vector<FieldCase<Options>>& cases) {
+  EXPECT_EQ(invalid_field(ok), "");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Options o = ok;
+    cases[i].change(o);
+    EXPECT_EQ(invalid_field(o), cases[i].field) << "case " << i;
+  }
+}
+
 // Runs fn, expects an InputError whose message contains every one of `parts`.
 inline void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
   try {

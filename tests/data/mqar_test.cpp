@@ -14,7 +14,8 @@ namespace natsl {
 namespace {
 
 using testing::expect_input_error;
-using testing::invalid_field;
+using testing::expect_invalid_fields;
+using testing::FieldCase;
 
 // Re-derives the example's structure from its tokens alone and checks every rule of the generator.
 void check_example(const MqarOptions& o, const std::vector<int32_t>& in, const std::vector<int32_t>& tg) {
@@ -184,29 +185,16 @@ TEST(Mqar, ZoologyPreconditionsAreInputErrors) {
 // validate(MqarOptions) names the field at fault in key(), which the run config maps to its own key
 // (data.mqar.*, train.seq_len, ...; tests/trainers/data_factory_test.cpp).
 TEST(Mqar, PreconditionErrorsNameTheOptionField) {
-  const MqarOptions ok;
-  EXPECT_EQ(invalid_field(ok), "");
-  MqarOptions o = ok;
-  o.seq_len = 63;
-  EXPECT_EQ(invalid_field(o), "seq_len");
-  o = ok;
-  o.vocab_size = o.seq_len;
-  EXPECT_EQ(invalid_field(o), "vocab_size");
-  o = ok;
-  o.num_kv_pairs = 0;
-  EXPECT_EQ(invalid_field(o), "num_kv_pairs");
-  o = ok;
-  o.num_kv_pairs = 17;  // 68 > 64
-  EXPECT_EQ(invalid_field(o), "num_kv_pairs");
-  o = ok;
-  o.num_passes = 0;
-  EXPECT_EQ(invalid_field(o), "num_passes");
-  o = ok;
-  o.power_a = 0;
-  EXPECT_EQ(invalid_field(o), "power_a");
-  o = ok;
-  o.batch_size = 0;
-  EXPECT_EQ(invalid_field(o), "batch_size");
+  using C = FieldCase<MqarOptions>;
+  expect_invalid_fields(MqarOptions{}, {
+      C{[](MqarOptions& o) { o.seq_len = 63; }, "seq_len"},
+      C{[](MqarOptions& o) { o.vocab_size = o.seq_len; }, "vocab_size"},
+      C{[](MqarOptions& o) { o.num_kv_pairs = 0; }, "num_kv_pairs"},
+      C{[](MqarOptions& o) { o.num_kv_pairs = 17; }, "num_kv_pairs"},  // 68 > 64
+      C{[](MqarOptions& o) { o.num_passes = 0; }, "num_passes"},
+      C{[](MqarOptions& o) { o.power_a = 0; }, "power_a"},
+      C{[](MqarOptions& o) { o.batch_size = 0; }, "batch_size"},
+  });
 }
 
 TEST(AnswerScore, CountsOnlyAnswerPositions) {

@@ -16,7 +16,8 @@ namespace natsl {
 namespace {
 
 using testing::expect_input_error;
-using testing::invalid_field;
+using testing::expect_invalid_fields;
+using testing::FieldCase;
 using testing::shared_data;
 
 const std::string kUnit = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
@@ -243,25 +244,16 @@ TEST(Niah, BadOptionsAreInputErrors) {
 // validate(NiahOptions) names the field at fault in key(), which the run config maps to its own key
 // (train.seq_len, model.vocab_size, data.niah.*; tests/trainers/data_factory_test.cpp).
 TEST(Niah, PreconditionErrorsNameTheOptionField) {
-  const NiahOptions ok;
-  EXPECT_EQ(invalid_field(ok), "");
-  NiahOptions o = ok;
-  o.vocab_size = 255;
-  EXPECT_EQ(invalid_field(o), "vocab_size");
-  o = ok;
-  o.batch_size = 0;
-  EXPECT_EQ(invalid_field(o), "batch_size");
-  o = ok;
-  o.depth_percent = 101;
-  EXPECT_EQ(invalid_field(o), "depth_percent");
-  o = ok;
-  o.haystack = NiahHaystack::Essay;
-  EXPECT_EQ(invalid_field(o), "haystack");
-  o.essay_path = "/nonexistent/essay.txt";  // the file is the source's to read, not an option error
-  EXPECT_EQ(invalid_field(o), "");
-  o = ok;
-  o.seq_len = 200;
-  EXPECT_EQ(invalid_field(o), "seq_len");
+  using C = FieldCase<NiahOptions>;
+  expect_invalid_fields(NiahOptions{}, {
+      C{[](NiahOptions& o) { o.vocab_size = 255; }, "vocab_size"},
+      C{[](NiahOptions& o) { o.batch_size = 0; }, "batch_size"},
+      C{[](NiahOptions& o) { o.depth_percent = 101; }, "depth_percent"},
+      C{[](NiahOptions& o) { o.haystack = NiahHaystack::Essay; }, "haystack"},
+      // The essay file is the source's to read, not an option error.
+      C{[](NiahOptions& o) { o.haystack = NiahHaystack::Essay; o.essay_path = "/nonexistent/essay.txt"; }, ""},
+      C{[](NiahOptions& o) { o.seq_len = 200; }, "seq_len"},
+  });
 }
 
 }  // namespace

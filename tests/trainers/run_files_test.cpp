@@ -159,6 +159,17 @@ TEST(SyncFile, ReplaceFileAtomicallyWritesANewFile) {
     AppendOnlyFile f("/dev/full");
     EXPECT_THROW(f.append("x"), Error);
   }
+  // Another writer's file: a writer that fails part-way leaves the old file and no PATH.tmp.
+  EXPECT_THROW(replace_file_atomically_with(path, [](const std::string& tmp) {
+                 write_text(tmp, "half");
+                 throw Error("disk full");
+               }),
+               Error);
+  EXPECT_EQ(read_text(path), "new\n");
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  replace_file_atomically_with(path, [](const std::string& tmp) { write_file_synced(tmp, "newer\n"); });
+  EXPECT_EQ(read_text(path), "newer\n");
+  EXPECT_EQ(read_text(dir / "old.yaml"), "old\n");
 }
 
 }  // namespace

@@ -162,8 +162,8 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
-// Copies every tensor of `r` to `path` as it is (dtype and bytes), in the order of `names`.
-// Copies tensors `names` of `r` to a new safetensors file, each viewed as shape_of(name, its shape).
+// Copies tensors `names` of `r` (dtype and bytes) to `path`, replaced atomically, each viewed as
+// shape_of(name, its shape).
 void copy_tensors(SafeTensorsReader& r, const std::vector<std::string>& names, const std::string& path,
                   const std::function<Shape(const std::string&, const Shape&)>& shape_of) {
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -171,7 +171,9 @@ void copy_tensors(SafeTensorsReader& r, const std::vector<std::string>& names, c
     const Tensor t = r.read(n);
     tensors.emplace_back(n, t.view(shape_of(n, t.shape())));
   }
-  write_safetensors(path, tensors, {{"format", "pt"}, {"producer", "natsl"}});
+  replace_file_atomically_with(path, [&](const std::string& tmp) {
+    write_safetensors(tmp, tensors, {{"format", "pt"}, {"producer", "natsl"}});
+  });
 }
 
 bool ends_with(const std::string& s, const std::string& tail) {
