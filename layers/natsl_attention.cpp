@@ -189,9 +189,10 @@ RouterChoice NatslAttention::route(const Tensor& x, int64_t NC) {
   // Router in f32 (f64 for f64 data): bf16 logits could tie (natsl-layer.md §3.2).
   const DType rdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   RouterChoice choice;
+  Tensor logits;
   if (routing_ == "learned" || routing_ == "topk") {
     Tensor pooled = to_dtype(chunk_mean_pool(x, C), rdt);
-    Tensor logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, NC, Hr, 2});
+    logits = reshape(linear(pooled, to_dtype(nats_layer_->weight(), rdt)), {B, NC, Hr, 2});
     kernels::RouterChoiceArgs args;
     args.tau = tau_;
     args.gumbel = gumbel_ && train;  // no noise at evaluation (§10.4)
@@ -212,7 +213,7 @@ RouterChoice NatslAttention::route(const Tensor& x, int64_t NC) {
       attn_frac_ = mean(last_mask_softmax_);  // stays on the device: read only by collect_stats
       routed_frac_ = NC > 1 ? mean(slice(last_mask_softmax_, 1, 0, NC - 1)) : Tensor();
     }
-    sparsity_penalty(choice, NC);
+    sparsity_penalty(choice, logits, NC);
   }
   return choice;
 }
@@ -339,17 +340,25 @@ bool NatslAttention::fixed_label(int64_t b, int64_t c, int64_t h, int64_t NC, ui
   return routing_ == "all_softmax";
 }
 
-void NatslAttention::sparsity_penalty(const RouterChoice& choice, int64_t NC) {
+void NatslAttention::sparsity_penalty(const RouterChoice& choice, const Tensor& logits, int64_t NC) {
   aux_ = Tensor();
   if ((penalty_ == 0 && target_ < 0) || NC <= 1) return;
-  // f with the straight-through gradient of the masks (kernels/router.h): its value is the routed fraction.
-  const Tensor f = mean(slice(choice.mask_softmax, 1, 0, NC - 1));
+  // f with the straight-through gradient of the masks (kernels/router.h): its value is the routed fraction,
+  // its gradient reaches only the chunks labelled softmax (the selected op's mask gradient alone counts).
+  const Tensor routable = slice(choice.mask_softmax, 1, 0, NC - 1);
+  const Tensor f = mean(routable);
   Tensor loss;
   if (penalty_ > 0) loss = mul_scalar(f, penalty_);
   if (target_ >= 0 && target_coef_ > 0) {
+    // mu w (f - t)^2 in value; its gradient 2 mu w (f - t) reaches every routable chunk through the soft
+    // fraction f_p = mean sigmoid((z_softmax - z_gdn) / tau): the term is mu w [(f - t)^2 + 2 (f - t)(f_p - f_p')]
+    // with f and f_p' held constant. Through f's own (straight-through) gradient a layer whose router labels every
+    // chunk GDN would get no pull back up at all, and stay at 0 whatever its target.
     const double w = warmup_ > 0 ? std::min(1.0, double(step_ + 1) / double(warmup_)) : 1.0;
-    const Tensor d = add_scalar(f, -target_);
-    const Tensor t = mul_scalar(square(d), target_coef_ * w);
+    const Tensor d = add_scalar(f.detach(), -target_);
+    const Tensor margin = sub(slice(logits, 3, 0, 1), slice(logits, 3, 1, 2));
+    const Tensor fp = mean(sigmoid(mul_scalar(slice(margin, 1, 0, NC - 1), 1.0 / tau_)));
+    const Tensor t = mul_scalar(add(square(d), mul_scalar(mul(d, sub(fp, fp.detach())), 2.0)), target_coef_ * w);
     loss = loss.defined() ? add(loss, t) : t;
   }
   aux_ = loss;

@@ -473,8 +473,9 @@ std::pair<double, std::string> layer_stat(const nlohmann::json& row, const std::
 void write_sweep_summary(const Sweep& sweep) {
   std::vector<std::string> header = {"run", "task"};
   header.insert(header.end(), sweep.swept_keys.begin(), sweep.swept_keys.end());
-  for (const char* c : {"state", "steps", "train_loss", "eval_loss", "eval_accuracy", "eval_bpb", "attn_frac",
-                        "routed_frac", "attn_frac_per_layer", "tokens_per_s", "peak_mem_gib", "train_s"})
+  for (const char* c : {"state", "steps", "train_loss", "eval_loss", "eval_accuracy", "eval_bpb", "best_eval_step",
+                        "best_eval_loss", "best_eval_accuracy", "best_eval_bpb", "attn_frac", "routed_frac",
+                        "attn_frac_per_layer", "tokens_per_s", "peak_mem_gib", "train_s"})
     header.push_back(c);
   std::vector<std::vector<std::string>> rows;
   for (const SweepRun& r : sweep.runs) {
@@ -488,17 +489,31 @@ void write_sweep_summary(const Sweep& sweep) {
       row.push_back(v);
     }
     row.push_back(sweep_run_state_name(sweep_run_state(dir, r.steps)));
-    nlohmann::json last = m.empty() ? nlohmann::json::object() : m.back(), ev = nlohmann::json::object();
-    for (const auto& x : m)
-      if (x.contains("eval") && x["eval"].is_object()) ev = x["eval"];
     auto field = [](const nlohmann::json& j, const char* k) {
       return j.contains(k) && j[k].is_number() ? j[k].get<double>() : NAN;
     };
+    // The last evaluation, and the best one (lowest eval loss; the earliest of equals): a run that overfits
+    // its corpus is best read at its best evaluation, not its last.
+    nlohmann::json last = m.empty() ? nlohmann::json::object() : m.back(), ev = nlohmann::json::object();
+    nlohmann::json best = nlohmann::json::object();
+    int64_t best_step = -1;
+    for (const auto& x : m) {
+      if (!x.contains("eval") || !x["eval"].is_object()) continue;
+      ev = x["eval"];
+      const double loss = field(ev, "loss");
+      if (std::isfinite(loss) && (best_step < 0 || loss < field(best, "loss"))) {
+        best = ev;
+        best_step = x["step"].get<int64_t>();
+      }
+    }
     row.push_back(m.empty() ? "" : std::to_string(last["step"].get<int64_t>()));
     row.push_back(num(field(last, "loss")));
-    row.push_back(num(field(ev, "loss")));
-    row.push_back(num(field(ev, "accuracy")));
-    row.push_back(num(field(ev, "bpb")));
+    for (const nlohmann::json* e : {&ev, &best}) {
+      if (e == &best) row.push_back(best_step < 0 ? "" : std::to_string(best_step));
+      row.push_back(num(field(*e, "loss")));
+      row.push_back(num(field(*e, "accuracy")));
+      row.push_back(num(field(*e, "bpb")));
+    }
     const auto [attn, per_layer] = layer_stat(last, "attn_frac");
     row.push_back(num(attn, 3));
     row.push_back(num(layer_stat(last, "routed_frac").first, 3));

@@ -4,7 +4,7 @@
   experiments/plots/plot.py runs RUN_DIR... --out DIR
       loss.png         training loss per step (and eval loss where evaluated), one line per run
       attn_frac.png    each NAtS-L layer's softmax fraction (routed_frac, else attn_frac) over training
-  experiments/plots/plot.py sweep SWEEP_OUT_DIR --out DIR [--metric eval_accuracy|eval_bpb|eval_loss]
+  experiments/plots/plot.py sweep SWEEP_OUT_DIR --out DIR [--metric eval_accuracy|eval_bpb|eval_loss|best_eval_bpb|...]
       quality_vs_fraction.png   the metric against the reached softmax fraction (routed_frac), one marker
                                 per run, one panel per task; runs without NAtS-L layers are drawn as
                                 horizontal reference lines (Transformer++, GDN, hybrid)

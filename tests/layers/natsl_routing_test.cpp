@@ -263,6 +263,60 @@ TEST(NatslRoutingControls, PenaltyValueAndGradientDirection) {
   EXPECT_GT(positive, 2);
 }
 
+// A target above a layer whose router labels every routable chunk GDN still pulls it up: the target's gradient
+// reaches every routable chunk through the soft fraction (not only the softmax-labelled ones, which here are
+// none), its value stays mu (f - t)^2, and a small descent step of W_r alone raises the soft fraction.
+TEST(NatslRoutingControls, TargetPullsAnAllGdnLayerBackUp) {
+  ModelConfig c = routing_config("learned");
+  c.nats_frac_target = {0.5};
+  c.nats_frac_target_coef = 3.0;
+  c.nats_frac_warmup_steps = 0;
+  NatslAttention layer(c, 0);
+  randomize(layer, 3, 0.3);
+  // Inputs near 1 in every coordinate and a router whose softmax logit is -a sum(x) and GDN logit +a sum(x):
+  // every chunk's margin is about -2 a d < 0 (GDN), its softmax probability small but not 0.
+  const int64_t d = c.hidden_size, Hr = kHr;
+  const Tensor x = add_scalar(randn({kB, 64 * kNC, d}, 5, DType::f64, 0.1), 1.0);
+  const double a = 1.0 / double(d);
+  std::vector<double> wr(size_t(2 * Hr * d));
+  for (int64_t r = 0; r < 2 * Hr; ++r)
+    for (int64_t j = 0; j < d; ++j) wr[size_t(r * d + j)] = r % 2 == 0 ? -a : a;
+  Tensor& w = *layer.find_parameter("nats_layer.weight");
+  w.copy_(Tensor::from_vector(wr, {2 * Hr, d}, DType::f64));
+  layer.train();
+  auto soft_fraction = [&] {  // mean over routable chunks of sigmoid(margin), from the layer's own pooling
+    const Tensor z = reshape(linear(chunk_mean_pool(x, 64), w.detach()), {kB, kNC, Hr, 2});
+    const std::vector<double> v = z.to_vector<double>();
+    double s = 0;
+    for (int64_t b = 0; b < kB; ++b)
+      for (int64_t ch = 0; ch + 1 < kNC; ++ch)
+        for (int64_t h = 0; h < Hr; ++h) {
+          const size_t i = size_t(((b * kNC + ch) * Hr + h) * 2);
+          s += 1.0 / (1.0 + std::exp(-(v[i] - v[i + 1])));
+        }
+    return s / double(kB * (kNC - 1) * Hr);
+  };
+  layer.forward(x);
+  const std::vector<double> m = layer.last_mask_softmax().to(DType::f64).to_vector<double>();
+  for (int64_t b = 0; b < kB; ++b)
+    for (int64_t ch = 0; ch + 1 < kNC; ++ch)
+      for (int64_t h = 0; h < Hr; ++h) ASSERT_EQ(m[size_t((b * kNC + ch) * Hr + h)], 0.0) << "chunk " << ch;
+  EXPECT_NEAR(layer.aux_loss().item(), 3.0 * 0.25, 1e-12);
+  const double before = soft_fraction();
+  ASSERT_GT(before, 1e-3);
+  ASSERT_LT(before, 0.2);
+  layer.aux_loss().backward();
+  ASSERT_TRUE(w.grad().defined());
+  const std::vector<double> g = w.grad().to_vector<double>();
+  double gn = 0;
+  for (double v : g) gn += v * v;
+  ASSERT_GT(gn, 0.0) << "an all-GDN layer got no pull towards its target";
+  std::vector<double> stepped = wr;
+  for (size_t i = 0; i < stepped.size(); ++i) stepped[i] -= 0.1 * g[i] / std::sqrt(gn);
+  w.copy_(Tensor::from_vector(stepped, {2 * Hr, d}, DType::f64));
+  EXPECT_GT(soft_fraction(), before);
+}
+
 TEST(NatslRoutingControls, GumbelTemperatureSchedules) {
   ModelConfig c = routing_config("learned");
   c.nats_sample = "gumbel";

@@ -137,6 +137,30 @@ TEST(Sweep, TrainsSkipsWhatIsDoneAndResumesWhatStopped) {
 
 // --parallel sets how many runs share the configs' device; with a devices list (one run per device) it is
 // refused, naming the file, and nothing trains.
+// The summary reports the last evaluation and the best one (lowest eval loss), with the step it came from: a
+// run that overfits is read at its best evaluation. Rows without an eval, or with a non-finite loss, are not
+// candidates; an unparsable last line (a killed run's write) is skipped.
+TEST(Sweep, SummaryReportsTheLastAndTheBestEvaluation) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  write_text(dir / "s.yaml", "base: base.yaml\nout_dir: " + dir / "out" + "\noverrides: {train.steps: 5}\n" +
+                                 "axes:\n  - list: [{name: a}]\n");
+  std::filesystem::create_directories(dir / "out/a");
+  write_text(dir / "out/a/metrics.jsonl", R"({"step": 1, "loss": 3.0}
+{"step": 2, "loss": 2.5, "eval": {"loss": 2.0, "bpb": 3.0}}
+{"step": 3, "loss": 2.0, "eval": {"loss": 1.5, "bpb": 2.25}}
+{"step": 4, "loss": 1.5, "eval": {"loss": null, "bpb": 1.0}}
+{"step": 5, "loss": 1.0, "eval": {"loss": 1.75, "bpb": 2.5}}
+{"step": 6, "lo)");
+  write_sweep_summary(load_sweep(dir / "s.yaml"));
+  const std::string csv = read_text(dir / "out/summary.csv");
+  EXPECT_NE(csv.find("train_loss,eval_loss,eval_accuracy,eval_bpb,best_eval_step,best_eval_loss,best_eval_accuracy,"
+                     "best_eval_bpb,attn_frac"),
+            std::string::npos)
+      << csv;
+  EXPECT_NE(csv.find("a,mqar,done,5,1.0000,1.7500,,2.5000,3,1.5000,,2.2500,"), std::string::npos) << csv;
+}
+
 TEST(Sweep, ParallelOptionIsRefusedBesideADevicesList) {
   TempDir dir;
   write_text(dir / "base.yaml", kSmallConfig);
