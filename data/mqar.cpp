@@ -114,17 +114,14 @@ Batch MqarSource::next(int64_t step) {
 }
 
 nlohmann::json MqarSource::state() const {
-  return {{"kind", "mqar"},
-          {"settings",
-           {{"vocab_size", opts_.vocab_size},
-            {"seq_len", opts_.seq_len},
-            {"num_kv_pairs", opts_.num_kv_pairs},
-            {"power_a", opts_.power_a},
-            {"num_passes", opts_.num_passes},
-            {"random_non_queries", opts_.random_non_queries},
-            {"global_batch_rows", opts_.batch_size * opts_.world_size},
-            {"seed", opts_.seed}}},
-          {"last_step", last_step_}};
+  return synthetic_state("mqar",
+                         {{"vocab_size", opts_.vocab_size},
+                          {"seq_len", opts_.seq_len},
+                          {"num_kv_pairs", opts_.num_kv_pairs},
+                          {"power_a", opts_.power_a},
+                          {"num_passes", opts_.num_passes},
+                          {"random_non_queries", opts_.random_non_queries}},
+                         opts_.batch_size * opts_.world_size, opts_.seed, last_step_);
 }
 
 void MqarSource::load_state(const nlohmann::json& st) { last_step_ = check_synthetic_state(st, state()); }
@@ -133,7 +130,7 @@ std::string MqarSource::describe() const {
   std::ostringstream os;
   os << "MQAR: V " << opts_.vocab_size << ", L " << opts_.seq_len << ", k " << opts_.num_kv_pairs << ", power_a "
      << opts_.power_a << ", passes " << opts_.num_passes << (opts_.random_non_queries ? ", random filler" : ", zero filler")
-     << ", batch " << opts_.batch_size << " (rank " << opts_.rank << "/" << opts_.world_size << "), seed " << opts_.seed;
+     << synthetic_batch_text(opts_.batch_size, opts_.rank, opts_.world_size, opts_.seed);
   return os.str();
 }
 

@@ -237,17 +237,14 @@ Batch NiahSource::next(int64_t step) {
 }
 
 nlohmann::json NiahSource::state() const {
-  return {{"kind", "niah"},
-          {"settings",
-           {{"seq_len", opts_.seq_len},
-            {"vocab_size", opts_.vocab_size},
-            {"haystack", opts_.haystack == NiahHaystack::Noise ? "noise" : "essay"},
-            {"value", opts_.value == NiahValue::Number ? "number" : "uuid"},
-            {"essay_words", int64_t(essay_words_.size())},
-            {"depth_percent", opts_.depth_percent},
-            {"global_batch_rows", opts_.batch_size * opts_.world_size},
-            {"seed", opts_.seed}}},
-          {"last_step", last_step_}};
+  return synthetic_state("niah",
+                         {{"seq_len", opts_.seq_len},
+                          {"vocab_size", opts_.vocab_size},
+                          {"haystack", opts_.haystack == NiahHaystack::Noise ? "noise" : "essay"},
+                          {"value", opts_.value == NiahValue::Number ? "number" : "uuid"},
+                          {"essay_words", int64_t(essay_words_.size())},
+                          {"depth_percent", opts_.depth_percent}},
+                         opts_.batch_size * opts_.world_size, opts_.seed, last_step_);
 }
 
 void NiahSource::load_state(const nlohmann::json& st) { last_step_ = check_synthetic_state(st, state()); }
@@ -257,7 +254,7 @@ std::string NiahSource::describe() const {
   os << "NIAH: " << (opts_.haystack == NiahHaystack::Noise ? "noise" : "essay '" + opts_.essay_path + "'")
      << " haystack, " << (opts_.value == NiahValue::Number ? "7-digit number" : "uuid") << " values, T "
      << opts_.seq_len << ", depth " << (opts_.depth_percent >= 0 ? std::to_string(opts_.depth_percent) : "grid")
-     << ", batch " << opts_.batch_size << " (rank " << opts_.rank << "/" << opts_.world_size << "), seed " << opts_.seed;
+     << synthetic_batch_text(opts_.batch_size, opts_.rank, opts_.world_size, opts_.seed);
   return os.str();
 }
 

@@ -1,11 +1,27 @@
 #include "data/synthetic_state.h"
 
+#include <sstream>
+#include <utility>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/json_read.h"
 
 namespace natsl {
+
+nlohmann::json synthetic_state(const std::string& kind, nlohmann::json settings, int64_t global_batch_rows,
+                               uint64_t seed, int64_t last_step) {
+  settings["global_batch_rows"] = global_batch_rows;
+  settings["seed"] = seed;
+  return {{"kind", kind}, {"settings", std::move(settings)}, {"last_step", last_step}};
+}
+
+std::string synthetic_batch_text(int64_t batch_size, int rank, int world_size, uint64_t seed) {
+  std::ostringstream os;
+  os << ", batch " << batch_size << " (rank " << rank << "/" << world_size << "), seed " << seed;
+  return os.str();
+}
 
 int64_t check_synthetic_state(const nlohmann::json& theirs, const nlohmann::json& mine) {
   const std::string fix = "; resume with the data settings of the checkpoint or start a new run.";

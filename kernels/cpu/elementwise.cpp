@@ -1,6 +1,7 @@
 // CPU reference for the elementwise family.
 #include "core/copy.h"
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/strided.h"
 #include "kernels/elementwise.h"
 
 namespace natsl::kernels::cpu {
@@ -98,13 +99,7 @@ void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
     const int64_t run = nd ? sh[nd - 1] : 1;
     const int64_t ia = nd ? sa[nd - 1] : 0, ib = nd ? sb[nd - 1] : 0;
     for (int64_t r = 0; r < n / std::max<int64_t>(run, 1); ++r) {
-      int64_t rem = r, oa = 0, ob = 0;
-      for (int k = nd - 2; k >= 0; --k) {
-        int64_t idx = rem % sh[k];
-        rem /= sh[k];
-        oa += idx * sa[k];
-        ob += idx * sb[k];
-      }
+      const auto [oa, ob] = strided_offsets(r, nd - 1, sh, sa, sb);
       T* o = op_ + r * run;
       const T* ar = ap + oa;
       const T* br = bp + ob;

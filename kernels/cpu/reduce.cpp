@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/strided.h"
 #include "kernels/reduce.h"
 
 namespace natsl::kernels::cpu {
@@ -19,13 +20,7 @@ void sum_dims(const Tensor& x, const std::vector<int64_t>& dims, const Tensor& o
     for (int64_t k : dims) ost[k] = 0;
     std::vector<double> acc(size_t(out.numel()), 0.0);
     for (int64_t i = 0, n = x.numel(); i < n; ++i) {
-      int64_t rem = i, xo = 0, oo = 0;
-      for (int k = nd - 1; k >= 0; --k) {
-        int64_t idx = rem % sh[k];
-        rem /= sh[k];
-        xo += idx * st[k];
-        oo += idx * ost[k];
-      }
+      const auto [xo, oo] = strided_offsets(i, nd, sh, st, ost);
       acc[size_t(oo)] += double(convert<acc_t<T>>(xp[xo]));
     }
     T* op = out.data<T>();

@@ -26,11 +26,13 @@ std::string load_error(const std::string& path, const std::vector<std::string>& 
 }
 
 // Writes `yaml` to `path` and checks that loading it fails with a message that holds every one of `parts`
-// (the file and line, the key, the hint).
-void expect_load_error(const std::string& path, const std::string& yaml, const std::vector<std::string>& parts) {
+// (the file and line, the key, the hint). Returns the message.
+std::string expect_load_error(const std::string& path, const std::string& yaml,
+                              const std::vector<std::string>& parts) {
   write_text(path, yaml);
   const std::string e = load_error(path);
   for (const std::string& part : parts) EXPECT_NE(e.find(part), std::string::npos) << yaml << " -> " << e;
+  return e;
 }
 
 TEST(Config, EmptyMappingGivesDefaults) {
@@ -145,11 +147,8 @@ TEST(Config, DegenerateOptimiserSettingsAreRefused) {
       {"max_consecutive_nonfinite: 0", "train.max_consecutive_nonfinite", "expected >= 1"},
   };
   for (const auto& c : cases) {
-    write_text(dir / "c.yaml", "train:\n  steps: 10\n  " + c.line + "\n");
-    std::string e = load_error(dir / "c.yaml");
-    EXPECT_NE(e.find(dir / "c.yaml:3"), std::string::npos) << c.line << " -> " << e;
-    EXPECT_NE(e.find("'" + c.key + "'"), std::string::npos) << c.line << " -> " << e;
-    EXPECT_NE(e.find(c.expect), std::string::npos) << c.line << " -> " << e;
+    const std::string e = expect_load_error(dir / "c.yaml", "train:\n  steps: 10\n  " + c.line + "\n",
+                                            {dir / "c.yaml:3", "'" + c.key + "'", c.expect});
     EXPECT_EQ(e.find('\n'), std::string::npos) << "one line: " << e;
   }
   // The same checks on the command line; the edges that are allowed stay allowed.

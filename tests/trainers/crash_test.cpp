@@ -44,15 +44,8 @@ constexpr int kMaxAppendsPerAttempt = int(2 * kCkptEvery + 1);
 
 // A step takes about a millisecond; a checkpoint every 4 steps, the newest 2 kept, so checkpoints are
 // written, renamed and pruned all the time. Evaluation every 15 steps puts eval results into some rows.
-const std::string kConfig = testing::millisecond_model_yaml("crash") + R"(train:
-  steps: 200
-  batch_size: 4
-  seq_len: 16
-  grad_accum: 2
-  warmup_steps: 3
-  lr: 1.0e-2
-  log_every: 1000
-  eval_every: 15
+const std::string kConfig =
+    testing::millisecond_model_yaml("crash") + testing::resume_train_yaml(200, 16) + R"(  eval_every: 15
   eval_batches: 1
   ckpt_every: 4
   keep_last: 2

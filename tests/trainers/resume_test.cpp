@@ -26,15 +26,8 @@ using testing::TempDir;
 using testing::write_text;
 
 // A model small enough that a step takes about a millisecond.
-const std::string kTinyConfig = testing::millisecond_model_yaml("t") + R"(train:
-  steps: 20
-  batch_size: 4
-  seq_len: 16
-  grad_accum: 2
-  warmup_steps: 3
-  lr: 1.0e-2
-  log_every: 1000
-  eval_every: 0
+const std::string kTinyConfig =
+    testing::millisecond_model_yaml("t") + testing::resume_train_yaml(20, 16) + R"(  eval_every: 0
   eval_batches: 1
   device: cpu
 )";
@@ -350,15 +343,7 @@ data:
   mqar:
     vocab_size: 300
     num_kv_pairs: 4
-train:
-  steps: 20
-  batch_size: 4
-  seq_len: 256
-  grad_accum: 2
-  warmup_steps: 3
-  lr: 1.0e-2
-  log_every: 1000
-  eval_every: 0
+)" + testing::resume_train_yaml(20, 256) + R"(  eval_every: 0
   eval_batches: 1
   device: cuda
   precision: bf16

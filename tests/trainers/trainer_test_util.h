@@ -79,6 +79,18 @@ data:
 )";
 }
 
+// The start of the `train:` section of the stop/resume and crash runs: `steps` steps of 4 rows of `seq_len`
+// tokens in 2 micro-batches, lr 1e-2 after 3 warmup steps, no log lines; a test appends its own keys.
+inline std::string resume_train_yaml(int64_t steps, int64_t seq_len) {
+  return "train:\n  steps: " + std::to_string(steps) + "\n  batch_size: 4\n  seq_len: " + std::to_string(seq_len) +
+         R"(
+  grad_accum: 2
+  warmup_steps: 3
+  lr: 1.0e-2
+  log_every: 1000
+)";
+}
+
 // The same model in code, on the CPU, 16 tokens a row, no warmup and no evaluation, writing to `out_dir`; the
 // caller sets the rest of train.* (steps, batch size, ...) and then calls validate_config.
 inline RunConfig millisecond_run_config(const std::string& out_dir) {

@@ -184,12 +184,7 @@ class GlooCommunicator : public Communicator {
         using T = decltype(zero);
         T* p = t.data<T>();
         const size_t n = size_t(t.numel());
-        gloo::AllreduceOptions opts(context_);
-        opts.setOutput(p, n);
-        opts.setTag(tag);
-        opts.setTimeout(timeout_);
-        opts.setReduceFunction(reduce_fn<T>(op));
-        gloo::allreduce(opts);
+        allreduce_in_place(p, n, op, tag);
         if (op == ReduceOp::avg) {
           const T w = T(world_size_);
           for (size_t i = 0; i < n; ++i) p[i] = p[i] / w;
@@ -211,12 +206,7 @@ class GlooCommunicator : public Communicator {
         const size_t n = size_t(in.numel()), m = size_t(out.numel());
         T* scratch = scratch_of<T>(n);
         std::copy(in.data<T>(), in.data<T>() + n, scratch);
-        gloo::AllreduceOptions opts(context_);
-        opts.setOutput(scratch, n);
-        opts.setTag(tag);
-        opts.setTimeout(timeout_);
-        opts.setReduceFunction(reduce_fn<T>(op));
-        gloo::allreduce(opts);
+        allreduce_in_place(scratch, n, op, tag);
         T* o = out.data<T>();
         const T* src = scratch + size_t(rank_) * m;
         const T w = T(world_size_);
@@ -303,6 +293,17 @@ class GlooCommunicator : public Communicator {
       }
     });
     return std::make_unique<GlooWork>(std::move(f), "gloo " + what, timeout_);
+  }
+
+  // Gloo's all-reduce of p[0, n) in place with `op`'s reduce function (sum for avg: callers divide).
+  template <class T>
+  void allreduce_in_place(T* p, size_t n, ReduceOp op, uint32_t tag) {
+    gloo::AllreduceOptions opts(context_);
+    opts.setOutput(p, n);
+    opts.setTag(tag);
+    opts.setTimeout(timeout_);
+    opts.setReduceFunction(reduce_fn<T>(op));
+    gloo::allreduce(opts);
   }
 
   // Scratch memory of the communication thread (reduce-scatter, in-place all-gather), kept between calls.
