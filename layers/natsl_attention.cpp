@@ -345,8 +345,7 @@ void NatslAttention::sparsity_penalty(const RouterChoice& choice, const Tensor& 
   if ((penalty_ == 0 && target_ < 0) || NC <= 1) return;
   // f with the straight-through gradient of the masks (kernels/router.h): its value is the routed fraction,
   // its gradient reaches only the chunks labelled softmax (the selected op's mask gradient alone counts).
-  const Tensor routable = slice(choice.mask_softmax, 1, 0, NC - 1);
-  const Tensor f = mean(routable);
+  const Tensor f = mean(slice(choice.mask_softmax, 1, 0, NC - 1));
   Tensor loss;
   if (penalty_ > 0) loss = mul_scalar(f, penalty_);
   if (target_ >= 0 && target_coef_ > 0) {

@@ -129,7 +129,7 @@ class NatslAttention : public GatedDeltaNet {
   // A fixed routing's label of (row b, chunk c, router head h) in a forward of NC chunks; `offset` is the
   // noise-stream offset of random routing.
   bool fixed_label(int64_t b, int64_t c, int64_t h, int64_t NC, uint64_t offset) const;
-  // The softmax-fraction penalty and target of one training forward (docs/training.md, "Routing controls"):
+  // The softmax-fraction penalty and target of one training forward (docs/training.md, "Routing-sparsity controls"):
   // logits [B, NC, Hr, 2] are the router's noiseless logits (undefined for fixed routings).
   void sparsity_penalty(const RouterChoice& choice, const Tensor& logits, int64_t NC);
 

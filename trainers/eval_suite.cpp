@@ -129,7 +129,8 @@ nlohmann::json dump_logits(const CausalLM& model, const std::string& text, const
   const int64_t T = int64_t(ids.size());
   const Tensor tokens = Tensor::from_vector(ids, {T}, DType::i32);
   const Tensor logits = model.forward(tokens.view({1, T})).to(DType::f32).to(kCPU).contiguous().view({T, vocab});
-  replace_file_atomically_with(out, [&](const std::string& tmp) { write_safetensors(tmp, {{"tokens", tokens}, {"logits", logits}}); });
+  replace_file_atomically_with(
+      out, [&](const std::string& tmp) { write_safetensors(tmp, {{"tokens", tokens}, {"logits", logits}}); });
   return {{"file", text}, {"tokens", T}, {"vocab", vocab}, {"out", out}};
 }
 

@@ -508,12 +508,12 @@ void write_sweep_summary(const Sweep& sweep) {
     }
     row.push_back(m.empty() ? "" : std::to_string(last["step"].get<int64_t>()));
     row.push_back(num(field(last, "loss")));
-    for (const nlohmann::json* e : {&ev, &best}) {
-      if (e == &best) row.push_back(best_step < 0 ? "" : std::to_string(best_step));
-      row.push_back(num(field(*e, "loss")));
-      row.push_back(num(field(*e, "accuracy")));
-      row.push_back(num(field(*e, "bpb")));
-    }
+    auto push_eval = [&](const nlohmann::json& e) {
+      for (const char* k : {"loss", "accuracy", "bpb"}) row.push_back(num(field(e, k)));
+    };
+    push_eval(ev);
+    row.push_back(best_step < 0 ? "" : std::to_string(best_step));
+    push_eval(best);
     const auto [attn, per_layer] = layer_stat(last, "attn_frac");
     row.push_back(num(attn, 3));
     row.push_back(num(layer_stat(last, "routed_frac").first, 3));
