@@ -6,7 +6,8 @@
 #
 #   WHAT="build peers tests natsl gdn ops train flaprof ncu" experiments/bench/gpu_call.sh
 #
-#   build    scripts/gpu_test.sh --build-only
+#   build    scripts/gpu_test.sh --build-only (BUILD_TARGETS="natsl ...": configure, then build only those targets,
+#            e.g. `natsl` alone for sweep / hfref calls)
 #   peers    peers.py: FLA's GDN and the authors' NAtS-L op (alone on the machine), anchors for natsl and gdn
 #   tests    the CUDA tests (ctest -R 'Cuda|cuda|Gpu|gpu'), JOBS=8
 #   natsl    natsl_bench_natsl against the authors' op (peers.py --what nats)
@@ -24,18 +25,22 @@
 #            through NCCL (tokens/s, buckets launched during the backward, and the profiler's phases of steps
 #            12-14 in device time: backward vs the gradient reduction still exposed after it)
 #   sweep    natsl sweep SWEEP_FILE (default configs/sweeps/routing-sparsity.yaml) --parallel SWEEP_PARALLEL (4),
-#            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.tgz (summary + run logs)
+#            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.tgz (summary + run logs);
+#            SWEEP_BG=1 starts it in the background so the stages after it (e.g. hfref) share the GPU with it,
+#            and the call waits for it before packing up
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
 #            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"; SAN_BINS, the
-#            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120); a
-#            summary line per binary and tool: errors / hazards reported (docs/testing.md says how to read a
+#            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120; SAN_SHARDS,
+#            default 1: that many sanitizer processes side by side, each on one gtest shard); a
+#            summary line per binary, tool and shard: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
 #            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min
 #   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU (or
 #            HF_RUN=DIR: that run directory's newest checkpoint and its config.yaml), natsl export-hf, natsl's logits
 #            on 3000 bytes of wikitext2-valid (f32 on the CPU, bf16 on the GPU), then experiments/hf/compare_reference.py:
 #            the reference's model code on the export, float32 against the CPU logits, bfloat16 against the bf16 ones;
-#            verdict lines, hfref.json (HFREF_TF32=1 adds float32 with TF32 Triton dots; HFREF_TIMEOUT per compare, 300)
+#            verdict lines, hfref.json (HFREF_TF32=1 adds float32 with TF32 Triton dots; HFREF_TIMEOUT per compare, 300;
+#            the compares run side by side: the reference's Triton compile and autotuning dominate each)
 # Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats").
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
@@ -56,7 +61,13 @@ if [ ! -d ../shared/data ] && [ -d .shared-data ]; then mkdir -p ../shared && cp
 
 if has build; then
   el "build"
-  NATSL_COMMIT=$COMMIT scripts/gpu_test.sh --build-only >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
+  if [ -n "${BUILD_TARGETS:-}" ]; then
+    (cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DNATSL_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+       -DNATSL_DEPS_DIR="$PWD/.deps" -DNATSL_COMMIT="$COMMIT" && cmake --build $B -j "$(nproc)" --target $BUILD_TARGETS) \
+      >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
+  else
+    NATSL_COMMIT=$COMMIT scripts/gpu_test.sh --build-only >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; exit 1; }
+  fi
   el "build done"
 fi
 
@@ -94,12 +105,23 @@ if has sanitize; then
       name=$(basename "$bin")
       [ -n "${SAN_BINS:-}" ] && [[ " $SAN_BINS " != *" $name "* ]] && continue
       "$bin" --gtest_list_tests --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" 2>/dev/null | grep -q "^  " || continue
-      el "compute-sanitizer $tool $name"
+      shards=${SAN_SHARDS:-1}
+      el "compute-sanitizer $tool $name ($shards shards)"
       extra=()
       [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
-      OMP_NUM_THREADS=4 timeout "${SAN_TIMEOUT:-120}" "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
-        "$bin" --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" >"$LOG/san_${tool}_$name.log" 2>&1
-      echo "$tool $name rc $? | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED|FAILED" "$LOG/san_${tool}_$name.log" | tr '\n' ' ')"
+      spids=()
+      for ((sh = 0; sh < shards; sh++)); do
+        GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$sh OMP_NUM_THREADS=2 timeout "${SAN_TIMEOUT:-120}" \
+          "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
+          "$bin" --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" >"$LOG/san_${tool}_${name}_$sh.log" 2>&1 &
+        spids+=($!)
+      done
+      wait "${spids[@]}"
+      for ((sh = 0; sh < shards; sh++)); do
+        f=$LOG/san_${tool}_${name}_$sh.log
+        echo "$tool $name shard $sh/$shards: $(grep -cE '^\[       OK \]' "$f") ok, $(grep -cE '^\[  FAILED  \]' "$f") failed," \
+          "$(grep -cE '^\[ RUN      \]' "$f") started | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED" "$f" | tr '\n' ' ')"
+      done
     done
   done
 fi
@@ -263,14 +285,23 @@ if has sweep; then
   SW=${SWEEP_FILE:-configs/sweeps/routing-sparsity.yaml}
   el "sweep $SW, ${SWEEP_PARALLEL:-4} at once, at most ${SWEEP_SECONDS:-400} s"
   "$B/natsl" sweep "$SW" --dry-run 2>&1 | tail -30
-  timeout -s TERM -k 90 "${SWEEP_SECONDS:-400}" "$B/natsl" sweep "$SW" --parallel "${SWEEP_PARALLEL:-4}" \
-    >"$LOG/sweep.log" 2>&1
-  echo "sweep rc $?"
-  grep -vE "^\s*$" "$LOG/sweep.log" | tail -40
-  SWD=$(sed -n 's/^out_dir: *//p' "$SW" | head -1)
-  [ -n "$SWD" ] && [ -d "$SWD" ] &&
-    tar -czf "$OUT/sweep.tgz" --exclude='step_*' --exclude='.tmp*' --exclude='*.safetensors' "$SWD"
-  cat "$SWD/summary.md" 2>/dev/null | head -40
+  sweep_finish() {
+    grep -vE "^\s*$" "$LOG/sweep.log" | tail -40
+    SWD=$(sed -n 's/^out_dir: *//p' "$SW" | head -1)
+    [ -n "$SWD" ] && [ -d "$SWD" ] &&
+      tar -czf "$OUT/sweep.tgz" --exclude='step_*' --exclude='.tmp*' --exclude='*.safetensors' "$SWD"
+    cat "$SWD/summary.md" 2>/dev/null | head -40
+  }
+  if [ "${SWEEP_BG:-0}" = 1 ]; then
+    timeout -s TERM -k 90 "${SWEEP_SECONDS:-400}" "$B/natsl" sweep "$SW" --parallel "${SWEEP_PARALLEL:-4}" \
+      >"$LOG/sweep.log" 2>&1 &
+    SWEEP_PID=$!
+  else
+    timeout -s TERM -k 90 "${SWEEP_SECONDS:-400}" "$B/natsl" sweep "$SW" --parallel "${SWEEP_PARALLEL:-4}" \
+      >"$LOG/sweep.log" 2>&1
+    echo "sweep rc $?"
+    sweep_finish
+  fi
 fi
 
 # The HF interchange check (issue 16): does the reference's model code, loading a natsl export, give natsl's
@@ -314,15 +345,23 @@ if has hfref; then
           "bf16 --dtype bfloat16 --natsl-logits $BF16_LOGITS --natsl-eval-json $HW/eval_bf16.json --baseline $HW/logits_cpu.safetensors")
     [ "${HFREF_TF32:-0}" = 1 ] &&
       runs+=("f32_tf32 --dtype float32 --f32-dots tf32 --natsl-logits $HW/logits_cpu.safetensors --natsl-eval-json $HW/eval_cpu.json")
+    names=()
+    pids=()
     for r in "${runs[@]}"; do
       set -- $r
       name=$1; shift
+      names+=("$name")
+      el "hfref compare $name (started)"
+      (timeout "${HFREF_TIMEOUT:-300}" python3 -u experiments/hf/compare_reference.py --fla .peers/flanats --nats .peers/nats \
+         --hf "$HW/hf" --json "$LOG/hfref_$name.json" "$@" >"$LOG/hfref_$name.log" 2>&1
+       echo "hfref $name rc $?" >>"$LOG/hfref_$name.log") &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
+    for name in "${names[@]}"; do
       el "hfref compare $name"
-      timeout "${HFREF_TIMEOUT:-300}" python3 experiments/hf/compare_reference.py --fla .peers/flanats --nats .peers/nats \
-        --hf "$HW/hf" --json "$LOG/hfref_$name.json" "$@" >"$LOG/hfref_$name.log" 2>&1
-      echo "hfref $name rc $?"
       grep -E "^reference model|^routing|^WARNING|^shape differs|^missing|^unexpected|^hfref " "$LOG/hfref_$name.log"
-      grep -q "^hfref " "$LOG/hfref_$name.log" || tail -15 "$LOG/hfref_$name.log"
+      grep -q "^hfref [a-z]" "$LOG/hfref_$name.log" || tail -15 "$LOG/hfref_$name.log"
     done
     python3 - "$OUT/hfref.json" "$LOG"/hfref_f32*.json "$LOG"/hfref_bf16.json <<'PY'
 import json, os, sys
@@ -331,6 +370,13 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print("hfref.json:", {k: v.get("verdict") for k, v in out.items()})
 PY
   fi
+fi
+
+if [ -n "${SWEEP_PID:-}" ]; then
+  el "waiting for the sweep"
+  wait "$SWEEP_PID"
+  echo "sweep rc $?"
+  sweep_finish
 fi
 
 el "done"
