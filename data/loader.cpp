@@ -76,7 +76,7 @@ void require_equal(const nlohmann::json& state, const char* key, const T& mine, 
 }  // namespace
 
 TokenWindowLoader::TokenWindowLoader(const std::vector<std::string>& shard_paths, const LoaderOptions& opts)
-    : opts_(opts) {
+    : OptionsSource(opts) {
   check_shape_options("loader", opts.batch_size, opts.seq_len, opts.rank, opts.world_size);
   shards_ = open_shards(shard_paths, opts.verify_checksums, opts.vocab_size, &vocab_size_);
   int64_t acc = 0;
@@ -118,13 +118,8 @@ void TokenWindowLoader::read_row(int64_t step, int64_t global_row, int32_t* inpu
 }
 
 Batch TokenWindowLoader::next(int64_t step) {
-  const int64_t B = opts_.batch_size, T = opts_.seq_len;
-  Batch batch{Tensor::empty({B, T}, DType::i32), Tensor::empty({B, T}, DType::i32)};
-  int32_t* in = batch.inputs.data<int32_t>();
-  int32_t* tg = batch.targets.data<int32_t>();
-  for (int64_t b = 0; b < B; ++b) read_row(step, int64_t(opts_.rank) * B + b, in + b * T, tg + b * T);
-  last_step_ = step;
-  return batch;
+  const int64_t first = int64_t(opts_.rank) * opts_.batch_size;
+  return make_batch(step, [&](int64_t b, int32_t* in, int32_t* tg) { read_row(step, first + b, in, tg); });
 }
 
 nlohmann::json TokenWindowLoader::state() const {

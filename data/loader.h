@@ -33,14 +33,12 @@ struct LoaderOptions {
   bool verify_checksums = true;
 };
 
-class TokenWindowLoader : public DataSource {
+class TokenWindowLoader : public OptionsSource<LoaderOptions> {
  public:
   TokenWindowLoader(const std::vector<std::string>& shard_paths, const LoaderOptions& opts);
 
   Batch next(int64_t step) override;
-  int64_t batch_size() const override { return opts_.batch_size; }
-  int64_t seq_len() const override { return opts_.seq_len; }
-  int64_t vocab_size() const override { return vocab_size_; }
+  int64_t vocab_size() const override { return vocab_size_; }  // opts.vocab_size, or the shards' when 0
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
   std::string describe() const override;
@@ -54,11 +52,9 @@ class TokenWindowLoader : public DataSource {
   void read_row(int64_t step, int64_t global_row, int32_t* inputs, int32_t* targets) const;
 
  private:
-  LoaderOptions opts_;
   std::vector<Shard> shards_;
   std::vector<int64_t> starts_end_;  // starts_end_[i] = number of valid window starts in shards [0, i]
   int64_t vocab_size_ = 0;
-  int64_t last_step_ = -1;
 };
 
 struct ValidationOptions {

@@ -46,7 +46,7 @@ std::vector<uint64_t> mixture_bounds(const std::vector<double>& weights, const s
   return bounds;
 }
 
-MixtureLoader::MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts) : opts_(opts) {
+MixtureLoader::MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts) : OptionsSource(opts) {
   for (const MixtureSource& s : sources) {
     names_.push_back(s.name);
     weights_.push_back(s.weight);
@@ -74,19 +74,13 @@ double MixtureLoader::share(size_t k) const {
 }
 
 Batch MixtureLoader::next(int64_t step) {
-  const int64_t B = opts_.batch_size, T = opts_.seq_len;
-  Batch batch{Tensor::empty({B, T}, DType::i32), Tensor::empty({B, T}, DType::i32)};
-  int32_t* in = batch.inputs.data<int32_t>();
-  int32_t* tg = batch.targets.data<int32_t>();
-  const int64_t first = int64_t(opts_.rank) * B;
+  const int64_t B = opts_.batch_size, first = int64_t(opts_.rank) * B;
   // Every rank counts the rows of all ranks, so the saved counts do not depend on which rank writes them.
-  for (int64_t g = 0; g < B * opts_.world_size; ++g) {
-    const size_t k = source_of_row(step, g);
-    ++rows_served_[k];
-    if (g >= first && g < first + B) sources_[k].read_row(step, g, in + (g - first) * T, tg + (g - first) * T);
-  }
-  last_step_ = step;
-  return batch;
+  std::vector<size_t> src(size_t(B * opts_.world_size));
+  for (size_t g = 0; g < src.size(); ++g) ++rows_served_[src[g] = source_of_row(step, int64_t(g))];
+  return make_batch(step, [&](int64_t b, int32_t* in, int32_t* tg) {
+    sources_[src[size_t(first + b)]].read_row(step, first + b, in, tg);
+  });
 }
 
 void MixtureLoader::skip(int64_t step) {

@@ -34,15 +34,13 @@ struct MixtureSource {
 // finite and > 0, or so small against the others that its share is empty.
 std::vector<uint64_t> mixture_bounds(const std::vector<double>& weights, const std::vector<std::string>& names);
 
-class MixtureLoader : public DataSource {
+class MixtureLoader : public OptionsSource<LoaderOptions> {
  public:
   MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts);
 
   Batch next(int64_t step) override;
   void skip(int64_t step) override;
-  int64_t batch_size() const override { return opts_.batch_size; }
-  int64_t seq_len() const override { return opts_.seq_len; }
-  int64_t vocab_size() const override { return vocab_size_; }
+  int64_t vocab_size() const override { return vocab_size_; }  // the largest of the sources'
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
   std::string describe() const override;
@@ -60,14 +58,12 @@ class MixtureLoader : public DataSource {
   const TokenWindowLoader& source(size_t k) const { return sources_[k]; }
 
  private:
-  LoaderOptions opts_;
   std::vector<std::string> names_;
   std::vector<double> weights_;
   std::vector<uint64_t> bounds_;  // bound[0 .. n-1]
   std::vector<TokenWindowLoader> sources_;
   std::vector<int64_t> rows_served_;
   int64_t vocab_size_ = 0;
-  int64_t last_step_ = -1;
 };
 
 }  // namespace natsl

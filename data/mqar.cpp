@@ -89,7 +89,7 @@ MqarExample generate_mqar(const MqarOptions& o, const std::vector<double>& gap_w
   return ex;
 }
 
-MqarSource::MqarSource(const MqarOptions& o) : opts_(o) {
+MqarSource::MqarSource(const MqarOptions& o) : OptionsSource(o) {
   validate(o);
   const int64_t space = (o.seq_len - 2 * o.num_kv_pairs * o.num_passes) / 2;
   gap_weights_.resize(size_t(space));
@@ -102,15 +102,11 @@ MqarExample MqarSource::example(int64_t step, int64_t b) const {
 }
 
 Batch MqarSource::next(int64_t step) {
-  const int64_t B = opts_.batch_size, L = opts_.seq_len;
-  Batch batch{Tensor::empty({B, L}, DType::i32), Tensor::empty({B, L}, DType::i32)};
-  for (int64_t b = 0; b < B; ++b) {
-    MqarExample ex = example(step, b);
-    std::copy(ex.inputs.begin(), ex.inputs.end(), batch.inputs.data<int32_t>() + b * L);
-    std::copy(ex.targets.begin(), ex.targets.end(), batch.targets.data<int32_t>() + b * L);
-  }
-  last_step_ = step;
-  return batch;
+  return make_batch(step, [&](int64_t b, int32_t* in, int32_t* tg) {
+    const MqarExample ex = example(step, b);
+    std::copy(ex.inputs.begin(), ex.inputs.end(), in);
+    std::copy(ex.targets.begin(), ex.targets.end(), tg);
+  });
 }
 
 nlohmann::json MqarSource::state() const {

@@ -43,24 +43,18 @@ struct MqarExample {
 // One example from `rs`; gap_weights[g] = (g+1)^(power_a - 1) for g in [0, (L - ctx) / 2).
 MqarExample generate_mqar(const MqarOptions& o, const std::vector<double>& gap_weights, RandomStream& rs);
 
-class MqarSource : public DataSource {
+class MqarSource : public OptionsSource<MqarOptions> {
  public:
   explicit MqarSource(const MqarOptions& o);
   Batch next(int64_t step) override;
-  int64_t batch_size() const override { return opts_.batch_size; }
-  int64_t seq_len() const override { return opts_.seq_len; }
-  int64_t vocab_size() const override { return opts_.vocab_size; }
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
   std::string describe() const override;
 
   MqarExample example(int64_t step, int64_t b) const;  // row b of this rank at `step`
-  const MqarOptions& options() const { return opts_; }
 
  private:
-  MqarOptions opts_;
   std::vector<double> gap_weights_;
-  int64_t last_step_ = -1;
 };
 
 }  // namespace natsl

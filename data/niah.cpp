@@ -117,7 +117,7 @@ void validate(const NiahOptions& o) {
                                std::to_string(need - 1) + ".");
 }
 
-NiahSource::NiahSource(const NiahOptions& o) : opts_(o) {
+NiahSource::NiahSource(const NiahOptions& o) : OptionsSource(o) {
   validate(o);
   if (o.haystack == NiahHaystack::Essay) {
     std::error_code ec;
@@ -223,17 +223,13 @@ NiahExample NiahSource::example(int64_t step, int64_t b) const {
 }
 
 Batch NiahSource::next(int64_t step) {
-  const int64_t B = opts_.batch_size, T = opts_.seq_len;
-  Batch batch{Tensor::empty({B, T}, DType::i32), Tensor::full({B, T}, double(kIgnoreIndex), DType::i32)};
-  for (int64_t b = 0; b < B; ++b) {
-    NiahExample ex = example(step, b);
-    int32_t* in = batch.inputs.data<int32_t>() + b * T;
-    int32_t* tg = batch.targets.data<int32_t>() + b * T;
+  const int64_t T = opts_.seq_len;
+  return make_batch(step, [&](int64_t b, int32_t* in, int32_t* tg) {
+    const NiahExample ex = example(step, b);
     std::copy(ex.tokens.begin(), ex.tokens.begin() + T, in);
+    std::fill(tg, tg + T, int32_t(kIgnoreIndex));  // only the answer's tokens are targets
     for (int64_t pos = ex.answer_begin; pos < ex.answer_end; ++pos) tg[pos - 1] = ex.tokens[size_t(pos)];
-  }
-  last_step_ = step;
-  return batch;
+  });
 }
 
 nlohmann::json NiahSource::state() const {

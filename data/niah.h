@@ -66,13 +66,10 @@ inline bool niah_uses_bos(int64_t vocab_size) { return vocab_size >= 258; }
 // checked) by NiahSource.
 void validate(const NiahOptions& o);
 
-class NiahSource : public DataSource {
+class NiahSource : public OptionsSource<NiahOptions> {
  public:
   explicit NiahSource(const NiahOptions& o);  // validate(o), then reads essay_path; InputError on a bad file
   Batch next(int64_t step) override;
-  int64_t batch_size() const override { return opts_.batch_size; }
-  int64_t seq_len() const override { return opts_.seq_len; }
-  int64_t vocab_size() const override { return opts_.vocab_size; }
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
   std::string describe() const override;
@@ -81,9 +78,7 @@ class NiahSource : public DataSource {
   NiahExample generate(RandomStream& rs) const;
 
  private:
-  NiahOptions opts_;
   std::vector<std::string> essay_words_;
-  int64_t last_step_ = -1;
   bool use_bos() const { return niah_uses_bos(opts_.vocab_size); }
 };
 

@@ -32,4 +32,35 @@ class DataSource {
   virtual std::string describe() const = 0;  // one line for the run log
 };
 
+// What the sources here share: the options they were made with (a struct with batch_size, seq_len and
+// vocab_size among its fields, which give the batch shape; a source whose vocabulary comes from elsewhere
+// overrides vocab_size()) and the last step served (-1 before any).
+template <class Options>
+class OptionsSource : public DataSource {
+ public:
+  int64_t batch_size() const override { return opts_.batch_size; }
+  int64_t seq_len() const override { return opts_.seq_len; }
+  int64_t vocab_size() const override { return opts_.vocab_size; }
+  const Options& options() const { return opts_; }
+
+ protected:
+  explicit OptionsSource(const Options& opts) : opts_(opts) {}
+
+  // The batch of this rank at `step`, i32 [batch_size, seq_len] inputs and targets: row(b, inputs, targets)
+  // writes all seq_len ids of both for row b. Then `step` is the last step served.
+  template <class Row>
+  Batch make_batch(int64_t step, Row&& row) {
+    const int64_t B = opts_.batch_size, T = opts_.seq_len;
+    Batch batch{Tensor::empty({B, T}, DType::i32), Tensor::empty({B, T}, DType::i32)};
+    int32_t* in = batch.inputs.data<int32_t>();
+    int32_t* tg = batch.targets.data<int32_t>();
+    for (int64_t b = 0; b < B; ++b) row(b, in + b * T, tg + b * T);
+    last_step_ = step;
+    return batch;
+  }
+
+  Options opts_;
+  int64_t last_step_ = -1;
+};
+
 }  // namespace natsl
