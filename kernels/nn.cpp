@@ -33,24 +33,29 @@ void check_rows(const Tensor& x, const char* op) {
   check_floating(x, op, "input");
 }
 
-// A row-wise map x -> y without statistics (softmax, log-softmax): returns the one device of both.
-Device check_rowwise_fwd(const Tensor& x, const Tensor& y, const char* op) {
-  Device d = common_device({&x, &y}, op);
-  check_contiguous({&x, &y}, op);
+// A row-wise map x -> y (softmax, log-softmax; l2norm with its per-row statistics `stats`, called
+// `stats_name`): returns the one device of all.
+Device check_rowwise_fwd(const Tensor& x, const Tensor& y, const char* op, const Tensor* stats = nullptr,
+                         const char* stats_name = nullptr) {
+  Device d = common_device({&x, &y, stats}, op);
+  check_contiguous({&x, &y, stats}, op);
   check_rows(x, op);
   check_same_shape(x, y, op);
   check_same_dtype(x, y, op);
+  if (stats) check_stats(*stats, x, op, stats_name);
   return d;
 }
 // Its backward from the output: (y, dy) -> dx.
-Device check_rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, const char* op) {
-  Device d = common_device({&y, &dy, &dx}, op);
-  check_contiguous({&y, &dy, &dx}, op);
+Device check_rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, const char* op,
+                         const Tensor* stats = nullptr, const char* stats_name = nullptr) {
+  Device d = common_device({&y, stats, &dy, &dx}, op);
+  check_contiguous({&y, stats, &dy, &dx}, op);
   check_rows(y, op);
   check_same_shape(y, dy, op);
   check_same_shape(y, dx, op);
   check_same_dtype(y, dy, op);
   check_same_dtype(y, dx, op);
+  if (stats) check_stats(*stats, y, op, stats_name);
   return d;
 }
 
@@ -118,24 +123,12 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
 }
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
-  Device d = common_device({&x, &y, &rnorm}, "l2norm_fwd");
-  check_contiguous({&x, &y, &rnorm}, "l2norm_fwd");
-  check_rows(x, "l2norm_fwd");
-  check_same_shape(x, y, "l2norm_fwd");
-  check_same_dtype(x, y, "l2norm_fwd");
-  check_stats(rnorm, x, "l2norm_fwd", "rnorm");
+  Device d = check_rowwise_fwd(x, y, "l2norm_fwd", &rnorm, "rnorm");
   NATSL_NN_DISPATCH(d, l2norm_fwd, x, eps, y, rnorm);
 }
 
 void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx) {
-  Device d = common_device({&y, &rnorm, &dy, &dx}, "l2norm_bwd");
-  check_contiguous({&y, &rnorm, &dy, &dx}, "l2norm_bwd");
-  check_rows(y, "l2norm_bwd");
-  check_same_shape(y, dy, "l2norm_bwd");
-  check_same_shape(y, dx, "l2norm_bwd");
-  check_same_dtype(y, dy, "l2norm_bwd");
-  check_same_dtype(y, dx, "l2norm_bwd");
-  check_stats(rnorm, y, "l2norm_bwd", "rnorm");
+  Device d = check_rowwise_bwd(y, dy, dx, "l2norm_bwd", &rnorm, "rnorm");
   NATSL_NN_DISPATCH(d, l2norm_bwd, y, rnorm, dy, dx);
 }
 
