@@ -16,14 +16,19 @@ void on_signal(int sig) {
 }
 }  // namespace
 
+struct sigaction set_signal_handler(int sig, void (*handler)(int), int extra_flags) {
+  struct sigaction sa {}, prev {};
+  sa.sa_handler = handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART | extra_flags;
+  sigaction(sig, &sa, &prev);
+  return prev;
+}
+
 StopSignalGuard::StopSignalGuard() {
   g_stop_signal = 0;
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &sa, &g_prev_int);
-  sigaction(SIGTERM, &sa, &g_prev_term);
+  g_prev_int = set_signal_handler(SIGINT, on_signal);
+  g_prev_term = set_signal_handler(SIGTERM, on_signal);
 }
 
 StopSignalGuard::~StopSignalGuard() {

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "trainers/stop_signal.h"
 
 extern char** environ;
 
@@ -52,14 +53,9 @@ class LauncherSignals {
     g_stop_signals = 0;
     g_last_stop_signal = 0;
     g_wake_fd = pipe_[1];
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, &prev_int_);
-    sigaction(SIGTERM, &sa, &prev_term_);
-    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-    sigaction(SIGCHLD, &sa, &prev_chld_);
+    prev_int_ = set_signal_handler(SIGINT, on_signal);
+    prev_term_ = set_signal_handler(SIGTERM, on_signal);
+    prev_chld_ = set_signal_handler(SIGCHLD, on_signal, SA_NOCLDSTOP);
   }
   ~LauncherSignals() {
     sigaction(SIGINT, &prev_int_, nullptr);
