@@ -165,40 +165,38 @@ inline bool connection_gone(int err) {
   return err == ECONNRESET || err == EPIPE || err == ENOTCONN || err == ETIMEDOUT || err == ECONNABORTED;
 }
 
-inline Io read_exact(int fd, char* buf, size_t n, const Deadline& deadline, int cancel_fd) {
-  size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::recv(fd, buf + got, n - got, MSG_DONTWAIT);
+// Moves n bytes through `move(done)` (a non-blocking recv or send of the bytes from offset `done` on,
+// returning its result), waiting for `events` on fd whenever it would block. `op` names it in errors.
+template <class Move>
+inline Io move_all(int fd, size_t n, short events, const char* op, const Deadline& deadline, int cancel_fd,
+                   Move move) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = move(done);
     if (r > 0) {
-      got += size_t(r);
+      done += size_t(r);
     } else if (r == 0) {
-      return Io::Closed;
+      return Io::Closed;  // a recv at end of stream (a send of a non-empty range never returns 0)
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (const Io w = wait_ready(fd, POLLIN, deadline, cancel_fd); w != Io::Ok) return w;
+      if (const Io w = wait_ready(fd, events, deadline, cancel_fd); w != Io::Ok) return w;
     } else if (connection_gone(errno)) {
       return Io::Closed;
     } else if (errno != EINTR) {
-      throw Error(std::string("rendezvous store: recv failed: ") + std::strerror(errno));
+      throw Error(std::string("rendezvous store: ") + op + " failed: " + std::strerror(errno));
     }
   }
   return Io::Ok;
 }
 
+inline Io read_exact(int fd, char* buf, size_t n, const Deadline& deadline, int cancel_fd) {
+  return move_all(fd, n, POLLIN, "recv", deadline, cancel_fd,
+                  [&](size_t got) { return ::recv(fd, buf + got, n - got, MSG_DONTWAIT); });
+}
+
 inline Io write_all(int fd, const std::string& data, const Deadline& deadline, int cancel_fd) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t r = ::send(fd, data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (r >= 0) {
-      sent += size_t(r);
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (const Io w = wait_ready(fd, POLLOUT, deadline, cancel_fd); w != Io::Ok) return w;
-    } else if (connection_gone(errno)) {
-      return Io::Closed;
-    } else if (errno != EINTR) {
-      throw Error(std::string("rendezvous store: send failed: ") + std::strerror(errno));
-    }
-  }
-  return Io::Ok;
+  return move_all(fd, data.size(), POLLOUT, "send", deadline, cancel_fd, [&](size_t sent) {
+    return ::send(fd, data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+  });
 }
 
 // One frame's payload; ProtocolError when its length is above the cap (nothing allocated for it).
