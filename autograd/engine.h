@@ -74,25 +74,24 @@ class GradReadyHookGuard {
 
 // Grad mode: on by default; NoGradGuard turns it off for its scope, EnableGradGuard on (thread-local).
 bool grad_enabled();
-class NoGradGuard {
+// Sets grad mode to `enabled` for its scope and restores the mode it found.
+class GradModeGuard {
  public:
-  NoGradGuard();
-  ~NoGradGuard();
-  NoGradGuard(const NoGradGuard&) = delete;
-  NoGradGuard& operator=(const NoGradGuard&) = delete;
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
   bool prev_;
 };
-class EnableGradGuard {
+class NoGradGuard : public GradModeGuard {
  public:
-  EnableGradGuard();
-  ~EnableGradGuard();
-  EnableGradGuard(const EnableGradGuard&) = delete;
-  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
-
- private:
-  bool prev_;
+  NoGradGuard() : GradModeGuard(false) {}
+};
+class EnableGradGuard : public GradModeGuard {
+ public:
+  EnableGradGuard() : GradModeGuard(true) {}
 };
 
 // The edge that gradient for `t` should flow along (its grad_fn, or its leaf accumulator).
