@@ -10,12 +10,12 @@
 
 namespace natsl {
 
-class AttentionDecodeCache final : public DecodeCache {
+class AttentionDecodeCache final : public LayerDecodeCache<SoftmaxAttention> {
  public:
-  explicit AttentionDecodeCache(SoftmaxAttention& layer) : layer_(layer) {}
+  explicit AttentionDecodeCache(SoftmaxAttention& layer) : LayerDecodeCache(layer, "AttentionDecodeCache") {}
 
   Tensor prefill(const Tensor& x) override {
-    NATSL_CHECK(position_ == 0, "AttentionDecodeCache: prefill after decoding started");
+    check_prefill_first();
     NoGradGuard no_grad;
     const SoftmaxAttention::Qkv p = layer_.project(x, 0);
     keys_ = permute(p.k, {0, 2, 1, 3});
@@ -38,7 +38,6 @@ class AttentionDecodeCache final : public DecodeCache {
     return layer_.output(permute(o, {0, 2, 1, 3}));
   }
 
-  int64_t position() const override { return position_; }
   int64_t kv_bytes() const override { return held_bytes({keys_, values_}); }
   int64_t state_bytes() const override { return 0; }
   int64_t full_attention_width() const override {
@@ -47,9 +46,7 @@ class AttentionDecodeCache final : public DecodeCache {
   }
 
  private:
-  SoftmaxAttention& layer_;
   Tensor keys_, values_;  // [B, H, N, Dk], [B, H, N, Dv]
-  int64_t position_ = 0;
 };
 
 std::unique_ptr<DecodeCache> SoftmaxAttention::decode_cache() { return std::make_unique<AttentionDecodeCache>(*this); }

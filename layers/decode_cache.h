@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace natsl {
@@ -41,6 +42,24 @@ class DecodeCache {
   // NAtS-L: the labels of the chunks completed so far, chunk after chunk, each [B * Hr] (1 = softmax,
   // 0 = GDN) in (row, router head) order. Empty for the other kinds.
   virtual std::vector<std::vector<int>> chunk_labels() const { return {}; }
+};
+
+// What the caches share: the layer they decode for, the positions seen so far and the check that prefill
+// comes first; `name` (the cache's) starts its error messages.
+template <class Layer>
+class LayerDecodeCache : public DecodeCache {
+ public:
+  int64_t position() const override { return position_; }
+
+ protected:
+  LayerDecodeCache(Layer& layer, const char* name) : layer_(layer), name_(name) {}
+  void check_prefill_first() const { NATSL_CHECK(position_ == 0, name_, ": prefill after decoding started"); }
+
+  Layer& layer_;
+  int64_t position_ = 0;
+
+ private:
+  const char* name_;
 };
 
 // Sum of t.nbytes() over the defined tensors.

@@ -11,12 +11,12 @@
 
 namespace natsl {
 
-class GdnDecodeCache final : public DecodeCache {
+class GdnDecodeCache final : public LayerDecodeCache<GatedDeltaNet> {
  public:
-  explicit GdnDecodeCache(GatedDeltaNet& layer) : layer_(layer) {}
+  explicit GdnDecodeCache(GatedDeltaNet& layer) : LayerDecodeCache(layer, "GdnDecodeCache") {}
 
   Tensor prefill(const Tensor& x) override {
-    NATSL_CHECK(position_ == 0, "GdnDecodeCache: prefill after decoding started");
+    check_prefill_first();
     NoGradGuard no_grad;
     GdnProjections projections;
     const GdnFrontEnd f = layer_.front_end(x, &projections);
@@ -36,7 +36,6 @@ class GdnDecodeCache final : public DecodeCache {
     return layer_.output(x, r.o);
   }
 
-  int64_t position() const override { return position_; }
   int64_t kv_bytes() const override { return 0; }
   int64_t state_bytes() const override { return held_bytes({state_, tails_.q, tails_.k, tails_.v}); }
   int64_t full_attention_width() const override {
@@ -47,10 +46,8 @@ class GdnDecodeCache final : public DecodeCache {
  private:
   double scale() const { return 1.0 / std::sqrt(double(layer_.dims().key_dim)); }
 
-  GatedDeltaNet& layer_;
   GdnProjections tails_;
   Tensor state_;  // [B, H, K, V] f32 (f64 for f64 data); undefined = zeros
-  int64_t position_ = 0;
 };
 
 std::unique_ptr<DecodeCache> GatedDeltaNet::decode_cache() { return std::make_unique<GdnDecodeCache>(*this); }

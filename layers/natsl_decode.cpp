@@ -22,12 +22,12 @@
 
 namespace natsl {
 
-class NatslDecodeCache final : public DecodeCache {
+class NatslDecodeCache final : public LayerDecodeCache<NatslAttention> {
  public:
-  explicit NatslDecodeCache(NatslAttention& layer) : layer_(layer), n_(layer.ndims()) {}
+  explicit NatslDecodeCache(NatslAttention& layer) : LayerDecodeCache(layer, "NatslDecodeCache"), n_(layer.ndims()) {}
 
   Tensor prefill(const Tensor& x) override {
-    NATSL_CHECK(position_ == 0, "NatslDecodeCache: prefill after decoding started");
+    check_prefill_first();
     NATSL_CHECK(!layer_.training(), "NatslDecodeCache: decoding needs the model in evaluation mode");
     NoGradGuard no_grad;
     const int64_t B = x.size(0), P = x.size(1), C = n_.chunk, H = n_.gdn.heads, Hr = n_.router_heads;
@@ -102,7 +102,6 @@ class NatslDecodeCache final : public DecodeCache {
     return out;
   }
 
-  int64_t position() const override { return position_; }
   int64_t kv_bytes() const override {
     int64_t n = held_bytes({cur_k_, cur_v_});
     for (size_t i = 0; i < kept_k_.size(); ++i) n += held_bytes({kept_k_[i], kept_v_[i]});
@@ -186,9 +185,8 @@ class NatslDecodeCache final : public DecodeCache {
     g_sum_ = cur_k_ = cur_v_ = cur_x_ = Tensor();
   }
 
-  NatslAttention& layer_;
   const NatslDims n_;
-  int64_t B_ = -1, position_ = 0;
+  int64_t B_ = -1;
   GdnProjections tails_;
   Tensor carried_, running_;        // [B, H, K, V] f32 (f64 for f64 data); undefined = zeros
   Tensor g_sum_;                    // [B, H]: sum of g over the current chunk so far
