@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/config_key_error.h"
 #include "core/error.h"
 #include "data/crc32.h"
@@ -85,6 +87,36 @@ inline void expect_input_error(const std::function<void()>& fn, const std::vecto
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected natsl::InputError, got another exception: " << e.what();
   }
+}
+
+// One change to a source's good options and the parts of the InputError its constructor must then throw.
+template <class Options>
+struct ErrorCase {
+  std::function<void(Options&)> change;
+  std::vector<std::string> parts;
+};
+
+// A Source made from `ok` is fine; each case's change makes making it throw an InputError with its parts.
+template <class Source, class Options>
+void expect_source_errors(const Options& ok, const std::vector<ErrorCase<Options>>& cases) {
+  EXPECT_NO_THROW(Source{ok});
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    Options o = ok;
+    cases[i].change(o);
+    expect_input_error([&] { Source{o}; }, cases[i].parts);
+  }
+}
+
+// A source of a's options restored from a's state (through its JSON text) has that state and serves a's
+// batch of `step`; one made from `other` options refuses a's state with an InputError holding `parts`.
+template <class Source, class Options>
+void expect_state_restores(Source& a, int64_t step, const Options& other, const std::vector<std::string>& parts) {
+  Source c(a.options());
+  c.load_state(nlohmann::json::parse(a.state().dump()));
+  EXPECT_EQ(c.state(), a.state());
+  EXPECT_EQ(c.next(step).inputs.template to_vector<int32_t>(), a.next(step).inputs.template to_vector<int32_t>());
+  expect_input_error([&] { Source(other).load_state(a.state()); }, parts);
 }
 
 // A shard's bytes built by hand from docs/data-format.md, for formats and lies write_shard cannot produce:

@@ -13,9 +13,7 @@
 namespace natsl {
 namespace {
 
-using testing::expect_input_error;
-using testing::expect_invalid_fields;
-using testing::FieldCase;
+using namespace testing;  // natsl::testing: tests/data/data_test_util.h
 
 // Re-derives the example's structure from its tokens alone and checks every rule of the generator.
 void check_example(const MqarOptions& o, const std::vector<int32_t>& in, const std::vector<int32_t>& tg) {
@@ -159,25 +157,19 @@ TEST(Mqar, DeterministicInSeedStepRankAndStateRestores) {
   EXPECT_EQ(v1, std::vector<int32_t>(w.begin() + 4 * 64, w.end()));
 
   a.next(41);
-  MqarSource c(o);
-  c.load_state(nlohmann::json::parse(a.state().dump()));
-  EXPECT_EQ(c.state(), a.state());
-  EXPECT_EQ(c.next(42).inputs.to_vector<int32_t>(), a.next(42).inputs.to_vector<int32_t>());
   MqarOptions other = o;
   other.num_kv_pairs = 8;
-  expect_input_error([&] { MqarSource(other).load_state(a.state()); }, {"num_kv_pairs", "4", "8"});
+  expect_state_restores(a, 42, other, {"num_kv_pairs", "4", "8"});
 }
 
 TEST(Mqar, ZoologyPreconditionsAreInputErrors) {
+  using C = ErrorCase<MqarOptions>;
+  expect_source_errors<MqarSource>(MqarOptions{}, {
+      C{[](MqarOptions& o) { o.seq_len = 63; }, {"mqar", "seq_len", "even"}},
+      C{[](MqarOptions& o) { o.vocab_size = 64; }, {"vocab_size", "exceed seq_len"}},
+      C{[](MqarOptions& o) { o.num_kv_pairs = 17; }, {"num_kv_pairs", "68", "exceeds seq_len 64"}},  // 2*17 + 2*17 > 64
+  });
   MqarOptions o;
-  o.seq_len = 63;
-  expect_input_error([&] { MqarSource{o}; }, {"mqar", "seq_len", "even"});
-  o.seq_len = 64;
-  o.vocab_size = 64;
-  expect_input_error([&] { MqarSource{o}; }, {"vocab_size", "exceed seq_len"});
-  o.vocab_size = 8192;
-  o.num_kv_pairs = 17;  // 2*17 + 2*17 = 68 > 64
-  expect_input_error([&] { MqarSource{o}; }, {"num_kv_pairs", "68", "exceeds seq_len 64"});
   o.num_kv_pairs = 16;
   EXPECT_NO_THROW(MqarSource{o});  // exactly fits: 64 == 64
 }

@@ -15,10 +15,7 @@
 namespace natsl {
 namespace {
 
-using testing::expect_input_error;
-using testing::expect_invalid_fields;
-using testing::FieldCase;
-using testing::shared_data;
+using namespace testing;  // natsl::testing: tests/data/data_test_util.h
 
 const std::string kUnit = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 
@@ -216,29 +213,21 @@ TEST(Niah, GridDepthsDeterminismAndState) {
   EXPECT_NE(NiahSource(r1).example(3, 0).value, a.example(3, 0).value);
   EXPECT_EQ(NiahSource(r1).example(3, 0).value, a.example(3, 2).value);  // global row 2
 
-  NiahSource c(o);
-  c.load_state(nlohmann::json::parse(a.state().dump()));
-  EXPECT_EQ(c.next(4).inputs.to_vector<int32_t>(), a.next(4).inputs.to_vector<int32_t>());
   NiahOptions other = o;
   other.value = NiahValue::Uuid;
   other.seq_len = 600;
-  expect_input_error([&] { NiahSource(other).load_state(a.state()); }, {"niah", "seq_len"});
+  expect_state_restores(a, 4, other, {"niah", "seq_len"});
 }
 
 TEST(Niah, BadOptionsAreInputErrors) {
-  NiahOptions o;
-  o.seq_len = 200;
-  expect_input_error([&] { NiahSource{o}; }, {"niah", "seq_len 200", "too short"});
-  o.seq_len = 1024;
-  o.vocab_size = 100;
-  expect_input_error([&] { NiahSource{o}; }, {"vocab_size", "256"});
-  o.vocab_size = 258;
-  o.haystack = NiahHaystack::Essay;
-  o.essay_path = "/nonexistent/essay.txt";
-  expect_input_error([&] { NiahSource{o}; }, {"essay_path", "/nonexistent/essay.txt"});
-  o.haystack = NiahHaystack::Noise;
-  o.depth_percent = 150;
-  expect_input_error([&] { NiahSource{o}; }, {"depth_percent"});
+  using C = ErrorCase<NiahOptions>;
+  expect_source_errors<NiahSource>(NiahOptions{}, {
+      C{[](NiahOptions& o) { o.seq_len = 200; }, {"niah", "seq_len 200", "too short"}},
+      C{[](NiahOptions& o) { o.vocab_size = 100; }, {"vocab_size", "256"}},
+      C{[](NiahOptions& o) { o.haystack = NiahHaystack::Essay; o.essay_path = "/nonexistent/essay.txt"; },
+        {"essay_path", "/nonexistent/essay.txt"}},
+      C{[](NiahOptions& o) { o.depth_percent = 150; }, {"depth_percent"}},
+  });
 }
 
 // validate(NiahOptions) names the field at fault in key(), which the run config maps to its own key
