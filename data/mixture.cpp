@@ -46,7 +46,8 @@ std::vector<uint64_t> mixture_bounds(const std::vector<double>& weights, const s
   return bounds;
 }
 
-MixtureLoader::MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts) : OptionsSource(opts) {
+MixtureLoader::MixtureLoader(const std::vector<MixtureSource>& sources, const LoaderOptions& opts)
+    : OptionsSource(opts) {
   for (const MixtureSource& s : sources) {
     names_.push_back(s.name);
     weights_.push_back(s.weight);
