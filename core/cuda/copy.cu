@@ -1,5 +1,6 @@
 // Strided copy-with-cast and fill on the device's compute stream.
 #include "core/copy.h"
+#include "core/cuda/strided_index.cuh"
 #include "core/cuda_check.h"
 #include "core/stream.h"
 
@@ -10,13 +11,8 @@ template <class S, class D>
 __global__ void strided_copy_kernel(const S* __restrict__ src, D* __restrict__ dst, StridedLayout L,
                                     int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t rem = i, so = 0, d_o = 0;
-    for (int d = L.ndim - 1; d >= 0; --d) {
-      int64_t idx = rem % L.shape[d];
-      rem /= L.shape[d];
-      so += idx * L.src_strides[d];
-      d_o += idx * L.dst_strides[d];
-    }
+    int64_t so, d_o;
+    strided_offsets(L, i, so, d_o);
     dst[d_o] = convert<D>(src[so]);
   }
 }

@@ -53,10 +53,9 @@ void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
     const T* up_ = static_cast<const T*>(up.data_ptr());
     T* yp = static_cast<T*>(y.data_ptr());
     constexpr int V = kVec<T>;
-    if (aligned16(gp) && aligned16(up_) && aligned16(yp))
-      swiglu_fwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
-    else
-      swiglu_fwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
+    launch_flat<V>(aligned16(gp) && aligned16(up_) && aligned16(yp), dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_fwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(gp, up_, yp, n);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
@@ -74,11 +73,11 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
     const T* dp = static_cast<const T*>(dy.data_ptr());
     T* dgp = static_cast<T*>(dgate.data_ptr());
     T* dup_ = static_cast<T*>(dup.data_ptr());
+    const bool vec = aligned16(gp) && aligned16(up_) && aligned16(dp) && aligned16(dgp) && aligned16(dup_);
     constexpr int V = kVec<T>;
-    if (aligned16(gp) && aligned16(up_) && aligned16(dp) && aligned16(dgp) && aligned16(dup_))
-      swiglu_bwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
-    else
-      swiglu_bwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+    launch_flat<V>(vec, dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_bwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
