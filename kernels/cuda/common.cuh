@@ -266,6 +266,17 @@ __device__ __forceinline__ void add_squares(const T* __restrict__ p, float& acc)
 // Rows of a tensor seen as [rows, D] (0 when D is 0).
 inline int64_t rows_of(const Tensor& x, int64_t D) { return D > 0 ? x.numel() / D : 0; }
 
+// A row op's input x seen as [rows, D], and x's device, made current, with its compute stream.
+struct RowOp {
+  int64_t D, rows;
+  int dev;
+  cudaStream_t s;
+};
+inline RowOp row_op(const Tensor& x, int64_t D) {
+  const int dev = x.device().index;
+  return {D, rows_of(x, D), dev, activate(dev)};
+}
+
 // Launches a row kernel through f(Width<W>{}, grid): W = V (16-byte vectors) when `vec`, else 1.
 template <int V, class F>
 void launch_rows(bool vec, int dev, int64_t rows, int64_t D, F&& f, int vecs_per_thread = 4) {

@@ -144,11 +144,8 @@ bool l2norm_short(int dev, cudaStream_t s, const T* a, const T* b, const float* 
 }  // namespace
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = rows_of(x, D);
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rnorm.dtype() == DType::f32 && rnorm.numel() == rows, "l2norm_fwd: rnorm must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "l2norm_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype(), "l2norm_fwd: dtypes differ");
@@ -166,11 +163,8 @@ void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnor
 }
 
 void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx) {
-  const int64_t D = y.size(-1);
-  const int64_t rows = rows_of(y, D);
+  const auto [D, rows, dev, s] = row_op(y, y.size(-1));
   if (rows == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rnorm.dtype() == DType::f32 && rnorm.numel() == rows, "l2norm_bwd: rnorm must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), "l2norm_bwd", T, [&] {
     NATSL_CHECK(dy.dtype() == y.dtype() && dx.dtype() == y.dtype(), "l2norm_bwd: dtypes differ");

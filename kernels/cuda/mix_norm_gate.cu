@@ -148,11 +148,8 @@ T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
                        const Tensor& rstd_g, const Tensor& rstd_a) {
-  const int64_t D = og.size(-1);
-  const int64_t rows = rows_of(og, D);
+  const auto [D, rows, dev, s] = row_op(og, og.size(-1));
   if (rows == 0) return;
-  const int dev = og.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(og.dtype(), "mix_norm_gate_fwd", T, [&] {
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(og) && aligned16(oa) && aligned16(z) && aligned16(gamma_g) &&
@@ -170,10 +167,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
                        const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
-  const int64_t D = og.size(-1);
-  const int64_t rows = rows_of(og, D);
-  const int dev = og.device().index;
-  cudaStream_t s = activate(dev);
+  const auto [D, rows, dev, s] = row_op(og, og.size(-1));
   if (rows == 0) {
     if (dgamma_g.defined()) dgamma_g.zero_();
     if (dgamma_a.defined()) dgamma_a.zero_();

@@ -206,11 +206,8 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
 }  // namespace
 
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = rows_of(x, D);
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_fwd: rstd must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "rmsnorm_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype() && (!w.defined() || w.dtype() == x.dtype()), "rmsnorm_fwd: dtypes differ");
@@ -234,10 +231,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw, const RmsnormBwdPlan& plan) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = rows_of(x, D);
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) {
     if (dw.defined()) dw.zero_();
     return;

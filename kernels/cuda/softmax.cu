@@ -61,11 +61,8 @@ __global__ void __launch_bounds__(1024) softmax_bwd_kernel(const T* __restrict__
 
 template <bool LOG>
 void launch_fwd(const Tensor& x, const Tensor& y, const char* op) {
-  const int64_t D = x.dim() == 0 ? 1 : x.size(-1);
-  const int64_t rows = rows_of(x, D);
+  const auto [D, rows, dev, s] = row_op(x, x.dim() == 0 ? 1 : x.size(-1));
   if (rows == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), op, T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype(), op, ": dtypes differ");
     const T* xp = static_cast<const T*>(x.data_ptr());
@@ -80,11 +77,8 @@ void launch_fwd(const Tensor& x, const Tensor& y, const char* op) {
 
 template <bool LOG>
 void launch_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, const char* op) {
-  const int64_t D = y.dim() == 0 ? 1 : y.size(-1);
-  const int64_t rows = rows_of(y, D);
+  const auto [D, rows, dev, s] = row_op(y, y.dim() == 0 ? 1 : y.size(-1));
   if (rows == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), op, T, [&] {
     NATSL_CHECK(dy.dtype() == y.dtype() && dx.dtype() == y.dtype(), op, ": dtypes differ");
     const T* yp = static_cast<const T*>(y.data_ptr());
