@@ -266,6 +266,23 @@ __device__ __forceinline__ void add_squares(const T* __restrict__ p, float& acc)
 // Rows of a tensor seen as [rows, D] (0 when D is 0).
 inline int64_t rows_of(const Tensor& x, int64_t D) { return D > 0 ? x.numel() / D : 0; }
 
+// A (defined) tensor's storage as T.
+template <class T>
+const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
+template <class T>
+T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+// An elementwise op over the n elements of x, and x's device, made current, with its compute stream.
+struct FlatOp {
+  int64_t n;
+  int dev;
+  cudaStream_t s;
+};
+inline FlatOp flat_op(const Tensor& x) {
+  const int dev = x.device().index;
+  return {x.numel(), dev, activate(dev)};
+}
+
 // A row op's input x seen as [rows, D], and x's device, made current, with its compute stream.
 struct RowOp {
   int64_t D, rows;

@@ -179,14 +179,12 @@ StridedLayout coalesced_layout(const Shape& shape, const Shape& sa, const Shape&
 }  // namespace
 
 void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y) {
-  const int64_t n = x.numel();
+  const auto [n, dev, s] = flat_op(x);
   if (n == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "unary_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype(), "unary_fwd: dtypes differ");
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    T* yp = static_cast<T*>(y.data_ptr());
+    const T* xp = cptr<T>(x);
+    T* yp = mptr<T>(y);
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
       constexpr int V = kVec<T>;
@@ -199,20 +197,18 @@ void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y) {
 }
 
 void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  const int64_t n = dx.numel();
+  const auto [n, dev, s] = flat_op(dx);
   if (n == 0) return;
-  const int dev = dx.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "unary_bwd", T, [&] {
     for (const Tensor* t : {&x, &y, &dy})
       if (t->defined()) {
         NATSL_CHECK(t->dtype() == dx.dtype(), "unary_bwd: dtypes differ");
         NATSL_CHECK(t->numel() == n, "unary_bwd: sizes differ");
       }
-    const T* xp = x.defined() ? static_cast<const T*>(x.data_ptr()) : nullptr;
-    const T* yp = y.defined() ? static_cast<const T*>(y.data_ptr()) : nullptr;
-    const T* gp = static_cast<const T*>(dy.data_ptr());
-    T* dp = static_cast<T*>(dx.data_ptr());
+    const T* xp = x.defined() ? cptr<T>(x) : nullptr;
+    const T* yp = y.defined() ? cptr<T>(y) : nullptr;
+    const T* gp = cptr<T>(dy);
+    T* dp = mptr<T>(dx);
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
       const bool vec = aligned16(x) && aligned16(y) && aligned16(gp) && aligned16(dp);
@@ -226,14 +222,12 @@ void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, c
 }
 
 void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  const int64_t n = out.numel();
+  const auto [n, dev, s] = flat_op(out);
   if (n == 0) return;
-  const int dev = out.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "binary_fwd", T, [&] {
-    const T* ap = static_cast<const T*>(a.data_ptr());
-    const T* bp = static_cast<const T*>(b.data_ptr());
-    T* op_ = static_cast<T*>(out.data_ptr());
+    const T* ap = cptr<T>(a);
+    const T* bp = cptr<T>(b);
+    T* op_ = mptr<T>(out);
     dispatch_binary(op, [&](auto opc) {
       constexpr BinaryOp OP = decltype(opc)::value;
       if (a.is_contiguous() && b.is_contiguous()) {
@@ -251,15 +245,13 @@ void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
 }
 
 void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out) {
-  const int64_t n = out.numel();
+  const auto [n, dev, s] = flat_op(out);
   if (n == 0) return;
-  const int dev = out.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "axpby", T, [&] {
     NATSL_CHECK(x.dtype() == out.dtype() && y.dtype() == out.dtype(), "axpby: dtypes differ");
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    const T* yp = static_cast<const T*>(y.data_ptr());
-    T* op_ = static_cast<T*>(out.data_ptr());
+    const T* xp = cptr<T>(x);
+    const T* yp = cptr<T>(y);
+    T* op_ = mptr<T>(out);
     constexpr int V = kVec<T>;
     launch_flat<V>(aligned16(xp) && aligned16(yp) && aligned16(op_), dev, n, kThreads, [&](auto w, int grid) {
       axpby_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(float(alpha), xp, float(beta), yp, op_, n);

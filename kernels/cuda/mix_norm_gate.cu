@@ -138,11 +138,6 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-template <class T>
-const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
-template <class T>
-T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-
 }  // namespace
 
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
