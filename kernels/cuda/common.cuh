@@ -142,10 +142,11 @@ inline int grid_for(int device, int64_t work, int64_t per_block, int blocks_per_
   return int(g < 1 ? 1 : g);
 }
 
-// Launches a flat grid-stride kernel (for_each_vec) over n elements through f(Width<W>{}, blocks): W = V
-// (16-byte vectors) when `vec`, else 1, and blocks of `threads` threads.
-template <int V, class F>
+// Launches a flat grid-stride kernel (for_each_vec) over n elements of T through f(Width<W>{}, blocks):
+// W = kVec<T> (16-byte vectors) when `vec`, else 1, and blocks of `threads` threads.
+template <class T, class F>
 void launch_flat(bool vec, int dev, int64_t n, int threads, F&& f) {
+  constexpr int V = kVec<T>;
   if (vec) f(Width<V>{}, grid_for(dev, n / V + 1, threads));
   else f(Width<1>{}, grid_for(dev, n, threads));
 }

@@ -422,8 +422,7 @@ void scale_unless_one(const Tensor& x, const Tensor& sc) {
   cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "scale_unless_one", T, [&] {
     T* xp = static_cast<T*>(x.data_ptr());
-    constexpr int V = kVec<T>;
-    launch_flat<V>(aligned16(xp), dev, n, 256, [&](auto w, int grid) {
+    launch_flat<T>(aligned16(xp), dev, n, 256, [&](auto w, int grid) {
       scale_unless_one_kernel<T, decltype(w)::value><<<grid, 256, 0, s>>>(xp, n, sc.data<float>());
     });
   });

@@ -187,8 +187,7 @@ void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y) {
     T* yp = mptr<T>(y);
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
-      constexpr int V = kVec<T>;
-      launch_flat<V>(aligned16(xp) && aligned16(yp), dev, n, kThreads, [&](auto w, int grid) {
+      launch_flat<T>(aligned16(xp) && aligned16(yp), dev, n, kThreads, [&](auto w, int grid) {
         unary_fwd_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(xp, yp, n);
       });
     });
@@ -212,8 +211,7 @@ void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, c
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
       const bool vec = aligned16(x) && aligned16(y) && aligned16(gp) && aligned16(dp);
-      constexpr int V = kVec<T>;
-      launch_flat<V>(vec, dev, n, kThreads, [&](auto w, int grid) {
+      launch_flat<T>(vec, dev, n, kThreads, [&](auto w, int grid) {
         unary_bwd_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(xp, yp, gp, dp, n);
       });
     });
@@ -231,8 +229,7 @@ void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
     dispatch_binary(op, [&](auto opc) {
       constexpr BinaryOp OP = decltype(opc)::value;
       if (a.is_contiguous() && b.is_contiguous()) {
-        constexpr int V = kVec<T>;
-        launch_flat<V>(aligned16(ap) && aligned16(bp) && aligned16(op_), dev, n, kThreads, [&](auto w, int grid) {
+        launch_flat<T>(aligned16(ap) && aligned16(bp) && aligned16(op_), dev, n, kThreads, [&](auto w, int grid) {
           binary_contig_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(ap, bp, op_, n);
         });
       } else {
@@ -249,12 +246,9 @@ void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Te
   if (n == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "axpby", T, [&] {
     NATSL_CHECK(x.dtype() == out.dtype() && y.dtype() == out.dtype(), "axpby: dtypes differ");
-    const T* xp = cptr<T>(x);
-    const T* yp = cptr<T>(y);
-    T* op_ = mptr<T>(out);
-    constexpr int V = kVec<T>;
-    launch_flat<V>(aligned16(xp) && aligned16(yp) && aligned16(op_), dev, n, kThreads, [&](auto w, int grid) {
-      axpby_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(float(alpha), xp, float(beta), yp, op_, n);
+    launch_flat<T>(aligned16(x) && aligned16(y) && aligned16(out), dev, n, kThreads, [&](auto w, int grid) {
+      axpby_kernel<T, decltype(w)::value>
+          <<<grid, kThreads, 0, s>>>(float(alpha), cptr<T>(x), float(beta), cptr<T>(y), mptr<T>(out), n);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();

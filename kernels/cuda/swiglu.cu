@@ -47,12 +47,8 @@ void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
   if (n == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), "swiglu_fwd", T, [&] {
     NATSL_CHECK(gate.dtype() == y.dtype() && up.dtype() == y.dtype(), "swiglu_fwd: dtypes differ");
-    const T* gp = cptr<T>(gate);
-    const T* up_ = cptr<T>(up);
-    T* yp = mptr<T>(y);
-    constexpr int V = kVec<T>;
-    launch_flat<V>(aligned16(gp) && aligned16(up_) && aligned16(yp), dev, n, kThreads, [&](auto w, int grid) {
-      swiglu_fwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(gp, up_, yp, n);
+    launch_flat<T>(aligned16(gate) && aligned16(up) && aligned16(y), dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_fwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(cptr<T>(gate), cptr<T>(up), mptr<T>(y), n);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
@@ -64,15 +60,10 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
   NATSL_CUDA_DISPATCH_FLOAT(dy.dtype(), "swiglu_bwd", T, [&] {
     for (const Tensor* t : {&gate, &up, &dgate, &dup})
       NATSL_CHECK(t->dtype() == dy.dtype(), "swiglu_bwd: dtypes differ");
-    const T* gp = cptr<T>(gate);
-    const T* up_ = cptr<T>(up);
-    const T* dp = cptr<T>(dy);
-    T* dgp = mptr<T>(dgate);
-    T* dup_ = mptr<T>(dup);
-    const bool vec = aligned16(gp) && aligned16(up_) && aligned16(dp) && aligned16(dgp) && aligned16(dup_);
-    constexpr int V = kVec<T>;
-    launch_flat<V>(vec, dev, n, kThreads, [&](auto w, int grid) {
-      swiglu_bwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+    const bool vec = aligned16(gate) && aligned16(up) && aligned16(dy) && aligned16(dgate) && aligned16(dup);
+    launch_flat<T>(vec, dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_bwd_kernel<T, decltype(w)::value>
+          <<<grid, kThreads, 0, s>>>(cptr<T>(gate), cptr<T>(up), cptr<T>(dy), mptr<T>(dgate), mptr<T>(dup), n);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
