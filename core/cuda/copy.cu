@@ -29,18 +29,6 @@ __global__ void fill_kernel(D* __restrict__ dst, StridedLayout L, int64_t n, D v
   }
 }
 
-#define NATSL_CUDA_DISPATCH(DT, T, ...)                                          \
-  [&] {                                                                          \
-    switch (DT) {                                                                \
-      case DType::f32: { using T = float; return __VA_ARGS__(); }                \
-      case DType::f64: { using T = double; return __VA_ARGS__(); }               \
-      case DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }       \
-      case DType::i32: { using T = int32_t; return __VA_ARGS__(); }              \
-      case DType::i64: { using T = int64_t; return __VA_ARGS__(); }              \
-      case DType::u8: { using T = uint8_t; return __VA_ARGS__(); }               \
-    }                                                                            \
-  }()
-
 int grid_for(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 65535 * 8)); }
 
 }  // namespace
@@ -49,8 +37,8 @@ void strided_copy(const void* src, DType sdt, int64_t soff, void* dst, DType ddt
                   const StridedLayout& L, int64_t numel, int device) {
   if (numel == 0) return;
   cudaStream_t s = activate(device);
-  NATSL_CUDA_DISPATCH(sdt, S, [&] {
-    NATSL_CUDA_DISPATCH(ddt, D, [&] {
+  NATSL_DISPATCH_ALL(sdt, S, [&] {
+    NATSL_DISPATCH_ALL(ddt, D, [&] {
       strided_copy_kernel<S, D><<<grid_for(numel), 256, 0, s>>>(static_cast<const S*>(src) + soff,
                                                                static_cast<D*>(dst) + doff, L, numel);
     });
@@ -61,7 +49,7 @@ void strided_copy(const void* src, DType sdt, int64_t soff, void* dst, DType ddt
 void fill(void* dst, DType dt, int64_t off, const StridedLayout& L, int64_t numel, double v, int device) {
   if (numel == 0) return;
   cudaStream_t s = activate(device);
-  NATSL_CUDA_DISPATCH(dt, D, [&] {
+  NATSL_DISPATCH_ALL(dt, D, [&] {
     fill_kernel<D><<<grid_for(numel), 256, 0, s>>>(static_cast<D*>(dst) + off, L, numel, convert<D>(v));
   });
   NATSL_CUDA_CHECK_LAUNCH();
