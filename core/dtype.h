@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -17,6 +18,20 @@ namespace natsl {
 
 enum class DType : uint8_t { f32, bf16, f64, i32, i64, u8 };
 
+// The 4 bytes of v as a To (float <-> uint32_t): the bit-move intrinsics on the device, memcpy on the host.
+template <class To, class From>
+NATSL_HD To bit_cast4(From v) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "bit_cast4 moves 4 bytes");
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<To, float>) return __uint_as_float(v);
+  else return __float_as_uint(v);
+#else
+  To r;
+  std::memcpy(&r, &v, 4);
+  return r;
+#endif
+}
+
 struct bf16 {
   uint16_t bits = 0;
   bf16() = default;
@@ -26,16 +41,7 @@ struct bf16 {
     return r;
   }
   NATSL_HD explicit bf16(float f) : bits(round_bits(f)) {}
-  NATSL_HD explicit operator float() const {
-    uint32_t u = uint32_t(bits) << 16;
-    float f;
-#if defined(__CUDA_ARCH__)
-    f = __uint_as_float(u);
-#else
-    std::memcpy(&f, &u, 4);
-#endif
-    return f;
-  }
+  NATSL_HD explicit operator float() const { return bit_cast4<float>(uint32_t(bits) << 16); }
   NATSL_HD static uint16_t round_bits(float f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     // The hardware conversion (one instruction; the integer sequence below costs ~8): the same round to
@@ -44,12 +50,7 @@ struct bf16 {
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
 #else
-    uint32_t u;
-#if defined(__CUDA_ARCH__)
-    u = __float_as_uint(f);
-#else
-    std::memcpy(&u, &f, 4);
-#endif
+    uint32_t u = bit_cast4<uint32_t>(f);
     if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return uint16_t((u >> 16) | 0x40);  // NaN
     uint32_t lsb = (u >> 16) & 1u;
     u += 0x7fffu + lsb;
