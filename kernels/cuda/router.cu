@@ -76,28 +76,31 @@ __global__ void choice_bwd_kernel(const float* __restrict__ probs, const float* 
   }
 }
 
+// The mean pool (BWD false: in = x [B, L, d], out = pooled [B, NC, d]) or its backward (in = dpooled,
+// out = dx), a thread per element of out, T the dtype of x (of dx for the backward).
+template <bool BWD>
+void launch_pool(const Tensor& in, const Tensor& out, int64_t B, int64_t L, int64_t d, int64_t C, int64_t NC,
+                 const char* op) {
+  const auto [n, dev, s] = flat_op(out);
+  if (n == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT((BWD ? out : in).dtype(), op, T, [&] {
+    auto* kern = BWD ? pool_bwd_kernel<T> : pool_fwd_kernel<T>;
+    kern<<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(in), mptr<T>(out), B, L, d, C, NC);
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
 const float* f32_or_null(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 
 }  // namespace
 
 void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
-  const int64_t B = x.size(0), L = x.size(1), d = x.size(2), NC = pooled.size(1);
-  const auto [n, dev, s] = flat_op(pooled);
-  if (n == 0) return;
-  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "chunk_mean_pool_fwd", T, [&] {
-    pool_fwd_kernel<T><<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(x), mptr<T>(pooled), B, L, d, chunk_size, NC);
-  });
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_pool<false>(x, pooled, x.size(0), x.size(1), x.size(2), chunk_size, pooled.size(1), "chunk_mean_pool_fwd");
 }
 
 void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  const int64_t B = dx.size(0), L = dx.size(1), d = dx.size(2), NC = dpooled.size(1);
-  const auto [n, dev, s] = flat_op(dx);
-  if (n == 0) return;
-  NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "chunk_mean_pool_bwd", T, [&] {
-    pool_bwd_kernel<T><<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(dpooled), mptr<T>(dx), B, L, d, chunk_size, NC);
-  });
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_pool<true>(dpooled, dx, dx.size(0), dx.size(1), dx.size(2), chunk_size, dpooled.size(1),
+                    "chunk_mean_pool_bwd");
 }
 
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,
