@@ -49,13 +49,7 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
   // Heaviest work first: a selected early chunk is seen by every later query chunk.
   const int per_chunk = g.Ha * g.B;
   const int c = int(blockIdx.x) / per_chunk;
-  const int a = (int(blockIdx.x) % per_chunk) % g.Ha, b = (int(blockIdx.x) % per_chunk) / g.Ha;
-  const int r = a / g.G;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int gq = lane >> 2, tq = lane & 3;
-
-  const int64_t ldqk = int64_t(g.Ha) * DK, ldv = int64_t(g.Ha) * DV;
-  const int64_t head_qk = (int64_t(b) * g.T * g.Ha + a) * DK, head_v = (int64_t(b) * g.T * g.Ha + a) * DV;
+  const auto [a, b, r, warp, lane, gq, tq, ldqk, ldv, head_qk, head_v] = tc_place<DK, DV>(g, per_chunk);
   const int64_t head_row = int64_t(b) * g.T * g.Ha + a;  // lse/D index of token 0; token t at + t * Ha
   const int32_t* pre = g.prefix + (int64_t(b) * g.Hr + r) * (g.NC + 1);
   const bool selected = pre[c + 1] > pre[c];

@@ -40,13 +40,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
   // Heaviest work first: the last query chunks visit the most key chunks.
   const int per_chunk = g.Ha * g.B;
   const int qc = g.NC - 1 - int(blockIdx.x) / per_chunk;
-  const int a = (int(blockIdx.x) % per_chunk) % g.Ha, b = (int(blockIdx.x) % per_chunk) / g.Ha;
-  const int r = a / g.G;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int gq = lane >> 2, tq = lane & 3;
-
-  const int64_t ldqk = int64_t(g.Ha) * DK, ldv = int64_t(g.Ha) * DV;
-  const int64_t head_qk = (int64_t(b) * g.T * g.Ha + a) * DK, head_v = (int64_t(b) * g.T * g.Ha + a) * DV;
+  const auto [a, b, r, warp, lane, gq, tq, ldqk, ldv, head_qk, head_v] = tc_place<DK, DV>(g, per_chunk);
   const bf* const q = static_cast<const bf*>(p.q) + head_qk;
   const bf* const k = static_cast<const bf*>(p.k) + head_qk;
   const bf* const v = static_cast<const bf*>(p.v) + head_v;
