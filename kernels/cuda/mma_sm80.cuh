@@ -116,6 +116,16 @@ __device__ __forceinline__ void mma_abt_16x64(float (&acc)[8][4], uint32_t a, in
   }
 }
 
+// f(j, e, col) for each column col = 8 j + 2 t + e (t = lane % 4) of a 16 x 64 product whose C fragments
+// (8 n-tiles) this thread holds: the column's elements are c[j][e] (row g) and c[j][2 + e] (row g + 8).
+template <class F>
+__device__ __forceinline__ void for_each_frag_col(int t, F&& f) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) f(j, e, j * 8 + 2 * t + e);
+}
+
 // The A fragment of k-step kk (columns 16 kk .. 16 kk + 15) from the C fragments c of a 16 x 64 product, as bf16
 // (the C-to-A identity in the header comment).
 __device__ __forceinline__ void c_to_a(const float (&c)[8][4], int kk, uint32_t (&a)[4]) {

@@ -116,35 +116,28 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
     zero_frags(st);
     mma_abt_16x64<DK>(st, kb, key0, qb, lane);
     // P^T = exp(scale S^T - lse), causal on the diagonal tile.
+    for_each_frag_col(tq, [&](int j, int e, int qrow) {
+      const float l2 = lse_t[qrow] * kLog2e;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int qrow = j * 8 + 2 * tq + e;
-        const float l2 = lse_t[qrow] * kLog2e;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float pe = fast_exp2(st[j][2 * h + e] * sl2 - l2);
-          st[j][2 * h + e] = diag && key0 + gq + 8 * h > qrow ? 0.f : pe;
-        }
+      for (int h = 0; h < 2; ++h) {
+        const float pe = fast_exp2(st[j][2 * h + e] * sl2 - l2);
+        st[j][2 * h + e] = diag && key0 + gq + 8 * h > qrow ? 0.f : pe;
       }
+    });
     // dP^T = V_w dO^T.
     float dpt[8][4];
     zero_frags(dpt);
     mma_abt_16x64<DV>(dpt, vb, key0, dob, lane);
     // dS^T = P^T (dP^T - D), kept in dpt.
+    for_each_frag_col(tq, [&](int j, int e, int qrow) {
+      const float d = d_t[qrow];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float d = d_t[j * 8 + 2 * tq + e];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float ds = st[j][2 * h + e] * (dpt[j][2 * h + e] - d);
-          dpt[j][2 * h + e] = ds;
-          if (!diag) dm_part += ds;
-        }
+      for (int h = 0; h < 2; ++h) {
+        const float ds = st[j][2 * h + e] * (dpt[j][2 * h + e] - d);
+        dpt[j][2 * h + e] = ds;
+        if (!diag) dm_part += ds;
       }
+    });
     // dV += P^T dO and dK += dS^T Q (k-step kk = queries 16kk .. 16kk + 15).
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
