@@ -418,9 +418,11 @@ void scale_unless_one(const Tensor& x, const Tensor& sc) {
   cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "scale_unless_one", T, [&] {
     T* xp = static_cast<T*>(x.data_ptr());
-    launch_flat<T>(aligned16(xp), dev, n, 256, [&](auto w, int grid) {
-      scale_unless_one_kernel<T, decltype(w)::value><<<grid, 256, 0, s>>>(xp, n, sc.data<float>());
-    });
+    constexpr int VC = kVec<T>;
+    if (aligned16(xp))
+      scale_unless_one_kernel<T, VC><<<grid_for(dev, n / VC + 1, 256), 256, 0, s>>>(xp, n, sc.data<float>());
+    else
+      scale_unless_one_kernel<T, 1><<<grid_for(dev, n, 256), 256, 0, s>>>(xp, n, sc.data<float>());
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
