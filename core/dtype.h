@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -17,6 +18,20 @@ namespace natsl {
 
 enum class DType : uint8_t { f32, bf16, f64, i32, i64, u8 };
 
+// The 4 bytes of v as a To (float <-> uint32_t): the bit-move intrinsics on the device, memcpy on the host.
+template <class To, class From>
+NATSL_HD To bit_cast4(From v) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "bit_cast4 moves 4 bytes");
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<To, float>) return __uint_as_float(v);
+  else return __float_as_uint(v);
+#else
+  To r;
+  std::memcpy(&r, &v, 4);
+  return r;
+#endif
+}
+
 struct bf16 {
   uint16_t bits = 0;
   bf16() = default;
@@ -26,16 +41,7 @@ struct bf16 {
     return r;
   }
   NATSL_HD explicit bf16(float f) : bits(round_bits(f)) {}
-  NATSL_HD explicit operator float() const {
-    uint32_t u = uint32_t(bits) << 16;
-    float f;
-#if defined(__CUDA_ARCH__)
-    f = __uint_as_float(u);
-#else
-    std::memcpy(&f, &u, 4);
-#endif
-    return f;
-  }
+  NATSL_HD explicit operator float() const { return bit_cast4<float>(uint32_t(bits) << 16); }
   NATSL_HD static uint16_t round_bits(float f) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     // The hardware conversion (one instruction; the integer sequence below costs ~8): the same round to
@@ -44,12 +50,7 @@ struct bf16 {
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
 #else
-    uint32_t u;
-#if defined(__CUDA_ARCH__)
-    u = __float_as_uint(f);
-#else
-    std::memcpy(&u, &f, 4);
-#endif
+    uint32_t u = bit_cast4<uint32_t>(f);
     if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return uint16_t((u >> 16) | 0x40);  // NaN
     uint32_t lsb = (u >> 16) & 1u;
     u += 0x7fffu + lsb;
@@ -68,29 +69,17 @@ struct bf16 {
   }
 };
 
-inline size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::f32: return 4;
-    case DType::bf16: return 2;
-    case DType::f64: return 8;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
-    case DType::u8: return 1;
-  }
-  return 0;
-}
+// Bytes per element and name of each dtype, in the order of the enum.
+struct DTypeInfo {
+  size_t size;
+  std::string_view name;
+};
+inline constexpr DTypeInfo kDTypeInfo[] = {{4, "f32"}, {2, "bf16"}, {8, "f64"}, {4, "i32"}, {8, "i64"}, {1, "u8"}};
+inline constexpr size_t kNumDTypes = sizeof(kDTypeInfo) / sizeof(kDTypeInfo[0]);
+static_assert(kNumDTypes == size_t(DType::u8) + 1, "kDTypeInfo must list every dtype");
 
-inline std::string_view dtype_name(DType t) {
-  switch (t) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f64: return "f64";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
-    case DType::u8: return "u8";
-  }
-  return "?";
-}
+inline size_t dtype_size(DType t) { return size_t(t) < kNumDTypes ? kDTypeInfo[size_t(t)].size : 0; }
+inline std::string_view dtype_name(DType t) { return size_t(t) < kNumDTypes ? kDTypeInfo[size_t(t)].name : "?"; }
 
 inline bool is_floating(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f64; }
 
@@ -114,13 +103,22 @@ NATSL_HD To convert(From v) {
 
 }  // namespace natsl
 
+// The dispatch cases that bind T to the C++ type of each floating dtype (f32, f64, bf16), then of each integer
+// dtype (i32, i64, u8), and return the body's result.
+#define NATSL_DISPATCH_FLOAT_CASES_(T, ...)                                                 \
+  case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                     \
+  case ::natsl::DType::f64: { using T = double; return __VA_ARGS__(); }                    \
+  case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }
+#define NATSL_DISPATCH_INT_CASES_(T, ...)                                                   \
+  case ::natsl::DType::i32: { using T = int32_t; return __VA_ARGS__(); }                   \
+  case ::natsl::DType::i64: { using T = int64_t; return __VA_ARGS__(); }                   \
+  case ::natsl::DType::u8: { using T = uint8_t; return __VA_ARGS__(); }
+
 // NATSL_DISPATCH_FLOAT(dtype, T, ...): runs the body with T bound to the C++ type of a floating dtype.
 #define NATSL_DISPATCH_FLOAT(DT, T, ...)                                                     \
   [&] {                                                                                      \
     switch (DT) {                                                                            \
-      case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                   \
-      case ::natsl::DType::f64: { using T = double; return __VA_ARGS__(); }                  \
-      case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }          \
+      NATSL_DISPATCH_FLOAT_CASES_(T, __VA_ARGS__)                                            \
       default: NATSL_FAIL("expected a floating dtype, got ", ::natsl::dtype_name(DT));       \
     }                                                                                        \
   }()
@@ -128,12 +126,8 @@ NATSL_HD To convert(From v) {
 #define NATSL_DISPATCH_ALL(DT, T, ...)                                                       \
   [&] {                                                                                      \
     switch (DT) {                                                                            \
-      case ::natsl::DType::f32: { using T = float; return __VA_ARGS__(); }                   \
-      case ::natsl::DType::f64: { using T = double; return __VA_ARGS__(); }                  \
-      case ::natsl::DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }          \
-      case ::natsl::DType::i32: { using T = int32_t; return __VA_ARGS__(); }                 \
-      case ::natsl::DType::i64: { using T = int64_t; return __VA_ARGS__(); }                 \
-      case ::natsl::DType::u8: { using T = uint8_t; return __VA_ARGS__(); }                  \
+      NATSL_DISPATCH_FLOAT_CASES_(T, __VA_ARGS__)                                            \
+      NATSL_DISPATCH_INT_CASES_(T, __VA_ARGS__)                                              \
     }                                                                                        \
     NATSL_FAIL("bad dtype");                                                                 \
   }()

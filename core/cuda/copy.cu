@@ -1,5 +1,6 @@
 // Strided copy-with-cast and fill on the device's compute stream.
 #include "core/copy.h"
+#include "core/cuda/strided_index.cuh"
 #include "core/cuda_check.h"
 #include "core/stream.h"
 
@@ -10,13 +11,8 @@ template <class S, class D>
 __global__ void strided_copy_kernel(const S* __restrict__ src, D* __restrict__ dst, StridedLayout L,
                                     int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t rem = i, so = 0, d_o = 0;
-    for (int d = L.ndim - 1; d >= 0; --d) {
-      int64_t idx = rem % L.shape[d];
-      rem /= L.shape[d];
-      so += idx * L.src_strides[d];
-      d_o += idx * L.dst_strides[d];
-    }
+    int64_t so, d_o;
+    strided_offsets(L, i, so, d_o);
     dst[d_o] = convert<D>(src[so]);
   }
 }
@@ -33,18 +29,6 @@ __global__ void fill_kernel(D* __restrict__ dst, StridedLayout L, int64_t n, D v
   }
 }
 
-#define NATSL_CUDA_DISPATCH(DT, T, ...)                                          \
-  [&] {                                                                          \
-    switch (DT) {                                                                \
-      case DType::f32: { using T = float; return __VA_ARGS__(); }                \
-      case DType::f64: { using T = double; return __VA_ARGS__(); }               \
-      case DType::bf16: { using T = ::natsl::bf16; return __VA_ARGS__(); }       \
-      case DType::i32: { using T = int32_t; return __VA_ARGS__(); }              \
-      case DType::i64: { using T = int64_t; return __VA_ARGS__(); }              \
-      case DType::u8: { using T = uint8_t; return __VA_ARGS__(); }               \
-    }                                                                            \
-  }()
-
 int grid_for(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 65535 * 8)); }
 
 }  // namespace
@@ -53,8 +37,8 @@ void strided_copy(const void* src, DType sdt, int64_t soff, void* dst, DType ddt
                   const StridedLayout& L, int64_t numel, int device) {
   if (numel == 0) return;
   cudaStream_t s = activate(device);
-  NATSL_CUDA_DISPATCH(sdt, S, [&] {
-    NATSL_CUDA_DISPATCH(ddt, D, [&] {
+  NATSL_DISPATCH_ALL(sdt, S, [&] {
+    NATSL_DISPATCH_ALL(ddt, D, [&] {
       strided_copy_kernel<S, D><<<grid_for(numel), 256, 0, s>>>(static_cast<const S*>(src) + soff,
                                                                static_cast<D*>(dst) + doff, L, numel);
     });
@@ -65,7 +49,7 @@ void strided_copy(const void* src, DType sdt, int64_t soff, void* dst, DType ddt
 void fill(void* dst, DType dt, int64_t off, const StridedLayout& L, int64_t numel, double v, int device) {
   if (numel == 0) return;
   cudaStream_t s = activate(device);
-  NATSL_CUDA_DISPATCH(dt, D, [&] {
+  NATSL_DISPATCH_ALL(dt, D, [&] {
     fill_kernel<D><<<grid_for(numel), 256, 0, s>>>(static_cast<D*>(dst) + off, L, numel, convert<D>(v));
   });
   NATSL_CUDA_CHECK_LAUNCH();

@@ -142,46 +142,55 @@ inline int grid_for(int device, int64_t work, int64_t per_block, int blocks_per_
   return int(g < 1 ? 1 : g);
 }
 
-// ---- reductions ----
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+// Launches a flat grid-stride kernel (for_each_vec) over n elements of T through f(Width<W>{}, blocks):
+// W = kVec<T> (16-byte vectors) when `vec`, else 1, and blocks of `threads` threads.
+template <class T, class F>
+void launch_flat(bool vec, int dev, int64_t n, int threads, F&& f) {
+  constexpr int V = kVec<T>;
+  if (vec) f(Width<V>{}, grid_for(dev, n / V + 1, threads));
+  else f(Width<1>{}, grid_for(dev, n, threads));
 }
 
+// ---- reductions ----
+// The associative ops of the reductions below, with their identity (what an absent value contributes).
+struct SumOp {
+  static constexpr float kIdentity = 0.f;
+  __device__ __forceinline__ static float apply(float a, float b) { return a + b; }
+};
+struct MaxOp {
+  static constexpr float kIdentity = -INFINITY;
+  __device__ __forceinline__ static float apply(float a, float b) { return fmaxf(a, b); }
+};
+
+// Op over the 32 lanes of a warp (xor butterfly: every lane gets the result, in a fixed order).
+template <class Op>
+__device__ __forceinline__ float warp_reduce(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
+
 // Row kernels use blockDim = (threads per row, rows per block), threads per row a power of two >= 32,
-// so that each row is whole warps. row_sum returns the sum of v over the threads of this thread's row, to
+// so that each row is whole warps. row_reduce returns Op of v over the threads of this thread's row, to
 // every thread of the row, in a fixed order (deterministic). `scratch` holds 32 floats per row of the
 // block; it may be reused right after the call returns (a trailing barrier protects it).
-__device__ __forceinline__ float row_sum(float v, float* scratch) {
-  v = warp_sum(v);
+template <class Op>
+__device__ __forceinline__ float row_reduce(float v, float* scratch) {
+  v = warp_reduce<Op>(v);
   if (blockDim.x == 32) return v;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   float* s = scratch + threadIdx.y * 32;
   if (lane == 0) s[warp] = v;
   __syncthreads();
-  float r = lane < nwarps ? s[lane] : 0.f;
-  r = warp_sum(r);
+  float r = lane < nwarps ? s[lane] : Op::kIdentity;
+  r = warp_reduce<Op>(r);
   __syncthreads();
   return r;
 }
-__device__ __forceinline__ float row_max(float v, float* scratch) {
-  v = warp_max(v);
-  if (blockDim.x == 32) return v;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  float* s = scratch + threadIdx.y * 32;
-  if (lane == 0) s[warp] = v;
-  __syncthreads();
-  float r = lane < nwarps ? s[lane] : -INFINITY;
-  r = warp_max(r);
-  __syncthreads();
-  return r;
-}
+__device__ __forceinline__ float row_sum(float v, float* scratch) { return row_reduce<SumOp>(v, scratch); }
+__device__ __forceinline__ float row_max(float v, float* scratch) { return row_reduce<MaxOp>(v, scratch); }
 
 // Row-kernel shape for rows of `cols` elements moved VEC at a time: threads per row (power of two in
 // [32, 1024]) and rows per block (so a block has at least 128 threads).
@@ -221,6 +230,77 @@ inline RowGrid row_grid(int device, int64_t rows, int64_t cols, int vec, int vec
   for (int64_t row##_base = int64_t(blockIdx.x) * blockDim.y; row##_base < (rows);                      \
        row##_base += int64_t(gridDim.x) * blockDim.y)                                                   \
     if (const int64_t row = row##_base + threadIdx.y; true)
+
+// The offsets j of the VEC-element vectors of a row that this thread takes, strided by the row's threads.
+#define NATSL_FOR_ROW_VEC(j, D, VEC) \
+  for (int64_t j = int64_t(threadIdx.x) * (VEC); j < (D); j += int64_t(blockDim.x) * (VEC))
+
+// The two-pass row kernel over rows of D elements: per row, NS f32 sums acc[i] = sum over the row of what
+// add(off, j, acc) adds for each of this thread's vectors j (in order, from 0), combined over the row by
+// row_sum; then out(r, off, acc) for the rows that exist (off = r * D). Every thread of the block reaches
+// the reductions, also those whose row slot is past the end.
+template <int VEC, int NS, class Add, class Out>
+__device__ __forceinline__ void rows_with_sums(int64_t rows, int64_t D, float* scratch, Add&& add, Out&& out) {
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float acc[NS];
+#pragma unroll
+    for (int i = 0; i < NS; ++i) acc[i] = 0.f;
+    if (active) NATSL_FOR_ROW_VEC(j, D, VEC) add(off, j, acc);
+#pragma unroll
+    for (int i = 0; i < NS; ++i) acc[i] = row_sum(acc[i], scratch);
+    if (!active) continue;
+    out(r, off, acc);
+  }
+}
+
+// acc += sum_k p[k]^2 over the VEC elements at p (in order).
+template <class T, int VEC>
+__device__ __forceinline__ void add_squares(const T* __restrict__ p, float& acc) {
+  float v[VEC];
+  load_vec<T, VEC>(p, v);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc += v[k] * v[k];
+}
+
+// Rows of a tensor seen as [rows, D] (0 when D is 0).
+inline int64_t rows_of(const Tensor& x, int64_t D) { return D > 0 ? x.numel() / D : 0; }
+
+// A (defined) tensor's storage as T.
+template <class T>
+const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
+template <class T>
+T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+// An elementwise op over the n elements of x, and x's device, made current, with its compute stream.
+struct FlatOp {
+  int64_t n;
+  int dev;
+  cudaStream_t s;
+};
+inline FlatOp flat_op(const Tensor& x) {
+  const int dev = x.device().index;
+  return {x.numel(), dev, activate(dev)};
+}
+
+// A row op's input x seen as [rows, D], and x's device, made current, with its compute stream.
+struct RowOp {
+  int64_t D, rows;
+  int dev;
+  cudaStream_t s;
+};
+inline RowOp row_op(const Tensor& x, int64_t D) {
+  const int dev = x.device().index;
+  return {D, rows_of(x, D), dev, activate(dev)};
+}
+
+// Launches a row kernel through f(Width<W>{}, grid): W = V (16-byte vectors) when `vec`, else 1.
+template <int V, class F>
+void launch_rows(bool vec, int dev, int64_t rows, int64_t D, F&& f, int vecs_per_thread = 4) {
+  if (vec) f(Width<V>{}, row_grid(dev, rows, D, V, vecs_per_thread));
+  else f(Width<1>{}, row_grid(dev, rows, D, 1, vecs_per_thread));
+}
 
 // A device scratch tensor from the stream-ordered pool (freed back to the pool, in stream order, when the
 // returned tensor dies: safe for use by kernels queued before that).

@@ -116,27 +116,28 @@ __global__ void __launch_bounds__(1024, 1)
       const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
       raw[n] = active && j < V ? *reinterpret_cast<const uint4*>(logits + off + j) : make_uint4(0, 0, 0, 0);
     }
+    // f(j, v) for each vector j of the row that this thread holds, v its values (unpacked from raw).
+    auto for_each_held = [&](auto&& f) {
 #pragma unroll
-    for (int n = 0; n < NV; ++n) {
-      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
-      if (!(active && j < V)) continue;
-      float v[VEC];
-      unpack<T, VEC>(raw[n], v);
+      for (int n = 0; n < NV; ++n) {
+        const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
+        if (!(active && j < V)) continue;
+        float v[VEC];
+        unpack<T, VEC>(raw[n], v);
+        f(j, v);
+      }
+    };
+    for_each_held([&](int64_t, const float (&v)[VEC]) {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) m = fmaxf(m, v[k]);
-    }
+    });
     const float M = row_max(m, scratch);
     const float Ms = M == -INFINITY ? 0.f : M;  // an all -inf row: sum 0, lse -inf (as the streaming kernel)
     float se = 0.f;
-#pragma unroll
-    for (int n = 0; n < NV; ++n) {
-      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
-      if (!(active && j < V)) continue;
-      float v[VEC];
-      unpack<T, VEC>(raw[n], v);
+    for_each_held([&](int64_t, const float (&v)[VEC]) {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) se += exp_for<T>(v[k] - Ms);
-    }
+    });
     const float row_lse = Ms + logf(row_sum(se, scratch));
     __syncthreads();  // every read of the row (x_target too) happens before the writes below (in place)
     if (!active) continue;
@@ -148,12 +149,7 @@ __global__ void __launch_bounds__(1024, 1)
       losses[r] = is_valid ? row_lse - x_target : 0.f;
     }
     const float scale = is_valid ? grad_scale[0] : 0.f;
-#pragma unroll
-    for (int n = 0; n < NV; ++n) {
-      const int64_t j = (int64_t(n) * blockDim.x + threadIdx.x) * VEC;
-      if (j >= V) continue;
-      float v[VEC];
-      unpack<T, VEC>(raw[n], v);
+    for_each_held([&](int64_t j, float (&v)[VEC]) {  // this row exists: every j < V
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[k] = exp_for<T>(v[k] - row_lse) * scale;
       if (is_valid && t >= j && t < j + VEC) {
@@ -162,7 +158,7 @@ __global__ void __launch_bounds__(1024, 1)
           if (j + k == t) v[k] -= scale;
       }
       store_vec<T, VEC>(dlogits + off + j, v);
-    }
+    });
   }
 }
 

@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "core/copy.h"
+#include "core/cuda/strided_index.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
@@ -112,13 +113,8 @@ template <class T, BinaryOp OP>
 __global__ void binary_strided_kernel(const T* a, const T* b, T* out, StridedLayout L, int64_t n) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    int64_t rem = i, oa = 0, ob = 0;
-    for (int d = L.ndim - 1; d >= 0; --d) {
-      int64_t idx = rem % L.shape[d];
-      rem /= L.shape[d];
-      oa += idx * L.src_strides[d];
-      ob += idx * L.dst_strides[d];
-    }
+    int64_t oa, ob;
+    ::natsl::cuda::strided_offsets(L, i, oa, ob);
     out[i] = from_f32<T>(binary_f<OP>(to_f32(a[oa]), to_f32(b[ob])));
   }
 }
@@ -138,32 +134,23 @@ __global__ void axpby_kernel(float alpha, const T* x, float beta, const T* y, T*
 
 constexpr int kThreads = 256;
 
-// Calls fn(std::integral_constant<UnaryOp, op>) for the runtime op.
+// Calls fn(std::integral_constant<E, op>) for the runtime op, one of OPS.
+template <auto... OPS, class E, class Fn>
+void dispatch_op(E op, Fn&& fn) {
+  const bool found = ((op == OPS ? (fn(std::integral_constant<E, OPS>{}), true) : false) || ...);
+  if (!found) NATSL_FAIL("unknown elementwise op");
+}
+
 template <class Fn>
 void dispatch_unary(UnaryOp op, Fn&& fn) {
-  switch (op) {
-    case UnaryOp::Neg: return fn(std::integral_constant<UnaryOp, UnaryOp::Neg>{});
-    case UnaryOp::Exp: return fn(std::integral_constant<UnaryOp, UnaryOp::Exp>{});
-    case UnaryOp::Log: return fn(std::integral_constant<UnaryOp, UnaryOp::Log>{});
-    case UnaryOp::Silu: return fn(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
-    case UnaryOp::Sigmoid: return fn(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
-    case UnaryOp::Softplus: return fn(std::integral_constant<UnaryOp, UnaryOp::Softplus>{});
-    case UnaryOp::Tanh: return fn(std::integral_constant<UnaryOp, UnaryOp::Tanh>{});
-    case UnaryOp::Sqrt: return fn(std::integral_constant<UnaryOp, UnaryOp::Sqrt>{});
-    case UnaryOp::Square: return fn(std::integral_constant<UnaryOp, UnaryOp::Square>{});
-  }
-  NATSL_FAIL("unknown unary op");
+  using enum UnaryOp;
+  dispatch_op<Neg, Exp, Log, Silu, Sigmoid, Softplus, Tanh, Sqrt, Square>(op, fn);
 }
 
 template <class Fn>
 void dispatch_binary(BinaryOp op, Fn&& fn) {
-  switch (op) {
-    case BinaryOp::Add: return fn(std::integral_constant<BinaryOp, BinaryOp::Add>{});
-    case BinaryOp::Sub: return fn(std::integral_constant<BinaryOp, BinaryOp::Sub>{});
-    case BinaryOp::Mul: return fn(std::integral_constant<BinaryOp, BinaryOp::Mul>{});
-    case BinaryOp::Div: return fn(std::integral_constant<BinaryOp, BinaryOp::Div>{});
-  }
-  NATSL_FAIL("unknown binary op");
+  using enum BinaryOp;
+  dispatch_op<Add, Sub, Mul, Div>(op, fn);
 }
 
 // Merges adjacent dims that are jointly contiguous in both operands, so the strided kernel does fewer
@@ -192,73 +179,59 @@ StridedLayout coalesced_layout(const Shape& shape, const Shape& sa, const Shape&
 }  // namespace
 
 void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y) {
-  const int64_t n = x.numel();
+  const auto [n, dev, s] = flat_op(x);
   if (n == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "unary_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype(), "unary_fwd: dtypes differ");
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    T* yp = static_cast<T*>(y.data_ptr());
+    const T* xp = cptr<T>(x);
+    T* yp = mptr<T>(y);
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
-      if (aligned16(xp) && aligned16(yp)) {
-        constexpr int V = kVec<T>;
-        unary_fwd_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(xp, yp, n);
-      } else {
-        unary_fwd_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(xp, yp, n);
-      }
+      launch_flat<T>(aligned16(xp) && aligned16(yp), dev, n, kThreads, [&](auto w, int grid) {
+        unary_fwd_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(xp, yp, n);
+      });
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  const int64_t n = dx.numel();
+  const auto [n, dev, s] = flat_op(dx);
   if (n == 0) return;
-  const int dev = dx.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "unary_bwd", T, [&] {
     for (const Tensor* t : {&x, &y, &dy})
       if (t->defined()) {
         NATSL_CHECK(t->dtype() == dx.dtype(), "unary_bwd: dtypes differ");
         NATSL_CHECK(t->numel() == n, "unary_bwd: sizes differ");
       }
-    const T* xp = x.defined() ? static_cast<const T*>(x.data_ptr()) : nullptr;
-    const T* yp = y.defined() ? static_cast<const T*>(y.data_ptr()) : nullptr;
-    const T* gp = static_cast<const T*>(dy.data_ptr());
-    T* dp = static_cast<T*>(dx.data_ptr());
+    const T* xp = x.defined() ? cptr<T>(x) : nullptr;
+    const T* yp = y.defined() ? cptr<T>(y) : nullptr;
+    const T* gp = cptr<T>(dy);
+    T* dp = mptr<T>(dx);
     dispatch_unary(op, [&](auto opc) {
       constexpr UnaryOp OP = decltype(opc)::value;
-      if (aligned16(x) && aligned16(y) && aligned16(gp) && aligned16(dp)) {
-        constexpr int V = kVec<T>;
-        unary_bwd_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(xp, yp, gp, dp, n);
-      } else {
-        unary_bwd_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(xp, yp, gp, dp, n);
-      }
+      const bool vec = aligned16(x) && aligned16(y) && aligned16(gp) && aligned16(dp);
+      launch_flat<T>(vec, dev, n, kThreads, [&](auto w, int grid) {
+        unary_bwd_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(xp, yp, gp, dp, n);
+      });
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  const int64_t n = out.numel();
+  const auto [n, dev, s] = flat_op(out);
   if (n == 0) return;
-  const int dev = out.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "binary_fwd", T, [&] {
-    const T* ap = static_cast<const T*>(a.data_ptr());
-    const T* bp = static_cast<const T*>(b.data_ptr());
-    T* op_ = static_cast<T*>(out.data_ptr());
+    const T* ap = cptr<T>(a);
+    const T* bp = cptr<T>(b);
+    T* op_ = mptr<T>(out);
     dispatch_binary(op, [&](auto opc) {
       constexpr BinaryOp OP = decltype(opc)::value;
       if (a.is_contiguous() && b.is_contiguous()) {
-        if (aligned16(ap) && aligned16(bp) && aligned16(op_)) {
-          constexpr int V = kVec<T>;
-          binary_contig_kernel<T, V, OP><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(ap, bp, op_, n);
-        } else {
-          binary_contig_kernel<T, 1, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(ap, bp, op_, n);
-        }
+        launch_flat<T>(aligned16(ap) && aligned16(bp) && aligned16(op_), dev, n, kThreads, [&](auto w, int grid) {
+          binary_contig_kernel<T, decltype(w)::value, OP><<<grid, kThreads, 0, s>>>(ap, bp, op_, n);
+        });
       } else {
         StridedLayout L = coalesced_layout(out.shape(), a.strides(), b.strides());
         binary_strided_kernel<T, OP><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(ap, bp, op_, L, n);
@@ -269,22 +242,14 @@ void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
 }
 
 void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out) {
-  const int64_t n = out.numel();
+  const auto [n, dev, s] = flat_op(out);
   if (n == 0) return;
-  const int dev = out.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "axpby", T, [&] {
     NATSL_CHECK(x.dtype() == out.dtype() && y.dtype() == out.dtype(), "axpby: dtypes differ");
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    const T* yp = static_cast<const T*>(y.data_ptr());
-    T* op_ = static_cast<T*>(out.data_ptr());
-    if (aligned16(xp) && aligned16(yp) && aligned16(op_)) {
-      constexpr int V = kVec<T>;
-      axpby_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(float(alpha), xp, float(beta), yp,
-                                                                                 op_, n);
-    } else {
-      axpby_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(float(alpha), xp, float(beta), yp, op_, n);
-    }
+    launch_flat<T>(aligned16(x) && aligned16(y) && aligned16(out), dev, n, kThreads, [&](auto w, int grid) {
+      axpby_kernel<T, decltype(w)::value>
+          <<<grid, kThreads, 0, s>>>(float(alpha), cptr<T>(x), float(beta), cptr<T>(y), mptr<T>(out), n);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }

@@ -10,59 +10,48 @@ template <class T, int VEC>
 __global__ void __launch_bounds__(1024) l2norm_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, float* __restrict__ rnorm,
                                   int64_t rows, int64_t D, float eps) {
   extern __shared__ float scratch[];
-  NATSL_FOR_EACH_ROW(r, rows) {
-    const bool active = r < rows;
-    const int64_t off = (active ? r : 0) * D;
-    float ss = 0.f;
-    if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
-        float v[VEC];
-        load_vec<T, VEC>(x + off + j, v);
+  rows_with_sums<VEC, 1>(
+      rows, D, scratch, [&](int64_t off, int64_t j, auto& ss) { add_squares<T, VEC>(x + off + j, ss[0]); },
+      [&](int64_t r, int64_t off, const auto& ss) {
+        const float rn = 1.f / sqrtf(ss[0] + eps);
+        if (threadIdx.x == 0) rnorm[r] = rn;
+        NATSL_FOR_ROW_VEC(j, D, VEC) {
+          float v[VEC];
+          load_vec<T, VEC>(x + off + j, v);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) ss += v[k] * v[k];
-      }
-    ss = row_sum(ss, scratch);
-    if (!active) continue;
-    const float rn = 1.f / sqrtf(ss + eps);
-    if (threadIdx.x == 0) rnorm[r] = rn;
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
-      float v[VEC];
-      load_vec<T, VEC>(x + off + j, v);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) v[k] *= rn;
-      store_vec<T, VEC>(y + off + j, v);
-    }
-  }
+          for (int k = 0; k < VEC; ++k) v[k] *= rn;
+          store_vec<T, VEC>(y + off + j, v);
+        }
+      });
 }
 
 template <class T, int VEC>
 __global__ void __launch_bounds__(1024) l2norm_bwd_kernel(const T* __restrict__ y, const float* __restrict__ rnorm,
                                   const T* __restrict__ dy, T* __restrict__ dx, int64_t rows, int64_t D) {
   extern __shared__ float scratch[];
-  NATSL_FOR_EACH_ROW(r, rows) {
-    const bool active = r < rows;
-    const int64_t off = (active ? r : 0) * D;
-    float dot = 0.f;
-    if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+  // g = dy and yv = y at vector j of the row at off.
+  auto load = [&](int64_t off, int64_t j, float (&g)[VEC], float (&yv)[VEC]) {
+    load_vec<T, VEC>(dy + off + j, g);
+    load_vec<T, VEC>(y + off + j, yv);
+  };
+  rows_with_sums<VEC, 1>(
+      rows, D, scratch,
+      [&](int64_t off, int64_t j, auto& dot) {
         float g[VEC], yv[VEC];
-        load_vec<T, VEC>(dy + off + j, g);
-        load_vec<T, VEC>(y + off + j, yv);
+        load(off, j, g, yv);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) dot += g[k] * yv[k];
-      }
-    dot = row_sum(dot, scratch);
-    if (!active) continue;
-    const float rn = rnorm[r];
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
-      float g[VEC], yv[VEC];
-      load_vec<T, VEC>(dy + off + j, g);
-      load_vec<T, VEC>(y + off + j, yv);
+        for (int k = 0; k < VEC; ++k) dot[0] += g[k] * yv[k];
+      },
+      [&](int64_t r, int64_t off, const auto& dot) {
+        const float rn = rnorm[r];
+        NATSL_FOR_ROW_VEC(j, D, VEC) {
+          float g[VEC], yv[VEC];
+          load(off, j, g, yv);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) g[k] = rn * (g[k] - yv[k] * dot);
-      store_vec<T, VEC>(dx + off + j, g);
-    }
-  }
+          for (int k = 0; k < VEC; ++k) g[k] = rn * (g[k] - yv[k] * dot[0]);
+          store_vec<T, VEC>(dx + off + j, g);
+        }
+      });
 }
 
 // Short rows (at most 128 vectors, e.g. head dim 128): a group of TPR lanes of one warp owns a row, each
@@ -155,11 +144,8 @@ bool l2norm_short(int dev, cudaStream_t s, const T* a, const T* b, const float* 
 }  // namespace
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = D > 0 ? x.numel() / D : 0;
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rnorm.dtype() == DType::f32 && rnorm.numel() == rows, "l2norm_fwd: rnorm must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "l2norm_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype(), "l2norm_fwd: dtypes differ");
@@ -167,24 +153,18 @@ void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnor
     T* yp = static_cast<T*>(y.data_ptr());
     float* rp = rnorm.data<float>();
     constexpr int V = kVec<T>;
-    if (D % V == 0 && aligned16(xp) && aligned16(yp)) {
-      if (l2norm_short<T, V, false>(dev, s, xp, nullptr, nullptr, yp, rp, rows, D, float(eps))) return;
-      RowGrid g = row_grid(dev, rows, D, V);
-      l2norm_fwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, yp, rp, rows, D, float(eps));
-    } else {
-      RowGrid g = row_grid(dev, rows, D, 1);
-      l2norm_fwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(xp, yp, rp, rows, D, float(eps));
-    }
+    const bool vec = D % V == 0 && aligned16(xp) && aligned16(yp);
+    if (vec && l2norm_short<T, V, false>(dev, s, xp, nullptr, nullptr, yp, rp, rows, D, float(eps))) return;
+    launch_rows<V>(vec, dev, rows, D, [&](auto w, const RowGrid& g) {
+      l2norm_fwd_kernel<T, decltype(w)::value><<<g.grid, g.block, g.smem, s>>>(xp, yp, rp, rows, D, float(eps));
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx) {
-  const int64_t D = y.size(-1);
-  const int64_t rows = D > 0 ? y.numel() / D : 0;
+  const auto [D, rows, dev, s] = row_op(y, y.size(-1));
   if (rows == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rnorm.dtype() == DType::f32 && rnorm.numel() == rows, "l2norm_bwd: rnorm must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), "l2norm_bwd", T, [&] {
     NATSL_CHECK(dy.dtype() == y.dtype() && dx.dtype() == y.dtype(), "l2norm_bwd: dtypes differ");
@@ -193,14 +173,11 @@ void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Te
     T* dp = static_cast<T*>(dx.data_ptr());
     const float* rp = rnorm.data<float>();
     constexpr int V = kVec<T>;
-    if (D % V == 0 && aligned16(yp) && aligned16(gp) && aligned16(dp)) {
-      if (l2norm_short<T, V, true>(dev, s, yp, gp, rp, dp, nullptr, rows, D, 0.f)) return;
-      RowGrid g = row_grid(dev, rows, D, V);
-      l2norm_bwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(yp, rp, gp, dp, rows, D);
-    } else {
-      RowGrid g = row_grid(dev, rows, D, 1);
-      l2norm_bwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(yp, rp, gp, dp, rows, D);
-    }
+    const bool vec = D % V == 0 && aligned16(yp) && aligned16(gp) && aligned16(dp);
+    if (vec && l2norm_short<T, V, true>(dev, s, yp, gp, rp, dp, nullptr, rows, D, 0.f)) return;
+    launch_rows<V>(vec, dev, rows, D, [&](auto w, const RowGrid& g) {
+      l2norm_bwd_kernel<T, decltype(w)::value><<<g.grid, g.block, g.smem, s>>>(yp, rp, gp, dp, rows, D);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(1024)
     const int64_t off = (active ? r : 0) * D;
     float sg = 0.f, sa = 0.f;
     if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      NATSL_FOR_ROW_VEC(j, D, VEC) {
         float a[VEC], b[VEC];
         load_vec<T, VEC>(og + off + j, a);
         load_vec<T, VEC>(oa + off + j, b);
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(1024)
     }
     float w0, w1;
     softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
       float a[VEC], b[VEC], zz[VEC], wg[VEC], wa[VEC], o[VEC];
       load_vec<T, VEC>(og + off + j, a);
       load_vec<T, VEC>(oa + off + j, b);
@@ -80,20 +80,25 @@ __global__ void __launch_bounds__(1024)
   const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   float* my_pg = pg ? pg + slot * D : nullptr;
   float* my_pa = pa ? pa + slot * D : nullptr;
+  // The six inputs at vector j of the row at off (og, oa, z, dy; gamma_g, gamma_a).
+  auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&b)[VEC], float (&zz)[VEC], float (&g)[VEC],
+                  float (&wg)[VEC], float (&wa)[VEC]) {
+    load_vec<T, VEC>(og + off + j, a);
+    load_vec<T, VEC>(oa + off + j, b);
+    load_vec<T, VEC>(z + off + j, zz);
+    load_vec<T, VEC>(dy + off + j, g);
+    load_vec<T, VEC>(gg + j, wg);
+    load_vec<T, VEC>(ga + j, wa);
+  };
   NATSL_FOR_EACH_ROW(r, rows) {
     const bool active = r < rows;
     const int64_t off = (active ? r : 0) * D;
     const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
     float dw0 = 0.f, dw1 = 0.f;  // <du, g_hat>, <du, a_hat>
     if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      NATSL_FOR_ROW_VEC(j, D, VEC) {
         float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC];
-        load_vec<T, VEC>(og + off + j, a);
-        load_vec<T, VEC>(oa + off + j, b);
-        load_vec<T, VEC>(z + off + j, zz);
-        load_vec<T, VEC>(dy + off + j, g);
-        load_vec<T, VEC>(gg + j, wg);
-        load_vec<T, VEC>(ga + j, wa);
+        load(off, j, a, b, zz, g, wg, wa);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
@@ -112,14 +117,9 @@ __global__ void __launch_bounds__(1024)
       dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
     }
     const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
       float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
-      load_vec<T, VEC>(og + off + j, a);
-      load_vec<T, VEC>(oa + off + j, b);
-      load_vec<T, VEC>(z + off + j, zz);
-      load_vec<T, VEC>(dy + off + j, g);
-      load_vec<T, VEC>(gg + j, wg);
-      load_vec<T, VEC>(ga + j, wa);
+      load(off, j, a, b, zz, g, wg, wa);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const float s = sigmoid_f(zz[k]);
@@ -138,34 +138,22 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-template <class T>
-const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
-template <class T>
-T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-
 }  // namespace
 
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
                        const Tensor& rstd_g, const Tensor& rstd_a) {
-  const int64_t D = og.size(-1);
-  const int64_t rows = D > 0 ? og.numel() / D : 0;
+  const auto [D, rows, dev, s] = row_op(og, og.size(-1));
   if (rows == 0) return;
-  const int dev = og.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(og.dtype(), "mix_norm_gate_fwd", T, [&] {
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(og) && aligned16(oa) && aligned16(z) && aligned16(gamma_g) &&
                      aligned16(gamma_a) && aligned16(y);
-    auto launch = [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      RowGrid g = row_grid(dev, rows, D, W);
-      mix_fwd_kernel<T, W><<<g.grid, g.block, g.smem, s>>>(
+    launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
+      mix_fwd_kernel<T, decltype(width)::value><<<g.grid, g.block, g.smem, s>>>(
           cptr<T>(og), cptr<T>(oa), cptr<T>(wlogits), cptr<T>(z), cptr<T>(gamma_g), cptr<T>(gamma_a), mptr<T>(y),
           rstd_g.data<float>(), rstd_a.data<float>(), rows, D, float(eps));
-    };
-    if (vec) launch(Width<V>{});
-    else launch(Width<1>{});
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
@@ -174,10 +162,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
                        const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
-  const int64_t D = og.size(-1);
-  const int64_t rows = D > 0 ? og.numel() / D : 0;
-  const int dev = og.device().index;
-  cudaStream_t s = activate(dev);
+  const auto [D, rows, dev, s] = row_op(og, og.size(-1));
   if (rows == 0) {
     if (dgamma_g.defined()) dgamma_g.zero_();
     if (dgamma_a.defined()) dgamma_a.zero_();
@@ -187,10 +172,9 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
     constexpr int V = kVec<T>;
     bool vec = D % V == 0;
     for (const Tensor* t : {&og, &oa, &z, &gamma_g, &gamma_a, &dy, &dog, &doa, &dz}) vec = vec && aligned16(*t);
-    auto launch = [&](auto width) {
+    // One vector per thread per row: wide blocks, so few partial rows (they stay in L2).
+    launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
       constexpr int W = decltype(width)::value;
-      // One vector per thread per row: wide blocks, so few partial rows (they stay in L2).
-      RowGrid g = row_grid(dev, rows, D, W, 1);
       const int64_t groups = int64_t(g.grid.x) * g.block.y;
       Tensor partial;
       float *pg = nullptr, *pa = nullptr;
@@ -212,9 +196,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
       NATSL_CUDA_CHECK_LAUNCH();
       if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);
       if (pa) column_sum<T>(pa, groups, D, mptr<T>(dgamma_a), dev, s);
-    };
-    if (vec) launch(Width<V>{});
-    else launch(Width<1>{});
+    }, 1);
   });
 }
 

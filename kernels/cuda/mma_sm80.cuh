@@ -79,4 +79,74 @@ __device__ __forceinline__ void store_pair(char* tile, int row, int col, float l
   *reinterpret_cast<uint32_t*>(tile + Swizzled<D>::offset(row, col >> 3) + (col & 7) * 2) = pack_bf16(lo, hi);
 }
 
+// Max / sum over the 4 lanes of a quad (the threads that hold one row of a C fragment): xor 1, then xor 2.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Zeroes N f32 C fragments.
+template <int N>
+__device__ __forceinline__ void zero_frags(float (&c)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[n][e] = 0.f;
+}
+
+// acc (16 x 64, 8 n-tiles) += A B^T over D: A = rows a_row0 .. a_row0 + 15 of the swizzled tile a, B = the 64
+// rows of the swizzled tile b (both D columns, k-steps of 16).
+template <int D>
+__device__ __forceinline__ void mma_abt_16x64(float (&acc)[8][4], uint32_t a, int a_row0, uint32_t b, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t af[4];
+    ldmatrix_x4(af, a + Swizzled<D>::offset(a_row0 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b + Swizzled<D>::offset(jp * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+      mma_bf16(acc[2 * jp], af, bf[0], bf[1]);
+      mma_bf16(acc[2 * jp + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// f(j, e, col) for each column col = 8 j + 2 t + e (t = lane % 4) of a 16 x 64 product whose C fragments
+// (8 n-tiles) this thread holds: the column's elements are c[j][e] (row g) and c[j][2 + e] (row g + 8).
+template <class F>
+__device__ __forceinline__ void for_each_frag_col(int t, F&& f) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) f(j, e, j * 8 + 2 * t + e);
+}
+
+// The A fragment of k-step kk (columns 16 kk .. 16 kk + 15) from the C fragments c of a 16 x 64 product, as bf16
+// (the C-to-A identity in the header comment).
+__device__ __forceinline__ void c_to_a(const float (&c)[8][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// acc (16 x D) += A B for the A fragment a of k-step kk and rows 16 kk .. 16 kk + 15 of the swizzled tile b
+// (D columns, read transposed).
+template <int D>
+__device__ __forceinline__ void mma_ab_kstep(float (&acc)[D / 8][4], const uint32_t (&a)[4], uint32_t b, int kk,
+                                             int lane) {
+#pragma unroll
+  for (int jp = 0; jp < D / 16; ++jp) {
+    uint32_t bt[4];
+    ldmatrix_x4_trans(bt, b + Swizzled<D>::offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), jp * 2 + (lane >> 4)));
+    mma_bf16(acc[2 * jp], a, bt[0], bt[1]);
+    mma_bf16(acc[2 * jp + 1], a, bt[2], bt[3]);
+  }
+}
+
 }  // namespace natsl::kernels::cuda::mma

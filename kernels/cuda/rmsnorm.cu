@@ -20,30 +20,20 @@ template <class T, int VEC>
 __global__ void __launch_bounds__(1024) rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                                    float* __restrict__ rstd, int64_t rows, int64_t D, float eps) {
   extern __shared__ float scratch[];
-  NATSL_FOR_EACH_ROW(r, rows) {
-    const bool active = r < rows;
-    const int64_t off = (active ? r : 0) * D;
-    float ss = 0.f;
-    if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
-        float v[VEC];
-        load_vec<T, VEC>(x + off + j, v);
+  rows_with_sums<VEC, 1>(
+      rows, D, scratch, [&](int64_t off, int64_t j, auto& ss) { add_squares<T, VEC>(x + off + j, ss[0]); },
+      [&](int64_t r, int64_t off, const auto& ss) {
+        const float rs = 1.f / sqrtf(ss[0] / float(D) + eps);
+        if (threadIdx.x == 0) rstd[r] = rs;
+        NATSL_FOR_ROW_VEC(j, D, VEC) {
+          float v[VEC], wv[VEC];
+          load_vec<T, VEC>(x + off + j, v);
+          if (w) load_vec<T, VEC>(w + j, wv);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) ss += v[k] * v[k];
-      }
-    ss = row_sum(ss, scratch);
-    if (!active) continue;
-    const float rs = 1.f / sqrtf(ss / float(D) + eps);
-    if (threadIdx.x == 0) rstd[r] = rs;
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
-      float v[VEC], wv[VEC];
-      load_vec<T, VEC>(x + off + j, v);
-      if (w) load_vec<T, VEC>(w + j, wv);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) v[k] = v[k] * rs * (w ? wv[k] : 1.f);
-      store_vec<T, VEC>(y + off + j, v);
-    }
-  }
+          for (int k = 0; k < VEC; ++k) v[k] = v[k] * rs * (w ? wv[k] : 1.f);
+          store_vec<T, VEC>(y + off + j, v);
+        }
+      });
 }
 
 // dw_partial (may be null): [gridDim.x * blockDim.y, D] f32; every entry is written. SMEM_DW: each
@@ -62,16 +52,20 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__
     for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) sm_dw[k * nvec + j / VEC] = 0.f;
+  // v = x, g = dy and wv = w (when given) at vector j of the row at off.
+  auto load = [&](int64_t off, int64_t j, float (&v)[VEC], float (&g)[VEC], float (&wv)[VEC]) {
+    load_vec<T, VEC>(x + off + j, v);
+    load_vec<T, VEC>(dy + off + j, g);
+    if (w) load_vec<T, VEC>(w + j, wv);
+  };
   NATSL_FOR_EACH_ROW(r, rows) {
     const bool active = r < rows;
     const int64_t off = (active ? r : 0) * D;
     float dot = 0.f;  // sum_k dy_k w_k x_k
     if (active)
-      for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+      NATSL_FOR_ROW_VEC(j, D, VEC) {
         float v[VEC], g[VEC], wv[VEC];
-        load_vec<T, VEC>(x + off + j, v);
-        load_vec<T, VEC>(dy + off + j, g);
-        if (w) load_vec<T, VEC>(w + j, wv);
+        load(off, j, v, g, wv);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) dot += g[k] * (w ? wv[k] : 1.f) * v[k];
       }
@@ -79,11 +73,9 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__
     if (!active) continue;
     const float rs = rstd[r];
     const float c = rs * rs * rs * dot / float(D);
-    for (int64_t j = int64_t(threadIdx.x) * VEC; j < D; j += int64_t(blockDim.x) * VEC) {
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
       float v[VEC], g[VEC], wv[VEC], o[VEC];
-      load_vec<T, VEC>(x + off + j, v);
-      load_vec<T, VEC>(dy + off + j, g);
-      if (w) load_vec<T, VEC>(w + j, wv);
+      load(off, j, v, g, wv);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) o[k] = rs * (w ? wv[k] : 1.f) * g[k] - v[k] * c;
       store_vec<T, VEC>(dx + off + j, o);
@@ -214,11 +206,8 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
 }  // namespace
 
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = D > 0 ? x.numel() / D : 0;
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_fwd: rstd must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "rmsnorm_fwd", T, [&] {
     NATSL_CHECK(y.dtype() == x.dtype() && (!w.defined() || w.dtype() == x.dtype()), "rmsnorm_fwd: dtypes differ");
@@ -227,13 +216,10 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
     T* yp = static_cast<T*>(y.data_ptr());
     float* rp = rstd.data<float>();
     constexpr int V = kVec<T>;
-    if (D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp)) {
-      RowGrid g = row_grid(dev, rows, D, V);
-      rmsnorm_fwd_kernel<T, V><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
-    } else {
-      RowGrid g = row_grid(dev, rows, D, 1);
-      rmsnorm_fwd_kernel<T, 1><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
-    }
+    const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp);
+    launch_rows<V>(vec, dev, rows, D, [&](auto vw, const RowGrid& g) {
+      rmsnorm_fwd_kernel<T, decltype(vw)::value><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
@@ -245,10 +231,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw, const RmsnormBwdPlan& plan) {
-  const int64_t D = x.size(-1);
-  const int64_t rows = D > 0 ? x.numel() / D : 0;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
+  const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) {
     if (dw.defined()) dw.zero_();
     return;

@@ -76,44 +76,42 @@ __global__ void choice_bwd_kernel(const float* __restrict__ probs, const float* 
   }
 }
 
+// The mean pool (BWD false: in = x [B, L, d], out = pooled [B, NC, d]) or its backward (in = dpooled,
+// out = dx), a thread per element of out, T the dtype of x (of dx for the backward).
+template <bool BWD>
+void launch_pool(const Tensor& in, const Tensor& out, int64_t B, int64_t L, int64_t d, int64_t C, int64_t NC,
+                 const char* op) {
+  const auto [n, dev, s] = flat_op(out);
+  if (n == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT((BWD ? out : in).dtype(), op, T, [&] {
+    auto* kern = BWD ? pool_bwd_kernel<T> : pool_fwd_kernel<T>;
+    kern<<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(in), mptr<T>(out), B, L, d, C, NC);
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
 const float* f32_or_null(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 
 }  // namespace
 
 void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
-  const int64_t B = x.size(0), L = x.size(1), d = x.size(2), NC = pooled.size(1);
-  if (pooled.numel() == 0) return;
-  const int dev = x.device().index;
-  cudaStream_t s = activate(dev);
-  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "chunk_mean_pool_fwd", T, [&] {
-    pool_fwd_kernel<T><<<grid_for(dev, pooled.numel(), 256), 256, 0, s>>>(
-        static_cast<const T*>(x.data_ptr()), static_cast<T*>(pooled.data_ptr()), B, L, d, chunk_size, NC);
-  });
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_pool<false>(x, pooled, x.size(0), x.size(1), x.size(2), chunk_size, pooled.size(1), "chunk_mean_pool_fwd");
 }
 
 void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  const int64_t B = dx.size(0), L = dx.size(1), d = dx.size(2), NC = dpooled.size(1);
-  if (dx.numel() == 0) return;
-  const int dev = dx.device().index;
-  cudaStream_t s = activate(dev);
-  NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "chunk_mean_pool_bwd", T, [&] {
-    pool_bwd_kernel<T><<<grid_for(dev, dx.numel(), 256), 256, 0, s>>>(
-        static_cast<const T*>(dpooled.data_ptr()), static_cast<T*>(dx.data_ptr()), B, L, d, chunk_size, NC);
-  });
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_pool<true>(dpooled, dx, dx.size(0), dx.size(1), dx.size(2), chunk_size, dpooled.size(1),
+                    "chunk_mean_pool_bwd");
 }
 
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,
                        const Tensor& mask_softmax, const Tensor& mask_gdn) {
-  const int64_t NC = logits.size(1), Hr = logits.size(2), rows = logits.numel() / 2;
+  const int64_t NC = logits.size(1), Hr = logits.size(2);
+  const auto [two, rows, dev, s] = row_op(logits, 2);  // rows of two logits
   if (rows == 0) return;
-  const int dev = logits.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(logits.dtype(), "router_choice_fwd", T, [&] {
     choice_fwd_kernel<T><<<grid_for(dev, rows, 256), 256, 0, s>>>(
-        static_cast<const T*>(logits.data_ptr()), probs.data<float>(), mask_softmax.data<float>(),
-        mask_gdn.data<float>(), rows, NC, Hr, args.tau, args.gumbel, args.seed, args.offset, args.force_last_both);
+        cptr<T>(logits), probs.data<float>(), mask_softmax.data<float>(), mask_gdn.data<float>(), rows, NC, Hr,
+        args.tau, args.gumbel, args.seed, args.offset, args.force_last_both);
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
@@ -121,14 +119,13 @@ void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const
 void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,
                        const Tensor& mask_gdn, const Tensor& dm_softmax, const Tensor& dm_gdn,
                        const Tensor& dlogits) {
-  const int64_t NC = probs.size(1), Hr = probs.size(2), rows = probs.numel() / 2;
+  const int64_t NC = probs.size(1), Hr = probs.size(2);
+  const auto [two, rows, dev, s] = row_op(probs, 2);  // rows of two probabilities
   if (rows == 0) return;
-  const int dev = probs.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(dlogits.dtype(), "router_choice_bwd", T, [&] {
     choice_bwd_kernel<T><<<grid_for(dev, rows, 256), 256, 0, s>>>(
         probs.data<float>(), f32_or_null(mask_softmax), f32_or_null(mask_gdn), f32_or_null(dm_softmax),
-        f32_or_null(dm_gdn), static_cast<T*>(dlogits.data_ptr()), rows, NC, Hr, args.tau, args.force_last_both);
+        f32_or_null(dm_gdn), mptr<T>(dlogits), rows, NC, Hr, args.tau, args.force_last_both);
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }

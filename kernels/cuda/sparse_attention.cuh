@@ -41,6 +41,22 @@ struct BwdPtrs {
   bool drop_own;
 };
 
+// Where a tensor-core CTA and its thread work: blockIdx.x = slot * per_chunk + b * Ha + a (per_chunk = Ha * B;
+// head a of batch b, router head r = a / G; the kernel maps slot to its chunk); the thread's warp and lane and
+// its mma fragment coordinates gq = lane / 4, tq = lane % 4; the row strides of q/k (ldqk) and v/o (ldv) and
+// the offsets of the head's token 0 in them (head_qk, head_v).
+struct TcPlace {
+  int a, b, r, warp, lane, gq, tq;
+  int64_t ldqk, ldv, head_qk, head_v;
+};
+template <int DK, int DV>
+__device__ __forceinline__ TcPlace tc_place(const Geometry& g, int per_chunk) {
+  const int a = (int(blockIdx.x) % per_chunk) % g.Ha, b = (int(blockIdx.x) % per_chunk) / g.Ha;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  return {a, b, a / g.G, warp, lane, lane >> 2, lane & 3, int64_t(g.Ha) * DK, int64_t(g.Ha) * DV,
+          (int64_t(b) * g.T * g.Ha + a) * DK, (int64_t(b) * g.T * g.Ha + a) * DV};
+}
+
 // Tensor-core path: bf16 data, C = 64, Dk in {64, 128}, Dv in {64, 128, 256}.
 bool tc_supported(const Geometry& g);
 // rows_per_warp: 16 or 32 query rows per warp (0 = the default for the head dims; benchmarks try both).

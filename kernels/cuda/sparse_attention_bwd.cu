@@ -49,13 +49,7 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
   // Heaviest work first: a selected early chunk is seen by every later query chunk.
   const int per_chunk = g.Ha * g.B;
   const int c = int(blockIdx.x) / per_chunk;
-  const int a = (int(blockIdx.x) % per_chunk) % g.Ha, b = (int(blockIdx.x) % per_chunk) / g.Ha;
-  const int r = a / g.G;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int gq = lane >> 2, tq = lane & 3;
-
-  const int64_t ldqk = int64_t(g.Ha) * DK, ldv = int64_t(g.Ha) * DV;
-  const int64_t head_qk = (int64_t(b) * g.T * g.Ha + a) * DK, head_v = (int64_t(b) * g.T * g.Ha + a) * DV;
+  const auto [a, b, r, warp, lane, gq, tq, ldqk, ldv, head_qk, head_v] = tc_place<DK, DV>(g, per_chunk);
   const int64_t head_row = int64_t(b) * g.T * g.Ha + a;  // lse/D index of token 0; token t at + t * Ha
   const int32_t* pre = g.prefix + (int64_t(b) * g.Hr + r) * (g.NC + 1);
   const bool selected = pre[c + 1] > pre[c];
@@ -85,14 +79,8 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
   };
 
   float dk_acc[DK / 8][4], dv_acc[DV / 8][4];
-#pragma unroll
-  for (int n = 0; n < DK / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk_acc[n][e] = 0.f;
-#pragma unroll
-  for (int n = 0; n < DV / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dv_acc[n][e] = 0.f;
+  zero_frags(dk_acc);
+  zero_frags(dv_acc);
   float dm_part = 0.f;
   const float sl2 = g.scale * kLog2e;
   const int key0 = warp * 16;  // this warp's keys within the chunk
@@ -125,89 +113,39 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
 
     // S^T = K_w Q^T (16 keys x 64 queries).
     float st[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) {
-      uint32_t ka[4];
-      ldmatrix_x4(ka, kb + Swizzled<DK>::offset(key0 + (lane & 15), kk * 2 + (lane >> 4)));
-#pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        uint32_t bq[4];
-        ldmatrix_x4(bq, qb + Swizzled<DK>::offset(jp * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
-        mma_bf16(st[2 * jp], ka, bq[0], bq[1]);
-        mma_bf16(st[2 * jp + 1], ka, bq[2], bq[3]);
-      }
-    }
+    zero_frags(st);
+    mma_abt_16x64<DK>(st, kb, key0, qb, lane);
     // P^T = exp(scale S^T - lse), causal on the diagonal tile.
+    for_each_frag_col(tq, [&](int j, int e, int qrow) {
+      const float l2 = lse_t[qrow] * kLog2e;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int qrow = j * 8 + 2 * tq + e;
-        const float l2 = lse_t[qrow] * kLog2e;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float pe = fast_exp2(st[j][2 * h + e] * sl2 - l2);
-          st[j][2 * h + e] = diag && key0 + gq + 8 * h > qrow ? 0.f : pe;
-        }
+      for (int h = 0; h < 2; ++h) {
+        const float pe = fast_exp2(st[j][2 * h + e] * sl2 - l2);
+        st[j][2 * h + e] = diag && key0 + gq + 8 * h > qrow ? 0.f : pe;
       }
+    });
     // dP^T = V_w dO^T.
     float dpt[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {
-      uint32_t va[4];
-      ldmatrix_x4(va, vb + Swizzled<DV>::offset(key0 + (lane & 15), kk * 2 + (lane >> 4)));
-#pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        uint32_t bo[4];
-        ldmatrix_x4(bo, dob + Swizzled<DV>::offset(jp * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
-        mma_bf16(dpt[2 * jp], va, bo[0], bo[1]);
-        mma_bf16(dpt[2 * jp + 1], va, bo[2], bo[3]);
-      }
-    }
+    zero_frags(dpt);
+    mma_abt_16x64<DV>(dpt, vb, key0, dob, lane);
     // dS^T = P^T (dP^T - D), kept in dpt.
+    for_each_frag_col(tq, [&](int j, int e, int qrow) {
+      const float d = d_t[qrow];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float d = d_t[j * 8 + 2 * tq + e];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float ds = st[j][2 * h + e] * (dpt[j][2 * h + e] - d);
-          dpt[j][2 * h + e] = ds;
-          if (!diag) dm_part += ds;
-        }
+      for (int h = 0; h < 2; ++h) {
+        const float ds = st[j][2 * h + e] * (dpt[j][2 * h + e] - d);
+        dpt[j][2 * h + e] = ds;
+        if (!diag) dm_part += ds;
       }
+    });
     // dV += P^T dO and dK += dS^T Q (k-step kk = queries 16kk .. 16kk + 15).
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                              pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                              pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-#pragma unroll
-      for (int jp = 0; jp < DV / 16; ++jp) {
-        uint32_t bo[4];
-        ldmatrix_x4_trans(bo, dob + Swizzled<DV>::offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), jp * 2 + (lane >> 4)));
-        mma_bf16(dv_acc[2 * jp], pa, bo[0], bo[1]);
-        mma_bf16(dv_acc[2 * jp + 1], pa, bo[2], bo[3]);
-      }
-      const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                              pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                              pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-#pragma unroll
-      for (int jp = 0; jp < DK / 16; ++jp) {
-        uint32_t bq[4];
-        ldmatrix_x4_trans(bq, qb + Swizzled<DK>::offset(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), jp * 2 + (lane >> 4)));
-        mma_bf16(dk_acc[2 * jp], da, bq[0], bq[1]);
-        mma_bf16(dk_acc[2 * jp + 1], da, bq[2], bq[3]);
-      }
+      uint32_t pa[4], da[4];
+      c_to_a(st, kk, pa);
+      mma_ab_kstep<DV>(dv_acc, pa, dob, kk, lane);
+      c_to_a(dpt, kk, da);
+      mma_ab_kstep<DK>(dk_acc, da, qb, kk, lane);
     }
     // dS^T to shared memory ([key][query]) for the dQ product, which needs all 64 keys per query.
 #pragma unroll
@@ -227,10 +165,7 @@ __global__ void __launch_bounds__(128) bwd_kernel(const Geometry g, const BwdPtr
 #pragma unroll
     for (int np = 0; np < DK / 64; ++np) {
       float dq[8][4];
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dq[j][e] = 0.f;
+      zero_frags(dq);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         uint32_t da[4];

@@ -40,13 +40,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
   // Heaviest work first: the last query chunks visit the most key chunks.
   const int per_chunk = g.Ha * g.B;
   const int qc = g.NC - 1 - int(blockIdx.x) / per_chunk;
-  const int a = (int(blockIdx.x) % per_chunk) % g.Ha, b = (int(blockIdx.x) % per_chunk) / g.Ha;
-  const int r = a / g.G;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int gq = lane >> 2, tq = lane & 3;
-
-  const int64_t ldqk = int64_t(g.Ha) * DK, ldv = int64_t(g.Ha) * DV;
-  const int64_t head_qk = (int64_t(b) * g.T * g.Ha + a) * DK, head_v = (int64_t(b) * g.T * g.Ha + a) * DV;
+  const auto [a, b, r, warp, lane, gq, tq, ldqk, ldv, head_qk, head_v] = tc_place<DK, DV>(g, per_chunk);
   const bf* const q = static_cast<const bf*>(p.q) + head_qk;
   const bf* const k = static_cast<const bf*>(p.k) + head_qk;
   const bf* const v = static_cast<const bf*>(p.v) + head_v;
@@ -71,10 +65,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
   float row_max[MT][2], row_sum[MT][2];
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o_acc[m][n][e] = 0.f;
+    zero_frags(o_acc[m]);
 #pragma unroll
     for (int h = 0; h < 2; ++h) row_max[m][h] = -INFINITY, row_sum[m][h] = 0.f;
   }
@@ -102,11 +93,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
     // S = Q K^T for this warp's rows x the tile's 64 keys.
     float s[MT][8][4];
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[m][j][e] = 0.f;
+    for (int m = 0; m < MT; ++m) zero_frags(s[m]);
 #pragma unroll
     for (int kk = 0; kk < DK / 16; ++kk) {
       uint32_t af[MT][4];
@@ -147,8 +134,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
             s[m][j][2 * h + e] = x;
             mx = fmaxf(mx, x);
           }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx = quad_max(mx);
         const float corr = fast_exp2(row_max[m][h] - mx);
         row_max[m][h] = mx;
         float sum = 0.f;
@@ -173,12 +159,7 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
     for (int kk = 0; kk < 4; ++kk) {
       uint32_t pa[MT][4];
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        pa[m][0] = pack_bf16(s[m][2 * kk][0], s[m][2 * kk][1]);
-        pa[m][1] = pack_bf16(s[m][2 * kk][2], s[m][2 * kk][3]);
-        pa[m][2] = pack_bf16(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
-        pa[m][3] = pack_bf16(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
-      }
+      for (int m = 0; m < MT; ++m) c_to_a(s[m], kk, pa[m]);
 #pragma unroll
       for (int jp = 0; jp < DV / 16; ++jp) {
         uint32_t bv[4];
@@ -199,11 +180,8 @@ __global__ void __launch_bounds__(NW * 32) fwd_kernel(const Geometry g, const Fw
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(row_sum[m][h]), inv = 1.f / l;
       const int row = row0 + m * 16 + gq + 8 * h;
-      float l = row_sum[m][h];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = 1.f / l;
 #pragma unroll
       for (int n = 0; n < DV / 8; ++n)
         store_pair<DV>(o_s, row, n * 8 + 2 * tq, o_acc[m][n][2 * h] * inv, o_acc[m][n][2 * h + 1] * inv);

@@ -43,42 +43,28 @@ constexpr int kThreads = 256;
 }  // namespace
 
 void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
-  const int64_t n = y.numel();
+  const auto [n, dev, s] = flat_op(y);
   if (n == 0) return;
-  const int dev = y.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(y.dtype(), "swiglu_fwd", T, [&] {
     NATSL_CHECK(gate.dtype() == y.dtype() && up.dtype() == y.dtype(), "swiglu_fwd: dtypes differ");
-    const T* gp = static_cast<const T*>(gate.data_ptr());
-    const T* up_ = static_cast<const T*>(up.data_ptr());
-    T* yp = static_cast<T*>(y.data_ptr());
-    constexpr int V = kVec<T>;
-    if (aligned16(gp) && aligned16(up_) && aligned16(yp))
-      swiglu_fwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
-    else
-      swiglu_fwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, yp, n);
+    launch_flat<T>(aligned16(gate) && aligned16(up) && aligned16(y), dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_fwd_kernel<T, decltype(w)::value><<<grid, kThreads, 0, s>>>(cptr<T>(gate), cptr<T>(up), mptr<T>(y), n);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, const Tensor& dup) {
-  const int64_t n = dy.numel();
+  const auto [n, dev, s] = flat_op(dy);
   if (n == 0) return;
-  const int dev = dy.device().index;
-  cudaStream_t s = activate(dev);
   NATSL_CUDA_DISPATCH_FLOAT(dy.dtype(), "swiglu_bwd", T, [&] {
     for (const Tensor* t : {&gate, &up, &dgate, &dup})
       NATSL_CHECK(t->dtype() == dy.dtype(), "swiglu_bwd: dtypes differ");
-    const T* gp = static_cast<const T*>(gate.data_ptr());
-    const T* up_ = static_cast<const T*>(up.data_ptr());
-    const T* dp = static_cast<const T*>(dy.data_ptr());
-    T* dgp = static_cast<T*>(dgate.data_ptr());
-    T* dup_ = static_cast<T*>(dup.data_ptr());
-    constexpr int V = kVec<T>;
-    if (aligned16(gp) && aligned16(up_) && aligned16(dp) && aligned16(dgp) && aligned16(dup_))
-      swiglu_bwd_kernel<T, V><<<grid_for(dev, n / V + 1, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
-    else
-      swiglu_bwd_kernel<T, 1><<<grid_for(dev, n, kThreads), kThreads, 0, s>>>(gp, up_, dp, dgp, dup_, n);
+    const bool vec = aligned16(gate) && aligned16(up) && aligned16(dy) && aligned16(dgate) && aligned16(dup);
+    launch_flat<T>(vec, dev, n, kThreads, [&](auto w, int grid) {
+      swiglu_bwd_kernel<T, decltype(w)::value>
+          <<<grid, kThreads, 0, s>>>(cptr<T>(gate), cptr<T>(up), cptr<T>(dy), mptr<T>(dgate), mptr<T>(dup), n);
+    });
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
