@@ -5,9 +5,10 @@
 namespace natsl::kernels {
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale) {
-  Device d = common_device({&param, &grad, &m, &v, &grad_scale}, "adamw_step");
-  check_contiguous({&param, &grad, &m, &v}, "adamw_step");
+                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale,
+                const Tensor& compute) {
+  Device d = common_device({&param, &grad, &m, &v, &grad_scale, &compute}, "adamw_step");
+  check_contiguous({&param, &grad, &m, &v, &compute}, "adamw_step");
   NATSL_CHECK(param.dtype() == DType::f32 || (param.dtype() == DType::f64 && d.is_cpu()),
               "adamw_step: parameters must be f32 master weights (f64 on CPU for tests), got ", param.str());
   NATSL_CHECK(m.dtype() == param.dtype() && v.dtype() == param.dtype(), "adamw_step: moments must have the ",
@@ -23,8 +24,12 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   NATSL_CHECK(h.step >= 1, "adamw_step: step must be >= 1 (1-based, after this update), got ", h.step);
   NATSL_CHECK(!grad_scale.defined() || (grad_scale.numel() == 1 && is_floating(grad_scale.dtype())),
               "adamw_step: grad_scale must be one floating value, got ", grad_scale.str());
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::adamw_step(param, grad, m, v, segments, h, grad_scale));
-  else cpu::adamw_step(param, grad, m, v, segments, h, grad_scale);
+  NATSL_CHECK(!compute.defined() || ((compute.dtype() == DType::f32 || compute.dtype() == DType::bf16) &&
+                                      compute.numel() == n && compute.data_ptr() != param.data_ptr()),
+              "adamw_step: the compute copy must be a separate f32 or bf16 buffer of the parameters' ", n,
+              " elements, got ", compute.str());
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::adamw_step(param, grad, m, v, segments, h, grad_scale, compute));
+  else cpu::adamw_step(param, grad, m, v, segments, h, grad_scale, compute);
 }
 
 }  // namespace natsl::kernels

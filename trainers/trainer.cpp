@@ -237,6 +237,8 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   } else {
     optimizer_ = std::make_unique<AdamW>(store_->master(), store_->grads(), decay, adam);
   }
+  // bf16 (or ZeRO-1's whole f32 copy): the optimizer step writes the forward's weights in the same pass.
+  if (store_->separate_compute()) optimizer_->write_compute_copy(store_->compute());
   if (comm_ && !zero1_)
     reducer_ = std::make_unique<dist::GradReducer>(*comm_, store_->grads(), int64_t(t.bucket_mb * double(1 << 20)));
   // The checkpoint to resume from is found (and its tokenizer checked) before the data setup, which may
@@ -444,8 +446,8 @@ Trainer::StepResult Trainer::train_step() {
   } else {
     // torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)).
     double coef = t.clip_grad_norm > 0 ? std::min(1.0, t.clip_grad_norm / (r.grad_norm + 1e-6)) : 1.0;
+    // Also refreshes the compute weights (bf16 / ZeRO-1: this rank's range of them): write_compute_copy above.
     optimizer_->step(Tensor::full({1}, coef, DType::f32, device_));
-    store_->sync_compute_from_master();  // ZeRO-1: this rank's range of the compute weights
     if (zero1_) {
       // Every rank's updated range of the compute weights (bf16 on a GPU) to every rank, in place: this rank's
       // block is its own input.

@@ -1,5 +1,6 @@
 // CPU reference for the multi-tensor AdamW step (formula in kernels/adamw.h), evaluated in double.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/adamw.h"
 #include "kernels/cpu/math.h"
@@ -7,9 +8,10 @@
 namespace natsl::kernels::cpu {
 namespace {
 
-template <class P, class G>
+// C: the compute copy's element type, or void for none.
+template <class P, class G, class C>
 void step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-          const std::vector<AdamWSegment>& segments, const AdamWHyper& h, double scale) {
+          const std::vector<AdamWSegment>& segments, const AdamWHyper& h, double scale, const Tensor& compute) {
   P* p = param.data<P>();
   const G* g = grad.data<G>();
   P* mp = m.data<P>();
@@ -28,23 +30,30 @@ void step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor
       pi -= decay * pi;
       pi -= h.lr * (mi / bc1) / (std::sqrt(vi / bc2) + h.eps);
       p[i] = P(pi);
+      if constexpr (!std::is_void_v<C>) compute.data<C>()[i] = convert<C>(p[i]);
     }
   }
 }
 
 template <class P>
 void step_for_grad(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                   const std::vector<AdamWSegment>& segments, const AdamWHyper& h, double scale) {
-  NATSL_DISPATCH_FLOAT(grad.dtype(), G, [&] { step<P, G>(param, grad, m, v, segments, h, scale); });
+                   const std::vector<AdamWSegment>& segments, const AdamWHyper& h, double scale,
+                   const Tensor& compute) {
+  NATSL_DISPATCH_FLOAT(grad.dtype(), G, [&] {
+    if (!compute.defined()) step<P, G, void>(param, grad, m, v, segments, h, scale, compute);
+    else if (compute.dtype() == DType::bf16) step<P, G, bf16>(param, grad, m, v, segments, h, scale, compute);
+    else step<P, G, float>(param, grad, m, v, segments, h, scale, compute);
+  });
 }
 
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale) {
+                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale,
+                const Tensor& compute) {
   const double scale = grad_scale.defined() ? grad_scale.item() : 1.0;
-  if (param.dtype() == DType::f64) step_for_grad<double>(param, grad, m, v, segments, h, scale);
-  else step_for_grad<float>(param, grad, m, v, segments, h, scale);
+  if (param.dtype() == DType::f64) step_for_grad<double>(param, grad, m, v, segments, h, scale, compute);
+  else step_for_grad<float>(param, grad, m, v, segments, h, scale, compute);
 }
 
 }  // namespace natsl::kernels::cpu

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/adamw.h"
@@ -41,6 +42,12 @@ __device__ __forceinline__ void load4(const bf16* p, float (&f)[4]) {
   f[3] = __uint_as_float(raw.y & 0xffff0000u);
 }
 
+// The compute copy: 4 updated weights at once (16-byte f32 / 8-byte bf16 stores), or one.
+__device__ __forceinline__ void store4(float* p, const float (&f)[4]) { store_vec<float, 4>(p, f); }
+__device__ __forceinline__ void store4(bf16* p, const float (&f)[4]) {
+  *reinterpret_cast<uint2*>(p) = make_uint2(bf16::round_bits2(f[0], f[1]), bf16::round_bits2(f[2], f[3]));
+}
+
 __device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float g, bool decay, const AdamWArgs& a) {
   m = a.beta1 * m + a.one_minus_beta1 * g;
   v = a.beta2 * v + a.one_minus_beta2 * g * g;
@@ -48,10 +55,12 @@ __device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float
   p -= a.lr * (m / a.bias_correction1) / (sqrtf(v / a.bias_correction2) + a.eps);
 }
 
-template <class G, bool VEC4>
+// C: the compute copy's element type (float or bf16), or void for none.
+template <class G, class C, bool VEC4>
 __global__ void adamw_kernel(float* __restrict__ param, const G* __restrict__ grad, float* __restrict__ m,
                              float* __restrict__ v, const Chunk* __restrict__ chunks, int64_t nchunks,
-                             const float* __restrict__ grad_scale, AdamWArgs a) {
+                             const float* __restrict__ grad_scale, AdamWArgs a, C* __restrict__ compute) {
+  constexpr bool kCompute = !std::is_void_v<C>;
   const float gs = grad_scale ? grad_scale[0] : 1.f;
   for (int64_t ci = blockIdx.x; ci < nchunks; ci += gridDim.x) {
     const Chunk ch = chunks[ci];
@@ -74,6 +83,7 @@ __global__ void adamw_kernel(float* __restrict__ param, const G* __restrict__ gr
         store_vec<float, 4>(pp + 4 * q, p4);
         store_vec<float, 4>(mp + 4 * q, m4);
         store_vec<float, 4>(vp + 4 * q, v4);
+        if constexpr (kCompute) store4(compute + ch.offset + 4 * q, p4);
       }
       start = n4 * 4;
     }
@@ -83,6 +93,7 @@ __global__ void adamw_kernel(float* __restrict__ param, const G* __restrict__ gr
       pp[i] = p;
       mp[i] = mm;
       vp[i] = vv;
+      if constexpr (kCompute) compute[ch.offset + i] = from_f32<C>(p);
     }
   }
 }
@@ -129,7 +140,8 @@ const ChunkTable& chunk_table(const std::vector<AdamWSegment>& segments, Device 
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale) {
+                const std::vector<AdamWSegment>& segments, const AdamWHyper& h, const Tensor& grad_scale,
+                const Tensor& compute) {
   NATSL_CHECK(param.dtype() == DType::f32 && m.dtype() == DType::f32 && v.dtype() == DType::f32,
               "adamw_step: params and moments must be f32 (master weights)");
   const int64_t total = param.numel();
@@ -161,20 +173,26 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   float* mp = m.data<float>();
   float* vp = v.data<float>();
   const bool vec = table.offsets_aligned4 && aligned16(pp) && aligned16(mp) && aligned16(vp);
+  // One launch for a gradient type G and a compute-copy type C, vectorised when every pointer allows.
+  auto launch = [&](auto* gp, auto* cp) {
+    using G = std::remove_const_t<std::remove_pointer_t<decltype(gp)>>;
+    using C = std::remove_pointer_t<decltype(cp)>;
+    const auto aligned = [](const void* q, uintptr_t bytes) {
+      return (reinterpret_cast<uintptr_t>(q) & (bytes - 1)) == 0;
+    };
+    bool v4 = vec && aligned(gp, 4 * sizeof(G));  // 4 gradients: 16-byte f32 / 8-byte bf16 accesses
+    if constexpr (!std::is_void_v<C>) v4 = v4 && aligned(cp, 4 * sizeof(C));
+    if (v4) adamw_kernel<G, C, true><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a, cp);
+    else adamw_kernel<G, C, false><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a, cp);
+  };
+  auto with_compute = [&](auto* gp) {
+    if (!compute.defined()) launch(gp, static_cast<void*>(nullptr));
+    else if (compute.dtype() == DType::bf16) launch(gp, compute.data<bf16>());
+    else launch(gp, compute.data<float>());
+  };
   switch (grad.dtype()) {
-    case DType::f32: {
-      const float* gp = grad.data<float>();
-      if (vec && aligned16(gp)) adamw_kernel<float, true><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a);
-      else adamw_kernel<float, false><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a);
-      break;
-    }
-    case DType::bf16: {
-      const bf16* gp = grad.data<bf16>();
-      const bool g8 = (reinterpret_cast<uintptr_t>(gp) & 7u) == 0;  // 4 bf16 = 8-byte accesses
-      if (vec && g8) adamw_kernel<bf16, true><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a);
-      else adamw_kernel<bf16, false><<<grid, kThreads, 0, s>>>(pp, gp, mp, vp, chunks, table.n, gs, a);
-      break;
-    }
+    case DType::f32: with_compute(grad.data<float>()); break;
+    case DType::bf16: with_compute(grad.data<bf16>()); break;
     default: NATSL_FAIL("adamw_step: gradients must be f32 or bf16 on the GPU, got ", dtype_name(grad.dtype()));
   }
   NATSL_CUDA_CHECK_LAUNCH();

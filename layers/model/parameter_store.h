@@ -59,6 +59,8 @@ class ParameterStore {
   // Sets parameter i (layout order) to `value` (any dtype/device of its shape) in the master weights this
   // store holds and in the compute buffer.
   void set_parameter(int i, const Tensor& value);
+  // True when the compute buffer is a copy of its own (bf16, or sharded), false when it is the master buffer.
+  bool separate_compute() const { return precision_ == Precision::bf16 || shards_ > 1; }
   // Moves all three buffers and rebinds the module.
   void to(Device d);
   // Initialises every parameter by its ParamMeta, in layout order, drawing on the CPU in f32 from `gen`:
@@ -75,7 +77,6 @@ class ParameterStore {
 
  private:
   void bind();  // points each module parameter at its compute view, its grad at the grad view
-  bool separate_compute() const { return precision_ == Precision::bf16 || shards_ > 1; }
   int shards_ = 1;
   int64_t shard_begin_ = 0, shard_end_ = 0;
   Tensor master_shard_;

@@ -1,6 +1,8 @@
 // The AdamW kernel (kernels/adamw.h; the optimizer over it is tested in tests/trainers/optim/adamw_test.cpp):
 // argument checks of the CPU update, then the CUDA multi-tensor kernel against the CPU reference (CudaAdamW,
 // skipped without a GPU).
+#include <cstring>
+
 #include "kernels/adamw.h"
 #include "tests/cuda_test_util.h"
 #include "tests/ops_test_util.h"
@@ -16,6 +18,75 @@ TEST(AdamW, KernelRejectsBf16MasterWeights) {
   EXPECT_THROW(kernels::adamw_step(p32, Tensor::zeros({4}), Tensor::zeros({4}), Tensor::zeros({4}), {{2, 4, true}},
                                    {}, Tensor()),
                Error);  // segment past the end
+}
+
+// The compute copy written in the same pass (kernels/adamw.h): on the CPU, and on the GPU below.
+namespace {
+
+// Two steps on `dev` with and without a compute copy of dtype `cdt` (a view at element `shift` of a larger
+// buffer filled with a sentinel): the master weights and moments are the same bits either way, the copy holds
+// the cast of the updated weights inside the segments (cast on the same device) and the sentinel elsewhere.
+void check_compute_copy(Device dev, DType grad_dt, DType cdt, int64_t shift) {
+  const std::string what = "adamw compute copy " + dtype_str(cdt) + " grads " + dtype_str(grad_dt) + " shift " +
+                           std::to_string(shift) + (dev.is_cuda() ? " (GPU)" : " (CPU)");
+  const std::vector<kernels::AdamWSegment> segs = {{0, 100, true}, {128, 1, false}, {192, 4099, true}};
+  const int64_t total = 4400;
+  Tensor p0 = q(randn({total}, 11), DType::f32).to(dev);
+  Tensor pa = p0.clone(), pb = p0.clone();
+  Tensor ma = Tensor::zeros({total}, DType::f32, dev), va = ma.clone(), mb = ma.clone(), vb = ma.clone();
+  Tensor backing = Tensor::full({total + shift}, 7.0, cdt, dev);
+  Tensor copy = backing.slice(0, shift, shift + total);
+  kernels::AdamWHyper h;
+  h.lr = 1e-2;
+  h.weight_decay = 0.1;
+  for (int64_t step = 1; step <= 2; ++step) {
+    h.step = step;
+    Tensor g = q(randn({total}, 20 + uint64_t(step), DType::f64, 0.1), grad_dt).to(dev);
+    kernels::adamw_step(pa, g, ma, va, segs, h, Tensor(), copy);
+    kernels::adamw_step(pb, g, mb, vb, segs, h, Tensor());
+  }
+  expect_same_bits(pa, pb, what + ": master weights");
+  expect_same_bits(ma, mb, what + ": m");
+  expect_same_bits(va, vb, what + ": v");
+  const std::vector<float> got = copy.to(kCPU).to(DType::f32).to_vector<float>();
+  const std::vector<float> cast = pa.to(cdt).to(kCPU).to(DType::f32).to_vector<float>();
+  std::vector<bool> covered(size_t(total), false);
+  for (const auto& s : segs)
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i) covered[size_t(i)] = true;
+  int wrong = 0, touched = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (covered[i] && std::memcmp(&got[i], &cast[i], sizeof(float)) != 0) ++wrong;
+    if (!covered[i] && got[i] != 7.0f) ++touched;
+  }
+  EXPECT_EQ(wrong, 0) << what << ": copy elements that are not the cast of the updated weight";
+  EXPECT_EQ(touched, 0) << what << ": copy elements outside the segments changed";
+  if (shift > 0) {
+    EXPECT_EQ(backing.to(kCPU).to(DType::f32).to_vector<float>()[0], 7.0f) << what;
+  }
+}
+
+}  // namespace
+
+TEST(AdamW, ComputeCopyIsTheCastOfTheUpdatedWeights) {
+  for (DType gd : {DType::f32, DType::bf16})
+    for (DType cd : {DType::bf16, DType::f32}) check_compute_copy(kCPU, gd, cd, 0);
+}
+
+TEST(AdamW, KernelRejectsABadComputeCopy) {
+  Tensor p = Tensor::zeros({8}), g = Tensor::zeros({8}), m = Tensor::zeros({8}), v = Tensor::zeros({8});
+  const std::vector<kernels::AdamWSegment> segs = {{0, 8, true}};
+  EXPECT_THROW(kernels::adamw_step(p, g, m, v, segs, {}, Tensor(), Tensor::zeros({7}, DType::bf16)), Error);
+  EXPECT_THROW(kernels::adamw_step(p, g, m, v, segs, {}, Tensor(), Tensor::zeros({8}, DType::i32)), Error);
+  EXPECT_THROW(kernels::adamw_step(p, g, m, v, segs, {}, Tensor(), p), Error);  // the master weights themselves
+  kernels::adamw_step(p, g, m, v, segs, {}, Tensor(), Tensor::zeros({8}, DType::bf16));
+}
+
+TEST(CudaAdamW, ComputeCopyIsTheCastOfTheUpdatedWeights) {
+  NATSL_REQUIRE_GPU();
+  // shift 0: the vector path (16-byte f32 / 8-byte bf16 stores); shift 1: the copy is misaligned, scalar path.
+  for (DType gd : {DType::f32, DType::bf16})
+    for (DType cd : {DType::bf16, DType::f32})
+      for (int64_t shift : {0, 1}) check_compute_copy(gpu(), gd, cd, shift);
 }
 
 // CUDA multi-tensor AdamW against the CPU reference (which evaluates the update in double) over several

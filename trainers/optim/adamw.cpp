@@ -79,6 +79,18 @@ void AdamW::set_step_count(int64_t steps) {
   step_ = steps;
 }
 
+void AdamW::write_compute_copy(const FlatBuffer& compute) {
+  for (const auto& [dt, segs] : segments_) {
+    NATSL_CHECK(compute.flats().count(dt) == 1, "AdamW: the compute copy has no buffer for the ", dtype_name(dt),
+                " parameters");
+    const int64_t have = compute.flat(dt).numel();
+    const int64_t need = sharded() ? shard_end_ : params_.flat(dt).numel();
+    NATSL_CHECK(sharded() ? have >= need : have == need, "AdamW: the compute copy's ", dtype_name(dt), " buffer has ",
+                have, " elements; the parameters need ", need);
+  }
+  compute_ = compute;
+}
+
 void AdamW::step(const Tensor& grad_scale) {
   kernels::AdamWHyper h;
   h.lr = opt_.lr;
@@ -87,12 +99,16 @@ void AdamW::step(const Tensor& grad_scale) {
   h.eps = opt_.eps;
   h.weight_decay = opt_.weight_decay;
   h.step = step_ + 1;
+  const bool copy = !compute_.flats().empty();
   if (sharded()) {
-    for (const auto& [dt, segs] : segments_)
-      kernels::adamw_step(params_shard_, grads_shard_, m_shard_, v_shard_, segs, h, grad_scale);
+    for (const auto& [dt, segs] : segments_) {
+      const Tensor c = copy ? compute_.flat(dt).slice(0, shard_begin_, shard_end_) : Tensor();
+      kernels::adamw_step(params_shard_, grads_shard_, m_shard_, v_shard_, segs, h, grad_scale, c);
+    }
   } else {
     for (const auto& [dt, segs] : segments_)
-      kernels::adamw_step(params_.flat(dt), grads_.flat(dt), m_.flat(dt), v_.flat(dt), segs, h, grad_scale);
+      kernels::adamw_step(params_.flat(dt), grads_.flat(dt), m_.flat(dt), v_.flat(dt), segs, h, grad_scale,
+                          copy ? compute_.flat(dt) : Tensor());
   }
   step_ = h.step;
 }

@@ -30,6 +30,11 @@ class AdamW {
   // e.g. a clipping coefficient computed there).
   void step(const Tensor& grad_scale = Tensor());
 
+  // From now on every step also writes the updated weights into `compute` (the forward's bf16 or f32 copy, a
+  // buffer of the parameters' layout; sharded: the whole copy, of which the step writes the shard's range) in
+  // the same pass (kernels/adamw.h), bit for bit what ParameterStore::sync_compute_from_master() would write.
+  void write_compute_copy(const FlatBuffer& compute);
+
   double lr() const { return opt_.lr; }
   void set_lr(double lr);  // schedules change it between steps
   const AdamWOptions& options() const { return opt_; }
@@ -48,6 +53,7 @@ class AdamW {
 
  private:
   FlatBuffer params_, grads_, m_, v_;
+  FlatBuffer compute_;  // empty unless write_compute_copy()
   Tensor params_shard_, grads_shard_;
   std::vector<bool> decay_;
   std::map<DType, std::vector<kernels::AdamWSegment>> segments_;  // per layout dtype

@@ -137,3 +137,60 @@ TEST(AdamW, BadSettingsAreInputErrors) {
   other.add("v", {2}, DType::f32);
   EXPECT_THROW(AdamW(p, FlatBuffer(other, kCPU), {true}), Error);  // grads laid out differently
 }
+
+// write_compute_copy: each step also writes the forward's weights, the same bits as a cast of the master
+// weights after the step (what ParameterStore::sync_compute_from_master did after every step before).
+TEST(AdamW, ComputeCopyHoldsTheCastOfTheMasterWeightsAfterEveryStep) {
+  FlatLayout layout;
+  layout.add("w", {37}, DType::f32);
+  layout.add("b", {5}, DType::f32);
+  FlatBuffer params(layout, kCPU), grads(layout, kCPU), compute(layout, kCPU, DType::bf16);
+  params.flat(DType::f32).copy_(randn({layout.total(DType::f32)}, 5).to(DType::f32));
+  AdamW opt(params, grads, {true, false}, example_options());
+  opt.write_compute_copy(compute);
+  for (int step = 1; step <= 3; ++step) {
+    grads.flat(DType::f32).copy_(randn({layout.total(DType::f32)}, 50 + uint64_t(step)).to(DType::f32));
+    opt.step();
+    for (int i : {0, 1})
+      EXPECT_EQ(compute.view(i).to(DType::f32).to_vector<float>(),
+                params.view(i).to(DType::bf16).to(DType::f32).to_vector<float>())
+          << "step " << step << " entry " << i;
+  }
+  EXPECT_THROW(opt.write_compute_copy(FlatBuffer(FlatLayout(), kCPU)), Error);  // no buffer for the f32 entries
+}
+
+// ZeRO-1: the optimizer holds a shard of the master weights; the compute copy is the whole buffer, of which a
+// step writes the shard's range only (the rest comes from the other ranks' all-gather).
+TEST(AdamW, ShardedComputeCopyWritesTheShardsRangeOnly) {
+  FlatLayout layout;
+  layout.add("w", {100}, DType::f32);
+  layout.add("b", {30}, DType::f32);
+  layout.pad_totals(2);
+  const int64_t total = layout.total(DType::f32), begin = total / 2;
+  Tensor master = randn({total - begin}, 6).to(DType::f32), grads = randn({total - begin}, 7).to(DType::f32);
+  FlatBuffer compute(layout, kCPU, DType::bf16);
+  compute.flat(DType::f32).fill_(7.0);
+  AdamW opt(layout, master, grads, {true, false}, example_options(), begin);
+  opt.write_compute_copy(compute);
+  opt.step();
+  const std::vector<float> c = compute.flat(DType::f32).to(DType::f32).to_vector<float>();
+  const std::vector<float> cast = master.to(DType::bf16).to(DType::f32).to_vector<float>();
+  auto in_entry = [&](int64_t i) {
+    for (const FlatEntry& e : layout.entries())
+      if (i >= e.offset && i < e.offset + e.numel()) return true;
+    return false;
+  };
+  int outside = 0, wrong = 0, covered = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    const float got = c[size_t(i)];
+    if (i < begin || !in_entry(i)) {
+      outside += got != 7.0f;  // before the shard, or alignment padding: untouched
+    } else {
+      ++covered;
+      wrong += got != cast[size_t(i - begin)];
+    }
+  }
+  EXPECT_GT(covered, 30);  // the shard holds part of w and all of b
+  EXPECT_EQ(outside, 0) << "elements outside the shard's entries changed";
+  EXPECT_EQ(wrong, 0) << "elements of the shard that are not the cast of the updated master weights";
+}
