@@ -306,22 +306,13 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
 template <class D, int KT>
 void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
   const int avail = max_smem_per_block(pl.dev.index);
-  if constexpr (std::is_same_v<D, bf16>) {
-    constexpr int smem = chunk_bwd_smem<D, KT, true>();
-    if (smem <= avail) {
-      auto kern = chunk_bwd_kernel<D, KT, true>;
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
-      NATSL_CUDA_CHECK_LAUNCH();
-      return;
-    }
-  }
+  const dim3 grid(unsigned(pl.s.NC), unsigned(pl.s.HV));
+  if constexpr (std::is_same_v<D, bf16>)
+    if (chunk_bwd_smem<D, KT, true>() <= avail)
+      return launch_smem(chunk_bwd_kernel<D, KT, true>, grid, kThreads, chunk_bwd_smem<D, KT, true>(), 1, pl.stream, p);
   constexpr int smem = chunk_bwd_smem<D, KT, false>();
   NATSL_CHECK(smem <= avail, "gdn chunk backward: K = ", pl.s.K, " needs more shared memory than this GPU has");
-  auto kern = chunk_bwd_kernel<D, KT, false>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(chunk_bwd_kernel<D, KT, false>, grid, kThreads, smem, 1, pl.stream, p);
 }
 
 }  // namespace
@@ -333,9 +324,9 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   if (s.NC == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn chunk backward", T, [&] {
     ChunkBwdParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.v = in.v.data<T>();
+    set_qkv<T>(p, in);
+    p.chunks = pl.chunks();
+    set_sizes(p, s, args);
     p.dout = dout.data<T>();
     p.a_inv = saved.a_inv.data<T>();
     p.h = h.data<T>();
@@ -344,19 +335,13 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
     p.dv2 = dv2.data<T>();
     p.gam = pr.gam.data<float>();
     p.beta = in.beta.data<float>();
-    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+    p.mask = data_or_null<float>(in.mask);
+    p.dmask = data_or_null<float>(grads.dmask);
     p.dq = grads.dq.data<T>();
     p.dk = grads.dk.data<T>();
     p.dv = grads.dv.data<T>();
     p.dg = grads.dg.data<float>();
     p.dbeta = grads.dbeta.data<float>();
-    p.dmask = grads.dmask.defined() ? grads.dmask.data<float>() : nullptr;
-    p.chunks = pl.chunks();
-    p.H = int(s.H);
-    p.HV = int(s.HV);
-    p.K = int(s.K);
-    p.V = int(s.V);
-    p.scale = float(args.scale);
     dispatch_kt<T>(s.K, "gdn chunk backward", [&](auto kt) { launch<T, decltype(kt)::value>(pl, p); });
   });
 }

@@ -550,30 +550,23 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
   if (!recompute && !a_inv.defined()) a_inv = Tensor();
   NATSL_CUDA_DISPATCH_FLOAT(D, "gdn prep", T, [&] {
     PrepParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.v = in.v.data<T>();
+    set_qkv<T>(p, in);
     p.g = in.g.data<float>();
     p.beta = in.beta.data<float>();
-    p.a_inv = a_inv.defined() ? a_inv.data<T>() : nullptr;
+    p.a_inv = data_or_null<T>(a_inv);
     p.g_cumsum = (!recompute && saved.g_cumsum.defined()) ? saved.g_cumsum.data<float>() : nullptr;
     p.gam = o.gam.data<float>();
     p.w = o.w.data<T>();
     p.u = o.u.data<T>();
     p.p = o.p.data<T>();
     p.chunks = pl.chunks();
-    p.H = int(s.H);
-    p.HV = int(s.HV);
-    p.K = int(s.K);
-    p.V = int(s.V);
-    p.scale = float(args.scale);
+    set_sizes(p, s, args);
     p.recompute = recompute;
     p.staged = pl.tune.prep_staged;
     const dim3 grid(unsigned(s.NC), unsigned(s.HV));
     const bool old = pl.tune.prep == GdnPrepKernel::generic;
     auto launch_with = [&](auto kern, int smem, const PrepParams<T>& pp) {
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      kern<<<grid, kThreads, smem, pl.stream>>>(pp);
+      launch_smem(kern, grid, kThreads, smem, 1, pl.stream, pp);
     };
     auto launch2 = [&](auto kern, int smem) { launch_with(kern, smem, p); };
     // prep2 solves T (forward only), prep3 does the rest: not the default, no faster than prep2 alone
@@ -591,7 +584,6 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
           p.a_inv = scratch.data<T>();
         }
         launch2(prep2_kernel<T, KT, true>, prep2_smem<T, KT, true>());
-        NATSL_CUDA_CHECK_LAUNCH();
       }
       PrepParams<T> p3 = p;
       p3.g_cumsum = nullptr;  // written by the solve
@@ -605,12 +597,7 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     else if (!old && s.K == 128) launch2(prep2_kernel<T, 2>, prep2_smem<T, 2>());
     else if (!old && s.K == 256 && prep2_smem<T, 4>() <= avail)
       launch2(prep2_kernel<T, 4>, prep2_smem<T, 4>());
-    else {
-      constexpr int smem = prep_smem<T>();
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(prep_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      prep_kernel<T><<<grid, kThreads, smem, pl.stream>>>(p);
-    }
-    NATSL_CUDA_CHECK_LAUNCH();
+    else launch2(prep_kernel<T>, prep_smem<T>());
   });
   return o;
 }

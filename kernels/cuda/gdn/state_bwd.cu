@@ -409,29 +409,15 @@ constexpr int joint_smem() {
   return std::max(state_bwd_smem<D, KT, STAGES>(), state_fwd_smem<D, KT, STAGES, false>());
 }
 
-template <class Kern>
-void set_smem(Kern kern, int smem, int minb) {
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if (minb > 1)
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          int(cudaSharedmemCarveoutMaxShared)));
-}
-
 template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
 void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
   const unsigned nvt = unsigned(pl.s.V / VW);
-  if (pf) {
-    constexpr int smem = joint_smem<D, KT, STAGES, VW>();
-    auto kern = state_joint_kernel<D, KT, STAGES, VW, BULK, MINB>;
-    set_smem(kern, smem, MINB);
-    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt), 4 * VW, smem, pl.stream>>>(p, *pf);
-  } else {
-    constexpr int smem = state_bwd_smem<D, KT, STAGES>();
-    auto kern = state_bwd_kernel<D, KT, STAGES, VW, BULK, MINB>;
-    set_smem(kern, smem, MINB);
-    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW, smem, pl.stream>>>(p);
-  }
-  NATSL_CUDA_CHECK_LAUNCH();
+  if (pf)
+    launch_smem(state_joint_kernel<D, KT, STAGES, VW, BULK, MINB>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt),
+                4 * VW, joint_smem<D, KT, STAGES, VW>(), MINB, pl.stream, p, *pf);
+  else
+    launch_smem(state_bwd_kernel<D, KT, STAGES, VW, BULK, MINB>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW,
+                state_bwd_smem<D, KT, STAGES>(), MINB, pl.stream, p);
 }
 
 template <class D, int KT, int STAGES, int VW>
@@ -462,13 +448,9 @@ void launch_vw(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<
 template <int KT, int STAGES, int VW>
 void launch_joint_tma(const Plan& pl, const JointMaps& maps, const StateBwdParams<bf16>& pb,
                       const StateFwdParams<bf16>* pf) {
-  constexpr int smem = tma_smem<KT, VW, STAGES>();
-  auto kern = state_joint_tma_kernel<KT, STAGES, VW>;
-  set_smem(kern, smem, 1);
   const unsigned nvt = unsigned(pl.s.V / VW);
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), pf ? 2 * nvt : nvt), 4 * VW + 32, smem, pl.stream>>>(
-      maps, pb, pf ? *pf : StateFwdParams<bf16>{});
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(state_joint_tma_kernel<KT, STAGES, VW>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), pf ? 2 * nvt : nvt),
+              4 * VW + 32, tma_smem<KT, VW, STAGES>(), 1, pl.stream, maps, pb, pf ? *pf : StateFwdParams<bf16>{});
 }
 
 // The requested stages (1, 2 or 3), or fewer where they do not fit; false when 1 does not fit either.
@@ -514,25 +496,15 @@ template <class D>
 StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
                                    const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& dh,
                                    const Tensor& dv2) {
-  const GdnShape& s = pl.s;
   StateBwdParams<D> p{};
-  p.q = in.q.data<D>();
-  p.k = in.k.data<D>();
-  p.w = pr.w.data<D>();
-  p.p = pr.p.data<D>();
+  set_state_inputs<D>(p, in, pr);
   p.dout = dout.data<D>();
-  p.gam = pr.gam.data<float>();
-  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
-  p.dht = dht.defined() ? dht.data<float>() : nullptr;
-  p.dh0 = dh0.defined() ? dh0.data<float>() : nullptr;
+  p.dht = data_or_null<float>(dht);
+  p.dh0 = data_or_null<float>(dh0);
   p.dh_out = dh.data<D>();
   p.dv2_out = dv2.data<D>();
   p.seqs = pl.seq_infos();
-  p.H = int(s.H);
-  p.HV = int(s.HV);
-  p.K = int(s.K);
-  p.V = int(s.V);
-  p.scale = float(args.scale);
+  set_sizes(p, pl.s, args);
   p.staged = pl.tune.bwd_store_staged;
   p.l2pf = std::max(0, pl.tune.bwd_l2pf);
   return p;

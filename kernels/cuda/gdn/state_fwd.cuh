@@ -28,29 +28,30 @@ struct StateFwdParams {
   int l2pf;  // L2 prefetch distance in chunks beyond the cp.async stages (0: none)
 };
 
-template <class D>
-StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
-                                   const StateFwdOut& out) {
-  const GdnShape& s = pl.s;
-  StateFwdParams<D> p{};
+// The inputs both state passes read (P: StateFwdParams or StateBwdParams): q, k, prep's w, p and gamma, the mask.
+template <class D, class P>
+void set_state_inputs(P& p, const GdnInputs& in, const PrepOut& pr) {
   p.q = in.q.data<D>();
   p.k = in.k.data<D>();
   p.w = pr.w.data<D>();
-  p.u = pr.u.data<D>();
   p.p = pr.p.data<D>();
   p.gam = pr.gam.data<float>();
-  p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
-  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
-  p.o = out.o.defined() ? out.o.data<D>() : nullptr;
-  p.ht = out.ht.defined() ? out.ht.data<float>() : nullptr;
-  p.h_out = out.h.defined() ? out.h.data<D>() : nullptr;
-  p.vnew_out = out.vnew.defined() ? out.vnew.data<D>() : nullptr;
+  p.mask = data_or_null<float>(in.mask);
+}
+
+template <class D>
+StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                                   const StateFwdOut& out) {
+  StateFwdParams<D> p{};
+  set_state_inputs<D>(p, in, pr);
+  p.u = pr.u.data<D>();
+  p.h0 = data_or_null<float>(in.h0);
+  p.o = data_or_null<D>(out.o);
+  p.ht = data_or_null<float>(out.ht);
+  p.h_out = data_or_null<D>(out.h);
+  p.vnew_out = data_or_null<D>(out.vnew);
   p.seqs = pl.seq_infos();
-  p.H = int(s.H);
-  p.HV = int(s.HV);
-  p.K = int(s.K);
-  p.V = int(s.V);
-  p.scale = float(args.scale);
+  set_sizes(p, pl.s, args);
   p.staged = pl.tune.fwd_store_staged;
   return p;
 }
