@@ -161,16 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     }
     tile_mma<false, true>(kk, Kk, Kk);
     // dq = scale diag(e) dO h^T + dS K
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int i = f.row(2 * hh);
-      const float sc = i < len ? p.scale * __expf(gam[i]) : 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        dq[nt][2 * hh] *= sc;
-        dq[nt][2 * hh + 1] *= sc;
-      }
-    }
+    scale_rows_exp(dq, f, gam, len, p.scale);
     tile_mma<false, false>(dq, dSs, Kk);
     acc_to_global<D>(dq, f, p.dq + (int64_t(row0) * p.H + h) * p.K + kt * kC, qk_ld, len);
     acc_row_sum_add(dq, f, dgam, [&](int i, int j, float x) { return x * f32(Qk[i * ld + j]); });

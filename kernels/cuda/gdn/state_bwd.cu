@@ -90,17 +90,7 @@ __device__ __forceinline__ void state_bwd_step_on(const StateBwdParams<D>& p, Ac
   const float m = p.mask ? p.mask[tile_id] : 1.f;
 
   // 1. dh[n]
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) {
-    acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
-    if (!p.staged) acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
-  }
-  sync();
-  if (p.staged) {
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt)
-      tile_store_n<D, VW, NTH>(DHs + kt * TE, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
-  }
+  state_to_tiles<D, KT, VW, NTH, true>(p, &StateBwdParams<D>::dh_out, dacc, f, DHs, tile_id, c0, sync);
 
   // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
   Acc a;
@@ -138,10 +128,7 @@ __device__ __forceinline__ void state_bwd_step_on(const StateBwdParams<D>& p, Ac
   // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dacc[kt][nt][e] *= eL;
+    scale_acc(dacc[kt], eL);
     tile_mma<true, false, D, LT, LP>(dacc[kt], st.Q(kt), DOe);
     tile_mma<true, false, D, LT, LP>(dacc[kt], st.W(kt), NDV2);
   }
@@ -232,13 +219,8 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
     const int t = threadIdx.x;
-    if (t < kC) {
-      if (t < len) {
-        const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
-        prefetch_l2(p.k + off, p.K * int(sizeof(D)));
-        prefetch_l2(p.q + off, p.K * int(sizeof(D)));
-      }
-    } else if (t < 2 * kC) {
+    if (t < kC) prefetch_qk_row<true>(p, t, row0, len, qk_ld, h);
+    else if (t < 2 * kC) {
       if (t - kC < len) prefetch_l2(p.dout + int64_t(row0 + t - kC) * v_ld + int64_t(hv) * p.V + c0, VW * int(sizeof(D)));
     }
     if (t == 0) {

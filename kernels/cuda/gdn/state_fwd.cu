@@ -203,16 +203,7 @@ __device__ __forceinline__ void chunk_out_tile(Acc& a, const Frag& f, const D* Q
   zero(a);
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int i = f.row(2 * hh);
-    const float sc = i < len ? scale * __expf(G[i]) : 0.f;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      a[nt][2 * hh] *= sc;
-      a[nt][2 * hh + 1] *= sc;
-    }
-  }
+  scale_rows_exp(a, f, G, len, scale);
   tile_mma<false, false>(a, Ps, Vn);
 }
 
