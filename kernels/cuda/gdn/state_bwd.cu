@@ -286,16 +286,9 @@ struct JointMaps {
 
 // The reverse pass's view of a stage: K in tiles 0..KT-1, Q in KT..2KT-1, W in 2KT..3KT-1, P in 3KT, dO dense.
 template <int KT, int VW>
-struct TmaBwdStage {
-  using LT = Swizzled128;
+struct TmaBwdStage : TmaTiles<KT, 2, 0, 1> {
   using LO = DenseTile<VW>;
-  static constexpr int TE = kC * kC;
-  const bf16* base;
-  __device__ __forceinline__ const bf16* K(int kt) const { return base + kt * TE; }
-  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* W(int kt) const { return base + (2 * KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
-  __device__ __forceinline__ const bf16* dO() const { return base + (3 * KT + 1) * TE; }
+  __device__ __forceinline__ const bf16* dO() const { return this->dense(); }
 };
 
 // blockIdx.z < V / VW: the reverse pass; above (only when launched with the forward's CTAs): the forward
