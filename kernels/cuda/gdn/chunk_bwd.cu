@@ -20,6 +20,22 @@ constexpr int chunk_bwd_smem() {
   return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + (2 + 2 * kRowSlots + kRowColSlots) * kC * 4 + 16 * 4;
 }
 
+// Makes V tile vt's streamed tiles ready: with PIPE tile vt + 1 is issued first (into the other set) and all but
+// its loads waited for; without, tile vt is issued and waited for here. Ends with the barrier that publishes them.
+template <bool PIPE, class Issue>
+__device__ __forceinline__ void next_vtile(int vt, int VT, const Issue& issue) {
+  if (!PIPE) {
+    issue(vt);
+    cp_async_wait<0>();
+  } else if (vt + 1 < VT) {
+    issue(vt + 1);
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 template <class D, int KT, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -90,16 +106,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   for (int vt = 0; vt < VT; ++vt) {
     D* const b = set(vt);
     D *const A0 = b, *const A1 = b + TE, *const A2 = b + 2 * TE, *const A3 = b + 3 * TE;
-    if (!PIPE) {
-      issue_a(vt);
-      cp_async_wait<0>();
-    } else if (vt + 1 < VT) {
-      issue_a(vt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_vtile<PIPE>(vt, VT, issue_a);
     tile_mma<false, true>(dS, A0, A1);
     tile_mma<false, true>(dTu, A2, A3);
     Acc y;
@@ -140,16 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     for (int vt = 0; vt < VT; ++vt) {
       D* const b = set(vt);
       D *const Hh = b, *const DHh = b + TE, *const DO = b + 2 * TE, *const VN = b + 3 * TE, *const DV2 = b + 4 * TE;
-      if (!PIPE) {
-        issue_b(vt);
-        cp_async_wait<0>();
-      } else if (vt + 1 < VT) {
-        issue_b(vt + 1);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
+      next_vtile<PIPE>(vt, VT, issue_b);
       tile_mma<false, true>(dq, DO, Hh);
       tile_mma<false, true>(dki, VN, DHh);
       tile_mma<false, true>(dw, DV2, Hh);

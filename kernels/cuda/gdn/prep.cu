@@ -111,6 +111,20 @@ __device__ __forceinline__ void load_t(float* Ts, const D* a_inv, const ChunkInf
   }
 }
 
+// A = StrictLower(diag(beta) K K^T o Gamma), Gamma_ij = exp(gam_i - gam_j), from the K K^T accumulator into As
+// (f32, row pitch FLD; rows >= len zero).
+template <int FLD>
+__device__ __forceinline__ void store_a(float* As, const Acc& kk, const Frag& f, const float* bet, const float* gam,
+                                        int len) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = f.row(e), j = f.col(nt, e);
+      As[i * FLD + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
+    }
+}
+
 template <class D>
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -150,13 +164,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   });
 
   if (!p.recompute) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = f.row(e), j = f.col(nt, e);
-        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
-      }
+    store_a<fld>(As, kk, f, bet, gam, len);
     for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
       const int i = idx / kC, j = idx % kC;
       Ts[i * fld + j] = i == j ? 1.f : 0.f;
@@ -328,13 +336,7 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   }
 
   if (!p.recompute) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = f.row(e), j = f.col(nt, e);
-        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
-      }
+    store_a<fld>(As, kk, f, bet, gam, len);
     for (int idx = tid; idx < kC * kC; idx += kThreads) Ts[(idx >> 6) * fld + (idx & 63)] = 0.f;
     __syncthreads();
     if (tid < kC) {  // diagonal block b, column j: t_i = -sum_{m < i} A_im t_m below the unit diagonal
