@@ -38,6 +38,45 @@ struct PrepOut {
 // (recompute = true): reads T from a_inv instead.
 PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const GdnSaved& saved, bool recompute);
 
+// t's data as E*, or nullptr where t is not defined (the optional inputs and outputs).
+template <class E>
+E* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<E>() : nullptr;
+}
+// The sizes and the scale that the chunked kernels' parameters carry (P: any of their parameter structs).
+template <class P>
+void set_sizes(P& p, const GdnShape& s, const GdnArgs& args) {
+  p.H = int(s.H);
+  p.HV = int(s.HV);
+  p.K = int(s.K);
+  p.V = int(s.V);
+  p.scale = float(args.scale);
+}
+// The inputs q, k, v (element type D) of the kernels that read all three.
+template <class D, class P>
+void set_qkv(P& p, const GdnInputs& in) {
+  p.q = in.q.data<D>();
+  p.k = in.k.data<D>();
+  p.v = in.v.data<D>();
+}
+
+// Lets kern use smem bytes of dynamic shared memory; minb > 1 also asks for the largest shared-memory carveout (the
+// layouts that fit minb CTAs on an SM).
+template <class Kern>
+void set_smem(Kern kern, int smem, int minb = 1) {
+  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (minb > 1)
+    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          int(cudaSharedmemCarveoutMaxShared)));
+}
+// kern<<<grid, block, smem, stream>>>(args...) after set_smem(kern, smem, minb), and the launch check.
+template <class Kern, class... Args>
+void launch_smem(Kern kern, dim3 grid, int block, int smem, int minb, cudaStream_t stream, const Args&... args) {
+  set_smem(kern, smem, minb);
+  kern<<<grid, block, smem, stream>>>(args...);
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
 // Calls fn(std::integral_constant<int, K / 64>{}) for the head sizes the kernels are built for (K = 64, 128,
 // and 256 in bf16; the f32 path stops at 128 for shared memory); otherwise fails naming `what`.
 template <class D, class Fn>

@@ -20,6 +20,22 @@ constexpr int chunk_bwd_smem() {
   return (PIPE ? 15 : 10) * kTileBytes<D> + (KT + 1) * kTileBytes<float> + (2 + 2 * kRowSlots + kRowColSlots) * kC * 4 + 16 * 4;
 }
 
+// Makes V tile vt's streamed tiles ready: with PIPE tile vt + 1 is issued first (into the other set) and all but
+// its loads waited for; without, tile vt is issued and waited for here. Ends with the barrier that publishes them.
+template <bool PIPE, class Issue>
+__device__ __forceinline__ void next_vtile(int vt, int VT, const Issue& issue) {
+  if (!PIPE) {
+    issue(vt);
+    cp_async_wait<0>();
+  } else if (vt + 1 < VT) {
+    issue(vt + 1);
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 template <class D, int KT, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -90,16 +106,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
   for (int vt = 0; vt < VT; ++vt) {
     D* const b = set(vt);
     D *const A0 = b, *const A1 = b + TE, *const A2 = b + 2 * TE, *const A3 = b + 3 * TE;
-    if (!PIPE) {
-      issue_a(vt);
-      cp_async_wait<0>();
-    } else if (vt + 1 < VT) {
-      issue_a(vt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_vtile<PIPE>(vt, VT, issue_a);
     tile_mma<false, true>(dS, A0, A1);
     tile_mma<false, true>(dTu, A2, A3);
     Acc y;
@@ -140,16 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     for (int vt = 0; vt < VT; ++vt) {
       D* const b = set(vt);
       D *const Hh = b, *const DHh = b + TE, *const DO = b + 2 * TE, *const VN = b + 3 * TE, *const DV2 = b + 4 * TE;
-      if (!PIPE) {
-        issue_b(vt);
-        cp_async_wait<0>();
-      } else if (vt + 1 < VT) {
-        issue_b(vt + 1);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
+      next_vtile<PIPE>(vt, VT, issue_b);
       tile_mma<false, true>(dq, DO, Hh);
       tile_mma<false, true>(dki, VN, DHh);
       tile_mma<false, true>(dw, DV2, Hh);
@@ -161,16 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
     }
     tile_mma<false, true>(kk, Kk, Kk);
     // dq = scale diag(e) dO h^T + dS K
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int i = f.row(2 * hh);
-      const float sc = i < len ? p.scale * __expf(gam[i]) : 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        dq[nt][2 * hh] *= sc;
-        dq[nt][2 * hh + 1] *= sc;
-      }
-    }
+    scale_rows_exp(dq, f, gam, len, p.scale);
     tile_mma<false, false>(dq, dSs, Kk);
     acc_to_global<D>(dq, f, p.dq + (int64_t(row0) * p.H + h) * p.K + kt * kC, qk_ld, len);
     acc_row_sum_add(dq, f, dgam, [&](int i, int j, float x) { return x * f32(Qk[i * ld + j]); });
@@ -306,22 +295,13 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(ChunkBwdParams<D
 template <class D, int KT>
 void launch(const Plan& pl, const ChunkBwdParams<D>& p) {
   const int avail = max_smem_per_block(pl.dev.index);
-  if constexpr (std::is_same_v<D, bf16>) {
-    constexpr int smem = chunk_bwd_smem<D, KT, true>();
-    if (smem <= avail) {
-      auto kern = chunk_bwd_kernel<D, KT, true>;
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
-      NATSL_CUDA_CHECK_LAUNCH();
-      return;
-    }
-  }
+  const dim3 grid(unsigned(pl.s.NC), unsigned(pl.s.HV));
+  if constexpr (std::is_same_v<D, bf16>)
+    if (chunk_bwd_smem<D, KT, true>() <= avail)
+      return launch_smem(chunk_bwd_kernel<D, KT, true>, grid, kThreads, chunk_bwd_smem<D, KT, true>(), 1, pl.stream, p);
   constexpr int smem = chunk_bwd_smem<D, KT, false>();
   NATSL_CHECK(smem <= avail, "gdn chunk backward: K = ", pl.s.K, " needs more shared memory than this GPU has");
-  auto kern = chunk_bwd_kernel<D, KT, false>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(chunk_bwd_kernel<D, KT, false>, grid, kThreads, smem, 1, pl.stream, p);
 }
 
 }  // namespace
@@ -333,9 +313,9 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   if (s.NC == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn chunk backward", T, [&] {
     ChunkBwdParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.v = in.v.data<T>();
+    set_qkv<T>(p, in);
+    p.chunks = pl.chunks();
+    set_sizes(p, s, args);
     p.dout = dout.data<T>();
     p.a_inv = saved.a_inv.data<T>();
     p.h = h.data<T>();
@@ -344,19 +324,13 @@ void run_chunk_bwd(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
     p.dv2 = dv2.data<T>();
     p.gam = pr.gam.data<float>();
     p.beta = in.beta.data<float>();
-    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+    p.mask = data_or_null<float>(in.mask);
+    p.dmask = data_or_null<float>(grads.dmask);
     p.dq = grads.dq.data<T>();
     p.dk = grads.dk.data<T>();
     p.dv = grads.dv.data<T>();
     p.dg = grads.dg.data<float>();
     p.dbeta = grads.dbeta.data<float>();
-    p.dmask = grads.dmask.defined() ? grads.dmask.data<float>() : nullptr;
-    p.chunks = pl.chunks();
-    p.H = int(s.H);
-    p.HV = int(s.HV);
-    p.K = int(s.K);
-    p.V = int(s.V);
-    p.scale = float(args.scale);
     dispatch_kt<T>(s.K, "gdn chunk backward", [&](auto kt) { launch<T, decltype(kt)::value>(pl, p); });
   });
 }

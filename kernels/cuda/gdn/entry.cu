@@ -150,15 +150,13 @@ void gdn_recurrent_fwd(const GdnArgs& args, const GdnInputs& in, const Tensor& o
   if (s.N == 0) return;
   NATSL_CUDA_DISPATCH_FLOAT(in.q.dtype(), "gdn_recurrent_fwd", T, [&] {
     RecParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.v = in.v.data<T>();
+    set_qkv<T>(p, in);
     p.g = in.g.data<float>();
     p.beta = in.beta.data<float>();
-    p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
-    p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
+    p.h0 = data_or_null<float>(in.h0);
+    p.mask = data_or_null<float>(in.mask);
     p.o = o.data<T>();
-    p.ht = ht.defined() ? ht.data<float>() : nullptr;
+    p.ht = data_or_null<float>(ht);
     p.seqs = pl.seq_infos();
     p.H = int(s.H);
     p.HV = int(s.HV);

@@ -111,6 +111,20 @@ __device__ __forceinline__ void load_t(float* Ts, const D* a_inv, const ChunkInf
   }
 }
 
+// A = StrictLower(diag(beta) K K^T o Gamma), Gamma_ij = exp(gam_i - gam_j), from the K K^T accumulator into As
+// (f32, row pitch FLD; rows >= len zero).
+template <int FLD>
+__device__ __forceinline__ void store_a(float* As, const Acc& kk, const Frag& f, const float* bet, const float* gam,
+                                        int len) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = f.row(e), j = f.col(nt, e);
+      As[i * FLD + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
+    }
+}
+
 template <class D>
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -150,13 +164,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepParams<D> p) {
   });
 
   if (!p.recompute) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = f.row(e), j = f.col(nt, e);
-        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
-      }
+    store_a<fld>(As, kk, f, bet, gam, len);
     for (int idx = threadIdx.x; idx < kC * kC; idx += kThreads) {
       const int i = idx / kC, j = idx % kC;
       Ts[i * fld + j] = i == j ? 1.f : 0.f;
@@ -328,13 +336,7 @@ __global__ void __launch_bounds__(kThreads) prep2_kernel(PrepParams<D> p) {
   }
 
   if (!p.recompute) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = f.row(e), j = f.col(nt, e);
-        As[i * fld + j] = (i > j && i < len) ? bet[i] * kk[nt][e] * __expf(gam[i] - gam[j]) : 0.f;
-      }
+    store_a<fld>(As, kk, f, bet, gam, len);
     for (int idx = tid; idx < kC * kC; idx += kThreads) Ts[(idx >> 6) * fld + (idx & 63)] = 0.f;
     __syncthreads();
     if (tid < kC) {  // diagonal block b, column j: t_i = -sum_{m < i} A_im t_m below the unit diagonal
@@ -550,30 +552,23 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
   if (!recompute && !a_inv.defined()) a_inv = Tensor();
   NATSL_CUDA_DISPATCH_FLOAT(D, "gdn prep", T, [&] {
     PrepParams<T> p{};
-    p.q = in.q.data<T>();
-    p.k = in.k.data<T>();
-    p.v = in.v.data<T>();
+    set_qkv<T>(p, in);
     p.g = in.g.data<float>();
     p.beta = in.beta.data<float>();
-    p.a_inv = a_inv.defined() ? a_inv.data<T>() : nullptr;
+    p.a_inv = data_or_null<T>(a_inv);
     p.g_cumsum = (!recompute && saved.g_cumsum.defined()) ? saved.g_cumsum.data<float>() : nullptr;
     p.gam = o.gam.data<float>();
     p.w = o.w.data<T>();
     p.u = o.u.data<T>();
     p.p = o.p.data<T>();
     p.chunks = pl.chunks();
-    p.H = int(s.H);
-    p.HV = int(s.HV);
-    p.K = int(s.K);
-    p.V = int(s.V);
-    p.scale = float(args.scale);
+    set_sizes(p, s, args);
     p.recompute = recompute;
     p.staged = pl.tune.prep_staged;
     const dim3 grid(unsigned(s.NC), unsigned(s.HV));
     const bool old = pl.tune.prep == GdnPrepKernel::generic;
     auto launch_with = [&](auto kern, int smem, const PrepParams<T>& pp) {
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      kern<<<grid, kThreads, smem, pl.stream>>>(pp);
+      launch_smem(kern, grid, kThreads, smem, 1, pl.stream, pp);
     };
     auto launch2 = [&](auto kern, int smem) { launch_with(kern, smem, p); };
     // prep2 solves T (forward only), prep3 does the rest: not the default, no faster than prep2 alone
@@ -591,7 +586,6 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
           p.a_inv = scratch.data<T>();
         }
         launch2(prep2_kernel<T, KT, true>, prep2_smem<T, KT, true>());
-        NATSL_CUDA_CHECK_LAUNCH();
       }
       PrepParams<T> p3 = p;
       p3.g_cumsum = nullptr;  // written by the solve
@@ -605,12 +599,7 @@ PrepOut run_prep(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const
     else if (!old && s.K == 128) launch2(prep2_kernel<T, 2>, prep2_smem<T, 2>());
     else if (!old && s.K == 256 && prep2_smem<T, 4>() <= avail)
       launch2(prep2_kernel<T, 4>, prep2_smem<T, 4>());
-    else {
-      constexpr int smem = prep_smem<T>();
-      NATSL_CUDA_CHECK(cudaFuncSetAttribute(prep_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      prep_kernel<T><<<grid, kThreads, smem, pl.stream>>>(p);
-    }
-    NATSL_CUDA_CHECK_LAUNCH();
+    else launch2(prep_kernel<T>, prep_smem<T>());
   });
   return o;
 }

@@ -90,17 +90,7 @@ __device__ __forceinline__ void state_bwd_step_on(const StateBwdParams<D>& p, Ac
   const float m = p.mask ? p.mask[tile_id] : 1.f;
 
   // 1. dh[n]
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) {
-    acc_to_tile<D>(dacc[kt], f, DHs + kt * TE);
-    if (!p.staged) acc_to_global<D>(dacc[kt], f, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
-  }
-  sync();
-  if (p.staged) {
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt)
-      tile_store_n<D, VW, NTH>(DHs + kt * TE, p.dh_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
-  }
+  state_to_tiles<D, KT, VW, NTH, true>(p, &StateBwdParams<D>::dh_out, dacc, f, DHs, tile_id, c0, sync);
 
   // 2. dv2 = m diag(exp(gam_L - gam)) K dh + p^T dO
   Acc a;
@@ -138,10 +128,7 @@ __device__ __forceinline__ void state_bwd_step_on(const StateBwdParams<D>& p, Ac
   // 3. dh = e_L dh + Q^T diag(scale e) dO - w^T dv2
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dacc[kt][nt][e] *= eL;
+    scale_acc(dacc[kt], eL);
     tile_mma<true, false, D, LT, LP>(dacc[kt], st.Q(kt), DOe);
     tile_mma<true, false, D, LT, LP>(dacc[kt], st.W(kt), NDV2);
   }
@@ -232,13 +219,8 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
     const int t = threadIdx.x;
-    if (t < kC) {
-      if (t < len) {
-        const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
-        prefetch_l2(p.k + off, p.K * int(sizeof(D)));
-        prefetch_l2(p.q + off, p.K * int(sizeof(D)));
-      }
-    } else if (t < 2 * kC) {
+    if (t < kC) prefetch_qk_row<true>(p, t, row0, len, qk_ld, h);
+    else if (t < 2 * kC) {
       if (t - kC < len) prefetch_l2(p.dout + int64_t(row0 + t - kC) * v_ld + int64_t(hv) * p.V + c0, VW * int(sizeof(D)));
     }
     if (t == 0) {
@@ -304,16 +286,9 @@ struct JointMaps {
 
 // The reverse pass's view of a stage: K in tiles 0..KT-1, Q in KT..2KT-1, W in 2KT..3KT-1, P in 3KT, dO dense.
 template <int KT, int VW>
-struct TmaBwdStage {
-  using LT = Swizzled128;
+struct TmaBwdStage : TmaTiles<KT, 2, 0, 1> {
   using LO = DenseTile<VW>;
-  static constexpr int TE = kC * kC;
-  const bf16* base;
-  __device__ __forceinline__ const bf16* K(int kt) const { return base + kt * TE; }
-  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* W(int kt) const { return base + (2 * KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
-  __device__ __forceinline__ const bf16* dO() const { return base + (3 * KT + 1) * TE; }
+  __device__ __forceinline__ const bf16* dO() const { return this->dense(); }
 };
 
 // blockIdx.z < V / VW: the reverse pass; above (only when launched with the forward's CTAs): the forward
@@ -409,29 +384,15 @@ constexpr int joint_smem() {
   return std::max(state_bwd_smem<D, KT, STAGES>(), state_fwd_smem<D, KT, STAGES, false>());
 }
 
-template <class Kern>
-void set_smem(Kern kern, int smem, int minb) {
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if (minb > 1)
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          int(cudaSharedmemCarveoutMaxShared)));
-}
-
 template <class D, int KT, int STAGES, int VW, bool BULK, int MINB = 1>
 void launch(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<D>* pf) {
   const unsigned nvt = unsigned(pl.s.V / VW);
-  if (pf) {
-    constexpr int smem = joint_smem<D, KT, STAGES, VW>();
-    auto kern = state_joint_kernel<D, KT, STAGES, VW, BULK, MINB>;
-    set_smem(kern, smem, MINB);
-    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt), 4 * VW, smem, pl.stream>>>(p, *pf);
-  } else {
-    constexpr int smem = state_bwd_smem<D, KT, STAGES>();
-    auto kern = state_bwd_kernel<D, KT, STAGES, VW, BULK, MINB>;
-    set_smem(kern, smem, MINB);
-    kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW, smem, pl.stream>>>(p);
-  }
-  NATSL_CUDA_CHECK_LAUNCH();
+  if (pf)
+    launch_smem(state_joint_kernel<D, KT, STAGES, VW, BULK, MINB>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), 2 * nvt),
+                4 * VW, joint_smem<D, KT, STAGES, VW>(), MINB, pl.stream, p, *pf);
+  else
+    launch_smem(state_bwd_kernel<D, KT, STAGES, VW, BULK, MINB>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), nvt), 4 * VW,
+                state_bwd_smem<D, KT, STAGES>(), MINB, pl.stream, p);
 }
 
 template <class D, int KT, int STAGES, int VW>
@@ -462,13 +423,9 @@ void launch_vw(const Plan& pl, const StateBwdParams<D>& p, const StateFwdParams<
 template <int KT, int STAGES, int VW>
 void launch_joint_tma(const Plan& pl, const JointMaps& maps, const StateBwdParams<bf16>& pb,
                       const StateFwdParams<bf16>* pf) {
-  constexpr int smem = tma_smem<KT, VW, STAGES>();
-  auto kern = state_joint_tma_kernel<KT, STAGES, VW>;
-  set_smem(kern, smem, 1);
   const unsigned nvt = unsigned(pl.s.V / VW);
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), pf ? 2 * nvt : nvt), 4 * VW + 32, smem, pl.stream>>>(
-      maps, pb, pf ? *pf : StateFwdParams<bf16>{});
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(state_joint_tma_kernel<KT, STAGES, VW>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), pf ? 2 * nvt : nvt),
+              4 * VW + 32, tma_smem<KT, VW, STAGES>(), 1, pl.stream, maps, pb, pf ? *pf : StateFwdParams<bf16>{});
 }
 
 // The requested stages (1, 2 or 3), or fewer where they do not fit; false when 1 does not fit either.
@@ -514,25 +471,15 @@ template <class D>
 StateBwdParams<D> state_bwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
                                    const Tensor& dout, const Tensor& dht, const Tensor& dh0, const Tensor& dh,
                                    const Tensor& dv2) {
-  const GdnShape& s = pl.s;
   StateBwdParams<D> p{};
-  p.q = in.q.data<D>();
-  p.k = in.k.data<D>();
-  p.w = pr.w.data<D>();
-  p.p = pr.p.data<D>();
+  set_state_inputs<D>(p, in, pr);
   p.dout = dout.data<D>();
-  p.gam = pr.gam.data<float>();
-  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
-  p.dht = dht.defined() ? dht.data<float>() : nullptr;
-  p.dh0 = dh0.defined() ? dh0.data<float>() : nullptr;
+  p.dht = data_or_null<float>(dht);
+  p.dh0 = data_or_null<float>(dh0);
   p.dh_out = dh.data<D>();
   p.dv2_out = dv2.data<D>();
   p.seqs = pl.seq_infos();
-  p.H = int(s.H);
-  p.HV = int(s.HV);
-  p.K = int(s.K);
-  p.V = int(s.V);
-  p.scale = float(args.scale);
+  set_sizes(p, pl.s, args);
   p.staged = pl.tune.bwd_store_staged;
   p.l2pf = std::max(0, pl.tune.bwd_l2pf);
   return p;

@@ -23,14 +23,9 @@ constexpr int smem_of() {
 
 template <class D, int KT, int STAGES, bool OUT, int VW, bool BULK, int MINB = 1>
 void launch(const Plan& pl, const StateFwdParams<D>& p) {
-  constexpr int smem = smem_of<D, KT, STAGES, OUT, BULK>();
-  auto kern = state_fwd_kernel<D, KT, STAGES, OUT, VW, BULK, MINB>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if constexpr (MINB > 1)
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          int(cudaSharedmemCarveoutMaxShared)));
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW, smem, pl.stream>>>(p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(state_fwd_kernel<D, KT, STAGES, OUT, VW, BULK, MINB>,
+              dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW,
+              smem_of<D, KT, STAGES, OUT, BULK>(), MINB, pl.stream, p);
 }
 
 // The requested number of stages, or the most below it that fits in shared memory.
@@ -135,11 +130,8 @@ __global__ void __launch_bounds__(4 * VW + 32, 1) state_fwd_ws_kernel(StateFwdPa
 
 template <class D, int KT, int STAGES, bool OUT, int VW>
 void launch_ws(const Plan& pl, const StateFwdParams<D>& p) {
-  constexpr int smem = ws_smem<D, KT, STAGES, OUT>();
-  auto kern = state_fwd_ws_kernel<D, KT, STAGES, OUT, VW>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW + 32, smem, pl.stream>>>(p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(state_fwd_ws_kernel<D, KT, STAGES, OUT, VW>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)),
+              4 * VW + 32, ws_smem<D, KT, STAGES, OUT>(), 1, pl.stream, p);
 }
 
 // The requested number of stages (at least 2), or the most below it that fits; false when even 2 do not.
@@ -211,16 +203,7 @@ __device__ __forceinline__ void chunk_out_tile(Acc& a, const Frag& f, const D* Q
   zero(a);
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) tile_mma<false, false>(a, Qs + kt * TE, Hs + kt * TE);
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int i = f.row(2 * hh);
-    const float sc = i < len ? scale * __expf(G[i]) : 0.f;
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      a[nt][2 * hh] *= sc;
-      a[nt][2 * hh + 1] *= sc;
-    }
-  }
+  scale_rows_exp(a, f, G, len, scale);
   tile_mma<false, false>(a, Ps, Vn);
 }
 
@@ -317,25 +300,16 @@ __global__ void __launch_bounds__(kThreads) chunk_out2_kernel(ChunkOutParams<D> 
 template <class D, int KT>
 void launch_chunk_out(const Plan& pl, const ChunkOutParams<D>& p) {
   // One CTA per (chunk, head) unless the plan asks for one per V tile (BENCHMARKS.md, kernel history).
-  if (!pl.tune.out_per_vtile && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index)) {
-    constexpr int smem = chunk_out2_smem<D, KT>();
-    auto kern = chunk_out2_kernel<D, KT>;
-    NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
-    NATSL_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  constexpr int smem = chunk_out_smem<D, KT>();
-  auto kern = chunk_out_kernel<D, KT>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV), unsigned(pl.s.V / kC)), kThreads, smem, pl.stream>>>(p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  if (!pl.tune.out_per_vtile && chunk_out2_smem<D, KT>() <= max_smem_per_block(pl.dev.index))
+    return launch_smem(chunk_out2_kernel<D, KT>, dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads,
+                       chunk_out2_smem<D, KT>(), 1, pl.stream, p);
+  launch_smem(chunk_out_kernel<D, KT>, dim3(unsigned(pl.s.NC), unsigned(pl.s.HV), unsigned(pl.s.V / kC)), kThreads,
+              chunk_out_smem<D, KT>(), 1, pl.stream, p);
 }
 
 template <class D>
 void run_chunk_out(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr, const Tensor& h,
                    const Tensor& vnew, const Tensor& o) {
-  const GdnShape& s = pl.s;
   ChunkOutParams<D> p{};
   p.q = in.q.data<D>();
   p.h = h.data<D>();
@@ -344,12 +318,8 @@ void run_chunk_out(const Plan& pl, const GdnArgs& args, const GdnInputs& in, con
   p.gam = pr.gam.data<float>();
   p.o = o.data<D>();
   p.chunks = pl.chunks();
-  p.H = int(s.H);
-  p.HV = int(s.HV);
-  p.K = int(s.K);
-  p.V = int(s.V);
-  p.scale = float(args.scale);
-  dispatch_kt<D>(s.K, "gdn output", [&](auto kt) { launch_chunk_out<D, decltype(kt)::value>(pl, p); });
+  set_sizes(p, pl.s, args);
+  dispatch_kt<D>(pl.s.K, "gdn output", [&](auto kt) { launch_chunk_out<D, decltype(kt)::value>(pl, p); });
 }
 
 }  // namespace

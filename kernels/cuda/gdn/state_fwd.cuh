@@ -28,29 +28,30 @@ struct StateFwdParams {
   int l2pf;  // L2 prefetch distance in chunks beyond the cp.async stages (0: none)
 };
 
-template <class D>
-StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
-                                   const StateFwdOut& out) {
-  const GdnShape& s = pl.s;
-  StateFwdParams<D> p{};
+// The inputs both state passes read (P: StateFwdParams or StateBwdParams): q, k, prep's w, p and gamma, the mask.
+template <class D, class P>
+void set_state_inputs(P& p, const GdnInputs& in, const PrepOut& pr) {
   p.q = in.q.data<D>();
   p.k = in.k.data<D>();
   p.w = pr.w.data<D>();
-  p.u = pr.u.data<D>();
   p.p = pr.p.data<D>();
   p.gam = pr.gam.data<float>();
-  p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
-  p.mask = in.mask.defined() ? in.mask.data<float>() : nullptr;
-  p.o = out.o.defined() ? out.o.data<D>() : nullptr;
-  p.ht = out.ht.defined() ? out.ht.data<float>() : nullptr;
-  p.h_out = out.h.defined() ? out.h.data<D>() : nullptr;
-  p.vnew_out = out.vnew.defined() ? out.vnew.data<D>() : nullptr;
+  p.mask = data_or_null<float>(in.mask);
+}
+
+template <class D>
+StateFwdParams<D> state_fwd_params(const Plan& pl, const GdnArgs& args, const GdnInputs& in, const PrepOut& pr,
+                                   const StateFwdOut& out) {
+  StateFwdParams<D> p{};
+  set_state_inputs<D>(p, in, pr);
+  p.u = pr.u.data<D>();
+  p.h0 = data_or_null<float>(in.h0);
+  p.o = data_or_null<D>(out.o);
+  p.ht = data_or_null<float>(out.ht);
+  p.h_out = data_or_null<D>(out.h);
+  p.vnew_out = data_or_null<D>(out.vnew);
   p.seqs = pl.seq_infos();
-  p.H = int(s.H);
-  p.HV = int(s.HV);
-  p.K = int(s.K);
-  p.V = int(s.V);
-  p.scale = float(args.scale);
+  set_sizes(p, pl.s, args);
   p.staged = pl.tune.fwd_store_staged;
   return p;
 }
@@ -135,19 +136,7 @@ __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Ac
 
   constexpr int NTH = 4 * VW;  // the threads that run the step
   // 1. the state entering the chunk, as D, for the tensor cores (and, without an output, stored)
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) {
-    acc_to_tile<D>(hacc[kt], f, Hs + kt * TE);
-    if constexpr (!OUT)
-      if (!p.staged) acc_to_global<D>(hacc[kt], f, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
-  }
-  sync();
-  if constexpr (!OUT)
-    if (p.staged) {
-#pragma unroll
-      for (int kt = 0; kt < KT; ++kt)
-        tile_store_n<D, VW, NTH>(Hs + kt * TE, p.h_out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
-    }
+  state_to_tiles<D, KT, VW, NTH, !OUT>(p, &StateFwdParams<D>::h_out, hacc, f, Hs, tile_id, c0, sync);
 
   // 2. v_new = u - w h_n, and the inter-chunk output term q h_n
   Acc av, ao;
@@ -181,25 +170,13 @@ __device__ __forceinline__ void state_fwd_step_on(const StateFwdParams<D>& p, Ac
   // 3. h_n+1 = e_L h_n + K^T (m exp(gam_L - gam) v_new)
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) hacc[kt][nt][e] *= eL;
+    scale_acc(hacc[kt], eL);
     tile_mma<true, false, D, LT, LP>(hacc[kt], st.K(kt), Vs);
   }
 
   // 4. o = scale e_i (q h_n)_i + p v_new
   if constexpr (OUT) {
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int i = f.row(2 * hh);
-      const float sc = i < len ? p.scale * __expf(g[i]) : 0.f;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        ao[nt][2 * hh] *= sc;
-        ao[nt][2 * hh + 1] *= sc;
-      }
-    }
+    scale_rows_exp(ao, f, g, len, p.scale);
     tile_mma<false, false, D, LT, LP>(ao, st.P(), Vn);
     acc_to_global<D>(ao, f, p.o + (int64_t(row0) * p.HV + hv) * p.V + c0, int64_t(p.HV) * p.V, len);
   }
@@ -247,15 +224,8 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
     const int c = si.first_chunk + ci, row0 = si.row0 + kC * ci, len = min(kC, si.len - kC * ci);
     const int64_t tile_id = int64_t(c) * p.HV + hv;
     const int t = threadIdx.x;
-    if (t < kC) {
-      if (t < len) {
-        const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
-        prefetch_l2(p.k + off, p.K * int(sizeof(D)));
-        if constexpr (OUT) prefetch_l2(p.q + off, p.K * int(sizeof(D)));
-      }
-    } else if (t < 2 * kC) {
-      prefetch_l2(p.u + (tile_id * kC + (t - kC)) * p.V + c0, VW * int(sizeof(D)));
-    }
+    if (t < kC) prefetch_qk_row<OUT>(p, t, row0, len, qk_ld, h);
+    else if (t < 2 * kC) prefetch_l2(p.u + (tile_id * kC + (t - kC)) * p.V + c0, VW * int(sizeof(D)));
     if (t == 0) {
       prefetch_l2(p.w + tile_id * kC * p.K, kC * p.K * int(sizeof(D)));
       if constexpr (OUT) prefetch_l2(p.p + tile_id * kC * kC, kC * kC * int(sizeof(D)));

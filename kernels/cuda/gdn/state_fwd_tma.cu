@@ -110,11 +110,8 @@ __global__ void __launch_bounds__(4 * VW + 32, 1)
 
 template <int KT, int STAGES, int VW>
 void launch_tma(const Plan& pl, const TmaMaps& maps, const StateFwdParams<bf16>& p) {
-  constexpr int smem = tma_smem<KT, VW, STAGES>();
-  auto kern = state_fwd_tma_kernel<KT, STAGES, VW>;
-  NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)), 4 * VW + 32, smem, pl.stream>>>(maps, p);
-  NATSL_CUDA_CHECK_LAUNCH();
+  launch_smem(state_fwd_tma_kernel<KT, STAGES, VW>, dim3(unsigned(pl.s.N), unsigned(pl.s.HV), unsigned(pl.s.V / VW)),
+              4 * VW + 32, tma_smem<KT, VW, STAGES>(), 1, pl.stream, maps, p);
 }
 
 // The requested stages (1, 2 or 3), or fewer where they do not fit; false when 1 does not fit either. One stage

@@ -48,6 +48,29 @@ __device__ __forceinline__ void tile_store_n(const D* s, D* g, int64_t gld, bool
   }
 }
 
+// Step 1 of the state passes: the KT accumulators of a K x VW state (tile kt: rows 64 kt ..) into the padded tiles
+// S, and with STORE also to the chunk's state in p.*out (row pitch p.V, at (tile_id p.K + 64 kt) p.V + c0): from
+// the registers, or when p.staged from the tiles after sync() in 16-byte pieces. NTH threads run it; it calls
+// sync() once, after the tiles are written. (p.*out is read where it is used, as the passes did before.)
+template <class D, int KT, int VW, int NTH, bool STORE, class P, class Sync>
+__device__ __forceinline__ void state_to_tiles(const P& p, D* P::*out, const Acc (&acc)[KT], const Frag& f, D* S,
+                                               int64_t tile_id, int c0, Sync sync) {
+  constexpr int TE = kC * kLd<D>;
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    acc_to_tile<D>(acc[kt], f, S + kt * TE);
+    if constexpr (STORE)
+      if (!p.staged) acc_to_global<D>(acc[kt], f, p.*out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, kC);
+  }
+  sync();
+  if constexpr (STORE)
+    if (p.staged) {
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt)
+        tile_store_n<D, VW, NTH>(S + kt * TE, p.*out + (tile_id * p.K + kt * kC) * p.V + c0, p.V, false);
+    }
+}
+
 // Asks L2 to fetch bytes [p, p + bytes) (p 16-byte aligned, bytes a multiple of 16); no completion to wait for.
 __device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -56,6 +79,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
   for (int o = 0; o < bytes; o += 128)
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(p) + o));
 #endif
+}
+
+// L2 prefetch of row t of a chunk's K (and with Q its Q) tokens (row0: its first token), where t < len.
+template <bool Q, class P>
+__device__ __forceinline__ void prefetch_qk_row(const P& p, int t, int row0, int len, int64_t qk_ld, int h) {
+  if (t < len) {
+    const int64_t off = int64_t(row0 + t) * qk_ld + int64_t(h) * p.K;
+    prefetch_l2(p.k + off, p.K * int(sizeof(*p.k)));
+    if constexpr (Q) prefetch_l2(p.q + off, p.K * int(sizeof(*p.q)));
+  }
 }
 
 }  // namespace natsl::kernels::cuda::gdn

@@ -78,6 +78,26 @@ __device__ __forceinline__ void scale_rows(Acc& a, const Frag& f, const float* s
     a[nt][0] *= lo; a[nt][1] *= lo; a[nt][2] *= hi; a[nt][3] *= hi;
   }
 }
+// a *= s, every element.
+__device__ __forceinline__ void scale_acc(Acc& a, float s) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) a[nt][e] *= s;
+}
+// a = diag(scale e) a with e_i = exp(g_i), rows i >= len zeroed (the q h_n and dO h_n^T terms).
+__device__ __forceinline__ void scale_rows_exp(Acc& a, const Frag& f, const float* g, int len, float scale) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = f.row(2 * hh);
+    const float sc = i < len ? scale * __expf(g[i]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      a[nt][2 * hh] *= sc;
+      a[nt][2 * hh + 1] *= sc;
+    }
+  }
+}
 // Writes the accumulator into a shared tile, converting to E, each value passed through fn(row, col, v).
 template <class E, class Fn>
 __device__ __forceinline__ void acc_to_tile(const Acc& a, const Frag& f, E* t, Fn fn) {

@@ -54,18 +54,24 @@ __device__ __forceinline__ void zero_tile_rows(unsigned char* tiles, int count, 
   }
 }
 
-// The forward pass's view of a stage: W in tiles 0..KT-1, K in KT..2KT-1, Q in 2KT..3KT-1, P in 3KT, U dense.
-template <int KT, int VW>
-struct TmaStage {
+// A step's view of a stage: three groups of KT swizzled tiles, the W, K and Q tiles in groups IW, IK, IQ (tile
+// I KT + kt of group I), P in tile 3 KT, the dense tile after it.
+template <int KT, int IW, int IK, int IQ>
+struct TmaTiles {
   using LT = Swizzled128;
-  using LU = DenseTile<VW>;
   static constexpr int TE = kC * kC;
   const bf16* base;
-  __device__ __forceinline__ const bf16* W(int kt) const { return base + kt * TE; }
-  __device__ __forceinline__ const bf16* K(int kt) const { return base + (KT + kt) * TE; }
-  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (2 * KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* W(int kt) const { return base + (IW * KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* K(int kt) const { return base + (IK * KT + kt) * TE; }
+  __device__ __forceinline__ const bf16* Q(int kt) const { return base + (IQ * KT + kt) * TE; }
   __device__ __forceinline__ const bf16* P() const { return base + 3 * KT * TE; }
-  __device__ __forceinline__ const bf16* U() const { return base + (3 * KT + 1) * TE; }
+  __device__ __forceinline__ const bf16* dense() const { return base + (3 * KT + 1) * TE; }
+};
+// The forward pass's view: W in tiles 0..KT-1, K in KT..2KT-1, Q in 2KT..3KT-1, U dense.
+template <int KT, int VW>
+struct TmaStage : TmaTiles<KT, 0, 1, 2> {
+  using LU = DenseTile<VW>;
+  __device__ __forceinline__ const bf16* U() const { return this->dense(); }
 };
 
 }  // namespace natsl::kernels::cuda::gdn
