@@ -13,6 +13,11 @@ template <class P, class G, class C>
 void step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
           const std::vector<AdamWSegment>& segments, const AdamWHyper& h, double scale, const Tensor& compute) {
   P* p = param.data<P>();
+  // The copy's elements, read once here (not per element inside the loop); unused when C is void.
+  [[maybe_unused]] auto* c = [&] {
+    if constexpr (std::is_void_v<C>) return static_cast<void*>(nullptr);
+    else return compute.data<C>();
+  }();
   const G* g = grad.data<G>();
   P* mp = m.data<P>();
   P* vp = v.data<P>();
@@ -30,7 +35,7 @@ void step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor
       pi -= decay * pi;
       pi -= h.lr * (mi / bc1) / (std::sqrt(vi / bc2) + h.eps);
       p[i] = P(pi);
-      if constexpr (!std::is_void_v<C>) compute.data<C>()[i] = convert<C>(p[i]);
+      if constexpr (!std::is_void_v<C>) c[i] = convert<C>(p[i]);
     }
   }
 }
