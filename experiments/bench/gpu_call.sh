@@ -50,6 +50,17 @@ mkdir -p "$LOG"
 # Everything printed also goes to logs/console.log, which comes back even when the call is killed at its limit.
 exec > >(tee -a "$LOG/console.log") 2>&1
 T0=$(date +%s)
+# The device tool returns at most 8 files and kills the call at its limit: pack the logs shortly before
+# CALL_LIMIT seconds (default 585) so that a call cut off at the limit still brings them back (logs-partial.tgz).
+(
+  while [ $(($(date +%s) - T0)) -lt "${CALL_LIMIT:-585}" ]; do
+    [ -f "$OUT/.done" ] && exit 0
+    sleep 2
+  done
+  tar -C "$OUT" -czf "$OUT/logs-partial.tgz" --exclude=console.log logs &&
+    find "$LOG" -type f ! -name console.log -delete
+) </dev/null >/dev/null 2>&1 &
+WATCHDOG_PID=$!
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
 has() { [[ " $WHAT " == *" $1 "* ]]; }
 B=build-gpu
@@ -121,6 +132,16 @@ if has sanitize; then
         f=$LOG/san_${tool}_${name}_$sh.log
         echo "$tool $name shard $sh/$shards: $(grep -cE '^\[       OK \]' "$f") ok, $(grep -cE '^\[  FAILED  \]' "$f") failed," \
           "$(grep -cE '^\[ RUN      \]' "$f") started | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED" "$f" | tr '\n' ' ')"
+      done
+      # The first reports of the shards that found something, and failed tests' messages, into the console (the
+      # per-shard logs come back only inside logs.tgz).
+      for ((sh = 0; sh < shards; sh++)); do
+        f=$LOG/san_${tool}_${name}_$sh.log
+        if grep -qE "ERROR SUMMARY: [1-9]|hazards displayed \([1-9]|^\[  FAILED  \]" "$f"; then
+          echo "--- $tool $name shard $sh: first reports"
+          grep -E "^=========  *(Invalid|Program hit|Error|Race|Warning|Uninit|Saved host)|^=========     at |^\[ RUN|^\[  FAILED|Failure|Expected|Which is|actual|error:" "$f" |
+            grep -v "^=========     at .*(libcuda|libcudart|/lib/x86_64)" | head -40
+        fi
       done
     done
   done
@@ -380,5 +401,8 @@ if [ -n "${SWEEP_PID:-}" ]; then
 fi
 
 el "done"
+touch "$OUT/.done"
+wait "$WATCHDOG_PID"
+rm -f "$OUT/.done"
 tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
 ls "$OUT"

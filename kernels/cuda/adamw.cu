@@ -48,11 +48,14 @@ __device__ __forceinline__ void store4(bf16* p, const float (&f)[4]) {
   *reinterpret_cast<uint2*>(p) = make_uint2(bf16::round_bits2(f[0], f[1]), bf16::round_bits2(f[2], f[3]));
 }
 
+// Every operation is an explicit rounding intrinsic, so no kernel instance (with or without the compute copy,
+// vector or scalar path) can contract or reorder it differently: they all give the same bits.
 __device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float g, bool decay, const AdamWArgs& a) {
-  m = a.beta1 * m + a.one_minus_beta1 * g;
-  v = a.beta2 * v + a.one_minus_beta2 * g * g;
-  if (decay) p -= a.lr_wd * p;
-  p -= a.lr * (m / a.bias_correction1) / (sqrtf(v / a.bias_correction2) + a.eps);
+  m = __fmaf_rn(a.beta1, m, __fmul_rn(a.one_minus_beta1, g));
+  v = __fmaf_rn(a.beta2, v, __fmul_rn(__fmul_rn(a.one_minus_beta2, g), g));
+  if (decay) p = __fsub_rn(p, __fmul_rn(a.lr_wd, p));
+  const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bias_correction2)), a.eps);
+  p = __fsub_rn(p, __fdiv_rn(__fmul_rn(a.lr, __fdiv_rn(m, a.bias_correction1)), denom));
 }
 
 // C: the compute copy's element type (float or bf16), or void for none.

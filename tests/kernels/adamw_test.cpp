@@ -69,7 +69,8 @@ void check_compute_copy(Device dev, DType grad_dt, DType cdt, int64_t shift) {
 
 TEST(AdamW, ComputeCopyIsTheCastOfTheUpdatedWeights) {
   for (DType gd : {DType::f32, DType::bf16})
-    for (DType cd : {DType::bf16, DType::f32}) check_compute_copy(kCPU, gd, cd, 0);
+    for (DType cd : {DType::bf16, DType::f32})
+      for (int64_t shift : {0, 1}) check_compute_copy(kCPU, gd, cd, shift);
 }
 
 TEST(AdamW, KernelRejectsABadComputeCopy) {
