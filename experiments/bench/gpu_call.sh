@@ -34,14 +34,19 @@
 #            default 1: that many sanitizer processes side by side, each on one gtest shard); a
 #            summary line per binary, tool and shard: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
-#            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min
+#            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min;
+#            the tests in SAN_API_ERROR_TESTS (default the allocator's out-of-memory test, which makes cudaMalloc
+#            fail on purpose) run apart under memcheck with --report-api-errors no. Shards that report something
+#            print their first reports and failed tests' messages
 #   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU (or
 #            HF_RUN=DIR: that run directory's newest checkpoint and its config.yaml), natsl export-hf, natsl's logits
 #            on 3000 bytes of wikitext2-valid (f32 on the CPU, bf16 on the GPU), then experiments/hf/compare_reference.py:
 #            the reference's model code on the export, float32 against the CPU logits, bfloat16 against the bf16 ones;
 #            verdict lines, hfref.json (HFREF_TF32=1 adds float32 with TF32 Triton dots; HFREF_TIMEOUT per compare, 300;
 #            the compares run side by side: the reference's Triton compile and autotuning dominate each)
-# Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats").
+# Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats"),
+# CALL_LIMIT (default 585 s: then the logs are packed into logs-partial.tgz, so a call the device tool cuts off
+# at its limit still brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/natsl_gpu_out}
 WHAT=${WHAT:-"build peers tests natsl gdn"}
@@ -110,12 +115,18 @@ if has sanitize; then
     cp /tmp/racecheck_tma/*.log "$LOG/" 2>/dev/null
   fi
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  # Tests that make a CUDA call fail on purpose (SAN_API_ERROR_TESTS, a gtest filter): memcheck reports each failed
+  # call as an error, so they run apart, after the others, with --report-api-errors no (their memory accesses
+  # are still checked).
+  SAN_API=${SAN_API_ERROR_TESTS-Allocator.CudaOutOfMemoryNamesTheRequest}
+  SANF=${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}
+  [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
   for tool in ${SAN_TOOLS:-memcheck racecheck}; do
     for bin in $B/tests/test_*; do
       [ -x "$bin" ] || continue
       name=$(basename "$bin")
       [ -n "${SAN_BINS:-}" ] && [[ " $SAN_BINS " != *" $name "* ]] && continue
-      "$bin" --gtest_list_tests --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" 2>/dev/null | grep -q "^  " || continue
+      "$bin" --gtest_list_tests --gtest_filter="$SANF" 2>/dev/null | grep -q "^  " || continue
       shards=${SAN_SHARDS:-1}
       el "compute-sanitizer $tool $name ($shards shards)"
       extra=()
@@ -124,7 +135,7 @@ if has sanitize; then
       for ((sh = 0; sh < shards; sh++)); do
         GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$sh OMP_NUM_THREADS=2 timeout "${SAN_TIMEOUT:-120}" \
           "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
-          "$bin" --gtest_filter="${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}" >"$LOG/san_${tool}_${name}_$sh.log" 2>&1 &
+          "$bin" --gtest_filter="$SANF" >"$LOG/san_${tool}_${name}_$sh.log" 2>&1 &
         spids+=($!)
       done
       wait "${spids[@]}"
@@ -145,6 +156,18 @@ if has sanitize; then
       done
     done
   done
+  if [ -n "$SAN_API" ]; then
+    for bin in $B/tests/test_*; do
+      [ -x "$bin" ] || continue
+      "$bin" --gtest_list_tests --gtest_filter="$SAN_API" 2>/dev/null | grep -q "^  " || continue
+      name=$(basename "$bin")
+      f=$LOG/san_memcheck_apierr_$name.log
+      timeout "${SAN_TIMEOUT:-120}" "$SAN" --tool memcheck --report-api-errors no --print-limit 20 "$bin" \
+        --gtest_filter="$SAN_API" >"$f" 2>&1
+      echo "memcheck (CUDA call errors not reported) $name $SAN_API: $(grep -cE '^\[       OK \]' "$f") ok," \
+        "$(grep -cE '^\[  FAILED  \]' "$f") failed | $(grep -E "ERROR SUMMARY" "$f")"
+    done
+  fi
 fi
 
 BIN=$B/experiments/bench
