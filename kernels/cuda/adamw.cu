@@ -48,8 +48,10 @@ __device__ __forceinline__ void store4(bf16* p, const float (&f)[4]) {
   *reinterpret_cast<uint2*>(p) = make_uint2(bf16::round_bits2(f[0], f[1]), bf16::round_bits2(f[2], f[3]));
 }
 
-// Every operation is an explicit rounding intrinsic, so no kernel instance (with or without the compute copy,
-// vector or scalar path) can contract or reorder it differently: they all give the same bits.
+// Every operation is an explicit rounding intrinsic (PTX mul.rn / fma.rn / ...), which the compiler may not
+// contract into a different fma: plain `a * b + c * d` was contracted one way in the 4-wide loop and the other
+// way in the scalar loop, so the same weight got different bits depending on the buffers' alignment. Now every
+// kernel instance and path (with or without the compute copy, vector or scalar) gives the same bits.
 __device__ __forceinline__ void adamw_update(float& p, float& m, float& v, float g, bool decay, const AdamWArgs& a) {
   m = __fmaf_rn(a.beta1, m, __fmul_rn(a.one_minus_beta1, g));
   v = __fmaf_rn(a.beta2, v, __fmul_rn(__fmul_rn(a.one_minus_beta2, g), g));
@@ -82,7 +84,7 @@ __global__ void adamw_kernel(float* __restrict__ param, const G* __restrict__ gr
         load4(mp + 4 * q, m4);
         load4(vp + 4 * q, v4);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) adamw_update(p4[k], m4[k], v4[k], g4[k] * gs, decay, a);
+        for (int k = 0; k < 4; ++k) adamw_update(p4[k], m4[k], v4[k], __fmul_rn(g4[k], gs), decay, a);
         store_vec<float, 4>(pp + 4 * q, p4);
         store_vec<float, 4>(mp + 4 * q, m4);
         store_vec<float, 4>(vp + 4 * q, v4);
@@ -92,7 +94,7 @@ __global__ void adamw_kernel(float* __restrict__ param, const G* __restrict__ gr
     }
     for (int64_t i = start + threadIdx.x; i < ch.numel; i += blockDim.x) {
       float p = pp[i], mm = mp[i], vv = vp[i];
-      adamw_update(p, mm, vv, to_f32(gp[i]) * gs, decay, a);
+      adamw_update(p, mm, vv, __fmul_rn(to_f32(gp[i]), gs), decay, a);
       pp[i] = p;
       mp[i] = mm;
       vp[i] = vv;
