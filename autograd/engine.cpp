@@ -28,7 +28,35 @@ GradModeGuard::~GradModeGuard() { t_grad_enabled = prev_; }
 
 namespace {
 thread_local GradReadyHook t_grad_ready_hook;
+// True while a plain backward runs (grad_sink may hand out leaves' .grad); false inside gradients_of.
+thread_local bool t_sinks_allowed = false;
+
+class SinksAllowedGuard {
+ public:
+  explicit SinksAllowedGuard(bool allowed) : prev_(t_sinks_allowed) { t_sinks_allowed = allowed; }
+  ~SinksAllowedGuard() { t_sinks_allowed = prev_; }
+
+ private:
+  bool prev_;
+};
+
+// Adds g into the defined gradient cur in place (so a view into a flat gradient buffer stays one).
+void add_into(const Tensor& cur, const Tensor& g) {
+  kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
+}
+
+// True when g is `leaf`'s .grad itself: a gradient an op already added there (see grad_sink).
+bool is_sink(const Tensor& leaf, const Tensor& g) {
+  return g.defined() && leaf.grad().defined() && g.same(leaf.grad());
+}
 }  // namespace
+
+Tensor grad_sink(const Tensor& leaf) {
+  if (!t_sinks_allowed || !leaf.defined() || !leaf.is_leaf() || !leaf.requires_grad()) return {};
+  const Tensor& g = leaf.grad();
+  if (!g.defined() || g.shape() != leaf.shape() || g.device() != leaf.device() || !g.is_contiguous()) return {};
+  return g;
+}
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   const Tensor& g = grads[0];
@@ -36,13 +64,14 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   Tensor leaf = leaf_;
   Tensor& cur = leaf.mutable_grad();
   NATSL_CHECK(g.shape() == leaf.shape(), "gradient shape ", shape_str(g.shape()), " for leaf ", leaf.str());
-  if (!cur.defined()) {
+  if (is_sink(leaf, g)) {
+    // Already added into .grad by the op that made it.
+  } else if (!cur.defined()) {
     // Own a fresh copy in the leaf's dtype: the incoming tensor may be shared with other nodes.
     cur = Tensor::empty(leaf.shape(), leaf.dtype(), leaf.device());
     cur.copy_(g);
   } else {
-    // In place, so a grad that is a view into a flat gradient buffer stays one.
-    kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
+    add_into(cur, g);
   }
   if (t_grad_ready_hook) t_grad_ready_hook(leaf);
   return {};
@@ -182,7 +211,17 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
       if (!e.valid() || !out[k].defined()) continue;
       auto& slot = pending[e.fn.get()];
       slot.resize(size_t(e.fn->num_outputs));
-      slot[size_t(e.input_nr)] = accumulate(slot[size_t(e.input_nr)], out[k]);
+      Tensor& acc = slot[size_t(e.input_nr)];
+      const auto* leaf_acc = dynamic_cast<const AccumulateGrad*>(e.fn.get());
+      if (leaf_acc && (is_sink(leaf_acc->leaf(), acc) || is_sink(leaf_acc->leaf(), out[k]))) {
+        // One of the two is already in the leaf's .grad: add the other there too and keep the sink.
+        const bool acc_in = is_sink(leaf_acc->leaf(), acc), out_in = is_sink(leaf_acc->leaf(), out[k]);
+        if (acc_in && !out_in) add_into(acc, out[k]);
+        if (!acc_in && acc.defined()) add_into(out[k], acc);
+        if (!acc_in) acc = out[k];
+      } else {
+        acc = accumulate(acc, out[k]);
+      }
     }
   }
 }
@@ -190,6 +229,7 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
 }  // namespace
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+  SinksAllowedGuard sinks(true);
   backward_impl(roots, grads, retain_graph, nullptr, nullptr);
 }
 
@@ -203,6 +243,7 @@ std::vector<Tensor> gradients_of(const std::vector<Tensor>& roots, const std::ve
     if (e.valid()) capture[e.fn.get()].push_back(i);
   }
   std::vector<Tensor> captured(inputs.size());
+  SinksAllowedGuard no_sinks(false);  // the gradients are returned, never added into .grad
   backward_impl(roots, grads, retain_graph, &capture, &captured);
   return captured;
 }

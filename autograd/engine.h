@@ -72,6 +72,15 @@ class GradReadyHookGuard {
   GradReadyHook prev_;
 };
 
+// Writing a leaf's gradient straight into leaf.grad (e.g. linear's weight gradient by the GEMM's beta = 1,
+// instead of a separate product, cast and add). An op's backward asks grad_sink(leaf): inside a plain backward
+// (run_backward, not gradients_of) and when the leaf requires grad and already has a contiguous .grad of its
+// shape on its device, that .grad, else an undefined tensor. An op that adds its gradient into the sink returns
+// the sink itself as the leaf's gradient: the engine then knows it is already in .grad (other gradients for the
+// same leaf are added to it in place, AccumulateGrad adds nothing, and the grad-ready hook still runs once, after
+// every use of the leaf).
+Tensor grad_sink(const Tensor& leaf);
+
 // Grad mode: on by default; NoGradGuard turns it off for its scope, EnableGradGuard on (thread-local).
 bool grad_enabled();
 // Sets grad mode to `enabled` for its scope and restores the mode it found.

@@ -1,5 +1,6 @@
 // matmul and linear. With C = op(A) op(B):  d op(A) = dC op(B)^T,  d op(B) = op(A)^T dC; a transposed
 // operand's gradient is the transpose of that. Broadcast batch dims are summed back to each input's shape.
+#include "autograd/engine.h"
 #include "autograd/function.h"
 #include "autograd/ops.h"
 #include "kernels/elementwise.h"
@@ -84,11 +85,24 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
   const Shape xs = x.shape();
+  // A leaf weight (a parameter) is kept to ask the engine for its gradient sink in the backward.
+  const Tensor w_leaf = need_w && w.is_leaf() ? w : Tensor();
   record("linear", {x, w, bias}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dy2 = g[0].contiguous().view({-1, outf});
     Tensor dx, dw, db;
     if (need_x) dx = product(dy2, wc, false, false, {}).view(xs);  // dy w
-    if (need_w) dw = product(dy2, x2, true, false, {});             // dy^T x
+    if (need_w) {
+      // dy^T x, added straight into the weight's .grad when the engine allows it (engine.h, grad_sink) and
+      // the product can write that dtype: same as the operands, or f32 from bf16 operands (no bf16 rounding).
+      const Tensor sink = w_leaf.defined() ? grad_sink(w_leaf) : Tensor();
+      if (sink.defined() &&
+          (sink.dtype() == dy2.dtype() || (sink.dtype() == DType::f32 && dy2.dtype() == DType::bf16))) {
+        kernels::matmul(dy2, x2, sink, true, false, 1.0, 1.0);
+        dw = sink;
+      } else {
+        dw = product(dy2, x2, true, false, {});
+      }
+    }
     if (need_b) {
       Tensor s = Tensor::empty({1, outf}, dy2.dtype(), dy2.device());
       kernels::sum_dims(dy2, {0}, s);

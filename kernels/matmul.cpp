@@ -8,9 +8,10 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
             double beta) {
   Device d = common_device({&a, &b, &out}, "matmul");
   check_contiguous({&a, &b, &out}, "matmul");
-  NATSL_CHECK(a.dtype() == b.dtype() && b.dtype() == out.dtype() && is_floating(out.dtype()),
-              "matmul: expects one floating dtype, got a ", dtype_name(a.dtype()), ", b ", dtype_name(b.dtype()),
-              ", out ", dtype_name(out.dtype()));
+  const bool mixed = a.dtype() == DType::bf16 && b.dtype() == DType::bf16 && out.dtype() == DType::f32;
+  NATSL_CHECK(mixed || (a.dtype() == b.dtype() && b.dtype() == out.dtype() && is_floating(out.dtype())),
+              "matmul: expects one floating dtype (or bf16 operands with an f32 out), got a ", dtype_name(a.dtype()),
+              ", b ", dtype_name(b.dtype()), ", out ", dtype_name(out.dtype()));
   NATSL_CHECK(a.dim() >= 2 && b.dim() >= 2 && out.dim() == a.dim(), "matmul: expects a [..., M, K], b [..., K, N] ",
               "or [K, N], out [..., M, N] with a's rank; got a ", a.str(), ", b ", b.str(), ", out ", out.str());
   const int64_t M = a.size(trans_a ? -1 : -2), K = a.size(trans_a ? -2 : -1);

@@ -1,5 +1,5 @@
 // CPU reference for dense matrix products: Eigen on row-major maps of each batch matrix. bf16 operands are
-// widened to f32, multiplied in f32 and rounded once on the way out.
+// widened to f32, multiplied in f32 and rounded once on the way out (not at all for an f32 out).
 //
 // Each C is cut into fixed kTile x kTile tiles and the (batch matrix, tile) pairs are shared among the threads.
 // A tile is one Eigen product over the whole K, planned with fixed cache sizes (kernels/cpu/eigen.h), so every
@@ -80,6 +80,15 @@ void batched(const Tensor& a, const Tensor& b, const Tensor& out, bool ta, bool 
       const int64_t i = w / shape.tiles();
       gemm_tile<A>(ap + i * a_step, bp + i * b_step, cp + i * c_step, shape, w % shape.tiles(), A(alpha), A(beta));
     });
+  } else if (out.dtype() == dtype_of<A>::value) {
+    // bf16 operands, f32 out: widened operands, the product straight into out.
+    std::vector<A> aw = widen<T>(a), bw = widen<T>(b);
+    A* cp = out.data<A>();
+    parallel_for(batch * shape.tiles(), [&](int64_t w) {
+      const int64_t i = w / shape.tiles();
+      gemm_tile<A>(aw.data() + i * a_step, bw.data() + i * b_step, cp + i * c_step, shape, w % shape.tiles(),
+                   A(alpha), A(beta));
+    });
   } else {
     std::vector<A> aw = widen<T>(a), bw = widen<T>(b);
     std::vector<A> cw = beta != 0.0 ? widen<T>(out) : std::vector<A>(size_t(out.numel()));
@@ -98,7 +107,8 @@ void batched(const Tensor& a, const Tensor& b, const Tensor& out, bool ta, bool 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
             double beta) {
   fix_eigen_blocking();
-  NATSL_DISPATCH_FLOAT(out.dtype(), T, [&] { batched<T>(a, b, out, trans_a, trans_b, alpha, beta); });
+  // Dispatch on the operands' dtype (an f32 out with bf16 operands is the mixed case).
+  NATSL_DISPATCH_FLOAT(a.dtype(), T, [&] { batched<T>(a, b, out, trans_a, trans_b, alpha, beta); });
 }
 
 }  // namespace natsl::kernels::cpu

@@ -28,12 +28,12 @@ constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 // The problem as cuBLASLt sees it (column-major, after the operand swap).
 struct PlanKey {
-  int dtype, trans_lt_a, trans_lt_b, tf32;
+  int dtype, out_dtype, trans_lt_a, trans_lt_b, tf32;
   int64_t m, n, k, batch, stride_lt_a, stride_lt_b;
   int align_lt_a, align_lt_b, align_c;
   auto tie() const {
-    return std::tie(dtype, trans_lt_a, trans_lt_b, tf32, m, n, k, batch, stride_lt_a, stride_lt_b, align_lt_a,
-                    align_lt_b, align_c);
+    return std::tie(dtype, out_dtype, trans_lt_a, trans_lt_b, tf32, m, n, k, batch, stride_lt_a, stride_lt_b,
+                    align_lt_a, align_lt_b, align_c);
   }
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
@@ -88,6 +88,7 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
 
 Plan build_plan(LtContext& ctx, const PlanKey& k) {
   const cudaDataType_t t = k.dtype == int(DType::bf16) ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t tc = k.out_dtype == int(DType::bf16) ? CUDA_R_16BF : CUDA_R_32F;  // f32 for bf16 x bf16 -> f32
   const cublasComputeType_t compute =
       k.dtype == int(DType::f32) && k.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   Plan p;
@@ -100,7 +101,7 @@ Plan build_plan(LtContext& ctx, const PlanKey& k) {
                      : make_layout(t, k.m, k.k, k.m, k.batch, k.stride_lt_a);
   p.b = k.trans_lt_b ? make_layout(t, k.n, k.k, k.n, k.batch, k.stride_lt_b)
                      : make_layout(t, k.k, k.n, k.k, k.batch, k.stride_lt_b);
-  p.c = make_layout(t, k.m, k.n, k.m, k.batch, k.m * k.n);
+  p.c = make_layout(tc, k.m, k.n, k.m, k.batch, k.m * k.n);
 
   cublasLtMatmulPreference_t pref = nullptr;
   NATSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -116,8 +117,8 @@ Plan build_plan(LtContext& ctx, const PlanKey& k) {
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   NATSL_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "cuBLASLt found no algorithm for m=", k.m, " n=", k.n,
-              " k=", k.k, " batch=", k.batch, " dtype=", dtype_name(DType(k.dtype)), " (status ",
-              cublasGetStatusName(st), ")");
+              " k=", k.k, " batch=", k.batch, " dtype=", dtype_name(DType(k.dtype)), " -> ",
+              dtype_name(DType(k.out_dtype)), " (status ", cublasGetStatusName(st), ")");
   p.algo = res.algo;
   return p;
 }
@@ -129,10 +130,10 @@ bool matmul_allow_tf32() { return g_allow_tf32.load(); }
 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
             double beta) {
-  const DType dt = out.dtype();
+  const DType dt = a.dtype(), odt = out.dtype();
   NATSL_CUDA_DISPATCH_FLOAT(dt, "matmul", T, [&] { (void)sizeof(T); });
-  NATSL_CHECK(a.dtype() == dt && b.dtype() == dt, "matmul: dtypes ", dtype_name(a.dtype()), ", ",
-              dtype_name(b.dtype()), " -> ", dtype_name(dt));
+  NATSL_CHECK(b.dtype() == dt && (odt == dt || (dt == DType::bf16 && odt == DType::f32)), "matmul: dtypes ",
+              dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " -> ", dtype_name(odt));
   NATSL_CHECK(out.dim() >= 2 && a.dim() == out.dim() && (b.dim() == out.dim() || b.dim() == 2),
               "matmul: ranks of ", a.str(), ", ", b.str(), " -> ", out.str());
   const int64_t M = out.size(-2), N = out.size(-1);
@@ -166,9 +167,10 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   const int dev = out.device().index;
   cudaStream_t s = activate(dev);
   LtContext& ctx = context(dev);
-  const int64_t es = int64_t(dtype_size(dt));
+  const int64_t es = int64_t(dtype_size(dt)), out_es = int64_t(dtype_size(odt));
   PlanKey key{};
   key.dtype = int(dt);
+  key.out_dtype = int(odt);
   key.tf32 = dt == DType::f32 && matmul_allow_tf32();
   key.m = N;
   key.n = rows;
@@ -180,7 +182,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   key.stride_lt_b = nb > 1 ? M * K : 0;
   key.align_lt_a = alignment(b.data_ptr(), key.stride_lt_a * es);
   key.align_lt_b = alignment(a.data_ptr(), key.stride_lt_b * es);
-  key.align_c = alignment(out.data_ptr(), nb > 1 ? M * N * es : 0);
+  key.align_c = alignment(out.data_ptr(), nb > 1 ? M * N * out_es : 0);
 
   std::lock_guard<std::mutex> lk(ctx.mu);
   auto it = ctx.plans.find(key);

@@ -1,8 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <map>
+
+#include "autograd/engine.h"
 #include "autograd/gradcheck.h"
 #include "autograd/function.h"
 #include "autograd/ops.h"
+#include "kernels/matmul.h"
 #include "tests/test_util.h"
 
 using namespace natsl;
@@ -115,4 +120,105 @@ TEST(Autograd, GradcheckCatchesAWrongBackward) {
     return y;
   };
   EXPECT_FALSE(gradcheck(wrong, {x}).ok);
+}
+
+// Gradient sinks (engine.h, grad_sink): linear adds its weight gradient straight into a preset .grad (a view into
+// a flat buffer, as the parameter store sets it up), by the product's beta = 1.
+namespace {
+
+// A [rows, cols] view at element 3 of a buffer of `fill`, so writes outside the view can be seen.
+Tensor view_in_buffer(Tensor& buffer, int64_t rows, int64_t cols, DType dt, double fill) {
+  buffer = Tensor::full({rows * cols + 6}, fill, dt);
+  return buffer.slice(0, 3, 3 + rows * cols).view({rows, cols});
+}
+
+}  // namespace
+
+TEST(GradSink, UsesAndCallsAccumulateAndTheHookRunsOnceAfterTheLastUse) {
+  // w is used by two linears (sinks) and by a product with itself (an ordinary gradient): its .grad must be
+  // the preset value plus all three, the hook must run once, after all of them, and the buffer around the
+  // view must stay as it was.
+  Tensor x1 = randn({5, 7}, 1), x2 = randn({3, 7}, 2), c = randn({5, 4}, 3);
+  Tensor w = randn({4, 7}, 4).set_requires_grad(true);
+  Tensor buffer;
+  Tensor g = view_in_buffer(buffer, 4, 7, DType::f64, 0.25);
+  w.set_grad(g);
+  auto loss_of = [&](const Tensor& wt) {
+    return add(add(sum(mul(linear(x1, wt), c)), sum(linear(x2, wt))), sum(mul(wt, wt)));
+  };
+  // The reference: the same gradient through gradients_of (no sinks: nothing is written into .grad).
+  const std::vector<double> preset = g.to_vector<double>();
+  Tensor want = gradients_of({loss_of(w)}, {Tensor::full({}, 1.0, DType::f64)}, {w})[0];
+  EXPECT_EQ(g.to_vector<double>(), preset) << "gradients_of must not touch .grad";
+  int calls = 0;
+  std::vector<double> at_hook;
+  {
+    GradReadyHookGuard hook([&](const Tensor& leaf) {
+      if (leaf.same(w)) ++calls, at_hook = leaf.grad().to_vector<double>();
+    });
+    loss_of(w).backward();
+  }
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(w.grad().same(g)) << "the preset gradient view must stay the leaf's .grad";
+  const std::vector<double> got = w.grad().to_vector<double>(), wv = want.to_vector<double>();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], preset[i] + wv[i], 1e-12) << i;
+  EXPECT_EQ(at_hook, got);
+  const std::vector<double> all = buffer.to_vector<double>();
+  for (size_t i : {size_t(0), size_t(1), size_t(2), all.size() - 3, all.size() - 2, all.size() - 1})
+    EXPECT_EQ(all[i], 0.25) << "buffer element " << i << " outside the gradient view changed";
+  // A second backward adds again.
+  loss_of(w).backward();
+  const std::vector<double> twice = w.grad().to_vector<double>();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(twice[i], preset[i] + 2 * wv[i], 1e-12) << i;
+}
+
+TEST(GradSink, Bf16WeightGradientGoesIntoTheF32GradWithoutABf16Rounding) {
+  // bf16 weights with an f32 .grad (a bf16 run's parameters): the weight gradient is the f32 product of the
+  // bf16 values added into .grad (the same bits as the mixed product itself), not the product rounded to bf16
+  // and then widened, which is what a leaf without a preset .grad still gets.
+  const int64_t N = 33, in = 20, out = 12;
+  Tensor x = randn({N, in}, 5).to(DType::bf16), dy = randn({N, out}, 6).to(DType::bf16);
+  Tensor w = randn({out, in}, 7).to(DType::bf16).set_requires_grad(true);
+  Tensor buffer;
+  w.set_grad(view_in_buffer(buffer, out, in, DType::f32, 0.0));
+  linear(x, w).backward(dy);
+  Tensor want = Tensor::zeros({out, in}, DType::f32);
+  kernels::matmul(dy, x, want, true, false, 1.0, 1.0);
+  const std::vector<float> got = w.grad().to_vector<float>(), wv = want.to_vector<float>();
+  ASSERT_EQ(got.size(), wv.size());
+  EXPECT_EQ(std::memcmp(got.data(), wv.data(), got.size() * sizeof(float)), 0);
+  // Without a preset .grad: the bf16 product, widened (so the sink path above really was taken).
+  Tensor w2 = w.detach().set_requires_grad(true);
+  linear(x, w2).backward(dy);
+  ASSERT_EQ(w2.grad().dtype(), DType::bf16);
+  const std::vector<float> rounded = w2.grad().to(DType::f32).to_vector<float>();
+  int differ = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    differ += got[i] != rounded[i];
+    EXPECT_NEAR(got[i], rounded[i], 1e-2 * (1 + std::abs(got[i])));
+  }
+  EXPECT_GT(differ, 0);
+}
+
+TEST(GradSink, OnlyInAPlainBackwardAndOnlyForAUsableGrad) {
+  Tensor w = randn({3, 4}, 8).set_requires_grad(true);
+  EXPECT_FALSE(grad_sink(w).defined());  // outside a backward
+  w.set_grad(Tensor::zeros({3, 4}, DType::f64));
+  EXPECT_FALSE(grad_sink(w).defined());
+  bool seen = false, seen_fresh = true, seen_in_gradients_of = true;
+  auto probe = [&](const Tensor& wt, bool* out) {
+    Tensor y = mul_scalar(wt, 1.0).detach();
+    record("probe", {wt}, {&y}, [wt, out](std::vector<Tensor>& g) -> std::vector<Tensor> {
+      *out = grad_sink(wt).defined();
+      return {g[0]};
+    });
+    return sum(y);
+  };
+  probe(w, &seen).backward();
+  EXPECT_TRUE(seen);
+  gradients_of({probe(w, &seen_in_gradients_of)}, {Tensor::full({}, 1.0, DType::f64)}, {w});
+  EXPECT_FALSE(seen_in_gradients_of);
+  Tensor fresh = randn({3, 4}, 10).set_requires_grad(true);  // no .grad yet: the op makes its own gradient
+  probe(fresh, &seen_fresh).backward();
+  EXPECT_FALSE(seen_fresh);
 }

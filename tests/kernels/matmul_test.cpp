@@ -84,6 +84,32 @@ TEST(MatmulKernel, Bf16ComputesInF32) {
   EXPECT_CLOSE(out.to(DType::f64), want, 4e-3, 0.1);
 }
 
+// bf16 operands into an f32 out (the weight gradient written into an f32 gradient buffer): the f32 sum is not
+// rounded to bf16, so it is as close to the exact product of the bf16 values as f32 accumulation allows, and
+// beta = 1 adds it to what out held. Every transpose, a shared b, a batch.
+TEST(MatmulKernel, Bf16OperandsIntoF32Out) {
+  const int64_t M = 9, N = 17, K = 33;
+  uint64_t seed = 40;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (double beta : {0.0, 1.0}) {
+        SCOPED_TRACE(::testing::Message() << "ta " << ta << " tb " << tb << " beta " << beta);
+        Tensor a16 = randn({2, ta ? K : M, ta ? M : K}, ++seed).to(DType::bf16);
+        Tensor b16 = randn({tb ? N : K, tb ? K : N}, ++seed).to(DType::bf16);
+        Tensor out = beta == 0 ? poisoned({2, M, N}, DType::f32) : randn({2, M, N}, ++seed, DType::f32);
+        const std::vector<double> c0 = host(out);
+        kernels::matmul(a16, b16, out, ta, tb, 1.0, beta);
+        ASSERT_EQ(out.dtype(), DType::f32);
+        Tensor want = Tensor::from_vector(
+            loop_matmul(a16.to(DType::f64), b16.to(DType::f64), c0, ta, tb, 1.0, beta, M, N, K), {2, M, N});
+        EXPECT_CLOSE(out.to(DType::f64), want, 1e-5, 1e-4);  // f32 accumulation only: far inside bf16's 4e-3
+      }
+  // Other mixes are refused.
+  Tensor a32 = randn({M, K}, 1, DType::f32), b16 = randn({K, N}, 2).to(DType::bf16);
+  EXPECT_THROW(kernels::matmul(a32, b16, Tensor::empty({M, N}, DType::f32)), Error);
+  EXPECT_THROW(kernels::matmul(a32, a32.transpose(0, 1).contiguous(), Tensor::empty({M, M}, DType::bf16)), Error);
+}
+
 TEST(MatmulKernel, RejectsMismatchedShapes) {
   Tensor a = randn({2, 3, 4}, 1), out = Tensor::empty({2, 3, 5}, DType::f64);
   EXPECT_THROW(kernels::matmul(a, randn({2, 5, 5}, 2), out), Error);         // inner dims 4 vs 5
@@ -298,6 +324,38 @@ TEST(CudaMatmul, Tf32IsOptIn) {
   run_case({{}, 300, 200, 500, false, true, false}, DType::f32, 1.0, 0.0, Tol{3e-3, 3e-2}, 99);
   kernels::cuda::set_matmul_allow_tf32(false);
 #endif
+}
+
+// bf16 operands into an f32 out on the GPU (cuBLASLt with an f32 C/D) against the CPU kernel in double on the
+// same bf16 values: every case of kCases, beta 0 and 1 (accumulating into the f32 out), one misaligned out.
+TEST(CudaMatmul, Bf16OperandsIntoF32Out) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 500;
+  for (const MM& c : kCases)
+    for (double beta : {0.0, 1.0}) {
+      const Shape as = mat(c.batch, c.ta ? c.K : c.M, c.ta ? c.M : c.K);
+      const Shape bs = mat(c.shared_b ? Shape{} : c.batch, c.tb ? c.N : c.K, c.tb ? c.K : c.N);
+      const Shape os = mat(c.batch, c.M, c.N);
+      Tensor a16 = q(randn(as, ++seed), DType::bf16), b16 = q(randn(bs, ++seed), DType::bf16);
+      Tensor c32 = randn(os, ++seed, DType::f32);
+      Tensor ref = beta == 0 ? cpu_poisoned(os) : f64(c32);
+      kernels::cpu::matmul(f64(a16), f64(b16), ref, c.ta, c.tb, 1.0, beta);
+      Tensor out = beta == 0 ? gpu_poisoned(os, DType::f32) : to_gpu(c32);
+      kernels::matmul(to_gpu(a16), to_gpu(b16), out, c.ta, c.tb, 1.0, beta);
+      ASSERT_EQ(out.dtype(), DType::f32);
+      expect_match(out, ref, kF32, mm_name(c, DType::bf16, 1.0, beta) + " -> f32");
+    }
+  // The out one element into its storage (a gradient view inside a flat buffer).
+  const int64_t M = 19, N = 23, K = 29;
+  Tensor a16 = q(randn({K, M}, 7), DType::bf16), b16 = q(randn({K, N}, 8), DType::bf16);
+  Tensor c32 = randn({M, N}, 9, DType::f32);
+  Tensor ref = f64(c32);
+  kernels::cpu::matmul(f64(a16), f64(b16), ref, true, false, 1.0, 1.0);
+  Tensor big = gpu_poisoned({M * N + 1}, DType::f32);
+  Tensor out = big.slice(0, 1, M * N + 1).view({M, N});
+  out.copy_(to_gpu(c32));
+  kernels::matmul(to_gpu(a16), to_gpu(b16), out, true, false, 1.0, 1.0);
+  expect_match(out, ref, kF32, "bf16 -> f32 matmul into a misaligned out");
 }
 
 TEST(CudaMatmul, F64IsRefused) {
