@@ -42,6 +42,7 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool ok = true;  // false: a bf16 -> f32 problem cuBLASLt has no algorithm for (matmul() takes another way)
 };
 
 struct LtContext {
@@ -116,6 +117,10 @@ Plan build_plan(LtContext& ctx, const PlanKey& k) {
   int found = 0;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
+  if (k.out_dtype != k.dtype && (st != CUBLAS_STATUS_SUCCESS || found == 0)) {
+    p.ok = false;
+    return p;
+  }
   NATSL_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "cuBLASLt found no algorithm for m=", k.m, " n=", k.n,
               " k=", k.k, " batch=", k.batch, " dtype=", dtype_name(DType(k.dtype)), " -> ",
               dtype_name(DType(k.out_dtype)), " (status ", cublasGetStatusName(st), ")");
@@ -184,10 +189,20 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   key.align_lt_b = alignment(a.data_ptr(), key.stride_lt_b * es);
   key.align_c = alignment(out.data_ptr(), nb > 1 ? M * N * out_es : 0);
 
-  std::lock_guard<std::mutex> lk(ctx.mu);
+  std::unique_lock<std::mutex> lk(ctx.mu);
   auto it = ctx.plans.find(key);
   if (it == ctx.plans.end()) it = ctx.plans.emplace(key, build_plan(ctx, key)).first;
   const Plan& p = it->second;
+  if (!p.ok) {
+    // No bf16 x bf16 -> f32 algorithm for this problem: the bf16 product, widened and added (one bf16 rounding
+    // more than the direct product).
+    lk.unlock();
+    Tensor prod = Tensor::empty(out.shape(), dt, out.device());
+    matmul(a, b, prod, trans_a, trans_b, alpha, 0.0);
+    if (beta == 0.0) out.copy_(prod);  // converts; out is not read (it may hold NaN)
+    else kernels::cuda::axpby(1.0, prod.to(odt), beta, out, out);
+    return;
+  }
   const float al = float(alpha), be = float(beta);
   NATSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.desc, &al, b.data_ptr(), p.a, a.data_ptr(), p.b, &be,
                                     out.data_ptr(), p.c, out.data_ptr(), p.c, &p.algo, ctx.workspace,
