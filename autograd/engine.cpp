@@ -213,12 +213,13 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
       slot.resize(size_t(e.fn->num_outputs));
       Tensor& acc = slot[size_t(e.input_nr)];
       const auto* leaf_acc = dynamic_cast<const AccumulateGrad*>(e.fn.get());
-      if (leaf_acc && (is_sink(leaf_acc->leaf(), acc) || is_sink(leaf_acc->leaf(), out[k]))) {
-        // One of the two is already in the leaf's .grad: add the other there too and keep the sink.
-        const bool acc_in = is_sink(leaf_acc->leaf(), acc), out_in = is_sink(leaf_acc->leaf(), out[k]);
-        if (acc_in && !out_in) add_into(acc, out[k]);
-        if (!acc_in && acc.defined()) add_into(out[k], acc);
-        if (!acc_in) acc = out[k];
+      const bool acc_in = leaf_acc && is_sink(leaf_acc->leaf(), acc);
+      const bool out_in = leaf_acc && is_sink(leaf_acc->leaf(), out[k]);
+      if (acc_in) {  // already in the leaf's .grad: add the new one there too (unless it is the sink as well)
+        if (!out_in) add_into(acc, out[k]);
+      } else if (out_in) {  // the new one is the sink: add what was pending into it, and keep the sink
+        if (acc.defined()) add_into(out[k], acc);
+        acc = out[k];
       } else {
         acc = accumulate(acc, out[k]);
       }

@@ -93,10 +93,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
     if (need_x) dx = product(dy2, wc, false, false, {}).view(xs);  // dy w
     if (need_w) {
       // dy^T x, added straight into the weight's .grad when the engine allows it (engine.h, grad_sink) and
-      // the product can write that dtype: same as the operands, or f32 from bf16 operands (no bf16 rounding).
+      // the product can write that dtype (f32 from bf16 operands: no bf16 rounding of dW).
       const Tensor sink = w_leaf.defined() ? grad_sink(w_leaf) : Tensor();
-      if (sink.defined() &&
-          (sink.dtype() == dy2.dtype() || (sink.dtype() == DType::f32 && dy2.dtype() == DType::bf16))) {
+      if (sink.defined() && kernels::matmul_writes(dy2.dtype(), sink.dtype())) {
         kernels::matmul(dy2, x2, sink, true, false, 1.0, 1.0);
         dw = sink;
       } else {

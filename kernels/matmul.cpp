@@ -4,12 +4,15 @@
 
 namespace natsl::kernels {
 
+bool matmul_writes(DType operands, DType out) {
+  return is_floating(out) && (operands == out || (operands == DType::bf16 && out == DType::f32));
+}
+
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
             double beta) {
   Device d = common_device({&a, &b, &out}, "matmul");
   check_contiguous({&a, &b, &out}, "matmul");
-  const bool mixed = a.dtype() == DType::bf16 && b.dtype() == DType::bf16 && out.dtype() == DType::f32;
-  NATSL_CHECK(mixed || (a.dtype() == b.dtype() && b.dtype() == out.dtype() && is_floating(out.dtype())),
+  NATSL_CHECK(a.dtype() == b.dtype() && matmul_writes(a.dtype(), out.dtype()),
               "matmul: expects one floating dtype (or bf16 operands with an f32 out), got a ", dtype_name(a.dtype()),
               ", b ", dtype_name(b.dtype()), ", out ", dtype_name(out.dtype()));
   NATSL_CHECK(a.dim() >= 2 && b.dim() >= 2 && out.dim() == a.dim(), "matmul: expects a [..., M, K], b [..., K, N] ",

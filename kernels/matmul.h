@@ -12,6 +12,8 @@ namespace natsl::kernels {
 // (beta = 1 adds it to what the buffer holds).
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a = false, bool trans_b = false,
             double alpha = 1.0, double beta = 0.0);
+// True when matmul takes operands of dtype `operands` with an out of dtype `out` (the rule above).
+bool matmul_writes(DType operands, DType out);
 
 namespace cpu {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,

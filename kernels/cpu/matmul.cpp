@@ -80,25 +80,22 @@ void batched(const Tensor& a, const Tensor& b, const Tensor& out, bool ta, bool 
       const int64_t i = w / shape.tiles();
       gemm_tile<A>(ap + i * a_step, bp + i * b_step, cp + i * c_step, shape, w % shape.tiles(), A(alpha), A(beta));
     });
-  } else if (out.dtype() == dtype_of<A>::value) {
-    // bf16 operands, f32 out: widened operands, the product straight into out.
+  } else {
+    // Widened operands; the product straight into an f32 out (bf16 operands, f32 out), else into a widened copy
+    // of out that is rounded back.
     std::vector<A> aw = widen<T>(a), bw = widen<T>(b);
-    A* cp = out.data<A>();
+    const bool direct = out.dtype() == dtype_of<A>::value;
+    std::vector<A> cw = direct ? std::vector<A>() : beta != 0.0 ? widen<T>(out) : std::vector<A>(size_t(out.numel()));
+    A* cp = direct ? out.data<A>() : cw.data();
     parallel_for(batch * shape.tiles(), [&](int64_t w) {
       const int64_t i = w / shape.tiles();
       gemm_tile<A>(aw.data() + i * a_step, bw.data() + i * b_step, cp + i * c_step, shape, w % shape.tiles(),
                    A(alpha), A(beta));
     });
-  } else {
-    std::vector<A> aw = widen<T>(a), bw = widen<T>(b);
-    std::vector<A> cw = beta != 0.0 ? widen<T>(out) : std::vector<A>(size_t(out.numel()));
-    parallel_for(batch * shape.tiles(), [&](int64_t w) {
-      const int64_t i = w / shape.tiles();
-      gemm_tile<A>(aw.data() + i * a_step, bw.data() + i * b_step, cw.data() + i * c_step, shape, w % shape.tiles(),
-                   A(alpha), A(beta));
-    });
-    T* cp = out.data<T>();
-    for (size_t i = 0; i < cw.size(); ++i) cp[i] = convert<T>(cw[i]);
+    if (!direct) {
+      T* op = out.data<T>();
+      for (size_t i = 0; i < cw.size(); ++i) op[i] = convert<T>(cw[i]);
+    }
   }
 }
 

@@ -137,7 +137,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
             double beta) {
   const DType dt = a.dtype(), odt = out.dtype();
   NATSL_CUDA_DISPATCH_FLOAT(dt, "matmul", T, [&] { (void)sizeof(T); });
-  NATSL_CHECK(b.dtype() == dt && (odt == dt || (dt == DType::bf16 && odt == DType::f32)), "matmul: dtypes ",
+  NATSL_CHECK(b.dtype() == dt && matmul_writes(dt, odt), "matmul: dtypes ",
               dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " -> ", dtype_name(odt));
   NATSL_CHECK(out.dim() >= 2 && a.dim() == out.dim() && (b.dim() == out.dim() || b.dim() == 2),
               "matmul: ranks of ", a.str(), ", ", b.str(), " -> ", out.str());
