@@ -36,8 +36,9 @@
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
 #            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min;
 #            the tests in SAN_API_ERROR_TESTS (default the allocator's out-of-memory test, which makes cudaMalloc
-#            fail on purpose) run apart under memcheck with --report-api-errors no. Shards that report something
-#            print their first reports and failed tests' messages
+#            fail on purpose, and the NCCL world-of-one case, whose NCCL start-up probes fail by design) run
+#            apart under memcheck with --report-api-errors no. Shards that report something print their first
+#            reports and failed tests' messages
 #   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU (or
 #            HF_RUN=DIR: that run directory's newest checkpoint and its config.yaml), natsl export-hf, natsl's logits
 #            on 3000 bytes of wikitext2-valid (f32 on the CPU, bf16 on the GPU), then experiments/hf/compare_reference.py:
@@ -117,8 +118,9 @@ if has sanitize; then
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
   # Tests that make a CUDA call fail on purpose (SAN_API_ERROR_TESTS, a gtest filter): memcheck reports each failed
   # call as an error, so they run apart, after the others, with --report-api-errors no (their memory accesses
-  # are still checked).
-  SAN_API=${SAN_API_ERROR_TESTS-Allocator.CudaOutOfMemoryNamesTheRequest}
+  # are still checked). The NCCL case is one of them: NCCL asks cudaFuncGetAttributes about its kernels for
+  # other GPU architectures at start-up, and each "no kernel image" answer is a reported failed call.
+  SAN_API=${SAN_API_ERROR_TESTS-Allocator.CudaOutOfMemoryNamesTheRequest:NcclComm.AWorldOfOneRunsEveryCollectiveOnTheGpu}
   SANF=${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}
   [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
   for tool in ${SAN_TOOLS:-memcheck racecheck}; do

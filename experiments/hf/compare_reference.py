@@ -400,6 +400,13 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     try:
         model, NAtSL = build_reference(cfg, args.fla, args.nats)
+        if args.dtype == "float32":
+            # FLA's chunked GDN kernel refuses float32 (an assert in chunk_gated_delta_rule); its fused recurrent
+            # kernel computes the same recurrence token by token in f32 and takes the same arguments, so the
+            # GatedDeltaNet layers call that one here (the NAtS-L layer's own op is not touched).
+            import fla.layers.gated_deltanet as fla_gdn
+            fla_gdn.chunk_gated_delta_rule = fla_gdn.fused_recurrent_gated_delta_rule
+            result["reference_gdn_layer_op"] = "fused_recurrent_gated_delta_rule (the chunked kernel refuses float32)"
     except Exception as e:  # the reference refusing our arguments is the finding: show where
         traceback.print_exc()
         finish("FAIL", 1, f"building the reference model from config.json failed: {type(e).__name__}: {e}")
