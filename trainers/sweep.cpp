@@ -359,7 +359,9 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
   int failed = 0;
   bool forwarded = false;
   StopSignalGuard signals;
-  while (next < todo.size() || !running.empty()) {
+  // Once a stop is asked for, the runs not yet started stay new (the next invocation starts them): the loop
+  // then waits only for the running ones.
+  while (!running.empty() || (!signals.requested() && next < todo.size())) {
     while (!signals.requested() && next < todo.size()) {
       const auto free = std::find(busy.begin(), busy.end(), false);
       if (free == busy.end()) break;
@@ -418,7 +420,12 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
     const SweepRun& r = sweep.runs[it->run];
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (code == 0) {
+    if (forwarded && code == 128 + SIGTERM) {
+      // The forwarded SIGTERM reached the trainer before its own handler was installed (it was starting up):
+      // stopped, not failed; it resumes from its last checkpoint, or starts afresh, next time.
+      fmt::print(out, "{}: stopped while starting, after {:.0f} s ({})\n", r.name, secs,
+                 sweep_run_state_name(sweep_run_state(run_dir_of(sweep, r), r.steps)));
+    } else if (code == 0) {
       fmt::print(out, "{}: {} after {:.0f} s\n", r.name,
                  sweep_run_state_name(sweep_run_state(run_dir_of(sweep, r), r.steps)), secs);
     } else {
@@ -430,6 +437,8 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
     busy[it->slot] = false;
     running.erase(it);
   }
+  if (next < todo.size())
+    fmt::print(out, "stopped: {} run(s) not started; run the sweep again to start them\n", todo.size() - next);
   write_sweep_summary(sweep);
   fmt::print(out, "summary: {}/summary.csv, {}/summary.md{}\n", sweep.out_dir, sweep.out_dir,
              failed ? fmt::format(" ({} runs failed)", failed) : "");

@@ -25,7 +25,7 @@
 #            through NCCL (tokens/s, buckets launched during the backward, and the profiler's phases of steps
 #            12-14 in device time: backward vs the gradient reduction still exposed after it)
 #   sweep    natsl sweep SWEEP_FILE (default configs/sweeps/routing-sparsity.yaml) --parallel SWEEP_PARALLEL (4),
-#            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.tgz (summary + run logs);
+#            bounded by SWEEP_SECONDS (400; resumable: call again while warm); sweep.txz (summary + thinned runs);
 #            SWEEP_BG=1 starts it in the background so the stages after it (e.g. hfref) share the GPU with it,
 #            and the call waits for it before packing up
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
@@ -326,7 +326,9 @@ fi
 # The routing-sparsity sweep (issue 16): `natsl sweep SWEEP_FILE --parallel SWEEP_PARALLEL` (small runs sharing the
 # GPU), bounded by SWEEP_SECONDS; then SIGTERM: the running trainers checkpoint and stop, and the next call on the
 # same warm machine resumes them (the run directories stay in the working copy). The summary and each run's
-# config.yaml, metrics.jsonl and train.log come back as sweep.tgz (checkpoints stay behind).
+# config.yaml, metrics.jsonl (thinned: every 10th step and every evaluation) and the tail of its train.log come
+# back as sweep.txz (experiments/sweeps/pack_sweep.py; checkpoints stay behind). Set CALL_LIMIT above
+# SWEEP_SECONDS + 30: the sweep stops its runs within seconds of the SIGTERM and then writes its summary.
 if has sweep; then
   SW=${SWEEP_FILE:-configs/sweeps/routing-sparsity.yaml}
   el "sweep $SW, ${SWEEP_PARALLEL:-4} at once, at most ${SWEEP_SECONDS:-400} s"
@@ -334,8 +336,7 @@ if has sweep; then
   sweep_finish() {
     grep -vE "^\s*$" "$LOG/sweep.log" | tail -40
     SWD=$(sed -n 's/^out_dir: *//p' "$SW" | head -1)
-    [ -n "$SWD" ] && [ -d "$SWD" ] &&
-      tar -czf "$OUT/sweep.tgz" --exclude='step_*' --exclude='.tmp*' --exclude='*.safetensors' "$SWD"
+    [ -n "$SWD" ] && [ -d "$SWD" ] && python3 experiments/sweeps/pack_sweep.py "$SWD" "$OUT/sweep.txz"
     cat "$SWD/summary.md" 2>/dev/null | head -40
   }
   if [ "${SWEEP_BG:-0}" = 1 ]; then

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include "core/error.h"
@@ -133,6 +134,31 @@ TEST(Sweep, TrainsSkipsWhatIsDoneAndResumesWhatStopped) {
   r = run_natsl("sweep " + dir / "full.yaml");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("every run is done"), std::string::npos) << r.output;
+}
+
+// SIGTERM while runs are still waiting for a slot: the running one checkpoints and stops, the waiting ones are
+// not started, and the sweep writes its summary and exits 0 at once (it used to wait for the unstarted runs
+// forever: the device call's timeout killed it, and the summary was never written). Run again, it finishes.
+TEST(Sweep, StopsPromptlyWithRunsNotYetStarted) {
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  write_text(dir / "long.yaml", "base: base.yaml\nout_dir: " + dir / "out" +
+                                    "\noverrides: {train.steps: 100000000, train.ckpt_every: 0}\n" +
+                                    "axes:\n  - list: [{name: a}, {name: b}, {name: c}]\n");
+  // timeout: TERM after 3 s; had the sweep not ended 30 s later, KILL (exit 137); else the sweep's own status.
+  const auto t0 = std::chrono::steady_clock::now();
+  const CommandResult r = run_natsl("sweep " + dir / "long.yaml", "timeout --preserve-status -s TERM -k 30 3 ");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LT(secs, 25.0) << r.output;
+  EXPECT_NE(r.output.find("stopping: the running trainers checkpoint and stop"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("stopped: 2 run(s) not started"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("[2/3] b: started"), std::string::npos) << r.output;
+  const Sweep sw = load_sweep(dir / "long.yaml");
+  EXPECT_EQ(sweep_run_state(dir / "out/a", sw.runs[0].steps), SweepRunState::Partial) << r.output;
+  EXPECT_EQ(sweep_run_state(dir / "out/b", sw.runs[1].steps), SweepRunState::New);
+  const std::string md = read_text(dir / "out/summary.md");
+  EXPECT_NE(md.find("| a |"), std::string::npos) << md;
 }
 
 // --parallel sets how many runs share the configs' device; with a devices list (one run per device) it is
