@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call that builds, tests and times natsl on the GPU machine, with the peers timed in the same call.
 # Run from the repository root on the GPU machine (the device tool's working copy), with the ignored folders
-# .deps (header-only deps), .peers (peers.py and the FLA / NAtS-L reference packages, see ../shared/bench) and
+# .deps (header-only deps), .peers (peers.py, ref_model.py and the FLA / NAtS-L reference packages, see ../shared/bench) and
 # .shared-data carried along. Logs and result files go to $OUT (at most 8 files come back: logs are tarred).
 #
 #   WHAT="build peers tests natsl gdn ops train flaprof ncu" experiments/bench/gpu_call.sh
@@ -14,6 +14,8 @@
 #   gdn      natsl_bench_gdn (default layouts; GDN_VARIANTS=1 for every variant) against FLA, then again with the
 #            sync timing method for comparison
 #   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
+#   refmodel the authors' model (ref_model.py in .peers: REF_LAYERS "natsl" and/or "gdn"), 12 steps B8 T4096: the
+#            peer of `train` (run both in one call, one after the other); ref_model_<layers>.json
 #   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
@@ -200,6 +202,21 @@ if has ops; then
   "$BIN/natsl_bench_ops" --json "$OUT/ops.jsonl" "${ONLY[@]}" >"$LOG/bench_ops.txt" 2>&1
   echo "ops rc $?"
   grep -E "copy|embedding|ratio" "$LOG/bench_ops.txt" | head -30
+fi
+
+# The authors' model in the same call (issue 18's peer): ref_model.py (../shared/bench, carried in .peers) trains
+# their NAtS-L 340M (REF_LAYERS natsl) or FLA's GDN-only model (gdn) for 12 steps, B8 T4096, and writes
+# ref_model_<layers>.json (median step, tokens/s, MFU, peak memory). Its first step autotunes Triton kernels
+# (1.5-3.5 min on a fresh machine): REF_TIMEOUT (default 420 s) per model. Run it before or after `train`, never
+# beside it.
+if has refmodel; then
+  for layers in ${REF_LAYERS:-natsl}; do
+    el "refmodel $layers (the authors' stack)"
+    OUT=$OUT timeout "${REF_TIMEOUT:-420}" python3 .peers/ref_model.py --fla .peers/flanats --nats .peers/nats \
+      --layers "$layers" >"$LOG/ref_model_$layers.log" 2>&1
+    echo "refmodel $layers rc $?"
+    tail -3 "$LOG/ref_model_$layers.log"
+  done
 fi
 
 if has train; then
