@@ -1,7 +1,7 @@
 // CUDA NAtS-L router kernels (kernels/router.h): chunk mean-pool forward/backward and the straight-through
 // choice forward/backward. All tiny next to the layer's matmuls, so each is a plain elementwise map:
 // - mean-pool: a thread per (b, chunk, feature) sums the chunk's tokens in f32 (neighbouring threads read
-//   neighbouring features); its backward is a thread per (b, t, feature);
+//   neighbouring features); its backward a row of threads per token, 16-byte vectors of features;
 // - choice: a thread per (b, chunk, router head) row, in double like the CPU reference, so the labels and the
 //   Gumbel noise (Philox, core/philox.h) are the CPU's.
 #include "core/philox.h"
@@ -24,14 +24,24 @@ __global__ void pool_fwd_kernel(const T* __restrict__ x, T* __restrict__ pooled,
   }
 }
 
-template <class T>
-__global__ void pool_bwd_kernel(const T* __restrict__ dpooled, T* __restrict__ dx, int64_t B, int64_t L, int64_t d,
-                                int64_t C, int64_t NC) {
-  const int64_t n = B * L * d;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t e = i % d, t = (i / d) % L, b = i / (d * L);
-    const int64_t c = t / C, t1 = c * C + C < L ? c * C + C : L;
-    dx[i] = from_f32<T>(to_f32(dpooled[(b * NC + c) * d + e]) / float(t1 - c * C));
+// A row of threads per token (b, t): the token's chunk index once per row, then VEC features at a time (a thread
+// per element, with three 64-bit divisions each, was bound by the integer divisions).
+template <class T, int VEC>
+__global__ void pool_bwd_kernel(const T* __restrict__ dpooled, T* __restrict__ dx, int64_t rows, int64_t L,
+                                int64_t d, int64_t C, int64_t NC) {
+  NATSL_FOR_EACH_ROW(r, rows) {
+    if (r >= rows) continue;  // no block-wide step below
+    const int64_t b = r / L, t = r - b * L, c = t / C;
+    const float len = float(c * C + C < L ? C : L - c * C);
+    const T* src = dpooled + (b * NC + c) * d;
+    T* dst = dx + r * d;
+    NATSL_FOR_ROW_VEC(j, d, VEC) {
+      float v[VEC];
+      load_vec<T, VEC>(src + j, v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[k] = v[k] / len;
+      store_vec<T, VEC>(dst + j, v);
+    }
   }
 }
 
@@ -76,32 +86,39 @@ __global__ void choice_bwd_kernel(const float* __restrict__ probs, const float* 
   }
 }
 
-// The mean pool (BWD false: in = x [B, L, d], out = pooled [B, NC, d]) or its backward (in = dpooled,
-// out = dx), a thread per element of out, T the dtype of x (of dx for the backward).
-template <bool BWD>
-void launch_pool(const Tensor& in, const Tensor& out, int64_t B, int64_t L, int64_t d, int64_t C, int64_t NC,
-                 const char* op) {
-  const auto [n, dev, s] = flat_op(out);
+}  // namespace
+
+void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
+  // A thread per element of pooled [B, NC, d].
+  const auto [n, dev, s] = flat_op(pooled);
   if (n == 0) return;
-  NATSL_CUDA_DISPATCH_FLOAT((BWD ? out : in).dtype(), op, T, [&] {
-    auto* kern = BWD ? pool_bwd_kernel<T> : pool_fwd_kernel<T>;
-    kern<<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(in), mptr<T>(out), B, L, d, C, NC);
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "chunk_mean_pool_fwd", T, [&] {
+    pool_fwd_kernel<T><<<grid_for(dev, n, 256), 256, 0, s>>>(cptr<T>(x), mptr<T>(pooled), x.size(0), x.size(1),
+                                                             x.size(2), chunk_size, pooled.size(1));
   });
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
+void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
+  const int64_t d = dx.size(2), L = dx.size(1);
+  const auto [D, rows, dev, s] = row_op(dx, d);
+  if (rows == 0 || d == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "chunk_mean_pool_bwd", T, [&] {
+    constexpr int V = kVec<T>;
+    const bool vec = d % V == 0 && aligned16(dpooled) && aligned16(dx);
+    launch_rows<V>(vec, dev, rows, d, [&](auto width, const RowGrid& g) {
+      pool_bwd_kernel<T, decltype(width)::value><<<g.grid, g.block, 0, s>>>(cptr<T>(dpooled), mptr<T>(dx), rows, L,
+                                                                          d, chunk_size, dpooled.size(1));
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+
 const float* f32_or_null(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 
 }  // namespace
-
-void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
-  launch_pool<false>(x, pooled, x.size(0), x.size(1), x.size(2), chunk_size, pooled.size(1), "chunk_mean_pool_fwd");
-}
-
-void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  launch_pool<true>(dpooled, dx, dx.size(0), dx.size(1), dx.size(2), chunk_size, dpooled.size(1),
-                    "chunk_mean_pool_bwd");
-}
 
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,
                        const Tensor& mask_softmax, const Tensor& mask_gdn) {

@@ -194,7 +194,8 @@ TEST(NatslCuda, ChunkMeanPoolMatchesCpu) {
     int64_t B, T, d, C;
   };
   for (DType dt : {DType::f32, DType::bf16})
-    for (S s : {S{1, 1, 1, 64}, S{3, 37, 5, 64}, S{2, 130, 7, 64}, S{2, 256, 128, 64}, S{1, 1000, 33, 16}}) {
+    for (S s : {S{1, 1, 1, 64}, S{3, 37, 5, 64}, S{2, 130, 7, 64}, S{2, 256, 128, 64}, S{1, 1000, 33, 16},
+                S{2, 130, 1024, 64}}) {
       SCOPED_TRACE(std::string(name(dt)) + " T=" + std::to_string(s.T) + " d=" + std::to_string(s.d));
       const int64_t NC = (s.T + s.C - 1) / s.C;
       Data x = make({s.B, s.T, s.d}, 1 + uint64_t(s.T), dt);
