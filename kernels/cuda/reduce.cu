@@ -14,7 +14,10 @@ struct DimSet {
   int n = 0;
   int64_t size[kMaxD] = {};
   int64_t stride[kMaxD] = {};
+  // i < the product of the sizes. One dim (the common case once jointly contiguous dims are merged) needs no
+  // division: 64-bit divisions per element made the reductions integer-bound.
   __device__ __forceinline__ int64_t offset(int64_t i) const {
+    if (n <= 1) return n == 1 ? i * stride[0] : 0;
     int64_t off = 0;
     for (int d = n - 1; d >= 0; --d) {
       off += (i % size[d]) * stride[d];
