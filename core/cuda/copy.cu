@@ -12,7 +12,7 @@ __global__ void strided_copy_kernel(const S* __restrict__ src, D* __restrict__ d
                                     int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t so, d_o;
-    strided_offsets(L, i, so, d_o);
+    strided_offsets_of(L, i, n, so, d_o);
     dst[d_o] = convert<D>(src[so]);
   }
 }
@@ -20,11 +20,8 @@ __global__ void strided_copy_kernel(const S* __restrict__ src, D* __restrict__ d
 template <class D>
 __global__ void fill_kernel(D* __restrict__ dst, StridedLayout L, int64_t n, D v) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t rem = i, o = 0;
-    for (int d = L.ndim - 1; d >= 0; --d) {
-      o += (rem % L.shape[d]) * L.dst_strides[d];
-      rem /= L.shape[d];
-    }
+    int64_t unused, o;
+    strided_offsets_of(L, i, n, unused, o);
     dst[o] = v;
   }
 }

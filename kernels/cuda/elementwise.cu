@@ -114,7 +114,7 @@ __global__ void binary_strided_kernel(const T* a, const T* b, T* out, StridedLay
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     int64_t oa, ob;
-    ::natsl::cuda::strided_offsets(L, i, oa, ob);
+    ::natsl::cuda::strided_offsets_of(L, i, n, oa, ob);
     out[i] = from_f32<T>(binary_f<OP>(to_f32(a[oa]), to_f32(b[ob])));
   }
 }
