@@ -14,11 +14,21 @@ struct DimSet {
   int n = 0;
   int64_t size[kMaxD] = {};
   int64_t stride[kMaxD] = {};
+  bool small = true;  // the product of the sizes is below 2^31: index arithmetic in 32 bits
   // i < the product of the sizes. One dim (the common case once jointly contiguous dims are merged) needs no
-  // division: 64-bit divisions per element made the reductions integer-bound.
+  // division, and 32-bit divisions are several times cheaper than 64-bit ones: a 64-bit division per dim per
+  // element made the reductions integer-bound.
   __device__ __forceinline__ int64_t offset(int64_t i) const {
     if (n <= 1) return n == 1 ? i * stride[0] : 0;
     int64_t off = 0;
+    if (small) {
+      uint32_t r = uint32_t(i);
+      for (int d = n - 1; d >= 0; --d) {
+        off += int64_t(r % uint32_t(size[d])) * stride[d];
+        r /= uint32_t(size[d]);
+      }
+      return off;
+    }
     for (int d = n - 1; d >= 0; --d) {
       off += (i % size[d]) * stride[d];
       i /= size[d];
@@ -30,6 +40,9 @@ struct DimSet {
 // Appends dim (size, stride) to s, merging it with the previous one when they are jointly contiguous.
 void push_dim(DimSet& s, int64_t size, int64_t stride) {
   if (size == 1) return;
+  int64_t total = size;  // the product of the sizes so far (sizes >= 2 here), saturating at 2^31
+  for (int d = 0; d < s.n && total < (int64_t(1) << 31); ++d) total *= s.size[d];
+  if (total >= (int64_t(1) << 31)) s.small = false;
   if (s.n > 0 && s.stride[s.n - 1] == stride * size) {
     s.size[s.n - 1] *= size;
     s.stride[s.n - 1] = stride;
