@@ -316,6 +316,10 @@ const char* sweep_run_state_name(SweepRunState s) {
   return s == SweepRunState::Done ? "done" : s == SweepRunState::Partial ? "partial" : "new";
 }
 
+namespace {
+std::string run_brief(const std::string& run_dir);
+}  // namespace
+
 int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
   FILE* out = opts.out;
   std::vector<size_t> todo;
@@ -426,8 +430,9 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
       fmt::print(out, "{}: stopped while starting, after {:.0f} s ({})\n", r.name, secs,
                  sweep_run_state_name(sweep_run_state(run_dir_of(sweep, r), r.steps)));
     } else if (code == 0) {
-      fmt::print(out, "{}: {} after {:.0f} s\n", r.name,
-                 sweep_run_state_name(sweep_run_state(run_dir_of(sweep, r), r.steps)), secs);
+      fmt::print(out, "{}: {} after {:.0f} s{}\n", r.name,
+                 sweep_run_state_name(sweep_run_state(run_dir_of(sweep, r), r.steps)), secs,
+                 run_brief(run_dir_of(sweep, r)));
     } else {
       ++failed;
       fmt::print(out, "{}: FAILED (exit {}) after {:.0f} s; see {}/train.log\n", r.name, code, secs,
@@ -436,6 +441,8 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
     std::fflush(out);
     busy[it->slot] = false;
     running.erase(it);
+    // The summary as it stands after every run that ends, so a sweep killed later still leaves one.
+    write_sweep_summary(sweep);
   }
   if (next < todo.size())
     fmt::print(out, "stopped: {} run(s) not started; run the sweep again to start them\n", todo.size() - next);
@@ -475,6 +482,24 @@ std::pair<double, std::string> layer_stat(const nlohmann::json& row, const std::
     per += (per.empty() ? "" : "/") + num(v, 3);
   }
   return {sum / double(by_layer.size()), per};
+}
+
+// ": step S, eval loss L, eval accuracy A, eval bpb B, routed_frac F" from a run's metrics (its last evaluation
+// and the last row's mean routed fraction, as far as logged), so the sweep's own log keeps each run's result.
+std::string run_brief(const std::string& run_dir) {
+  const std::vector<nlohmann::json> m = metrics_rows(run_dir);
+  if (m.empty()) return "";
+  std::string s = fmt::format(": step {}", m.back()["step"].get<int64_t>());
+  for (auto it = m.rbegin(); it != m.rend(); ++it) {
+    if (!it->contains("eval") || !(*it)["eval"].is_object()) continue;
+    const nlohmann::json& ev = (*it)["eval"];
+    for (const char* k : {"loss", "accuracy", "bpb"})
+      if (ev.contains(k) && ev[k].is_number()) s += fmt::format(", eval {} {}", k, num(ev[k].get<double>()));
+    break;
+  }
+  const double rf = layer_stat(m.back(), "routed_frac").first;
+  if (std::isfinite(rf)) s += fmt::format(", routed_frac {}", num(rf, 3));
+  return s;
 }
 
 }  // namespace
