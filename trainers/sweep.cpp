@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -415,6 +416,16 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
     }
     int status = 0;
     const pid_t done = ::waitpid(-1, &status, WNOHANG);
+    if (done < 0 && errno == ECHILD) {
+      // No child left to wait for, yet some are listed as running (reaped elsewhere): they cannot be waited on.
+      for (const Running& lost : running) {
+        ++failed;
+        fmt::print(out, "{}: FAILED: its trainer can no longer be waited for; see {}/train.log\n",
+                   sweep.runs[lost.run].name, run_dir_of(sweep, sweep.runs[lost.run]));
+      }
+      running.clear();
+      continue;
+    }
     if (done <= 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       continue;
@@ -441,8 +452,14 @@ int run_sweep(const Sweep& sweep, const SweepOptions& opts) {
     std::fflush(out);
     busy[it->slot] = false;
     running.erase(it);
-    // The summary as it stands after every run that ends, so a sweep killed later still leaves one.
-    write_sweep_summary(sweep);
+    // The summary as it stands after every run that ends, so a sweep killed later still leaves one. A failed
+    // write here is a warning (the trainers still running must be waited for); the final one below is an error.
+    try {
+      write_sweep_summary(sweep);
+    } catch (const std::exception& e) {
+      fmt::print(out, "warning: the summary could not be written now ({}); trying again when the next run ends\n",
+                 e.what());
+    }
   }
   if (next < todo.size())
     fmt::print(out, "stopped: {} run(s) not started; run the sweep again to start them\n", todo.size() - next);

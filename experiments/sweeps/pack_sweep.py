@@ -4,9 +4,9 @@
     python3 experiments/sweeps/pack_sweep.py SWEEP_OUT_DIR OUT.tar.xz [--every 10]
 
 The archive holds SWEEP_OUT_DIR's summary.md and summary.csv (when the sweep wrote them) and, per run directory,
-config.yaml, metrics.jsonl thinned to step 1, every `--every`-th step and every row with an evaluation (as
-`metrics.jsonl`), and the last 40 lines of train.log. Checkpoints stay behind. Paths in the archive are relative
-to SWEEP_OUT_DIR's parent, so it unpacks into a directory named like the sweep's.
+config.yaml, metrics.jsonl thinned to step 1, every `--every`-th step, every row with an evaluation and the
+last row (as `metrics.jsonl`), and the last 40 lines of train.log. Checkpoints stay behind. Paths in the archive
+are relative to SWEEP_OUT_DIR's parent, so it unpacks into a directory named like the sweep's.
 """
 import argparse
 import io
@@ -17,16 +17,24 @@ import tarfile
 
 
 def thin_metrics(path, every):
-    keep = []
+    keep, last = [], None
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a killed run's cut last line
                 continue
+            if not isinstance(row, dict):
+                continue
+            text = line.rstrip("\n") + "\n"
             step = row.get("step", 0)
-            if step == 1 or (every > 0 and step % every == 0) or "eval" in row:
-                keep.append(line.rstrip("\n") + "\n")
+            if step == 1 or (every > 0 and isinstance(step, int) and step % every == 0) or "eval" in row:
+                keep.append(text)
+                last = None
+            else:
+                last = text
+    if last is not None:  # the run's last row always: where a stopped run stands
+        keep.append(last)
     return "".join(keep).encode()
 
 

@@ -146,20 +146,30 @@ TEST(Sweep, StopsPromptlyWithRunsNotYetStarted) {
   write_text(dir / "long.yaml", "base: base.yaml\nout_dir: " + dir / "out" +
                                     "\noverrides: {train.steps: 100000000, train.ckpt_every: 0}\n" +
                                     "axes:\n  - list: [{name: a}, {name: b}, {name: c}]\n");
-  // The sweep in the background (its pid and, once it ends, its exit code in files); SIGTERM after run a's first
-  // metrics row (at most 60 s); then 30 s for it to end, else "HUNG" and SIGKILL.
-  const std::string d = dir / "";
+  // The sweep in the background (its pid and, once it ends, its exit code in files); SIGTERM once run a has
+  // written a metrics row (or the sweep ended; at most 60 s, else NO_METRICS); then 30 s for it to end, else
+  // HUNG, and SIGKILL to the sweep and to its trainers' process groups. $1 = the folder, $2 = natsl.
   write_text(dir / "stop.sh",
-             "(" + std::string(NATSL_BINARY_DIR) + "/natsl sweep " + d + "long.yaml > " + d + "sweep.out 2>&1 & " +
-                 "echo $! > " + d + "pid; wait $!; echo $? > " + d + "rc) &\n" +
-                 "i=0; while [ ! -s " + d + "out/a/metrics.jsonl ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n" +
-                 "while [ ! -s " + d + "pid ]; do sleep 0.05; done\n" +
-                 "kill -TERM $(cat " + d + "pid)\n" +
-                 "i=0; while [ ! -s " + d + "rc ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n" +
-                 "if [ ! -s " + d + "rc ]; then echo HUNG; kill -KILL $(cat " + d + "pid); fi\n");
-  ASSERT_EQ(std::system(("sh " + d + "stop.sh > " + d + "stop.out 2>&1").c_str()), 0);
+             "d=$1\n"
+             "(\"$2\" sweep \"$d/long.yaml\" > \"$d/sweep.out\" 2>&1 & echo $! > \"$d/pid\"; wait $!; echo $? > \"$d/rc\") &\n"
+             "i=0; while [ ! -s \"$d/out/a/metrics.jsonl\" ] && [ ! -s \"$d/rc\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n"
+             "[ $i -lt 1200 ] || echo NO_METRICS\n"
+             "i=0; while [ ! -s \"$d/pid\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n"
+             "p=$(cat \"$d/pid\")\n"
+             "kill -TERM \"$p\"\n"
+             "i=0; while [ ! -s \"$d/rc\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
+             "if [ ! -s \"$d/rc\" ]; then\n"
+             "  echo HUNG\n"
+             "  for c in $(ps -o pid= --ppid \"$p\"); do kill -KILL -- \"-$c\" 2>/dev/null; done\n"
+             "  kill -KILL \"$p\"\n"
+             "fi\n");
+  const std::string cmd = "sh '" + dir / "stop.sh" + "' '" + dir / "" + "' '" + std::string(NATSL_BINARY_DIR) +
+                          "/natsl' > '" + dir / "stop.out" + "' 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const std::string stop = read_text(dir / "stop.out");
+  EXPECT_EQ(stop.find("NO_METRICS"), std::string::npos) << "run a logged no step within 60 s";
   const std::string out = read_text(dir / "sweep.out");
-  EXPECT_EQ(read_text(dir / "stop.out").find("HUNG"), std::string::npos) << out;
+  EXPECT_EQ(stop.find("HUNG"), std::string::npos) << out;
   EXPECT_EQ(read_text(dir / "rc"), "0\n") << out;
   EXPECT_NE(out.find("stopping: the running trainers checkpoint and stop"), std::string::npos) << out;
   EXPECT_NE(out.find("stopped: 2 run(s) not started"), std::string::npos) << out;
