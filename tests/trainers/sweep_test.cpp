@@ -183,6 +183,37 @@ TEST(Sweep, StopsPromptlyWithRunsNotYetStarted) {
   EXPECT_NE(md.find("| a |"), std::string::npos) << md;
 }
 
+// experiments/sweeps/pack_sweep.py packs a real sweep's output small (summary, configs, thinned metrics that keep
+// the last row, log tails; no checkpoints), and read_sweep.py prints its table per task from the unpacked copy.
+TEST(Sweep, PackAndReadScriptsWorkOnASweepsOutput) {
+  if (std::system("python3 -c 'import lzma, tarfile' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3 here";
+  TempDir dir;
+  write_text(dir / "base.yaml", kSmallConfig);
+  write_text(dir / "s.yaml", "base: base.yaml\nout_dir: " + dir / "out" +
+                                 "\noverrides: {train.steps: 7, train.eval_every: 3}\naxes:\n  - list: [{name: m_mqar}]\n");
+  ASSERT_EQ(run_natsl("sweep " + dir / "s.yaml").exit_code, 0);
+  const std::string scripts = std::string(NATSL_SOURCE_DIR) + "/experiments/sweeps/";
+  ASSERT_EQ(std::system(("python3 " + scripts + "pack_sweep.py " + dir / "out" + " " + dir / "p.tar.xz" + " --every 5 > " +
+                         dir / "pack.out 2>&1")
+                            .c_str()),
+            0)
+      << read_text(dir / "pack.out");
+  std::filesystem::create_directories(dir / "un");
+  ASSERT_EQ(std::system(("tar -C " + dir / "un" + " -xJf " + dir / "p.tar.xz").c_str()), 0);
+  EXPECT_TRUE(std::filesystem::exists(dir / "un/out/summary.md"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "un/out/m_mqar/config.yaml"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "un/out/m_mqar/checkpoints"));
+  // Steps 1 (first), 3 and 6 (evaluations), 5 (--every 5) and 7 (the last row).
+  const std::string thin = read_text(dir / "un/out/m_mqar/metrics.jsonl");
+  EXPECT_EQ(std::count(thin.begin(), thin.end(), '\n'), 5) << thin;
+  EXPECT_NE(thin.find("\"step\":7"), std::string::npos) << thin;
+  ASSERT_EQ(std::system(("python3 " + scripts + "read_sweep.py " + dir / "un/out" + " > " + dir / "read.out 2>&1").c_str()), 0)
+      << read_text(dir / "read.out");
+  const std::string table = read_text(dir / "read.out");
+  EXPECT_NE(table.find("### mqar: eval accuracy by step"), std::string::npos) << table;
+  EXPECT_NE(table.find("| m_mqar | 7 |"), std::string::npos) << table;
+}
+
 // --parallel sets how many runs share the configs' device; with a devices list (one run per device) it is
 // refused, naming the file, and nothing trains.
 // The summary reports the last evaluation and the best one (lowest eval loss), with the step it came from: a
