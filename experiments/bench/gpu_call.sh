@@ -355,6 +355,8 @@ if has sweep; then
     SWD=$(sed -n 's/^out_dir: *//p' "$SW" | head -1)
     [ -n "$SWD" ] && [ -d "$SWD" ] && python3 experiments/sweeps/pack_sweep.py "$SWD" "$OUT/sweep.txz"
     cat "$SWD/summary.md" 2>/dev/null | head -40
+    # The per-task tables over training into the log too (console.log comes back even when files do not).
+    [ -n "$SWD" ] && [ -d "$SWD" ] && python3 experiments/sweeps/read_sweep.py "$SWD" >"$LOG/sweep_tables.md" 2>&1
   }
   if [ "${SWEEP_BG:-0}" = 1 ]; then
     timeout -s TERM -k 90 "${SWEEP_SECONDS:-400}" "$B/natsl" sweep "$SW" --parallel "${SWEEP_PARALLEL:-4}" \
