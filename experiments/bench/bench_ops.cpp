@@ -38,8 +38,10 @@
 #include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
+#include "kernels/mix_norm_gate.h"
 #include "kernels/nn.h"
 #include "kernels/reduce.h"
+#include "kernels/router.h"
 #include "trainers/io/version.h"
 
 using namespace natsl;
@@ -219,6 +221,46 @@ int main(int argc, char** argv) {
       mem("embedding bwd accumulate only bf16" + tag, "131072x1024 V32000", act + 2 * tab,
           [&] { cuda::embedding_bwd_accumulate(seg, dout, dtable); });
     }
+  }
+  {
+    // The NAtS-L layer's small ops at natsl-340m's shapes (B8 T4096; 12 softmax heads of 128 value channels;
+    // d 1024): the output mixing, the router's chunk mean-pool, and the strided and broadcast paths that a
+    // layer's reshapes and broadcast products take.
+    const int64_t B = 8, T = 4096, Ha = 12, Dv = 128, d = 1024, C = 64, NC = T / C;
+    const double row = double(B * T * Ha * Dv) * 2;  // one [B, T, Ha, Dv] bf16 tensor
+    Tensor og = rnd({B, T, Ha, Dv}, DType::bf16, 30), oa = rnd({B, T, Ha, Dv}, DType::bf16, 31);
+    Tensor z = rnd({B, T, Ha, Dv}, DType::bf16, 32), dy = rnd({B, T, Ha, Dv}, DType::bf16, 33);
+    Tensor wl = rnd({B, T, Ha, 2}, DType::bf16, 34), gg = rnd({Dv}, DType::bf16, 35), ga = rnd({Dv}, DType::bf16, 36);
+    Tensor y = Tensor::empty({B, T, Ha, Dv}, DType::bf16, kGpu), rg = Tensor::empty({B, T, Ha}, DType::f32, kGpu);
+    Tensor ra = Tensor::empty({B, T, Ha}, DType::f32, kGpu), dwl = Tensor::empty({B, T, Ha, 2}, DType::bf16, kGpu);
+    Tensor dog = Tensor::empty({B, T, Ha, Dv}, DType::bf16, kGpu), doa = Tensor::empty({B, T, Ha, Dv}, DType::bf16, kGpu);
+    Tensor dz = Tensor::empty({B, T, Ha, Dv}, DType::bf16, kGpu);
+    Tensor dgg = Tensor::empty({Dv}, DType::bf16, kGpu), dga = Tensor::empty({Dv}, DType::bf16, kGpu);
+    const std::string sh = "8x4096x12x128";
+    mem("mix_norm_gate fwd bf16", sh, 4 * row, [&] { mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra); });
+    mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra);
+    // Reads og, oa, z, dy; writes dog, doa, dz (the statistics and the weight logits are small).
+    mem("mix_norm_gate bwd bf16", sh, 7 * row,
+        [&] { mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga); });
+
+    const double act = double(B * T * d) * 2;  // one [B, T, d] bf16 tensor
+    Tensor x = rnd({B, T, d}, DType::bf16, 37), dx = Tensor::empty({B, T, d}, DType::bf16, kGpu);
+    Tensor pooled = Tensor::empty({B, NC, d}, DType::bf16, kGpu), dpooled = rnd({B, NC, d}, DType::bf16, 38);
+    mem("chunk_mean_pool fwd bf16", "8x4096x1024 C64", act, [&] { chunk_mean_pool_fwd(x, C, pooled); });
+    mem("chunk_mean_pool bwd bf16", "8x4096x1024 C64", act, [&] { chunk_mean_pool_bwd(dpooled, C, dx); });
+    // A head-major copy of a token-major activation ([B, T, 8, 128] -> [B, 8, T, 128]): the strided path.
+    const Tensor xt = x.view({B, T, 8, 128}).transpose(1, 2);
+    Tensor xc = Tensor::empty({B, 8, T, 128}, DType::bf16, kGpu);
+    mem("strided copy bf16 (transpose T, H)", "8x4096x8x128", 2 * act, [&] { xc.copy_(xt); });
+    // A per-(token, head) scale broadcast over the head's channels, and the gradient of that scale.
+    Tensor s8 = rnd({B, T, 8, 1}, DType::bf16, 39), xs = Tensor::empty({B, T, 8, 128}, DType::bf16, kGpu);
+    const Tensor x4 = x.view({B, T, 8, 128});
+    mem("mul broadcast bf16 ([..,8,128] x [..,8,1])", "8x4096x8x128", 2 * act,
+        [&] { binary_fwd(BinaryOp::Mul, x4, s8, xs); });
+    Tensor ssum = Tensor::empty({B, T, 8, 1}, DType::bf16, kGpu);
+    mem("sum over the last dim bf16", "8x4096x8x128", act, [&] { sum_dims(x4, {3}, ssum); });
+    Tensor hsum = Tensor::empty({1, 1, 8, 128}, DType::bf16, kGpu);
+    mem("sum over (B, T) of [B, T, 8, 128] bf16", "8x4096x8x128", act, [&] { sum_dims(x4, {0, 1}, hsum); });
   }
   {
     // AdamW over 64M f32 parameters (256 MB per buffer): p, m, v read+written, grad read
