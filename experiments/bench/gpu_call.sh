@@ -21,6 +21,8 @@
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
 #   mem      natsl-340m peak memory and tokens/s per sequence length and train.recompute setting
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
+#   lab      every kernel-lab program (experiments/kernel_lab/*: a variant against the production kernel, bits and
+#            time; LAB_ONLY=substring picks some)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
 #   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
@@ -338,6 +340,16 @@ if has ncu; then
     "$BIN/natsl_bench_ops" --only "embedding bwd segments" --reps 1 >"$LOG/ncu_emb.txt" 2>&1
   echo "ncu emb rc $?"
   grep -E "^  [A-Za-z_].*\(|Duration" "$LOG/ncu_emb.txt" | head -60
+fi
+
+if has lab; then
+  for bin in $B/experiments/kernel_lab/natsl_lab_*; do
+    [ -x "$bin" ] || continue
+    [ -n "${LAB_ONLY:-}" ] && [[ "$(basename "$bin")" != *"$LAB_ONLY"* ]] && continue
+    el "lab $(basename "$bin")"
+    timeout 300 "$bin" 2>&1 | tee "$LOG/$(basename "$bin").log" | tail -20
+    echo "lab $(basename "$bin") rc ${PIPESTATUS[0]}"
+  done
 fi
 
 # The routing-sparsity sweep (issue 16): `natsl sweep SWEEP_FILE --parallel SWEEP_PARALLEL` (small runs sharing the

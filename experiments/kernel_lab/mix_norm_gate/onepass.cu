@@ -1,0 +1,180 @@
+// Kernel lab (issue 18): NAtS-L's output-mixing backward in one pass over its inputs, against the production
+// kernel (kernels/cuda/mix_norm_gate.cu), which reads og, oa, z and dy twice per row: once for the row sums
+// <du, g_hat>, <du, a_hat>, once for the outputs. When a row is at most one 16-byte vector per thread (natsl-340m:
+// 128 value channels = 16 vectors of bf16), the variant keeps the first pass's loads in registers for the second
+// (the block capped at 256 threads, so the kernel may take more than 64 registers), so the inputs cross memory once.
+// Every operation is the production kernel's, in its order, so the outputs must be bit-identical; this program
+// checks that and times both, B8 T4096, 12 heads of 128 channels, bf16:
+//   build-gpu/experiments/kernel_lab/natsl_lab_mix_norm_gate [--reps N]
+// The production profile (natsl-340m, H100, 99283bf) has the backward at 1.53 ms a call against ~0.33 ms of
+// memory traffic. Promote the variant (into kernels/cuda/mix_norm_gate.cu, with the CUDA tests) only if it wins.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/philox.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+#include "experiments/bench/bench_timing.h"
+#include "kernels/cuda/column_sum.cuh"
+#include "kernels/mix_norm_gate.h"
+
+using namespace natsl;
+using namespace natsl::kernels::cuda;
+
+namespace {
+
+constexpr int kMaxThreads = 256;
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+
+// pg, pa: [gridDim.x * blockDim.y, D] f32 partial rows, zeroed before (as the production kernel).
+template <class T, int VEC>
+__global__ void __launch_bounds__(kMaxThreads)
+    onepass_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
+                       const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
+                       const float* __restrict__ rstd_g, const float* __restrict__ rstd_a, const T* __restrict__ dy,
+                       T* __restrict__ dog, T* __restrict__ doa, T* __restrict__ dwl, T* __restrict__ dz,
+                       float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  float* my_pg = pg + slot * D;
+  float* my_pa = pa + slot * D;
+  const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
+  const bool mine = j < D;
+  float wg[VEC], wa[VEC];
+  if (mine) {
+    load_vec<T, VEC>(gg + j, wg);
+    load_vec<T, VEC>(ga + j, wa);
+  }
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
+    float a[VEC], b[VEC], zz[VEC], g[VEC];
+    float dw0 = 0.f, dw1 = 0.f;
+    if (active && mine) {
+      load_vec<T, VEC>(og + off + j, a);
+      load_vec<T, VEC>(oa + off + j, b);
+      load_vec<T, VEC>(z + off + j, zz);
+      load_vec<T, VEC>(dy + off + j, g);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
+        dw0 += du * a[k] * rg * wg[k];
+        dw1 += du * b[k] * ra * wa[k];
+      }
+    }
+    dw0 = row_sum(dw0, scratch);
+    dw1 = row_sum(dw1, scratch);
+    if (!active) continue;
+    float w1 = 1.f / (1.f + expf(to_f32(wl[2 * r]) - to_f32(wl[2 * r + 1])));
+    float w0 = 1.f - w1;
+    if (threadIdx.x == 0) {
+      const float mean = w0 * dw0 + w1 * dw1;
+      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
+      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
+    }
+    if (!mine) continue;
+    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
+    float o_g[VEC], o_a[VEC], o_z[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float s = sigmoid_f(zz[k]);
+      const float ng = a[k] * rg, na = b[k] * ra;
+      const float du = g[k] * zz[k] * s;
+      o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
+      o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
+      o_a[k] = ra * (w1 * du * wa[k] - na * ca);
+      my_pg[j + k] += w0 * du * ng;
+      my_pa[j + k] += w1 * du * na;
+    }
+    store_vec<T, VEC>(dog + off + j, o_g);
+    store_vec<T, VEC>(doa + off + j, o_a);
+    store_vec<T, VEC>(dz + off + j, o_z);
+  }
+}
+
+// The variant's launcher: bf16, 16-byte aligned, D <= 256 vectors (else it refuses).
+void onepass_bwd(const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z, const Tensor& gg,
+                 const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy, const Tensor& dog,
+                 const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg, const Tensor& dga) {
+  using T = bf16;
+  constexpr int V = kVec<T>;
+  const int64_t D = og.size(-1), rows = og.numel() / D;
+  NATSL_CHECK(D % V == 0 && D / V <= kMaxThreads, "lab: D must be a multiple of ", V, " and at most ", kMaxThreads * V);
+  const int dev = og.device().index;
+  cudaStream_t s = activate(dev);
+  const RowLaunch l = row_launch(D, V, 1, kMaxThreads);
+  const dim3 block(unsigned(l.threads_x), unsigned(l.rows_per_block));
+  const int threads = l.threads_x * l.rows_per_block;
+  const dim3 grid(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / threads)));
+  const int64_t groups = int64_t(grid.x) * block.y;
+  Tensor partial = scratch_f32(2 * groups * D, og.device());
+  NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(2 * groups * D) * sizeof(float), s));
+  float* pg = partial.data<float>();
+  float* pa = pg + groups * D;
+  onepass_bwd_kernel<T, V><<<grid, block, size_t(32) * block.y * sizeof(float), s>>>(
+      cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(), ra.data<float>(),
+      cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  NATSL_CUDA_CHECK_LAUNCH();
+  column_sum<T>(pg, groups, D, mptr<T>(dgg), dev, s);
+  column_sum<T>(pa, groups, D, mptr<T>(dga), dev, s);
+}
+
+Tensor rnd(const Shape& sh, DType dt, uint64_t seed) {
+  Tensor t = Tensor::empty(sh, dt, Device::cuda(0));
+  Generator g(seed);
+  normal_(t, g, 0.0, 1.0);
+  return t;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+  return ha.numel() == hb.numel() && std::memcmp(ha.data_ptr(), hb.data_ptr(), size_t(ha.numel()) * dtype_size(ha.dtype())) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 50;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--reps") reps = std::atoi(argv[i + 1]);
+  const int64_t B = 8, T = 4096, Ha = 12, Dv = 128;
+  const Device g = Device::cuda(0);
+  Tensor og = rnd({B, T, Ha, Dv}, DType::bf16, 1), oa = rnd({B, T, Ha, Dv}, DType::bf16, 2);
+  Tensor z = rnd({B, T, Ha, Dv}, DType::bf16, 3), dy = rnd({B, T, Ha, Dv}, DType::bf16, 4);
+  Tensor wl = rnd({B, T, Ha, 2}, DType::bf16, 5), gg = rnd({Dv}, DType::bf16, 6), ga = rnd({Dv}, DType::bf16, 7);
+  Tensor y = Tensor::empty({B, T, Ha, Dv}, DType::bf16, g);
+  Tensor rg = Tensor::empty({B, T, Ha}, DType::f32, g), ra = Tensor::empty({B, T, Ha}, DType::f32, g);
+  natsl::kernels::cuda::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra);
+  auto outs = [&] {
+    return std::vector<Tensor>{Tensor::empty({B, T, Ha, Dv}, DType::bf16, g), Tensor::empty({B, T, Ha, Dv}, DType::bf16, g),
+                               Tensor::empty({B, T, Ha, 2}, DType::bf16, g), Tensor::empty({B, T, Ha, Dv}, DType::bf16, g),
+                               Tensor::empty({Dv}, DType::bf16, g), Tensor::empty({Dv}, DType::bf16, g)};
+  };
+  std::vector<Tensor> p = outs(), v = outs();
+  auto prod = [&] {
+    natsl::kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, p[0], p[1], p[2], p[3], p[4], p[5]);
+  };
+  auto lab = [&] { onepass_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, v[0], v[1], v[2], v[3], v[4], v[5]); };
+  prod();
+  lab();
+  NATSL_CUDA_CHECK(cudaDeviceSynchronize());
+  const char* names[] = {"dog", "doa", "dwlogits", "dz", "dgamma_g", "dgamma_a"};
+  bool all = true;
+  for (int i = 0; i < 6; ++i) {
+    const bool ok = same_bits(p[size_t(i)], v[size_t(i)]);
+    all = all && ok;
+    std::printf("%-9s %s\n", names[i], ok ? "same bits" : "DIFFERENT");
+  }
+  cudaStream_t s = activate(0);
+  const double t_prod = bench::median_ms(prod, reps, s), t_lab = bench::median_ms(lab, reps, s);
+  const double bytes = 7.0 * double(B * T * Ha * Dv) * 2;  // og, oa, z, dy read; dog, doa, dz written
+  std::printf("mix_norm_gate bwd B8 T4096 Ha12 Dv128 bf16 (%s timing, %d reps)\n", bench::timing_method(), reps);
+  std::printf("  production (two passes): %.4f ms  (%.0f GB/s of the 7 tensors)\n", t_prod, bytes / (t_prod * 1e6));
+  std::printf("  lab one pass:            %.4f ms  (%.0f GB/s)  lab/production %.3f\n", t_lab, bytes / (t_lab * 1e6),
+              t_lab / t_prod);
+  return all ? 0 : 1;
+}
