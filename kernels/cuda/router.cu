@@ -100,9 +100,9 @@ void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pool
 }
 
 void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  const int64_t d = dx.size(2), L = dx.size(1);
-  const auto [D, rows, dev, s] = row_op(dx, d);
-  if (rows == 0 || d == 0) return;
+  const auto [d, rows, dev, s] = row_op(dx, dx.size(2));  // rows = B * L tokens
+  if (rows == 0) return;
+  const int64_t L = dx.size(1);
   NATSL_CUDA_DISPATCH_FLOAT(dx.dtype(), "chunk_mean_pool_bwd", T, [&] {
     constexpr int V = kVec<T>;
     const bool vec = d % V == 0 && aligned16(dpooled) && aligned16(dx);
