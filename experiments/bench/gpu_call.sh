@@ -43,7 +43,8 @@
 #            fail on purpose, and the NCCL world-of-one case, whose NCCL start-up probes fail by design) run
 #            apart under memcheck with --report-api-errors no. Shards that report something print their first
 #            reports and failed tests' messages
-#   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU (or
+#   hfref    the HF interchange check (issue 16): natsl-tiny with K = 64 trained 300 steps on text on the GPU at a
+#            softmax target of 0.5, so both branches are compared (or
 #            HF_RUN=DIR: that run directory's newest checkpoint and its config.yaml), natsl export-hf, natsl's logits
 #            on 3000 bytes of wikitext2-valid (f32 on the CPU, bf16 on the GPU), then experiments/hf/compare_reference.py:
 #            the reference's model code on the export, float32 against the CPU logits, bfloat16 against the bf16 ones;
@@ -91,6 +92,17 @@ if has build; then
   fi
   el "build done"
 fi
+
+# A stage that runs natsl's binaries on a machine without a build (the device tool gives a warm machine back
+# after a short idle time, and the next call gets a fresh one): say so at once instead of each stage failing
+# quietly (a sanitize stage with no test binaries checks nothing and prints nothing).
+for st in tests natsl gdn ops train mem lab ncu ab dist sweep sanitize hfref; do
+  if has $st && [ ! -x $B/natsl ] && [ ! -d $B/tests ] && [ ! -d $B/experiments ]; then
+    echo "NO BUILD: $B is missing on this machine (a fresh one?); stage '$st' needs it: call again with WHAT=\"build $WHAT\""
+    touch "$OUT/.done"
+    exit 3
+  fi
+done
 
 # The peers run alone on the machine: their Python launches must keep ahead of the GPU (a build beside them
 # made FLA's forward 2x slower once).
@@ -392,9 +404,11 @@ if has hfref; then
     HRUN=$HF_RUN
   else
     HRUN=$HW/run
-    # K = 64: natsl's CUDA GDN takes K in {64, 128, 192, 256}. Text, so the logits are a byte model's.
+    # K = 64: natsl's CUDA GDN takes K in {64, 128, 192, 256}. Text, so the logits are a byte model's. A softmax
+    # target of 0.5 (a training-only knob: the export holds only weights): the free router sends every text chunk
+    # to GDN (2026-12-06), and then the compare would check the softmax branch on the last chunk alone.
     timeout 200 "$B/natsl" train configs/natsl-tiny.yaml model.head_dim=64 train.device=cuda train.steps=300 \
-      train.eval_every=0 train.ckpt_every=300 train.seq_len=256 data.source=text \
+      "model.nats_frac_target=[0.5]" train.eval_every=0 train.ckpt_every=300 train.seq_len=256 data.source=text \
       "data.text.train=[../shared/data/tinyshakespeare.txt]" train.out_dir="$HRUN" >"$LOG/hfref_train.log" 2>&1
     echo "hfref train rc $?"
     grep -E "^done|error" "$LOG/hfref_train.log" | tail -3

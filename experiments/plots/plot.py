@@ -55,8 +55,7 @@ def layer_fractions(rows):
 
 def plot_runs(args, plt):
     fig, ax = plt.subplots(figsize=(7, 4))
-    fig2, ax2 = plt.subplots(figsize=(7, 4))
-    any_frac = False
+    fracs = []  # (run name, {layer: [(step, fraction)]}) of the runs with NAtS-L layers
     for run in args.paths:
         rows = read_metrics(run)
         name = os.path.basename(os.path.normpath(run))
@@ -64,9 +63,9 @@ def plot_runs(args, plt):
         ev = [(r["step"], r["eval"]["loss"]) for r in rows if isinstance(r.get("eval"), dict) and "loss" in r["eval"]]
         if ev:
             ax.plot(*zip(*ev), "o--", label=f"{name} eval", markersize=3)
-        for layer, pts in sorted(layer_fractions(rows).items()):
-            any_frac = True
-            ax2.plot(*zip(*pts), label=f"{name} layer {layer}", linewidth=1)
+        layers = layer_fractions(rows)
+        if layers:
+            fracs.append((name, layers))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.legend(fontsize=7)
@@ -74,14 +73,28 @@ def plot_runs(args, plt):
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "loss.png"), dpi=120)
     written = ["loss.png"]
-    if any_frac:
-        ax2.set_xlabel("step")
-        ax2.set_ylabel("softmax fraction of the routed chunks")
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.legend(fontsize=7)
-        ax2.grid(alpha=0.3)
+    if fracs:
+        # One panel per run (layers as lines): many runs' layers on one axis cannot be told apart.
+        cols = min(3, len(fracs))
+        nrows = (len(fracs) + cols - 1) // cols
+        fig2, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.6 * nrows), squeeze=False, sharex=True,
+                                  sharey=True)
+        for i, (name, layers) in enumerate(fracs):
+            a = axes[i // cols][i % cols]
+            for layer, pts in sorted(layers.items()):
+                a.plot(*zip(*pts), label=f"layer {layer}", linewidth=1)
+            a.set_title(name, fontsize=8)
+            a.set_ylim(-0.02, 1.02)
+            a.grid(alpha=0.3)
+            a.legend(fontsize=6)
+        for i in range(len(fracs), nrows * cols):
+            axes[i // cols][i % cols].set_visible(False)
+        for a in axes[-1]:
+            a.set_xlabel("step")
+        for row in axes:
+            row[0].set_ylabel("softmax fraction", fontsize=8)
         fig2.tight_layout()
-        fig2.savefig(os.path.join(args.out, "attn_frac.png"), dpi=120)
+        fig2.savefig(os.path.join(args.out, "attn_frac.png"), dpi=110)
         written.append("attn_frac.png")
     return written
 
@@ -99,20 +112,35 @@ def plot_sweep(args, plt):
         rows = list(csv.DictReader(f))
     if not rows:
         sys.exit(f"{args.paths[0]}/summary.csv has no runs")
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    # Panels: the task part of the run names when every run is named MODEL_TASK (the sweep files' habit; it tells
+    # mqar8 from mqar32), else summary.csv's task column. Panels where no run has the metric are left out.
+    def panel(r):
+        return r["run"].rsplit("_", 1)[1] if all("_" in q["run"] for q in rows) else r["task"]
+
+    def label(r):
+        return r["run"].rsplit("_", 1)[0] if all("_" in q["run"] for q in rows) else r["run"]
+
+    tasks = sorted({panel(r) for r in rows if number(r.get(args.metric)) is not None})
+    if not tasks:
+        sys.exit(f"{args.paths[0]}/summary.csv: no run has a value in column {args.metric}")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for r in (r for r in rows if r["task"] == task):
+        lines = []
+        for r in (r for r in rows if panel(r) == task):
             y = number(r.get(args.metric))
             if y is None:
                 continue
             x = number(r.get("routed_frac"))
             if x is None:  # no NAtS-L layer: a reference line
                 ax.axhline(y, linestyle=":", linewidth=1, color="gray")
-                ax.annotate(r["run"], (1.0, y), fontsize=6, ha="right", va="bottom", color="gray")
+                near = sum(1 for ly in lines if abs(ly - y) < 0.04 * (abs(y) + 1))
+                lines.append(y)
+                ax.annotate(label(r), (1.0, y), fontsize=7, ha="right", va="bottom", color="gray",
+                            xytext=(0, 2 - 9 * near), textcoords="offset points")
             else:
-                ax.plot([x], [y], "o")
-                ax.annotate(r["run"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.plot([x], [y], "o", label=label(r))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
         ax.set_title(task)
         ax.set_xlabel("softmax fraction reached (routed_frac)")
         ax.set_ylabel(args.metric)
