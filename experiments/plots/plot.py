@@ -3,11 +3,13 @@
 
   experiments/plots/plot.py runs RUN_DIR... --out DIR
       loss.png         training loss per step (and eval loss where evaluated), one line per run
-      attn_frac.png    each NAtS-L layer's softmax fraction (routed_frac, else attn_frac) over training
+      attn_frac.png    each NAtS-L layer's softmax fraction (routed_frac, else attn_frac) over training, one
+                       panel per run
   experiments/plots/plot.py sweep SWEEP_OUT_DIR --out DIR [--metric eval_accuracy|eval_bpb|eval_loss|best_eval_bpb|...]
       quality_vs_fraction.png   the metric against the reached softmax fraction (routed_frac), one marker
-                                per run, one panel per task; runs without NAtS-L layers are drawn as
-                                horizontal reference lines (Transformer++, GDN, hybrid)
+                                per run, one panel per task (the part of the run names after their last
+                                '_' when every run is named MODEL_TASK, else summary.csv's task column);
+                                runs without NAtS-L layers are drawn as horizontal reference lines
 
   experiments/plots/plot.py routing-map EVAL.json --out DIR
       routing_map.png  each NAtS-L layer's label of every chunk (x) and router head (y) of a text, from
