@@ -3,11 +3,20 @@
 // <du, g_hat>, <du, a_hat>, once for the outputs. When a row is at most one 16-byte vector per thread (natsl-340m:
 // 128 value channels = 16 vectors of bf16), the variant keeps the first pass's loads in registers for the second
 // (the block capped at 256 threads, so the kernel may take more than 64 registers), so the inputs cross memory once.
-// Every operation is the production kernel's, in its order, so the outputs must be bit-identical; this program
-// checks that and times both, B8 T4096, 12 heads of 128 channels, bf16:
-//   build-gpu/experiments/kernel_lab/natsl_lab_mix_norm_gate [--reps N]
+// Second idea (REGACC, 2026-12-06): the production kernel adds each row's dgamma terms into its slot's f32
+// partial row in global memory (a scalar read-modify-write of 2 x D floats per row, through L2); with one vector
+// per thread per row a thread owns the same D/VEC columns of every row it visits, so the sums can stay in
+// registers and be written once at the end (no memset either: every slot writes its whole partial row).
+// Variants: one pass, two passes + REGACC (production's passes, only the dgamma sums moved), one pass + REGACC.
+// Every operation is the production kernel's, in its order, so the outputs should be bit-identical (the H100 run
+// of 2026-12-06 found the one-pass dwlogits differing, the other five outputs equal: a different contraction of
+// the row dot products; outputs that differ are reported with their largest difference relative to the largest
+// magnitude); this program checks that and times them all, B8 T4096, 12 heads of 128 channels, bf16:
+//   build-gpu/experiments/kernel_lab/natsl_lab_mix_norm_gate [--reps N]   (exit 1 when any output differs)
 // The production profile (natsl-340m, H100, 99283bf) has the backward at 1.53 ms a call against ~0.33 ms of
 // memory traffic. Promote the variant (into kernels/cuda/mix_norm_gate.cu, with the CUDA tests) only if it wins.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -30,7 +39,8 @@ constexpr int kMaxThreads = 256;
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
 // pg, pa: [gridDim.x * blockDim.y, D] f32 partial rows, zeroed before (as the production kernel).
-template <class T, int VEC>
+// REGACC: the dgamma sums in registers, written once at the end (pg, pa need not be zeroed).
+template <class T, int VEC, bool REGACC>
 __global__ void __launch_bounds__(kMaxThreads)
     onepass_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
                        const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
@@ -43,6 +53,9 @@ __global__ void __launch_bounds__(kMaxThreads)
   float* my_pa = pa + slot * D;
   const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
   const bool mine = j < D;
+  float acc_g[VEC], acc_a[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
   float wg[VEC], wa[VEC];
   if (mine) {
     load_vec<T, VEC>(gg + j, wg);
@@ -87,37 +100,140 @@ __global__ void __launch_bounds__(kMaxThreads)
       o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
       o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
       o_a[k] = ra * (w1 * du * wa[k] - na * ca);
-      my_pg[j + k] += w0 * du * ng;
-      my_pa[j + k] += w1 * du * na;
+      if (REGACC) {
+        acc_g[k] += w0 * du * ng;
+        acc_a[k] += w1 * du * na;
+      } else {
+        my_pg[j + k] += w0 * du * ng;
+        my_pa[j + k] += w1 * du * na;
+      }
     }
     store_vec<T, VEC>(dog + off + j, o_g);
     store_vec<T, VEC>(doa + off + j, o_a);
     store_vec<T, VEC>(dz + off + j, o_z);
   }
+  if (REGACC && mine)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      my_pg[j + k] = acc_g[k];
+      my_pa[j + k] = acc_a[k];
+    }
 }
 
-// The variant's launcher: bf16, 16-byte aligned, D <= 256 vectors (else it refuses).
-void onepass_bwd(const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z, const Tensor& gg,
-                 const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy, const Tensor& dog,
-                 const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg, const Tensor& dga) {
+// Production's two passes (kernels/cuda/mix_norm_gate.cu, mix_bwd_kernel, with both dgammas), the dgamma sums in
+// registers: the thread's one vector j of every row (D <= blockDim.x * VEC), written once at the end.
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024)
+    regacc_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
+                      const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
+                      const float* __restrict__ rstd_g, const float* __restrict__ rstd_a, const T* __restrict__ dy,
+                      T* __restrict__ dog, T* __restrict__ doa, T* __restrict__ dwl, T* __restrict__ dz,
+                      float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  const int64_t jj = int64_t(threadIdx.x) * VEC;
+  float acc_g[VEC], acc_a[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
+  auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&b)[VEC], float (&zz)[VEC], float (&g)[VEC],
+                  float (&wg)[VEC], float (&wa)[VEC]) {
+    load_vec<T, VEC>(og + off + j, a);
+    load_vec<T, VEC>(oa + off + j, b);
+    load_vec<T, VEC>(z + off + j, zz);
+    load_vec<T, VEC>(dy + off + j, g);
+    load_vec<T, VEC>(gg + j, wg);
+    load_vec<T, VEC>(ga + j, wa);
+  };
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
+    float dw0 = 0.f, dw1 = 0.f;
+    if (active)
+      NATSL_FOR_ROW_VEC(j, D, VEC) {
+        float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC];
+        load(off, j, a, b, zz, g, wg, wa);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
+          dw0 += du * a[k] * rg * wg[k];
+          dw1 += du * b[k] * ra * wa[k];
+        }
+      }
+    dw0 = row_sum(dw0, scratch);
+    dw1 = row_sum(dw1, scratch);
+    if (!active) continue;
+    float w1 = 1.f / (1.f + expf(to_f32(wl[2 * r]) - to_f32(wl[2 * r + 1])));
+    float w0 = 1.f - w1;
+    if (threadIdx.x == 0) {
+      const float mean = w0 * dw0 + w1 * dw1;
+      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
+      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
+    }
+    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
+      float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
+      load(off, j, a, b, zz, g, wg, wa);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float s = sigmoid_f(zz[k]);
+        const float ng = a[k] * rg, na = b[k] * ra;
+        const float du = g[k] * zz[k] * s;
+        o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
+        o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
+        o_a[k] = ra * (w1 * du * wa[k] - na * ca);
+        acc_g[k] += w0 * du * ng;
+        acc_a[k] += w1 * du * na;
+      }
+      store_vec<T, VEC>(dog + off + j, o_g);
+      store_vec<T, VEC>(doa + off + j, o_a);
+      store_vec<T, VEC>(dz + off + j, o_z);
+    }
+  }
+  if (jj < D)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      pg[slot * D + jj + k] = acc_g[k];
+      pa[slot * D + jj + k] = acc_a[k];
+    }
+}
+
+enum class Variant { kOnePass, kRegAcc, kOnePassRegAcc };
+
+// The variants' launcher: bf16, 16-byte aligned, D <= 256 vectors (else it refuses). The grid is production's
+// (launch_rows with one vector per thread per row), the one-pass variants' block capped at 256 threads.
+void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z, const Tensor& gg,
+             const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy, const Tensor& dog,
+             const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg, const Tensor& dga) {
   using T = bf16;
   constexpr int V = kVec<T>;
   const int64_t D = og.size(-1), rows = og.numel() / D;
   NATSL_CHECK(D % V == 0 && D / V <= kMaxThreads, "lab: D must be a multiple of ", V, " and at most ", kMaxThreads * V);
   const int dev = og.device().index;
   cudaStream_t s = activate(dev);
-  const RowLaunch l = row_launch(D, V, 1, kMaxThreads);
+  const RowLaunch l = row_launch(D, V, 1, var == Variant::kRegAcc ? 1024 : kMaxThreads);
   const dim3 block(unsigned(l.threads_x), unsigned(l.rows_per_block));
   const int threads = l.threads_x * l.rows_per_block;
   const dim3 grid(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / threads)));
   const int64_t groups = int64_t(grid.x) * block.y;
   Tensor partial = scratch_f32(2 * groups * D, og.device());
-  NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(2 * groups * D) * sizeof(float), s));
   float* pg = partial.data<float>();
   float* pa = pg + groups * D;
-  onepass_bwd_kernel<T, V><<<grid, block, size_t(32) * block.y * sizeof(float), s>>>(
-      cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(), ra.data<float>(),
-      cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  const size_t smem = size_t(32) * block.y * sizeof(float);
+  if (var == Variant::kOnePass) {
+    NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(2 * groups * D) * sizeof(float), s));
+    onepass_bwd_kernel<T, V, false><<<grid, block, smem, s>>>(
+        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
+        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  } else if (var == Variant::kOnePassRegAcc) {
+    onepass_bwd_kernel<T, V, true><<<grid, block, smem, s>>>(
+        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
+        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  } else {
+    regacc_bwd_kernel<T, V><<<grid, block, smem, s>>>(
+        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
+        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  }
   NATSL_CUDA_CHECK_LAUNCH();
   column_sum<T>(pg, groups, D, mptr<T>(dgg), dev, s);
   column_sum<T>(pa, groups, D, mptr<T>(dga), dev, s);
@@ -133,6 +249,18 @@ Tensor rnd(const Shape& sh, DType dt, uint64_t seed) {
 bool same_bits(const Tensor& a, const Tensor& b) {
   const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
   return ha.numel() == hb.numel() && std::memcmp(ha.data_ptr(), hb.data_ptr(), size_t(ha.numel()) * dtype_size(ha.dtype())) == 0;
+}
+
+// max |a - b| / max |a| over the elements (as f32).
+double rel_diff(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.to(Device::cpu()).to(DType::f32), hb = b.to(Device::cpu()).to(DType::f32);
+  const float *pa = ha.data<float>(), *pb = hb.data<float>();
+  double md = 0, ma = 0;
+  for (int64_t i = 0; i < ha.numel(); ++i) {
+    md = std::max(md, double(std::fabs(pa[i] - pb[i])));
+    ma = std::max(ma, double(std::fabs(pa[i])));
+  }
+  return ma > 0 ? md / ma : md;
 }
 
 }  // namespace
@@ -154,27 +282,43 @@ int main(int argc, char** argv) {
                                Tensor::empty({B, T, Ha, 2}, DType::bf16, g), Tensor::empty({B, T, Ha, Dv}, DType::bf16, g),
                                Tensor::empty({Dv}, DType::bf16, g), Tensor::empty({Dv}, DType::bf16, g)};
   };
-  std::vector<Tensor> p = outs(), v = outs();
+  std::vector<Tensor> p = outs();
   auto prod = [&] {
     natsl::kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, p[0], p[1], p[2], p[3], p[4], p[5]);
   };
-  auto lab = [&] { onepass_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, v[0], v[1], v[2], v[3], v[4], v[5]); };
   prod();
-  lab();
   NATSL_CUDA_CHECK(cudaDeviceSynchronize());
-  const char* names[] = {"dog", "doa", "dwlogits", "dz", "dgamma_g", "dgamma_a"};
-  bool all = true;
-  for (int i = 0; i < 6; ++i) {
-    const bool ok = same_bits(p[size_t(i)], v[size_t(i)]);
-    all = all && ok;
-    std::printf("%-9s %s\n", names[i], ok ? "same bits" : "DIFFERENT");
-  }
   cudaStream_t s = activate(0);
-  const double t_prod = bench::median_ms(prod, reps, s), t_lab = bench::median_ms(lab, reps, s);
+  const double t_prod = bench::median_ms(prod, reps, s);
   const double bytes = 7.0 * double(B * T * Ha * Dv) * 2;  // og, oa, z, dy read; dog, doa, dz written
   std::printf("mix_norm_gate bwd B8 T4096 Ha12 Dv128 bf16 (%s timing, %d reps)\n", bench::timing_method(), reps);
-  std::printf("  production (two passes): %.4f ms  (%.0f GB/s of the 7 tensors)\n", t_prod, bytes / (t_prod * 1e6));
-  std::printf("  lab one pass:            %.4f ms  (%.0f GB/s)  lab/production %.3f\n", t_lab, bytes / (t_lab * 1e6),
-              t_lab / t_prod);
+  std::printf("  %-28s %.4f ms  (%.0f GB/s of the 7 tensors)\n", "production (two passes)", t_prod,
+              bytes / (t_prod * 1e6));
+  const char* names[] = {"dog", "doa", "dwlogits", "dz", "dgamma_g", "dgamma_a"};
+  const struct {
+    Variant var;
+    const char* name;
+  } variants[] = {{Variant::kOnePass, "one pass"},
+                  {Variant::kRegAcc, "two passes, dgamma in regs"},
+                  {Variant::kOnePassRegAcc, "one pass, dgamma in regs"}};
+  bool all = true;
+  for (const auto& vv : variants) {
+    std::vector<Tensor> v = outs();
+    auto lab = [&] { lab_bwd(vv.var, og, oa, wl, z, gg, ga, rg, ra, dy, v[0], v[1], v[2], v[3], v[4], v[5]); };
+    lab();
+    NATSL_CUDA_CHECK(cudaDeviceSynchronize());
+    std::string bits;
+    for (int i = 0; i < 6; ++i) {
+      const bool ok = same_bits(p[size_t(i)], v[size_t(i)]);
+      all = all && ok;
+      char buf[96];
+      if (ok) std::snprintf(buf, sizeof buf, " %s same", names[i]);
+      else std::snprintf(buf, sizeof buf, " %s DIFFERS (rel %.2e)", names[i], rel_diff(p[size_t(i)], v[size_t(i)]));
+      bits += buf;
+    }
+    const double t = bench::median_ms(lab, reps, s);
+    std::printf("  %-28s %.4f ms  (%.0f GB/s)  lab/production %.3f |%s\n", vv.name, t, bytes / (t * 1e6), t / t_prod,
+                bits.c_str());
+  }
   return all ? 0 : 1;
 }
