@@ -24,6 +24,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -124,7 +125,8 @@ int main(int argc, char** argv) {
     if (!want(name)) return;
     const double ms = median_ms(fn, reps);
     rows.push_back({name, shape, ms, "d2d-copy", bytes / (copy_gbps * 1e6), bytes, 0});
-    std::fprintf(stderr, "  %-28s %9.3f ms\n", name.c_str(), ms);
+    std::fprintf(stderr, "  %-28s %-30s %9.3f ms  %.2fx copy\n", name.c_str(), shape.c_str(), ms,
+                 ms / (bytes / (copy_gbps * 1e6)));
   };
 
   // ---- GEMMs: the compute ceiling ----
@@ -220,6 +222,42 @@ int main(int argc, char** argv) {
       const cuda::EmbeddingBwdSegments seg = cuda::embedding_bwd_segments(tok, V, cuda::EmbeddingBwdPlan{k});
       mem("embedding bwd accumulate only bf16" + tag, "131072x1024 V32000", act + 2 * tab,
           [&] { cuda::embedding_bwd_accumulate(seg, dout, dtable); });
+    }
+  }
+  {
+    // The norms and short convolutions at natsl-340m's shapes (B8 T4096 = 32768 tokens): rmsnorm over d 1024
+    // (block norms), over 256 (GDN's output norm, 6 heads) and 128 (the softmax branch's q/k norm, 12 heads);
+    // l2norm over GDN's q/k heads (6 x 128); the short convolutions of q/k (768 channels) and v (1536). The
+    // profile's per-op totals (BENCHMARKS.md) divided by these rows say which calls are slow.
+    const int64_t N = 32768;
+    for (const auto& [rows, D, what] : std::vector<std::tuple<int64_t, int64_t, const char*>>{
+             {N, 1024, "d"}, {N * 6, 256, "gdn out"}, {N * 12, 128, "attn qk"}}) {
+      const double t = double(rows * D) * 2;
+      Tensor x = rnd({rows, D}, DType::bf16, 40), y = Tensor::empty({rows, D}, DType::bf16, kGpu);
+      Tensor dy = rnd({rows, D}, DType::bf16, 41), dx = Tensor::empty({rows, D}, DType::bf16, kGpu);
+      Tensor w = rnd({D}, DType::bf16, 42), dw = Tensor::empty({D}, DType::bf16, kGpu);
+      Tensor st = Tensor::empty({rows}, DType::f32, kGpu);
+      const std::string sh = std::to_string(rows) + "x" + std::to_string(D) + " (340m " + what + ")";
+      mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
+      mem("rmsnorm bwd bf16", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
+    }
+    {
+      const int64_t rows = N * 6, D = 128;
+      const double t = double(rows * D) * 2;
+      Tensor x = rnd({rows, D}, DType::bf16, 43), y = Tensor::empty({rows, D}, DType::bf16, kGpu);
+      Tensor dy = rnd({rows, D}, DType::bf16, 44), dx = Tensor::empty({rows, D}, DType::bf16, kGpu);
+      Tensor rn = Tensor::empty({rows}, DType::f32, kGpu);
+      mem("l2norm fwd bf16", "196608x128 (340m gdn q/k)", 2 * t, [&] { l2norm_fwd(x, 1e-6, y, rn); });
+      mem("l2norm bwd bf16", "196608x128 (340m gdn q/k)", 3 * t, [&] { l2norm_bwd(y, rn, dy, dx); });
+    }
+    for (const int64_t C : {int64_t(768), int64_t(1536)}) {
+      const double t = double(N * C) * 2;
+      Tensor x = rnd({8, 4096, C}, DType::bf16, 45), y = Tensor::empty({8, 4096, C}, DType::bf16, kGpu);
+      Tensor w = rnd({C, 4}, DType::bf16, 46, 0.5), dw = Tensor::empty({C, 4}, DType::bf16, kGpu);
+      Tensor dy = rnd({8, 4096, C}, DType::bf16, 47), dx = Tensor::empty({8, 4096, C}, DType::bf16, kGpu);
+      const std::string sh = "8x4096x" + std::to_string(C) + " W4 (340m)";
+      mem("short_conv fwd bf16", sh, 2 * t, [&] { short_conv_fwd(x, w, true, y); });
+      mem("short_conv bwd bf16", sh, 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
     }
   }
   {
