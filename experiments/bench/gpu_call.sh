@@ -51,6 +51,8 @@
 #            verdict lines, hfref.json (HFREF_TF32=1 adds float32 with TF32 Triton dots; HFREF_TIMEOUT per compare, 300;
 #            the compares run side by side: the reference's Triton compile and autotuning dominate each)
 # Environment: NATSL_COMMIT (recorded in the rows), OUT, PEERS (which peers the peers stage runs: "gdn nats"),
+# TRITON_CACHE_DIR (default /tmp/natsl-triton-cache; a carried .triton-cache.tgz seeds it, and calls that run a
+# peer return it as triton-cache.tgz: carry it back as .triton-cache.tgz to skip the peers' compile and autotune),
 # CALL_LIMIT (default 585 s: then the logs are packed into logs-partial.tgz, so a call the device tool cuts off
 # at its limit still brings them back).
 set -uo pipefail
@@ -80,6 +82,18 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw -
 
 # Copies of the corpora carried as .shared-data stand in for ../shared/data.
 if [ ! -d ../shared/data ] && [ -d .shared-data ]; then mkdir -p ../shared && cp -r .shared-data ../shared/data; fi
+
+# Triton's cache (the peers' compiled kernels and, through FLA's cache_results, their autotuning results) kept
+# between machines: a fresh machine spends minutes compiling and autotuning them (the authors' model printed no
+# step within 300 s on 2026-12-06). A carried .triton-cache.tgz (repository root, git-ignored) is unpacked into
+# TRITON_CACHE_DIR once per machine; a call that runs a peer returns the cache as $OUT/triton-cache.tgz (when
+# under 40 MB) for the next session to carry as .triton-cache.tgz.
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/natsl-triton-cache}
+mkdir -p "$TRITON_CACHE_DIR"
+if [ -f .triton-cache.tgz ] && [ ! -e "$TRITON_CACHE_DIR/.unpacked" ]; then
+  tar -C "$TRITON_CACHE_DIR" -xzf .triton-cache.tgz && touch "$TRITON_CACHE_DIR/.unpacked" &&
+    echo "triton cache: $(find "$TRITON_CACHE_DIR" -type f | wc -l) files from .triton-cache.tgz"
+fi
 
 if has build; then
   el "build"
@@ -469,6 +483,14 @@ if [ -n "${SWEEP_PID:-}" ]; then
   wait "$SWEEP_PID"
   echo "sweep rc $?"
   sweep_finish
+fi
+
+if has peers || has refmodel || has hfref || has flaprof; then
+  tar -C "$TRITON_CACHE_DIR" -czf "$OUT/triton-cache.tgz" --exclude=.unpacked . 2>/dev/null
+  if [ "$(stat -c %s "$OUT/triton-cache.tgz" 2>/dev/null || echo 0)" -gt $((40 << 20)) ]; then
+    echo "triton cache over 40 MB: not returned"
+    rm -f "$OUT/triton-cache.tgz"
+  fi
 fi
 
 el "done"
