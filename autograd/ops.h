@@ -60,6 +60,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 // ---- nn ----
 Tensor embedding(const Tensor& weight, const Tensor& ids);  // ids i32/i64 [...] -> [..., D]
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps);  // weight may be undefined
+// rmsnorm(x, weight) * silu(z) in one node (kernels/mix_norm_gate.h norm_gate: GDN's gated output norm); x, z
+// [..., D], weight [D].
+Tensor rmsnorm_gate(const Tensor& x, const Tensor& weight, const Tensor& z, double eps);
 Tensor l2norm(const Tensor& x, double eps = 1e-6);
 Tensor softmax(const Tensor& x);      // over the last dim
 Tensor log_softmax(const Tensor& x);  // over the last dim

@@ -1,6 +1,7 @@
-// rmsnorm and l2norm over the last dim: single nodes keeping the per-row statistic from the forward.
+// rmsnorm, rmsnorm_gate and l2norm over the last dim: single nodes keeping the per-row statistic from the forward.
 #include "autograd/function.h"
 #include "autograd/ops.h"
+#include "kernels/mix_norm_gate.h"
 #include "kernels/nn.h"
 
 namespace natsl {
@@ -24,6 +25,21 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
     Tensor dw = wc.defined() ? Tensor::empty(wc.shape(), wc.dtype(), wc.device()) : Tensor();
     kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw);
     return {dx, dw};
+  });
+  return y;
+}
+
+Tensor rmsnorm_gate(const Tensor& x, const Tensor& weight, const Tensor& z, double eps) {
+  NATSL_CHECK(x.dim() >= 1 && weight.defined(), "rmsnorm_gate: expects x [..., D] and a weight [D], got ", x.str());
+  Tensor xc = x.contiguous().detach(), wc = weight.contiguous().detach(), zc = z.contiguous().detach();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = row_stats(x);
+  kernels::norm_gate_fwd(xc, zc, wc, eps, y, rstd);
+  record("rmsnorm_gate", {x, weight, z}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    auto like = [](const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); };
+    Tensor dx = like(xc), dw = like(wc), dz = like(zc);
+    kernels::norm_gate_bwd(xc, zc, wc, rstd, g[0].contiguous(), dx, dz, dw);
+    return {dx, dw, dz};
   });
   return y;
 }

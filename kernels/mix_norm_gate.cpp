@@ -67,4 +67,47 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                            dgamma_g, dgamma_a);
 }
 
+namespace {
+
+// Shapes and dtypes shared by norm_gate's forward and backward.
+void check_norm_gate(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const char* op) {
+  NATSL_CHECK(o.dim() >= 1 && is_floating(o.dtype()), op, ": o must be floating [..., D], got ", o.str());
+  check_same_shape(z, o, op);
+  NATSL_CHECK(gamma.shape() == Shape{o.size(-1)}, op, ": gamma must be [", o.size(-1), "], got ", gamma.str());
+  for (const Tensor* t : {&z, &gamma})
+    NATSL_CHECK(t->dtype() == o.dtype(), op, ": dtype of ", t->str(), " differs from o's");
+  const Shape row_shape(o.shape().begin(), o.shape().end() - 1);
+  const DType sd = o.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  NATSL_CHECK(rstd.shape() == row_shape && rstd.dtype() == sd, op, ": rstd must be ", shape_str(row_shape), " ",
+              dtype_name(sd), ", got ", rstd.str());
+}
+
+}  // namespace
+
+void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
+                   const Tensor& rstd) {
+  const char* op = "norm_gate_fwd";
+  Device d = common_device({&o, &z, &gamma, &y, &rstd}, op);
+  check_contiguous({&o, &z, &gamma, &y, &rstd}, op);
+  check_norm_gate(o, z, gamma, rstd, op);
+  check_same_shape(y, o, op);
+  NATSL_CHECK(y.dtype() == o.dtype(), op, ": y dtype ", dtype_name(y.dtype()));
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::norm_gate_fwd(o, z, gamma, eps, y, rstd));
+  else cpu::norm_gate_fwd(o, z, gamma, eps, y, rstd);
+}
+
+void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+  const char* op = "norm_gate_bwd";
+  Device d = common_device({&o, &z, &gamma, &rstd, &dy, &do_, &dz, &dgamma}, op);
+  check_contiguous({&o, &z, &gamma, &rstd, &dy, &do_, &dz, &dgamma}, op);
+  check_norm_gate(o, z, gamma, rstd, op);
+  for (const Tensor* t : {&dy, &do_, &dz}) check_same_shape(*t, o, op);
+  if (dgamma.defined()) check_same_shape(dgamma, gamma, op);
+  for (const Tensor* t : {&dy, &do_, &dz, &dgamma})
+    if (t->defined()) NATSL_CHECK(t->dtype() == o.dtype(), op, ": dtype of ", t->str(), " differs from o's");
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma));
+  else cpu::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma);
+}
+
 }  // namespace natsl::kernels

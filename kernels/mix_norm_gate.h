@@ -12,6 +12,13 @@
 // Layouts (contiguous): og, oa, z, y [..., Ha, Dv] D (the GDN output [B, T, H, V] is passed viewed as
 // [B, T, Ha, V / G], a plain reshape); wlogits [..., Ha, 2] D; gamma_g, gamma_a [Dv] D;
 // rstd_g, rstd_a [..., Ha] S (f64 for f64 data, else f32). Statistics are computed in f32 (f64 for f64).
+//
+// The one-input case, Gated DeltaNet's output norm (FLA's FusedRMSNormGated with swish; natsl-layer.md §5):
+//   n = o * rstd,  rstd = 1 / sqrt(mean(o^2) + eps);  y = n ⊙ gamma ⊙ z ⊙ sigmoid(z)
+// Backward (u = n ⊙ gamma, du = dy ⊙ silu(z)):
+//   dz = dy ⊙ u ⊙ silu'(z);  dgamma = sum over rows of du ⊙ n;  do = rstd (du ⊙ gamma - n <du ⊙ gamma, n> / D)
+// Layouts (contiguous): o, z, y [..., D] D; gamma [D] D; rstd [...] S. One kernel each way instead of rmsnorm, silu
+// and mul (their intermediates never reach memory, and are not rounded to D).
 #include "core/tensor.h"
 
 namespace natsl::kernels {
@@ -26,6 +33,12 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
                        const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a);
 
+void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
+                   const Tensor& rstd);
+// do_, dz overwritten; dgamma may be undefined (not computed).
+void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma);
+
 #define NATSL_MIX_NORM_GATE_DECLS                                                                            \
   void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,         \
                          const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,          \
@@ -34,7 +47,11 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                          const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g,                 \
                          const Tensor& rstd_a, const Tensor& dy, const Tensor& dog, const Tensor& doa,       \
                          const Tensor& dwlogits, const Tensor& dz, const Tensor& dgamma_g,                   \
-                         const Tensor& dgamma_a);
+                         const Tensor& dgamma_a);                                                            \
+  void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,       \
+                     const Tensor& rstd);                                                                    \
+  void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd,                \
+                     const Tensor& dy, const Tensor& do_, const Tensor& dz, const Tensor& dgamma);
 namespace cpu { NATSL_MIX_NORM_GATE_DECLS }
 namespace cuda { NATSL_MIX_NORM_GATE_DECLS }
 #undef NATSL_MIX_NORM_GATE_DECLS

@@ -108,8 +108,9 @@ void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std:
 
 Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o) const {
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, V = dims_.value_dim;
-  Tensor y = o_norm_->forward(o);  // per head over V
-  if (use_gate_) y = mul(y, silu(reshape(g_proj_->forward(x), {B, T, H, V})));
+  // Per head over V; with the gate, FLA's FusedRMSNormGated: rmsnorm(o) * silu(g) in one op.
+  Tensor y = use_gate_ ? rmsnorm_gate(o, o_norm_->weight(), reshape(g_proj_->forward(x), {B, T, H, V}), o_norm_->eps())
+                       : o_norm_->forward(o);
   return o_proj_->forward(reshape(y, {B, T, H * V}));
 }
 

@@ -250,6 +250,20 @@ int main(int argc, char** argv) {
       mem("l2norm fwd bf16", "196608x128 (340m gdn q/k)", 2 * t, [&] { l2norm_fwd(x, 1e-6, y, rn); });
       mem("l2norm bwd bf16", "196608x128 (340m gdn q/k)", 3 * t, [&] { l2norm_bwd(y, rn, dy, dx); });
     }
+    {
+      // GDN's gated output norm (norm_gate: rmsnorm(o) * silu(g) in one kernel each way), 6 heads of 256.
+      const int64_t rows = N * 6, D = 256;
+      const double t = double(rows * D) * 2;
+      Tensor o = rnd({rows, D}, DType::bf16, 48), z = rnd({rows, D}, DType::bf16, 49);
+      Tensor dy = rnd({rows, D}, DType::bf16, 50), w = rnd({D}, DType::bf16, 51);
+      Tensor y = Tensor::empty({rows, D}, DType::bf16, kGpu), st = Tensor::empty({rows}, DType::f32, kGpu);
+      Tensor dO = Tensor::empty({rows, D}, DType::bf16, kGpu), dz = Tensor::empty({rows, D}, DType::bf16, kGpu);
+      Tensor dw = Tensor::empty({D}, DType::bf16, kGpu);
+      mem("norm_gate fwd bf16", "196608x256 (340m gdn out)", 3 * t, [&] { norm_gate_fwd(o, z, w, 1e-6, y, st); });
+      norm_gate_fwd(o, z, w, 1e-6, y, st);
+      mem("norm_gate bwd bf16", "196608x256 (340m gdn out)", 5 * t,
+          [&] { norm_gate_bwd(o, z, w, st, dy, dO, dz, dw); });
+    }
     for (const int64_t C : {int64_t(768), int64_t(1536)}) {
       const double t = double(N * C) * 2;
       Tensor x = rnd({8, 4096, C}, DType::bf16, 45), y = Tensor::empty({8, 4096, C}, DType::bf16, kGpu);

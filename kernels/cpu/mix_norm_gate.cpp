@@ -1,9 +1,11 @@
-// CPU reference of the NAtS-L output mixing (kernels/mix_norm_gate.h), one row of Dv channels at a time.
+// CPU reference of the NAtS-L output mixing and of GDN's gated output norm (kernels/mix_norm_gate.h), one row at
+// a time.
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/mix_norm_gate.h"
 
 namespace natsl::kernels::cpu {
@@ -101,6 +103,56 @@ void bwd_impl(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const T
     for (int64_t e = 0; e < D; ++e) dgamma_a.data<T>()[e] = convert<T>(dga[e]);
 }
 
+template <class T>
+void ng_fwd_impl(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
+                 const Tensor& rstd) {
+  using A = acc_t<T>;
+  using S = Stat<T>;
+  const int64_t D = o.size(-1), R = D > 0 ? o.numel() / D : 0;
+  const T *op = o.data<T>(), *zp = z.data<T>(), *gp = gamma.data<T>();
+  T* yp = y.data<T>();
+  S* rp = rstd.data<S>();
+  parallel_for(R, [&](int64_t row) {  // each row writes only its own outputs
+    const T *x = op + row * D, *zr = zp + row * D;
+    A ss = 0;
+    for (int64_t e = 0; e < D; ++e) ss += convert<A>(x[e]) * convert<A>(x[e]);
+    const A r = A(1) / std::sqrt(ss / A(D) + A(eps));
+    for (int64_t e = 0; e < D; ++e)
+      yp[row * D + e] = convert<T>(convert<A>(x[e]) * r * convert<A>(gp[e]) * silu(convert<A>(zr[e])));
+    rp[row] = S(r);
+  });
+}
+
+template <class T>
+void ng_bwd_impl(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
+                 const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+  using A = acc_t<T>;
+  using S = Stat<T>;
+  const int64_t D = o.size(-1), R = D > 0 ? o.numel() / D : 0;
+  const T *op = o.data<T>(), *zp = z.data<T>(), *gp = gamma.data<T>(), *dyp = dy.data<T>();
+  const S* rp = rstd.data<S>();
+  T *dop = do_.data<T>(), *dzp = dz.data<T>();
+  std::vector<A> dg(static_cast<size_t>(D), A(0)), n(static_cast<size_t>(D)), dn(static_cast<size_t>(D));
+  for (int64_t row = 0; row < R; ++row) {
+    const int64_t off = row * D;
+    const A r = A(rp[row]);
+    A c = 0;  // <du gamma, n>
+    for (int64_t e = 0; e < D; ++e) {
+      n[e] = convert<A>(op[off + e]) * r;
+      const A ze = convert<A>(zp[off + e]), dye = convert<A>(dyp[off + e]), ge = convert<A>(gp[e]);
+      dzp[off + e] = convert<T>(dye * n[e] * ge * silu_grad(ze));
+      const A du = dye * silu(ze);
+      dg[e] += du * n[e];
+      dn[e] = du * ge;
+      c += dn[e] * n[e];
+    }
+    c /= A(D);
+    for (int64_t e = 0; e < D; ++e) dop[off + e] = convert<T>(r * (dn[e] - n[e] * c));
+  }
+  if (dgamma.defined())
+    for (int64_t e = 0; e < D; ++e) dgamma.data<T>()[e] = convert<T>(dg[e]);
+}
+
 }  // namespace
 
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
@@ -117,6 +169,16 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
   NATSL_DISPATCH_FLOAT(og.dtype(), T, [&] {
     bwd_impl<T>(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz, dgamma_g, dgamma_a);
   });
+}
+
+void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
+                   const Tensor& rstd) {
+  NATSL_DISPATCH_FLOAT(o.dtype(), T, [&] { ng_fwd_impl<T>(o, z, gamma, eps, y, rstd); });
+}
+
+void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+  NATSL_DISPATCH_FLOAT(o.dtype(), T, [&] { ng_bwd_impl<T>(o, z, gamma, rstd, dy, do_, dz, dgamma); });
 }
 
 }  // namespace natsl::kernels::cpu

@@ -1,5 +1,5 @@
-// CUDA output mixing of NAtS-L (kernels/mix_norm_gate.h), row kernels over rows of Dv channels (one row =
-// one token and softmax-head slot), statistics in f32:
+// CUDA output mixing of NAtS-L and GDN's gated output norm (kernels/mix_norm_gate.h), row kernels over rows of Dv
+// channels (one row = one token and head slot), statistics in f32. The mixing:
 //   forward:  rstd_g, rstd_a from two row sums of squares; y = (w0 g_hat + w1 a_hat) * silu(z)
 //   backward: two row sums, dw0 = <du, g_hat>, dw1 = <du, a_hat> (du = dy silu(z)); the RMSNorm backward
 //             needs nothing more, because sum(w0 du gamma_g n_g) = w0 dw0:
@@ -138,6 +138,96 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// Gated DeltaNet's output norm (norm_gate, kernels/mix_norm_gate.h): the one-input case of the kernels above.
+template <class T, int VEC>
+__global__ void __launch_bounds__(1024)
+    ng_fwd_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg, T* __restrict__ y,
+                  float* __restrict__ rstd, int64_t rows, int64_t D, float eps) {
+  extern __shared__ float scratch[];
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float ss = 0.f;
+    if (active) NATSL_FOR_ROW_VEC(j, D, VEC) add_squares<T, VEC>(o + off + j, ss);
+    ss = row_sum(ss, scratch);
+    if (!active) continue;
+    const float rs = 1.f / sqrtf(ss / float(D) + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
+      float a[VEC], zz[VEC], wg[VEC], out[VEC];
+      load_vec<T, VEC>(o + off + j, a);
+      load_vec<T, VEC>(z + off + j, zz);
+      load_vec<T, VEC>(gg + j, wg);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) out[k] = a[k] * rs * wg[k] * (zz[k] * sigmoid_f(zz[k]));
+      store_vec<T, VEC>(y + off + j, out);
+    }
+  }
+}
+
+// pg (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma. REG (every thread has at most one
+// vector per row, D <= blockDim.x * VEC): a thread's sums stay in registers over the rows it visits and are
+// written once at the end, every entry of the slot's row; otherwise they are added into the zeroed partial row
+// after each row. Either way each entry sums its slot's rows in row order (deterministic).
+template <class T, int VEC, bool REG>
+__global__ void __launch_bounds__(1024)
+    ng_bwd_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg,
+                  const float* __restrict__ rstd, const T* __restrict__ dy, T* __restrict__ dO, T* __restrict__ dz,
+                  float* __restrict__ pg, int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  float* my_pg = pg ? pg + slot * D : nullptr;
+  float acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&zz)[VEC], float (&g)[VEC], float (&wg)[VEC]) {
+    load_vec<T, VEC>(o + off + j, a);
+    load_vec<T, VEC>(z + off + j, zz);
+    load_vec<T, VEC>(dy + off + j, g);
+    load_vec<T, VEC>(gg + j, wg);
+  };
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    const float rs = active ? rstd[r] : 0.f;
+    float c = 0.f;  // <du gamma, n>
+    if (active)
+      NATSL_FOR_ROW_VEC(j, D, VEC) {
+        float a[VEC], zz[VEC], g[VEC], wg[VEC];
+        load(off, j, a, zz, g, wg);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) c += g[k] * (zz[k] * sigmoid_f(zz[k])) * wg[k] * (a[k] * rs);
+      }
+    c = row_sum(c, scratch);
+    if (!active) continue;
+    c /= float(D);
+    NATSL_FOR_ROW_VEC(j, D, VEC) {
+      float a[VEC], zz[VEC], g[VEC], wg[VEC], o_o[VEC], o_z[VEC];
+      load(off, j, a, zz, g, wg);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float s = sigmoid_f(zz[k]);
+        const float n = a[k] * rs;
+        const float du = g[k] * (zz[k] * s);
+        o_z[k] = g[k] * n * wg[k] * s * (1.f + zz[k] * (1.f - s));
+        o_o[k] = rs * (du * wg[k] - n * c);
+        if (my_pg) {
+          if (REG) acc[k] += du * n;
+          else my_pg[j + k] += du * n;
+        }
+      }
+      store_vec<T, VEC>(dO + off + j, o_o);
+      store_vec<T, VEC>(dz + off + j, o_z);
+    }
+  }
+  if (REG && my_pg) {
+    const int64_t j = int64_t(threadIdx.x) * VEC;
+    if (j < D)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) my_pg[j + k] = acc[k];
+  }
+}
+
 }  // namespace
 
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
@@ -196,6 +286,56 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
       NATSL_CUDA_CHECK_LAUNCH();
       if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);
       if (pa) column_sum<T>(pa, groups, D, mptr<T>(dgamma_a), dev, s);
+    }, 1);
+  });
+}
+
+void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
+                   const Tensor& rstd) {
+  const auto [D, rows, dev, s] = row_op(o, o.size(-1));
+  if (rows == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT(o.dtype(), "norm_gate_fwd", T, [&] {
+    constexpr int V = kVec<T>;
+    const bool vec = D % V == 0 && aligned16(o) && aligned16(z) && aligned16(gamma) && aligned16(y);
+    launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
+      ng_fwd_kernel<T, decltype(width)::value><<<g.grid, g.block, g.smem, s>>>(
+          cptr<T>(o), cptr<T>(z), cptr<T>(gamma), mptr<T>(y), rstd.data<float>(), rows, D, float(eps));
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+  const auto [D, rows, dev, s] = row_op(o, o.size(-1));
+  if (rows == 0) {
+    if (dgamma.defined()) dgamma.zero_();
+    return;
+  }
+  NATSL_CUDA_DISPATCH_FLOAT(o.dtype(), "norm_gate_bwd", T, [&] {
+    constexpr int V = kVec<T>;
+    bool vec = D % V == 0;
+    for (const Tensor* t : {&o, &z, &gamma, &dy, &do_, &dz}) vec = vec && aligned16(*t);
+    // One vector per thread per row where the row fits a block (the dgamma sums then stay in registers).
+    launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
+      constexpr int W = decltype(width)::value;
+      const int64_t groups = int64_t(g.grid.x) * g.block.y;
+      const bool reg = D <= int64_t(g.block.x) * W;
+      Tensor partial;
+      float* pg = nullptr;
+      if (dgamma.defined()) {
+        partial = scratch_f32(groups * D, o.device());
+        pg = partial.data<float>();
+        if (!reg) NATSL_CUDA_CHECK(cudaMemsetAsync(pg, 0, size_t(groups * D) * sizeof(float), s));
+      }
+      auto launch = [&](auto kernel) {
+        kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(o), cptr<T>(z), cptr<T>(gamma), rstd.data<float>(), cptr<T>(dy),
+                                               mptr<T>(do_), mptr<T>(dz), pg, rows, D);
+      };
+      if (reg) launch(ng_bwd_kernel<T, W, true>);
+      else launch(ng_bwd_kernel<T, W, false>);
+      NATSL_CUDA_CHECK_LAUNCH();
+      if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma), dev, s);
     }, 1);
   });
 }

@@ -43,6 +43,17 @@ TEST(NatslOps, MixNormGateGradcheck) {
   EXPECT_TRUE(r.ok) << r.message;
 }
 
+TEST(NatslOps, RmsnormGateGradcheckAndEqualsTheComposedOps) {
+  std::vector<Tensor> in{leaf(randn({2, 3, 2, 6}, 12)), leaf(natsl::testing::rand_uniform({6}, 13, 0.5, 1.5)),
+                         leaf(randn({2, 3, 2, 6}, 14))};
+  auto r = gradcheck([](const std::vector<Tensor>& t) { return rmsnorm_gate(t[0], t[1], t[2], 1e-6); }, in);
+  EXPECT_TRUE(r.ok) << r.message;
+  // The fused node computes what rmsnorm, silu and mul compute (GDN's output before the fusion), in f64.
+  const Tensor fused = rmsnorm_gate(in[0], in[1], in[2], 1e-6);
+  const Tensor composed = mul(rmsnorm(in[0], in[1], 1e-6), silu(in[2]));
+  EXPECT_CLOSE(fused.detach(), composed.detach(), 1e-14, 1e-14);
+}
+
 // q, k, v by gradcheck for a random selection (the mask is a hard label: no finite differences through it).
 TEST(NatslOps, SparseAttentionGradcheck) {
   Tensor mask = Tensor::from_vector<double>({1, 0, 0, 1, 1, 1}, {1, 3, 2});

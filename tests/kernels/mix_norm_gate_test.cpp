@@ -3,7 +3,7 @@
 // reference (NatslCuda, skipped without a GPU).
 //
 // Output mixing (kernels/mix_norm_gate.h): forward against the f64 oracle, backward against finite
-// differences of <y, dy>, low precision against f64.
+// differences of <y, dy>, low precision against f64. Likewise GDN's gated output norm (norm_gate).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -127,6 +127,81 @@ TEST(MixNormGate, RejectsMismatchedShapes) {
                Error);
 }
 
+// ---- norm_gate: GDN's gated output norm ----
+namespace {
+struct NgIn {
+  Tensor o, z, gamma, dy;
+};
+NgIn ng_inputs(const Shape& rows, int64_t D, uint64_t seed) {
+  Shape s = rows;
+  s.push_back(D);
+  return {randn(s, seed, DType::f64, 2.0), randn(s, seed + 1), natsl::testing::rand_uniform({D}, seed + 2, 0.5, 1.5),
+          randn(s, seed + 3)};
+}
+NgIn ng_cast(const NgIn& in, DType dt) { return {in.o.to(dt), in.z.to(dt), in.gamma.to(dt), in.dy.to(dt)}; }
+struct NgOut {
+  Tensor y, rstd, dO, dz, dgamma;
+};
+NgOut ng_run(const NgIn& in) {
+  const DType dt = in.o.dtype(), st = dt == DType::f64 ? DType::f64 : DType::f32;
+  Shape rows(in.o.shape().begin(), in.o.shape().end() - 1);
+  auto P = [](const Shape& sh, DType d) {
+    Tensor t = Tensor::empty(sh, d);
+    poison(t);
+    return t;
+  };
+  NgOut r{P(in.o.shape(), dt), P(rows, st), P(in.o.shape(), dt), P(in.o.shape(), dt), P(in.gamma.shape(), dt)};
+  norm_gate_fwd(in.o, in.z, in.gamma, kEps, r.y, r.rstd);
+  norm_gate_bwd(in.o, in.z, in.gamma, r.rstd, in.dy, r.dO, r.dz, r.dgamma);
+  return r;
+}
+}  // namespace
+
+TEST(NormGate, ForwardMatchesOracle) {
+  const NgIn in = ng_inputs({2, 7, 3}, 5, 40);
+  const NgOut r = ng_run(in);
+  EXPECT_CLOSE(r.y, oracle::norm_gate_fwd(in.o, in.z, in.gamma, kEps), 1e-14, 1e-13);
+  double s = 0;
+  for (int64_t e = 0; e < 5; ++e) s += oracle::cptr(in.o)[e] * oracle::cptr(in.o)[e];
+  EXPECT_NEAR(oracle::cptr(r.rstd)[0], 1 / std::sqrt(s / 5 + kEps), 1e-14);
+}
+
+TEST(NormGate, BackwardMatchesFiniteDifferences) {
+  // (D = 1 is left to the GPU comparison: its do is ~eps / o^2 of dy, below the differences' noise.)
+  for (int64_t D : {5, 2, 3}) {
+    SCOPED_TRACE(D);
+    const NgIn in = ng_inputs({3, 2}, D, 50 + uint64_t(D));
+    const NgOut r = ng_run(in);
+    auto loss = [&] { return oracle::inner(oracle::norm_gate_fwd(in.o, in.z, in.gamma, kEps), in.dy); };
+    EXPECT_CLOSE(r.dO, oracle::finite_difference(loss, in.o), 1e-7, 1e-7);
+    EXPECT_CLOSE(r.dz, oracle::finite_difference(loss, in.z), 1e-7, 1e-7);
+    EXPECT_CLOSE(r.dgamma, oracle::finite_difference(loss, in.gamma), 1e-7, 1e-7);
+  }
+}
+
+TEST(NormGate, LowPrecisionCloseToF64) {
+  const NgIn in = ng_inputs({4, 6}, 16, 60);
+  const NgOut ref = ng_run(in);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(name(dt));
+    const NgOut r = ng_run(ng_cast(in, dt));
+    const double tol = dt == DType::f32 ? 1e-5 : 2e-2;
+    EXPECT_CLOSE(r.y.to(DType::f64), ref.y, tol, 10 * tol);
+    EXPECT_CLOSE(r.dO.to(DType::f64), ref.dO, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(r.dz.to(DType::f64), ref.dz, 2 * tol, 20 * tol);
+    EXPECT_CLOSE(r.dgamma.to(DType::f64), ref.dgamma, 2 * tol, 100 * tol);
+  }
+}
+
+TEST(NormGate, RejectsMismatchedShapesAndDtypes) {
+  const NgIn in = ng_inputs({2, 3}, 4, 70);
+  Tensor y = Tensor::empty({2, 3, 4}, DType::f64), rstd = Tensor::empty({2, 3}, DType::f64);
+  EXPECT_THROW(norm_gate_fwd(in.o, randn({2, 3, 5}, 1), in.gamma, kEps, y, rstd), Error);
+  EXPECT_THROW(norm_gate_fwd(in.o, in.z, randn({5}, 2), kEps, y, rstd), Error);
+  EXPECT_THROW(norm_gate_fwd(in.o, in.z, in.gamma, kEps, y, Tensor::empty({2, 3}, DType::f32)), Error);
+  EXPECT_THROW(norm_gate_fwd(in.o, in.z.to(DType::f32), in.gamma, kEps, y, rstd), Error);
+}
+
 // CUDA output mixing (mix_norm_gate) against the CPU reference run in f64 on the same rounded inputs: f32 to
 // ~1e-6 relative, bf16 to its rounding (outputs stored in bf16: 1e-2 relative RMS). Awkward shapes (odd widths,
 // one token, rows wider than a block); every GPU output starts as NaN.
@@ -198,4 +273,42 @@ TEST(NatslCuda, MixNormGateExtremeRows) {
   EXPECT_TRUE(e.finite);
   EXPECT_LE(e.rel_rms, 1e-5);
   EXPECT_NEAR(grg.to(kCPU).to_vector<double>()[0], 1e3, 1e-2);  // 1 / sqrt(1e-6)
+}
+
+// CUDA gated output norm (norm_gate) against the CPU reference in f64 on the same rounded inputs; rows that fit a
+// block (the dgamma sums in registers) and rows that do not (1029 channels unaligned: one element a thread, more
+// than 1024 a row, the partial-row path), with and without dgamma; every GPU output starts as NaN.
+TEST(NatslCuda, NormGateMatchesCpu) {
+  NATSL_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16})
+    for (Shape rows : {Shape{1, 1}, Shape{2, 37, 6}, Shape{3, 5}, Shape{4, 33}})
+      for (int64_t D : {1, 2, 5, 64, 128, 256, 1029}) {
+        Shape s = rows;
+        s.push_back(D);
+        SCOPED_TRACE(std::string(name(dt)) + " " + shape_str(s));
+        const uint64_t seed = uint64_t(D) * 100 + uint64_t(rows.back()) + 7;
+        Data o = make(s, seed + 1, dt, 1.3), z = make(s, seed + 2, dt, 1.5), dy = make(s, seed + 3, dt);
+        Data gg = make({D}, seed + 4, dt, 0.3, 1.0);
+        const double eps = 1e-6;
+        Tensor y = Tensor::empty(s, DType::f64), rs = Tensor::empty(rows, DType::f64);
+        norm_gate_fwd(o.f64, z.f64, gg.f64, eps, y, rs);
+        Tensor dO = Tensor::empty(s, DType::f64), dz = Tensor::empty(s, DType::f64), dgg = Tensor::empty({D}, DType::f64);
+        norm_gate_bwd(o.f64, z.f64, gg.f64, rs, dy.f64, dO, dz, dgg);
+
+        auto G = [&](const Data& d) { return d.low.to(kGpu); };
+        Tensor gy = poisoned(s, dt, kGpu), grs = poisoned(rows, DType::f32, kGpu);
+        norm_gate_fwd(G(o), G(z), G(gg), eps, gy, grs);
+        const double tol = tol_for(dt);
+        expect_close(gy, y, tol, "y");
+        expect_close(grs, rs, 1e-6, "rstd");
+        for (bool with_dgamma : {true, false}) {
+          SCOPED_TRACE(with_dgamma ? "with dgamma" : "without dgamma");
+          Tensor gdo = poisoned(s, dt, kGpu), gdz = poisoned(s, dt, kGpu);
+          Tensor gdgg = with_dgamma ? poisoned({D}, dt, kGpu) : Tensor();
+          norm_gate_bwd(G(o), G(z), G(gg), grs, G(dy), gdo, gdz, gdgg);
+          expect_close(gdo, dO, tol, "do");
+          expect_close(gdz, dz, tol, "dz");
+          if (with_dgamma) expect_close(gdgg, dgg, dt == DType::bf16 ? tol : 1e-5, "dgamma");
+        }
+      }
 }

@@ -242,6 +242,22 @@ inline Tensor mix_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits,
   return y;
 }
 
+// GDN's gated output norm (kernels/mix_norm_gate.h norm_gate): o * rstd * gamma * silu(z) per row.
+inline Tensor norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps) {
+  const int64_t D = o.size(-1), R = o.numel() / D;
+  Tensor y = zeros_like(o);
+  for (int64_t row = 0; row < R; ++row) {
+    double ss = 0;
+    for (int64_t e = 0; e < D; ++e) ss += cptr(o)[row * D + e] * cptr(o)[row * D + e];
+    const double r = 1 / std::sqrt(ss / double(D) + eps);
+    for (int64_t e = 0; e < D; ++e) {
+      const double zz = cptr(z)[row * D + e];
+      ptr(y)[row * D + e] = cptr(o)[row * D + e] * r * cptr(gamma)[e] * zz / (1 + std::exp(-zz));
+    }
+  }
+  return y;
+}
+
 // ------------------------------------------------------------------------------------------ finite differences
 // <a, b> over all elements.
 inline double inner(const Tensor& a, const Tensor& b) {
