@@ -30,7 +30,8 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 Tensor rmsnorm_gate(const Tensor& x, const Tensor& weight, const Tensor& z, double eps) {
-  NATSL_CHECK(x.dim() >= 1 && weight.defined(), "rmsnorm_gate: expects x [..., D] and a weight [D], got ", x.str());
+  NATSL_CHECK(x.dim() >= 1 && weight.defined() && z.defined(),
+              "rmsnorm_gate: expects x [..., D], a weight [D] and a gate z like x, got ", x.str());
   Tensor xc = x.contiguous().detach(), wc = weight.contiguous().detach(), zc = z.contiguous().detach();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = row_stats(x);
