@@ -9,7 +9,8 @@
 // ratio = ours_ms / peer_ms (lower is better; the issue asks <= 1/0.7 = 1.43 for the memory-bound ops and
 // <= 1.5 for cross-entropy). CUDA events on the compute stream, warm-up, median of --reps runs.
 // Ops with more than one kernel are timed once per kernel through their plan argument, in rows named
-// "... [kernel]": rmsnorm bwd [general|regs] (kernels/cuda/rmsnorm_plan.h), embedding bwd
+// "... [kernel]": rmsnorm bwd [general|regs] (kernels/cuda/rmsnorm_plan.h), short_conv at natsl-340m's shapes
+// [per_channel|chunks] (kernels/cuda/short_conv_plan.h), embedding bwd
 // [radix_sort|cooperative] (kernels/cuda/embedding_bwd.h), fused cross-entropy [rows|ring]
 // (kernels/cuda/cross_entropy_fused.h); the second of each is the default.
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
@@ -37,6 +38,7 @@
 #include "kernels/cuda/cross_entropy_fused.h"
 #include "kernels/cuda/embedding_bwd.h"
 #include "kernels/cuda/rmsnorm_plan.h"
+#include "kernels/cuda/short_conv_plan.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/mix_norm_gate.h"
@@ -270,8 +272,12 @@ int main(int argc, char** argv) {
       Tensor w = rnd({C, 4}, DType::bf16, 46, 0.5), dw = Tensor::empty({C, 4}, DType::bf16, kGpu);
       Tensor dy = rnd({8, 4096, C}, DType::bf16, 47), dx = Tensor::empty({8, 4096, C}, DType::bf16, kGpu);
       const std::string sh = "8x4096x" + std::to_string(C) + " W4 (340m)";
-      mem("short_conv fwd bf16", sh, 2 * t, [&] { short_conv_fwd(x, w, true, y); });
-      mem("short_conv bwd bf16", sh, 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
+      for (bool chunks : {false, true}) {
+        const cuda::ShortConvPlan plan{chunks};
+        const std::string k = chunks ? " [chunks]" : " [per_channel]";
+        mem("short_conv fwd bf16" + k, sh, 2 * t, [&] { cuda::short_conv_fwd(x, w, true, y, plan); });
+        mem("short_conv bwd bf16" + k, sh, 3 * t, [&] { cuda::short_conv_bwd(x, w, true, dy, dx, dw, plan); });
+      }
     }
   }
   {

@@ -8,9 +8,16 @@
 // 0.50 -> 0.30 ms). The same read-ahead made the backward slower (0.81 -> 1.08 ms; two channels per thread
 // 0.96), so it keeps the plain loop. dw: each thread writes its tile's partial sums, added in order by a
 // second kernel (deterministic).
+// bf16 with channels in 16-byte vectors (the default plan, short_conv_plan.h): the same per-thread walk, but a
+// block of 256 channels of one (sequence, tile) first copies chunks of kChunk steps of x (and dy) into shared
+// memory with 16-byte cp.async copies, double-buffered, so that each warp moves 512-byte rows instead of 64-byte
+// ones and a chunk is in flight while the threads walk the previous one. Same tiles, same arithmetic in the same
+// order: the same bits as the per-channel kernels.
 #include <algorithm>
 
 #include "kernels/cuda/column_sum.cuh"
+#include "kernels/cuda/ptx_sm80.cuh"
+#include "kernels/cuda/short_conv_plan.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
@@ -115,6 +122,147 @@ __global__ void short_conv_bwd_kernel(const T* __restrict__ x, const T* __restri
   }
 }
 
+// ---- bf16 through shared memory (see the header) ----
+constexpr int kChunkChannels = 256;  // channels (threads) per block
+constexpr int kChunk = 16;           // steps per shared-memory chunk
+
+// Rows [t_begin, t_end) of channels [c0, c0 + kChunkChannels) of sequence b of src ([B, T, C] bf16, C % 8 == 0,
+// 16-byte aligned) into dst[kChunk][kChunkChannels] (row t - t_begin); vectors past C or t_end are not copied
+// (and never read).
+__device__ __forceinline__ void copy_chunk(const bf16* __restrict__ src, bf16* dst, const ConvShape& sh, int64_t b,
+                                           int64_t c0, int64_t t_begin, int64_t t_end) {
+  constexpr int kVecs = kChunkChannels / 8;  // 16-byte vectors per row
+  for (int i = threadIdx.x; i < kChunk * kVecs; i += blockDim.x) {
+    const int row = i / kVecs, v = i % kVecs;
+    const int64_t t = t_begin + row, ch = c0 + int64_t(v) * 8;
+    if (t < t_end && ch < sh.C)
+      ptx::cp_async16(ptx::smem_addr(dst + row * kChunkChannels + v * 8), src + (b * sh.T + t) * sh.C + ch, true);
+  }
+}
+
+// One block: kChunkChannels channels of one (sequence, tile). Dynamic shared memory: 2 x kChunk x kChunkChannels bf16.
+template <int W>
+__global__ void __launch_bounds__(kChunkChannels)
+    short_conv_fwd_chunks_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, bf16* __restrict__ y,
+                                 ConvShape sh, bool silu) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sx = reinterpret_cast<bf16*>(smem_raw);
+  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
+  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
+  const bool mine = c < sh.C;
+  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  const int64_t nchunks = (t1 - t0 + kChunk - 1) / kChunk;
+  float wv[W], xs[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
+    const int64_t t = t0 - W + j;
+    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[(b * sh.T + t) * sh.C + c]) : 0.f;
+  }
+  copy_chunk(x, sx, sh, b, c0, t0, t1);
+  ptx::cp_async_commit();
+  for (int64_t k = 0; k < nchunks; ++k) {
+    __syncthreads();  // every thread is done with the buffer the next copy overwrites
+    if (k + 1 < nchunks) copy_chunk(x, sx + ((k + 1) & 1) * kChunk * kChunkChannels, sh, b, c0, t0 + (k + 1) * kChunk, t1);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();  // this thread's copies of chunk k are done
+    __syncthreads();          // and everyone's
+    const bf16* cur = sx + (k & 1) * kChunk * kChunkChannels;
+    const int64_t tb = t0 + k * kChunk;
+    if (mine)
+      for (int u = 0; u < kChunk && tb + u < t1; ++u) {
+#pragma unroll
+        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+        xs[W - 1] = to_f32(cur[u * kChunkChannels + threadIdx.x]);
+        float pre = 0.f;
+#pragma unroll
+        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+        y[(b * sh.T + tb + u) * sh.C + c] = from_f32<bf16>(act_f(pre, silu));
+      }
+  }
+}
+
+// dw_partial: [B * ntiles, C, W] f32 as short_conv_bwd_kernel's. Dynamic shared memory: 2 buffers x 2 tensors x
+// kChunk x kChunkChannels bf16.
+template <int W>
+__global__ void __launch_bounds__(kChunkChannels)
+    short_conv_bwd_chunks_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ dy,
+                                 bf16* __restrict__ dx, float* __restrict__ dw_partial, ConvShape sh, bool silu) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sx = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sd = sx + 2 * kChunk * kChunkChannels;
+  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
+  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
+  const bool mine = c < sh.C;
+  const int64_t base = b * sh.T * sh.C + c;
+  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  // Steps t0 .. t_end - 1 read x and dy (the W - 1 past the tile feed dx of its last steps); steps from t_end to
+  // t1 + W - 2 (past the end of the sequence) only flush the dx accumulators, with g = 0.
+  const int64_t t_end = min(sh.T, t1 + W - 1);
+  const int64_t nchunks = (t_end - t0 + kChunk - 1) / kChunk;
+  float wv[W], xs[W], acc[W], dw[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
+    const int64_t t = t0 - W + j;
+    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[base + t * sh.C]) : 0.f;
+    acc[j] = 0.f;
+    dw[j] = 0.f;
+  }
+  // One step of short_conv_bwd_kernel's loop with x(t), dy(t) given (in_seq: t < T).
+  auto step = [&](int64_t t, bool in_seq, float xt, float dyt) {
+    float gt = 0.f;
+    if (in_seq) {
+#pragma unroll
+      for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+      xs[W - 1] = xt;
+      float pre = 0.f;
+#pragma unroll
+      for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+      gt = dyt * act_grad(pre, silu);
+      if (t < t1) {
+#pragma unroll
+        for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < W; ++k) acc[k] += wv[k] * gt;
+    const int64_t s = t - W + 1;
+    if (s >= t0 && s < t1) dx[base + s * sh.C] = from_f32<bf16>(acc[0]);
+#pragma unroll
+    for (int k = 0; k < W - 1; ++k) acc[k] = acc[k + 1];
+    acc[W - 1] = 0.f;
+  };
+  copy_chunk(x, sx, sh, b, c0, t0, t_end);
+  copy_chunk(dy, sd, sh, b, c0, t0, t_end);
+  ptx::cp_async_commit();
+  for (int64_t k = 0; k < nchunks; ++k) {
+    __syncthreads();
+    if (k + 1 < nchunks) {
+      const int64_t nb = ((k + 1) & 1) * kChunk * kChunkChannels;
+      copy_chunk(x, sx + nb, sh, b, c0, t0 + (k + 1) * kChunk, t_end);
+      copy_chunk(dy, sd + nb, sh, b, c0, t0 + (k + 1) * kChunk, t_end);
+    }
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    __syncthreads();
+    const int64_t cur = (k & 1) * kChunk * kChunkChannels;
+    const int64_t tb = t0 + k * kChunk;
+    if (mine)
+      for (int u = 0; u < kChunk && tb + u < t_end; ++u)
+        step(tb + u, true, to_f32(sx[cur + u * kChunkChannels + threadIdx.x]),
+             to_f32(sd[cur + u * kChunkChannels + threadIdx.x]));
+  }
+  if (mine) {
+    for (int64_t t = t_end; t < t1 + W - 1; ++t) step(t, false, 0.f, 0.f);
+    float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pp[j] = dw[j];
+  }
+}
+
 // Calls fn(std::integral_constant<int, W>) for the runtime kernel width.
 template <class Fn>
 void dispatch_width(int64_t W, Fn&& fn) {
@@ -144,13 +292,40 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, int device, int64_t min_t
   return sh;
 }
 
+// Whether the shared-memory kernels take these tensors (bf16, channels in whole 16-byte vectors, aligned).
+bool chunks_fit(const Tensor& x, const Tensor& other, const ShortConvPlan& plan) {
+  return plan.shared_memory_chunks && x.dtype() == DType::bf16 && x.size(2) % 8 == 0 && aligned16(x) &&
+         aligned16(other);
+}
+
 }  // namespace
 
 void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y) {
+  short_conv_fwd(x, w, apply_silu, y, ShortConvPlan{});
+}
+
+void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
+                    const Tensor& dw) {
+  short_conv_bwd(x, w, apply_silu, dy, dx, dw, ShortConvPlan{});
+}
+
+void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y, const ShortConvPlan& plan) {
   const int dev = x.device().index;
   ConvShape sh = conv_shape(x, w, dev, 8);
   if (x.numel() == 0) return;
   cudaStream_t s = activate(dev);
+  if (chunks_fit(x, Tensor(), plan)) {
+    NATSL_CHECK(w.dtype() == x.dtype() && y.dtype() == x.dtype(), "short_conv_fwd: dtypes differ");
+    dispatch_width(w.size(1), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int64_t blocks = sh.B * sh.ntiles * ((sh.C + kChunkChannels - 1) / kChunkChannels);
+      short_conv_fwd_chunks_kernel<W><<<unsigned(blocks), kChunkChannels, 2 * kChunk * kChunkChannels * sizeof(bf16),
+                                        s>>>(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
+                                             static_cast<bf16*>(y.data_ptr()), sh, apply_silu);
+    });
+    NATSL_CUDA_CHECK_LAUNCH();
+    return;
+  }
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_fwd", T, [&] {
     NATSL_CHECK(w.dtype() == x.dtype() && y.dtype() == x.dtype(), "short_conv_fwd: dtypes differ");
     dispatch_width(w.size(1), [&](auto wc) {
@@ -165,13 +340,31 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 }
 
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw) {
+                    const Tensor& dw, const ShortConvPlan& plan) {
   const int dev = x.device().index;
   // Tiles of at least 32 steps keep the dw partial buffer small (B * T / 32 * C * W floats at most).
   ConvShape sh = conv_shape(x, w, dev, 32);
   cudaStream_t s = activate(dev);
   if (x.numel() == 0) {
     if (dw.defined()) dw.zero_();
+    return;
+  }
+  if (chunks_fit(x, dy, plan)) {
+    for (const Tensor* t : {&w, &dy, &dx, &dw})
+      NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
+    dispatch_width(w.size(1), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int64_t groups = sh.B * sh.ntiles;
+      Tensor partial = scratch_f32(groups * sh.C * W, x.device());
+      const int64_t blocks = groups * ((sh.C + kChunkChannels - 1) / kChunkChannels);
+      short_conv_bwd_chunks_kernel<W><<<unsigned(blocks), kChunkChannels, 4 * kChunk * kChunkChannels * sizeof(bf16),
+                                        s>>>(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
+                                             static_cast<const bf16*>(dy.data_ptr()), static_cast<bf16*>(dx.data_ptr()),
+                                             partial.data<float>(), sh, apply_silu);
+      NATSL_CUDA_CHECK_LAUNCH();
+      if (dw.defined())
+        column_sum<bf16>(partial.data<float>(), groups, sh.C * W, static_cast<bf16*>(dw.data_ptr()), dev, s);
+    });
     return;
   }
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_bwd", T, [&] {

@@ -17,6 +17,7 @@
 #include "autograd/ops.h"
 #include "kernels/cuda/embedding_bwd.h"
 #include "kernels/cuda/rmsnorm_plan.h"
+#include "kernels/cuda/short_conv_plan.h"
 #include "kernels/nn.h"
 #include "tests/cuda_test_util.h"
 #include "tests/ops_test_util.h"
@@ -597,7 +598,9 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
   };
   // One step, T shorter than W, odd channels, long sequences (several tiles per sequence; on an H200 the last
   // case's forward tiles are 9 steps, not a multiple of the 8 steps read together).
-  const Case cases[] = {{1, 1, 1}, {2, 3, 5}, {2, 37, 5}, {3, 300, 64}, {1, 1000, 33}, {2, 2049, 256}, {1, 4096, 1202}};
+  // bf16 with channels a multiple of 8 takes the shared-memory kernels (a partial block of 256 channels: 264).
+  const Case cases[] = {{1, 1, 1},     {2, 3, 5},       {2, 37, 5},     {3, 300, 64},   {1, 1000, 33},
+                        {2, 2049, 256}, {1, 4096, 1202}, {2, 500, 264}, {1, 77, 8}};
   uint64_t seed = 500;
   for (DType dt : {DType::f32, DType::bf16})
     for (int64_t W : {int64_t(1), int64_t(3), int64_t(4), int64_t(8)})
@@ -621,4 +624,40 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
           expect_match(dx, ref_dx, tol_for(dt), what + " dx");
           expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
         }
+}
+
+// The shared-memory kernels (bf16, the default plan) give the per-channel kernels' bits: same tiles, same
+// arithmetic (kernels/cuda/short_conv_plan.h). Partial channel blocks, sequences that are not a multiple of the
+// tile or of the chunk, every width.
+TEST(CudaShortConv, SharedMemoryChunksGiveThePerChannelKernelsBits) {
+  NATSL_REQUIRE_GPU();
+  struct Case {
+    int64_t B, T, C;
+  };
+  const Case cases[] = {{1, 1, 8}, {2, 19, 16}, {1, 77, 8}, {2, 500, 264}, {3, 1031, 768}, {1, 4096, 520}};
+  uint64_t seed = 900;
+  for (int64_t W : {int64_t(1), int64_t(2), int64_t(4), int64_t(7), int64_t(8)})
+    for (const Case& c : cases)
+      for (bool silu : {false, true}) {
+        const Shape s{c.B, c.T, c.C};
+        SCOPED_TRACE(case_name("short_conv", DType::bf16, s) + " W " + std::to_string(W) + (silu ? " silu" : ""));
+        const Tensor x = to_gpu(q(randn(s, seed++), DType::bf16)), dy = to_gpu(q(randn(s, seed++), DType::bf16));
+        const Tensor w = to_gpu(q(randn({c.C, W}, seed++, DType::f64, 0.5), DType::bf16));
+        Tensor y[2], dx[2], dw[2];
+        for (int p = 0; p < 2; ++p) {
+          const kernels::cuda::ShortConvPlan plan{p == 0};
+          y[p] = gpu_poisoned(s, DType::bf16);
+          dx[p] = gpu_poisoned(s, DType::bf16);
+          dw[p] = gpu_poisoned({c.C, W}, DType::bf16);
+          kernels::cuda::short_conv_fwd(x, w, silu, y[p], plan);
+          kernels::cuda::short_conv_bwd(x, w, silu, dy, dx[p], dw[p], plan);
+        }
+        auto bit_equal = [](const Tensor& a, const Tensor& b) {
+          const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+          return std::memcmp(ha.data_ptr(), hb.data_ptr(), size_t(ha.numel()) * dtype_size(ha.dtype())) == 0;
+        };
+        EXPECT_TRUE(bit_equal(y[0], y[1])) << "y";
+        EXPECT_TRUE(bit_equal(dx[0], dx[1])) << "dx";
+        EXPECT_TRUE(bit_equal(dw[0], dw[1])) << "dw";
+      }
 }
