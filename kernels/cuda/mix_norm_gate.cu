@@ -5,7 +5,9 @@
 //             needs nothing more, because sum(w0 du gamma_g n_g) = w0 dw0:
 //               dog = rstd_g (w0 du gamma_g - n_g w0 dw0 / Dv)   (n_g = og rstd_g; likewise doa)
 //             dgamma: per-(block, row slot) f32 partial rows added in order afterwards (deterministic, as
-//             the RMSNorm weight gradient).
+//             the RMSNorm weight gradient); a slot's sums stay in registers where a row fits the block (the
+//             H100 lab run of 2026-12-06 put the backward at ~460 GB/s with a read-modify-write of the partial
+//             rows in global memory after every row).
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/mix_norm_gate.h"
 
@@ -68,8 +70,11 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// pg, pa (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma_g / dgamma_a, zeroed before.
-template <class T, int VEC>
+// pg, pa (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma_g / dgamma_a. REG (at most one
+// vector per thread per row, D <= blockDim.x * VEC): a thread's sums stay in registers over the rows it visits and
+// are written once at the end, every entry of its slot's rows; otherwise they are added into the zeroed partial
+// rows after each row. Either way each entry sums its slot's rows in row order (the same bits both ways).
+template <class T, int VEC, bool REG>
 __global__ void __launch_bounds__(1024)
     mix_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
                    const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
@@ -80,6 +85,9 @@ __global__ void __launch_bounds__(1024)
   const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   float* my_pg = pg ? pg + slot * D : nullptr;
   float* my_pa = pa ? pa + slot * D : nullptr;
+  float acc_g[VEC], acc_a[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
   // The six inputs at vector j of the row at off (og, oa, z, dy; gamma_g, gamma_a).
   auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&b)[VEC], float (&zz)[VEC], float (&g)[VEC],
                   float (&wg)[VEC], float (&wa)[VEC]) {
@@ -128,13 +136,27 @@ __global__ void __launch_bounds__(1024)
         o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
         o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
         o_a[k] = ra * (w1 * du * wa[k] - na * ca);
-        if (my_pg) my_pg[j + k] += w0 * du * ng;
-        if (my_pa) my_pa[j + k] += w1 * du * na;
+        if (REG) {
+          acc_g[k] += w0 * du * ng;
+          acc_a[k] += w1 * du * na;
+        } else {
+          if (my_pg) my_pg[j + k] += w0 * du * ng;
+          if (my_pa) my_pa[j + k] += w1 * du * na;
+        }
       }
       store_vec<T, VEC>(dog + off + j, o_g);
       store_vec<T, VEC>(doa + off + j, o_a);
       store_vec<T, VEC>(dz + off + j, o_z);
     }
+  }
+  if (REG) {
+    const int64_t j = int64_t(threadIdx.x) * VEC;
+    if (j < D)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        if (my_pg) my_pg[j + k] = acc_g[k];
+        if (my_pa) my_pa[j + k] = acc_a[k];
+      }
   }
 }
 
@@ -266,12 +288,14 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
     launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
       constexpr int W = decltype(width)::value;
       const int64_t groups = int64_t(g.grid.x) * g.block.y;
+      const bool reg = D <= int64_t(g.block.x) * W;
       Tensor partial;
       float *pg = nullptr, *pa = nullptr;
       const int64_t parts = int64_t(dgamma_g.defined()) + int64_t(dgamma_a.defined());
       if (parts > 0) {
         partial = scratch_f32(parts * groups * D, og.device());
-        NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(parts * groups * D) * sizeof(float), s));
+        if (!reg)
+          NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(parts * groups * D) * sizeof(float), s));
         float* p = partial.data<float>();
         if (dgamma_g.defined()) {
           pg = p;
@@ -279,10 +303,13 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
         }
         if (dgamma_a.defined()) pa = p;
       }
-      mix_bwd_kernel<T, W><<<g.grid, g.block, g.smem, s>>>(
-          cptr<T>(og), cptr<T>(oa), cptr<T>(wlogits), cptr<T>(z), cptr<T>(gamma_g), cptr<T>(gamma_a),
-          rstd_g.data<float>(), rstd_a.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwlogits),
-          mptr<T>(dz), pg, pa, rows, D);
+      auto launch = [&](auto kernel) {
+        kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(og), cptr<T>(oa), cptr<T>(wlogits), cptr<T>(z), cptr<T>(gamma_g),
+                                               cptr<T>(gamma_a), rstd_g.data<float>(), rstd_a.data<float>(), cptr<T>(dy),
+                                               mptr<T>(dog), mptr<T>(doa), mptr<T>(dwlogits), mptr<T>(dz), pg, pa, rows, D);
+      };
+      if (reg) launch(mix_bwd_kernel<T, W, true>);
+      else launch(mix_bwd_kernel<T, W, false>);
       NATSL_CUDA_CHECK_LAUNCH();
       if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);
       if (pa) column_sum<T>(pa, groups, D, mptr<T>(dgamma_a), dev, s);

@@ -7,7 +7,8 @@
 // partial row in global memory (a scalar read-modify-write of 2 x D floats per row, through L2); with one vector
 // per thread per row a thread owns the same D/VEC columns of every row it visits, so the sums can stay in
 // registers and be written once at the end (no memset either: every slot writes its whole partial row).
-// Variants: one pass, two passes + REGACC (production's passes, only the dgamma sums moved), one pass + REGACC.
+// Variants: one pass, one pass + REGACC. (Two passes + REGACC was promoted into production the same day, unmeasured:
+// production is now that variant; the 2026-12-06 production time below is the read-modify-write one.)
 // Every operation is the production kernel's, in its order, so the outputs should be bit-identical (the H100 run
 // of 2026-12-06 found the one-pass dwlogits differing, the other five outputs equal: a different contraction of
 // the row dot products; outputs that differ are reported with their largest difference relative to the largest
@@ -120,88 +121,10 @@ __global__ void __launch_bounds__(kMaxThreads)
     }
 }
 
-// Production's two passes (kernels/cuda/mix_norm_gate.cu, mix_bwd_kernel, with both dgammas), the dgamma sums in
-// registers: the thread's one vector j of every row (D <= blockDim.x * VEC), written once at the end.
-template <class T, int VEC>
-__global__ void __launch_bounds__(1024)
-    regacc_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
-                      const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
-                      const float* __restrict__ rstd_g, const float* __restrict__ rstd_a, const T* __restrict__ dy,
-                      T* __restrict__ dog, T* __restrict__ doa, T* __restrict__ dwl, T* __restrict__ dz,
-                      float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
-  extern __shared__ float scratch[];
-  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
-  const int64_t jj = int64_t(threadIdx.x) * VEC;
-  float acc_g[VEC], acc_a[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
-  auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&b)[VEC], float (&zz)[VEC], float (&g)[VEC],
-                  float (&wg)[VEC], float (&wa)[VEC]) {
-    load_vec<T, VEC>(og + off + j, a);
-    load_vec<T, VEC>(oa + off + j, b);
-    load_vec<T, VEC>(z + off + j, zz);
-    load_vec<T, VEC>(dy + off + j, g);
-    load_vec<T, VEC>(gg + j, wg);
-    load_vec<T, VEC>(ga + j, wa);
-  };
-  NATSL_FOR_EACH_ROW(r, rows) {
-    const bool active = r < rows;
-    const int64_t off = (active ? r : 0) * D;
-    const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
-    float dw0 = 0.f, dw1 = 0.f;
-    if (active)
-      NATSL_FOR_ROW_VEC(j, D, VEC) {
-        float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC];
-        load(off, j, a, b, zz, g, wg, wa);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
-          dw0 += du * a[k] * rg * wg[k];
-          dw1 += du * b[k] * ra * wa[k];
-        }
-      }
-    dw0 = row_sum(dw0, scratch);
-    dw1 = row_sum(dw1, scratch);
-    if (!active) continue;
-    float w1 = 1.f / (1.f + expf(to_f32(wl[2 * r]) - to_f32(wl[2 * r + 1])));
-    float w0 = 1.f - w1;
-    if (threadIdx.x == 0) {
-      const float mean = w0 * dw0 + w1 * dw1;
-      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
-      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
-    }
-    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
-    NATSL_FOR_ROW_VEC(j, D, VEC) {
-      float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
-      load(off, j, a, b, zz, g, wg, wa);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float s = sigmoid_f(zz[k]);
-        const float ng = a[k] * rg, na = b[k] * ra;
-        const float du = g[k] * zz[k] * s;
-        o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
-        o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
-        o_a[k] = ra * (w1 * du * wa[k] - na * ca);
-        acc_g[k] += w0 * du * ng;
-        acc_a[k] += w1 * du * na;
-      }
-      store_vec<T, VEC>(dog + off + j, o_g);
-      store_vec<T, VEC>(doa + off + j, o_a);
-      store_vec<T, VEC>(dz + off + j, o_z);
-    }
-  }
-  if (jj < D)
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      pg[slot * D + jj + k] = acc_g[k];
-      pa[slot * D + jj + k] = acc_a[k];
-    }
-}
-
-enum class Variant { kOnePass, kRegAcc, kOnePassRegAcc };
+enum class Variant { kOnePass, kOnePassRegAcc };
 
 // The variants' launcher: bf16, 16-byte aligned, D <= 256 vectors (else it refuses). The grid is production's
-// (launch_rows with one vector per thread per row), the one-pass variants' block capped at 256 threads.
+// (launch_rows with one vector per thread per row), the block capped at 256 threads.
 void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z, const Tensor& gg,
              const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy, const Tensor& dog,
              const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg, const Tensor& dga) {
@@ -211,7 +134,7 @@ void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, 
   NATSL_CHECK(D % V == 0 && D / V <= kMaxThreads, "lab: D must be a multiple of ", V, " and at most ", kMaxThreads * V);
   const int dev = og.device().index;
   cudaStream_t s = activate(dev);
-  const RowLaunch l = row_launch(D, V, 1, var == Variant::kRegAcc ? 1024 : kMaxThreads);
+  const RowLaunch l = row_launch(D, V, 1, kMaxThreads);
   const dim3 block(unsigned(l.threads_x), unsigned(l.rows_per_block));
   const int threads = l.threads_x * l.rows_per_block;
   const dim3 grid(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / threads)));
@@ -225,12 +148,8 @@ void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, 
     onepass_bwd_kernel<T, V, false><<<grid, block, smem, s>>>(
         cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
         ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
-  } else if (var == Variant::kOnePassRegAcc) {
-    onepass_bwd_kernel<T, V, true><<<grid, block, smem, s>>>(
-        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
-        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
   } else {
-    regacc_bwd_kernel<T, V><<<grid, block, smem, s>>>(
+    onepass_bwd_kernel<T, V, true><<<grid, block, smem, s>>>(
         cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
         ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
   }
@@ -299,7 +218,6 @@ int main(int argc, char** argv) {
     Variant var;
     const char* name;
   } variants[] = {{Variant::kOnePass, "one pass"},
-                  {Variant::kRegAcc, "two passes, dgamma in regs"},
                   {Variant::kOnePassRegAcc, "one pass, dgamma in regs"}};
   bool all = true;
   for (const auto& vv : variants) {
