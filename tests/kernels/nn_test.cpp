@@ -307,6 +307,20 @@ void rmsnorm_bwd_with(const kernels::cuda::RmsnormBwdPlan& plan, const Tensor& x
 #endif
 }
 
+// The CUDA short convolution with a plan (likewise none in a CPU-only build).
+void short_conv_with(const kernels::cuda::ShortConvPlan& plan, const Tensor& x, const Tensor& w, bool silu,
+                     const Tensor& dy, const Tensor& y, const Tensor& dx, const Tensor& dw) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::short_conv_fwd(x, w, silu, y, plan);
+  kernels::cuda::short_conv_bwd(x, w, silu, dy, dx, dw, plan);
+#else
+  (void)plan;
+  kernels::short_conv_fwd(x, w, silu, y);
+  kernels::short_conv_bwd(x, w, silu, dy, dx, dw);
+#endif
+}
+
+
 }  // namespace
 
 TEST(CudaEmbedding, ForwardGathersRows) {
@@ -649,8 +663,7 @@ TEST(CudaShortConv, SharedMemoryChunksGiveThePerChannelKernelsBits) {
           y[p] = gpu_poisoned(s, DType::bf16);
           dx[p] = gpu_poisoned(s, DType::bf16);
           dw[p] = gpu_poisoned({c.C, W}, DType::bf16);
-          kernels::cuda::short_conv_fwd(x, w, silu, y[p], plan);
-          kernels::cuda::short_conv_bwd(x, w, silu, dy, dx[p], dw[p], plan);
+          short_conv_with(plan, x, w, silu, dy, y[p], dx[p], dw[p]);
         }
         auto bit_equal = [](const Tensor& a, const Tensor& b) {
           const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
