@@ -73,6 +73,37 @@ __global__ void __launch_bounds__(256) short_conv_fwd_kernel(const T* __restrict
   }
 }
 
+// One step t of a channel's backward walk (both backward kernels): shifts x(t) into the window, g(t) = dy(t)
+// act'(pre(t)), adds g(t) x into dw (steps of the tile [t0, t1) only) and w g(t) into the dx accumulators (acc[k]
+// holds dx(t - W + 1 + k)), and writes dx(t - W + 1) to dx_col (the channel's dx, stride C) once it is complete.
+// in_seq: t < T (else g = 0: the steps past the end of the sequence only flush the accumulators).
+template <class T, int W>
+__device__ __forceinline__ void bwd_step(int64_t t, bool in_seq, float xt, float dyt, int64_t t0, int64_t t1,
+                                         const float (&wv)[W], float (&xs)[W], float (&acc)[W], float (&dw)[W],
+                                         T* __restrict__ dx_col, int64_t C, bool silu) {
+  float gt = 0.f;
+  if (in_seq) {
+#pragma unroll
+    for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+    xs[W - 1] = xt;
+    float pre = 0.f;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+    gt = dyt * act_grad(pre, silu);
+    if (t < t1) {
+#pragma unroll
+      for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < W; ++k) acc[k] += wv[k] * gt;
+  const int64_t s = t - W + 1;
+  if (s >= t0 && s < t1) dx_col[s * C] = from_f32<T>(acc[0]);
+#pragma unroll
+  for (int k = 0; k < W - 1; ++k) acc[k] = acc[k + 1];
+  acc[W - 1] = 0.f;
+}
+
 // dw_partial: [B * ntiles, C, W] f32, every entry written.
 template <class T, int W>
 __global__ void short_conv_bwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ dy,
@@ -94,27 +125,9 @@ __global__ void short_conv_bwd_kernel(const T* __restrict__ x, const T* __restri
     // Step t produces g(t) and adds w_k g(t) to dx(t - W + 1 + k) (held in acc[k]); dx(s) is complete after
     // step s + W - 1, so the loop runs W - 1 steps past the tile (g = 0 past the end of the sequence).
     for (int64_t t = t0; t < t1 + W - 1; ++t) {
-      float gt = 0.f;
-      if (t < sh.T) {
-#pragma unroll
-        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-        xs[W - 1] = to_f32(x[base + t * sh.C]);
-        float pre = 0.f;
-#pragma unroll
-        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-        gt = to_f32(dy[base + t * sh.C]) * act_grad(pre, silu);
-        if (t < t1) {
-#pragma unroll
-          for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < W; ++k) acc[k] += wv[k] * gt;
-      const int64_t s = t - W + 1;
-      if (s >= t0 && s < t1) dx[base + s * sh.C] = from_f32<T>(acc[0]);
-#pragma unroll
-      for (int k = 0; k < W - 1; ++k) acc[k] = acc[k + 1];
-      acc[W - 1] = 0.f;
+      const bool in_seq = t < sh.T;
+      bwd_step<T, W>(t, in_seq, in_seq ? to_f32(x[base + t * sh.C]) : 0.f, in_seq ? to_f32(dy[base + t * sh.C]) : 0.f,
+                     t0, t1, wv, xs, acc, dw, dx + base, sh.C, silu);
     }
     float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
 #pragma unroll
@@ -211,29 +224,8 @@ __global__ void __launch_bounds__(kChunkChannels)
     acc[j] = 0.f;
     dw[j] = 0.f;
   }
-  // One step of short_conv_bwd_kernel's loop with x(t), dy(t) given (in_seq: t < T).
   auto step = [&](int64_t t, bool in_seq, float xt, float dyt) {
-    float gt = 0.f;
-    if (in_seq) {
-#pragma unroll
-      for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-      xs[W - 1] = xt;
-      float pre = 0.f;
-#pragma unroll
-      for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-      gt = dyt * act_grad(pre, silu);
-      if (t < t1) {
-#pragma unroll
-        for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < W; ++k) acc[k] += wv[k] * gt;
-    const int64_t s = t - W + 1;
-    if (s >= t0 && s < t1) dx[base + s * sh.C] = from_f32<bf16>(acc[0]);
-#pragma unroll
-    for (int k = 0; k < W - 1; ++k) acc[k] = acc[k + 1];
-    acc[W - 1] = 0.f;
+    bwd_step<bf16, W>(t, in_seq, xt, dyt, t0, t1, wv, xs, acc, dw, dx + base, sh.C, silu);
   };
   copy_chunk(x, sx, sh, b, c0, t0, t_end);
   copy_chunk(dy, sd, sh, b, c0, t0, t_end);
