@@ -192,8 +192,13 @@ int main(int argc, char** argv) {
     Tensor x = rnd({B, T, C}, DType::bf16, 11), y = Tensor::empty({B, T, C}, DType::bf16, kGpu);
     Tensor w = rnd({C, 4}, DType::bf16, 12, 0.5), dw = Tensor::empty({C, 4}, DType::bf16, kGpu);
     Tensor dy = rnd({B, T, C}, DType::bf16, 13), dx = Tensor::empty({B, T, C}, DType::bf16, kGpu);
-    mem("short_conv fwd bf16", "16x4096x2048 W4", 2 * t, [&] { short_conv_fwd(x, w, true, y); });
-    mem("short_conv bwd bf16", "16x4096x2048 W4", 3 * t, [&] { short_conv_bwd(x, w, true, dy, dx, dw); });
+    for (bool chunks : {false, true}) {  // rows before 2026-12-07 are the per-channel kernels
+      const cuda::ShortConvPlan plan{chunks};
+      const std::string k = chunks ? " [chunks]" : " [per_channel]";
+      mem("short_conv fwd bf16" + k, "16x4096x2048 W4", 2 * t, [&] { cuda::short_conv_fwd(x, w, true, y, plan); });
+      mem("short_conv bwd bf16" + k, "16x4096x2048 W4", 3 * t,
+          [&] { cuda::short_conv_bwd(x, w, true, dy, dx, dw, plan); });
+    }
   }
   {
     // embedding: 131072 tokens x 1024 bf16 (256 MB of activations), vocab 32000

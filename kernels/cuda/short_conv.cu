@@ -284,13 +284,19 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, int device, int64_t min_t
   return sh;
 }
 
-// Whether the shared-memory kernels take these tensors (bf16, channels in whole 16-byte vectors, aligned).
-bool chunks_fit(const Tensor& x, const Tensor& other, const ShortConvPlan& plan) {
-  return plan.shared_memory_chunks && x.dtype() == DType::bf16 && x.size(2) % 8 == 0 && aligned16(x) &&
-         aligned16(other);
+// The grid of the shared-memory kernels: one block per 256 channels of each (sequence, tile).
+unsigned chunk_blocks(const ConvShape& sh) {
+  const int64_t blocks = sh.B * sh.ntiles * ((sh.C + kChunkChannels - 1) / kChunkChannels);
+  NATSL_CHECK(blocks < (int64_t(1) << 31), "short_conv: ", blocks, " blocks exceed the grid");
+  return unsigned(blocks);
 }
 
 }  // namespace
+
+bool short_conv_takes_chunks(const Tensor& x, const Tensor& dy, const ShortConvPlan& plan) {
+  return plan.shared_memory_chunks && x.dim() == 3 && x.dtype() == DType::bf16 && x.size(2) % 8 == 0 &&
+         aligned16(x) && aligned16(dy);
+}
 
 void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y) {
   short_conv_fwd(x, w, apply_silu, y, ShortConvPlan{});
@@ -306,12 +312,11 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
   ConvShape sh = conv_shape(x, w, dev, 8);
   if (x.numel() == 0) return;
   cudaStream_t s = activate(dev);
-  if (chunks_fit(x, Tensor(), plan)) {
+  if (short_conv_takes_chunks(x, Tensor(), plan)) {
     NATSL_CHECK(w.dtype() == x.dtype() && y.dtype() == x.dtype(), "short_conv_fwd: dtypes differ");
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
-      const int64_t blocks = sh.B * sh.ntiles * ((sh.C + kChunkChannels - 1) / kChunkChannels);
-      short_conv_fwd_chunks_kernel<W><<<unsigned(blocks), kChunkChannels, 2 * kChunk * kChunkChannels * sizeof(bf16),
+      short_conv_fwd_chunks_kernel<W><<<chunk_blocks(sh), kChunkChannels, 2 * kChunk * kChunkChannels * sizeof(bf16),
                                         s>>>(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
                                              static_cast<bf16*>(y.data_ptr()), sh, apply_silu);
     });
@@ -341,15 +346,14 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
     if (dw.defined()) dw.zero_();
     return;
   }
-  if (chunks_fit(x, dy, plan)) {
+  if (short_conv_takes_chunks(x, dy, plan)) {
     for (const Tensor* t : {&w, &dy, &dx, &dw})
       NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int64_t groups = sh.B * sh.ntiles;
       Tensor partial = scratch_f32(groups * sh.C * W, x.device());
-      const int64_t blocks = groups * ((sh.C + kChunkChannels - 1) / kChunkChannels);
-      short_conv_bwd_chunks_kernel<W><<<unsigned(blocks), kChunkChannels, 4 * kChunk * kChunkChannels * sizeof(bf16),
+      short_conv_bwd_chunks_kernel<W><<<chunk_blocks(sh), kChunkChannels, 4 * kChunk * kChunkChannels * sizeof(bf16),
                                         s>>>(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
                                              static_cast<const bf16*>(dy.data_ptr()), static_cast<bf16*>(dx.data_ptr()),
                                              partial.data<float>(), sh, apply_silu);
