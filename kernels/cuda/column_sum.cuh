@@ -10,6 +10,45 @@ namespace natsl::kernels::cuda {
 
 constexpr int kColumnSumSlices = 8;
 
+// First stage, in a row kernel: this thread's share of its (block, row slot)'s f32 partial row of a weight
+// gradient (`row`: partial + slot * D, null when that gradient is not wanted). REG (the thread takes one vector of
+// VEC columns, j = threadIdx.x * VEC, of every row: D <= blockDim.x * VEC): the sums stay in registers and finish()
+// writes them once, every column of the row (zeros for a slot that saw no row). Otherwise add() adds into the row in
+// memory, which must be zeroed before. Either way each entry sums the slot's rows in row order.
+template <int VEC, bool REG>
+struct PartialRow {
+  float* row;
+  float acc[VEC];
+  __device__ __forceinline__ explicit PartialRow(float* r) : row(r) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  }
+  __device__ __forceinline__ void add(int64_t j, int k, float v) {
+    if (!row) return;
+    if (REG) acc[k] += v;
+    else row[j + k] += v;
+  }
+  __device__ __forceinline__ void finish(int64_t D) const {
+    const int64_t j = int64_t(threadIdx.x) * VEC;
+    if (REG && row && j < D)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) row[j + k] = acc[k];
+  }
+};
+
+// Whether a row kernel launched with grid g (one vector of W columns per thread and row) keeps its partial sums
+// in registers (PartialRow's REG): every row of D columns fits the block's threads.
+inline bool partial_rows_in_registers(const RowGrid& g, int64_t D, int W) { return D <= int64_t(g.block.x) * W; }
+
+// `parts` weight gradients' partial rows for a row kernel with grid g ([parts][slots][D] f32; slots = grid.x *
+// block.y), zeroed unless the kernel keeps its sums in registers (registers: every entry is then written).
+inline Tensor partial_rows(int64_t parts, const RowGrid& g, int64_t D, bool registers, Device d, cudaStream_t s) {
+  const int64_t n = parts * int64_t(g.grid.x) * g.block.y * D;
+  Tensor t = scratch_f32(n, d);
+  if (!registers && n > 0) NATSL_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, size_t(n) * sizeof(float), s));
+  return t;
+}
+
 template <class T, int SLICES>
 __global__ void __launch_bounds__(32 * SLICES)
     column_sum_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols, T* __restrict__ out) {

@@ -9,18 +9,14 @@
 //             H100 lab run of 2026-12-06 put the backward at ~460 GB/s with a read-modify-write of the partial
 //             rows in global memory after every row).
 #include "kernels/cuda/column_sum.cuh"
+#include "kernels/cuda/mix_norm_gate.cuh"
 #include "kernels/mix_norm_gate.h"
 
 namespace natsl::kernels::cuda {
 namespace {
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
-
-// softmax of two logits: w1 = sigmoid(l1 - l0)
-__device__ __forceinline__ void softmax2(float l0, float l1, float& w0, float& w1) {
-  w1 = 1.f / (1.f + expf(l0 - l1));
-  w0 = 1.f - w1;
-}
+using mix::sigmoid_f;
+using mix::softmax2;
 
 template <class T, int VEC>
 __global__ void __launch_bounds__(1024)
@@ -70,10 +66,8 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// pg, pa (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma_g / dgamma_a. REG (at most one
-// vector per thread per row, D <= blockDim.x * VEC): a thread's sums stay in registers over the rows it visits and
-// are written once at the end, every entry of its slot's rows; otherwise they are added into the zeroed partial
-// rows after each row. Either way each entry sums its slot's rows in row order (the same bits both ways).
+// pg, pa (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma_g / dgamma_a (PartialRow: REG keeps
+// the sums in registers, else they go into the zeroed rows in memory).
 template <class T, int VEC, bool REG>
 __global__ void __launch_bounds__(1024)
     mix_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
@@ -83,11 +77,7 @@ __global__ void __launch_bounds__(1024)
                    float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
   extern __shared__ float scratch[];
   const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
-  float* my_pg = pg ? pg + slot * D : nullptr;
-  float* my_pa = pa ? pa + slot * D : nullptr;
-  float acc_g[VEC], acc_a[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
+  PartialRow<VEC, REG> part_g(pg ? pg + slot * D : nullptr), part_a(pa ? pa + slot * D : nullptr);
   // The six inputs at vector j of the row at off (og, oa, z, dy; gamma_g, gamma_a).
   auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&b)[VEC], float (&zz)[VEC], float (&g)[VEC],
                   float (&wg)[VEC], float (&wa)[VEC]) {
@@ -107,12 +97,7 @@ __global__ void __launch_bounds__(1024)
       NATSL_FOR_ROW_VEC(j, D, VEC) {
         float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC];
         load(off, j, a, b, zz, g, wg, wa);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
-          dw0 += du * a[k] * rg * wg[k];
-          dw1 += du * b[k] * ra * wa[k];
-        }
+        mix::add_row_dots(a, b, zz, g, wg, wa, rg, ra, dw0, dw1);
       }
     dw0 = row_sum(dw0, scratch);
     dw1 = row_sum(dw1, scratch);
@@ -128,36 +113,14 @@ __global__ void __launch_bounds__(1024)
     NATSL_FOR_ROW_VEC(j, D, VEC) {
       float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
       load(off, j, a, b, zz, g, wg, wa);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float s = sigmoid_f(zz[k]);
-        const float ng = a[k] * rg, na = b[k] * ra;
-        const float du = g[k] * zz[k] * s;
-        o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
-        o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
-        o_a[k] = ra * (w1 * du * wa[k] - na * ca);
-        if (REG) {
-          acc_g[k] += w0 * du * ng;
-          acc_a[k] += w1 * du * na;
-        } else {
-          if (my_pg) my_pg[j + k] += w0 * du * ng;
-          if (my_pa) my_pa[j + k] += w1 * du * na;
-        }
-      }
+      mix::outputs(a, b, zz, g, wg, wa, rg, ra, w0, w1, cg, ca, o_g, o_a, o_z, j, part_g, part_a);
       store_vec<T, VEC>(dog + off + j, o_g);
       store_vec<T, VEC>(doa + off + j, o_a);
       store_vec<T, VEC>(dz + off + j, o_z);
     }
   }
-  if (REG) {
-    const int64_t j = int64_t(threadIdx.x) * VEC;
-    if (j < D)
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        if (my_pg) my_pg[j + k] = acc_g[k];
-        if (my_pa) my_pa[j + k] = acc_a[k];
-      }
-  }
+  part_g.finish(D);
+  part_a.finish(D);
 }
 
 // Gated DeltaNet's output norm (norm_gate, kernels/mix_norm_gate.h): the one-input case of the kernels above.
@@ -187,10 +150,7 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// pg (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma. REG (every thread has at most one
-// vector per row, D <= blockDim.x * VEC): a thread's sums stay in registers over the rows it visits and are
-// written once at the end, every entry of the slot's row; otherwise they are added into the zeroed partial row
-// after each row. Either way each entry sums its slot's rows in row order (deterministic).
+// pg (may be null): [gridDim.x * blockDim.y, D] f32 partial rows of dgamma (PartialRow, as mix_bwd_kernel's).
 template <class T, int VEC, bool REG>
 __global__ void __launch_bounds__(1024)
     ng_bwd_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg,
@@ -198,10 +158,7 @@ __global__ void __launch_bounds__(1024)
                   float* __restrict__ pg, int64_t rows, int64_t D) {
   extern __shared__ float scratch[];
   const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
-  float* my_pg = pg ? pg + slot * D : nullptr;
-  float acc[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  PartialRow<VEC, REG> part(pg ? pg + slot * D : nullptr);
   auto load = [&](int64_t off, int64_t j, float (&a)[VEC], float (&zz)[VEC], float (&g)[VEC], float (&wg)[VEC]) {
     load_vec<T, VEC>(o + off + j, a);
     load_vec<T, VEC>(z + off + j, zz);
@@ -233,21 +190,13 @@ __global__ void __launch_bounds__(1024)
         const float du = g[k] * (zz[k] * s);
         o_z[k] = g[k] * n * wg[k] * s * (1.f + zz[k] * (1.f - s));
         o_o[k] = rs * (du * wg[k] - n * c);
-        if (my_pg) {
-          if (REG) acc[k] += du * n;
-          else my_pg[j + k] += du * n;
-        }
+        part.add(j, k, du * n);
       }
       store_vec<T, VEC>(dO + off + j, o_o);
       store_vec<T, VEC>(dz + off + j, o_z);
     }
   }
-  if (REG && my_pg) {
-    const int64_t j = int64_t(threadIdx.x) * VEC;
-    if (j < D)
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) my_pg[j + k] = acc[k];
-  }
+  part.finish(D);
 }
 
 }  // namespace
@@ -288,14 +237,12 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
     launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
       constexpr int W = decltype(width)::value;
       const int64_t groups = int64_t(g.grid.x) * g.block.y;
-      const bool reg = D <= int64_t(g.block.x) * W;
+      const bool reg = partial_rows_in_registers(g, D, W);
       Tensor partial;
       float *pg = nullptr, *pa = nullptr;
       const int64_t parts = int64_t(dgamma_g.defined()) + int64_t(dgamma_a.defined());
       if (parts > 0) {
-        partial = scratch_f32(parts * groups * D, og.device());
-        if (!reg)
-          NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(parts * groups * D) * sizeof(float), s));
+        partial = partial_rows(parts, g, D, reg, og.device(), s);
         float* p = partial.data<float>();
         if (dgamma_g.defined()) {
           pg = p;
@@ -347,13 +294,12 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
     launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
       constexpr int W = decltype(width)::value;
       const int64_t groups = int64_t(g.grid.x) * g.block.y;
-      const bool reg = D <= int64_t(g.block.x) * W;
+      const bool reg = partial_rows_in_registers(g, D, W);
       Tensor partial;
       float* pg = nullptr;
       if (dgamma.defined()) {
-        partial = scratch_f32(groups * D, o.device());
+        partial = partial_rows(1, g, D, reg, o.device(), s);
         pg = partial.data<float>();
-        if (!reg) NATSL_CUDA_CHECK(cudaMemsetAsync(pg, 0, size_t(groups * D) * sizeof(float), s));
       }
       auto launch = [&](auto kernel) {
         kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(o), cptr<T>(z), cptr<T>(gamma), rstd.data<float>(), cptr<T>(dy),

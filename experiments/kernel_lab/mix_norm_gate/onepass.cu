@@ -27,7 +27,7 @@
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "experiments/bench/bench_timing.h"
-#include "kernels/cuda/column_sum.cuh"
+#include "kernels/cuda/mix_norm_gate.cuh"
 #include "kernels/mix_norm_gate.h"
 
 using namespace natsl;
@@ -37,10 +37,9 @@ namespace {
 
 constexpr int kMaxThreads = 256;
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
 // pg, pa: [gridDim.x * blockDim.y, D] f32 partial rows, zeroed before (as the production kernel).
-// REGACC: the dgamma sums in registers, written once at the end (pg, pa need not be zeroed).
+// REGACC: the dgamma sums in registers, written once at the end (PartialRow; pg, pa need not be zeroed).
 template <class T, int VEC, bool REGACC>
 __global__ void __launch_bounds__(kMaxThreads)
     onepass_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
@@ -50,13 +49,9 @@ __global__ void __launch_bounds__(kMaxThreads)
                        float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
   extern __shared__ float scratch[];
   const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
-  float* my_pg = pg + slot * D;
-  float* my_pa = pa + slot * D;
+  PartialRow<VEC, REGACC> part_g(pg + slot * D), part_a(pa + slot * D);
   const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
   const bool mine = j < D;
-  float acc_g[VEC], acc_a[VEC];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) acc_g[k] = acc_a[k] = 0.f;
   float wg[VEC], wa[VEC];
   if (mine) {
     load_vec<T, VEC>(gg + j, wg);
@@ -73,18 +68,13 @@ __global__ void __launch_bounds__(kMaxThreads)
       load_vec<T, VEC>(oa + off + j, b);
       load_vec<T, VEC>(z + off + j, zz);
       load_vec<T, VEC>(dy + off + j, g);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
-        dw0 += du * a[k] * rg * wg[k];
-        dw1 += du * b[k] * ra * wa[k];
-      }
+      mix::add_row_dots(a, b, zz, g, wg, wa, rg, ra, dw0, dw1);
     }
     dw0 = row_sum(dw0, scratch);
     dw1 = row_sum(dw1, scratch);
     if (!active) continue;
-    float w1 = 1.f / (1.f + expf(to_f32(wl[2 * r]) - to_f32(wl[2 * r + 1])));
-    float w0 = 1.f - w1;
+    float w0, w1;
+    mix::softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
     if (threadIdx.x == 0) {
       const float mean = w0 * dw0 + w1 * dw1;
       dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
@@ -93,32 +83,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     if (!mine) continue;
     const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
     float o_g[VEC], o_a[VEC], o_z[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float s = sigmoid_f(zz[k]);
-      const float ng = a[k] * rg, na = b[k] * ra;
-      const float du = g[k] * zz[k] * s;
-      o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
-      o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
-      o_a[k] = ra * (w1 * du * wa[k] - na * ca);
-      if (REGACC) {
-        acc_g[k] += w0 * du * ng;
-        acc_a[k] += w1 * du * na;
-      } else {
-        my_pg[j + k] += w0 * du * ng;
-        my_pa[j + k] += w1 * du * na;
-      }
-    }
+    mix::outputs(a, b, zz, g, wg, wa, rg, ra, w0, w1, cg, ca, o_g, o_a, o_z, j, part_g, part_a);
     store_vec<T, VEC>(dog + off + j, o_g);
     store_vec<T, VEC>(doa + off + j, o_a);
     store_vec<T, VEC>(dz + off + j, o_z);
   }
-  if (REGACC && mine)
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      my_pg[j + k] = acc_g[k];
-      my_pa[j + k] = acc_a[k];
-    }
+  part_g.finish(D);
+  part_a.finish(D);
 }
 
 enum class Variant { kOnePass, kOnePassRegAcc };
@@ -135,24 +106,22 @@ void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, 
   const int dev = og.device().index;
   cudaStream_t s = activate(dev);
   const RowLaunch l = row_launch(D, V, 1, kMaxThreads);
-  const dim3 block(unsigned(l.threads_x), unsigned(l.rows_per_block));
-  const int threads = l.threads_x * l.rows_per_block;
-  const dim3 grid(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / threads)));
-  const int64_t groups = int64_t(grid.x) * block.y;
-  Tensor partial = scratch_f32(2 * groups * D, og.device());
+  RowGrid g;
+  g.block = dim3(unsigned(l.threads_x), unsigned(l.rows_per_block));
+  g.grid = dim3(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / (l.threads_x * l.rows_per_block))));
+  g.smem = size_t(32) * l.rows_per_block * sizeof(float);
+  const int64_t groups = int64_t(g.grid.x) * g.block.y;
+  const bool reg = var == Variant::kOnePassRegAcc;
+  Tensor partial = partial_rows(2, g, D, reg, og.device(), s);
   float* pg = partial.data<float>();
   float* pa = pg + groups * D;
-  const size_t smem = size_t(32) * block.y * sizeof(float);
-  if (var == Variant::kOnePass) {
-    NATSL_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, size_t(2 * groups * D) * sizeof(float), s));
-    onepass_bwd_kernel<T, V, false><<<grid, block, smem, s>>>(
-        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
-        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
-  } else {
-    onepass_bwd_kernel<T, V, true><<<grid, block, smem, s>>>(
-        cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga), rg.data<float>(),
-        ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa), mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
-  }
+  auto launch = [&](auto kernel) {
+    kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(og), cptr<T>(oa), cptr<T>(wl), cptr<T>(z), cptr<T>(gg), cptr<T>(ga),
+                                           rg.data<float>(), ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa),
+                                           mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
+  };
+  if (reg) launch(onepass_bwd_kernel<T, V, true>);
+  else launch(onepass_bwd_kernel<T, V, false>);
   NATSL_CUDA_CHECK_LAUNCH();
   column_sum<T>(pg, groups, D, mptr<T>(dgg), dev, s);
   column_sum<T>(pa, groups, D, mptr<T>(dga), dev, s);
