@@ -19,14 +19,39 @@ class RestoreOnExit {
   std::function<void()> restore_;
 };
 
+// The outputs a keeping checkpoint holds (kept_output): appended in the first run, read back in order in the
+// recomputation.
+struct KeptOutputs {
+  std::vector<Tensor> tensors;
+  size_t next = 0;
+  bool replay = false;
+};
+
+// The tape of the keeping checkpoint running now (first run or recomputation), or null.
+thread_local KeptOutputs* t_kept = nullptr;
+
+// Makes `tape` the active tape for a scope (null: none), and puts the previous one back after.
+class KeptScope {
+ public:
+  explicit KeptScope(KeptOutputs* tape) : prev_(t_kept) { t_kept = tape; }
+  ~KeptScope() { t_kept = prev_; }
+  KeptScope(const KeptScope&) = delete;
+  KeptScope& operator=(const KeptScope&) = delete;
+
+ private:
+  KeptOutputs* prev_;
+};
+
 class CheckpointNode : public Node {
  public:
   // inputs: the detached inputs (their data), wants_grad[i]: whether input i wants a gradient;
   // output_index[j]: which output of fn the node's output j is.
   CheckpointNode(CheckpointFn fn, std::vector<Tensor> inputs, std::vector<bool> wants_grad, std::vector<Tensor> params,
-                 std::vector<size_t> output_index, StateCapture state, std::function<void()> restore_first)
+                 std::vector<size_t> output_index, StateCapture state, std::function<void()> restore_first,
+                 std::shared_ptr<KeptOutputs> kept)
       : fn_(std::move(fn)), inputs_(std::move(inputs)), wants_grad_(std::move(wants_grad)), params_(std::move(params)),
-        output_index_(std::move(output_index)), state_(std::move(state)), restore_first_(std::move(restore_first)) {}
+        output_index_(std::move(output_index)), state_(std::move(state)), restore_first_(std::move(restore_first)),
+        kept_(std::move(kept)) {}
 
   std::string name() const override { return "Checkpoint"; }
   void release_saved() override {
@@ -35,6 +60,7 @@ class CheckpointNode : public Node {
     params_.clear();
     state_ = nullptr;
     restore_first_ = nullptr;
+    kept_.reset();
   }
 
   std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
@@ -52,7 +78,15 @@ class CheckpointNode : public Node {
       RestoreOnExit restore_now(state_ ? state_() : nullptr);
       if (restore_first_) restore_first_();
       EnableGradGuard grad_on;
+      if (kept_) {
+        kept_->replay = true;
+        kept_->next = 0;
+      }
+      KeptScope tape(kept_.get());
       outs = fn_(leaves);
+      NATSL_CHECK(!kept_ || kept_->next == kept_->tensors.size(), "checkpoint: the recomputation asked for ",
+                  kept_ ? kept_->next : 0, " kept matrix products, the first run kept ",
+                  kept_ ? kept_->tensors.size() : 0, ": it must run the same ops on the same data");
     }
     // Backpropagate the outputs that got a gradient through the recomputed graph.
     std::vector<Tensor> roots, root_grads;
@@ -81,12 +115,30 @@ class CheckpointNode : public Node {
   std::vector<size_t> output_index_;
   StateCapture state_;
   std::function<void()> restore_first_;
+  std::shared_ptr<KeptOutputs> kept_;
 };
 
 }  // namespace
 
+Tensor kept_output(const char* op, const Shape& shape, DType dtype, const std::function<Tensor()>& compute) {
+  KeptOutputs* tape = t_kept;
+  if (!tape) return compute();
+  if (!tape->replay) {
+    Tensor out = compute();
+    tape->tensors.push_back(out.detach());
+    return out;
+  }
+  NATSL_CHECK(tape->next < tape->tensors.size(), "checkpoint: the recomputation asked for more kept matrix products "
+              "than the first run kept (", tape->tensors.size(), "), at ", op);
+  const Tensor& t = tape->tensors[tape->next++];
+  NATSL_CHECK(t.shape() == shape && t.dtype() == dtype, "checkpoint: kept product ", tape->next - 1, " (", op,
+              ") is ", t.str(), " in the first run but ", shape_str(shape), " ", dtype_name(dtype),
+              " in the recomputation");
+  return t.detach();
+}
+
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
-                               const std::vector<Tensor>& params, const StateCapture& state) {
+                               const std::vector<Tensor>& params, const StateCapture& state, CheckpointKeep keep) {
   // The parameters that can take a gradient, each once.
   std::vector<Tensor> live_params;
   std::unordered_set<TensorImpl*> seen;
@@ -99,8 +151,10 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 
   std::function<void()> restore_first = state ? state() : nullptr;
   std::vector<Tensor> outs;
+  auto kept = keep == CheckpointKeep::Matmuls ? std::make_shared<KeptOutputs>() : nullptr;
   {
     NoGradGuard no_grad;
+    KeptScope tape(kept.get());
     outs = fn(inputs);
   }
   // Fresh handles on the outputs' data: an output may be an input or a parameter itself, whose history must
@@ -123,7 +177,8 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
     wants_grad.push_back(x.defined() && x.requires_grad());
   }
   auto node = std::make_shared<CheckpointNode>(fn, std::move(saved), std::move(wants_grad), live_params,
-                                               std::move(output_index), state, std::move(restore_first));
+                                               std::move(output_index), state, std::move(restore_first),
+                                               std::move(kept));
   std::vector<Tensor> edges = inputs;
   edges.insert(edges.end(), live_params.begin(), live_params.end());
   attach(node, edges, attached);
@@ -131,9 +186,9 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 }
 
 Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input, const std::vector<Tensor>& params,
-                  const StateCapture& state) {
+                  const StateCapture& state, CheckpointKeep keep) {
   return checkpoint([fn](const std::vector<Tensor>& in) { return std::vector<Tensor>{fn(in[0])}; },
-                    std::vector<Tensor>{input}, params, state)[0];
+                    std::vector<Tensor>{input}, params, state, keep)[0];
 }
 
 }  // namespace natsl

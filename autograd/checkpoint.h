@@ -24,7 +24,16 @@
 //
 // With grad mode off, or when no input or parameter requires grad, fn just runs (nothing to recompute).
 // Outputs of fn may be undefined (passed through) or non-floating (returned detached, no gradient).
+//
+// Keeping the matrix products (keep = CheckpointKeep::Matmuls; PyTorch's selective activation checkpointing
+// with a policy that saves matmuls): the first run also keeps the output of every matrix product it computes
+// (linear, matmul: the ops that call kept_output()), and the recomputation takes those tensors back in the same
+// order instead of multiplying again, so only the cheap ops between the products (norms, activations,
+// convolutions, the mixers' kernels) run twice. The node holds the kept outputs until its backward. The
+// recomputation must ask for the same products in the same order and shapes (it runs the same code on the
+// same data, with the same state); anything else is an error, not a silent mismatch.
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "autograd/engine.h"
@@ -35,11 +44,22 @@ using CheckpointFn = std::function<std::vector<Tensor>(const std::vector<Tensor>
 // Captures some state; the closure returned restores it.
 using StateCapture = std::function<std::function<void()>()>;
 
+// What a checkpoint keeps from its first run besides its inputs.
+enum class CheckpointKeep { Inputs, Matmuls };
+
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
-                               const std::vector<Tensor>& params, const StateCapture& state = nullptr);
+                               const std::vector<Tensor>& params, const StateCapture& state = nullptr,
+                               CheckpointKeep keep = CheckpointKeep::Inputs);
 
 // One input, one output.
 Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input,
-                  const std::vector<Tensor>& params, const StateCapture& state = nullptr);
+                  const std::vector<Tensor>& params, const StateCapture& state = nullptr,
+                  CheckpointKeep keep = CheckpointKeep::Inputs);
+
+// For an op whose output a CheckpointKeep::Matmuls checkpoint keeps (the matrix products): inside such a
+// checkpoint's first run, compute() runs and its result is kept; inside its recomputation, the kept tensor is
+// returned (a fresh handle on it; checked against `shape` and `dtype`) and compute() does not run; anywhere
+// else compute() just runs. `op` names the op in errors.
+Tensor kept_output(const char* op, const Shape& shape, DType dtype, const std::function<Tensor()>& compute);
 
 }  // namespace natsl

@@ -1,5 +1,6 @@
 // matmul and linear. With C = op(A) op(B):  d op(A) = dC op(B)^T,  d op(B) = op(A)^T dC; a transposed
 // operand's gradient is the transpose of that. Broadcast batch dims are summed back to each input's shape.
+#include "autograd/checkpoint.h"
 #include "autograd/engine.h"
 #include "autograd/function.h"
 #include "autograd/ops.h"
@@ -42,7 +43,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   // b stays 2-D when it is (the kernel shares it across the batch); everything else is broadcast.
   Tensor ae = expand_batch(a, batch).detach();
   Tensor be = (b.dim() == 2 ? b.contiguous() : expand_batch(b, batch)).detach();
-  Tensor out = product(ae, be, trans_a, trans_b, batch);
+  const Shape out_shape = with_matrix(batch, ae.size(trans_a ? -1 : -2), be.size(trans_b ? -2 : -1));
+  Tensor out = kept_output("matmul", out_shape, a.dtype(), [&] { return product(ae, be, trans_a, trans_b, batch); });
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   const Shape ash = a.shape(), bsh = b.shape();
   record("matmul", {a, b}, {&out}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -77,8 +79,12 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const int64_t in = w.size(1), outf = w.size(0);
   Tensor x2 = x.contiguous().view({-1, in}).detach();
   Tensor wc = w.contiguous().detach();
-  Tensor y2 = product(x2, wc, false, true, {});
-  if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y2, bias, y2);
+  // Kept by a checkpoint that keeps its products (autograd/checkpoint.h): its recomputation skips the GEMM.
+  Tensor y2 = kept_output("linear", {x2.size(0), outf}, x.dtype(), [&] {
+    Tensor y = product(x2, wc, false, true, {});
+    if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y, bias, y);
+    return y;
+  });
   Shape ys = x.shape();
   ys.back() = outf;
   Tensor y = y2.view(ys);

@@ -52,7 +52,7 @@ Tensor Block::forward(const Tensor& x) {
     auto outs = checkpoint_modules({this}, [this, with_aux](const std::vector<Tensor>& in) {
       Tensor h = add(in[0], mixer_half(in[0]));
       return with_aux(add(h, mlp_half(h)));
-    }, {x});
+    }, {x}, recompute_.keep);
     aux_from_checkpoint_ = true;
     aux_ = outs[1];
     return outs[0];
@@ -61,7 +61,7 @@ Tensor Block::forward(const Tensor& x) {
   if (recompute_.mixer(kind_)) {
     auto outs = checkpoint_modules({attn_norm_.get(), attn_.get()}, [this, with_aux](const std::vector<Tensor>& in) {
       return with_aux(mixer_half(in[0]));
-    }, {x});
+    }, {x}, recompute_.keep);
     aux_from_checkpoint_ = true;
     aux_ = outs[1];
     a = outs[0];
@@ -73,7 +73,7 @@ Tensor Block::forward(const Tensor& x) {
                                                  [this](const std::vector<Tensor>& in) {
                                                    return std::vector<Tensor>{mlp_half(in[0])};
                                                  },
-                                                 {h})[0]
+                                                 {h}, recompute_.keep)[0]
                             : mlp_half(h);
   return add(h, m);
 }

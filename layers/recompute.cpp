@@ -19,7 +19,12 @@ const std::vector<std::string>& recompute_kinds() {
   return kinds;
 }
 
-RecomputePolicy RecomputePolicy::parse(const std::vector<std::string>& names) {
+const std::vector<std::string>& recompute_keep_kinds() {
+  static const std::vector<std::string> kinds = {"matmul"};
+  return kinds;
+}
+
+RecomputePolicy RecomputePolicy::parse(const std::vector<std::string>& names, const std::vector<std::string>& keep) {
   RecomputePolicy p;
   auto add_mixer = [&](const std::string& k) {
     if (std::find(p.mixers.begin(), p.mixers.end(), k) == p.mixers.end()) p.mixers.push_back(k);
@@ -34,6 +39,10 @@ RecomputePolicy RecomputePolicy::parse(const std::vector<std::string>& names) {
       for (const std::string& k : recompute_kinds()) allowed += (allowed.empty() ? "" : ", ") + k;
       throw InputError("train.recompute: unknown module kind '" + n + "': expected a list of " + allowed);
     }
+  }
+  for (const std::string& k : keep) {
+    if (k == "matmul") p.keep = CheckpointKeep::Matmuls;
+    else throw InputError("train.recompute_keep: unknown op kind '" + k + "': expected a list of matmul (or [])");
   }
   return p;
 }
@@ -56,11 +65,11 @@ StateCapture forward_state_capture(const std::vector<Module*>& roots) {
 }
 
 std::vector<Tensor> checkpoint_modules(const std::vector<Module*>& roots, const CheckpointFn& fn,
-                                       const std::vector<Tensor>& inputs) {
+                                       const std::vector<Tensor>& inputs, CheckpointKeep keep) {
   std::vector<Tensor> params;
   for (Module* r : roots)
     for (const ParameterRef& p : r->named_parameters()) params.push_back(*p.tensor);
-  return checkpoint(fn, inputs, params, forward_state_capture(roots));
+  return checkpoint(fn, inputs, params, forward_state_capture(roots), keep);
 }
 
 }  // namespace natsl

@@ -120,6 +120,9 @@ struct TrainConfig {
   // again in the backward (layers/recompute.h): any of mlp, attn, gdn, natsl, mixer (any mixer), block.
   // [] = off. Same numbers either way; less activation memory for one more forward of those parts.
   std::vector<std::string> recompute;
+  // What the recomputed parts keep from their first run besides their inputs: [] or [matmul] (the outputs of
+  // their matrix products, so the backward reruns only the ops between them; autograd/checkpoint.h).
+  std::vector<std::string> recompute_keep;
 };
 
 // The train: section's own rules (warm-up and stop within the steps, the profiled range, the device name);

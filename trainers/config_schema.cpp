@@ -147,6 +147,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       num("train.stop_at_step", &t.stop_at_step, 0, std::nullopt, "0 = run to train.steps"),
       plain("train.deterministic", &t.deterministic),
       choice("train.recompute", &t.recompute, recompute_kinds()),
+      choice("train.recompute_keep", &t.recompute_keep, recompute_keep_kinds()),
 
       plain("resume", &c.resume),
   };

@@ -207,7 +207,7 @@ Trainer::Trainer(RunConfig cfg, TrainerOptions opts) : cfg_(std::move(cfg)), opt
   prof::set_nvtx(t.nvtx);
 
   model_ = std::make_shared<CausalLM>(cfg_.model);
-  model_->set_recompute(RecomputePolicy::parse(t.recompute));
+  model_->set_recompute(RecomputePolicy::parse(t.recompute, t.recompute_keep));
   // ZeRO-1: this rank keeps its shard of the f32 master weights only (and of the AdamW moments below).
   store_ = std::make_unique<ParameterStore>(*model_, device_, precision, zero1_ ? launch_.world_size : 1,
                                             zero1_ ? launch_.rank : 0);

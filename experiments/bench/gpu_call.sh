@@ -19,7 +19,8 @@
 #   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
-#   mem      natsl-340m peak memory and tokens/s per sequence length and train.recompute setting
+#   mem      natsl-340m peak memory and tokens/s per sequence length (MEM_SEQS) and train.recompute /
+#            train.recompute_keep setting (MEM_RECOMPUTE)
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   lab      every kernel-lab program (experiments/kernel_lab/*: a variant against the production kernel, bits and
 #            time; LAB_ONLY=substring picks some)
@@ -268,16 +269,21 @@ fi
 # Activation memory with selective recomputation (issue 18): natsl-340m bf16, a few steps at each sequence length
 # and recompute setting; peak memory and tokens/s from metrics.jsonl. MEM_SEQS, MEM_RECOMPUTE (';'-separated).
 if has mem; then
-  IFS=';' read -ra RCS <<<"${MEM_RECOMPUTE:-[];[mixer,mlp];[block]}"
+  # MEM_RECOMPUTE: settings separated by ';', each train.recompute's list, optionally followed by
+  # /train.recompute_keep's (e.g. "[block]/[matmul]").
+  IFS=';' read -ra RCS <<<"${MEM_RECOMPUTE:-[];[mlp]/[matmul];[mixer,mlp]/[matmul];[block]/[matmul];[mixer,mlp];[block]}"
   for seq in ${MEM_SEQS:-4096 16384 32768}; do
     bs=$((8 * 4096 / seq)); [ "$bs" -lt 1 ] && bs=1
-    for rc in "${RCS[@]}"; do
-      el "mem: seq $seq batch $bs recompute $rc"
+    for setting in "${RCS[@]}"; do
+      rc=${setting%%/*}
+      keep="[]"; [[ "$setting" == */* ]] && keep=${setting#*/}
+      el "mem: seq $seq batch $bs recompute $rc keep $keep"
       rm -rf "$OUT/run-mem"
       timeout 180 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps=6 train.warmup_steps=1 \
         train.grad_accum=1 train.batch_size=$bs train.seq_len=$seq train.log_every=1 train.eval_every=0 train.ckpt_every=0 \
-        "train.recompute=$rc" train.out_dir="$OUT/run-mem" >"$LOG/mem_${seq}_${rc//[^a-z,]/}.log" 2>&1
-      echo "mem seq $seq bs $bs recompute $rc: rc $? | $(tail -1 "$OUT/run-mem/metrics.jsonl" 2>/dev/null |
+        "train.recompute=$rc" "train.recompute_keep=$keep" train.out_dir="$OUT/run-mem" \
+        >"$LOG/mem_${seq}_${rc//[^a-z,]/}_keep${keep//[^a-z,]/}.log" 2>&1
+      echo "mem seq $seq bs $bs recompute $rc keep $keep: rc $? | $(tail -1 "$OUT/run-mem/metrics.jsonl" 2>/dev/null |
         python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(f\"peak {r['peak_mem_bytes']/2**30:.1f} GiB, {r['tokens_per_s']:.0f} tok/s, mfu {r.get('mfu')}\")" 2>&1)"
       rm -rf "$OUT/run-mem"
     done

@@ -149,3 +149,66 @@ TEST(RecomputeCheckpoint, UndefinedOutputsPassThroughAndUnusedOutputsNeedNoGradi
   sum(mlp(p, p.x0, nullptr)).backward();
   EXPECT_EQ(host(p.x0.grad()), gx);
 }
+
+// CheckpointKeep::Matmuls: the recomputation takes the first run's products back (the same storage, no GEMM)
+// and the gradients are the same bits as without recomputation; a recomputation that asks for other products
+// than the first run kept is refused.
+TEST(RecomputeCheckpoint, KeptProductsAreTakenBackNotRecomputed) {
+  Params p;
+  // The first product of each run of f (the first run, then the recomputation), held so that a recomputed
+  // product cannot reuse the first one's buffer.
+  auto first_product = std::make_shared<std::vector<Tensor>>();
+  auto f = [&p, first_product](const Tensor& in) {
+    Tensor a = linear(in, p.w1);
+    first_product->push_back(a);
+    // a matmul too (b 2-D, shared by the batch): kept like linear's product
+    return add(in, matmul(silu(a), p.w2, false, true));
+  };
+  auto loss_with = [&](const Tensor& y) { return add(sum(square(y)), sum(p.x0)); };
+  Tensor plain = loss_with(f(mul_scalar(p.x0, 2.0)));
+  plain.backward();
+  const auto g1 = host(p.w1.grad()), g2 = host(p.w2.grad()), gx = host(p.x0.grad());
+  for (CheckpointKeep keep : {CheckpointKeep::Inputs, CheckpointKeep::Matmuls}) {
+    SCOPED_TRACE(keep == CheckpointKeep::Matmuls ? "keep matmuls" : "keep inputs");
+    p.zero();
+    first_product->clear();
+    Tensor loss = loss_with(checkpoint(f, mul_scalar(p.x0, 2.0), {p.w1, p.w2}, nullptr, keep));
+    EXPECT_EQ(loss.item(), plain.item());
+    loss.backward();
+    ASSERT_EQ(first_product->size(), 2u);
+    const void* first = (*first_product)[0].data_ptr();
+    const void* again = (*first_product)[1].data_ptr();
+    if (keep == CheckpointKeep::Matmuls) EXPECT_EQ(again, first);  // taken back
+    else EXPECT_NE(again, first);                                  // multiplied again into a new buffer
+    EXPECT_EQ(host(p.w1.grad()), g1);
+    EXPECT_EQ(host(p.w2.grad()), g2);
+    EXPECT_EQ(host(p.x0.grad()), gx);
+  }
+}
+
+TEST(RecomputeCheckpoint, KeptProductsMustBeAskedForInTheSameOrderAndShapes) {
+  Params p;
+  // The recomputation runs one product fewer, one more, or one of another shape than the first run.
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(variant);
+    auto runs = std::make_shared<int>(0);
+    Tensor y = checkpoint(
+        [&p, runs, variant](const Tensor& in) {
+          const bool again = (*runs)++ > 0;
+          Tensor h = linear(in, p.w1);
+          if (variant == 0 && again) return h;
+          Tensor out = linear(h, p.w2);
+          if (variant == 1 && again) out = add(out, linear(h, p.w2));
+          if (variant == 2 && again) return linear(in, p.w2.transpose(0, 1));  // [.., 4] x [6, 4]^T: other shape
+          return out;
+        },
+        p.x0, {p.w1, p.w2}, nullptr, CheckpointKeep::Matmuls);
+    try {
+      sum(y).backward();
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("kept"), std::string::npos) << e.what();
+    }
+    p.zero();
+  }
+}

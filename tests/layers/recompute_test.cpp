@@ -61,7 +61,10 @@ std::shared_ptr<CausalLM> build(const ModelConfig& c, DType dt, const std::vecto
   lm->init_parameters(gen);
   if (dt != DType::f32) lm->to(dt);
   for (auto& [name, layer] : natsl_layers(*lm)) layer->seed_noise(17);
-  lm->set_recompute(RecomputePolicy::parse(recompute));
+  // "keep:X" entries of a setting are train.recompute_keep's, the others train.recompute's.
+  std::vector<std::string> kinds, keep;
+  for (const std::string& r : recompute) (r.rfind("keep:", 0) == 0 ? keep : kinds).push_back(r.substr(r.rfind("keep:", 0) == 0 ? 5 : 0));
+  lm->set_recompute(RecomputePolicy::parse(kinds, keep));
   lm->train();
   return lm;
 }
@@ -109,7 +112,8 @@ const std::vector<ModelCase>& model_cases() {
 
 const std::vector<std::vector<std::string>>& recompute_settings() {
   static const std::vector<std::vector<std::string>> settings = {
-      {"mlp"}, {"attn"}, {"gdn"}, {"natsl"}, {"mixer"}, {"block"}, {"mlp", "mixer"}, {"mlp", "block"}};
+      {"mlp"}, {"attn"}, {"gdn"}, {"natsl"}, {"mixer"}, {"block"}, {"mlp", "mixer"}, {"mlp", "block"},
+      {"mlp", "keep:matmul"}, {"mixer", "keep:matmul"}, {"block", "keep:matmul"}};
   return settings;
 }
 
@@ -191,11 +195,13 @@ void print_peaks(const std::vector<std::string>& layers, int64_t B, int64_t T,
               (long long)T);
   double t_none = 0, t = 0;
   const int64_t none = activation_peak(c, {}, B, T, &t_none);
-  std::printf("  recompute []           %8.2f          %6.2f s\n", double(none) / (1 << 20), t_none);
+  std::printf("  recompute []                        %8.2f          %6.2f s\n", double(none) / (1 << 20), t_none);
   if (out) (*out)[""] = none;
-  for (const auto& s : std::vector<std::vector<std::string>>{{"mlp"}, {"mixer"}, {"mlp", "mixer"}, {"block"}}) {
+  for (const auto& s : std::vector<std::vector<std::string>>{{"mlp"}, {"mixer"}, {"mlp", "mixer"}, {"block"},
+                                                             {"mlp", "keep:matmul"}, {"mixer", "keep:matmul"},
+                                                             {"mlp", "mixer", "keep:matmul"}, {"block", "keep:matmul"}}) {
     const int64_t p = activation_peak(c, s, B, T, &t);
-    std::printf("  recompute [%-9s]    %8.2f (%.2fx) %6.2f s (%.2fx)\n", join(s).c_str(), double(p) / (1 << 20),
+    std::printf("  recompute [%-22s]    %8.2f (%.2fx) %6.2f s (%.2fx)\n", join(s).c_str(), double(p) / (1 << 20),
                 double(p) / double(none), t, t / t_none);
     if (out) (*out)[join(s)] = p;
   }
@@ -212,6 +218,12 @@ TEST(RecomputeMemory, BlockRecomputeCutsThePeak) {
   EXPECT_LT(double(peak["block"]), 0.7 * double(peak[""]));
   EXPECT_LT(peak["mlp"], peak[""]);
   EXPECT_LT(peak["mixer"], peak[""]);
+  // Keeping the products holds more than keeping the inputs alone, and still less than no recomputation.
+  for (const char* part : {"mlp", "mixer", "block"}) {
+    SCOPED_TRACE(part);
+    EXPECT_GT(peak[std::string(part) + ",keep:matmul"], peak[part]);
+    EXPECT_LT(peak[std::string(part) + ",keep:matmul"], peak[""]);
+  }
   // (block is not always below mlp + mixer: its backward holds a whole block's recomputed activations at
   // once, where mlp + mixer hold one half, for the price of saving each block's middle residual too.)
 }

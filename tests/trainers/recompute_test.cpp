@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "layers/recompute.h"
 #include "trainers/config.h"
 #include "trainers/trainer.h"
 #include "trainer_test_util.h"
@@ -44,6 +45,29 @@ TEST(RecomputeConfig, AcceptsTheKindsAndRefusesAnUnknownOneNamingKeyAndValues) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("train.recompute"), std::string::npos) << e.what();
   }
+}
+
+TEST(RecomputeConfig, KeepAcceptsMatmulAndRefusesAnythingElseNamingKeyFileAndLine) {
+  testing::TempDir dir;
+  const std::string path = dir / "c.yaml";
+  testing::write_text(path, std::string(testing::kSmallConfig) + "  recompute: [block]\n  recompute_keep: [matmul]\n");
+  EXPECT_EQ(load_config(path).train.recompute_keep, std::vector<std::string>{"matmul"});
+  EXPECT_TRUE(load_config(path, {"train.recompute_keep=[]"}).train.recompute_keep.empty());
+  EXPECT_TRUE(RunConfig().train.recompute_keep.empty());  // off by default
+  testing::write_text(path, std::string(testing::kSmallConfig) + "  recompute: [block]\n  recompute_keep: [linear]\n");
+  try {
+    load_config(path);
+    FAIL() << "expected an InputError";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("train.recompute_keep"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("linear"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("matmul"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("c.yaml:"), std::string::npos) << msg;
+  }
+  EXPECT_THROW(RecomputePolicy::parse({"block"}, {"attention"}), InputError);
+  EXPECT_EQ(RecomputePolicy::parse({"block"}, {"matmul"}).keep, CheckpointKeep::Matmuls);
+  EXPECT_EQ(RecomputePolicy::parse({"block"}).keep, CheckpointKeep::Inputs);
 }
 
 RunConfig hybrid_config(const std::string& out_dir) {
@@ -92,12 +116,13 @@ TEST(RecomputeTraining, TwentyStepsEqualTheRunWithout) {
   ASSERT_LT(base.back()["loss"].get<double>(), base.front()["loss"].get<double>());
   ASSERT_TRUE(base.back()["stats"].contains("layers.1.attn_frac"));
   for (const std::vector<std::string>& setting :
-       {std::vector<std::string>{"block"}, {"mlp", "mixer"}, {"natsl"}}) {
+       {std::vector<std::string>{"block"}, {"mlp", "mixer"}, {"natsl"}, {"block", "keep:matmul"}}) {
     std::string name;
-    for (const auto& s : setting) name += s;
+    for (const auto& s : setting) name += s.substr(s.rfind(':') + 1);
     SCOPED_TRACE(name);
     RunConfig cfg = hybrid_config(dir / name);
-    cfg.train.recompute = setting;
+    for (const auto& s : setting)
+      (s.rfind("keep:", 0) == 0 ? cfg.train.recompute_keep : cfg.train.recompute).push_back(s.substr(s.rfind(':') + 1));
     const auto rows = train_rows(cfg);
     ASSERT_EQ(rows.size(), base.size());
     for (size_t i = 0; i < rows.size(); ++i) {
