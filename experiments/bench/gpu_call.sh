@@ -66,13 +66,21 @@ exec > >(tee -a "$LOG/console.log") 2>&1
 T0=$(date +%s)
 # The device tool returns at most 8 files and kills the call at its limit: pack the logs shortly before
 # CALL_LIMIT seconds (default 585) so that a call cut off at the limit still brings them back (logs-partial.tgz).
+# The device may cut a call off sooner (the session's device time ran out: 2026-12-06, a call with CALL_LIMIT 390
+# was stopped at 316 s and brought back 6 of 11 sanitizer logs), so the logs are also packed every PACK_EVERY
+# seconds (default 60) into logs-partial.tgz (replaced atomically; it sorts before logs/, so it comes back first).
 (
+  last_pack=$T0
   while [ $(($(date +%s) - T0)) -lt "${CALL_LIMIT:-585}" ]; do
     [ -f "$OUT/.done" ] && exit 0
     sleep 2
+    if [ $(($(date +%s) - last_pack)) -ge "${PACK_EVERY:-60}" ]; then
+      tar -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" logs && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz"
+      last_pack=$(date +%s)
+    fi
   done
   tar -C "$OUT" -czf "$OUT/logs-partial.tgz" --exclude=console.log logs &&
-    find "$LOG" -type f ! -name console.log -delete
+    find "$LOG" -type f ! -name console.log -delete && touch "$OUT/.limit-packed"
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG_PID=$!
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
@@ -505,4 +513,7 @@ touch "$OUT/.done"
 wait "$WATCHDOG_PID"
 rm -f "$OUT/.done"
 tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
+# The periodic snapshot is redundant once logs.tgz holds everything (it stays when the limit's pack moved logs into it).
+[ -f "$OUT/.limit-packed" ] || rm -f "$OUT/logs-partial.tgz"
+rm -f "$OUT/.limit-packed"
 ls "$OUT"
