@@ -5,9 +5,8 @@
 //             needs nothing more, because sum(w0 du gamma_g n_g) = w0 dw0:
 //               dog = rstd_g (w0 du gamma_g - n_g w0 dw0 / Dv)   (n_g = og rstd_g; likewise doa)
 //             dgamma: per-(block, row slot) f32 partial rows added in order afterwards (deterministic, as
-//             the RMSNorm weight gradient); a slot's sums stay in registers where a row fits the block (the
-//             H100 lab run of 2026-12-06 put the backward at ~460 GB/s with a read-modify-write of the partial
-//             rows in global memory after every row).
+//             the RMSNorm weight gradient); a slot's sums stay in registers where a row fits the block, and rows
+//             of at most 256 threads' vectors are read once (mix_bwd_onepass_kernel).
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/mix_norm_gate.cuh"
 #include "kernels/mix_norm_gate.h"
@@ -233,7 +232,8 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
     constexpr int V = kVec<T>;
     bool vec = D % V == 0;
     for (const Tensor* t : {&og, &oa, &z, &gamma_g, &gamma_a, &dy, &dog, &doa, &dz}) vec = vec && aligned16(*t);
-    // One vector per thread per row: wide blocks, so few partial rows (they stay in L2).
+    // One vector per thread per row: wide blocks, so few partial rows; rows that fit 256 threads take the one-pass
+    // kernel, wider ones that fit a block the two-pass kernel with the sums in registers, the rest the general one.
     launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
       constexpr int W = decltype(width)::value;
       const int64_t groups = int64_t(g.grid.x) * g.block.y;
@@ -255,7 +255,8 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                                                cptr<T>(gamma_a), rstd_g.data<float>(), rstd_a.data<float>(), cptr<T>(dy),
                                                mptr<T>(dog), mptr<T>(doa), mptr<T>(dwlogits), mptr<T>(dz), pg, pa, rows, D);
       };
-      if (reg) launch(mix_bwd_kernel<T, W, true>);
+      if (reg && g.block.x * g.block.y <= unsigned(mix::kOnePassThreads)) launch(mix::bwd_onepass_kernel<T, W, true>);
+      else if (reg) launch(mix_bwd_kernel<T, W, true>);
       else launch(mix_bwd_kernel<T, W, false>);
       NATSL_CUDA_CHECK_LAUNCH();
       if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);

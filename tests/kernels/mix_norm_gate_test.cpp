@@ -228,12 +228,14 @@ TEST(NatslCuda, MixNormGateMatchesCpu) {
   NATSL_REQUIRE_GPU();
   for (DType dt : {DType::f32, DType::bf16})
     for (Shape rows : {Shape{1, 1}, Shape{2, 37, 3}, Shape{2, 100, 12}, Shape{3, 5}, Shape{4, 33}, Shape{20000}})
-      for (int64_t D : {2, 5, 64, 128, 256, 1000, 1029}) {
+      for (int64_t D : {2, 5, 64, 128, 256, 1000, 1029, 2048}) {
         if (D == 1000 && rows.size() == 3 && rows[1] == 100) continue;  // keep the f64 reference quick
-        // 20000 rows: each slot sums several rows (in registers); 1029 unaligned channels: more than a block's
-        // threads a row, so the partial rows in memory.
+        // The backward's three kernels: rows of at most 256 threads' vectors in one pass (every width up to
+        // 1000); 2048 (f32: 512 vectors of 4) in two passes with the dgamma sums in registers; 1029 unaligned
+        // channels, more than a block's threads a row, with the partial rows in memory. 20000 rows: each slot
+        // sums several rows.
         if (rows.size() == 1 && D != 64 && D != 128) continue;
-        if (D == 1029 && rows.size() != 2) continue;
+        if ((D == 1029 || D == 2048) && rows.size() != 2) continue;
         Shape s = rows;
         s.push_back(D);
         Shape ws = rows;

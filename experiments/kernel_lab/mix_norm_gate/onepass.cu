@@ -1,21 +1,14 @@
-// Kernel lab (issue 18): NAtS-L's output-mixing backward in one pass over its inputs, against the production
-// kernel (kernels/cuda/mix_norm_gate.cu), which reads og, oa, z and dy twice per row: once for the row sums
-// <du, g_hat>, <du, a_hat>, once for the outputs. When a row is at most one 16-byte vector per thread (natsl-340m:
-// 128 value channels = 16 vectors of bf16), the variant keeps the first pass's loads in registers for the second
-// (the block capped at 256 threads, so the kernel may take more than 64 registers), so the inputs cross memory once.
-// Second idea (REGACC, 2026-12-06): the production kernel adds each row's dgamma terms into its slot's f32
-// partial row in global memory (a scalar read-modify-write of 2 x D floats per row, through L2); with one vector
-// per thread per row a thread owns the same D/VEC columns of every row it visits, so the sums can stay in
-// registers and be written once at the end (no memset either: every slot writes its whole partial row).
-// Variants: one pass, one pass + REGACC. (Two passes + REGACC was promoted into production the same day, unmeasured:
-// production is now that variant; the 2026-12-06 production time below is the read-modify-write one.)
-// Every operation is the production kernel's, in its order, so the outputs should be bit-identical (the H100 run
-// of 2026-12-06 found the one-pass dwlogits differing, the other five outputs equal: a different contraction of
-// the row dot products; outputs that differ are reported with their largest difference relative to the largest
-// magnitude); this program checks that and times them all, B8 T4096, 12 heads of 128 channels, bf16:
+// Kernel lab (issue 18): NAtS-L's output-mixing backward (kernels/cuda/mix_norm_gate.cu). History: the production
+// kernel read og, oa, z and dy twice per row (once for the row sums <du, g_hat>, <du, a_hat>, once for the
+// outputs) and added each row's dgamma terms into its slot's f32 partial row in global memory. Two ideas were
+// measured here: one pass (the first pass's loads kept in registers for the second, for rows of at most one
+// 16-byte vector per thread in blocks of at most 256 threads) and the dgamma sums in registers (written once at
+// the end). Both won (BENCHMARKS.md, 2026-12-06, H100): production is now the one-pass kernel with the sums in
+// registers (mix::bwd_onepass_kernel<T, VEC, true>, kernels/cuda/mix_norm_gate.cuh). The variant left here is the
+// same kernel with the sums in memory (REG = false), which checks that the two give the same bits and shows what
+// the registers buy:
 //   build-gpu/experiments/kernel_lab/natsl_lab_mix_norm_gate [--reps N]   (exit 1 when any output differs)
-// The production profile (natsl-340m, H100, 99283bf) has the backward at 1.53 ms a call against ~0.33 ms of
-// memory traffic. Promote the variant (into kernels/cuda/mix_norm_gate.cu, with the CUDA tests) only if it wins.
+// B8 T4096, 12 heads of 128 channels, bf16.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -35,64 +28,10 @@ using namespace natsl::kernels::cuda;
 
 namespace {
 
-constexpr int kMaxThreads = 256;
+constexpr int kMaxThreads = mix::kOnePassThreads;
 
 
-// pg, pa: [gridDim.x * blockDim.y, D] f32 partial rows, zeroed before (as the production kernel).
-// REGACC: the dgamma sums in registers, written once at the end (PartialRow; pg, pa need not be zeroed).
-template <class T, int VEC, bool REGACC>
-__global__ void __launch_bounds__(kMaxThreads)
-    onepass_bwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
-                       const T* __restrict__ z, const T* __restrict__ gg, const T* __restrict__ ga,
-                       const float* __restrict__ rstd_g, const float* __restrict__ rstd_a, const T* __restrict__ dy,
-                       T* __restrict__ dog, T* __restrict__ doa, T* __restrict__ dwl, T* __restrict__ dz,
-                       float* __restrict__ pg, float* __restrict__ pa, int64_t rows, int64_t D) {
-  extern __shared__ float scratch[];
-  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
-  PartialRow<VEC, REGACC> part_g(pg + slot * D), part_a(pa + slot * D);
-  const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
-  const bool mine = j < D;
-  float wg[VEC], wa[VEC];
-  if (mine) {
-    load_vec<T, VEC>(gg + j, wg);
-    load_vec<T, VEC>(ga + j, wa);
-  }
-  NATSL_FOR_EACH_ROW(r, rows) {
-    const bool active = r < rows;
-    const int64_t off = (active ? r : 0) * D;
-    const float rg = active ? rstd_g[r] : 0.f, ra = active ? rstd_a[r] : 0.f;
-    float a[VEC], b[VEC], zz[VEC], g[VEC];
-    float dw0 = 0.f, dw1 = 0.f;
-    if (active && mine) {
-      load_vec<T, VEC>(og + off + j, a);
-      load_vec<T, VEC>(oa + off + j, b);
-      load_vec<T, VEC>(z + off + j, zz);
-      load_vec<T, VEC>(dy + off + j, g);
-      mix::add_row_dots(a, b, zz, g, wg, wa, rg, ra, dw0, dw1);
-    }
-    dw0 = row_sum(dw0, scratch);
-    dw1 = row_sum(dw1, scratch);
-    if (!active) continue;
-    float w0, w1;
-    mix::softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
-    if (threadIdx.x == 0) {
-      const float mean = w0 * dw0 + w1 * dw1;
-      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
-      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
-    }
-    if (!mine) continue;
-    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
-    float o_g[VEC], o_a[VEC], o_z[VEC];
-    mix::outputs(a, b, zz, g, wg, wa, rg, ra, w0, w1, cg, ca, o_g, o_a, o_z, j, part_g, part_a);
-    store_vec<T, VEC>(dog + off + j, o_g);
-    store_vec<T, VEC>(doa + off + j, o_a);
-    store_vec<T, VEC>(dz + off + j, o_z);
-  }
-  part_g.finish(D);
-  part_a.finish(D);
-}
-
-enum class Variant { kOnePass, kOnePassRegAcc };
+enum class Variant { kOnePassSumsInMemory };
 
 // The variants' launcher: bf16, 16-byte aligned, D <= 256 vectors (else it refuses). The grid is production's
 // (launch_rows with one vector per thread per row), the block capped at 256 threads.
@@ -111,7 +50,7 @@ void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, 
   g.grid = dim3(unsigned(grid_for(dev, rows, l.rows_per_block, 2048 / (l.threads_x * l.rows_per_block))));
   g.smem = size_t(32) * l.rows_per_block * sizeof(float);
   const int64_t groups = int64_t(g.grid.x) * g.block.y;
-  const bool reg = var == Variant::kOnePassRegAcc;
+  const bool reg = false;  // Variant::kOnePassSumsInMemory
   Tensor partial = partial_rows(2, g, D, reg, og.device(), s);
   float* pg = partial.data<float>();
   float* pa = pg + groups * D;
@@ -120,8 +59,9 @@ void lab_bwd(Variant var, const Tensor& og, const Tensor& oa, const Tensor& wl, 
                                            rg.data<float>(), ra.data<float>(), cptr<T>(dy), mptr<T>(dog), mptr<T>(doa),
                                            mptr<T>(dwl), mptr<T>(dz), pg, pa, rows, D);
   };
-  if (reg) launch(onepass_bwd_kernel<T, V, true>);
-  else launch(onepass_bwd_kernel<T, V, false>);
+  switch (var) {
+    case Variant::kOnePassSumsInMemory: launch(mix::bwd_onepass_kernel<T, V, false>); break;
+  }
   NATSL_CUDA_CHECK_LAUNCH();
   column_sum<T>(pg, groups, D, mptr<T>(dgg), dev, s);
   column_sum<T>(pa, groups, D, mptr<T>(dga), dev, s);
@@ -180,14 +120,13 @@ int main(int argc, char** argv) {
   const double t_prod = bench::median_ms(prod, reps, s);
   const double bytes = 7.0 * double(B * T * Ha * Dv) * 2;  // og, oa, z, dy read; dog, doa, dz written
   std::printf("mix_norm_gate bwd B8 T4096 Ha12 Dv128 bf16 (%s timing, %d reps)\n", bench::timing_method(), reps);
-  std::printf("  %-28s %.4f ms  (%.0f GB/s of the 7 tensors)\n", "production (two passes)", t_prod,
+  std::printf("  %-28s %.4f ms  (%.0f GB/s of the 7 tensors)\n", "production (one pass)", t_prod,
               bytes / (t_prod * 1e6));
   const char* names[] = {"dog", "doa", "dwlogits", "dz", "dgamma_g", "dgamma_a"};
   const struct {
     Variant var;
     const char* name;
-  } variants[] = {{Variant::kOnePass, "one pass"},
-                  {Variant::kOnePassRegAcc, "one pass, dgamma in regs"}};
+  } variants[] = {{Variant::kOnePassSumsInMemory, "one pass, dgamma in memory"}};
   bool all = true;
   for (const auto& vv : variants) {
     std::vector<Tensor> v = outs();
