@@ -159,80 +159,95 @@ void check_with_plan(const GdnPlan& plan, int line) {
   }
   check_against_cpu(mk(2, 130, 3, 64, true, MaskKind::Continuous, 74), DType::f32, true, &plan);
 }
-#define CHECK_WITH_PLAN(...) check_with_plan(GdnPlan{__VA_ARGS__}, __LINE__)
-TEST(GdnCuda, KernelLayoutsMatchCpu) {
+
+// One plan per test case (so that gtest shards spread them: under compute-sanitizer racecheck a list of them in
+// one case ran past any sensible bound); the case is named after the plan's line here.
+struct LinedPlan {
+  GdnPlan plan;
+  int line;
+};
+void PrintTo(const LinedPlan& p, std::ostream* os) { *os << "the plan of line " << p.line; }
+#define PLAN(...) LinedPlan{GdnPlan{__VA_ARGS__}, __LINE__}
+class GdnCudaLayouts : public ::testing::TestWithParam<LinedPlan> {};
+TEST_P(GdnCudaLayouts, MatchCpu) {
   NATSL_REQUIRE_GPU();
-  CHECK_WITH_PLAN(.vtile = 32, .stages = 2);
-  CHECK_WITH_PLAN(.vtile = 32, .stages = 1);
-  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .joint = false);
-  CHECK_WITH_PLAN(.vtile = 64, .prep = GdnPrepKernel::generic);
-  CHECK_WITH_PLAN(.prep = GdnPrepKernel::automatic, .prep_staged = false);
-  CHECK_WITH_PLAN(.prep = GdnPrepKernel::solve_then_products, .prep_staged = false);
+  check_with_plan(GetParam().plan, GetParam().line);
 }
+std::string plan_line(const ::testing::TestParamInfo<LinedPlan>& info) { return "line" + std::to_string(info.param.line); }
+
+const LinedPlan kKernelLayouts[] = {
+  PLAN(.vtile = 32, .stages = 2),
+  PLAN(.vtile = 32, .stages = 1),
+  PLAN(.vtile = 64, .stages = 1, .joint = false),
+  PLAN(.vtile = 64, .prep = GdnPrepKernel::generic),
+  PLAN(.prep = GdnPrepKernel::automatic, .prep_staged = false),
+  PLAN(.prep = GdnPrepKernel::solve_then_products, .prep_staged = false),
+};
+INSTANTIATE_TEST_SUITE_P(KernelLayouts, GdnCudaLayouts, ::testing::ValuesIn(kKernelLayouts), plan_line);
 
 // The forward's own layouts (gdn/state_fwd.cuh): the split pass + chunk-parallel output at each stage count,
 // L2 prefetching, bulk-copy loads, the warp-specialised pass, and prep's staged / direct stores (all with the
 // tensor-copy pass off, which would take their place), then the tensor-copy pass.
-TEST(GdnCuda, ForwardLayoutsMatchCpu) {
-  NATSL_REQUIRE_GPU();
-  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 3, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .l2pf = 2, .split = true, .split_stages = 4, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 2, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .l2pf = 1, .split = false, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .l2pf = 4, .split = false, .ws = false);
-  CHECK_WITH_PLAN(.tma = false, .split = false, .fwd_bulk = true, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 32, .stages = 1, .tma = false, .l2pf = 2, .split = false, .fwd_bulk = true, .ws = false);
-  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = false, .ws = true);
-  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .tma = false, .split = false, .ws = true);
-  CHECK_WITH_PLAN(.tma = false, .split = true, .split_stages = 3, .ws = true);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true);
-  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = false, .ws = false);
-  CHECK_WITH_PLAN(.prep_staged = true, .tma = false, .split = false, .ws = false);
-  CHECK_WITH_PLAN(.prep_staged = false, .tma = false);
+const LinedPlan kForwardLayouts[] = {
+  PLAN(.tma = false, .split = true, .split_stages = 3, .ws = false),
+  PLAN(.vtile = 32, .tma = false, .l2pf = 2, .split = true, .split_stages = 4, .ws = false),
+  PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 2, .ws = false),
+  PLAN(.vtile = 64, .tma = false, .l2pf = 1, .split = false, .ws = false),
+  PLAN(.vtile = 32, .tma = false, .l2pf = 4, .split = false, .ws = false),
+  PLAN(.tma = false, .split = false, .fwd_bulk = true, .ws = false),
+  PLAN(.vtile = 32, .stages = 1, .tma = false, .l2pf = 2, .split = false, .fwd_bulk = true, .ws = false),
+  PLAN(.tma = false, .split = true, .split_stages = 4, .fwd_bulk = true, .ws = false),
+  PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 3, .fwd_bulk = true, .ws = false),
+  PLAN(.vtile = 32, .tma = false, .split = false, .ws = true),
+  PLAN(.vtile = 64, .stages = 1, .tma = false, .split = false, .ws = true),
+  PLAN(.tma = false, .split = true, .split_stages = 3, .ws = true),
+  PLAN(.vtile = 64, .tma = false, .split = true, .split_stages = 4, .ws = true),
+  PLAN(.vtile = 32, .tma = false, .split = false, .ws = false),
+  PLAN(.prep_staged = true, .tma = false, .split = false, .ws = false),
+  PLAN(.prep_staged = false, .tma = false),
   // The pass on tensor-copied tiles (gdn/state_fwd_tma.cu) at both tile widths and stage counts; K = 256 and
   // the f32 case fall back to the cp.async pass.
-  CHECK_WITH_PLAN(.vtile = 32, .tma = true);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = true, .tma_stages = 2);
+  PLAN(.vtile = 32, .tma = true),
+  PLAN(.vtile = 64, .tma = true, .tma_stages = 2),
   // Both output kernels after either split pass: one CTA per V tile (out_per_vtile), or looping over the V
   // tiles (2, the default the split rows above ran).
-  CHECK_WITH_PLAN(.vtile = 32, .tma = false, .split = true, .out_per_vtile = true, .ws = true);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = true, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = false, .ws = false);
-}
+  PLAN(.vtile = 32, .tma = false, .split = true, .out_per_vtile = true, .ws = true),
+  PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = true, .ws = false),
+  PLAN(.vtile = 64, .tma = false, .split = true, .out_per_vtile = false, .ws = false),
+};
+INSTANTIATE_TEST_SUITE_P(ForwardLayouts, GdnCudaLayouts, ::testing::ValuesIn(kForwardLayouts), plan_line);
 
 // The backward's own layouts: bulk-copy tile loads, staged / direct stores and L2 prefetching in the reverse
 // state pass (gdn/state_bwd.cu), joint and separate, at each V tile width and stage count.
-TEST(GdnCuda, BackwardLayoutsMatchCpu) {
-  NATSL_REQUIRE_GPU();
-  CHECK_WITH_PLAN(.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false);
-  CHECK_WITH_PLAN(.vtile = 64, .bwd_store_staged = false, .bwd_bulk = false);
-  CHECK_WITH_PLAN(.vtile = 64, .stages = 2, .bwd_bulk = true);
-  CHECK_WITH_PLAN(.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true);
-  CHECK_WITH_PLAN(.vtile = 32, .stages = 2, .joint = false, .bwd_bulk = true);
-  CHECK_WITH_PLAN(.vtile = 64, .stages = 1, .bwd_bulk = true);
-  CHECK_WITH_PLAN(.vtile = 64, .bwd_store_staged = true, .bwd_l2pf = 2);
-  CHECK_WITH_PLAN(.vtile = 32, .bwd_bulk = true, .bwd_l2pf = 1);
+const LinedPlan kBackwardLayouts[] = {
+  PLAN(.vtile = 32, .bwd_store_staged = true, .bwd_bulk = false),
+  PLAN(.vtile = 64, .bwd_store_staged = false, .bwd_bulk = false),
+  PLAN(.vtile = 64, .stages = 2, .bwd_bulk = true),
+  PLAN(.vtile = 32, .stages = 1, .bwd_store_staged = true, .bwd_bulk = true),
+  PLAN(.vtile = 32, .stages = 2, .joint = false, .bwd_bulk = true),
+  PLAN(.vtile = 64, .stages = 1, .bwd_bulk = true),
+  PLAN(.vtile = 64, .bwd_store_staged = true, .bwd_l2pf = 2),
+  PLAN(.vtile = 32, .bwd_bulk = true, .bwd_l2pf = 1),
   // h_n and v_new of the forward recompute stored straight from the accumulators (4-byte stores) instead of
   // from their shared tiles.
-  CHECK_WITH_PLAN(.vtile = 32, .fwd_store_staged = false);
-  CHECK_WITH_PLAN(.joint = false, .bwd_tma = true, .fwd_store_staged = false);
+  PLAN(.vtile = 32, .fwd_store_staged = false),
+  PLAN(.joint = false, .bwd_tma = true, .fwd_store_staged = false),
   // Tensor-copied tiles (K = 256 and f32 fall back to the cp.async passes).
-  CHECK_WITH_PLAN(.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3);
-  CHECK_WITH_PLAN(.joint = false, .bwd_tma = true, .bwd_tma_vtile = 64, .bwd_tma_stages = 1);
-}
+  PLAN(.bwd_tma = true, .bwd_tma_vtile = 32, .bwd_tma_stages = 3),
+  PLAN(.joint = false, .bwd_tma = true, .bwd_tma_vtile = 64, .bwd_tma_stages = 1),
+};
+INSTANTIATE_TEST_SUITE_P(BackwardLayouts, GdnCudaLayouts, ::testing::ValuesIn(kBackwardLayouts), plan_line);
 
 // Two CTAs per SM (GdnPlan::occ2: one stage, registers capped at 128 a thread): the forward pass with its
 // output, the split forward, the backward's joint and separate passes, both tile widths; and off (the
 // pipelined kernels), whichever the default.
-TEST(GdnCuda, TwoCtasPerSmLayoutsMatchCpu) {
-  NATSL_REQUIRE_GPU();
-  CHECK_WITH_PLAN(.vtile = 64, .occ2 = true, .tma = false, .split = false, .ws = false);
-  CHECK_WITH_PLAN(.vtile = 32, .occ2 = true, .joint = false, .tma = false, .split = true);
-  CHECK_WITH_PLAN(.vtile = 64, .occ2 = true, .tma = false, .ws = true, .bwd_store_staged = false);
-  CHECK_WITH_PLAN(.occ2 = false, .tma = false, .split = false, .ws = false);
-}
+const LinedPlan kTwoCtasPerSmLayouts[] = {
+  PLAN(.vtile = 64, .occ2 = true, .tma = false, .split = false, .ws = false),
+  PLAN(.vtile = 32, .occ2 = true, .joint = false, .tma = false, .split = true),
+  PLAN(.vtile = 64, .occ2 = true, .tma = false, .ws = true, .bwd_store_staged = false),
+  PLAN(.occ2 = false, .tma = false, .split = false, .ws = false),
+};
+INSTANTIATE_TEST_SUITE_P(TwoCtasPerSmLayouts, GdnCudaLayouts, ::testing::ValuesIn(kTwoCtasPerSmLayouts), plan_line);
 
 TEST(GdnCuda, NoFinalStateGradient) {
   NATSL_REQUIRE_GPU();
