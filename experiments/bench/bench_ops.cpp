@@ -246,7 +246,11 @@ int main(int argc, char** argv) {
       Tensor st = Tensor::empty({rows}, DType::f32, kGpu);
       const std::string sh = std::to_string(rows) + "x" + std::to_string(D) + " (340m " + what + ")";
       mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
-      mem("rmsnorm bwd bf16", sh, 3 * t, [&] { rmsnorm_bwd(x, w, st, dy, dx, dw); });
+      // Both backward plans: the default holds a row in registers with one block per row (a 32-thread block for
+      // 128 channels of bf16 has 16 lanes with data); the general kernel puts several rows in a block.
+      for (bool regs : {false, true})
+        mem(std::string("rmsnorm bwd bf16 [") + (regs ? "regs" : "general") + "]", sh, 3 * t,
+            [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormBwdPlan{regs}); });
     }
     {
       const int64_t rows = N * 6, D = 128;
