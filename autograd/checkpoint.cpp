@@ -20,9 +20,10 @@ class RestoreOnExit {
 };
 
 // The outputs a keeping checkpoint holds (kept_output): appended in the first run, read back in order in the
-// recomputation.
+// recomputation, each with the key it was kept under.
 struct KeptOutputs {
   std::vector<Tensor> tensors;
+  std::vector<KeptKey> keys;
   size_t next = 0;
   bool replay = false;
 };
@@ -30,7 +31,7 @@ struct KeptOutputs {
 // The tape of the keeping checkpoint running now (first run or recomputation), or null.
 thread_local KeptOutputs* t_kept = nullptr;
 
-// Makes `tape` the active tape for a scope (null: none), and puts the previous one back after.
+// Makes `tape` the active tape for a scope, and puts the previous one back after.
 class KeptScope {
  public:
   explicit KeptScope(KeptOutputs* tape) : prev_(t_kept) { t_kept = tape; }
@@ -41,6 +42,10 @@ class KeptScope {
  private:
   KeptOutputs* prev_;
 };
+
+std::string key_str(const KeptKey& k) {
+  return std::string(k.op) + " " + shape_str(k.shape) + " " + std::string(dtype_name(k.dtype));
+}
 
 class CheckpointNode : public Node {
  public:
@@ -82,7 +87,7 @@ class CheckpointNode : public Node {
         kept_->replay = true;
         kept_->next = 0;
       }
-      KeptScope tape(kept_.get());
+      KeptScope tape(kept_ ? kept_.get() : t_kept);
       outs = fn_(leaves);
       NATSL_CHECK(!kept_ || kept_->next == kept_->tensors.size(), "checkpoint: the recomputation asked for ",
                   kept_ ? kept_->next : 0, " kept matrix products, the first run kept ",
@@ -120,22 +125,33 @@ class CheckpointNode : public Node {
 
 }  // namespace
 
-Tensor kept_output(const char* op, const Shape& shape, DType dtype, const std::function<Tensor()>& compute) {
+namespace detail {
+
+bool keeping() { return t_kept != nullptr; }
+
+Tensor take_kept(const KeptKey& key) {
   KeptOutputs* tape = t_kept;
-  if (!tape) return compute();
-  if (!tape->replay) {
-    Tensor out = compute();
-    tape->tensors.push_back(out.detach());
-    return out;
-  }
+  if (!tape->replay) return Tensor();
   NATSL_CHECK(tape->next < tape->tensors.size(), "checkpoint: the recomputation asked for more kept matrix products "
-              "than the first run kept (", tape->tensors.size(), "), at ", op);
-  const Tensor& t = tape->tensors[tape->next++];
-  NATSL_CHECK(t.shape() == shape && t.dtype() == dtype, "checkpoint: kept product ", tape->next - 1, " (", op,
-              ") is ", t.str(), " in the first run but ", shape_str(shape), " ", dtype_name(dtype),
-              " in the recomputation");
-  return t.detach();
+              "than the first run kept (", tape->tensors.size(), "), at ", key_str(key));
+  const size_t i = tape->next++;
+  const KeptKey& k = tape->keys[i];
+  NATSL_CHECK(std::string(k.op) == key.op && k.shape == key.shape && k.dtype == key.dtype && k.operand == key.operand,
+              "checkpoint: kept product ", i, " is ", key_str(k), " from the first run, but the recomputation asks for ",
+              key_str(key), k.operand != key.operand ? " of another weight" : "",
+              ": it must run the same ops on the same data");
+  return tape->tensors[i].detach();
 }
+
+void keep(const Tensor& out, const KeptKey& key) {
+  t_kept->tensors.push_back(out.detach());
+  t_kept->keys.push_back(key);
+}
+
+}  // namespace detail
+
+NoKeepGuard::NoKeepGuard() : prev_(t_kept) { t_kept = nullptr; }
+NoKeepGuard::~NoKeepGuard() { t_kept = static_cast<KeptOutputs*>(prev_); }
 
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
                                const std::vector<Tensor>& params, const StateCapture& state, CheckpointKeep keep) {
@@ -151,10 +167,11 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
 
   std::function<void()> restore_first = state ? state() : nullptr;
   std::vector<Tensor> outs;
-  auto kept = keep == CheckpointKeep::Matmuls ? std::make_shared<KeptOutputs>() : nullptr;
+  // A tape of its own only where no keeping checkpoint is running (nested: the outer tape keeps).
+  auto kept = keep == CheckpointKeep::Matmuls && !t_kept ? std::make_shared<KeptOutputs>() : nullptr;
   {
     NoGradGuard no_grad;
-    KeptScope tape(kept.get());
+    KeptScope tape(kept ? kept.get() : t_kept);
     outs = fn(inputs);
   }
   // Fresh handles on the outputs' data: an output may be an input or a parameter itself, whose history must

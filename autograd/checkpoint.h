@@ -30,8 +30,15 @@
 // (linear, matmul: the ops that call kept_output()), and the recomputation takes those tensors back in the same
 // order instead of multiplying again, so only the cheap ops between the products (norms, activations,
 // convolutions, the mixers' kernels) run twice. The node holds the kept outputs until its backward. The
-// recomputation must ask for the same products in the same order and shapes (it runs the same code on the
-// same data, with the same state); anything else is an error, not a silent mismatch.
+// recomputation must ask for the same products in the same order: it runs the same code (the same call sites,
+// so even an unspecified argument evaluation order is the same) on the same data with the same state. Each
+// request is checked against what was kept (op, output shape and dtype, and the weight's storage for linear /
+// a leaf operand's for matmul): a recomputation that asks for other products is an error, and one that asks
+// for same-shaped products of other activations in another order is not caught (it cannot happen to code
+// that runs the same way twice). A kept output must not be written in place after the product (no op does).
+// Nesting: a checkpoint inside a keeping one's run (first or recomputation) keeps into the outer tape, not one
+// of its own (its own recomputation, later, multiplies again); NoKeepGuard suspends keeping for a scope (the
+// dense attention fallback's [T, T] scores are not worth their memory).
 #include <functional>
 #include <memory>
 #include <vector>
@@ -56,10 +63,46 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& 
                   const std::vector<Tensor>& params, const StateCapture& state = nullptr,
                   CheckpointKeep keep = CheckpointKeep::Inputs);
 
+// What a kept product is checked against on the recomputation's request.
+struct KeptKey {
+  const char* op;         // "linear", "matmul"
+  Shape shape;            // the output's
+  DType dtype;            // the output's
+  const void* operand;    // the storage of the weight (linear) or of a leaf operand (matmul), else null
+};
+
+namespace detail {
+// Whether a keeping checkpoint is running now (first run or recomputation).
+bool keeping();
+// In a recomputation: the kept tensor for this request (a fresh handle), checked against key; in a first run:
+// an undefined tensor (compute, then keep()).
+Tensor take_kept(const KeptKey& key);
+void keep(const Tensor& out, const KeptKey& key);
+}  // namespace detail
+
 // For an op whose output a CheckpointKeep::Matmuls checkpoint keeps (the matrix products): inside such a
 // checkpoint's first run, compute() runs and its result is kept; inside its recomputation, the kept tensor is
-// returned (a fresh handle on it; checked against `shape` and `dtype`) and compute() does not run; anywhere
-// else compute() just runs. `op` names the op in errors.
-Tensor kept_output(const char* op, const Shape& shape, DType dtype, const std::function<Tensor()>& compute);
+// returned (checked against key) and compute() does not run; anywhere else compute() just runs.
+template <class F>
+Tensor kept_output(const KeptKey& key, F&& compute) {
+  if (!detail::keeping()) return compute();
+  Tensor t = detail::take_kept(key);
+  if (t.defined()) return t;
+  Tensor out = compute();
+  detail::keep(out, key);
+  return out;
+}
+
+// No keeping for a scope (kept_output just computes): RAII, restores the enclosing state.
+class NoKeepGuard {
+ public:
+  NoKeepGuard();
+  ~NoKeepGuard();
+  NoKeepGuard(const NoKeepGuard&) = delete;
+  NoKeepGuard& operator=(const NoKeepGuard&) = delete;
+
+ private:
+  void* prev_;
+};
 
 }  // namespace natsl

@@ -34,6 +34,10 @@ Tensor product(const Tensor& a, const Tensor& b, bool ta, bool tb, const Shape& 
 
 Tensor transpose_last(const Tensor& t) { return t.transpose(-2, -1).contiguous(); }
 
+// A parameter's storage (a leaf that takes a gradient: the same in a checkpoint's first run, which runs without
+// history, and in its recomputation), else null: what a kept product is checked against (autograd/checkpoint.h).
+const void* parameter_storage(const Tensor& t) { return t.is_leaf() && t.requires_grad() ? t.data_ptr() : nullptr; }
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
@@ -44,7 +48,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   Tensor ae = expand_batch(a, batch).detach();
   Tensor be = (b.dim() == 2 ? b.contiguous() : expand_batch(b, batch)).detach();
   const Shape out_shape = with_matrix(batch, ae.size(trans_a ? -1 : -2), be.size(trans_b ? -2 : -1));
-  Tensor out = kept_output("matmul", out_shape, a.dtype(), [&] { return product(ae, be, trans_a, trans_b, batch); });
+  Tensor out = kept_output({"matmul", out_shape, a.dtype(), parameter_storage(b) ? parameter_storage(b) : parameter_storage(a)},
+                           [&] { return product(ae, be, trans_a, trans_b, batch); });
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   const Shape ash = a.shape(), bsh = b.shape();
   record("matmul", {a, b}, {&out}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -80,7 +85,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Tensor x2 = x.contiguous().view({-1, in}).detach();
   Tensor wc = w.contiguous().detach();
   // Kept by a checkpoint that keeps its products (autograd/checkpoint.h): its recomputation skips the GEMM.
-  Tensor y2 = kept_output("linear", {x2.size(0), outf}, x.dtype(), [&] {
+  Tensor y2 = kept_output({"linear", {x2.size(0), outf}, x.dtype(), parameter_storage(w)}, [&] {
     Tensor y = product(x2, wc, false, true, {});
     if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y, bias, y);
     return y;

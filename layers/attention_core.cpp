@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "autograd/checkpoint.h"
 #include "autograd/ops.h"
 #include "autograd/ops_natsl.h"
 
@@ -26,7 +27,8 @@ Tensor attention_core(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
   // scores in memory); it covers head dims up to 128 (q/k) and 256 (v).
   if (causal && q.device().is_cuda() && q.size(3) <= 128 && v.size(3) <= 256)
     return causal_attention(q, k, v, scale);
-  // Heads to the batch dims: [B, H, T, D].
+  // Heads to the batch dims: [B, H, T, D]. Recomputation does not keep these products: [T, T] scores.
+  NoKeepGuard no_keep;
   Tensor qh = permute(q, {0, 2, 1, 3}), kh = permute(k, {0, 2, 1, 3}), vh = permute(v, {0, 2, 1, 3});
   Tensor scores = mul_scalar(matmul(qh, kh, false, true), scale);  // [B, H, T, T]
   if (causal) scores = add(scores, causal_mask(T, scores.dtype(), scores.device()));

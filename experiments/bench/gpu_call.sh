@@ -75,11 +75,14 @@ T0=$(date +%s)
     [ -f "$OUT/.done" ] && exit 0
     sleep 2
     if [ $(($(date +%s) - last_pack)) -ge "${PACK_EVERY:-60}" ]; then
-      tar -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" logs && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz"
+      # exit 1 = a file changed while read (console.log, a running stage's log): the archive is still whole
+      tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" logs
+      [ $? -le 1 ] && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz"
       last_pack=$(date +%s)
     fi
   done
-  tar -C "$OUT" -czf "$OUT/logs-partial.tgz" --exclude=console.log logs &&
+  tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" --exclude=console.log logs
+  [ $? -le 1 ] && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz" &&
     find "$LOG" -type f ! -name console.log -delete && touch "$OUT/.limit-packed"
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG_PID=$!
@@ -279,7 +282,8 @@ fi
 if has mem; then
   # MEM_RECOMPUTE: settings separated by ';', each train.recompute's list, optionally followed by
   # /train.recompute_keep's (e.g. "[block]/[matmul]").
-  IFS=';' read -ra RCS <<<"${MEM_RECOMPUTE:-[];[mlp]/[matmul];[mixer,mlp]/[matmul];[block]/[matmul];[mixer,mlp];[block]}"
+  # The baselines first (a call cut at its limit loses the last settings).
+  IFS=';' read -ra RCS <<<"${MEM_RECOMPUTE:-[];[block];[mixer,mlp];[block]/[matmul];[mixer,mlp]/[matmul];[mlp]/[matmul]}"
   for seq in ${MEM_SEQS:-4096 16384 32768}; do
     bs=$((8 * 4096 / seq)); [ "$bs" -lt 1 ] && bs=1
     for setting in "${RCS[@]}"; do
@@ -515,5 +519,5 @@ rm -f "$OUT/.done"
 tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
 # The periodic snapshot is redundant once logs.tgz holds everything (it stays when the limit's pack moved logs into it).
 [ -f "$OUT/.limit-packed" ] || rm -f "$OUT/logs-partial.tgz"
-rm -f "$OUT/.limit-packed"
+rm -f "$OUT/.limit-packed" "$OUT/.logs-partial.tgz.tmp"
 ls "$OUT"

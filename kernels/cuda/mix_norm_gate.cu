@@ -6,7 +6,7 @@
 //               dog = rstd_g (w0 du gamma_g - n_g w0 dw0 / Dv)   (n_g = og rstd_g; likewise doa)
 //             dgamma: per-(block, row slot) f32 partial rows added in order afterwards (deterministic, as
 //             the RMSNorm weight gradient); a slot's sums stay in registers where a row fits the block, and rows
-//             of at most 256 threads' vectors are read once (mix_bwd_onepass_kernel).
+//             of at most 256 threads' vectors are read once (mix::bwd_onepass_kernel, kernels/cuda/mix_norm_gate.cuh).
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/mix_norm_gate.cuh"
 #include "kernels/mix_norm_gate.h"

@@ -188,13 +188,20 @@ TEST(RecomputeCheckpoint, KeptProductsAreTakenBackNotRecomputed) {
 
 TEST(RecomputeCheckpoint, KeptProductsMustBeAskedForInTheSameOrderAndShapes) {
   Params p;
-  // The recomputation runs one product fewer, one more, or one of another shape than the first run.
-  for (int variant = 0; variant < 3; ++variant) {
+  Tensor w3 = randn({6, 4}, 14, DType::f64, 0.5).set_requires_grad(true);  // w1's shape
+  // The recomputation runs one product fewer, one more, one of another shape, or the same-shaped products of two
+  // weights in the other order than the first run.
+  for (int variant = 0; variant < 4; ++variant) {
     SCOPED_TRACE(variant);
     auto runs = std::make_shared<int>(0);
     Tensor y = checkpoint(
-        [&p, runs, variant](const Tensor& in) {
+        [&p, &w3, runs, variant](const Tensor& in) {
           const bool again = (*runs)++ > 0;
+          if (variant == 3) {
+            Tensor a = again ? linear(in, w3) : linear(in, p.w1);
+            Tensor b = again ? linear(in, p.w1) : linear(in, w3);
+            return add(a, mul(b, b));
+          }
           Tensor h = linear(in, p.w1);
           if (variant == 0 && again) return h;
           Tensor out = linear(h, p.w2);
@@ -202,7 +209,7 @@ TEST(RecomputeCheckpoint, KeptProductsMustBeAskedForInTheSameOrderAndShapes) {
           if (variant == 2 && again) return linear(in, p.w2.transpose(0, 1));  // [.., 4] x [6, 4]^T: other shape
           return out;
         },
-        p.x0, {p.w1, p.w2}, nullptr, CheckpointKeep::Matmuls);
+        p.x0, {p.w1, p.w2, w3}, nullptr, CheckpointKeep::Matmuls);
     try {
       sum(y).backward();
       FAIL() << "expected an error";
@@ -211,4 +218,54 @@ TEST(RecomputeCheckpoint, KeptProductsMustBeAskedForInTheSameOrderAndShapes) {
     }
     p.zero();
   }
+}
+
+// A checkpoint inside a keeping one (either kind) keeps into the outer tape: the same gradients as without any.
+TEST(RecomputeCheckpoint, NestedCheckpointsInsideAKeepingOneGiveTheSameGradients) {
+  Params p;
+  auto inner_fn = [&p](const Tensor& in) { return silu(linear(in, p.w1)); };
+  auto f = [&p, inner_fn](const Tensor& in, int inner) {
+    Tensor h = inner == 0 ? inner_fn(in)
+                          : checkpoint(inner_fn, in, {p.w1}, nullptr,
+                                       inner == 1 ? CheckpointKeep::Inputs : CheckpointKeep::Matmuls);
+    return add(in, linear(h, p.w2));
+  };
+  auto loss_with = [&](const Tensor& y) { return add(sum(square(y)), sum(p.x0)); };
+  Tensor plain = loss_with(f(mul_scalar(p.x0, 2.0), 0));
+  plain.backward();
+  const auto g1 = host(p.w1.grad()), g2 = host(p.w2.grad()), gx = host(p.x0.grad());
+  for (int inner : {1, 2}) {
+    SCOPED_TRACE(inner == 1 ? "inner keeps inputs" : "inner keeps matmuls");
+    p.zero();
+    Tensor loss = loss_with(checkpoint([f, inner](const Tensor& in) { return f(in, inner); }, mul_scalar(p.x0, 2.0),
+                                       {p.w1, p.w2}, nullptr, CheckpointKeep::Matmuls));
+    EXPECT_EQ(loss.item(), plain.item());
+    loss.backward();
+    EXPECT_EQ(host(p.w1.grad()), g1);
+    EXPECT_EQ(host(p.w2.grad()), g2);
+    EXPECT_EQ(host(p.x0.grad()), gx);
+  }
+}
+
+// NoKeepGuard: the products of its scope are multiplied again in the recomputation, the others taken back.
+TEST(RecomputeCheckpoint, NoKeepGuardLeavesItsProductsToTheRecomputation) {
+  Params p;
+  auto products = std::make_shared<std::vector<Tensor>>();
+  Tensor y = checkpoint(
+      [&p, products](const Tensor& in) {
+        Tensor a;
+        {
+          NoKeepGuard no_keep;
+          a = linear(in, p.w1);
+        }
+        Tensor b = linear(silu(a), p.w2);
+        products->push_back(a);
+        products->push_back(b);
+        return b;
+      },
+      p.x0, {p.w1, p.w2}, nullptr, CheckpointKeep::Matmuls);
+  sum(y).backward();
+  ASSERT_EQ(products->size(), 4u);                               // a, b of the first run, then of the recomputation
+  EXPECT_NE((*products)[2].data_ptr(), (*products)[0].data_ptr());  // a: multiplied again
+  EXPECT_EQ((*products)[3].data_ptr(), (*products)[1].data_ptr());  // b: taken back
 }

@@ -228,14 +228,15 @@ TEST(NatslCuda, MixNormGateMatchesCpu) {
   NATSL_REQUIRE_GPU();
   for (DType dt : {DType::f32, DType::bf16})
     for (Shape rows : {Shape{1, 1}, Shape{2, 37, 3}, Shape{2, 100, 12}, Shape{3, 5}, Shape{4, 33}, Shape{20000}})
-      for (int64_t D : {2, 5, 64, 128, 256, 1000, 1029, 2048}) {
+      for (int64_t D : {2, 5, 64, 128, 256, 1000, 1001, 1029, 2048, 4096}) {
         if (D == 1000 && rows.size() == 3 && rows[1] == 100) continue;  // keep the f64 reference quick
-        // The backward's three kernels: rows of at most 256 threads' vectors in one pass (every width up to
-        // 1000); 2048 (f32: 512 vectors of 4) in two passes with the dgamma sums in registers; 1029 unaligned
+        // The backward's kernels: rows of at most 256 threads' vectors in one pass (every width up to 1000, and
+        // bf16's 2048); rows of 257-1024 threads' vectors in two passes with the dgamma sums in registers (2048
+        // and 4096 f32, 4096 bf16 vectors of 16 bytes; 1001 unaligned channels, one a thread); 1029 unaligned
         // channels, more than a block's threads a row, with the partial rows in memory. 20000 rows: each slot
         // sums several rows.
         if (rows.size() == 1 && D != 64 && D != 128) continue;
-        if ((D == 1029 || D == 2048) && rows.size() != 2) continue;
+        if ((D == 1001 || D == 1029 || D == 2048 || D == 4096) && rows.size() != 2) continue;
         Shape s = rows;
         s.push_back(D);
         Shape ws = rows;
