@@ -22,8 +22,11 @@ class RestoreOnExit {
 // The outputs a keeping checkpoint holds (kept_output): appended in the first run, read back in order in the
 // recomputation, each with the key it was kept under.
 struct KeptOutputs {
-  std::vector<Tensor> tensors;
-  std::vector<KeptKey> keys;
+  struct Entry {
+    Tensor tensor;
+    KeptKey key;
+  };
+  std::vector<Entry> entries;
   size_t next = 0;
   bool replay = false;
 };
@@ -89,9 +92,10 @@ class CheckpointNode : public Node {
       }
       KeptScope tape(kept_ ? kept_.get() : t_kept);
       outs = fn_(leaves);
-      NATSL_CHECK(!kept_ || kept_->next == kept_->tensors.size(), "checkpoint: the recomputation asked for ",
-                  kept_ ? kept_->next : 0, " kept matrix products, the first run kept ",
-                  kept_ ? kept_->tensors.size() : 0, ": it must run the same ops on the same data");
+      if (kept_)
+        NATSL_CHECK(kept_->next == kept_->entries.size(), "checkpoint: the recomputation asked for ", kept_->next,
+                    " kept matrix products, the first run kept ", kept_->entries.size(),
+                    ": it must run the same ops on the same data");
     }
     // Backpropagate the outputs that got a gradient through the recomputed graph.
     std::vector<Tensor> roots, root_grads;
@@ -132,21 +136,18 @@ bool keeping() { return t_kept != nullptr; }
 Tensor take_kept(const KeptKey& key) {
   KeptOutputs* tape = t_kept;
   if (!tape->replay) return Tensor();
-  NATSL_CHECK(tape->next < tape->tensors.size(), "checkpoint: the recomputation asked for more kept matrix products "
-              "than the first run kept (", tape->tensors.size(), "), at ", key_str(key));
+  NATSL_CHECK(tape->next < tape->entries.size(), "checkpoint: the recomputation asked for more kept matrix products "
+              "than the first run kept (", tape->entries.size(), "), at ", key_str(key));
   const size_t i = tape->next++;
-  const KeptKey& k = tape->keys[i];
+  const KeptKey& k = tape->entries[i].key;
   NATSL_CHECK(std::string(k.op) == key.op && k.shape == key.shape && k.dtype == key.dtype && k.operand == key.operand,
               "checkpoint: kept product ", i, " is ", key_str(k), " from the first run, but the recomputation asks for ",
               key_str(key), k.operand != key.operand ? " of another weight" : "",
               ": it must run the same ops on the same data");
-  return tape->tensors[i].detach();
+  return tape->entries[i].tensor.detach();
 }
 
-void keep(const Tensor& out, const KeptKey& key) {
-  t_kept->tensors.push_back(out.detach());
-  t_kept->keys.push_back(key);
-}
+void keep(const Tensor& out, const KeptKey& key) { t_kept->entries.push_back({out.detach(), key}); }
 
 }  // namespace detail
 
