@@ -9,10 +9,10 @@
 // ratio = ours_ms / peer_ms (lower is better; the issue asks <= 1/0.7 = 1.43 for the memory-bound ops and
 // <= 1.5 for cross-entropy). CUDA events on the compute stream, warm-up, median of --reps runs.
 // Ops with more than one kernel are timed once per kernel through their plan argument, in rows named
-// "... [kernel]": rmsnorm bwd [general|regs] (kernels/cuda/rmsnorm_plan.h), short_conv at natsl-340m's shapes
-// [per_channel|chunks] (kernels/cuda/short_conv_plan.h), embedding bwd
-// [radix_sort|cooperative] (kernels/cuda/embedding_bwd.h), fused cross-entropy [rows|ring]
-// (kernels/cuda/cross_entropy_fused.h); the second of each is the default.
+// "... [kernel]": rmsnorm fwd [short|general] and bwd [short|regs|general] (kernels/cuda/rmsnorm_plan.h: the
+// default depends on the row width), short_conv at natsl-340m's shapes [per_channel|chunks]
+// (kernels/cuda/short_conv_plan.h), embedding bwd [radix_sort|cooperative] (kernels/cuda/embedding_bwd.h), fused
+// cross-entropy [rows|ring] (kernels/cuda/cross_entropy_fused.h); for those three the second is the default.
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
@@ -51,6 +51,12 @@ using namespace natsl;
 using namespace natsl::kernels;
 
 namespace {
+
+// The RMSNorm backward's kernels with their row names.
+constexpr std::pair<cuda::RmsnormPlan::Kernel, const char*> kRmsnormBwdKernels[] = {
+    {cuda::RmsnormPlan::Kernel::short_rows, "short"},
+    {cuda::RmsnormPlan::Kernel::row_in_registers, "regs"},
+    {cuda::RmsnormPlan::Kernel::general, "general"}};
 
 const Device kGpu = Device::cuda(0);
 
@@ -167,9 +173,10 @@ int main(int argc, char** argv) {
     Tensor st = Tensor::empty({R}, DType::f32, kGpu);
     const std::string sh = "32768x4096";
     mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
-    for (bool regs : {false, true})
-      mem(std::string("rmsnorm bwd bf16 [") + (regs ? "regs" : "general") + "]", sh, 3 * t,
-          [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormBwdPlan{regs}); });
+    for (auto [k, name] : kRmsnormBwdKernels)
+      if (k != cuda::RmsnormPlan::Kernel::short_rows)  // rows of 512 vectors: not a short row
+        mem(std::string("rmsnorm bwd bf16 [") + name + "]", sh, 3 * t,
+            [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormPlan{k}); });
     mem("softmax fwd bf16", sh, 2 * t, [&] { softmax_fwd(x, y); });
     mem("softmax bwd bf16", sh, 3 * t, [&] { softmax_bwd(y, dy, dx); });
     Tensor dsum = Tensor::empty({1, D}, DType::bf16, kGpu);
@@ -245,12 +252,13 @@ int main(int argc, char** argv) {
       Tensor w = rnd({D}, DType::bf16, 42), dw = Tensor::empty({D}, DType::bf16, kGpu);
       Tensor st = Tensor::empty({rows}, DType::f32, kGpu);
       const std::string sh = std::to_string(rows) + "x" + std::to_string(D) + " (340m " + what + ")";
-      mem("rmsnorm fwd bf16", sh, 2 * t, [&] { rmsnorm_fwd(x, w, 1e-6, y, st); });
-      // Both backward plans: the default holds a row in registers with one block per row (a 32-thread block for
-      // 128 channels of bf16 has 16 lanes with data); the general kernel puts several rows in a block.
-      for (bool regs : {false, true})
-        mem(std::string("rmsnorm bwd bf16 [") + (regs ? "regs" : "general") + "]", sh, 3 * t,
-            [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormBwdPlan{regs}); });
+      // Each kernel (rmsnorm_plan.h), the short-row one also at d 1024 (128 vectors: its widest layout).
+      for (auto k : {cuda::RmsnormPlan::Kernel::short_rows, cuda::RmsnormPlan::Kernel::general})
+        mem(std::string("rmsnorm fwd bf16 [") + (k == cuda::RmsnormPlan::Kernel::general ? "general" : "short") + "]",
+            sh, 2 * t, [&] { cuda::rmsnorm_fwd(x, w, 1e-6, y, st, cuda::RmsnormPlan{k}); });
+      for (auto [k, name] : kRmsnormBwdKernels)
+        mem(std::string("rmsnorm bwd bf16 [") + name + "]", sh, 3 * t,
+            [&] { cuda::rmsnorm_bwd(x, w, st, dy, dx, dw, cuda::RmsnormPlan{k}); });
     }
     {
       const int64_t rows = N * 6, D = 128;

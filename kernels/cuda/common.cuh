@@ -172,6 +172,29 @@ __device__ __forceinline__ float warp_reduce(float v) {
 __device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
 __device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
 
+// Sum over aligned groups of TPR lanes (a power of two <= 32) of a warp, to every lane of the group (xor
+// butterfly: a fixed order, deterministic). Every lane of the warp must call it.
+template <int TPR>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The short-row kernels' layout for rows of `nvec` vectors (at most 128: head-sized rows): TPR lanes of a
+// warp per row, each with NV vectors of it, called as go(Width<TPR>{}, Width<NV>{}). False (go not called)
+// for wider rows.
+template <class F>
+bool dispatch_short_rows(int64_t nvec, F&& go) {
+  if (nvec <= 8) go(Width<8>{}, Width<1>{});
+  else if (nvec <= 16) go(Width<16>{}, Width<1>{});
+  else if (nvec <= 32) go(Width<32>{}, Width<1>{});
+  else if (nvec <= 64) go(Width<32>{}, Width<2>{});
+  else if (nvec <= 128) go(Width<32>{}, Width<4>{});
+  else return false;
+  return true;
+}
+
 // Row kernels use blockDim = (threads per row, rows per block), threads per row a power of two >= 32,
 // so that each row is whole warps. row_reduce returns Op of v over the threads of this thread's row, to
 // every thread of the row, in a fixed order (deterministic). `scratch` holds 32 floats per row of the

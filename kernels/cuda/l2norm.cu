@@ -58,13 +58,6 @@ __global__ void __launch_bounds__(1024) l2norm_bwd_kernel(const T* __restrict__ 
 // lane NV vectors of it, held in registers between the reduction and the output (one read, one write), and
 // each group works on RPG rows at once so that RPG * NV 16-byte loads per thread are in flight. Reductions
 // are xor-shuffles inside the group (fixed order: deterministic). Grid-stride over groups of RPG rows.
-template <int TPR>
-__device__ __forceinline__ float group_sum(float v) {
-#pragma unroll
-  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
 __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                                            const float* __restrict__ rnorm_in, T* __restrict__ out,
@@ -125,20 +118,13 @@ template <class T, int VEC, bool BWD>
 bool l2norm_short(int dev, cudaStream_t s, const T* a, const T* b, const float* rn_in, T* out, float* rn_out,
                   int64_t rows, int64_t D, float eps) {
   const int64_t nvec = D / VEC;
-  auto go = [&](auto tpr, auto nv) {
+  return dispatch_short_rows(nvec, [&](auto tpr, auto nv) {
     constexpr int TPR = decltype(tpr)::value, NV = decltype(nv)::value, RPG = 4 / NV;
     const int64_t groups = (rows + RPG - 1) / RPG;
     const int grid = grid_for(dev, groups, 256 / TPR, 8);
     l2norm_short_kernel<T, VEC, TPR, NV, RPG, BWD><<<grid, 256, 0, s>>>(a, b, rn_in, out, rn_out, rows, D, eps);
     NATSL_CUDA_CHECK_LAUNCH();
-    return true;
-  };
-  if (nvec <= 8) return go(Width<8>{}, Width<1>{});
-  if (nvec <= 16) return go(Width<16>{}, Width<1>{});
-  if (nvec <= 32) return go(Width<32>{}, Width<1>{});
-  if (nvec <= 64) return go(Width<32>{}, Width<2>{});
-  if (nvec <= 128) return go(Width<32>{}, Width<4>{});
-  return false;
+  });
 }
 
 }  // namespace

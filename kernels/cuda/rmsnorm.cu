@@ -1,11 +1,12 @@
 // CUDA RMSNorm over the last dim:
 //   rstd = 1 / sqrt(mean(x^2) + eps),  y = x * rstd * w
 //   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
-// The weight gradient is deterministic: each (block, row slot) adds its rows into its own f32 partial row
-// (in shared memory when it fits), then the partial rows are added in a fixed order (column_sum.cuh).
-// Backward kernels (RmsnormBwdPlan, rmsnorm_plan.h): rmsnorm_bwd_regs_kernel with 2 vectors per thread per
-// tensor (one block per row, the row held in registers; the default) or, where the row does not fit or is not
-// vector-aligned, rmsnorm_bwd_kernel (reads x and dy twice per row).
+// The weight gradient is deterministic: each block (or block row slot) adds its rows into its own f32 partial
+// row, then the partial rows are added in a fixed order (column_sum.cuh).
+// Kernels (RmsnormPlan, rmsnorm_plan.h): rmsnorm_short_kernel for head-sized rows (a few lanes of a warp per
+// row, the row in registers), rmsnorm_bwd_regs_kernel for wider rows (one block per row, 2 vectors per thread
+// per tensor in registers), and the general kernels for the rest (rows not vector-aligned or too wide; the
+// backward reads x and dy twice per row).
 #include <algorithm>
 
 #include "kernels/cuda/column_sum.cuh"
@@ -34,6 +35,127 @@ __global__ void __launch_bounds__(1024) rmsnorm_fwd_kernel(const T* __restrict__
           store_vec<T, VEC>(y + off + j, v);
         }
       });
+}
+
+// Short rows (at most 128 vectors: the q/k norms' heads, GDN's output norm): TPR lanes of one warp own a row,
+// each lane NV vectors of it held in registers from the row sum to the output (one read and one write per
+// tensor), and each lane group works on RPG rows at once so that RPG * NV 16-byte loads per tensor are in
+// flight. Row sums are xor-shuffles inside the group (fixed order). Each lane's columns are the same on every
+// row, so w is read once per thread and, in the backward, the lane keeps its dw columns in registers over all
+// its rows; at the end the block's lane groups add theirs through shared memory (dynamic, [256 / TPR, D] f32)
+// in a fixed order into the block's partial row dw_partial[blockIdx.x] (may be null). Grid-stride over groups
+// of RPG rows; 256 threads a block.
+//   fwd: x -> out = y, rstd_out.   bwd: x, dy, rstd_in -> out = dx, dw_partial.
+template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
+__global__ void __launch_bounds__(256)
+    rmsnorm_short_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ dy,
+                         const float* __restrict__ rstd_in, T* __restrict__ out, float* __restrict__ rstd_out,
+                         float* __restrict__ dw_partial, int64_t rows, int64_t D, float eps) {
+  extern __shared__ float sm_dw[];
+  const int lane = threadIdx.x % TPR, slot = threadIdx.x / TPR, slots = blockDim.x / TPR;
+  const int64_t groups_per_grid = int64_t(gridDim.x) * slots;
+  const int64_t group = int64_t(blockIdx.x) * slots + slot;
+  const int64_t nvec = D / VEC;
+  float wv[NV][VEC], dw_acc[NV][VEC];
+#pragma unroll
+  for (int n = 0; n < NV; ++n) {
+    const int64_t vi = int64_t(n) * TPR + lane;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) wv[n][k] = 1.f, dw_acc[n][k] = 0.f;
+    if (w && vi < nvec) load_vec<T, VEC>(w + vi * VEC, wv[n]);
+  }
+  for (int64_t r0 = group * RPG; r0 < rows; r0 += groups_per_grid * RPG) {
+    float xv[RPG][NV][VEC], gv[RPG][NV][VEC];
+#pragma unroll
+    for (int q = 0; q < RPG; ++q)
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        const int64_t vi = int64_t(n) * TPR + lane;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) xv[q][n][k] = gv[q][n][k] = 0.f;
+        if (r0 + q < rows && vi < nvec) {
+          load_vec<T, VEC>(x + (r0 + q) * D + vi * VEC, xv[q][n]);
+          if constexpr (BWD) load_vec<T, VEC>(dy + (r0 + q) * D + vi * VEC, gv[q][n]);
+        }
+      }
+#pragma unroll
+    for (int q = 0; q < RPG; ++q) {
+      float acc = 0.f;  // fwd: sum_k x_k^2;  bwd: sum_k dy_k w_k x_k (zero-filled vectors add nothing)
+#pragma unroll
+      for (int n = 0; n < NV; ++n)
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc += BWD ? gv[q][n][k] * wv[n][k] * xv[q][n][k] : xv[q][n][k] * xv[q][n][k];
+      acc = group_sum<TPR>(acc);
+      const int64_t r = r0 + q;
+      if (r >= rows) continue;
+      float rs, c = 0.f;
+      if constexpr (BWD) {
+        rs = rstd_in[r];
+        c = rs * rs * rs * acc / float(D);
+      } else {
+        rs = 1.f / sqrtf(acc / float(D) + eps);
+        if (lane == 0) rstd_out[r] = rs;
+      }
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        const int64_t vi = int64_t(n) * TPR + lane;
+        if (vi >= nvec) continue;
+        float o[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          if constexpr (BWD) {
+            o[k] = rs * wv[n][k] * gv[q][n][k] - xv[q][n][k] * c;
+            dw_acc[n][k] += gv[q][n][k] * xv[q][n][k] * rs;
+          } else {
+            o[k] = xv[q][n][k] * rs * wv[n][k];
+          }
+        }
+        store_vec_rn<T, VEC>(out + r * D + vi * VEC, o);
+      }
+    }
+  }
+  if constexpr (BWD) {
+    if (!dw_partial) return;  // the same for the whole block: no thread waits at the barrier below
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t vi = int64_t(n) * TPR + lane;
+      if (vi >= nvec) continue;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) sm_dw[int64_t(slot) * D + vi * VEC + k] = dw_acc[n][k];
+    }
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+      float sum = 0.f;
+      for (int g = 0; g < slots; ++g) sum += sm_dw[int64_t(g) * D + j];
+      dw_partial[int64_t(blockIdx.x) * D + j] = sum;
+    }
+  }
+}
+
+// Launches rmsnorm_short_kernel when the row is vector-aligned data of at most 128 vectors; false otherwise.
+// The backward with want_dw adds the blocks' partial rows into dwp.
+template <class T, bool BWD>
+bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* rin, T* outp, float* rout, bool want_dw,
+                          T* dwp, int64_t rows, int64_t D, float eps, Device d, cudaStream_t s) {
+  constexpr int VEC = kVec<T>;
+  const int dev = d.index;
+  return dispatch_short_rows(D / VEC, [&](auto tpr, auto nv) {
+    constexpr int TPR = decltype(tpr)::value, NV = decltype(nv)::value, RPG = 4 / NV;
+    const int64_t groups = (rows + RPG - 1) / RPG;
+    const int grid = grid_for(dev, groups, 256 / TPR, 8);
+    Tensor partial;
+    float* pp = nullptr;
+    size_t smem = 0;
+    if (BWD && want_dw) {
+      partial = scratch_f32(int64_t(grid) * D, d);
+      pp = partial.data<float>();
+      smem = size_t(256 / TPR) * size_t(D) * sizeof(float);  // <= 32 KB: D <= 128 vectors of 16 bytes
+    }
+    rmsnorm_short_kernel<T, VEC, TPR, NV, RPG, BWD>
+        <<<grid, 256, smem, s>>>(xp, wp, gp, rin, outp, rout, pp, rows, D, eps);
+    NATSL_CUDA_CHECK_LAUNCH();
+    if (BWD && want_dw) column_sum<T, 32>(pp, grid, D, dwp, dev, s);
+  });
 }
 
 // dw_partial (may be null): [gridDim.x * blockDim.y, D] f32; every entry is written. SMEM_DW: each
@@ -205,7 +327,22 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
 
 }  // namespace
 
+namespace {
+// Whether `plan` sends rows of D elements of T to the short-row kernels (which take at most 128 vectors).
+template <class T>
+bool wants_short_rows(const RmsnormPlan& plan, int64_t D) {
+  const int64_t nvec = D / kVec<T>;
+  if (plan.kernel == RmsnormPlan::Kernel::short_rows) return nvec <= 128;
+  return plan.kernel == RmsnormPlan::Kernel::automatic && nvec <= kRmsnormShortRowVecs;
+}
+}  // namespace
+
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {
+  rmsnorm_fwd(x, w, eps, y, rstd, RmsnormPlan{});
+}
+
+void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd,
+                 const RmsnormPlan& plan) {
   const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) return;
   NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_fwd: rstd must be f32 with one value per row");
@@ -217,6 +354,10 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
     float* rp = rstd.data<float>();
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp);
+    if (vec && wants_short_rows<T>(plan, D) &&
+        launch_rmsnorm_short<T, false>(xp, wp, nullptr, nullptr, yp, rp, false, nullptr, rows, D, float(eps),
+                                       x.device(), s))
+      return;
     launch_rows<V>(vec, dev, rows, D, [&](auto vw, const RowGrid& g) {
       rmsnorm_fwd_kernel<T, decltype(vw)::value><<<g.grid, g.block, g.smem, s>>>(xp, wp, yp, rp, rows, D, float(eps));
     });
@@ -226,11 +367,11 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw) {
-  rmsnorm_bwd(x, w, rstd, dy, dx, dw, RmsnormBwdPlan{});
+  rmsnorm_bwd(x, w, rstd, dy, dx, dw, RmsnormPlan{});
 }
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, const RmsnormBwdPlan& plan) {
+                 const Tensor& dw, const RmsnormPlan& plan) {
   const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) {
     if (dw.defined()) dw.zero_();
@@ -249,9 +390,14 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     if (vec) {
       T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
-      if (plan.row_in_registers &&
-          launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s))
+      if (wants_short_rows<T>(plan, D)) {
+        if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dwp, rows, D, 0.f, x.device(), s))
+          return;
+      } else if ((plan.kernel == RmsnormPlan::Kernel::automatic ||
+                  plan.kernel == RmsnormPlan::Kernel::row_in_registers) &&
+                 launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s)) {
         return;
+      }
     }
     // One vector per thread per row: wide blocks, so few (block, row slot) partial rows.
     RowGrid g = row_grid(dev, rows, D, vec ? V : 1, 1);

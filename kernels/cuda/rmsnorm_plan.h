@@ -1,18 +1,34 @@
 #pragma once
-// The kernel choice of the CUDA RMSNorm backward (kernels/cuda/rmsnorm.cu). The default holds each row in
-// registers (one block per row): 1.12x a copy of the same bytes on the H200 against 1.97x for the general kernel,
-// which stays as the fallback for rows that are not vector-aligned or do not fit 512 threads. Tests pass
-// row_in_registers = false to check that fallback on every shape.
+// The kernel choice of the CUDA RMSNorm (kernels/cuda/rmsnorm.cu). `automatic` (the default) picks from the
+// row width: rows of at most kRmsnormShortRowVecs 16-byte vectors (the q/k norms' head-sized rows, GDN's
+// output norm) go to the short-row kernels (a few lanes of a warp per row, several rows per warp), wider
+// vector-aligned rows to the row-in-registers backward (one block per row, up to 512 threads), and anything
+// else (rows that are not vector-aligned or too wide) to the general kernels. Tests name each kernel to check
+// it on every shape it takes; benchmarks name them to compare (BENCHMARKS.md, natsl_bench_ops).
+#include <cstdint>
+
 #include "core/tensor.h"
 
 namespace natsl::kernels::cuda {
 
-struct RmsnormBwdPlan {
-  bool row_in_registers = true;
+// Widest row (in 16-byte vectors) that `automatic` sends to the short-row kernels; they take up to 128.
+inline constexpr int64_t kRmsnormShortRowVecs = 32;
+
+struct RmsnormPlan {
+  enum class Kernel {
+    automatic,
+    short_rows,        // TPR lanes per row (8, 16 or 32), rows of at most 128 vectors; else the general kernel
+    row_in_registers,  // backward only (the forward takes the general kernel): one block per row, <= 512 threads
+    general,           // several rows per block, two passes over the row
+  };
+  Kernel kernel = Kernel::automatic;
 };
 
-// kernels::rmsnorm_bwd (kernels/nn.h) with a plan; the dispatcher runs the default one.
+// kernels::rmsnorm_fwd / rmsnorm_bwd (kernels/nn.h) with a plan; the dispatcher runs the default one. A plan
+// whose kernel does not take the tensors (not vector-aligned, too wide) falls back to the general kernel.
+void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd,
+                 const RmsnormPlan& plan);
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, const RmsnormBwdPlan& plan);
+                 const Tensor& dw, const RmsnormPlan& plan);
 
 }  // namespace natsl::kernels::cuda

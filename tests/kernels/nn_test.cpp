@@ -296,8 +296,17 @@ const Shape kRowShapes[] = {{1, 1},    {1, 7},       {3, 5},    {2, 3, 33}, {513
 int64_t rows_of(const Shape& s) { return shape_numel(s) / s.back(); }
 
 
-// The CUDA RMSNorm backward with a plan (a CPU-only build has none; its GPU tests skip before this).
-void rmsnorm_bwd_with(const kernels::cuda::RmsnormBwdPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
+// The CUDA RMSNorm with a plan (a CPU-only build has none; its GPU tests skip before this).
+void rmsnorm_fwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, const Tensor& w, double eps,
+                      const Tensor& y, const Tensor& rstd) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::rmsnorm_fwd(x, w, eps, y, rstd, plan);
+#else
+  (void)plan;
+  kernels::rmsnorm_fwd(x, w, eps, y, rstd);
+#endif
+}
+void rmsnorm_bwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       const Tensor& dy, const Tensor& dx, const Tensor& dw) {
 #ifdef NATSL_WITH_CUDA
   kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan);
@@ -491,10 +500,22 @@ TEST(CudaEmbedding, BackwardOnSkewedIdsMatchesV2BitForBit) {
 
 TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
   NATSL_REQUIRE_GPU();
+  using Kernel = kernels::cuda::RmsnormPlan::Kernel;
+  const auto name = [](Kernel k) {
+    return k == Kernel::short_rows ? "short rows" : k == Kernel::row_in_registers ? "row in registers"
+                                                  : k == Kernel::general        ? "general"
+                                                                                : "automatic";
+  };
   uint64_t seed = 100;
   const double eps = 1e-6;
+  // Besides the shared row shapes: head-sized rows for the short-row kernels' lane layouts (8, 16, 32 lanes
+  // with 1 vector each, 32 lanes with 2 and 4), row counts that are not multiples of their 4 rows per lane
+  // group, and 70001 rows of 128, more than one pass of the grid over the rows on a GPU of <= 132 SMs.
+  std::vector<Shape> shapes(std::begin(kRowShapes), std::end(kRowShapes));
+  for (const Shape& s : {Shape{5, 64}, Shape{7, 512}, Shape{3, 1024}, Shape{1031, 128}, Shape{4, 9, 256}, Shape{70001, 128}})
+    shapes.push_back(s);
   for (DType dt : {DType::f32, DType::bf16})
-    for (const Shape& s : kRowShapes)
+    for (const Shape& s : shapes)
       for (bool weighted : {true, false}) {
         const int64_t D = s.back(), R = rows_of(s);
         const std::string what = case_name(weighted ? "rmsnorm" : "rmsnorm (no weight)", dt, s);
@@ -502,20 +523,26 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
         Tensor wq = weighted ? q(rand_uniform({D}, seed++, 0.5, 1.5), dt) : Tensor();
         Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
         kernels::cpu::rmsnorm_fwd(f64(xq), weighted ? f64(wq) : Tensor(), eps, ref_y, ref_r);
-        Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
-        kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
-        expect_match(y, ref_y, tol_for(dt), what + " y");
-        expect_match(r, ref_r, kF32, what + " rstd");
+        // Each forward kernel (the short-row one falls back to the general one for rows it does not take), and
+        // the dispatcher's choice.
+        for (Kernel k : {Kernel::short_rows, Kernel::general, Kernel::automatic}) {
+          const std::string wf = what + " fwd " + name(k);
+          Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+          if (k == Kernel::automatic) kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+          else rmsnorm_fwd_with({k}, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+          expect_match(y, ref_y, tol_for(dt), wf + " y");
+          expect_match(r, ref_r, kF32, wf + " rstd");
+        }
 
         Tensor dyq = q(randn(s, seed++), dt);
         Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
         Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
         kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
-        // Both backward kernels (the row in registers, used when D is a multiple of the vector width and the
-        // row fits 512 threads, and the general one).
-        for (bool regs : {false, true}) {
-          const kernels::cuda::RmsnormBwdPlan plan{regs};
-          const std::string wv = what + (regs ? " row in registers" : " general kernel");
+        // Each backward kernel: short rows (head-sized, vector-aligned rows), the row in registers (vector-aligned
+        // rows that fit 512 threads), the general one, and the dispatcher's choice.
+        for (Kernel k : {Kernel::short_rows, Kernel::row_in_registers, Kernel::general, Kernel::automatic}) {
+          const kernels::cuda::RmsnormPlan plan{k};
+          const std::string wv = what + " bwd " + name(k);
           Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
           rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
           // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
@@ -526,6 +553,7 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
             Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
             rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
             expect_same_bits(dw, dw2, wv + " dw");
+            expect_same_bits(dx, dx2, wv + " dx");
           }
         }
       }
