@@ -81,6 +81,15 @@ class GradReadyHookGuard {
 // every use of the leaf).
 Tensor grad_sink(const Tensor& leaf);
 
+// Adding an input's gradient in place into what the engine already holds for that input (e.g. linear's dx by the
+// GEMM's beta = 1, instead of a fresh product and a separate add): while a node's backward runs, its input k's
+// pending gradient (the sum of what the input's other uses sent back so far, in the engine's fixed order) when
+// the op may add into it: a non-leaf input, a pending gradient that nothing else holds (no other tensor shares
+// its storage), contiguous, of the given shape and dtype on `device`; else an undefined tensor. An op that adds
+// its gradient into the sink returns the sink itself as input k's gradient; one that returns another tensor
+// leaves the sink untouched (the engine adds the two as usual). In both plain backward and gradients_of.
+Tensor input_grad_sink(size_t k, const Shape& shape, DType dtype, Device device);
+
 // Grad mode: on by default; NoGradGuard turns it off for its scope, EnableGradGuard on (thread-local).
 bool grad_enabled();
 // Sets grad mode to `enabled` for its scope and restores the mode it found.

@@ -12,6 +12,7 @@ namespace natsl {
 namespace {
 
 Shape batch_of(const Tensor& t) { return Shape(t.shape().begin(), t.shape().end() - 2); }
+Shape batch_of(const Shape& s) { return Shape(s.begin(), s.end() - 2); }
 
 Shape with_matrix(Shape batch, int64_t rows, int64_t cols) {
   batch.push_back(rows);
@@ -56,8 +57,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     Tensor dc = g[0].contiguous();
     Tensor da, db;
     if (need_a) {
-      Tensor d_opa = product(dc, be, false, !trans_b, batch);  // [batch, M, K]
-      da = detail::reduce_grad_to(trans_a ? transpose_last(d_opa) : d_opa, ash);
+      // Straight into a's pending gradient (input_grad_sink) when a needs no transpose or batch sum.
+      const Tensor sink = !trans_a && batch_of(ash) == batch ? input_grad_sink(0, ash, dc.dtype(), dc.device())
+                                                            : Tensor();
+      if (sink.defined()) {
+        kernels::matmul(dc, be, sink, false, !trans_b, 1.0, 1.0);
+        da = sink;
+      } else {
+        Tensor d_opa = product(dc, be, false, !trans_b, batch);  // [batch, M, K]
+        da = detail::reduce_grad_to(trans_a ? transpose_last(d_opa) : d_opa, ash);
+      }
     }
     if (need_b) {
       if (be.dim() == 2 && !trans_a) {
@@ -101,7 +110,17 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   record("linear", {x, w, bias}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dy2 = g[0].contiguous().view({-1, outf});
     Tensor dx, dw, db;
-    if (need_x) dx = product(dy2, wc, false, false, {}).view(xs);  // dy w
+    if (need_x) {
+      // dy w, added by the GEMM's beta = 1 into x's pending gradient when the engine offers it (engine.h,
+      // input_grad_sink: x feeds several products, e.g. the q/k/v/gate projections of one normed input).
+      const Tensor sink = input_grad_sink(0, xs, dy2.dtype(), dy2.device());
+      if (sink.defined()) {
+        kernels::matmul(dy2, wc, sink.view({-1, in}), false, false, 1.0, 1.0);
+        dx = sink;
+      } else {
+        dx = product(dy2, wc, false, false, {}).view(xs);
+      }
+    }
     if (need_w) {
       // dy^T x, added straight into the weight's .grad when the engine allows it (engine.h, grad_sink) and
       // the product can write that dtype (f32 from bf16 operands: no bf16 rounding of dW).

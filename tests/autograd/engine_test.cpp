@@ -222,3 +222,91 @@ TEST(GradSink, OnlyInAPlainBackwardAndOnlyForAUsableGrad) {
   probe(fresh, &seen_fresh).backward();
   EXPECT_FALSE(seen_fresh);
 }
+
+// Input gradient sinks (engine.h, input_grad_sink): an op adds its input's gradient into what the input's other
+// uses already sent back, in place, when nothing else holds that pending gradient.
+namespace {
+
+// sum(y) where y = 2u and y's backward asks for u's sink (with u's shape and dtype, or a wrong dtype when
+// `wrong_dtype`), records whether it got one, and when it did adds 2 g into it and returns it.
+Tensor sink_probe(const Tensor& u, bool* offered, bool wrong_dtype = false) {
+  Tensor y = mul_scalar(u, 2.0).detach();
+  const Shape sh = u.shape();
+  const DType dt = wrong_dtype ? DType::f32 : u.dtype();
+  const Device dev = u.device();
+  record("sink_probe", {u}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    const Tensor sink = input_grad_sink(0, sh, dt, dev);
+    *offered = sink.defined();
+    if (!sink.defined()) return {mul_scalar(g[0], 2.0)};
+    sink.copy_(add(sink, mul_scalar(g[0], 2.0)));
+    return {sink};
+  });
+  return y;
+}
+
+}  // namespace
+
+TEST(InputGradSink, OfferedForAPendingGradientThatNothingElseHolds) {
+  // u = 3x feeds the probe and z = 5u; z's backward runs first (the engine's order for add(p, z)), so the probe
+  // finds u's pending gradient 5 and adds its 2 into it: dx = 3 (2 + 5).
+  Tensor x = randn({4, 6}, 20).set_requires_grad(true);
+  bool offered = false;
+  {
+    Tensor u = mul_scalar(x, 3.0);
+    sum(add(sink_probe(u, &offered), mul_scalar(u, 5.0))).backward();
+  }
+  EXPECT_TRUE(offered);
+  for (double v : x.grad().to_vector<double>()) EXPECT_EQ(v, 21.0);
+  // Outside a backward, for a leaf input (the leaf's .grad is grad_sink's business), or with another dtype: none.
+  EXPECT_FALSE(input_grad_sink(0, {4, 6}, DType::f64, x.device()).defined());
+  Tensor w = randn({4, 6}, 21).set_requires_grad(true);
+  bool leaf_offered = true;
+  sum(add(sink_probe(w, &leaf_offered), mul_scalar(w, 5.0))).backward();
+  EXPECT_FALSE(leaf_offered);
+  bool wrong_offered = true;
+  {
+    Tensor u = mul_scalar(x, 3.0);
+    sum(add(sink_probe(u, &wrong_offered, /*wrong_dtype=*/true), mul_scalar(u, 5.0))).backward();
+  }
+  EXPECT_FALSE(wrong_offered);
+  // Inside gradients_of too (a checkpoint's recomputation): the pending gradients are the engine's own.
+  bool in_gradients_of = false;
+  Tensor u = mul_scalar(x, 3.0);
+  const Tensor dx = gradients_of({sum(add(sink_probe(u, &in_gradients_of), mul_scalar(u, 5.0)))},
+                                 {Tensor::full({}, 1.0, DType::f64)}, {x})[0];
+  EXPECT_TRUE(in_gradients_of);
+  for (double v : dx.to_vector<double>()) EXPECT_EQ(v, 21.0);
+}
+
+TEST(InputGradSink, RefusedWhenThePendingGradientIsSharedWithAnotherInput) {
+  // s = u + v: add's backward sends the same gradient tensor to u and to v. Were it offered to the probe (which
+  // runs after add's backward) and written in place, v's gradient would change with it: dy must stay 1.
+  Tensor x = randn({3, 5}, 22).set_requires_grad(true), y = randn({3, 5}, 23).set_requires_grad(true);
+  bool offered = true;
+  Tensor u = mul_scalar(x, 1.0), v = mul_scalar(y, 1.0);
+  sum(add(sink_probe(u, &offered), add(u, v))).backward();
+  EXPECT_FALSE(offered);
+  for (double g : x.grad().to_vector<double>()) EXPECT_EQ(g, 3.0);
+  for (double g : y.grad().to_vector<double>()) EXPECT_EQ(g, 1.0);
+}
+
+TEST(InputGradSink, LinearAndMatmulIntoASharedInputGiveTheSumOfTheirGradients) {
+  // One normed input feeding several projections (q/k/v/gate): their dx go into one buffer by beta = 1. The
+  // reference gives each use its own copy of the input (the sum is then formed at the leaf).
+  Tensor x = randn({2, 5, 8}, 24).set_requires_grad(true);
+  Tensor w1 = randn({6, 8}, 25).set_requires_grad(true), w2 = randn({3, 8}, 26).set_requires_grad(true);
+  Tensor m = randn({8, 4}, 27), c1 = randn({2, 5, 6}, 28), c2 = randn({2, 5, 3}, 29), c3 = randn({2, 5, 4}, 30);
+  auto loss_of = [&](const Tensor& u1, const Tensor& u2, const Tensor& u3) {
+    return add(add(sum(mul(linear(u1, w1), c1)), sum(mul(linear(u2, w2), c2))), sum(mul(matmul(u3, m), c3)));
+  };
+  {
+    Tensor u = mul_scalar(x, 1.5);
+    loss_of(u, u, u).backward();
+  }
+  const std::vector<double> shared = x.grad().to_vector<double>();
+  Tensor x2 = x.detach().set_requires_grad(true);
+  loss_of(mul_scalar(x2, 1.5), mul_scalar(x2, 1.5), mul_scalar(x2, 1.5)).backward();
+  const std::vector<double> separate = x2.grad().to_vector<double>();
+  ASSERT_EQ(shared.size(), separate.size());
+  for (size_t i = 0; i < shared.size(); ++i) EXPECT_NEAR(shared[i], separate[i], 1e-12) << i;
+}
