@@ -181,6 +181,27 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
+// A short-row kernel's loads (dispatch_short_rows' layout): rows r0 .. r0 + RPG - 1 of [rows, D] tensors a (and b
+// when LOAD_B), this lane's NV vectors of each (vector n * TPR + lane), zero where the row or vector is absent.
+template <class T, int VEC, int TPR, int NV, int RPG, bool LOAD_B>
+__device__ __forceinline__ void load_short_rows(const T* __restrict__ a, const T* __restrict__ b, int64_t r0,
+                                                int64_t rows, int64_t D, int lane, float (&va)[RPG][NV][VEC],
+                                                float (&vb)[RPG][NV][VEC]) {
+  const int64_t nvec = D / VEC;
+#pragma unroll
+  for (int q = 0; q < RPG; ++q)
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      const int64_t vi = int64_t(n) * TPR + lane;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) va[q][n][k] = vb[q][n][k] = 0.f;
+      if (r0 + q < rows && vi < nvec) {
+        load_vec<T, VEC>(a + (r0 + q) * D + vi * VEC, va[q][n]);
+        if constexpr (LOAD_B) load_vec<T, VEC>(b + (r0 + q) * D + vi * VEC, vb[q][n]);
+      }
+    }
+}
+
 // The short-row kernels' layout for rows of `nvec` vectors (at most 128: head-sized rows): TPR lanes of a
 // warp per row, each with NV vectors of it, called as go(Width<TPR>{}, Width<NV>{}). False (go not called)
 // for wider rows.

@@ -70,19 +70,7 @@ __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__
   const int64_t nvec = D / VEC;
   for (int64_t r0 = group * RPG; r0 < rows; r0 += groups_per_grid * RPG) {
     float va[RPG][NV][VEC], vb[RPG][NV][VEC];
-#pragma unroll
-    for (int q = 0; q < RPG; ++q)
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        const int64_t vi = int64_t(n) * TPR + lane;
-        const bool ok = r0 + q < rows && vi < nvec;
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) va[q][n][k] = vb[q][n][k] = 0.f;
-        if (ok) {
-          load_vec<T, VEC>(a + (r0 + q) * D + vi * VEC, va[q][n]);
-          if constexpr (BWD) load_vec<T, VEC>(b + (r0 + q) * D + vi * VEC, vb[q][n]);
-        }
-      }
+    load_short_rows<T, VEC, TPR, NV, RPG, BWD>(a, b, r0, rows, D, lane, va, vb);
 #pragma unroll
     for (int q = 0; q < RPG; ++q) {
       float acc = 0.f;

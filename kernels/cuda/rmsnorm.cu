@@ -66,18 +66,7 @@ __global__ void __launch_bounds__(256)
   }
   for (int64_t r0 = group * RPG; r0 < rows; r0 += groups_per_grid * RPG) {
     float xv[RPG][NV][VEC], gv[RPG][NV][VEC];
-#pragma unroll
-    for (int q = 0; q < RPG; ++q)
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        const int64_t vi = int64_t(n) * TPR + lane;
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) xv[q][n][k] = gv[q][n][k] = 0.f;
-        if (r0 + q < rows && vi < nvec) {
-          load_vec<T, VEC>(x + (r0 + q) * D + vi * VEC, xv[q][n]);
-          if constexpr (BWD) load_vec<T, VEC>(dy + (r0 + q) * D + vi * VEC, gv[q][n]);
-        }
-      }
+    load_short_rows<T, VEC, TPR, NV, RPG, BWD>(x, dy, r0, rows, D, lane, xv, gv);
 #pragma unroll
     for (int q = 0; q < RPG; ++q) {
       float acc = 0.f;  // fwd: sum_k x_k^2;  bwd: sum_k dy_k w_k x_k (zero-filled vectors add nothing)
