@@ -55,29 +55,37 @@ namespace {
 // The pending gradients of the inputs of the node whose backward runs (null where the input is a leaf or takes
 // no gradient): what input_grad_sink may hand out. Set per node by backward_impl (NodeSinks), saved and
 // restored around it, so a backward nested in a node's (a checkpoint's recomputation) has its own.
-thread_local const std::vector<Tensor*>* t_input_slots = nullptr;
+// `handed_out[k]`: input_grad_sink gave slot k to the op, so an output that is the slot's tensor itself is the
+// op's gradient already added in (any other repeat of a pending tensor, e.g. add(u, u) sending one gradient
+// twice, is added as usual).
+struct InputSlots {
+  std::vector<Tensor*> slots;
+  std::vector<bool> handed_out;
+};
+thread_local InputSlots* t_input_slots = nullptr;
 
 class NodeSinks {
  public:
-  explicit NodeSinks(const std::vector<Tensor*>* slots) : prev_(t_input_slots) { t_input_slots = slots; }
+  explicit NodeSinks(InputSlots* slots) : prev_(t_input_slots) { t_input_slots = slots; }
   ~NodeSinks() { t_input_slots = prev_; }
   NodeSinks(const NodeSinks&) = delete;
   NodeSinks& operator=(const NodeSinks&) = delete;
 
  private:
-  const std::vector<Tensor*>* prev_;
+  InputSlots* prev_;
 };
 }  // namespace
 
 Tensor input_grad_sink(size_t k, const Shape& shape, DType dtype, Device device) {
-  if (!t_input_slots || k >= t_input_slots->size() || !(*t_input_slots)[k]) return {};
-  const Tensor& acc = *(*t_input_slots)[k];
+  if (!t_input_slots || k >= t_input_slots->slots.size() || !t_input_slots->slots[k]) return {};
+  const Tensor& acc = *t_input_slots->slots[k];
   // Only the engine's slot may hold it: another holder (a pending gradient of another input, a view) would see
   // the addition.
   if (!acc.defined() || acc.impl_ptr().use_count() != 1 || !acc.storage() || acc.storage().use_count() != 1) return {};
   if (acc.shape() != shape || acc.dtype() != dtype || acc.device() != device || !acc.is_contiguous() ||
       acc.requires_grad())
     return {};
+  t_input_slots->handed_out[k] = true;
   return acc;
 }
 
@@ -234,12 +242,13 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
       scope.emplace(prof::intern(n->name()), kBackward, n->profile_owner);
     }
     // The pending gradients of n's non-leaf inputs, for input_grad_sink.
-    std::vector<Tensor*> slots(n->next_edges.size(), nullptr);
+    InputSlots slots{std::vector<Tensor*>(n->next_edges.size(), nullptr), std::vector<bool>(n->next_edges.size(), false)};
     for (size_t k = 0; k < n->next_edges.size(); ++k) {
       const Edge& e = n->next_edges[k];
       if (!e.valid() || dynamic_cast<const AccumulateGrad*>(e.fn.get())) continue;
       auto sit = pending.find(e.fn.get());
-      if (sit != pending.end() && size_t(e.input_nr) < sit->second.size()) slots[k] = &sit->second[size_t(e.input_nr)];
+      if (sit != pending.end() && size_t(e.input_nr) < sit->second.size())
+        slots.slots[k] = &sit->second[size_t(e.input_nr)];
     }
     std::vector<Tensor> out;
     {
@@ -262,8 +271,8 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
       } else if (out_in) {  // the new one is the sink: add what was pending into it, and keep the sink
         if (acc.defined()) add_into(out[k], acc);
         acc = out[k];
-      } else if (!out[k].same(acc)) {  // the same: n added its gradient into the pending one (input_grad_sink)
-        acc = accumulate(acc, out[k]);
+      } else if (!(k < slots.handed_out.size() && slots.handed_out[k] && out[k].same(acc))) {
+        acc = accumulate(acc, out[k]);  // (else: n added its gradient into the pending one, input_grad_sink)
       }
     }
   }

@@ -173,11 +173,14 @@ __device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v
 __device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
 
 // Sum over aligned groups of TPR lanes (a power of two <= 32) of a warp, to every lane of the group (xor
-// butterfly: a fixed order, deterministic). Every lane of the warp must call it.
+// butterfly: a fixed order, deterministic). Every lane of the caller's group must call it; the shuffles name
+// only that group's lanes, so the warp's other groups may be elsewhere (a short-row kernel whose groups leave
+// their row loop at different passes and wait at a barrier after it).
 template <int TPR>
 __device__ __forceinline__ float group_sum(float v) {
+  const unsigned mask = TPR == 32 ? 0xffffffffu : ((1u << TPR) - 1u) << ((threadIdx.x & 31u) & ~unsigned(TPR - 1));
 #pragma unroll
-  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
   return v;
 }
 

@@ -310,3 +310,25 @@ TEST(InputGradSink, LinearAndMatmulIntoASharedInputGiveTheSumOfTheirGradients) {
   ASSERT_EQ(shared.size(), separate.size());
   for (size_t i = 0; i < shared.size(); ++i) EXPECT_NEAR(shared[i], separate[i], 1e-12) << i;
 }
+
+TEST(InputGradSink, OneGradientSentTwiceToOneInputIsAddedTwice) {
+  // add(u, u) sends the same gradient tensor to both of its inputs, which are one: it must count twice, for a
+  // leaf and for a non-leaf input (an engine that took "the same tensor as pending" for "already added in"
+  // would give 1 instead of 2).
+  Tensor x = randn({2, 3}, 31).set_requires_grad(true);
+  sum(add(x, x)).backward();
+  for (double g : x.grad().to_vector<double>()) EXPECT_EQ(g, 2.0);
+  Tensor y = randn({2, 3}, 32).set_requires_grad(true);
+  {
+    Tensor u = mul_scalar(y, 1.0);
+    sum(add(u, u)).backward();
+  }
+  for (double g : y.grad().to_vector<double>()) EXPECT_EQ(g, 2.0);
+  // And through an identity backward that hands its incoming gradient on (to_dtype to the same dtype).
+  Tensor z = randn({2, 3}, 33).set_requires_grad(true);
+  {
+    Tensor u = mul_scalar(z, 1.0);
+    sum(add(u, to_dtype(u, u.dtype()))).backward();
+  }
+  for (double g : z.grad().to_vector<double>()) EXPECT_EQ(g, 2.0);
+}
