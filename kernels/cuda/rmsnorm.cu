@@ -317,12 +317,14 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
 }  // namespace
 
 namespace {
-// Whether `plan` sends rows of D elements of T to the short-row kernels (which take at most 128 vectors).
+// Whether `plan` sends rows of D elements of T to the short-row kernels (which take at most 128 vectors) in the
+// forward or the backward.
 template <class T>
-bool wants_short_rows(const RmsnormPlan& plan, int64_t D) {
+bool wants_short_rows(const RmsnormPlan& plan, int64_t D, bool backward) {
   const int64_t nvec = D / kVec<T>;
   if (plan.kernel == RmsnormPlan::Kernel::short_rows) return nvec <= 128;
-  return plan.kernel == RmsnormPlan::Kernel::automatic && nvec <= kRmsnormShortRowVecs;
+  return plan.kernel == RmsnormPlan::Kernel::automatic &&
+         nvec <= (backward ? kRmsnormShortRowVecsBwd : kRmsnormShortRowVecsFwd);
 }
 }  // namespace
 
@@ -343,7 +345,7 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
     float* rp = rstd.data<float>();
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp);
-    if (vec && wants_short_rows<T>(plan, D) &&
+    if (vec && wants_short_rows<T>(plan, D, /*backward=*/false) &&
         launch_rmsnorm_short<T, false>(xp, wp, nullptr, nullptr, yp, rp, false, nullptr, rows, D, float(eps),
                                        x.device(), s))
       return;
@@ -379,7 +381,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     if (vec) {
       T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
-      if (wants_short_rows<T>(plan, D)) {
+      if (wants_short_rows<T>(plan, D, /*backward=*/true)) {
         if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dwp, rows, D, 0.f, x.device(), s))
           return;
       } else if ((plan.kernel == RmsnormPlan::Kernel::automatic ||

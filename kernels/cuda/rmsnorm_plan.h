@@ -1,18 +1,23 @@
 #pragma once
 // The kernel choice of the CUDA RMSNorm (kernels/cuda/rmsnorm.cu). `automatic` (the default) picks from the
-// row width: rows of at most kRmsnormShortRowVecs 16-byte vectors (the q/k norms' head-sized rows, GDN's
-// output norm) go to the short-row kernels (a few lanes of a warp per row, several rows per warp), wider
-// vector-aligned rows to the row-in-registers backward (one block per row, up to 512 threads), and anything
-// else (rows that are not vector-aligned or too wide) to the general kernels. Tests name each kernel to check
-// it on every shape it takes; benchmarks name them to compare (BENCHMARKS.md, natsl_bench_ops).
+// row width: in the forward, vector-aligned rows of at most kRmsnormShortRowVecsFwd 16-byte vectors go to the
+// short-row kernel (a few lanes of a warp per row, several rows per warp); in the backward, rows of at most
+// kRmsnormShortRowVecsBwd vectors go to the short-row kernel and wider vector-aligned rows to the
+// row-in-registers kernel (one block per row, up to 512 threads); anything else (rows that are not
+// vector-aligned or too wide) to the general kernels. Tests name each kernel to check it on every shape it
+// takes; benchmarks name them to compare (natsl_bench_ops rows "rmsnorm fwd/bwd bf16 [kernel]", BENCHMARKS.md).
 #include <cstdint>
 
 #include "core/tensor.h"
 
 namespace natsl::kernels::cuda {
 
-// Widest row (in 16-byte vectors) that `automatic` sends to the short-row kernels; they take up to 128.
-inline constexpr int64_t kRmsnormShortRowVecs = 32;
+// Widest rows (in 16-byte vectors) that `automatic` sends to the short-row kernels, which take up to 128. From
+// the ops rows of 2026-12-06 (H100, bf16, natsl-340m's shapes): the short-row forward beat the general one at
+// 16, 32 and 128 vectors; the short-row backward beat the row-in-registers one at 16 vectors (head dim 128) but
+// not at 32 or 128.
+inline constexpr int64_t kRmsnormShortRowVecsFwd = 128;
+inline constexpr int64_t kRmsnormShortRowVecsBwd = 16;
 
 struct RmsnormPlan {
   enum class Kernel {
