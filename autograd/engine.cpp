@@ -222,6 +222,7 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
                 " for ", roots[i].str());
     slot[size_t(e.input_nr)] = accumulate(slot[size_t(e.input_nr)], grads[i]);
   }
+  InputSlots slots;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* n = *it;
     auto pit = pending.find(n);
@@ -241,8 +242,10 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
       static const std::string* const kBackward = prof::intern("backward");
       scope.emplace(prof::intern(n->name()), kBackward, n->profile_owner);
     }
-    // The pending gradients of n's non-leaf inputs, for input_grad_sink.
-    InputSlots slots{std::vector<Tensor*>(n->next_edges.size(), nullptr), std::vector<bool>(n->next_edges.size(), false)};
+    // The pending gradients of n's non-leaf inputs, for input_grad_sink (one pair of vectors for the whole walk:
+    // a backward nested in n's has its own).
+    slots.slots.assign(n->next_edges.size(), nullptr);
+    slots.handed_out.assign(n->next_edges.size(), false);
     for (size_t k = 0; k < n->next_edges.size(); ++k) {
       const Edge& e = n->next_edges[k];
       if (!e.valid() || dynamic_cast<const AccumulateGrad*>(e.fn.get())) continue;
