@@ -19,6 +19,8 @@
 #   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
+#   nsys     natsl-340m under Nsight Systems, then experiments/bench/gpu_gaps.py: where the GPU idles in a step (host
+#            gaps by the op whose launch ended them, blocking API calls, kernel table; NSYS_STEPS, default 10)
 #   mem      natsl-340m peak memory and tokens/s per sequence length (MEM_SEQS) and train.recompute /
 #            train.recompute_keep setting (MEM_RECOMPUTE)
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
@@ -281,6 +283,30 @@ if has train; then
     gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace_$cfg.json.gz" 2>/dev/null
     rm -rf "$OUT/run-natsl"
   done
+fi
+
+# Where the GPU idles (issue 18's host gaps): natsl-340m under Nsight Systems (CUDA API + NVTX, no sampling),
+# NSYS_STEPS steps (default 10), exported to SQLite and read by experiments/bench/gpu_gaps.py (the last 4 steps:
+# idle time per step, by the host range that launched the work ending each gap, host API calls, kernel table).
+if has nsys; then
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+  if [ -z "$NSYS" ]; then
+    echo "nsys: Nsight Systems is not installed on this machine: stage skipped"
+  else
+    el "nsys natsl-340m ($NSYS)"
+    rm -rf "$OUT/run-nsys" /tmp/natsl-nsys.*
+    timeout 300 "$NSYS" profile -t cuda,nvtx -s none --cpuctxsw=none -o /tmp/natsl-nsys -f true \
+      "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="${NSYS_STEPS:-10}" train.warmup_steps=2 \
+      train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.nvtx=true ${TRAIN_EXTRA:-} \
+      train.out_dir="$OUT/run-nsys" >"$LOG/nsys_train.log" 2>&1
+    echo "nsys train rc $?"
+    timeout 200 "$NSYS" export --type sqlite -f true -o /tmp/natsl-nsys.sqlite /tmp/natsl-nsys.nsys-rep >>"$LOG/nsys_train.log" 2>&1
+    echo "nsys export rc $?"
+    python3 experiments/bench/gpu_gaps.py /tmp/natsl-nsys.sqlite >"$LOG/gpu_gaps.txt" 2>&1
+    echo "gpu_gaps rc $?"
+    head -60 "$LOG/gpu_gaps.txt"
+    rm -rf "$OUT/run-nsys" /tmp/natsl-nsys.*
+  fi
 fi
 
 # Activation memory with selective recomputation (issue 18): natsl-340m bf16, a few steps at each sequence length
