@@ -1,4 +1,5 @@
 // rmsnorm, rmsnorm_gate and l2norm over the last dim: single nodes keeping the per-row statistic from the forward.
+#include "autograd/engine.h"
 #include "autograd/function.h"
 #include "autograd/ops.h"
 #include "kernels/mix_norm_gate.h"
@@ -21,9 +22,12 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor rstd = row_stats(x);
   kernels::rmsnorm_fwd(xc, wc, eps, y, rstd);
   record("rmsnorm", {x, weight}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
-    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    // Straight into x's pending gradient when the engine offers it (engine.h, input_grad_sink): a pre-norm's
+    // input is the residual stream, whose gradient from the residual add is already there.
+    const Tensor sink = input_grad_sink(0, xc.shape(), xc.dtype(), xc.device());
+    Tensor dx = sink.defined() ? sink : Tensor::empty(xc.shape(), xc.dtype(), xc.device());
     Tensor dw = wc.defined() ? Tensor::empty(wc.shape(), wc.dtype(), wc.device()) : Tensor();
-    kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw);
+    kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw, /*accumulate_dx=*/sink.defined());
     return {dx, dw};
   });
   return y;

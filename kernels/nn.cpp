@@ -103,7 +103,7 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 }
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw) {
+                 const Tensor& dw, bool accumulate_dx) {
   Device d = common_device({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
   check_contiguous({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
   check_rows(x, "rmsnorm_bwd");
@@ -119,7 +119,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     check_same_dtype(x, w, "rmsnorm_bwd");
     check_same_dtype(x, dw, "rmsnorm_bwd");
   }
-  NATSL_NN_DISPATCH(d, rmsnorm_bwd, x, w, rstd, dy, dx, dw);
+  NATSL_NN_DISPATCH(d, rmsnorm_bwd, x, w, rstd, dy, dx, dw, accumulate_dx);
 }
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {

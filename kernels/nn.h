@@ -18,9 +18,10 @@ void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight)
 
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps). w may be undefined (no weight).
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);
-// dx overwritten; dw (if defined) overwritten with the sum over rows.
+// dx overwritten, or with accumulate_dx the gradient is added into dx (dx += ..., one rounding of the sum: the
+// autograd op adds into its input's pending gradient that way); dw (if defined) overwritten with the sum over rows.
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw);
+                 const Tensor& dw, bool accumulate_dx = false);
 
 // y = x * rnorm, rnorm = 1 / sqrt(sum(x^2) + eps) (eps inside the root, as FLA's l2norm).
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);
@@ -58,7 +59,7 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
   void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight);                           \
   void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);        \
   void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,  \
-                   const Tensor& dw);                                                                         \
+                   const Tensor& dw, bool accumulate_dx = false);                                             \
   void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);                         \
   void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx);                  \
   void softmax_fwd(const Tensor& x, const Tensor& y);                                                         \

@@ -32,7 +32,12 @@ struct GemmShape {
 };
 
 // Tile `tile` of C = alpha * op(A) op(B) + beta * C for one matrix triple; C is not read when beta == 0 (it
-// may hold NaN).
+// may hold NaN). With beta != 0 the tile's product is formed first and then added to beta * C, one add per
+// element: the bits of the product into a new tensor followed by a separate add (what autograd does without a
+// gradient sink). Eigen's `C += A B` would instead add each kc-long panel of the product into C as it goes,
+// rounding once per panel, and kc follows the ISA's register blocking (AVX2 builds cut K = 300 into two panels,
+// SSE builds do not): in-place accumulation would then change results with the build, and a recomputed model
+// (whose weight gradients reach .grad by a separate add) would no longer match the plain one bit for bit.
 template <class A>
 void gemm_tile(const A* a, const A* b, A* c, const GemmShape& s, int64_t tile, A alpha, A beta) {
   using Map = Eigen::Map<const RowMajor<A>>;
@@ -45,8 +50,10 @@ void gemm_tile(const A* a, const A* b, A* c, const GemmShape& s, int64_t tile, A
     if (beta == A(0)) {
       cm.noalias() = alpha * (opa.middleRows(r0, rows) * opb.middleCols(c0, cols));
     } else {
-      cm *= beta;
-      cm.noalias() += alpha * (opa.middleRows(r0, rows) * opb.middleCols(c0, cols));
+      RowMajor<A> product(rows, cols);
+      product.noalias() = alpha * (opa.middleRows(r0, rows) * opb.middleCols(c0, cols));
+      if (beta != A(1)) cm *= beta;
+      cm += product;
     }
   };
   if (!s.ta && !s.tb) run(am, bm);

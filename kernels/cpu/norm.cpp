@@ -34,9 +34,11 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
   });
 }
 
-// With xh = x rstd and g = dy w:  dx = rstd (g - xh mean(g xh)),  dw = sum over rows of dy xh.
+// With xh = x rstd and g = dy w:  dx = rstd (g - xh mean(g xh)),  dw = sum over rows of dy xh. With
+// accumulate_dx, dx += that gradient rounded to T first: the bits of a separate add of the two (the sum of two
+// values of T computed in double and rounded once is the correctly rounded sum in T, in every dtype).
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw) {
+                 const Tensor& dw, bool accumulate_dx) {
   const int64_t D = x.size(-1), rows = D > 0 ? x.numel() / D : 0;
   NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] {
     using S = stat_t<T>;
@@ -60,7 +62,11 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
       for (int64_t d = 0; d < D; ++d) {
         double xh = ld(xr[d]) * rs;
         double g = ld(gr[d]) * (wp ? ld(wp[d]) : 1.0);
-        dxp[r * D + d] = convert<T>(rs * (g - xh * mean_dot));
+        // The gradient as its own rounded value: the barrier keeps the compiler from fusing its last multiply
+        // into the add below (an FMA skips that rounding; f64 data has no conversion that would force it).
+        T v = convert<T>(rs * (g - xh * mean_dot));
+        if (accumulate_dx) asm("" : "+m"(v));
+        dxp[r * D + d] = accumulate_dx ? convert<T>(ld(dxp[r * D + d]) + ld(v)) : v;
         if (wp) dw_acc[size_t(d)] += ld(gr[d]) * xh;
       }
     }

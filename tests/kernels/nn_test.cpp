@@ -16,6 +16,7 @@
 
 #include "autograd/ops.h"
 #include "kernels/cuda/embedding_bwd.h"
+#include "kernels/elementwise.h"
 #include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/cuda/short_conv_plan.h"
 #include "kernels/nn.h"
@@ -91,6 +92,56 @@ TEST(RmsNorm, Gradcheck) {
                    "rmsnorm with weight");
   expect_gradcheck([](auto& v) { return rmsnorm(v[0], Tensor(), 1e-5); }, {leaf({3, 1}, 3)}, "rmsnorm D=1");
   expect_gradcheck([](auto& v) { return rmsnorm(v[0], Tensor(), 0.1); }, {leaf({4, 6}, 4)}, "rmsnorm no weight");
+}
+
+TEST(RmsNorm, AccumulatedBackwardGivesTheBitsOfASeparateAdd) {
+  // accumulate_dx (the autograd op writing into its input's pending gradient) must equal the engine's own
+  // add of the plain dx into that gradient, bit for bit, in every dtype: recomputed models (whose checkpoint
+  // gradients reach the residual stream by a separate add) are checked bit for bit against plain ones.
+  uint64_t seed = 40;
+  for (DType dt : {DType::f64, DType::f32, DType::bf16})
+    for (const Shape& s : {Shape{3, 5}, Shape{2, 4, 33}, Shape{1, 1}})
+      for (bool weighted : {true, false}) {
+        const int64_t D = s.back();
+        Tensor x = randn(s, seed++, DType::f64, 3.0).to(dt), dy = randn(s, seed++).to(dt);
+        Tensor w = weighted ? rand_uniform({D}, seed++, 0.5, 1.5).to(dt) : Tensor();
+        Tensor prior = randn(s, seed++, DType::f64, 2.0).to(dt);
+        Tensor rstd = Tensor::empty(Shape(s.begin(), s.end() - 1), kernels::stat_dtype(dt));
+        kernels::rmsnorm_fwd(x, w, 1e-6, Tensor::empty(s, dt), rstd);
+        Tensor dx = Tensor::empty(s, dt), dw = weighted ? Tensor::empty({D}, dt) : Tensor();
+        kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw);
+        Tensor sum = Tensor::empty(s, dt);
+        kernels::binary_fwd(kernels::BinaryOp::Add, prior, dx, sum);
+        Tensor acc = prior.clone(), dw2 = weighted ? Tensor::empty({D}, dt) : Tensor();
+        kernels::rmsnorm_bwd(x, w, rstd, dy, acc, dw2, /*accumulate_dx=*/true);
+        const std::string what = std::string(dtype_name(dt)) + " " + shape_str(s) + (weighted ? " weighted" : "");
+        EXPECT_EQ(0, std::memcmp(acc.data_ptr(), sum.data_ptr(), size_t(acc.nbytes()))) << what << " dx";
+        if (weighted) {
+          EXPECT_EQ(0, std::memcmp(dw.data_ptr(), dw2.data_ptr(), size_t(dw.nbytes()))) << what << " dw";
+        }
+      }
+}
+
+TEST(RmsNorm, GradientIntoTheResidualStreamEqualsSeparateUses) {
+  // A pre-norm block h = u + f(rmsnorm(u)): the norm's backward adds its dx into u's pending gradient (from the
+  // residual add) in place. The same function with a separate copy of u per use sums at the leaf instead.
+  Tensor x = randn({2, 3, 8}, 50).set_requires_grad(true), w = rand_uniform({8}, 51, 0.5, 1.5).set_requires_grad(true);
+  Tensor W = randn({8, 8}, 52).set_requires_grad(true), c = randn({2, 3, 8}, 53);
+  auto loss_of = [&](const Tensor& u_res, const Tensor& u_norm) {
+    return sum(mul(add(u_res, linear(rmsnorm(u_norm, w, 1e-6), W)), c));
+  };
+  {
+    Tensor u = mul_scalar(x, 1.5);
+    loss_of(u, u).backward();
+  }
+  const std::vector<double> shared = host(x.grad()), dw_shared = host(w.grad());
+  Tensor x2 = x.detach().set_requires_grad(true), w2 = w.detach().set_requires_grad(true);
+  Tensor W2 = W.detach().set_requires_grad(true);
+  sum(mul(add(mul_scalar(x2, 1.5), linear(rmsnorm(mul_scalar(x2, 1.5), w2, 1e-6), W2)), c)).backward();
+  const std::vector<double> separate = host(x2.grad()), dw_separate = host(w2.grad());
+  ASSERT_EQ(shared.size(), separate.size());
+  for (size_t i = 0; i < shared.size(); ++i) EXPECT_NEAR(shared[i], separate[i], 1e-12) << i;
+  for (size_t i = 0; i < dw_shared.size(); ++i) EXPECT_EQ(dw_shared[i], dw_separate[i]) << i;
 }
 
 TEST(L2Norm, ForwardMatchesLoopAndGradcheck) {
@@ -307,12 +358,12 @@ void rmsnorm_fwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, c
 #endif
 }
 void rmsnorm_bwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+                      const Tensor& dy, const Tensor& dx, const Tensor& dw, bool accumulate_dx = false) {
 #ifdef NATSL_WITH_CUDA
-  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan);
+  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan, accumulate_dx);
 #else
   (void)plan;
-  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw);
+  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw, accumulate_dx);
 #endif
 }
 
@@ -557,6 +608,17 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
             expect_same_bits(dw, dw2, wv + " dw");
             expect_same_bits(dx, dx2, wv + " dx");
           }
+          // Added into a prior gradient (accumulate_dx): prior + dx with one rounding; dw unchanged.
+          Tensor prior = q(randn(s, seed++, DType::f64, 2.0), dt);
+          Tensor dxa = to_gpu(prior), dwa = weighted ? gpu_poisoned({D}, dt) : Tensor();
+          rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dxa, dwa,
+                           /*accumulate_dx=*/true);
+          std::vector<double> ref_sum = host(ref_dx);
+          const std::vector<double> pv = host(prior);
+          for (size_t i = 0; i < ref_sum.size(); ++i) ref_sum[i] += pv[i];
+          expect_match(dxa, Tensor::from_vector(ref_sum, s, DType::f64), tol_for(dt), wv + " dx accumulated",
+                       terms + max_abs(prior));
+          if (weighted) expect_same_bits(dwa, dw, wv + " dw (accumulating dx)");
         }
       }
 }
