@@ -54,8 +54,10 @@ Tensor to_dtype(const Tensor& x, DType dt);  // differentiable cast (grad cast b
 // ---- linear algebra ----
 // a [..., M, K] @ b [..., K, N] (b may be 2-D and shared); trans_* transposes the last two dims.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-// x [..., in] @ w[out, in]^T (+ bias[out]): the Linear layer's op.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+// x [..., in] @ w[out, in]^T (+ bias[out]) (+ residual [..., out]): the Linear layer's op. A residual is added
+// in the product's epilogue (kernels::matmul's c: one rounding, no separate add kernel); its gradient is the
+// output's.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), const Tensor& residual = Tensor());
 
 // ---- nn ----
 Tensor embedding(const Tensor& weight, const Tensor& ids);  // ids i32/i64 [...] -> [..., D]

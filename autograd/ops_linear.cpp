@@ -84,30 +84,42 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return out;
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual) {
   NATSL_CHECK(x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1), "linear: expects x [..., in] and w [out, in], got ",
               x.str(), " and ", w.str());
   NATSL_CHECK(x.dtype() == w.dtype(), "linear: dtypes differ: ", x.str(), " and ", w.str());
   NATSL_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == w.size(0) && bias.dtype() == w.dtype()),
               "linear: bias ", bias.str(), " for weight ", w.str());
   const int64_t in = w.size(1), outf = w.size(0);
+  Shape ys = x.shape();
+  ys.back() = outf;
+  NATSL_CHECK(!residual.defined() || (residual.shape() == ys && residual.dtype() == x.dtype()), "linear: residual ",
+              residual.str(), " for an output ", shape_str(ys), " ", dtype_name(x.dtype()));
   Tensor x2 = x.contiguous().view({-1, in}).detach();
   Tensor wc = w.contiguous().detach();
   // Kept by a checkpoint that keeps its products (autograd/checkpoint.h): its recomputation skips the GEMM.
-  Tensor y2 = kept_output({"linear", {x2.size(0), outf}, x.dtype(), parameter_storage(w)}, [&] {
-    Tensor y = product(x2, wc, false, true, {});
-    if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y, bias, y);
+  const char* kept_name = residual.defined() ? "linear+residual" : "linear";
+  Tensor y2 = kept_output({kept_name, {x2.size(0), outf}, x.dtype(), parameter_storage(w)}, [&] {
+    Tensor y = Tensor::empty({x2.size(0), outf}, x.dtype(), x.device());
+    const Tensor r2 = residual.defined() ? residual.contiguous().view({-1, outf}) : Tensor();
+    if (r2.defined() && !bias.defined()) {
+      kernels::matmul(x2, wc, y, false, true, 1.0, 1.0, r2);
+    } else {
+      // With a bias: residual + (product + bias), the order of the composed ops.
+      kernels::matmul(x2, wc, y, false, true);
+      if (bias.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, y, bias, y);
+      if (r2.defined()) kernels::binary_fwd(kernels::BinaryOp::Add, r2, y, y);
+    }
     return y;
   });
-  Shape ys = x.shape();
-  ys.back() = outf;
   Tensor y = y2.view(ys);
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
+  const bool need_r = residual.defined() && residual.requires_grad();
   const Shape xs = x.shape();
   // A leaf weight (a parameter) is kept to ask the engine for its gradient sink in the backward.
   const Tensor w_leaf = need_w && w.is_leaf() ? w : Tensor();
-  record("linear", {x, w, bias}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+  record("linear", {x, w, bias, residual}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dy2 = g[0].contiguous().view({-1, outf});
     Tensor dx, dw, db;
     if (need_x) {
@@ -137,7 +149,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
       kernels::sum_dims(dy2, {0}, s);
       db = s.view({outf});
     }
-    return {dx, dw, db};
+    // The residual's gradient is the output's (the engine tells it apart from its other uses).
+    return {dx, dw, db, need_r ? g[0] : Tensor()};
   });
   return y;
 }

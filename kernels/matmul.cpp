@@ -9,9 +9,11 @@ bool matmul_writes(DType operands, DType out) {
 }
 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
-            double beta) {
-  Device d = common_device({&a, &b, &out}, "matmul");
-  check_contiguous({&a, &b, &out}, "matmul");
+            double beta, const Tensor& c) {
+  Device d = common_device({&a, &b, &out, &c}, "matmul");
+  check_contiguous({&a, &b, &out, &c}, "matmul");
+  NATSL_CHECK(!c.defined() || (c.shape() == out.shape() && c.dtype() == out.dtype()), "matmul: c ", c.str(),
+              " must be like out ", out.str());
   NATSL_CHECK(a.dtype() == b.dtype() && matmul_writes(a.dtype(), out.dtype()),
               "matmul: expects one floating dtype (or bf16 operands with an f32 out), got a ", dtype_name(a.dtype()),
               ", b ", dtype_name(b.dtype()), ", out ", dtype_name(out.dtype()));
@@ -27,8 +29,13 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
               " differ from out ", out.str());
   NATSL_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch, "matmul: b ", b.str(),
               " must be 2-D or have out's batch dims ", out.str());
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta));
-  else cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
+  if (d.is_cuda()) {
+    NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta, c));
+  } else {
+    // out = c, then the accumulating product: the bits of a separate product and add (kernels/cpu/matmul.cpp).
+    if (c.defined() && beta != 0.0 && !c.same(out)) out.copy_(c);
+    cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
+  }
 }
 
 }  // namespace natsl::kernels

@@ -22,14 +22,15 @@ Block::Block(const ModelConfig& c, int64_t layer_idx)
   mlp_ = register_module("mlp", std::make_shared<GatedMLP>(c.hidden_size, c.mlp_intermediate(), c.initializer_range));
 }
 
-// Profiler spans (core/profiler.h): the mixer with its pre-norm; the MLP with its pre-norm.
+// Profiler spans (core/profiler.h): the mixer with its pre-norm and residual add; the MLP likewise. Each half
+// is x + f(norm(x)), the residual added by the half's output projection (its GEMM's epilogue).
 Tensor Block::mixer_half(const Tensor& x) {
   prof::Scope scope(mixer_scope_, module_category());
-  return attn_->forward(attn_norm_->forward(x));
+  return attn_->forward_residual(attn_norm_->forward(x), x);
 }
 Tensor Block::mlp_half(const Tensor& h) {
   prof::Scope scope(mlp_scope_, module_category());
-  return mlp_->forward(mlp_norm_->forward(h));
+  return mlp_->forward(mlp_norm_->forward(h), h);
 }
 
 // Decoding (layers/decode_cache.h): the mixer through its cache, then the residual and the MLP half.
@@ -50,32 +51,29 @@ Tensor Block::forward(const Tensor& x) {
   auto with_aux = [this](Tensor y) { return std::vector<Tensor>{std::move(y), attn_->aux_loss()}; };
   if (recompute_.block) {
     auto outs = checkpoint_modules({this}, [this, with_aux](const std::vector<Tensor>& in) {
-      Tensor h = add(in[0], mixer_half(in[0]));
-      return with_aux(add(h, mlp_half(h)));
+      return with_aux(mlp_half(mixer_half(in[0])));
     }, {x}, recompute_.keep);
     aux_from_checkpoint_ = true;
     aux_ = outs[1];
     return outs[0];
   }
-  Tensor a;
+  Tensor h;
   if (recompute_.mixer(kind_)) {
     auto outs = checkpoint_modules({attn_norm_.get(), attn_.get()}, [this, with_aux](const std::vector<Tensor>& in) {
       return with_aux(mixer_half(in[0]));
     }, {x}, recompute_.keep);
     aux_from_checkpoint_ = true;
     aux_ = outs[1];
-    a = outs[0];
+    h = outs[0];
   } else {
-    a = mixer_half(x);
+    h = mixer_half(x);
   }
-  Tensor h = add(x, a);
-  Tensor m = recompute_.mlp ? checkpoint_modules({mlp_norm_.get(), mlp_.get()},
-                                                 [this](const std::vector<Tensor>& in) {
-                                                   return std::vector<Tensor>{mlp_half(in[0])};
-                                                 },
-                                                 {h}, recompute_.keep)[0]
-                            : mlp_half(h);
-  return add(h, m);
+  return recompute_.mlp ? checkpoint_modules({mlp_norm_.get(), mlp_.get()},
+                                             [this](const std::vector<Tensor>& in) {
+                                               return std::vector<Tensor>{mlp_half(in[0])};
+                                             },
+                                             {h}, recompute_.keep)[0]
+                        : mlp_half(h);
 }
 
 Tensor Block::aux_loss() const { return aux_from_checkpoint_ ? aux_ : attn_->aux_loss(); }

@@ -32,8 +32,8 @@ class Block : public Module {
 
  private:
   Tensor finish(const Tensor& x, const Tensor& mixed) const;  // decoding: the residual and the MLP half
-  Tensor mixer_half(const Tensor& x);  // attn_norm + mixer
-  Tensor mlp_half(const Tensor& h);    // mlp_norm + mlp
+  Tensor mixer_half(const Tensor& x);  // x + mixer(attn_norm(x))
+  Tensor mlp_half(const Tensor& h);    // h + mlp(mlp_norm(h))
   std::string kind_;
   const std::string* mixer_scope_;  // profiler span names: "layers.N.<kind>", "layers.N.mlp"
   const std::string* mlp_scope_;

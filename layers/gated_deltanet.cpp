@@ -106,19 +106,22 @@ void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std:
   f.g = neg(mul(A, softplus(add(a, to_dtype(dt_bias_, gate_dt)))));
 }
 
-Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o) const {
+Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o, const Tensor& residual) const {
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, V = dims_.value_dim;
   // Per head over V; with the gate, FLA's FusedRMSNormGated: rmsnorm(o) * silu(g) in one op.
   Tensor y = use_gate_ ? rmsnorm_gate(o, o_norm_->weight(), reshape(g_proj_->forward(x), {B, T, H, V}), o_norm_->eps())
                        : o_norm_->forward(o);
-  return o_proj_->forward(reshape(y, {B, T, H * V}));
+  const Tensor flat = reshape(y, {B, T, H * V});
+  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
 }
 
-Tensor GatedDeltaNet::forward(const Tensor& x) {
+Tensor GatedDeltaNet::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
+
+Tensor GatedDeltaNet::forward_residual(const Tensor& x, const Tensor& residual) {
   GdnFrontEnd f = front_end(x);
   double scale = 1.0 / std::sqrt(double(dims_.key_dim));
   Tensor o = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, scale).o;
-  return output(x, o);
+  return output(x, o, residual);
 }
 
 int64_t GatedDeltaNet::num_params(const ModelConfig& c) {

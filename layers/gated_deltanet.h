@@ -45,6 +45,7 @@ class GatedDeltaNet : public Mixer {
  public:
   GatedDeltaNet(const ModelConfig& config, int64_t layer_idx) : GatedDeltaNet(config, layer_idx, true) {}
   Tensor forward(const Tensor& x) override;
+  Tensor forward_residual(const Tensor& x, const Tensor& residual) override;
   const GdnDims& dims() const { return dims_; }
   // The decoding state of one generation (layers/decode_cache.h): conv tails and the recurrent state.
   std::unique_ptr<DecodeCache> decode_cache() override;
@@ -63,7 +64,8 @@ class GatedDeltaNet : public Mixer {
   GdnFrontEnd front_end_step(const Tensor& x, GdnProjections& tails) const;
   // The conv tails after a prompt's projections [B, T, .]: their last W - 1 rows, zeros in front when T < W - 1.
   GdnProjections conv_tails(const GdnProjections& projections) const;
-  Tensor output(const Tensor& x, const Tensor& o) const;  // norm, gate, o_proj of o [B, T, H, V]
+  // norm, gate, o_proj of o [B, T, H, V] (+ residual, added by o_proj's GEMM when given)
+  Tensor output(const Tensor& x, const Tensor& o, const Tensor& residual = Tensor()) const;
 
   GdnDims dims_;
   int64_t conv_size_;

@@ -14,4 +14,8 @@ Tensor GatedMLP::forward(const Tensor& x) const {
   return down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
 }
 
+Tensor GatedMLP::forward(const Tensor& x, const Tensor& residual) const {
+  return down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)), residual);
+}
+
 }  // namespace natsl

@@ -10,6 +10,8 @@ class GatedMLP : public Module {
  public:
   GatedMLP(int64_t hidden_size, int64_t intermediate_size, double init_std = 0.02);
   Tensor forward(const Tensor& x) const;
+  // residual + forward(x), the residual added by down_proj's GEMM.
+  Tensor forward(const Tensor& x, const Tensor& residual) const;
   const Linear& gate_proj() const { return *gate_proj_; }
   const Linear& up_proj() const { return *up_proj_; }
   const Linear& down_proj() const { return *down_proj_; }

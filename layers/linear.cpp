@@ -12,4 +12,6 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, double init
 
 Tensor Linear::forward(const Tensor& x) const { return linear(x, weight_, bias_); }
 
+Tensor Linear::forward(const Tensor& x, const Tensor& residual) const { return linear(x, weight_, bias_, residual); }
+
 }  // namespace natsl

@@ -21,6 +21,9 @@ class Mixer : public Module {
  public:
   // x [B, T, d] (already normed) -> [B, T, d].
   virtual Tensor forward(const Tensor& x) = 0;
+  // residual + forward(x): the block's residual add, which the mixers fold into their output projection's GEMM
+  // (its epilogue adds the residual: no separate add kernel). Default: the two composed.
+  virtual Tensor forward_residual(const Tensor& x, const Tensor& residual);
   // Adds per-layer statistics of the last training forward (e.g. NAtS-L's fraction of softmax chunks) under
   // short keys ("attn_frac"); the model prefixes the layer. Default: none.
   virtual void collect_stats(std::map<std::string, double>& stats) const { (void)stats; }

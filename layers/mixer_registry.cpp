@@ -1,10 +1,13 @@
 #include "layers/mixer.h"
 
+#include "autograd/ops.h"
 #include "layers/gated_deltanet.h"
 #include "layers/natsl_attention.h"
 #include "layers/softmax_attention.h"
 
 namespace natsl {
+
+Tensor Mixer::forward_residual(const Tensor& x, const Tensor& residual) { return add(residual, forward(x)); }
 
 const std::map<std::string, MixerSpec>& mixer_registry() {
   static const std::map<std::string, MixerSpec> registry = {

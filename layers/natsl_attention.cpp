@@ -163,7 +163,9 @@ NatslAttention::NatslAttention(const ModelConfig& c, int64_t layer_idx)
   mix_norm_ = register_module("o_norm", std::make_shared<TwoInputNorm>(ndims_.attn_value_dim));
 }
 
-Tensor NatslAttention::forward(const Tensor& x) {
+Tensor NatslAttention::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
+
+Tensor NatslAttention::forward_residual(const Tensor& x, const Tensor& residual) {
   NATSL_CHECK(x.dim() == 3, "NatslAttention: expected x [B, T, d], got ", x.str());
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim;
   const int64_t Da = ndims_.attn_head_dim, C = ndims_.chunk, NC = (T + C - 1) / C;
@@ -180,7 +182,7 @@ Tensor NatslAttention::forward(const Tensor& x) {
   const Tensor og = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, 1.0 / std::sqrt(double(K)), Tensor(),
                                      reshape(choice.mask_gdn, {B * NC, H}))
                         .o;
-  return mix_output(x, f, og, oa);
+  return mix_output(x, f, og, oa, residual);
 }
 
 RouterChoice NatslAttention::route(const Tensor& x, int64_t NC) {
@@ -232,7 +234,8 @@ NatslAttention::AttnView NatslAttention::attn_view(const GdnFrontEnd& f) const {
   return a;
 }
 
-Tensor NatslAttention::mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa) const {
+Tensor NatslAttention::mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa,
+                                  const Tensor& residual) const {
   // Output mixing: GDN output per d_av slot, weights from q~, SiLU gate.
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, V = dims_.value_dim;
   const int64_t Ha = ndims_.attn_heads, Dav = ndims_.attn_value_dim;
@@ -240,7 +243,8 @@ Tensor NatslAttention::mix_output(const Tensor& x, const GdnFrontEnd& f, const T
   const Tensor z = reshape(g_proj_->forward(x), {B, T, Ha, Dav});
   const Tensor y = mix_norm_gate(reshape(og, {B, T, Ha, Dav}), oa, wlogits, z, mix_norm_->weight1(),
                                  mix_norm_->weight2(), norm_eps_);
-  return o_proj_->forward(reshape(y, {B, T, H * V}));
+  const Tensor flat = reshape(y, {B, T, H * V});
+  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
 }
 
 void NatslAttention::check_decodable(int64_t B) const {

@@ -71,6 +71,7 @@ class NatslAttention : public GatedDeltaNet {
  public:
   NatslAttention(const ModelConfig& config, int64_t layer_idx);
   Tensor forward(const Tensor& x) override;
+  Tensor forward_residual(const Tensor& x, const Tensor& residual) override;
   // "attn_frac": fraction of (batch, chunk, router head) labels that are softmax in the last training
   // forward, the forced last chunk counted as softmax (as the reference logs it). Reads a device scalar.
   void collect_stats(std::map<std::string, double>& stats) const override;
@@ -121,7 +122,8 @@ class NatslAttention : public GatedDeltaNet {
   // output mixing and o_proj of the two branch outputs.
   RouterChoice route(const Tensor& x, int64_t NC);
   AttnView attn_view(const GdnFrontEnd& f) const;
-  Tensor mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa) const;
+  Tensor mix_output(const Tensor& x, const GdnFrontEnd& f, const Tensor& og, const Tensor& oa,
+                    const Tensor& residual = Tensor()) const;
 
   NatslDims ndims_;
   int64_t layer_idx_;

@@ -72,13 +72,16 @@ SoftmaxAttention::Qkv SoftmaxAttention::project(const Tensor& x, int64_t start) 
   return {q, k, v};
 }
 
-Tensor SoftmaxAttention::output(const Tensor& o) const {
-  return o_proj_->forward(reshape(o, {o.size(0), o.size(1), dims_.heads * dims_.value_dim}));
+Tensor SoftmaxAttention::output(const Tensor& o, const Tensor& residual) const {
+  const Tensor flat = reshape(o, {o.size(0), o.size(1), dims_.heads * dims_.value_dim});
+  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
 }
 
-Tensor SoftmaxAttention::forward(const Tensor& x) {
+Tensor SoftmaxAttention::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
+
+Tensor SoftmaxAttention::forward_residual(const Tensor& x, const Tensor& residual) {
   const Qkv p = project(x, 0);
-  return output(attention_core(p.q, p.k, p.v, /*causal=*/true));
+  return output(attention_core(p.q, p.k, p.v, /*causal=*/true), residual);
 }
 
 int64_t SoftmaxAttention::num_params(const ModelConfig& c) {

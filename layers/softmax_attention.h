@@ -23,6 +23,7 @@ class SoftmaxAttention : public Mixer {
  public:
   SoftmaxAttention(const ModelConfig& config, int64_t layer_idx);
   Tensor forward(const Tensor& x) override;
+  Tensor forward_residual(const Tensor& x, const Tensor& residual) override;
   const AttentionDims& dims() const { return dims_; }
   // The decoding state of one generation (layers/decode_cache.h): every position's keys and values.
   std::unique_ptr<DecodeCache> decode_cache() override;
@@ -38,7 +39,8 @@ class SoftmaxAttention : public Mixer {
   };
   // q, k, v of x [B, T, d] at positions start .. start + T - 1.
   Qkv project(const Tensor& x, int64_t start);
-  Tensor output(const Tensor& o) const;  // o [B, T, H, Dv] -> o_proj
+  // o [B, T, H, Dv] -> o_proj (+ residual, added by o_proj's GEMM when given)
+  Tensor output(const Tensor& o, const Tensor& residual = Tensor()) const;
 
   AttentionDims dims_;
   bool qk_norm_, rope_;

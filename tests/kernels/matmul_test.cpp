@@ -6,6 +6,7 @@
 
 #include "autograd/ops.h"
 #include "kernels/cpu/eigen.h"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "tests/cuda_test_util.h"
 #include "tests/ops_test_util.h"
@@ -171,6 +172,41 @@ TEST(LinearOp, ForwardMatchesLoopAndGradcheck) {
   expect_gradcheck([data](auto& v) { return natsl::linear(data, v[0]); }, {leaf({2, 3}, 10)}, "weight only");
 }
 
+// A residual c added in the product's epilogue (out = alpha op(a) op(b) + beta c) has the bits of the product
+// into a new tensor followed by a separate add, in f32 and f64, with K long enough for Eigen to cut the sum
+// into panels (an in-place `C += A B` would round once per panel); out is not read (poisoned); c is untouched.
+// Through the autograd op too: linear(x, w, {}, r) == add(r, linear(x, w)) bit for bit, and its gradients.
+TEST(MatmulKernel, ResidualInputHasTheBitsOfASeparateAdd) {
+  uint64_t seed = 70;
+  for (DType dt : {DType::f32, DType::f64})
+    for (bool tb : {false, true}) {
+      const int64_t M = 150, N = 131, K = 1031;
+      Tensor a = randn({M, K}, ++seed, dt), b = randn({tb ? N : K, tb ? K : N}, ++seed, dt);
+      Tensor c = randn({M, N}, ++seed, dt);
+      const std::vector<double> c0 = host(c);
+      Tensor prod = Tensor::empty({M, N}, dt), sum = Tensor::empty({M, N}, dt);
+      kernels::matmul(a, b, prod, false, tb);
+      kernels::binary_fwd(kernels::BinaryOp::Add, c, prod, sum);
+      Tensor out = poisoned({M, N}, dt);
+      kernels::matmul(a, b, out, false, tb, 1.0, 1.0, c);
+      const std::string what = dtype_str(dt) + (tb ? " tb" : "");
+      EXPECT_EQ(0, std::memcmp(out.data_ptr(), sum.data_ptr(), size_t(out.nbytes()))) << what;
+      EXPECT_EQ(host(c), c0) << what << ": c changed";
+      // beta = 0 ignores c.
+      Tensor out0 = poisoned({M, N}, dt);
+      kernels::matmul(a, b, out0, false, tb, 1.0, 0.0, c);
+      EXPECT_EQ(0, std::memcmp(out0.data_ptr(), prod.data_ptr(), size_t(out.nbytes()))) << what << " beta 0";
+    }
+  Tensor x = randn({2, 3, 300}, 80, DType::f32), w = randn({7, 300}, 81, DType::f32), r = randn({2, 3, 7}, 82, DType::f32);
+  const Tensor fused = natsl::linear(x, w, Tensor(), r), composed = add(r, natsl::linear(x, w));
+  EXPECT_EQ(0, std::memcmp(fused.data_ptr(), composed.data_ptr(), size_t(fused.nbytes())));
+  EXPECT_THROW(natsl::linear(x, w, Tensor(), randn({2, 3, 6}, 83, DType::f32)), Error);  // residual shape
+  expect_gradcheck([](auto& v) { return natsl::linear(v[0], v[1], Tensor(), v[2]); },
+                   {leaf({2, 3, 4}, 84), leaf({5, 4}, 85), leaf({2, 3, 5}, 86)}, "linear with a residual");
+  expect_gradcheck([](auto& v) { return natsl::linear(v[0], v[1], v[2], v[3]); },
+                   {leaf({3, 4}, 87), leaf({5, 4}, 88), leaf({5}, 89), leaf({3, 5}, 90)}, "linear, bias and residual");
+}
+
 // Products larger than one 128 x 128 tile of C, ragged at both edges, with every transpose: the tiles cover C
 // exactly once (checked against loops in double).
 TEST(MatmulKernel, TiledProductsCoverRaggedEdges) {
@@ -287,6 +323,34 @@ TEST(CudaMatmul, AllTransposesBatchedAndSharedB) {
     for (const MM& c : kCases) {
       run_case(c, dt, 1.0, 0.0, tol_for(dt), seed += 3);
       run_case(c, dt, 0.5, 0.75, tol_for(dt), seed += 3);
+    }
+}
+
+TEST(CudaMatmul, ResidualInputInTheEpilogue) {
+  NATSL_REQUIRE_GPU();
+  // out = alpha op(a) op(b) + beta c with c a separate input (cuBLASLt's C): against the f64 reference, out not
+  // read (poisoned), c untouched; batched, shared b, and c misaligned (the copy path).
+  uint64_t seed = 500;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const MM& mc : {MM{{}, 257, 129, 300, false, true, false}, MM{{4}, 33, 65, 17, false, true, true},
+                         MM{{3}, 31, 17, 9, false, false, false}}) {
+      const Shape as = with_batch(mc.batch, mc.M, mc.K);
+      const Shape bs = with_batch(mc.shared_b ? Shape{} : mc.batch, mc.tb ? mc.N : mc.K, mc.tb ? mc.K : mc.N);
+      const Shape os = with_batch(mc.batch, mc.M, mc.N);
+      Tensor aq = q(randn(as, ++seed), dt), bq = q(randn(bs, ++seed), dt), cq = q(randn(os, ++seed), dt);
+      Tensor ref = f64(cq);
+      kernels::cpu::matmul(f64(aq), f64(bq), ref, false, mc.tb, 0.5, 1.0);
+      const std::string what = mm_name(mc, dt, 0.5, 1.0) + " residual";
+      Tensor c = to_gpu(cq), out = gpu_poisoned(os, dt);
+      kernels::matmul(to_gpu(aq), to_gpu(bq), out, false, mc.tb, 0.5, 1.0, c);
+      expect_match(out, ref, tol_for(dt), what);
+      expect_same_bits(c, to_gpu(cq), what + ": c untouched");
+      Tensor big = Tensor::empty({cq.numel() + 1}, dt, gpu());
+      Tensor c_shift = big.slice(0, 1, cq.numel() + 1).view(os);
+      c_shift.copy_(to_gpu(cq));
+      Tensor out2 = gpu_poisoned(os, dt);
+      kernels::matmul(to_gpu(aq), to_gpu(bq), out2, false, mc.tb, 0.5, 1.0, c_shift);
+      expect_match(out2, ref, tol_for(dt), what + " (c misaligned)");
     }
 }
 
