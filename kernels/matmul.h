@@ -6,7 +6,8 @@ namespace natsl::kernels {
 
 // out = alpha * op(a) @ op(b) + beta * out, with op(x) = x or x^T over the last two dims; with `c` given,
 // out = alpha * op(a) @ op(b) + beta * c (c like out: shape, dtype, contiguous; out is not read): a residual
-// added in the product's epilogue (cuBLASLt's C input), the product and the add rounded once.
+// added in the product's epilogue (on the GPU out = c, then cuBLASLt's beta: the product and the add rounded
+// once; c as cuBLASLt's separate C input, commit 4161050, waits for a GPU run of its tests).
 // a: [..., M, K] (or [..., K, M] if trans_a), b: [..., K, N] (or [..., N, K] if trans_b), out [..., M, N].
 // Batch dims of a and b must equal out's, or b may be 2-D (one matrix shared by the batch). All contiguous,
 // one dtype; bf16 accumulates in f32. One mixed case: bf16 a and b with an f32 out, which is the f32 sum

@@ -18,7 +18,7 @@ void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight)
 
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps). w may be undefined (no weight).
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);
-// dx overwritten, or with accumulate_dx the gradient is added into dx (dx += ..., one rounding of the sum: the
+// dx overwritten, or with accumulate_dx the gradient is added into dx (dx += ..., the bits of a separate add: the
 // autograd op adds into its input's pending gradient that way); dw (if defined) overwritten with the sum over rows.
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw, bool accumulate_dx = false);
