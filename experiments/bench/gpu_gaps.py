@@ -164,19 +164,17 @@ def main():
           f"idle {totals['idle'] / n / 1e6:.2f} ms; between steps "
           f"{totals['between'] / max(1, totals['between_n']) / 1e6:.2f} ms")
     print("\nidle by gap size (ms/step):", {k: round(v / n / 1e6, 3) for k, v in sorted(gap_hist.items())})
-    print("\nidle by the host range launching the work that ended the gap (ms/step, top 25):")
-    for name, t in gap_by_range.most_common(25):
-        print(f"  {t / n / 1e6:8.3f}  {name}")
-    print("\nidle by the host API call open when the gap began (ms/step, top 12):")
-    for name, t in gap_by_api.most_common(12):
-        print(f"  {t / n / 1e6:8.3f}  {name}")
-    print("\nhost API calls (ms/step, calls/step, top 15 by time):")
-    for name, t in api_time.most_common(15):
-        print(f"  {t / n / 1e6:8.3f}  {api_count[name] / n:7.1f}  {name}")
-    print("\ndevice work by kernel (ms/step, launches/step, top 40):")
-    for name, t in kern_time.most_common(40):
-        print(f"  {t / n / 1e6:8.3f}  {kern_count[name] / n:7.1f}  {name[:110]}")
+    def table(title, times, top, counts=None):
+        # ms per step (and calls per step when counts are given) of the `top` largest entries
+        print(f"\n{title} (ms/step{', calls/step' if counts else ''}, top {top}):")
+        for name, t in times.most_common(top):
+            calls = f"  {counts[name] / n:7.1f}" if counts else ""
+            print(f"  {t / n / 1e6:8.3f}{calls}  {name[:110]}")
 
+    table("idle by the host range launching the work that ended the gap", gap_by_range, 25)
+    table("idle by the host API call open when the gap began", gap_by_api, 12)
+    table("host API calls, by time", api_time, 15, api_count)
+    table("device work by kernel", kern_time, 40, kern_count)
 
 if __name__ == "__main__":
     main()
