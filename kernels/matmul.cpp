@@ -14,6 +14,12 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   check_contiguous({&a, &b, &out, &c}, "matmul");
   NATSL_CHECK(!c.defined() || (c.shape() == out.shape() && c.dtype() == out.dtype()), "matmul: c ", c.str(),
               " must be like out ", out.str());
+  if (c.defined() && c.data_ptr() != out.data_ptr()) {
+    const auto* cb = static_cast<const char*>(c.data_ptr());
+    const auto* ob = static_cast<const char*>(out.data_ptr());
+    NATSL_CHECK(cb + c.nbytes() <= ob || ob + out.nbytes() <= cb, "matmul: c ", c.str(), " partly overlaps out ",
+                out.str());
+  }
   NATSL_CHECK(a.dtype() == b.dtype() && matmul_writes(a.dtype(), out.dtype()),
               "matmul: expects one floating dtype (or bf16 operands with an f32 out), got a ", dtype_name(a.dtype()),
               ", b ", dtype_name(b.dtype()), ", out ", dtype_name(out.dtype()));
@@ -33,7 +39,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
     NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta, c));
   } else {
     // out = c, then the accumulating product: the bits of a separate product and add (kernels/cpu/matmul.cpp).
-    if (c.defined() && beta != 0.0 && !c.same(out)) out.copy_(c);
+    if (c.defined() && beta != 0.0 && c.data_ptr() != out.data_ptr()) out.copy_(c);
     cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
   }
 }

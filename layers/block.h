@@ -1,8 +1,9 @@
 #pragma once
 // Block: pre-norm mixer and pre-norm MLP, each with a residual (FLA's block layout and names):
 //   h = x + attn(attn_norm(x)),  y = h + mlp(mlp_norm(h)).
-// With a RecomputePolicy (layers/recompute.h) the mixer half (attn_norm + mixer), the MLP half (mlp_norm +
-// mlp) or the whole block keep only their input in the forward and run again in the backward.
+// Each residual add is done by the half's output projection (Mixer::forward_residual, GatedMLP's residual).
+// With a RecomputePolicy (layers/recompute.h) the mixer half (x + mixer(attn_norm(x))), the MLP half
+// (h + mlp(mlp_norm(h))) or the whole block keep only their input in the forward and run again in the backward.
 #include <memory>
 
 #include "layers/decode_cache.h"

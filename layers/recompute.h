@@ -3,8 +3,8 @@
 // the forward and run again in the backward (autograd/checkpoint.h), trading one extra forward of those parts
 // for the memory of their intermediate activations.
 //
-// Kinds: mlp (mlp_norm + GatedMLP), attn / gdn / natsl (attn_norm + the mixer, in the layers of that kind),
-// mixer (attn_norm + the mixer, any kind), block (the whole block; the others are then moot).
+// Kinds: mlp (mlp_norm + GatedMLP + its residual add), attn / gdn / natsl (attn_norm + the mixer + its residual
+// add, in the layers of that kind), mixer (the same, any kind), block (the whole block; the others are then moot).
 // train.recompute_keep: [matmul] keeps the outputs of the matrix products of those parts from the first run
 // (CheckpointKeep::Matmuls), so the recomputation runs only the ops between them.
 #include <functional>

@@ -36,7 +36,14 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="analyse the last K complete steps")
     ap.add_argument("--min-gap-us", type=float, default=2.0)
     a = ap.parse_args()
-    db = sqlite3.connect(a.sqlite)
+    import os
+    if not os.path.isfile(a.sqlite):
+        sys.exit(f"gpu_gaps: {a.sqlite} does not exist (did nsys profile or nsys export fail? see nsys_train.log)")
+    db = sqlite3.connect(f"file:{a.sqlite}?mode=ro", uri=True)
+    for table in ("StringIds", "NVTX_EVENTS", "CUPTI_ACTIVITY_KIND_RUNTIME", "CUPTI_ACTIVITY_KIND_KERNEL"):
+        if not has_table(db, table):
+            sys.exit(f"gpu_gaps: {a.sqlite} has no table {table}: the capture needs CUDA and NVTX tracing "
+                     f"(nsys profile -t cuda,nvtx) of a run with train.nvtx=true that launched kernels")
     sid = strings(db)
 
     # Host NVTX push/pop ranges (eventType 59), with their text.
@@ -157,7 +164,7 @@ def main():
         totals["busy"] += busy
         totals["idle"] += span - busy
         print(f"step {k}: host window {(h1 - h0) / 1e6:.2f} ms | GPU span {span / 1e6:.2f} ms, busy {busy / 1e6:.2f} ms, "
-              f"idle {(span - busy) / 1e6:.2f} ms ({100 * (span - busy) / span:.1f}%), {nk} kernels, "
+              f"idle {(span - busy) / 1e6:.2f} ms ({100 * (span - busy) / max(span, 1):.1f}%), {nk} kernels, "
               f"{len(items) - nk} copies/memsets{between}")
     n = max(1, len(steps))
     print(f"\nper step (mean): span {totals['span'] / n / 1e6:.2f} ms, busy {totals['busy'] / n / 1e6:.2f} ms, "

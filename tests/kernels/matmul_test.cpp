@@ -197,6 +197,18 @@ TEST(MatmulKernel, ResidualInputHasTheBitsOfASeparateAdd) {
       kernels::matmul(a, b, out0, false, tb, 1.0, 0.0, c);
       EXPECT_EQ(0, std::memcmp(out0.data_ptr(), prod.data_ptr(), size_t(out.nbytes()))) << what << " beta 0";
     }
+  // c on out's memory: the same start is out itself (nothing copied: out += the product); a partial overlap is
+  // refused.
+  {
+    Tensor a2 = randn({3, 4}, 91, DType::f32), b2 = randn({4, 5}, 92, DType::f32), big = randn({20}, 93, DType::f32);
+    Tensor o = big.slice(0, 0, 15).view({3, 5});
+    EXPECT_THROW(kernels::matmul(a2, b2, o, false, false, 1.0, 1.0, big.slice(0, 5, 20).view({3, 5})), Error);
+    Tensor prod = Tensor::empty({3, 5}, DType::f32), want = Tensor::empty({3, 5}, DType::f32);
+    kernels::matmul(a2, b2, prod);
+    kernels::binary_fwd(kernels::BinaryOp::Add, o, prod, want);
+    kernels::matmul(a2, b2, o, false, false, 1.0, 1.0, big.slice(0, 0, 15).view({3, 5}));
+    EXPECT_EQ(0, std::memcmp(o.data_ptr(), want.data_ptr(), size_t(want.nbytes()))) << "c on out's memory";
+  }
   Tensor x = randn({2, 3, 300}, 80, DType::f32), w = randn({7, 300}, 81, DType::f32), r = randn({2, 3, 7}, 82, DType::f32);
   const Tensor fused = natsl::linear(x, w, Tensor(), r), composed = add(r, natsl::linear(x, w));
   EXPECT_EQ(0, std::memcmp(fused.data_ptr(), composed.data_ptr(), size_t(fused.nbytes())));
