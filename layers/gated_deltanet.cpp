@@ -111,8 +111,7 @@ Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o, const Tensor& res
   // Per head over V; with the gate, FLA's FusedRMSNormGated: rmsnorm(o) * silu(g) in one op.
   Tensor y = use_gate_ ? rmsnorm_gate(o, o_norm_->weight(), reshape(g_proj_->forward(x), {B, T, H, V}), o_norm_->eps())
                        : o_norm_->forward(o);
-  const Tensor flat = reshape(y, {B, T, H * V});
-  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
+  return o_proj_->forward(reshape(y, {B, T, H * V}), residual);
 }
 
 Tensor GatedDeltaNet::forward(const Tensor& x) { return forward_residual(x, Tensor()); }

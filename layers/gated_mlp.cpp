@@ -10,9 +10,7 @@ GatedMLP::GatedMLP(int64_t hidden_size, int64_t intermediate_size, double init_s
   down_proj_ = register_module("down_proj", std::make_shared<Linear>(intermediate_size, hidden_size, false, init_std));
 }
 
-Tensor GatedMLP::forward(const Tensor& x) const {
-  return down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
-}
+Tensor GatedMLP::forward(const Tensor& x) const { return forward(x, Tensor()); }
 
 Tensor GatedMLP::forward(const Tensor& x, const Tensor& residual) const {
   return down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)), residual);

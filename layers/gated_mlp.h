@@ -10,7 +10,7 @@ class GatedMLP : public Module {
  public:
   GatedMLP(int64_t hidden_size, int64_t intermediate_size, double init_std = 0.02);
   Tensor forward(const Tensor& x) const;
-  // residual + forward(x), the residual added by down_proj's GEMM.
+  // residual + forward(x), the residual added by down_proj's GEMM (undefined: none).
   Tensor forward(const Tensor& x, const Tensor& residual) const;
   const Linear& gate_proj() const { return *gate_proj_; }
   const Linear& up_proj() const { return *up_proj_; }

@@ -8,7 +8,8 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = false, double init_std = 0.02);
   Tensor forward(const Tensor& x) const;  // [..., in] -> [..., out]
-  // residual + forward(x), the add in the product's epilogue (autograd linear's residual); residual [..., out].
+  // residual + forward(x), the add in the product's epilogue (autograd linear's residual); residual [..., out]
+  // or undefined (none).
   Tensor forward(const Tensor& x, const Tensor& residual) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }

@@ -243,8 +243,7 @@ Tensor NatslAttention::mix_output(const Tensor& x, const GdnFrontEnd& f, const T
   const Tensor z = reshape(g_proj_->forward(x), {B, T, Ha, Dav});
   const Tensor y = mix_norm_gate(reshape(og, {B, T, Ha, Dav}), oa, wlogits, z, mix_norm_->weight1(),
                                  mix_norm_->weight2(), norm_eps_);
-  const Tensor flat = reshape(y, {B, T, H * V});
-  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
+  return o_proj_->forward(reshape(y, {B, T, H * V}), residual);
 }
 
 void NatslAttention::check_decodable(int64_t B) const {

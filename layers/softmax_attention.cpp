@@ -73,8 +73,7 @@ SoftmaxAttention::Qkv SoftmaxAttention::project(const Tensor& x, int64_t start) 
 }
 
 Tensor SoftmaxAttention::output(const Tensor& o, const Tensor& residual) const {
-  const Tensor flat = reshape(o, {o.size(0), o.size(1), dims_.heads * dims_.value_dim});
-  return residual.defined() ? o_proj_->forward(flat, residual) : o_proj_->forward(flat);
+  return o_proj_->forward(reshape(o, {o.size(0), o.size(1), dims_.heads * dims_.value_dim}), residual);
 }
 
 Tensor SoftmaxAttention::forward(const Tensor& x) { return forward_residual(x, Tensor()); }

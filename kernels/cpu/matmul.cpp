@@ -34,8 +34,8 @@ struct GemmShape {
 // Tile `tile` of C = alpha * op(A) op(B) + beta * C for one matrix triple; C is not read when beta == 0 (it
 // may hold NaN). With beta != 0 the tile's product is formed first and then added to beta * C, one add per
 // element: in f32 and f64 the bits of the product into a new tensor followed by a separate add (what autograd
-// does without a gradient sink; bf16 data is summed in f32 and rounded once, see batched()). Eigen's `C += A B` would instead add each kc-long panel of the product into C as it goes,
-// rounding once per panel, and kc follows the ISA's register blocking (AVX2 builds cut K = 300 into two panels,
+// does without a gradient sink; bf16 data is summed in f32 and rounded once, see batched()). Eigen's `C += A B`
+// would instead add each kc-long panel of the product into C as it goes, rounding once per panel, and kc follows the ISA's register blocking (AVX2 builds cut K = 300 into two panels,
 // SSE builds do not): in-place accumulation would then change results with the build, and a recomputed model
 // (whose weight gradients reach .grad by a separate add) would no longer match the plain one bit for bit.
 template <class A>

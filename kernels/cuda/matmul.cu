@@ -134,12 +134,7 @@ void set_matmul_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
 bool matmul_allow_tf32() { return g_allow_tf32.load(); }
 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
-            double beta, const Tensor& c) {
-  if (c.defined() && beta != 0.0 && c.data_ptr() != out.data_ptr()) {
-    // out = c, then the accumulating product (GPU-verified pieces; cuBLASLt's separate C input is the next step
-    // once the GPU has checked it).
-    out.copy_(c);
-  }
+            double beta) {
   const DType dt = a.dtype(), odt = out.dtype();
   NATSL_CUDA_DISPATCH_FLOAT(dt, "matmul", T, [&] { (void)sizeof(T); });
   NATSL_CHECK(b.dtype() == dt && matmul_writes(dt, odt), "matmul: dtypes ",

@@ -365,8 +365,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx) {
   if (accumulate_dx) {
-    // The gradient into a new tensor, then added (the GPU-verified kernels; the kernels' own accumulation is
-    // the next step once the GPU has checked it).
+    // The gradient into a new tensor, then added: the kernels themselves only overwrite dx.
     Tensor fresh = Tensor::empty(dx.shape(), dx.dtype(), dx.device());
     rmsnorm_bwd(x, w, rstd, dy, fresh, dw, plan, false);
     kernels::binary_fwd(kernels::BinaryOp::Add, dx, fresh, dx);
