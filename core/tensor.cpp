@@ -36,11 +36,11 @@ Shape contiguous_strides(const Shape& s) {
 }
 
 // ---------------- Storage ----------------
-Storage::Storage(Device d, size_t nbytes) : device_(d), ptr_(allocate(d, nbytes)), nbytes_(nbytes) {}
+Storage::Storage(Device d, size_t nbytes) : device_(d), ptr_(allocate(d, nbytes, &tag_)), nbytes_(nbytes) {}
 Storage::Storage(Device d, void* ptr, size_t nbytes, std::shared_ptr<void> owner)
     : device_(d), ptr_(ptr), nbytes_(nbytes), owner_(std::move(owner)) {}
 Storage::~Storage() {
-  if (!owner_) deallocate(device_, ptr_, nbytes_);
+  if (!owner_) deallocate(device_, ptr_, nbytes_, tag_);
 }
 
 // ---------------- bytes between devices ----------------

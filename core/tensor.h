@@ -40,6 +40,7 @@ class Storage {
 
  private:
   Device device_;
+  AllocTag tag_;  // where the memory came from (allocator.h); before ptr_, whose initialiser fills it
   void* ptr_ = nullptr;
   size_t nbytes_ = 0;
   std::shared_ptr<void> owner_;  // set when the memory is borrowed

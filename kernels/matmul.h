@@ -20,7 +20,7 @@ bool matmul_writes(DType operands, DType out);
 
 namespace cpu {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
-            double beta, const Tensor& c = Tensor());
+            double beta);
 }
 namespace cuda {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,

@@ -36,6 +36,15 @@ class Mixer : public Module {
     (void)step;
     (void)total_steps;
   }
+  // Why a CUDA graph captured at training step `step` could not stand in for this mixer's training forward at
+  // that step and at every later one: a value the host computes anew per step (noise offsets, a schedule, a
+  // routing drawn or read back on the host). Empty when it can. Sets *never when no later step will do either
+  // (else the trainer asks again at the next step). Default: nothing per step.
+  virtual std::string graph_blocker(int64_t step, bool* never) const {
+    (void)step;
+    (void)never;
+    return {};
+  }
   // A fresh decoding state for generating with this mixer (layers/decode_cache.h). The mixer must outlive it
   // and be in evaluation mode while it is used. Default: InputError (the kind cannot decode token by token).
   virtual std::unique_ptr<DecodeCache> decode_cache();

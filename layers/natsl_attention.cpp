@@ -306,6 +306,18 @@ void NatslAttention::set_progress(int64_t step, int64_t total_steps) {
   else if (tau_schedule_ == "exp") tau_ = tau0_ * std::pow(tau1_ / tau0_, x);
 }
 
+std::string NatslAttention::graph_blocker(int64_t step, bool* never) const {
+  *never = true;
+  if (gumbel_) return "model.nats_sample gumbel draws the routers' noise at a host-kept offset each step";
+  if (routing_ == "random") return "model.nats_routing random draws the routing on the host each step";
+  if (routing_ == "topk") return "model.nats_routing topk reads the routers' probabilities back to the host";
+  if (tau_schedule_ != "constant" && tau0_ != tau1_) return "the router temperature follows a schedule";
+  *never = false;
+  if (target_ >= 0 && target_coef_ > 0 && warmup_ > 0 && step + 1 < warmup_)
+    return "the routing penalty warms up until step " + std::to_string(warmup_);
+  return {};
+}
+
 // The fixed routings (controls): exact 0/1 masks without history, from the rule alone. random draws from
 // the layer's noise stream in training (advancing it, so checkpoints carry it) and from a fixed stream at
 // evaluation (offset 2^63, which training never reaches), so evaluations see the same routing every time.

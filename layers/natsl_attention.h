@@ -102,6 +102,7 @@ class NatslAttention : public GatedDeltaNet {
   //   chunks (c < NC - 1; the last is forced to both in training), w(s) = min(1, (s + 1) / warmup).
   Tensor aux_loss() const override { return aux_; }
   void set_progress(int64_t step, int64_t total_steps) override;
+  std::string graph_blocker(int64_t step, bool* never) const override;
   double tau() const { return tau_; }  // the Gumbel temperature in force
 
   // Recomputation (layers/recompute.h): the noise stream's offset (so a recomputed forward draws the same

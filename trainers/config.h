@@ -81,7 +81,10 @@ struct TrainConfig {
   // The step profiler (core/profiler.h): optimizer steps [first, end) are timed per phase, module and
   // backward op; the table goes to the log and OUT_DIR/profile/ (summary.json, trace.json for Perfetto).
   std::vector<int64_t> profile_steps;
-  bool nvtx = false;              // NVTX ranges around phases, modules and backward ops (Nsight Systems)          // several ranks: ranks other than 0 write their log to OUT_DIR/ranks/rank_R.log
+  bool nvtx = false;              // NVTX ranges around phases, modules and backward ops (Nsight Systems)
+  // Forward, backward and gradient norm replayed as one CUDA graph after two eager steps (docs/training.md
+  // "CUDA graphs": when a model or run cannot be captured the run says why and stays eager).
+  bool cuda_graph = false;          // several ranks: ranks other than 0 write their log to OUT_DIR/ranks/rank_R.log
   double lr = 3e-4;
   double min_lr_ratio = 0.1;      // final lr = lr * min_lr_ratio
   std::string schedule = "cosine";  // cosine | linear | wsd | constant

@@ -118,6 +118,7 @@ std::vector<FieldSpec> config_schema(RunConfig& c) {
       plain("train.rank_logs", &t.rank_logs),
       num("train.profile_steps", &t.profile_steps, 1, std::nullopt, "[] = off; [first, end): the steps to time"),
       plain("train.nvtx", &t.nvtx),
+      plain("train.cuda_graph", &t.cuda_graph),
       num("train.lr", &t.lr, 0.0, 10.0),
       num("train.min_lr_ratio", &t.min_lr_ratio, 0.0, 1.0),
       choice("train.schedule", &t.schedule, {"cosine", "linear", "wsd", "constant"}),

@@ -383,6 +383,26 @@ void Trainer::log(const std::string& line) {
   std::fflush(opts_.out);
 }
 
+Tensor Trainer::forward_backward(const Batch& batch, int64_t m) {
+  Tensor total, loss;
+  {
+    prof::Scope scope("forward", "phase");
+    loss = model_->loss(batch);
+    // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
+    const Tensor aux = model_->aux_loss();
+    total = aux.defined() ? add(loss, aux) : loss;
+    if (accum_ > 1) total = mul_scalar(total, 1.0 / double(accum_));
+  }
+  {
+    prof::Scope scope("backward", "phase");
+    // The last micro-batch's backward starts the gradient all-reduce bucket by bucket.
+    std::unique_ptr<GradReadyHookGuard> hook;
+    if (reducer_ && m == accum_ - 1) hook = reducer_->arm();
+    total.backward();
+  }
+  return loss.detach();
+}
+
 Trainer::StepResult Trainer::train_step() {
   const TrainConfig& t = cfg_.train;
   StepResult r;
@@ -391,36 +411,26 @@ Trainer::StepResult Trainer::train_step() {
   optimizer_->set_lr(r.lr);
   model_->train();
   model_->set_progress(s, t.steps);
-  store_->zero_grad();
 
+  // train.cuda_graph: the forward, backward and squared gradient norm as one replayed graph (trainer_graph.cpp).
   Tensor loss_sum;
-  skip_other_ranks(s, /*before=*/true);
-  for (int64_t m = 0; m < accum_; ++m) {
-    Batch batch;
-    {
-      prof::Scope scope("data", "phase");
-      batch = next_batch(s, m);
+  if (graph_step_wanted(s)) loss_sum = graph_step(s);
+  const bool graphed = loss_sum.defined();
+  if (!graphed) {
+    store_->zero_grad();
+    skip_other_ranks(s, /*before=*/true);
+    for (int64_t m = 0; m < accum_; ++m) {
+      Batch batch;
+      {
+        prof::Scope scope("data", "phase");
+        batch = next_batch(s, m);
+      }
+      const Tensor loss = forward_backward(batch, m);
+      NoGradGuard no_grad;
+      loss_sum = loss_sum.defined() ? add(loss_sum, loss) : loss;
     }
-    Tensor total, loss;
-    {
-      prof::Scope scope("forward", "phase");
-      loss = model_->loss(batch);
-      // The routers' sparsity penalty (if any) joins the gradient; the logged loss stays the LM loss.
-      const Tensor aux = model_->aux_loss();
-      total = aux.defined() ? add(loss, aux) : loss;
-      if (accum_ > 1) total = mul_scalar(total, 1.0 / double(accum_));
-    }
-    {
-      prof::Scope scope("backward", "phase");
-      // The last micro-batch's backward starts the gradient all-reduce bucket by bucket.
-      std::unique_ptr<GradReadyHookGuard> hook;
-      if (reducer_ && m == accum_ - 1) hook = reducer_->arm();
-      total.backward();
-    }
-    NoGradGuard no_grad;
-    loss_sum = loss_sum.defined() ? add(loss_sum, loss.detach()) : loss.detach();
+    skip_other_ranks(s, /*before=*/false);
   }
-  skip_other_ranks(s, /*before=*/false);
   std::optional<prof::Scope> phase;
   if (comm_) phase.emplace("gradient reduction", "phase");
   reduce_gradients();
@@ -431,7 +441,7 @@ Trainer::StepResult Trainer::train_step() {
     kernels::sum_squares(own_range(store_->grads().flat(DType::f32)), grad_sumsq_);
     comm_->all_reduce(grad_sumsq_, dist::ReduceOp::sum);
     comm_->synchronize();
-  } else {
+  } else if (!graphed) {  // (a graph has summed the squares itself)
     // Identical averaged gradients on every rank: the same norm, clip and skip decision everywhere.
     kernels::sum_squares(store_->grads().flat(DType::f32), grad_sumsq_);
   }

@@ -15,6 +15,7 @@
 // resume needs to continue the run bit for bit on the same hardware.
 #include <array>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "trainers/optim/adamw.h"
+#include "core/cuda_graph.h"
 #include "core/profiler.h"
 #include "layers/model/causal_lm.h"
 #include "layers/model/parameter_store.h"
@@ -129,6 +131,13 @@ class Trainer {
   // ZeRO-1: this rank's range of a flat buffer (the elements its optimizer updates).
   Tensor own_range(const Tensor& flat) const;
   void setup_distributed();
+  // train.cuda_graph (trainer_graph.cpp): whether step s runs as the captured graph (capturing it first when
+  // it may); and that step's forward + backward + gradient norm by the graph: the summed loss, or undefined
+  // when the capture failed (the step then runs eagerly, and so do the later ones).
+  bool graph_step_wanted(int64_t s);
+  // One micro-batch's forward and backward (micro-batch m of accum_): the language-model loss, detached.
+  Tensor forward_backward(const Batch& batch, int64_t m);
+  Tensor graph_step(int64_t s);
 
   RunConfig cfg_;
   TrainerOptions opts_;
@@ -151,6 +160,15 @@ class Trainer {
   LrSchedule schedule_;
   std::unique_ptr<MetricsLog> metrics_;
   Tensor grad_sumsq_;  // [1] f32 on the device
+  // train.cuda_graph: the captured forward + backward, the device batches it reads (refilled before each
+  // replay), its summed loss (memory each replay rewrites), the restore of the modules' captured forward state
+  // (the routing statistics the replays write), and whether this run has given up on a graph.
+  std::unique_ptr<CudaGraph> graph_;
+  std::vector<Batch> graph_batches_;
+  Tensor graph_loss_;
+  std::function<void()> graph_restore_;
+  bool graph_off_ = false;
+  int64_t first_step_this_process_ = -1;
 
   int64_t step_ = 0;  // optimizer steps completed
   int64_t skipped_steps_ = 0;

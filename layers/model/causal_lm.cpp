@@ -70,6 +70,19 @@ void CausalLM::set_progress(int64_t step, int64_t total_steps) const {
   for (size_t i = 0; i < model_->num_layers(); ++i) model_->layer(i).mixer().set_progress(step, total_steps);
 }
 
+std::string CausalLM::graph_blocker(int64_t step, bool* never) const {
+  *never = false;
+  for (size_t i = 0; i < model_->num_layers(); ++i) {
+    bool layer_never = false;
+    const std::string why = model_->layer(i).mixer().graph_blocker(step, &layer_never);
+    if (!why.empty()) {
+      *never = layer_never;
+      return "layer " + std::to_string(i) + ": " + why;
+    }
+  }
+  return {};
+}
+
 void CausalLM::collect_stats(std::map<std::string, double>& stats) const {
   for (size_t i = 0; i < model_->num_layers(); ++i) {
     std::map<std::string, double> layer_stats;

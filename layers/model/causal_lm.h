@@ -51,6 +51,9 @@ class CausalLM : public Module {
   void set_recompute(const RecomputePolicy& policy) { model_->set_recompute(policy); }
   // Passes the training step to every mixer (Mixer::set_progress).
   void set_progress(int64_t step, int64_t total_steps) const;
+  // The first layer whose Mixer::graph_blocker objects, as "layer N: why"; empty when none does. *never as the
+  // mixer says (some layer can never be captured).
+  std::string graph_blocker(int64_t step, bool* never) const;
   const ModelConfig& config() const { return config_; }
   const LMBackbone& backbone() const { return *model_; }
 
