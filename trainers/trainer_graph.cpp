@@ -19,14 +19,12 @@ bool Trainer::graph_step_wanted(int64_t s) {
     log("cuda_graph: this run stays eager: " + why);
     return false;
   };
-  if (!device_.is_cuda()) return give_up("the device is the CPU (graphs are a CUDA feature)");
-  if (comm_) return give_up("it has several ranks (the gradient reduction is not captured)");
   bool never = false;
   const std::string why = model_->graph_blocker(s, &never);
-  if (!why.empty()) {
-    if (never) return give_up(why + ", which a replay would repeat");
-    return false;  // asked again at the next step
-  }
+  if (!why.empty() && never) return give_up(why + ", which a replay would repeat");
+  if (!device_.is_cuda()) return give_up("the device is the CPU (graphs are a CUDA feature)");
+  if (comm_) return give_up("it has several ranks (the gradient reduction is not captured)");
+  if (!why.empty()) return false;  // asked again at the next step
   // Two eager steps in this process first: lazy set-up (matrix-product plans, caches, kernel attributes)
   // happens outside the capture. The profiled steps run eagerly too (the profiler times ops; a replay has none).
   if (s < first_step_this_process_ + 2) return false;

@@ -354,5 +354,72 @@ data:
   expect_same_run(dir / "a", dir / "b", 20);
 }
 
+// train.cuda_graph (trainers/trainer_graph.cpp). On the CPU the run says it stays eager and is the same run.
+TEST(CudaGraphTraining, OnTheCpuTheRunSaysItStaysEagerAndIsUnchanged) {
+  TempDir dir;
+  write_text(dir / "t.yaml", kTinyConfig);
+  auto eager = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "a");
+  ASSERT_EQ(eager.exit_code, 0) << eager.output;
+  auto graph = run_natsl("train " + dir / "t.yaml train.out_dir=" + dir / "b train.cuda_graph=true");
+  ASSERT_EQ(graph.exit_code, 0) << graph.output;
+  EXPECT_NE(graph.output.find("cuda_graph: this run stays eager: the device is the CPU"), std::string::npos)
+      << graph.output;
+  EXPECT_EQ(eager.output.find("cuda_graph: "), std::string::npos) << eager.output;
+  expect_same_run(dir / "a", dir / "b", 20);
+}
+
+// A model whose forward uses a value the host draws per step cannot be replayed: the run names the layer and why.
+TEST(CudaGraphTraining, AGumbelRouterKeepsTheRunEagerAndSaysWhy) {
+  TempDir dir;
+  write_text(dir / "g.yaml", kGumbelConfig);
+  auto r = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "a train.steps=2 train.cuda_graph=true");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("cuda_graph: this run stays eager: layer 0: model.nats_sample gumbel"), std::string::npos)
+      << r.output;
+}
+
+// On the GPU: steps 3.. replay the graph captured at step 3; every step's loss, gradient norm and the final
+// weights and optimizer state have the eager run's bits (the same kernels on the same data, launched by the
+// graph instead of the host), and a run stopped and resumed with graphs (a capture in each process) too.
+TEST(CudaGraphTraining, ReplayedStepsHaveTheEagerStepsBits) {
+  NATSL_REQUIRE_GPU();
+  TempDir dir;
+  write_text(dir / "g.yaml", R"(model:
+  name: g
+  vocab_size: 320
+  hidden_size: 64
+  num_layers: 3
+  layers: [gdn, natsl, attn]
+  num_heads: 2
+  head_dim: 128
+  expand_v: 1.0
+  num_attn_heads: 4
+  attn_qk_norm: true
+  attn_rope: false
+  nats_block_size: 64
+  nats_frac_target: 0.5
+  nats_frac_warmup_steps: 2
+  intermediate_size: 64
+data:
+  source: mqar
+  mqar:
+    vocab_size: 300
+    num_kv_pairs: 4
+)" + testing::resume_train_yaml(12, 256) + R"(  eval_every: 5
+  eval_batches: 1
+  device: cuda
+  precision: bf16
+  deterministic: true
+)");
+  auto eager = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "e");
+  ASSERT_EQ(eager.exit_code, 0) << eager.output;
+  StopResumeRuns runs;
+  ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, "train " + dir / "g.yaml train.cuda_graph=true", 6, runs));
+  EXPECT_NE(runs.straight.find("cuda_graph: step 3 captured"), std::string::npos) << runs.straight;
+  EXPECT_NE(runs.resumed.find("cuda_graph: step 9 captured"), std::string::npos) << runs.resumed;
+  expect_same_run(dir / "e", dir / "a", 12);
+  expect_same_run(dir / "e", dir / "b", 12);
+}
+
 }  // namespace
 }  // namespace natsl
