@@ -18,7 +18,8 @@
 #            peer of `train` (run both in one call, one after the other); ref_model_<layers>.json
 #   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
-#            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides
+#            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides;
+#            TRAIN_VARIANTS (default eager; "eager graph" runs each config again with train.cuda_graph=true)
 #   nsys     natsl-340m under Nsight Systems, then experiments/bench/gpu_gaps.py: where the GPU idles in a step (host
 #            gaps by the op whose launch ended them, blocking API calls, kernel table; NSYS_STEPS, default 10)
 #   mem      natsl-340m peak memory and tokens/s per sequence length (MEM_SEQS) and train.recompute /
@@ -270,18 +271,24 @@ fi
 
 if has train; then
   for cfg in ${TRAIN_CONFIGS:-natsl-340m}; do
-    el "train $cfg"
-    rm -rf "$OUT/run-natsl"
-    # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
-    timeout 300 "$B/natsl" train "configs/$cfg.yaml" tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
-      train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
-      "train.profile_steps=[20,23]" ${TRAIN_EXTRA:-} >"$LOG/train_$cfg.log" 2>&1
-    echo "train $cfg rc $?"
-    grep -vE "^\s*$" "$LOG/train_$cfg.log" | tail -40
-    cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_${cfg}_metrics.jsonl" 2>/dev/null
-    cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary_$cfg.json" 2>/dev/null
-    gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace_$cfg.json.gz" 2>/dev/null
-    rm -rf "$OUT/run-natsl"
+    for variant in ${TRAIN_VARIANTS:-eager}; do
+      # eager: the host launches every kernel; graph: train.cuda_graph=true (steps after the profiled ones replay
+      # one captured CUDA graph).
+      tag=$cfg; extra=""
+      if [ "$variant" = graph ]; then tag=${cfg}_graph; extra="train.cuda_graph=true"; fi
+      el "train $tag"
+      rm -rf "$OUT/run-natsl"
+      # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
+      timeout 300 "$B/natsl" train "configs/$cfg.yaml" tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
+        train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
+        "train.profile_steps=[20,23]" $extra ${TRAIN_EXTRA:-} >"$LOG/train_$tag.log" 2>&1
+      echo "train $tag rc $?"
+      grep -vE "^\s*$" "$LOG/train_$tag.log" | tail -40
+      cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_${tag}_metrics.jsonl" 2>/dev/null
+      cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary_$tag.json" 2>/dev/null
+      gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace_$tag.json.gz" 2>/dev/null
+      rm -rf "$OUT/run-natsl"
+    done
   done
 fi
 
