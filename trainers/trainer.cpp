@@ -414,14 +414,17 @@ Trainer::StepResult Trainer::train_step() {
 
   // train.cuda_graph: the forward, backward and squared gradient norm as one replayed graph (trainer_graph.cpp).
   Tensor loss_sum;
-  if (graph_step_wanted(s)) loss_sum = graph_step(s);
+  std::vector<Batch> taken;  // micro-batches a graph step took but could not run (each is taken once)
+  if (graph_step_wanted(s)) loss_sum = graph_step(s, taken);
   const bool graphed = loss_sum.defined();
   if (!graphed) {
     store_->zero_grad();
     skip_other_ranks(s, /*before=*/true);
     for (int64_t m = 0; m < accum_; ++m) {
       Batch batch;
-      {
+      if (size_t(m) < taken.size()) {
+        batch = taken[size_t(m)];
+      } else {
         prof::Scope scope("data", "phase");
         batch = next_batch(s, m);
       }

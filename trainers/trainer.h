@@ -131,13 +131,14 @@ class Trainer {
   // ZeRO-1: this rank's range of a flat buffer (the elements its optimizer updates).
   Tensor own_range(const Tensor& flat) const;
   void setup_distributed();
-  // train.cuda_graph (trainer_graph.cpp): whether step s runs as the captured graph (capturing it first when
-  // it may); and that step's forward + backward + gradient norm by the graph: the summed loss, or undefined
-  // when the capture failed (the step then runs eagerly, and so do the later ones).
-  bool graph_step_wanted(int64_t s);
   // One micro-batch's forward and backward (micro-batch m of accum_): the language-model loss, detached.
   Tensor forward_backward(const Batch& batch, int64_t m);
-  Tensor graph_step(int64_t s);
+  // train.cuda_graph (trainer_graph.cpp): whether step s runs as the captured graph (capturing it first when
+  // it may); and that step's forward + backward + gradient norm by the graph: the summed loss, or undefined
+  // when the graph could not run (the step then runs eagerly on `batches`, the step's micro-batches that
+  // graph_step has taken from the data, and so do the later steps).
+  bool graph_step_wanted(int64_t s);
+  Tensor graph_step(int64_t s, std::vector<Batch>& batches);
 
   RunConfig cfg_;
   TrainerOptions opts_;

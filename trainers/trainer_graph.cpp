@@ -32,11 +32,11 @@ bool Trainer::graph_step_wanted(int64_t s) {
   return true;
 }
 
-Tensor Trainer::graph_step(int64_t s) {
-  std::vector<Batch> batches(static_cast<size_t>(accum_));
+Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
   {
     prof::Scope scope("data", "phase");
-    for (int64_t m = 0; m < accum_; ++m) batches[size_t(m)] = next_batch(s, m);
+    batches.clear();
+    for (int64_t m = 0; m < accum_; ++m) batches.push_back(next_batch(s, m));
   }
   auto same_shapes = [&] {
     for (size_t m = 0; m < batches.size(); ++m)
