@@ -20,6 +20,7 @@
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides;
 #            TRAIN_VARIANTS (default eager; "eager graph" runs each config again with train.cuda_graph=true)
+#   curve    natsl-340m 300 steps (CURVE_EXTRA overrides) overlaid on the recorded baseline curve (loss_overlay.py)
 #   nsys     natsl-340m under Nsight Systems, then experiments/bench/gpu_gaps.py: where the GPU idles in a step (host
 #            gaps by the op whose launch ended them, blocking API calls, kernel table; NSYS_STEPS, default 10)
 #   mem      natsl-340m peak memory and tokens/s per sequence length (MEM_SEQS) and train.recompute /
@@ -127,7 +128,7 @@ fi
 # after a short idle time, and the next call gets a fresh one): say so at once instead of each stage failing
 # quietly (a sanitize stage with no test binaries checks nothing and prints nothing).
 if [ ! -d $B ]; then
-  for st in tests natsl gdn ops train mem lab ncu ab dist sweep sanitize hfref; do
+  for st in tests natsl gdn ops train curve nsys mem lab ncu ab dist sweep sanitize hfref; do
     has $st || continue
     echo "NO BUILD: $B is missing on this machine (a fresh one?); stage '$st' needs it: call again with WHAT=\"build $WHAT\""
     touch "$OUT/.done"
@@ -290,6 +291,23 @@ if has train; then
       rm -rf "$OUT/run-natsl"
     done
   done
+fi
+
+# The 300-step loss curve of natsl-340m (issue 18: training must not move beyond bf16 noise), the settings of the
+# recorded baseline (CURVE_BASE, default experiments/results/train/2026-11-28-natsl-340m-300steps-h200-3492547),
+# CURVE_EXTRA more overrides (e.g. train.cuda_graph=true); the overlay table by experiments/bench/loss_overlay.py.
+if has curve; then
+  base=${CURVE_BASE:-experiments/results/train/2026-11-28-natsl-340m-300steps-h200-3492547}
+  el "curve natsl-340m 300 steps ${CURVE_EXTRA:-}"
+  rm -rf "$OUT/run-curve"
+  timeout 300 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps=300 train.warmup_steps=30 \
+    train.grad_accum=1 train.log_every=25 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-curve" \
+    ${CURVE_EXTRA:-} >"$LOG/curve.log" 2>&1
+  echo "curve rc $?"
+  grep -vE "^\s*$" "$LOG/curve.log" | tail -8
+  cp "$OUT/run-curve/metrics.jsonl" "$LOG/curve_metrics.jsonl" 2>/dev/null
+  python3 experiments/bench/loss_overlay.py "$base.metrics.jsonl" "$LOG/curve_metrics.jsonl" 2>&1 | tee "$LOG/curve_overlay.txt"
+  rm -rf "$OUT/run-curve"
 fi
 
 # Where the GPU idles (issue 18's host gaps): natsl-340m under Nsight Systems (CUDA API + NVTX, no sampling),
