@@ -45,6 +45,13 @@ std::string human_bytes(double b) {
 #ifdef NATSL_WITH_CUDA
 // A CUDA graph's private pool (allocator.h): blocks from cudaMalloc, reused within the capture by size (the
 // capture is one stream, so a block freed at one op and taken again at a later one is ordered like the eager run).
+// The device's memory counter counts a pool's blocks from cudaMalloc to cudaFree, and kept memory until it is
+// freed: what the device really holds.
+struct Kept {
+  void* p;
+  size_t n;
+  bool pool_block;  // cudaMalloc'd (an earlier pool's block), else stream-ordered memory
+};
 struct CapturePool {
   int device = 0;
   bool serving = true;               // capturing: the device's allocations come from here
@@ -54,7 +61,7 @@ struct CapturePool {
   std::unordered_map<void*, size_t> sizes;  // every block taken from the device and not yet given back
   int64_t held = 0;                         // blocks handed out and not returned
   int64_t bytes = 0;
-  std::vector<std::pair<void*, size_t>> kept;  // other memory freed while pinned: freed at release
+  std::vector<Kept> kept;  // memory freed while this pool's graph may still use it: freed at release
 };
 std::mutex g_pool_mu;
 CapturePool* g_pool[kMaxDevices] = {};  // the device's unreleased pool
@@ -87,13 +94,37 @@ void* pool_get(CapturePool& cp, size_t nbytes) {
   cp.sizes[p] = n;
   cp.bytes += int64_t(n);
   ++cp.held;
+  counter(Device::cuda(cp.device)).add(int64_t(n));
   return p;
 }
 
-void pool_delete_if_done(CapturePool* cp) {
-  if (cp->released && cp->held == 0) delete cp;
+// Waits for the device's compute stream without throwing (deleters and destructors call it).
+void quiet_sync(int device) {
+  try {
+    cudaSetDevice(device);
+    cudaStreamSynchronize(compute_stream(device));
+  } catch (...) {
+  }
+}
+
+// Frees a block of a released pool (its graph is gone; tensors still held it): kept by the device's current
+// pool if a newer graph exists (that graph may read it), else freed once the stream's work is done.
+void free_released_block(CapturePool* cp, void* p, size_t n) {
+  cp->bytes -= int64_t(n);
+  cp->sizes.erase(p);
+  if (CapturePool* now = g_pool[cp->device]) {
+    now->kept.push_back({p, n, true});
+  } else {
+    quiet_sync(cp->device);
+    cudaFree(p);
+    counter(Device::cuda(cp->device)).add(-int64_t(n));
+  }
+  if (cp->held == 0 && cp->sizes.empty()) delete cp;
 }
 #endif
+
+void* raw_allocate(Device d, size_t nbytes);
+void raw_deallocate(Device d, void* p, size_t nbytes);
 
 }  // namespace
 
@@ -105,51 +136,58 @@ void* allocate(Device d, size_t nbytes, AllocTag* tag) {
       std::lock_guard<std::mutex> lk(g_pool_mu);
       CapturePool* cp = g_pool[d.index];
       if (cp && cp->serving) {
-        void* p = pool_get(*cp, nbytes == 0 ? 1 : nbytes);
-        counter(d).add(int64_t(nbytes == 0 ? 1 : nbytes));
         tag->pool = cp;
-        return p;
+        return pool_get(*cp, nbytes == 0 ? 1 : nbytes);
       }
     }
     tag->serial = g_serial.fetch_add(1) + 1;
   }
 #endif
-  return allocate(d, nbytes);
+  return raw_allocate(d, nbytes);
 }
 
 void deallocate(Device d, void* p, size_t nbytes, const AllocTag& tag) {
   (void)tag;
   if (!p) return;
+  if (nbytes == 0) nbytes = 1;
 #ifdef NATSL_WITH_CUDA
   if (tag.pool) {
     std::lock_guard<std::mutex> lk(g_pool_mu);
     auto* cp = static_cast<CapturePool*>(tag.pool);
-    counter(d).add(-int64_t(nbytes == 0 ? 1 : nbytes));
-    --cp->held;
     auto it = cp->sizes.find(p);
     if (it == cp->sizes.end()) return;  // not the pool's (cannot happen): leak rather than free a stranger
-    if (!cp->released) {
-      cp->free_blocks.emplace(it->second, p);
-    } else {
-      cp->bytes -= int64_t(it->second);
-      cp->sizes.erase(it);
-      cudaFree(p);  // never throw from a deleter
-      pool_delete_if_done(cp);
-    }
+    --cp->held;
+    if (!cp->released) cp->free_blocks.emplace(it->second, p);
+    else free_released_block(cp, p, it->second);
     return;
   }
   if (d.is_cuda() && g_pools_alive.load() > 0) {
     std::lock_guard<std::mutex> lk(g_pool_mu);
     CapturePool* cp = g_pool[d.index];
     if (cp && tag.serial < cp->pin_below) {  // a graph may still read it: freed when the graph goes
-      counter(d).add(-int64_t(nbytes == 0 ? 1 : nbytes));
-      cp->kept.emplace_back(p, nbytes);
+      cp->kept.push_back({p, nbytes, false});
       return;
     }
   }
 #endif
-  deallocate(d, p, nbytes);
+  raw_deallocate(d, p, nbytes);
 }
+
+void* allocate(Device d, size_t nbytes) {
+#ifdef NATSL_WITH_CUDA
+  if (d.is_cuda() && g_pools_alive.load() > 0) {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    CapturePool* cp = g_pool[d.index];
+    // Memory without a tag could not be told apart from the graph's when freed: refused during a capture (the
+    // capture then fails and the caller's eager run allocates it).
+    NATSL_CHECK(!(cp && cp->serving), "allocate: untagged CUDA memory (", human_bytes(double(nbytes)),
+                ") asked for during a CUDA graph capture on ", d.str(), "; allocate it before the capture");
+  }
+#endif
+  return raw_allocate(d, nbytes);
+}
+
+void deallocate(Device d, void* p, size_t nbytes) { deallocate(d, p, nbytes, AllocTag{}); }
 
 #ifdef NATSL_WITH_CUDA
 void* capture_pool_begin(int device) {
@@ -177,26 +215,35 @@ void capture_pool_end(void* pool) {
   cp->pin_below = g_serial.load() + 1;
 }
 
-void capture_pool_release(void* pool) {
+void capture_pool_release(void* pool) noexcept {
   std::lock_guard<std::mutex> lk(g_pool_mu);
   auto* cp = static_cast<CapturePool*>(pool);
   if (cp->released) return;
   cp->released = true;
   g_pool[cp->device] = nullptr;
   g_pools_alive.fetch_sub(1);
-  cudaStream_t s = activate(cp->device);
-  for (const auto& [p, n] : cp->kept) {
-    (void)n;
-    cudaFreeAsync(p, s);  // after every graph launch queued on the stream
+  // Replays may still be queued: the stream's work ends before anything the graph used is freed.
+  quiet_sync(cp->device);
+  const Device d = Device::cuda(cp->device);
+  cudaStream_t s = nullptr;
+  try {
+    s = compute_stream(cp->device);
+  } catch (...) {
+  }
+  for (const Kept& k : cp->kept) {
+    if (k.pool_block) cudaFree(k.p);
+    else cudaFreeAsync(k.p, s);
+    counter(d).add(-int64_t(k.n));
   }
   cp->kept.clear();
   for (const auto& [n, p] : cp->free_blocks) {
     cp->bytes -= int64_t(n);
     cp->sizes.erase(p);
     cudaFree(p);
+    counter(d).add(-int64_t(n));
   }
   cp->free_blocks.clear();
-  pool_delete_if_done(cp);
+  if (cp->held == 0 && cp->sizes.empty()) delete cp;
 }
 
 int64_t capture_pool_bytes(const void* pool) {
@@ -205,7 +252,9 @@ int64_t capture_pool_bytes(const void* pool) {
 }
 #endif
 
-void* allocate(Device d, size_t nbytes) {
+namespace {
+
+void* raw_allocate(Device d, size_t nbytes) {
   if (nbytes == 0) nbytes = 1;
   void* p = nullptr;
   if (d.is_cpu()) {
@@ -236,7 +285,7 @@ void* allocate(Device d, size_t nbytes) {
   return p;
 }
 
-void deallocate(Device d, void* p, size_t nbytes) {
+void raw_deallocate(Device d, void* p, size_t nbytes) {
   if (!p) return;
   if (nbytes == 0) nbytes = 1;
   counter(d).add(-int64_t(nbytes));
@@ -249,6 +298,8 @@ void deallocate(Device d, void* p, size_t nbytes) {
 #endif
   }
 }
+
+}  // namespace
 
 MemoryStats memory_stats(Device d) {
   Counter& c = counter(d);

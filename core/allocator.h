@@ -35,10 +35,12 @@ void reset_peak_memory(Device d);
 // The capture pools behind core/cuda_graph.h (one graph per device at a time). begin: allocations on the device
 // come from a new pool until capture_pool_end; end: the pool stops serving, and every other allocation made
 // before it (weights, caches, buffers the graph reads) is kept, not freed, until capture_pool_release, which
-// frees what was kept and the pool's unused blocks (its blocks still held by tensors go when those do).
+// frees what was kept and the pool's unused blocks (its blocks still held by tensors go when those do). The
+// device's memory counter counts a pool's blocks from cudaMalloc to cudaFree and kept memory until it is freed.
+// Untagged allocate() during a capture is refused (its free could not be told apart from the graph's memory).
 void* capture_pool_begin(int device);
 void capture_pool_end(void* pool);
-void capture_pool_release(void* pool);
+void capture_pool_release(void* pool) noexcept;
 // Bytes the pool has taken from the device.
 int64_t capture_pool_bytes(const void* pool);
 #endif

@@ -24,7 +24,9 @@ void CudaGraph::capture(const std::function<void()>& fn) {
   NATSL_CHECK(pool_ == nullptr, "CudaGraph::capture: a graph is captured once");
   cudaStream_t s = activate(device_.index);
   pool_ = capture_pool_begin(device_.index);
-  // Thread-local mode: another thread's unsafe calls (e.g. a data loader's) do not break this capture.
+  // Thread-local mode: another thread's unsafe CUDA calls do not break this capture. (Another thread must not
+  // allocate on this device or queue work on its compute stream meanwhile: that would join the graph. natsl's
+  // data loaders work on the CPU.)
   NATSL_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   std::string failure;
   try {

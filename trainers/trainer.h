@@ -50,6 +50,9 @@ struct TrainerOptions {
   // by rank 0 at MASTER_ADDR:MASTER_PORT).
   std::optional<dist::LaunchInfo> launch{};
   dist::Store* store = nullptr;
+  // Tests: every train.cuda_graph capture fails at its end (after the captured step's forward and backward),
+  // to check the eager fallback.
+  bool fail_cuda_graph_capture = false;
 };
 
 struct TrainSummary {
@@ -169,6 +172,7 @@ class Trainer {
   Tensor graph_loss_;
   std::function<void()> graph_restore_;
   bool graph_off_ = false;
+  int64_t graph_failures_ = 0;
   int64_t first_step_this_process_ = -1;
 
   int64_t step_ = 0;  // optimizer steps completed

@@ -54,6 +54,7 @@ Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
       graph_batches_.push_back({Tensor::empty(b.inputs.shape(), b.inputs.dtype(), device_),
                                 Tensor::empty(b.targets.shape(), b.targets.dtype(), device_)});
   } else if (!same_shapes()) {
+    graph_restore_ = nullptr;
     graph_.reset();
     graph_batches_.clear();
     graph_loss_ = Tensor();
@@ -68,6 +69,9 @@ Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
   }
   if (!graph_) {
     auto g = std::make_unique<CudaGraph>(device_);
+    // A failed capture ran nothing, yet the modules kept what its forward made (routing statistics): put back
+    // the state of the last eager step, which the eager re-run of this step then replaces.
+    const std::function<void()> before = forward_state_capture({model_.get()})();
     try {
       g->capture([&] {
         store_->zero_grad();
@@ -78,12 +82,17 @@ Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
         }
         kernels::sum_squares(store_->grads().flat(DType::f32), grad_sumsq_);
         graph_loss_ = sum;
+        if (opts_.fail_cuda_graph_capture) throw Error("TrainerOptions::fail_cuda_graph_capture");
       });
     } catch (const std::exception& e) {
+      before();
       graph_batches_.clear();
       graph_loss_ = Tensor();
-      graph_off_ = true;
-      log(std::string("cuda_graph: the step could not be captured, so this run stays eager: ") + e.what());
+      // Once more at the next step (a cache an evaluation replaced is rebuilt by this step's eager run), then
+      // this run stays eager.
+      graph_off_ = ++graph_failures_ >= 2;
+      log(fmt::format("cuda_graph: step {} could not be captured ({}); {}", s + 1, e.what(),
+                      graph_off_ ? "this run stays eager" : "it runs eagerly, and the next step tries again"));
       return Tensor();
     }
     graph_ = std::move(g);

@@ -31,7 +31,7 @@ TEST(CudaGraph, ReplaysReadTheInputsOfTheirTimeAndKeepTheMemoryTheyUse) {
   const Tensor w = to_gpu(randn({n, n}, 2, DType::f32));
   Tensor b = to_gpu(randn({n, n}, 3, DType::f32));
   const Tensor b_copy = b.clone();
-  const Tensor eager0 = small_step(x, w, b);
+  const Tensor eager0 = small_step(x, w, b);  // also the lazy set-up, outside the capture
   Tensor y;
   CudaGraph g(gpu());
   g.capture([&] { y = small_step(x, w, b); });
@@ -53,15 +53,36 @@ TEST(CudaGraph, ReplaysReadTheInputsOfTheirTimeAndKeepTheMemoryTheyUse) {
   for (int i = 0; i < 8; ++i) others.push_back(Tensor::full({n, n}, 1e30, DType::f32, gpu()));
   g.replay();
   expect_same_bits(y, eager1, "replay after its bias handle was dropped");
-  // The graph's own temporaries are never handed out either: an eager op's outputs do not alias y.
-  const Tensor z = small_step(x, w, b_copy);
-  EXPECT_NE(z.data_ptr(), y.data_ptr());
+  // The graph's own memory (its temporaries, freed inside the capture) is never handed out either: eager tensors
+  // made now, of every size the step used, keep their marks through a replay.
+  std::vector<Tensor> marked;
+  for (int i = 0; i < 6; ++i)
+    for (const Shape& sh : {Shape{n, n}, Shape{n}, Shape{4 * n, n}})
+      marked.push_back(Tensor::full(sh, 7.0, DType::f32, gpu()));
+  g.replay();
+  for (const Tensor& t : marked) expect_same_bits(t, Tensor::full(t.shape(), 7.0, DType::f32, gpu()), "marked");
+  expect_same_bits(y, eager1, "replay beside the marked tensors");
+}
+
+TEST(CudaGraph, UntaggedDeviceMemoryIsRefusedInsideACapture) {
+  NATSL_REQUIRE_GPU();
+  const Tensor x = to_gpu(randn({8, 8}, 9, DType::f32));
+  (void)small_step(x, x, x);  // lazy set-up (the matrix products' workspace) outside the capture
+  CudaGraph g(gpu());
+  try {
+    g.capture([&] { (void)allocate(gpu(), 4096); });
+    FAIL() << "untagged memory inside a capture must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("untagged CUDA memory"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(g.captured());
 }
 
 TEST(CudaGraph, AHostReadInsideTheCaptureFailsAndLeavesTheDeviceUsable) {
   NATSL_REQUIRE_GPU();
   const Tensor x = to_gpu(randn({8, 8}, 5, DType::f32));
   const Tensor w = to_gpu(randn({8, 8}, 6, DType::f32));
+  (void)small_step(x, w, x);  // lazy set-up (the matrix products' workspace) outside the capture
   CudaGraph g(gpu());
   try {
     g.capture([&] {
@@ -70,7 +91,10 @@ TEST(CudaGraph, AHostReadInsideTheCaptureFailsAndLeavesTheDeviceUsable) {
     });
     FAIL() << "a host read inside a capture must fail";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("CUDA graph capture"), std::string::npos) << e.what();
+    // The CUDA error of the read names the capture (cudaErrorStreamCaptureUnsupported / ...Invalidated).
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("CUDA graph capture on cuda:0 failed"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("captur", msg.find("failed: ") + 8), std::string::npos) << msg;
   }
   EXPECT_FALSE(g.captured());
   // Eager work goes on, with the same results as before the attempt; a new graph may be captured.
@@ -86,6 +110,7 @@ TEST(CudaGraph, AHostReadInsideTheCaptureFailsAndLeavesTheDeviceUsable) {
 TEST(CudaGraph, OneGraphPerDeviceAtATime) {
   NATSL_REQUIRE_GPU();
   const Tensor x = to_gpu(randn({4, 4}, 7, DType::f32));
+  (void)small_step(x, x, x);  // lazy set-up outside the capture
   CudaGraph g(gpu());
   Tensor y;
   g.capture([&] { y = small_step(x, x, x); });
