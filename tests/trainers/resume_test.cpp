@@ -316,20 +316,16 @@ TEST(Resume, DamagedCheckpointsAreSkippedOrRefused) {
   expect_same_run(dir / "a", dir / "b", 20);
 }
 
-// The same on the GPU, bf16 compute: Gated DeltaNet blocks (no atomics anywhere in their forward and
-// backward, nor in embedding, norms, SwiGLU, cross-entropy, cuBLASLt GEMMs or AdamW).
-// train.deterministic on the GPU: a GDN block and a NAtS-L block (router, chunk-selected attention on
-// tensor cores with 2 softmax heads per router head, masked GDN, mixing) in bf16. Resumed == straight, bit for
-// bit, which holds only if every kernel on the path repeats its bits.
-TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
-  NATSL_REQUIRE_GPU();
-  TempDir dir;
-  write_text(dir / "g.yaml", R"(model:
+// A small GPU model of every tensor-core path (GDN, NAtS-L with 2 softmax heads per router head, masked GDN,
+// mixing) in bf16 with deterministic kernels; `layers` its mixers, `model_extra` more model: lines.
+std::string gpu_run_yaml(const std::string& layers, int num_layers, const std::string& model_extra, int64_t steps,
+                         int64_t eval_every) {
+  return R"(model:
   name: g
   vocab_size: 320
   hidden_size: 64
-  num_layers: 2
-  layers: [gdn, natsl]
+  num_layers: )" + std::to_string(num_layers) + R"(
+  layers: )" + layers + R"(
   num_heads: 2
   head_dim: 128
   expand_v: 1.0
@@ -338,17 +334,28 @@ TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
   attn_rope: false
   nats_block_size: 64
   intermediate_size: 64
-data:
+)" + model_extra + R"(data:
   source: mqar
   mqar:
     vocab_size: 300
     num_kv_pairs: 4
-)" + testing::resume_train_yaml(20, 256) + R"(  eval_every: 0
+)" + testing::resume_train_yaml(steps, 256) + "  eval_every: " + std::to_string(eval_every) + R"(
   eval_batches: 1
   device: cuda
   precision: bf16
   deterministic: true
-)");
+)";
+}
+
+// The same on the GPU, bf16 compute: Gated DeltaNet blocks (no atomics anywhere in their forward and
+// backward, nor in embedding, norms, SwiGLU, cross-entropy, cuBLASLt GEMMs or AdamW).
+// train.deterministic on the GPU: a GDN block and a NAtS-L block (router, chunk-selected attention on
+// tensor cores with 2 softmax heads per router head, masked GDN, mixing) in bf16. Resumed == straight, bit for
+// bit, which holds only if every kernel on the path repeats its bits.
+TEST(Resume, OnTheGpuWithDeterministicKernelsIsBitExact) {
+  NATSL_REQUIRE_GPU();
+  TempDir dir;
+  write_text(dir / "g.yaml", gpu_run_yaml("[gdn, natsl]", 2, "", 20, 0));
   StopResumeRuns runs;
   ASSERT_NO_FATAL_FAILURE(straight_stop_resume(dir, "train " + dir / "g.yaml", 10, runs));
   expect_same_run(dir / "a", dir / "b", 20);
@@ -384,33 +391,8 @@ TEST(CudaGraphTraining, AGumbelRouterKeepsTheRunEagerAndSaysWhy) {
 TEST(CudaGraphTraining, ReplayedStepsHaveTheEagerStepsBits) {
   NATSL_REQUIRE_GPU();
   TempDir dir;
-  write_text(dir / "g.yaml", R"(model:
-  name: g
-  vocab_size: 320
-  hidden_size: 64
-  num_layers: 3
-  layers: [gdn, natsl, attn]
-  num_heads: 2
-  head_dim: 128
-  expand_v: 1.0
-  num_attn_heads: 4
-  attn_qk_norm: true
-  attn_rope: false
-  nats_block_size: 64
-  nats_frac_target: 0.5
-  nats_frac_warmup_steps: 2
-  intermediate_size: 64
-data:
-  source: mqar
-  mqar:
-    vocab_size: 300
-    num_kv_pairs: 4
-)" + testing::resume_train_yaml(12, 256) + R"(  eval_every: 5
-  eval_batches: 1
-  device: cuda
-  precision: bf16
-  deterministic: true
-)");
+  write_text(dir / "g.yaml", gpu_run_yaml("[gdn, natsl, attn]", 3,
+                                         "  nats_frac_target: 0.5\n  nats_frac_warmup_steps: 2\n", 12, 5));
   auto eager = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "e");
   ASSERT_EQ(eager.exit_code, 0) << eager.output;
   StopResumeRuns runs;
