@@ -9,6 +9,8 @@
 // Gumbel option's noise stream; the attn_frac statistic.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -480,4 +482,31 @@ TEST(NatslCudaLayer, HybridLanguageModelLossAndBackward) {
     const Tensor* ref = cpu.find_parameter(r.name);
     expect_rel(r.tensor->grad(), ref->grad().to(DType::f64), 2e-2, r.name);
   }
+}
+
+// What keeps train.cuda_graph from replaying a NAtS-L layer (trainers/trainer_graph.cpp): host values made anew
+// each step. Never for noise and host-made routings; a target's warm-up only until its weight reaches 1.
+TEST(NatslLayer, GraphBlockerNamesWhatAReplayWouldRepeat) {
+  auto blocker = [](const std::function<void(ModelConfig&)>& edit, int64_t step, bool* never) {
+    ModelConfig c = tiny_config();
+    edit(c);
+    return NatslAttention(c, 0).graph_blocker(step, never);
+  };
+  bool never = true;
+  EXPECT_EQ(blocker([](ModelConfig&) {}, 0, &never), "");
+  EXPECT_FALSE(never);
+  EXPECT_NE(blocker([](ModelConfig& c) { c.nats_sample = "gumbel"; }, 5, &never).find("gumbel"), std::string::npos);
+  EXPECT_TRUE(never);
+  EXPECT_NE(blocker([](ModelConfig& c) { c.nats_routing = "random"; }, 5, &never).find("random"), std::string::npos);
+  EXPECT_TRUE(never);
+  EXPECT_NE(blocker([](ModelConfig& c) { c.nats_routing = "topk"; }, 5, &never).find("topk"), std::string::npos);
+  EXPECT_TRUE(never);
+  auto warmup = [](ModelConfig& c) {
+    c.nats_frac_target = {0.5};
+    c.nats_frac_warmup_steps = 10;
+  };
+  EXPECT_NE(blocker(warmup, 3, &never).find("warms up until step 10"), std::string::npos);
+  EXPECT_FALSE(never);
+  EXPECT_EQ(blocker(warmup, 9, &never), "");  // step 10's weight is min(1, 10 / 10) = 1: constant from here
+  EXPECT_EQ(blocker([](ModelConfig& c) { c.nats_frac_target = {0.5}; }, 0, &never), "");
 }
