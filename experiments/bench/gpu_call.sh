@@ -291,6 +291,29 @@ if has train; then
       rm -rf "$OUT/run-natsl"
     done
   done
+  # One line per run: the median step time of the last 10 steps (after the profiled ones, and after a graph's
+  # capture), tokens/s, MFU and peak memory.
+  for m in "$LOG"/train_*_metrics.jsonl; do
+    [ -f "$m" ] || continue
+    python3 - "$m" <<'PY'
+import json, statistics, sys
+rows = []
+for line in open(sys.argv[1]):
+    try:
+        rows.append(json.loads(line))
+    except ValueError:
+        pass
+last = [r for r in rows if "step_time_s" in r][-10:]
+if last:
+    t = statistics.median(r["step_time_s"] for r in last)
+    tok = statistics.median(r["tokens_per_s"] for r in last)
+    mfu = statistics.median((r.get("mfu") or 0.0) for r in last)
+    mem = max(r.get("peak_mem_bytes", 0) for r in rows) / 2**30
+    name = sys.argv[1].rsplit("/", 1)[-1].replace("_metrics.jsonl", "")
+    print(f"{name}: steps {last[0]['step']}-{last[-1]['step']} median {t * 1e3:.1f} ms/step, {tok:.0f} tokens/s, "
+          f"MFU {mfu:.3f}, peak {mem:.1f} GiB")
+PY
+  done
 fi
 
 # The 300-step loss curve of natsl-340m (issue 18: training must not move beyond bf16 noise), the settings of the
