@@ -47,7 +47,8 @@ Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
         return false;
     return true;
   };
-  if (!graph_) {
+  const bool capture = !graph_;
+  if (capture) {
     // The device buffers the graph reads, made before the capture (so they are kept while it lives).
     graph_batches_.clear();
     for (const Batch& b : batches)
@@ -67,7 +68,7 @@ Tensor Trainer::graph_step(int64_t s, std::vector<Batch>& batches) {
     graph_batches_[m].inputs.copy_(batches[m].inputs);
     graph_batches_[m].targets.copy_(batches[m].targets);
   }
-  if (!graph_) {
+  if (capture) {
     auto g = std::make_unique<CudaGraph>(device_);
     // A failed capture ran nothing, yet the modules kept what its forward made (routing statistics): put back
     // the state of the last eager step, which the eager re-run of this step then replaces.

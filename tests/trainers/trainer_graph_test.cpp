@@ -70,13 +70,25 @@ GraphRun train_run(RunConfig cfg, bool fail_capture) {
   return r;
 }
 
-// Each failed capture is said, the step trains eagerly on the micro-batches it had taken, the next step tries
-// once more, then the run stays eager: the same run as one without graphs, bit for bit (the data read once per
-// micro-batch, the modules' statistics those of the eager steps).
-TEST(CudaGraphFallback, FailedCapturesLeaveTheEagerRun) {
+// One eager run against two runs with graphs. A forced capture failure: each failure is said, the step trains
+// eagerly on the micro-batches it had taken, the next step tries once more, then the run stays eager: the same run
+// as without graphs, bit for bit (the data read once per micro-batch, the statistics those of the eager steps).
+// Graphs that work: the routing statistics the replays write reach the metrics (the restore of the modules'
+// captured forward state), equal to the eager run's.
+TEST(CudaGraphFallback, FailedCapturesLeaveTheEagerRunAndReplaysLogTheirOwnStatistics) {
   NATSL_REQUIRE_GPU();
   testing::TempDir dir;
   const GraphRun eager = train_run(gpu_hybrid_config(dir / "eager"), false);
+  ASSERT_EQ(eager.rows.size(), 7u);
+  auto expect_eager_rows = [&](const GraphRun& r, const std::string& what) {
+    ASSERT_EQ(r.rows.size(), eager.rows.size()) << what;
+    for (size_t i = 0; i < eager.rows.size(); ++i) {
+      ASSERT_TRUE(eager.rows[i]["stats"].contains("layers.1.attn_frac")) << eager.rows[i].dump();
+      EXPECT_EQ(r.rows[i]["loss"], eager.rows[i]["loss"]) << what << ", step " << i + 1;
+      EXPECT_EQ(r.rows[i]["grad_norm"], eager.rows[i]["grad_norm"]) << what << ", step " << i + 1;
+      EXPECT_EQ(r.rows[i]["stats"], eager.rows[i]["stats"]) << what << ", step " << i + 1;
+    }
+  };
   RunConfig cfg = gpu_hybrid_config(dir / "failing");
   cfg.train.cuda_graph = true;
   const GraphRun failing = train_run(cfg, true);
@@ -89,31 +101,12 @@ TEST(CudaGraphFallback, FailedCapturesLeaveTheEagerRun) {
             std::string::npos)
       << failing.log;
   EXPECT_EQ(failing.log.find("cuda_graph: step 5"), std::string::npos) << failing.log;
-  ASSERT_EQ(eager.rows.size(), 7u);
-  ASSERT_EQ(failing.rows.size(), eager.rows.size());
-  for (size_t i = 0; i < eager.rows.size(); ++i) {
-    EXPECT_EQ(failing.rows[i]["loss"], eager.rows[i]["loss"]) << "step " << i + 1;
-    EXPECT_EQ(failing.rows[i]["grad_norm"], eager.rows[i]["grad_norm"]) << "step " << i + 1;
-    EXPECT_EQ(failing.rows[i]["stats"], eager.rows[i]["stats"]) << "step " << i + 1;
-  }
-}
+  expect_eager_rows(failing, "failing captures");
 
-// The same config with graphs that work: the routing statistics the replays write reach the metrics (the restore
-// of the modules' captured forward state), equal to the eager run's.
-TEST(CudaGraphFallback, ReplayedStepsLogTheRoutingStatisticsOfTheirOwnForward) {
-  NATSL_REQUIRE_GPU();
-  testing::TempDir dir;
-  const GraphRun eager = train_run(gpu_hybrid_config(dir / "eager"), false);
-  RunConfig cfg = gpu_hybrid_config(dir / "graph");
-  cfg.train.cuda_graph = true;
+  cfg.train.out_dir = dir / "graph";
   const GraphRun graph = train_run(cfg, false);
   EXPECT_NE(graph.log.find("cuda_graph: step 3 captured"), std::string::npos) << graph.log;
-  ASSERT_EQ(graph.rows.size(), eager.rows.size());
-  for (size_t i = 0; i < eager.rows.size(); ++i) {
-    ASSERT_TRUE(eager.rows[i]["stats"].contains("layers.1.attn_frac")) << eager.rows[i].dump();
-    EXPECT_EQ(graph.rows[i]["stats"], eager.rows[i]["stats"]) << "step " << i + 1;
-    EXPECT_EQ(graph.rows[i]["loss"], eager.rows[i]["loss"]) << "step " << i + 1;
-  }
+  expect_eager_rows(graph, "replayed steps");
 }
 
 }  // namespace
