@@ -35,11 +35,15 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
               " differ from out ", out.str());
   NATSL_CHECK(b.dim() == 2 || Shape(b.shape().begin(), b.shape().end() - 2) == batch, "matmul: b ", b.str(),
               " must be 2-D or have out's batch dims ", out.str());
-  // out = c, then the accumulating product (on the CPU the bits of a separate product and add in f32 / f64,
-  // kernels/cpu/matmul.cpp; on the GPU cuBLASLt's beta adds it in the GEMM's epilogue).
-  if (c.defined() && beta != 0.0 && c.data_ptr() != out.data_ptr()) out.copy_(c);
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta));
-  else cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
+  if (d.is_cuda()) {
+    // cuBLASLt reads c as its C input and writes out (D): the product and the add rounded once.
+    NATSL_CUDA_ONLY(cuda::matmul(a, b, out, trans_a, trans_b, alpha, beta, c));
+  } else {
+    // out = c, then the accumulating product: the bits of a separate product and add in f32 / f64
+    // (kernels/cpu/matmul.cpp).
+    if (c.defined() && beta != 0.0 && c.data_ptr() != out.data_ptr()) out.copy_(c);
+    cpu::matmul(a, b, out, trans_a, trans_b, alpha, beta);
+  }
 }
 
 }  // namespace natsl::kernels

@@ -6,8 +6,8 @@ namespace natsl::kernels {
 
 // out = alpha * op(a) @ op(b) + beta * out, with op(x) = x or x^T over the last two dims; with `c` given,
 // out = alpha * op(a) @ op(b) + beta * c (c like out: shape, dtype, contiguous; out is not read): a residual
-// added in the product's epilogue (out = c, then the accumulating product; on the GPU cuBLASLt's beta adds it with
-// the product's one rounding).
+// added in the product's epilogue (on the GPU cuBLASLt's C input: the product and the add rounded once; on the CPU
+// out = c, then the accumulating product: the bits of a separate product and add).
 // a: [..., M, K] (or [..., K, M] if trans_a), b: [..., K, N] (or [..., N, K] if trans_b), out [..., M, N].
 // Batch dims of a and b must equal out's, or b may be 2-D (one matrix shared by the batch). All contiguous,
 // one dtype; bf16 accumulates in f32. One mixed case: bf16 a and b with an f32 out, which is the f32 sum
@@ -24,7 +24,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
 }
 namespace cuda {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
-            double beta);
+            double beta, const Tensor& c = Tensor());
 }
 
 }  // namespace natsl::kernels

@@ -6,6 +6,7 @@
 //
 // One cuBLASLt handle and one 32 MiB workspace per device, created on first use. The descriptors and the
 // heuristic's algorithm are cached per problem (shape, transposes, dtype, pointer alignment).
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -134,7 +135,10 @@ void set_matmul_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
 bool matmul_allow_tf32() { return g_allow_tf32.load(); }
 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
-            double beta) {
+            double beta, const Tensor& c) {
+  // A c that is out itself, or that beta = 0 ignores, is no separate input.
+  if (c.defined() && (beta == 0.0 || c.data_ptr() == out.data_ptr()))
+    return matmul(a, b, out, trans_a, trans_b, alpha, beta);
   const DType dt = a.dtype(), odt = out.dtype();
   NATSL_CUDA_DISPATCH_FLOAT(dt, "matmul", T, [&] { (void)sizeof(T); });
   NATSL_CHECK(b.dtype() == dt && matmul_writes(dt, odt), "matmul: dtypes ",
@@ -145,14 +149,19 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   const int64_t K = trans_a ? a.size(-2) : a.size(-1);
   const int64_t batch = M * N > 0 ? out.numel() / (M * N) : 0;
   if (batch == 0) return;
-  if (K == 0) {  // empty product: out = beta * out
+  if (K == 0) {  // empty product: out = beta * out (or beta * c)
     if (beta == 0.0) out.zero_();
-    else kernels::cuda::axpby(beta, out, 0.0, out, out);
+    else kernels::cuda::axpby(beta, c.defined() ? c : out, 0.0, out, out);
     return;
   }
   // Operands that are not 16-byte aligned (views into the middle of a buffer) go through aligned copies:
   // cuBLASLt's fast kernels need the alignment, and the copies are stream-ordered (no sync).
-  if (!aligned16(a.data_ptr()) || !aligned16(b.data_ptr()) || !aligned16(out.data_ptr())) {
+  if (!aligned16(a.data_ptr()) || !aligned16(b.data_ptr()) || !aligned16(out.data_ptr()) ||
+      (c.defined() && !aligned16(c.data_ptr()))) {
+    if (c.defined()) {  // rare (views into the middle of a buffer): out = c, then the accumulating product
+      out.copy_(c);
+      return matmul(a, b, out, trans_a, trans_b, alpha, beta);
+    }
     auto aligned_copy = [](const Tensor& t) {
       if (aligned16(t.data_ptr())) return t;
       Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
@@ -188,6 +197,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   key.align_lt_a = alignment(b.data_ptr(), key.stride_lt_a * es);
   key.align_lt_b = alignment(a.data_ptr(), key.stride_lt_b * es);
   key.align_c = alignment(out.data_ptr(), nb > 1 ? M * N * out_es : 0);
+  if (c.defined()) key.align_c = std::min(key.align_c, alignment(c.data_ptr(), nb > 1 ? M * N * out_es : 0));
 
   std::unique_lock<std::mutex> lk(ctx.mu);
   auto it = ctx.plans.find(key);
@@ -197,6 +207,10 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
     // No bf16 x bf16 -> f32 algorithm for this problem: the bf16 product, widened and added (one bf16 rounding
     // more than the direct product).
     lk.unlock();
+    if (c.defined()) {
+      out.copy_(c);
+      return matmul(a, b, out, trans_a, trans_b, alpha, beta);
+    }
     Tensor prod = Tensor::empty(out.shape(), dt, out.device());
     matmul(a, b, prod, trans_a, trans_b, alpha, 0.0);
     if (beta == 0.0) out.copy_(prod);  // converts; out is not read (it may hold NaN)
@@ -204,9 +218,11 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
     return;
   }
   const float al = float(alpha), be = float(beta);
-  NATSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.desc, &al, b.data_ptr(), p.a, a.data_ptr(), p.b, &be,
-                                    out.data_ptr(), p.c, out.data_ptr(), p.c, &p.algo, ctx.workspace,
-                                    kWorkspaceBytes, s));
+  // C (read when beta != 0) is c when given, else out; D is out. Both have out's layout and a 16-byte
+  // aligned start (checked above); the plan's alignment key is out's, and c's batch stride equals out's.
+  const void* cp = c.defined() ? c.data_ptr() : out.data_ptr();
+  NATSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, p.desc, &al, b.data_ptr(), p.a, a.data_ptr(), p.b, &be, cp, p.c,
+                                    out.data_ptr(), p.c, &p.algo, ctx.workspace, kWorkspaceBytes, s));
 }
 
 }  // namespace natsl::kernels::cuda

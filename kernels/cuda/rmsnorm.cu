@@ -6,17 +6,27 @@
 // Kernels (RmsnormPlan, rmsnorm_plan.h): rmsnorm_short_kernel for head-sized rows (a few lanes of a warp per
 // row, the row in registers), rmsnorm_bwd_regs_kernel for wider rows (one block per row, 2 vectors per thread
 // per tensor in registers), and the general kernels for the rest (rows not vector-aligned or too wide; the
-// backward reads x and dy twice per row).
+// backward reads x and dy twice per row). Every backward kernel can add its dx into the values already in dx
+// (`accumulate`: the sum formed in f32 and rounded once), so the autograd op writes straight into its input's
+// pending gradient (the residual stream's) instead of a new tensor and a separate add.
 #include <algorithm>
 
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/store_rn.cuh"
 #include "kernels/cuda/rmsnorm_plan.h"
-#include "kernels/elementwise.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
 namespace {
+
+// o += the VEC values of T at p: the gradient already in dx, added in f32 before the one rounding of the store.
+template <class T, int VEC>
+__device__ __forceinline__ void add_prior(const T* p, float (&o)[VEC]) {
+  float prior[VEC];
+  load_vec<T, VEC>(p, prior);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) o[k] += prior[k];
+}
 
 template <class T, int VEC>
 __global__ void __launch_bounds__(1024) rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
@@ -51,7 +61,7 @@ template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
 __global__ void __launch_bounds__(256)
     rmsnorm_short_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ dy,
                          const float* __restrict__ rstd_in, T* __restrict__ out, float* __restrict__ rstd_out,
-                         float* __restrict__ dw_partial, int64_t rows, int64_t D, float eps) {
+                         float* __restrict__ dw_partial, int64_t rows, int64_t D, float eps, bool accumulate) {
   extern __shared__ float sm_dw[];
   const int lane = threadIdx.x % TPR, slot = threadIdx.x / TPR, slots = blockDim.x / TPR;
   const int64_t groups_per_grid = int64_t(gridDim.x) * slots;
@@ -100,6 +110,7 @@ __global__ void __launch_bounds__(256)
             o[k] = xv[q][n][k] * rs * wv[n][k];
           }
         }
+        if (BWD && accumulate) add_prior<T, VEC>(out + r * D + vi * VEC, o);
         store_vec_rn<T, VEC>(out + r * D + vi * VEC, o);
       }
     }
@@ -123,10 +134,11 @@ __global__ void __launch_bounds__(256)
 }
 
 // Launches rmsnorm_short_kernel when the row is vector-aligned data of at most 128 vectors; false otherwise.
-// The backward with want_dw adds the blocks' partial rows into dwp.
+// The backward with want_dw adds the blocks' partial rows into dwp; with accumulate it adds dx into outp.
 template <class T, bool BWD>
 bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* rin, T* outp, float* rout, bool want_dw,
-                          T* dwp, int64_t rows, int64_t D, float eps, Device d, cudaStream_t s) {
+                          T* dwp, int64_t rows, int64_t D, float eps, Device d, cudaStream_t s,
+                          bool accumulate = false) {
   constexpr int VEC = kVec<T>;
   const int dev = d.index;
   return dispatch_short_rows(D / VEC, [&](auto tpr, auto nv) {
@@ -142,7 +154,7 @@ bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* ri
       smem = size_t(256 / TPR) * size_t(D) * sizeof(float);  // <= 32 KB: D <= 128 vectors of 16 bytes
     }
     rmsnorm_short_kernel<T, VEC, TPR, NV, RPG, BWD>
-        <<<grid, 256, smem, s>>>(xp, wp, gp, rin, outp, rout, pp, rows, D, eps);
+        <<<grid, 256, smem, s>>>(xp, wp, gp, rin, outp, rout, pp, rows, D, eps, accumulate);
     NATSL_CUDA_CHECK_LAUNCH();
     if (BWD && want_dw) column_sum<T, 32>(pp, grid, D, dwp, dev, s);
   });
@@ -155,7 +167,7 @@ bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* ri
 template <class T, int VEC, bool SMEM_DW>
 __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd,
                                    const T* __restrict__ dy, T* __restrict__ dx, float* __restrict__ dw_partial,
-                                   int64_t rows, int64_t D) {
+                                   int64_t rows, int64_t D, bool accumulate) {
   extern __shared__ float scratch[];
   const int64_t nvec = D / VEC;
   float* my_dw = dw_partial ? dw_partial + (int64_t(blockIdx.x) * blockDim.y + threadIdx.y) * D : nullptr;
@@ -190,6 +202,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_bwd_kernel(const T* __restrict__
       load(off, j, v, g, wv);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) o[k] = rs * (w ? wv[k] : 1.f) * g[k] - v[k] * c;
+      if (accumulate) add_prior<T, VEC>(dx + off + j, o);
       store_vec<T, VEC>(dx + off + j, o);
       if (my_dw) {
         if constexpr (SMEM_DW) {
@@ -222,7 +235,7 @@ template <class T, int NV>
 __global__ void __launch_bounds__(512)
     rmsnorm_bwd_regs_kernel(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd,
                             const T* __restrict__ dy, T* __restrict__ dx, float* __restrict__ dw_partial,
-                            int64_t rows, int64_t D) {
+                            int64_t rows, int64_t D, bool accumulate) {
   constexpr int VEC = kVec<T>;
   __shared__ float warp_dot[2][32];
   const int64_t nvec = D / VEC;
@@ -273,6 +286,7 @@ __global__ void __launch_bounds__(512)
         o[k] = rs * (w ? wv[k] : 1.f) * gv[k] - xv[k] * c;
         dw_acc[n][k] += gv[k] * xv[k] * rs;
       }
+      if (accumulate) add_prior<T, VEC>(dx + off + v * VEC, o);
       store_vec_rn<T, VEC>(dx + off + v * VEC, o);
     }
   }
@@ -293,7 +307,7 @@ __global__ void __launch_bounds__(512)
 // data only); false when it does not (the caller falls back to the default kernel).
 template <class T, int NV>
 bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T* gp, T* dp, bool want_dw, T* dwp,
-                             int64_t rows, int64_t D, Device d, cudaStream_t s) {
+                             int64_t rows, int64_t D, Device d, cudaStream_t s, bool accumulate) {
   constexpr int VEC = kVec<T>;
   const int64_t nvec = D / VEC;
   const int64_t threads = ((nvec + NV - 1) / NV + 31) / 32 * 32;
@@ -308,7 +322,7 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
     partial = scratch_f32(grid * D, d);
     pp = partial.data<float>();
   }
-  kern<<<unsigned(grid), unsigned(threads), 0, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+  kern<<<unsigned(grid), unsigned(threads), 0, s>>>(xp, wp, rp, gp, dp, pp, rows, D, accumulate);
   NATSL_CUDA_CHECK_LAUNCH();
   // Hundreds of partial rows: 32 slices keep each thread's dependent load chain short.
   if (want_dw) column_sum<T, 32>(pp, grid, D, dwp, d.index, s);
@@ -364,13 +378,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                  const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx) {
-  if (accumulate_dx) {
-    // The gradient into a new tensor, then added: the kernels themselves only overwrite dx.
-    Tensor fresh = Tensor::empty(dx.shape(), dx.dtype(), dx.device());
-    rmsnorm_bwd(x, w, rstd, dy, fresh, dw, plan, false);
-    kernels::binary_fwd(kernels::BinaryOp::Add, dx, fresh, dx);
-    return;
-  }
+  const bool acc = accumulate_dx;
   const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) {
     if (dw.defined()) dw.zero_();
@@ -390,11 +398,12 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
       T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
       if (wants_short_rows<T>(plan, D, /*backward=*/true)) {
-        if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dwp, rows, D, 0.f, x.device(), s))
+        if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dwp, rows, D, 0.f, x.device(), s,
+                                          acc))
           return;
       } else if ((plan.kernel == RmsnormPlan::Kernel::automatic ||
                   plan.kernel == RmsnormPlan::Kernel::row_in_registers) &&
-                 launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s)) {
+                 launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s, acc)) {
         return;
       }
     }
@@ -414,11 +423,11 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     const float* rp = rstd.data<float>();
     if (smem_dw) {
       const size_t sm = g.smem + dw_smem;
-      if (vec) rmsnorm_bwd_kernel<T, V, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
-      else rmsnorm_bwd_kernel<T, 1, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+      if (vec) rmsnorm_bwd_kernel<T, V, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D, acc);
+      else rmsnorm_bwd_kernel<T, 1, true><<<g.grid, g.block, sm, s>>>(xp, wp, rp, gp, dp, pp, rows, D, acc);
     } else {
-      if (vec) rmsnorm_bwd_kernel<T, V, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
-      else rmsnorm_bwd_kernel<T, 1, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D);
+      if (vec) rmsnorm_bwd_kernel<T, V, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D, acc);
+      else rmsnorm_bwd_kernel<T, 1, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D, acc);
     }
     NATSL_CUDA_CHECK_LAUNCH();
     if (dw.defined()) column_sum<T>(pp, groups, D, static_cast<T*>(dw.data_ptr()), dev, s);
