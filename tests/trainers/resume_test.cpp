@@ -392,7 +392,7 @@ TEST(CudaGraphTraining, ReplayedStepsHaveTheEagerStepsBits) {
   NATSL_REQUIRE_GPU();
   TempDir dir;
   write_text(dir / "g.yaml", gpu_run_yaml("[gdn, natsl, attn]", 3,
-                                         "  nats_frac_target: 0.5\n  nats_frac_warmup_steps: 2\n", 12, 5));
+                                         "  nats_frac_target: [0.5]\n  nats_frac_warmup_steps: 2\n", 12, 5));
   auto eager = run_natsl("train " + dir / "g.yaml train.out_dir=" + dir / "e");
   ASSERT_EQ(eager.exit_code, 0) << eager.output;
   StopResumeRuns runs;

@@ -92,11 +92,11 @@ TEST(CudaGraphFallback, FailedCapturesLeaveTheEagerRunAndReplaysLogTheirOwnStati
   RunConfig cfg = gpu_hybrid_config(dir / "failing");
   cfg.train.cuda_graph = true;
   const GraphRun failing = train_run(cfg, true);
-  EXPECT_NE(failing.log.find("cuda_graph: step 3 could not be captured (TrainerOptions::fail_cuda_graph_capture); "
+  EXPECT_NE(failing.log.find("cuda_graph: step 3 could not be captured (CUDA graph capture on cuda:0 failed: TrainerOptions::fail_cuda_graph_capture); "
                              "it runs eagerly, and the next step tries again"),
             std::string::npos)
       << failing.log;
-  EXPECT_NE(failing.log.find("cuda_graph: step 4 could not be captured (TrainerOptions::fail_cuda_graph_capture); "
+  EXPECT_NE(failing.log.find("cuda_graph: step 4 could not be captured (CUDA graph capture on cuda:0 failed: TrainerOptions::fail_cuda_graph_capture); "
                              "this run stays eager"),
             std::string::npos)
       << failing.log;
