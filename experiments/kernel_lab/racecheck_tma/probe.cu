@@ -12,6 +12,10 @@
 //                        consumers may still read (a real race; results may come out wrong, and the run may
 //                        deadlock when the producer re-arms a barrier whose phase the consumers have not
 //                        completed: run.sh bounds every run)
+//   probe correct --cpasync / probe racy --cpasync
+//                        the same with the loads of gdn/state_fwd.cu's warp-specialised pass: every producer lane
+//                        issues 16-byte cp.async copies and arrives on `full` with cp.async.mbarrier.arrive.noinc
+//                        (full counts 32 arrivals), no byte count
 // Each mode checks its result on the host and prints it. Run each under
 //   compute-sanitizer --tool racecheck --racecheck-report hazard ./probe MODE
 // If racecheck reports the same hazards for `correct` as for `racy`, it does not model the mbarrier
@@ -32,18 +36,34 @@ constexpr int kNT = 64;           // tiles streamed
 constexpr int kTile = 2048;       // floats per tile (8 KiB)
 constexpr int kConsumerWarps = 4;
 
-__global__ void probe(const float* src, float* out, bool racy, bool write) {
+__device__ __forceinline__ void cp_async_arrive_noinc(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_addr(bar)) : "memory");
+}
+
+__global__ void probe(const float* src, float* out, bool racy, bool write, bool cpasync) {
   __shared__ alignas(128) float stage[kS][kTile];
   __shared__ alignas(8) uint64_t full[kS], empty[kS];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kS; ++s) {
-      ptx::mbar_init1(&full[s]);
+      if (cpasync) ptx::mbar_init_count(&full[s], 32);
+      else ptx::mbar_init1(&full[s]);
       ptx::mbar_init_count(&empty[s], kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  if (warp == kConsumerWarps && cpasync) {  // producer, cp.async: every lane copies and arrives
+    for (int i = 0; i < kNT; ++i) {
+      const int s = i % kS;
+      if (i >= kS && !racy) ptx::mbar_wait_parity(&empty[s], uint32_t(i / kS - 1) & 1u);
+      for (int k = 4 * lane; k < kTile; k += 4 * 32)
+        ptx::cp_async16(ptx::smem_addr(&stage[s][k]), src + int64_t(i) * kTile + k, true);
+      cp_async_arrive_noinc(&full[s]);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
   if (warp == kConsumerWarps) {  // producer
     if (lane == 0) {
       for (int i = 0; i < kNT; ++i) {
@@ -73,7 +93,11 @@ __global__ void probe(const float* src, float* out, bool racy, bool write) {
 
 int main(int argc, char** argv) {
   const bool racy = argc > 1 && !std::strcmp(argv[1], "racy");
-  const bool write = argc > 2 && !std::strcmp(argv[2], "--write");
+  bool write = false, cpasync = false;
+  for (int a = 2; a < argc; ++a) {
+    write = write || !std::strcmp(argv[a], "--write");
+    cpasync = cpasync || !std::strcmp(argv[a], "--cpasync");
+  }
   std::vector<float> h(size_t(kNT) * kTile);
   double want = 0;
   for (size_t i = 0; i < h.size(); ++i) {
@@ -85,10 +109,11 @@ int main(int argc, char** argv) {
   cudaMalloc(&out, 4);
   cudaMemcpy(src, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
   cudaMemset(out, 0, 4);
-  probe<<<1, 32 * (kConsumerWarps + 1)>>>(src, out, racy, write);
+  probe<<<1, 32 * (kConsumerWarps + 1)>>>(src, out, racy, write, cpasync);
   float got = 0;
   cudaError_t e = cudaMemcpy(&got, out, 4, cudaMemcpyDeviceToHost);
-  std::printf("probe %s%s: %s, sum %.0f (want %.0f): %s\n", racy ? "racy" : "correct", write ? " --write" : "",
+  std::printf("probe %s%s%s: %s, sum %.0f (want %.0f): %s\n", racy ? "racy" : "correct", write ? " --write" : "",
+              cpasync ? " --cpasync" : "",
               cudaGetErrorString(e), got, want, got == want ? "right" : "WRONG");
   return e == cudaSuccess ? 0 : 1;
 }

@@ -7,7 +7,7 @@ mkdir -p "$OUT"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 "$NVCC" -O2 -arch=sm_90 -I. -o "$OUT/probe" experiments/kernel_lab/racecheck_tma/probe.cu || exit 1
-for mode in "correct" "correct --write" "racy"; do
+for mode in "correct" "correct --write" "racy" "correct --cpasync" "racy --cpasync"; do
   # The racy mode may deadlock (the producer re-arms a barrier whose phase the consumers have not completed):
   # every run is bounded.
   timeout 20 "$OUT/probe" $mode || echo "probe $mode: rc $? (124: timed out)"
