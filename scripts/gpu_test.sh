@@ -60,8 +60,10 @@ set -e
 # Summary: totals, failures, and the CUDA tests that ran or skipped.
 passed_line=$(grep -E "tests passed" "$LOG" | tail -1 || true)
 cuda_total=$(grep -cE "Test +#[0-9]+: [A-Za-z]*Cuda" "$LOG" || true)
-cuda_skipped=$( (grep -E "Test +#[0-9]+: [A-Za-z]*Cuda.*Skipped" "$LOG" || true) | wc -l)
-cuda_failed=$( (grep -E "Test +#[0-9]+: [A-Za-z]*Cuda.*(Failed|Exception|Timeout)" "$LOG" || true) | wc -l)
+# The status is the word after the name's dot leader ("Passed", "***Failed", "***Skipped", "***Timeout",
+# "***Exception: ..."), not a word inside a test's name (e.g. CudaGraphFallback.FailedCaptures...).
+cuda_skipped=$( (grep -E "Test +#[0-9]+: [A-Za-z]*Cuda[^ ]* \.+ *(\*+)?Skipped" "$LOG" || true) | wc -l)
+cuda_failed=$( (grep -E "Test +#[0-9]+: [A-Za-z]*Cuda[^ ]* \.+ *\*+(Failed|Exception|Timeout)" "$LOG" || true) | wc -l)
 echo
 say "summary: ${passed_line:-no ctest summary line}"
 say "CUDA tests: $cuda_total run, $cuda_failed failed, $cuda_skipped skipped"
