@@ -43,7 +43,7 @@
 #            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120; SAN_SHARDS,
 #            default 1: that many sanitizer processes side by side, each on one gtest shard;
 #            SAN_RACECHECK_EXCLUDE, kernel-name substrings, space-separated, that racecheck leaves uninstrumented:
-#            racecheck does not model mbarrier pipelines, so "_tma_kernel state_fwd_ws_kernel"); a
+#            racecheck does not model mbarrier pipelines; default "_tma_kernel state_fwd_ws_kernel", "" for none); a
 #            summary line per binary, tool and shard: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
 #            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min;
@@ -189,7 +189,7 @@ if has sanitize; then
       # many minutes), so the rest of those cases' kernels are checked in the bound.
       # Several names, space-separated: one --kernel-name-exclude each.
       if [ "$tool" = racecheck ]; then
-        for kn in ${SAN_RACECHECK_EXCLUDE:-}; do extra+=(--kernel-name-exclude "kns=$kn"); done
+        for kn in ${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}; do extra+=(--kernel-name-exclude "kns=$kn"); done
       fi
       spids=()
       for ((sh = 0; sh < shards; sh++)); do
