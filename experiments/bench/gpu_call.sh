@@ -41,7 +41,8 @@
 #   sanitize compute-sanitizer memcheck, then racecheck, over the CUDA tests of each test binary (SAN_FILTER, a
 #            gtest filter, default every *Cuda* / *Gpu* case; SAN_TOOLS, default "memcheck racecheck"; SAN_BINS, the
 #            test binaries to check, default all; SAN_TIMEOUT, seconds per binary and tool, default 120; SAN_SHARDS,
-#            default 1: that many sanitizer processes side by side, each on one gtest shard;
+#            default 1: that many sanitizer processes side by side, each on one gtest shard; SAN_PARALLEL_BINS=1:
+#            the binaries' shards all at once, under one SAN_TIMEOUT;
 #            SAN_RACECHECK_EXCLUDE, kernel-name substrings, space-separated, that racecheck leaves uninstrumented:
 #            racecheck does not model mbarrier pipelines; default "_tma_kernel state_fwd_ws_kernel", "" for none); a
 #            summary line per binary, tool and shard: errors / hazards reported (docs/testing.md says how to read a
@@ -173,49 +174,64 @@ if has sanitize; then
   SAN_API=${SAN_API_ERROR_TESTS-Allocator.CudaOutOfMemoryNamesTheRequest:NcclComm.AWorldOfOneRunsEveryCollectiveOnTheGpu}
   SANF=${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}
   [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
+  # The summary lines of one binary's shards, and the first reports of those that found something, with failed
+  # tests' messages (the per-shard logs come back only inside logs.tgz).
+  san_report() {
+    local tool=$1 name=$2 shards=$3 sh f
+    for ((sh = 0; sh < shards; sh++)); do
+      f=$LOG/san_${tool}_${name}_$sh.log
+      echo "$tool $name shard $sh/$shards: $(grep -cE '^\[       OK \]' "$f") ok, $(grep -cE '^\[  FAILED  \]' "$f") failed," \
+        "$(grep -cE '^\[ RUN      \]' "$f") started | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED" "$f" | tr '\n' ' ')"
+    done
+    for ((sh = 0; sh < shards; sh++)); do
+      f=$LOG/san_${tool}_${name}_$sh.log
+      # "Error: Potential ... hazard": a shard cut at SAN_TIMEOUT prints no summary line, only its reports.
+      if grep -qE "ERROR SUMMARY: [1-9]|hazards displayed \([1-9]|^========= Error: |^\[  FAILED  \]" "$f"; then
+        echo "--- $tool $name shard $sh: first reports"
+        grep -E "^=========  *(Invalid|Program hit|Error|Race|Warning|Uninit|Saved host)|^=========     at |^\[ RUN|^\[  FAILED|Failure|Expected|Which is|actual|error:" "$f" |
+          grep -v "^=========     at .*(libcuda|libcudart|/lib/x86_64)" | head -40
+      fi
+    done
+  }
+  shards=${SAN_SHARDS:-1}
   for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+    extra=()
+    [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
+    # SAN_RACECHECK_EXCLUDE: kernels whose names contain one of its words run uninstrumented under racecheck
+    # (the GDN passes on mbarrier pipelines, "_tma_kernel" and "state_fwd_ws_kernel": racecheck does not take an
+    # mbarrier wait as a synchronisation, docs/testing.md, and instrumenting them makes the GDN cases run for
+    # many minutes), so the rest of those cases' kernels are checked in the bound.
+    # Several names, space-separated: one --kernel-name-exclude each.
+    if [ "$tool" = racecheck ]; then
+      for kn in ${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}; do extra+=(--kernel-name-exclude "kns=$kn"); done
+    fi
+    # SAN_PARALLEL_BINS=1: every binary's shards start together (one SAN_TIMEOUT for all of them, not one each).
+    spids=()
+    started=()
     for bin in $B/tests/test_*; do
       [ -x "$bin" ] || continue
       name=$(basename "$bin")
       [ -n "${SAN_BINS:-}" ] && [[ " $SAN_BINS " != *" $name "* ]] && continue
       "$bin" --gtest_list_tests --gtest_filter="$SANF" 2>/dev/null | grep -q "^  " || continue
-      shards=${SAN_SHARDS:-1}
       el "compute-sanitizer $tool $name ($shards shards)"
-      extra=()
-      [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
-      # SAN_RACECHECK_EXCLUDE: kernels whose names contain one of its words run uninstrumented under racecheck
-      # (the GDN passes on mbarrier pipelines, "_tma_kernel" and "state_fwd_ws_kernel": racecheck does not take an
-      # mbarrier wait as a synchronisation, docs/testing.md, and instrumenting them makes the GDN cases run for
-      # many minutes), so the rest of those cases' kernels are checked in the bound.
-      # Several names, space-separated: one --kernel-name-exclude each.
-      if [ "$tool" = racecheck ]; then
-        for kn in ${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}; do extra+=(--kernel-name-exclude "kns=$kn"); done
-      fi
-      spids=()
       for ((sh = 0; sh < shards; sh++)); do
         GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$sh OMP_NUM_THREADS=2 timeout "${SAN_TIMEOUT:-120}" \
           "$SAN" --tool "$tool" "${extra[@]}" --print-limit 20 \
           "$bin" --gtest_filter="$SANF" >"$LOG/san_${tool}_${name}_$sh.log" 2>&1 &
         spids+=($!)
       done
-      wait "${spids[@]}"
-      for ((sh = 0; sh < shards; sh++)); do
-        f=$LOG/san_${tool}_${name}_$sh.log
-        echo "$tool $name shard $sh/$shards: $(grep -cE '^\[       OK \]' "$f") ok, $(grep -cE '^\[  FAILED  \]' "$f") failed," \
-          "$(grep -cE '^\[ RUN      \]' "$f") started | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED" "$f" | tr '\n' ' ')"
-      done
-      # The first reports of the shards that found something, and failed tests' messages, into the console (the
-      # per-shard logs come back only inside logs.tgz).
-      for ((sh = 0; sh < shards; sh++)); do
-        f=$LOG/san_${tool}_${name}_$sh.log
-        # "Error: Potential ... hazard": a shard cut at SAN_TIMEOUT prints no summary line, only its reports.
-        if grep -qE "ERROR SUMMARY: [1-9]|hazards displayed \([1-9]|^========= Error: |^\[  FAILED  \]" "$f"; then
-          echo "--- $tool $name shard $sh: first reports"
-          grep -E "^=========  *(Invalid|Program hit|Error|Race|Warning|Uninit|Saved host)|^=========     at |^\[ RUN|^\[  FAILED|Failure|Expected|Which is|actual|error:" "$f" |
-            grep -v "^=========     at .*(libcuda|libcudart|/lib/x86_64)" | head -40
-        fi
-      done
+      started+=("$name")
+      if [ "${SAN_PARALLEL_BINS:-0}" != 1 ]; then
+        wait "${spids[@]}"
+        san_report "$tool" "$name" "$shards"
+        spids=()
+        started=()
+      fi
     done
+    if [ ${#spids[@]} -gt 0 ]; then
+      wait "${spids[@]}"
+      for name in "${started[@]}"; do san_report "$tool" "$name" "$shards"; done
+    fi
   done
   if [ -n "$SAN_API" ]; then
     for bin in $B/tests/test_*; do
