@@ -1,0 +1,539 @@
+// Does natsl drive Hopper's warpgroup MMA (wgmma) correctly? A self-checking probe of every fact a wgmma
+// kernel rests on, before the first real one (a FlashAttention-3-style attention: S = Q K^T with both operands
+// from shared memory, B K-major; O += P V with P from registers, B = V N-major; GEMMs with fused epilogues,
+// which read the accumulator fragment in registers). Nobody in the project has used wgmma yet: the facts
+// below come from the PTX ISA and CUTLASS (cute/arch/mma_sm90_desc.hpp, cute/atom/mma_traits_sm90_gmma.hpp)
+// and are checked here on the GPU, not trusted.
+//
+// One CTA of one warpgroup (128 threads) computes C[64 x N] = A[64 x 64] * B[64 x N] (bf16 in, f32
+// accumulate, four k-steps of 16) for N = 64, 128, 256, with
+//   A   from shared memory (descriptor, "ss") or from registers ("rs"), always K-major (row-major A);
+//   B   K-major ("bK": B^T row-major, as K in Q K^T) or N-major ("bN": B row-major, as V in P V);
+//   the shared-memory arrangement of both operands, each with its own descriptor fields:
+//     nosw-kfast   no swizzle; 8 x 16-byte core matrices (128 contiguous bytes), the core matrices along K
+//                  adjacent: LBO (stride between core matrices along K) = 128, SBO (along M/N) = 1024
+//     nosw-mnfast  no swizzle; core matrices along M/N adjacent: SBO = 128, LBO = (M or N)/8 * 128
+//     sw128        128-byte swizzle, as TMA's CU_TENSOR_MAP_SWIZZLE_128B writes a box 64 bf16 wide: 128-byte
+//                  rows, the 16-byte chunk c of row r stored at chunk c ^ (r % 8), tiles 1024-byte aligned
+//                  (descriptor base_offset 0). K-major: SBO = 1024 (8 rows), LBO unused; a k-step moves the
+//                  start address 32 bytes inside the swizzled row. N-major: rows are k, SBO = 1024 (8 k-rows),
+//                  LBO = 8192 (the next 64-column block, stored after all 64 k-rows of this one); a k-step
+//                  moves the start 2048 bytes.
+// Descriptor: bits 0-13 start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 49-51 base offset, 62-63
+// swizzle (0 none, 1 128B, 2 64B, 3 32B). Accumulator fragment (m64nNk16, f32): thread t = 32 w + l holds
+// d[4j + i], j < N/8, at row 16 w + l/4 (+8 for i = 2, 3), column 8 j + 2 (l%4) (+1 for i = 1, 3). A fragment
+// from registers (one k-step): a[0] = A[r][c, c+1], a[1] = A[r+8][c, c+1], a[2] = A[r][c+8, c+9],
+// a[3] = A[r+8][c+8, c+9], r = 16 w + l/4, c = 2 (l%4), the lower column in the low 16 bits.
+// The accumulators start as NaN and the first k-step has scale-d = 0, so a scale-d that fails to discard
+// them shows as NaN.
+//
+// Prints "wgmma <variant>: max err X, ok|WRONG" for each of the 36 variants (X = max |C - ref| / max |ref|;
+// an element is wrong when |C - ref| > 1e-5 * sum_k |A B|, ref in f64 from the same bf16 inputs), then, when
+// something is wrong, "hint:" lines naming the fact that the pattern of failures points at (e.g. nosw-kfast
+// right and nosw-mnfast wrong: LBO and SBO are swapped; ss right and rs wrong: the A register fragment;
+// sw128 bN right at N = 64 and wrong at 128/256: the N-major swizzled LBO). Exit 1 on any WRONG or CUDA error.
+// No timing. The kernel waits on nothing but wgmma.wait_group (no spin loop); every CUDA call is checked, and
+// an alarm ends the process after 60 s in any case.
+//
+// Build: the CMake target natsl_lab_wgmma (CUDA_ARCHITECTURES 90a; wgmma exists only on sm_90a), run
+// build-gpu/experiments/kernel_lab/natsl_lab_wgmma on an H100/H200. By hand, from the repository root:
+//   nvcc -std=c++20 -O2 -arch=sm_90a -I. -o probe experiments/kernel_lab/wgmma/probe.cu
+// Once every variant passes, the helpers in namespace wg move to kernels/cuda/ptx_sm90.cuh.
+#include <csignal>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "kernels/cuda/ptx_sm90.cuh"
+
+// wgmma exists only on the arch-specific target sm_90a. nvcc -arch=sm_90a also embeds portable compute_90
+// PTX (and ptxas checks it), and natsl's own translation units are built for sm_90: there each wrapped
+// instruction becomes a trap. An sm_90 GPU runs the sm_90a cubin, never that PTX.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define NATSL_SM90A(...) __trap()
+#else
+#define NATSL_SM90A(...) __VA_ARGS__
+#endif
+
+namespace ptx = natsl::kernels::cuda::ptx;
+
+namespace wg {
+
+// The swizzle field (bits 62-63) of a shared-memory matrix descriptor.
+enum class Swizzle : uint32_t { kNone = 0, k128B = 1, k64B = 2, k32B = 3 };
+
+// A wgmma shared-memory matrix descriptor: start (shared-memory byte address, 16-byte aligned; a swizzled tile
+// 1024-byte aligned, since base_offset is 0), LBO and SBO in bytes (multiples of 16, below 256 KiB).
+__host__ __device__ constexpr uint64_t smem_desc(uint32_t start, uint32_t lbo, uint32_t sbo, Swizzle sw) {
+  return uint64_t((start >> 4) & 0x3FFFu) | uint64_t((lbo >> 4) & 0x3FFFu) << 16 |
+         uint64_t((sbo >> 4) & 0x3FFFu) << 32 | uint64_t(static_cast<uint32_t>(sw)) << 62;
+}
+
+// Orders this thread's earlier register and shared-memory accesses before the wgmma that follow (needed
+// before the first wgmma and whenever its accumulator or A registers were written by other instructions).
+__device__ __forceinline__ void fence() { NATSL_SM90A(asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory")); }
+// Closes a group of the wgmma issued so far.
+__device__ __forceinline__ void commit_group() {
+  NATSL_SM90A(asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"));
+}
+// Waits until at most N groups are pending.
+template <int N>
+__device__ __forceinline__ void wait_group() {
+  static_assert(N >= 0 && N <= 7, "wgmma.wait_group: N in [0, 7]");
+  NATSL_SM90A(asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"));
+}
+// Keeps the compiler from moving reads or writes of the accumulators across the wgmma issue / wait (they are
+// written asynchronously; the compiler knows nothing of it).
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define WG_ACC8(i)                                                                                              \
+  "+f"(d[(i) + 0]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
+      "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
+
+// d[N/2] (this thread's accumulators) = A * B (+ d when accumulate); A and B from shared memory through
+// descriptors. kTransA/kTransB: 0 = K-major, 1 = M-/N-major (the imm-trans operands).
+template <int N, int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma_ss: N is 64, 128 or 256 here");
+  static_assert((kTransA == 0 || kTransA == 1) && (kTransB == 0 || kTransB == 1), "wgmma_ss: trans is 0 or 1");
+  if constexpr (N == 64) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, "
+        "%32, %33, p, 1, 1, %35, %36; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24)
+        : "l"(desc_a), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransA), "n"(kTransB)));
+  } else if constexpr (N == 128) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, "
+        "%64, %65, p, 1, 1, %67, %68; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24), WG_ACC8(32), WG_ACC8(40), WG_ACC8(48), WG_ACC8(56)
+        : "l"(desc_a), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransA), "n"(kTransB)));
+  } else if constexpr (N == 256) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, "
+        "%128, %129, p, 1, 1, %131, %132; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24), WG_ACC8(32), WG_ACC8(40), WG_ACC8(48), WG_ACC8(56),
+          WG_ACC8(64), WG_ACC8(72), WG_ACC8(80), WG_ACC8(88), WG_ACC8(96), WG_ACC8(104), WG_ACC8(112), WG_ACC8(120)
+        : "l"(desc_a), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransA), "n"(kTransB)));
+  }
+}
+
+// The same with A from registers: a[4] is this thread's A fragment of one 64 x 16 k-step (see the header).
+template <int N, int kTransB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma_rs: N is 64, 128 or 256 here");
+  static_assert(kTransB == 0 || kTransB == 1, "wgmma_rs: trans is 0 or 1");
+  if constexpr (N == 64) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, %38; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransB)));
+  } else if constexpr (N == 128) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, %70; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24), WG_ACC8(32), WG_ACC8(40), WG_ACC8(48), WG_ACC8(56)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransB)));
+  } else if constexpr (N == 256) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, %134; }\n"
+        : WG_ACC8(0), WG_ACC8(8), WG_ACC8(16), WG_ACC8(24), WG_ACC8(32), WG_ACC8(40), WG_ACC8(48), WG_ACC8(56),
+          WG_ACC8(64), WG_ACC8(72), WG_ACC8(80), WG_ACC8(88), WG_ACC8(96), WG_ACC8(104), WG_ACC8(112), WG_ACC8(120)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransB)));
+  }
+}
+#undef WG_ACC8
+
+}  // namespace wg
+
+constexpr int kM = 64, kK = 64, kThreads = 128;
+
+// How an operand sits in shared memory (see the header). mn: its M or N extent; K is always kK.
+enum class Arr : int { kNoSwKFast, kNoSwMnFast, kSw128 };
+const char* arr_name(Arr a) {
+  return a == Arr::kNoSwKFast ? "nosw-kfast" : a == Arr::kNoSwMnFast ? "nosw-mnfast" : "sw128";
+}
+struct Operand {
+  Arr arr;
+  bool mn_major;  // false: K contiguous (A, B^T rows); true: M/N contiguous (B rows)
+  int mn;
+};
+// The byte offset of element (i along M/N, k) inside the operand's tile.
+__host__ __device__ uint32_t byte_offset(Operand o, int i, int k) {
+  if (!o.mn_major) {  // core matrix: 8 rows along M/N x 8 k (16 bytes)
+    const uint32_t in_core = uint32_t(i % 8) * 16 + uint32_t(k % 8) * 2;
+    switch (o.arr) {
+      case Arr::kNoSwKFast: return uint32_t(i / 8) * (kK / 8) * 128 + uint32_t(k / 8) * 128 + in_core;
+      case Arr::kNoSwMnFast: return uint32_t(k / 8) * uint32_t(o.mn / 8) * 128 + uint32_t(i / 8) * 128 + in_core;
+      case Arr::kSw128: return uint32_t(i) * 128 + uint32_t((k / 8) ^ (i % 8)) * 16 + uint32_t(k % 8) * 2;
+    }
+  } else {  // core matrix: 8 rows along k x 8 along M/N (16 bytes)
+    const uint32_t in_core = uint32_t(k % 8) * 16 + uint32_t(i % 8) * 2;
+    switch (o.arr) {
+      case Arr::kNoSwKFast: return uint32_t(i / 8) * (kK / 8) * 128 + uint32_t(k / 8) * 128 + in_core;
+      case Arr::kNoSwMnFast: return uint32_t(k / 8) * uint32_t(o.mn / 8) * 128 + uint32_t(i / 8) * 128 + in_core;
+      case Arr::kSw128:
+        return uint32_t(i / 64) * (kK * 128) + uint32_t(k) * 128 + uint32_t(((i % 64) / 8) ^ (k % 8)) * 16 +
+               uint32_t(i % 8) * 2;
+    }
+  }
+  return 0;
+}
+// The descriptor fields of that arrangement, and how far a 16-wide k-step moves the start address.
+struct DescFields {
+  uint32_t lbo, sbo, kstep;
+  wg::Swizzle sw;
+};
+__host__ __device__ DescFields desc_fields(Operand o) {
+  switch (o.arr) {
+    case Arr::kNoSwKFast: return {128, (kK / 8) * 128, 2 * 128, wg::Swizzle::kNone};
+    case Arr::kNoSwMnFast: {
+      const uint32_t lbo = uint32_t(o.mn / 8) * 128;
+      return {lbo, 128, 2 * lbo, wg::Swizzle::kNone};
+    }
+    case Arr::kSw128:
+      // K-major: LBO is unused with a swizzle (16 = field value 1, as CUTLASS sets it).
+      return o.mn_major ? DescFields{kK * 128, 1024, 16 * 128, wg::Swizzle::k128B}
+                        : DescFields{16, 1024, 32, wg::Swizzle::k128B};
+  }
+  return {0, 0, 0, wg::Swizzle::kNone};
+}
+
+constexpr uint32_t smem_bytes(int n) { return uint32_t(kM * kK * 2 + n * kK * 2 + 1024); }  // + alignment slack
+
+// C[64 x N] (row-major, f32) = A[64 x 64] (row-major) * B, B as [N][64] (kBMn false) or [64][N] (kBMn true);
+// all bf16 given as raw bits. kARegs: A from registers instead of shared memory.
+template <int N, bool kARegs, bool kBMn>
+__global__ void __launch_bounds__(kThreads) wgmma_gemm(const uint16_t* A, const uint16_t* B, float* C, Arr arr) {
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  uint8_t* const sa = smem_raw + ((1024u - (raw & 1023u)) & 1023u);  // 1024-byte aligned (base_offset 0)
+  uint8_t* const sb = sa + kM * kK * 2;                              // 8 KiB further: aligned too
+  const Operand oa{arr, false, kM}, ob{arr, kBMn, N};
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  if constexpr (!kARegs)
+    for (int e = tid; e < kM * kK; e += kThreads)
+      *reinterpret_cast<uint16_t*>(sa + byte_offset(oa, e / kK, e % kK)) = A[e];
+  for (int e = tid; e < N * kK; e += kThreads) {
+    const int n = kBMn ? e % N : e / kK, k = kBMn ? e / N : e % kK;
+    *reinterpret_cast<uint16_t*>(sb + byte_offset(ob, n, k)) = B[e];
+  }
+  // Generic-proxy stores, async-proxy (wgmma) reads: fence, then make every thread's stores visible.
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+
+  const int r = 16 * warp + lane / 4, c = 2 * (lane % 4);
+  uint32_t a[kK / 16][4] = {};
+  if constexpr (kARegs) {
+#pragma unroll
+    for (int s = 0; s < kK / 16; ++s) {
+      const uint16_t* p = A + r * kK + 16 * s + c;
+      a[s][0] = *reinterpret_cast<const uint32_t*>(p);
+      a[s][1] = *reinterpret_cast<const uint32_t*>(p + 8 * kK);
+      a[s][2] = *reinterpret_cast<const uint32_t*>(p + 8);
+      a[s][3] = *reinterpret_cast<const uint32_t*>(p + 8 * kK + 8);
+    }
+  }
+  float d[N / 2];
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) d[i] = __int_as_float(0x7fc00000);  // NaN: scale-d = 0 must discard it
+
+  const DescFields fa = desc_fields(oa), fb = desc_fields(ob);
+  const uint32_t a0 = ptx::smem_addr(sa), b0 = ptx::smem_addr(sb);
+  wg::fence_regs(d);
+  wg::fence();
+#pragma unroll
+  for (int s = 0; s < kK / 16; ++s) {
+    const uint64_t db = wg::smem_desc(b0 + s * fb.kstep, fb.lbo, fb.sbo, fb.sw);
+    if constexpr (kARegs) {
+      wg::wgmma_rs<N, kBMn ? 1 : 0>(d, a[s], db, s > 0);
+    } else {
+      const uint64_t da = wg::smem_desc(a0 + s * fa.kstep, fa.lbo, fa.sbo, fa.sw);
+      wg::wgmma_ss<N, 0, kBMn ? 1 : 0>(d, da, db, s > 0);
+    }
+  }
+  wg::commit_group();
+  wg::wait_group<0>();
+  wg::fence_regs(d);
+
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) {
+    float* row0 = C + r * N + 8 * j + c;
+    float* row8 = row0 + 8 * N;
+    row0[0] = d[4 * j + 0];
+    row0[1] = d[4 * j + 1];
+    row8[0] = d[4 * j + 2];
+    row8[1] = d[4 * j + 3];
+  }
+}
+
+// ---- host ----
+
+namespace {
+
+const char* g_variant = "setup";
+
+void check(cudaError_t e, const char* what, int line) {
+  if (e == cudaSuccess) return;
+  std::fprintf(stderr, "wgmma probe: CUDA error in %s (line %d, variant %s): %s\n", what, line, g_variant,
+               cudaGetErrorString(e));
+  std::exit(1);
+}
+#define CK(x) check((x), #x, __LINE__)
+
+void on_alarm(int) {
+  const char msg[] = "wgmma probe: still running after 60 s: a kernel hangs; FAILED\n";
+  (void)!write(2, msg, sizeof(msg) - 1);
+  _exit(1);
+}
+
+uint16_t to_bf16(float f) {  // round to nearest even (inputs are finite)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+struct Lcg {
+  uint64_t s;
+  float next() {  // uniform in [-1, 1)
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int64_t(s >> 40) - (int64_t(1) << 23)) / float(1 << 23);
+  }
+};
+
+struct Result {
+  int n;
+  bool a_regs, b_mn;
+  Arr arr;
+  bool ok, nonfinite;
+};
+
+template <int N, bool kARegs, bool kBMn>
+Result run_variant(Arr arr, const std::vector<uint16_t>& ha, const std::vector<uint16_t>& hbt, const uint16_t* dA,
+                   uint16_t* dB, float* dC) {
+  const std::string name = std::string("m64n") + std::to_string(N) + "k16 " + (kARegs ? "rs" : "ss") +
+                           (kBMn ? " bN " : " bK ") + arr_name(arr);
+  g_variant = name.c_str();
+  // B as the variant reads it: [N][K] (K-major) or [K][N] (N-major); hbt is B^T, [N][K].
+  std::vector<uint16_t> hb(size_t(N) * kK);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < kK; ++k) hb[kBMn ? size_t(k) * N + n : size_t(n) * kK + k] = hbt[size_t(n) * kK + k];
+  CK(cudaMemcpy(dB, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dC, 0, size_t(kM) * N * 4));
+  auto kernel = wgmma_gemm<N, kARegs, kBMn>;
+  CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes(N))));
+  kernel<<<1, kThreads, smem_bytes(N)>>>(dA, dB, dC, arr);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  std::vector<float> hc(size_t(kM) * N);
+  CK(cudaMemcpy(hc.data(), dC, hc.size() * 4, cudaMemcpyDeviceToHost));
+
+  double max_err = 0, max_ref = 0;
+  int wrong = 0, first_m = -1, first_n = -1;
+  double first_got = 0, first_want = 0;
+  bool nonfinite = false;
+  for (int m = 0; m < kM; ++m)
+    for (int n = 0; n < N; ++n) {
+      double ref = 0, scale = 0;
+      for (int k = 0; k < kK; ++k) {
+        const double p = double(from_bf16(ha[size_t(m) * kK + k])) * double(from_bf16(hbt[size_t(n) * kK + k]));
+        ref += p;
+        scale += std::fabs(p);
+      }
+      const double got = hc[size_t(m) * N + n], err = std::fabs(got - ref);
+      max_ref = std::fmax(max_ref, std::fabs(ref));
+      if (!std::isfinite(got)) nonfinite = true;
+      if (!(err <= 1e-5 * scale + 1e-30)) {
+        if (wrong++ == 0) first_m = m, first_n = n, first_got = got, first_want = ref;
+        max_err = std::isfinite(err) ? std::fmax(max_err, err) : INFINITY;
+      } else {
+        max_err = std::fmax(max_err, err);
+      }
+    }
+  const bool ok = wrong == 0;
+  std::printf("wgmma %s: max err %.3g, %s\n", name.c_str(), max_ref > 0 ? max_err / max_ref : max_err,
+              ok ? "ok" : "WRONG");
+  if (!ok) {
+    const DescFields fa = desc_fields(Operand{arr, false, kM}), fb = desc_fields(Operand{arr, kBMn, N});
+    std::printf("  %d of %d elements wrong%s; first C[%d][%d] = %g, want %g; desc A lbo %u sbo %u kstep %u, "
+                "B lbo %u sbo %u kstep %u, swizzle %u\n",
+                wrong, kM * N, nonfinite ? " (some NaN/Inf)" : "", first_m, first_n, first_got, first_want,
+                kARegs ? 0u : fa.lbo, kARegs ? 0u : fa.sbo, kARegs ? 0u : fa.kstep, fb.lbo, fb.sbo, fb.kstep,
+                static_cast<uint32_t>(fb.sw));
+  }
+  return {N, kARegs, kBMn, arr, ok, nonfinite};
+}
+
+template <int N>
+void run_n(std::vector<Result>& res, const std::vector<uint16_t>& ha, const std::vector<uint16_t>& hbt,
+           const uint16_t* dA, uint16_t* dB, float* dC) {
+  for (Arr arr : {Arr::kNoSwKFast, Arr::kNoSwMnFast, Arr::kSw128}) {
+    res.push_back(run_variant<N, false, false>(arr, ha, hbt, dA, dB, dC));
+    res.push_back(run_variant<N, false, true>(arr, ha, hbt, dA, dB, dC));
+    res.push_back(run_variant<N, true, false>(arr, ha, hbt, dA, dB, dC));
+    res.push_back(run_variant<N, true, true>(arr, ha, hbt, dA, dB, dC));
+  }
+}
+
+// Whether every result matching the filter passed (-1: any).
+bool all_ok(const std::vector<Result>& res, int n, int a_regs, int b_mn, int arr) {
+  for (const Result& r : res)
+    if ((n < 0 || r.n == n) && (a_regs < 0 || r.a_regs == bool(a_regs)) && (b_mn < 0 || r.b_mn == bool(b_mn)) &&
+        (arr < 0 || int(r.arr) == arr) && !r.ok)
+      return false;
+  return true;
+}
+bool all_wrong(const std::vector<Result>& res, int n, int a_regs, int b_mn, int arr) {
+  for (const Result& r : res)
+    if ((n < 0 || r.n == n) && (a_regs < 0 || r.a_regs == bool(a_regs)) && (b_mn < 0 || r.b_mn == bool(b_mn)) &&
+        (arr < 0 || int(r.arr) == arr) && r.ok)
+      return false;
+  return true;
+}
+
+void hints(const std::vector<Result>& res) {
+  const int kf = int(Arr::kNoSwKFast), mf = int(Arr::kNoSwMnFast), sw = int(Arr::kSw128);
+  auto hint = [](const char* s) { std::printf("hint: %s\n", s); };
+  for (const Result& r : res)
+    if (r.nonfinite) {
+      hint("NaN/Inf in C: scale-d = 0 on the first k-step did not discard the NaN-filled accumulators (the "
+           "setp/predicate operand), or a descriptor pointed outside the tile");
+      break;
+    }
+  if (all_wrong(res, -1, -1, -1, -1)) {
+    hint("every variant is wrong: the accumulator fragment mapping (d[4j+i] at row 16w + l/4 (+8 for i >= 2), "
+         "column 8j + 2(l%4) (+1 for odd i)), the instruction form, or the staging (fence.proxy.async before "
+         "__syncthreads); compare the first wrong element with the reference");
+    return;
+  }
+  if (all_ok(res, -1, 0, -1, -1) && all_wrong(res, -1, 1, -1, -1))
+    hint("ss right, rs wrong: the A register fragment (a0 = A[r][c,c+1], a1 = A[r+8][c,c+1], a2 = A[r][c+8,c+9], "
+         "a3 = A[r+8][c+8,c+9], r = 16w + l/4, c = 2(l%4), lower column in the low half) or its operand order");
+  if (all_wrong(res, -1, 0, -1, -1) && all_ok(res, -1, 1, -1, -1))
+    hint("rs right, ss wrong: the A descriptor (imm-trans-a = 0 for K-major A) or A's staging");
+  for (int arr : {kf, mf, sw})
+    if (all_ok(res, -1, -1, 0, arr) && all_wrong(res, -1, -1, 1, arr))
+      std::printf("hint: %s: B K-major right, N-major wrong: imm-trans-b (1 = N-major) or the N-major core matrix "
+                  "(8 k-rows of 16 bytes along N)%s\n",
+                  arr_name(Arr(arr)), arr == sw ? "; swizzled N-major: SBO = 1024 between 8-k-row groups, +2048 "
+                                                  "bytes a k-step" : "");
+  if (all_ok(res, -1, -1, -1, kf) != all_ok(res, -1, -1, -1, mf))
+    hint("nosw-kfast and nosw-mnfast disagree: LBO and SBO are mixed up (no swizzle: LBO = stride between core "
+         "matrices along K, SBO = along M/N), or the 8x8 core matrix is not 128 contiguous bytes");
+  if (all_ok(res, -1, -1, 0, kf) && all_ok(res, -1, -1, 0, mf) && !all_ok(res, -1, -1, 0, sw))
+    hint("no-swizzle K-major right, sw128 K-major wrong: the 128B swizzle (16-byte chunk c of row r at c ^ (r%8)), "
+         "the 1024-byte tile alignment (base_offset 0), SBO = 1024, the swizzle field value 1, or moving the start "
+         "address by 32 bytes per k-step inside a swizzled row");
+  if (all_ok(res, 64, -1, 1, sw) && !all_ok(res, -1, -1, 1, sw))
+    hint("sw128 N-major right at N = 64, wrong at N > 64: LBO of a swizzled N-major operand is the stride between "
+         "64-column blocks (8192 bytes here), or the fields are the other way round");
+  if (all_ok(res, 64, -1, -1, -1) && all_wrong(res, 128, -1, -1, -1) && all_wrong(res, 256, -1, -1, -1))
+    hint("N = 64 right, N > 64 wrong everywhere: the accumulator register order for larger N (d[4j..4j+3] covers "
+         "columns 8j..8j+7) or the m64n128/m64n256 operand lists");
+}
+
+}  // namespace
+
+int main() {
+  std::signal(SIGALRM, on_alarm);
+  alarm(60);
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+  if (prop.major != 9 || prop.minor != 0) {
+    std::fprintf(stderr, "wgmma probe: needs an sm_90 GPU (H100/H200) for its sm_90a code; this is %s (sm_%d%d)\n",
+                 prop.name, prop.major, prop.minor);
+    return 1;
+  }
+  Lcg rng{0x5eed2026ull};
+  std::vector<uint16_t> ha(size_t(kM) * kK), hbt(size_t(256) * kK);  // A [64][64]; B^T [256][64]
+  for (auto& v : ha) v = to_bf16(rng.next());
+  for (auto& v : hbt) v = to_bf16(rng.next());
+  uint16_t *dA = nullptr, *dB = nullptr;
+  float* dC = nullptr;
+  CK(cudaMalloc(&dA, ha.size() * 2));
+  CK(cudaMalloc(&dB, hbt.size() * 2));
+  CK(cudaMalloc(&dC, size_t(kM) * 256 * 4));
+  CK(cudaMemcpy(dA, ha.data(), ha.size() * 2, cudaMemcpyHostToDevice));
+
+  std::vector<Result> res;
+  run_n<64>(res, ha, hbt, dA, dB, dC);
+  run_n<128>(res, ha, hbt, dA, dB, dC);
+  run_n<256>(res, ha, hbt, dA, dB, dC);
+  g_variant = "teardown";
+  CK(cudaFree(dA));
+  CK(cudaFree(dB));
+  CK(cudaFree(dC));
+
+  int wrong = 0;
+  for (const Result& r : res) wrong += !r.ok;
+  if (wrong) hints(res);
+  std::printf("wgmma probe: %d of %zu variants wrong: %s\n", wrong, res.size(), wrong ? "FAILED" : "all ok");
+  return wrong ? 1 : 0;
+}
