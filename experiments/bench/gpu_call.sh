@@ -27,8 +27,8 @@
 #   mem      natsl-340m peak memory and tokens/s per sequence length (MEM_SEQS) and train.recompute /
 #            train.recompute_keep setting (MEM_RECOMPUTE)
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
-#   lab      every kernel-lab program (experiments/kernel_lab/*: a variant against the production kernel, bits and
-#            time; LAB_ONLY=substring picks some)
+#   lab      builds and runs every kernel-lab program (experiments/kernel_lab/*: a variant against the production
+#            kernel, bits and time; not built by `build`; LAB_ONLY=substring picks some)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
 #   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
@@ -492,12 +492,18 @@ if has ncu; then
 fi
 
 if has lab; then
-  for bin in $B/experiments/kernel_lab/natsl_lab_*; do
-    [ -x "$bin" ] || continue
-    [ -n "${LAB_ONLY:-}" ] && [[ "$(basename "$bin")" != *"$LAB_ONLY"* ]] && continue
-    el "lab $(basename "$bin")"
-    timeout 300 "$bin" 2>&1 | tee "$LOG/$(basename "$bin").log" | tail -20
-    echo "lab $(basename "$bin") rc ${PIPESTATUS[0]}"
+  # The lab programs are not part of `all` (experiments/kernel_lab/CMakeLists.txt): each is built here by name, and
+  # one that does not compile is reported and skipped.
+  for t in $(ninja -C "$B" -t targets all 2>/dev/null | grep -oE '^natsl_lab_[A-Za-z0-9_]+' | sort -u); do
+    [ -n "${LAB_ONLY:-}" ] && [[ "$t" != *"$LAB_ONLY"* ]] && continue
+    el "lab $t"
+    if ! cmake --build "$B" --target "$t" -j "$(nproc)" >"$LOG/build_$t.log" 2>&1; then
+      echo "lab $t: build failed"
+      grep -E "error|Error" "$LOG/build_$t.log" | head -20
+      continue
+    fi
+    timeout 300 "$B/experiments/kernel_lab/$t" 2>&1 | tee "$LOG/$t.log" | tail -40
+    echo "lab $t rc ${PIPESTATUS[0]}"
   done
 fi
 
