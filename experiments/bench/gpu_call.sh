@@ -186,7 +186,7 @@ if has sanitize; then
     for ((sh = 0; sh < shards; sh++)); do
       f=$LOG/san_${tool}_${name}_$sh.log
       # "Error: Potential ... hazard": a shard cut at SAN_TIMEOUT prints no summary line, only its reports.
-      if grep -qE "ERROR SUMMARY: [1-9]|hazards displayed \([1-9]|^========= Error: |^\[  FAILED  \]" "$f"; then
+      if grep -qE "ERROR SUMMARY: [1-9]|hazards displayed \([1-9]|^========= (Error: |Invalid|Program hit|Uninit)|^\[  FAILED  \]" "$f"; then
         echo "--- $tool $name shard $sh: first reports"
         grep -E "^=========  *(Invalid|Program hit|Error|Race|Warning|Uninit|Saved host)|^=========     at |^\[ RUN|^\[  FAILED|Failure|Expected|Which is|actual|error:" "$f" |
           grep -v "^=========     at .*(libcuda|libcudart|/lib/x86_64)" | head -40
@@ -201,9 +201,11 @@ if has sanitize; then
     # (the GDN passes on mbarrier pipelines, "_tma_kernel" and "state_fwd_ws_kernel": racecheck does not take an
     # mbarrier wait as a synchronisation, docs/testing.md, and instrumenting them makes the GDN cases run for
     # many minutes), so the rest of those cases' kernels are checked in the bound.
-    # Several names, space-separated: one --kernel-name-exclude each.
+    # Several names, space-separated: one --kernel-name-exclude with a regex alternation (the option is given
+    # once; its regex key matches any of them).
     if [ "$tool" = racecheck ]; then
-      for kn in ${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}; do extra+=(--kernel-name-exclude "kns=$kn"); done
+      read -r -a exw <<<"${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}"
+      if [ ${#exw[@]} -gt 0 ]; then extra+=(--kernel-name-exclude "regex=$(IFS='|'; echo "${exw[*]}")"); fi
     fi
     # SAN_PARALLEL_BINS=1: every binary's shards start together (one SAN_TIMEOUT for all of them, not one each).
     spids=()
@@ -493,8 +495,11 @@ fi
 
 if has lab; then
   # The lab programs are not part of `all` (experiments/kernel_lab/CMakeLists.txt): each is built here by name, and
-  # one that does not compile is reported and skipped.
-  for t in $(ninja -C "$B" -t targets all 2>/dev/null | grep -oE '^natsl_lab_[A-Za-z0-9_]+' | sort -u); do
+  # one that does not compile is reported and skipped. cmake first, so that labs added since the build are listed.
+  cmake "$B" >/dev/null 2>&1
+  labs=$(ninja -C "$B" -t targets all 2>/dev/null | grep -oE '^natsl_lab_[A-Za-z0-9_]+' | sort -u)
+  [ -n "$labs" ] || echo "lab: no natsl_lab_* targets in $B (built with Ninja and CUDA?)"
+  for t in $labs; do
     [ -n "${LAB_ONLY:-}" ] && [[ "$t" != *"$LAB_ONLY"* ]] && continue
     el "lab $t"
     if ! cmake --build "$B" --target "$t" -j "$(nproc)" >"$LOG/build_$t.log" 2>&1; then
