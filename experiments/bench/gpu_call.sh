@@ -300,15 +300,15 @@ if has train; then
       # config: as the config says (the GPU configs replay the step as a CUDA graph); eager: train.cuda_graph=false,
       # the host launches every kernel; graph: train.cuda_graph=true (the steps after the profiled ones replay one
       # captured graph).
-      tag=$cfg; extra=""
-      if [ "$variant" = eager ]; then tag=${cfg}_eager; extra="train.cuda_graph=false"; fi
-      if [ "$variant" = graph ]; then tag=${cfg}_graph; extra="train.cuda_graph=true"; fi
+      tag=$cfg; graph_key=""
+      if [ "$variant" = eager ]; then tag=${cfg}_eager; graph_key="train.cuda_graph=false"; fi
+      if [ "$variant" = graph ]; then tag=${cfg}_graph; graph_key="train.cuda_graph=true"; fi
       el "train $tag"
       rm -rf "$OUT/run-natsl"
       # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
       timeout 300 "$B/natsl" train "configs/$cfg.yaml" tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
         train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
-        "train.profile_steps=[20,23]" $extra ${TRAIN_EXTRA:-} >"$LOG/train_$tag.log" 2>&1
+        "train.profile_steps=[20,23]" $graph_key ${TRAIN_EXTRA:-} >"$LOG/train_$tag.log" 2>&1
       echo "train $tag rc $?"
       grep -vE "^\s*$" "$LOG/train_$tag.log" | tail -40
       cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_${tag}_metrics.jsonl" 2>/dev/null
