@@ -16,7 +16,8 @@
 //                  V     N-major (the Dv columns contiguous in memory, keys = the k dimension): "nosw-kfast"
 //                        (core matrix 8 keys x 8 columns; along the keys adjacent: LBO 128, SBO 1024, k-step
 //                        256) or, with --v-layout mnfast, "nosw-mnfast" (along the columns adjacent: SBO 128,
-//                        LBO 2048, k-step 4096); both are run by default, the probe says which is right.
+//                        LBO 2048, k-step 4096); both are run by default and both are valid layouts: one failing alone is a bug
+//                        in its staging or its descriptor.
 //   loads          cp.async 16-byte pieces (production's helper ptx::cp_async16; rows past T zero-filled),
 //                  Q once, K/V of tile t+1 into the other buffer while tile t is computed (as production);
 //                  after cp.async.wait_group each thread fences its writes into the async proxy
@@ -591,7 +592,7 @@ int main(int argc, char** argv) {
     }
   }
   std::signal(SIGALRM, on_alarm);
-  alarm(300);
+  alarm(120);
   cudaDeviceProp prop{};
   NATSL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   if (prop.major != 9 || prop.minor != 0) {

@@ -335,8 +335,12 @@ void hints(const std::vector<Result>& res) {
                   arr_name(Arr(arr)), arr == sw ? "; swizzled N-major: SBO = 1024 between 8-k-row groups, +2048 "
                                                   "bytes a k-step" : "");
   if (all_ok(res, -1, -1, -1, kf) != all_ok(res, -1, -1, -1, mf))
-    hint("nosw-kfast and nosw-mnfast disagree: LBO and SBO are mixed up (no swizzle: LBO = stride between core "
-         "matrices along K, SBO = along M/N), or the 8x8 core matrix is not 128 contiguous bytes");
+    hint("one no-swizzle arrangement right, the other wrong: the failing one's staging or its LBO / SBO values "
+         "(no swizzle: LBO = stride between core matrices along K, SBO = along M/N; a plain swap of the two "
+         "fields would break both)");
+  if (!all_ok(res, -1, -1, -1, kf) && !all_ok(res, -1, -1, -1, mf) && all_ok(res, -1, -1, -1, sw))
+    hint("every no-swizzle variant wrong, sw128 right: the no-swizzle core matrix (8 rows of 16 contiguous bytes, "
+         "128 bytes in all), LBO / SBO swapped, or the swizzle field value 0");
   if (all_ok(res, -1, -1, 0, kf) && all_ok(res, -1, -1, 0, mf) && !all_ok(res, -1, -1, 0, sw))
     hint("no-swizzle K-major right, sw128 K-major wrong: the 128B swizzle (16-byte chunk c of row r at c ^ (r%8)), "
          "the 1024-byte tile alignment (base_offset 0), SBO = 1024, the swizzle field value 1, or moving the start "

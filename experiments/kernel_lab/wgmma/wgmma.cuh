@@ -9,9 +9,9 @@
 // Compile for sm_90a (wgmma exists only on the arch-specific target).
 #include <cstdint>
 
-// wgmma exists only on the arch-specific target sm_90a. nvcc -arch=sm_90a also embeds portable compute_90
-// PTX (and ptxas checks it), and natsl's own translation units are built for sm_90: there each wrapped
-// instruction becomes a trap. An sm_90 GPU runs the sm_90a cubin, never that PTX.
+// wgmma exists only on the arch-specific target sm_90a. A translation unit compiled for plain sm_90 (natsl's own
+// are) has no wgmma: there each wrapped instruction becomes a trap, so including this header never breaks such a
+// build; the lab programs are built for sm_90a (experiments/kernel_lab/CMakeLists.txt).
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define NATSL_SM90A(...) __trap()
 #else
