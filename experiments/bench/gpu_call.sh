@@ -497,7 +497,9 @@ if has lab; then
   # The lab programs are not part of `all` (experiments/kernel_lab/CMakeLists.txt): each is built here by name, and
   # one that does not compile is reported and skipped. cmake first, so that labs added since the build are listed.
   cmake "$B" >/dev/null 2>&1
-  labs=$(ninja -C "$B" -t targets all 2>/dev/null | grep -oE '^natsl_lab_[A-Za-z0-9_]+' | sort -u)
+  # Probes (natsl_lab_wgmma: the facts the wgmma kernels rest on) before the programs that use them.
+  labs=$(ninja -C "$B" -t targets all 2>/dev/null | grep -oE '^natsl_lab_[A-Za-z0-9_]+' | sort -u |
+    awk '$0 == "natsl_lab_wgmma" { print; next } { rest = rest $0 "\n" } END { printf "%s", rest }')
   [ -n "$labs" ] || echo "lab: no natsl_lab_* targets in $B (built with Ninja and CUDA?)"
   for t in $labs; do
     [ -n "${LAB_ONLY:-}" ] && [[ "$t" != *"$LAB_ONLY"* ]] && continue
