@@ -190,6 +190,21 @@ __device__ __forceinline__ void rescale_o(float (&o_acc)[kDv / 2], const float (
 #pragma unroll
     for (int i = 0; i < 4; ++i) o_acc[4 * j + i] *= corr[i >> 1];
 }
+// The epilogue's first half: O / l (this thread's fragment) staged as bf16 into o_s for 16-byte stores, and the
+// lse of each valid row (lse points at row 0 of the chunk, rows ld apart).
+__device__ __forceinline__ void stage_o_and_lse(char* o_s, const float (&o_acc)[kDv / 2], const float (&row_sum)[2],
+                                                const float (&row_max)[2], int row_lo, int tq, int q_rows,
+                                                float* lse, int64_t ld) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float l = mma::quad_sum(row_sum[h]), inv = 1.f / l;
+    const int row = row_lo + 8 * h;
+#pragma unroll
+    for (int j = 0; j < kDv / 8; ++j)
+      mma::store_pair<kDv>(o_s, row, 8 * j + 2 * tq, o_acc[4 * j + 2 * h] * inv, o_acc[4 * j + 2 * h + 1] * inv);
+    if (tq == 0 && row < q_rows) lse[row * ld] = (row_max[h] + __log2f(l)) * sa::kLn2;
+  }
+}
 __device__ __forceinline__ void fence_pa(uint32_t (&pa)[kC / 16][4]) {
 #pragma unroll
   for (int kk = 0; kk < kC / 16; ++kk) wg::fence_regs(pa[kk]);
@@ -281,16 +296,8 @@ __global__ void __launch_bounds__(kThreads) fwd_wgmma(const sa::Geometry g, cons
 
   // Epilogue: O / l staged through shared memory (V buffer 0) for 16-byte stores; lse per row.
   char* const o_s = v_s;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = mma::quad_sum(row_sum[h]), inv = 1.f / l;
-    const int row = row_lo + 8 * h;
-#pragma unroll
-    for (int j = 0; j < kDv / 8; ++j)
-      mma::store_pair<kDv>(o_s, row, 8 * j + 2 * tq, o_acc[4 * j + 2 * h] * inv, o_acc[4 * j + 2 * h + 1] * inv);
-    if (tq == 0 && row < q_rows)
-      p.lse[(int64_t(b) * g.T + qc * kC + row) * g.Ha + a] = (row_max[h] + __log2f(l)) * sa::kLn2;
-  }
+  stage_o_and_lse(o_s, o_acc, row_sum, row_max, row_lo, tq, q_rows, p.lse + (int64_t(b) * g.T + qc * kC) * g.Ha + a,
+                  g.Ha);
   __syncthreads();
   bf* const o = static_cast<bf*>(p.o) + head_v + int64_t(qc) * kC * ldv;
   mma::store_tile<kC, kDv, kThreads>(o_s, o, ldv, q_rows);
@@ -487,16 +494,8 @@ __global__ void __launch_bounds__(kTmaThreads) fwd_wgmma_tma(const __grid_consta
   // barriers are among the 128 consumer threads only.
   ptx::compute_sync<kThreads>();
   char* const o_s = reinterpret_cast<char*>(v_at(0));
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = mma::quad_sum(row_sum[h]), inv = 1.f / l;
-    const int row = row_lo + 8 * h;
-#pragma unroll
-    for (int j = 0; j < kDv / 8; ++j)
-      mma::store_pair<kDv>(o_s, row, 8 * j + 2 * tq, o_acc[4 * j + 2 * h] * inv, o_acc[4 * j + 2 * h + 1] * inv);
-    if (tq == 0 && row < q_rows)
-      p.lse[(int64_t(b) * g.T + qc * kC + row) * g.Ha + a] = (row_max[h] + __log2f(l)) * sa::kLn2;
-  }
+  stage_o_and_lse(o_s, o_acc, row_sum, row_max, row_lo, tq, q_rows, p.lse + (int64_t(b) * g.T + qc * kC) * g.Ha + a,
+                  g.Ha);
   ptx::compute_sync<kThreads>();
   bf* const o = static_cast<bf*>(p.o) + head_v + int64_t(qc) * kC * ldv;
   mma::store_tile<kC, kDv, kThreads>(o_s, o, ldv, q_rows);
