@@ -57,7 +57,22 @@ __global__ void __launch_bounds__(1024) l2norm_bwd_kernel(const T* __restrict__ 
 // Short rows (at most 128 vectors, e.g. head dim 128): a group of TPR lanes of one warp owns a row, each
 // lane NV vectors of it, held in registers between the reduction and the output (one read, one write), and
 // each group works on RPG rows at once so that RPG * NV 16-byte loads per thread are in flight. Reductions
-// are xor-shuffles inside the group (fixed order: deterministic). Grid-stride over groups of RPG rows.
+// are xor-shuffles inside the group (fixed order: deterministic). Grid-stride over groups of RPG rows; a warp
+// runs a pass while any of its groups has a row left (a warp vote, so the same passes for all its lanes): every
+// lane reaches every group sum, which may then name the whole warp; a group past the end loads zeros and
+// stores nothing.
+//
+// group_sum<TPR> (common.cuh) with the full-warp mask, for callers whose whole warp calls it together: the same
+// butterfly, so the same order and bits. With a constant full mask and the warp-uniform loop, ptxas knows the
+// warp is converged at the shuffles: no convergence check before each sum (group_sum's lane-group mask adds a
+// MATCH, REDUX and VOTE there, and registers: the bf16 backward would lose one of its blocks per SM).
+template <int TPR>
+__device__ __forceinline__ float warp_group_sum(float v) {
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
 __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                                            const float* __restrict__ rnorm_in, T* __restrict__ out,
@@ -68,7 +83,7 @@ __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__
   const int64_t groups_per_grid = int64_t(gridDim.x) * (blockDim.x / TPR);
   const int64_t group = int64_t(blockIdx.x) * (blockDim.x / TPR) + threadIdx.x / TPR;
   const int64_t nvec = D / VEC;
-  for (int64_t r0 = group * RPG; r0 < rows; r0 += groups_per_grid * RPG) {
+  for (int64_t r0 = group * RPG; __any_sync(0xffffffffu, r0 < rows); r0 += groups_per_grid * RPG) {
     float va[RPG][NV][VEC], vb[RPG][NV][VEC];
     load_short_rows<T, VEC, TPR, NV, RPG, BWD>(a, b, r0, rows, D, lane, va, vb);
 #pragma unroll
@@ -78,7 +93,7 @@ __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__
       for (int n = 0; n < NV; ++n)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) acc += BWD ? vb[q][n][k] * va[q][n][k] : va[q][n][k] * va[q][n][k];
-      acc = group_sum<TPR>(acc);
+      acc = warp_group_sum<TPR>(acc);
       const int64_t r = r0 + q;
       if (r >= rows) continue;
       float rn;

@@ -17,6 +17,12 @@ namespace {
 using mix::sigmoid_f;
 using mix::softmax2;
 
+// Whether a row kernel launched with grid g (W columns a vector) has at most one vector per thread of every row in
+// a block of at most mix::kOnePassThreads threads: the one-pass kernels' case.
+bool one_pass_rows(const RowGrid& g, int64_t D, int W) {
+  return partial_rows_in_registers(g, D, W) && g.block.x * g.block.y <= unsigned(mix::kOnePassThreads);
+}
+
 template <class T, int VEC>
 __global__ void __launch_bounds__(1024)
     mix_fwd_kernel(const T* __restrict__ og, const T* __restrict__ oa, const T* __restrict__ wl,
@@ -123,6 +129,45 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Gated DeltaNet's output norm (norm_gate, kernels/mix_norm_gate.h): the one-input case of the kernels above.
+// Its per-element arithmetic, shared by the two-pass kernels and the one-pass ones (rows of at most one vector per
+// thread in blocks of at most mix::kOnePassThreads threads: the row's loads stay in registers between the row sum
+// and the outputs, so o, z and dy cross memory once): the same expressions, so the same bits. One vector:
+// a = o, zz = z, g = dy, wg = gamma, rs = the row's rstd.
+namespace ng {
+
+template <int VEC>
+__device__ __forceinline__ void out(const float (&a)[VEC], const float (&zz)[VEC], const float (&wg)[VEC], float rs,
+                                    float (&y)[VEC]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) y[k] = a[k] * rs * wg[k] * (zz[k] * sigmoid_f(zz[k]));
+}
+
+// The backward's row dot: c += <du gamma, n> over the vector (du = dy silu(z), n = o rstd).
+template <int VEC>
+__device__ __forceinline__ void add_dot(const float (&a)[VEC], const float (&zz)[VEC], const float (&g)[VEC],
+                                        const float (&wg)[VEC], float rs, float& c) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) c += g[k] * (zz[k] * sigmoid_f(zz[k])) * wg[k] * (a[k] * rs);
+}
+
+// After the row dot (c = <du gamma, n> / D): the vector's do, dz and its dgamma terms (column j).
+template <int VEC, bool REG>
+__device__ __forceinline__ void grads(const float (&a)[VEC], const float (&zz)[VEC], const float (&g)[VEC],
+                                      const float (&wg)[VEC], float rs, float c, float (&o_o)[VEC],
+                                      float (&o_z)[VEC], int64_t j, PartialRow<VEC, REG>& part) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float s = sigmoid_f(zz[k]);
+    const float n = a[k] * rs;
+    const float du = g[k] * (zz[k] * s);
+    o_z[k] = g[k] * n * wg[k] * s * (1.f + zz[k] * (1.f - s));
+    o_o[k] = rs * (du * wg[k] - n * c);
+    part.add(j, k, du * n);
+  }
+}
+
+}  // namespace ng
+
 template <class T, int VEC>
 __global__ void __launch_bounds__(1024)
     ng_fwd_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg, T* __restrict__ y,
@@ -142,10 +187,41 @@ __global__ void __launch_bounds__(1024)
       load_vec<T, VEC>(o + off + j, a);
       load_vec<T, VEC>(z + off + j, zz);
       load_vec<T, VEC>(gg + j, wg);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) out[k] = a[k] * rs * wg[k] * (zz[k] * sigmoid_f(zz[k]));
+      ng::out(a, zz, wg, rs, out);
       store_vec<T, VEC>(y + off + j, out);
     }
+  }
+}
+
+// The forward in one pass (rows of at most one vector per thread, blocks of at most mix::kOnePassThreads).
+template <class T, int VEC>
+__global__ void __launch_bounds__(mix::kOnePassThreads)
+    ng_fwd_onepass_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg,
+                          T* __restrict__ y, float* __restrict__ rstd, int64_t rows, int64_t D, float eps) {
+  extern __shared__ float scratch[];
+  const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
+  const bool mine = j < D;
+  float wg[VEC];
+  if (mine) load_vec<T, VEC>(gg + j, wg);
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    float a[VEC], zz[VEC];
+    float ss = 0.f;
+    if (active && mine) {
+      load_vec<T, VEC>(o + off + j, a);
+      load_vec<T, VEC>(z + off + j, zz);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) ss += a[k] * a[k];  // add_squares' order
+    }
+    ss = row_sum(ss, scratch);
+    if (!active) continue;
+    const float rs = 1.f / sqrtf(ss / float(D) + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    if (!mine) continue;
+    float out[VEC];
+    ng::out(a, zz, wg, rs, out);
+    store_vec<T, VEC>(y + off + j, out);
   }
 }
 
@@ -173,8 +249,7 @@ __global__ void __launch_bounds__(1024)
       NATSL_FOR_ROW_VEC(j, D, VEC) {
         float a[VEC], zz[VEC], g[VEC], wg[VEC];
         load(off, j, a, zz, g, wg);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) c += g[k] * (zz[k] * sigmoid_f(zz[k])) * wg[k] * (a[k] * rs);
+        ng::add_dot(a, zz, g, wg, rs, c);
       }
     c = row_sum(c, scratch);
     if (!active) continue;
@@ -182,18 +257,47 @@ __global__ void __launch_bounds__(1024)
     NATSL_FOR_ROW_VEC(j, D, VEC) {
       float a[VEC], zz[VEC], g[VEC], wg[VEC], o_o[VEC], o_z[VEC];
       load(off, j, a, zz, g, wg);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float s = sigmoid_f(zz[k]);
-        const float n = a[k] * rs;
-        const float du = g[k] * (zz[k] * s);
-        o_z[k] = g[k] * n * wg[k] * s * (1.f + zz[k] * (1.f - s));
-        o_o[k] = rs * (du * wg[k] - n * c);
-        part.add(j, k, du * n);
-      }
+      ng::grads(a, zz, g, wg, rs, c, o_o, o_z, j, part);
       store_vec<T, VEC>(dO + off + j, o_o);
       store_vec<T, VEC>(dz + off + j, o_z);
     }
+  }
+  part.finish(D);
+}
+
+// The backward in one pass (rows of at most one vector per thread, blocks of at most mix::kOnePassThreads; the
+// dgamma sums in registers).
+template <class T, int VEC>
+__global__ void __launch_bounds__(mix::kOnePassThreads)
+    ng_bwd_onepass_kernel(const T* __restrict__ o, const T* __restrict__ z, const T* __restrict__ gg,
+                          const float* __restrict__ rstd, const T* __restrict__ dy, T* __restrict__ dO,
+                          T* __restrict__ dz, float* __restrict__ pg, int64_t rows, int64_t D) {
+  extern __shared__ float scratch[];
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  PartialRow<VEC, true> part(pg ? pg + slot * D : nullptr);
+  const int64_t j = int64_t(threadIdx.x) * VEC;  // this thread's one vector of every row
+  const bool mine = j < D;
+  float wg[VEC];
+  if (mine) load_vec<T, VEC>(gg + j, wg);
+  NATSL_FOR_EACH_ROW(r, rows) {
+    const bool active = r < rows;
+    const int64_t off = (active ? r : 0) * D;
+    const float rs = active ? rstd[r] : 0.f;
+    float a[VEC], zz[VEC], g[VEC];
+    float c = 0.f;  // <du gamma, n>
+    if (active && mine) {
+      load_vec<T, VEC>(o + off + j, a);
+      load_vec<T, VEC>(z + off + j, zz);
+      load_vec<T, VEC>(dy + off + j, g);
+      ng::add_dot(a, zz, g, wg, rs, c);
+    }
+    c = row_sum(c, scratch);
+    if (!active || !mine) continue;
+    c /= float(D);
+    float o_o[VEC], o_z[VEC];
+    ng::grads(a, zz, g, wg, rs, c, o_o, o_z, j, part);
+    store_vec<T, VEC>(dO + off + j, o_o);
+    store_vec<T, VEC>(dz + off + j, o_z);
   }
   part.finish(D);
 }
@@ -255,7 +359,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                                                cptr<T>(gamma_a), rstd_g.data<float>(), rstd_a.data<float>(), cptr<T>(dy),
                                                mptr<T>(dog), mptr<T>(doa), mptr<T>(dwlogits), mptr<T>(dz), pg, pa, rows, D);
       };
-      if (reg && g.block.x * g.block.y <= unsigned(mix::kOnePassThreads)) launch(mix::bwd_onepass_kernel<T, W, true>);
+      if (one_pass_rows(g, D, W)) launch(mix::bwd_onepass_kernel<T, W, true>);
       else if (reg) launch(mix_bwd_kernel<T, W, true>);
       else launch(mix_bwd_kernel<T, W, false>);
       NATSL_CUDA_CHECK_LAUNCH();
@@ -273,8 +377,15 @@ void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(o) && aligned16(z) && aligned16(gamma) && aligned16(y);
     launch_rows<V>(vec, dev, rows, D, [&](auto width, const RowGrid& g) {
-      ng_fwd_kernel<T, decltype(width)::value><<<g.grid, g.block, g.smem, s>>>(
-          cptr<T>(o), cptr<T>(z), cptr<T>(gamma), mptr<T>(y), rstd.data<float>(), rows, D, float(eps));
+      constexpr int W = decltype(width)::value;
+      // Rows of one vector per thread (the grid's own layout, so the row sums add in the two-pass order) in
+      // blocks the one-pass bound allows take the one-pass kernel.
+      auto launch = [&](auto kernel) {
+        kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(o), cptr<T>(z), cptr<T>(gamma), mptr<T>(y),
+                                               rstd.data<float>(), rows, D, float(eps));
+      };
+      if (one_pass_rows(g, D, W)) launch(ng_fwd_onepass_kernel<T, W>);
+      else launch(ng_fwd_kernel<T, W>);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();
@@ -306,7 +417,8 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
         kernel<<<g.grid, g.block, g.smem, s>>>(cptr<T>(o), cptr<T>(z), cptr<T>(gamma), rstd.data<float>(), cptr<T>(dy),
                                                mptr<T>(do_), mptr<T>(dz), pg, rows, D);
       };
-      if (reg) launch(ng_bwd_kernel<T, W, true>);
+      if (one_pass_rows(g, D, W)) launch(ng_bwd_onepass_kernel<T, W>);
+      else if (reg) launch(ng_bwd_kernel<T, W, true>);
       else launch(ng_bwd_kernel<T, W, false>);
       NATSL_CUDA_CHECK_LAUNCH();
       if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma), dev, s);
