@@ -30,7 +30,8 @@
 #   lab      builds and runs every kernel-lab program (experiments/kernel_lab/*: a variant against the production
 #            kernel, bits and time; not built by `build`; LAB_ONLY=substring picks some)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
-#   ab       the GDN benchmark of an older tree carried as .ab-old (AB_DIR) against this one, alternating
+#   ab       the benchmarks (AB_BENCHES, default gdn; gdn ops natsl attention) of an older tree carried as .ab-old
+#            (AB_DIR) against this one's, alternating; ab_compare.py prints new/old per row
 #   dist     the NCCL path at world size 1: natsl train --nproc 1 == the plain run bit for bit, and natsl-340m
 #            through NCCL (tokens/s, buckets launched during the backward, and the profiler's phases of steps
 #            12-14 in device time: backward vs the gradient reduction still exposed after it)
@@ -444,22 +445,33 @@ PY
   rm -rf "$OUT/dist-plain" "$OUT/dist-nccl" "$OUT/dist-340m"
 fi
 
-# A/B in one call: the GDN benchmark of an older tree (carried as the ignored folder AB_DIR, default .ab-old, e.g.
-# `git worktree add .ab-old <commit>`) against this tree's, alternating old/new twice; rows to ab_{old,new}_N.jsonl.
+# A/B in one call: the benchmarks of an older tree (carried as the ignored folder AB_DIR, default .ab-old, e.g.
+# `git worktree add .ab-old <commit>`) against this tree's, alternating old/new twice; AB_BENCHES picks them (default
+# "gdn"; any of gdn ops natsl attention); rows to ab_<bench>_{old,new}_N.jsonl, medians compared by
+# experiments/bench/ab_compare.py.
 if has ab; then
   AB=${AB_DIR:-.ab-old}
-  el "A/B: building natsl_bench_gdn in $AB"
+  AB_BENCHES=${AB_BENCHES:-gdn}
+  targets=""
+  for b in $AB_BENCHES; do targets="$targets natsl_bench_$b"; done
+  el "A/B: building$targets in $AB"
   (cd "$AB" && cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DNATSL_ENABLE_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DNATSL_DEPS_DIR="$PWD/../.deps" >/dev/null &&
-   cmake --build build-gpu --target natsl_bench_gdn -j "$(nproc)") >"$LOG/ab_build.log" 2>&1 || tail -20 "$LOG/ab_build.log"
+   cmake --build build-gpu --target $targets -j "$(nproc)") >"$LOG/ab_build.log" 2>&1 || tail -20 "$LOG/ab_build.log"
+  cmake --build "$B" --target $targets -j "$(nproc)" >>"$LOG/ab_build.log" 2>&1 || tail -20 "$LOG/ab_build.log"
   for i in 1 2; do
-    for side in old new; do
-      bin=$BIN/natsl_bench_gdn
-      [ "$side" = old ] && bin=$AB/build-gpu/experiments/bench/natsl_bench_gdn
-      "$bin" --json "$OUT/ab_${side}_$i.jsonl" --commit "$side" --variants 0 >"$LOG/ab_${side}_$i.txt" 2>&1
-      echo "ab $side $i rc $? | $(grep -E '^natsl_gdn_fwd |^stage state pass \+ output' "$LOG/ab_${side}_$i.txt" | awk '{print $(NF-2)}' | tr '\n' ' ')"
+    for b in $AB_BENCHES; do
+      args=()
+      [ "$b" = gdn ] && args=(--variants 0)
+      for side in old new; do
+        bin=$BIN/natsl_bench_$b
+        [ "$side" = old ] && bin=$AB/build-gpu/experiments/bench/natsl_bench_$b
+        "$bin" --json "$OUT/ab_${b}_${side}_$i.jsonl" --commit "$side" "${args[@]}" >"$LOG/ab_${b}_${side}_$i.txt" 2>&1
+        echo "ab $b $side $i rc $?"
+      done
     done
   done
+  python3 experiments/bench/ab_compare.py "$OUT" $AB_BENCHES 2>&1 | tee "$LOG/ab_compare.txt"
 fi
 
 if has flaprof; then
