@@ -107,14 +107,8 @@ __global__ void __launch_bounds__(1024)
     dw0 = row_sum(dw0, scratch);
     dw1 = row_sum(dw1, scratch);
     if (!active) continue;
-    float w0, w1;
-    softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
-    if (threadIdx.x == 0) {
-      const float mean = w0 * dw0 + w1 * dw1;
-      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
-      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
-    }
-    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
+    float w0, w1, cg, ca;
+    mix::router_grad(wl, dwl, r, dw0, dw1, D, w0, w1, cg, ca);
     NATSL_FOR_ROW_VEC(j, D, VEC) {
       float a[VEC], b[VEC], zz[VEC], g[VEC], wg[VEC], wa[VEC], o_g[VEC], o_a[VEC], o_z[VEC];
       load(off, j, a, b, zz, g, wg, wa);

@@ -29,6 +29,22 @@ __device__ __forceinline__ void add_row_dots(const float (&a)[VEC], const float 
   }
 }
 
+// After the row dots of row r (dw0 = <du, g_hat>, dw1 = <du, a_hat>, summed over the row): the mixing weights w0, w1
+// from the row's two router logits wl[2r], wl[2r + 1], their gradient into dwl (thread 0 of the row writes it), and
+// the norms' per-row constants cg = w0 dw0 / D, ca = w1 dw1 / D.
+template <class T>
+__device__ __forceinline__ void router_grad(const T* __restrict__ wl, T* __restrict__ dwl, int64_t r, float dw0,
+                                            float dw1, int64_t D, float& w0, float& w1, float& cg, float& ca) {
+  softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
+  if (threadIdx.x == 0) {
+    const float mean = w0 * dw0 + w1 * dw1;
+    dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
+    dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
+  }
+  cg = w0 * dw0 / float(D);
+  ca = w1 * dw1 / float(D);
+}
+
 // After the row dots (w0, w1 the mixing weights, cg = w0 dw0 / D, ca = w1 dw1 / D): the vector's dog, doa, dz,
 // and its dgamma terms into the partial rows (column j of the row).
 template <int VEC, bool REG>
@@ -91,15 +107,9 @@ __global__ void __launch_bounds__(kOnePassThreads)
     dw0 = row_sum(dw0, scratch);
     dw1 = row_sum(dw1, scratch);
     if (!active) continue;
-    float w0, w1;
-    softmax2(to_f32(wl[2 * r]), to_f32(wl[2 * r + 1]), w0, w1);
-    if (threadIdx.x == 0) {
-      const float mean = w0 * dw0 + w1 * dw1;
-      dwl[2 * r] = from_f32<T>(w0 * (dw0 - mean));
-      dwl[2 * r + 1] = from_f32<T>(w1 * (dw1 - mean));
-    }
+    float w0, w1, cg, ca;
+    router_grad(wl, dwl, r, dw0, dw1, D, w0, w1, cg, ca);
     if (!mine) continue;
-    const float cg = w0 * dw0 / float(D), ca = w1 * dw1 / float(D);
     float o_g[VEC], o_a[VEC], o_z[VEC];
     mix::outputs(a, b, zz, g, wg, wa, rg, ra, w0, w1, cg, ca, o_g, o_a, o_z, j, part_g, part_a);
     store_vec<T, VEC>(dog + off + j, o_g);
