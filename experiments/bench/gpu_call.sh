@@ -466,7 +466,10 @@ if has ab; then
       for side in old new; do
         bin=$BIN/natsl_bench_$b
         [ "$side" = old ] && bin=$AB/build-gpu/experiments/bench/natsl_bench_$b
-        "$bin" --json "$OUT/ab_${b}_${side}_$i.jsonl" --commit "$side" "${args[@]}" >"$LOG/ab_${b}_${side}_$i.txt" 2>&1
+        # natsl_bench_ops takes no --commit
+        sargs=("${args[@]}")
+        [ "$b" = ops ] || sargs+=(--commit "$side")
+        "$bin" --json "$OUT/ab_${b}_${side}_$i.jsonl" "${sargs[@]}" >"$LOG/ab_${b}_${side}_$i.txt" 2>&1
         echo "ab $b $side $i rc $?"
       done
     done
