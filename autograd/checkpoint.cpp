@@ -2,6 +2,8 @@
 
 #include <unordered_set>
 
+#include "core/scoped_value.h"
+
 namespace natsl {
 namespace {
 
@@ -33,18 +35,6 @@ struct KeptOutputs {
 
 // The tape of the keeping checkpoint running now (first run or recomputation), or null.
 thread_local KeptOutputs* t_kept = nullptr;
-
-// Makes `tape` the active tape for a scope, and puts the previous one back after.
-class KeptScope {
- public:
-  explicit KeptScope(KeptOutputs* tape) : prev_(t_kept) { t_kept = tape; }
-  ~KeptScope() { t_kept = prev_; }
-  KeptScope(const KeptScope&) = delete;
-  KeptScope& operator=(const KeptScope&) = delete;
-
- private:
-  KeptOutputs* prev_;
-};
 
 std::string key_str(const KeptKey& k) {
   return std::string(k.op) + " " + shape_str(k.shape) + " " + std::string(dtype_name(k.dtype));
@@ -90,7 +80,7 @@ class CheckpointNode : public Node {
         kept_->replay = true;
         kept_->next = 0;
       }
-      KeptScope tape(kept_ ? kept_.get() : t_kept);
+      ScopedValue<KeptOutputs*> tape(t_kept, kept_ ? kept_.get() : t_kept);
       outs = fn_(leaves);
       if (kept_)
         NATSL_CHECK(kept_->next == kept_->entries.size(), "checkpoint: the recomputation asked for ", kept_->next,
@@ -172,7 +162,7 @@ std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>
   auto kept = keep == CheckpointKeep::Matmuls && !t_kept ? std::make_shared<KeptOutputs>() : nullptr;
   {
     NoGradGuard no_grad;
-    KeptScope tape(kept ? kept.get() : t_kept);
+    ScopedValue<KeptOutputs*> tape(t_kept, kept ? kept.get() : t_kept);
     outs = fn(inputs);
   }
   // Fresh handles on the outputs' data: an output may be an input or a parameter itself, whose history must

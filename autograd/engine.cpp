@@ -23,22 +23,12 @@ Tensor accumulate(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 bool grad_enabled() { return t_grad_enabled; }
-GradModeGuard::GradModeGuard(bool enabled) : prev_(t_grad_enabled) { t_grad_enabled = enabled; }
-GradModeGuard::~GradModeGuard() { t_grad_enabled = prev_; }
+GradModeGuard::GradModeGuard(bool enabled) : mode_(t_grad_enabled, enabled) {}
 
 namespace {
 thread_local GradReadyHook t_grad_ready_hook;
 // True while a plain backward runs (grad_sink may hand out leaves' .grad); false inside gradients_of.
 thread_local bool t_sinks_allowed = false;
-
-class SinksAllowedGuard {
- public:
-  explicit SinksAllowedGuard(bool allowed) : prev_(t_sinks_allowed) { t_sinks_allowed = allowed; }
-  ~SinksAllowedGuard() { t_sinks_allowed = prev_; }
-
- private:
-  bool prev_;
-};
 
 // Adds g into the defined gradient cur in place (so a view into a flat gradient buffer stays one).
 void add_into(const Tensor& cur, const Tensor& g) {
@@ -53,8 +43,8 @@ bool is_sink(const Tensor& leaf, const Tensor& g) {
 
 namespace {
 // The pending gradients of the inputs of the node whose backward runs (null where the input is a leaf or takes
-// no gradient): what input_grad_sink may hand out. Set per node by backward_impl (NodeSinks), saved and
-// restored around it, so a backward nested in a node's (a checkpoint's recomputation) has its own.
+// no gradient): what input_grad_sink may hand out. Set per node by backward_impl, saved and restored
+// around it, so a backward nested in a node's (a checkpoint's recomputation) has its own.
 // `handed_out[k]`: input_grad_sink gave slot k to the op, so an output that is the slot's tensor itself is the
 // op's gradient already added in (any other repeat of a pending tensor, e.g. add(u, u) sending one gradient
 // twice, is added as usual).
@@ -63,17 +53,6 @@ struct InputSlots {
   std::vector<bool> handed_out;
 };
 thread_local InputSlots* t_input_slots = nullptr;
-
-class NodeSinks {
- public:
-  explicit NodeSinks(InputSlots* slots) : prev_(t_input_slots) { t_input_slots = slots; }
-  ~NodeSinks() { t_input_slots = prev_; }
-  NodeSinks(const NodeSinks&) = delete;
-  NodeSinks& operator=(const NodeSinks&) = delete;
-
- private:
-  InputSlots* prev_;
-};
 }  // namespace
 
 Tensor input_grad_sink(size_t k, const Shape& shape, DType dtype, Device device) {
@@ -115,10 +94,7 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   return {};
 }
 
-GradReadyHookGuard::GradReadyHookGuard(GradReadyHook hook) : prev_(std::move(t_grad_ready_hook)) {
-  t_grad_ready_hook = std::move(hook);
-}
-GradReadyHookGuard::~GradReadyHookGuard() { t_grad_ready_hook = std::move(prev_); }
+GradReadyHookGuard::GradReadyHookGuard(GradReadyHook hook) : hook_(t_grad_ready_hook, std::move(hook)) {}
 
 Edge gradient_edge(const Tensor& t) {
   if (!t.defined() || !t.requires_grad()) return {};
@@ -255,7 +231,7 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
     }
     std::vector<Tensor> out;
     {
-      NodeSinks sinks(&slots);
+      ScopedValue<InputSlots*> sinks(t_input_slots, &slots);
       out = n->apply(in_grads);
     }
     in_grads.clear();
@@ -284,7 +260,7 @@ void backward_impl(const std::vector<Tensor>& roots, const std::vector<Tensor>& 
 }  // namespace
 
 void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
-  SinksAllowedGuard sinks(true);
+  ScopedValue<bool> sinks(t_sinks_allowed, true);
   backward_impl(roots, grads, retain_graph, nullptr, nullptr);
 }
 
@@ -298,7 +274,7 @@ std::vector<Tensor> gradients_of(const std::vector<Tensor>& roots, const std::ve
     if (e.valid()) capture[e.fn.get()].push_back(i);
   }
   std::vector<Tensor> captured(inputs.size());
-  SinksAllowedGuard no_sinks(false);  // the gradients are returned, never added into .grad
+  ScopedValue<bool> no_sinks(t_sinks_allowed, false);  // the gradients are returned, never added into .grad
   backward_impl(roots, grads, retain_graph, &capture, &captured);
   return captured;
 }

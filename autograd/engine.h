@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/scoped_value.h"
 #include "core/tensor.h"
 
 namespace natsl {
@@ -64,12 +65,9 @@ using GradReadyHook = std::function<void(const Tensor& leaf)>;
 class GradReadyHookGuard {
  public:
   explicit GradReadyHookGuard(GradReadyHook hook);
-  ~GradReadyHookGuard();
-  GradReadyHookGuard(const GradReadyHookGuard&) = delete;
-  GradReadyHookGuard& operator=(const GradReadyHookGuard&) = delete;
 
  private:
-  GradReadyHook prev_;
+  ScopedValue<GradReadyHook> hook_;
 };
 
 // Writing a leaf's gradient straight into leaf.grad (e.g. linear's weight gradient by the GEMM's beta = 1,
@@ -96,12 +94,9 @@ bool grad_enabled();
 class GradModeGuard {
  public:
   explicit GradModeGuard(bool enabled);
-  ~GradModeGuard();
-  GradModeGuard(const GradModeGuard&) = delete;
-  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
-  bool prev_;
+  ScopedValue<bool> mode_;
 };
 class NoGradGuard : public GradModeGuard {
  public:
