@@ -2,10 +2,26 @@
 
 #include <unordered_set>
 
-#include "core/scoped_value.h"
-
 namespace natsl {
+namespace detail {
+
+// The outputs a keeping checkpoint holds (kept_output): appended in the first run, read back in order in the
+// recomputation, each with the key it was kept under.
+struct KeptOutputs {
+  struct Entry {
+    Tensor tensor;
+    KeptKey key;
+  };
+  std::vector<Entry> entries;
+  size_t next = 0;
+  bool replay = false;
+};
+
+}  // namespace detail
+
 namespace {
+
+using detail::KeptOutputs;
 
 // Runs a restore closure when the scope ends, also when fn throws.
 class RestoreOnExit {
@@ -19,18 +35,6 @@ class RestoreOnExit {
 
  private:
   std::function<void()> restore_;
-};
-
-// The outputs a keeping checkpoint holds (kept_output): appended in the first run, read back in order in the
-// recomputation, each with the key it was kept under.
-struct KeptOutputs {
-  struct Entry {
-    Tensor tensor;
-    KeptKey key;
-  };
-  std::vector<Entry> entries;
-  size_t next = 0;
-  bool replay = false;
 };
 
 // The tape of the keeping checkpoint running now (first run or recomputation), or null.
@@ -141,8 +145,7 @@ void keep(const Tensor& out, const KeptKey& key) { t_kept->entries.push_back({ou
 
 }  // namespace detail
 
-NoKeepGuard::NoKeepGuard() : prev_(t_kept) { t_kept = nullptr; }
-NoKeepGuard::~NoKeepGuard() { t_kept = static_cast<KeptOutputs*>(prev_); }
+NoKeepGuard::NoKeepGuard() : tape_(t_kept, nullptr) {}
 
 std::vector<Tensor> checkpoint(const CheckpointFn& fn, const std::vector<Tensor>& inputs,
                                const std::vector<Tensor>& params, const StateCapture& state, CheckpointKeep keep) {

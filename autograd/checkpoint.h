@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "autograd/engine.h"
+#include "core/scoped_value.h"
 
 namespace natsl {
 
@@ -72,6 +73,8 @@ struct KeptKey {
 };
 
 namespace detail {
+// The outputs a keeping checkpoint holds (defined in checkpoint.cpp).
+struct KeptOutputs;
 // Whether a keeping checkpoint is running now (first run or recomputation).
 bool keeping();
 // In a recomputation: the kept tensor for this request (a fresh handle), checked against key; in a first run:
@@ -97,12 +100,9 @@ Tensor kept_output(const KeptKey& key, F&& compute) {
 class NoKeepGuard {
  public:
   NoKeepGuard();
-  ~NoKeepGuard();
-  NoKeepGuard(const NoKeepGuard&) = delete;
-  NoKeepGuard& operator=(const NoKeepGuard&) = delete;
 
  private:
-  void* prev_;
+  ScopedValue<detail::KeptOutputs*> tape_;
 };
 
 }  // namespace natsl
