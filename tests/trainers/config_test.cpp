@@ -12,28 +12,10 @@
 namespace natsl {
 namespace {
 
+using testing::expect_load_error;
+using testing::load_error;
 using testing::TempDir;
 using testing::write_text;
-
-// The InputError message of load_config(path, overrides), or "" when it loads.
-std::string load_error(const std::string& path, const std::vector<std::string>& overrides = {}) {
-  try {
-    load_config(path, overrides);
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// Writes `yaml` to `path` and checks that loading it fails with a message that holds every one of `parts`
-// (the file and line, the key, the hint). Returns the message.
-std::string expect_load_error(const std::string& path, const std::string& yaml,
-                              const std::vector<std::string>& parts) {
-  write_text(path, yaml);
-  const std::string e = load_error(path);
-  for (const std::string& part : parts) EXPECT_NE(e.find(part), std::string::npos) << yaml << " -> " << e;
-  return e;
-}
 
 TEST(Config, EmptyMappingGivesDefaults) {
   TempDir dir;

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "trainers/config.h"
 
 namespace natsl::testing {
@@ -129,6 +130,22 @@ inline void write_text(const std::string& path, const std::string& text) {
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// The InputError message of load_config(path, overrides), or "" when it loads.
+inline std::string load_error(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  return error_of<InputError>([&] { load_config(path, overrides); });
+}
+
+// Writes `yaml` to `path` and checks that loading it (with `overrides`) fails with a message that holds every one
+// of `parts` (the file and line, the key, the hint). Returns the message.
+inline std::string expect_load_error(const std::string& path, const std::string& yaml,
+                                     const std::vector<std::string>& parts,
+                                     const std::vector<std::string>& overrides = {}) {
+  write_text(path, yaml);
+  const std::string e = load_error(path, overrides);
+  for (const std::string& part : parts) EXPECT_NE(e.find(part), std::string::npos) << yaml << " -> " << e;
+  return e;
 }
 
 struct CommandResult {
