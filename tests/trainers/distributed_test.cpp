@@ -173,10 +173,13 @@ TEST_F(Distributed, Zero1ShardsResumeOnAnyWorldSizeWithZeroOnOrOff) {
   for (size_t i = 0; i < legs.size(); ++i) {
     auto r = train(legs[i].first, "run", gb + (i ? "resume=auto " : "") + legs[i].second);
     ASSERT_EQ(r.exit_code, 0) << "leg " << i << ": " << r.output;
-    if (i) EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+    if (i) {
+      EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+    }
     // A ZeRO-1 leg leaves a sharded checkpoint of its world size.
-    if (i == 2)
+    if (i == 2) {
       EXPECT_TRUE(std::filesystem::exists(dir_ / "run/checkpoints/step_000012/optimizer.rank00002-of-00003.safetensors"));
+    }
   }
   expect_same_curve("ref", "run", 1e-5);
 }
