@@ -650,7 +650,12 @@ el "done"
 touch "$OUT/.done"
 wait "$WATCHDOG_PID"
 rm -f "$OUT/.done"
-tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOG"
+# Several invocations chained in one device call (e.g. memcheck, then racecheck, each with its own filter) share
+# OUT: each keeps its own archive (logs.tgz, then logs-2.tgz, ...) instead of replacing the one before.
+pack=logs.tgz
+n=2
+while [ -e "$OUT/$pack" ]; do pack=logs-$n.tgz; n=$((n + 1)); done
+tar -C "$OUT" -czf "$OUT/$pack" logs && rm -rf "$LOG"
 # The periodic snapshot is redundant once logs.tgz holds everything (it stays when the limit's pack moved logs into it).
 [ -f "$OUT/.limit-packed" ] || rm -f "$OUT/logs-partial.tgz"
 rm -f "$OUT/.limit-packed" "$OUT/.logs-partial.tgz.tmp"
