@@ -354,7 +354,32 @@ void short_conv_with(const kernels::cuda::ShortConvPlan& plan, const Tensor& x, 
 
 }  // namespace
 
-TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
+// One case per row shape (gtest shards, e.g. under compute-sanitizer, spread them): the shared row shapes, and
+// head-sized rows for the short-row kernels' lane layouts (8, 16, 32 lanes with 1 vector each, 32 lanes with 2
+// and 4; {37, 32}: 8 lanes in f32 too), row counts that are not multiples of their 4 rows per lane group (lane
+// groups of one warp leave the row loop at different passes), and 70001 rows of 128, more than one pass of the
+// grid over the rows on a GPU of <= 132 SMs.
+class CudaRmsNormShapes : public ::testing::TestWithParam<Shape> {};
+
+std::vector<Shape> rmsnorm_shapes() {
+  std::vector<Shape> shapes(std::begin(kRowShapes), std::end(kRowShapes));
+  for (const Shape& s : {Shape{5, 64}, Shape{37, 32}, Shape{7, 512}, Shape{3, 1024}, Shape{1031, 128}, Shape{4, 9, 256},
+                         Shape{70001, 128}})
+    shapes.push_back(s);
+  return shapes;
+}
+
+// "2x3x33": a parameterised case's name from its shape.
+std::string shape_param_name(const ::testing::TestParamInfo<Shape>& info) {
+  std::string n;
+  for (int64_t d : info.param) {
+    if (!n.empty()) n += 'x';
+    n += std::to_string(d);
+  }
+  return n;
+}
+
+TEST_P(CudaRmsNormShapes, ForwardAndBackwardWithAndWithoutWeight) {
   NATSL_REQUIRE_GPU();
   using Kernel = kernels::cuda::RmsnormPlan::Kernel;
   const auto name = [](Kernel k) {
@@ -362,71 +387,64 @@ TEST(CudaRmsNorm, ForwardAndBackwardWithAndWithoutWeight) {
                                                   : k == Kernel::general        ? "general"
                                                                                 : "automatic";
   };
-  uint64_t seed = 100;
+  const Shape s = GetParam();
+  uint64_t seed = 100 + 7 * uint64_t(shape_numel(s)) + s.size();
   const double eps = 1e-6;
-  // Besides the shared row shapes: head-sized rows for the short-row kernels' lane layouts (8, 16, 32 lanes
-  // with 1 vector each, 32 lanes with 2 and 4; {37, 32}: 8 lanes in f32 too), row counts that are not
-  // multiples of their 4 rows per lane group (lane groups of one warp leave the row loop at different passes),
-  // and 70001 rows of 128, more than one pass of the grid over the rows on a GPU of <= 132 SMs.
-  std::vector<Shape> shapes(std::begin(kRowShapes), std::end(kRowShapes));
-  for (const Shape& s : {Shape{5, 64}, Shape{37, 32}, Shape{7, 512}, Shape{3, 1024}, Shape{1031, 128}, Shape{4, 9, 256},
-                         Shape{70001, 128}})
-    shapes.push_back(s);
   for (DType dt : {DType::f32, DType::bf16})
-    for (const Shape& s : shapes)
-      for (bool weighted : {true, false}) {
-        const int64_t D = s.back(), R = rows_of(s);
-        const std::string what = case_name(weighted ? "rmsnorm" : "rmsnorm (no weight)", dt, s);
-        Tensor xq = q(randn(s, seed++, DType::f64, 3.0), dt);
-        Tensor wq = weighted ? q(rand_uniform({D}, seed++, 0.5, 1.5), dt) : Tensor();
-        Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
-        kernels::cpu::rmsnorm_fwd(f64(xq), weighted ? f64(wq) : Tensor(), eps, ref_y, ref_r);
-        // Each forward kernel (the short-row one falls back to the general one for rows it does not take), and
-        // the dispatcher's choice.
-        for (Kernel k : {Kernel::short_rows, Kernel::general, Kernel::automatic}) {
-          const std::string wf = what + " fwd " + name(k);
-          Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
-          if (k == Kernel::automatic) kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
-          else rmsnorm_fwd_with({k}, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
-          expect_match(y, ref_y, tol_for(dt), wf + " y");
-          expect_match(r, ref_r, kF32, wf + " rstd");
-        }
-
-        Tensor dyq = q(randn(s, seed++), dt);
-        Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
-        Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
-        kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
-        // Each backward kernel: short rows (head-sized, vector-aligned rows), the row in registers (vector-aligned
-        // rows that fit 512 threads), the general one, and the dispatcher's choice.
-        for (Kernel k : {Kernel::short_rows, Kernel::row_in_registers, Kernel::general, Kernel::automatic}) {
-          const kernels::cuda::RmsnormPlan plan{k};
-          const std::string wv = what + " bwd " + name(k);
-          Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
-          rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
-          // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
-          const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
-          expect_match(dx, ref_dx, tol_for(dt), wv + " dx", terms);
-          if (weighted) {
-            expect_match(dw, ref_dw, sum_tol(dt), wv + " dw");
-            Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
-            rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
-            expect_same_bits(dw, dw2, wv + " dw");
-            expect_same_bits(dx, dx2, wv + " dx");
-          }
-          // Added into a prior gradient (accumulate_dx): prior + dx with one rounding; dw unchanged.
-          Tensor prior = q(randn(s, seed++, DType::f64, 2.0), dt);
-          Tensor dxa = to_gpu(prior), dwa = weighted ? gpu_poisoned({D}, dt) : Tensor();
-          rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dxa, dwa,
-                           /*accumulate_dx=*/true);
-          std::vector<double> ref_sum = host(ref_dx);
-          const std::vector<double> pv = host(prior);
-          for (size_t i = 0; i < ref_sum.size(); ++i) ref_sum[i] += pv[i];
-          expect_match(dxa, Tensor::from_vector(ref_sum, s, DType::f64), tol_for(dt), wv + " dx accumulated",
-                       terms + max_abs(prior));
-          if (weighted) expect_same_bits(dwa, dw, wv + " dw (accumulating dx)");
-        }
+    for (bool weighted : {true, false}) {
+      const int64_t D = s.back(), R = rows_of(s);
+      const std::string what = case_name(weighted ? "rmsnorm" : "rmsnorm (no weight)", dt, s);
+      Tensor xq = q(randn(s, seed++, DType::f64, 3.0), dt);
+      Tensor wq = weighted ? q(rand_uniform({D}, seed++, 0.5, 1.5), dt) : Tensor();
+      Tensor ref_y = cpu_poisoned(s), ref_r = cpu_poisoned({R});
+      kernels::cpu::rmsnorm_fwd(f64(xq), weighted ? f64(wq) : Tensor(), eps, ref_y, ref_r);
+      // Each forward kernel (the short-row one falls back to the general one for rows it does not take), and
+      // the dispatcher's choice.
+      for (Kernel k : {Kernel::short_rows, Kernel::general, Kernel::automatic}) {
+        const std::string wf = what + " fwd " + name(k);
+        Tensor y = gpu_poisoned(s, dt), r = gpu_poisoned({R}, DType::f32);
+        if (k == Kernel::automatic) kernels::rmsnorm_fwd(to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+        else rmsnorm_fwd_with({k}, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), eps, y, r);
+        expect_match(y, ref_y, tol_for(dt), wf + " y");
+        expect_match(r, ref_r, kF32, wf + " rstd");
       }
+
+      Tensor dyq = q(randn(s, seed++), dt);
+      Tensor rstd32 = ref_r.to(DType::f32);  // both sides use the same (f32) statistics
+      Tensor ref_dx = cpu_poisoned(s), ref_dw = weighted ? cpu_poisoned({D}) : Tensor();
+      kernels::cpu::rmsnorm_bwd(f64(xq), weighted ? f64(wq) : Tensor(), f64(rstd32), f64(dyq), ref_dx, ref_dw);
+      // Each backward kernel: short rows (head-sized, vector-aligned rows), the row in registers (vector-aligned
+      // rows that fit 512 threads), the general one, and the dispatcher's choice.
+      for (Kernel k : {Kernel::short_rows, Kernel::row_in_registers, Kernel::general, Kernel::automatic}) {
+        const kernels::cuda::RmsnormPlan plan{k};
+        const std::string wv = what + " bwd " + name(k);
+        Tensor dx = gpu_poisoned(s, dt), dw = weighted ? gpu_poisoned({D}, dt) : Tensor();
+        rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dx, dw);
+        // dx = rstd (w dy - x rstd^2 mean(x w dy)): its terms are of size |dy| |w| rstd.
+        const double terms = max_abs(dyq) * (weighted ? max_abs(wq) : 1.0) * max_abs(rstd32);
+        expect_match(dx, ref_dx, tol_for(dt), wv + " dx", terms);
+        if (weighted) {
+          expect_match(dw, ref_dw, sum_tol(dt), wv + " dw");
+          Tensor dx2 = gpu_poisoned(s, dt), dw2 = gpu_poisoned({D}, dt);
+          rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), dx2, dw2);
+          expect_same_bits(dw, dw2, wv + " dw");
+          expect_same_bits(dx, dx2, wv + " dx");
+        }
+        // Added into a prior gradient (accumulate_dx): prior + dx with one rounding; dw unchanged.
+        Tensor prior = q(randn(s, seed++, DType::f64, 2.0), dt);
+        Tensor dxa = to_gpu(prior), dwa = weighted ? gpu_poisoned({D}, dt) : Tensor();
+        rmsnorm_bwd_with(plan, to_gpu(xq), weighted ? to_gpu(wq) : Tensor(), to_gpu(rstd32), to_gpu(dyq), dxa, dwa,
+                         /*accumulate_dx=*/true);
+        std::vector<double> ref_sum = host(ref_dx);
+        const std::vector<double> pv = host(prior);
+        for (size_t i = 0; i < ref_sum.size(); ++i) ref_sum[i] += pv[i];
+        expect_match(dxa, Tensor::from_vector(ref_sum, s, DType::f64), tol_for(dt), wv + " dx accumulated",
+                     terms + max_abs(prior));
+        if (weighted) expect_same_bits(dwa, dw, wv + " dw (accumulating dx)");
+      }
+    }
 }
+INSTANTIATE_TEST_SUITE_P(RowShapes, CudaRmsNormShapes, ::testing::ValuesIn(rmsnorm_shapes()), shape_param_name);
 
 TEST(CudaL2Norm, ForwardAndBackward) {
   NATSL_REQUIRE_GPU();
@@ -551,14 +569,15 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
 // arithmetic (kernels/cuda/short_conv_plan.h). Every width; partial channel blocks; sequences that are not a
 // multiple of the tile or of the chunk; and shapes whose tiles span several chunks in the forward too (the tile
 // grows with B T C: on an H100 / H200 8x2048x2048 gives forward tiles of 62 steps, 16x4096x2048 of 248).
-TEST(CudaShortConv, SharedMemoryChunksGiveThePerChannelKernelsBits) {
+// One case per [B, T, C] (gtest shards spread them): tiny, odd and natsl-sized inputs, and two large ones whose
+// forward tiles span several chunks.
+class CudaShortConvChunks : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(CudaShortConvChunks, SharedMemoryChunksGiveThePerChannelKernelsBits) {
   NATSL_REQUIRE_GPU();
-  struct Case {
-    int64_t B, T, C;
-  };
-  const Case cases[] = {{1, 1, 8},       {2, 19, 16},      {1, 77, 8},       {2, 500, 264},
-                        {3, 1031, 768},  {1, 4096, 520},   {8, 2048, 2048},  {16, 4096, 2048}};
-  uint64_t seed = 900;
+  const Shape s = GetParam();  // [B, T, C]
+  const int64_t C = s[2];
+  uint64_t seed = 900 + 7 * uint64_t(shape_numel(s));
   auto gpu_randn = [&](const Shape& s, double std) {  // drawn on the GPU (the large cases)
     Tensor t = Tensor::empty(s, DType::bf16, gpu());
     Generator g(seed++);
@@ -569,28 +588,30 @@ TEST(CudaShortConv, SharedMemoryChunksGiveThePerChannelKernelsBits) {
     const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
     return std::memcmp(ha.data_ptr(), hb.data_ptr(), size_t(ha.numel()) * dtype_size(ha.dtype())) == 0;
   };
-  for (const Case& c : cases) {
-    const Shape s{c.B, c.T, c.C};
-    const Tensor x = gpu_randn(s, 1.0), dy = gpu_randn(s, 1.0);
-    const bool big = c.B * c.T * c.C > (int64_t(1) << 24);
-    for (int64_t W = 1; W <= 8; ++W) {
-      if (big && W != 4 && W != 3) continue;  // the large cases at natsl's width and an odd one
-      const Tensor w = gpu_randn({c.C, W}, 0.5);
-      for (bool silu : {false, true}) {
-        SCOPED_TRACE(case_name("short_conv", DType::bf16, s) + " W " + std::to_string(W) + (silu ? " silu" : ""));
-        EXPECT_TRUE(conv_plan_takes_chunks(x, dy, kernels::cuda::ShortConvPlan{}));  // else nothing is compared
-        Tensor y[2], dx[2], dw[2];
-        for (int p = 0; p < 2; ++p) {
-          const kernels::cuda::ShortConvPlan plan{p == 0};
-          y[p] = gpu_poisoned(s, DType::bf16);
-          dx[p] = gpu_poisoned(s, DType::bf16);
-          dw[p] = gpu_poisoned({c.C, W}, DType::bf16);
-          short_conv_with(plan, x, w, silu, dy, y[p], dx[p], dw[p]);
-        }
-        EXPECT_TRUE(bit_equal(y[0], y[1])) << "y";
-        EXPECT_TRUE(bit_equal(dx[0], dx[1])) << "dx";
-        EXPECT_TRUE(bit_equal(dw[0], dw[1])) << "dw";
+  const Tensor x = gpu_randn(s, 1.0), dy = gpu_randn(s, 1.0);
+  const bool big = shape_numel(s) > (int64_t(1) << 24);
+  for (int64_t W = 1; W <= 8; ++W) {
+    if (big && W != 4 && W != 3) continue;  // the large cases at natsl's width and an odd one
+    const Tensor w = gpu_randn({C, W}, 0.5);
+    for (bool silu : {false, true}) {
+      SCOPED_TRACE(case_name("short_conv", DType::bf16, s) + " W " + std::to_string(W) + (silu ? " silu" : ""));
+      EXPECT_TRUE(conv_plan_takes_chunks(x, dy, kernels::cuda::ShortConvPlan{}));  // else nothing is compared
+      Tensor y[2], dx[2], dw[2];
+      for (int p = 0; p < 2; ++p) {
+        const kernels::cuda::ShortConvPlan plan{p == 0};
+        y[p] = gpu_poisoned(s, DType::bf16);
+        dx[p] = gpu_poisoned(s, DType::bf16);
+        dw[p] = gpu_poisoned({C, W}, DType::bf16);
+        short_conv_with(plan, x, w, silu, dy, y[p], dx[p], dw[p]);
       }
+      EXPECT_TRUE(bit_equal(y[0], y[1])) << "y";
+      EXPECT_TRUE(bit_equal(dx[0], dx[1])) << "dx";
+      EXPECT_TRUE(bit_equal(dw[0], dw[1])) << "dw";
     }
   }
 }
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaShortConvChunks,
+                         ::testing::Values(Shape{1, 1, 8}, Shape{2, 19, 16}, Shape{1, 77, 8}, Shape{2, 500, 264},
+                                           Shape{3, 1031, 768}, Shape{1, 4096, 520}, Shape{8, 2048, 2048},
+                                           Shape{16, 4096, 2048}),
+                         shape_param_name);
