@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare the A/B rows of gpu_call.sh's `ab` stage: DIR/ab_<bench>_{old,new}_<i>.jsonl, written alternately by an
-older tree's benchmark and this tree's in one call. Prints new/old per (bench, name, shape), mean of the runs on
-each side, slowest first; with --json FILE writes the rows in the results format (ours = new, peer = old).
+older tree's benchmark and this tree's in one call. Prints new/old per (bench, name, shape), the mean of each side's
+runs (each run's figure a median of its repetitions), slowest first; with --json FILE writes the rows in the results format (ours = new, peer = old).
 
   ab_compare.py DIR gdn ops natsl [--json FILE --commit SHA --old-label "natsl 00f5f3e" --date 2026-12-07]
 """
@@ -46,11 +46,15 @@ def main():
             for path in sorted(glob.glob(os.path.join(a.dir, f"ab_{bench}_{side}_*.jsonl"))):
                 if not re.search(r"_\d+\.jsonl$", path):
                     continue
+                seen = set()  # a row a benchmark writes twice in one run (e.g. once per peer) counts once
                 for r in load(path):
                     ms = r.get("ours_ms")
                     if not isinstance(ms, (int, float)) or ms <= 0:
                         continue
                     key = (r.get("name", "?"), r.get("shape", ""))
+                    if key in seen:
+                        continue
+                    seen.add(key)
                     runs[side].setdefault(key, []).append(float(ms))
                     gpu = r.get("gpu", gpu)
         common = [k for k in runs["new"] if k in runs["old"]]

@@ -74,6 +74,15 @@ mkdir -p "$LOG"
 # Everything printed also goes to logs/console.log, which comes back even when the call is killed at its limit.
 exec > >(tee -a "$LOG/console.log") 2>&1
 T0=$(date +%s)
+# Invocations chained in one device call (e.g. memcheck, then racecheck, each with its own filter) share OUT: each
+# packs into archives of its own (logs.tgz / logs-partial.tgz, then logs-2.tgz / logs-2-partial.tgz, ...), and
+# CALL_DEADLINE (seconds since the epoch, e.g. `export CALL_DEADLINE=$(($(date +%s) + 585))` before the first)
+# bounds them all: each packs at the earlier of its CALL_LIMIT and the deadline.
+PACK=logs
+n=2
+while [ -e "$OUT/$PACK.tgz" ] || [ -e "$OUT/$PACK-partial.tgz" ]; do PACK=logs-$n; n=$((n + 1)); done
+LIMIT=${CALL_LIMIT:-585}
+if [ -n "${CALL_DEADLINE:-}" ] && [ $((CALL_DEADLINE - T0)) -lt "$LIMIT" ]; then LIMIT=$((CALL_DEADLINE - T0)); fi
 # The device tool returns at most 8 files and kills the call at its limit: pack the logs shortly before
 # CALL_LIMIT seconds (default 585) so that a call cut off at the limit still brings them back (logs-partial.tgz).
 # The device may cut a call off sooner (the session's device time ran out: 2026-12-06, a call with CALL_LIMIT 390
@@ -81,18 +90,18 @@ T0=$(date +%s)
 # seconds (default 60) into logs-partial.tgz (replaced atomically; it sorts before logs/, so it comes back first).
 (
   last_pack=$T0
-  while [ $(($(date +%s) - T0)) -lt "${CALL_LIMIT:-585}" ]; do
+  while [ $(($(date +%s) - T0)) -lt "$LIMIT" ]; do
     [ -f "$OUT/.done" ] && exit 0
     sleep 2
     if [ $(($(date +%s) - last_pack)) -ge "${PACK_EVERY:-60}" ]; then
       # exit 1 = a file changed while read (console.log, a running stage's log): the archive is still whole
-      tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" logs
-      [ $? -le 1 ] && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz"
+      tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.$PACK-partial.tgz.tmp" logs
+      [ $? -le 1 ] && mv -f "$OUT/.$PACK-partial.tgz.tmp" "$OUT/$PACK-partial.tgz"
       last_pack=$(date +%s)
     fi
   done
-  tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.logs-partial.tgz.tmp" --exclude=console.log logs
-  [ $? -le 1 ] && mv -f "$OUT/.logs-partial.tgz.tmp" "$OUT/logs-partial.tgz" &&
+  tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.$PACK-partial.tgz.tmp" --exclude=console.log logs
+  [ $? -le 1 ] && mv -f "$OUT/.$PACK-partial.tgz.tmp" "$OUT/$PACK-partial.tgz" &&
     find "$LOG" -type f ! -name console.log -delete && touch "$OUT/.limit-packed"
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG_PID=$!
@@ -174,8 +183,7 @@ if has sanitize; then
   # are still checked). The NCCL case is one of them: NCCL asks cudaFuncGetAttributes about its kernels for
   # other GPU architectures at start-up, and each "no kernel image" answer is a reported failed call.
   SAN_API=${SAN_API_ERROR_TESTS-Allocator.CudaOutOfMemoryNamesTheRequest:NcclComm.AWorldOfOneRunsEveryCollectiveOnTheGpu:CudaGraph.AHostReadInsideTheCaptureFailsAndLeavesTheDeviceUsable}
-  SANF=${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}
-  [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
+  SANF_ALL=${SAN_FILTER:-*Cuda*:*Gpu*:*cuda*:*gpu*}
   # The summary lines of one binary's shards, and the first reports of those that found something, with failed
   # tests' messages (the per-shard logs come back only inside logs.tgz).
   san_report() {
@@ -205,6 +213,9 @@ if has sanitize; then
     # many minutes), so the rest of those cases' kernels are checked in the bound.
     # Several names, space-separated: one --kernel-name-exclude with a regex alternation (the option is given
     # once; its regex key matches any of them).
+    # memcheck leaves the deliberate-API-error tests to their own run below; racecheck reports no API errors.
+    SANF=$SANF_ALL
+    [ "$tool" = memcheck ] && [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
     if [ "$tool" = racecheck ]; then
       read -r -a exw <<<"${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}"
       if [ ${#exw[@]} -gt 0 ]; then extra+=(--kernel-name-exclude "regex=$(IFS='|'; echo "${exw[*]}")"); fi
@@ -449,11 +460,13 @@ fi
 
 # A/B in one call: the benchmarks of an older tree (carried as the ignored folder AB_DIR, default .ab-old, e.g.
 # `git worktree add .ab-old <commit>`) against this tree's, alternating old/new twice; AB_BENCHES picks them (default
-# "gdn"; any of gdn ops natsl attention); rows to ab_<bench>_{old,new}_N.jsonl, medians compared by
-# experiments/bench/ab_compare.py.
+# "gdn"; any of gdn ops natsl attention). Each run's rows go to logs/ab/ab_<bench>_{old,new}_N.jsonl (inside the
+# logs archive: the device returns at most 8 files); experiments/bench/ab_compare.py pairs them (the mean of each
+# side's runs, each run a median) and writes ab_rows.jsonl (ours = this tree, peer = the old one).
 if has ab; then
   AB=${AB_DIR:-.ab-old}
   AB_BENCHES=${AB_BENCHES:-gdn}
+  mkdir -p "$LOG/ab"
   targets=""
   for b in $AB_BENCHES; do targets="$targets natsl_bench_$b"; done
   el "A/B: building$targets in $AB"
@@ -471,12 +484,14 @@ if has ab; then
         # natsl_bench_ops takes no --commit
         sargs=("${args[@]}")
         [ "$b" = ops ] || sargs+=(--commit "$side")
-        "$bin" --json "$OUT/ab_${b}_${side}_$i.jsonl" "${sargs[@]}" >"$LOG/ab_${b}_${side}_$i.txt" 2>&1
+        "$bin" --json "$LOG/ab/ab_${b}_${side}_$i.jsonl" "${sargs[@]}" >"$LOG/ab_${b}_${side}_$i.txt" 2>&1
         echo "ab $b $side $i rc $?"
       done
     done
   done
-  python3 experiments/bench/ab_compare.py "$OUT" $AB_BENCHES 2>&1 | tee "$LOG/ab_compare.txt"
+  python3 experiments/bench/ab_compare.py "$LOG/ab" $AB_BENCHES --json "$OUT/ab_rows.jsonl" --commit "$COMMIT" \
+    --old-label "natsl $(git -C "$AB" rev-parse --short HEAD 2>/dev/null || echo "$AB") (same call, alternating)" \
+    --date "$(date -u +%F)" 2>&1 | tee "$LOG/ab_compare.txt"
 fi
 
 if has flaprof; then
@@ -650,13 +665,9 @@ el "done"
 touch "$OUT/.done"
 wait "$WATCHDOG_PID"
 rm -f "$OUT/.done"
-# Several invocations chained in one device call (e.g. memcheck, then racecheck, each with its own filter) share
-# OUT: each keeps its own archive (logs.tgz, then logs-2.tgz, ...) instead of replacing the one before.
-pack=logs.tgz
-n=2
-while [ -e "$OUT/$pack" ]; do pack=logs-$n.tgz; n=$((n + 1)); done
-tar -C "$OUT" -czf "$OUT/$pack" logs && rm -rf "$LOG"
-# The periodic snapshot is redundant once logs.tgz holds everything (it stays when the limit's pack moved logs into it).
-[ -f "$OUT/.limit-packed" ] || rm -f "$OUT/logs-partial.tgz"
-rm -f "$OUT/.limit-packed" "$OUT/.logs-partial.tgz.tmp"
+tar -C "$OUT" -czf "$OUT/$PACK.tgz" logs && rm -rf "$LOG"
+# The periodic snapshot is redundant once $PACK.tgz holds everything (it stays when the limit's pack moved logs
+# into it).
+[ -f "$OUT/.limit-packed" ] || rm -f "$OUT/$PACK-partial.tgz"
+rm -f "$OUT/.limit-packed" "$OUT/.$PACK-partial.tgz.tmp"
 ls "$OUT"

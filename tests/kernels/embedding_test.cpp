@@ -3,10 +3,8 @@
 // against direct loops and gradcheck, then the CUDA kernels against the CPU reference in f64 on the same rounded
 // inputs (Cuda* suites, skipped without a GPU).
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -15,7 +13,6 @@
 
 #include "autograd/ops.h"
 #include "kernels/cuda/embedding_bwd.h"
-#include "kernels/elementwise.h"
 #include "kernels/nn.h"
 #include "tests/cuda_test_util.h"
 #include "tests/ops_test_util.h"

@@ -8,8 +8,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
-#include <limits>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -359,6 +357,7 @@ void short_conv_with(const kernels::cuda::ShortConvPlan& plan, const Tensor& x, 
 // and 4; {37, 32}: 8 lanes in f32 too), row counts that are not multiples of their 4 rows per lane group (lane
 // groups of one warp leave the row loop at different passes), and 70001 rows of 128, more than one pass of the
 // grid over the rows on a GPU of <= 132 SMs.
+namespace {
 class CudaRmsNormShapes : public ::testing::TestWithParam<Shape> {};
 
 std::vector<Shape> rmsnorm_shapes() {
@@ -378,6 +377,7 @@ std::string shape_param_name(const ::testing::TestParamInfo<Shape>& info) {
   }
   return n;
 }
+}  // namespace
 
 TEST_P(CudaRmsNormShapes, ForwardAndBackwardWithAndWithoutWeight) {
   NATSL_REQUIRE_GPU();
@@ -571,7 +571,9 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
 // grows with B T C: on an H100 / H200 8x2048x2048 gives forward tiles of 62 steps, 16x4096x2048 of 248).
 // One case per [B, T, C] (gtest shards spread them): tiny, odd and natsl-sized inputs, and two large ones whose
 // forward tiles span several chunks.
+namespace {
 class CudaShortConvChunks : public ::testing::TestWithParam<Shape> {};
+}  // namespace
 
 TEST_P(CudaShortConvChunks, SharedMemoryChunksGiveThePerChannelKernelsBits) {
   NATSL_REQUIRE_GPU();
