@@ -29,7 +29,8 @@ std::vector<std::string> names(const Sweep& s) {
   return n;
 }
 
-std::string load_error(const std::string& path) {
+// The InputError message of load_sweep(path), or "" when it loads (load_config's twin is testing::load_error).
+std::string sweep_load_error(const std::string& path) {
   return testing::error_of<InputError>([&] { load_sweep(path); });
 }
 
@@ -87,7 +88,7 @@ TEST(Sweep, BadSweepFilesAreOneClearError) {
   };
   for (const auto& [text, expect] : cases) {
     write_text(dir / "s.yaml", text);
-    const std::string e = load_error(dir / "s.yaml");
+    const std::string e = sweep_load_error(dir / "s.yaml");
     EXPECT_NE(e.find(expect), std::string::npos) << text << " -> " << e;
     EXPECT_NE(e.find("s.yaml"), std::string::npos) << text << " -> " << e;
   }
