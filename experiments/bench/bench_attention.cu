@@ -126,6 +126,10 @@ int main(int argc, char** argv) {
         const double t = median_ms([&] { sa::tc_fwd(g, fp, st, rpw); }, reps, st);
         rows.push_back({"variant fwd " + std::to_string(rpw) + " rows/warp", shape, "", t, -1, fl / t / 1e9});
       }
+      if (sa::wgmma_fwd_supported(g, 0)) {  // the default forward on sm_90 (natsl_attn_fwd above), named
+        const double t = median_ms([&] { sa::wgmma_fwd(g, fp, st); }, reps, st);
+        rows.push_back({"variant fwd wgmma", shape, "", t, -1, fl / t / 1e9});
+      }
       const double ti = median_ms([&] { sparse_attention_index(mask, 64); }, reps, st);
       rows.push_back({"index build", shape, "", ti, -1, 0});
     }

@@ -1,11 +1,13 @@
 // CUDA entry points of chunk-selected causal attention (kernels/sparse_attention.h): the selection index
-// built on the device, the path choice (tensor cores for bf16 with 64-token chunks, the SIMT kernels
-// otherwise), and the backward's pre- and post-processing:
+// built on the device, the path choice (tensor cores for bf16 with 64-token chunks: the wgmma forward on sm_90,
+// the mma.sync kernels elsewhere and for the backward; the SIMT kernels otherwise: sparse_attention_plan.h),
+// and the backward's pre- and post-processing:
 //   D_i = dO_i . o_i (f32), dq_acc = 0  ->  kernels  ->  dq = scale * dq_acc (tensor-core path),
 //   dm = the fixed-order sum of the kernels' per-head parts (no atomics, so dm is the same every run).
 // Nothing here synchronises the host.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
+#include "kernels/cuda/sparse_attention_plan.h"
 #include "kernels/determinism.h"
 #include "kernels/sparse_attention.h"
 
@@ -115,18 +117,48 @@ void sparse_attention_index(const Tensor& softmax_mask, const SparseAttentionInd
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+using FwdKernel = SparseAttentionFwdPlan::Kernel;
+
+// The kernel the plan runs on these tensors: its own where it takes them, else the next one down (wgmma ->
+// mma_sync -> simt), as sparse_attention_plan.h says.
+FwdKernel fwd_kernel(FwdKernel want, const Geometry& g, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& o) {
+  const bool tc = use_tensor_cores(g, {&q, &k, &v, &o});
+  if ((want == FwdKernel::automatic || want == FwdKernel::wgmma) && tc && wgmma_fwd_supported(g, q.device().index))
+    return FwdKernel::wgmma;
+  if (want != FwdKernel::simt && tc) return FwdKernel::mma_sync;
+  return FwdKernel::simt;
+}
+
+}  // namespace
+
+bool sparse_attention_fwd_takes(FwdKernel kernel, const SparseAttentionIndex& index, const Tensor& q,
+                                const Tensor& k, const Tensor& v, const Tensor& o) {
+  if (kernel == FwdKernel::automatic) return true;
+  const Geometry g = geometry(SparseAttentionArgs{}, index, q, v);
+  return simt_supported(g) && fwd_kernel(kernel, g, q, k, v, o) == kernel;
+}
+
 void sparse_attention_fwd(const SparseAttentionArgs& args, const SparseAttentionIndex& index, const Tensor& q,
-                          const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse) {
+                          const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                          const SparseAttentionFwdPlan& plan) {
   const char* op = "sparse_attention_fwd";
   const Geometry g = geometry(args, index, q, v);
   check_supported(g, op);
   cudaStream_t s = activate(q.device().index);
   const FwdPtrs p{q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data<float>()};
-  if (use_tensor_cores(g, {&q, &k, &v, &o})) {
-    tc_fwd(g, p, s);
-  } else {
-    NATSL_CUDA_DISPATCH_FLOAT(q.dtype(), op, T, [&] { simt_fwd(g, p, std::is_same_v<T, bf16>, s); });
+  switch (fwd_kernel(plan.kernel, g, q, k, v, o)) {
+    case FwdKernel::wgmma: wgmma_fwd(g, p, s); break;
+    case FwdKernel::mma_sync: tc_fwd(g, p, s); break;
+    default: NATSL_CUDA_DISPATCH_FLOAT(q.dtype(), op, T, [&] { simt_fwd(g, p, std::is_same_v<T, bf16>, s); });
   }
+}
+
+void sparse_attention_fwd(const SparseAttentionArgs& args, const SparseAttentionIndex& index, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse) {
+  sparse_attention_fwd(args, index, q, k, v, o, lse, SparseAttentionFwdPlan{});
 }
 
 void sparse_attention_bwd(const SparseAttentionArgs& args, const SparseAttentionIndex& index, const Tensor& q,

@@ -2,7 +2,8 @@
 // Internal interface of the CUDA chunk-selected attention (kernels/sparse_attention.h): the problem
 // geometry handed to every kernel, and the launchers each .cu file provides.
 //   sparse_attention.cu       entry points, selection index, backward pre/post-processing, path choice
-//   sparse_attention_fwd.cu   tensor-core forward (bf16, chunk 64)
+//   sparse_attention_fwd.cu   tensor-core forward (bf16, chunk 64), mma.sync
+//   sparse_attention_fwd_wgmma.sm90a.cu  the same forward on Hopper: wgmma, TMA, the default on sm_90
 //   sparse_attention_bwd.cu   tensor-core backward (bf16, chunk 64)
 //   sparse_attention_simt.cu  plain f32-arithmetic forward/backward for f32 data and other chunk sizes
 #include <cuda_runtime.h>
@@ -62,6 +63,12 @@ bool tc_supported(const Geometry& g);
 // rows_per_warp: 16 or 32 query rows per warp (0 = the default for the head dims; benchmarks try both).
 void tc_fwd(const Geometry& g, const FwdPtrs& p, cudaStream_t s, int rows_per_warp = 0);
 void tc_bwd(const Geometry& g, const BwdPtrs& p, cudaStream_t s);  // writes dk, dv, dm_part, adds into dq_acc
+
+// Hopper path (sparse_attention_fwd_wgmma.sm90a.cu, built for sm_90a): the forward with warpgroup MMA, TMA
+// and mbarrier stages, for what tc_supported takes with Dv <= 128, on a device of compute capability 9.0; it
+// gives tc_fwd's bits. tc_fwd stays the forward elsewhere and the reference the tests compare it with.
+bool wgmma_fwd_supported(const Geometry& g, int device);
+void wgmma_fwd(const Geometry& g, const FwdPtrs& p, cudaStream_t s);
 
 // SIMT path: any chunk size, Dk <= 128, Dv <= 256; f32 or bf16 data (f32 arithmetic).
 bool simt_supported(const Geometry& g);

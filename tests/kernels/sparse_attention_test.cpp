@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/sparse_attention_plan.h"
 #include "kernels/determinism.h"
 #include "kernels/sparse_attention.h"
 #include "tests/kernels/oracle.h"
@@ -437,6 +438,78 @@ TEST(SparseAttentionCuda, DeterministicModeRepeatsBitForBit) {
     }
     EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-2) << "dq: the modes differ by more than bf16 rounding";
   }
+}
+
+// The forward with a named kernel (kernels/cuda/sparse_attention_plan.h), and whether that kernel takes the tensors
+// (a CPU-only build has no CUDA kernels; its GPU tests skip before these are called).
+using FwdKernel = kernels::cuda::SparseAttentionFwdPlan::Kernel;
+bool fwd_takes(FwdKernel kernel, const SparseAttentionIndex& index, const Tensor& q, const Tensor& k, const Tensor& v,
+               const Tensor& o) {
+#ifdef NATSL_WITH_CUDA
+  return kernels::cuda::sparse_attention_fwd_takes(kernel, index, q, k, v, o);
+#else
+  (void)kernel, (void)index, (void)q, (void)k, (void)v, (void)o;
+  return false;
+#endif
+}
+void fwd_with(FwdKernel kernel, const SparseAttentionArgs& args, const SparseAttentionIndex& index, const Tensor& q,
+              const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::sparse_attention_fwd(args, index, q, k, v, o, lse, kernels::cuda::SparseAttentionFwdPlan{kernel});
+#else
+  (void)kernel;
+  kernels::sparse_attention_fwd(args, index, q, k, v, o, lse);
+#endif
+}
+
+// The Hopper forward (wgmma with TMA loads, sparse_attention_fwd_wgmma.sm90a.cu), which the dispatch takes on
+// compute capability 9.0 for bf16, 64-token chunks and Dk, Dv in {64, 128}, gives the mma.sync kernel's bits (o and
+// lse) on every shape it takes: both head dims each, T a multiple of the chunk and not (a partial last chunk's
+// boxes read the next sequence's rows, or TMA's zero fill past the last), one chunk, G = 1 and 2, every selection
+// kind, many tiles (T 4096). The cases above check the default path, which is this kernel on such a GPU, against
+// the f64 reference. A shape it does not take (Dv 256, f32) falls back to the mma.sync / SIMT kernels.
+TEST(SparseAttentionCuda, WgmmaForwardGivesTheMmaSyncBits) {
+  NATSL_REQUIRE_GPU();
+  const std::vector<Case> cs = {
+      {1, 64, 1, 1, 64, 128, Sel::All, false, 64, 51},       {2, 200, 4, 2, 64, 128, Sel::PerHead, false, 64, 52},
+      {2, 256, 2, 2, 128, 128, Sel::All, false, 64, 53},     {1, 1000, 2, 1, 128, 64, Sel::Random, false, 64, 54},
+      {2, 130, 2, 1, 64, 64, Sel::All, false, 64, 55},       {3, 129, 2, 2, 64, 64, Sel::None, false, 64, 56},
+      {1, 1, 1, 1, 64, 128, Sel::All, false, 64, 57},        {2, 4096, 12, 6, 64, 128, Sel::Random, false, 64, 58},
+      {1, 2048, 4, 4, 128, 128, Sel::PerHead, false, 64, 59}, {1, 333, 4, 2, 64, 256, Sel::Random, false, 64, 60},
+  };
+  bool first = true;
+  for (const Case& c : cs) {
+    SCOPED_TRACE(describe(c, DType::bf16));
+    SparseAttentionArgs args;
+    args.scale = 1.0 / std::sqrt(double(c.Dk));
+    auto input = [&](const Shape& sh, uint64_t salt) {
+      return randn(sh, c.seed * 100 + salt, DType::f64, 1.5).to(DType::bf16).to(kGpu);
+    };
+    const Tensor q = input({c.B, c.T, c.Ha, c.Dk}, 1), k = input({c.B, c.T, c.Ha, c.Dk}, 2);
+    const Tensor v = input({c.B, c.T, c.Ha, c.Dv}, 3);
+    const SparseAttentionIndex index = kernels::sparse_attention_index(make_mask(c).to(DType::f32).to(kGpu), c.C);
+    const bool takes = fwd_takes(FwdKernel::wgmma, index, q, k, v, v);
+    if (first && !takes)  // the first case is one it takes on an sm_90 GPU
+      GTEST_SKIP() << "the wgmma forward runs on compute capability 9.0 (H100, H200) only; this GPU has another";
+    first = false;
+    EXPECT_EQ(takes, c.Dv <= 128) << "the wgmma forward takes Dk, Dv in {64, 128}";
+    std::vector<std::vector<float>> out[2];
+    for (int i = 0; i < 2; ++i) {
+      Tensor o = gpu_poisoned(v.shape(), DType::bf16), lse = gpu_poisoned({c.B, c.T, c.Ha}, DType::f32);
+      fwd_with(i == 0 ? FwdKernel::wgmma : FwdKernel::mma_sync, args, index, q, k, v, o, lse);
+      out[i] = {o.to(kCPU).to(DType::f32).to_vector<float>(), lse.to(kCPU).to_vector<float>()};
+      for (const auto& t : out[i])
+        for (float x : t) ASSERT_TRUE(std::isfinite(x)) << (i == 0 ? "wgmma" : "mma.sync") << ": an output left unwritten";
+    }
+    EXPECT_TRUE(out[0][0] == out[1][0]) << "o differs from the mma.sync kernel's";
+    EXPECT_TRUE(out[0][1] == out[1][1]) << "lse differs from the mma.sync kernel's";
+  }
+  // f32 data: neither tensor-core kernel takes it.
+  const SparseAttentionIndex index = kernels::sparse_attention_index_all(1, 1, 2, 64, true, kGpu);
+  const Tensor q = Tensor::zeros({1, 128, 1, 64}, DType::f32, kGpu), v = Tensor::zeros({1, 128, 1, 64}, DType::f32, kGpu);
+  EXPECT_FALSE(fwd_takes(FwdKernel::wgmma, index, q, q, v, v));
+  EXPECT_FALSE(fwd_takes(FwdKernel::mma_sync, index, q, q, v, v));
+  EXPECT_TRUE(fwd_takes(FwdKernel::simt, index, q, q, v, v));
 }
 
 TEST(SparseAttentionCuda, DeviceIndexMatchesCpu) {

@@ -38,8 +38,8 @@
 // Build: the CMake target natsl_lab_wgmma (CUDA_ARCHITECTURES 90a; wgmma exists only on sm_90a), run
 // build-gpu/experiments/kernel_lab/natsl_lab_wgmma on an H100/H200. By hand, from the repository root:
 //   nvcc -std=c++20 -O2 -arch=sm_90a -I. -o probe experiments/kernel_lab/wgmma/probe.cu
-// The helpers (namespace wg, the NATSL_SM90A guard) live in wgmma/wgmma.cuh, shared with attention_wgmma/fwd.cu;
-// once every variant passes, they move to kernels/cuda/ptx_sm90.cuh.
+// The helpers it checks (namespace wg, the NATSL_SM90A guard) are production's kernels/cuda/wgmma.cuh (every
+// variant passed on an H100, 2026-12-07); run the probe again after any change to them.
 #include <csignal>
 #include <cmath>
 #include <cstdint>
@@ -51,10 +51,11 @@
 
 #include <unistd.h>
 
-#include "experiments/kernel_lab/wgmma/wgmma.cuh"
 #include "kernels/cuda/ptx_sm90.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace ptx = natsl::kernels::cuda::ptx;
+namespace wg = natsl::kernels::cuda::wg;
 
 constexpr int kM = 64, kK = 64, kThreads = 128;
 

@@ -1,24 +1,23 @@
 #pragma once
-// Hopper warpgroup MMA (wgmma) helpers of the kernel lab: shared-memory matrix descriptors, the fence /
-// commit / wait instructions, and m64nNk16 bf16 -> f32 MMAs with A from shared memory (wgmma_ss) or registers
-// (wgmma_rs). The facts they rest on (descriptor fields, accumulator and A-register fragment layouts, the
-// shared-memory arrangements nosw-kfast / nosw-mnfast / sw128) are documented and checked on the GPU by
-// wgmma/probe.cu; the attention kernel attention_wgmma/fwd.cu uses them too. Once the probe passes, these
-// move to kernels/cuda/ptx_sm90.cuh.
+// Hopper warpgroup MMA (wgmma, sm_90a): shared-memory matrix descriptors, the fence / commit / wait
+// instructions, and m64nNk16 bf16 -> f32 MMAs with A from shared memory (wgmma_ss) or registers (wgmma_rs).
+// The facts they rest on (descriptor fields, accumulator and A-register fragment layouts, the shared-memory
+// arrangements nosw-kfast / nosw-mnfast / sw128) are checked on the GPU by the kernel lab's probe
+// (experiments/kernel_lab/wgmma/probe.cu: 36 of 36 variants right on an H100, 2026-12-07). Users: the
+// chunk-selected attention forward (sparse_attention_fwd_wgmma.sm90a.cu) and the probe.
 //
-// Compile for sm_90a (wgmma exists only on the arch-specific target).
 #include <cstdint>
 
 // wgmma exists only on the arch-specific target sm_90a. A translation unit compiled for plain sm_90 (natsl's own
 // are) has no wgmma: there each wrapped instruction becomes a trap, so including this header never breaks such a
-// build; the lab programs are built for sm_90a (experiments/kernel_lab/CMakeLists.txt).
+// build; the files that use it are built for sm_90a (*.sm90a.cu: CMakeLists.txt's natsl_sm90a objects, and the lab).
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define NATSL_SM90A(...) __trap()
 #else
 #define NATSL_SM90A(...) __VA_ARGS__
 #endif
 
-namespace wg {
+namespace natsl::kernels::cuda::wg {
 
 // The swizzle field (bits 62-63) of a shared-memory matrix descriptor.
 enum class Swizzle : uint32_t { kNone = 0, k128B = 1, k64B = 2, k32B = 3 };
@@ -171,4 +170,4 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 }
 #undef WG_ACC8
 
-}  // namespace wg
+}  // namespace natsl::kernels::cuda::wg
