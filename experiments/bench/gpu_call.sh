@@ -45,7 +45,7 @@
 #            default 1: that many sanitizer processes side by side, each on one gtest shard; SAN_PARALLEL_BINS=1:
 #            the binaries' shards all at once, under one SAN_TIMEOUT;
 #            SAN_RACECHECK_EXCLUDE, kernel-name substrings, space-separated, that racecheck leaves uninstrumented:
-#            racecheck does not model mbarrier pipelines; default "_tma_kernel state_fwd_ws_kernel", "" for none); a
+#            racecheck does not model mbarrier pipelines; default "_tma_kernel state_fwd_ws_kernel fwd_wgmma_kernel", "" for none); a
 #            summary line per binary, tool and shard: errors / hazards reported (docs/testing.md says how to read a
 #            racecheck report on the TMA kernels); first (SAN_PROBE=1, the default) the racecheck probe of
 #            experiments/kernel_lab/racecheck_tma (does racecheck model the mbarrier protocol at all?), up to 4 min;
@@ -217,7 +217,7 @@ if has sanitize; then
     SANF=$SANF_ALL
     [ "$tool" = memcheck ] && [ -n "$SAN_API" ] && SANF="$SANF-$SAN_API"
     if [ "$tool" = racecheck ]; then
-      read -r -a exw <<<"${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel}"
+      read -r -a exw <<<"${SAN_RACECHECK_EXCLUDE-_tma_kernel state_fwd_ws_kernel fwd_wgmma_kernel}"
       if [ ${#exw[@]} -gt 0 ]; then extra+=(--kernel-name-exclude "regex=$(IFS='|'; echo "${exw[*]}")"); fi
     fi
     # SAN_PARALLEL_BINS=1: every binary's shards start together (one SAN_TIMEOUT for all of them, not one each).
