@@ -255,7 +255,10 @@ SafeTensorsReader& CheckpointReader::optimizer() {
 }
 
 TrainerCounters read_trainer_counters(const CheckpointReader& ck, bool required) {
-  const std::string where = "'" + (std::filesystem::path(ck.dir()) / kStateFile).string() + "': trainer.";
+  // Appended piece by piece: GCC 12's -Wrestrict misreads "'" + std::string&& (a false positive on insert at 0).
+  std::string where = "'";
+  where += (std::filesystem::path(ck.dir()) / kStateFile).string();
+  where += "': trainer.";
   const nlohmann::json& tr = ck.trainer();
   if (required)
     for (const char* key : {"optimizer_steps", "skipped_steps"})
