@@ -22,7 +22,8 @@ struct SparseAttentionFwdPlan {
 bool sparse_attention_fwd_takes(SparseAttentionFwdPlan::Kernel kernel, const SparseAttentionIndex& index,
                                 const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o);
 
-// kernels::sparse_attention_fwd with a plan; the dispatcher runs the automatic one.
+// kernels::sparse_attention_fwd with a plan; the dispatcher runs the automatic one. For tests and benchmarks: it
+// does not check the tensors' shapes, dtypes and devices (kernels::sparse_attention_fwd does, then calls this).
 void sparse_attention_fwd(const SparseAttentionArgs& args, const SparseAttentionIndex& index, const Tensor& q,
                           const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                           const SparseAttentionFwdPlan& plan);
