@@ -81,6 +81,11 @@ T0=$(date +%s)
 PACK=logs
 n=2
 while [ -e "$OUT/$PACK.tgz" ] || [ -e "$OUT/$PACK-partial.tgz" ]; do PACK=logs-$n; n=$((n + 1)); done
+# Run directories and this invocation's markers live outside $OUT: the device returns at most 8 files from it, and a
+# run's lock file or a marker left by a call cut at its limit took two of them (2026-12-07: triton-cache.tgz lost).
+SCRATCH=${SCRATCH:-/tmp/natsl-gpu-call}
+MARK=$SCRATCH/mark-$PACK
+rm -rf "$MARK" && mkdir -p "$MARK"
 LIMIT=${CALL_LIMIT:-585}
 if [ -n "${CALL_DEADLINE:-}" ] && [ $((CALL_DEADLINE - T0)) -lt "$LIMIT" ]; then LIMIT=$((CALL_DEADLINE - T0)); fi
 # The device tool returns at most 8 files and kills the call at its limit: pack the logs shortly before
@@ -91,7 +96,7 @@ if [ -n "${CALL_DEADLINE:-}" ] && [ $((CALL_DEADLINE - T0)) -lt "$LIMIT" ]; then
 (
   last_pack=$T0
   while [ $(($(date +%s) - T0)) -lt "$LIMIT" ]; do
-    [ -f "$OUT/.done" ] && exit 0
+    [ -f "$MARK/done" ] && exit 0
     sleep 2
     if [ $(($(date +%s) - last_pack)) -ge "${PACK_EVERY:-60}" ]; then
       # exit 1 = a file changed while read (console.log, a running stage's log): the archive is still whole
@@ -102,10 +107,20 @@ if [ -n "${CALL_DEADLINE:-}" ] && [ $((CALL_DEADLINE - T0)) -lt "$LIMIT" ]; then
   done
   tar --warning=no-file-changed -C "$OUT" -czf "$OUT/.$PACK-partial.tgz.tmp" --exclude=console.log logs
   [ $? -le 1 ] && mv -f "$OUT/.$PACK-partial.tgz.tmp" "$OUT/$PACK-partial.tgz" &&
-    find "$LOG" -type f ! -name console.log -delete && touch "$OUT/.limit-packed"
+    find "$LOG" -type f ! -name console.log -delete && touch "$MARK/limit-packed"
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG_PID=$!
 el() { echo "[t=$(($(date +%s) - T0))s] $*"; }
+# The peers' Triton cache as $OUT/triton-cache.tgz (under 40 MB), replaced atomically.
+pack_triton_cache() {
+  tar -C "$TRITON_CACHE_DIR" -czf "$OUT/.triton-cache.tgz.tmp" --exclude=.unpacked . 2>/dev/null &&
+    mv -f "$OUT/.triton-cache.tgz.tmp" "$OUT/triton-cache.tgz"
+  rm -f "$OUT/.triton-cache.tgz.tmp"
+  if [ "$(stat -c %s "$OUT/triton-cache.tgz" 2>/dev/null || echo 0)" -gt $((40 << 20)) ]; then
+    echo "triton cache over 40 MB: not returned"
+    rm -f "$OUT/triton-cache.tgz"
+  fi
+}
 has() { [[ " $WHAT " == *" $1 "* ]]; }
 B=build-gpu
 COMMIT=${NATSL_COMMIT:-unknown}
@@ -145,7 +160,7 @@ if [ ! -d $B ]; then
   for st in tests natsl gdn ops train curve nsys mem lab ncu ab dist sweep sanitize hfref; do
     has $st || continue
     echo "NO BUILD: $B is missing on this machine (a fresh one?); stage '$st' needs it: call again with WHAT=\"build $WHAT\""
-    touch "$OUT/.done"
+    touch "$MARK/done"
     exit 3
   done
 fi
@@ -306,6 +321,7 @@ if has refmodel; then
     echo "refmodel $layers rc $?"
     tail -3 "$LOG/ref_model_$layers.log"
   done
+  pack_triton_cache  # now: a call cut off later at its limit still returns it
 fi
 
 if has train; then
@@ -318,17 +334,17 @@ if has train; then
       if [ "$variant" = eager ]; then tag=${cfg}_eager; graph_key="train.cuda_graph=false"; fi
       if [ "$variant" = graph ]; then tag=${cfg}_graph; graph_key="train.cuda_graph=true"; fi
       el "train $tag"
-      rm -rf "$OUT/run-natsl"
+      rm -rf "$SCRATCH/run-natsl"
       # Steps 20..22 profiled (issue 18's per-category table; trace.json opens in Perfetto).
       timeout 300 "$B/natsl" train "configs/$cfg.yaml" tokenizer.kind=byte train.steps="${TRAIN_STEPS:-40}" train.warmup_steps=10 \
-        train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-natsl" \
+        train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.out_dir="$SCRATCH/run-natsl" \
         "train.profile_steps=[20,23]" $graph_key ${TRAIN_EXTRA:-} >"$LOG/train_$tag.log" 2>&1
       echo "train $tag rc $?"
       grep -vE "^\s*$" "$LOG/train_$tag.log" | tail -40
-      cp "$OUT/run-natsl/metrics.jsonl" "$LOG/train_${tag}_metrics.jsonl" 2>/dev/null
-      cp "$OUT/run-natsl/profile/summary.json" "$OUT/profile_summary_$tag.json" 2>/dev/null
-      gzip -c "$OUT/run-natsl/profile/trace.json" >"$OUT/profile_trace_$tag.json.gz" 2>/dev/null
-      rm -rf "$OUT/run-natsl"
+      cp "$SCRATCH/run-natsl/metrics.jsonl" "$LOG/train_${tag}_metrics.jsonl" 2>/dev/null
+      cp "$SCRATCH/run-natsl/profile/summary.json" "$OUT/profile_summary_$tag.json" 2>/dev/null
+      gzip -c "$SCRATCH/run-natsl/profile/trace.json" >"$OUT/profile_trace_$tag.json.gz" 2>/dev/null
+      rm -rf "$SCRATCH/run-natsl"
     done
   done
   # One line per run: the median step time of the last 10 steps (after the profiled ones, and after a graph's
@@ -362,15 +378,15 @@ fi
 if has curve; then
   base=${CURVE_BASE:-experiments/results/train/2026-11-28-natsl-340m-300steps-h200-3492547}
   el "curve natsl-340m 300 steps ${CURVE_EXTRA:-}"
-  rm -rf "$OUT/run-curve"
+  rm -rf "$SCRATCH/run-curve"
   timeout 300 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps=300 train.warmup_steps=30 \
-    train.grad_accum=1 train.log_every=25 train.eval_every=0 train.ckpt_every=0 train.out_dir="$OUT/run-curve" \
+    train.grad_accum=1 train.log_every=25 train.eval_every=0 train.ckpt_every=0 train.out_dir="$SCRATCH/run-curve" \
     ${CURVE_EXTRA:-} >"$LOG/curve.log" 2>&1
   echo "curve rc $?"
   grep -vE "^\s*$" "$LOG/curve.log" | tail -8
-  cp "$OUT/run-curve/metrics.jsonl" "$LOG/curve_metrics.jsonl" 2>/dev/null
+  cp "$SCRATCH/run-curve/metrics.jsonl" "$LOG/curve_metrics.jsonl" 2>/dev/null
   python3 experiments/bench/loss_overlay.py "$base.metrics.jsonl" "$LOG/curve_metrics.jsonl" 2>&1 | tee "$LOG/curve_overlay.txt"
-  rm -rf "$OUT/run-curve"
+  rm -rf "$SCRATCH/run-curve"
 fi
 
 # Where the GPU idles (issue 18's host gaps): natsl-340m under Nsight Systems (CUDA API + NVTX, no sampling),
@@ -382,18 +398,18 @@ if has nsys; then
     echo "nsys: Nsight Systems is not installed on this machine: stage skipped"
   else
     el "nsys natsl-340m ($NSYS)"
-    rm -rf "$OUT/run-nsys" /tmp/natsl-nsys.*
+    rm -rf "$SCRATCH/run-nsys" /tmp/natsl-nsys.*
     timeout 300 "$NSYS" profile -t cuda,nvtx -s none --cpuctxsw=none -o /tmp/natsl-nsys -f true \
       "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps="${NSYS_STEPS:-10}" train.warmup_steps=2 \
       train.grad_accum=1 train.log_every=5 train.eval_every=0 train.ckpt_every=0 train.nvtx=true ${TRAIN_EXTRA:-} \
-      train.out_dir="$OUT/run-nsys" >"$LOG/nsys_train.log" 2>&1
+      train.out_dir="$SCRATCH/run-nsys" >"$LOG/nsys_train.log" 2>&1
     echo "nsys train rc $?"
     timeout 200 "$NSYS" export --type sqlite -f true -o /tmp/natsl-nsys.sqlite /tmp/natsl-nsys.nsys-rep >>"$LOG/nsys_train.log" 2>&1
     echo "nsys export rc $?"
     python3 experiments/bench/gpu_gaps.py /tmp/natsl-nsys.sqlite >"$LOG/gpu_gaps.txt" 2>&1
     echo "gpu_gaps rc $?"
     head -60 "$LOG/gpu_gaps.txt"
-    rm -rf "$OUT/run-nsys" /tmp/natsl-nsys.*
+    rm -rf "$SCRATCH/run-nsys" /tmp/natsl-nsys.*
   fi
 fi
 
@@ -410,14 +426,14 @@ if has mem; then
       rc=${setting%%/*}
       keep="[]"; [[ "$setting" == */* ]] && keep=${setting#*/}
       el "mem: seq $seq batch $bs recompute $rc keep $keep"
-      rm -rf "$OUT/run-mem"
+      rm -rf "$SCRATCH/run-mem"
       timeout 180 "$B/natsl" train configs/natsl-340m.yaml tokenizer.kind=byte train.steps=6 train.warmup_steps=1 \
         train.grad_accum=1 train.batch_size=$bs train.seq_len=$seq train.log_every=1 train.eval_every=0 train.ckpt_every=0 \
-        "train.recompute=$rc" "train.recompute_keep=$keep" train.out_dir="$OUT/run-mem" \
+        "train.recompute=$rc" "train.recompute_keep=$keep" train.out_dir="$SCRATCH/run-mem" \
         >"$LOG/mem_${seq}_${rc//[^a-z,]/}_keep${keep//[^a-z,]/}.log" 2>&1
-      echo "mem seq $seq bs $bs recompute $rc keep $keep: rc $? | $(tail -1 "$OUT/run-mem/metrics.jsonl" 2>/dev/null |
+      echo "mem seq $seq bs $bs recompute $rc keep $keep: rc $? | $(tail -1 "$SCRATCH/run-mem/metrics.jsonl" 2>/dev/null |
         python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(f\"peak {r['peak_mem_bytes']/2**30:.1f} GiB, {r['tokens_per_s']:.0f} tok/s, mfu {r.get('mfu')}\")" 2>&1)"
-      rm -rf "$OUT/run-mem"
+      rm -rf "$SCRATCH/run-mem"
     done
   done
 fi
@@ -653,21 +669,15 @@ if [ -n "${SWEEP_PID:-}" ]; then
   sweep_finish
 fi
 
-if has peers || has refmodel || has hfref || has flaprof; then
-  tar -C "$TRITON_CACHE_DIR" -czf "$OUT/triton-cache.tgz" --exclude=.unpacked . 2>/dev/null
-  if [ "$(stat -c %s "$OUT/triton-cache.tgz" 2>/dev/null || echo 0)" -gt $((40 << 20)) ]; then
-    echo "triton cache over 40 MB: not returned"
-    rm -f "$OUT/triton-cache.tgz"
-  fi
-fi
+if has peers || has refmodel || has hfref || has flaprof; then pack_triton_cache; fi
 
 el "done"
-touch "$OUT/.done"
+touch "$MARK/done"
 wait "$WATCHDOG_PID"
-rm -f "$OUT/.done"
+rm -f "$MARK/done"
 tar -C "$OUT" -czf "$OUT/$PACK.tgz" logs && rm -rf "$LOG"
 # The periodic snapshot is redundant once $PACK.tgz holds everything (it stays when the limit's pack moved logs
 # into it).
-[ -f "$OUT/.limit-packed" ] || rm -f "$OUT/$PACK-partial.tgz"
-rm -f "$OUT/.limit-packed" "$OUT/.$PACK-partial.tgz.tmp"
+[ -f "$MARK/limit-packed" ] || rm -f "$OUT/$PACK-partial.tgz"
+rm -f "$MARK/limit-packed" "$OUT/.$PACK-partial.tgz.tmp"
 ls "$OUT"
