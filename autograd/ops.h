@@ -70,6 +70,15 @@ Tensor softmax(const Tensor& x);      // over the last dim
 Tensor log_softmax(const Tensor& x);  // over the last dim
 // Mean cross-entropy over rows whose target != ignore_index (0 when none). logits [N, V], targets [N].
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// cross_entropy(linear(h, w), targets) without the [N, V] logits (Liger's fused linear cross-entropy): h [N, D],
+// w [V, D] (the LM head), targets [N]. The rows go in chunks of `chunk_rows` (0: as many as 256 MiB of logits
+// hold); each chunk's logits, loss and logit gradient live only while the chunk is computed. With grad, dh and
+// dw are computed in the forward (the logit gradient is not kept) and the backward scales them by the incoming
+// gradient: peak memory loses the logits and their gradient ([N, V] each), the FLOPs are the same. dw sums the
+// chunks' products in f32 (bf16 data: as one product would). Same value as the composed ops up to the order of
+// the f32 sums (not bit for bit: the products are split along N).
+Tensor linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& targets, int64_t ignore_index = -100,
+                            int64_t chunk_rows = 0);
 Tensor short_conv(const Tensor& x, const Tensor& w, bool apply_silu = false);  // x [B,T,C], w [C,W]
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 

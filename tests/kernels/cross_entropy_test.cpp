@@ -313,3 +313,126 @@ TEST(CudaCrossEntropy, ValidCountAndScaleUnlessOne) {
     }
 }
 #endif
+
+// linear_cross_entropy (autograd/ops.h): cross_entropy(linear(h, w)) in row chunks, without the [N, V] logits.
+// Loss, dh and dw against the composed ops (linear, then cross_entropy) for every chunking (one row, chunks that
+// do not divide N, one chunk), ignored rows, an ignore index that is a class id, an incoming gradient of 1 and
+// -2.5; then the dtypes, no-grad evaluation, all rows ignored, a second backward and bad shapes. On CUDA it takes
+// the fused kernel and the device count (CudaLinearCrossEntropy).
+namespace {
+
+struct LceResult {
+  Tensor loss, dh, dw;  // on the CPU, f64
+};
+
+// The loss (times outer) and the gradients of h and w, by linear_cross_entropy (chunk >= 0) or by the composed
+// ops (chunk < 0), on fresh leaves of h and w as given (device, dtype).
+LceResult lce_run(const Tensor& h, const Tensor& w, const Tensor& tg, int64_t ignore, double outer, int64_t chunk) {
+  Tensor hl = h.detach(), wl = w.detach();
+  hl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  const Tensor t = tg.to(h.device());
+  Tensor loss = chunk >= 0 ? linear_cross_entropy(hl, wl, t, ignore, chunk) : cross_entropy(linear(hl, wl), t, ignore);
+  loss = mul_scalar(loss, outer);
+  loss.backward(Tensor(), false);
+  auto cpu64 = [](const Tensor& x) { return x.to(kCPU).to(DType::f64); };
+  return {cpu64(loss.reshape({1})), cpu64(hl.grad()), cpu64(wl.grad())};
+}
+
+}  // namespace
+
+TEST(LinearCrossEntropy, MatchesTheComposedOpsForEveryChunking) {
+  uint64_t seed = 900;
+  for (const CeCase& c : {CeCase{1, 1, -100}, CeCase{13, 37, -100}, CeCase{40, 300, 3}})
+    for (int64_t chunk : {0, 1, 3, 7, 64})
+      for (double outer : {1.0, -2.5}) {
+        const std::string what = "linear_cross_entropy N" + std::to_string(c.N) + " V" + std::to_string(c.V) +
+                                 " chunk " + std::to_string(chunk) + " outer " + std::to_string(outer);
+        const Tensor h = randn({c.N, 9}, seed++, DType::f64, 1.5), w = randn({c.V, 9}, seed++, DType::f64);
+        const Tensor tg = make_targets(c, seed++, DType::i64);
+        const LceResult ref = lce_run(h, w, tg, c.ignore_index, outer, -1);
+        const LceResult got = lce_run(h, w, tg, c.ignore_index, outer, chunk);
+        expect_match(got.loss, ref.loss, Tol{1e-13, 1e-13}, what + " loss");
+        expect_match(got.dh, ref.dh, Tol{1e-12, 1e-12}, what + " dh");
+        expect_match(got.dw, ref.dw, Tol{1e-12, 1e-12}, what + " dw");
+      }
+}
+
+TEST(LinearCrossEntropy, LowPrecisionCloseToF64AndI32Targets) {
+  const CeCase c{29, 211, -100};
+  const Tensor h = randn({c.N, 16}, 910, DType::f64), w = randn({c.V, 16}, 911, DType::f64, 0.5);
+  const Tensor tg = make_targets(c, 912, DType::i32);
+  for (DType dt : {DType::f32, DType::bf16}) {
+    // The same rounded inputs for the reference: bf16 h and w are exact in f64.
+    const Tensor hq = h.to(dt), wq = w.to(dt);
+    const LceResult r = lce_run(hq.to(DType::f64), wq.to(DType::f64), tg, c.ignore_index, 1.0, -1);
+    const LceResult got = lce_run(hq, wq, tg, c.ignore_index, 1.0, 5);
+    const std::string what = "linear_cross_entropy " + dtype_str(dt);
+    // bf16: the logits are rounded to bf16 before the loss (as linear's output is), so the loss moves by that.
+    expect_match(got.loss, r.loss, dt == DType::bf16 ? Tol{5e-3, 5e-3} : kF32, what + " loss");
+    expect_match(got.dh, r.dh, dt == DType::bf16 ? Tol{3e-2, 6e-2} : kF32, what + " dh");
+    expect_match(got.dw, r.dw, dt == DType::bf16 ? Tol{3e-2, 6e-2} : kF32, what + " dw");
+  }
+}
+
+TEST(LinearCrossEntropy, WithoutGradItIsTheLossAlone) {
+  const CeCase c{21, 50, -100};
+  const Tensor h = randn({c.N, 8}, 920, DType::f64), w = randn({c.V, 8}, 921, DType::f64);
+  const Tensor tg = make_targets(c, 922, DType::i64);
+  const double ref = cross_entropy(linear(h, w), tg, c.ignore_index).item();
+  Tensor hl = h.detach(), wl = w.detach();
+  hl.set_requires_grad(true);
+  wl.set_requires_grad(true);
+  NoGradGuard ng;
+  const Tensor loss = linear_cross_entropy(hl, wl, tg, c.ignore_index, 4);
+  EXPECT_NEAR(loss.item(), ref, 1e-13);
+  EXPECT_FALSE(loss.requires_grad());
+}
+
+TEST(LinearCrossEntropy, AllRowsIgnoredGivesZeroLossAndGradients) {
+  const Tensor tg = Tensor::from_vector(std::vector<int64_t>{kIgnore, kIgnore, kIgnore}, {3}, DType::i64);
+  const LceResult got = lce_run(randn({3, 4}, 930, DType::f64), randn({6, 4}, 931, DType::f64), tg, kIgnore, 1.0, 2);
+  EXPECT_EQ(got.loss.item(), 0.0);
+  for (double g : host(got.dh)) EXPECT_EQ(g, 0.0);
+  for (double g : host(got.dw)) EXPECT_EQ(g, 0.0);
+}
+
+TEST(LinearCrossEntropy, ASecondBackwardAndBadShapesAreRefused) {
+  Tensor h = randn({4, 3}, 940, DType::f64).detach(), w = randn({5, 3}, 941, DType::f64).detach();
+  h.set_requires_grad(true);
+  w.set_requires_grad(true);
+  const Tensor tg = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 4}, {4}, DType::i64);
+  Tensor loss = linear_cross_entropy(h, w, tg);
+  loss.backward(Tensor(), true);
+  EXPECT_THROW(loss.backward(Tensor(), false), Error);
+  EXPECT_THROW(linear_cross_entropy(h, randn({5, 4}, 942, DType::f64), tg), Error);  // D differs
+  EXPECT_THROW(linear_cross_entropy(h, w, tg.slice(0, 0, 3)), Error);               // N differs
+  EXPECT_THROW(linear_cross_entropy(h, w.to(DType::f32), tg), Error);               // dtypes differ
+  EXPECT_THROW(linear_cross_entropy(h, w, tg, kIgnore, -1), Error);                 // chunk rows
+  EXPECT_THROW(linear_cross_entropy(h, w, Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 5}, {4}, DType::i64)),
+               InputError);  // a target >= V
+}
+
+// On CUDA with grad: the fused kernel per chunk and the count of valid targets on the device. Against the
+// composed ops on the GPU (the same products and kernels; the chunked dw sums its products in another order) and
+// the loss against the f64 reference on the same rounded inputs.
+TEST(CudaLinearCrossEntropy, MatchesTheComposedOps) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 950;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const CeCase& c : {CeCase{33, 1000, -100}, CeCase{17, 129, 3}, CeCase{300, 32000, -100}})
+      for (int64_t chunk : {0, 5, 128})
+        for (double outer : {1.0, -2.5}) {
+          const std::string what = case_name("linear_cross_entropy", dt, {c.N, c.V}) + " chunk " +
+                                   std::to_string(chunk) + " outer " + std::to_string(outer);
+          const Tensor h = randn({c.N, 64}, seed++, DType::f64).to(dt), w = randn({c.V, 64}, seed++, DType::f64, 0.3).to(dt);
+          const Tensor tg = make_targets(c, seed++, DType::i64);
+          const LceResult ref = lce_run(h.to(Device::cuda(0)), w.to(Device::cuda(0)), tg, c.ignore_index, outer, -1);
+          const LceResult got = lce_run(h.to(Device::cuda(0)), w.to(Device::cuda(0)), tg, c.ignore_index, outer, chunk);
+          const LceResult r64 = lce_run(h.to(DType::f64), w.to(DType::f64), tg, c.ignore_index, outer, -1);
+          expect_match(got.loss, ref.loss, kStats, what + " loss (GPU composed)");
+          expect_match(got.loss, r64.loss, dt == DType::bf16 ? Tol{5e-3, 5e-3} : kF32, what + " loss (f64)");
+          expect_match(got.dh, ref.dh, tol_for(dt), what + " dh");
+          expect_match(got.dw, ref.dw, tol_for(dt), what + " dw");
+        }
+}
