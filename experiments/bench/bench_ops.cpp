@@ -148,6 +148,20 @@ int main(int argc, char** argv) {
     rows.push_back(r);
   }
 
+  // ---- narrow products: Gated DeltaNet's a / b projections (1024 -> 6 per head, B8 T4096), memory-bound: peer = the
+  // copy time of the bytes they must move (x read; dx read and written, as the gradient sink is) ----
+  {
+    const int64_t M = 32768, K = 1024, N = 6;
+    Tensor x = rnd({M, K}, DType::bf16, 20), w = rnd({N, K}, DType::bf16, 21), dy = rnd({M, N}, DType::bf16, 22);
+    Tensor y = Tensor::empty({M, N}, DType::bf16, kGpu), dx = rnd({M, K}, DType::bf16, 23);
+    Tensor dw = Tensor::zeros({N, K}, DType::f32, kGpu);
+    const std::string sh = "32768x1024 -> 6";
+    const double xb = double(M * K * 2);
+    mem("linear narrow fwd bf16", sh, xb, [&] { matmul(x, w, y, false, true); });
+    mem("linear narrow dx bf16 (+=)", sh, 2 * xb, [&] { matmul(dy, w, dx, false, false, 1.0, 1.0); });
+    mem("linear narrow dW bf16->f32 (+=)", sh, xb, [&] { matmul(dy, x, dw, true, false, 1.0, 1.0); });
+  }
+
   // ---- elementwise (bf16, 128M elements = 256 MB per tensor) ----
   {
     const int64_t n = int64_t(128) << 20;

@@ -129,6 +129,61 @@ Plan build_plan(LtContext& ctx, const PlanKey& k) {
   return p;
 }
 
+// Rows whose length in bytes is not a multiple of 16 (a product with 6 or 12 outputs: Gated DeltaNet's a and b
+// projections, one per head) leave cuBLASLt only its unvectorised kernels, which took 184 us for the backward of
+// a 32768 x 1024 -> 6 product that reads 67 MB (natsl-340m's profile, 2026-12-07). Such a product runs on copies
+// padded with zeros to 8-element rows (16 bytes in bf16, 32 in f32): M where it is op(a)'s row length (a
+// transposed), K where it is a's or b's, N always (out's, and b's when b is not transposed). Zeros in the padded K
+// add nothing; the padded M rows and N columns of the result are not copied back. Each output element is the same
+// dot product, so the result is the unpadded product's up to the order cuBLASLt sums in. 2-D problems (or a batch
+// folded into rows) with the padded dims at most kMaxPaddedDim; returns false when it does not pad.
+constexpr int64_t kMaxPaddedDim = 256;
+int64_t pad8(int64_t n) { return (n + 7) / 8 * 8; }
+bool misaligned(int64_t row_len, DType dt) { return (row_len * int64_t(dtype_size(dt))) % 16 != 0; }
+
+// dst[0:rows, 0:cols] = src (both row-major, contiguous rows of their own lengths), stream-ordered.
+void copy_block(const Tensor& dst, const Tensor& src, int64_t rows, int64_t cols, cudaStream_t s) {
+  const size_t es = dtype_size(src.dtype());
+  NATSL_CUDA_CHECK(cudaMemcpy2DAsync(dst.data_ptr(), size_t(dst.size(-1)) * es, src.data_ptr(),
+                                     size_t(src.size(-1)) * es, size_t(cols) * es, size_t(rows),
+                                     cudaMemcpyDeviceToDevice, s));
+}
+
+// t (2-D view [rows, cols]) in a zeroed [prows, pcols] buffer; t itself when nothing is padded.
+Tensor padded(const Tensor& t, int64_t prows, int64_t pcols, cudaStream_t s) {
+  const int64_t rows = t.size(0), cols = t.size(1);
+  if (prows == rows && pcols == cols) return t;
+  Tensor p = Tensor::empty({prows, pcols}, t.dtype(), t.device());
+  NATSL_CUDA_CHECK(cudaMemsetAsync(p.data_ptr(), 0, p.nbytes(), s));
+  copy_block(p, t, rows, cols, s);
+  return p;
+}
+
+bool padded_matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, bool trans_b, double alpha,
+                   double beta, const Tensor& c) {
+  const DType dt = a.dtype(), odt = out.dtype();
+  const int64_t N = out.size(-1), M = out.numel() / N;  // a folded batch: its rows
+  const int64_t K = trans_a ? a.size(-2) : a.size(-1);
+  const bool pad_m = trans_a && misaligned(M, dt);
+  const bool pad_k = (!trans_a && misaligned(K, dt)) || (trans_b && misaligned(K, dt));
+  const bool pad_n = misaligned(N, odt) || (!trans_b && misaligned(N, dt));
+  if (!pad_m && !pad_k && !pad_n) return false;
+  // Only narrow dims (the padded copies stay small: at most 256 columns of the other dims); a wide misaligned
+  // dim (an odd vocabulary) keeps the unpadded product rather than a second copy of a large output.
+  if ((pad_m && M > kMaxPaddedDim) || (pad_k && K > kMaxPaddedDim) || (pad_n && N > kMaxPaddedDim)) return false;
+  const int64_t Mp = pad_m ? pad8(M) : M, Kp = pad_k ? pad8(K) : K, Np = pad_n ? pad8(N) : N;
+  cudaStream_t s = activate(out.device().index);
+  const Tensor a2 = a.view({trans_a ? K : M, trans_a ? M : K}), b2 = b.view({b.size(-2), b.size(-1)});
+  const Tensor out2 = out.view({M, N});
+  const Tensor ap = trans_a ? padded(a2, Kp, Mp, s) : padded(a2, M, Kp, s);
+  const Tensor bp = trans_b ? padded(b2, Np, Kp, s) : padded(b2, Kp, Np, s);
+  Tensor op = Tensor::empty({Mp, Np}, odt, out.device());
+  if (beta != 0.0) copy_block(op, c.defined() ? c.view({M, N}) : out2, M, N, s);  // C: what beta scales
+  matmul(ap, bp, op, trans_a, trans_b, alpha, beta);
+  copy_block(out2, op, M, N, s);
+  return true;
+}
+
 }  // namespace
 
 void set_matmul_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
@@ -176,6 +231,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   const bool shared_b = b.dim() == 2 && out.dim() > 2;
   // A shared b with untransposed a: the batch folds into the rows of one product.
   const bool fold = shared_b && !trans_a;
+  if ((batch == 1 || fold) && padded_matmul(a, b, out, trans_a, trans_b, alpha, beta, c)) return;
   const int64_t rows = fold ? batch * M : M, nb = fold ? 1 : batch;
 
   const int dev = out.device().index;

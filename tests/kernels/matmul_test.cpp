@@ -392,6 +392,37 @@ TEST(CudaMatmul, MisalignedOperands) {
   }
 }
 
+// Rows of a length that is not a multiple of 16 bytes (Gated DeltaNet's a and b projections: 1024 -> 6 per head)
+// go through zero-padded copies with 8-element rows (kernels/cuda/matmul.cu, padded_matmul): the shapes of such a
+// projection's forward, input gradient and weight gradient (bf16 into the f32 gradient buffer, beta 1), a
+// residual c, a folded batch, and a wide odd dim that is not padded; against the f64 reference.
+TEST(CudaMatmul, NarrowRowsGoThroughPaddedCopies) {
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 800;
+  for (DType dt : {DType::bf16, DType::f32})
+    for (const MM& c : {MM{{}, 4096, 6, 1024, false, true, false},   // y = x W^T
+                        MM{{}, 4096, 1024, 6, false, false, false},  // dx = dy W
+                        MM{{}, 6, 1024, 4096, true, false, false},   // dW = dy^T x
+                        MM{{}, 12, 304, 2050, true, false, false},   // K wide and odd, not a row length: M padded only
+                        MM{{4}, 64, 12, 1024, false, true, true},    // a batch folded into rows
+                        MM{{}, 5, 3, 7, true, true, false}})
+      for (double beta : {0.0, 0.5}) run_case(c, dt, 1.0, beta, tol_for(dt), seed += 3);
+  // The weight gradient of a 6-output projection in bf16, added into an f32 buffer (beta 1), and out = x W^T + c.
+  Tensor dy = q(randn({4096, 6}, 900), DType::bf16), x = q(randn({4096, 1024}, 901), DType::bf16);
+  Tensor g32 = randn({6, 1024}, 902, DType::f32);
+  Tensor ref = f64(g32);
+  kernels::cpu::matmul(f64(dy), f64(x), ref, true, false, 1.0, 1.0);
+  Tensor out = to_gpu(g32);
+  kernels::matmul(to_gpu(dy), to_gpu(x), out, true, false, 1.0, 1.0);
+  expect_match(out, ref, kF32, "padded bf16 -> f32 dW, beta 1");
+  Tensor w = q(randn({6, 1024}, 903), DType::bf16), r = q(randn({4096, 6}, 904), DType::bf16);
+  Tensor ref2 = f64(r);
+  kernels::cpu::matmul(f64(x), f64(w), ref2, false, true, 1.0, 1.0);
+  Tensor out2 = gpu_poisoned({4096, 6}, DType::bf16);
+  kernels::matmul(to_gpu(x), to_gpu(w), out2, false, true, 1.0, 1.0, to_gpu(r));
+  expect_match(out2, ref2, kBf16, "padded y = x W^T + c");
+}
+
 TEST(CudaMatmul, Tf32IsOptIn) {
   NATSL_REQUIRE_GPU();
 #ifdef NATSL_WITH_CUDA
