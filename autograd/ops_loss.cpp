@@ -151,8 +151,9 @@ Tensor linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& targ
   const DType dw_dt = kernels::matmul_writes(dt, DType::f32) && dt != DType::f64 ? DType::f32 : dt;
   Tensor dh = need_h ? Tensor::empty({N, h.size(1)}, dt, dev) : Tensor();
   Tensor dw = need_w ? Tensor::empty(w.shape(), dw_dt, dev) : Tensor();
+  // One chunk buffer: both cross-entropy paths may write the logit gradient over the logits.
   Tensor logits = Tensor::empty({std::min(rows, std::max<int64_t>(N, 1)), V}, dt, dev);
-  Tensor dlogits = fused ? Tensor::empty(logits.shape(), dt, dev) : logits;  // the unfused backward overwrites in place
+  const Tensor& dlogits = logits;
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t r1 = std::min(N, r0 + rows), n = r1 - r0;
     const Tensor lc = logits.slice(0, 0, n), dlc = dlogits.slice(0, 0, n), hs = hc.slice(0, r0, r1);

@@ -17,9 +17,9 @@
 //   producer       per tile t (t = 0: the own chunk qc; t >= 1: chunks[b, r, t - 1], r = a / G, for
 //                  t < 1 + prefix[b, r, qc]): waits until stage t % kStages is empty (every consumer warp
 //                  arrived), then arrive.expect_tx on its full barrier and the boxes' copies (Q's with tile 0).
-//                  The maps are 2-D over [B T rows, Ha D columns]: box (a D + 64 i, b T + 64 c). Rows past T
-//                  in a partial last chunk are the next sequence's rows or, past B T, zero-filled by TMA; either
-//                  way finite, masked by causality (keys) or not stored (queries).
+//                  The maps are 3-D over [B sequences, T rows, Ha D columns]: box (a D + 64 i, 64 c, b). Rows
+//                  past T in a partial last chunk are TMA's zero fill, as the mma.sync kernel's zero-filled
+//                  copies: masked by causality (keys) or not stored (queries).
 //   S = Q K^T      Dk / 16 wgmma.m64n64k16, both operands by descriptor (K-major, sw128: SBO 1024, a k-step
 //                  +32 bytes inside a box, the next box at +8 KiB), scale-d 0 on the first k-step.
 //   softmax        online, f32, in the log2 domain; the accumulator fragment gives thread 32 w + l rows
@@ -40,10 +40,10 @@
 #include <cstdint>
 
 #include "core/cuda_check.h"
-#include "kernels/cuda/gdn/tma.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/ptx_sm90.cuh"
 #include "kernels/cuda/sparse_attention.cuh"
+#include "kernels/cuda/tma_map.h"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace natsl::kernels::cuda::sparse_attn {
@@ -169,22 +169,21 @@ __global__ void __launch_bounds__(kThreads) fwd_wgmma_kernel(const __grid_consta
       ptx::mbar_init_count(full + i, 1);
       ptx::mbar_init_count(empty + i, kConsumers / 32);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    ptx::fence_mbarrier_init();
   }
   __syncthreads();  // the last CTA-wide barrier: the producer warp leaves below
 
   if (threadIdx.x >= kConsumers) {  // producer warp: one thread issues every copy
     if (threadIdx.x == kConsumers) {
-      const int row0 = b * g.T;
       for (int t = 0; t < n_tiles; ++t) {
         const int s = t % kStages;
         if (t >= kStages) ptx::mbar_wait_parity(empty + s, uint32_t(t / kStages - 1) & 1u);
         const int c = t == 0 ? qc : list[t - 1];
         ptx::mbar_arrive_expect(full + s, uint32_t(Cfg::kStageBytes + (t == 0 ? Cfg::kQBytes : 0)));
         if (t == 0)
-          for (int i = 0; i < DK / 64; ++i) ptx::tma_load_2d(q_s + i * kBox, &maps.q, a * DK + 64 * i, row0 + qc * kC, full + s);
-        for (int i = 0; i < DK / 64; ++i) ptx::tma_load_2d(k_at(s) + i * kBox, &maps.k, a * DK + 64 * i, row0 + c * kC, full + s);
-        for (int i = 0; i < DV / 64; ++i) ptx::tma_load_2d(v_at(s) + i * kBox, &maps.v, a * DV + 64 * i, row0 + c * kC, full + s);
+          for (int i = 0; i < DK / 64; ++i) ptx::tma_load_3d(q_s + i * kBox, &maps.q, a * DK + 64 * i, qc * kC, b, full + s);
+        for (int i = 0; i < DK / 64; ++i) ptx::tma_load_3d(k_at(s) + i * kBox, &maps.k, a * DK + 64 * i, c * kC, b, full + s);
+        for (int i = 0; i < DV / 64; ++i) ptx::tma_load_3d(v_at(s) + i * kBox, &maps.v, a * DV + 64 * i, c * kC, b, full + s);
       }
     }
     return;
@@ -272,15 +271,17 @@ __global__ void __launch_bounds__(kThreads) fwd_wgmma_kernel(const __grid_consta
 template <int DK, int DV>
 void launch(const Geometry& g, const FwdPtrs& p, cudaStream_t s) {
   using Cfg = WgCfg<DK, DV>;
-  namespace gdn = natsl::kernels::cuda::gdn;
-  const int64_t rows = int64_t(g.B) * g.T;
+  // [B sequences, T rows, Ha D columns]: a box past a sequence's last row reads zeros (as the mma.sync kernel's
+  // zero-filled copies), never the next sequence's rows.
+  auto map = [&](const void* base, int D) {
+    const int64_t cols = int64_t(g.Ha) * D;
+    return tensor_map_3d(static_cast<const bf16*>(base), g.B, g.T, cols, cols, int64_t(g.T) * cols, kC, 64,
+                         CU_TENSOR_MAP_SWIZZLE_128B);
+  };
   Maps maps;
-  maps.q = gdn::tensor_map_2d(static_cast<const bf16*>(p.q), rows, int64_t(g.Ha) * DK, int64_t(g.Ha) * DK, kC, 64,
-                              CU_TENSOR_MAP_SWIZZLE_128B);
-  maps.k = gdn::tensor_map_2d(static_cast<const bf16*>(p.k), rows, int64_t(g.Ha) * DK, int64_t(g.Ha) * DK, kC, 64,
-                              CU_TENSOR_MAP_SWIZZLE_128B);
-  maps.v = gdn::tensor_map_2d(static_cast<const bf16*>(p.v), rows, int64_t(g.Ha) * DV, int64_t(g.Ha) * DV, kC, 64,
-                              CU_TENSOR_MAP_SWIZZLE_128B);
+  maps.q = map(p.q, DK);
+  maps.k = map(p.k, DK);
+  maps.v = map(p.v, DV);
   auto* kern = fwd_wgmma_kernel<DK, DV>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
   const int64_t blocks = int64_t(g.NC) * g.Ha * g.B;
@@ -292,7 +293,6 @@ void launch(const Geometry& g, const FwdPtrs& p, cudaStream_t s) {
 
 bool wgmma_fwd_supported(const Geometry& g, int device) {
   if (g.C != kC || (g.Dk != 64 && g.Dk != 128) || (g.Dv != 64 && g.Dv != 128)) return false;
-  if (int64_t(g.B) * g.T >= (int64_t(1) << 31) - kC) return false;  // TMA's row coordinates are int32
   // sm_90a code runs on compute capability 9.0 only (not on later GPUs, which need their own build).
   static std::atomic<int> cc[64] = {};  // major * 10 + minor per device, 0 = not asked yet
   if (device < 0 || device >= 64) return false;

@@ -358,6 +358,30 @@ TEST(LinearCrossEntropy, MatchesTheComposedOpsForEveryChunking) {
       }
 }
 
+// The weight's gradient where training puts it: added into a .grad that already holds one (the engine's gradient
+// sink, as the flat buffers of training always are) and shared with an embedding that reads the same weight (tied
+// embeddings), against the composed ops on the same graph; incoming gradient 1 and 0.25.
+TEST(LinearCrossEntropy, AddsIntoAnExistingGradAndSharesATiedWeight) {
+  const CeCase c{23, 40, -100};
+  const Tensor w0 = randn({c.V, 8}, 960, DType::f64, 0.7), tg = make_targets(c, 961, DType::i64);
+  const Tensor ids = random_token_ids({c.N}, c.V, 962, DType::i64);
+  for (double outer : {1.0, 0.25}) {
+    Tensor grads[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      Tensor w = w0.detach();
+      w.set_requires_grad(true);
+      for (int pass = 0; pass < 2; ++pass) {  // the second backward adds into the first one's .grad
+        const Tensor h = mul_scalar(embedding(w, ids), 0.7);
+        Tensor loss = fused ? linear_cross_entropy(h, w, tg, c.ignore_index, 4)
+                            : cross_entropy(linear(h, w), tg, c.ignore_index);
+        mul_scalar(loss, outer).backward();
+      }
+      grads[fused] = w.grad().to(DType::f64);
+    }
+    expect_match(grads[1], grads[0], Tol{1e-12, 1e-12}, "tied weight, two backwards, outer " + std::to_string(outer));
+  }
+}
+
 TEST(LinearCrossEntropy, LowPrecisionCloseToF64AndI32Targets) {
   const CeCase c{29, 211, -100};
   const Tensor h = randn({c.N, 16}, 910, DType::f64), w = randn({c.V, 16}, 911, DType::f64, 0.5);

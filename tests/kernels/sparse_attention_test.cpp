@@ -504,6 +504,32 @@ TEST(SparseAttentionCuda, WgmmaForwardGivesTheMmaSyncBits) {
     EXPECT_TRUE(out[0][0] == out[1][0]) << "o differs from the mma.sync kernel's";
     EXPECT_TRUE(out[0][1] == out[1][1]) << "lse differs from the mma.sync kernel's";
   }
+  // NaN in the next sequence's first rows (k and v) stays out of a sequence's partial last chunk: the wgmma
+  // forward's boxes past T read TMA's zeros there, as the mma.sync kernel's copies do, so sequence 0's o and lse are
+  // finite and the mma.sync kernel's bits.
+  {
+    const Case c{2, 100, 2, 1, 64, 128, Sel::All, false, 64, 61};
+    SparseAttentionArgs args;
+    args.scale = 1.0 / std::sqrt(double(c.Dk));
+    auto with_nan_row = [&](int64_t D, uint64_t salt) {
+      std::vector<double> x = randn({c.B, c.T, c.Ha, D}, c.seed * 100 + salt, DType::f64, 1.5).to_vector<double>();
+      for (int64_t i = 0; i < c.Ha * D; ++i) x[size_t(c.T * c.Ha * D + i)] = std::nan("");  // sequence 1, row 0
+      return Tensor::from_vector(x, {c.B, c.T, c.Ha, D}, DType::f64).to(DType::bf16).to(kGpu);
+    };
+    const Tensor q = randn({c.B, c.T, c.Ha, c.Dk}, c.seed * 100 + 1, DType::f64, 1.5).to(DType::bf16).to(kGpu);
+    const Tensor k = with_nan_row(c.Dk, 2), v = with_nan_row(c.Dv, 3);
+    const SparseAttentionIndex index = kernels::sparse_attention_index(make_mask(c).to(DType::f32).to(kGpu), c.C);
+    std::vector<float> o0[2], l0[2];
+    for (int i = 0; i < 2; ++i) {
+      Tensor o = gpu_poisoned(v.shape(), DType::bf16), lse = gpu_poisoned({c.B, c.T, c.Ha}, DType::f32);
+      fwd_with(i == 0 ? FwdKernel::wgmma : FwdKernel::mma_sync, args, index, q, k, v, o, lse);
+      o0[i] = o.slice(0, 0, 1).contiguous().to(kCPU).to(DType::f32).to_vector<float>();
+      l0[i] = lse.slice(0, 0, 1).contiguous().to(kCPU).to_vector<float>();
+      for (float x : o0[i]) ASSERT_TRUE(std::isfinite(x)) << (i == 0 ? "wgmma" : "mma.sync") << ": sequence 0 saw the NaN";
+    }
+    EXPECT_TRUE(o0[0] == o0[1]) << "sequence 0's o differs from the mma.sync kernel's next to a NaN sequence";
+    EXPECT_TRUE(l0[0] == l0[1]) << "sequence 0's lse differs from the mma.sync kernel's next to a NaN sequence";
+  }
   // f32 data: neither tensor-core kernel takes it.
   const SparseAttentionIndex index = kernels::sparse_attention_index_all(1, 1, 2, 64, true, kGpu);
   const Tensor q = Tensor::zeros({1, 128, 1, 64}, DType::f32, kGpu), v = Tensor::zeros({1, 128, 1, 64}, DType::f32, kGpu);

@@ -166,7 +166,7 @@ __device__ __forceinline__ void state_bwd_body(const StateBwdParams<D>& p, int n
     if (threadIdx.x == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) mbar_init1(bar + s);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+      fence_mbarrier_init();
     }
     __syncthreads();
   }

@@ -75,6 +75,7 @@ constexpr int state_fwd_smem_bulk() {
 // (the PTX in ptx_sm90.cuh) ----
 using ptx::bulk_g2s;
 using ptx::compute_sync;
+using ptx::fence_mbarrier_init;
 using ptx::mbar_arrive1;
 using ptx::mbar_arrive_expect;
 using ptx::mbar_init1;
@@ -90,7 +91,7 @@ __device__ __forceinline__ void init_stage_barriers(uint64_t* full, uint64_t* em
       mbar_init_count(full + i, full_count);
       mbar_init_count(empty + i, compute_warps);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    fence_mbarrier_init();
   }
   __syncthreads();
 }
@@ -237,7 +238,7 @@ __device__ __forceinline__ void state_fwd_body(const StateFwdParams<D>& p, int n
   if constexpr (BULK) {
     if (threadIdx.x == 0) {
       for (int i = 0; i < STAGES; ++i) mbar_init1(bar + i);
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+      fence_mbarrier_init();
     }
     __syncthreads();
   }

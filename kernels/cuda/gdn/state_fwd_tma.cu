@@ -8,41 +8,10 @@
 // the U tile a dense 64 x VW tile; the state, v_new tiles the step writes itself stay padded. Rows of K past a
 // partial chunk's end hold the next sequence's keys (or the copy's zeros at the end of the tensor): the compute
 // warps zero them before use, as the cp.async path's zero fill does, so the sums are the same.
-#include <cudaTypedefs.h>
-
 #include "kernels/cuda/gdn/state_fwd.cuh"
 #include "kernels/cuda/gdn/tma.cuh"
 
 namespace natsl::kernels::cuda::gdn {
-namespace {
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    NATSL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    NATSL_CHECK(f != nullptr && q == cudaDriverEntryPointSuccess,
-                "gdn state pass: the CUDA driver does not provide cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-}  // namespace
-
-CUtensorMap tensor_map_2d(const bf16* base, int64_t rows, int64_t cols, int64_t pitch, int box_rows, int box_cols,
-                          CUtensorMapSwizzle swizzle) {
-  CUtensorMap m;
-  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(pitch) * sizeof(bf16)};
-  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims,
-                                          strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  NATSL_CHECK(r == CUDA_SUCCESS, "gdn state pass: cuTensorMapEncodeTiled failed (CUresult ", int(r), ")");
-  return m;
-}
 
 namespace {
 

@@ -8,13 +8,11 @@
 #include <cuda.h>
 
 #include "kernels/cuda/gdn/state_fwd.cuh"
+#include "kernels/cuda/tma_map.h"
 
 namespace natsl::kernels::cuda::gdn {
 
-// A bf16 matrix of rows x cols (row pitch `pitch` elements) copied in boxes of box_rows x box_cols; reads past
-// its end give zeros.
-CUtensorMap tensor_map_2d(const bf16* base, int64_t rows, int64_t cols, int64_t pitch, int box_rows, int box_cols,
-                          CUtensorMapSwizzle swizzle);
+// tensor_map_2d (kernels/cuda/tma_map.h, the enclosing namespace): the maps of the copied matrices.
 
 constexpr int kSwTileBytes = kC * kC * int(sizeof(bf16));  // one swizzled 64 x 64 tile
 
