@@ -177,8 +177,15 @@ bool padded_matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool tra
   const Tensor out2 = out.view({M, N});
   const Tensor ap = trans_a ? padded(a2, Kp, Mp, s) : padded(a2, M, Kp, s);
   const Tensor bp = trans_b ? padded(b2, Np, Kp, s) : padded(b2, Kp, Np, s);
+  if (Mp == M && Np == N) {  // only K padded (an input gradient dy W of a narrow product): out as it is
+    matmul(ap, bp, out2, trans_a, trans_b, alpha, beta, c.defined() ? c.view({M, N}) : Tensor());
+    return true;
+  }
   Tensor op = Tensor::empty({Mp, Np}, odt, out.device());
-  if (beta != 0.0) copy_block(op, c.defined() ? c.view({M, N}) : out2, M, N, s);  // C: what beta scales
+  if (beta != 0.0) {  // C: what beta scales, zeros in the padding (its results are dropped, but not read unset)
+    NATSL_CUDA_CHECK(cudaMemsetAsync(op.data_ptr(), 0, op.nbytes(), s));
+    copy_block(op, c.defined() ? c.view({M, N}) : out2, M, N, s);
+  }
   matmul(ap, bp, op, trans_a, trans_b, alpha, beta);
   copy_block(out2, op, M, N, s);
   return true;
