@@ -28,7 +28,7 @@
 #            train.recompute_keep setting (MEM_RECOMPUTE)
 #   flaprof  FLA's per-kernel split (experiments/bench/fla_profile.py)
 #   lab      builds and runs every kernel-lab program (experiments/kernel_lab/*: a variant against the production
-#            kernel, bits and time; not built by `build`; LAB_ONLY=substring picks some)
+#            kernel, bits and time; not built by `build`; LAB_ONLY="sub1 sub2": those whose name holds one)
 #   ncu      Nsight Compute on natsl's GDN forward kernels and the embedding backward (NCU_SECTIONS)
 #   ab       the benchmarks (AB_BENCHES, default gdn; gdn ops natsl attention) of an older tree carried as .ab-old
 #            (AB_DIR) against this one's, alternating; ab_compare.py prints new/old per row
@@ -550,7 +550,11 @@ if has lab; then
     awk '$0 == "natsl_lab_wgmma" { print; next } { rest = rest $0 "\n" } END { printf "%s", rest }')
   [ -n "$labs" ] || echo "lab: no natsl_lab_* targets in $B (built with Ninja and CUDA?)"
   for t in $labs; do
-    [ -n "${LAB_ONLY:-}" ] && [[ "$t" != *"$LAB_ONLY"* ]] && continue
+    if [ -n "${LAB_ONLY:-}" ]; then
+      pick=0
+      for sub in $LAB_ONLY; do [[ "$t" == *"$sub"* ]] && pick=1; done
+      [ "$pick" = 1 ] || continue
+    fi
     el "lab $t"
     if ! cmake --build "$B" --target "$t" -j "$(nproc)" >"$LOG/build_$t.log" 2>&1; then
       echo "lab $t: build failed"
