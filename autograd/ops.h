@@ -80,6 +80,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 Tensor linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& targets, int64_t ignore_index = -100,
                             int64_t chunk_rows = 0);
 Tensor short_conv(const Tensor& x, const Tensor& w, bool apply_silu = false);  // x [B,T,C], w [C,W]
+// l2norm(short_conv(x, w, apply_silu)) over each group of `group` consecutive channels, in one node (the GDN front
+// end's q and k: kernels::short_conv_l2norm_fwd, fused on the GPU): x [B, T, C] -> [B, T, C], the same bits as the
+// two ops (on the [B, T, C / group, group] view), without the activations between them in memory.
+Tensor short_conv_l2norm(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps = 1e-6);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 
 // The op behind every binary/unary/etc. helper, exposed for composite ops.

@@ -1,4 +1,4 @@
-// embedding, short_conv, swiglu: single nodes around their fused kernels (kernels/nn.h).
+// embedding, short_conv, short_conv_l2norm, swiglu: single nodes around their fused kernels (kernels/nn.h).
 #include "autograd/function.h"
 #include "autograd/ops.h"
 #include "kernels/nn.h"
@@ -29,6 +29,23 @@ Tensor short_conv(const Tensor& x, const Tensor& w, bool apply_silu) {
     Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
     Tensor dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
     kernels::short_conv_bwd(xc, wc, apply_silu, g[0].contiguous(), dx, dw);
+    return {dx, dw};
+  });
+  return y;
+}
+
+Tensor short_conv_l2norm(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps) {
+  NATSL_CHECK(x.dim() == 3 && group >= 1 && x.size(2) % group == 0, "short_conv_l2norm: x [B, T, C] with C a multiple of ",
+              "the group ", group, ", got ", x.str());
+  Tensor xc = x.contiguous().detach(), wc = w.contiguous().detach();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rnorm = Tensor::empty({x.size(0), x.size(1), x.size(2) / group}, kernels::stat_dtype(x.dtype()), x.device());
+  kernels::short_conv_l2norm_fwd(xc, wc, apply_silu, group, eps, y, rnorm);
+  Tensor sy = y.detach();
+  record("short_conv_l2norm", {x, w}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    Tensor dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+    kernels::short_conv_l2norm_bwd(xc, wc, apply_silu, group, sy, rnorm, g[0].contiguous(), dx, dw);
     return {dx, dw};
   });
   return y;

@@ -216,6 +216,60 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
   NATSL_NN_DISPATCH(d, short_conv_bwd, x, w, apply_silu, dy, dx, dw);
 }
 
+namespace {
+void check_conv_l2norm(const Tensor& x, const Tensor& w, int64_t group, const Tensor& y, const Tensor& rnorm,
+                       const char* op) {
+  check_conv(x, w, op);
+  NATSL_CHECK(group >= 1 && x.size(2) % group == 0, op, ": group ", group, " must divide the ", x.size(2),
+              " channels of ", x.str());
+  check_same_shape(x, y, op);
+  check_same_dtype(x, y, op);
+  NATSL_CHECK(rnorm.dtype() == stat_dtype(x.dtype()) && rnorm.numel() == x.size(0) * x.size(1) * (x.size(2) / group),
+              op, ": rnorm must hold ", x.size(0) * x.size(1) * (x.size(2) / group), " ",
+              dtype_name(stat_dtype(x.dtype())), " values (one per group of ", group, " channels), got ", rnorm.str());
+}
+Shape group_rows(const Tensor& x, int64_t group) { return {x.size(0), x.size(1), x.size(2) / group, group}; }
+}  // namespace
+
+void short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps,
+                           const Tensor& y, const Tensor& rnorm) {
+  const char* op = "short_conv_l2norm_fwd";
+  Device d = common_device({&x, &w, &y, &rnorm}, op);
+  check_contiguous({&x, &w, &y, &rnorm}, op);
+  check_conv_l2norm(x, w, group, y, rnorm, op);
+  if (d.is_cuda()) {
+    bool fused = false;
+    NATSL_CUDA_ONLY(fused = cuda::short_conv_l2norm_fwd(x, w, apply_silu, group, eps, y, rnorm));
+    if (fused) return;
+  }
+  Tensor act = Tensor::empty(x.shape(), x.dtype(), d);
+  short_conv_fwd(x, w, apply_silu, act);
+  const Shape rows = group_rows(x, group);
+  l2norm_fwd(act.view(rows), eps, y.view(rows), rnorm.view({rows[0], rows[1], rows[2]}));
+}
+
+void short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+  const char* op = "short_conv_l2norm_bwd";
+  Device d = common_device({&x, &w, &y, &rnorm, &dy, &dx, &dw}, op);
+  check_contiguous({&x, &w, &y, &rnorm, &dy, &dx, &dw}, op);
+  check_conv_l2norm(x, w, group, y, rnorm, op);
+  check_same_shape(x, dy, op);
+  check_same_shape(x, dx, op);
+  if (dw.defined()) check_same_shape(w, dw, op);
+  for (const Tensor* t : {&dy, &dx, &dw})
+    if (t->defined()) check_same_dtype(x, *t, op);
+  if (d.is_cuda()) {
+    bool fused = false;
+    NATSL_CUDA_ONLY(fused = cuda::short_conv_l2norm_bwd(x, w, apply_silu, group, y, rnorm, dy, dx, dw));
+    if (fused) return;
+  }
+  const Shape rows = group_rows(x, group);
+  Tensor dact = Tensor::empty(x.shape(), x.dtype(), d);
+  l2norm_bwd(y.view(rows), rnorm.view({rows[0], rows[1], rows[2]}), dy.view(rows), dact.view(rows));
+  short_conv_bwd(x, w, apply_silu, dact, dx, dw.defined() ? dw : Tensor::empty(w.shape(), w.dtype(), d));
+}
+
 void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {
   Device d = common_device({&gate, &up, &y}, "swiglu_fwd");
   check_contiguous({&gate, &up, &y}, "swiglu_fwd");

@@ -50,6 +50,17 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
                     const Tensor& dw);
 
+// The Gated DeltaNet front end's q and k in one op: the short conv above, then l2norm (eps inside the root) over each
+// group of `group` consecutive channels: y [B, T, C], rnorm [B, T, C / group] (stat dtype). The bits of
+// short_conv_fwd into a temporary followed by l2norm_fwd on its [B, T, C / group, group] view: the CPU composes
+// the two; the CUDA kernel fuses them where it takes the tensors (bf16, 16-byte aligned, group a multiple of 8
+// dividing 256 and C) and composes them elsewhere.
+void short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps,
+                           const Tensor& y, const Tensor& rnorm);
+// dx, dw overwritten (dw may be undefined): short_conv_bwd(x, w, apply_silu, l2norm_bwd(y, rnorm, dy)), the same bits.
+void short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw);
+
 // y = silu(gate) * up, all the same shape.
 void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y);
 void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate, const Tensor& dup);
@@ -78,6 +89,14 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
                   const Tensor& dup);
 namespace cpu { NATSL_NN_DECLS }
 namespace cuda { NATSL_NN_DECLS }
+namespace cuda {
+// The fused short conv + l2norm kernels (kernels/cuda/short_conv.cu): false, with nothing done, where they do not
+// take the tensors (the dispatcher then composes the two ops).
+bool short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps,
+                           const Tensor& y, const Tensor& rnorm);
+bool short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw);
+}  // namespace cuda
 #undef NATSL_NN_DECLS
 
 }  // namespace natsl::kernels

@@ -44,7 +44,7 @@ GatedDeltaNet::GatedDeltaNet(const ModelConfig& c, int64_t /*layer_idx*/, bool w
   o_proj_ = register_module("o_proj", std::make_shared<Linear>(H * V, d, false, std));
 }
 
-GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x, GdnProjections* projections) const {
+GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x, GdnProjections* projections, bool keep_act) const {
   NATSL_CHECK(x.dim() == 3, "GatedDeltaNet: expected x [B, T, d], got ", x.str());
   auto conv_or_silu = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv, Tensor* keep) {
     Tensor p = proj->forward(x);
@@ -53,6 +53,18 @@ GdnFrontEnd GatedDeltaNet::front_end(const Tensor& x, GdnProjections* projection
   };
   // The order of the ops is the training graph's (their backward order fixes how gradients add up).
   GdnFrontEnd f;
+  if (!keep_act && use_conv_) {
+    const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim;
+    auto conv_norm = [&](const std::shared_ptr<Linear>& proj, const std::shared_ptr<ShortConv>& conv, Tensor* keep) {
+      Tensor p = proj->forward(x);
+      if (keep) *keep = p;
+      return reshape(short_conv_l2norm(p, conv->weight(), conv->apply_silu(), K, 1e-6), {B, T, H, K});
+    };
+    f.q = conv_norm(q_proj_, q_conv_, projections ? &projections->q : nullptr);
+    f.k = conv_norm(k_proj_, k_conv_, projections ? &projections->k : nullptr);
+    finish_front_end(x, f, [&] { return conv_or_silu(v_proj_, v_conv_, projections ? &projections->v : nullptr); });
+    return f;
+  }
   f.q_act = conv_or_silu(q_proj_, q_conv_, projections ? &projections->q : nullptr);
   f.k_act = conv_or_silu(k_proj_, k_conv_, projections ? &projections->k : nullptr);
   finish_front_end(x, f, [&] { return conv_or_silu(v_proj_, v_conv_, projections ? &projections->v : nullptr); });
@@ -93,8 +105,10 @@ GdnProjections GatedDeltaNet::conv_tails(const GdnProjections& p) const {
 
 void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std::function<Tensor()>& v_act) const {
   const int64_t B = x.size(0), T = x.size(1), H = dims_.heads, K = dims_.key_dim, V = dims_.value_dim;
-  f.q = l2norm(reshape(f.q_act, {B, T, H, K}), 1e-6);
-  f.k = l2norm(reshape(f.k_act, {B, T, H, K}), 1e-6);
+  if (!f.q.defined()) {
+    f.q = l2norm(reshape(f.q_act, {B, T, H, K}), 1e-6);
+    f.k = l2norm(reshape(f.k_act, {B, T, H, K}), 1e-6);
+  }
   f.v = reshape(v_act(), {B, T, H, V});
   // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32).
   DType gate_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -117,7 +131,7 @@ Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o, const Tensor& res
 Tensor GatedDeltaNet::forward(const Tensor& x) { return forward_residual(x, Tensor()); }
 
 Tensor GatedDeltaNet::forward_residual(const Tensor& x, const Tensor& residual) {
-  GdnFrontEnd f = front_end(x);
+  GdnFrontEnd f = front_end(x, nullptr, /*keep_act=*/false);
   double scale = 1.0 / std::sqrt(double(dims_.key_dim));
   Tensor o = gated_delta_rule(f.q, f.k, f.v, f.g, f.beta, scale).o;
   return output(x, o, residual);

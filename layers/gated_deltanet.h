@@ -57,8 +57,10 @@ class GatedDeltaNet : public Mixer {
   // with_output_norm = false leaves out o_norm (NAtS-L registers its own two-input norm in its place).
   GatedDeltaNet(const ModelConfig& config, int64_t layer_idx, bool with_output_norm);
   // Exposed for NAtS-L, which shares the whole front end (projections, convs, gates) and g_proj / o_proj.
-  // `projections`, when given, receives the pre-conv projections (for the conv tails of decoding).
-  GdnFrontEnd front_end(const Tensor& x, GdnProjections* projections = nullptr) const;
+  // `projections`, when given, receives the pre-conv projections (for the conv tails of decoding). keep_act =
+  // false (GDN's own training forward) leaves f.q_act and f.k_act undefined: with the short convs on, q and k then
+  // come from one short_conv_l2norm node each (the same bits, without the activations in memory).
+  GdnFrontEnd front_end(const Tensor& x, GdnProjections* projections = nullptr, bool keep_act = true) const;
   // Decoding, x [B, 1, d]: the same front end for one more position. `tails` [B, W - 1, .] hold the W - 1
   // projections before it (undefined: the sequence starts here, zeros) and are advanced by one.
   GdnFrontEnd front_end_step(const Tensor& x, GdnProjections& tails) const;
@@ -79,8 +81,8 @@ class GatedDeltaNet : public Mixer {
  private:
   friend class GdnDecodeCache;
   friend class NatslDecodeCache;
-  // The front end after f.q_act and f.k_act: their L2 norms, v (from v_act, called in between, as the
-  // training graph orders it) and the gates.
+  // The front end after f.q_act and f.k_act (or f.q and f.k): their L2 norms (unless f.q and f.k are given), v
+  // (from v_act, called in between, as the training graph orders it) and the gates.
   void finish_front_end(const Tensor& x, GdnFrontEnd& f, const std::function<Tensor()>& v_act) const;
 };
 

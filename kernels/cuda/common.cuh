@@ -184,6 +184,18 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
+// group_sum<TPR> with the full-warp mask, for callers whose whole warp calls it together (l2norm's short-row
+// kernels, the fused short conv + l2norm): the same butterfly, so the same order and bits. With a constant full
+// mask and a warp-uniform loop, ptxas knows the warp is converged at the shuffles: no convergence check before
+// each sum (group_sum's lane-group mask adds a MATCH, REDUX and VOTE there, and registers: the bf16 l2norm
+// backward would lose one of its blocks per SM).
+template <int TPR>
+__device__ __forceinline__ float warp_group_sum(float v) {
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // A short-row kernel's loads (dispatch_short_rows' layout): rows r0 .. r0 + RPG - 1 of [rows, D] tensors a (and b
 // when LOAD_B), this lane's NV vectors of each (vector n * TPR + lane), zero where the row or vector is absent.
 template <class T, int VEC, int TPR, int NV, int RPG, bool LOAD_B>

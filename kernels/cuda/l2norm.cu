@@ -62,17 +62,6 @@ __global__ void __launch_bounds__(1024) l2norm_bwd_kernel(const T* __restrict__ 
 // lane reaches every group sum, which may then name the whole warp; a group past the end loads zeros and
 // stores nothing.
 //
-// group_sum<TPR> (common.cuh) with the full-warp mask, for callers whose whole warp calls it together: the same
-// butterfly, so the same order and bits. With a constant full mask and the warp-uniform loop, ptxas knows the
-// warp is converged at the shuffles: no convergence check before each sum (group_sum's lane-group mask adds a
-// MATCH, REDUX and VOTE there, and registers: the bf16 backward would lose one of its blocks per SM).
-template <int TPR>
-__device__ __forceinline__ float warp_group_sum(float v) {
-#pragma unroll
-  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <class T, int VEC, int TPR, int NV, int RPG, bool BWD>
 __global__ void __launch_bounds__(256) l2norm_short_kernel(const T* __restrict__ a, const T* __restrict__ b,
                                                            const float* __restrict__ rnorm_in, T* __restrict__ out,

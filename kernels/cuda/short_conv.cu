@@ -291,6 +291,189 @@ unsigned chunk_blocks(const ConvShape& sh) {
   return unsigned(blocks);
 }
 
+// ---- the short conv with the l2norm of its output over groups of channels (the GDN front end's q and k) ----
+// The shared-memory kernels above, with l2norm.cu's short-row arithmetic on each (step, channel group) row of the
+// chunk: TPR lanes of a warp a row, one 16-byte vector a lane (l2norm_short_kernel's layout for rows of at most 32
+// vectors; lanes past the row's vectors hold zeros, as there), the same sums in the same order. The forward stages
+// the chunk's activations in shared memory, rounded to bf16 as the conv stores them, and normalises its rows from
+// there; the backward replaces the chunk's dy in shared memory by l2norm's input gradient (rounded to bf16 as
+// l2norm_bwd stores it) before the conv's walk. So the bits are those of short_conv_fwd then l2norm_fwd (and of
+// l2norm_bwd then short_conv_bwd), and the activations and their gradient never cross global memory. Blocks of
+// 256 channels hold whole groups (group divides 256).
+
+// The rows of chunk [tb, tb + steps) x the block's groups hb < heads: f(u, hb, lane, row_in) for every row slot
+// (u < kChunk, hb < 256 / group), spread over the block's 256 / TPR lane groups. Every lane group runs the same
+// number of slots (kChunk * 256 / group is a multiple of 256 / TPR), so every lane of a warp reaches the group sums.
+template <int TPR, class F>
+__device__ __forceinline__ void chunk_rows(int group, F&& f) {
+  constexpr int kSlots = kChunkChannels / TPR;
+  const int per_step = kChunkChannels / group;
+  const int lane = threadIdx.x % TPR;
+  for (int rr = threadIdx.x / TPR; rr < kChunk * per_step; rr += kSlots) f(rr / per_step, rr % per_step, lane);
+}
+
+template <int W, int TPR>
+__global__ void __launch_bounds__(kChunkChannels)
+    short_conv_l2norm_fwd_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, bf16* __restrict__ y,
+                                 float* __restrict__ rnorm, ConvShape sh, int group, bool silu, float eps) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sx = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sa = sx + 2 * kChunk * kChunkChannels;  // the chunk's activations [kChunk][kChunkChannels]
+  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
+  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
+  const bool mine = c < sh.C;
+  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  const int64_t nchunks = (t1 - t0 + kChunk - 1) / kChunk;
+  const int nvec = group / 8, heads = int((min(sh.C, c0 + kChunkChannels) - c0) / group);
+  const int64_t groups_per_step = sh.C / group, g0 = c0 / group;
+  float wv[W], xs[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
+    const int64_t t = t0 - W + j;
+    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[(b * sh.T + t) * sh.C + c]) : 0.f;
+  }
+  copy_chunk(x, sx, sh, b, c0, t0, t1);
+  ptx::cp_async_commit();
+  for (int64_t k = 0; k < nchunks; ++k) {
+    __syncthreads();  // every thread is done with the buffer the next copy overwrites, and with sa
+    if (k + 1 < nchunks) copy_chunk(x, sx + ((k + 1) & 1) * kChunk * kChunkChannels, sh, b, c0, t0 + (k + 1) * kChunk, t1);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    __syncthreads();
+    const bf16* cur = sx + (k & 1) * kChunk * kChunkChannels;
+    const int64_t tb = t0 + k * kChunk;
+    const int steps = int(min(int64_t(kChunk), t1 - tb));
+    if (mine)
+      for (int u = 0; u < steps; ++u) {
+#pragma unroll
+        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+        xs[W - 1] = to_f32(cur[u * kChunkChannels + threadIdx.x]);
+        float pre = 0.f;
+#pragma unroll
+        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+        sa[u * kChunkChannels + threadIdx.x] = from_f32<bf16>(act_f(pre, silu));
+      }
+    __syncthreads();
+    chunk_rows<TPR>(group, [&](int u, int hb, int lane) {
+      const bool row_in = u < steps && hb < heads;
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = 0.f;
+      if (row_in && lane < nvec) load_vec<bf16, 8>(sa + u * kChunkChannels + hb * group + lane * 8, v);
+      float acc = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc += v[e] * v[e];
+      acc = warp_group_sum<TPR>(acc);
+      if (!row_in) return;
+      const float rn = 1.f / sqrtf(acc + eps);
+      const int64_t row = b * sh.T + tb + u;
+      if (lane == 0) rnorm[row * groups_per_step + g0 + hb] = rn;
+      if (lane >= nvec) return;
+      float o[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = v[e] * rn;
+      store_vec<bf16, 8>(y + row * sh.C + c0 + hb * group + lane * 8, o);
+    });
+  }
+}
+
+// dw_partial as short_conv_bwd_chunks_kernel's. Dynamic shared memory: 2 buffers x 3 tensors (x, y, dy) x kChunk x
+// kChunkChannels bf16 (48 KiB).
+template <int W, int TPR>
+__global__ void __launch_bounds__(kChunkChannels)
+    short_conv_l2norm_bwd_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, const bf16* __restrict__ y,
+                                 const float* __restrict__ rnorm, const bf16* __restrict__ dy, bf16* __restrict__ dx,
+                                 float* __restrict__ dw_partial, ConvShape sh, int group, bool silu) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kBuf = kChunk * kChunkChannels;
+  bf16* sx = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sy = sx + 2 * kBuf;
+  bf16* sd = sy + 2 * kBuf;  // dy, then l2norm's input gradient (the conv's dy) in its place
+  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
+  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
+  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
+  const bool mine = c < sh.C;
+  const int64_t base = b * sh.T * sh.C + c;
+  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  const int64_t t_end = min(sh.T, t1 + W - 1);
+  const int64_t nchunks = (t_end - t0 + kChunk - 1) / kChunk;
+  const int nvec = group / 8, heads = int((min(sh.C, c0 + kChunkChannels) - c0) / group);
+  const int64_t groups_per_step = sh.C / group, g0 = c0 / group;
+  float wv[W], xs[W], acc[W], dw[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
+    const int64_t t = t0 - W + j;
+    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[base + t * sh.C]) : 0.f;
+    acc[j] = 0.f;
+    dw[j] = 0.f;
+  }
+  auto step = [&](int64_t t, bool in_seq, float xt, float dyt) {
+    bwd_step<bf16, W>(t, in_seq, xt, dyt, t0, t1, wv, xs, acc, dw, dx + base, sh.C, silu);
+  };
+  auto copy = [&](int64_t kc, int buf) {
+    const int64_t from = t0 + kc * kChunk;
+    copy_chunk(x, sx + buf * kBuf, sh, b, c0, from, t_end);
+    copy_chunk(y, sy + buf * kBuf, sh, b, c0, from, t_end);
+    copy_chunk(dy, sd + buf * kBuf, sh, b, c0, from, t_end);
+  };
+  copy(0, 0);
+  ptx::cp_async_commit();
+  for (int64_t k = 0; k < nchunks; ++k) {
+    __syncthreads();
+    if (k + 1 < nchunks) copy(k + 1, int((k + 1) & 1));
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    __syncthreads();
+    const int64_t cur = (k & 1) * kBuf;
+    const int64_t tb = t0 + k * kChunk;
+    const int steps = int(min(int64_t(kChunk), t_end - tb));
+    chunk_rows<TPR>(group, [&](int u, int hb, int lane) {
+      const bool row_in = u < steps && hb < heads;
+      const int64_t at = cur + u * kChunkChannels + hb * group + lane * 8;
+      float yv[8], g[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) yv[e] = g[e] = 0.f;
+      if (row_in && lane < nvec) {
+        load_vec<bf16, 8>(sy + at, yv);
+        load_vec<bf16, 8>(sd + at, g);
+      }
+      float dot = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot += g[e] * yv[e];
+      dot = warp_group_sum<TPR>(dot);
+      if (!row_in || lane >= nvec) return;
+      const float rn = rnorm[(b * sh.T + tb + u) * groups_per_step + g0 + hb];
+      float o[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = rn * (g[e] - yv[e] * dot);
+      store_vec<bf16, 8>(sd + at, o);
+    });
+    __syncthreads();
+    if (mine)
+      for (int u = 0; u < steps; ++u)
+        step(tb + u, true, to_f32(sx[cur + u * kChunkChannels + threadIdx.x]),
+             to_f32(sd[cur + u * kChunkChannels + threadIdx.x]));
+  }
+  if (mine) {
+    for (int64_t t = t_end; t < t1 + W - 1; ++t) step(t, false, 0.f, 0.f);
+    float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pp[j] = dw[j];
+  }
+}
+
+// Lanes per row of the fused kernels for groups of nvec 16-byte vectors (dispatch_short_rows' choice for rows of
+// at most 32 vectors, l2norm's short-row layout).
+template <class Fn>
+void dispatch_group_lanes(int64_t nvec, Fn&& fn) {
+  if (nvec <= 8) return fn(Width<8>{});
+  if (nvec <= 16) return fn(Width<16>{});
+  return fn(Width<32>{});
+}
+
 }  // namespace
 
 bool short_conv_takes_chunks(const Tensor& x, const Tensor& dy, const ShortConvPlan& plan) {
@@ -379,6 +562,68 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
       if (dw.defined()) column_sum<T>(partial.data<float>(), groups, sh.C * W, static_cast<T*>(dw.data_ptr()), dev, s);
     });
   });
+}
+
+
+namespace {
+bool short_conv_l2norm_takes(const Tensor& x, const Tensor& w, int64_t group, std::initializer_list<const Tensor*> rows) {
+  if (x.dim() != 3 || x.dtype() != DType::bf16 || w.dim() != 2 || w.size(1) < 1 || w.size(1) > kMaxWidth) return false;
+  if (group < 8 || group > kChunkChannels || group % 8 != 0 || kChunkChannels % group != 0 || x.size(2) % group != 0)
+    return false;
+  if (!aligned16(x)) return false;
+  for (const Tensor* t : rows)
+    if (!aligned16(*t)) return false;
+  return true;
+}
+}  // namespace
+
+bool short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps, const Tensor& y,
+                           const Tensor& rnorm) {
+  if (!short_conv_l2norm_takes(x, w, group, {&y}) || rnorm.dtype() != DType::f32) return false;
+  if (x.numel() == 0) return true;
+  const int dev = x.device().index;
+  const ConvShape sh = conv_shape(x, w, dev, 8);  // short_conv_fwd's tiles
+  cudaStream_t s = activate(dev);
+  dispatch_width(w.size(1), [&](auto wc) {
+    dispatch_group_lanes(group / 8, [&](auto lanes) {
+      constexpr int W = decltype(wc)::value, TPR = decltype(lanes)::value;
+      short_conv_l2norm_fwd_kernel<W, TPR><<<chunk_blocks(sh), kChunkChannels,
+                                             3 * kChunk * kChunkChannels * sizeof(bf16), s>>>(
+          static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
+          static_cast<bf16*>(y.data_ptr()), rnorm.data<float>(), sh, int(group), apply_silu, float(eps));
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+bool short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+  if (!short_conv_l2norm_takes(x, w, group, {&y, &dy}) || rnorm.dtype() != DType::f32) return false;
+  const int dev = x.device().index;
+  const ConvShape sh = conv_shape(x, w, dev, 32);  // short_conv_bwd's tiles, so dw adds up in its order
+  cudaStream_t s = activate(dev);
+  if (x.numel() == 0) {
+    if (dw.defined()) dw.zero_();
+    return true;
+  }
+  dispatch_width(w.size(1), [&](auto wc) {
+    constexpr int W = decltype(wc)::value;
+    const int64_t groups = sh.B * sh.ntiles;
+    Tensor partial = scratch_f32(groups * sh.C * W, x.device());
+    dispatch_group_lanes(group / 8, [&](auto lanes) {
+      constexpr int TPR = decltype(lanes)::value;
+      short_conv_l2norm_bwd_kernel<W, TPR><<<chunk_blocks(sh), kChunkChannels,
+                                             6 * kChunk * kChunkChannels * sizeof(bf16), s>>>(
+          static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(w.data_ptr()),
+          static_cast<const bf16*>(y.data_ptr()), rnorm.data<float>(), static_cast<const bf16*>(dy.data_ptr()),
+          static_cast<bf16*>(dx.data_ptr()), partial.data<float>(), sh, int(group), apply_silu);
+    });
+    NATSL_CUDA_CHECK_LAUNCH();
+    if (dw.defined())
+      column_sum<bf16>(partial.data<float>(), groups, sh.C * W, static_cast<bf16*>(dw.data_ptr()), dev, s);
+  });
+  return true;
 }
 
 }  // namespace natsl::kernels::cuda

@@ -177,6 +177,55 @@ TEST(ShortConv, GradcheckIncludingShortSequences) {
   }
 }
 
+// short_conv_l2norm (the GDN front end's q and k in one node): on the CPU the two kernels composed, so the op's
+// values and gradients are those of l2norm(short_conv(x)) on the [B, T, C / group, group] view, checked here against
+// the composed autograd ops (bits) and by finite differences; bad groups are refused with the op's name.
+TEST(ShortConvL2Norm, IsTheComposedOpsAndGradchecks) {
+  struct Case {
+    int64_t B, T, C, W, group;
+  };
+  for (const Case& c : {Case{2, 7, 6, 4, 3}, Case{1, 2, 8, 4, 8}, Case{3, 5, 4, 1, 2}, Case{1, 1, 5, 3, 1}})
+    for (bool act : {false, true}) {
+      std::string what = "B";  // appended piece by piece: GCC 12's -Wrestrict misfires on "B" + std::string
+      for (const std::string& part : {std::to_string(c.B), " T" + std::to_string(c.T), " C" + std::to_string(c.C),
+                                      " group " + std::to_string(c.group), std::string(act ? " silu" : "")})
+        what += part;
+      Tensor x = leaf({c.B, c.T, c.C}, 11), w = leaf({c.C, c.W}, 12);
+      const Tensor dy = randn({c.B, c.T, c.C}, 13);
+      // Values and gradients of one graph (x's and w's gradients start empty).
+      auto run = [&](bool fused) {
+        x.set_grad(Tensor());
+        w.set_grad(Tensor());
+        Tensor y = fused ? short_conv_l2norm(x, w, act, c.group, 1e-6)
+                         : reshape(l2norm(reshape(short_conv(x, w, act), {c.B, c.T, c.C / c.group, c.group}), 1e-6),
+                                   {c.B, c.T, c.C});
+        y.backward(dy);
+        return std::vector<std::vector<double>>{host(y), host(x.grad()), host(w.grad())};
+      };
+      const auto fused = run(true), composed = run(false);
+      EXPECT_EQ(fused[0], composed[0]) << what << " y";
+      EXPECT_EQ(fused[1], composed[1]) << what << " dx";
+      EXPECT_EQ(fused[2], composed[2]) << what << " dw";
+      expect_gradcheck([&](auto& v) { return short_conv_l2norm(v[0], v[1], act, c.group, 1e-3); },
+                       {leaf({c.B, c.T, c.C}, 14), leaf({c.C, c.W}, 15)}, what.c_str());
+    }
+  // A group that does not divide the channels, and a statistics tensor of the wrong size: refused, naming them.
+  Tensor x = randn({2, 3, 6}, 1), w = randn({6, 4}, 2);
+  try {
+    short_conv_l2norm(x, w, true, 4);
+    ADD_FAILURE() << "group 4 of 6 channels accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("group 4"), std::string::npos) << e.what();
+  }
+  Tensor y = poisoned({2, 3, 6}), rn = poisoned({2, 3, 2});
+  try {
+    kernels::short_conv_l2norm_fwd(x, w, true, 2, 1e-6, y, rn);
+    ADD_FAILURE() << "rnorm of 12 values for 18 groups accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rnorm must hold 18"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Swiglu, ForwardMatchesLoopAndGradcheck) {
   Tensor g = randn({3, 5}, 1, DType::f64, 3.0), u = randn({3, 5}, 2), y = poisoned({3, 5});
   kernels::swiglu_fwd(g, u, y);
@@ -617,3 +666,91 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaShortConvChunks,
                                            Shape{3, 1031, 768}, Shape{1, 4096, 520}, Shape{8, 2048, 2048},
                                            Shape{16, 4096, 2048}),
                          shape_param_name);
+
+// The fused CUDA short conv + l2norm (kernels/cuda/short_conv.cu) gives the bits of the composed CUDA kernels
+// (short_conv_fwd then l2norm_fwd on the group view; l2norm_bwd then short_conv_bwd), outputs poisoned first: every
+// width, with and without SiLU, groups of 8 to 256 channels, partial channel blocks (C not a multiple of 256),
+// sequences that are not a multiple of the tile or of the 16-step chunk, and natsl-340m's q / k (C 768, group 128)
+// at a size whose tiles span several chunks. A group that does not divide 256 falls back to the composition.
+namespace {
+struct ConvNormCase {
+  int64_t B, T, C, group;
+};
+class CudaShortConvL2Norm : public ::testing::TestWithParam<ConvNormCase> {};
+std::string conv_norm_name(const ::testing::TestParamInfo<ConvNormCase>& i) {
+  const ConvNormCase& c = i.param;
+  std::string name = "B";  // appended piece by piece (GCC 12's -Wrestrict, as above)
+  for (const std::string& part : {std::to_string(c.B), "_T" + std::to_string(c.T), "_C" + std::to_string(c.C),
+                                  "_group" + std::to_string(c.group)})
+    name += part;
+  return name;
+}
+}  // namespace
+
+TEST_P(CudaShortConvL2Norm, FusedKernelsGiveTheComposedKernelsBits) {
+  NATSL_REQUIRE_GPU();
+#ifdef NATSL_WITH_CUDA
+  const ConvNormCase c = GetParam();
+  const Shape s{c.B, c.T, c.C}, rs{c.B, c.T, c.C / c.group, c.group}, ns{c.B, c.T, c.C / c.group};
+  uint64_t seed = 1700 + 13 * uint64_t(shape_numel(s)) + uint64_t(c.group);
+  auto gpu_randn = [&](const Shape& sh, double std) {
+    Tensor t = Tensor::empty(sh, DType::bf16, gpu());
+    Generator g(seed++);
+    normal_(t, g, 0.0, std);
+    return t;
+  };
+  auto bits = [](const Tensor& a, const Tensor& b) {
+    const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+    return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data_ptr(), hb.data_ptr(), ha.nbytes()) == 0;
+  };
+  auto f32_poisoned = [](const Shape& sh) {
+    Tensor t = Tensor::empty(sh, DType::f32, gpu());
+    t.fill_(std::nan(""));
+    return t;
+  };
+  const Tensor x = gpu_randn(s, 1.0), dy = gpu_randn(s, 1.0);
+  const bool fused = c.group % 8 == 0 && c.group <= 256 && 256 % c.group == 0;
+  const bool big = shape_numel(s) > (int64_t(1) << 22);
+  for (int64_t W = 1; W <= 4; ++W) {
+    if (big && W != 4) continue;
+    const Tensor w = gpu_randn({c.C, W}, 0.5);
+    for (bool silu : {false, true}) {
+      SCOPED_TRACE(conv_norm_name({c, 0}) + " W " + std::to_string(W) + (silu ? " silu" : ""));
+      // The composition.
+      Tensor act = gpu_poisoned(s, DType::bf16), y0 = gpu_poisoned(s, DType::bf16), rn0 = f32_poisoned(ns);
+      kernels::short_conv_fwd(x, w, silu, act);
+      kernels::l2norm_fwd(act.view(rs), 1e-6, y0.view(rs), rn0);
+      Tensor dact = gpu_poisoned(s, DType::bf16), dx0 = gpu_poisoned(s, DType::bf16),
+             dw0 = gpu_poisoned({c.C, W}, DType::bf16);
+      kernels::l2norm_bwd(y0.view(rs), rn0, dy.view(rs), dact.view(rs));
+      kernels::short_conv_bwd(x, w, silu, dact, dx0, dw0);
+      // The fused kernels, called directly (they say whether they took the tensors), then the dispatcher.
+      Tensor y1 = gpu_poisoned(s, DType::bf16), rn1 = f32_poisoned(ns);
+      EXPECT_EQ(kernels::cuda::short_conv_l2norm_fwd(x, w, silu, c.group, 1e-6, y1, rn1), fused);
+      Tensor dx1 = gpu_poisoned(s, DType::bf16), dw1 = gpu_poisoned({c.C, W}, DType::bf16);
+      EXPECT_EQ(kernels::cuda::short_conv_l2norm_bwd(x, w, silu, c.group, y0, rn0, dy, dx1, dw1), fused);
+      if (fused) {
+        EXPECT_TRUE(bits(y1, y0)) << "y";
+        EXPECT_TRUE(bits(rn1, rn0)) << "rnorm";
+        EXPECT_TRUE(bits(dx1, dx0)) << "dx";
+        EXPECT_TRUE(bits(dw1, dw0)) << "dw";
+      }
+      Tensor y2 = gpu_poisoned(s, DType::bf16), rn2 = f32_poisoned(ns);
+      kernels::short_conv_l2norm_fwd(x, w, silu, c.group, 1e-6, y2, rn2);
+      Tensor dx2 = gpu_poisoned(s, DType::bf16), dw2 = gpu_poisoned({c.C, W}, DType::bf16);
+      kernels::short_conv_l2norm_bwd(x, w, silu, c.group, y0, rn0, dy, dx2, dw2);
+      EXPECT_TRUE(bits(y2, y0)) << "y (dispatcher)";
+      EXPECT_TRUE(bits(rn2, rn0)) << "rnorm (dispatcher)";
+      EXPECT_TRUE(bits(dx2, dx0)) << "dx (dispatcher)";
+      EXPECT_TRUE(bits(dw2, dw0)) << "dw (dispatcher)";
+    }
+  }
+#endif
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaShortConvL2Norm,
+                         ::testing::Values(ConvNormCase{1, 1, 64, 64}, ConvNormCase{2, 19, 16, 8},
+                                           ConvNormCase{2, 500, 264, 8}, ConvNormCase{1, 77, 48, 16},
+                                           ConvNormCase{2, 300, 96, 32}, ConvNormCase{3, 1031, 768, 128},
+                                           ConvNormCase{2, 130, 512, 256}, ConvNormCase{1, 40, 192, 96},
+                                           ConvNormCase{8, 2048, 768, 128}),
+                         conv_norm_name);
