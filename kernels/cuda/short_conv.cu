@@ -33,6 +33,18 @@ __device__ __forceinline__ float act_grad(float p, bool silu) {
   return s * (1.f + p * (1.f - s));
 }
 
+// Every kernel's step: shifts x(t) into the W-wide window (xs[j] = x(t - W + 1 + j)) and returns pre(t).
+template <int W>
+__device__ __forceinline__ float shift_pre(const float (&wv)[W], float (&xs)[W], float xt) {
+#pragma unroll
+  for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
+  xs[W - 1] = xt;
+  float pre = 0.f;
+#pragma unroll
+  for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
+  return pre;
+}
+
 struct ConvShape {
   int64_t B, T, C, tile, ntiles;
 };
@@ -60,13 +72,7 @@ __global__ void __launch_bounds__(256) short_conv_fwd_kernel(const T* __restrict
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (tb + u < t1) {
-#pragma unroll
-          for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-          xs[W - 1] = xu[u];
-          float pre = 0.f;
-#pragma unroll
-          for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-          yb[(tb + u) * sh.C] = from_f32<T>(act_f(pre, silu));
+          yb[(tb + u) * sh.C] = from_f32<T>(act_f(shift_pre<W>(wv, xs, xu[u]), silu));
         }
       }
     }
@@ -83,13 +89,7 @@ __device__ __forceinline__ void bwd_step(int64_t t, bool in_seq, float xt, float
                                          T* __restrict__ dx_col, int64_t C, bool silu) {
   float gt = 0.f;
   if (in_seq) {
-#pragma unroll
-    for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-    xs[W - 1] = xt;
-    float pre = 0.f;
-#pragma unroll
-    for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-    gt = dyt * act_grad(pre, silu);
+    gt = dyt * act_grad(shift_pre<W>(wv, xs, xt), silu);
     if (t < t1) {
 #pragma unroll
       for (int j = 0; j < W; ++j) dw[j] += gt * xs[j];
@@ -153,6 +153,46 @@ __device__ __forceinline__ void copy_chunk(const bf16* __restrict__ src, bf16* d
   }
 }
 
+// A shared-memory kernel's block: channels [c0, c0 + kChunkChannels) of sequence b's time tile [t0, t1); this
+// thread's channel c (mine: c < C).
+struct ChunkBlock {
+  int64_t b, tile, c0, c, t0, t1;
+  bool mine;
+};
+__device__ __forceinline__ ChunkBlock chunk_block(const ConvShape& sh) {
+  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
+  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb;
+  ChunkBlock k;
+  k.tile = rest % sh.ntiles;
+  k.b = rest / sh.ntiles;
+  k.c0 = cb * kChunkChannels;
+  k.c = k.c0 + threadIdx.x;
+  k.mine = k.c < sh.C;
+  k.t0 = k.tile * sh.tile;
+  k.t1 = min(sh.T, k.t0 + sh.tile);
+  return k;
+}
+
+// The thread's channel weights and its window of x before the tile: xs[j] = x(t0 - W + j) for j > 0 (zero before
+// the sequence; xs[0] is shifted out by the first step). Zeros for a channel past C.
+template <int W>
+__device__ __forceinline__ void load_window(const bf16* __restrict__ x, const bf16* __restrict__ w, const ConvShape& sh,
+                                            const ChunkBlock& k, float (&wv)[W], float (&xs)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    wv[j] = k.mine ? to_f32(w[k.c * W + j]) : 0.f;
+    const int64_t t = k.t0 - W + j;
+    xs[j] = (k.mine && j > 0 && t >= 0) ? to_f32(x[(k.b * sh.T + t) * sh.C + k.c]) : 0.f;
+  }
+}
+
+// The shared-memory forward's step: shifts x(t) into the window and returns act(pre(t)) rounded to bf16 (the
+// per-channel kernel's arithmetic).
+template <int W>
+__device__ __forceinline__ bf16 fwd_step(const float (&wv)[W], float (&xs)[W], float xt, bool silu) {
+  return from_f32<bf16>(act_f(shift_pre<W>(wv, xs, xt), silu));
+}
+
 // One block: kChunkChannels channels of one (sequence, tile). Dynamic shared memory: 2 x kChunk x kChunkChannels bf16.
 template <int W>
 __global__ void __launch_bounds__(kChunkChannels)
@@ -160,19 +200,12 @@ __global__ void __launch_bounds__(kChunkChannels)
                                  ConvShape sh, bool silu) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sx = reinterpret_cast<bf16*>(smem_raw);
-  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
-  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
-  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
-  const bool mine = c < sh.C;
-  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  const ChunkBlock blk = chunk_block(sh);
+  const int64_t b = blk.b, c0 = blk.c0, c = blk.c, t0 = blk.t0, t1 = blk.t1;
+  const bool mine = blk.mine;
   const int64_t nchunks = (t1 - t0 + kChunk - 1) / kChunk;
   float wv[W], xs[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j) {
-    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
-    const int64_t t = t0 - W + j;
-    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[(b * sh.T + t) * sh.C + c]) : 0.f;
-  }
+  load_window<W>(x, w, sh, blk, wv, xs);
   copy_chunk(x, sx, sh, b, c0, t0, t1);
   ptx::cp_async_commit();
   for (int64_t k = 0; k < nchunks; ++k) {
@@ -185,15 +218,30 @@ __global__ void __launch_bounds__(kChunkChannels)
     const int64_t tb = t0 + k * kChunk;
     if (mine)
       for (int u = 0; u < kChunk && tb + u < t1; ++u) {
-#pragma unroll
-        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-        xs[W - 1] = to_f32(cur[u * kChunkChannels + threadIdx.x]);
-        float pre = 0.f;
-#pragma unroll
-        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-        y[(b * sh.T + tb + u) * sh.C + c] = from_f32<bf16>(act_f(pre, silu));
+        y[(b * sh.T + tb + u) * sh.C + c] = fwd_step<W>(wv, xs, to_f32(cur[u * kChunkChannels + threadIdx.x]), silu);
       }
   }
+}
+
+// The backward's walk over one chunk's steps tb .. tb + steps - 1 (x and the conv's dy read from shared memory: sx,
+// sd at the chunk's rows), for the threads that own a channel.
+template <class Step>
+__device__ __forceinline__ void walk_chunk(bool mine, const bf16* sx, const bf16* sd, int64_t tb, int steps, Step& step) {
+  if (!mine) return;
+  for (int u = 0; u < steps; ++u)
+    step(tb + u, true, to_f32(sx[u * kChunkChannels + threadIdx.x]), to_f32(sd[u * kChunkChannels + threadIdx.x]));
+}
+
+// After the last chunk: the steps from t_end to t1 + W - 2 (past the end of the sequence: g = 0) flush the dx
+// accumulators, then the tile's dw sums (updated by step) go to its partial row.
+template <int W, class Step>
+__device__ __forceinline__ void finish_tile(const ChunkBlock& k, const ConvShape& sh, int64_t t_end, const float (&dw)[W],
+                                            float* __restrict__ dw_partial, Step& step) {
+  if (!k.mine) return;
+  for (int64_t t = t_end; t < k.t1 + W - 1; ++t) step(t, false, 0.f, 0.f);
+  float* pp = dw_partial + ((k.b * sh.ntiles + k.tile) * sh.C + k.c) * W;
+#pragma unroll
+  for (int j = 0; j < W; ++j) pp[j] = dw[j];
 }
 
 // dw_partial: [B * ntiles, C, W] f32 as short_conv_bwd_kernel's. Dynamic shared memory: 2 buffers x 2 tensors x
@@ -205,25 +253,16 @@ __global__ void __launch_bounds__(kChunkChannels)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sx = reinterpret_cast<bf16*>(smem_raw);
   bf16* sd = sx + 2 * kChunk * kChunkChannels;
-  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
-  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
-  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
-  const bool mine = c < sh.C;
+  const ChunkBlock blk = chunk_block(sh);
+  const int64_t b = blk.b, c0 = blk.c0, c = blk.c, t0 = blk.t0, t1 = blk.t1;
+  const bool mine = blk.mine;
   const int64_t base = b * sh.T * sh.C + c;
-  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
   // Steps t0 .. t_end - 1 read x and dy (the W - 1 past the tile feed dx of its last steps); steps from t_end to
   // t1 + W - 2 (past the end of the sequence) only flush the dx accumulators, with g = 0.
   const int64_t t_end = min(sh.T, t1 + W - 1);
   const int64_t nchunks = (t_end - t0 + kChunk - 1) / kChunk;
-  float wv[W], xs[W], acc[W], dw[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j) {
-    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
-    const int64_t t = t0 - W + j;
-    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[base + t * sh.C]) : 0.f;
-    acc[j] = 0.f;
-    dw[j] = 0.f;
-  }
+  float wv[W], xs[W], acc[W] = {}, dw[W] = {};
+  load_window<W>(x, w, sh, blk, wv, xs);
   auto step = [&](int64_t t, bool in_seq, float xt, float dyt) {
     bwd_step<bf16, W>(t, in_seq, xt, dyt, t0, t1, wv, xs, acc, dw, dx + base, sh.C, silu);
   };
@@ -242,17 +281,9 @@ __global__ void __launch_bounds__(kChunkChannels)
     __syncthreads();
     const int64_t cur = (k & 1) * kChunk * kChunkChannels;
     const int64_t tb = t0 + k * kChunk;
-    if (mine)
-      for (int u = 0; u < kChunk && tb + u < t_end; ++u)
-        step(tb + u, true, to_f32(sx[cur + u * kChunkChannels + threadIdx.x]),
-             to_f32(sd[cur + u * kChunkChannels + threadIdx.x]));
+    walk_chunk(mine, sx + cur, sd + cur, tb, int(min(int64_t(kChunk), t_end - tb)), step);
   }
-  if (mine) {
-    for (int64_t t = t_end; t < t1 + W - 1; ++t) step(t, false, 0.f, 0.f);
-    float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
-#pragma unroll
-    for (int j = 0; j < W; ++j) pp[j] = dw[j];
-  }
+  finish_tile<W>(blk, sh, t_end, dw, dw_partial, step);
 }
 
 // Calls fn(std::integral_constant<int, W>) for the runtime kernel width.
@@ -319,21 +350,14 @@ __global__ void __launch_bounds__(kChunkChannels)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sx = reinterpret_cast<bf16*>(smem_raw);
   bf16* sa = sx + 2 * kChunk * kChunkChannels;  // the chunk's activations [kChunk][kChunkChannels]
-  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
-  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
-  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
-  const bool mine = c < sh.C;
-  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
+  const ChunkBlock blk = chunk_block(sh);
+  const int64_t b = blk.b, c0 = blk.c0, t0 = blk.t0, t1 = blk.t1;
+  const bool mine = blk.mine;
   const int64_t nchunks = (t1 - t0 + kChunk - 1) / kChunk;
   const int nvec = group / 8, heads = int((min(sh.C, c0 + kChunkChannels) - c0) / group);
   const int64_t groups_per_step = sh.C / group, g0 = c0 / group;
   float wv[W], xs[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j) {
-    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
-    const int64_t t = t0 - W + j;
-    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[(b * sh.T + t) * sh.C + c]) : 0.f;
-  }
+  load_window<W>(x, w, sh, blk, wv, xs);
   copy_chunk(x, sx, sh, b, c0, t0, t1);
   ptx::cp_async_commit();
   for (int64_t k = 0; k < nchunks; ++k) {
@@ -347,13 +371,7 @@ __global__ void __launch_bounds__(kChunkChannels)
     const int steps = int(min(int64_t(kChunk), t1 - tb));
     if (mine)
       for (int u = 0; u < steps; ++u) {
-#pragma unroll
-        for (int j = 0; j < W - 1; ++j) xs[j] = xs[j + 1];
-        xs[W - 1] = to_f32(cur[u * kChunkChannels + threadIdx.x]);
-        float pre = 0.f;
-#pragma unroll
-        for (int j = 0; j < W; ++j) pre += wv[j] * xs[j];
-        sa[u * kChunkChannels + threadIdx.x] = from_f32<bf16>(act_f(pre, silu));
+        sa[u * kChunkChannels + threadIdx.x] = fwd_step<W>(wv, xs, to_f32(cur[u * kChunkChannels + threadIdx.x]), silu);
       }
     __syncthreads();
     chunk_rows<TPR>(group, [&](int u, int hb, int lane) {
@@ -391,25 +409,16 @@ __global__ void __launch_bounds__(kChunkChannels)
   bf16* sx = reinterpret_cast<bf16*>(smem_raw);
   bf16* sy = sx + 2 * kBuf;
   bf16* sd = sy + 2 * kBuf;  // dy, then l2norm's input gradient (the conv's dy) in its place
-  const int64_t ncb = (sh.C + kChunkChannels - 1) / kChunkChannels;
-  const int64_t cb = blockIdx.x % ncb, rest = blockIdx.x / ncb, tile = rest % sh.ntiles, b = rest / sh.ntiles;
-  const int64_t c0 = cb * kChunkChannels, c = c0 + threadIdx.x;
-  const bool mine = c < sh.C;
+  const ChunkBlock blk = chunk_block(sh);
+  const int64_t b = blk.b, c0 = blk.c0, c = blk.c, t0 = blk.t0, t1 = blk.t1;
+  const bool mine = blk.mine;
   const int64_t base = b * sh.T * sh.C + c;
-  const int64_t t0 = tile * sh.tile, t1 = min(sh.T, t0 + sh.tile);
   const int64_t t_end = min(sh.T, t1 + W - 1);
   const int64_t nchunks = (t_end - t0 + kChunk - 1) / kChunk;
   const int nvec = group / 8, heads = int((min(sh.C, c0 + kChunkChannels) - c0) / group);
   const int64_t groups_per_step = sh.C / group, g0 = c0 / group;
-  float wv[W], xs[W], acc[W], dw[W];
-#pragma unroll
-  for (int j = 0; j < W; ++j) {
-    wv[j] = mine ? to_f32(w[c * W + j]) : 0.f;
-    const int64_t t = t0 - W + j;
-    xs[j] = (mine && j > 0 && t >= 0) ? to_f32(x[base + t * sh.C]) : 0.f;
-    acc[j] = 0.f;
-    dw[j] = 0.f;
-  }
+  float wv[W], xs[W], acc[W] = {}, dw[W] = {};
+  load_window<W>(x, w, sh, blk, wv, xs);
   auto step = [&](int64_t t, bool in_seq, float xt, float dyt) {
     bwd_step<bf16, W>(t, in_seq, xt, dyt, t0, t1, wv, xs, acc, dw, dx + base, sh.C, silu);
   };
@@ -452,17 +461,9 @@ __global__ void __launch_bounds__(kChunkChannels)
       store_vec<bf16, 8>(sd + at, o);
     });
     __syncthreads();
-    if (mine)
-      for (int u = 0; u < steps; ++u)
-        step(tb + u, true, to_f32(sx[cur + u * kChunkChannels + threadIdx.x]),
-             to_f32(sd[cur + u * kChunkChannels + threadIdx.x]));
+    walk_chunk(mine, sx + cur, sd + cur, tb, steps, step);
   }
-  if (mine) {
-    for (int64_t t = t_end; t < t1 + W - 1; ++t) step(t, false, 0.f, 0.f);
-    float* pp = dw_partial + ((b * sh.ntiles + tile) * sh.C + c) * W;
-#pragma unroll
-    for (int j = 0; j < W; ++j) pp[j] = dw[j];
-  }
+  finish_tile<W>(blk, sh, t_end, dw, dw_partial, step);
 }
 
 // Lanes per row of the fused kernels for groups of nvec 16-byte vectors (dispatch_short_rows' choice for rows of
