@@ -332,7 +332,7 @@ unsigned chunk_blocks(const ConvShape& sh) {
 // l2norm_bwd then short_conv_bwd), and the activations and their gradient never cross global memory. Blocks of
 // 256 channels hold whole groups (group divides 256).
 
-// The rows of chunk [tb, tb + steps) x the block's groups hb < heads: f(u, hb, lane, row_in) for every row slot
+// The rows of chunk [tb, tb + steps) x the block's groups hb < heads: f(u, hb, lane) for every row slot
 // (u < kChunk, hb < 256 / group), spread over the block's 256 / TPR lane groups. Every lane group runs the same
 // number of slots (kChunk * 256 / group is a multiple of 256 / TPR), so every lane of a warp reaches the group sums.
 template <int TPR, class F>
@@ -466,13 +466,15 @@ __global__ void __launch_bounds__(kChunkChannels)
   finish_tile<W>(blk, sh, t_end, dw, dw_partial, step);
 }
 
-// Lanes per row of the fused kernels for groups of nvec 16-byte vectors (dispatch_short_rows' choice for rows of
-// at most 32 vectors, l2norm's short-row layout).
+// Lanes per row of the fused kernels for groups of nvec 16-byte vectors: l2norm's own choice (dispatch_short_rows),
+// so that the fused sums follow its layout whatever it is tuned to; the fused kernels hold one vector a lane.
 template <class Fn>
 void dispatch_group_lanes(int64_t nvec, Fn&& fn) {
-  if (nvec <= 8) return fn(Width<8>{});
-  if (nvec <= 16) return fn(Width<16>{});
-  return fn(Width<32>{});
+  const bool taken = dispatch_short_rows(nvec, [&](auto tpr, auto nv) {
+    if constexpr (decltype(nv)::value == 1) fn(tpr);
+    else NATSL_FAIL("short_conv_l2norm: l2norm lays ", nvec, " vectors out ", decltype(nv)::value, " a lane");
+  });
+  NATSL_CHECK(taken, "short_conv_l2norm: ", nvec, " vectors a group is no short row");
 }
 
 }  // namespace
@@ -564,7 +566,6 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
     });
   });
 }
-
 
 namespace {
 bool short_conv_l2norm_takes(const Tensor& x, const Tensor& w, int64_t group, std::initializer_list<const Tensor*> rows) {

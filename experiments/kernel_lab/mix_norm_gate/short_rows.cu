@@ -45,16 +45,8 @@ using T = bf16;
 constexpr int VEC = kVec<T>;
 constexpr int kThreads = 256;  // threads a block (kThreads / TPR lane groups)
 
-// group_sum<TPR> with the full-warp mask (l2norm.cu's warp_group_sum): every lane of the warp calls it together
-// (the warp-uniform row loop below), so ptxas needs no convergence check before the shuffles. The same xor
-// butterfly (offsets TPR/2 .. 1) as common.cuh's warp_reduce after its offsets >= TPR, which in production only
-// add the zeros of lanes that hold no vector: the same bits.
-template <int TPR>
-__device__ __forceinline__ float warp_group_sum(float v) {
-#pragma unroll
-  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// The row sums use common.cuh's warp_group_sum<TPR>: the xor butterfly of warp_reduce's offsets below TPR (in
+// production the larger offsets only add the zeros of lanes that hold no vector), so the same bits.
 
 // This lane's NV vectors (vector n * TPR + lane) of rows r0 .. r0 + RPG - 1 of p, raw, zero where the row or the
 // vector is absent.
