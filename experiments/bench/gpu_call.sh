@@ -15,7 +15,10 @@
 #            sync timing method for comparison
 #   ops      natsl_bench_ops (OPS_ONLY=substring to time a subset)
 #   refmodel the authors' model (ref_model.py in .peers: REF_LAYERS "natsl" and/or "gdn"), 12 steps B8 T4096: the
-#            peer of `train` (run both in one call, one after the other); ref_model_<layers>.json
+#            peer of `train` (run both in one call, one after the other); ref_model_<layers>.json. REF_SIZES (default
+#            340m; "340m 760m": also the reference's 760M shapes through experiments/bench/ref_model_sized.py, the
+#            peer of natsl-760m: ref_model_<layers>_760m.json); REF_BATCH (default 8: on an 80 GB card the 760M
+#            peer may need 4, then train with TRAIN_EXTRA=train.batch_size=4 for the same tokens per step)
 #   train    each of TRAIN_CONFIGS (default natsl-340m; e.g. "natsl-340m natsl-760m"), bf16, TRAIN_STEPS (default 40)
 #            steps at grad_accum 1: tokens/s, MFU, memory; steps 20-22
 #            profiled (profile_summary.json, profile_trace.json.gz); TRAIN_EXTRA: more key=value overrides;
@@ -314,12 +317,19 @@ fi
 # (1.5-3.5 min on a fresh machine): REF_TIMEOUT (default 420 s) per model. Run it before or after `train`, never
 # beside it.
 if has refmodel; then
-  for layers in ${REF_LAYERS:-natsl}; do
-    el "refmodel $layers (the authors' stack)"
-    OUT=$OUT timeout "${REF_TIMEOUT:-420}" python3 .peers/ref_model.py --fla .peers/flanats --nats .peers/nats \
-      --layers "$layers" >"$LOG/ref_model_$layers.log" 2>&1
-    echo "refmodel $layers rc $?"
-    tail -3 "$LOG/ref_model_$layers.log"
+  for size in ${REF_SIZES:-340m}; do
+    for layers in ${REF_LAYERS:-natsl}; do
+      el "refmodel $layers $size (the authors' stack)"
+      if [ "$size" = 340m ]; then
+        tag=$layers; script=(.peers/ref_model.py)
+      else
+        tag=${layers}_$size; script=(experiments/bench/ref_model_sized.py --size "$size" --script .peers/ref_model.py)
+      fi
+      OUT=$OUT timeout "${REF_TIMEOUT:-420}" python3 "${script[@]}" --fla .peers/flanats --nats .peers/nats \
+        --layers "$layers" --batch "${REF_BATCH:-8}" >"$LOG/ref_model_$tag.log" 2>&1
+      echo "refmodel $layers $size rc $?"
+      tail -3 "$LOG/ref_model_$tag.log"
+    done
   done
   pack_triton_cache  # now: a call cut off later at its limit still returns it
 fi
