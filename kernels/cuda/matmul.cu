@@ -17,6 +17,7 @@
 #include "core/allocator.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/matmul_config.h"
+#include "kernels/cuda/matmul_thin.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 
@@ -131,7 +132,9 @@ Plan build_plan(LtContext& ctx, const PlanKey& k) {
 
 // Rows whose length in bytes is not a multiple of 16 (a product with 6 or 12 outputs: Gated DeltaNet's a and b
 // projections, one per head) leave cuBLASLt only its unvectorised kernels, which took 184 us for the backward of
-// a 32768 x 1024 -> 6 product that reads 67 MB (natsl-340m's profile, 2026-12-07). Such a product runs on copies
+// a 32768 x 1024 -> 6 product that reads 67 MB (natsl-340m's profile, 2026-12-07). The three products of a linear
+// layer with such a narrow dim run on the thin kernels (matmul_thin.h); any other (a transposed pair, f32 rows of
+// an odd length the thin kernels refuse, a narrow dim of 9..256) runs on copies
 // padded with zeros to 8-element rows (16 bytes in bf16, 32 in f32): M where it is op(a)'s row length (a
 // transposed), K where it is a's or b's, N always (out's, and b's when b is not transposed). Zeros in the padded K
 // add nothing; the padded M rows and N columns of the result are not copied back. Each output element is the same
@@ -238,6 +241,8 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool trans_a, b
   const bool shared_b = b.dim() == 2 && out.dim() > 2;
   // A shared b with untransposed a: the batch folds into the rows of one product.
   const bool fold = shared_b && !trans_a;
+  // One dim of at most 8 (Gated DeltaNet's a / b projections): the thin kernels (matmul_thin.h), else padded copies.
+  if ((batch == 1 || fold) && thin_matmul(a, b, out, trans_a, trans_b, alpha, beta, c)) return;
   if ((batch == 1 || fold) && padded_matmul(a, b, out, trans_a, trans_b, alpha, beta, c)) return;
   const int64_t rows = fold ? batch * M : M, nb = fold ? 1 : batch;
 

@@ -15,6 +15,7 @@
 #endif
 #ifdef NATSL_WITH_CUDA
 #include "kernels/cuda/matmul_config.h"
+#include "kernels/cuda/matmul_thin.h"
 #endif
 
 using namespace natsl;
@@ -421,6 +422,59 @@ TEST(CudaMatmul, NarrowRowsGoThroughPaddedCopies) {
   Tensor out2 = gpu_poisoned({4096, 6}, DType::bf16);
   kernels::matmul(to_gpu(x), to_gpu(w), out2, false, true, 1.0, 1.0, to_gpu(r));
   expect_match(out2, ref2, kBf16, "padded y = x W^T + c");
+}
+
+// Products with one dim of at most 8 run on the thin kernels (kernels/cuda/matmul_thin.h): y = x W^T (rows), dx =
+// dy W (spread) and dW = dy^T x (gather: slabs of rows, two passes), against the f64 reference for every narrow
+// width 1..8, wide dims that are not multiples of the kernels' blocks (vectors left over in a warp's last pass, a
+// column block of the gather only partly used, a gather slab cut short, one row), alpha and beta, a residual c, a
+// folded batch, bf16 operands into an f32 out (the weight gradient's sink), and the same bits on a second call.
+// The shapes of natsl-340m's a / b projections must take them (thin_matmul_applies).
+TEST(CudaMatmul, ThinProductsMatchTheReference) {
+  NATSL_REQUIRE_GPU();
+#ifdef NATSL_WITH_CUDA
+  uint64_t seed = 1200;
+  for (DType dt : {DType::bf16, DType::f32})
+    for (int64_t n = 1; n <= 8; ++n) {
+      const int64_t wide = dt == DType::bf16 ? 1032 : 1028;  // rows of 129 / 257 vectors
+      for (const MM& c : {MM{{}, 333, n, wide, false, true, false},    // rows: y = x W^T
+                          MM{{}, 1, n, 8, false, true, false},         // one row, one vector
+                          MM{{}, 333, wide, n, false, false, false},   // spread: dx = dy W
+                          MM{{}, n, wide, 4097, true, false, false},   // gather: dW = dy^T x, a short last slab
+                          MM{{}, n, 264, 1, true, false, false},       // gather: one row, one column block part used
+                          MM{{3}, 65, n, 136, false, true, true}})     // rows, a batch folded into rows
+        for (double beta : {0.0, 0.75}) run_case(c, dt, beta == 0.0 ? 1.0 : 0.5, beta, tol_for(dt), seed += 3);
+    }
+  // Long reductions (many slabs) in f32 out from bf16 operands, beta 1 (the gradient sink), and determinism.
+  for (int64_t n : {2, 6}) {
+    Tensor dy = q(randn({40000, n}, ++seed), DType::bf16), x = q(randn({40000, 520}, ++seed), DType::bf16);
+    Tensor g32 = randn({n, 520}, ++seed, DType::f32);
+    Tensor ref = f64(g32);
+    kernels::cpu::matmul(f64(dy), f64(x), ref, true, false, 1.0, 1.0);
+    Tensor out = to_gpu(g32), out2 = to_gpu(g32);
+    ASSERT_TRUE(kernels::cuda::thin_matmul_applies(to_gpu(dy), to_gpu(x), out, true, false, Tensor()));
+    kernels::matmul(to_gpu(dy), to_gpu(x), out, true, false, 1.0, 1.0);
+    kernels::matmul(to_gpu(dy), to_gpu(x), out2, true, false, 1.0, 1.0);
+    expect_match(out, ref, kF32, "thin gather bf16 -> f32, beta 1, R 40000");
+    expect_same_bits(out, out2, "thin gather: the same bits twice");
+  }
+  // natsl-340m's projection shapes (d 1024 -> 6 heads) take the thin kernels; a residual c in the rows kernel.
+  Tensor x = q(randn({2048, 1024}, ++seed), DType::bf16), w = q(randn({6, 1024}, ++seed), DType::bf16);
+  Tensor dy = q(randn({2048, 6}, ++seed), DType::bf16), r = q(randn({2048, 6}, ++seed), DType::bf16);
+  const Tensor gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy), gr = to_gpu(r);
+  EXPECT_TRUE(kernels::cuda::thin_matmul_applies(gx, gw, gpu_poisoned({2048, 6}, DType::bf16), false, true, gr));
+  EXPECT_TRUE(kernels::cuda::thin_matmul_applies(gdy, gw, gpu_poisoned({2048, 1024}, DType::bf16), false, false,
+                                                 Tensor()));
+  EXPECT_TRUE(kernels::cuda::thin_matmul_applies(gdy, gx, gpu_poisoned({6, 1024}, DType::f32), true, false, Tensor()));
+  EXPECT_FALSE(kernels::cuda::thin_matmul_applies(gx, gx, gpu_poisoned({2048, 2048}, DType::bf16), false, true,
+                                                  Tensor()));
+  Tensor ref2 = f64(r);
+  kernels::cpu::matmul(f64(x), f64(w), ref2, false, true, 1.0, 1.0);
+  Tensor out3 = gpu_poisoned({2048, 6}, DType::bf16);
+  kernels::matmul(gx, gw, out3, false, true, 1.0, 1.0, gr);
+  expect_match(out3, ref2, kBf16, "thin y = x W^T + c");
+  expect_same_bits(gr, to_gpu(r), "thin rows: c untouched");
+#endif
 }
 
 TEST(CudaMatmul, Tf32IsOptIn) {
