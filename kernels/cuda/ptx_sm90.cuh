@@ -1,7 +1,7 @@
 #pragma once
 // The sm_90 PTX primitives: tensor copies (TMA), mbarriers (init, arrive with an expected byte count, parity wait), bulk copies
-// global -> shared completing on an mbarrier, and the named barrier of warp-specialised kernels. Written once
-// here; the GDN passes (gdn/state_fwd.cuh, gdn/tma.cuh) compose them. sm_80 primitives: ptx_sm80.cuh.
+// global -> shared completing on an mbarrier, the named barriers of warp-specialised kernels and their register
+// reallocation (setmaxnreg, sm_90a). Written once here; the GDN passes (gdn/state_fwd.cuh, gdn/tma.cuh) compose them. sm_80 primitives: ptx_sm80.cuh.
 #include <cuda.h>
 
 #include "kernels/cuda/ptx_sm80.cuh"
@@ -37,6 +37,36 @@ __device__ __forceinline__ void mbar_arrive1(uint64_t* bar) {
 template <int NTH>
 __device__ __forceinline__ void compute_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(NTH) : "memory");
+}
+// The same on named barrier `id` (1..15; 0 is __syncthreads'): one barrier per group of NTH threads, e.g. per
+// consumer warpgroup of a kernel with several (ids distinct, every thread of the group calls it).
+template <int NTH>
+__device__ __forceinline__ void compute_sync(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(NTH) : "memory");
+}
+
+// Register reallocation of a warp-specialised kernel (sm_90a; a plain sm_90 build traps here): the executing
+// warpgroup's per-thread register limit rises to (inc; waits until the CTA's pool has them) or falls to (dec) N.
+// All 4 warps of the warpgroup execute the same one; the kernel's register count at entry must be fixed by
+// __launch_bounds__ (whole warpgroups: e.g. (384, 1) gives 168, so one loading warpgroup at 24 frees what two
+// computing warpgroups at 240 take: 128 * 24 + 256 * 240 = 384 * 168).
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: 24..256, a multiple of 8");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#else
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: 24..256, a multiple of 8");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#else
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
 }
 __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
