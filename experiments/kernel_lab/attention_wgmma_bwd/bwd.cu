@@ -442,8 +442,10 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) bwd_wgmma_kernel(const _
 // item 0, warp 9 item 1, each through its item's own stages and mbarriers; warps 10, 11 leave). The producer
 // warpgroup gives registers back (168 -> 40), the consumers take them (168 -> 232). 24 / 240 would be the same
 // budget, but the producer spills at 24 (48-60 bytes); Dk 64's consumer needs 227.
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-static_assert(kConsumers * kProducerRegs + 2 * kConsumers * kConsumerRegs <= kThreads2 * 168,
+// setmaxnreg.inc waits for the CTA's pool: asking more than the entry allocation (65536 / 384 rounded down to 8 =
+// 168 a thread) would hang.
+constexpr int kEntryRegs2 = 65536 / kThreads2 / 8 * 8, kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(kConsumers * kProducerRegs + 2 * kConsumers * kConsumerRegs <= kThreads2 * kEntryRegs2,
               "setmaxnreg: the warpgroups' registers exceed what __launch_bounds__(384, 1) allocates");
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads2, 1) bwd_wgmma_2wg_kernel(const __grid_constant__ Maps maps, const sa::Geometry g,
