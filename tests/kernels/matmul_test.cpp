@@ -393,10 +393,11 @@ TEST(CudaMatmul, MisalignedOperands) {
   }
 }
 
-// Rows of a length that is not a multiple of 16 bytes (Gated DeltaNet's a and b projections: 1024 -> 6 per head)
-// go through zero-padded copies with 8-element rows (kernels/cuda/matmul.cu, padded_matmul): the shapes of such a
-// projection's forward, input gradient and weight gradient (bf16 into the f32 gradient buffer, beta 1), a
-// residual c, a folded batch, and a wide odd dim that is not padded; against the f64 reference.
+// Rows of a length that is not a multiple of 16 bytes go through zero-padded copies with 8-element rows
+// (kernels/cuda/matmul.cu, padded_matmul) unless the thin kernels take them: here the 12-wide and 5 x 3 x 7 cases;
+// Gated DeltaNet's 1024 -> 6 projections (forward, input gradient, weight gradient into the f32 buffer, a residual
+// c) now take the thin kernels (ThinProductsMatchTheReference below), and stay here as cases of the whole
+// dispatch. A wide odd dim is not padded. Against the f64 reference.
 TEST(CudaMatmul, NarrowRowsGoThroughPaddedCopies) {
   NATSL_REQUIRE_GPU();
   uint64_t seed = 800;
