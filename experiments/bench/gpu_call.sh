@@ -2,7 +2,7 @@
 # One device call that builds, tests and times natsl on the GPU machine, with the peers timed in the same call.
 # Run from the repository root on the GPU machine (the device tool's working copy), with the ignored folders
 # .deps (header-only deps), .peers (peers.py, ref_model.py and the FLA / NAtS-L reference packages, see
-# ../shared/bench) and .shared-data carried along. Logs and result files go to $OUT (at most 8 files come back: logs are tarred).
+# ../shared/bench) and .shared-data carried along (experiments/bench/prepare_carry.sh makes all three). Logs and result files go to $OUT (at most 8 files come back: logs are tarred).
 #
 #   WHAT="build peers tests natsl gdn ops train flaprof ncu" experiments/bench/gpu_call.sh
 #
