@@ -4,7 +4,8 @@
 // The facts they rest on (descriptor fields, accumulator and A-register fragment layouts, the shared-memory
 // arrangements nosw-kfast / nosw-mnfast / sw128) are checked on the GPU by the kernel lab's probe
 // (experiments/kernel_lab/wgmma/probe.cu: 36 of 36 variants right on an H100, 2026-12-07). Users: the
-// chunk-selected attention forward (sparse_attention_fwd_wgmma.sm90a.cu) and the probe.
+// chunk-selected attention forward (sparse_attention_fwd_wgmma.sm90a.cu), the probe and the kernel labs
+// (attention_wgmma_bwd, gdn_chunk_bwd_wgmma).
 //
 #include <cstdint>
 
@@ -69,12 +70,23 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
       "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
 
 // d[N/2] (this thread's accumulators) = A * B (+ d when accumulate); A and B from shared memory through
-// descriptors. kTransA/kTransB: 0 = K-major, 1 = M-/N-major (the imm-trans operands).
+// descriptors. kTransA/kTransB: 0 = K-major, 1 = M-/N-major (the imm-trans operands). N = 32 (the same fragment
+// layout, j < 4; not in the probe's list) is the GDN chunk-gradient lab's half-tile product.
 template <int N, int kTransA, int kTransB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  static_assert(N == 64 || N == 128 || N == 256, "wgmma_ss: N is 64, 128 or 256 here");
+  static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma_ss: N is 32, 64, 128 or 256 here");
   static_assert((kTransA == 0 || kTransA == 1) && (kTransB == 0 || kTransB == 1), "wgmma_ss: trans is 0 or 1");
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    NATSL_SM90A(asm volatile(
+        "{ .reg .pred p; setp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, "
+        "%16, %17, p, 1, 1, %19, %20; }\n"
+        : WG_ACC8(0), WG_ACC8(8)
+        : "l"(desc_a), "l"(desc_b), "r"(uint32_t(accumulate)), "n"(kTransA), "n"(kTransB)));
+  } else if constexpr (N == 64) {
     NATSL_SM90A(asm volatile(
         "{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
