@@ -26,18 +26,25 @@
 //              k-step +2048 bytes, warpgroup g's B columns at +512 g). cp.async fills it with the 16-byte pieces of
 //              a core matrix on consecutive threads (no bank conflict); rows past the chunk are its zero fill.
 //              f32 tiles (dk before the dA terms, dT_u) stay in production's padded layout.
-//   op(A) = A^T (T^T dv2, dS^T Q, T^T dW, T^T (dT T^T), dB^T K): two builds (--variant):
-//     copies   A always K-major: T^T is built once per CTA from T by a shared-memory transpose, dS^T and dB^T are
-//              stored beside dS and dB by the epilogues that write those (the same rounded bits); 17 tiles.
-//     imm      wgmma's transpose flag (imm-trans-a = 1) on the MN-major descriptor of the tile itself; 15 tiles.
-//              The probe checked A only K-major: a wrong result here and not in `copies` points at it.
+//   loads      production's: cp.async into two sets of the streamed tiles, V tile n + 1 issued before tile n is
+//              waited for, within phase A and within each K tile of phase B.
+//   builds     (--variant; every build computes the same bits)
+//     copies   op(A) = A^T (T^T dv2, dS^T Q, T^T dW, T^T (dT T^T), dB^T K) with A always K-major: T^T is built once
+//              per CTA from T by a shared-memory transpose, dS^T and dB^T are stored beside dS and dB by the
+//              epilogues that write those (the same rounded bits); 17 tiles.
+//     imm      A^T by wgmma's transpose flag (imm-trans-a = 1) on the MN-major descriptor of the tile itself; 15
+//              tiles. The probe checked A only K-major: a wrong result here and not in `copies` points at it.
+//     *-xp     the streamed tiles as one sequence, prefetched across the phase and K-tile boundaries too: the next
+//              K tile's (or phase B's) first V tile loads while the current one's epilogue products run, where
+//              production's schedule has no load in flight.
 //   visibility every shared-memory write the tensor cores read (cp.async once waited for, st.shared of the
 //              epilogues) is followed by fence.proxy.async before the CTA barrier that publishes it; a buffer is
 //              rewritten only after wait_group 0 and a CTA barrier.
 //   shared     K 128, bf16: copies 17 x 8 KiB + 3 f32 tiles of 64 x 68 + 64-entry slots = 194,624 bytes; imm
 //              178,240 (production: 193,600); one CTA an SM as production. K 64: 177,216 / 160,832.
-//   registers  ptxas -v (sm_90a, CUDA 13): K 128 copies 195, imm 203; K 64 164 both; no spill, no wgmma
-//              serialisation warning (production's kernel at K 128: 229). The row prints cudaFuncGetAttributes'.
+//   registers  ptxas -v (sm_90a, CUDA 13), K 128: copies 216, imm 228, copies-xp 218, imm-xp 228; K 64: 162-164;
+//              no spill, no wgmma serialisation warning (production's kernel at K 128: 229). Each row prints
+//              cudaFuncGetAttributes' count.
 // Shapes: K 64 or 128 (K 256 would not fit the transposed tiles), V a multiple of 64, bf16, H = HV (production's
 // backward needs it).
 //
@@ -52,7 +59,7 @@
 // K64 V128 without (K 64, the null mask), then natsl-340m's B8 T4096 H6 K128 V256 with a mask. Timing
 // (bench_timing.h: median, L2 cleared before each call): production's run_chunk_bwd against the lab kernel. Each
 // case and build re-arms a 120 s alarm that names it and exits 1.
-//   natsl_lab_gdn_chunk_bwd_wgmma [--reps N] [--variant copies|imm|all] [--only 340m]
+//   natsl_lab_gdn_chunk_bwd_wgmma [--reps N] [--variant copies|imm|copies-xp|imm-xp|all] [--only 340m]
 #include <unistd.h>
 
 #include <algorithm>
@@ -62,6 +69,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -165,12 +173,12 @@ __device__ __forceinline__ void acc_to_cm(const Acc& a, const Frag& f, bf16* t, 
 }
 __device__ __forceinline__ float at(const bf16* t, int r, int c) { return f32(t[cm_off(r, c)]); }
 
-// Makes V tile vt's streamed tiles ready (production's next_vtile with the proxy fence): tile vt + 1 is issued into
+// Makes streamed tile n ready (production's next_vtile with the proxy fence): with `more`, tile n + 1 is issued into
 // the other set first and all but its loads waited for.
 template <class Issue>
-__device__ __forceinline__ void next_vtile(int vt, int VT, const Issue& issue) {
-  if (vt + 1 < VT) {
-    issue(vt + 1);
+__device__ __forceinline__ void next_tile(int n, bool more, const Issue& issue) {
+  if (more) {
+    issue(n + 1);
     cp_async_wait<1>();
   } else {
     cp_async_wait<0>();
@@ -179,11 +187,11 @@ __device__ __forceinline__ void next_vtile(int vt, int VT, const Issue& issue) {
 }
 
 template <int KT, bool IMM>
-constexpr int lab_smem() {
+constexpr int lab_smem() {  // (XP changes no size)
   return (IMM ? 15 : 17) * kTileCm + (KT + 1) * kTileBytes<float> + (2 + 2 * kRowSlots + kRowColSlots) * kC * 4 + 16 * 4;
 }
 
-template <int KT, bool IMM>
+template <int KT, bool IMM, bool XP>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_wgmma_kernel(ChunkBwdParams<bf16> p) {
   using D = bf16;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -246,25 +254,41 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_wgmma_kernel(ChunkBwdPa
   const float gL = gam[len - 1], eL = __expf(gL);
   const float m = p.mask ? p.mask[tile_id] : 1.f;
 
+  // The streamed tiles as one numbered sequence: n < VT phase A's V tile n (dO, v_new, dv2, v), then phase B's
+  // (K tile kt, V tile vt) at n = VT + kt VT + vt (h, dh, dO, v_new, dv2), tile n in set n % 2. Without XP a tile
+  // is prefetched only within its phase and K tile (production's schedule); with XP also across the boundaries, so
+  // the first tile of the next K tile (or phase B's first) loads while the current one's epilogue runs.
+  const int VT = p.V / kC, n_total = VT + KT * VT;
+  auto set = [&](int n) { return B0 + (n & 1) * 5 * TE; };
+  auto issue = [&](int n) {
+    D* const b = set(n);
+    if (n < VT) {
+      load_cm(b, doc + n * kC, v_ld, len);
+      load_cm(b + TE, vnc + n * kC, p.V, kC);
+      load_cm(b + 2 * TE, dv2c + n * kC, p.V, kC);
+      load_cm(b + 3 * TE, vc + n * kC, v_ld, len);
+    } else {
+      const int kt = (n - VT) / VT, vt = (n - VT) % VT;
+      load_cm(b, hc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_cm(b + TE, dhc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
+      load_cm(b + 2 * TE, doc + vt * kC, v_ld, len);
+      load_cm(b + 3 * TE, vnc + vt * kC, p.V, kC);
+      load_cm(b + 4 * TE, dv2c + vt * kC, p.V, kC);
+    }
+    cp_async_commit();
+  };
+  // Whether tile n + 1 is issued while tile n is made ready (the last tile of a phase or K tile: only with XP).
+  auto more = [&](int n) { return XP ? n + 1 < n_total : (n < VT ? n + 1 < VT : (n - VT) % VT + 1 < VT); };
+
   // ---- phase A: over V tiles
   Acc dS, dTu;
   zero(dS);
   zero(dTu);
-  const int VT = p.V / kC;
-  auto set = [&](int it) { return B0 + (it & 1) * 5 * TE; };
-  auto issue_a = [&](int vt) {
-    D* b = set(vt);
-    load_cm(b, doc + vt * kC, v_ld, len);
-    load_cm(b + TE, vnc + vt * kC, p.V, kC);
-    load_cm(b + 2 * TE, dv2c + vt * kC, p.V, kC);
-    load_cm(b + 3 * TE, vc + vt * kC, v_ld, len);
-    cp_async_commit();
-  };
-  issue_a(0);
+  issue(0);
   for (int vt = 0; vt < VT; ++vt) {
     D* const b = set(vt);
     D *const A0 = b, *const A1 = b + TE, *const A2 = b + 2 * TE, *const A3 = b + 3 * TE;
-    next_vtile(vt, VT, issue_a);
+    next_tile(vt, more(vt), issue);
     Acc y;
     zero(y);
     mma_issue<false, true>(dS, sa(A0), sa(A1));
@@ -288,26 +312,21 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_wgmma_kernel(ChunkBwdPa
   zero(kk);
   float hdh = 0.f, dm = 0.f;
   for (int kt = 0; kt < KT; ++kt) {
+    // Q and K tile kt in a group of their own (with XP the K tile's first streamed tile is already in flight;
+    // next_tile's wait for all but the newest group covers both).
     load_cm(Qk, qc + kt * kC, qk_ld, len);
     load_cm(Kk, kc + kt * kC, qk_ld, len);
+    cp_async_commit();
     Acc dq, dki, dw;
     zero(dq);
     zero(dki);
     zero(dw);
-    auto issue_b = [&](int vt) {
-      D* b = set(vt);
-      load_cm(b, hc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
-      load_cm(b + TE, dhc + int64_t(kt) * kC * p.V + vt * kC, p.V, kC);
-      load_cm(b + 2 * TE, doc + vt * kC, v_ld, len);
-      load_cm(b + 3 * TE, vnc + vt * kC, p.V, kC);
-      load_cm(b + 4 * TE, dv2c + vt * kC, p.V, kC);
-      cp_async_commit();
-    };
-    issue_b(0);
+    const int n0 = VT + kt * VT;
+    if (!XP) issue(n0);
     for (int vt = 0; vt < VT; ++vt) {
-      D* const b = set(vt);
+      D* const b = set(n0 + vt);
       D *const Hh = b, *const DHh = b + TE, *const DO = b + 2 * TE, *const VN = b + 3 * TE, *const DV2 = b + 4 * TE;
-      next_vtile(vt, VT, issue_b);
+      next_tile(n0 + vt, more(n0 + vt), issue);
       mma_issue<false, true>(dq, sa(DO), sa(Hh));
       mma_issue<false, true>(dki, sa(VN), sa(DHh));
       mma_issue<false, true>(dw, sa(DV2), sa(Hh));
@@ -468,37 +487,58 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_wgmma_kernel(ChunkBwdPa
   }
 }
 
-// The builds timed: A^T by transposed copies (copies) or by wgmma's transpose flag (imm).
-enum class Variant { kCopies, kImm };
-constexpr Variant kVariants[] = {Variant::kCopies, Variant::kImm};
-const char* variant_name(Variant v) { return v == Variant::kCopies ? "copies" : "imm"; }
+// The builds timed: A^T by transposed copies or by wgmma's transpose flag (imm); each with production's prefetch
+// schedule or the cross-phase one (xp).
+enum class Variant { kCopies, kImm, kCopiesXp, kImmXp };
+constexpr Variant kVariants[] = {Variant::kCopies, Variant::kImm, Variant::kCopiesXp, Variant::kImmXp};
+const char* variant_name(Variant v) {
+  switch (v) {
+    case Variant::kCopies: return "copies";
+    case Variant::kImm: return "imm";
+    case Variant::kCopiesXp: return "copies-xp";
+    case Variant::kImmXp: return "imm-xp";
+  }
+  return "?";
+}
 
-template <int KT, bool IMM>
+template <int KT, bool IMM, bool XP>
 void launch_lab(const Plan& pl, const ChunkBwdParams<bf16>& p) {
   constexpr int smem = lab_smem<KT, IMM>();
   static_assert(smem <= 227 * 1024, "the lab's tiles exceed 227 KiB of shared memory");
-  auto* kern = chunk_bwd_wgmma_kernel<KT, IMM>;
+  auto* kern = chunk_bwd_wgmma_kernel<KT, IMM, XP>;
   NATSL_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kern<<<dim3(unsigned(pl.s.NC), unsigned(pl.s.HV)), kThreads, smem, pl.stream>>>(p);
   NATSL_CUDA_CHECK_LAUNCH();
 }
-void lab_chunk_bwd(Variant variant, const Plan& pl, const ChunkBwdParams<bf16>& p) {
-  const bool imm = variant == Variant::kImm;
-  switch (pl.s.K) {
-    case 64: return imm ? launch_lab<1, true>(pl, p) : launch_lab<1, false>(pl, p);
-    case 128: return imm ? launch_lab<2, true>(pl, p) : launch_lab<2, false>(pl, p);
-    default: NATSL_FAIL("gdn_chunk_bwd_wgmma lab: K = ", pl.s.K, " (64 or 128 only)");
+// Calls fn(std::integral_constant<int, KT>, std::bool_constant<IMM>, std::bool_constant<XP>) for the build.
+template <class Fn>
+void dispatch(Variant variant, int64_t K, Fn&& fn) {
+  auto by_k = [&](auto imm, auto xp) {
+    switch (K) {
+      case 64: return fn(std::integral_constant<int, 1>{}, imm, xp);
+      case 128: return fn(std::integral_constant<int, 2>{}, imm, xp);
+      default: NATSL_FAIL("gdn_chunk_bwd_wgmma lab: K = ", K, " (64 or 128 only)");
+    }
+  };
+  switch (variant) {
+    case Variant::kCopies: return by_k(std::false_type{}, std::false_type{});
+    case Variant::kImm: return by_k(std::true_type{}, std::false_type{});
+    case Variant::kCopiesXp: return by_k(std::false_type{}, std::true_type{});
+    case Variant::kImmXp: return by_k(std::true_type{}, std::true_type{});
   }
 }
-// "registers R, local L bytes" of the build's kernel (local memory: spills or stack).
+void lab_chunk_bwd(Variant variant, const Plan& pl, const ChunkBwdParams<bf16>& p) {
+  dispatch(variant, pl.s.K, [&](auto kt, auto imm, auto xp) {
+    launch_lab<decltype(kt)::value, decltype(imm)::value, decltype(xp)::value>(pl, p);
+  });
+}
+// "R regs, L B local" of the build's kernel (local memory: spills or stack).
 std::string kernel_resources(Variant variant, int64_t K) {
   cudaFuncAttributes a{};
-  const bool imm = variant == Variant::kImm;
-  const void* fn = K == 64 ? (imm ? reinterpret_cast<const void*>(chunk_bwd_wgmma_kernel<1, true>)
-                                  : reinterpret_cast<const void*>(chunk_bwd_wgmma_kernel<1, false>))
-                           : (imm ? reinterpret_cast<const void*>(chunk_bwd_wgmma_kernel<2, true>)
-                                  : reinterpret_cast<const void*>(chunk_bwd_wgmma_kernel<2, false>));
-  NATSL_CUDA_CHECK(cudaFuncGetAttributes(&a, fn));
+  dispatch(variant, K, [&](auto kt, auto imm, auto xp) {
+    NATSL_CUDA_CHECK(cudaFuncGetAttributes(
+        &a, chunk_bwd_wgmma_kernel<decltype(kt)::value, decltype(imm)::value, decltype(xp)::value>));
+  });
   char buf[96];
   std::snprintf(buf, sizeof buf, "%d regs, %zu B local", a.numRegs, a.localSizeBytes);
   return buf;
@@ -657,7 +697,7 @@ bool run_case(const Case& cs, int reps, const std::vector<Variant>& variants, Ge
     auto lab = [&] { lab_chunk_bwd(variant, pl, p); };
     std::snprintf(what, sizeof what, "%s %s", shape, variant_name(variant));
     arm(what);
-    std::printf("%-30s %-6s ", shape, variant_name(variant));  // before the run: a hang names its case
+    std::printf("%-30s %-9s ", shape, variant_name(variant));  // before the run: a hang names its case
     std::fflush(stdout);
     for (const Tensor* t : {&gl.dq, &gl.dk, &gl.dv, &gl.dg, &gl.dbeta, &gl.dmask}) poison(*t, st);
     lab();
@@ -693,7 +733,8 @@ int main(int argc, char** argv) {
   int reps = 20;
   bool only_340m = false;
   std::vector<Variant> variants(std::begin(kVariants), std::end(kVariants));
-  const char* usage = "usage: natsl_lab_gdn_chunk_bwd_wgmma [--reps N] [--variant copies|imm|all] [--only 340m]\n";
+  const char* usage =
+      "usage: natsl_lab_gdn_chunk_bwd_wgmma [--reps N] [--variant copies|imm|copies-xp|imm-xp|all] [--only 340m]\n";
   for (int i = 1; i < argc; i += 2) {
     const std::string key = argv[i];
     if (i + 1 >= argc) {
@@ -735,7 +776,7 @@ int main(int argc, char** argv) {
   Generator gen(2027);
   std::printf("GDN chunk-gradient kernel, bf16, wgmma lab vs production mma.sync (%s timing, %d reps, %s)\n",
               bench::timing_method(), reps, prop.name);
-  std::printf("%-30s %-6s %9s %9s %8s  %-9s %-9s %-9s %-9s %-9s %-9s %-8s %s\n", "shape", "lab", "prod ms", "lab ms",
+  std::printf("%-30s %-9s %9s %9s %8s  %-9s %-9s %-9s %-9s %-9s %-9s %-8s %s\n", "shape", "lab", "prod ms", "lab ms",
               "lab/prod", "dq rrms", "dk rrms", "dv rrms", "dg rrms", "dbeta", "dmask", "check", "lab kernel");
   bool all_ok = true;
   std::vector<Case> cases;
