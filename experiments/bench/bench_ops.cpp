@@ -13,6 +13,8 @@
 // default depends on the row width), short_conv at natsl-340m's shapes [per_channel|chunks]
 // (kernels/cuda/short_conv_plan.h), embedding bwd [radix_sort|cooperative] (kernels/cuda/embedding_bwd.h), fused
 // cross-entropy [rows|ring] (kernels/cuda/cross_entropy_fused.h); for those three the second is the default.
+// mix_norm_gate and norm_gate fwd / bwd: the default row (the short-row kernels at natsl-340m's widths) and
+// "... [rows]", the row kernels (kernels/cuda/mix_norm_gate_plan.h).
 //   natsl_bench_ops [--json FILE] [--reps N] [--only SUBSTRING]
 #include <cuda_runtime.h>
 
@@ -37,6 +39,7 @@
 #include "kernels/adamw.h"
 #include "kernels/cuda/cross_entropy_fused.h"
 #include "kernels/cuda/embedding_bwd.h"
+#include "kernels/cuda/mix_norm_gate_plan.h"
 #include "kernels/cuda/rmsnorm_plan.h"
 #include "kernels/cuda/short_conv_plan.h"
 #include "kernels/elementwise.h"
@@ -292,10 +295,15 @@ int main(int argc, char** argv) {
       Tensor y = Tensor::empty({rows, D}, DType::bf16, kGpu), st = Tensor::empty({rows}, DType::f32, kGpu);
       Tensor dO = Tensor::empty({rows, D}, DType::bf16, kGpu), dz = Tensor::empty({rows, D}, DType::bf16, kGpu);
       Tensor dw = Tensor::empty({D}, DType::bf16, kGpu);
-      mem("norm_gate fwd bf16", "196608x256 (340m gdn out)", 3 * t, [&] { norm_gate_fwd(o, z, w, 1e-6, y, st); });
+      // The default (the short-row kernels at this width), then the row kernels ("[rows]", MixNormGatePlan).
+      const cuda::MixNormGatePlan rows_plan{false};
+      const std::string sh = "196608x256 (340m gdn out)";
+      mem("norm_gate fwd bf16", sh, 3 * t, [&] { norm_gate_fwd(o, z, w, 1e-6, y, st); });
+      mem("norm_gate fwd bf16 [rows]", sh, 3 * t, [&] { cuda::norm_gate_fwd(o, z, w, 1e-6, y, st, rows_plan); });
       norm_gate_fwd(o, z, w, 1e-6, y, st);
-      mem("norm_gate bwd bf16", "196608x256 (340m gdn out)", 5 * t,
-          [&] { norm_gate_bwd(o, z, w, st, dy, dO, dz, dw); });
+      mem("norm_gate bwd bf16", sh, 5 * t, [&] { norm_gate_bwd(o, z, w, st, dy, dO, dz, dw); });
+      mem("norm_gate bwd bf16 [rows]", sh, 5 * t,
+          [&] { cuda::norm_gate_bwd(o, z, w, st, dy, dO, dz, dw, rows_plan); });
     }
     for (const int64_t C : {int64_t(768), int64_t(1536)}) {
       const double t = double(N * C) * 2;
@@ -326,11 +334,18 @@ int main(int argc, char** argv) {
     Tensor dz = Tensor::empty({B, T, Ha, Dv}, DType::bf16, kGpu);
     Tensor dgg = Tensor::empty({Dv}, DType::bf16, kGpu), dga = Tensor::empty({Dv}, DType::bf16, kGpu);
     const std::string sh = "8x4096x12x128";
+    // The default (the short-row kernels at this width), then the row kernels ("[rows]", MixNormGatePlan).
+    const cuda::MixNormGatePlan rows_plan{false};
     mem("mix_norm_gate fwd bf16", sh, 4 * row, [&] { mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra); });
+    mem("mix_norm_gate fwd bf16 [rows]", sh, 4 * row,
+        [&] { cuda::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra, rows_plan); });
     mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra);
     // Reads og, oa, z, dy; writes dog, doa, dz (the statistics and the weight logits are small).
     mem("mix_norm_gate bwd bf16", sh, 7 * row,
         [&] { mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga); });
+    mem("mix_norm_gate bwd bf16 [rows]", sh, 7 * row, [&] {
+      cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga, rows_plan);
+    });
 
     const double act = double(B * T * d) * 2;  // one [B, T, d] bf16 tensor
     Tensor x = rnd({B, T, d}, DType::bf16, 37), dx = Tensor::empty({B, T, d}, DType::bf16, kGpu);

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
+#include "kernels/cuda/mix_norm_gate_plan.h"
 #include "kernels/mix_norm_gate.h"
 #include "kernels/router.h"
 #include "tests/kernels/oracle.h"
@@ -228,14 +230,21 @@ TEST(NatslCuda, MixNormGateMatchesCpu) {
   NATSL_REQUIRE_GPU();
   for (DType dt : {DType::f32, DType::bf16})
     for (Shape rows : {Shape{1, 1}, Shape{2, 37, 3}, Shape{2, 100, 12}, Shape{3, 5}, Shape{4, 33}, Shape{20000}})
-      for (int64_t D : {2, 5, 64, 128, 256, 1000, 1001, 1029, 2048, 4096}) {
+      for (int64_t D : {2, 5, 8, 24, 64, 128, 136, 248, 256, 1000, 1001, 1029, 2048, 4096}) {
         if (D == 1000 && rows.size() == 3 && rows[1] == 100) continue;  // keep the f64 reference quick
-        // The backward's kernels: rows of at most 256 threads' vectors in one pass (every width up to 1000, and
-        // bf16's 2048); rows of 257-1024 threads' vectors in two passes with the dgamma sums in registers (2048
-        // and 4096 f32, 4096 bf16 vectors of 16 bytes; 1001 unaligned channels, one a thread); 1029 unaligned
-        // channels, more than a block's threads a row, with the partial rows in memory. 20000 rows: each slot
-        // sums several rows.
-        if (rows.size() == 1 && D != 64 && D != 128) continue;
+        // The kernels (kernels/cuda/mix_norm_gate_plan.h): 16-byte aligned rows of at most 64 (forward) / 32
+        // (backward) vectors take the short-row kernels: 8 lanes a row for bf16's 8, 24 and 64 channels (1, 3, 8
+        // vectors) and f32's 8, 24; 16 lanes for bf16's 128 and f32's 64; 32 for bf16's 136, 248, 256 (17, 31, 32
+        // vectors) and f32's 128; in the forward also f32's 136, 248, 256 (2 vectors a lane). Row counts that leave
+        // the last lane groups, warps and blocks part empty (222, 132, 15 rows; 20000: several passes a group).
+        // The rest take the row kernels; the backward's: rows of at most 256 threads' vectors in one pass (wider
+        // ones up to 1000, and bf16's 2048); rows of 257-1024 threads' vectors in two passes with the dgamma sums
+        // in registers (2048 and 4096 f32, 4096 bf16 vectors of 16 bytes; 1001 unaligned channels, one a thread);
+        // 1029 unaligned channels, more than a block's threads a row, with the partial rows in memory. 20000 rows:
+        // each slot sums several rows.
+        const bool short_width = D == 8 || D == 24 || D == 136 || D == 248;
+        if (rows.size() == 1 && D != 64 && D != 128 && D != 248) continue;
+        if (short_width && rows.size() == 3 && rows[1] == 100) continue;
         if ((D == 1001 || D == 1029 || D == 2048 || D == 4096) && rows.size() != 2) continue;
         Shape s = rows;
         s.push_back(D);
@@ -300,17 +309,193 @@ TEST(NatslCuda, MixNormGateExtremeRows) {
   EXPECT_NEAR(grg.to(kCPU).to_vector<double>()[0], 1e3, 1e-2);  // 1 / sqrt(1e-6)
 }
 
-// CUDA gated output norm (norm_gate) against the CPU reference in f64 on the same rounded inputs; rows that fit a
-// block (the dgamma sums in registers; 20000 rows so that each slot sums several) and rows that do not (1029
-// channels unaligned: one element a thread, more than 1024 a row, the partial-row path), with and without dgamma;
-// every GPU output starts as NaN. (One channel per row is not compared: do is the difference of two terms equal to
-// ~1e-6 relative, noise in f32; NormGate.OneChannelRowsMatchTheClosedForm checks it in f64.)
+// ---- the short-row kernels against the row kernels (kernels/cuda/mix_norm_gate_plan.h) ----
+namespace {
+
+using kernels::cuda::MixNormGatePlan;
+
+// The CUDA kernels with a plan (a CPU-only build has none; its GPU tests skip before these are called).
+void mix_fwd_with(const MixNormGatePlan& plan, const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z,
+                  const Tensor& gg, const Tensor& ga, const Tensor& y, const Tensor& rg, const Tensor& ra) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, kEps, y, rg, ra, plan);
+#else
+  (void)plan;
+  mix_norm_gate_fwd(og, oa, wl, z, gg, ga, kEps, y, rg, ra);
+#endif
+}
+void mix_bwd_with(const MixNormGatePlan& plan, const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z,
+                  const Tensor& gg, const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy,
+                  const Tensor& dog, const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg,
+                  const Tensor& dga) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga, plan);
+#else
+  (void)plan;
+  mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga);
+#endif
+}
+void ng_fwd_with(const MixNormGatePlan& plan, const Tensor& o, const Tensor& z, const Tensor& gg, const Tensor& y,
+                 const Tensor& rs) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::norm_gate_fwd(o, z, gg, kEps, y, rs, plan);
+#else
+  (void)plan;
+  norm_gate_fwd(o, z, gg, kEps, y, rs);
+#endif
+}
+void ng_bwd_with(const MixNormGatePlan& plan, const Tensor& o, const Tensor& z, const Tensor& gg, const Tensor& rs,
+                 const Tensor& dy, const Tensor& dO, const Tensor& dz, const Tensor& dgg) {
+#ifdef NATSL_WITH_CUDA
+  kernels::cuda::norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg, plan);
+#else
+  (void)plan;
+  norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg);
+#endif
+}
+
+// a and b (same shape and dtype, any device) hold the same bytes; else how many elements differ, and the first.
+void expect_same_bits_as(const Tensor& a, const Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.nbytes(), b.nbytes()) << what;
+  const Tensor ha = a.to(kCPU), hb = b.to(kCPU);
+  const size_t es = dtype_size(a.dtype());
+  const auto* pa = static_cast<const unsigned char*>(ha.data_ptr());
+  const auto* pb = static_cast<const unsigned char*>(hb.data_ptr());
+  int64_t diff = 0, first = -1;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(pa + size_t(i) * es, pb + size_t(i) * es, es) != 0 && diff++ == 0) first = i;
+  EXPECT_EQ(diff, 0) << what << ": " << diff << " of " << a.numel() << " elements differ, the first at " << first
+                     << " (" << ha.to(DType::f64).to_vector<double>()[size_t(first < 0 ? 0 : first)] << " against "
+                     << hb.to(DType::f64).to_vector<double>()[size_t(first < 0 ? 0 : first)] << ")";
+}
+
+// The widths of the bit-for-bit cases: every short-row layout (8 lanes a row: 1, 3, 8 bf16 vectors; 16 lanes; 32
+// lanes of 1 or 2 vectors, the last part empty) and wider rows, where both plans take the row kernels. Row counts:
+// 1031 x 7 (not a multiple of a lane group's rows, a warp's or a block's; several passes of every group) and 3 (most
+// lane groups of the one block empty).
+const int64_t kShortRowWidths[] = {8, 24, 64, 128, 136, 248, 256, 512};
+const Shape kShortRowCounts[] = {Shape{1031, 7}, Shape{3}};
+
+}  // namespace
+
+// The mixing's short-row kernels give the row kernels' bits (the same per-element functions, row sums in the same
+// order) in every output but dgamma_g / dgamma_a, which add the same f32 terms in another fixed order: within f32
+// rounding of the row kernels' (bf16: a bf16 step), and the same bits on a second run. The backward with both
+// dgammas, with dgamma_a alone (the kernel's first partial row absent) and with none. Outputs start as NaN.
+TEST(NatslCuda, MixNormGateShortRowsGiveTheRowKernelsBits) {
+  NATSL_REQUIRE_GPU();
+  const MixNormGatePlan short_rows{true}, row_kernels{false};
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& rows : kShortRowCounts)
+      for (int64_t D : kShortRowWidths) {
+        Shape s = rows, ws = rows;
+        s.push_back(D);
+        ws.push_back(2);
+        SCOPED_TRACE(std::string(name(dt)) + " " + shape_str(s));
+        const uint64_t seed = uint64_t(D) * 1000 + uint64_t(rows.size()) + 17;
+        auto G = [&](uint64_t k, const Shape& sh, double std, double shift = 0.0) {
+          return make(sh, seed + k, dt, std, shift).low.to(kGpu);
+        };
+        const Tensor og = G(1, s, 0.7), oa = G(2, s, 1.3), z = G(3, s, 1.5), wl = G(4, ws, 1.0), dy = G(5, s, 1.0);
+        const Tensor gg = G(6, {D}, 0.3, 1.0), ga = G(7, {D}, 0.3, 1.0);
+
+        Tensor y_s = poisoned(s, dt, kGpu), rg_s = poisoned(rows, DType::f32, kGpu),
+               ra_s = poisoned(rows, DType::f32, kGpu);
+        Tensor y_r = poisoned(s, dt, kGpu), rg_r = poisoned(rows, DType::f32, kGpu),
+               ra_r = poisoned(rows, DType::f32, kGpu);
+        mix_fwd_with(short_rows, og, oa, wl, z, gg, ga, y_s, rg_s, ra_s);
+        mix_fwd_with(row_kernels, og, oa, wl, z, gg, ga, y_r, rg_r, ra_r);
+        expect_same_bits_as(y_s, y_r, "y");
+        expect_same_bits_as(rg_s, rg_r, "rstd_g");
+        expect_same_bits_as(ra_s, ra_r, "rstd_a");
+
+        for (int grads : {2, 1, 0}) {  // how many dgammas: both, dgamma_a alone, none
+          SCOPED_TRACE(std::to_string(grads) + " dgammas");
+          struct G6 {
+            Tensor dog, doa, dwl, dz, dgg, dga;
+          };
+          auto run = [&](const MixNormGatePlan& plan) {
+            G6 g{poisoned(s, dt, kGpu), poisoned(s, dt, kGpu), poisoned(ws, dt, kGpu), poisoned(s, dt, kGpu),
+                 grads == 2 ? poisoned({D}, dt, kGpu) : Tensor(), grads >= 1 ? poisoned({D}, dt, kGpu) : Tensor()};
+            mix_bwd_with(plan, og, oa, wl, z, gg, ga, rg_r, ra_r, dy, g.dog, g.doa, g.dwl, g.dz, g.dgg, g.dga);
+            return g;
+          };
+          const G6 gs = run(short_rows), gr = run(row_kernels), gs2 = run(short_rows);
+          expect_same_bits_as(gs.dog, gr.dog, "dog");
+          expect_same_bits_as(gs.doa, gr.doa, "doa");
+          expect_same_bits_as(gs.dwl, gr.dwl, "dwlogits");
+          expect_same_bits_as(gs.dz, gr.dz, "dz");
+          const double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
+          if (grads == 2) {
+            expect_close(gs.dgg, gr.dgg.to(kCPU).to(DType::f64), tol, "dgamma_g against the row kernels'");
+            expect_same_bits_as(gs.dgg, gs2.dgg, "dgamma_g on a second run");
+          }
+          if (grads >= 1) {
+            expect_close(gs.dga, gr.dga.to(kCPU).to(DType::f64), tol, "dgamma_a against the row kernels'");
+            expect_same_bits_as(gs.dga, gs2.dga, "dgamma_a on a second run");
+          }
+        }
+      }
+}
+
+// The gated output norm's short-row kernels against its row kernels, as the mixing's above (y, rstd, do, dz the same
+// bits; dgamma within f32 rounding, the same bits on a second run; with and without dgamma). Also 1024 channels:
+// bf16's 128 vectors, past both short-row widths.
+TEST(NatslCuda, NormGateShortRowsGiveTheRowKernelsBits) {
+  NATSL_REQUIRE_GPU();
+  const MixNormGatePlan short_rows{true}, row_kernels{false};
+  for (DType dt : {DType::f32, DType::bf16})
+    for (const Shape& rows : kShortRowCounts)
+      for (int64_t D : {8, 24, 64, 128, 136, 248, 256, 512, 1024}) {
+        Shape s = rows;
+        s.push_back(D);
+        SCOPED_TRACE(std::string(name(dt)) + " " + shape_str(s));
+        const uint64_t seed = uint64_t(D) * 1000 + uint64_t(rows.size()) + 29;
+        const Tensor o = make(s, seed + 1, dt, 1.3).low.to(kGpu), z = make(s, seed + 2, dt, 1.5).low.to(kGpu);
+        const Tensor dy = make(s, seed + 3, dt).low.to(kGpu), gg = make({D}, seed + 4, dt, 0.3, 1.0).low.to(kGpu);
+        Tensor y_s = poisoned(s, dt, kGpu), rs_s = poisoned(rows, DType::f32, kGpu);
+        Tensor y_r = poisoned(s, dt, kGpu), rs_r = poisoned(rows, DType::f32, kGpu);
+        ng_fwd_with(short_rows, o, z, gg, y_s, rs_s);
+        ng_fwd_with(row_kernels, o, z, gg, y_r, rs_r);
+        expect_same_bits_as(y_s, y_r, "y");
+        expect_same_bits_as(rs_s, rs_r, "rstd");
+        for (bool with_dgamma : {true, false}) {
+          SCOPED_TRACE(with_dgamma ? "with dgamma" : "without dgamma");
+          struct G3 {
+            Tensor dO, dz, dgg;
+          };
+          auto run = [&](const MixNormGatePlan& plan) {
+            G3 g{poisoned(s, dt, kGpu), poisoned(s, dt, kGpu), with_dgamma ? poisoned({D}, dt, kGpu) : Tensor()};
+            ng_bwd_with(plan, o, z, gg, rs_r, dy, g.dO, g.dz, g.dgg);
+            return g;
+          };
+          const G3 gs = run(short_rows), gr = run(row_kernels), gs2 = run(short_rows);
+          expect_same_bits_as(gs.dO, gr.dO, "do");
+          expect_same_bits_as(gs.dz, gr.dz, "dz");
+          if (with_dgamma) {
+            expect_close(gs.dgg, gr.dgg.to(kCPU).to(DType::f64), dt == DType::bf16 ? 1e-2 : 1e-5,
+                         "dgamma against the row kernels'");
+            expect_same_bits_as(gs.dgg, gs2.dgg, "dgamma on a second run");
+          }
+        }
+      }
+}
+
+// CUDA gated output norm (norm_gate) against the CPU reference in f64 on the same rounded inputs: the short-row
+// kernels (16-byte aligned rows of 8 .. 256 channels here, 8 to 32 lanes a row; the forward also f32's 512: 4
+// vectors a lane), with row counts that leave the last lane groups, warps and blocks part empty (444, 132, 15
+// rows; 20000 rows: several passes of every lane group); the row kernels for the rest: rows that fit a block (the
+// dgamma sums in registers; 20000 rows so that each slot sums several) and rows that do not (1029 channels
+// unaligned: one element a thread, more than 1024 a row, the partial-row path), with and without dgamma; every GPU
+// output starts as NaN. (One channel per row is not compared: do is the difference of two terms equal to ~1e-6
+// relative, noise in f32; NormGate.OneChannelRowsMatchTheClosedForm checks it in f64.)
 TEST(NatslCuda, NormGateMatchesCpu) {
   NATSL_REQUIRE_GPU();
   for (DType dt : {DType::f32, DType::bf16})
     for (Shape rows : {Shape{1, 1}, Shape{2, 37, 6}, Shape{3, 5}, Shape{4, 33}, Shape{20000}})
-      for (int64_t D : {2, 5, 64, 128, 256, 1029}) {
-        if (rows.size() == 1 && D != 64 && D != 256) continue;  // the many-rows case at two widths
+      for (int64_t D : {2, 5, 8, 24, 64, 128, 136, 248, 256, 512, 1029}) {
+        if (rows.size() == 1 && D != 64 && D != 248 && D != 256) continue;  // the many-rows case at three widths
+        if (D == 512 && rows.size() != 2) continue;
         Shape s = rows;
         s.push_back(D);
         SCOPED_TRACE(std::string(name(dt)) + " " + shape_str(s));

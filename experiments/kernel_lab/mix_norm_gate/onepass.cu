@@ -3,10 +3,13 @@
 // outputs) and added each row's dgamma terms into its slot's f32 partial row in global memory. Two ideas were
 // measured here: one pass (the first pass's loads kept in registers for the second, for rows of at most one
 // 16-byte vector per thread in blocks of at most 256 threads) and the dgamma sums in registers (written once at
-// the end). Both won (BENCHMARKS.md, 2026-12-06, H100): production is now the one-pass kernel with the sums in
-// registers (mix::bwd_onepass_kernel<T, VEC, true>, kernels/cuda/mix_norm_gate.cuh). The variant left here is the
-// same kernel with the sums in memory (REG = false), which checks that the two give the same bits and shows what
-// the registers buy:
+// the end). Both won (BENCHMARKS.md, 2026-12-06, H100): the row kernels' backward is now the one-pass kernel with
+// the sums in registers (mix::bwd_onepass_kernel<T, VEC, true>, kernels/cuda/mix_norm_gate.cuh). Since then rows of
+// at most 32 vectors (natsl-340m's 128 channels among them) take the short-row kernels by default (their lab,
+// short_rows.cu, is gone: production holds it, NatslCuda.MixNormGateShortRowsGiveTheRowKernelsBits checks it against
+// the row kernels and natsl_bench_ops times both), so the reference here is the row kernels by name
+// (MixNormGatePlan{false}). The variant left here is the one-pass kernel with the sums in memory (REG = false),
+// which checks that the two give the same bits and shows what the registers buy:
 //   build-gpu/experiments/kernel_lab/natsl_lab_mix_norm_gate [--reps N]   (exit 1 when any output differs)
 // B8 T4096, 12 heads of 128 channels, bf16.
 #include <algorithm>
@@ -21,6 +24,7 @@
 #include "core/tensor.h"
 #include "experiments/bench/bench_timing.h"
 #include "kernels/cuda/mix_norm_gate.cuh"
+#include "kernels/cuda/mix_norm_gate_plan.h"
 #include "kernels/mix_norm_gate.h"
 
 using namespace natsl;
@@ -104,7 +108,8 @@ int main(int argc, char** argv) {
   Tensor wl = rnd({B, T, Ha, 2}, DType::bf16, 5), gg = rnd({Dv}, DType::bf16, 6), ga = rnd({Dv}, DType::bf16, 7);
   Tensor y = Tensor::empty({B, T, Ha, Dv}, DType::bf16, g);
   Tensor rg = Tensor::empty({B, T, Ha}, DType::f32, g), ra = Tensor::empty({B, T, Ha}, DType::f32, g);
-  natsl::kernels::cuda::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra);
+  const natsl::kernels::cuda::MixNormGatePlan row_kernels{false};
+  natsl::kernels::cuda::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, 1e-6, y, rg, ra, row_kernels);
   auto outs = [&] {
     return std::vector<Tensor>{Tensor::empty({B, T, Ha, Dv}, DType::bf16, g), Tensor::empty({B, T, Ha, Dv}, DType::bf16, g),
                                Tensor::empty({B, T, Ha, 2}, DType::bf16, g), Tensor::empty({B, T, Ha, Dv}, DType::bf16, g),
@@ -112,7 +117,8 @@ int main(int argc, char** argv) {
   };
   std::vector<Tensor> p = outs();
   auto prod = [&] {
-    natsl::kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, p[0], p[1], p[2], p[3], p[4], p[5]);
+    natsl::kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, p[0], p[1], p[2], p[3], p[4], p[5],
+                                            row_kernels);
   };
   prod();
   NATSL_CUDA_CHECK(cudaDeviceSynchronize());
@@ -120,7 +126,7 @@ int main(int argc, char** argv) {
   const double t_prod = bench::median_ms(prod, reps, s);
   const double bytes = 7.0 * double(B * T * Ha * Dv) * 2;  // og, oa, z, dy read; dog, doa, dz written
   std::printf("mix_norm_gate bwd B8 T4096 Ha12 Dv128 bf16 (%s timing, %d reps)\n", bench::timing_method(), reps);
-  std::printf("  %-28s %.4f ms  (%.0f GB/s of the 7 tensors)\n", "production (one pass)", t_prod,
+  std::printf("  %-28s %.4f ms  (%.0f GB/s of the 7 tensors)\n", "row kernels (one pass)", t_prod,
               bytes / (t_prod * 1e6));
   const char* names[] = {"dog", "doa", "dwlogits", "dz", "dgamma_g", "dgamma_a"};
   const struct {
@@ -143,7 +149,7 @@ int main(int argc, char** argv) {
       bits += buf;
     }
     const double t = bench::median_ms(lab, reps, s);
-    std::printf("  %-28s %.4f ms  (%.0f GB/s)  lab/production %.3f |%s\n", vv.name, t, bytes / (t * 1e6), t / t_prod,
+    std::printf("  %-28s %.4f ms  (%.0f GB/s)  lab/row kernels %.3f |%s\n", vv.name, t, bytes / (t * 1e6), t / t_prod,
                 bits.c_str());
   }
   return all ? 0 : 1;
