@@ -585,6 +585,8 @@ template <int NV> constexpr int kShortBwdRpg = NV >= 2 ? 1 : 2;
 // not called) for the others, which take the row kernels.
 template <class T, int64_t MAX_VECS, class Go>
 bool short_rows(const MixNormGatePlan& plan, bool vec, int64_t D, Go&& go) {
+  static_assert(MAX_VECS == 8 || MAX_VECS == 16 || MAX_VECS == 32 || MAX_VECS == 64 || MAX_VECS == 128,
+                "a width of dispatch_short_rows");
   const int64_t nvec = D / kVec<T>;
   if (!plan.short_rows || !vec || nvec > MAX_VECS) return false;
   return dispatch_short_rows(nvec, [&](auto tpr, auto nv) {
@@ -674,7 +676,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
     const bool short_taken = short_rows<T, kMixNormGateShortRowVecsBwd>(plan, vec, D, [&](auto tpr, auto nv) {
       constexpr int TPR = decltype(tpr)::value, NV = decltype(nv)::value, RPG = kShortBwdRpg<NV>;
       auto kernel = mix_bwd_short_kernel<T, TPR, NV, RPG>;
-      const size_t smem = size_t(mix::kShortThreads / TPR) * size_t(D) * sizeof(float);  // <= 32 KB
+      const size_t smem = size_t(mix::kShortThreads / TPR) * size_t(D) * sizeof(float);  // 8 KB at most
       const int grid = mix::short_rows_grid(kernel, dev, rows, RPG, TPR, smem);
       partials(grid, false);  // every entry written by the kernel
       launch(kernel, dim3(unsigned(grid)), dim3(mix::kShortThreads), smem);
@@ -758,7 +760,7 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
     const bool short_taken = short_rows<T, kMixNormGateShortRowVecsBwd>(plan, vec, D, [&](auto tpr, auto nv) {
       constexpr int TPR = decltype(tpr)::value, NV = decltype(nv)::value, RPG = kShortBwdRpg<NV>;
       auto kernel = ng_bwd_short_kernel<T, TPR, NV, RPG>;
-      const size_t smem = size_t(mix::kShortThreads / TPR) * size_t(D) * sizeof(float);  // <= 32 KB
+      const size_t smem = size_t(mix::kShortThreads / TPR) * size_t(D) * sizeof(float);  // 8 KB at most
       const int grid = mix::short_rows_grid(kernel, dev, rows, RPG, TPR, smem);
       if (dgamma.defined()) {
         partial = scratch_f32(int64_t(grid) * D, o.device());  // every entry written by the kernel

@@ -482,8 +482,8 @@ TEST(NatslCuda, NormGateShortRowsGiveTheRowKernelsBits) {
 }
 
 // CUDA gated output norm (norm_gate) against the CPU reference in f64 on the same rounded inputs: the short-row
-// kernels (16-byte aligned rows of 8 .. 256 channels here, 8 to 32 lanes a row; the forward also f32's 512: 4
-// vectors a lane), with row counts that leave the last lane groups, warps and blocks part empty (444, 132, 15
+// kernels (16-byte aligned rows of 8 .. 256 channels here, 8 to 32 lanes a row; the forward also f32's 136 .. 256
+// and bf16's 512 channels: 2 vectors a lane), with row counts that leave the last lane groups, warps and blocks part empty (444, 132, 15
 // rows; 20000 rows: several passes of every lane group); the row kernels for the rest: rows that fit a block (the
 // dgamma sums in registers; 20000 rows so that each slot sums several) and rows that do not (1029 channels
 // unaligned: one element a thread, more than 1024 a row, the partial-row path), with and without dgamma; every GPU
