@@ -30,9 +30,13 @@ thread_local GradReadyHook t_grad_ready_hook;
 // True while a plain backward runs (grad_sink may hand out leaves' .grad); false inside gradients_of.
 thread_local bool t_sinks_allowed = false;
 
-// Adds g into the defined gradient cur in place (so a view into a flat gradient buffer stays one).
+// Adds g into the defined gradient cur in place (so a view into a flat gradient buffer stays one). Another dtype (a
+// bf16 gradient into an f32 .grad) is widened and added in one pass, kernels::add_into: the bits of the cast and add.
 void add_into(const Tensor& cur, const Tensor& g) {
-  kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
+  if (g.dtype() != cur.dtype() && g.shape() == cur.shape() && g.is_contiguous() && cur.is_contiguous())
+    kernels::add_into(g, cur);
+  else
+    kernels::binary_fwd(kernels::BinaryOp::Add, cur, g.dtype() == cur.dtype() ? g : g.to(cur.dtype()), cur);
 }
 
 // True when g is `leaf`'s .grad itself: a gradient an op already added there (see grad_sink).

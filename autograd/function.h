@@ -6,6 +6,7 @@
 #include <string>
 
 #include "autograd/engine.h"
+#include "kernels/nn.h"
 
 namespace natsl {
 
@@ -32,6 +33,21 @@ inline void record(const char* name, const std::vector<Tensor>& inputs, std::vec
                    FunctionNode::Backward bw) {
   if (!any_requires_grad(inputs)) return;
   attach(std::make_shared<FunctionNode>(name, std::move(bw)), inputs, outputs);
+}
+
+// The sink for a parameter's weight gradient computed by a kernel with an accumulate mode (kernels/nn.h,
+// weight_grad_writes): grad_sink(param) when `param` is a leaf that requires grad and its .grad is a tensor such a
+// kernel writes for data of dtype `data` (the data's dtype, or f32 for bf16 data), else undefined. An op that gets
+// one adds its weight gradient into it and returns it (engine.h): AccumulateGrad then adds nothing.
+inline Tensor weight_grad_sink(const Tensor& param, DType data) {
+  if (!param.defined() || !param.is_leaf() || !param.requires_grad()) return {};
+  Tensor sink = grad_sink(param);
+  return sink.defined() && kernels::weight_grad_writes(data, sink.dtype()) ? sink : Tensor();
+}
+
+// `t` when it is a parameter (a leaf that requires grad), for its op's backward to ask weight_grad_sink; else undefined.
+inline Tensor parameter_or_null(const Tensor& t) {
+  return t.defined() && t.is_leaf() && t.requires_grad() ? t : Tensor();
 }
 
 // The gradient of output i, or zeros of its shape when none reached it.

@@ -22,8 +22,11 @@ Tensor chunk_mean_pool(const Tensor& x, int64_t chunk_size) {
   const DType dt = x.dtype();
   const Device dev = x.device();
   record("chunk_mean_pool", {x}, {&out}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
-    Tensor dx = Tensor::empty(xs, dt, dev);
-    kernels::chunk_mean_pool_bwd(g[0].contiguous(), chunk_size, dx);
+    // Straight into x's pending gradient when the engine offers it (engine.h, input_grad_sink): the layer input's
+    // gradient from its other uses.
+    const Tensor sink = input_grad_sink(0, xs, dt, dev);
+    Tensor dx = sink.defined() ? sink : Tensor::empty(xs, dt, dev);
+    kernels::chunk_mean_pool_bwd(g[0].contiguous(), chunk_size, dx, /*accumulate=*/sink.defined());
     return {dx};
   });
   return out;

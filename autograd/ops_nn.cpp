@@ -1,4 +1,5 @@
-// embedding, short_conv, short_conv_l2norm, swiglu: single nodes around their fused kernels (kernels/nn.h).
+// embedding, short_conv, short_conv_l2norm, swiglu: single nodes around their fused kernels (kernels/nn.h). The
+// weight gradients go straight into the parameter's .grad when the engine offers it (function.h, weight_grad_sink).
 #include "autograd/function.h"
 #include "autograd/ops.h"
 #include "kernels/nn.h"
@@ -13,9 +14,13 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Tensor out = Tensor::empty(s, weight.dtype(), weight.device());
   kernels::embedding_fwd(weight.contiguous(), idc, out);
   const Shape ws = weight.shape();
+  const Tensor w_param = parameter_or_null(weight);
   record("embedding", {weight}, {&out}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
-    Tensor dw = Tensor::zeros(ws, g[0].dtype(), g[0].device());
-    kernels::embedding_bwd(idc, g[0].contiguous(), dw);
+    const Tensor dout = g[0].contiguous();
+    // Into .grad: no zeroed [V, D] table and no add of it (for bf16 rows, no bf16 table widened into the f32 .grad).
+    const Tensor sink = weight_grad_sink(w_param, dout.dtype());
+    Tensor dw = sink.defined() ? sink : Tensor::zeros(ws, dout.dtype(), dout.device());
+    kernels::embedding_bwd(idc, dout, dw);
     return {dw};
   });
   return out;
@@ -25,10 +30,12 @@ Tensor short_conv(const Tensor& x, const Tensor& w, bool apply_silu) {
   Tensor xc = x.contiguous().detach(), wc = w.contiguous().detach();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   kernels::short_conv_fwd(xc, wc, apply_silu, y);
+  const Tensor w_param = parameter_or_null(w);
   record("short_conv", {x, w}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-    Tensor dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
-    kernels::short_conv_bwd(xc, wc, apply_silu, g[0].contiguous(), dx, dw);
+    const Tensor sink = weight_grad_sink(w_param, xc.dtype());
+    Tensor dw = sink.defined() ? sink : Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+    kernels::short_conv_bwd(xc, wc, apply_silu, g[0].contiguous(), dx, dw, /*accumulate_dw=*/sink.defined());
     return {dx, dw};
   });
   return y;
@@ -42,10 +49,13 @@ Tensor short_conv_l2norm(const Tensor& x, const Tensor& w, bool apply_silu, int6
   Tensor rnorm = Tensor::empty({x.size(0), x.size(1), x.size(2) / group}, kernels::stat_dtype(x.dtype()), x.device());
   kernels::short_conv_l2norm_fwd(xc, wc, apply_silu, group, eps, y, rnorm);
   Tensor sy = y.detach();
+  const Tensor w_param = parameter_or_null(w);
   record("short_conv_l2norm", {x, w}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-    Tensor dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
-    kernels::short_conv_l2norm_bwd(xc, wc, apply_silu, group, sy, rnorm, g[0].contiguous(), dx, dw);
+    const Tensor sink = weight_grad_sink(w_param, xc.dtype());
+    Tensor dw = sink.defined() ? sink : Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+    kernels::short_conv_l2norm_bwd(xc, wc, apply_silu, group, sy, rnorm, g[0].contiguous(), dx, dw,
+                                   /*accumulate_dw=*/sink.defined());
     return {dx, dw};
   });
   return y;

@@ -21,13 +21,17 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = row_stats(x);
   kernels::rmsnorm_fwd(xc, wc, eps, y, rstd);
+  const Tensor w_param = parameter_or_null(weight);
   record("rmsnorm", {x, weight}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     // Straight into x's pending gradient when the engine offers it (engine.h, input_grad_sink): a pre-norm's
     // input is the residual stream, whose gradient from the residual add is already there.
     const Tensor sink = input_grad_sink(0, xc.shape(), xc.dtype(), xc.device());
     Tensor dx = sink.defined() ? sink : Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-    Tensor dw = wc.defined() ? Tensor::empty(wc.shape(), wc.dtype(), wc.device()) : Tensor();
-    kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw, /*accumulate_dx=*/sink.defined());
+    // dw straight into the weight's .grad when the engine offers it (function.h, weight_grad_sink).
+    const Tensor dw_sink = weight_grad_sink(w_param, xc.dtype());
+    Tensor dw = dw_sink.defined() ? dw_sink : wc.defined() ? Tensor::empty(wc.shape(), wc.dtype(), wc.device()) : Tensor();
+    kernels::rmsnorm_bwd(xc, wc, rstd, g[0].contiguous(), dx, dw, /*accumulate_dx=*/sink.defined(),
+                         /*accumulate_dw=*/dw_sink.defined());
     return {dx, dw};
   });
   return y;

@@ -1,6 +1,7 @@
 // Shape ops: reshape, transpose, permute, slice, concat, dtype cast.
 #include "autograd/function.h"
 #include "autograd/ops.h"
+#include "kernels/elementwise.h"
 
 namespace natsl {
 
@@ -82,7 +83,16 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
 Tensor to_dtype(const Tensor& x, DType dt) {
   Tensor y = x.dtype() == dt ? x.contiguous().clone() : x.to(dt).contiguous();
   DType src = x.dtype();
-  record("to_dtype", {x}, {&y}, [src](std::vector<Tensor>& g) -> std::vector<Tensor> {
+  const Tensor x_param = parameter_or_null(x);
+  record("to_dtype", {x}, {&y}, [src, x_param](std::vector<Tensor>& g) -> std::vector<Tensor> {
+    // A parameter cast for its use (the router weight to f32): its gradient added and cast into its .grad in one pass
+    // when the engine offers it (engine.h, grad_sink), not cast back and added by AccumulateGrad (for a bf16
+    // parameter with an f32 .grad, that also skips the bf16 rounding of the gradient).
+    const Tensor sink = x_param.defined() ? grad_sink(x_param) : Tensor();
+    if (sink.defined()) {
+      kernels::add_into(g[0].contiguous(), sink);
+      return {sink};
+    }
     return {g[0].to(src).contiguous()};
   });
   return y;

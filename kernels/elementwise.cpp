@@ -72,4 +72,14 @@ void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Te
 
 void scale(const Tensor& x, double s, const Tensor& out) { axpby(s, x, 0.0, x, out); }
 
+void add_into(const Tensor& x, const Tensor& out) {
+  Device d = common_device({&x, &out}, "add_into");
+  check_contiguous({&x, &out}, "add_into");
+  check_same_shape(x, out, "add_into");
+  NATSL_CHECK(is_floating(x.dtype()) && is_floating(out.dtype()), "add_into: expects floating tensors, got ", x.str(),
+              " and ", out.str());
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::add_into(x, out));
+  else cpu::add_into(x, out);
+}
+
 }  // namespace natsl::kernels

@@ -23,6 +23,11 @@ void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Te
 // out = x * s
 void scale(const Tensor& x, double s, const Tensor& out);
 
+// out += x for x of any floating dtype (same shape, contiguous): x rounded to out's dtype, then added in out's
+// compute type and rounded once, the bits of x.to(out.dtype()) followed by binary_fwd's Add, in one pass (a gradient
+// added into a parameter's .grad of another dtype, e.g. a bf16 run's f32 .grad).
+void add_into(const Tensor& x, const Tensor& out);
+
 // The broadcast shape of two shapes (NumPy rules); throws naming both shapes when incompatible.
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 
@@ -31,7 +36,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b);
   void unary_fwd(UnaryOp op, const Tensor& x, const Tensor& y);                                     \
   void unary_bwd(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx); \
   void binary_fwd(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);                \
-  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out);
+  void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Tensor& out);       \
+  void add_into(const Tensor& x, const Tensor& out);
 namespace cpu { NATSL_ELEMENTWISE_DECLS }
 namespace cuda { NATSL_ELEMENTWISE_DECLS }
 #undef NATSL_ELEMENTWISE_DECLS

@@ -17,6 +17,11 @@ void check_floating(const Tensor& t, const char* op, const char* what) {
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   NATSL_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", a.str(), " and ", b.str());
 }
+// A weight gradient dw for data x: x's dtype, or f32 for bf16 x (weight_grad_writes).
+void check_weight_grad(const Tensor& x, const Tensor& dw, const char* op) {
+  NATSL_CHECK(weight_grad_writes(x.dtype(), dw.dtype()), op, ": the weight gradient ", dw.str(), " must be in the ",
+              "data's dtype (or f32 for bf16 data), data ", x.str());
+}
 void check_index(const Tensor& ids, const char* op) {
   NATSL_CHECK(ids.dtype() == DType::i32 || ids.dtype() == DType::i64, op, ": ids must be i32 or i64, got ",
               ids.str());
@@ -60,15 +65,19 @@ Device check_rowwise_bwd(const Tensor& y, const Tensor& dy, const Tensor& dx, co
 }
 
 // An embedding lookup (table = weight, rows = out) or its gradient (table = dweight, rows = dout): `table`
-// floating [V, D], `ids` i32 or i64 of any shape, `rows` ids' shape + [D] in the table's dtype. Returns the one
-// device of the three.
+// floating [V, D], `ids` i32 or i64 of any shape, `rows` ids' shape + [D] in the table's dtype (the gradient: a
+// table in rows' dtype or f32 for bf16 rows, weight_grad_writes). Returns the one device of the three.
 Device check_embedding(const Tensor& table, const char* table_name, const Tensor& ids, const Tensor& rows,
-                       const char* rows_name, const char* op) {
+                       const char* rows_name, const char* op, bool gradient = false) {
   Device d = common_device({&table, &ids, &rows}, op);
   check_contiguous({&table, &ids, &rows}, op);
   check_index(ids, op);
   check_floating(table, op, table_name);
-  check_same_dtype(table, rows, op);
+  if (gradient)
+    NATSL_CHECK(weight_grad_writes(rows.dtype(), table.dtype()), op, ": ", table_name, " ", table.str(),
+                " for ", rows_name, " ", rows.str(), " (its dtype or f32 for bf16)");
+  else
+    check_same_dtype(table, rows, op);
   NATSL_CHECK(table.dim() == 2, op, ": ", table_name, " must be [V, D], got ", table.str());
   Shape want = ids.shape();
   want.push_back(table.size(1));
@@ -84,7 +93,7 @@ void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
 }
 
 void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight) {
-  Device d = check_embedding(dweight, "dweight", ids, dout, "dout", "embedding_bwd");
+  Device d = check_embedding(dweight, "dweight", ids, dout, "dout", "embedding_bwd", /*gradient=*/true);
   NATSL_NN_DISPATCH(d, embedding_bwd, ids, dout, dweight);
 }
 
@@ -103,7 +112,7 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 }
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, bool accumulate_dx) {
+                 const Tensor& dw, bool accumulate_dx, bool accumulate_dw) {
   Device d = common_device({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
   check_contiguous({&x, &w, &rstd, &dy, &dx, &dw}, "rmsnorm_bwd");
   check_rows(x, "rmsnorm_bwd");
@@ -117,9 +126,9 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     NATSL_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), "rmsnorm_bwd: weight ", w.str(), " for input ", x.str());
     check_same_shape(w, dw, "rmsnorm_bwd");
     check_same_dtype(x, w, "rmsnorm_bwd");
-    check_same_dtype(x, dw, "rmsnorm_bwd");
+    check_weight_grad(x, dw, "rmsnorm_bwd");
   }
-  NATSL_NN_DISPATCH(d, rmsnorm_bwd, x, w, rstd, dy, dx, dw, accumulate_dx);
+  NATSL_NN_DISPATCH(d, rmsnorm_bwd, x, w, rstd, dy, dx, dw, accumulate_dx, accumulate_dw);
 }
 
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm) {
@@ -205,15 +214,16 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 }
 
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw) {
+                    const Tensor& dw, bool accumulate_dw) {
   Device d = common_device({&x, &w, &dy, &dx, &dw}, "short_conv_bwd");
   check_contiguous({&x, &w, &dy, &dx, &dw}, "short_conv_bwd");
   check_conv(x, w, "short_conv_bwd");
   check_same_shape(x, dy, "short_conv_bwd");
   check_same_shape(x, dx, "short_conv_bwd");
   check_same_shape(w, dw, "short_conv_bwd");
-  for (const Tensor* t : {&dy, &dx, &dw}) check_same_dtype(x, *t, "short_conv_bwd");
-  NATSL_NN_DISPATCH(d, short_conv_bwd, x, w, apply_silu, dy, dx, dw);
+  for (const Tensor* t : {&dy, &dx}) check_same_dtype(x, *t, "short_conv_bwd");
+  check_weight_grad(x, dw, "short_conv_bwd");
+  NATSL_NN_DISPATCH(d, short_conv_bwd, x, w, apply_silu, dy, dx, dw, accumulate_dw);
 }
 
 namespace {
@@ -249,7 +259,8 @@ void short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, in
 }
 
 void short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
-                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                           bool accumulate_dw) {
   const char* op = "short_conv_l2norm_bwd";
   Device d = common_device({&x, &w, &y, &rnorm, &dy, &dx, &dw}, op);
   check_contiguous({&x, &w, &y, &rnorm, &dy, &dx, &dw}, op);
@@ -257,17 +268,18 @@ void short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, in
   check_same_shape(x, dy, op);
   check_same_shape(x, dx, op);
   if (dw.defined()) check_same_shape(w, dw, op);
-  for (const Tensor* t : {&dy, &dx, &dw})
-    if (t->defined()) check_same_dtype(x, *t, op);
+  for (const Tensor* t : {&dy, &dx}) check_same_dtype(x, *t, op);
+  if (dw.defined()) check_weight_grad(x, dw, op);
   if (d.is_cuda()) {
     bool fused = false;
-    NATSL_CUDA_ONLY(fused = cuda::short_conv_l2norm_bwd(x, w, apply_silu, group, y, rnorm, dy, dx, dw));
+    NATSL_CUDA_ONLY(fused = cuda::short_conv_l2norm_bwd(x, w, apply_silu, group, y, rnorm, dy, dx, dw, accumulate_dw));
     if (fused) return;
   }
   const Shape rows = group_rows(x, group);
   Tensor dact = Tensor::empty(x.shape(), x.dtype(), d);
   l2norm_bwd(y.view(rows), rnorm.view({rows[0], rows[1], rows[2]}), dy.view(rows), dact.view(rows));
-  short_conv_bwd(x, w, apply_silu, dact, dx, dw.defined() ? dw : Tensor::empty(w.shape(), w.dtype(), d));
+  short_conv_bwd(x, w, apply_silu, dact, dx, dw.defined() ? dw : Tensor::empty(w.shape(), w.dtype(), d),
+                 dw.defined() && accumulate_dw);
 }
 
 void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y) {

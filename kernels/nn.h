@@ -10,18 +10,30 @@ namespace natsl::kernels {
 // The dtype of the statistics (rstd, rnorm, lse, losses, valid) for data of dtype `data`.
 inline DType stat_dtype(DType data) { return data == DType::f64 ? DType::f64 : DType::f32; }
 
+// Weight gradients (rmsnorm's dw, the short convs' dw, the embedding's dweight) are written in the data's dtype or,
+// for bf16 data, in f32: the f32 .grad of a bf16 run's parameters, from the kernels' f32 sums with no bf16 rounding.
+// With accumulate_dw a kernel adds its gradient into what dw holds (dw = dw + g, g rounded to dw's dtype first, the
+// sum rounded once: the bits of the plain gradient followed by a separate add, e.g. AccumulateGrad's), so autograd
+// writes it straight into the parameter's .grad (autograd/engine.h, grad_sink).
+inline bool weight_grad_writes(DType data, DType dw) {
+  return is_floating(dw) && (dw == data || (data == DType::bf16 && dw == DType::f32));
+}
+
 // out[..., :] = weight[ids[...], :]. ids i32 or i64; out-of-range ids throw on CPU (checked on GPU by a
 // device assert).
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out);
-// dweight[ids[i], :] += dout[i, :] (dweight is accumulated, not overwritten).
+// dweight[v, :] += the sum of the rows dout[i, :] with ids[i] = v, summed in ascending i from zero and then added
+// once (dweight is accumulated, not overwritten). dweight in dout's dtype, or f32 for bf16 dout (weight_grad_writes:
+// the rows summed in f32 straight into an f32 .grad).
 void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight);
 
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps). w may be undefined (no weight).
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);
 // dx overwritten, or with accumulate_dx the gradient is added into dx (dx += ..., the bits of a separate add: the
-// autograd op adds into its input's pending gradient that way); dw (if defined) overwritten with the sum over rows.
+// autograd op adds into its input's pending gradient that way); dw (if defined; weight_grad_writes) overwritten with
+// the sum over rows, or added into with accumulate_dw.
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, bool accumulate_dx = false);
+                 const Tensor& dw, bool accumulate_dx = false, bool accumulate_dw = false);
 
 // y = x * rnorm, rnorm = 1 / sqrt(sum(x^2) + eps) (eps inside the root, as FLA's l2norm).
 void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);
@@ -46,9 +58,9 @@ void cross_entropy_bwd(const Tensor& logits, const Tensor& targets, const Tensor
 // Causal depthwise conv, kernel W = w.size(1) (4): y[b,t,c] = act(sum_j w[c,j] x[b, t-W+1+j, c]), zero
 // padding before t = 0. x, y [B, T, C]; w [C, W]; act = SiLU when apply_silu, else identity.
 void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y);
-// dx overwritten, dw overwritten.
+// dx overwritten; dw (weight_grad_writes) overwritten, or added into with accumulate_dw.
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw);
+                    const Tensor& dw, bool accumulate_dw = false);
 
 // The Gated DeltaNet front end's q and k in one op: the short conv above, then l2norm (eps inside the root) over each
 // group of `group` consecutive channels: y [B, T, C], rnorm [B, T, C / group] (stat dtype). The bits of
@@ -57,9 +69,11 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 // dividing 256 and C) and composes them elsewhere.
 void short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps,
                            const Tensor& y, const Tensor& rnorm);
-// dx, dw overwritten (dw may be undefined): short_conv_bwd(x, w, apply_silu, l2norm_bwd(y, rnorm, dy)), the same bits.
+// dx, dw overwritten (dw may be undefined; added into with accumulate_dw): short_conv_bwd(x, w, apply_silu,
+// l2norm_bwd(y, rnorm, dy)), the same bits.
 void short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
-                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw);
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                           bool accumulate_dw = false);
 
 // y = silu(gate) * up, all the same shape.
 void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y);
@@ -70,7 +84,7 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
   void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight);                           \
   void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd);        \
   void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,  \
-                   const Tensor& dw, bool accumulate_dx = false);                                             \
+                   const Tensor& dw, bool accumulate_dx = false, bool accumulate_dw = false);                 \
   void l2norm_fwd(const Tensor& x, double eps, const Tensor& y, const Tensor& rnorm);                         \
   void l2norm_bwd(const Tensor& y, const Tensor& rnorm, const Tensor& dy, const Tensor& dx);                  \
   void softmax_fwd(const Tensor& x, const Tensor& y);                                                         \
@@ -83,7 +97,7 @@ void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Te
                          const Tensor& grad_scale, int64_t ignore_index, const Tensor& dlogits);              \
   void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y);                    \
   void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,  \
-                      const Tensor& dw);                                                                      \
+                      const Tensor& dw, bool accumulate_dw = false);                                          \
   void swiglu_fwd(const Tensor& gate, const Tensor& up, const Tensor& y);                                     \
   void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate,                \
                   const Tensor& dup);
@@ -95,7 +109,8 @@ namespace cuda {
 bool short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, double eps,
                            const Tensor& y, const Tensor& rnorm);
 bool short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
-                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw);
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                           bool accumulate_dw = false);
 }  // namespace cuda
 #undef NATSL_NN_DECLS
 

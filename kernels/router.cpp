@@ -40,10 +40,10 @@ void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pool
   else cpu::chunk_mean_pool_fwd(x, chunk_size, pooled);
 }
 
-void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
+void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx, bool accumulate) {
   Device d = check_pool(dx, chunk_size, dpooled, "chunk_mean_pool_bwd");
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::chunk_mean_pool_bwd(dpooled, chunk_size, dx));
-  else cpu::chunk_mean_pool_bwd(dpooled, chunk_size, dx);
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::chunk_mean_pool_bwd(dpooled, chunk_size, dx, accumulate));
+  else cpu::chunk_mean_pool_bwd(dpooled, chunk_size, dx, accumulate);
 }
 
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,

@@ -22,8 +22,10 @@
 namespace natsl::kernels {
 
 void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled);
-// dx[b, t] = dpooled[b, c(t)] / (tokens in c(t)); dx overwritten.
-void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx);
+// dx[b, t] = dpooled[b, c(t)] / (tokens in c(t)); dx overwritten, or with accumulate added into dx (that value
+// rounded to dx's dtype, then the sum rounded once: the bits of a separate add; the autograd op adds into x's
+// pending gradient that way, autograd/engine.h input_grad_sink).
+void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx, bool accumulate = false);
 
 struct RouterChoiceArgs {
   double tau = 1.0;
@@ -42,7 +44,7 @@ void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const 
 
 #define NATSL_ROUTER_DECLS                                                                                    \
   void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled);                        \
-  void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx);                      \
+  void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx, bool accumulate = false); \
   void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,             \
                          const Tensor& mask_softmax, const Tensor& mask_gdn);                                 \
   void router_choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor& mask_softmax,       \

@@ -130,4 +130,15 @@ void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Te
   });
 }
 
+void add_into(const Tensor& x, const Tensor& out) {
+  NATSL_DISPATCH_FLOAT(x.dtype(), X, [&] {
+    NATSL_DISPATCH_FLOAT(out.dtype(), O, [&] {
+      using A = acc_t<O>;
+      const X* xp = x.data<X>();
+      O* o = out.data<O>();
+      for (int64_t i = 0, n = out.numel(); i < n; ++i) o[i] = convert<O>(convert<A>(o[i]) + convert<A>(convert<O>(xp[i])));
+    });
+  });
+}
+
 }  // namespace natsl::kernels::cpu

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/cpu/math.h"
+#include "kernels/cpu/weight_grad.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cpu {
@@ -36,9 +37,10 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 
 // With xh = x rstd and g = dy w:  dx = rstd (g - xh mean(g xh)),  dw = sum over rows of dy xh. With
 // accumulate_dx, dx += that gradient rounded to T first: the bits of a separate add of the two (the sum of two
-// values of T computed in double and rounded once is the correctly rounded sum in T, in every dtype).
+// values of T computed in double and rounded once is the correctly rounded sum in T, in every dtype). dw: the
+// row sums in dw's dtype (store_weight_grad: overwritten, or added into with accumulate_dw).
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, bool accumulate_dx) {
+                 const Tensor& dw, bool accumulate_dx, bool accumulate_dw) {
   const int64_t D = x.size(-1), rows = D > 0 ? x.numel() / D : 0;
   NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] {
     using S = stat_t<T>;
@@ -70,10 +72,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
         if (wp) dw_acc[size_t(d)] += ld(gr[d]) * xh;
       }
     }
-    if (wp) {
-      T* dwp = dw.data<T>();
-      for (int64_t d = 0; d < D; ++d) dwp[d] = convert<T>(dw_acc[size_t(d)]);
-    }
+    if (wp) store_weight_grad(dw_acc, dw, accumulate_dw);
   });
 }
 

@@ -31,7 +31,7 @@ void pool_fwd(const Tensor& x, int64_t C, const Tensor& pooled) {
 }
 
 template <class T>
-void pool_bwd(const Tensor& dpooled, int64_t C, const Tensor& dx) {
+void pool_bwd(const Tensor& dpooled, int64_t C, const Tensor& dx, bool accumulate) {
   using A = acc_t<T>;
   const int64_t B = dx.size(0), L = dx.size(1), d = dx.size(2), NC = dpooled.size(1);
   const T* gp = dpooled.data<T>();
@@ -39,7 +39,12 @@ void pool_bwd(const Tensor& dpooled, int64_t C, const Tensor& dx) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < L; ++t) {
       const int64_t c = t / C, n = std::min(L, c * C + C) - c * C;
-      for (int64_t e = 0; e < d; ++e) dp[(b * L + t) * d + e] = convert<T>(convert<A>(gp[(b * NC + c) * d + e]) / A(n));
+      for (int64_t e = 0; e < d; ++e) {
+        T v = convert<T>(convert<A>(gp[(b * NC + c) * d + e]) / A(n));
+        if (accumulate) asm("" : "+m"(v));  // its own rounded value: no FMA contraction into the add
+        T& o = dp[(b * L + t) * d + e];
+        o = accumulate ? convert<T>(convert<A>(o) + convert<A>(v)) : v;
+      }
     }
 }
 
@@ -106,8 +111,8 @@ void choice_bwd(const RouterChoiceArgs& args, const Tensor& probs, const Tensor&
 void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pooled) {
   NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] { pool_fwd<T>(x, chunk_size, pooled); });
 }
-void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
-  NATSL_DISPATCH_FLOAT(dx.dtype(), T, [&] { pool_bwd<T>(dpooled, chunk_size, dx); });
+void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx, bool accumulate) {
+  NATSL_DISPATCH_FLOAT(dx.dtype(), T, [&] { pool_bwd<T>(dpooled, chunk_size, dx, accumulate); });
 }
 void router_choice_fwd(const RouterChoiceArgs& args, const Tensor& logits, const Tensor& probs,
                        const Tensor& mask_softmax, const Tensor& mask_gdn) {

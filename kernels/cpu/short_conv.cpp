@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/math.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/weight_grad.h"
 #include "kernels/nn.h"
 
 namespace natsl::kernels::cpu {
@@ -46,7 +47,7 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 }
 
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw) {
+                    const Tensor& dw, bool accumulate_dw) {
   const ConvDims s = dims_of(x, w);
   NATSL_DISPATCH_FLOAT(x.dtype(), T, [&] {
     auto ld = [](T v) { return double(convert<acc_t<T>>(v)); };
@@ -77,8 +78,7 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
             if (src >= 0) dw_acc[size_t(c * s.W + j)] += dz[size_t((b * s.T + t) * s.C + c)] * ld(xp[(b * s.T + src) * s.C + c]);
           }
     });
-    T* dwp = dw.data<T>();
-    for (size_t i = 0; i < dw_acc.size(); ++i) dwp[i] = convert<T>(dw_acc[i]);
+    store_weight_grad(dw_acc, dw, accumulate_dw);
   });
 }
 

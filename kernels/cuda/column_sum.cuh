@@ -1,6 +1,8 @@
 #pragma once
-// Deterministic second stage of the weight-gradient reductions: out[j] = sum over g of partial[g, j].
-// A block covers 32 columns with SLICES row slices: slice s adds groups s, s + SLICES, ... in order, then the
+// Deterministic second stage of the weight-gradient reductions: out[j] = sum over g of partial[g, j], or with
+// `accumulate` out[j] += that sum (the sum rounded to out's type, then added in f32 and rounded once: the bits of the
+// plain sum followed by a separate add, e.g. AccumulateGrad's into a parameter's f32 .grad; kernels/nn.h,
+// weight_grad_writes). A block covers 32 columns with SLICES row slices: slice s adds groups s, s + SLICES, ... in order, then the
 // slice sums are added in slice order (a fixed order on every run; coalesced 128-byte row reads). SLICES
 // (default 8) sets how many rows of partials are read at once: many groups want more slices, so that each
 // thread's chain of dependent loads is short.
@@ -51,7 +53,8 @@ inline Tensor partial_rows(int64_t parts, const RowGrid& g, int64_t D, bool regi
 
 template <class T, int SLICES>
 __global__ void __launch_bounds__(32 * SLICES)
-    column_sum_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols, T* __restrict__ out) {
+    column_sum_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols, T* __restrict__ out,
+                      bool accumulate) {
   __shared__ float slice_sum[SLICES][33];
   const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
   float acc = 0.f;
@@ -64,17 +67,29 @@ __global__ void __launch_bounds__(32 * SLICES)
     float total = 0.f;
 #pragma unroll
     for (int s = 0; s < SLICES; ++s) total += slice_sum[s][threadIdx.x];
-    out[j] = from_f32<T>(total);
+    out[j] = accumulate ? from_f32<T>(to_f32(out[j]) + to_f32(from_f32<T>(total))) : from_f32<T>(total);
   }
 }
 
 template <class T, int SLICES = kColumnSumSlices>
-void column_sum(const float* partial, int64_t groups, int64_t cols, T* out, int device, cudaStream_t s) {
+void column_sum(const float* partial, int64_t groups, int64_t cols, T* out, int device, cudaStream_t s,
+                bool accumulate = false) {
   (void)device;
   const int64_t blocks = (cols + 31) / 32;
   NATSL_CHECK(blocks <= 0x7fffffff, "column_sum: too many columns");
-  column_sum_kernel<T, SLICES><<<unsigned(blocks), dim3(32, SLICES), 0, s>>>(partial, groups, cols, out);
+  column_sum_kernel<T, SLICES><<<unsigned(blocks), dim3(32, SLICES), 0, s>>>(partial, groups, cols, out, accumulate);
   NATSL_CUDA_CHECK_LAUNCH();
+}
+
+// The same into a weight gradient `dw` of `cols` entries, f32 or bf16 whatever the data's dtype (a bf16 kernel's
+// f32 .grad sink: the f32 sums written without a bf16 rounding).
+template <int SLICES = kColumnSumSlices>
+void column_sum(const float* partial, int64_t groups, int64_t cols, const Tensor& dw, cudaStream_t s,
+                bool accumulate) {
+  NATSL_CHECK(dw.numel() == cols && dw.is_contiguous(), "column_sum: dw ", dw.str(), " for ", cols, " sums");
+  NATSL_CUDA_DISPATCH_FLOAT(dw.dtype(), "column_sum", W, [&] {
+    column_sum<W, SLICES>(partial, groups, cols, static_cast<W*>(dw.data_ptr()), dw.device().index, s, accumulate);
+  });
 }
 
 }  // namespace natsl::kernels::cuda

@@ -132,6 +132,28 @@ __global__ void axpby_kernel(float alpha, const T* x, float beta, const T* y, T*
   });
 }
 
+// out += x rounded to O first (the bits of a cast followed by an add), VEC elements a step: 16-byte pieces of each.
+template <class T, int N>
+__device__ __forceinline__ void load_pieces(const T* p, float (&f)[N]) {
+  constexpr int P = N == 1 ? 1 : int(16 / sizeof(T));
+#pragma unroll
+  for (int i = 0; i < N; i += P) load_vec<T, P>(p + i, *reinterpret_cast<float(*)[P]>(f + i));
+}
+template <class X, class O, int VEC>
+__global__ void add_into_kernel(const X* __restrict__ x, O* __restrict__ out, int64_t n) {
+  for_each_vec<VEC>(n, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    float xv[W], ov[W];
+    load_pieces<X, W>(x + i, xv);
+    load_pieces<O, W>(out + i, ov);
+#pragma unroll
+    for (int k = 0; k < W; ++k) ov[k] += to_f32(from_f32<O>(xv[k]));
+    constexpr int P = W == 1 ? 1 : int(16 / sizeof(O));
+#pragma unroll
+    for (int k = 0; k < W; k += P) store_vec<O, P>(out + i + k, *reinterpret_cast<const float(*)[P]>(ov + k));
+  });
+}
+
 constexpr int kThreads = 256;
 
 // Calls fn(std::integral_constant<E, op>) for the runtime op, one of OPS.
@@ -249,6 +271,21 @@ void axpby(double alpha, const Tensor& x, double beta, const Tensor& y, const Te
     launch_flat<T>(aligned16(x) && aligned16(y) && aligned16(out), dev, n, kThreads, [&](auto w, int grid) {
       axpby_kernel<T, decltype(w)::value>
           <<<grid, kThreads, 0, s>>>(float(alpha), cptr<T>(x), float(beta), cptr<T>(y), mptr<T>(out), n);
+    });
+  });
+  NATSL_CUDA_CHECK_LAUNCH();
+}
+
+void add_into(const Tensor& x, const Tensor& out) {
+  const auto [n, dev, s] = flat_op(out);
+  if (n == 0) return;
+  NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "add_into", X, [&] {
+    NATSL_CUDA_DISPATCH_FLOAT(out.dtype(), "add_into", O, [&] {
+      constexpr int V = 8;  // one 16-byte vector of bf16, two of f32
+      const bool vec = aligned16(x) && aligned16(out);
+      const int grid = grid_for(dev, vec ? n / V + 1 : n, kThreads);
+      if (vec) add_into_kernel<X, O, V><<<grid, kThreads, 0, s>>>(cptr<X>(x), mptr<O>(out), n);
+      else add_into_kernel<X, O, 1><<<grid, kThreads, 0, s>>>(cptr<X>(x), mptr<O>(out), n);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();

@@ -12,7 +12,9 @@
 //   radix_sort (the fallback with 64-bit keys or without cooperative launch): a CUB keys-only radix sort on
 //     the id bits (stable, so positions stay ascending within an id), the starts from one pass over the
 //     sorted keys.
-// Both give the same sorted keys and starts. Accumulate: one warp per (id, 32 vectors of columns) issues its
+// Both give the same sorted keys and starts. dweight is in dout's dtype or f32 for bf16 dout (an f32 .grad, autograd's
+// weight-gradient sink: the rows' f32 sum added in f32, no bf16 table). Accumulate: one warp per (id, 32 vectors of
+// columns) issues its
 // dweight load together with the segment's positions and 8 rows' loads per lane in one round (most segments
 // are a single round: ~4 rows per id at 131072 tokens / 32000 ids); after the cooperative segments it is
 // launched with programmatic dependent launch so that its blocks are in place when the segments kernel ends.
@@ -79,14 +81,30 @@ __global__ void segment_starts_v2_kernel(const K* __restrict__ keys, int64_t n, 
 constexpr int kAccWarps = 4;  // warps per block (tasks of neighbouring column chunks of one id)
 constexpr int kAccRows = 8;   // rows of a segment whose loads are in flight together, per lane
 
+// VEC values of TW at p to f32 and back, in 16-byte vectors (VEC == 1, or VEC * sizeof(TW) a multiple of 16): an f32
+// dweight row chunk beside bf16 dout vectors.
+template <class TW, int VEC>
+__device__ __forceinline__ void load_wide(const TW* p, float (&f)[VEC]) {
+  constexpr int P = VEC == 1 ? 1 : int(16 / sizeof(TW));
+#pragma unroll
+  for (int i = 0; i < VEC; i += P) load_vec<TW, P>(p + i, *reinterpret_cast<float(*)[P]>(f + i));
+}
+template <class TW, int VEC>
+__device__ __forceinline__ void store_wide(TW* p, const float (&f)[VEC]) {
+  constexpr int P = VEC == 1 ? 1 : int(16 / sizeof(TW));
+#pragma unroll
+  for (int i = 0; i < VEC; i += P) store_vec<TW, P>(p + i, *reinterpret_cast<const float(*)[P]>(f + i));
+}
+
 // Task t = blockIdx.x * kAccWarps + warp: id v = t / chunks, columns [(t % chunks) * 32 * CV * VEC, + 32 * CV * VEC):
 // CV vectors of VEC elements per lane and row (1 today: 2 needed 128 registers and was slower).
-// keys: sorted (positions ascending within an id), start: the segment starts.
-template <class T, int VEC, class K, int CV>
+// keys: sorted (positions ascending within an id), start: the segment starts. dweight of TW: T, or float for bf16 T.
+template <class T, class TW, int VEC, class K, int CV>
 __global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
     embedding_bwd_accumulate_v2_kernel(const K* __restrict__ keys, int shift, const int32_t* __restrict__ start,
-                                       int64_t V, int64_t chunks, const T* __restrict__ dout, T* __restrict__ dweight,
+                                       int64_t V, int64_t chunks, const T* __restrict__ dout, TW* __restrict__ dweight,
                                        int64_t D) {
+  constexpr bool kSame = std::is_same_v<T, TW>;
   const int lane = threadIdx.x & 31;
   const int64_t task = int64_t(blockIdx.x) * kAccWarps + (threadIdx.x >> 5);
   pdl_wait();  // launched with PDL (after the cooperative segments): the segments are complete past this point; else a no-op
@@ -113,12 +131,18 @@ __global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
     if constexpr (VEC > 1) load_vec<T, VEC>(reinterpret_cast<const T*>(&r), f);
     else f[0] = to_f32(r);
   };
-  T* dst = dweight + v * D;
+  TW* dst = dweight + v * D;
+  // dweight's values, in flight with the positions and the first rows: raw in dout's type, else widened at once.
   Raw cur_raw[CV];
+  float cur_wide[CV][kSame ? 1 : VEC];
 #pragma unroll
   for (int c = 0; c < CV; ++c) {
-    cur_raw[c] = Raw{};
-    if (in[c]) cur_raw[c] = load_raw(dst + col[c]);  // in flight with the positions and the first rows
+    if constexpr (kSame) {
+      cur_raw[c] = Raw{};
+      if (in[c]) cur_raw[c] = load_raw(dst + col[c]);
+    } else if (in[c]) {
+      load_wide<TW, VEC>(dst + col[c], cur_wide[c]);
+    }
   }
   float acc[CV][VEC];
 #pragma unroll
@@ -158,10 +182,15 @@ __global__ void __launch_bounds__(32 * kAccWarps, 8 / CV)
   for (int c = 0; c < CV; ++c) {
     if (!in[c]) continue;
     float cur[VEC];
-    unpack(cur_raw[c], cur);
+    if constexpr (kSame) {
+      unpack(cur_raw[c], cur);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) cur[k] = cur_wide[c][k];
+    }
 #pragma unroll
     for (int k = 0; k < VEC; ++k) cur[k] += acc[c][k];
-    store_vec<T, VEC>(dst + col[c], cur);
+    store_wide<TW, VEC>(dst + col[c], cur);
   }
 }
 
@@ -195,8 +224,8 @@ void segments_v2(const Tensor& ids, int64_t V, Device d, cudaStream_t s, Embeddi
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-template <class T, class K, int CV>
-void accumulate_v2(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t D, cudaStream_t s) {
+template <class T, class TW, class K, int CV>
+void accumulate_v2(const EmbeddingBwdSegments& seg, const T* gp, TW* wp, int64_t D, cudaStream_t s) {
   constexpr int VC = kVec<T>;
   const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
   const int width = vec ? VC : 1;
@@ -206,17 +235,17 @@ void accumulate_v2(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t 
   const K* keys = static_cast<const K*>(seg.keys.data_ptr());
   const int32_t* sp = seg.aux.data<int32_t>();
   if (vec)
-    embedding_bwd_accumulate_v2_kernel<T, VC, K, CV>
+    embedding_bwd_accumulate_v2_kernel<T, TW, VC, K, CV>
         <<<unsigned(blocks), 32 * kAccWarps, 0, s>>>(keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
   else
-    embedding_bwd_accumulate_v2_kernel<T, 1, K, CV>
+    embedding_bwd_accumulate_v2_kernel<T, TW, 1, K, CV>
         <<<unsigned(blocks), 32 * kAccWarps, 0, s>>>(keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
 // The accumulation launched with programmatic dependent launch where `pdl` (after the cooperative segments).
-template <class T>
-void accumulate_pdl(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t D, cudaStream_t s, bool pdl,
+template <class T, class TW>
+void accumulate_pdl(const EmbeddingBwdSegments& seg, const T* gp, TW* wp, int64_t D, cudaStream_t s, bool pdl,
                     int device) {
   constexpr int VC = kVec<T>;
   const bool vec = D % VC == 0 && aligned16(gp) && aligned16(wp);
@@ -228,10 +257,10 @@ void accumulate_pdl(const EmbeddingBwdSegments& seg, const T* gp, T* wp, int64_t
   const int32_t* sp = seg.aux.data<int32_t>();
   pdl = pdl && pdl_supported(device);
   if (vec)
-    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, VC, uint32_t, 1>, unsigned(blocks), 32 * kAccWarps, s,
+    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, TW, VC, uint32_t, 1>, unsigned(blocks), 32 * kAccWarps, s,
                keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
   else
-    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, 1, uint32_t, 1>, unsigned(blocks), 32 * kAccWarps, s,
+    launch_pdl(pdl, embedding_bwd_accumulate_v2_kernel<T, TW, 1, uint32_t, 1>, unsigned(blocks), 32 * kAccWarps, s,
                keys, seg.pos_bits, sp, seg.V, chunks, gp, wp, D);
 }
 
@@ -295,17 +324,25 @@ void embedding_bwd_accumulate(const EmbeddingBwdSegments& seg, const Tensor& dou
   NATSL_CHECK(dout.numel() == n * D, "embedding_bwd: dout ", dout.str(), " for ", n, " ids of dim ", D);
   if (n == 0 || D == 0) return;
   cudaStream_t s = activate(dweight.device().index);
-  NATSL_CUDA_DISPATCH_FLOAT(dweight.dtype(), "embedding_bwd", T, [&] {
-    NATSL_CHECK(dout.dtype() == dweight.dtype(), "embedding_bwd: dtypes differ");
+  NATSL_CHECK(weight_grad_writes(dout.dtype(), dweight.dtype()), "embedding_bwd: dweight ", dweight.str(),
+              " for dout ", dout.str(), " (dout's dtype, or f32 for bf16)");
+  auto run = [&](auto t, auto tw) {
+    using T = decltype(t);
+    using TW = decltype(tw);
     const T* gp = static_cast<const T*>(dout.data_ptr());
-    T* wp = static_cast<T*>(dweight.data_ptr());
+    TW* wp = static_cast<TW*>(dweight.data_ptr());
     if (seg.pdl_accumulate) {  // its launch overlapping the segments kernel
-      accumulate_pdl<T>(seg, gp, wp, D, s, /*pdl=*/true, dweight.device().index);
+      accumulate_pdl<T, TW>(seg, gp, wp, D, s, /*pdl=*/true, dweight.device().index);
       return;
     }
-    if (seg.key_bits == 32) accumulate_v2<T, uint32_t, 1>(seg, gp, wp, D, s);
-    else accumulate_v2<T, uint64_t, 1>(seg, gp, wp, D, s);
-  });
+    if (seg.key_bits == 32) accumulate_v2<T, TW, uint32_t, 1>(seg, gp, wp, D, s);
+    else accumulate_v2<T, TW, uint64_t, 1>(seg, gp, wp, D, s);
+  };
+  if (dout.dtype() == DType::bf16 && dweight.dtype() == DType::f32) {
+    run(bf16{}, float{});
+    return;
+  }
+  NATSL_CUDA_DISPATCH_FLOAT(dweight.dtype(), "embedding_bwd", T, [&] { run(T{}, T{}); });
 }
 
 void embedding_bwd(const Tensor& ids, const Tensor& dout, const Tensor& dweight) {

@@ -2,7 +2,8 @@
 //   rstd = 1 / sqrt(mean(x^2) + eps),  y = x * rstd * w
 //   dx_j = rstd * w_j * dy_j - x_j * rstd^3 / D * sum_k(dy_k w_k x_k),   dw_j = sum_rows dy_j x_j rstd
 // The weight gradient is deterministic: each block (or block row slot) adds its rows into its own f32 partial
-// row, then the partial rows are added in a fixed order (column_sum.cuh).
+// row, then the partial rows are added in a fixed order (column_sum.cuh), into dw (x's dtype or f32) or, with
+// accumulate_dw, added into what dw holds (a parameter's f32 .grad: autograd's weight-gradient sink).
 // Kernels (RmsnormPlan, rmsnorm_plan.h): rmsnorm_short_kernel for head-sized rows (a few lanes of a warp per
 // row, the row in registers), rmsnorm_bwd_regs_kernel for wider rows (one block per row, 2 vectors per thread
 // per tensor in registers), and the general kernels for the rest (rows not vector-aligned or too wide; the
@@ -134,11 +135,12 @@ __global__ void __launch_bounds__(256)
 }
 
 // Launches rmsnorm_short_kernel when the row is vector-aligned data of at most 128 vectors; false otherwise.
-// The backward with want_dw adds the blocks' partial rows into dwp; with accumulate it adds dx into outp.
+// The backward with want_dw sums the blocks' partial rows into dw (added into it with acc_dw); with accumulate it
+// adds dx into outp.
 template <class T, bool BWD>
 bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* rin, T* outp, float* rout, bool want_dw,
-                          T* dwp, int64_t rows, int64_t D, float eps, Device d, cudaStream_t s,
-                          bool accumulate = false) {
+                          const Tensor& dw, int64_t rows, int64_t D, float eps, Device d, cudaStream_t s,
+                          bool accumulate = false, bool acc_dw = false) {
   constexpr int VEC = kVec<T>;
   const int dev = d.index;
   return dispatch_short_rows(D / VEC, [&](auto tpr, auto nv) {
@@ -156,7 +158,7 @@ bool launch_rmsnorm_short(const T* xp, const T* wp, const T* gp, const float* ri
     rmsnorm_short_kernel<T, VEC, TPR, NV, RPG, BWD>
         <<<grid, 256, smem, s>>>(xp, wp, gp, rin, outp, rout, pp, rows, D, eps, accumulate);
     NATSL_CUDA_CHECK_LAUNCH();
-    if (BWD && want_dw) column_sum<T, 32>(pp, grid, D, dwp, dev, s);
+    if (BWD && want_dw) column_sum<32>(pp, grid, D, dw, s, acc_dw);
   });
 }
 
@@ -306,8 +308,9 @@ __global__ void __launch_bounds__(512)
 // Launches rmsnorm_bwd_regs_kernel with NV vectors per thread when the row fits 512 threads (vectorised
 // data only); false when it does not (the caller falls back to the default kernel).
 template <class T, int NV>
-bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T* gp, T* dp, bool want_dw, T* dwp,
-                             int64_t rows, int64_t D, Device d, cudaStream_t s, bool accumulate) {
+bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T* gp, T* dp, bool want_dw,
+                             const Tensor& dw, int64_t rows, int64_t D, Device d, cudaStream_t s, bool accumulate,
+                             bool acc_dw) {
   constexpr int VEC = kVec<T>;
   const int64_t nvec = D / VEC;
   const int64_t threads = ((nvec + NV - 1) / NV + 31) / 32 * 32;
@@ -325,7 +328,7 @@ bool launch_rmsnorm_bwd_regs(const T* xp, const T* wp, const float* rp, const T*
   kern<<<unsigned(grid), unsigned(threads), 0, s>>>(xp, wp, rp, gp, dp, pp, rows, D, accumulate);
   NATSL_CUDA_CHECK_LAUNCH();
   // Hundreds of partial rows: 32 slices keep each thread's dependent load chain short.
-  if (want_dw) column_sum<T, 32>(pp, grid, D, dwp, d.index, s);
+  if (want_dw) column_sum<32>(pp, grid, D, dw, s, acc_dw);
   return true;
 }
 
@@ -361,7 +364,7 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(yp);
     if (vec && wants_short_rows<T>(plan, D, /*backward=*/false) &&
-        launch_rmsnorm_short<T, false>(xp, wp, nullptr, nullptr, yp, rp, false, nullptr, rows, D, float(eps),
+        launch_rmsnorm_short<T, false>(xp, wp, nullptr, nullptr, yp, rp, false, Tensor(), rows, D, float(eps),
                                        x.device(), s))
       return;
     launch_rows<V>(vec, dev, rows, D, [&](auto vw, const RowGrid& g) {
@@ -372,22 +375,24 @@ void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, 
 }
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, bool accumulate_dx) {
-  rmsnorm_bwd(x, w, rstd, dy, dx, dw, RmsnormPlan{}, accumulate_dx);
+                 const Tensor& dw, bool accumulate_dx, bool accumulate_dw) {
+  rmsnorm_bwd(x, w, rstd, dy, dx, dw, RmsnormPlan{}, accumulate_dx, accumulate_dw);
 }
 
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx) {
-  const bool acc = accumulate_dx;
+                 const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx, bool accumulate_dw) {
+  const bool acc = accumulate_dx, acc_dw = accumulate_dw;
   const auto [D, rows, dev, s] = row_op(x, x.size(-1));
   if (rows == 0) {
-    if (dw.defined()) dw.zero_();
+    if (dw.defined() && !acc_dw) dw.zero_();
     return;
   }
   NATSL_CHECK(rstd.dtype() == DType::f32 && rstd.numel() == rows, "rmsnorm_bwd: rstd must be f32 with one value per row");
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "rmsnorm_bwd", T, [&] {
-    for (const Tensor* t : {&w, &dy, &dx, &dw})
+    for (const Tensor* t : {&w, &dy, &dx})
       NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "rmsnorm_bwd: dtypes differ");
+    NATSL_CHECK(!dw.defined() || weight_grad_writes(x.dtype(), dw.dtype()), "rmsnorm_bwd: dw ", dw.str(),
+                " for data ", x.str());
     const T* xp = static_cast<const T*>(x.data_ptr());
     const T* wp = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
     const T* gp = static_cast<const T*>(dy.data_ptr());
@@ -395,15 +400,15 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
     constexpr int V = kVec<T>;
     const bool vec = D % V == 0 && aligned16(xp) && aligned16(w) && aligned16(gp) && aligned16(dp);
     if (vec) {
-      T* dwp = dw.defined() ? static_cast<T*>(dw.data_ptr()) : nullptr;
       const float* rp = rstd.data<float>();
       if (wants_short_rows<T>(plan, D, /*backward=*/true)) {
-        if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dwp, rows, D, 0.f, x.device(), s,
-                                          acc))
+        if (launch_rmsnorm_short<T, true>(xp, wp, gp, rp, dp, nullptr, dw.defined(), dw, rows, D, 0.f, x.device(), s,
+                                          acc, acc_dw))
           return;
       } else if ((plan.kernel == RmsnormPlan::Kernel::automatic ||
                   plan.kernel == RmsnormPlan::Kernel::row_in_registers) &&
-                 launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dwp, rows, D, x.device(), s, acc)) {
+                 launch_rmsnorm_bwd_regs<T, 2>(xp, wp, rp, gp, dp, dw.defined(), dw, rows, D, x.device(), s, acc,
+                                               acc_dw)) {
         return;
       }
     }
@@ -430,7 +435,7 @@ void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Ten
       else rmsnorm_bwd_kernel<T, 1, false><<<g.grid, g.block, g.smem, s>>>(xp, wp, rp, gp, dp, pp, rows, D, acc);
     }
     NATSL_CUDA_CHECK_LAUNCH();
-    if (dw.defined()) column_sum<T>(pp, groups, D, static_cast<T*>(dw.data_ptr()), dev, s);
+    if (dw.defined()) column_sum(pp, groups, D, dw, s, acc_dw);
   });
 }
 

@@ -33,8 +33,9 @@ struct RmsnormPlan {
 // whose kernel does not take the tensors (not vector-aligned, too wide) falls back to the general kernel.
 void rmsnorm_fwd(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd,
                  const RmsnormPlan& plan);
-// accumulate_dx: dx += the gradient (in f32, one rounding to T), as kernels::rmsnorm_bwd.
+// accumulate_dx: dx += the gradient (in f32, one rounding to T); accumulate_dw: dw += the weight gradient; as
+// kernels::rmsnorm_bwd.
 void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                 const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx = false);
+                 const Tensor& dw, const RmsnormPlan& plan, bool accumulate_dx = false, bool accumulate_dw = false);
 
 }  // namespace natsl::kernels::cuda

@@ -28,7 +28,7 @@ __global__ void pool_fwd_kernel(const T* __restrict__ x, T* __restrict__ pooled,
 // per element, with three 64-bit divisions each, was bound by the integer divisions).
 template <class T, int VEC>
 __global__ void pool_bwd_kernel(const T* __restrict__ dpooled, T* __restrict__ dx, int64_t rows, int64_t L,
-                                int64_t d, int64_t C, int64_t NC) {
+                                int64_t d, int64_t C, int64_t NC, bool accumulate) {
   NATSL_FOR_EACH_ROW(r, rows) {
     if (r >= rows) continue;  // no block-wide step below
     const int64_t b = r / L, t = r - b * L, c = t / C;
@@ -40,6 +40,12 @@ __global__ void pool_bwd_kernel(const T* __restrict__ dpooled, T* __restrict__ d
       load_vec<T, VEC>(src + j, v);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[k] = v[k] / len;
+      if (accumulate) {  // the gradient rounded to T, then added to dx's value in f32 and rounded once
+        float prior[VEC];
+        load_vec<T, VEC>(dst + j, prior);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) v[k] = prior[k] + to_f32(from_f32<T>(v[k]));
+      }
       store_vec<T, VEC>(dst + j, v);
     }
   }
@@ -99,7 +105,7 @@ void chunk_mean_pool_fwd(const Tensor& x, int64_t chunk_size, const Tensor& pool
   NATSL_CUDA_CHECK_LAUNCH();
 }
 
-void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx) {
+void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor& dx, bool accumulate) {
   const auto [d, rows, dev, s] = row_op(dx, dx.size(2));  // rows = B * L tokens
   if (rows == 0) return;
   const int64_t L = dx.size(1);
@@ -108,7 +114,7 @@ void chunk_mean_pool_bwd(const Tensor& dpooled, int64_t chunk_size, const Tensor
     const bool vec = d % V == 0 && aligned16(dpooled) && aligned16(dx);
     launch_rows<V>(vec, dev, rows, d, [&](auto width, const RowGrid& g) {
       pool_bwd_kernel<T, decltype(width)::value><<<g.grid, g.block, 0, s>>>(cptr<T>(dpooled), mptr<T>(dx), rows, L,
-                                                                          d, chunk_size, dpooled.size(1));
+                                                                          d, chunk_size, dpooled.size(1), accumulate);
     });
   });
   NATSL_CUDA_CHECK_LAUNCH();

@@ -7,7 +7,8 @@
 // thread keeps kSteps loads in flight (one at a time left it latency-bound: H200, 16 x 4096 x 2048 bf16,
 // 0.50 -> 0.30 ms). The same read-ahead made the backward slower (0.81 -> 1.08 ms; two channels per thread
 // 0.96), so it keeps the plain loop. dw: each thread writes its tile's partial sums, added in order by a
-// second kernel (deterministic).
+// second kernel (deterministic; column_sum.cuh) into dw, in x's dtype or f32, or added into what dw holds with
+// accumulate_dw (a parameter's f32 .grad: autograd's weight-gradient sink).
 // bf16 with channels in 16-byte vectors (the default plan, short_conv_plan.h): the same per-thread walk, but a
 // block of 256 channels of one (sequence, tile) first copies chunks of kChunk steps of x (and dy) into shared
 // memory with 16-byte cp.async copies, double-buffered, so that each warp moves 512-byte rows instead of 64-byte
@@ -489,8 +490,8 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 }
 
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw) {
-  short_conv_bwd(x, w, apply_silu, dy, dx, dw, ShortConvPlan{});
+                    const Tensor& dw, bool accumulate_dw) {
+  short_conv_bwd(x, w, apply_silu, dy, dx, dw, ShortConvPlan{}, accumulate_dw);
 }
 
 void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y, const ShortConvPlan& plan) {
@@ -523,18 +524,20 @@ void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
 }
 
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw, const ShortConvPlan& plan) {
+                    const Tensor& dw, const ShortConvPlan& plan, bool accumulate_dw) {
   const int dev = x.device().index;
   // Tiles of at least 32 steps keep the dw partial buffer small (B * T / 32 * C * W floats at most).
   ConvShape sh = conv_shape(x, w, dev, 32);
   cudaStream_t s = activate(dev);
   if (x.numel() == 0) {
-    if (dw.defined()) dw.zero_();
+    if (dw.defined() && !accumulate_dw) dw.zero_();
     return;
   }
+  for (const Tensor* t : {&w, &dy, &dx})
+    NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
+  NATSL_CHECK(!dw.defined() || weight_grad_writes(x.dtype(), dw.dtype()), "short_conv_bwd: dw ", dw.str(),
+              " for data ", x.str());
   if (short_conv_takes_chunks(x, dy, plan)) {
-    for (const Tensor* t : {&w, &dy, &dx, &dw})
-      NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int64_t groups = sh.B * sh.ntiles;
@@ -544,14 +547,11 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
                                              static_cast<const bf16*>(dy.data_ptr()), static_cast<bf16*>(dx.data_ptr()),
                                              partial.data<float>(), sh, apply_silu);
       NATSL_CUDA_CHECK_LAUNCH();
-      if (dw.defined())
-        column_sum<bf16>(partial.data<float>(), groups, sh.C * W, static_cast<bf16*>(dw.data_ptr()), dev, s);
+      if (dw.defined()) column_sum(partial.data<float>(), groups, sh.C * W, dw, s, accumulate_dw);
     });
     return;
   }
   NATSL_CUDA_DISPATCH_FLOAT(x.dtype(), "short_conv_bwd", T, [&] {
-    for (const Tensor* t : {&w, &dy, &dx, &dw})
-      NATSL_CHECK(!t->defined() || t->dtype() == x.dtype(), "short_conv_bwd: dtypes differ");
     dispatch_width(w.size(1), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int64_t total = sh.B * sh.ntiles * sh.C;
@@ -562,7 +562,7 @@ void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Ten
           static_cast<const T*>(dy.data_ptr()), static_cast<T*>(dx.data_ptr()), partial.data<float>(), sh,
           apply_silu);
       NATSL_CUDA_CHECK_LAUNCH();
-      if (dw.defined()) column_sum<T>(partial.data<float>(), groups, sh.C * W, static_cast<T*>(dw.data_ptr()), dev, s);
+      if (dw.defined()) column_sum(partial.data<float>(), groups, sh.C * W, dw, s, accumulate_dw);
     });
   });
 }
@@ -600,13 +600,14 @@ bool short_conv_l2norm_fwd(const Tensor& x, const Tensor& w, bool apply_silu, in
 }
 
 bool short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, int64_t group, const Tensor& y,
-                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+                           const Tensor& rnorm, const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                           bool accumulate_dw) {
   if (!short_conv_l2norm_takes(x, w, group, {&y, &dy}) || rnorm.dtype() != DType::f32) return false;
   const int dev = x.device().index;
   const ConvShape sh = conv_shape(x, w, dev, 32);  // short_conv_bwd's tiles, so dw adds up in its order
   cudaStream_t s = activate(dev);
   if (x.numel() == 0) {
-    if (dw.defined()) dw.zero_();
+    if (dw.defined() && !accumulate_dw) dw.zero_();
     return true;
   }
   dispatch_width(w.size(1), [&](auto wc) {
@@ -622,8 +623,7 @@ bool short_conv_l2norm_bwd(const Tensor& x, const Tensor& w, bool apply_silu, in
           static_cast<bf16*>(dx.data_ptr()), partial.data<float>(), sh, int(group), apply_silu);
     });
     NATSL_CUDA_CHECK_LAUNCH();
-    if (dw.defined())
-      column_sum<bf16>(partial.data<float>(), groups, sh.C * W, static_cast<bf16*>(dw.data_ptr()), dev, s);
+    if (dw.defined()) column_sum(partial.data<float>(), groups, sh.C * W, dw, s, accumulate_dw);
   });
   return true;
 }

@@ -16,7 +16,7 @@ struct ShortConvPlan {
 // kernels::short_conv_fwd / short_conv_bwd (kernels/nn.h) with a plan; the dispatchers run the default one.
 void short_conv_fwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& y, const ShortConvPlan& plan);
 void short_conv_bwd(const Tensor& x, const Tensor& w, bool apply_silu, const Tensor& dy, const Tensor& dx,
-                    const Tensor& dw, const ShortConvPlan& plan);
+                    const Tensor& dw, const ShortConvPlan& plan, bool accumulate_dw = false);
 // Whether the plan takes the shared-memory kernels for x (and dy, undefined for the forward): bf16, channels a
 // multiple of 8, both 16-byte aligned.
 bool short_conv_takes_chunks(const Tensor& x, const Tensor& dy, const ShortConvPlan& plan);

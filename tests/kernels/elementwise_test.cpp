@@ -1,5 +1,9 @@
 // CUDA elementwise family against the CPU reference (f64 oracle on the same rounded inputs).
 // Tolerances: f32 kF32 (rel RMS 1e-5, max 1e-4 of max|ref|), bf16 kBf16 (6e-3, 1.2e-2): see cuda_test_util.h.
+#include <cstring>
+#include <string>
+#include <utility>
+
 #include "kernels/elementwise.h"
 #include "tests/cuda_test_util.h"
 
@@ -129,6 +133,44 @@ TEST(CudaElementwise, Axpby) {
       kernels::axpby(2.0, to_gpu(xq), 0.0, nan_y, out2);
       expect_match(out2, ref2, tol_for(dt), case_name("axpby beta=0, y NaN", dt, {n}));
     }
+}
+
+TEST(Elementwise, AddIntoIsACastFollowedByAnAdd) {
+  // add_into (a gradient added into a .grad of another dtype) has the bits of x.to(out's dtype) and an add.
+  const std::pair<DType, DType> pairs[] = {{DType::bf16, DType::f32}, {DType::f32, DType::f32}, {DType::f32, DType::bf16},
+                                           {DType::f64, DType::f32}, {DType::f32, DType::f64}, {DType::bf16, DType::bf16}};
+  for (const auto& [xd, od] : pairs) {
+    Tensor x = randn({37}, 21).to(xd), out = randn({37}, 22, DType::f64, 3.0).to(od);
+    Tensor want = Tensor::empty({37}, od);
+    kernels::binary_fwd(BinaryOp::Add, out, x.to(od), want);
+    kernels::add_into(x, out);
+    const Tensor a = out, b = want;
+    EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), size_t(a.nbytes()))) << dtype_name(xd) << " into "
+                                                                               << dtype_name(od);
+  }
+  EXPECT_THROW(kernels::add_into(randn({3}, 1), randn({4}, 2)), Error);
+}
+
+TEST(CudaElementwise, AddIntoIsACastFollowedByAnAdd) {
+  NATSL_REQUIRE_GPU();
+  const std::pair<DType, DType> pairs[] = {{DType::bf16, DType::f32}, {DType::f32, DType::f32}, {DType::f32, DType::bf16},
+                                           {DType::bf16, DType::bf16}};
+  for (const auto& [xd, od] : pairs)
+    for (int64_t n : {int64_t(1), int64_t(1001), int64_t(1000003)})
+      for (bool aligned : {true, false}) {
+        const std::string what = std::string(dtype_name(xd)) + " into " + std::string(dtype_name(od)) + " n " +
+                                 std::to_string(n) + (aligned ? "" : " misaligned");
+        Tensor xq = q(randn({n}, 31), xd), oq = q(randn({n}, 32, DType::f64, 3.0), od);
+        Tensor x = aligned ? to_gpu(xq) : misaligned_gpu(xq), out = aligned ? to_gpu(oq) : misaligned_gpu(oq);
+        Tensor want = Tensor::empty({n}, od, gpu());
+        kernels::binary_fwd(BinaryOp::Add, out, x.to(od), want);
+        kernels::add_into(x, out);
+        expect_same_bits(out, want, what);
+        // Against the CPU too: the same roundings.
+        Tensor ref = oq.clone();
+        kernels::add_into(xq, ref);
+        expect_same_bits(out, ref, what + " vs the CPU");
+      }
 }
 
 TEST(CudaElementwise, F64IsRefusedWithAClearError) {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -48,6 +49,36 @@ TEST(Embedding, ForwardGathersRowsAndBackwardAddsRepeats) {
         if (idv[size_t(i)] == v) want += gv[size_t(i * D + d)];
       EXPECT_NEAR(dwv[size_t(v * D + d)], want, 1e-15);
     }
+}
+
+TEST(Embedding, Bf16RowsIntoAnF32TableAreSummedInF32FromZero) {
+  // dweight f32 for bf16 dout (autograd's sink into a bf16 run's f32 .grad): each id's rows summed in f32 from zero in
+  // position order, then added to the row once; absent ids' rows untouched. And in one dtype, the same order.
+  const int64_t V = 6, D = 5;
+  const std::vector<int64_t> idv{3, 0, 3, 5, 3, 0, 1};
+  Tensor ids = Tensor::from_vector(idv, {7}, DType::i64);
+  for (DType gd : {DType::bf16, DType::f32, DType::f64}) {
+    const DType wd = gd == DType::bf16 ? DType::f32 : gd;
+    Tensor dout = randn({7, D}, 3).to(gd), dw = randn({V, D}, 4).to(wd);
+    const Tensor prior = dw.clone();
+    kernels::embedding_bwd(ids, dout, dw);
+    auto check = [&](auto zero) {
+      using W = decltype(zero);
+      const std::vector<W> p = prior.to_vector<W>(), got = dw.to_vector<W>(), g = dout.to(wd).to_vector<W>();
+      for (int64_t v = 0; v < V; ++v)
+        for (int64_t d = 0; d < D; ++d) {
+          W sum = W(0);
+          bool any = false;
+          for (size_t i = 0; i < idv.size(); ++i)
+            if (idv[i] == v) sum = W(sum + g[i * size_t(D) + size_t(d)]), any = true;
+          const W want = any ? W(p[size_t(v * D + d)] + sum) : p[size_t(v * D + d)];
+          EXPECT_EQ(0, std::memcmp(&got[size_t(v * D + d)], &want, sizeof(W))) << dtype_name(gd) << " id " << v << " col " << d;
+        }
+    };
+    if (wd == DType::f32) check(float{});
+    else check(double{});
+  }
+  EXPECT_THROW(kernels::embedding_bwd(ids, randn({7, D}, 5).to(DType::f32), Tensor::zeros({V, D}, DType::bf16)), Error);
 }
 
 TEST(Embedding, GradcheckWithRepeatedIds) {
@@ -154,6 +185,36 @@ void check_backward_variants(const Tensor& ids, int64_t V, int64_t D, DType dt, 
     if (radix) dw_radix = dw;
     else expect_same_bits(dw, dw_radix, what + " vs the radix sort");
   }
+}
+
+TEST(CudaEmbedding, Bf16RowsIntoAnF32TableGiveTheCpuBits) {
+  // An f32 dweight for bf16 dout (autograd's sink into the f32 .grad): the rows summed in f32 in position order, then
+  // added once, as the CPU does: the same bits, through both segment kernels, vector rows (D 64) and scalar ones (D 7),
+  // absent ids' rows untouched.
+  NATSL_REQUIRE_GPU();
+  uint64_t seed = 800;
+  for (const auto& [V, D, N] : {std::tuple<int64_t, int64_t, int64_t>{50, 64, 300}, {33, 7, 1000}, {1000, 64, 4099}})
+    for (DType idt : {DType::i32, DType::i64}) {
+      Tensor ids = random_token_ids({N}, V, seed++, idt);
+      Tensor dq = q(randn({N, D}, seed++), DType::bf16);
+      Tensor w0 = randn({V, D}, seed++).to(DType::f32);
+      Tensor ref = w0.clone();
+      kernels::cpu::embedding_bwd(ids, dq, ref);
+      using kernels::cuda::EmbeddingBwdSegmentsKernel;
+      for (EmbeddingBwdSegmentsKernel k : {EmbeddingBwdSegmentsKernel::radix_sort, EmbeddingBwdSegmentsKernel::cooperative}) {
+        const std::string what = case_name("embedding_bwd bf16 into f32", DType::f32, {V, D}) + " N " + std::to_string(N) +
+                                 (k == EmbeddingBwdSegmentsKernel::radix_sort ? " radix sort" : " cooperative");
+        Tensor dw = to_gpu(w0);
+#ifdef NATSL_WITH_CUDA
+        const auto seg = kernels::cuda::embedding_bwd_segments(to_gpu(ids), V, kernels::cuda::EmbeddingBwdPlan{k});
+        kernels::cuda::embedding_bwd_accumulate(seg, to_gpu(dq), dw);
+#endif
+        expect_same_bits(dw, ref, what);
+      }
+      Tensor dw = to_gpu(w0);
+      kernels::embedding_bwd(to_gpu(ids), to_gpu(dq), dw);
+      expect_same_bits(dw, ref, "embedding_bwd bf16 into f32 (dispatcher)");
+    }
 }
 
 TEST(CudaEmbedding, BackwardAccumulatesRepeatsDeterministically) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <utility>
@@ -79,6 +80,66 @@ TEST(RmsNorm, AccumulatedBackwardGivesTheBitsOfASeparateAdd) {
           EXPECT_EQ(0, std::memcmp(dw.data_ptr(), dw2.data_ptr(), size_t(dw.nbytes()))) << what << " dw";
         }
       }
+}
+
+TEST(NnKernels, AccumulatedWeightGradientsGiveTheBitsOfASeparateAdd) {
+  // accumulate_dw (autograd's weight-gradient sink: the gradient added into the parameter's .grad) equals the plain
+  // weight gradient followed by AccumulateGrad's add (widened to .grad's dtype, added), bit for bit: rmsnorm's dw,
+  // short_conv's and short_conv_l2norm's, in f64, f32, bf16 into bf16 and bf16 into f32 (the f32 sums themselves: no
+  // bf16 rounding, checked against the bf16 gradient, their rounding).
+  uint64_t seed = 60;
+  struct Run {
+    const char* name;
+    Shape ws;
+    std::function<void(const Tensor& dw, bool accumulate)> bwd;
+  };
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    const Shape s{2, 13, 16};
+    const int64_t group = 8;
+    Tensor x = randn(s, seed++, DType::f64, 2.0).to(dt), dy = randn(s, seed++).to(dt);
+    Tensor g = rand_uniform({16}, seed++, 0.5, 1.5).to(dt), cw = randn({16, 4}, seed++, DType::f64, 0.5).to(dt);
+    Tensor rstd = Tensor::empty({2, 13}, kernels::stat_dtype(dt));
+    kernels::rmsnorm_fwd(x, g, 1e-6, Tensor::empty(s, dt), rstd);
+    Tensor y = Tensor::empty(s, dt), rnorm = Tensor::empty({2, 13, 2}, kernels::stat_dtype(dt));
+    kernels::short_conv_l2norm_fwd(x, cw, true, group, 1e-6, y, rnorm);
+    const Run runs[] = {
+        {"rmsnorm", {16},
+         [&](const Tensor& dw, bool acc) { kernels::rmsnorm_bwd(x, g, rstd, dy, Tensor::empty(s, dt), dw, false, acc); }},
+        {"short_conv", {16, 4},
+         [&](const Tensor& dw, bool acc) { kernels::short_conv_bwd(x, cw, true, dy, Tensor::empty(s, dt), dw, acc); }},
+        {"short_conv_l2norm", {16, 4}, [&](const Tensor& dw, bool acc) {
+           kernels::short_conv_l2norm_bwd(x, cw, true, group, y, rnorm, dy, Tensor::empty(s, dt), dw, acc);
+         }}};
+    const std::vector<DType> grad_dtypes =
+        dt == DType::bf16 ? std::vector<DType>{dt, DType::f32} : std::vector<DType>{dt};
+    for (const Run& r : runs)
+      for (DType gdt : grad_dtypes) {
+        const std::string what = std::string(r.name) + " " + std::string(dtype_name(dt)) + " into " +
+                                 std::string(dtype_name(gdt));
+        Tensor plain = poisoned(r.ws, gdt);
+        r.bwd(plain, false);
+        Tensor prior = randn(r.ws, seed++, DType::f64, 0.5).to(gdt);
+        Tensor want = prior.clone();
+        kernels::binary_fwd(kernels::BinaryOp::Add, want, plain, want);
+        Tensor acc = prior.clone();
+        r.bwd(acc, true);
+        EXPECT_EQ(0, std::memcmp(acc.data_ptr(), want.data_ptr(), size_t(acc.nbytes()))) << what;
+        if (dt == DType::bf16 && gdt == DType::f32) {
+          Tensor rounded = poisoned(r.ws, DType::bf16);
+          r.bwd(rounded, false);
+          Tensor back = plain.to(DType::bf16);
+          EXPECT_EQ(0, std::memcmp(back.data_ptr(), rounded.data_ptr(), size_t(back.nbytes())))
+              << what << ": the bf16 gradient is not the f32 one rounded";
+        }
+      }
+  }
+  // An f32 weight gradient of f32 data is the only mixed case refused the other way round.
+  Tensor x = randn({3, 8}, 1).to(DType::f32);
+  Tensor rstd = Tensor::empty({3}, DType::f32);
+  kernels::rmsnorm_fwd(x, Tensor(), 1e-6, Tensor::empty({3, 8}, DType::f32), rstd);
+  EXPECT_THROW(kernels::rmsnorm_bwd(x, x.slice(0, 0, 1).view({8}).contiguous(), rstd, x, Tensor::empty({3, 8}, DType::f32),
+                                    Tensor::empty({8}, DType::bf16), false, true),
+               Error);
 }
 
 TEST(RmsNorm, GradientIntoTheResidualStreamEqualsSeparateUses) {
@@ -366,13 +427,39 @@ void rmsnorm_fwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, c
 #endif
 }
 void rmsnorm_bwd_with(const kernels::cuda::RmsnormPlan& plan, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      const Tensor& dy, const Tensor& dx, const Tensor& dw, bool accumulate_dx = false) {
+                      const Tensor& dy, const Tensor& dx, const Tensor& dw, bool accumulate_dx = false,
+                      bool accumulate_dw = false) {
 #ifdef NATSL_WITH_CUDA
-  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan, accumulate_dx);
+  kernels::cuda::rmsnorm_bwd(x, w, rstd, dy, dx, dw, plan, accumulate_dx, accumulate_dw);
 #else
   (void)plan;
-  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw, accumulate_dx);
+  kernels::rmsnorm_bwd(x, w, rstd, dy, dx, dw, accumulate_dx, accumulate_dw);
 #endif
+}
+
+// A GPU weight gradient's accumulate mode (kernels/nn.h, accumulate_dw): bwd(dw, accumulate) runs a backward that
+// writes its weight gradient [ws] into dw. Into dw of the data's dtype, and for bf16 data into an f32 dw too (the
+// f32 sums: their bf16 rounding is the bf16 gradient), the accumulated gradient has the bits of the plain one followed
+// by a separate add into the prior values.
+void expect_weight_grad_accumulates(const Shape& ws, DType dt, const std::function<void(const Tensor&, bool)>& bwd,
+                                    uint64_t seed, const std::string& what) {
+  const std::vector<DType> grad_dtypes = dt == DType::bf16 ? std::vector<DType>{dt, DType::f32} : std::vector<DType>{dt};
+  for (DType gdt : grad_dtypes) {
+    const std::string wg = what + " dw into " + std::string(dtype_name(gdt));
+    Tensor plain = gpu_poisoned(ws, gdt);
+    bwd(plain, false);
+    Tensor prior = to_gpu(q(randn(ws, seed++, DType::f64, 0.5), gdt));
+    Tensor want = prior.clone();
+    kernels::binary_fwd(kernels::BinaryOp::Add, want, plain, want);
+    Tensor acc = prior.clone();
+    bwd(acc, true);
+    expect_same_bits(acc, want, wg + " accumulated");
+    if (dt == DType::bf16 && gdt == DType::f32) {
+      Tensor rounded = gpu_poisoned(ws, DType::bf16);
+      bwd(rounded, false);
+      expect_same_bits(plain.to(DType::bf16), rounded, wg + " (rounded to bf16)");
+    }
+  }
 }
 
 // Whether the default plan takes the shared-memory kernels for these tensors (false in a CPU-only build).
@@ -479,6 +566,14 @@ TEST_P(CudaRmsNormShapes, ForwardAndBackwardWithAndWithoutWeight) {
           expect_same_bits(dw, dw2, wv + " dw");
           expect_same_bits(dx, dx2, wv + " dx");
         }
+        if (weighted)
+          expect_weight_grad_accumulates(
+              {D}, dt,
+              [&](const Tensor& dwx, bool acc) {
+                rmsnorm_bwd_with(plan, to_gpu(xq), to_gpu(wq), to_gpu(rstd32), to_gpu(dyq), gpu_poisoned(s, dt), dwx,
+                                 false, acc);
+              },
+              seed++, wv);
         // Added into a prior gradient (accumulate_dx): prior + dx with one rounding; dw unchanged.
         Tensor prior = q(randn(s, seed++, DType::f64, 2.0), dt);
         Tensor dxa = to_gpu(prior), dwa = weighted ? gpu_poisoned({D}, dt) : Tensor();
@@ -611,6 +706,12 @@ TEST(CudaShortConv, ForwardAndBackwardAllWidths) {
           kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), dx, dw);
           expect_match(dx, ref_dx, tol_for(dt), what + " dx");
           expect_match(dw, ref_dw, sum_tol(dt), what + " dw");
+          expect_weight_grad_accumulates(
+              {c.C, W}, dt,
+              [&](const Tensor& dwx, bool acc) {
+                kernels::short_conv_bwd(to_gpu(xq), to_gpu(wq), silu, to_gpu(dyq), gpu_poisoned(s, dt), dwx, acc);
+              },
+              seed++, what);
         }
 }
 
@@ -658,6 +759,17 @@ TEST_P(CudaShortConvChunks, SharedMemoryChunksGiveThePerChannelKernelsBits) {
       EXPECT_TRUE(bit_equal(y[0], y[1])) << "y";
       EXPECT_TRUE(bit_equal(dx[0], dx[1])) << "dx";
       EXPECT_TRUE(bit_equal(dw[0], dw[1])) << "dw";
+#ifdef NATSL_WITH_CUDA
+      if (!big)
+        for (int p = 0; p < 2; ++p)
+          expect_weight_grad_accumulates(
+              {C, W}, DType::bf16,
+              [&](const Tensor& dwx, bool acc) {
+                kernels::cuda::short_conv_bwd(x, w, silu, dy, gpu_poisoned(s, DType::bf16), dwx,
+                                              kernels::cuda::ShortConvPlan{p == 0}, acc);
+              },
+              seed++, p == 0 ? "chunks" : "per channel");
+#endif
     }
   }
 }
@@ -749,6 +861,14 @@ TEST_P(CudaShortConvL2Norm, FusedKernelsGiveTheComposedKernelsBits) {
       Tensor dx3 = gpu_poisoned(s, DType::bf16);
       kernels::short_conv_l2norm_bwd(x, w, silu, c.group, y0, rn0, dy, dx3, Tensor());
       EXPECT_TRUE(bits(dx3, dx0)) << "dx without dw";
+      // dw added into a prior (the f32 .grad sink): the plain gradient's bits followed by a separate add.
+      if (!big)
+        expect_weight_grad_accumulates(
+            {c.C, W}, DType::bf16,
+            [&](const Tensor& dwx, bool acc) {
+              kernels::short_conv_l2norm_bwd(x, w, silu, c.group, y0, rn0, dy, gpu_poisoned(s, DType::bf16), dwx, acc);
+            },
+            seed++, "short_conv_l2norm");
     }
   }
 #endif

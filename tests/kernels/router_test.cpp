@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "core/philox.h"
+#include "kernels/elementwise.h"
 #include "kernels/mix_norm_gate.h"
 #include "kernels/router.h"
 #include "tests/kernels/oracle.h"
@@ -175,6 +177,21 @@ TEST(Router, ChainGradientsToWeightsAndInput) {
   EXPECT_CLOSE(dx, oracle::finite_difference(surrogate, x), 1e-7, 1e-8);
 }
 
+TEST(Router, ChunkMeanPoolAccumulatedBackwardGivesTheBitsOfASeparateAdd) {
+  // accumulate (the op adding into its input's pending gradient) equals the plain dx followed by an add, bit for bit.
+  for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+    const int64_t B = 2, T = 37, d = 5, C = 8, NC = (T + C - 1) / C;
+    Tensor dp = randn({B, NC, d}, 30).to(dt), prior = randn({B, T, d}, 31).to(dt);
+    Tensor dx = Tensor::empty({B, T, d}, dt);
+    chunk_mean_pool_bwd(dp, C, dx);
+    Tensor want = Tensor::empty({B, T, d}, dt);
+    kernels::binary_fwd(kernels::BinaryOp::Add, prior, dx, want);
+    Tensor acc = prior.clone();
+    chunk_mean_pool_bwd(dp, C, acc, /*accumulate=*/true);
+    EXPECT_EQ(0, std::memcmp(acc.data_ptr(), want.data_ptr(), size_t(acc.nbytes()))) << dtype_name(dt);
+  }
+}
+
 TEST(Router, RejectsBadArguments) {
   Tensor logits = randn({1, 2, 1, 2}, 16);
   Tensor p = Tensor::empty(logits.shape(), DType::f64), m = Tensor::empty({1, 2, 1}, DType::f64);
@@ -211,6 +228,14 @@ TEST(NatslCuda, ChunkMeanPoolMatchesCpu) {
       Tensor dgot = poisoned({s.B, s.T, s.d}, dt, kGpu);
       chunk_mean_pool_bwd(dp.low.to(kGpu), s.C, dgot);
       expect_close(dgot, dref, tol_for(dt), "dx");
+      // Added into a prior (accumulate: the op's input_grad_sink): the plain dx followed by an add, bit for bit.
+      Tensor prior = make({s.B, s.T, s.d}, 9 + uint64_t(s.T), dt).low.to(kGpu);
+      Tensor want = Tensor::empty(prior.shape(), dt, kGpu);
+      kernels::binary_fwd(kernels::BinaryOp::Add, prior, dgot, want);
+      Tensor acc = prior.clone();
+      chunk_mean_pool_bwd(dp.low.to(kGpu), s.C, acc, /*accumulate=*/true);
+      const Tensor ha = acc.to(kCPU), hw = want.to(kCPU);
+      EXPECT_EQ(0, std::memcmp(ha.data_ptr(), hw.data_ptr(), size_t(ha.nbytes()))) << "dx accumulated";
     }
 }
 
