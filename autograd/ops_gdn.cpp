@@ -4,6 +4,8 @@
 #include "autograd/function.h"
 #include "autograd/ops.h"
 #include "kernels/gdn.h"
+#include "kernels/gdn_gates.h"
+#include "kernels/nn.h"  // stat_dtype
 
 namespace natsl {
 
@@ -95,6 +97,43 @@ GdnOpResult gated_delta_rule_step_ops(const Tensor& q, const Tensor& k, const Te
   GdnOpResult r;
   r.o = to_dtype(reshape(mul_scalar(matmul(h, qc, true), scale), {B, 1, H, V}), v.dtype());  // read after it
   r.ht = h;
+  return r;
+}
+
+GdnGates gdn_gates(const Tensor& a, const Tensor& b, const Tensor& A_log, const Tensor& dt_bias, double beta_scale) {
+  NATSL_CHECK(a.defined() && b.defined() && A_log.defined() && dt_bias.defined(),
+              "gdn_gates: a, b, A_log and dt_bias are all required");
+  const Tensor ac = a.contiguous().detach(), bc = b.contiguous().detach();
+  const Tensor Ac = A_log.contiguous().detach(), dtc = dt_bias.contiguous().detach();
+  const DType S = kernels::stat_dtype(a.dtype());
+  GdnGates r{Tensor::empty(a.shape(), S, a.device()), Tensor::empty(a.shape(), S, a.device())};
+  kernels::gdn_gates_fwd(ac, bc, Ac, dtc, beta_scale, r.g, r.beta);
+  if (!any_requires_grad({&a, &b, &A_log, &dt_bias})) return r;
+  const bool need_a = a.requires_grad(), need_b = b.requires_grad();
+  const bool need_A = A_log.requires_grad(), need_dt = dt_bias.requires_grad();
+  // Parameters (leaves) are kept to ask the engine for their gradient sinks in the backward.
+  const Tensor A_leaf = need_A && A_log.is_leaf() ? A_log : Tensor();
+  const Tensor dt_leaf = need_dt && dt_bias.is_leaf() ? dt_bias : Tensor();
+  record("gdn_gates", {a, b, A_log, dt_bias}, {&r.g, &r.beta}, [=](std::vector<Tensor>& grads) -> std::vector<Tensor> {
+    const Tensor dg = grads.size() > 0 && grads[0].defined() ? grads[0].contiguous() : Tensor();
+    const Tensor dbeta = grads.size() > 1 && grads[1].defined() ? grads[1].contiguous() : Tensor();
+    const Device dev = ac.device();
+    kernels::GdnGatesGrads gr;
+    // A parameter's gradient: into its .grad when the engine offers it, else a fresh one in its dtype.
+    auto param_grad = [&](const Tensor& leaf, const Tensor& p, bool& accumulate) {
+      const Tensor sink = leaf.defined() ? grad_sink(leaf) : Tensor();
+      accumulate = sink.defined();
+      return sink.defined() ? sink : Tensor::empty(p.shape(), p.dtype(), dev);
+    };
+    if (dg.defined()) {  // without it (g unused) a, A_log and dt_bias get no gradient, as in the composed ops
+      if (need_a) gr.da = Tensor::empty(ac.shape(), ac.dtype(), dev);
+      if (need_A) gr.dA_log = param_grad(A_leaf, Ac, gr.accumulate_A_log);
+      if (need_dt) gr.ddt_bias = param_grad(dt_leaf, dtc, gr.accumulate_dt_bias);
+    }
+    if (dbeta.defined() && need_b) gr.db = Tensor::empty(bc.shape(), bc.dtype(), dev);
+    kernels::gdn_gates_bwd(ac, bc, Ac, dtc, beta_scale, dg, dbeta, gr);
+    return {gr.da, gr.db, gr.dA_log, gr.ddt_bias};
+  });
   return r;
 }
 

@@ -31,4 +31,15 @@ GdnOpResult gated_delta_rule_recurrent(const Tensor& q, const Tensor& k, const T
 GdnOpResult gated_delta_rule_step_ops(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                                       const Tensor& beta, double scale, const Tensor& h0 = Tensor());
 
+// Gated DeltaNet's gates in one node (kernels/gdn_gates.h), from a = x W_a and b = x W_b ([..., H], the compute
+// dtype) and the per-head parameters A_log, dt_bias [H]:
+//   beta = beta_scale sigmoid(b),  g = -exp(A_log) softplus(a + dt_bias)     (f32; f64 for f64 data)
+// The values and gradients of the composed ops (to_dtype to f32, sigmoid, mul_scalar unless beta_scale is 1, exp,
+// add, softplus, mul, neg), to the bit. A_log and dt_bias that are parameters (leaves) get their gradients added
+// straight into their .grad when the engine offers it (engine.h, grad_sink): the bits of AccumulateGrad's add.
+struct GdnGates {
+  Tensor g, beta;  // [..., H]
+};
+GdnGates gdn_gates(const Tensor& a, const Tensor& b, const Tensor& A_log, const Tensor& dt_bias, double beta_scale);
+
 }  // namespace natsl

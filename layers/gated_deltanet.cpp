@@ -110,14 +110,13 @@ void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std:
     f.k = l2norm(reshape(f.k_act, {B, T, H, K}), 1e-6);
   }
   f.v = reshape(v_act(), {B, T, H, V});
-  // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32).
-  DType gate_dt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor b = to_dtype(b_proj_->forward(x), gate_dt);
-  f.beta = sigmoid(b);
-  if (neg_eigval_) f.beta = mul_scalar(f.beta, 2.0);
-  Tensor a = to_dtype(a_proj_->forward(x), gate_dt);
-  Tensor A = exp(to_dtype(A_log_, gate_dt));
-  f.g = neg(mul(A, softplus(add(a, to_dtype(dt_bias_, gate_dt)))));
+  // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32), in one node (autograd/ops_gdn.h).
+  // b's projection runs before a's, as in the training graph this op replaced.
+  const Tensor b = b_proj_->forward(x);
+  const Tensor a = a_proj_->forward(x);
+  GdnGates gates = gdn_gates(a, b, A_log_, dt_bias_, neg_eigval_ ? 2.0 : 1.0);
+  f.g = gates.g;
+  f.beta = gates.beta;
 }
 
 Tensor GatedDeltaNet::output(const Tensor& x, const Tensor& o, const Tensor& residual) const {

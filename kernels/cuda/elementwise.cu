@@ -4,13 +4,13 @@
 
 #include "core/copy.h"
 #include "core/cuda/strided_index.cuh"
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
 namespace natsl::kernels::cuda {
 namespace {
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 // bf16 data: the hardware exp and a fast reciprocal (a few f32 ulps, far under bf16's rounding), so the
 // kernel stays memory-bound.
 __device__ __forceinline__ float fast_sigmoidf(float x) { return __frcp_rn(1.f + __expf(-x)); }
@@ -20,9 +20,9 @@ __device__ __forceinline__ float unary_f(float x) {
   if constexpr (OP == UnaryOp::Neg) return -x;
   else if constexpr (OP == UnaryOp::Exp) return expf(x);
   else if constexpr (OP == UnaryOp::Log) return logf(x);
-  else if constexpr (OP == UnaryOp::Silu) return x * sigmoidf_(x);
-  else if constexpr (OP == UnaryOp::Sigmoid) return sigmoidf_(x);
-  else if constexpr (OP == UnaryOp::Softplus) return x > 20.f ? x : log1pf(expf(x));
+  else if constexpr (OP == UnaryOp::Silu) return x * sigmoid_f32(x);
+  else if constexpr (OP == UnaryOp::Sigmoid) return sigmoid_f32(x);
+  else if constexpr (OP == UnaryOp::Softplus) return softplus_f32(x);
   else if constexpr (OP == UnaryOp::Tanh) return tanhf(x);
   else if constexpr (OP == UnaryOp::Sqrt) return sqrtf(x);
   else return x * x;  // Square
@@ -35,10 +35,10 @@ __device__ __forceinline__ float unary_grad_f(float x, float y) {
   else if constexpr (OP == UnaryOp::Exp) return y;
   else if constexpr (OP == UnaryOp::Log) return 1.f / x;
   else if constexpr (OP == UnaryOp::Silu) {
-    float s = sigmoidf_(x);
+    float s = sigmoid_f32(x);
     return s * (1.f + x * (1.f - s));
-  } else if constexpr (OP == UnaryOp::Sigmoid) return y * (1.f - y);
-  else if constexpr (OP == UnaryOp::Softplus) return x > 20.f ? 1.f : sigmoidf_(x);
+  } else if constexpr (OP == UnaryOp::Sigmoid) return sigmoid_grad_f32(y);
+  else if constexpr (OP == UnaryOp::Softplus) return softplus_grad_f32(x);
   else if constexpr (OP == UnaryOp::Tanh) return 1.f - y * y;
   else if constexpr (OP == UnaryOp::Sqrt) return 0.5f / y;
   else return 2.f * x;  // Square
