@@ -253,7 +253,7 @@ TEST(GdnGates, RejectsBadArguments) {
     }
   };
   expect_error([&] { kernels::gdn_gates_fwd(p.a, Tensor::empty({2, 3, 5}, DType::f32), p.A_log, p.dt_bias, 1, g, beta); },
-               "b [2, 3, 5]");
+               "b Tensor[2, 3, 5]");
   expect_error([&] { kernels::gdn_gates_fwd(p.a, p.b.to(DType::bf16), p.A_log, p.dt_bias, 1, g, beta); },
                "same shape and dtype");
   expect_error([&] { kernels::gdn_gates_fwd(p.a, p.b, Tensor::empty({5}, DType::f32), p.dt_bias, 1, g, beta); },
