@@ -111,7 +111,8 @@ void GatedDeltaNet::finish_front_end(const Tensor& x, GdnFrontEnd& f, const std:
   }
   f.v = reshape(v_act(), {B, T, H, V});
   // Gates in f32 whatever the compute dtype (DESIGN.md: gates stay f32), in one node (autograd/ops_gdn.h).
-  // b's projection runs before a's, as in the training graph this op replaced.
+  // With the op's inputs in the order (a, b) the backward still adds b_proj's term of x's gradient before a_proj's,
+  // as the composed ops did (the bits of x's gradient).
   const Tensor b = b_proj_->forward(x);
   const Tensor a = a_proj_->forward(x);
   GdnGates gates = gdn_gates(a, b, A_log_, dt_bias_, neg_eigval_ ? 2.0 : 1.0);
