@@ -14,8 +14,8 @@
 // the scalings by -1 and c are kernels::scale's (on the GPU c x + 0, so a zero comes out +0 as there); the sums
 // over n are kernels::sum_to_shape run on the per-element terms (dm sp and du, S tensors shaped like a), as the
 // broadcast mul's and add's backward reduce them; the parameters' gradients are rounded to the parameter's
-// dtype P (to_dtype's backward) and, when accumulated, added to the existing gradient as the engine's
-// AccumulateGrad adds (out = out + G(P(grad)), G the gradient tensor's dtype).
+// dtype P (to_dtype's backward) or, when accumulated into a .grad of dtype G, added there as to_dtype's backward
+// adds into its sink (out = G(out + G(grad)), kernels::add_into: no rounding to P).
 //
 // Layouts (contiguous): a, b [..., H] D; g, beta [..., H] S = f64 for f64 data, else f32 (DESIGN.md: the gates
 // stay f32); A_log, dt_bias [H] P (f32, bf16: a bf16 model's compute copy, or f64 on the CPU); da, db like a.

@@ -97,8 +97,8 @@ void bwd_terms(const Tensor& a, const Tensor& b, const Tensor& A_log, const Tens
     }
 }
 
-// out = value (the gradient as the engine's first copy makes it), or out + value (AccumulateGrad's add): value
-// [H] in the parameter's dtype.
+// out = value (the gradient as the engine's first copy makes it: value [H] in the parameter's dtype), or out + value
+// (to_dtype's backward into its sink, kernels::add_into: value [H] in out's dtype).
 void write_param_grad(const Tensor& value, const Tensor& out, bool accumulate) {
   if (accumulate) cpu::binary_fwd(BinaryOp::Add, out, value.dtype() == out.dtype() ? value : value.to(out.dtype()), out);
   else out.copy_(value);
@@ -115,9 +115,12 @@ void param_grads(const Tensor& A_log, const Tensor& dt_bias, const Tensor& dA_su
     const S* sp = dA_sum.data<S>();
     S* dp = d.data<S>();
     for (int64_t h = 0, H = d.numel(); h < H; ++h) dp[h] = sp[h] * std::exp(ap[h]);
-    write_param_grad(d.to(A_log.dtype()), grads.dA_log, grads.accumulate_A_log);
+    write_param_grad(d.to(grads.accumulate_A_log ? grads.dA_log.dtype() : A_log.dtype()), grads.dA_log,
+                     grads.accumulate_A_log);
   }
-  if (grads.ddt_bias.defined()) write_param_grad(ddt_sum.to(dt_bias.dtype()), grads.ddt_bias, grads.accumulate_dt_bias);
+  if (grads.ddt_bias.defined())
+    write_param_grad(ddt_sum.to(grads.accumulate_dt_bias ? grads.ddt_bias.dtype() : dt_bias.dtype()), grads.ddt_bias,
+                     grads.accumulate_dt_bias);
 }
 
 }  // namespace

@@ -67,11 +67,12 @@ __device__ __forceinline__ void store_f32(void* p, bool bf16_data, int64_t i, fl
   else static_cast<float*>(p)[i] = v;
 }
 
-// A parameter gradient: `grad` rounded to the parameter's dtype (to_dtype's backward), then written to out, or
-// added to it as AccumulateGrad adds (out + out's dtype of the gradient, rounded to out's dtype).
+// A parameter gradient: written to out rounded to the parameter's dtype (to_dtype's backward), or added into out
+// (the parameter's .grad) as to_dtype's backward adds into its sink: rounded to out's dtype, then out + it, rounded
+// to out's dtype (kernels::add_into; a bf16 parameter's gradient into an f32 .grad is not rounded to bf16).
 __device__ __forceinline__ void put_param_grad(float grad, bool p_bf16, void* out, bool out_bf16, bool accumulate,
                                                int64_t h) {
-  const float v = round_to(round_to(grad, p_bf16), out_bf16);
+  const float v = accumulate ? round_to(grad, out_bf16) : round_to(round_to(grad, p_bf16), out_bf16);
   store_f32(out, out_bf16, h, accumulate ? __fadd_rn(load_f32(out, out_bf16, h), v) : v);
 }
 
