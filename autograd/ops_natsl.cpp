@@ -159,13 +159,19 @@ Tensor mix_norm_gate(const Tensor& og, const Tensor& oa, const Tensor& wlogits, 
   kernels::mix_norm_gate_fwd(ogc, oac, wc, zc, ggc, gac, eps, y, rstd_g, rstd_a);
   const Tensor s_og = ogc.detach(), s_oa = oac.detach(), s_w = wc.detach(), s_z = zc.detach();
   const Tensor s_gg = ggc.detach(), s_ga = gac.detach();
+  const Tensor gg_param = parameter_or_null(gamma_g), ga_param = parameter_or_null(gamma_a);
   record("mix_norm_gate", {og, oa, wlogits, z, gamma_g, gamma_a}, {&y},
          [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
            auto like = [&](const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), dev); };
-           Tensor dog = like(s_og), doa = like(s_oa), dw = like(s_w), dz = like(s_z), dgg = like(s_gg),
-                  dga = like(s_ga);
+           // The gammas' gradients straight into their .grad when the engine offers both, two distinct tensors
+           // (function.h, weight_grad_sink; the kernel's one accumulate flag serves both): else fresh tensors.
+           const Tensor gg_sink = weight_grad_sink(gg_param, s_og.dtype());
+           const Tensor ga_sink = weight_grad_sink(ga_param, s_og.dtype());
+           const bool sinks = gg_sink.defined() && ga_sink.defined() && !gg_sink.same(ga_sink);
+           Tensor dog = like(s_og), doa = like(s_oa), dw = like(s_w), dz = like(s_z);
+           Tensor dgg = sinks ? gg_sink : like(s_gg), dga = sinks ? ga_sink : like(s_ga);
            kernels::mix_norm_gate_bwd(s_og, s_oa, s_w, s_z, s_gg, s_ga, rstd_g, rstd_a, grad_or_zeros(g, 0, s_og), dog,
-                                      doa, dw, dz, dgg, dga);
+                                      doa, dw, dz, dgg, dga, /*accumulate_dgamma=*/sinks);
            return {dog, doa, dw, dz, dgg, dga};
          });
   return y;

@@ -44,10 +44,13 @@ Tensor rmsnorm_gate(const Tensor& x, const Tensor& weight, const Tensor& z, doub
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = row_stats(x);
   kernels::norm_gate_fwd(xc, zc, wc, eps, y, rstd);
+  const Tensor w_param = parameter_or_null(weight);
   record("rmsnorm_gate", {x, weight, z}, {&y}, [=](std::vector<Tensor>& g) -> std::vector<Tensor> {
     auto like = [](const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); };
-    Tensor dx = like(xc), dw = like(wc), dz = like(zc);
-    kernels::norm_gate_bwd(xc, zc, wc, rstd, g[0].contiguous(), dx, dz, dw);
+    // dw straight into the weight's .grad when the engine offers it (function.h, weight_grad_sink).
+    const Tensor dw_sink = weight_grad_sink(w_param, xc.dtype());
+    Tensor dx = like(xc), dw = dw_sink.defined() ? dw_sink : like(wc), dz = like(zc);
+    kernels::norm_gate_bwd(xc, zc, wc, rstd, g[0].contiguous(), dx, dz, dw, /*accumulate_dgamma=*/dw_sink.defined());
     return {dx, dw, dz};
   });
   return y;

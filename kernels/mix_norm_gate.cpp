@@ -1,6 +1,7 @@
 #include "kernels/mix_norm_gate.h"
 
 #include "kernels/dispatch.h"
+#include "kernels/nn.h"
 
 namespace natsl::kernels {
 namespace {
@@ -44,7 +45,7 @@ void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, bool accumulate_dgamma) {
   const char* op = "mix_norm_gate_bwd";
   Device d = common_device({&og, &oa, &wlogits, &z, &gamma_g, &gamma_a, &rstd_g, &rstd_a, &dy, &dog, &doa, &dwlogits,
                             &dz, &dgamma_g, &dgamma_a},
@@ -57,14 +58,18 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
   check_same_shape(dwlogits, wlogits, op);
   if (dgamma_g.defined()) check_same_shape(dgamma_g, gamma_g, op);
   if (dgamma_a.defined()) check_same_shape(dgamma_a, gamma_a, op);
-  for (const Tensor* t : {&dy, &dog, &doa, &dwlogits, &dz, &dgamma_g, &dgamma_a})
-    if (t->defined()) NATSL_CHECK(t->dtype() == og.dtype(), op, ": dtype of ", t->str(), " differs from og's");
+  for (const Tensor* t : {&dy, &dog, &doa, &dwlogits, &dz})
+    NATSL_CHECK(t->dtype() == og.dtype(), op, ": dtype of ", t->str(), " differs from og's");
+  for (const Tensor* t : {&dgamma_g, &dgamma_a})
+    if (t->defined())
+      NATSL_CHECK(weight_grad_writes(og.dtype(), t->dtype()), op, ": the norm weight gradient ", t->str(),
+                  " must be in the data's dtype (or f32 for bf16 data), og ", og.str());
   if (d.is_cuda())
     NATSL_CUDA_ONLY(cuda::mix_norm_gate_bwd(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa,
-                                            dwlogits, dz, dgamma_g, dgamma_a));
+                                            dwlogits, dz, dgamma_g, dgamma_a, accumulate_dgamma));
   else
     cpu::mix_norm_gate_bwd(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz,
-                           dgamma_g, dgamma_a);
+                           dgamma_g, dgamma_a, accumulate_dgamma);
 }
 
 namespace {
@@ -97,17 +102,20 @@ void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double
 }
 
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, bool accumulate_dgamma) {
   const char* op = "norm_gate_bwd";
   Device d = common_device({&o, &z, &gamma, &rstd, &dy, &do_, &dz, &dgamma}, op);
   check_contiguous({&o, &z, &gamma, &rstd, &dy, &do_, &dz, &dgamma}, op);
   check_norm_gate(o, z, gamma, rstd, op);
   for (const Tensor* t : {&dy, &do_, &dz}) check_same_shape(*t, o, op);
   if (dgamma.defined()) check_same_shape(dgamma, gamma, op);
-  for (const Tensor* t : {&dy, &do_, &dz, &dgamma})
-    if (t->defined()) NATSL_CHECK(t->dtype() == o.dtype(), op, ": dtype of ", t->str(), " differs from o's");
-  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma));
-  else cpu::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma);
+  for (const Tensor* t : {&dy, &do_, &dz})
+    NATSL_CHECK(t->dtype() == o.dtype(), op, ": dtype of ", t->str(), " differs from o's");
+  if (dgamma.defined())
+    NATSL_CHECK(weight_grad_writes(o.dtype(), dgamma.dtype()), op, ": the norm weight gradient ", dgamma.str(),
+                " must be in the data's dtype (or f32 for bf16 data), o ", o.str());
+  if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, accumulate_dgamma));
+  else cpu::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, accumulate_dgamma);
 }
 
 }  // namespace natsl::kernels

@@ -27,17 +27,23 @@ void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                        const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
                        const Tensor& rstd_g, const Tensor& rstd_a);
 
-// All gradients overwritten; dgamma_g / dgamma_a may be undefined (not computed).
+// dog, doa, dwlogits, dz overwritten. dgamma_g / dgamma_a may be undefined (not computed); else in the data's dtype
+// or f32 for bf16 data (kernels/nn.h, weight_grad_writes: a bf16 run's f32 .grad gets the f32 sums, no bf16
+// rounding), overwritten with the sum over rows, or with accumulate_dgamma added into what they hold (the sum rounded
+// to dgamma's dtype, then added: the bits of the plain gradient followed by AccumulateGrad's add; autograd's
+// weight-gradient sink, autograd/function.h).
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a);
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a,
+                       bool accumulate_dgamma = false);
 
 void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
                    const Tensor& rstd);
-// do_, dz overwritten; dgamma may be undefined (not computed).
+// do_, dz overwritten; dgamma may be undefined (not computed), else as mix_norm_gate_bwd's (the data's dtype or f32
+// for bf16 data; overwritten, or added into with accumulate_dgamma).
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma);
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, bool accumulate_dgamma = false);
 
 #define NATSL_MIX_NORM_GATE_DECLS                                                                            \
   void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,         \
@@ -47,11 +53,12 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
                          const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g,                 \
                          const Tensor& rstd_a, const Tensor& dy, const Tensor& dog, const Tensor& doa,       \
                          const Tensor& dwlogits, const Tensor& dz, const Tensor& dgamma_g,                   \
-                         const Tensor& dgamma_a);                                                            \
+                         const Tensor& dgamma_a, bool accumulate_dgamma = false);                            \
   void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,       \
                      const Tensor& rstd);                                                                    \
   void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd,                \
-                     const Tensor& dy, const Tensor& do_, const Tensor& dz, const Tensor& dgamma);
+                     const Tensor& dy, const Tensor& do_, const Tensor& dz, const Tensor& dgamma,            \
+                     bool accumulate_dgamma = false);
 namespace cpu { NATSL_MIX_NORM_GATE_DECLS }
 namespace cuda { NATSL_MIX_NORM_GATE_DECLS }
 #undef NATSL_MIX_NORM_GATE_DECLS

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/math.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/weight_grad.h"
 #include "kernels/mix_norm_gate.h"
 
 namespace natsl::kernels::cpu {
@@ -53,7 +54,7 @@ template <class T>
 void bwd_impl(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z, const Tensor& gamma_g,
               const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a, const Tensor& dy, const Tensor& dog,
               const Tensor& doa, const Tensor& dwlogits, const Tensor& dz, const Tensor& dgamma_g,
-              const Tensor& dgamma_a) {
+              const Tensor& dgamma_a, bool accumulate_dgamma) {
   using A = acc_t<T>;
   using S = Stat<T>;
   const int64_t D = og.size(-1), R = og.numel() / D;
@@ -97,10 +98,9 @@ void bwd_impl(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const T
       dap[o + e] = convert<T>(ra * (w1 * du[e] * convert<A>(gap[e]) - na[e] * ca));
     }
   }
-  if (dgamma_g.defined())
-    for (int64_t e = 0; e < D; ++e) dgamma_g.data<T>()[e] = convert<T>(dgg[e]);
-  if (dgamma_a.defined())
-    for (int64_t e = 0; e < D; ++e) dgamma_a.data<T>()[e] = convert<T>(dga[e]);
+  // The sums in dgamma's dtype (store_weight_grad: overwritten, or added into with accumulate_dgamma).
+  if (dgamma_g.defined()) store_weight_grad(dgg, dgamma_g, accumulate_dgamma);
+  if (dgamma_a.defined()) store_weight_grad(dga, dgamma_a, accumulate_dgamma);
 }
 
 template <class T>
@@ -125,7 +125,7 @@ void ng_fwd_impl(const Tensor& o, const Tensor& z, const Tensor& gamma, double e
 
 template <class T>
 void ng_bwd_impl(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                 const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
+                 const Tensor& do_, const Tensor& dz, const Tensor& dgamma, bool accumulate_dgamma) {
   using A = acc_t<T>;
   using S = Stat<T>;
   const int64_t D = o.size(-1), R = D > 0 ? o.numel() / D : 0;
@@ -149,8 +149,7 @@ void ng_bwd_impl(const Tensor& o, const Tensor& z, const Tensor& gamma, const Te
     c /= A(D);
     for (int64_t e = 0; e < D; ++e) dop[off + e] = convert<T>(r * (dn[e] - n[e] * c));
   }
-  if (dgamma.defined())
-    for (int64_t e = 0; e < D; ++e) dgamma.data<T>()[e] = convert<T>(dg[e]);
+  if (dgamma.defined()) store_weight_grad(dg, dgamma, accumulate_dgamma);
 }
 
 }  // namespace
@@ -165,9 +164,10 @@ void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, bool accumulate_dgamma) {
   NATSL_DISPATCH_FLOAT(og.dtype(), T, [&] {
-    bwd_impl<T>(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz, dgamma_g, dgamma_a);
+    bwd_impl<T>(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz, dgamma_g, dgamma_a,
+                accumulate_dgamma);
   });
 }
 
@@ -177,8 +177,9 @@ void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double
 }
 
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
-  NATSL_DISPATCH_FLOAT(o.dtype(), T, [&] { ng_bwd_impl<T>(o, z, gamma, rstd, dy, do_, dz, dgamma); });
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, bool accumulate_dgamma) {
+  NATSL_DISPATCH_FLOAT(o.dtype(), T,
+                       [&] { ng_bwd_impl<T>(o, z, gamma, rstd, dy, do_, dz, dgamma, accumulate_dgamma); });
 }
 
 }  // namespace natsl::kernels::cpu

@@ -2,7 +2,8 @@
 // The last step of the CPU references' weight gradients (rmsnorm's dw, the short conv's dw): the reduced sums, one
 // double per entry in the reference's order, written into dw (kernels/nn.h, weight_grad_writes: the data's dtype, or
 // f32 for bf16 data). With `accumulate` each sum is rounded to dw's dtype and then added into what dw holds in its
-// compute type, as the elementwise add does: the bits of the plain gradient followed by AccumulateGrad's add.
+// compute type, as the elementwise add does: the bits of the plain gradient followed by AccumulateGrad's add. The sums
+// may also be of a narrower compute type (float: the output mixing's f32 and bf16 references), each converted once.
 #include <cstddef>
 #include <vector>
 
@@ -11,7 +12,8 @@
 
 namespace natsl::kernels::cpu {
 
-inline void store_weight_grad(const std::vector<double>& sums, const Tensor& dw, bool accumulate) {
+template <class Sum>
+inline void store_weight_grad(const std::vector<Sum>& sums, const Tensor& dw, bool accumulate) {
   NATSL_CHECK(size_t(dw.numel()) == sums.size(), "store_weight_grad: ", sums.size(), " sums for ", dw.str());
   NATSL_DISPATCH_FLOAT(dw.dtype(), W, [&] {
     using A = acc_t<W>;

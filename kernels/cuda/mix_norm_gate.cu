@@ -5,7 +5,8 @@
 //             needs nothing more, because sum(w0 du gamma_g n_g) = w0 dw0:
 //               dog = rstd_g (w0 du gamma_g - n_g w0 dw0 / Dv)   (n_g = og rstd_g; likewise doa)
 //             dgamma: f32 partial rows added in order afterwards (column_sum; deterministic, as the RMSNorm weight
-//             gradient).
+//             gradient), into dgamma (the data's dtype or f32) or, with accumulate_dgamma, added into what it holds
+//             (a parameter's .grad: autograd's weight-gradient sink).
 // Kernels, each way (MixNormGatePlan, mix_norm_gate_plan.h):
 //   short rows  16-byte aligned rows of at most kMixNormGateShortRowVecsFwd / Bwd vectors (natsl-340m: 128 and 256
 //               bf16 channels): TPR lanes of a warp a row, the row in registers from the row sums to the outputs,
@@ -21,6 +22,7 @@
 #include "kernels/cuda/mix_norm_gate.cuh"
 #include "kernels/cuda/mix_norm_gate_plan.h"
 #include "kernels/mix_norm_gate.h"
+#include "kernels/nn.h"
 
 namespace natsl::kernels::cuda {
 namespace {
@@ -633,19 +635,24 @@ void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a) {
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, bool accumulate_dgamma) {
   mix_norm_gate_bwd(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa, dwlogits, dz, dgamma_g,
-                    dgamma_a, MixNormGatePlan{});
+                    dgamma_a, MixNormGatePlan{}, accumulate_dgamma);
 }
 
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, const MixNormGatePlan& plan) {
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, const MixNormGatePlan& plan,
+                       bool accumulate_dgamma) {
+  const bool acc = accumulate_dgamma;
+  for (const Tensor* t : {&dgamma_g, &dgamma_a})
+    NATSL_CHECK(!t->defined() || weight_grad_writes(og.dtype(), t->dtype()), "mix_norm_gate_bwd: dgamma ", t->str(),
+                " for data ", og.str());
   const auto [D, rows, dev, s] = row_op(og, og.size(-1));
-  if (rows == 0) {
-    if (dgamma_g.defined()) dgamma_g.zero_();
-    if (dgamma_a.defined()) dgamma_a.zero_();
+  if (rows == 0) {  // no rows: a zero gradient, which adds nothing to an accumulated one
+    if (dgamma_g.defined() && !acc) dgamma_g.zero_();
+    if (dgamma_a.defined() && !acc) dgamma_a.zero_();
     return;
   }
   NATSL_CUDA_DISPATCH_FLOAT(og.dtype(), "mix_norm_gate_bwd", T, [&] {
@@ -681,8 +688,8 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
       partials(grid, false);  // every entry written by the kernel
       launch(kernel, dim3(unsigned(grid)), dim3(mix::kShortThreads), smem);
       // Hundreds of partial rows: 32 slices (as the RMSNorm backward).
-      if (pg) column_sum<T, 32>(pg, grid, D, mptr<T>(dgamma_g), dev, s);
-      if (pa) column_sum<T, 32>(pa, grid, D, mptr<T>(dgamma_a), dev, s);
+      if (pg) column_sum<32>(pg, grid, D, dgamma_g, s, acc);
+      if (pa) column_sum<32>(pa, grid, D, dgamma_a, s, acc);
     });
     if (short_taken) return;
     // One vector per thread per row: wide blocks, so few partial rows; rows that fit 256 threads take the one-pass
@@ -695,8 +702,8 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
       if (one_pass_rows(g, D, W)) launch(mix::bwd_onepass_kernel<T, W, true>, g.grid, g.block, g.smem);
       else if (reg) launch(mix_bwd_kernel<T, W, true>, g.grid, g.block, g.smem);
       else launch(mix_bwd_kernel<T, W, false>, g.grid, g.block, g.smem);
-      if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma_g), dev, s);
-      if (pa) column_sum<T>(pa, groups, D, mptr<T>(dgamma_a), dev, s);
+      if (pg) column_sum(pg, groups, D, dgamma_g, s, acc);
+      if (pa) column_sum(pa, groups, D, dgamma_a, s, acc);
     }, 1);
   });
 }
@@ -735,15 +742,19 @@ void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double
 }
 
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma) {
-  norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, MixNormGatePlan{});
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, bool accumulate_dgamma) {
+  norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, MixNormGatePlan{}, accumulate_dgamma);
 }
 
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, const MixNormGatePlan& plan) {
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, const MixNormGatePlan& plan,
+                   bool accumulate_dgamma) {
+  const bool acc = accumulate_dgamma;
+  NATSL_CHECK(!dgamma.defined() || weight_grad_writes(o.dtype(), dgamma.dtype()), "norm_gate_bwd: dgamma ",
+              dgamma.str(), " for data ", o.str());
   const auto [D, rows, dev, s] = row_op(o, o.size(-1));
-  if (rows == 0) {
-    if (dgamma.defined()) dgamma.zero_();
+  if (rows == 0) {  // no rows: a zero gradient, which adds nothing to an accumulated one
+    if (dgamma.defined() && !acc) dgamma.zero_();
     return;
   }
   NATSL_CUDA_DISPATCH_FLOAT(o.dtype(), "norm_gate_bwd", T, [&] {
@@ -767,7 +778,7 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
         pg = partial.data<float>();
       }
       launch(kernel, dim3(unsigned(grid)), dim3(mix::kShortThreads), smem);
-      if (pg) column_sum<T, 32>(pg, grid, D, mptr<T>(dgamma), dev, s);
+      if (pg) column_sum<32>(pg, grid, D, dgamma, s, acc);
     });
     if (short_taken) return;
     // One vector per thread per row where the row fits a block (the dgamma sums then stay in registers).
@@ -782,7 +793,7 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
       if (one_pass_rows(g, D, W)) launch(ng_bwd_onepass_kernel<T, W>, g.grid, g.block, g.smem);
       else if (reg) launch(ng_bwd_kernel<T, W, true>, g.grid, g.block, g.smem);
       else launch(ng_bwd_kernel<T, W, false>, g.grid, g.block, g.smem);
-      if (pg) column_sum<T>(pg, groups, D, mptr<T>(dgamma), dev, s);
+      if (pg) column_sum(pg, groups, D, dgamma, s, acc);
     }, 1);
   });
 }

@@ -24,18 +24,20 @@ struct MixNormGatePlan {
   bool short_rows = true;
 };
 
-// kernels::mix_norm_gate_fwd / _bwd and norm_gate_fwd / _bwd (kernels/mix_norm_gate.h) with a plan; the dispatchers
-// run the default one.
+// kernels::mix_norm_gate_fwd / _bwd and norm_gate_fwd / _bwd (kernels/mix_norm_gate.h, accumulate_dgamma as there)
+// with a plan; the dispatchers run the default one.
 void mix_norm_gate_fwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, double eps, const Tensor& y,
                        const Tensor& rstd_g, const Tensor& rstd_a, const MixNormGatePlan& plan);
 void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits, const Tensor& z,
                        const Tensor& gamma_g, const Tensor& gamma_a, const Tensor& rstd_g, const Tensor& rstd_a,
                        const Tensor& dy, const Tensor& dog, const Tensor& doa, const Tensor& dwlogits,
-                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, const MixNormGatePlan& plan);
+                       const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, const MixNormGatePlan& plan,
+                       bool accumulate_dgamma = false);
 void norm_gate_fwd(const Tensor& o, const Tensor& z, const Tensor& gamma, double eps, const Tensor& y,
                    const Tensor& rstd, const MixNormGatePlan& plan);
 void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const Tensor& rstd, const Tensor& dy,
-                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, const MixNormGatePlan& plan);
+                   const Tensor& do_, const Tensor& dz, const Tensor& dgamma, const MixNormGatePlan& plan,
+                   bool accumulate_dgamma = false);
 
 }  // namespace natsl::kernels::cuda

@@ -1,6 +1,7 @@
 // Gradient sinks of the ops with weight-gradient kernels (autograd/function.h weight_grad_sink; kernels/nn.h
-// weight_grad_writes / accumulate_dw): rmsnorm, short_conv, short_conv_l2norm and embedding add their weight gradient
-// straight into the parameter's preset .grad, to_dtype adds a cast parameter's gradient there in one pass, and
+// weight_grad_writes / accumulate_dw): rmsnorm, short_conv, short_conv_l2norm, embedding, rmsnorm_gate and
+// mix_norm_gate (kernels/mix_norm_gate.h, accumulate_dgamma) add their weight gradient straight into the parameter's
+// preset .grad, to_dtype adds a cast parameter's gradient there in one pass, and
 // chunk_mean_pool adds its dx into its input's pending gradient (engine.h input_grad_sink). Each: the .grad bits equal
 // the plain path's (a fresh gradient, then AccumulateGrad's add into the preset values) in f64 and f32; for bf16 data
 // with an f32 .grad, the f32 weight gradient of the kernel (no bf16 rounding) followed by the add; and the node really
@@ -11,6 +12,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/ops_natsl.h"
+#include "kernels/mix_norm_gate.h"
 #include "kernels/nn.h"
 #include "kernels/router.h"
 #include "tests/autograd/grad_sink_test_util.h"
@@ -135,6 +137,112 @@ TEST(WeightGradSink, Embedding) {
                 },
                 0};
     check_weight_sink(op, c, seed++);
+  }
+}
+
+TEST(WeightGradSink, RmsNormGate) {
+  uint64_t seed = 80;
+  for (DType dt : kDtypes) {
+    const Shape s{2, 5, 24};
+    const double eps = 1e-6;
+    Tensor x = randn(s, seed++, DType::f64, 2.0).to(dt), z = randn(s, seed++).to(dt), c = randn(s, seed++).to(dt);
+    Tensor w = rand_uniform({24}, seed++, 0.5, 1.5).to(dt);
+    WeightOp op{"rmsnorm_gate", w, [&](const Tensor& p) { return rmsnorm_gate(x, p, z, eps); },
+                [&](const Tensor& dw) {
+                  Tensor rstd = Tensor::empty({2, 5}, kernels::stat_dtype(dt));
+                  kernels::norm_gate_fwd(x, z, w, eps, Tensor::empty(s, dt), rstd);
+                  kernels::norm_gate_bwd(x, z, w, rstd, c, Tensor::empty(s, dt), Tensor::empty(s, dt), dw);
+                },
+                1};
+    check_weight_sink(op, c, seed++);
+  }
+}
+
+TEST(WeightGradSink, MixNormGateBothGammas) {
+  // The output mixing's two norm weights (node inputs 4 and 5), each with a preset .grad: both get the plain path's
+  // bits (bf16 data: the kernel's f32 gradients, then the add), the node returns both sinks, a second backward adds
+  // again.
+  uint64_t seed = 90;
+  for (DType dt : kDtypes) {
+    const std::string what = "mix_norm_gate " + std::string(dtype_name(dt));
+    const DType gdt = dt == DType::bf16 ? DType::f32 : dt;
+    const Shape s{2, 5, 3, 16}, ws{2, 5, 3, 2}, rows{2, 5, 3};
+    const double eps = 1e-6;
+    Tensor og = randn(s, seed++).to(dt), oa = randn(s, seed++, DType::f64, 3.0).to(dt);
+    Tensor wl = randn(ws, seed++).to(dt), z = randn(s, seed++).to(dt), c = randn(s, seed++).to(dt);
+    Tensor gg = rand_uniform({16}, seed++, 0.5, 1.5).to(dt), ga = rand_uniform({16}, seed++, 0.5, 1.5).to(dt);
+    auto run = [&](const Tensor& pg, const Tensor& pa) { return mix_norm_gate(og, oa, wl, z, pg, pa, eps); };
+    // The plain gradients: the kernel into fresh tensors of .grad's dtype (f32 for bf16 data: the sink's reference;
+    // in f32 and f64 the plain op's own path, checked below).
+    Tensor dgg = Tensor::empty({16}, gdt), dga = Tensor::empty({16}, gdt);
+    {
+      Tensor rg = Tensor::empty(rows, kernels::stat_dtype(dt)), ra = Tensor::empty(rows, kernels::stat_dtype(dt));
+      kernels::mix_norm_gate_fwd(og, oa, wl, z, gg, ga, eps, Tensor::empty(s, dt), rg, ra);
+      auto e = [&](const Shape& sh) { return Tensor::empty(sh, dt); };
+      kernels::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, c, e(s), e(s), e(ws), e(s), dgg, dga);
+    }
+    Tensor fg = gg.detach().clone().set_requires_grad(true), fa = ga.detach().clone().set_requires_grad(true);
+    run(fg, fa).backward(c);
+    if (dt != DType::bf16) {
+      expect_bits(fg.grad(), dgg, what + " plain dgamma_g");
+      expect_bits(fa.grad(), dga, what + " plain dgamma_a");
+    }
+    PresetGrad pg = with_preset_grad(gg, gdt, seed++), pa = with_preset_grad(ga, gdt, seed++);
+    run(pg.param, pa.param).backward(c);
+    expect_preset_grad(pg, accumulated(pg.prior, dgg), what + " gamma_g");
+    expect_preset_grad(pa, accumulated(pa.prior, dga), what + " gamma_a");
+    if (dt == DType::bf16) {  // the plain path's bf16 rounding would give other bits somewhere
+      ASSERT_EQ(fg.grad().dtype(), DType::bf16) << what;
+      const std::vector<double> rounded = host(accumulated(pg.prior, fg.grad())), got = host(pg.grad);
+      int differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != rounded[i];
+      EXPECT_GT(differ, 0) << what << ": dgamma_g was rounded to bf16";
+    }
+    PresetGrad pg2 = with_preset_grad(gg, gdt, seed++), pa2 = with_preset_grad(ga, gdt, seed++);
+    const std::vector<Tensor> grads = node_gradients_in_backward(run(pg2.param, pa2.param), c);
+    ASSERT_EQ(grads.size(), 6u) << what;
+    EXPECT_TRUE(grads[4].same(pg2.param.grad())) << what << ": the node did not return gamma_g's sink";
+    EXPECT_TRUE(grads[5].same(pa2.param.grad())) << what << ": the node did not return gamma_a's sink";
+    expect_preset_grad(pg2, accumulated(pg2.prior, dgg), what + " gamma_g (node)");
+    expect_preset_grad(pa2, accumulated(pa2.prior, dga), what + " gamma_a (node)");
+    run(pg2.param, pa2.param).backward(c);
+    expect_preset_grad(pg2, accumulated(accumulated(pg2.prior, dgg), dgg), what + " gamma_g (twice)");
+    expect_preset_grad(pa2, accumulated(accumulated(pa2.prior, dga), dga), what + " gamma_a (twice)");
+  }
+}
+
+TEST(WeightGradSink, MixNormGateOneGammaIsLeftToAccumulateGrad) {
+  // The kernel has one accumulate flag for both gammas: where only gamma_g is a parameter (gamma_a a constant), or
+  // both gammas are one parameter, the op makes fresh gradients and AccumulateGrad adds them, as before the sinks
+  // (bf16 data: the bf16 gradient widened).
+  uint64_t seed = 100;
+  for (DType dt : kDtypes) {
+    const std::string what = "mix_norm_gate " + std::string(dtype_name(dt));
+    const DType gdt = dt == DType::bf16 ? DType::f32 : dt;
+    const Shape s{3, 2, 8}, ws{3, 2, 2};
+    Tensor og = randn(s, seed++).to(dt), oa = randn(s, seed++).to(dt), wl = randn(ws, seed++).to(dt);
+    Tensor z = randn(s, seed++).to(dt), c = randn(s, seed++).to(dt);
+    Tensor gg = rand_uniform({8}, seed++, 0.5, 1.5).to(dt), ga = rand_uniform({8}, seed++, 0.5, 1.5).to(dt);
+    {
+      Tensor fresh = gg.detach().clone().set_requires_grad(true);
+      mix_norm_gate(og, oa, wl, z, fresh, ga, 1e-6).backward(c);
+      PresetGrad p = with_preset_grad(gg, gdt, seed++);
+      mix_norm_gate(og, oa, wl, z, p.param, ga, 1e-6).backward(c);
+      expect_preset_grad(p, accumulated(p.prior, fresh.grad()), what + " gamma_g alone");
+      PresetGrad p2 = with_preset_grad(gg, gdt, seed++);
+      const std::vector<Tensor> grads = node_gradients_in_backward(mix_norm_gate(og, oa, wl, z, p2.param, ga, 1e-6), c);
+      ASSERT_EQ(grads.size(), 6u) << what;
+      EXPECT_FALSE(grads[4].same(p2.param.grad())) << what << ": gamma_g alone got a sink";
+      EXPECT_EQ(grads[4].dtype(), dt) << what;
+      expect_bits(p2.grad, p2.prior, what + " gamma_g alone: the node left .grad to AccumulateGrad");
+    }
+    {
+      Tensor fresh = gg.detach().clone().set_requires_grad(true);
+      mix_norm_gate(og, oa, wl, z, fresh, fresh, 1e-6).backward(c);
+      PresetGrad p = with_preset_grad(gg, gdt, seed++);
+      mix_norm_gate(og, oa, wl, z, p.param, p.param, 1e-6).backward(c);
+      expect_preset_grad(p, accumulated(p.prior, fresh.grad()), what + " one parameter for both");
+    }
   }
 }
 

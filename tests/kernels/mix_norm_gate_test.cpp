@@ -8,9 +8,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/mix_norm_gate_plan.h"
+#include "kernels/elementwise.h"
 #include "kernels/mix_norm_gate.h"
 #include "kernels/router.h"
 #include "tests/kernels/oracle.h"
@@ -222,6 +226,126 @@ TEST(NormGate, RejectsMismatchedShapesAndDtypes) {
   EXPECT_THROW(norm_gate_bwd(in.o, in.z, in.gamma, rstd, in.dy, dO.to(DType::f32), dz, Tensor()), Error);
 }
 
+// ---- the gammas' accumulate mode (accumulate_dgamma: autograd's weight-gradient sink) ----
+namespace {
+
+// The bits of `plain` added into a copy of `prior` by the elementwise add (AccumulateGrad's add into a .grad).
+Tensor plus(const Tensor& prior, const Tensor& plain) {
+  Tensor out = prior.clone();
+  binary_fwd(BinaryOp::Add, out, plain, out);
+  return out;
+}
+
+void expect_bits(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  ASSERT_EQ(got.nbytes(), want.nbytes()) << what;
+  const Tensor a = got.to(kCPU), b = want.to(kCPU);
+  EXPECT_EQ(0, std::memcmp(a.data_ptr(), b.data_ptr(), size_t(a.nbytes()))) << what << ": bits differ";
+}
+
+// bwd(dgammas, accumulate) runs a backward writing its norm weights' gradients into `dgammas` (each [D]). Into the
+// data's dtype, and for bf16 data into f32 too: with accumulate, each holds the bits of the plain gradient added into
+// its prior values; the f32 gradient of bf16 data rounds to the bf16 one (the sums themselves, no bf16 rounding);
+// every other output keeps its bits (`others`: the backward's other outputs, compared between the two runs).
+void expect_dgamma_accumulates(int n_gammas, int64_t D, DType dt, Device dev,
+                               const std::function<std::vector<Tensor>(const std::vector<Tensor>&, bool)>& bwd,
+                               uint64_t seed, const std::string& what) {
+  const std::vector<DType> grad_dtypes = dt == DType::bf16 ? std::vector<DType>{dt, DType::f32} : std::vector<DType>{dt};
+  for (DType gdt : grad_dtypes) {
+    const std::string wg = what + " dgamma into " + std::string(dtype_name(gdt));
+    std::vector<Tensor> plain, prior, acc;
+    for (int k = 0; k < n_gammas; ++k) {
+      Tensor t = Tensor::empty({D}, gdt, dev);
+      poison(t);
+      plain.push_back(t);
+      prior.push_back(randn({D}, seed++, DType::f64, 0.5).to(gdt).to(dev));
+      acc.push_back(prior.back().clone());
+    }
+    const std::vector<Tensor> others_plain = bwd(plain, false), others_acc = bwd(acc, true);
+    for (int k = 0; k < n_gammas; ++k)
+      expect_bits(acc[size_t(k)], plus(prior[size_t(k)], plain[size_t(k)]), wg + " " + std::to_string(k));
+    ASSERT_EQ(others_plain.size(), others_acc.size());
+    for (size_t i = 0; i < others_plain.size(); ++i)
+      expect_bits(others_acc[i], others_plain[i], wg + " other output " + std::to_string(i));
+    if (dt == DType::bf16 && gdt == DType::f32) {
+      std::vector<Tensor> rounded;
+      for (int k = 0; k < n_gammas; ++k) {
+        Tensor t = Tensor::empty({D}, DType::bf16, dev);
+        poison(t);
+        rounded.push_back(t);
+      }
+      bwd(rounded, false);
+      for (int k = 0; k < n_gammas; ++k)
+        expect_bits(plain[size_t(k)].to(DType::bf16), rounded[size_t(k)],
+                    wg + " " + std::to_string(k) + " (rounded to bf16)");
+    }
+  }
+}
+
+}  // namespace
+
+// accumulate_dgamma (the gammas' .grad sink) = the plain dgamma followed by a separate add, bit for bit, in f64, f32,
+// bf16 into bf16 and bf16 into f32; the mixing with both gammas and with dgamma_a alone; rows of 5 and 24 channels
+// and no rows at all (a zero gradient: the prior values unchanged).
+TEST(MixNormGate, AccumulatedDgammaGivesTheBitsOfASeparateAdd) {
+  uint64_t seed = 90;
+  for (DType dt : {DType::f64, DType::f32, DType::bf16})
+    for (const Shape& rows : {Shape{3, 7, 2}, Shape{0, 2}})
+      for (int64_t D : {5, 24})
+        for (int grads : {2, 1}) {
+          const Inputs in = cast(make_inputs(rows, D, seed++), dt);
+          const Out o = forward(in);
+          auto bwd = [&](const std::vector<Tensor>& dg, bool acc) {
+            Grads g = backward(in, o);  // poisoned outputs, overwritten
+            mix_norm_gate_bwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, o.rstd_g, o.rstd_a, in.dy, g.dog,
+                              g.doa, g.dwlogits, g.dz, grads == 2 ? dg[0] : Tensor(), dg.back(), acc);
+            return std::vector<Tensor>{g.dog, g.doa, g.dwlogits, g.dz};
+          };
+          Shape s = rows;
+          s.push_back(D);
+          expect_dgamma_accumulates(grads, D, dt, kCPU, bwd, seed++,
+                                    "mix " + std::string(dtype_name(dt)) + " " + shape_str(s) + " " +
+                                        std::to_string(grads) + " dgammas");
+        }
+}
+
+TEST(NormGate, AccumulatedDgammaGivesTheBitsOfASeparateAdd) {
+  uint64_t seed = 95;
+  for (DType dt : {DType::f64, DType::f32, DType::bf16})
+    for (const Shape& rows : {Shape{3, 7, 2}, Shape{0, 2}})
+      for (int64_t D : {5, 24}) {
+        const NgIn in = ng_cast(ng_inputs(rows, D, seed++), dt);
+        const NgOut r = ng_run(in);
+        auto bwd = [&](const std::vector<Tensor>& dg, bool acc) {
+          Tensor dO = Tensor::empty(in.o.shape(), dt), dz = Tensor::empty(in.o.shape(), dt);
+          poison(dO);
+          poison(dz);
+          norm_gate_bwd(in.o, in.z, in.gamma, r.rstd, in.dy, dO, dz, dg[0], acc);
+          return std::vector<Tensor>{dO, dz};
+        };
+        Shape s = rows;
+        s.push_back(D);
+        expect_dgamma_accumulates(1, D, dt, kCPU, bwd, seed++,
+                                  "norm_gate " + std::string(dtype_name(dt)) + " " + shape_str(s));
+      }
+}
+
+TEST(MixNormGate, RejectsADgammaTheKernelCannotWrite) {
+  // f32 data: an f64 or bf16 dgamma; f64 data: an f32 one (only bf16 data has a wider dgamma, f32).
+  for (auto [dt, gdt] : {std::pair{DType::f32, DType::f64}, std::pair{DType::f32, DType::bf16},
+                         std::pair{DType::f64, DType::f32}}) {
+    const Inputs in = cast(make_inputs({2, 3}, 4, 97), dt);
+    const Out o = forward(in);
+    Grads g = backward(in, o);
+    EXPECT_THROW(mix_norm_gate_bwd(in.og, in.oa, in.wlogits, in.z, in.gamma_g, in.gamma_a, o.rstd_g, o.rstd_a, in.dy,
+                                   g.dog, g.doa, g.dwlogits, g.dz, Tensor::empty({4}, gdt), g.dgamma_a),
+                 Error);
+    const NgIn ng = ng_cast(ng_inputs({2, 3}, 4, 98), dt);
+    const NgOut r = ng_run(ng);
+    EXPECT_THROW(norm_gate_bwd(ng.o, ng.z, ng.gamma, r.rstd, ng.dy, r.dO, r.dz, Tensor::empty({4}, gdt), true), Error);
+  }
+}
+
 // CUDA output mixing (mix_norm_gate) against the CPU reference run in f64 on the same rounded inputs: f32 to
 // ~1e-6 relative, bf16 to its rounding (outputs stored in bf16: 1e-2 relative RMS). Awkward shapes (odd widths,
 // one token, many rows per slot, rows wider than a block); every GPU output starts as NaN.
@@ -327,12 +451,13 @@ void mix_fwd_with(const MixNormGatePlan& plan, const Tensor& og, const Tensor& o
 void mix_bwd_with(const MixNormGatePlan& plan, const Tensor& og, const Tensor& oa, const Tensor& wl, const Tensor& z,
                   const Tensor& gg, const Tensor& ga, const Tensor& rg, const Tensor& ra, const Tensor& dy,
                   const Tensor& dog, const Tensor& doa, const Tensor& dwl, const Tensor& dz, const Tensor& dgg,
-                  const Tensor& dga) {
+                  const Tensor& dga, bool accumulate_dgamma = false) {
 #ifdef NATSL_WITH_CUDA
-  kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga, plan);
+  kernels::cuda::mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga, plan,
+                                   accumulate_dgamma);
 #else
   (void)plan;
-  mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga);
+  mix_norm_gate_bwd(og, oa, wl, z, gg, ga, rg, ra, dy, dog, doa, dwl, dz, dgg, dga, accumulate_dgamma);
 #endif
 }
 void ng_fwd_with(const MixNormGatePlan& plan, const Tensor& o, const Tensor& z, const Tensor& gg, const Tensor& y,
@@ -345,12 +470,13 @@ void ng_fwd_with(const MixNormGatePlan& plan, const Tensor& o, const Tensor& z, 
 #endif
 }
 void ng_bwd_with(const MixNormGatePlan& plan, const Tensor& o, const Tensor& z, const Tensor& gg, const Tensor& rs,
-                 const Tensor& dy, const Tensor& dO, const Tensor& dz, const Tensor& dgg) {
+                 const Tensor& dy, const Tensor& dO, const Tensor& dz, const Tensor& dgg,
+                 bool accumulate_dgamma = false) {
 #ifdef NATSL_WITH_CUDA
-  kernels::cuda::norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg, plan);
+  kernels::cuda::norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg, plan, accumulate_dgamma);
 #else
   (void)plan;
-  norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg);
+  norm_gate_bwd(o, z, gg, rs, dy, dO, dz, dgg, accumulate_dgamma);
 #endif
 }
 
@@ -524,4 +650,98 @@ TEST(NatslCuda, NormGateMatchesCpu) {
           if (with_dgamma) expect_close(gdgg, dgg, dt == DType::bf16 ? tol : 1e-5, "dgamma");
         }
       }
+}
+
+// The gammas' accumulate mode on the GPU (accumulate_dgamma, the .grad sink) on every kernel path, with the default
+// plan and with MixNormGatePlan{false} (the row kernels only): into dgamma of the data's dtype and, for bf16 data,
+// into f32, the accumulated dgamma has the bits of the plain one followed by a separate add (column_sum's accumulate
+// mode), the f32 dgamma of bf16 data rounds to the bf16 one, every other output keeps its bits, and the f32 dgamma
+// (the f32 sums) is within f32 rounding of the CPU reference in f64. Widths (the kernels as in MixNormGateMatchesCpu's
+// comment): 24 and 256 (short rows: bf16 3 and 32 vectors, f32 6; f32's 256 the one-pass row kernel), 1000 (one-pass
+// row kernel), 1001 (unaligned, two passes with the sums in registers), 4096 (two passes, registers), 1029 (the
+// partial rows in memory); 222 rows, 20000 rows (several rows a slot) at 128 channels, and no rows (the sink
+// unchanged). The mixing with both dgammas and with dgamma_a alone.
+TEST(NatslCuda, MixNormGateAccumulatesDgamma) {
+  NATSL_REQUIRE_GPU();
+  for (const MixNormGatePlan& plan : {MixNormGatePlan{true}, MixNormGatePlan{false}})
+    for (DType dt : {DType::f32, DType::bf16})
+      for (const Shape& rows : {Shape{2, 37, 3}, Shape{20000}, Shape{0, 3}})
+        for (int64_t D : {24, 128, 256, 1000, 1001, 1029, 4096}) {
+          if ((rows.size() == 1) != (D == 128)) continue;  // the many-rows case at 128 channels only
+          Shape s = rows, ws = rows;
+          s.push_back(D);
+          ws.push_back(2);
+          const std::string what = std::string(plan.short_rows ? "default plan " : "row kernels ") + name(dt) + " " +
+                                   shape_str(s);
+          SCOPED_TRACE(what);
+          const uint64_t seed = uint64_t(D) * 100 + uint64_t(rows.back()) + 61;
+          Data og = make(s, seed + 1, dt, 0.7), oa = make(s, seed + 2, dt, 1.3), z = make(s, seed + 3, dt, 1.5);
+          Data wl = make(ws, seed + 4, dt), dy = make(s, seed + 5, dt);
+          Data gg = make({D}, seed + 6, dt, 0.3, 1.0), ga = make({D}, seed + 7, dt, 0.3, 1.0);
+          auto G = [&](const Data& d) { return d.low.to(kGpu); };
+          const Tensor gog = G(og), goa = G(oa), gz = G(z), gwl = G(wl), gdy = G(dy), ggg = G(gg), gga = G(ga);
+          Tensor grg = poisoned(rows, DType::f32, kGpu), gra = poisoned(rows, DType::f32, kGpu);
+          mix_fwd_with(plan, gog, goa, gwl, gz, ggg, gga, poisoned(s, dt, kGpu), grg, gra);
+          for (int grads : {2, 1}) {
+            auto bwd = [&](const std::vector<Tensor>& dg, bool acc) {
+              const Tensor dog = poisoned(s, dt, kGpu), doa = poisoned(s, dt, kGpu), dwl = poisoned(ws, dt, kGpu),
+                           dz = poisoned(s, dt, kGpu);
+              mix_bwd_with(plan, gog, goa, gwl, gz, ggg, gga, grg, gra, gdy, dog, doa, dwl, dz,
+                           grads == 2 ? dg[0] : Tensor(), dg.back(), acc);
+              return std::vector<Tensor>{dog, doa, dwl, dz};
+            };
+            expect_dgamma_accumulates(grads, D, dt, kGpu, bwd, seed + 8, what + " " + std::to_string(grads) + " dgammas");
+          }
+          if (rows[0] == 0 || dt != DType::bf16) continue;
+          // The f32 sums of bf16 data against the CPU reference in f64 (the same rounded inputs and rstd).
+          Tensor rg = Tensor::empty(rows, DType::f64), ra = Tensor::empty(rows, DType::f64);
+          mix_norm_gate_fwd(og.f64, oa.f64, wl.f64, z.f64, gg.f64, ga.f64, kEps, Tensor::empty(s, DType::f64), rg, ra);
+          auto e64 = [&](const Shape& sh) { return Tensor::empty(sh, DType::f64); };
+          Tensor dgg = e64({D}), dga = e64({D});
+          mix_norm_gate_bwd(og.f64, oa.f64, wl.f64, z.f64, gg.f64, ga.f64, rg, ra, dy.f64, e64(s), e64(s), e64(ws),
+                            e64(s), dgg, dga);
+          Tensor gdgg = poisoned({D}, DType::f32, kGpu), gdga = poisoned({D}, DType::f32, kGpu);
+          mix_bwd_with(plan, gog, goa, gwl, gz, ggg, gga, grg, gra, gdy, poisoned(s, dt, kGpu), poisoned(s, dt, kGpu),
+                       poisoned(ws, dt, kGpu), poisoned(s, dt, kGpu), gdgg, gdga);
+          expect_close(gdgg, dgg, 1e-5, "f32 dgamma_g of bf16 data");
+          expect_close(gdga, dga, 1e-5, "f32 dgamma_a of bf16 data");
+        }
+}
+
+// The gated output norm's accumulate mode on the GPU, as the mixing's above: 24, 256 (short rows, bf16; f32's 256
+// the one-pass row kernel), 512 (one-pass row kernel), 1001 (two passes, registers), 1029 (partial rows in memory),
+// 20000 rows of 128 channels, no rows.
+TEST(NatslCuda, NormGateAccumulatesDgamma) {
+  NATSL_REQUIRE_GPU();
+  for (const MixNormGatePlan& plan : {MixNormGatePlan{true}, MixNormGatePlan{false}})
+    for (DType dt : {DType::f32, DType::bf16})
+      for (const Shape& rows : {Shape{2, 37, 6}, Shape{20000}, Shape{0, 6}})
+        for (int64_t D : {24, 128, 256, 512, 1001, 1029}) {
+          if ((rows.size() == 1) != (D == 128)) continue;
+          Shape s = rows;
+          s.push_back(D);
+          const std::string what = std::string(plan.short_rows ? "default plan " : "row kernels ") + name(dt) + " " +
+                                   shape_str(s);
+          SCOPED_TRACE(what);
+          const uint64_t seed = uint64_t(D) * 100 + uint64_t(rows.back()) + 67;
+          Data o = make(s, seed + 1, dt, 1.3), z = make(s, seed + 2, dt, 1.5), dy = make(s, seed + 3, dt);
+          Data gg = make({D}, seed + 4, dt, 0.3, 1.0);
+          const Tensor go = o.low.to(kGpu), gz = z.low.to(kGpu), gdy = dy.low.to(kGpu), ggg = gg.low.to(kGpu);
+          Tensor grs = poisoned(rows, DType::f32, kGpu);
+          ng_fwd_with(plan, go, gz, ggg, poisoned(s, dt, kGpu), grs);
+          auto bwd = [&](const std::vector<Tensor>& dg, bool acc) {
+            const Tensor dO = poisoned(s, dt, kGpu), dz = poisoned(s, dt, kGpu);
+            ng_bwd_with(plan, go, gz, ggg, grs, gdy, dO, dz, dg[0], acc);
+            return std::vector<Tensor>{dO, dz};
+          };
+          expect_dgamma_accumulates(1, D, dt, kGpu, bwd, seed + 5, what);
+          if (rows[0] == 0 || dt != DType::bf16) continue;
+          Tensor rs = Tensor::empty(rows, DType::f64), dgg = Tensor::empty({D}, DType::f64);
+          norm_gate_fwd(o.f64, z.f64, gg.f64, kEps, Tensor::empty(s, DType::f64), rs);
+          norm_gate_bwd(o.f64, z.f64, gg.f64, rs, dy.f64, Tensor::empty(s, DType::f64), Tensor::empty(s, DType::f64),
+                        dgg);
+          Tensor gdgg = poisoned({D}, DType::f32, kGpu);
+          ng_bwd_with(plan, go, gz, ggg, grs, gdy, poisoned(s, dt, kGpu), poisoned(s, dt, kGpu), gdgg);
+          expect_close(gdgg, dgg, 1e-5, "f32 dgamma of bf16 data");
+        }
 }
