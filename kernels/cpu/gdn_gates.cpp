@@ -21,27 +21,30 @@ Rows rows_of(const Tensor& a) {
   return {H, H > 0 ? a.numel() / H : 0};
 }
 
-// exp(A_log) and dt_bias in S, per head.
+// The rows of a [..., H] tensor and, per head, exp(A_log) and dt_bias in S: what both directions start from.
+template <class S>
+struct Heads {
+  int64_t H, N;
+  std::vector<S> A, dt;
+};
 template <class S, class P>
-void head_params(const Tensor& A_log, const Tensor& dt_bias, std::vector<S>& A, std::vector<S>& dt) {
-  const int64_t H = A_log.numel();
+Heads<S> heads_of(const Tensor& a, const Tensor& A_log, const Tensor& dt_bias) {
+  const auto [H, N] = rows_of(a);
+  Heads<S> r{H, N, std::vector<S>(size_t(A_log.numel())), std::vector<S>(size_t(A_log.numel()))};
   const P* ap = A_log.data<P>();
   const P* dp = dt_bias.data<P>();
-  A.resize(size_t(H));
-  dt.resize(size_t(H));
-  for (int64_t h = 0; h < H; ++h) {
-    A[size_t(h)] = std::exp(convert<S>(ap[h]));
-    dt[size_t(h)] = convert<S>(dp[h]);
+  for (int64_t h = 0; h < A_log.numel(); ++h) {
+    r.A[size_t(h)] = std::exp(convert<S>(ap[h]));
+    r.dt[size_t(h)] = convert<S>(dp[h]);
   }
+  return r;
 }
 
 template <class D, class P>
 void fwd(const Tensor& a, const Tensor& b, const Tensor& A_log, const Tensor& dt_bias, double c, const Tensor& g,
          const Tensor& beta) {
   using S = stat_t<D>;
-  const auto [H, N] = rows_of(a);
-  std::vector<S> A, dt;
-  head_params<S, P>(A_log, dt_bias, A, dt);
+  const auto [H, N, A, dt] = heads_of<S, P>(a, A_log, dt_bias);
   const D* ap = a.data<D>();
   const D* bp = b.data<D>();
   S* gp = g.data<S>();
@@ -64,9 +67,7 @@ void bwd_terms(const Tensor& a, const Tensor& b, const Tensor& A_log, const Tens
                const Tensor& dg, const Tensor& dbeta, const Tensor& da, const Tensor& db, const Tensor& dA_terms,
                const Tensor& ddt_terms) {
   using S = stat_t<D>;
-  const auto [H, N] = rows_of(a);
-  std::vector<S> A, dt;
-  head_params<S, P>(A_log, dt_bias, A, dt);
+  const auto [H, N, A, dt] = heads_of<S, P>(a, A_log, dt_bias);
   const D* ap = a.data<D>();
   const D* bp = b.data<D>();
   const S* dgp = dg.defined() ? dg.data<S>() : nullptr;
