@@ -150,7 +150,7 @@ template <int VEC>
 __device__ __forceinline__ void add_dot(const float (&a)[VEC], const float (&zz)[VEC], const float (&g)[VEC],
                                         const float (&wg)[VEC], float rs, float& c) {
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) c += g[k] * (zz[k] * sigmoid_f(zz[k])) * wg[k] * (a[k] * rs);
+  for (int k = 0; k < VEC; ++k) c = __fmaf_rn(g[k] * (zz[k] * sigmoid_f(zz[k])) * wg[k], a[k] * rs, c);
 }
 
 // After the row dot (c = <du gamma, n> / D): the vector's do, dz and its dgamma terms (column j; Part: PartialRow
@@ -164,8 +164,8 @@ __device__ __forceinline__ void grads(const float (&a)[VEC], const float (&zz)[V
     const float s = sigmoid_f(zz[k]);
     const float n = a[k] * rs;
     const float du = g[k] * (zz[k] * s);
-    o_z[k] = g[k] * n * wg[k] * s * (1.f + zz[k] * (1.f - s));
-    o_o[k] = rs * (du * wg[k] - n * c);
+    o_z[k] = g[k] * n * wg[k] * s * __fmaf_rn(zz[k], 1.f - s, 1.f);
+    o_o[k] = rs * __fmaf_rn(-n, c, du * wg[k]);  // rounded as written (mix_norm_gate.cuh, before rstd_of)
     part.add(j, k, du * n);
   }
 }

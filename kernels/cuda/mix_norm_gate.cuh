@@ -19,6 +19,12 @@ __device__ __forceinline__ void softmax2(float l0, float l1, float& w0, float& w
   w0 = 1.f - w1;
 }
 
+// Every sum or difference of products below is rounded as written (__fmaf_rn, __fmul_rn): ptxas fuses a product into
+// the add or subtract that uses it only where the product has no other use, so the same source expression rounds
+// differently in two kernels that reuse different products (the short-row norm_gate backward's do differed from the
+// one-pass kernel's in ~23% of f32 elements by one ulp that way on the H100, before this): pinned, every kernel that
+// calls these gets the same bits. Chains of products alone (no add) have one rounding per product either way.
+
 // A row's rstd from its sum of squares ss over D channels: 1 / sqrt(mean + eps).
 __device__ __forceinline__ float rstd_of(float ss, int64_t D, float eps) { return 1.f / sqrtf(ss / float(D) + eps); }
 
@@ -29,7 +35,7 @@ __device__ __forceinline__ void mixed_output(const float (&a)[VEC], const float 
                                              float w0, float w1, float (&o)[VEC]) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    const float u = w0 * a[k] * rg * wg[k] + w1 * b[k] * ra * wa[k];
+    const float u = __fmaf_rn(w0 * a[k] * rg, wg[k], w1 * b[k] * ra * wa[k]);
     o[k] = u * zz[k] * sigmoid_f(zz[k]);
   }
 }
@@ -42,8 +48,8 @@ __device__ __forceinline__ void add_row_dots(const float (&a)[VEC], const float 
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
     const float du = g[k] * zz[k] * sigmoid_f(zz[k]);
-    dw0 += du * a[k] * rg * wg[k];
-    dw1 += du * b[k] * ra * wa[k];
+    dw0 = __fmaf_rn(du * a[k] * rg, wg[k], dw0);
+    dw1 = __fmaf_rn(du * b[k] * ra, wa[k], dw1);
   }
 }
 
@@ -80,9 +86,10 @@ __device__ __forceinline__ void outputs(const float (&a)[VEC], const float (&b)[
     const float s = sigmoid_f(zz[k]);
     const float ng = a[k] * rg, na = b[k] * ra;
     const float du = g[k] * zz[k] * s;
-    o_z[k] = g[k] * (w0 * ng * wg[k] + w1 * na * wa[k]) * s * (1.f + zz[k] * (1.f - s));
-    o_g[k] = rg * (w0 * du * wg[k] - ng * cg);
-    o_a[k] = ra * (w1 * du * wa[k] - na * ca);
+    const float u = __fmaf_rn(w0 * ng, wg[k], w1 * na * wa[k]);
+    o_z[k] = g[k] * u * s * __fmaf_rn(zz[k], 1.f - s, 1.f);
+    o_g[k] = rg * __fmaf_rn(-ng, cg, w0 * du * wg[k]);
+    o_a[k] = ra * __fmaf_rn(-na, ca, w1 * du * wa[k]);
     part_g.add(j, k, w0 * du * ng);
     part_a.add(j, k, w1 * du * na);
   }
