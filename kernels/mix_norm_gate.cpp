@@ -60,10 +60,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
   if (dgamma_a.defined()) check_same_shape(dgamma_a, gamma_a, op);
   for (const Tensor* t : {&dy, &dog, &doa, &dwlogits, &dz})
     NATSL_CHECK(t->dtype() == og.dtype(), op, ": dtype of ", t->str(), " differs from og's");
-  for (const Tensor* t : {&dgamma_g, &dgamma_a})
-    if (t->defined())
-      NATSL_CHECK(weight_grad_writes(og.dtype(), t->dtype()), op, ": the norm weight gradient ", t->str(),
-                  " must be in the data's dtype (or f32 for bf16 data), og ", og.str());
+  for (const Tensor* t : {&dgamma_g, &dgamma_a}) check_weight_grad(og, *t, op);
   if (d.is_cuda())
     NATSL_CUDA_ONLY(cuda::mix_norm_gate_bwd(og, oa, wlogits, z, gamma_g, gamma_a, rstd_g, rstd_a, dy, dog, doa,
                                             dwlogits, dz, dgamma_g, dgamma_a, accumulate_dgamma));
@@ -111,9 +108,7 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
   if (dgamma.defined()) check_same_shape(dgamma, gamma, op);
   for (const Tensor* t : {&dy, &do_, &dz})
     NATSL_CHECK(t->dtype() == o.dtype(), op, ": dtype of ", t->str(), " differs from o's");
-  if (dgamma.defined())
-    NATSL_CHECK(weight_grad_writes(o.dtype(), dgamma.dtype()), op, ": the norm weight gradient ", dgamma.str(),
-                " must be in the data's dtype (or f32 for bf16 data), o ", o.str());
+  check_weight_grad(o, dgamma, op);
   if (d.is_cuda()) NATSL_CUDA_ONLY(cuda::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, accumulate_dgamma));
   else cpu::norm_gate_bwd(o, z, gamma, rstd, dy, do_, dz, dgamma, accumulate_dgamma);
 }

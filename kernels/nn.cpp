@@ -17,11 +17,6 @@ void check_floating(const Tensor& t, const char* op, const char* what) {
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   NATSL_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", a.str(), " and ", b.str());
 }
-// A weight gradient dw for data x: x's dtype, or f32 for bf16 x (weight_grad_writes).
-void check_weight_grad(const Tensor& x, const Tensor& dw, const char* op) {
-  NATSL_CHECK(weight_grad_writes(x.dtype(), dw.dtype()), op, ": the weight gradient ", dw.str(), " must be in the ",
-              "data's dtype (or f32 for bf16 data), data ", x.str());
-}
 void check_index(const Tensor& ids, const char* op) {
   NATSL_CHECK(ids.dtype() == DType::i32 || ids.dtype() == DType::i64, op, ": ids must be i32 or i64, got ",
               ids.str());
@@ -86,6 +81,12 @@ Device check_embedding(const Tensor& table, const char* table_name, const Tensor
 }
 
 }  // namespace
+
+void check_weight_grad(const Tensor& data, const Tensor& dw, const char* op) {
+  if (!dw.defined()) return;
+  NATSL_CHECK(weight_grad_writes(data.dtype(), dw.dtype()), op, ": the weight gradient ", dw.str(), " must be in the ",
+              "data's dtype (or f32 for bf16 data), data ", data.str());
+}
 
 void embedding_fwd(const Tensor& weight, const Tensor& ids, const Tensor& out) {
   Device d = check_embedding(weight, "weight", ids, out, "out", "embedding_fwd");

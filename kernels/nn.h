@@ -18,6 +18,8 @@ inline DType stat_dtype(DType data) { return data == DType::f64 ? DType::f64 : D
 inline bool weight_grad_writes(DType data, DType dw) {
   return is_floating(dw) && (dw == data || (data == DType::bf16 && dw == DType::f32));
 }
+// Throws naming `op`, dw and the data unless weight_grad_writes(data, dw); an undefined dw (not computed) passes.
+void check_weight_grad(const Tensor& data, const Tensor& dw, const char* op);
 
 // out[..., :] = weight[ids[...], :]. ids i32 or i64; out-of-range ids throw on CPU (checked on GPU by a
 // device assert).

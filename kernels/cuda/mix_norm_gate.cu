@@ -646,9 +646,7 @@ void mix_norm_gate_bwd(const Tensor& og, const Tensor& oa, const Tensor& wlogits
                        const Tensor& dz, const Tensor& dgamma_g, const Tensor& dgamma_a, const MixNormGatePlan& plan,
                        bool accumulate_dgamma) {
   const bool acc = accumulate_dgamma;
-  for (const Tensor* t : {&dgamma_g, &dgamma_a})
-    NATSL_CHECK(!t->defined() || weight_grad_writes(og.dtype(), t->dtype()), "mix_norm_gate_bwd: dgamma ", t->str(),
-                " for data ", og.str());
+  for (const Tensor* t : {&dgamma_g, &dgamma_a}) check_weight_grad(og, *t, "mix_norm_gate_bwd");
   const auto [D, rows, dev, s] = row_op(og, og.size(-1));
   if (rows == 0) {  // no rows: a zero gradient, which adds nothing to an accumulated one
     if (dgamma_g.defined() && !acc) dgamma_g.zero_();
@@ -750,8 +748,7 @@ void norm_gate_bwd(const Tensor& o, const Tensor& z, const Tensor& gamma, const 
                    const Tensor& do_, const Tensor& dz, const Tensor& dgamma, const MixNormGatePlan& plan,
                    bool accumulate_dgamma) {
   const bool acc = accumulate_dgamma;
-  NATSL_CHECK(!dgamma.defined() || weight_grad_writes(o.dtype(), dgamma.dtype()), "norm_gate_bwd: dgamma ",
-              dgamma.str(), " for data ", o.str());
+  check_weight_grad(o, dgamma, "norm_gate_bwd");
   const auto [D, rows, dev, s] = row_op(o, o.size(-1));
   if (rows == 0) {  // no rows: a zero gradient, which adds nothing to an accumulated one
     if (dgamma.defined() && !acc) dgamma.zero_();
